@@ -1,0 +1,101 @@
+// KernelSpec: the value type that names one specialization of the fused
+// silu(gate) * up + per-group quantization kernel (SPEC.md section 4).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+
+#include <llvm/Support/Error.h>
+#include <nlohmann/json.hpp>
+
+namespace bqjit {
+
+/// Element type of the input tensor `x` (gate and up halves).
+enum class InDtype : int { BF16 = 0, FP16 = 1, FP32 = 2 };
+
+/// Element type of the quantized output `q`.
+enum class OutDtype : int { FP8E4M3 = 0, FP8E5M2 = 1, INT8 = 2 };
+
+/// Where scale (t, j) is stored (SPEC.md section 2).
+enum class ScaleLayout : int { Row = 0, Col = 1, ColTma = 2, Ue8m0Packed = 3 };
+
+/// Bytes of one input element.
+int dtypeBytes(InDtype dtype);
+/// Canonical names used in JSON, on the command line and in the Python binding.
+const char* toString(InDtype dtype);
+const char* toString(OutDtype dtype);
+const char* toString(ScaleLayout layout);
+llvm::Expected<InDtype> parseInDtype(const std::string& text);
+llvm::Expected<OutDtype> parseOutDtype(const std::string& text);
+llvm::Expected<ScaleLayout> parseScaleLayout(const std::string& text);
+
+/// The largest finite magnitude of the output type (QMAX in SPEC.md).
+float quantMax(OutDtype dtype);
+/// The smallest scale the kernel emits (MIN_SCALE in SPEC.md).
+float minScale(OutDtype dtype);
+
+/// How the kernel maps work to threads. A team of `threadsPerGroup` threads
+/// quantizes one group of G columns, each thread loading `vecWidth` input
+/// elements at a time; a block holds `groupsPerBlock` teams.
+struct LaunchShape {
+  int threadsPerGroup = 0;
+  int vecWidth = 0;
+  int groupsPerBlock = 0;
+
+  int threadsPerBlock() const { return threadsPerGroup * groupsPerBlock; }
+  bool operator==(const LaunchShape& o) const {
+    return threadsPerGroup == o.threadsPerGroup && vecWidth == o.vecWidth &&
+           groupsPerBlock == o.groupsPerBlock;
+  }
+  bool operator!=(const LaunchShape& o) const { return !(*this == o); }
+};
+
+/// One specialization: every compile-time choice of SPEC.md section 4.
+/// Run-time values (T, pointers, ld_x, stream) are not part of it.
+struct KernelSpec {
+  static constexpr int kMaxHidden = 65536;
+  static constexpr int kMinGroup = 16;
+  static constexpr int kMaxGroup = 1024;
+
+  int hidden = 0;                            ///< H: columns of gate (and of up).
+  int groupSize = 128;                       ///< G: columns per quantization group.
+  InDtype inDtype = InDtype::BF16;           ///< dtype of x.
+  OutDtype outDtype = OutDtype::FP8E4M3;     ///< dtype of q.
+  ScaleLayout scaleLayout = ScaleLayout::Row;///< where scales go.
+  bool ue8m0 = false;                        ///< power-of-two scales.
+  bool hasScaleUb = false;                   ///< clamp scales by *scale_ub.
+  bool masked = false;                       ///< MoE masked batch [E, T_max, 2H].
+  std::string arch = "sm_90";                ///< target, e.g. sm_80, sm_90a, sm_100.
+  std::optional<LaunchShape> shape;          ///< unset: the heuristic (or a tuned record) picks.
+
+  int numGroups() const { return hidden / groupSize; }
+
+  /// Checks every field against the rules of SPEC.md section 4. The error
+  /// names the field, the value and the rule that it breaks.
+  llvm::Error validate() const;
+
+  /// Canonical JSON: fixed field names, canonical enum spellings, the launch
+  /// shape only when set. Equal specs give byte-identical `canonical()`.
+  nlohmann::json toJson() const;
+  std::string canonical() const;
+  /// Parses and validates. Unknown fields are an error (they could silently
+  /// change nothing while a user believes they changed the kernel).
+  static llvm::Expected<KernelSpec> fromJson(const nlohmann::json& j);
+  /// Parses `field=value` pairs as given on the command line, e.g.
+  /// {"hidden": "7168", "group": "96", "in": "bf16"}; see README for names.
+  static llvm::Expected<KernelSpec> fromFields(const std::map<std::string, std::string>& fields);
+
+  /// A short human-readable label, e.g. "H=7168 G=128 bf16->fp8_e4m3 row sm_90".
+  std::string label() const;
+
+  bool operator==(const KernelSpec& o) const { return canonical() == o.canonical(); }
+  bool operator!=(const KernelSpec& o) const { return !(*this == o); }
+};
+
+/// Validates an explicit launch shape against a spec (the vector width must
+/// divide G, the team must divide the group's vectors, and so on).
+llvm::Error validateShape(const KernelSpec& spec, const LaunchShape& shape);
+
+} // namespace bqjit

@@ -1,0 +1,104 @@
+#include "jit/compiler.hpp"
+
+#include <algorithm>
+#include <chrono>
+
+#include "bqjit/error.hpp"
+#include "jit/cache_key.hpp"
+#include "jit/nvrtc_program.hpp"
+#include "jit/resource_report.hpp"
+#include "jit/source.hpp"
+#include "jit/template_source.hpp"
+
+namespace bqjit {
+
+llvm::Expected<Compiler> Compiler::create() {
+  auto id = queryNvrtcIdentity();
+  if (!id)
+    return id.takeError();
+  return Compiler(std::move(*id));
+}
+
+std::vector<std::string> Compiler::options(const KernelSpec& spec) {
+  // A real architecture, so NVRTC emits a cubin (PTX alone would fail on an
+  // older driver). No fast math and no contraction: SPEC.md asks for IEEE
+  // division and unrounded fp32 intermediates.
+  return {"--gpu-architecture=" + spec.arch, "--std=c++17", "--fmad=false",
+          "--prec-div=true", "--prec-sqrt=true", "--ftz=false", "-Xptxas=-v"};
+}
+
+std::string Compiler::cacheKey(const KernelSpec& resolved) const {
+  KeyInputs in;
+  in.canonicalSpec = resolved.canonical();
+  in.templateSource = templateSource().str();
+  in.options = options(resolved);
+  in.nvrtcIdentity = identity_.toString();
+  in.arch = resolved.arch;
+  return computeCacheKey(in);
+}
+
+llvm::Expected<CompiledKernel> Compiler::compile(const KernelSpec& resolved) const {
+  if (auto err = resolved.validate())
+    return std::move(err);
+  if (!resolved.shape)
+    return makeError(ErrorCode::Internal, "compile() needs a resolved launch shape: " +
+                                              resolved.canonical());
+  const std::string context = "spec " + resolved.canonical() + ", arch " + resolved.arch;
+  auto wrap = [&](llvm::Error err) {
+    std::string message;
+    ErrorCode code = consumeError(std::move(err), &message);
+    return makeError(code, "compiling " + context + ": " + message);
+  };
+  // Reject targets NVRTC does not know before compiling, with the list.
+  {
+    const std::string digits = resolved.arch.substr(3, resolved.arch.find_first_not_of("0123456789", 3) - 3);
+    auto archs = nvrtcSupportedArchs();
+    if (!archs.empty() && std::find(archs.begin(), archs.end(), std::stoi(digits)) == archs.end()) {
+      std::string list;
+      for (int a : archs)
+        list += (list.empty() ? "sm_" : ", sm_") + std::to_string(a);
+      return makeError(ErrorCode::InvalidSpec, "invalid spec field 'arch' = '" + resolved.arch +
+                                                   "': this NVRTC (" + identity_.toString() +
+                                                   ") supports " + list);
+    }
+  }
+
+  GeneratedSource source = generateSource(resolved);
+  CompiledKernel out;
+  out.spec = resolved;
+  out.options = options(resolved);
+  out.nvrtcVersion = identity_.toString();
+  out.key = cacheKey(resolved);
+
+  const auto start = std::chrono::steady_clock::now();
+  auto program = NvrtcProgram::create(source.text, source.fileName,
+                                      {{kTemplateHeaderName, templateSource().str()}},
+                                      {source.nameExpression});
+  if (!program)
+    return wrap(program.takeError());
+  if (auto err = program->compile(out.options))
+    return wrap(std::move(err));
+  out.compileMs =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  out.log = program->log();
+
+  auto lowered = program->loweredName(source.nameExpression);
+  if (!lowered)
+    return wrap(lowered.takeError());
+  out.loweredName = *lowered;
+  auto ptx = program->ptx();
+  if (!ptx)
+    return wrap(ptx.takeError());
+  out.ptx = std::move(*ptx);
+  auto cubin = program->cubin();
+  if (!cubin)
+    return wrap(cubin.takeError());
+  out.cubin = std::move(*cubin);
+  auto report = parsePtxasReport(out.log, out.loweredName);
+  if (!report)
+    return wrap(report.takeError());
+  out.resources = *report;
+  return out;
+}
+
+} // namespace bqjit

@@ -1,0 +1,364 @@
+#include "bqjit/kernel_spec.hpp"
+
+#include <cctype>
+#include <sstream>
+
+#include "bqjit/error.hpp"
+
+namespace bqjit {
+
+namespace {
+
+llvm::Error specError(const std::string& field, const std::string& value, const std::string& rule) {
+  return makeError(ErrorCode::InvalidSpec,
+                   "invalid spec field '" + field + "' = " + value + ": " + rule);
+}
+
+bool isPowerOfTwo(int v) { return v > 0 && (v & (v - 1)) == 0; }
+
+// Accepts "sm_<digits>" optionally followed by one of the arch-specific
+// suffixes 'a' or 'f'; returns the number or -1.
+int archNumber(const std::string& arch) {
+  if (arch.size() < 5 || arch.compare(0, 3, "sm_") != 0)
+    return -1;
+  size_t end = arch.size();
+  if (arch.back() == 'a' || arch.back() == 'f')
+    --end;
+  int number = 0;
+  for (size_t i = 3; i < end; ++i) {
+    if (!std::isdigit(static_cast<unsigned char>(arch[i])) || number > 10000)
+      return -1;
+    number = number * 10 + (arch[i] - '0');
+  }
+  return end > 3 ? number : -1;
+}
+
+} // namespace
+
+int dtypeBytes(InDtype dtype) {
+  switch (dtype) {
+  case InDtype::BF16:
+  case InDtype::FP16: return 2;
+  case InDtype::FP32: return 4;
+  }
+  return 0;
+}
+
+const char* toString(InDtype dtype) {
+  switch (dtype) {
+  case InDtype::BF16: return "bf16";
+  case InDtype::FP16: return "fp16";
+  case InDtype::FP32: return "fp32";
+  }
+  return "?";
+}
+
+const char* toString(OutDtype dtype) {
+  switch (dtype) {
+  case OutDtype::FP8E4M3: return "fp8_e4m3";
+  case OutDtype::FP8E5M2: return "fp8_e5m2";
+  case OutDtype::INT8: return "int8";
+  }
+  return "?";
+}
+
+const char* toString(ScaleLayout layout) {
+  switch (layout) {
+  case ScaleLayout::Row: return "row";
+  case ScaleLayout::Col: return "col";
+  case ScaleLayout::ColTma: return "col_tma";
+  case ScaleLayout::Ue8m0Packed: return "ue8m0_packed";
+  }
+  return "?";
+}
+
+llvm::Expected<InDtype> parseInDtype(const std::string& text) {
+  for (InDtype d : {InDtype::BF16, InDtype::FP16, InDtype::FP32})
+    if (text == toString(d))
+      return d;
+  return specError("in_dtype", "'" + text + "'", "must be one of bf16, fp16, fp32");
+}
+
+llvm::Expected<OutDtype> parseOutDtype(const std::string& text) {
+  for (OutDtype d : {OutDtype::FP8E4M3, OutDtype::FP8E5M2, OutDtype::INT8})
+    if (text == toString(d))
+      return d;
+  return specError("out_dtype", "'" + text + "'", "must be one of fp8_e4m3, fp8_e5m2, int8");
+}
+
+llvm::Expected<ScaleLayout> parseScaleLayout(const std::string& text) {
+  for (ScaleLayout l :
+       {ScaleLayout::Row, ScaleLayout::Col, ScaleLayout::ColTma, ScaleLayout::Ue8m0Packed})
+    if (text == toString(l))
+      return l;
+  return specError("scale_layout", "'" + text + "'",
+                   "must be one of row, col, col_tma, ue8m0_packed");
+}
+
+float quantMax(OutDtype dtype) {
+  switch (dtype) {
+  case OutDtype::FP8E4M3: return 448.0f;
+  case OutDtype::FP8E5M2: return 57344.0f;
+  case OutDtype::INT8: return 127.0f;
+  }
+  return 0.0f;
+}
+
+float minScale(OutDtype dtype) {
+  switch (dtype) {
+  case OutDtype::FP8E4M3: return 1.0f / (448.0f * 512.0f);
+  case OutDtype::FP8E5M2: return 1.0f / (57344.0f * 512.0f);
+  case OutDtype::INT8: return 1.1920928955078125e-07f; // FLT_EPSILON, 2^-23
+  }
+  return 0.0f;
+}
+
+llvm::Error validateShape(const KernelSpec& spec, const LaunchShape& s) {
+  const std::string v = std::to_string(s.vecWidth);
+  if (!isPowerOfTwo(s.vecWidth) || s.vecWidth * dtypeBytes(spec.inDtype) > 16)
+    return specError("launch.vec_width", v,
+                     "must be a power of two with vec_width * sizeof(" +
+                         std::string(toString(spec.inDtype)) + ") <= 16 bytes");
+  if (spec.groupSize % s.vecWidth != 0)
+    return specError("launch.vec_width", v,
+                     "must divide group_size (" + std::to_string(spec.groupSize) + ")");
+  const int vectors = spec.groupSize / s.vecWidth;
+  if (!isPowerOfTwo(s.threadsPerGroup) || s.threadsPerGroup > 32)
+    return specError("launch.threads_per_group", std::to_string(s.threadsPerGroup),
+                     "must be a power of two in 1..32");
+  if (vectors % s.threadsPerGroup != 0)
+    return specError("launch.threads_per_group", std::to_string(s.threadsPerGroup),
+                     "must divide the group's " + std::to_string(vectors) +
+                         " vectors (group_size / vec_width)");
+  if (s.groupsPerBlock < 1 || s.threadsPerBlock() > 1024)
+    return specError("launch.groups_per_block", std::to_string(s.groupsPerBlock),
+                     "must be >= 1 with threads_per_group * groups_per_block <= 1024");
+  return llvm::Error::success();
+}
+
+llvm::Error KernelSpec::validate() const {
+  if (hidden < 1 || hidden > kMaxHidden)
+    return specError("hidden", std::to_string(hidden),
+                     "must be in 1.." + std::to_string(kMaxHidden));
+  if (groupSize < kMinGroup || groupSize > kMaxGroup)
+    return specError("group_size", std::to_string(groupSize),
+                     "must be in " + std::to_string(kMinGroup) + ".." + std::to_string(kMaxGroup));
+  if (hidden % groupSize != 0)
+    return specError("group_size", std::to_string(groupSize),
+                     "must divide hidden (" + std::to_string(hidden) + ")");
+  if (scaleLayout == ScaleLayout::Ue8m0Packed && !ue8m0)
+    return specError("ue8m0", "false", "must be true when scale_layout is ue8m0_packed "
+                                       "(packed scales are exponents of powers of two)");
+  int number = archNumber(arch);
+  if (number < 0)
+    return specError("arch", "'" + arch + "'", "must look like sm_90, sm_90a or sm_100f");
+  if (number < 80)
+    return specError("arch", "'" + arch + "'", "must be sm_80 or newer");
+  if (shape)
+    return validateShape(*this, *shape);
+  return llvm::Error::success();
+}
+
+nlohmann::json KernelSpec::toJson() const {
+  nlohmann::json j;
+  j["hidden"] = hidden;
+  j["group_size"] = groupSize;
+  j["in_dtype"] = toString(inDtype);
+  j["out_dtype"] = toString(outDtype);
+  j["scale_layout"] = toString(scaleLayout);
+  j["ue8m0"] = ue8m0;
+  j["scale_ub"] = hasScaleUb;
+  j["masked"] = masked;
+  j["arch"] = arch;
+  if (shape)
+    j["launch"] = {{"threads_per_group", shape->threadsPerGroup},
+                   {"vec_width", shape->vecWidth},
+                   {"groups_per_block", shape->groupsPerBlock}};
+  return j;
+}
+
+std::string KernelSpec::canonical() const { return toJson().dump(); }
+
+namespace {
+
+llvm::Expected<int> intField(const nlohmann::json& j, const char* name) {
+  const auto& v = j.at(name);
+  if (!v.is_number_integer())
+    return specError(name, v.dump(), "must be an integer");
+  auto x = v.get<int64_t>();
+  if (x < INT32_MIN || x > INT32_MAX)
+    return specError(name, v.dump(), "must fit in 32 bits");
+  return static_cast<int>(x);
+}
+
+llvm::Expected<bool> boolField(const nlohmann::json& j, const char* name) {
+  const auto& v = j.at(name);
+  if (!v.is_boolean())
+    return specError(name, v.dump(), "must be true or false");
+  return v.get<bool>();
+}
+
+llvm::Expected<std::string> stringField(const nlohmann::json& j, const char* name) {
+  const auto& v = j.at(name);
+  if (!v.is_string())
+    return specError(name, v.dump(), "must be a string");
+  return v.get<std::string>();
+}
+
+} // namespace
+
+llvm::Expected<KernelSpec> KernelSpec::fromJson(const nlohmann::json& j) {
+  if (!j.is_object())
+    return specError("spec", j.dump(), "must be a JSON object");
+  static const char* const kKnown[] = {"hidden", "group_size", "in_dtype", "out_dtype",
+                                       "scale_layout", "ue8m0", "scale_ub", "masked",
+                                       "arch", "launch"};
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    bool known = false;
+    for (const char* k : kKnown)
+      known |= it.key() == k;
+    if (!known)
+      return specError(it.key(), it.value().dump(),
+                       "unknown field (known: hidden, group_size, in_dtype, out_dtype, "
+                       "scale_layout, ue8m0, scale_ub, masked, arch, launch)");
+  }
+  if (!j.contains("hidden"))
+    return specError("hidden", "(missing)", "is required");
+  KernelSpec spec;
+  auto hidden = intField(j, "hidden");
+  if (!hidden)
+    return hidden.takeError();
+  spec.hidden = *hidden;
+  if (j.contains("group_size")) {
+    auto g = intField(j, "group_size");
+    if (!g)
+      return g.takeError();
+    spec.groupSize = *g;
+  }
+  if (j.contains("in_dtype")) {
+    auto s = stringField(j, "in_dtype");
+    if (!s)
+      return s.takeError();
+    auto d = parseInDtype(*s);
+    if (!d)
+      return d.takeError();
+    spec.inDtype = *d;
+  }
+  if (j.contains("out_dtype")) {
+    auto s = stringField(j, "out_dtype");
+    if (!s)
+      return s.takeError();
+    auto d = parseOutDtype(*s);
+    if (!d)
+      return d.takeError();
+    spec.outDtype = *d;
+  }
+  if (j.contains("scale_layout")) {
+    auto s = stringField(j, "scale_layout");
+    if (!s)
+      return s.takeError();
+    auto l = parseScaleLayout(*s);
+    if (!l)
+      return l.takeError();
+    spec.scaleLayout = *l;
+  }
+  for (auto [name, field] : {std::pair<const char*, bool*>{"ue8m0", &spec.ue8m0},
+                             {"scale_ub", &spec.hasScaleUb},
+                             {"masked", &spec.masked}}) {
+    if (!j.contains(name))
+      continue;
+    auto b = boolField(j, name);
+    if (!b)
+      return b.takeError();
+    *field = *b;
+  }
+  if (j.contains("arch")) {
+    auto s = stringField(j, "arch");
+    if (!s)
+      return s.takeError();
+    spec.arch = *s;
+  }
+  if (j.contains("launch")) {
+    const auto& l = j.at("launch");
+    if (!l.is_object())
+      return specError("launch", l.dump(), "must be an object");
+    LaunchShape shape;
+    for (auto [name, field] :
+         {std::pair<const char*, int*>{"threads_per_group", &shape.threadsPerGroup},
+          {"vec_width", &shape.vecWidth},
+          {"groups_per_block", &shape.groupsPerBlock}}) {
+      if (!l.contains(name))
+        return specError(std::string("launch.") + name, "(missing)", "is required in launch");
+      auto v = intField(l, name);
+      if (!v)
+        return v.takeError();
+      *field = *v;
+    }
+    if (l.size() != 3)
+      return specError("launch", l.dump(),
+                       "takes exactly threads_per_group, vec_width, groups_per_block");
+    spec.shape = shape;
+  }
+  if (auto err = spec.validate())
+    return std::move(err);
+  return spec;
+}
+
+llvm::Expected<KernelSpec> KernelSpec::fromFields(const std::map<std::string, std::string>& fields) {
+  // Short aliases for the command line.
+  static const std::map<std::string, std::string> kAlias = {
+      {"H", "hidden"},          {"G", "group_size"},  {"group", "group_size"},
+      {"in", "in_dtype"},       {"out", "out_dtype"}, {"layout", "scale_layout"},
+      {"tpg", "threads_per_group"}, {"vec", "vec_width"}, {"gpb", "groups_per_block"}};
+  nlohmann::json j = nlohmann::json::object();
+  nlohmann::json launch = nlohmann::json::object();
+  for (const auto& [rawName, value] : fields) {
+    auto alias = kAlias.find(rawName);
+    const std::string name = alias == kAlias.end() ? rawName : alias->second;
+    const bool isLaunch =
+        name == "threads_per_group" || name == "vec_width" || name == "groups_per_block";
+    if (name == "hidden" || name == "group_size" || isLaunch) {
+      size_t used = 0;
+      long long n = 0;
+      try {
+        n = std::stoll(value, &used);
+      } catch (...) {
+        used = 0;
+      }
+      if (used == 0 || used != value.size())
+        return specError(name, "'" + value + "'", "must be an integer");
+      (isLaunch ? launch : j)[name] = n;
+    } else if (name == "ue8m0" || name == "scale_ub" || name == "masked") {
+      if (value == "1" || value == "true" || value == "on")
+        j[name] = true;
+      else if (value == "0" || value == "false" || value == "off")
+        j[name] = false;
+      else
+        return specError(name, "'" + value + "'", "must be true/false, on/off or 1/0");
+    } else {
+      j[name] = value;
+    }
+  }
+  if (!launch.empty())
+    j["launch"] = launch;
+  return fromJson(j);
+}
+
+std::string KernelSpec::label() const {
+  std::ostringstream os;
+  os << "H=" << hidden << " G=" << groupSize << " " << toString(inDtype) << "->"
+     << toString(outDtype) << " " << toString(scaleLayout);
+  if (ue8m0)
+    os << " ue8m0";
+  if (hasScaleUb)
+    os << " ub";
+  if (masked)
+    os << " masked";
+  os << " " << arch;
+  if (shape)
+    os << " tpg=" << shape->threadsPerGroup << " vec=" << shape->vecWidth
+       << " gpb=" << shape->groupsPerBlock;
+  return os.str();
+}
+
+} // namespace bqjit

@@ -1,0 +1,20 @@
+// The default launch shape of a spec, used unless the user or a tuning
+// record gives one.
+#pragma once
+
+#include <vector>
+
+#include "bqjit/kernel_spec.hpp"
+
+namespace bqjit {
+
+/// The heuristic's choice for a validated spec (its `shape` is ignored).
+LaunchShape chooseLaunchShape(const KernelSpec& spec);
+
+/// The spec with `shape` filled in by the heuristic when it is unset.
+KernelSpec resolveShape(KernelSpec spec);
+
+/// Every valid shape worth timing for a spec, the heuristic's first.
+std::vector<LaunchShape> candidateShapes(const KernelSpec& spec);
+
+} // namespace bqjit

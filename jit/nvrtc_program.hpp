@@ -1,0 +1,42 @@
+// RAII owner of one nvrtcProgram, with value-or-error accessors.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <llvm/Support/Error.h>
+#include <nvrtc.h>
+
+namespace bqjit {
+
+class NvrtcProgram {
+public:
+  using Header = std::pair<std::string, std::string>; ///< include name, text
+
+  static llvm::Expected<NvrtcProgram> create(const std::string& source, const std::string& name,
+                                             const std::vector<Header>& headers,
+                                             const std::vector<std::string>& nameExpressions);
+  NvrtcProgram(NvrtcProgram&& other) noexcept : program_(std::exchange(other.program_, nullptr)) {}
+  NvrtcProgram& operator=(NvrtcProgram&& other) noexcept;
+  NvrtcProgram(const NvrtcProgram&) = delete;
+  NvrtcProgram& operator=(const NvrtcProgram&) = delete;
+  ~NvrtcProgram();
+
+  /// Compiles; on failure the error holds the options and the full log.
+  llvm::Error compile(const std::vector<std::string>& options);
+  std::string log() const;
+  llvm::Expected<std::string> ptx() const;
+  /// The cubin; an error when the options named a virtual architecture.
+  llvm::Expected<std::vector<char>> cubin() const;
+  llvm::Expected<std::string> loweredName(const std::string& nameExpression) const;
+
+private:
+  explicit NvrtcProgram(nvrtcProgram p) : program_(p) {}
+  nvrtcProgram program_ = nullptr;
+};
+
+/// "NVRTC_ERROR_COMPILATION (6)" style text for a result code.
+std::string nvrtcResultText(nvrtcResult result);
+
+} // namespace bqjit

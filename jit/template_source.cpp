@@ -1,0 +1,15 @@
+#include "jit/template_source.hpp"
+
+#include <cstddef>
+
+namespace bqjit {
+namespace detail {
+extern const unsigned char kTemplateBytes[];
+extern const size_t kTemplateSize;
+} // namespace detail
+
+llvm::StringRef templateSource() {
+  return llvm::StringRef(reinterpret_cast<const char*>(detail::kTemplateBytes), detail::kTemplateSize);
+}
+
+} // namespace bqjit
