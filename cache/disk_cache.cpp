@@ -1,0 +1,225 @@
+#include "cache/disk_cache.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "bqjit/error.hpp"
+#include "cache/entry_format.hpp"
+#include "cache/fs_util.hpp"
+#include "jit/cache_key.hpp"
+
+namespace bqjit {
+
+DiskCache::DiskCache(const std::string& cacheDir, const Config& config)
+    : root_(cacheDir + "/v" + std::to_string(kCacheFormatVersion)), config_(config),
+      journal_(root_ + "/journal.log") {}
+
+llvm::Error DiskCache::prepare() const {
+  for (const char* sub : {"/entries", "/tmp", "/locks", "/tuned"})
+    if (auto err = fs::createDirectories(root_ + sub))
+      return err;
+  if (::access(root_.c_str(), W_OK) != 0)
+    return makeError(ErrorCode::CacheError,
+                     "cache directory '" + root_ + "' is not writable: " + std::strerror(errno));
+  return llvm::Error::success();
+}
+
+namespace {
+
+struct RawEntry {
+  std::string metaText;
+  std::vector<char> cubin;
+  std::string ptx;
+};
+
+llvm::Expected<RawEntry> readEntry(const std::string& dir) {
+  RawEntry raw;
+  auto meta = fs::readFile(dir + "/" + kMetaFile);
+  if (!meta)
+    return meta.takeError();
+  raw.metaText.assign(meta->begin(), meta->end());
+  auto cubin = fs::readFile(dir + "/" + kCubinFile);
+  if (!cubin)
+    return cubin.takeError();
+  raw.cubin = std::move(*cubin);
+  auto ptx = fs::readFile(dir + "/" + kPtxFile);
+  if (!ptx)
+    return ptx.takeError();
+  raw.ptx.assign(ptx->begin(), ptx->end());
+  return raw;
+}
+
+// Verifies a raw entry read from `key`'s directory and builds the kernel.
+llvm::Expected<CompiledKernel> decodeEntry(const std::string& key, RawEntry raw) {
+  CompiledKernel k;
+  if (auto err = parseMetadata(raw.metaText, k))
+    return std::move(err);
+  if (k.key != key)
+    return makeError(ErrorCode::CacheError,
+                     "metadata key " + k.key + " differs from the directory name");
+  if (auto err = checkPayload(nlohmann::json::parse(raw.metaText), raw.cubin, raw.ptx))
+    return std::move(err);
+  k.cubin = std::move(raw.cubin);
+  k.ptx = std::move(raw.ptx);
+  return k;
+}
+
+bool isKeyName(const std::string& name) {
+  return name.size() == 32 && name.find_first_not_of("0123456789abcdef") == std::string::npos;
+}
+
+} // namespace
+
+std::optional<CompiledKernel> DiskCache::load(const std::string& key, std::string* problem) const {
+  const std::string dir = entryDir(key);
+  if (!fs::exists(dir))
+    return std::nullopt;
+  auto raw = readEntry(dir);
+  llvm::Expected<CompiledKernel> kernel =
+      raw ? decodeEntry(key, std::move(*raw)) : llvm::Expected<CompiledKernel>(raw.takeError());
+  if (kernel)
+    return std::move(*kernel);
+  std::string message;
+  consumeError(kernel.takeError(), &message);
+  // A reader racing with an eviction sees files vanish: that is a miss.
+  if (!fs::exists(dir))
+    return std::nullopt;
+  if (problem)
+    *problem = message;
+  config_.log(LogLevel::Warn, "cache entry " + key + " is corrupt and will be recompiled: " + message);
+  llvm::consumeError(journal_.append(CacheEvent::Corrupt, key));
+  llvm::consumeError(remove(key));
+  return std::nullopt;
+}
+
+llvm::Error DiskCache::publish(const CompiledKernel& kernel, const std::string& keyInputs) const {
+  auto tmp = fs::TempDir::create(root_ + "/tmp", kernel.key + ".");
+  if (!tmp)
+    return tmp.takeError();
+  const std::string meta = makeMetadata(kernel, keyInputs).dump(2) + "\n";
+  if (auto err = fs::writeFileSynced(tmp->path() + "/" + kCubinFile, kernel.cubin.data(),
+                                     kernel.cubin.size()))
+    return err;
+  if (auto err = fs::writeFileSynced(tmp->path() + "/" + kPtxFile, kernel.ptx.data(), kernel.ptx.size()))
+    return err;
+  if (auto err = fs::writeFileSynced(tmp->path() + "/" + kMetaFile, meta.data(), meta.size()))
+    return err;
+  if (auto err = fs::syncDirectory(tmp->path()))
+    return err;
+  const std::string target = entryDir(kernel.key);
+  if (::rename(tmp->path().c_str(), target.c_str()) != 0) {
+    if (errno == EEXIST || errno == ENOTEMPTY)
+      return llvm::Error::success(); // another writer won; the TempDir removes ours
+    return makeError(ErrorCode::CacheError, "cannot publish cache entry '" + target +
+                                                "': " + std::strerror(errno));
+  }
+  tmp->release();
+  return fs::syncDirectory(root_ + "/entries");
+}
+
+llvm::Expected<std::optional<FileLock>> DiskCache::lockKey(const std::string& key,
+                                                           int timeoutMs) const {
+  return FileLock::acquire(root_ + "/locks/" + key + ".lock", timeoutMs);
+}
+
+std::vector<EntryInfo> DiskCache::list() const {
+  std::vector<EntryInfo> out;
+  auto lastUse = journal_.lastUse();
+  for (const auto& key : fs::listDirectory(root_ + "/entries")) {
+    EntryInfo info;
+    info.key = key;
+    info.bytes = fs::treeBytes(entryDir(key));
+    info.lastUseMs = lastUse.count(key) ? lastUse[key] : 0;
+    auto metaText = fs::readFile(entryDir(key) + "/" + kMetaFile);
+    CompiledKernel k;
+    if (!metaText) {
+      consumeError(metaText.takeError(), &info.label);
+    } else if (auto err = parseMetadata(std::string(metaText->begin(), metaText->end()), k)) {
+      consumeError(std::move(err), &info.label);
+    } else {
+      info.valid = isKeyName(key);
+      info.label = k.spec.label();
+    }
+    out.push_back(std::move(info));
+  }
+  std::sort(out.begin(), out.end(),
+            [](const EntryInfo& a, const EntryInfo& b) { return a.lastUseMs > b.lastUseMs; });
+  return out;
+}
+
+VerifyReport DiskCache::verify() const {
+  VerifyReport report;
+  for (const auto& key : fs::listDirectory(root_ + "/entries")) {
+    ++report.checked;
+    auto raw = readEntry(entryDir(key));
+    llvm::Expected<CompiledKernel> kernel =
+        raw ? decodeEntry(key, std::move(*raw)) : llvm::Expected<CompiledKernel>(raw.takeError());
+    if (kernel)
+      continue;
+    std::string message;
+    consumeError(kernel.takeError(), &message);
+    ++report.bad;
+    report.problems.push_back(key + ": " + message);
+  }
+  return report;
+}
+
+llvm::Error DiskCache::remove(const std::string& key) const {
+  // Rename first so that the entry disappears at once for every reader.
+  const std::string doomed = root_ + "/tmp/removed." + key + "." + fs::uniqueSuffix();
+  if (::rename(entryDir(key).c_str(), doomed.c_str()) != 0)
+    return errno == ENOENT ? llvm::Error::success()
+                           : makeError(ErrorCode::CacheError, "cannot remove cache entry '" +
+                                                                  entryDir(key) +
+                                                                  "': " + std::strerror(errno));
+  return fs::removeTree(doomed);
+}
+
+llvm::Error DiskCache::clear() const {
+  for (const auto& key : fs::listDirectory(root_ + "/entries"))
+    if (auto err = remove(key))
+      return err;
+  for (const char* sub : {"/tuned", "/tmp"})
+    for (const auto& name : fs::listDirectory(root_ + sub))
+      if (auto err = fs::removeTree(root_ + sub + "/" + name))
+        return err;
+  return fs::removeTree(journal_.path());
+}
+
+llvm::Expected<std::vector<std::string>> DiskCache::collectGarbage(uint64_t maxBytes,
+                                                                   const std::string& keep) const {
+  // Temporaries of writers that died: their pid (the name's second field) is gone.
+  for (const auto& name : fs::listDirectory(root_ + "/tmp")) {
+    auto dot = name.find('.');
+    auto dot2 = name.find('.', dot + 1);
+    int pid = dot == std::string::npos ? 0 : std::atoi(name.substr(dot + 1, dot2 - dot - 1).c_str());
+    bool dead = pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH;
+    if (dead || name.rfind("removed.", 0) == 0)
+      llvm::consumeError(fs::removeTree(root_ + "/tmp/" + name));
+  }
+  std::vector<std::string> evicted;
+  auto entries = list(); // most recently used first
+  uint64_t total = 0;
+  for (const auto& e : entries)
+    total += e.bytes;
+  for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
+    const bool overLimit = maxBytes > 0 && total > maxBytes;
+    if (it->key == keep || (it->valid && !overLimit))
+      continue;
+    if (auto err = remove(it->key))
+      return std::move(err);
+    llvm::consumeError(journal_.append(CacheEvent::Evict, it->key));
+    total -= it->bytes;
+    evicted.push_back(it->key);
+  }
+  return evicted;
+}
+
+} // namespace bqjit

@@ -1,0 +1,77 @@
+// The disk layer: one directory per key, published whole by rename.
+//
+//   <root>/v1/entries/<key>/{kernel.cubin, kernel.ptx, meta.json}
+//   <root>/v1/tmp/       private directories of writers in progress
+//   <root>/v1/locks/     one lock file per key (compile once across processes)
+//   <root>/v1/tuned/     tuned launch shapes, one JSON file per untuned spec
+//   <root>/v1/journal.log  hits, misses, compiles, evictions (see journal.hpp)
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <llvm/Support/Error.h>
+
+#include "bqjit/compiled_kernel.hpp"
+#include "bqjit/config.hpp"
+#include "cache/file_lock.hpp"
+#include "cache/journal.hpp"
+
+namespace bqjit {
+
+struct EntryInfo {
+  std::string key;
+  std::string label; ///< spec label, or why the entry is unreadable
+  uint64_t bytes = 0;
+  int64_t lastUseMs = 0;
+  bool valid = false;
+};
+
+struct VerifyReport {
+  int64_t checked = 0;
+  int64_t bad = 0;
+  std::vector<std::string> problems; ///< "<key>: <what is wrong>"
+};
+
+class DiskCache {
+public:
+  /// `cacheDir` is Config::cacheDir; the versioned root goes below it.
+  DiskCache(const std::string& cacheDir, const Config& config);
+
+  const std::string& root() const { return root_; }
+  std::string entryDir(const std::string& key) const { return root_ + "/entries/" + key; }
+  const Journal& journal() const { return journal_; }
+
+  /// Creates the directories. An error says why the cache cannot be written.
+  llvm::Error prepare() const;
+
+  /// Reads and verifies an entry: std::nullopt when absent. A corrupt entry
+  /// (bad checksum, truncated, altered, unreadable metadata, other format) is
+  /// removed, recorded as corrupt, and reported through `problem`.
+  std::optional<CompiledKernel> load(const std::string& key, std::string* problem = nullptr) const;
+
+  /// Publishes an entry atomically: written in a private directory, fsynced,
+  /// renamed into place. If another writer published the key first, theirs stays.
+  llvm::Error publish(const CompiledKernel& kernel, const std::string& keyInputs) const;
+
+  /// The cross-process lock of a key (nullopt after `timeoutMs`).
+  llvm::Expected<std::optional<FileLock>> lockKey(const std::string& key, int timeoutMs) const;
+
+  std::vector<EntryInfo> list() const;
+  VerifyReport verify() const;
+  llvm::Error remove(const std::string& key) const;
+  llvm::Error clear() const;
+  /// Evicts least recently used entries until at most `maxBytes` remain,
+  /// sparing `keep`; removes stale temporaries and unreadable entries.
+  /// Returns the keys evicted.
+  llvm::Expected<std::vector<std::string>> collectGarbage(uint64_t maxBytes,
+                                                          const std::string& keep = "") const;
+
+private:
+  std::string root_;
+  const Config& config_;
+  Journal journal_;
+};
+
+} // namespace bqjit

@@ -1,0 +1,151 @@
+#include "cache/journal.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <set>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "bqjit/error.hpp"
+#include "cache/fs_util.hpp"
+
+namespace bqjit {
+
+const char* toString(CacheEvent event) {
+  switch (event) {
+  case CacheEvent::Hit: return "hit";
+  case CacheEvent::Miss: return "miss";
+  case CacheEvent::Compile: return "compile";
+  case CacheEvent::Evict: return "evict";
+  case CacheEvent::Corrupt: return "corrupt";
+  }
+  return "?";
+}
+
+int64_t unixTimeMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+namespace {
+
+std::string recordLine(CacheEvent event, const std::string& key, double compileMs) {
+  nlohmann::json j = {{"ev", toString(event)}, {"key", key}, {"t", unixTimeMs()}, {"pid", ::getpid()}};
+  if (event == CacheEvent::Compile)
+    j["ms"] = compileMs;
+  return j.dump() + "\n";
+}
+
+} // namespace
+
+llvm::Error Journal::append(CacheEvent event, const std::string& key, double compileMs) const {
+  const std::string line = recordLine(event, key, compileMs);
+  int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return makeError(ErrorCode::CacheError,
+                     "cannot open journal '" + path_ + "': " + std::strerror(errno));
+  // One write per record: O_APPEND keeps concurrent lines whole.
+  ssize_t n = ::write(fd, line.data(), line.size());
+  int e = errno;
+  ::close(fd);
+  if (n != static_cast<ssize_t>(line.size()))
+    return makeError(ErrorCode::CacheError, "cannot append to journal '" + path_ + "': " +
+                                                (n < 0 ? std::strerror(e) : "short write"));
+  return llvm::Error::success();
+}
+
+std::vector<JournalRecord> Journal::read(int64_t* malformed) const {
+  std::vector<JournalRecord> out;
+  int64_t bad = 0;
+  std::ifstream in(path_);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object() || !j.contains("ev") || !j["ev"].is_string() || !j.contains("key") ||
+        !j["key"].is_string() || !j.contains("t") || !j["t"].is_number_integer()) {
+      ++bad;
+      continue;
+    }
+    JournalRecord r;
+    const std::string ev = j["ev"];
+    bool known = false;
+    for (CacheEvent e : {CacheEvent::Hit, CacheEvent::Miss, CacheEvent::Compile, CacheEvent::Evict,
+                         CacheEvent::Corrupt})
+      if (ev == toString(e)) {
+        r.event = e;
+        known = true;
+      }
+    if (!known) {
+      ++bad;
+      continue;
+    }
+    r.key = j["key"];
+    r.timeMs = j["t"];
+    if (j.contains("ms") && j["ms"].is_number())
+      r.compileMs = j["ms"];
+    if (j.contains("pid") && j["pid"].is_number_integer())
+      r.pid = j["pid"];
+    out.push_back(std::move(r));
+  }
+  if (malformed)
+    *malformed = bad;
+  return out;
+}
+
+CacheStats Journal::stats() const {
+  CacheStats s;
+  for (const auto& r : read()) {
+    switch (r.event) {
+    case CacheEvent::Hit: ++s.hits; break;
+    case CacheEvent::Miss: ++s.misses; break;
+    case CacheEvent::Compile:
+      ++s.compiles;
+      s.compileMsTotal += r.compileMs;
+      s.compileMsMax = std::max(s.compileMsMax, r.compileMs);
+      break;
+    case CacheEvent::Evict: ++s.evictions; break;
+    case CacheEvent::Corrupt: ++s.corrupt; break;
+    }
+  }
+  return s;
+}
+
+std::map<std::string, int64_t> Journal::lastUse() const {
+  std::map<std::string, int64_t> out;
+  for (const auto& r : read())
+    if (r.event == CacheEvent::Hit || r.event == CacheEvent::Compile)
+      out[r.key] = std::max(out[r.key], r.timeMs);
+  return out;
+}
+
+llvm::Error Journal::compact(const std::vector<std::string>& liveKeys) const {
+  std::set<std::string> live(liveKeys.begin(), liveKeys.end());
+  std::string text;
+  std::ifstream in(path_);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_object() && j.contains("key") && j["key"].is_string() &&
+        live.count(j["key"].get<std::string>()))
+      text += line + "\n";
+  }
+  const std::string tmp = path_ + ".tmp." + fs::uniqueSuffix();
+  if (auto err = fs::writeFileSynced(tmp, text.data(), text.size()))
+    return err;
+  if (::rename(tmp.c_str(), path_.c_str()) != 0) {
+    int e = errno;
+    ::unlink(tmp.c_str());
+    return makeError(ErrorCode::CacheError,
+                     "cannot replace journal '" + path_ + "': " + std::strerror(e));
+  }
+  return llvm::Error::success();
+}
+
+} // namespace bqjit

@@ -1,0 +1,238 @@
+#include "cache/kernel_cache.hpp"
+
+#include <fstream>
+
+#include "bqjit/error.hpp"
+#include "cache/fs_util.hpp"
+#include "jit/cache_key.hpp"
+#include "jit/launch_heuristic.hpp"
+#include "jit/template_source.hpp"
+
+namespace bqjit {
+
+const char* toString(KernelSource source) {
+  switch (source) {
+  case KernelSource::Memory: return "memory";
+  case KernelSource::Disk: return "disk";
+  case KernelSource::Compiled: return "compiled";
+  }
+  return "?";
+}
+
+struct KernelCache::Pending {
+  std::promise<void> promise;
+  std::shared_future<void> ready = promise.get_future().share();
+  KernelPtr kernel;
+  KernelSource source = KernelSource::Compiled;
+  ErrorCode code = ErrorCode::Internal;
+  std::string message;
+};
+
+KernelCache::KernelCache(Config config, Compiler compiler)
+    : config_(std::move(config)), compiler_(std::move(compiler)) {
+  if (config_.cacheDir.empty())
+    return;
+  disk_ = std::make_unique<DiskCache>(config_.cacheDir, config_);
+  if (auto err = disk_->prepare()) {
+    std::string message;
+    consumeError(std::move(err), &message);
+    warnOnce(warnedWrite_, message + "; kernels are kept in memory only");
+    return;
+  }
+  diskWritable_ = true;
+}
+
+void KernelCache::warnOnce(std::atomic<bool>& flag, const std::string& text) const {
+  if (!flag.exchange(true))
+    config_.log(LogLevel::Warn, text);
+}
+
+std::string KernelCache::tunedPath(const KernelSpec& spec) const {
+  KernelSpec base = spec;
+  base.shape.reset();
+  KeyInputs in;
+  in.canonicalSpec = base.canonical();
+  in.templateSource = templateSource().str();
+  in.options = Compiler::options(base);
+  in.nvrtcIdentity = compiler_.identity().toString();
+  in.arch = base.arch;
+  return disk_->root() + "/tuned/" + computeCacheKey(in) + ".json";
+}
+
+llvm::Expected<KernelSpec> KernelCache::resolve(const KernelSpec& spec) const {
+  if (auto err = spec.validate())
+    return std::move(err);
+  if (spec.shape || !disk_)
+    return resolveShape(spec);
+  auto text = fs::readFile(tunedPath(spec));
+  if (text) {
+    auto j = nlohmann::json::parse(text->begin(), text->end(), nullptr, false);
+    if (j.is_object() && j.contains("spec")) {
+      auto tuned = KernelSpec::fromJson(j["spec"]);
+      if (tuned && tuned->shape) {
+        KernelSpec out = spec;
+        out.shape = tuned->shape;
+        if (!validateShape(out, *out.shape))
+          return out;
+      }
+      if (!tuned)
+        llvm::consumeError(tuned.takeError());
+    }
+    config_.log(LogLevel::Warn, "ignoring unreadable tuning record " + tunedPath(spec));
+  } else {
+    llvm::consumeError(text.takeError());
+  }
+  return resolveShape(spec);
+}
+
+llvm::Error KernelCache::storeTunedShape(const KernelSpec& spec, const LaunchShape& shape) const {
+  if (!disk_)
+    return makeError(ErrorCode::CacheError, "no cache directory to store the tuned shape in");
+  KernelSpec tuned = spec;
+  tuned.shape = shape;
+  if (auto err = tuned.validate())
+    return err;
+  const std::string path = tunedPath(spec);
+  const std::string text = nlohmann::json({{"spec", tuned.toJson()}}).dump(2) + "\n";
+  const std::string tmp = path + ".tmp." + fs::uniqueSuffix();
+  if (auto err = fs::writeFileSynced(tmp, text.data(), text.size()))
+    return err;
+  if (::rename(tmp.c_str(), path.c_str()) != 0)
+    return makeError(ErrorCode::CacheError, "cannot write tuning record '" + path + "'");
+  return llvm::Error::success();
+}
+
+llvm::Expected<KernelCache::Result> KernelCache::get(const KernelSpec& spec) {
+  auto resolved = resolve(spec);
+  if (!resolved)
+    return resolved.takeError();
+  const std::string key = compiler_.cacheKey(*resolved);
+
+  std::shared_ptr<Pending> pending;
+  bool owner = false;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto hit = memory_.find(key);
+    if (hit != memory_.end()) {
+      ++counters_.memoryHits;
+      return Result{hit->second, KernelSource::Memory};
+    }
+    auto& slot = inFlight_[key];
+    if (!slot) {
+      slot = std::make_shared<Pending>();
+      owner = true;
+    }
+    pending = slot;
+  }
+  if (!owner) {
+    pending->ready.wait();
+    if (!pending->kernel)
+      return makeError(pending->code, pending->message);
+    return Result{pending->kernel, KernelSource::Memory};
+  }
+
+  auto produced = produce(*resolved, key);
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (produced) {
+    memory_[key] = produced->kernel;
+    pending->kernel = produced->kernel;
+    pending->source = produced->source;
+  } else {
+    // Waiters get the same error; the owner returns the original.
+    std::string message;
+    ErrorCode code = consumeError(produced.takeError(), &message);
+    pending->code = code;
+    pending->message = message;
+    produced = makeError(code, message);
+  }
+  inFlight_.erase(key);
+  pending->promise.set_value();
+  return produced;
+}
+
+llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelSpec& resolved,
+                                                         const std::string& key) {
+  auto fromDisk = [&]() -> KernelPtr {
+    if (!disk_)
+      return nullptr;
+    auto k = disk_->load(key);
+    if (!k)
+      return nullptr;
+    llvm::consumeError(disk_->journal().append(CacheEvent::Hit, key));
+    return std::make_shared<const CompiledKernel>(std::move(*k));
+  };
+  if (auto k = fromDisk()) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++counters_.diskHits;
+    return Result{k, KernelSource::Disk};
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++counters_.misses;
+  }
+  if (disk_)
+    llvm::consumeError(disk_->journal().append(CacheEvent::Miss, key));
+  if (config_.noCompile)
+    return makeError(ErrorCode::NotInCache,
+                     "BQJIT_NO_COMPILE is set and the cache at '" + config_.cacheDir +
+                         "' has no kernel for " + resolved.canonical() + " (key " + key +
+                         "); prewarm it with `bqjit prewarm`");
+
+  std::optional<FileLock> keyLock;
+  if (diskWritable_) {
+    auto lock = disk_->lockKey(key, config_.lockTimeoutMs);
+    if (!lock) {
+      std::string message;
+      consumeError(lock.takeError(), &message);
+      warnOnce(warnedLock_, message + "; compiling without the cross-process lock");
+    } else if (!*lock) {
+      warnOnce(warnedLock_, "waited " + std::to_string(config_.lockTimeoutMs) +
+                                " ms for the compile lock of " + key + "; compiling privately");
+    } else {
+      keyLock.emplace(std::move(**lock));
+      // Another process may have published while we waited for the lock.
+      if (auto k = fromDisk()) {
+        std::lock_guard<std::mutex> guard(mutex_);
+        ++counters_.diskHits;
+        return Result{k, KernelSource::Disk};
+      }
+    }
+  }
+
+  auto compiled = compiler_.compile(resolved);
+  if (!compiled)
+    return compiled.takeError();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++counters_.compiles;
+    counters_.compileMs += compiled->compileMs;
+  }
+  if (diskWritable_) {
+    KeyInputs in;
+    in.canonicalSpec = resolved.canonical();
+    in.templateSource = templateSource().str();
+    in.options = compiled->options;
+    in.nvrtcIdentity = compiler_.identity().toString();
+    in.arch = resolved.arch;
+    if (auto err = disk_->publish(*compiled, in.canonical())) {
+      std::string message;
+      consumeError(std::move(err), &message);
+      warnOnce(warnedWrite_, message + "; kernels are kept in memory only");
+    } else {
+      llvm::consumeError(disk_->journal().append(CacheEvent::Compile, key, compiled->compileMs));
+      if (config_.maxCacheBytes > 0) {
+        auto evicted = disk_->collectGarbage(config_.maxCacheBytes, key);
+        if (!evicted)
+          warnOnce(warnedWrite_, consumeToString(evicted.takeError()));
+      }
+    }
+  }
+  return Result{std::make_shared<const CompiledKernel>(std::move(*compiled)), KernelSource::Compiled};
+}
+
+CacheCounters KernelCache::counters() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return counters_;
+}
+
+} // namespace bqjit

@@ -1,0 +1,81 @@
+// The cache as the rest of bqjit sees it: memory, then disk, then NVRTC.
+// One compile per key: threads of a process wait on one in-flight compile,
+// processes on the key's lock file.
+#pragma once
+
+#include <atomic>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <optional>
+
+#include <llvm/ADT/StringMap.h>
+#include <llvm/Support/Error.h>
+
+#include "bqjit/compiled_kernel.hpp"
+#include "bqjit/config.hpp"
+#include "cache/disk_cache.hpp"
+#include "jit/compiler.hpp"
+
+namespace bqjit {
+
+/// Where a kernel came from.
+enum class KernelSource { Memory, Disk, Compiled };
+const char* toString(KernelSource source);
+
+/// This process's counters.
+struct CacheCounters {
+  int64_t memoryHits = 0;
+  int64_t diskHits = 0;
+  int64_t misses = 0;
+  int64_t compiles = 0;
+  double compileMs = 0;
+};
+
+class KernelCache {
+public:
+  using KernelPtr = std::shared_ptr<const CompiledKernel>;
+  struct Result {
+    KernelPtr kernel;
+    KernelSource source;
+  };
+
+  KernelCache(Config config, Compiler compiler);
+
+  const Config& config() const { return config_; }
+  const Compiler& compiler() const { return compiler_; }
+  /// The disk layer, or nullptr when Config::cacheDir is empty.
+  const DiskCache* disk() const { return disk_.get(); }
+
+  /// The spec with its launch shape resolved: the user's, else a tuned record
+  /// for this spec in the cache, else the heuristic's.
+  llvm::Expected<KernelSpec> resolve(const KernelSpec& spec) const;
+
+  /// The compiled kernel of a spec (validated and resolved here).
+  llvm::Expected<Result> get(const KernelSpec& spec);
+
+  /// Stores the tuned launch shape of an unresolved spec.
+  llvm::Error storeTunedShape(const KernelSpec& spec, const LaunchShape& shape) const;
+
+  CacheCounters counters() const;
+
+private:
+  llvm::Expected<Result> produce(const KernelSpec& resolved, const std::string& key);
+  void warnOnce(std::atomic<bool>& flag, const std::string& text) const;
+  std::string tunedPath(const KernelSpec& spec) const;
+
+  Config config_;
+  Compiler compiler_;
+  std::unique_ptr<DiskCache> disk_;
+  bool diskWritable_ = false;
+
+  mutable std::mutex mutex_;
+  llvm::StringMap<KernelPtr> memory_;
+  struct Pending; // one in-flight lookup that other threads wait on
+  llvm::StringMap<std::shared_ptr<Pending>> inFlight_;
+  CacheCounters counters_;
+  mutable std::atomic<bool> warnedWrite_{false};
+  mutable std::atomic<bool> warnedLock_{false};
+};
+
+} // namespace bqjit

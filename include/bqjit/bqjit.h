@@ -1,0 +1,73 @@
+/* bqjit C API: opaque handles, status codes and a per-thread error message.
+ * For other languages (the Python binding uses it through ctypes). */
+#ifndef BQJIT_BQJIT_H
+#define BQJIT_BQJIT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Status codes; the same numbers as bqjit::ErrorCode. */
+typedef enum {
+  BQJIT_OK = 0,
+  BQJIT_ERROR_INVALID_SPEC = 1,
+  BQJIT_ERROR_INVALID_ARGUMENT = 2,
+  BQJIT_ERROR_COMPILE_FAILED = 3,
+  BQJIT_ERROR_CACHE = 4,
+  BQJIT_ERROR_DRIVER = 5,
+  BQJIT_ERROR_NO_DRIVER = 6,
+  BQJIT_ERROR_ARCH_MISMATCH = 7,
+  BQJIT_ERROR_NOT_IN_CACHE = 8,
+  BQJIT_ERROR_INTERNAL = 9
+} bqjit_status;
+
+typedef struct bqjit_service_s* bqjit_service;
+typedef struct bqjit_kernel_s* bqjit_kernel;
+
+/** Run-time launch arguments; pointers are device addresses. */
+typedef struct {
+  uint64_t x;          /**< [E][tokens][ldx] input */
+  int64_t ldx;         /**< elements between rows, >= 2H */
+  int64_t tokens;      /**< T (T_max when masked) */
+  uint64_t q;          /**< [E][tokens][H] output */
+  uint64_t scales;     /**< scale buffer */
+  uint64_t scale_ub;   /**< one float, or 0 when the spec has no bound */
+  uint64_t masked_m;   /**< int32 [E], or 0 when not masked */
+  int64_t num_experts; /**< E, 1 when not masked */
+} bqjit_launch_args;
+
+/** The message of the last failed call on this thread ("" if none). */
+const char* bqjit_last_error(void);
+
+/** A service configured from the environment (BQJIT_CACHE_DIR, ...).
+ *  `cache_dir` overrides the directory when not NULL ("" disables the disk cache). */
+bqjit_status bqjit_service_create(const char* cache_dir, bqjit_service* out);
+void bqjit_service_destroy(bqjit_service service);
+
+/** Compiles (or finds) a spec given as JSON and writes its metadata (key,
+ *  resolved spec, lowered name, resources, source) as JSON into `buf`.
+ *  `*needed` receives the size including the NUL; a too-small buffer is
+ *  BQJIT_ERROR_INVALID_ARGUMENT. Works without a GPU. */
+bqjit_status bqjit_compile(bqjit_service service, const char* spec_json, char* buf, size_t size,
+                           size_t* needed);
+
+/** The spec (JSON) with "arch" set to the device's; same buffer rules. */
+bqjit_status bqjit_spec_for_device(bqjit_service service, const char* spec_json, int device,
+                                   char* buf, size_t size, size_t* needed);
+
+/** The kernel of a spec loaded on a device (-1: current context's device). */
+bqjit_status bqjit_kernel_get(bqjit_service service, const char* spec_json, int device,
+                              bqjit_kernel* out);
+void bqjit_kernel_release(bqjit_kernel kernel);
+
+/** Enqueues the kernel on `stream` (a CUstream / cudaStream_t). */
+bqjit_status bqjit_kernel_launch(bqjit_kernel kernel, const bqjit_launch_args* args, void* stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BQJIT_BQJIT_H */

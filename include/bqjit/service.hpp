@@ -1,0 +1,91 @@
+// The C++ service API: ask for the kernel of a spec, launch it on a stream.
+//
+//   auto config = bqjit::Config::fromEnvironment();
+//   auto service = bqjit::Service::create(*config);
+//   auto kernel = (*service)->getKernel(spec, /*device=*/0);
+//   kernel->launch(args, stream);
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include <cuda.h>
+#include <llvm/Support/Error.h>
+
+#include "bqjit/compiled_kernel.hpp"
+#include "bqjit/config.hpp"
+#include "bqjit/kernel_spec.hpp"
+
+namespace bqjit {
+
+class CudaDriver;
+class KernelCache;
+struct LoadedFunction;
+
+/// Run-time arguments of one launch; every pointer is device memory.
+struct LaunchArgs {
+  const void* x = nullptr;         ///< [E][tokens][ldx] input, gate then up
+  int64_t ldx = 0;                 ///< elements between rows of x; >= 2H
+  int64_t tokens = 0;              ///< T (T_max for masked batches); 0 launches nothing
+  void* q = nullptr;               ///< [E][tokens][H] quantized output
+  void* scales = nullptr;          ///< scales, laid out per the spec's scale layout
+  const float* scaleUb = nullptr;  ///< one float; required iff the spec has a scale bound
+  const int32_t* maskedM = nullptr;///< [E] live rows per expert; required iff masked
+  int64_t numExperts = 1;          ///< E; must be 1 unless masked
+};
+
+/// A kernel loaded on one device: a cheap, copyable handle.
+class Kernel {
+public:
+  /// The resolved spec (launch shape filled in).
+  const KernelSpec& spec() const;
+  const CompiledKernel& compiled() const;
+  /// The CUdevice ordinal the kernel is loaded on.
+  int device() const;
+  /// Grid and block of a launch with these arguments.
+  void launchDims(const LaunchArgs& args, unsigned grid[3], unsigned block[3]) const;
+
+  /// Checks the arguments (null or misaligned pointers for the vector width,
+  /// ldx < 2H, tokens < 0, a stream of another context) and enqueues the
+  /// kernel on `stream`. No allocation, synchronization or disk access, so it
+  /// may be captured in a CUDA graph.
+  llvm::Error launch(const LaunchArgs& args, CUstream stream) const;
+
+private:
+  friend class Service;
+  explicit Kernel(std::shared_ptr<const LoadedFunction> f) : fn_(std::move(f)) {}
+  std::shared_ptr<const LoadedFunction> fn_;
+};
+
+/// Process-wide kernel service: owns the cache, the compiler and, when a
+/// driver is present, the loaded modules. Thread-safe.
+class Service {
+public:
+  /// Never needs a GPU: the driver is opened on the first getKernel().
+  static llvm::Expected<std::unique_ptr<Service>> create(Config config);
+  ~Service();
+
+  /// The compiled kernel of a spec, from memory, disk or NVRTC; works
+  /// without a GPU or driver.
+  llvm::Expected<std::shared_ptr<const CompiledKernel>> compile(const KernelSpec& spec);
+
+  /// The kernel of `spec` loaded on `device` (-1: the device of the current
+  /// context, else 0). The spec's architecture must match the device's.
+  llvm::Expected<Kernel> getKernel(const KernelSpec& spec, int device = -1);
+
+  /// `spec` with its architecture set to the device's (e.g. "sm_90").
+  llvm::Expected<KernelSpec> forDevice(KernelSpec spec, int device = -1);
+
+  /// The driver, loading it if needed (ErrorCode::NoDriver without one).
+  llvm::Expected<std::shared_ptr<const CudaDriver>> driver();
+
+  KernelCache& cache();
+  const Config& config() const;
+
+private:
+  struct Impl;
+  explicit Service(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+} // namespace bqjit

@@ -1,0 +1,125 @@
+// Kernel::launch: argument checks and cuLaunchKernel. Nothing here allocates,
+// synchronizes or touches the disk.
+#include <cstdint>
+#include <string>
+
+#include "bqjit/error.hpp"
+#include "bqjit/service.hpp"
+#include "runtime/loaded_function.hpp"
+
+namespace bqjit {
+
+const KernelSpec& Kernel::spec() const { return fn_->kernel().spec; }
+const CompiledKernel& Kernel::compiled() const { return fn_->kernel(); }
+int Kernel::device() const { return fn_->device; }
+
+void Kernel::launchDims(const LaunchArgs& args, unsigned grid[3], unsigned block[3]) const {
+  const KernelSpec& s = spec();
+  const bool padded =
+      s.scaleLayout == ScaleLayout::ColTma || s.scaleLayout == ScaleLayout::Ue8m0Packed;
+  const int64_t taskRows = padded ? (args.tokens + 3) / 4 * 4 : args.tokens;
+  const int64_t tasks = taskRows * s.numGroups();
+  const int gpb = s.shape->groupsPerBlock;
+  grid[0] = static_cast<unsigned>((tasks + gpb - 1) / gpb);
+  grid[1] = s.masked ? static_cast<unsigned>(args.numExperts) : 1u;
+  grid[2] = 1;
+  block[0] = static_cast<unsigned>(s.shape->threadsPerBlock());
+  block[1] = block[2] = 1;
+}
+
+namespace {
+
+llvm::Error argError(const KernelSpec& spec, const std::string& field, const std::string& value,
+                     const std::string& rule) {
+  return makeError(ErrorCode::InvalidArgument, "launch argument '" + field + "' = " + value +
+                                                   ": " + rule + " (kernel " + spec.label() + ")");
+}
+
+std::string hexPointer(const void* p) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%p", p);
+  return buf;
+}
+
+llvm::Error checkPointer(const KernelSpec& spec, const char* field, const void* p, int align) {
+  if (!p)
+    return argError(spec, field, "null", "must be a device pointer");
+  if (reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(align) != 0)
+    return argError(spec, field, hexPointer(p),
+                    "must be aligned to " + std::to_string(align) + " bytes for this kernel");
+  return llvm::Error::success();
+}
+
+} // namespace
+
+llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
+  const KernelSpec& s = spec();
+  const int vec = s.shape->vecWidth;
+  const int vecBytes = vec * dtypeBytes(s.inDtype);
+  if (a.tokens < 0)
+    return argError(s, "tokens", std::to_string(a.tokens), "must be >= 0");
+  if (a.ldx < 2 * static_cast<int64_t>(s.hidden))
+    return argError(s, "ldx", std::to_string(a.ldx), "must be >= 2H = " + std::to_string(2 * s.hidden));
+  if ((a.ldx * dtypeBytes(s.inDtype)) % vecBytes != 0)
+    return argError(s, "ldx", std::to_string(a.ldx),
+                    "row pitch must be a multiple of the " + std::to_string(vecBytes) +
+                        "-byte vector loads (vec_width " + std::to_string(vec) + ")");
+  if (!s.masked && a.numExperts != 1)
+    return argError(s, "numExperts", std::to_string(a.numExperts), "must be 1 for an unmasked kernel");
+  if (s.masked && (a.numExperts < 1 || a.numExperts > 65535))
+    return argError(s, "numExperts", std::to_string(a.numExperts), "must be in 1..65535");
+  if (auto err = checkPointer(s, "x", a.x, vecBytes))
+    return err;
+  if (auto err = checkPointer(s, "q", a.q, vec))
+    return err;
+  if (auto err = checkPointer(s, "scales", a.scales, 4))
+    return err;
+  if (s.hasScaleUb)
+    if (auto err = checkPointer(s, "scaleUb", a.scaleUb, 4))
+      return err;
+  if (s.masked)
+    if (auto err = checkPointer(s, "maskedM", a.maskedM, 4))
+      return err;
+
+  const CudaDriver& d = fn_->driver();
+  // The stream must belong to the context the function was loaded in.
+  CUcontext streamCtx = nullptr;
+  const bool legacy = stream == nullptr || stream == CU_STREAM_LEGACY || stream == CU_STREAM_PER_THREAD;
+  CUresult r = legacy ? d.cuCtxGetCurrent(&streamCtx) : d.cuStreamGetCtx(stream, &streamCtx);
+  if (r != CUDA_SUCCESS)
+    return d.check(r, legacy ? "cuCtxGetCurrent" : "cuStreamGetCtx",
+                   "stream " + hexPointer(stream) + " for kernel " + s.label());
+  if (streamCtx != fn_->context)
+    return argError(s, "stream", hexPointer(stream),
+                    std::string(legacy ? "the default stream's current context"
+                                       : "the stream's context") +
+                        " is not the primary context of device " + std::to_string(fn_->device) +
+                        ", where this kernel is loaded");
+  if (a.tokens == 0)
+    return llvm::Error::success();
+
+  unsigned grid[3], block[3];
+  launchDims(a, grid, block);
+  const int64_t taskBlocks =
+      ((s.scaleLayout == ScaleLayout::ColTma || s.scaleLayout == ScaleLayout::Ue8m0Packed
+            ? (a.tokens + 3) / 4 * 4
+            : a.tokens) *
+           s.numGroups() +
+       s.shape->groupsPerBlock - 1) /
+      s.shape->groupsPerBlock;
+  if (taskBlocks > INT32_MAX)
+    return argError(s, "tokens", std::to_string(a.tokens), "needs more than 2^31-1 blocks");
+
+  const void* x = a.x;
+  int64_t ldx = a.ldx, rows = a.tokens;
+  void* q = a.q;
+  void* scales = a.scales;
+  const float* ub = a.scaleUb;
+  const int32_t* masked = a.maskedM;
+  void* params[] = {&x, &ldx, &rows, &q, &scales, &ub, &masked};
+  r = d.cuLaunchKernel(fn_->function, grid[0], grid[1], grid[2], block[0], block[1], block[2], 0,
+                       stream, params, nullptr);
+  return d.check(r, "cuLaunchKernel", "kernel " + s.label());
+}
+
+} // namespace bqjit

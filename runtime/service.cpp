@@ -1,0 +1,188 @@
+#include "bqjit/service.hpp"
+
+#include <map>
+#include <mutex>
+
+#include "bqjit/error.hpp"
+#include "cache/kernel_cache.hpp"
+#include "runtime/cuda_driver.hpp"
+#include "runtime/loaded_function.hpp"
+
+namespace bqjit {
+
+struct Service::Impl {
+  Config config;
+  KernelCache cache;
+
+  std::mutex mutex; // guards everything below
+  std::shared_ptr<const CudaDriver> driver;
+  std::map<int, CUcontext> primaryContexts;                          // retained, by device
+  std::map<std::string, std::weak_ptr<const LoadedLibrary>> libraries; // by cache key
+  std::map<std::pair<std::string, int>, std::shared_ptr<const LoadedFunction>> functions;
+
+  Impl(Config c, Compiler compiler) : config(c), cache(std::move(c), std::move(compiler)) {}
+
+  ~Impl() {
+    functions.clear(); // unloads the libraries before the contexts go
+    if (driver)
+      for (auto& [device, ctx] : primaryContexts)
+        driver->cuDevicePrimaryCtxRelease(device);
+  }
+
+  llvm::Expected<std::shared_ptr<const CudaDriver>> loadDriverLocked() {
+    if (driver)
+      return driver;
+    auto loaded = CudaDriver::load();
+    if (!loaded)
+      return loaded.takeError();
+    driver = *loaded;
+    return driver;
+  }
+
+  llvm::Expected<int> resolveDeviceLocked(int device) {
+    if (device >= 0)
+      return device;
+    CUcontext ctx = nullptr;
+    if (driver->cuCtxGetCurrent(&ctx) == CUDA_SUCCESS && ctx) {
+      CUdevice dev = 0;
+      if (auto err = driver->check(driver->cuCtxGetDevice(&dev), "cuCtxGetDevice"))
+        return std::move(err);
+      return static_cast<int>(dev);
+    }
+    return 0;
+  }
+
+  llvm::Expected<CUcontext> primaryContextLocked(int device) {
+    auto it = primaryContexts.find(device);
+    if (it != primaryContexts.end())
+      return it->second;
+    int count = 0;
+    if (auto err = driver->check(driver->cuDeviceGetCount(&count), "cuDeviceGetCount"))
+      return std::move(err);
+    if (device >= count)
+      return makeError(ErrorCode::InvalidArgument, "device " + std::to_string(device) +
+                                                       " does not exist (" + std::to_string(count) +
+                                                       " device(s))");
+    CUcontext ctx = nullptr;
+    if (auto err = driver->check(driver->cuDevicePrimaryCtxRetain(&ctx, device),
+                                 "cuDevicePrimaryCtxRetain", "device " + std::to_string(device)))
+      return std::move(err);
+    primaryContexts[device] = ctx;
+    return ctx;
+  }
+};
+
+Service::Service(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Service::~Service() = default;
+
+llvm::Expected<std::unique_ptr<Service>> Service::create(Config config) {
+  auto compiler = Compiler::create();
+  if (!compiler)
+    return compiler.takeError();
+  return std::unique_ptr<Service>(
+      new Service(std::make_unique<Impl>(std::move(config), std::move(*compiler))));
+}
+
+KernelCache& Service::cache() { return impl_->cache; }
+const Config& Service::config() const { return impl_->config; }
+
+llvm::Expected<std::shared_ptr<const CompiledKernel>> Service::compile(const KernelSpec& spec) {
+  auto result = impl_->cache.get(spec);
+  if (!result)
+    return result.takeError();
+  return result->kernel;
+}
+
+llvm::Expected<std::shared_ptr<const CudaDriver>> Service::driver() {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->loadDriverLocked();
+}
+
+llvm::Expected<KernelSpec> Service::forDevice(KernelSpec spec, int device) {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  auto driver = impl_->loadDriverLocked();
+  if (!driver)
+    return driver.takeError();
+  auto dev = impl_->resolveDeviceLocked(device);
+  if (!dev)
+    return dev.takeError();
+  auto info = (*driver)->deviceInfo(*dev);
+  if (!info)
+    return info.takeError();
+  spec.arch = info->arch();
+  return spec;
+}
+
+llvm::Expected<Kernel> Service::getKernel(const KernelSpec& spec, int device) {
+  // Compile (or find) outside the service lock: the cache has its own
+  // single-flight per key, and other kernels' launches must not wait.
+  auto compiled = impl_->cache.get(spec);
+  if (!compiled)
+    return compiled.takeError();
+  const std::shared_ptr<const CompiledKernel>& kernel = compiled->kernel;
+
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  auto driver = impl_->loadDriverLocked();
+  if (!driver)
+    return driver.takeError();
+  const CudaDriver& d = **driver;
+  auto dev = impl_->resolveDeviceLocked(device);
+  if (!dev)
+    return dev.takeError();
+  auto fnKey = std::make_pair(kernel->key, *dev);
+  if (auto it = impl_->functions.find(fnKey); it != impl_->functions.end())
+    return Kernel(it->second);
+
+  auto info = d.deviceInfo(*dev);
+  if (!info)
+    return info.takeError();
+  const std::string& arch = kernel->spec.arch;
+  const std::string digits = arch.substr(3, arch.find_first_not_of("0123456789", 3) - 3);
+  if (digits != std::to_string(info->ccMajor) + std::to_string(info->ccMinor))
+    return makeError(ErrorCode::ArchMismatch,
+                     "kernel compiled for " + arch + " cannot run on device " +
+                         std::to_string(*dev) + " (" + info->name + ", " + info->arch() +
+                         "); ask for the spec with arch=" + info->arch());
+  auto ctx = impl_->primaryContextLocked(*dev);
+  if (!ctx)
+    return ctx.takeError();
+
+  std::shared_ptr<const LoadedLibrary> library = impl_->libraries[kernel->key].lock();
+  if (!library) {
+    auto lib = std::make_shared<LoadedLibrary>();
+    lib->driver = *driver;
+    lib->kernel = kernel;
+    const std::string context = "kernel " + kernel->spec.label() + " (key " + kernel->key + ")";
+    if (auto err = d.check(d.cuLibraryLoadData(&lib->library, kernel->cubin.data(), nullptr,
+                                               nullptr, 0, nullptr, nullptr, 0),
+                           "cuLibraryLoadData", context))
+      return std::move(err);
+    if (auto err = d.check(d.cuLibraryGetKernel(&lib->handle, lib->library,
+                                                kernel->loweredName.c_str()),
+                           "cuLibraryGetKernel", context + ", lowered name " + kernel->loweredName))
+      return std::move(err);
+    library = lib;
+    impl_->libraries[kernel->key] = library;
+  }
+
+  auto fn = std::make_shared<LoadedFunction>();
+  fn->library = library;
+  fn->context = *ctx;
+  fn->device = *dev;
+  const std::string context = "kernel " + kernel->spec.label() + " on device " + std::to_string(*dev);
+  if (auto err = d.check(d.cuCtxPushCurrent(*ctx), "cuCtxPushCurrent", context))
+    return std::move(err);
+  CUresult r = d.cuKernelGetFunction(&fn->function, library->handle);
+  // Lazy loading would defer the module load to the first launch, which may
+  // be inside a graph capture; load it now.
+  if (r == CUDA_SUCCESS)
+    r = d.cuFuncLoad(fn->function);
+  CUcontext popped = nullptr;
+  d.cuCtxPopCurrent(&popped);
+  if (auto err = d.check(r, "cuKernelGetFunction/cuFuncLoad", context))
+    return std::move(err);
+  impl_->functions[fnKey] = fn;
+  return Kernel(fn);
+}
+
+} // namespace bqjit
