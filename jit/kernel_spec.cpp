@@ -181,13 +181,18 @@ std::string KernelSpec::canonical() const { return toJson().dump(); }
 
 namespace {
 
-llvm::Expected<int> intField(const nlohmann::json& j, const char* name) {
+// `label` is the field's name in messages (e.g. "launch.vec_width"); `name` by default.
+llvm::Expected<int> intField(const nlohmann::json& j, const char* name,
+                             const std::string& label = "") {
   const auto& v = j.at(name);
+  const std::string field = label.empty() ? std::string(name) : label;
   if (!v.is_number_integer())
-    return specError(name, v.dump(), "must be an integer");
+    return specError(field, v.dump(), "must be an integer");
+  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT32_MAX))
+    return specError(field, v.dump(), "must fit in 32 bits");
   auto x = v.get<int64_t>();
   if (x < INT32_MIN || x > INT32_MAX)
-    return specError(name, v.dump(), "must fit in 32 bits");
+    return specError(field, v.dump(), "must fit in 32 bits");
   return static_cast<int>(x);
 }
 
@@ -289,7 +294,7 @@ llvm::Expected<KernelSpec> KernelSpec::fromJson(const nlohmann::json& j) {
           {"groups_per_block", &shape.groupsPerBlock}}) {
       if (!l.contains(name))
         return specError(std::string("launch.") + name, "(missing)", "is required in launch");
-      auto v = intField(l, name);
+      auto v = intField(l, name, std::string("launch.") + name);
       if (!v)
         return v.takeError();
       *field = *v;

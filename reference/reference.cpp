@@ -1,0 +1,287 @@
+// The reference computation (SPEC.md section 1), the scale layouts (section 2)
+// and the input generators.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <thread>
+
+#include "reference/internal.hpp"
+#include "reference/reference.hpp"
+
+namespace bqjit::ref {
+
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+bool isPadded(ScaleLayout layout) {
+  return layout == ScaleLayout::ColTma || layout == ScaleLayout::Ue8m0Packed;
+}
+
+} // namespace
+
+void detail::checkProblem(const Problem& p) {
+  const KernelSpec& s = p.spec;
+  auto fail = [](const std::string& what) {
+    throw std::invalid_argument("bqjit::ref::Problem: " + what);
+  };
+  if (s.hidden < 1 || s.groupSize < 1 || s.hidden % s.groupSize != 0)
+    fail("group_size " + std::to_string(s.groupSize) + " must divide hidden " +
+         std::to_string(s.hidden));
+  if (s.scaleLayout == ScaleLayout::Ue8m0Packed && !s.ue8m0)
+    fail("ue8m0_packed needs ue8m0 (packed scales are powers of two)");
+  if (p.tokens < 0)
+    fail("tokens " + std::to_string(p.tokens) + " must be >= 0");
+  if (p.ldx < 2 * static_cast<int64_t>(s.hidden))
+    fail("ldx " + std::to_string(p.ldx) + " must be >= 2H = " + std::to_string(2 * s.hidden));
+  if (p.numExperts < 1 || (!s.masked && p.numExperts != 1))
+    fail("numExperts " + std::to_string(p.numExperts) + " must be 1, or >= 1 when masked");
+  if (!s.masked)
+    return;
+  if (static_cast<int64_t>(p.maskedM.size()) != p.numExperts)
+    fail("maskedM has " + std::to_string(p.maskedM.size()) + " entries for " +
+         std::to_string(p.numExperts) + " experts");
+  for (size_t e = 0; e < p.maskedM.size(); ++e)
+    if (p.maskedM[e] < 0 || p.maskedM[e] > p.tokens)
+      fail("maskedM[" + std::to_string(e) + "] = " + std::to_string(p.maskedM[e]) +
+           " must be in 0..T = " + std::to_string(p.tokens));
+}
+
+namespace {
+
+uint8_t biasedExponent(float s) {
+  uint32_t bits;
+  std::memcpy(&bits, &s, sizeof bits);
+  return static_cast<uint8_t>((bits >> 23) & 0xFFu);
+}
+
+void putFloat(std::vector<uint8_t>& buffer, int64_t offset, float v) {
+  std::memcpy(buffer.data() + offset, &v, sizeof v);
+}
+
+// Zero scales for the padding rows T..T4-1 of one expert; for ue8m0_packed
+// that is every byte of their words.
+void writePadding(const Problem& p, int64_t expert, Result& r) {
+  const KernelSpec& s = p.spec;
+  const int64_t ng = s.numGroups();
+  for (int64_t t = p.tokens; t < paddedTokens(p.tokens); ++t) {
+    if (s.scaleLayout == ScaleLayout::ColTma) {
+      for (int64_t j = 0; j < ng; ++j)
+        putFloat(r.scales, scaleOffset(s, p.tokens, expert, t, j), 0.0f);
+    } else {
+      for (int64_t j = 0; j < (ng + 3) / 4 * 4; j += 4)
+        std::memset(r.scales.data() + scaleOffset(s, p.tokens, expert, t, j), 0, 4);
+    }
+  }
+}
+
+// One row of one expert: every group's y, amax, scale and quantized values.
+void computeRow(const Problem& p, const void* x, int64_t e, int64_t t, Result& r) {
+  const KernelSpec& s = p.spec;
+  const int64_t h = s.hidden;
+  const int64_t g = s.groupSize;
+  const int64_t ng = s.numGroups();
+  const float qmax = quantMax(s.outDtype);
+  const float minS = minScale(s.outDtype);
+  const int64_t inRow = (e * p.tokens + t) * p.ldx;
+  const int64_t outRow = (e * p.tokens + t) * h;
+  std::vector<float> y(static_cast<size_t>(g));
+  for (int64_t j = 0; j < ng; ++j) {
+    float amax = 0.0f;
+    for (int64_t k = 0; k < g; ++k) {
+      const int64_t col = j * g + k;
+      const float gate = loadInput(s.inDtype, x, inRow + col);
+      const float up = loadInput(s.inDtype, x, inRow + h + col);
+      // Separate fp32 roundings: divide, then multiply (no fused or wider math).
+      const float silu = gate / (1.0f + std::exp(-gate));
+      y[k] = silu * up;
+      amax = std::fmax(amax, std::fabs(y[k]));
+    }
+    float scale = amax / qmax;
+    if (s.hasScaleUb)
+      scale = std::fmin(scale, p.scaleUb);
+    scale = std::fmax(scale, minS);
+    const int64_t scaleIndex = (e * p.tokens + t) * ng + j;
+    r.scalePreRound[scaleIndex] = scale;
+    if (s.ue8m0)
+      scale = pow2Ceil(scale);
+    r.scaleValue[scaleIndex] = scale;
+    for (int64_t k = 0; k < g; ++k) {
+      const float v = y[k] / scale;
+      r.preRound[outRow + j * g + k] = v;
+      r.q[outRow + j * g + k] = quantize(s.outDtype, v);
+    }
+    const int64_t offset = scaleOffset(s, p.tokens, e, t, j);
+    if (s.scaleLayout == ScaleLayout::Ue8m0Packed)
+      r.scales[offset] = biasedExponent(scale);
+    else
+      putFloat(r.scales, offset, scale);
+  }
+  // The bytes of the last packed word past group NG-1 are written as zero.
+  if (s.scaleLayout == ScaleLayout::Ue8m0Packed)
+    for (int64_t j = ng; j % 4 != 0; ++j)
+      r.scales[scaleOffset(s, p.tokens, e, t, j)] = 0;
+}
+
+// splitmix64: a tiny generator whose sequence is the same on every platform.
+struct Rng {
+  uint64_t state;
+  uint64_t next() {
+    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  // Uniform in [0, 1).
+  double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
+  // Irwin-Hall of four uniforms, scaled to unit variance.
+  double normalish() {
+    return (uniform() + uniform() + uniform() + uniform() - 2.0) * std::sqrt(3.0);
+  }
+};
+
+float largestFinite(InDtype dtype) {
+  switch (dtype) {
+  case InDtype::BF16: return bf16ToFloat(0x7F7F);
+  case InDtype::FP16: return 65504.0f;
+  case InDtype::FP32: return std::numeric_limits<float>::max();
+  }
+  return 0.0f;
+}
+
+float smallestSubnormal(InDtype dtype) {
+  switch (dtype) {
+  case InDtype::BF16: return bf16ToFloat(0x0001);
+  case InDtype::FP16: return fp16ToFloat(0x0001);
+  case InDtype::FP32: return std::numeric_limits<float>::denorm_min();
+  }
+  return 0.0f;
+}
+
+} // namespace
+
+int64_t paddedTokens(int64_t tokens) { return (tokens + 3) / 4 * 4; }
+
+int64_t scaleBufferBytes(const KernelSpec& spec, int64_t tokens, int64_t numExperts) {
+  const int64_t ng = spec.numGroups();
+  int64_t perExpert = 0;
+  switch (spec.scaleLayout) {
+  case ScaleLayout::Row:
+  case ScaleLayout::Col: perExpert = tokens * ng * 4; break;
+  case ScaleLayout::ColTma: perExpert = paddedTokens(tokens) * ng * 4; break;
+  case ScaleLayout::Ue8m0Packed: perExpert = (ng + 3) / 4 * paddedTokens(tokens) * 4; break;
+  }
+  return perExpert * numExperts;
+}
+
+int64_t outputBytes(const KernelSpec& spec, int64_t tokens, int64_t numExperts) {
+  return numExperts * tokens * spec.hidden;
+}
+
+int64_t scaleOffset(const KernelSpec& spec, int64_t tokens, int64_t expert, int64_t t,
+                    int64_t j) {
+  const int64_t ng = spec.numGroups();
+  const int64_t t4 = paddedTokens(tokens);
+  const int64_t base = expert * scaleBufferBytes(spec, tokens);
+  switch (spec.scaleLayout) {
+  case ScaleLayout::Row: return base + (t * ng + j) * 4;
+  case ScaleLayout::Col: return base + (j * tokens + t) * 4;
+  case ScaleLayout::ColTma: return base + (j * t4 + t) * 4;
+  case ScaleLayout::Ue8m0Packed: return base + ((j / 4) * t4 + t) * 4 + j % 4;
+  }
+  throw std::invalid_argument("scaleOffset: unknown layout");
+}
+
+Result run(const Problem& p, const void* x) {
+  detail::checkProblem(p);
+  const KernelSpec& s = p.spec;
+  const int64_t experts = p.numExperts;
+  const int64_t perScale = experts * p.tokens * s.numGroups();
+  Result r;
+  r.q.assign(outputBytes(s, p.tokens, experts), p.poison);
+  r.scales.assign(scaleBufferBytes(s, p.tokens, experts), p.poison);
+  r.scaleValue.assign(perScale, kNaN);
+  r.scalePreRound.assign(perScale, kNaN);
+  r.preRound.assign(outputBytes(s, p.tokens, experts), kNaN);
+  // In masked mode padding rows lie past maskedM[e] <= T and stay unwritten.
+  if (isPadded(s.scaleLayout) && !s.masked)
+    writePadding(p, 0, r);
+
+  std::vector<std::pair<int64_t, int64_t>> rows;
+  for (int64_t e = 0; e < experts; ++e)
+    for (int64_t t = 0; t < detail::liveRows(p, e); ++t)
+      rows.emplace_back(e, t);
+  // Rows write disjoint bytes (a packed word belongs to one row), so threads
+  // need no synchronization; the result does not depend on their number.
+  const int64_t work = static_cast<int64_t>(rows.size()) * s.hidden;
+  const int64_t threads =
+      std::clamp<int64_t>(std::min<int64_t>(std::thread::hardware_concurrency(), work >> 16), 1, 32);
+  auto worker = [&](int64_t id) {
+    for (size_t i = id; i < rows.size(); i += threads)
+      computeRow(p, x, rows[i].first, rows[i].second, r);
+  };
+  std::vector<std::thread> pool;
+  for (int64_t id = 1; id < threads; ++id)
+    pool.emplace_back(worker, id);
+  worker(0);
+  for (auto& th : pool)
+    th.join();
+  return r;
+}
+
+std::vector<uint8_t> makeInput(const KernelSpec& spec, int64_t tokens, int64_t ldx,
+                               int64_t numExperts, uint64_t seed, float scale) {
+  const int64_t rowCount = numExperts * tokens;
+  const int64_t width = 2 * static_cast<int64_t>(spec.hidden);
+  if (ldx < width)
+    throw std::invalid_argument("makeInput: ldx must be >= 2H");
+  std::vector<uint8_t> x(static_cast<size_t>(rowCount * ldx * dtypeBytes(spec.inDtype)));
+  Rng rng{seed};
+  const float garbage[] = {std::numeric_limits<float>::quiet_NaN(),
+                           std::numeric_limits<float>::infinity(),
+                           -largestFinite(spec.inDtype), largestFinite(spec.inDtype) / 2};
+  for (int64_t row = 0; row < rowCount; ++row) {
+    for (int64_t c = 0; c < width; ++c)
+      storeInput(spec.inDtype, x.data(), row * ldx + c,
+                 static_cast<float>(rng.normalish() * scale));
+    for (int64_t c = width; c < ldx; ++c)
+      storeInput(spec.inDtype, x.data(), row * ldx + c, garbage[(row + c) % 4]);
+  }
+  return x;
+}
+
+void fillRow(const KernelSpec& spec, uint8_t* x, int64_t row, int64_t ldx, RowPattern pattern) {
+  const int64_t h = spec.hidden;
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float huge = largestFinite(spec.inDtype);
+  const float mixed[] = {0.0f, -0.0f, nan,   inf,   -inf, huge, -huge,
+                         smallestSubnormal(spec.inDtype), 1.5f, -3.0f, 0.25f};
+  constexpr int64_t kMixed = sizeof(mixed) / sizeof(mixed[0]);
+  for (int64_t i = 0; i < h; ++i) {
+    float gate = 0.0f;
+    float up = 0.0f;
+    switch (pattern) {
+    case RowPattern::Zeros: break;
+    case RowPattern::NaNs: gate = up = nan; break;
+    case RowPattern::Infs:
+      gate = i % 2 == 0 ? inf : -inf;
+      up = i % 3 == 0 ? -inf : inf;
+      break;
+    case RowPattern::Huge:
+      gate = i % 2 == 0 ? huge : -huge;
+      up = i % 3 == 0 ? -huge : huge;
+      break;
+    case RowPattern::Mixed:
+      gate = mixed[i % kMixed];
+      up = mixed[(3 * i + 1) % kMixed];
+      break;
+    }
+    storeInput(spec.inDtype, x, row * ldx + i, gate);
+    storeInput(spec.inDtype, x, row * ldx + h + i, up);
+  }
+}
+
+} // namespace bqjit::ref

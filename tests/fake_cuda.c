@@ -1,0 +1,185 @@
+/* A stand-in for libcuda.so.1 that tests load with CudaDriver::load(path).
+ * It exports only cuGetProcAddress_v2, which hands out a few working fakes
+ * (cuInit, the error names, the version and device queries) and a generic
+ * CUDA_SUCCESS stub for every other name, plus fakeCuda* knobs that a test
+ * reaches with dlopen/dlsym on the same path (the same handle, so the same
+ * state): which symbol is missing, what cuInit and cuDriverGetVersion
+ * return, and which version each symbol was requested at. */
+#include <cuda.h>
+#include <stdio.h>
+#include <string.h>
+
+#define FAKE_EXPORT __attribute__((visibility("default")))
+
+enum { kMaxRequests = 128 };
+
+static char missingSymbol[64];
+static CUresult initResult = CUDA_SUCCESS;
+static int driverVersion = 13000;
+static struct {
+  char symbol[64];
+  int version;
+} requests[kMaxRequests];
+static int requestCount;
+
+FAKE_EXPORT void fakeCudaReset(void) {
+  missingSymbol[0] = '\0';
+  initResult = CUDA_SUCCESS;
+  driverVersion = 13000;
+  requestCount = 0;
+}
+
+/* NULL or "" makes every symbol resolvable. */
+FAKE_EXPORT void fakeCudaSetMissingSymbol(const char* symbol) {
+  snprintf(missingSymbol, sizeof(missingSymbol), "%s", symbol ? symbol : "");
+}
+
+FAKE_EXPORT void fakeCudaSetInitResult(int result) {
+  initResult = (CUresult)result;
+}
+
+FAKE_EXPORT void fakeCudaSetDriverVersion(int version) {
+  driverVersion = version;
+}
+
+/* The version the last request for `symbol` asked for, or -1. */
+FAKE_EXPORT int fakeCudaRequestedVersion(const char* symbol) {
+  for (int i = requestCount - 1; i >= 0; --i)
+    if (strcmp(requests[i].symbol, symbol) == 0)
+      return requests[i].version;
+  return -1;
+}
+
+/* The highest version any request asked for, or -1. */
+FAKE_EXPORT int fakeCudaMaxRequestedVersion(void) {
+  int max = -1;
+  for (int i = 0; i < requestCount; ++i)
+    if (requests[i].version > max)
+      max = requests[i].version;
+  return max;
+}
+
+static CUresult CUDAAPI fakeInit(unsigned int flags) {
+  (void)flags;
+  return initResult;
+}
+
+static CUresult CUDAAPI fakeGetErrorName(CUresult error, const char** text) {
+  switch (error) {
+  case CUDA_SUCCESS:
+    *text = "CUDA_SUCCESS";
+    return CUDA_SUCCESS;
+  case CUDA_ERROR_INVALID_VALUE:
+    *text = "CUDA_ERROR_INVALID_VALUE";
+    return CUDA_SUCCESS;
+  case CUDA_ERROR_NO_DEVICE:
+    *text = "CUDA_ERROR_NO_DEVICE";
+    return CUDA_SUCCESS;
+  case CUDA_ERROR_NOT_FOUND:
+    *text = "CUDA_ERROR_NOT_FOUND";
+    return CUDA_SUCCESS;
+  default:
+    *text = NULL;
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+}
+
+static CUresult CUDAAPI fakeGetErrorString(CUresult error, const char** text) {
+  switch (error) {
+  case CUDA_SUCCESS:
+    *text = "no error";
+    return CUDA_SUCCESS;
+  case CUDA_ERROR_INVALID_VALUE:
+    *text = "invalid argument";
+    return CUDA_SUCCESS;
+  case CUDA_ERROR_NO_DEVICE:
+    *text = "no CUDA-capable device is detected";
+    return CUDA_SUCCESS;
+  case CUDA_ERROR_NOT_FOUND:
+    *text = "named symbol not found";
+    return CUDA_SUCCESS;
+  default:
+    *text = NULL;
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+}
+
+static CUresult CUDAAPI fakeDriverGetVersion(int* version) {
+  *version = driverVersion;
+  return CUDA_SUCCESS;
+}
+
+static CUresult CUDAAPI fakeDeviceGetCount(int* count) {
+  *count = 1;
+  return CUDA_SUCCESS;
+}
+
+static CUresult CUDAAPI fakeDeviceGetName(char* name, int length, CUdevice device) {
+  if (device != 0)
+    return CUDA_ERROR_INVALID_VALUE;
+  snprintf(name, (size_t)length, "%s", "Fake GPU");
+  return CUDA_SUCCESS;
+}
+
+static CUresult CUDAAPI fakeDeviceGetAttribute(int* value, CUdevice_attribute attribute,
+                                               CUdevice device) {
+  if (device != 0)
+    return CUDA_ERROR_INVALID_VALUE;
+  switch (attribute) {
+  case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR:
+    *value = 9;
+    return CUDA_SUCCESS;
+  case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR:
+    *value = 0;
+    return CUDA_SUCCESS;
+  case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT:
+    *value = 132;
+    return CUDA_SUCCESS;
+  default:
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+}
+
+/* Stands in for every entry point the tests never call. */
+static CUresult CUDAAPI fakeStub(void) {
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult CUDAAPI cuGetProcAddress_v2(const char* symbol, void** pfn, int cudaVersion,
+                                                 cuuint64_t flags,
+                                                 CUdriverProcAddressQueryResult* status) {
+  (void)flags;
+  *pfn = NULL;
+  if (requestCount < kMaxRequests) {
+    snprintf(requests[requestCount].symbol, sizeof(requests[0].symbol), "%s", symbol);
+    requests[requestCount].version = cudaVersion;
+    ++requestCount;
+  }
+  /* As the real driver: a version newer than the driver is an invalid value. */
+  if (cudaVersion > driverVersion)
+    return CUDA_ERROR_INVALID_VALUE;
+  if (missingSymbol[0] && strcmp(symbol, missingSymbol) == 0) {
+    if (status)
+      *status = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+    return CUDA_ERROR_NOT_FOUND;
+  }
+  static const struct {
+    const char* symbol;
+    void* pfn;
+  } fakes[] = {
+      {"cuInit", (void*)fakeInit},
+      {"cuGetErrorName", (void*)fakeGetErrorName},
+      {"cuGetErrorString", (void*)fakeGetErrorString},
+      {"cuDriverGetVersion", (void*)fakeDriverGetVersion},
+      {"cuDeviceGetCount", (void*)fakeDeviceGetCount},
+      {"cuDeviceGetName", (void*)fakeDeviceGetName},
+      {"cuDeviceGetAttribute", (void*)fakeDeviceGetAttribute},
+  };
+  *pfn = (void*)fakeStub;
+  for (size_t i = 0; i < sizeof(fakes) / sizeof(fakes[0]); ++i)
+    if (strcmp(symbol, fakes[i].symbol) == 0)
+      *pfn = fakes[i].pfn;
+  if (status)
+    *status = CU_GET_PROC_ADDRESS_SUCCESS;
+  return CUDA_SUCCESS;
+}

@@ -1,0 +1,177 @@
+// Shared pieces of the GPU tests: device buffers, one case run against the
+// CPU reference. Header-only; every test file that needs a GPU includes it.
+#pragma once
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "bqjit/error.hpp"
+#include "bqjit/service.hpp"
+#include "reference/reference.hpp"
+#include "runtime/cuda_driver.hpp"
+
+namespace bqjit::test {
+
+/// Device memory owned by RAII.
+class DeviceBuffer {
+public:
+  DeviceBuffer(const CudaDriver& d, size_t bytes) : d_(&d), bytes_(bytes) {
+    if (bytes > 0) {
+      CUresult r = d.cuMemAlloc(&ptr_, bytes);
+      if (r != CUDA_SUCCESS)
+        throw std::runtime_error("cuMemAlloc(" + std::to_string(bytes) + ") failed: " + d.resultName(r));
+    }
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (ptr_)
+      d_->cuMemFree(ptr_);
+  }
+  CUdeviceptr get() const { return ptr_; }
+  void* ptr() const { return reinterpret_cast<void*>(ptr_); }
+  size_t bytes() const { return bytes_; }
+
+private:
+  const CudaDriver* d_;
+  CUdeviceptr ptr_ = 0;
+  size_t bytes_;
+};
+
+inline void checkCu(const CudaDriver& d, CUresult r, const char* what) {
+  if (r != CUDA_SUCCESS)
+    throw std::runtime_error(std::string(what) + " failed: " + d.resultName(r));
+}
+
+/// One GPU environment per test binary: driver, primary context made
+/// current, and a Service whose cache lives in a private directory.
+struct GpuEnv {
+  std::shared_ptr<const CudaDriver> driver;
+  std::unique_ptr<Service> service;
+  CUcontext context = nullptr;
+  std::string arch;
+  std::string skipReason;
+
+  static GpuEnv& get() {
+    static GpuEnv env; // one per process: the GPU tests share its compiled kernels
+    return env;
+  }
+
+private:
+  GpuEnv() {
+    auto d = CudaDriver::load();
+    if (!d) {
+      skipReason = "no GPU: " + consumeToString(d.takeError());
+      return;
+    }
+    driver = *d;
+    int count = 0;
+    if (driver->cuDeviceGetCount(&count) != CUDA_SUCCESS || count == 0) {
+      skipReason = "no CUDA device visible";
+      return;
+    }
+    checkCu(*driver, driver->cuDevicePrimaryCtxRetain(&context, 0), "cuDevicePrimaryCtxRetain");
+    checkCu(*driver, driver->cuCtxSetCurrent(context), "cuCtxSetCurrent");
+    auto info = driver->deviceInfo(0);
+    arch = info ? info->arch() : "sm_90";
+    if (!info)
+      llvm::consumeError(info.takeError());
+    auto config = Config::fromEnvironment();
+    if (!config)
+      throw std::runtime_error(consumeToString(config.takeError()));
+    char tmpl[] = "/tmp/bqjit-gputest-XXXXXX";
+    if (!std::getenv("BQJIT_CACHE_DIR"))
+      config->cacheDir = mkdtemp(tmpl);
+    auto s = Service::create(*config);
+    if (!s)
+      throw std::runtime_error(consumeToString(s.takeError()));
+    service = std::move(*s);
+  }
+};
+
+#define BQJIT_REQUIRE_GPU_ENV()                                                                    \
+  do {                                                                                             \
+    if (!::bqjit::test::GpuEnv::get().skipReason.empty())                                          \
+      GTEST_SKIP() << ::bqjit::test::GpuEnv::get().skipReason;                                     \
+  } while (0)
+
+/// A row of x to overwrite with special values.
+struct SpecialRow {
+  int64_t row;
+  ref::RowPattern pattern;
+};
+
+struct GpuCase {
+  KernelSpec spec;
+  int64_t tokens = 1;
+  int64_t ldxPad = 0; ///< ldx = 2H + ldxPad
+  float scaleUb = 0;
+  int64_t experts = 1;
+  std::vector<int32_t> maskedM;
+  std::vector<SpecialRow> specialRows;
+  uint64_t seed = 1;
+  float inputScale = 4.0f;
+
+  std::string name() const {
+    return spec.label() + " T=" + std::to_string(tokens) + " ldx+" + std::to_string(ldxPad);
+  }
+};
+
+/// Runs one case on the GPU with poisoned outputs and compares with the reference.
+inline ref::CompareReport runCase(const GpuCase& c, CUstream stream = nullptr) {
+  GpuEnv& env = GpuEnv::get();
+  const CudaDriver& d = *env.driver;
+  KernelSpec spec = c.spec;
+  spec.arch = env.arch;
+  auto kernel = env.service->getKernel(spec, 0);
+  if (!kernel)
+    throw std::runtime_error(consumeToString(kernel.takeError()));
+
+  ref::Problem p;
+  p.spec = kernel->spec();
+  p.tokens = c.tokens;
+  p.ldx = 2 * static_cast<int64_t>(spec.hidden) + c.ldxPad;
+  p.scaleUb = c.scaleUb;
+  p.numExperts = c.experts;
+  p.maskedM = c.maskedM;
+  p.poison = 0xAB;
+  std::vector<uint8_t> x = ref::makeInput(p.spec, c.tokens, p.ldx, c.experts, c.seed, c.inputScale);
+  for (const auto& r : c.specialRows)
+    ref::fillRow(p.spec, x.data(), r.row, p.ldx, r.pattern);
+  ref::Result expected = ref::run(p, x.data());
+
+  const size_t qBytes = ref::outputBytes(p.spec, c.tokens, c.experts);
+  const size_t sBytes = ref::scaleBufferBytes(p.spec, c.tokens, c.experts);
+  DeviceBuffer dx(d, x.size()), dq(d, qBytes), ds(d, sBytes), dub(d, 4), dm(d, 4 * c.experts + 4);
+  checkCu(d, d.cuMemcpyHtoD(dx.get(), x.data(), x.size()), "cuMemcpyHtoD x");
+  checkCu(d, d.cuMemsetD8(dq.get(), p.poison, qBytes), "cuMemsetD8 q");
+  checkCu(d, d.cuMemsetD8(ds.get(), p.poison, sBytes), "cuMemsetD8 scales");
+  checkCu(d, d.cuMemcpyHtoD(dub.get(), &c.scaleUb, 4), "cuMemcpyHtoD ub");
+  if (!c.maskedM.empty())
+    checkCu(d, d.cuMemcpyHtoD(dm.get(), c.maskedM.data(), 4 * c.maskedM.size()), "cuMemcpyHtoD m");
+
+  LaunchArgs a;
+  a.x = dx.ptr();
+  a.ldx = p.ldx;
+  a.tokens = c.tokens;
+  a.q = dq.ptr();
+  a.scales = ds.ptr();
+  a.scaleUb = p.spec.hasScaleUb ? static_cast<const float*>(dub.ptr()) : nullptr;
+  a.maskedM = p.spec.masked ? static_cast<const int32_t*>(dm.ptr()) : nullptr;
+  a.numExperts = c.experts;
+  if (auto err = kernel->launch(a, stream))
+    throw std::runtime_error(consumeToString(std::move(err)));
+  checkCu(d, stream ? d.cuStreamSynchronize(stream) : d.cuCtxSynchronize(), "synchronize");
+
+  std::vector<uint8_t> q(qBytes), s(sBytes);
+  checkCu(d, d.cuMemcpyDtoH(q.data(), dq.get(), qBytes), "cuMemcpyDtoH q");
+  checkCu(d, d.cuMemcpyDtoH(s.data(), ds.get(), sBytes), "cuMemcpyDtoH scales");
+  return ref::compare(p, expected, q.data(), s.data());
+}
+
+} // namespace bqjit::test

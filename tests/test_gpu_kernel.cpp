@@ -1,0 +1,165 @@
+// The kernel on the GPU against the CPU reference (SPEC.md tolerance), with
+// outputs poisoned before every launch. Skips without a GPU.
+#include <algorithm>
+#include <atomic>
+#include <numeric>
+#include <thread>
+
+#include "gpu_harness.hpp"
+
+namespace bqjit::test {
+namespace {
+
+const int kHidden[] = {128, 768, 2048, 7168, 14336, 18432, 25600};
+const int kGroups[] = {16, 32, 48, 64, 96, 128, 192, 256, 512, 1024};
+const int64_t kTokens[] = {1, 3, 16, 255, 1024, 4097};
+
+KernelSpec makeSpec(int h, int g, InDtype in, OutDtype out, ScaleLayout layout, bool ue8m0,
+                    bool ub) {
+  KernelSpec s;
+  s.hidden = h;
+  s.groupSize = g;
+  s.inDtype = in;
+  s.outDtype = out;
+  s.scaleLayout = layout;
+  s.ue8m0 = ue8m0 || layout == ScaleLayout::Ue8m0Packed;
+  s.hasScaleUb = ub;
+  return s;
+}
+
+// The case list covers every value of every axis, and every pair of dtype x
+// layout, without the full product (which would take hours of CPU reference).
+std::vector<GpuCase> buildCases() {
+  std::vector<GpuCase> cases;
+  uint64_t seed = 1;
+  // Shapes x groups: every H with every G that divides it.
+  int k = 0;
+  for (int h : kHidden)
+    for (int g : kGroups) {
+      if (h % g)
+        continue;
+      GpuCase c;
+      c.spec = makeSpec(h, g, InDtype::BF16, OutDtype::FP8E4M3, ScaleLayout::Row, false, false);
+      c.tokens = kTokens[k % 4]; // 1, 3, 16, 255
+      c.ldxPad = (k % 3 == 0) ? 8 * 3 : 0;
+      c.seed = seed++;
+      cases.push_back(c);
+      ++k;
+    }
+  // Dtypes x layouts x bound x pow2.
+  k = 0;
+  for (InDtype in : {InDtype::BF16, InDtype::FP16, InDtype::FP32})
+    for (OutDtype out : {OutDtype::FP8E4M3, OutDtype::FP8E5M2, OutDtype::INT8})
+      for (ScaleLayout layout :
+           {ScaleLayout::Row, ScaleLayout::Col, ScaleLayout::ColTma, ScaleLayout::Ue8m0Packed})
+        for (bool pow2 : {false, true})
+          for (bool ub : {false, true}) {
+            if (layout == ScaleLayout::Ue8m0Packed && !pow2)
+              continue;
+            GpuCase c;
+            const int h = (k % 2) ? 2048 : 768;
+            const int g = (k % 3 == 0) ? 96 : (k % 3 == 1 ? 128 : 48);
+            c.spec = makeSpec(h, g, in, out, layout, pow2, ub);
+            c.tokens = std::vector<int64_t>{3, 16, 255, 1024}[k % 4];
+            c.ldxPad = (k % 2) ? 16 : 0;
+            // A bound below most groups' amax / QMAX so that it bites.
+            c.scaleUb = 0.5f * 4.0f / quantMax(out);
+            c.seed = seed++;
+            cases.push_back(c);
+            ++k;
+          }
+  // Every token count at two shapes.
+  for (int64_t t : kTokens)
+    for (auto [h, g] : {std::pair<int, int>{7168, 128}, {14336, 96}}) {
+      GpuCase c;
+      c.spec = makeSpec(h, g, InDtype::BF16, OutDtype::FP8E4M3,
+                        t % 2 ? ScaleLayout::ColTma : ScaleLayout::Row, false, false);
+      c.tokens = t;
+      c.seed = seed++;
+      cases.push_back(c);
+    }
+  // Special rows: zeros, NaN, Inf, huge and mixed values, for every output type.
+  for (OutDtype out : {OutDtype::FP8E4M3, OutDtype::FP8E5M2, OutDtype::INT8})
+    for (bool pow2 : {false, true})
+      for (InDtype in : {InDtype::BF16, InDtype::FP32}) {
+        GpuCase c;
+        c.spec = makeSpec(2048, 128, in, out, pow2 ? ScaleLayout::Ue8m0Packed : ScaleLayout::Col,
+                          pow2, !pow2);
+        c.scaleUb = 1e30f; // bound present but not binding
+        c.tokens = 8;
+        c.specialRows = {{0, ref::RowPattern::Zeros}, {2, ref::RowPattern::NaNs},
+                         {3, ref::RowPattern::Infs},  {5, ref::RowPattern::Huge},
+                         {7, ref::RowPattern::Mixed}};
+        c.seed = seed++;
+        cases.push_back(c);
+      }
+  // Masked MoE batches.
+  for (ScaleLayout layout : {ScaleLayout::Row, ScaleLayout::ColTma}) {
+    GpuCase c;
+    c.spec = makeSpec(2048, 128, InDtype::BF16, OutDtype::FP8E4M3, layout, false, false);
+    c.spec.masked = true;
+    c.tokens = 37;
+    c.experts = 4;
+    c.maskedM = {37, 0, 5, 20};
+    c.seed = seed++;
+    cases.push_back(c);
+  }
+  return cases;
+}
+
+const std::vector<GpuCase>& allCases() {
+  static const std::vector<GpuCase> cases = buildCases();
+  return cases;
+}
+
+class GpuKernel : public ::testing::TestWithParam<size_t> {
+protected:
+  // Compiles every case's kernel up front on all cores, so the tests
+  // themselves measure nothing but correctness.
+  static void SetUpTestSuite() {
+    GpuEnv& env = GpuEnv::get();
+    if (!env.skipReason.empty())
+      return;
+    std::atomic<size_t> next{0};
+    std::vector<std::thread> pool;
+    const unsigned n = std::max(2u, std::thread::hardware_concurrency());
+    for (unsigned i = 0; i < n; ++i)
+      pool.emplace_back([&] {
+        for (size_t c; (c = next++) < allCases().size();) {
+          KernelSpec s = allCases()[c].spec;
+          s.arch = env.arch;
+          auto k = env.service->compile(s);
+          if (!k)
+            llvm::consumeError(k.takeError()); // reported by the test itself
+        }
+      });
+    for (auto& t : pool)
+      t.join();
+  }
+};
+
+TEST_P(GpuKernel, MatchesReference) {
+  BQJIT_REQUIRE_GPU_ENV();
+  const GpuCase& c = allCases()[GetParam()];
+  ref::CompareReport r = runCase(c);
+  RecordProperty("allowance_used", std::to_string(r.allowanceUsed));
+  EXPECT_TRUE(r.ok()) << c.name() << ": " << r.summary();
+  EXPECT_GT(r.elements, 0) << c.name();
+  if (r.allowanceUsed || r.scaleAllowanceUsed)
+    std::printf("[allowance] %s: %s\n", c.name().c_str(), r.summary().c_str());
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, GpuKernel, ::testing::Range<size_t>(0, allCases().size()),
+                         [](const ::testing::TestParamInfo<size_t>& info) {
+                           const KernelSpec& s = allCases()[info.param].spec;
+                           std::string n = "c" + std::to_string(info.param) + "_H" +
+                                           std::to_string(s.hidden) + "_G" +
+                                           std::to_string(s.groupSize) + "_" +
+                                           toString(s.inDtype) + "_" + toString(s.outDtype) +
+                                           "_" + toString(s.scaleLayout) + "_T" +
+                                           std::to_string(allCases()[info.param].tokens);
+                           return n;
+                         });
+
+} // namespace
+} // namespace bqjit::test

@@ -1,0 +1,232 @@
+// The runtime on a GPU: graph capture, concurrent launches, 64-bit indexing,
+// launch argument checks, architecture mismatch. Skips without a GPU.
+#include <thread>
+
+#include "cache/kernel_cache.hpp"
+#include "gpu_harness.hpp"
+
+namespace bqjit::test {
+namespace {
+
+KernelSpec bf16Spec(int h, int g) {
+  KernelSpec s;
+  s.hidden = h;
+  s.groupSize = g;
+  s.arch = GpuEnv::get().arch;
+  return s;
+}
+
+TEST(GpuRuntime, GraphCaptureAndReplay) {
+  BQJIT_REQUIRE_GPU_ENV();
+  GpuEnv& env = GpuEnv::get();
+  const CudaDriver& d = *env.driver;
+  KernelSpec spec = bf16Spec(7168, 128);
+  auto kernel = env.service->getKernel(spec, 0);
+  ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+
+  const int64_t tokens = 64, ldx = 2 * 7168;
+  ref::Problem p;
+  p.spec = kernel->spec();
+  p.tokens = tokens;
+  p.ldx = ldx;
+  const size_t qBytes = ref::outputBytes(p.spec, tokens), sBytes = ref::scaleBufferBytes(p.spec, tokens);
+  std::vector<uint8_t> x1 = ref::makeInput(p.spec, tokens, ldx, 1, 11);
+  DeviceBuffer dx(d, x1.size()), dq(d, qBytes), ds(d, sBytes);
+  CUstream stream = nullptr;
+  checkCu(d, d.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+
+  LaunchArgs a;
+  a.x = dx.ptr();
+  a.ldx = ldx;
+  a.tokens = tokens;
+  a.q = dq.ptr();
+  a.scales = ds.ptr();
+  CUgraph graph = nullptr;
+  checkCu(d, d.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_GLOBAL), "cuStreamBeginCapture");
+  llvm::Error launched = kernel->launch(a, stream);
+  checkCu(d, d.cuStreamEndCapture(stream, &graph), "cuStreamEndCapture");
+  ASSERT_FALSE(bool(launched)) << consumeToString(std::move(launched));
+  CUgraphExec exec = nullptr;
+  checkCu(d, d.cuGraphInstantiate(&exec, graph, 0), "cuGraphInstantiate");
+
+  // Replay twice with different inputs in the captured buffers.
+  for (uint64_t seed : {21, 22}) {
+    std::vector<uint8_t> x = ref::makeInput(p.spec, tokens, ldx, 1, seed);
+    checkCu(d, d.cuMemcpyHtoD(dx.get(), x.data(), x.size()), "upload");
+    checkCu(d, d.cuMemsetD8(dq.get(), p.poison, qBytes), "poison q");
+    checkCu(d, d.cuMemsetD8(ds.get(), p.poison, sBytes), "poison s");
+    checkCu(d, d.cuGraphLaunch(exec, stream), "cuGraphLaunch");
+    checkCu(d, d.cuStreamSynchronize(stream), "sync");
+    std::vector<uint8_t> q(qBytes), s(sBytes);
+    checkCu(d, d.cuMemcpyDtoH(q.data(), dq.get(), qBytes), "download q");
+    checkCu(d, d.cuMemcpyDtoH(s.data(), ds.get(), sBytes), "download s");
+    auto r = ref::compare(p, ref::run(p, x.data()), q.data(), s.data());
+    EXPECT_TRUE(r.ok()) << "replay seed " << seed << ": " << r.summary();
+  }
+  d.cuGraphExecDestroy(exec);
+  d.cuGraphDestroy(graph);
+  d.cuStreamDestroy(stream);
+}
+
+TEST(GpuRuntime, TwoThreadsTwoStreams) {
+  BQJIT_REQUIRE_GPU_ENV();
+  GpuEnv& env = GpuEnv::get();
+  const CudaDriver& d = *env.driver;
+  std::vector<std::string> failures(2);
+  auto work = [&](int id) {
+    try {
+      checkCu(d, d.cuCtxSetCurrent(env.context), "cuCtxSetCurrent");
+      CUstream stream = nullptr;
+      checkCu(d, d.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+      for (int rep = 0; rep < 4; ++rep) {
+        GpuCase c;
+        // Both threads ask for the same new spec first (one compile), then their own.
+        c.spec = bf16Spec(rep == 0 ? 5120 : (id ? 3072 : 6144), rep == 0 ? 128 : (id ? 96 : 192));
+        c.tokens = 200 + 13 * id;
+        c.seed = 100 + id * 10 + rep;
+        auto r = runCase(c, stream);
+        if (!r.ok())
+          failures[id] += c.name() + ": " + r.summary() + "\n";
+      }
+      d.cuStreamDestroy(stream);
+    } catch (const std::exception& e) {
+      failures[id] += e.what();
+    }
+  };
+  std::thread t0(work, 0), t1(work, 1);
+  t0.join();
+  t1.join();
+  EXPECT_EQ(failures[0], "");
+  EXPECT_EQ(failures[1], "");
+}
+
+// T * 2H above 2^31 elements: offsets must be 64-bit. The input repeats with
+// a period of P rows so the reference runs on a window only.
+TEST(GpuRuntime, SixtyFourBitIndexing) {
+  BQJIT_REQUIRE_GPU_ENV();
+  GpuEnv& env = GpuEnv::get();
+  const CudaDriver& d = *env.driver;
+  KernelSpec spec = bf16Spec(18432, 128);
+  auto kernel = env.service->getKernel(spec, 0);
+  ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+  const int64_t h = 18432, ldx = 2 * h, period = 256;
+  const int64_t tokens = (int64_t(1) << 31) / ldx + 300;
+  ASSERT_GT(tokens * ldx, int64_t(1) << 31);
+  size_t freeBytes = 0, totalBytes = 0;
+  checkCu(d, d.cuMemGetInfo(&freeBytes, &totalBytes), "cuMemGetInfo");
+  const size_t need = tokens * ldx * 2 + tokens * h + tokens * (h / 128) * 4;
+  if (need + (size_t(1) << 30) > freeBytes)
+    GTEST_SKIP() << "needs " << need << " bytes of device memory, " << freeBytes << " free";
+
+  ref::Problem window;
+  window.spec = kernel->spec();
+  window.ldx = ldx;
+  std::vector<uint8_t> pattern = ref::makeInput(window.spec, period, ldx, 1, 7);
+  DeviceBuffer dx(d, tokens * ldx * 2), dq(d, tokens * h), ds(d, tokens * (h / 128) * 4);
+  for (int64_t r = 0; r < tokens; r += period) {
+    const int64_t rows = std::min(period, tokens - r);
+    checkCu(d, d.cuMemcpyHtoD(dx.get() + r * ldx * 2, pattern.data(), rows * ldx * 2), "upload");
+  }
+  checkCu(d, d.cuMemsetD8(dq.get(), 0xAB, dq.bytes()), "poison q");
+  checkCu(d, d.cuMemsetD8(ds.get(), 0xAB, ds.bytes()), "poison s");
+  LaunchArgs a;
+  a.x = dx.ptr();
+  a.ldx = ldx;
+  a.tokens = tokens;
+  a.q = dq.ptr();
+  a.scales = ds.ptr();
+  llvm::Error err = kernel->launch(a, nullptr);
+  ASSERT_FALSE(bool(err)) << consumeToString(std::move(err));
+  checkCu(d, d.cuCtxSynchronize(), "sync");
+
+  // The first rows and the last 300, which lie past element 2^31.
+  for (int64_t first : {int64_t(0), tokens - 300}) {
+    const int64_t rows = first == 0 ? 16 : 300;
+    window.tokens = rows;
+    std::vector<uint8_t> x(rows * ldx * 2);
+    for (int64_t i = 0; i < rows; ++i)
+      std::memcpy(&x[i * ldx * 2], &pattern[((first + i) % period) * ldx * 2], ldx * 2);
+    std::vector<uint8_t> q(rows * h), s(rows * (h / 128) * 4);
+    checkCu(d, d.cuMemcpyDtoH(q.data(), dq.get() + first * h, q.size()), "download q");
+    checkCu(d, d.cuMemcpyDtoH(s.data(), ds.get() + first * (h / 128) * 4, s.size()), "download s");
+    auto r = ref::compare(window, ref::run(window, x.data()), q.data(), s.data());
+    EXPECT_TRUE(r.ok()) << "rows from " << first << ": " << r.summary();
+  }
+}
+
+TEST(GpuRuntime, LaunchArgumentErrors) {
+  BQJIT_REQUIRE_GPU_ENV();
+  GpuEnv& env = GpuEnv::get();
+  const CudaDriver& d = *env.driver;
+  auto kernel = env.service->getKernel(bf16Spec(2048, 128), 0);
+  ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+  DeviceBuffer dx(d, 4 * 4096 * 2 + 64), dq(d, 4 * 2048 + 64), ds(d, 4 * 16 * 4 + 64);
+  LaunchArgs good;
+  good.x = dx.ptr();
+  good.ldx = 4096;
+  good.tokens = 4;
+  good.q = dq.ptr();
+  good.scales = ds.ptr();
+  llvm::Error ok = kernel->launch(good, nullptr);
+  ASSERT_FALSE(bool(ok)) << consumeToString(std::move(ok));
+
+  auto expectError = [&](LaunchArgs a, const std::string& field, const std::string& rule) {
+    std::string message;
+    ErrorCode code = consumeError(kernel->launch(a, nullptr), &message);
+    EXPECT_EQ(code, ErrorCode::InvalidArgument) << message;
+    EXPECT_NE(message.find("'" + field + "'"), std::string::npos) << message;
+    EXPECT_NE(message.find(rule), std::string::npos) << message;
+  };
+  LaunchArgs a = good;
+  a.tokens = -1;
+  expectError(a, "tokens", ">= 0");
+  a = good;
+  a.x = nullptr;
+  expectError(a, "x", "device pointer");
+  a = good;
+  a.x = static_cast<const char*>(dx.ptr()) + 2;
+  expectError(a, "x", "aligned to 16 bytes");
+  a = good;
+  a.q = static_cast<char*>(dq.ptr()) + 1;
+  expectError(a, "q", "aligned to 8 bytes");
+  a = good;
+  a.ldx = 4095;
+  expectError(a, "ldx", ">= 2H");
+  a = good;
+  a.ldx = 4097;
+  expectError(a, "ldx", "multiple of the 16-byte");
+  a = good;
+  a.numExperts = 2;
+  expectError(a, "numExperts", "unmasked");
+  checkCu(d, d.cuCtxSynchronize(), "sync");
+}
+
+TEST(GpuRuntime, ArchitectureMismatchIsAnError) {
+  BQJIT_REQUIRE_GPU_ENV();
+  GpuEnv& env = GpuEnv::get();
+  KernelSpec spec = bf16Spec(2048, 128);
+  spec.arch = env.arch == "sm_80" ? "sm_90" : "sm_80";
+  auto kernel = env.service->getKernel(spec, 0);
+  ASSERT_FALSE(bool(kernel));
+  std::string message;
+  EXPECT_EQ(consumeError(kernel.takeError(), &message), ErrorCode::ArchMismatch);
+  EXPECT_NE(message.find(spec.arch), std::string::npos) << message;
+  EXPECT_NE(message.find(env.arch), std::string::npos) << message;
+}
+
+TEST(GpuRuntime, SecondRequestIsAMemoryHit) {
+  BQJIT_REQUIRE_GPU_ENV();
+  GpuEnv& env = GpuEnv::get();
+  auto kernel = env.service->getKernel(bf16Spec(4096, 64), 0);
+  ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+  // A second request returns the same loaded function without compiling.
+  const auto before = env.service->cache().counters();
+  auto again = env.service->getKernel(bf16Spec(4096, 64), 0);
+  ASSERT_TRUE(bool(again));
+  const auto after = env.service->cache().counters();
+  EXPECT_EQ(after.compiles, before.compiles);
+  EXPECT_EQ(after.memoryHits, before.memoryHits + 1);
+}
+
+} // namespace
+} // namespace bqjit::test

@@ -1,0 +1,616 @@
+// KernelSpec: validation rules (SPEC.md section 4), JSON and field parsing,
+// the canonical form; and the launch heuristic's shapes are always valid.
+#include "bqjit/kernel_spec.hpp"
+
+#include <cmath>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "bqjit/error.hpp"
+#include "jit/launch_heuristic.hpp"
+
+namespace bqjit {
+namespace {
+
+testing::AssertionResult contains(const std::string& text, const std::string& needle) {
+  if (text.find(needle) != std::string::npos)
+    return testing::AssertionSuccess();
+  return testing::AssertionFailure() << "\"" << text << "\" lacks \"" << needle << "\"";
+}
+
+KernelSpec baseSpec() {
+  KernelSpec s;
+  s.hidden = 7168;
+  s.groupSize = 128;
+  return s;
+}
+
+/// Validates; expects an InvalidSpec error and returns its message ("" on success).
+std::string invalidMessage(const KernelSpec& spec) {
+  llvm::Error err = spec.validate();
+  if (!err)
+    return "";
+  std::string message;
+  ErrorCode code = consumeError(std::move(err), &message);
+  EXPECT_EQ(code, ErrorCode::InvalidSpec) << message;
+  return message;
+}
+
+/// Checks the message names the field, the value and (a phrase of) the rule.
+void expectRejected(const KernelSpec& spec, const std::string& field, const std::string& value,
+                    const std::string& rule) {
+  const std::string m = invalidMessage(spec);
+  ASSERT_FALSE(m.empty()) << "accepted: " << spec.canonical();
+  EXPECT_TRUE(contains(m, "'" + field + "'"));
+  EXPECT_TRUE(contains(m, "= " + value));
+  EXPECT_TRUE(contains(m, rule));
+}
+
+std::string parseError(llvm::Expected<KernelSpec> spec, ErrorCode expected = ErrorCode::InvalidSpec) {
+  if (spec) {
+    ADD_FAILURE() << "parsed: " << spec->canonical();
+    return "";
+  }
+  std::string message;
+  ErrorCode code = consumeError(spec.takeError(), &message);
+  EXPECT_EQ(code, expected) << message;
+  return message;
+}
+
+KernelSpec withShape(KernelSpec s, int tpg, int vec, int gpb) {
+  s.shape = LaunchShape{tpg, vec, gpb};
+  return s;
+}
+
+// ---- success -----------------------------------------------------------------
+
+TEST(KernelSpecValidate, DefaultSpecWithHiddenIsValid) {
+  KernelSpec s = baseSpec();
+  EXPECT_EQ(invalidMessage(s), "");
+  EXPECT_EQ(s.numGroups(), 56);
+  EXPECT_EQ(s.label(), "H=7168 G=128 bf16->fp8_e4m3 row sm_90");
+}
+
+TEST(KernelSpecValidate, FullySpecifiedSpecIsValid) {
+  KernelSpec s = baseSpec();
+  s.inDtype = InDtype::FP32;
+  s.outDtype = OutDtype::INT8;
+  s.scaleLayout = ScaleLayout::Ue8m0Packed;
+  s.ue8m0 = true;
+  s.hasScaleUb = true;
+  s.masked = true;
+  s.arch = "sm_100f";
+  s.shape = LaunchShape{32, 4, 8};
+  EXPECT_EQ(invalidMessage(s), "");
+}
+
+TEST(KernelSpecValidate, HiddenOfMaximumAccepted) {
+  KernelSpec s = baseSpec();
+  s.hidden = 65536;
+  EXPECT_EQ(invalidMessage(s), "");
+  s.groupSize = 1024;
+  EXPECT_EQ(invalidMessage(s), "");
+  s.groupSize = 16;
+  EXPECT_EQ(invalidMessage(s), "");
+}
+
+TEST(KernelSpecValidate, NonPowerOfTwoGroupsAccepted) {
+  for (int g : {48, 96, 192, 320, 17, 1000}) {
+    KernelSpec s = baseSpec();
+    s.groupSize = g;
+    s.hidden = g * 7;
+    EXPECT_EQ(invalidMessage(s), "") << "G=" << g;
+  }
+}
+
+TEST(KernelSpecValidate, ArchSpellingsAccepted) {
+  for (const char* arch : {"sm_80", "sm_86", "sm_89", "sm_90", "sm_90a", "sm_100", "sm_100a",
+                           "sm_100f", "sm_120"}) {
+    KernelSpec s = baseSpec();
+    s.arch = arch;
+    EXPECT_EQ(invalidMessage(s), "") << arch;
+  }
+}
+
+// ---- one test per rule ---------------------------------------------------------
+
+TEST(KernelSpecValidate, HiddenZeroRejected) {
+  KernelSpec s = baseSpec();
+  s.hidden = 0;
+  expectRejected(s, "hidden", "0", "must be in 1..65536");
+}
+
+TEST(KernelSpecValidate, HiddenTooLargeRejected) {
+  KernelSpec s = baseSpec();
+  s.hidden = 65537;
+  s.groupSize = 65537; // G's own range check must not be what fires first
+  expectRejected(s, "hidden", "65537", "must be in 1..65536");
+}
+
+TEST(KernelSpecValidate, NegativeHiddenRejected) {
+  KernelSpec s = baseSpec();
+  s.hidden = -128;
+  expectRejected(s, "hidden", "-128", "must be in 1..65536");
+}
+
+TEST(KernelSpecValidate, GroupSizeBelowMinimumRejected) {
+  KernelSpec s = baseSpec();
+  s.groupSize = 15;
+  s.hidden = 15 * 8;
+  expectRejected(s, "group_size", "15", "must be in 16..1024");
+}
+
+TEST(KernelSpecValidate, GroupSizeAboveMaximumRejected) {
+  KernelSpec s = baseSpec();
+  s.groupSize = 1025;
+  s.hidden = 1025 * 2;
+  expectRejected(s, "group_size", "1025", "must be in 16..1024");
+}
+
+TEST(KernelSpecValidate, GroupNotDividingHiddenRejected) {
+  KernelSpec s = baseSpec();
+  s.hidden = 1000;
+  s.groupSize = 128;
+  expectRejected(s, "group_size", "128", "must divide hidden (1000)");
+  s.hidden = 7168;
+  s.groupSize = 96; // 7168 = 74.67 * 96
+  expectRejected(s, "group_size", "96", "must divide hidden (7168)");
+}
+
+TEST(KernelSpecValidate, PackedLayoutWithoutUe8m0Rejected) {
+  KernelSpec s = baseSpec();
+  s.scaleLayout = ScaleLayout::Ue8m0Packed;
+  s.ue8m0 = false;
+  expectRejected(s, "ue8m0", "false", "must be true when scale_layout is ue8m0_packed");
+  s.ue8m0 = true;
+  EXPECT_EQ(invalidMessage(s), "");
+}
+
+TEST(KernelSpecValidate, ArchWithoutUnderscoreRejected) {
+  KernelSpec s = baseSpec();
+  s.arch = "sm90";
+  expectRejected(s, "arch", "'sm90'", "must look like sm_90");
+}
+
+TEST(KernelSpecValidate, ArchBeforeAmpereRejected) {
+  KernelSpec s = baseSpec();
+  s.arch = "sm_75";
+  expectRejected(s, "arch", "'sm_75'", "must be sm_80 or newer");
+}
+
+TEST(KernelSpecValidate, VirtualArchRejected) {
+  KernelSpec s = baseSpec();
+  s.arch = "compute_90";
+  expectRejected(s, "arch", "'compute_90'", "must look like sm_90");
+}
+
+TEST(KernelSpecValidate, OtherMalformedArchsRejected) {
+  for (const char* arch : {"", "sm_", "sm_a", "sm_9x", "sm_90b", "sm_90aa", "SM_90", "sm_ 90",
+                           "sm_999999999999"}) {
+    KernelSpec s = baseSpec();
+    s.arch = arch;
+    const std::string m = invalidMessage(s);
+    EXPECT_TRUE(contains(m, "'arch'")) << "arch '" << arch << "' -> " << m;
+  }
+}
+
+TEST(KernelSpecValidate, VecWidthNotPowerOfTwoRejected) {
+  expectRejected(withShape(baseSpec(), 8, 3, 8), "launch.vec_width", "3", "must be a power of two");
+  expectRejected(withShape(baseSpec(), 8, 0, 8), "launch.vec_width", "0", "must be a power of two");
+}
+
+TEST(KernelSpecValidate, VecWidthTooWideForDtypeRejected) {
+  // bf16: 16 * 2 bytes = 32 > 16.
+  expectRejected(withShape(baseSpec(), 8, 16, 8), "launch.vec_width", "16",
+                 "vec_width * sizeof(bf16) <= 16 bytes");
+  KernelSpec f32 = baseSpec();
+  f32.inDtype = InDtype::FP32;
+  expectRejected(withShape(f32, 8, 8, 8), "launch.vec_width", "8",
+                 "vec_width * sizeof(fp32) <= 16 bytes");
+  EXPECT_EQ(invalidMessage(withShape(f32, 8, 4, 8)), "");
+}
+
+TEST(KernelSpecValidate, VecWidthNotDividingGroupRejected) {
+  KernelSpec s = baseSpec();
+  s.groupSize = 20;
+  s.hidden = 160;
+  expectRejected(withShape(s, 1, 8, 8), "launch.vec_width", "8", "must divide group_size (20)");
+  EXPECT_EQ(invalidMessage(withShape(s, 1, 4, 8)), "");
+}
+
+TEST(KernelSpecValidate, ThreadsPerGroupNotPowerOfTwoRejected) {
+  expectRejected(withShape(baseSpec(), 3, 8, 8), "launch.threads_per_group", "3",
+                 "must be a power of two in 1..32");
+}
+
+TEST(KernelSpecValidate, ThreadsPerGroupAboveWarpRejected) {
+  KernelSpec s = baseSpec();
+  s.groupSize = 1024;
+  s.hidden = 8192; // 1024 / 8 = 128 vectors: 64 would divide them
+  expectRejected(withShape(s, 64, 8, 4), "launch.threads_per_group", "64",
+                 "must be a power of two in 1..32");
+}
+
+TEST(KernelSpecValidate, ThreadsPerGroupNotDividingVectorsRejected) {
+  KernelSpec s = baseSpec();
+  s.groupSize = 48;
+  s.hidden = 48 * 8; // 48 / 8 = 6 vectors
+  expectRejected(withShape(s, 4, 8, 8), "launch.threads_per_group", "4",
+                 "must divide the group's 6 vectors");
+  EXPECT_EQ(invalidMessage(withShape(s, 2, 8, 8)), "");
+  // More threads than vectors.
+  expectRejected(withShape(baseSpec(), 32, 8, 8), "launch.threads_per_group", "32",
+                 "must divide the group's 16 vectors");
+}
+
+TEST(KernelSpecValidate, ZeroGroupsPerBlockRejected) {
+  expectRejected(withShape(baseSpec(), 8, 8, 0), "launch.groups_per_block", "0", "must be >= 1");
+}
+
+TEST(KernelSpecValidate, TooManyThreadsPerBlockRejected) {
+  expectRejected(withShape(baseSpec(), 16, 8, 65), "launch.groups_per_block", "65",
+                 "threads_per_group * groups_per_block <= 1024");
+  EXPECT_EQ(invalidMessage(withShape(baseSpec(), 16, 8, 64)), "");
+}
+
+// ---- the launch heuristic always yields a valid shape ---------------------------
+
+TEST(LaunchHeuristic, ShapeValidForEveryGroupAndDtype) {
+  int checked = 0;
+  for (InDtype in : {InDtype::BF16, InDtype::FP16, InDtype::FP32})
+    for (int g = KernelSpec::kMinGroup; g <= KernelSpec::kMaxGroup; ++g) {
+      KernelSpec s = baseSpec();
+      s.inDtype = in;
+      s.groupSize = g;
+      s.hidden = g * (65536 / g);
+      ASSERT_EQ(invalidMessage(s), "");
+      KernelSpec r = resolveShape(s);
+      ASSERT_TRUE(r.shape.has_value());
+      ASSERT_EQ(invalidMessage(r), "") << "G=" << g << " " << toString(in);
+      EXPECT_EQ(*r.shape, chooseLaunchShape(s));
+      ++checked;
+    }
+  EXPECT_EQ(checked, 3 * (1024 - 16 + 1));
+}
+
+TEST(LaunchHeuristic, KnownChoices) {
+  KernelSpec s = baseSpec(); // bf16, G = 128
+  EXPECT_EQ(chooseLaunchShape(s), (LaunchShape{8, 8, 32}));
+  s.groupSize = 17;
+  s.hidden = 17 * 8;
+  EXPECT_EQ(chooseLaunchShape(s).vecWidth, 1);
+  s.groupSize = 96;
+  s.hidden = 96 * 8;
+  s.inDtype = InDtype::FP32;
+  EXPECT_EQ(chooseLaunchShape(s).vecWidth, 4);
+}
+
+TEST(LaunchHeuristic, ResolveKeepsExplicitShape) {
+  KernelSpec s = withShape(baseSpec(), 4, 2, 16);
+  EXPECT_EQ(*resolveShape(s).shape, (LaunchShape{4, 2, 16}));
+}
+
+TEST(LaunchHeuristic, CandidatesAreValidDistinctAndStartWithHeuristic) {
+  for (int g : {16, 48, 128, 320, 1024}) {
+    KernelSpec s = baseSpec();
+    s.groupSize = g;
+    s.hidden = g * 4;
+    auto shapes = candidateShapes(s);
+    ASSERT_FALSE(shapes.empty());
+    EXPECT_EQ(shapes.front(), chooseLaunchShape(s));
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      EXPECT_EQ(invalidMessage(withShape(s, shapes[i].threadsPerGroup, shapes[i].vecWidth,
+                                         shapes[i].groupsPerBlock)),
+                "");
+      for (size_t k = 0; k < i; ++k)
+        EXPECT_NE(shapes[i], shapes[k]);
+    }
+  }
+}
+
+// ---- fromJson --------------------------------------------------------------------
+
+TEST(KernelSpecJson, MinimalObjectGetsDefaults) {
+  auto s = KernelSpec::fromJson({{"hidden", 2048}});
+  ASSERT_TRUE(bool(s)) << consumeToString(s.takeError());
+  EXPECT_EQ(s->hidden, 2048);
+  EXPECT_EQ(s->groupSize, 128);
+  EXPECT_EQ(s->inDtype, InDtype::BF16);
+  EXPECT_EQ(s->outDtype, OutDtype::FP8E4M3);
+  EXPECT_EQ(s->scaleLayout, ScaleLayout::Row);
+  EXPECT_FALSE(s->ue8m0);
+  EXPECT_FALSE(s->hasScaleUb);
+  EXPECT_FALSE(s->masked);
+  EXPECT_EQ(s->arch, "sm_90");
+  EXPECT_FALSE(s->shape.has_value());
+}
+
+TEST(KernelSpecJson, EveryFieldParsed) {
+  nlohmann::json j = {{"hidden", 2304},        {"group_size", 96},
+                      {"in_dtype", "fp16"},    {"out_dtype", "fp8_e5m2"},
+                      {"scale_layout", "col_tma"}, {"ue8m0", true},
+                      {"scale_ub", true},      {"masked", true},
+                      {"arch", "sm_90a"},
+                      {"launch", {{"threads_per_group", 4}, {"vec_width", 8}, {"groups_per_block", 16}}}};
+  auto s = KernelSpec::fromJson(j);
+  ASSERT_TRUE(bool(s)) << consumeToString(s.takeError());
+  EXPECT_EQ(s->hidden, 2304);
+  EXPECT_EQ(s->groupSize, 96);
+  EXPECT_EQ(s->inDtype, InDtype::FP16);
+  EXPECT_EQ(s->outDtype, OutDtype::FP8E5M2);
+  EXPECT_EQ(s->scaleLayout, ScaleLayout::ColTma);
+  EXPECT_TRUE(s->ue8m0);
+  EXPECT_TRUE(s->hasScaleUb);
+  EXPECT_TRUE(s->masked);
+  EXPECT_EQ(s->arch, "sm_90a");
+  ASSERT_TRUE(s->shape.has_value());
+  EXPECT_EQ(*s->shape, (LaunchShape{4, 8, 16}));
+}
+
+TEST(KernelSpecJson, UnknownFieldRejected) {
+  const std::string m = parseError(KernelSpec::fromJson({{"hidden", 7168}, {"grup_size", 64}}));
+  EXPECT_TRUE(contains(m, "'grup_size'"));
+  EXPECT_TRUE(contains(m, "= 64"));
+  EXPECT_TRUE(contains(m, "unknown field"));
+}
+
+TEST(KernelSpecJson, WrongTypesRejected) {
+  struct Case {
+    nlohmann::json j;
+    std::string field, value, rule;
+  };
+  const Case cases[] = {
+      {{{"hidden", "7168"}}, "hidden", "\"7168\"", "must be an integer"},
+      {{{"hidden", 7168.5}}, "hidden", "7168.5", "must be an integer"},
+      {{{"hidden", 1ll << 40}}, "hidden", "1099511627776", "must fit in 32 bits"},
+      {{{"hidden", 18446744073709551615ull}}, "hidden", "18446744073709551615", "must fit in 32 bits"},
+      {{{"hidden", 7168},
+        {"launch", {{"threads_per_group", 8}, {"vec_width", 4294967304ull}, {"groups_per_block", 8}}}},
+       "launch.vec_width", "4294967304", "must fit in 32 bits"},
+      {{{"hidden", 7168}, {"group_size", true}}, "group_size", "true", "must be an integer"},
+      {{{"hidden", 7168}, {"in_dtype", 1}}, "in_dtype", "1", "must be a string"},
+      {{{"hidden", 7168}, {"in_dtype", "bf17"}}, "in_dtype", "'bf17'", "must be one of bf16, fp16, fp32"},
+      {{{"hidden", 7168}, {"out_dtype", "fp8"}}, "out_dtype", "'fp8'", "must be one of"},
+      {{{"hidden", 7168}, {"scale_layout", "column"}}, "scale_layout", "'column'", "must be one of"},
+      {{{"hidden", 7168}, {"ue8m0", 1}}, "ue8m0", "1", "must be true or false"},
+      {{{"hidden", 7168}, {"scale_ub", "true"}}, "scale_ub", "\"true\"", "must be true or false"},
+      {{{"hidden", 7168}, {"masked", nullptr}}, "masked", "null", "must be true or false"},
+      {{{"hidden", 7168}, {"arch", 90}}, "arch", "90", "must be a string"},
+      {{{"hidden", 7168}, {"launch", 3}}, "launch", "3", "must be an object"},
+      {{{"hidden", 7168}, {"launch", {{"threads_per_group", 8}, {"vec_width", 8}}}},
+       "launch.groups_per_block", "(missing)", "is required in launch"},
+      {{{"hidden", 7168},
+        {"launch", {{"threads_per_group", 8}, {"vec_width", "8"}, {"groups_per_block", 8}}}},
+       "launch.vec_width", "\"8\"", "must be an integer"},
+      {{{"hidden", 7168},
+        {"launch",
+         {{"threads_per_group", 8}, {"vec_width", 8}, {"groups_per_block", 8}, {"smem", 0}}}},
+       "launch", "", "takes exactly threads_per_group, vec_width, groups_per_block"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.j.dump());
+    const std::string m = parseError(KernelSpec::fromJson(c.j));
+    EXPECT_TRUE(contains(m, "'" + c.field + "'"));
+    EXPECT_TRUE(contains(m, "= " + c.value));
+    EXPECT_TRUE(contains(m, c.rule));
+  }
+}
+
+TEST(KernelSpecJson, NonObjectRejected) {
+  const std::string m = parseError(KernelSpec::fromJson(nlohmann::json::array({7168})));
+  EXPECT_TRUE(contains(m, "must be a JSON object"));
+}
+
+TEST(KernelSpecJson, MissingHiddenRejected) {
+  const std::string m = parseError(KernelSpec::fromJson({{"group_size", 128}}));
+  EXPECT_TRUE(contains(m, "'hidden'"));
+  EXPECT_TRUE(contains(m, "(missing)"));
+  EXPECT_TRUE(contains(m, "is required"));
+}
+
+TEST(KernelSpecJson, ParsedSpecIsValidated) {
+  const std::string m = parseError(KernelSpec::fromJson({{"hidden", 1000}, {"group_size", 128}}));
+  EXPECT_TRUE(contains(m, "'group_size' = 128: must divide hidden (1000)"));
+  const std::string m2 = parseError(KernelSpec::fromJson({{"hidden", 7168}, {"arch", "sm_75"}}));
+  EXPECT_TRUE(contains(m2, "'arch' = 'sm_75'"));
+}
+
+// ---- fromFields ------------------------------------------------------------------
+
+TEST(KernelSpecFields, AliasesEqualLongNames) {
+  auto shortForm = KernelSpec::fromFields({{"H", "2304"},
+                                           {"G", "96"},
+                                           {"in", "fp32"},
+                                           {"out", "int8"},
+                                           {"layout", "col"},
+                                           {"ue8m0", "on"},
+                                           {"scale_ub", "1"},
+                                           {"masked", "false"},
+                                           {"arch", "sm_80"},
+                                           {"tpg", "8"},
+                                           {"vec", "4"},
+                                           {"gpb", "16"}});
+  ASSERT_TRUE(bool(shortForm)) << consumeToString(shortForm.takeError());
+  auto longForm = KernelSpec::fromFields({{"hidden", "2304"},
+                                          {"group_size", "96"},
+                                          {"in_dtype", "fp32"},
+                                          {"out_dtype", "int8"},
+                                          {"scale_layout", "col"},
+                                          {"ue8m0", "true"},
+                                          {"scale_ub", "on"},
+                                          {"masked", "0"},
+                                          {"arch", "sm_80"},
+                                          {"threads_per_group", "8"},
+                                          {"vec_width", "4"},
+                                          {"groups_per_block", "16"}});
+  ASSERT_TRUE(bool(longForm)) << consumeToString(longForm.takeError());
+  EXPECT_EQ(shortForm->canonical(), longForm->canonical());
+  EXPECT_EQ(shortForm->hidden, 2304);
+  EXPECT_EQ(shortForm->groupSize, 96);
+  EXPECT_EQ(shortForm->inDtype, InDtype::FP32);
+  EXPECT_EQ(shortForm->outDtype, OutDtype::INT8);
+  EXPECT_EQ(shortForm->scaleLayout, ScaleLayout::Col);
+  EXPECT_TRUE(shortForm->ue8m0);
+  EXPECT_TRUE(shortForm->hasScaleUb);
+  EXPECT_FALSE(shortForm->masked);
+  EXPECT_EQ(shortForm->arch, "sm_80");
+  ASSERT_TRUE(shortForm->shape.has_value());
+  EXPECT_EQ(*shortForm->shape, (LaunchShape{8, 4, 16}));
+  // "group" is an alias too.
+  auto group = KernelSpec::fromFields({{"H", "2304"}, {"group", "96"}});
+  ASSERT_TRUE(bool(group));
+  EXPECT_EQ(group->groupSize, 96);
+}
+
+TEST(KernelSpecFields, BadIntegerRejected) {
+  for (const char* bad : {"7k", "", "7168 ", "0x1c00", "abc", "1e4"}) {
+    const std::string m = parseError(KernelSpec::fromFields({{"H", bad}}));
+    EXPECT_TRUE(contains(m, "'hidden' = '" + std::string(bad) + "': must be an integer")) << bad;
+  }
+  const std::string m = parseError(KernelSpec::fromFields({{"H", "7168"}, {"tpg", "eight"}}));
+  EXPECT_TRUE(contains(m, "'threads_per_group' = 'eight': must be an integer"));
+  const std::string big = parseError(KernelSpec::fromFields({{"H", "99999999999"}}));
+  EXPECT_TRUE(contains(big, "'hidden'"));
+  EXPECT_TRUE(contains(big, "must fit in 32 bits"));
+}
+
+TEST(KernelSpecFields, BadBoolRejected) {
+  const std::string m = parseError(KernelSpec::fromFields({{"H", "7168"}, {"ue8m0", "yes"}}));
+  EXPECT_TRUE(contains(m, "'ue8m0' = 'yes': must be true/false, on/off or 1/0"));
+  const std::string m2 = parseError(KernelSpec::fromFields({{"H", "7168"}, {"masked", "TRUE"}}));
+  EXPECT_TRUE(contains(m2, "'masked' = 'TRUE'"));
+}
+
+TEST(KernelSpecFields, UnknownFieldRejected) {
+  const std::string m = parseError(KernelSpec::fromFields({{"H", "7168"}, {"hiden", "1"}}));
+  EXPECT_TRUE(contains(m, "'hiden'"));
+  EXPECT_TRUE(contains(m, "unknown field"));
+}
+
+TEST(KernelSpecFields, PartialLaunchRejected) {
+  const std::string m = parseError(KernelSpec::fromFields({{"H", "7168"}, {"tpg", "8"}}));
+  EXPECT_TRUE(contains(m, "is required in launch"));
+}
+
+// ---- canonical form ---------------------------------------------------------------
+
+TEST(KernelSpecCanonical, PinnedText) {
+  // Cache keys hash this text: a change here invalidates every cache.
+  EXPECT_EQ(baseSpec().canonical(),
+            R"({"arch":"sm_90","group_size":128,"hidden":7168,"in_dtype":"bf16","masked":false,)"
+            R"("out_dtype":"fp8_e4m3","scale_layout":"row","scale_ub":false,"ue8m0":false})");
+  EXPECT_EQ(withShape(baseSpec(), 8, 8, 32).canonical(),
+            R"({"arch":"sm_90","group_size":128,"hidden":7168,"in_dtype":"bf16",)"
+            R"("launch":{"groups_per_block":32,"threads_per_group":8,"vec_width":8},"masked":false,)"
+            R"("out_dtype":"fp8_e4m3","scale_layout":"row","scale_ub":false,"ue8m0":false})");
+}
+
+TEST(KernelSpecCanonical, RoundTripThroughJson) {
+  std::vector<KernelSpec> specs;
+  specs.push_back(baseSpec());
+  specs.push_back(withShape(baseSpec(), 4, 8, 64));
+  KernelSpec odd = baseSpec();
+  odd.hidden = 320 * 9;
+  odd.groupSize = 320;
+  odd.inDtype = InDtype::FP16;
+  odd.outDtype = OutDtype::INT8;
+  odd.scaleLayout = ScaleLayout::Ue8m0Packed;
+  odd.ue8m0 = true;
+  odd.hasScaleUb = true;
+  odd.masked = true;
+  odd.arch = "sm_90a";
+  specs.push_back(odd);
+  for (const KernelSpec& s : specs) {
+    auto back = KernelSpec::fromJson(s.toJson());
+    ASSERT_TRUE(bool(back)) << consumeToString(back.takeError());
+    EXPECT_EQ(back->canonical(), s.canonical());
+    EXPECT_TRUE(*back == s);
+    auto reparsed = KernelSpec::fromJson(nlohmann::json::parse(s.canonical()));
+    ASSERT_TRUE(bool(reparsed));
+    EXPECT_EQ(reparsed->canonical(), s.canonical());
+  }
+}
+
+TEST(KernelSpecCanonical, EqualSpecsBuiltDifferentlyAreByteIdentical) {
+  KernelSpec byFields = baseSpec();
+  byFields.hidden = 2048;
+  byFields.scaleLayout = ScaleLayout::Col;
+  byFields.arch = "sm_100";
+  byFields.shape = LaunchShape{8, 8, 32};
+
+  // Fields in another order, defaults spelled out.
+  auto byJson = KernelSpec::fromJson(nlohmann::json::parse(
+      R"({"launch":{"vec_width":8,"groups_per_block":32,"threads_per_group":8},"arch":"sm_100",)"
+      R"("scale_layout":"col","masked":false,"hidden":2048,"in_dtype":"bf16"})"));
+  ASSERT_TRUE(bool(byJson)) << consumeToString(byJson.takeError());
+  auto byCommandLine = KernelSpec::fromFields(
+      {{"layout", "col"}, {"H", "2048"}, {"G", "128"}, {"arch", "sm_100"}, {"tpg", "8"},
+       {"vec", "8"}, {"gpb", "32"}, {"ue8m0", "off"}});
+  ASSERT_TRUE(bool(byCommandLine)) << consumeToString(byCommandLine.takeError());
+
+  EXPECT_EQ(byFields.canonical(), byJson->canonical());
+  EXPECT_EQ(byFields.canonical(), byCommandLine->canonical());
+  EXPECT_TRUE(byFields == *byJson);
+
+  KernelSpec other = byFields;
+  other.shape = LaunchShape{8, 8, 16};
+  EXPECT_NE(other.canonical(), byFields.canonical());
+  EXPECT_TRUE(other != byFields);
+  other.shape.reset();
+  EXPECT_NE(other.canonical(), byFields.canonical());
+}
+
+TEST(KernelSpecCanonical, EveryFieldChangesCanonical) {
+  const KernelSpec base = withShape(baseSpec(), 8, 8, 32);
+  std::vector<KernelSpec> variants(10, base);
+  variants[0].hidden = 7296;
+  variants[1].groupSize = 64;
+  variants[2].inDtype = InDtype::FP16;
+  variants[3].outDtype = OutDtype::FP8E5M2;
+  variants[4].scaleLayout = ScaleLayout::ColTma;
+  variants[5].ue8m0 = true;
+  variants[6].hasScaleUb = true;
+  variants[7].masked = true;
+  variants[8].arch = "sm_90a";
+  variants[9].shape->groupsPerBlock = 16;
+  for (size_t i = 0; i < variants.size(); ++i) {
+    EXPECT_NE(variants[i].canonical(), base.canonical()) << i;
+    for (size_t k = 0; k < i; ++k)
+      EXPECT_NE(variants[i].canonical(), variants[k].canonical()) << i << " vs " << k;
+  }
+}
+
+TEST(KernelSpecEnums, NamesRoundTrip) {
+  for (InDtype d : {InDtype::BF16, InDtype::FP16, InDtype::FP32}) {
+    auto p = parseInDtype(toString(d));
+    ASSERT_TRUE(bool(p));
+    EXPECT_EQ(*p, d);
+  }
+  for (OutDtype d : {OutDtype::FP8E4M3, OutDtype::FP8E5M2, OutDtype::INT8}) {
+    auto p = parseOutDtype(toString(d));
+    ASSERT_TRUE(bool(p));
+    EXPECT_EQ(*p, d);
+  }
+  for (ScaleLayout l :
+       {ScaleLayout::Row, ScaleLayout::Col, ScaleLayout::ColTma, ScaleLayout::Ue8m0Packed}) {
+    auto p = parseScaleLayout(toString(l));
+    ASSERT_TRUE(bool(p));
+    EXPECT_EQ(*p, l);
+  }
+  EXPECT_EQ(dtypeBytes(InDtype::BF16), 2);
+  EXPECT_EQ(dtypeBytes(InDtype::FP16), 2);
+  EXPECT_EQ(dtypeBytes(InDtype::FP32), 4);
+}
+
+TEST(KernelSpecEnums, QuantConstantsMatchSpec) {
+  EXPECT_EQ(quantMax(OutDtype::FP8E4M3), 448.0f);
+  EXPECT_EQ(quantMax(OutDtype::FP8E5M2), 57344.0f);
+  EXPECT_EQ(quantMax(OutDtype::INT8), 127.0f);
+  EXPECT_EQ(minScale(OutDtype::FP8E4M3), 1.0f / (448.0f * 512.0f));
+  EXPECT_EQ(minScale(OutDtype::FP8E5M2), 1.0f / (57344.0f * 512.0f));
+  EXPECT_EQ(minScale(OutDtype::INT8), std::ldexp(1.0f, -23));
+}
+
+} // namespace
+} // namespace bqjit

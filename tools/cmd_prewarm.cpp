@@ -1,0 +1,184 @@
+// `bqjit prewarm MANIFEST.json`: compiles every spec x arch of a manifest
+// into the disk cache with N worker threads sharing one KernelCache.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <mutex>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "bqjit/service.hpp"
+#include "cache/kernel_cache.hpp"
+#include "tools/commands.hpp"
+#include "tools/manifest.hpp"
+
+namespace bqjit::cli {
+
+namespace {
+
+enum class ItemStatus { Compiled, Cached, Failed };
+
+struct ItemResult {
+  ItemStatus status = ItemStatus::Failed;
+  double ms = 0;
+  std::string key;
+  ErrorCode code = ErrorCode::Internal;
+  std::string message;
+};
+
+const char* statusName(ItemStatus s) {
+  switch (s) {
+  case ItemStatus::Compiled: return "compiled";
+  case ItemStatus::Cached: return "cached";
+  case ItemStatus::Failed: return "failed";
+  }
+  return "?";
+}
+
+double msSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+      .count();
+}
+
+ItemResult prewarmOne(KernelCache& cache, const KernelSpec& spec) {
+  ItemResult r;
+  const auto start = std::chrono::steady_clock::now();
+  auto got = cache.get(spec);
+  r.ms = msSince(start);
+  if (!got) {
+    r.code = consumeError(got.takeError(), &r.message);
+    return r;
+  }
+  r.key = got->kernel->key;
+  r.status = got->source == KernelSource::Compiled ? ItemStatus::Compiled : ItemStatus::Cached;
+  return r;
+}
+
+std::string progressLine(size_t done, size_t total, const KernelSpec& spec, const ItemResult& r) {
+  std::string line = "[" + std::to_string(done) + "/" + std::to_string(total) + "] ";
+  if (r.status == ItemStatus::Failed)
+    return line + "FAILED " + spec.label() + ": " + firstLine(r.message);
+  char ms[32];
+  std::snprintf(ms, sizeof ms, "%.0f", r.ms);
+  return line + statusName(r.status) + " " + spec.label() + " (" + ms + " ms)";
+}
+
+nlohmann::json toJson(const Manifest& m, const std::vector<ItemResult>& results, double seconds) {
+  nlohmann::json items = nlohmann::json::array();
+  int64_t counts[3] = {0, 0, 0};
+  for (size_t i = 0; i < results.size(); ++i) {
+    const ItemResult& r = results[i];
+    ++counts[static_cast<int>(r.status)];
+    nlohmann::json item = {{"label", m.items[i].label()},
+                           {"spec", m.items[i].toJson()},
+                           {"status", statusName(r.status)},
+                           {"ms", r.ms}};
+    if (r.status == ItemStatus::Failed)
+      item["error"] = {{"code", errorCodeName(r.code)}, {"message", r.message}};
+    else
+      item["key"] = r.key;
+    items.push_back(std::move(item));
+  }
+  return {{"manifest", m.path},   {"compiled", counts[0]},     {"cached", counts[1]},
+          {"failed", counts[2]},  {"duplicates", m.duplicates}, {"seconds", seconds},
+          {"items", std::move(items)}};
+}
+
+} // namespace
+
+llvm::Error runPrewarm(const PrewarmOptions& o, const CommandContext& ctx) {
+  auto manifest = loadManifest(o.manifest, o.archs);
+  if (!manifest)
+    return manifest.takeError();
+  if (auto err = requireCacheDir(ctx.config))
+    return err;
+  auto service = Service::create(ctx.config);
+  if (!service)
+    return service.takeError();
+  KernelCache& cache = (*service)->cache();
+  // Fail up front rather than "compile" into memory only.
+  if (auto err = cache.disk()->prepare())
+    return err;
+
+  const std::vector<KernelSpec>& items = manifest->items;
+  const size_t total = items.size();
+  const size_t jobs = std::max<size_t>(1, std::min<size_t>(o.jobs, total));
+  ctx.err << "prewarm: " << total << " kernel(s) from " << o.manifest << " into "
+          << ctx.config.cacheDir << " with " << jobs << " job(s)";
+  if (manifest->duplicates > 0)
+    ctx.err << " (" << manifest->duplicates << " duplicate entr"
+            << (manifest->duplicates == 1 ? "y" : "ies") << " skipped)";
+  ctx.err << "\n";
+
+  std::vector<ItemResult> results(total);
+  std::atomic<size_t> next{0};
+  std::mutex printMutex;
+  size_t done = 0;
+  auto worker = [&] {
+    for (size_t i = next++; i < total; i = next++) {
+      results[i] = prewarmOne(cache, items[i]);
+      std::lock_guard<std::mutex> lock(printMutex);
+      ctx.err << progressLine(++done, total, items[i], results[i]) << std::endl;
+    }
+  };
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::thread> threads;
+  for (size_t t = 1; t < jobs; ++t)
+    threads.emplace_back(worker);
+  worker();
+  for (auto& t : threads)
+    t.join();
+  const double seconds = msSince(start) / 1000.0;
+
+  nlohmann::json summary = toJson(*manifest, results, seconds);
+  if (o.json) {
+    ctx.out << summary.dump(2) << "\n";
+  } else {
+    char line[160];
+    std::snprintf(line, sizeof line, "prewarm: %lld compiled, %lld already cached, %lld failed in "
+                  "%.1f s", summary["compiled"].get<long long>(),
+                  summary["cached"].get<long long>(), summary["failed"].get<long long>(), seconds);
+    ctx.out << line << "\n";
+  }
+  ctx.out.flush();
+
+  const int64_t failed = summary["failed"].get<int64_t>();
+  for (size_t i = 0; i < total; ++i)
+    if (results[i].status == ItemStatus::Failed)
+      return makeError(results[i].code, "prewarm: " + std::to_string(failed) + " of " +
+                                            std::to_string(total) + " kernel(s) failed; first: " +
+                                            items[i].label() + ": " +
+                                            firstLine(results[i].message));
+  return llvm::Error::success();
+}
+
+void addPrewarmCommand(CLI::App& app, Action& action) {
+  auto options = std::make_shared<PrewarmOptions>();
+  options->jobs = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  CLI::App* sub = app.add_subcommand(
+      "prewarm", "Compile every spec x arch of a manifest into the disk cache");
+  sub->add_option("MANIFEST", options->manifest, "manifest JSON file")->required();
+  sub->add_option("--arch", options->archs,
+                  "architecture(s) to compile for, replacing the manifest's \"archs\" "
+                  "(repeat or comma-separate: --arch sm_90,sm_100)")
+      ->delimiter(',')
+      ->allow_extra_args(false);
+  sub->add_option("-j,--jobs", options->jobs, "worker threads (default: CPU count)")
+      ->check(CLI::Range(1, 1024));
+  sub->add_flag("--json", options->json, "print the summary as JSON on stdout");
+  setFooter(*sub,
+            "Manifest: {\"archs\": [\"sm_90\"], \"defaults\": {spec fields}, \"specs\": [{spec}, "
+            "...], \"comment\": \"...\"}. Each spec is a KernelSpec JSON object (hidden, "
+            "group_size, in_dtype, out_dtype, scale_layout, ue8m0, scale_ub, masked, arch, "
+            "launch) over \"defaults\"; one naming \"arch\" is built for that arch only, the "
+            "others for every entry of \"archs\". Progress goes to stderr, the summary to stdout.");
+  sub->callback([options, &action] {
+    action = [options](const CommandContext& ctx) { return runPrewarm(*options, ctx); };
+  });
+}
+
+} // namespace bqjit::cli

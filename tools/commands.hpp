@@ -1,0 +1,63 @@
+// The subcommands of `bqjit`: each adds itself to the CLI11 app and, once
+// chosen, leaves the Action main() runs. The run* functions do the work and
+// may be called directly (tests).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <llvm/Support/Error.h>
+
+#include "tools/cli_common.hpp"
+
+namespace CLI {
+class App;
+} // namespace CLI
+
+namespace bqjit::cli {
+
+/// Options of `bqjit prewarm`.
+struct PrewarmOptions {
+  std::string manifest;
+  std::vector<std::string> archs; ///< replaces the manifest's "archs" when not empty
+  int jobs = 1;
+  bool json = false;
+};
+
+/// Options of `bqjit ptx`.
+struct PtxOptions {
+  std::vector<std::string> fields;
+  std::string arch;
+  bool json = false;
+  bool noPtx = false;
+};
+
+/// Options of `bqjit verify` and `bqjit tune`.
+struct GpuOptions {
+  std::vector<std::string> fields;
+  std::string arch;
+  int64_t tokens = 0;
+  int64_t ldx = 0; ///< 0: 2H
+  int64_t experts = 1;
+  float scaleUb = 0.01f;
+  int device = 0;
+  uint64_t seed = 1;
+  int iters = 100;
+};
+
+llvm::Error runPrewarm(const PrewarmOptions& options, const CommandContext& ctx);
+llvm::Error runPtx(const PtxOptions& options, const CommandContext& ctx);
+llvm::Error runVerify(const GpuOptions& options, const CommandContext& ctx);
+llvm::Error runTune(const GpuOptions& options, const CommandContext& ctx);
+llvm::Error runVersion(const CommandContext& ctx);
+
+/// Each adds its subcommand to `app`; parsing it sets `action`.
+void addPrewarmCommand(CLI::App& app, Action& action);
+void addPtxCommand(CLI::App& app, Action& action);
+void addCacheCommands(CLI::App& app, Action& action);
+void addVerifyCommand(CLI::App& app, Action& action);
+void addTuneCommand(CLI::App& app, Action& action);
+void addVersionCommand(CLI::App& app, Action& action);
+
+} // namespace bqjit::cli

@@ -1,0 +1,65 @@
+#include "tools/spec_args.hpp"
+
+#include <map>
+
+#include "bqjit/error.hpp"
+
+namespace bqjit::cli {
+
+const char* const kSpecFieldsHelp =
+    "SPEC-FIELDS are key=value tokens: hidden|H (required), group_size|G|group (128), "
+    "in_dtype|in (bf16|fp16|fp32; bf16), out_dtype|out (fp8_e4m3|fp8_e5m2|int8; fp8_e4m3), "
+    "scale_layout|layout (row|col|col_tma|ue8m0_packed; row), ue8m0, scale_ub, masked "
+    "(true|false|on|off|1|0; false), arch (e.g. sm_90), and the launch shape "
+    "threads_per_group|tpg, vec_width|vec, groups_per_block|gpb (all three or none). "
+    "Example: H=7168 G=128 in=bf16 out=fp8_e4m3 layout=col_tma ue8m0=1";
+
+namespace {
+
+// Aliases resolved here only to detect one field given twice under two names.
+std::string canonicalName(const std::string& name) {
+  static const std::map<std::string, std::string> kAlias = {
+      {"H", "hidden"},        {"G", "group_size"},           {"group", "group_size"},
+      {"in", "in_dtype"},     {"out", "out_dtype"},          {"layout", "scale_layout"},
+      {"tpg", "threads_per_group"}, {"vec", "vec_width"}, {"gpb", "groups_per_block"}};
+  auto it = kAlias.find(name);
+  return it == kAlias.end() ? name : it->second;
+}
+
+} // namespace
+
+llvm::Expected<SpecArgs> parseSpecArgs(const std::vector<std::string>& tokens,
+                                       const std::string& archOverride) {
+  std::map<std::string, std::string> fields;
+  std::map<std::string, std::string> seen; // canonical name -> token that set it
+  for (const std::string& token : tokens) {
+    const size_t eq = token.find('=');
+    if (eq == std::string::npos)
+      return makeError(ErrorCode::InvalidArgument,
+                       "spec field '" + token + "' is not of the form key=value (e.g. H=7168)");
+    const std::string key = token.substr(0, eq);
+    if (key.empty())
+      return makeError(ErrorCode::InvalidArgument,
+                       "spec field '" + token + "' has an empty key (expected key=value)");
+    const std::string name = canonicalName(key);
+    if (auto it = seen.find(name); it != seen.end())
+      return makeError(ErrorCode::InvalidArgument, "spec field '" + token + "' sets " + name +
+                                                       " again (already set by '" + it->second +
+                                                       "')");
+    seen[name] = token;
+    fields[key] = token.substr(eq + 1);
+  }
+  SpecArgs out;
+  out.archGiven = !archOverride.empty() || seen.count("arch");
+  out.shapeGiven = seen.count("threads_per_group") || seen.count("vec_width") ||
+                   seen.count("groups_per_block");
+  if (!archOverride.empty())
+    fields["arch"] = archOverride;
+  auto spec = KernelSpec::fromFields(fields);
+  if (!spec)
+    return spec.takeError();
+  out.spec = std::move(*spec);
+  return out;
+}
+
+} // namespace bqjit::cli
