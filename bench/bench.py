@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""bqjit against PyTorch eager and torch.compile, side by side, on one GPU.
+
+Every implementation is timed the same way: a CUDA graph holding R launches,
+each on its own input/output set (rotating sets so that together they exceed
+the L2 cache where memory allows), replayed after an L2 flush; the time of one
+launch is the replay's time over R; the median of the replays is reported.
+Graphs remove the host's launch overhead, which would otherwise dominate the
+small shapes. The device-to-device copy bandwidth is measured in the same run.
+
+Usage: python3 bench/bench.py [--quick] [--json out.json] [--shapes H:T:G,...]
+"""
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+import torch
+
+import bqjit
+
+L2_FLUSH_BYTES = 256 << 20
+HIDDEN = [2048, 7168, 14336, 18432, 25600]
+TOKENS = [1, 16, 64, 256, 1024, 8192]
+GROUPS = [64, 96, 128]
+QMAX = 448.0
+MIN_SCALE = 1.0 / (448.0 * 512.0)
+
+
+def torch_op(x, group):
+    """SPEC section 1 in PyTorch (bf16 in, fp8 e4m3 out, row scales)."""
+    h = x.shape[-1] // 2
+    g = x[:, :h].float()
+    u = x[:, h:].float()
+    y = g / (1.0 + torch.exp(-g)) * u
+    yg = y.view(x.shape[0], h // group, group)
+    amax = yg.abs().amax(dim=-1, keepdim=True)
+    s = (amax / QMAX).clamp(min=MIN_SCALE)
+    q = (yg / s).clamp(-QMAX, QMAX).to(torch.float8_e4m3fn)
+    return q.view(x.shape[0], h), s.squeeze(-1)
+
+
+def make_sets(t, h, group, count):
+    sets = []
+    for _ in range(count):
+        x = torch.randn(t, 2 * h, device="cuda", dtype=torch.bfloat16) * 4
+        q = torch.empty(t, h, device="cuda", dtype=torch.float8_e4m3fn)
+        s = torch.empty(t, h // group, device="cuda", dtype=torch.float32)
+        sets.append((x, q, s))
+    return sets
+
+
+def time_graph(fn, sets, reps_per_graph, replays, flush):
+    """Median microseconds of one fn(set) call, from graph replays."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for st in sets[:2]:  # warm up outside capture (compiles, autotunes)
+            fn(st)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(reps_per_graph):
+            fn(sets[i % len(sets)])
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    for _ in range(replays):
+        flush.zero_()
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000.0 / reps_per_graph)
+    del graph
+    return statistics.median(times), (max(times) - min(times))
+
+
+def copy_bandwidth(flush):
+    n = 1 << 30
+    src = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
+    dst = torch.empty_like(src)
+    ts = []
+    for _ in range(10):
+        flush.zero_()
+        a = torch.cuda.Event(enable_timing=True)
+        b = torch.cuda.Event(enable_timing=True)
+        a.record()
+        dst.copy_(src)
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) / 1000.0)
+    del src, dst
+    return 2 * n / statistics.median(ts) / 1e9
+
+
+def check_correct(x, q, s, group):
+    """bqjit's result against the torch op, within SPEC's tolerance."""
+    q_ref, s_ref = torch_op(x, group)
+    if not torch.allclose(s, s_ref, rtol=1e-6, atol=0):
+        return False
+    diff = (q.float() - q_ref.float()).abs()
+    # One fp8 step apart is allowed only at rounding boundaries; count them.
+    return int((diff > 0).sum()) <= max(1, q.numel() // 100000)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="a few shapes only")
+    ap.add_argument("--json", default="bench_results.json")
+    ap.add_argument("--shapes", default="", help="H:T:G,... instead of the grid")
+    ap.add_argument("--replays", type=int, default=15)
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    props = torch.cuda.get_device_properties(0)
+    l2 = getattr(props, "L2_cache_size", 50 << 20)
+    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+    copy_gbs = copy_bandwidth(flush)
+    print(f"device: {props.name}, {props.multi_processor_count} SMs, L2 {l2 >> 20} MiB; "
+          f"torch {torch.__version__}; copy bandwidth {copy_gbs:.0f} GB/s (read+write)", flush=True)
+
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
+    elif args.quick:
+        shapes = [(14336, 8192, 128), (14336, 8192, 96), (14336, 64, 128), (18432, 64, 128),
+                  (7168, 1, 128), (2048, 1024, 64)]
+    else:
+        shapes = [(h, t, g) for h in HIDDEN for t in TOKENS for g in GROUPS if h % g == 0]
+
+    compiled = None
+    if not args.no_compile:
+        compiled = torch.compile(torch_op, dynamic=False)
+        torch._dynamo.config.cache_size_limit = 1024
+        torch._dynamo.config.recompile_limit = 1024 if hasattr(torch._dynamo.config, "recompile_limit") else None
+
+    rows = []
+    header = (f"{'H':>6} {'T':>5} {'G':>4} | {'bqjit us':>9} {'GB/s':>6} {'%copy':>6} | "
+              f"{'eager us':>9} {'compile us':>10} | {'vs compile':>10} ok")
+    print(header)
+    print("-" * len(header), flush=True)
+    for h, t, g in shapes:
+        bytes_moved = t * (2 * h * 2 + h + (h // g) * 4)
+        per_set = bytes_moved
+        count = max(2, min(64, math.ceil(3 * l2 / per_set)))
+        if per_set * count > (12 << 30):
+            count = 2
+        sets = make_sets(t, h, g, count)
+        reps = max(count, 8) if t <= 256 else count
+        x0, q0, s0 = sets[0]
+        bqjit.silu_mul_quant(x0, group_size=g, out=q0, scales_out=s0)
+        torch.cuda.synchronize()
+        ok = check_correct(x0, q0, s0, g)
+
+        def run_bqjit(st):
+            bqjit.silu_mul_quant(st[0], group_size=g, out=st[1], scales_out=st[2])
+
+        def run_eager(st):
+            torch_op(st[0], g)
+
+        def run_compiled(st):
+            compiled(st[0], g)
+
+        t_b, spread_b = time_graph(run_bqjit, sets, reps, args.replays, flush)
+        t_e, _ = time_graph(run_eager, sets, reps, max(5, args.replays // 3), flush)
+        t_c = float("nan")
+        if compiled is not None:
+            t_c, _ = time_graph(run_compiled, sets, reps, args.replays, flush)
+        gbs = bytes_moved / (t_b * 1e-6) / 1e9
+        row = dict(hidden=h, tokens=t, group=g, bytes=bytes_moved, bqjit_us=t_b,
+                   bqjit_spread_us=spread_b, bqjit_gbs=gbs, pct_copy=100 * gbs / copy_gbs,
+                   eager_us=t_e, compile_us=t_c, speedup_vs_compile=t_c / t_b,
+                   floor_us=bytes_moved / (copy_gbs * 1e9) * 1e6, correct=ok, sets=count, reps=reps)
+        rows.append(row)
+        print(f"{h:>6} {t:>5} {g:>4} | {t_b:>9.2f} {gbs:>6.0f} {row['pct_copy']:>5.1f}% | "
+              f"{t_e:>9.1f} {t_c:>10.2f} | {row['speedup_vs_compile']:>9.2f}x {'ok' if ok else 'WRONG'}",
+              flush=True)
+        del sets
+        torch.cuda.empty_cache()
+
+    out = dict(device=props.name, torch=torch.__version__, copy_gbs=copy_gbs,
+               method="CUDA graph of R launches over rotating buffer sets, L2 flushed before each "
+                      "replay, median over replays",
+               rows=rows, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+    with open(args.json, "w") as f:
+        json.dump(out, f, indent=1)
+    big = [r for r in rows if r["tokens"] >= 1024]
+    if big:
+        print(f"T>=1024: min %copy {min(r['pct_copy'] for r in big):.1f}, "
+              f"min speedup vs compile {min(r['speedup_vs_compile'] for r in big):.2f}x")
+    dec = [r for r in rows if r["tokens"] <= 64]
+    if dec:
+        print(f"T<=64: max bqjit {max(r['bqjit_us'] for r in dec):.2f} us")
+    return 0 if all(r["correct"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

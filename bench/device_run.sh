@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine: every GPU test, the example, the CLI checks, the
+# Python tests and the benchmark; logs go to $OUT. Usage:
+#   bash bench/device_run.sh [tests|bench|all] [bench args...]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export BQJIT_CACHE_DIR=/tmp/bqjit-cache
+export BQJIT_LIBRARY=$PWD/devpack/lib/libbqjit.so
+export PYTHONPATH=$PWD/python:${PYTHONPATH:-}
+what=${1:-all}
+shift || true
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
+
+if [ "$what" = tests ] || [ "$what" = all ]; then
+  # The GPU suites; the CPU suites run in CI. The fake-driver tests look for
+  # the fake library at its build path, so they are left to CI as well.
+  for name in test_gpu_kernel test_gpu_runtime "test_cuda_driver --gtest_filter=-FakeDriverTest.*"; do
+    bin=${name%% *}
+    args=${name#"$bin"}
+    devpack/bin/$bin $args --gtest_brief=1 >"$OUT/$bin.log" 2>&1
+    echo "$bin: exit $? $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/$bin.log" | tr '\n' ' ')"
+  done | tee "$OUT/summary.txt"
+  devpack/bin/host_app 2>&1 | tee -a "$OUT/summary.txt"
+  for spec in "hidden=7104 G=96" "hidden=7168 G=128" "hidden=18432 G=192 layout=col_tma"; do
+    devpack/bin/bqjit verify $spec --tokens 1000 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
+  done
+  (cd python && timeout 300 python3 -m pytest -q tests 2>&1 | tail -15) | tee "$OUT/pytest.txt"
+fi
+if [ "$what" = bench ] || [ "$what" = all ]; then
+  timeout 420 python3 bench/bench.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.txt"
+fi
