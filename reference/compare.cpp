@@ -1,8 +1,8 @@
 // The comparison of a device result with the reference, with SPEC.md's
 // tolerance (section 1, "How close is close enough").
 #include <cinttypes>
-#include <cstdarg>
 #include <cmath>
+#include <cstdarg>
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
@@ -132,8 +132,8 @@ std::string describeScaleByte(const Problem& p, int64_t offset) {
     what = "an unused byte of the row's last packed word";
   else
     what = "a computed scale";
-  return format("scale buffer byte %" PRId64 " (expert %" PRId64 ", t %" PRId64
-                ", group %" PRId64 ": %s)",
+  return format("scale buffer byte %" PRId64 " (expert %" PRId64 ", t %" PRId64 ", group %" PRId64
+                ": %s)",
                 offset, e, t, j, what.c_str());
 }
 
@@ -276,7 +276,8 @@ CompareReport compare(const Problem& problem, const Result& reference, const uin
   detail::checkProblem(problem);
   const KernelSpec& s = problem.spec;
   const auto perScale = static_cast<size_t>(problem.numExperts * problem.tokens * s.numGroups());
-  if (reference.q.size() != static_cast<size_t>(outputBytes(s, problem.tokens, problem.numExperts)) ||
+  if (reference.q.size() !=
+          static_cast<size_t>(outputBytes(s, problem.tokens, problem.numExperts)) ||
       reference.scales.size() !=
           static_cast<size_t>(scaleBufferBytes(s, problem.tokens, problem.numExperts)) ||
       reference.preRound.size() != reference.q.size() || reference.scaleValue.size() != perScale ||

@@ -83,9 +83,13 @@ uint8_t toFp8(float v, const Table& table, float maxFinite) {
 
 } // namespace
 
-uint8_t floatToE4M3(float v) { return toFp8(v, e4m3Table(), 448.0f); }
+uint8_t floatToE4M3(float v) {
+  return toFp8(v, e4m3Table(), 448.0f);
+}
 
-uint8_t floatToE5M2(float v) { return toFp8(v, e5m2Table(), 57344.0f); }
+uint8_t floatToE5M2(float v) {
+  return toFp8(v, e5m2Table(), 57344.0f);
+}
 
 float e4m3ToFloat(uint8_t code) {
   const uint32_t magnitude = code & 0x7Fu;
@@ -158,18 +162,24 @@ float fp16ToFloat(uint16_t bits) {
 
 uint8_t quantize(OutDtype dtype, float v) {
   switch (dtype) {
-  case OutDtype::FP8E4M3: return floatToE4M3(v);
-  case OutDtype::FP8E5M2: return floatToE5M2(v);
-  case OutDtype::INT8: return static_cast<uint8_t>(floatToInt8(v));
+  case OutDtype::FP8E4M3:
+    return floatToE4M3(v);
+  case OutDtype::FP8E5M2:
+    return floatToE5M2(v);
+  case OutDtype::INT8:
+    return static_cast<uint8_t>(floatToInt8(v));
   }
   throw std::invalid_argument("quantize: unknown output dtype");
 }
 
 float dequantize(OutDtype dtype, uint8_t code) {
   switch (dtype) {
-  case OutDtype::FP8E4M3: return e4m3ToFloat(code);
-  case OutDtype::FP8E5M2: return e5m2ToFloat(code);
-  case OutDtype::INT8: return static_cast<float>(static_cast<int8_t>(code));
+  case OutDtype::FP8E4M3:
+    return e4m3ToFloat(code);
+  case OutDtype::FP8E5M2:
+    return e5m2ToFloat(code);
+  case OutDtype::INT8:
+    return static_cast<float>(static_cast<int8_t>(code));
   }
   throw std::invalid_argument("dequantize: unknown output dtype");
 }
@@ -215,7 +225,9 @@ void storeInput(InDtype dtype, void* x, int64_t index, float v) {
     std::memcpy(bytes + index * 2, &bits, 2);
     return;
   }
-  case InDtype::FP32: std::memcpy(bytes + index * 4, &v, 4); return;
+  case InDtype::FP32:
+    std::memcpy(bytes + index * 4, &v, 4);
+    return;
   }
   throw std::invalid_argument("storeInput: unknown input dtype");
 }

@@ -144,34 +144,48 @@ struct Rng {
 
 float largestFinite(InDtype dtype) {
   switch (dtype) {
-  case InDtype::BF16: return bf16ToFloat(0x7F7F);
-  case InDtype::FP16: return 65504.0f;
-  case InDtype::FP32: return std::numeric_limits<float>::max();
+  case InDtype::BF16:
+    return bf16ToFloat(0x7F7F);
+  case InDtype::FP16:
+    return 65504.0f;
+  case InDtype::FP32:
+    return std::numeric_limits<float>::max();
   }
   return 0.0f;
 }
 
 float smallestSubnormal(InDtype dtype) {
   switch (dtype) {
-  case InDtype::BF16: return bf16ToFloat(0x0001);
-  case InDtype::FP16: return fp16ToFloat(0x0001);
-  case InDtype::FP32: return std::numeric_limits<float>::denorm_min();
+  case InDtype::BF16:
+    return bf16ToFloat(0x0001);
+  case InDtype::FP16:
+    return fp16ToFloat(0x0001);
+  case InDtype::FP32:
+    return std::numeric_limits<float>::denorm_min();
   }
   return 0.0f;
 }
 
 } // namespace
 
-int64_t paddedTokens(int64_t tokens) { return (tokens + 3) / 4 * 4; }
+int64_t paddedTokens(int64_t tokens) {
+  return (tokens + 3) / 4 * 4;
+}
 
 int64_t scaleBufferBytes(const KernelSpec& spec, int64_t tokens, int64_t numExperts) {
   const int64_t ng = spec.numGroups();
   int64_t perExpert = 0;
   switch (spec.scaleLayout) {
   case ScaleLayout::Row:
-  case ScaleLayout::Col: perExpert = tokens * ng * 4; break;
-  case ScaleLayout::ColTma: perExpert = paddedTokens(tokens) * ng * 4; break;
-  case ScaleLayout::Ue8m0Packed: perExpert = (ng + 3) / 4 * paddedTokens(tokens) * 4; break;
+  case ScaleLayout::Col:
+    perExpert = tokens * ng * 4;
+    break;
+  case ScaleLayout::ColTma:
+    perExpert = paddedTokens(tokens) * ng * 4;
+    break;
+  case ScaleLayout::Ue8m0Packed:
+    perExpert = (ng + 3) / 4 * paddedTokens(tokens) * 4;
+    break;
   }
   return perExpert * numExperts;
 }
@@ -180,16 +194,19 @@ int64_t outputBytes(const KernelSpec& spec, int64_t tokens, int64_t numExperts) 
   return numExperts * tokens * spec.hidden;
 }
 
-int64_t scaleOffset(const KernelSpec& spec, int64_t tokens, int64_t expert, int64_t t,
-                    int64_t j) {
+int64_t scaleOffset(const KernelSpec& spec, int64_t tokens, int64_t expert, int64_t t, int64_t j) {
   const int64_t ng = spec.numGroups();
   const int64_t t4 = paddedTokens(tokens);
   const int64_t base = expert * scaleBufferBytes(spec, tokens);
   switch (spec.scaleLayout) {
-  case ScaleLayout::Row: return base + (t * ng + j) * 4;
-  case ScaleLayout::Col: return base + (j * tokens + t) * 4;
-  case ScaleLayout::ColTma: return base + (j * t4 + t) * 4;
-  case ScaleLayout::Ue8m0Packed: return base + ((j / 4) * t4 + t) * 4 + j % 4;
+  case ScaleLayout::Row:
+    return base + (t * ng + j) * 4;
+  case ScaleLayout::Col:
+    return base + (j * tokens + t) * 4;
+  case ScaleLayout::ColTma:
+    return base + (j * t4 + t) * 4;
+  case ScaleLayout::Ue8m0Packed:
+    return base + ((j / 4) * t4 + t) * 4 + j % 4;
   }
   throw std::invalid_argument("scaleOffset: unknown layout");
 }
@@ -216,8 +233,8 @@ Result run(const Problem& p, const void* x) {
   // Rows write disjoint bytes (a packed word belongs to one row), so threads
   // need no synchronization; the result does not depend on their number.
   const int64_t work = static_cast<int64_t>(rows.size()) * s.hidden;
-  const int64_t threads =
-      std::clamp<int64_t>(std::min<int64_t>(std::thread::hardware_concurrency(), work >> 16), 1, 32);
+  const int64_t threads = std::clamp<int64_t>(
+      std::min<int64_t>(std::thread::hardware_concurrency(), work >> 16), 1, 32);
   auto worker = [&](int64_t id) {
     for (size_t i = id; i < rows.size(); i += threads)
       computeRow(p, x, rows[i].first, rows[i].second, r);
@@ -240,8 +257,8 @@ std::vector<uint8_t> makeInput(const KernelSpec& spec, int64_t tokens, int64_t l
   std::vector<uint8_t> x(static_cast<size_t>(rowCount * ldx * dtypeBytes(spec.inDtype)));
   Rng rng{seed};
   const float garbage[] = {std::numeric_limits<float>::quiet_NaN(),
-                           std::numeric_limits<float>::infinity(),
-                           -largestFinite(spec.inDtype), largestFinite(spec.inDtype) / 2};
+                           std::numeric_limits<float>::infinity(), -largestFinite(spec.inDtype),
+                           largestFinite(spec.inDtype) / 2};
   for (int64_t row = 0; row < rowCount; ++row) {
     for (int64_t c = 0; c < width; ++c)
       storeInput(spec.inDtype, x.data(), row * ldx + c,
@@ -257,15 +274,18 @@ void fillRow(const KernelSpec& spec, uint8_t* x, int64_t row, int64_t ldx, RowPa
   const float inf = std::numeric_limits<float>::infinity();
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const float huge = largestFinite(spec.inDtype);
-  const float mixed[] = {0.0f, -0.0f, nan,   inf,   -inf, huge, -huge,
-                         smallestSubnormal(spec.inDtype), 1.5f, -3.0f, 0.25f};
+  const float mixed[] = {0.0f, -0.0f, nan,  inf, -inf, huge, -huge, smallestSubnormal(spec.inDtype),
+                         1.5f, -3.0f, 0.25f};
   constexpr int64_t kMixed = sizeof(mixed) / sizeof(mixed[0]);
   for (int64_t i = 0; i < h; ++i) {
     float gate = 0.0f;
     float up = 0.0f;
     switch (pattern) {
-    case RowPattern::Zeros: break;
-    case RowPattern::NaNs: gate = up = nan; break;
+    case RowPattern::Zeros:
+      break;
+    case RowPattern::NaNs:
+      gate = up = nan;
+      break;
     case RowPattern::Infs:
       gate = i % 2 == 0 ? inf : -inf;
       up = i % 3 == 0 ? -inf : inf;

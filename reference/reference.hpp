@@ -72,12 +72,12 @@ int64_t scaleOffset(const KernelSpec& spec, int64_t tokens, int64_t expert, int6
 /// One call of the kernel: the spec plus its run-time arguments.
 struct Problem {
   KernelSpec spec;
-  int64_t tokens = 0;      ///< T (T_max when masked).
-  int64_t ldx = 0;         ///< elements between rows of x, >= 2H.
-  float scaleUb = 0;       ///< *scale_ub, used when spec.hasScaleUb.
-  int64_t numExperts = 1;  ///< E; must be 1 unless spec.masked.
+  int64_t tokens = 0;           ///< T (T_max when masked).
+  int64_t ldx = 0;              ///< elements between rows of x, >= 2H.
+  float scaleUb = 0;            ///< *scale_ub, used when spec.hasScaleUb.
+  int64_t numExperts = 1;       ///< E; must be 1 unless spec.masked.
   std::vector<int32_t> maskedM; ///< live rows per expert (masked only), each in 0..T.
-  uint8_t poison = 0xAB;   ///< initial content of q and scales; unwritten bytes keep it.
+  uint8_t poison = 0xAB;        ///< initial content of q and scales; unwritten bytes keep it.
 };
 
 /// What the kernel must produce, plus the intermediates the comparison needs.

@@ -65,8 +65,8 @@ TEST(Formats, E5M2DecodesKnownCodes) {
 }
 
 TEST(Formats, E4M3TiesRoundToEven) {
-  EXPECT_EQ(floatToE4M3(1.0625f), 0x38);                    // between 1.0 and 1.125 -> 1.0
-  EXPECT_EQ(floatToE4M3(1.1875f), 0x3A);                    // between 1.125 and 1.25 -> 1.25
+  EXPECT_EQ(floatToE4M3(1.0625f), 0x38);                       // between 1.0 and 1.125 -> 1.0
+  EXPECT_EQ(floatToE4M3(1.1875f), 0x3A);                       // between 1.125 and 1.25 -> 1.25
   EXPECT_EQ(floatToE4M3(std::nextafter(1.0625f, 2.0f)), 0x39); // just above the tie
   EXPECT_EQ(floatToE4M3(std::nextafter(1.1875f, 0.0f)), 0x39); // just below the tie
   EXPECT_EQ(floatToE4M3(-1.0625f), 0xB8);
@@ -144,8 +144,8 @@ TEST(Formats, Bf16RoundTripsAndRoundsToEven) {
     ASSERT_EQ(floatToBf16(v), c) << "code " << c;
   }
   EXPECT_EQ(floatToBf16(1.0f), 0x3F80);
-  EXPECT_EQ(floatToBf16(1.0f + std::ldexp(1.0f, -8)), 0x3F80);     // tie -> even
-  EXPECT_EQ(floatToBf16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3F82); // tie -> even
+  EXPECT_EQ(floatToBf16(1.0f + std::ldexp(1.0f, -8)), 0x3F80);       // tie -> even
+  EXPECT_EQ(floatToBf16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3F82);   // tie -> even
   EXPECT_EQ(floatToBf16(std::numeric_limits<float>::max()), 0x7F80); // overflows to Inf
   EXPECT_EQ(floatToBf16(-kInf), 0xFF80);
   EXPECT_TRUE(std::isnan(bf16ToFloat(floatToBf16(kNaN))));
@@ -325,7 +325,7 @@ TEST(Reference, InfiniteAmaxGivesInfiniteScale) {
   const Result r = run(problemFor(spec, 1), x.data());
   EXPECT_EQ(r.scaleValue[0], kInf);
   EXPECT_TRUE(isNaNCode(spec.outDtype, r.q[0])); // Inf / Inf
-  EXPECT_EQ(r.q[1], 0x00);                        // 1 / Inf
+  EXPECT_EQ(r.q[1], 0x00);                       // 1 / Inf
 }
 
 TEST(Reference, Ue8m0RoundsScaleUpToAPowerOfTwo) {
@@ -655,7 +655,7 @@ TEST(Compare, Ue8m0ScaleMayFlipOnlyNearAPowerOfTwo) {
     KernelSpec spec = smallSpec(OutDtype::FP8E4M3, layout);
     spec.ue8m0 = true;
     std::vector<std::vector<float>> y(1, std::vector<float>(64, 1.0f));
-    y[0][0] = 448.0f; // group 0: pre-rounding scale exactly 1 -> s = 1; the device may give 2
+    y[0][0] = 448.0f;  // group 0: pre-rounding scale exactly 1 -> s = 1; the device may give 2
     y[0][16] = 300.0f; // group 1: 0.67 -> s = 1, far from a power of two
     const Fixture f{problemFor(spec, 1), exactInput(spec, y), {}};
     const Result ref = run(f.problem, f.x.data());
@@ -678,6 +678,16 @@ TEST(Compare, Ue8m0ScaleMayFlipOnlyNearAPowerOfTwo) {
     // The scale flip is allowed, values left at s = 1 are not.
     rep = compare(f.problem, ref, ref.q.data(), scales.data());
     EXPECT_GT(rep.mismatches, 0);
+    // Two powers of two off is never allowed, even with matching values.
+    for (int k = 0; k < 16; ++k)
+      q[k] = floatToE4M3(y[0][k] / 4.0f);
+    if (layout == ScaleLayout::Row) {
+      const float four = 4.0f;
+      std::memcpy(scales.data() + off0, &four, 4);
+    } else {
+      scales[off0] = 129;
+    }
+    EXPECT_EQ(compare(f.problem, ref, q.data(), scales.data()).scaleMismatches, 1);
     // Group 1 may not flip.
     scales = ref.scales;
     const int64_t off1 = scaleOffset(spec, 1, 0, 0, 1);
