@@ -72,8 +72,12 @@ llvm::Expected<KernelSpec> KernelCache::resolve(const KernelSpec& spec) const {
       if (tuned && tuned->shape) {
         KernelSpec out = spec;
         out.shape = tuned->shape;
-        if (!validateShape(out, *out.shape))
+        // The record may hold a shape that does not fit this spec (a copied
+        // or stale file): then it is ignored, and the error consumed.
+        llvm::Error invalid = validateShape(out, *out.shape);
+        if (!invalid)
           return out;
+        llvm::consumeError(std::move(invalid));
       }
       if (!tuned)
         llvm::consumeError(tuned.takeError());

@@ -5,6 +5,7 @@
 
 #include "bqjit/error.hpp"
 #include "jit/cache_key.hpp"
+#include "jit/cubin_info.hpp"
 #include "jit/nvrtc_program.hpp"
 #include "jit/resource_report.hpp"
 #include "jit/source.hpp"
@@ -94,10 +95,24 @@ llvm::Expected<CompiledKernel> Compiler::compile(const KernelSpec& resolved) con
   if (!cubin)
     return wrap(cubin.takeError());
   out.cubin = std::move(*cubin);
+  // Registers and stack come from the cubin; spills only ptxas reports. Its
+  // log may be missing or differ in another NVRTC build (one loaded by
+  // PyTorch, say): then spills are reported as unknown (-1), not an error.
+  auto info = readCubinKernelInfo(out.cubin, out.loweredName);
+  if (!info)
+    return wrap(info.takeError());
   auto report = parsePtxasReport(out.log, out.loweredName);
-  if (!report)
-    return wrap(report.takeError());
-  out.resources = *report;
+  if (report) {
+    out.resources = *report;
+  } else {
+    llvm::consumeError(report.takeError());
+    out.resources.spillStoreBytes = out.resources.spillLoadBytes = -1;
+    out.resources.sharedBytes = info->sharedBytes < 0 ? 0 : info->sharedBytes;
+    out.resources.barriers = -1;
+  }
+  out.resources.registers = info->registers;
+  if (info->frameBytes >= 0)
+    out.resources.stackFrameBytes = info->frameBytes;
   return out;
 }
 

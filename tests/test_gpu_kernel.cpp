@@ -57,7 +57,7 @@ std::vector<GpuCase> buildCases() {
             if (layout == ScaleLayout::Ue8m0Packed && !pow2)
               continue;
             GpuCase c;
-            const int h = (k % 2) ? 2048 : 768;
+            const int h = (k % 2) ? 2304 : 768;
             const int g = (k % 3 == 0) ? 96 : (k % 3 == 1 ? 128 : 48);
             c.spec = makeSpec(h, g, in, out, layout, pow2, ub);
             c.tokens = std::vector<int64_t>{3, 16, 255, 1024}[k % 4];
@@ -70,7 +70,7 @@ std::vector<GpuCase> buildCases() {
           }
   // Every token count at two shapes.
   for (int64_t t : kTokens)
-    for (auto [h, g] : {std::pair<int, int>{7168, 128}, {14336, 96}}) {
+    for (auto [h, g] : {std::pair<int, int>{7168, 128}, {18432, 96}}) {
       GpuCase c;
       c.spec = makeSpec(h, g, InDtype::BF16, OutDtype::FP8E4M3,
                         t % 2 ? ScaleLayout::ColTma : ScaleLayout::Row, false, false);

@@ -15,14 +15,20 @@ const char* const kExitStatusHelp =
 int exitStatusFor(ErrorCode code) {
   switch (code) {
   case ErrorCode::InvalidSpec:
-  case ErrorCode::InvalidArgument: return kExitUsage;
-  case ErrorCode::CompileFailed: return kExitCompile;
-  case ErrorCode::CacheError: return kExitCache;
+  case ErrorCode::InvalidArgument:
+    return kExitUsage;
+  case ErrorCode::CompileFailed:
+    return kExitCompile;
+  case ErrorCode::CacheError:
+    return kExitCache;
   case ErrorCode::DriverError:
   case ErrorCode::NoDriver:
-  case ErrorCode::ArchMismatch: return kExitDriver;
-  case ErrorCode::NotInCache: return kExitNotInCache;
-  case ErrorCode::Internal: return kExitOther;
+  case ErrorCode::ArchMismatch:
+    return kExitDriver;
+  case ErrorCode::NotInCache:
+    return kExitNotInCache;
+  case ErrorCode::Internal:
+    return kExitOther;
   }
   return kExitOther;
 }
@@ -42,7 +48,9 @@ int reportError(llvm::Error err, std::ostream& os) {
   return exitStatusFor(code);
 }
 
-std::string firstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
+std::string firstLine(const std::string& text) {
+  return text.substr(0, text.find('\n'));
+}
 
 std::string humanBytes(uint64_t bytes) {
   if (bytes < 1024)

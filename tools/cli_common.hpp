@@ -21,12 +21,12 @@ namespace bqjit::cli {
 /// Exit statuses of the bqjit command (also printed in every --help footer).
 enum ExitStatus : int {
   kExitOk = 0,
-  kExitOther = 1,        ///< internal errors and anything unclassified
-  kExitUsage = 2,        ///< bad command line, invalid spec, invalid argument, bad manifest
-  kExitCompile = 3,      ///< NVRTC rejected the kernel
-  kExitCache = 4,        ///< the disk cache is unreadable, unwritable or corrupt
-  kExitDriver = 5,       ///< no CUDA driver or device, a driver call failed, arch mismatch
-  kExitNotInCache = 6,   ///< BQJIT_NO_COMPILE is set and the kernel is not cached
+  kExitOther = 1,      ///< internal errors and anything unclassified
+  kExitUsage = 2,      ///< bad command line, invalid spec, invalid argument, bad manifest
+  kExitCompile = 3,    ///< NVRTC rejected the kernel
+  kExitCache = 4,      ///< the disk cache is unreadable, unwritable or corrupt
+  kExitDriver = 5,     ///< no CUDA driver or device, a driver call failed, arch mismatch
+  kExitNotInCache = 6, ///< BQJIT_NO_COMPILE is set and the kernel is not cached
 };
 
 /// The --help footer that documents the exit statuses.

@@ -57,7 +57,7 @@ llvm::Error runStats(const DiskCache& disk, bool json, const CommandContext& ctx
                                {"compile_ms_max", s.compileMsMax},
                                {"evictions", s.evictions},
                                {"corrupt", s.corrupt}})
-                      .dump(2)
+                   .dump(2)
             << "\n";
     return llvm::Error::success();
   }
@@ -79,21 +79,28 @@ llvm::Error runStats(const DiskCache& disk, bool json, const CommandContext& ctx
   return llvm::Error::success();
 }
 
-llvm::Error runVerifyCache(const DiskCache& disk, const CommandContext& ctx) {
+llvm::Error runVerifyCache(const DiskCache& disk, bool removeBad, const CommandContext& ctx) {
   const VerifyReport report = disk.verify();
-  for (const std::string& problem : report.problems)
+  std::string keys;
+  for (const std::string& problem : report.problems) {
+    const std::string key = problem.substr(0, problem.find(':'));
+    keys += (keys.empty() ? "" : ", ") + key;
     ctx.out << "BAD " << firstLine(problem) << "\n";
+    if (removeBad) {
+      if (auto err = disk.remove(key))
+        return err;
+      ctx.out << "removed " << key << "\n";
+    }
+  }
   ctx.out << "cache verify: " << report.checked << " entr" << (report.checked == 1 ? "y" : "ies")
-          << " checked, " << report.bad << " bad\n";
+          << " checked, " << report.bad << " bad" << (removeBad && report.bad ? " (removed)" : "")
+          << "\n";
   if (report.bad == 0)
     return llvm::Error::success();
-  std::string keys;
-  for (const std::string& problem : report.problems)
-    keys += (keys.empty() ? "" : ", ") + problem.substr(0, problem.find(':'));
   return makeError(ErrorCode::CacheError,
                    "cache verify: " + std::to_string(report.bad) + " of " +
                        std::to_string(report.checked) + " entries are bad: " + keys +
-                       " (`bqjit cache gc` removes them)");
+                       (removeBad ? " (removed)" : " (--remove-bad deletes them)"));
 }
 
 llvm::Error runClear(const DiskCache& disk, const CommandContext& ctx) {
@@ -141,21 +148,25 @@ void addCacheCommands(CLI::App& app, Action& action) {
   CLI::App* ls = cache->add_subcommand("ls", "One line per entry: key, size, last use, spec");
   ls->add_flag("--json", *json, "print a JSON array");
   ls->callback([json, &action] {
-    action = diskAction([json](const DiskCache& d, const CommandContext& c) {
-      return runList(d, *json, c);
-    });
+    action = diskAction(
+        [json](const DiskCache& d, const CommandContext& c) { return runList(d, *json, c); });
   });
 
   CLI::App* stats = cache->add_subcommand("stats", "Entries, bytes and the journal's counters");
   stats->add_flag("--json", *json, "print a JSON object");
   stats->callback([json, &action] {
-    action = diskAction([json](const DiskCache& d, const CommandContext& c) {
-      return runStats(d, *json, c);
-    });
+    action = diskAction(
+        [json](const DiskCache& d, const CommandContext& c) { return runStats(d, *json, c); });
   });
 
+  auto removeBad = std::make_shared<bool>(false);
   CLI::App* verify = cache->add_subcommand("verify", "Check every entry's checksums");
-  verify->callback([&action] { action = diskAction(runVerifyCache); });
+  verify->add_flag("--remove-bad", *removeBad, "delete the entries that fail");
+  verify->callback([removeBad, &action] {
+    action = diskAction([removeBad](const DiskCache& d, const CommandContext& c) {
+      return runVerifyCache(d, *removeBad, c);
+    });
+  });
 
   CLI::App* clear = cache->add_subcommand("clear", "Remove every entry (asks nothing)");
   clear->callback([&action] { action = diskAction(runClear); });

@@ -32,9 +32,12 @@ struct ItemResult {
 
 const char* statusName(ItemStatus s) {
   switch (s) {
-  case ItemStatus::Compiled: return "compiled";
-  case ItemStatus::Cached: return "cached";
-  case ItemStatus::Failed: return "failed";
+  case ItemStatus::Compiled:
+    return "compiled";
+  case ItemStatus::Cached:
+    return "cached";
+  case ItemStatus::Failed:
+    return "failed";
   }
   return "?";
 }
@@ -83,8 +86,8 @@ nlohmann::json toJson(const Manifest& m, const std::vector<ItemResult>& results,
       item["key"] = r.key;
     items.push_back(std::move(item));
   }
-  return {{"manifest", m.path},   {"compiled", counts[0]},     {"cached", counts[1]},
-          {"failed", counts[2]},  {"duplicates", m.duplicates}, {"seconds", seconds},
+  return {{"manifest", m.path},       {"compiled", counts[0]},      {"cached", counts[1]},
+          {"failed", counts[2]},      {"duplicates", m.duplicates}, {"seconds", seconds},
           {"items", std::move(items)}};
 }
 
@@ -139,9 +142,11 @@ llvm::Error runPrewarm(const PrewarmOptions& o, const CommandContext& ctx) {
     ctx.out << summary.dump(2) << "\n";
   } else {
     char line[160];
-    std::snprintf(line, sizeof line, "prewarm: %lld compiled, %lld already cached, %lld failed in "
-                  "%.1f s", summary["compiled"].get<long long>(),
-                  summary["cached"].get<long long>(), summary["failed"].get<long long>(), seconds);
+    std::snprintf(line, sizeof line,
+                  "prewarm: %lld compiled, %lld already cached, %lld failed in "
+                  "%.1f s",
+                  summary["compiled"].get<long long>(), summary["cached"].get<long long>(),
+                  summary["failed"].get<long long>(), seconds);
     ctx.out << line << "\n";
   }
   ctx.out.flush();
@@ -150,8 +155,8 @@ llvm::Error runPrewarm(const PrewarmOptions& o, const CommandContext& ctx) {
   for (size_t i = 0; i < total; ++i)
     if (results[i].status == ItemStatus::Failed)
       return makeError(results[i].code, "prewarm: " + std::to_string(failed) + " of " +
-                                            std::to_string(total) + " kernel(s) failed; first: " +
-                                            items[i].label() + ": " +
+                                            std::to_string(total) +
+                                            " kernel(s) failed; first: " + items[i].label() + ": " +
                                             firstLine(results[i].message));
   return llvm::Error::success();
 }
@@ -159,8 +164,8 @@ llvm::Error runPrewarm(const PrewarmOptions& o, const CommandContext& ctx) {
 void addPrewarmCommand(CLI::App& app, Action& action) {
   auto options = std::make_shared<PrewarmOptions>();
   options->jobs = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  CLI::App* sub = app.add_subcommand(
-      "prewarm", "Compile every spec x arch of a manifest into the disk cache");
+  CLI::App* sub =
+      app.add_subcommand("prewarm", "Compile every spec x arch of a manifest into the disk cache");
   sub->add_option("MANIFEST", options->manifest, "manifest JSON file")->required();
   sub->add_option("--arch", options->archs,
                   "architecture(s) to compile for, replacing the manifest's \"archs\" "

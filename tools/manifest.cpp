@@ -31,13 +31,14 @@ llvm::Expected<std::vector<std::string>> readArchs(const nlohmann::json& archs,
                                                    const std::string& path) {
   if (!archs.is_array() || archs.empty())
     return manifestError(path, "\"archs\" must be a non-empty array of strings like \"sm_90\", "
-                               "got " + archs.dump());
+                               "got " +
+                                   archs.dump());
   std::vector<std::string> out;
   for (size_t i = 0; i < archs.size(); ++i) {
     const std::string where = "archs[" + std::to_string(i) + "]";
     if (!archs[i].is_string())
-      return manifestError(path, where + " must be a string like \"sm_90\", got " +
-                                     archs[i].dump());
+      return manifestError(path,
+                           where + " must be a string like \"sm_90\", got " + archs[i].dump());
     KernelSpec probe;
     probe.hidden = probe.groupSize;
     probe.arch = archs[i].get<std::string>();
@@ -56,11 +57,12 @@ llvm::Expected<Manifest> parseManifest(const std::string& text, const std::strin
   try {
     root = nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
-    return manifestError(path, std::string("is not valid JSON: ") + e.what());
+    return manifestError(path, std::string("not valid JSON: ") + e.what());
   }
   if (!root.is_object())
     return manifestError(path, "must be a JSON object with \"specs\" (and \"archs\", "
-                               "\"defaults\"), got " + std::string(root.type_name()));
+                               "\"defaults\"), got " +
+                                   std::string(root.type_name()));
   for (auto it = root.begin(); it != root.end(); ++it)
     if (it.key() != "archs" && it.key() != "defaults" && it.key() != "specs" &&
         it.key() != "comment")
@@ -77,8 +79,8 @@ llvm::Expected<Manifest> parseManifest(const std::string& text, const std::strin
   if (root.contains("defaults")) {
     defaults = root["defaults"];
     if (!defaults.is_object())
-      return manifestError(path, "\"defaults\" must be an object of spec fields, got " +
-                                     defaults.dump());
+      return manifestError(path,
+                           "\"defaults\" must be an object of spec fields, got " + defaults.dump());
     defaults.erase("comment");
     if (defaults.contains("arch"))
       return manifestError(path, "\"defaults\" may not set \"arch\"; list architectures in "
@@ -133,11 +135,11 @@ llvm::Expected<Manifest> loadManifest(const std::string& path,
                                       const std::vector<std::string>& archOverride) {
   std::ifstream in(path, std::ios::binary);
   if (!in)
-    return manifestError(path, std::string("cannot be read: ") + std::strerror(errno));
+    return manifestError(path, std::string("cannot read it: ") + std::strerror(errno));
   std::ostringstream text;
   text << in.rdbuf();
   if (in.bad())
-    return manifestError(path, "cannot be read: I/O error");
+    return manifestError(path, "cannot read it: I/O error");
   return parseManifest(text.str(), path, archOverride);
 }
 

@@ -18,10 +18,15 @@ namespace {
 
 // Aliases resolved here only to detect one field given twice under two names.
 std::string canonicalName(const std::string& name) {
-  static const std::map<std::string, std::string> kAlias = {
-      {"H", "hidden"},        {"G", "group_size"},           {"group", "group_size"},
-      {"in", "in_dtype"},     {"out", "out_dtype"},          {"layout", "scale_layout"},
-      {"tpg", "threads_per_group"}, {"vec", "vec_width"}, {"gpb", "groups_per_block"}};
+  static const std::map<std::string, std::string> kAlias = {{"H", "hidden"},
+                                                            {"G", "group_size"},
+                                                            {"group", "group_size"},
+                                                            {"in", "in_dtype"},
+                                                            {"out", "out_dtype"},
+                                                            {"layout", "scale_layout"},
+                                                            {"tpg", "threads_per_group"},
+                                                            {"vec", "vec_width"},
+                                                            {"gpb", "groups_per_block"}};
   auto it = kAlias.find(name);
   return it == kAlias.end() ? name : it->second;
 }
@@ -51,8 +56,8 @@ llvm::Expected<SpecArgs> parseSpecArgs(const std::vector<std::string>& tokens,
   }
   SpecArgs out;
   out.archGiven = !archOverride.empty() || seen.count("arch");
-  out.shapeGiven = seen.count("threads_per_group") || seen.count("vec_width") ||
-                   seen.count("groups_per_block");
+  out.shapeGiven =
+      seen.count("threads_per_group") || seen.count("vec_width") || seen.count("groups_per_block");
   if (!archOverride.empty())
     fields["arch"] = archOverride;
   auto spec = KernelSpec::fromFields(fields);

@@ -13,11 +13,11 @@ namespace bqjit {
 /// Per-kernel resource use as reported by ptxas for the cubin.
 struct ResourceReport {
   int registers = 0;       ///< registers per thread
-  int spillStoreBytes = 0; ///< bytes of spill stores
-  int spillLoadBytes = 0;  ///< bytes of spill loads
+  int spillStoreBytes = 0; ///< bytes of spill stores (-1: unknown, no ptxas report)
+  int spillLoadBytes = 0;  ///< bytes of spill loads (-1: unknown)
   int stackFrameBytes = 0; ///< per-thread stack frame (local memory)
   int sharedBytes = 0;     ///< static shared memory per block
-  int barriers = 0;        ///< named barriers used
+  int barriers = 0;        ///< named barriers used (-1: unknown)
 
   nlohmann::json toJson() const;
   static ResourceReport fromJson(const nlohmann::json& j);

@@ -1,1 +1,43 @@
-from ._lib import BqjitError, Service, service  # noqa
+"""bqjit: fused silu(gate) * up + per-group FP8/INT8 quantization, JIT-compiled
+with NVRTC by libbqjit.so and called through ctypes.
+
+    import bqjit
+    q, scales = bqjit.silu_mul_quant(x, group_size=128)          # x: CUDA [..., 2H]
+
+``import bqjit`` needs neither PyTorch nor a GPU nor the library itself: the
+library is loaded on first use (see :mod:`bqjit._lib` for where it is looked
+for; ``BQJIT_LIBRARY`` names it explicitly), and :func:`silu_mul_quant` needs
+PyTorch. :class:`Service` (compile specs to cubins, no GPU needed) works
+without PyTorch.
+"""
+
+from ._lib import (
+    BqjitError,
+    Kernel,
+    LaunchArgs,
+    LibraryNotFoundError,
+    Service,
+    library,
+    library_path,
+    service,
+)
+from .ops import HAVE_TORCH, LAYOUTS, OUT_DTYPES, scale_shape, silu_mul_quant
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BqjitError",
+    "HAVE_TORCH",
+    "Kernel",
+    "LAYOUTS",
+    "LaunchArgs",
+    "LibraryNotFoundError",
+    "OUT_DTYPES",
+    "Service",
+    "library",
+    "library_path",
+    "scale_shape",
+    "service",
+    "silu_mul_quant",
+    "__version__",
+]

@@ -1,0 +1,144 @@
+"""The ctypes layer alone: needs libbqjit.so, but neither PyTorch nor a GPU
+(bqjit_compile runs NVRTC without a device)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import bqjit
+from bqjit import _lib
+
+try:
+    bqjit.library()
+    _LIB_ERROR = None
+except bqjit.LibraryNotFoundError as e:  # pragma: no cover
+    _LIB_ERROR = str(e)
+
+pytestmark = pytest.mark.skipif(
+    _LIB_ERROR is not None, reason=f"libbqjit.so not loadable (build it, or set BQJIT_LIBRARY): {_LIB_ERROR}"
+)
+
+SPEC = {
+    "hidden": 1024,
+    "group_size": 128,
+    "in_dtype": "bf16",
+    "out_dtype": "fp8_e4m3",
+    "scale_layout": "row",
+    "ue8m0": False,
+    "scale_ub": False,
+    "masked": False,
+    "arch": "sm_90",
+}
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory):
+    s = bqjit.Service(str(tmp_path_factory.mktemp("cache")))
+    yield s
+    s.close()
+
+
+def test_compile_metadata(svc):
+    meta = svc.compile(SPEC)
+    assert meta["spec"]["hidden"] == 1024
+    assert meta["spec"]["arch"] == "sm_90"
+    assert set(meta["spec"]["launch"]) == {"threads_per_group", "vec_width", "groups_per_block"}
+    assert meta["cubin_bytes"] > 0
+    assert meta["lowered_name"].startswith("_Z")
+    assert len(meta["key"]) >= 16
+    # JSON text and dict give the same kernel.
+    assert svc.compile(json.dumps(SPEC))["key"] == meta["key"]
+
+
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [
+        ("group_size", 100, "group_size"),
+        ("group_size", 8, "group_size"),
+        ("scale_layout", "diag", "scale_layout"),
+        ("out_dtype", "fp4", "out_dtype"),
+        ("arch", "sm_70", "arch"),
+        ("bogus", 1, "bogus"),
+    ],
+)
+def test_bad_spec_is_bqjit_error(svc, field, value, needle):
+    spec = dict(SPEC, **{field: value})
+    with pytest.raises(bqjit.BqjitError) as info:
+        svc.compile(spec)
+    err = info.value
+    assert isinstance(err, RuntimeError)
+    assert err.code == 1 and err.name == "invalid-spec"
+    assert needle in err.message and str(value) in err.message
+
+
+def test_recompile_in_fresh_cache(tmp_path):
+    """The same spec compiled by two services with separate cache dirs (a
+    cleared or relocated bqjit cache). Both must succeed: a cache hit in some
+    other layer (e.g. the driver's ~/.nv/ComputeCache, which NVRTC uses when a
+    driver is installed) must not break the second compile."""
+    spec = dict(SPEC, hidden=3 * 128 * 5, group_size=128, in_dtype="fp16")
+    metas = []
+    for name in ("a", "b"):
+        with bqjit.Service(str(tmp_path / name)) as s:
+            metas.append(s.compile(spec))
+    assert metas[0]["key"] == metas[1]["key"]
+    assert metas[0]["resources"] == metas[1]["resources"]
+
+
+def test_packed_needs_ue8m0(svc):
+    with pytest.raises(bqjit.BqjitError, match="ue8m0") as info:
+        svc.compile(dict(SPEC, scale_layout="ue8m0_packed", ue8m0=False))
+    assert info.value.code == 1
+
+
+def test_invalid_json(svc):
+    with pytest.raises(bqjit.BqjitError) as info:
+        svc.compile("{not json")
+    assert info.value.code == 1
+
+
+def test_launch_override(svc):
+    spec = dict(SPEC, launch={"threads_per_group": 4, "vec_width": 4, "groups_per_block": 16})
+    assert svc.compile(spec)["spec"]["launch"] == spec["launch"]
+    with pytest.raises(bqjit.BqjitError, match="launch.vec_width") as info:
+        svc.compile(dict(SPEC, launch={"threads_per_group": 4, "vec_width": 3, "groups_per_block": 16}))
+    assert info.value.code == 1
+
+
+def test_fallback_launch_matches_cpp_heuristic(svc):
+    """ops._fallback_launch mirrors jit/launch_heuristic.cpp when uncapped."""
+    ops = bqjit.ops
+    if not ops.HAVE_TORCH:
+        pytest.skip("ops helpers are defined only with PyTorch")
+    for g in (16, 48, 64, 96, 128, 192, 320, 1024):
+        for ind, esize in (("bf16", 2), ("fp32", 4)):
+            meta = svc.compile(dict(SPEC, hidden=g * 4, group_size=g, in_dtype=ind))
+            assert json.loads(ops._fallback_launch(g, esize, 16)) == meta["spec"]["launch"]
+
+
+def test_library_search_reports_every_place(tmp_path):
+    """A missing library is a RuntimeError at first use naming where it looked,
+    and `import bqjit` itself still works."""
+    code = (
+        "import bqjit\n"
+        "try:\n"
+        "    bqjit.service()\n"
+        "except RuntimeError as e:\n"
+        "    print(type(e).__name__); print(e)\n"
+    )
+    env = dict(os.environ, BQJIT_LIBRARY=str(tmp_path / "nope" / "libbqjit.so"))
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(bqjit.__file__)))
+    env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert "LibraryNotFoundError" in out
+    assert "$BQJIT_LIBRARY" in out and "nope" in out and "does not exist" in out
+
+
+def test_candidates_without_env(monkeypatch):
+    monkeypatch.delenv("BQJIT_LIBRARY", raising=False)
+    places = [what for what, _ in _lib._candidates()]
+    assert places[0] == "package directory"
+    assert places[1] == "source tree build"
+    assert places[-1] == "dynamic loader search path"

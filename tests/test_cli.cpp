@@ -1,0 +1,432 @@
+// Tests of the `bqjit` command: the real binary, run with a fresh cache
+// directory, plus the parsers behind it (spec fields, manifests).
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "bqjit/error.hpp"
+#include "runtime/cuda_driver.hpp"
+#include "tools/manifest.hpp"
+#include "tools/spec_args.hpp"
+
+#ifndef BQJIT_CLI_PATH
+#error "BQJIT_CLI_PATH must name the bqjit binary"
+#endif
+#ifndef BQJIT_EXAMPLE_MANIFEST
+#error "BQJIT_EXAMPLE_MANIFEST must name examples/manifest.json"
+#endif
+
+namespace bqjit::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+testing::AssertionResult contains(const std::string& text, const std::string& needle) {
+  if (text.find(needle) != std::string::npos)
+    return testing::AssertionSuccess();
+  return testing::AssertionFailure() << "\"" << text << "\" lacks \"" << needle << "\"";
+}
+
+std::string shellQuote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s)
+    out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string readAll(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+struct RunResult {
+  int status = -1;
+  std::string out;
+  std::string err;
+};
+
+/// Runs the bqjit binary with a private cache directory.
+class CliTest : public testing::Test {
+protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/bqjit_cli_test.XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    cacheDir_ = dir_ / "cache";
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  RunResult run(const std::vector<std::string>& args, const std::string& env = "") {
+    // Settings of the caller's environment must not leak into the test.
+    std::string cmd = "env -u BQJIT_NO_COMPILE -u BQJIT_CACHE_MAX_BYTES -u BQJIT_LOG_LEVEL "
+                      "BQJIT_CACHE_DIR=" +
+                      shellQuote(cacheDir_.string()) + " " + env + " " + shellQuote(BQJIT_CLI_PATH);
+    for (const auto& a : args)
+      cmd += " " + shellQuote(a);
+    const fs::path out = dir_ / "stdout", err = dir_ / "stderr";
+    cmd += " >" + shellQuote(out.string()) + " 2>" + shellQuote(err.string());
+    RunResult r;
+    const int raw = std::system(cmd.c_str());
+    r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+    r.out = readAll(out);
+    r.err = readAll(err);
+    return r;
+  }
+
+  fs::path writeFile(const std::string& name, const std::string& text) {
+    const fs::path path = dir_ / name;
+    std::ofstream(path) << text;
+    return path;
+  }
+
+  /// Three specs, one with G=96, and one repeat that must be compiled once.
+  fs::path smallManifest() {
+    return writeFile("small.json", R"({
+      "archs": ["sm_90"],
+      "defaults": {"in_dtype": "bf16", "out_dtype": "fp8_e4m3"},
+      "specs": [
+        {"hidden": 7168, "group_size": 128},
+        {"hidden": 7104, "group_size": 96, "comment": "G not a power of two"},
+        {"hidden": 2048, "scale_layout": "col_tma", "ue8m0": true},
+        {"hidden": 7168}
+      ]})");
+  }
+
+  fs::path dir_;
+  fs::path cacheDir_;
+};
+
+TEST_F(CliTest, HelpDocumentsExitStatuses) {
+  for (std::vector<std::string> args : {std::vector<std::string>{"--help"},
+                                        {"prewarm", "--help"},
+                                        {"ptx", "--help"},
+                                        {"cache", "ls", "--help"},
+                                        {"verify", "--help"},
+                                        {"tune", "--help"},
+                                        {"version", "--help"}}) {
+    RunResult r = run(args);
+    EXPECT_EQ(r.status, 0) << args[0];
+    EXPECT_TRUE(contains(r.out, "Exit status: 0 success")) << args[0];
+    EXPECT_TRUE(contains(r.out, "3 compile failed")) << args[0];
+  }
+}
+
+TEST_F(CliTest, UsageErrorsExit2WithOneErrorLine) {
+  RunResult none = run({});
+  EXPECT_EQ(none.status, 2);
+  EXPECT_EQ(none.err.rfind("bqjit: error: ", 0), 0u) << none.err;
+  RunResult noTokens = run({"verify", "H=7168"});
+  EXPECT_EQ(noTokens.status, 2);
+  EXPECT_TRUE(contains(noTokens.err, "--tokens"));
+}
+
+TEST_F(CliTest, VersionNamesNvrtcArchsAndCache) {
+  RunResult r = run({"version"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "bqjit 0."));
+  EXPECT_TRUE(contains(r.out, "NVRTC "));
+  EXPECT_TRUE(contains(r.out, "sm_90"));
+  EXPECT_TRUE(contains(r.out, cacheDir_.string()));
+}
+
+TEST_F(CliTest, PrewarmCompilesOnceThenFindsEverythingCached) {
+  const fs::path manifest = smallManifest();
+  RunResult first = run({"prewarm", manifest.string(), "--jobs", "2"});
+  ASSERT_EQ(first.status, 0) << first.err;
+  EXPECT_TRUE(contains(first.out, "prewarm: 3 compiled, 0 already cached, 0 failed in "));
+  EXPECT_TRUE(contains(first.err, "[3/3] compiled "));
+  EXPECT_TRUE(contains(first.err, "H=7104 G=96 bf16->fp8_e4m3 row sm_90"));
+  EXPECT_TRUE(contains(first.err, "1 duplicate entry skipped"));
+
+  RunResult second = run({"prewarm", manifest.string(), "--jobs", "2"});
+  ASSERT_EQ(second.status, 0) << second.err;
+  EXPECT_TRUE(contains(second.out, "prewarm: 0 compiled, 3 already cached, 0 failed in "));
+
+  RunResult stats = run({"cache", "stats", "--json"});
+  ASSERT_EQ(stats.status, 0) << stats.err;
+  auto j = nlohmann::json::parse(stats.out);
+  EXPECT_EQ(j["compiles"], 3);
+  EXPECT_EQ(j["entries"], 3);
+  EXPECT_EQ(j["hits"], 3);
+  EXPECT_GT(j["bytes"].get<int64_t>(), 0);
+  RunResult text = run({"cache", "stats"});
+  EXPECT_TRUE(contains(text.out, "compiles:    3"));
+
+  RunResult ls = run({"cache", "ls"});
+  ASSERT_EQ(ls.status, 0) << ls.err;
+  EXPECT_EQ(std::count(ls.out.begin(), ls.out.end(), '\n'), 3);
+  EXPECT_TRUE(contains(ls.out, "H=7104 G=96"));
+  RunResult lsJson = run({"cache", "ls", "--json"});
+  EXPECT_EQ(nlohmann::json::parse(lsJson.out).size(), 3u);
+
+  RunResult clear = run({"cache", "clear"});
+  ASSERT_EQ(clear.status, 0) << clear.err;
+  EXPECT_TRUE(contains(clear.out, "removed 3 entries"));
+  EXPECT_EQ(run({"cache", "ls"}).out, "");
+}
+
+TEST_F(CliTest, PrewarmJsonReportsEveryItem) {
+  RunResult r = run({"prewarm", smallManifest().string(), "--json", "--arch", "sm_89,sm_90"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["compiled"], 6);
+  EXPECT_EQ(j["failed"], 0);
+  ASSERT_EQ(j["items"].size(), 6u);
+  EXPECT_EQ(j["items"][0]["status"], "compiled");
+  EXPECT_EQ(j["items"][0]["key"].get<std::string>().size(), 32u);
+}
+
+TEST_F(CliTest, PrewarmInStrictModeFailsWithNotInCacheStatus) {
+  RunResult r = run({"prewarm", smallManifest().string()}, "BQJIT_NO_COMPILE=1");
+  EXPECT_EQ(r.status, 6) << r.err;
+  EXPECT_TRUE(contains(r.err, "FAILED H=7168"));
+  EXPECT_TRUE(contains(r.out, "prewarm: 0 compiled, 0 already cached, 3 failed"));
+  EXPECT_TRUE(contains(r.err, "bqjit: error: prewarm: 3 of 3 kernel(s) failed"));
+}
+
+TEST_F(CliTest, CacheVerifyNamesTheCorruptEntry) {
+  ASSERT_EQ(run({"prewarm", smallManifest().string()}).status, 0);
+  RunResult good = run({"cache", "verify"});
+  ASSERT_EQ(good.status, 0) << good.err;
+  EXPECT_TRUE(contains(good.out, "3 entries checked, 0 bad"));
+
+  fs::path victim;
+  for (const auto& entry : fs::directory_iterator(cacheDir_ / "v1" / "entries"))
+    victim = entry.path();
+  ASSERT_FALSE(victim.empty());
+  const std::string key = victim.filename().string();
+  {
+    std::fstream cubin(victim / "kernel.cubin", std::ios::in | std::ios::out | std::ios::binary);
+    cubin.seekg(64);
+    char byte = 0;
+    cubin.read(&byte, 1);
+    byte = static_cast<char>(byte ^ 0x5A);
+    cubin.seekp(64);
+    cubin.write(&byte, 1);
+  }
+  RunResult bad = run({"cache", "verify"});
+  EXPECT_EQ(bad.status, 4);
+  EXPECT_TRUE(contains(bad.out, "BAD " + key));
+  EXPECT_TRUE(contains(bad.err, "bqjit: error: cache verify: 1 of 3 entries are bad: " + key));
+
+  RunResult fix = run({"cache", "verify", "--remove-bad"});
+  EXPECT_EQ(fix.status, 4);
+  EXPECT_TRUE(contains(fix.out, "removed " + key));
+  EXPECT_EQ(run({"cache", "verify"}).status, 0);
+}
+
+TEST_F(CliTest, CacheGcEvictsDownToTheLimit) {
+  ASSERT_EQ(run({"prewarm", smallManifest().string()}).status, 0);
+  RunResult keep = run({"cache", "gc"});
+  ASSERT_EQ(keep.status, 0) << keep.err;
+  EXPECT_TRUE(contains(keep.out, "cache gc: evicted 0,"));
+  RunResult all = run({"cache", "gc", "--max-bytes", "1"});
+  ASSERT_EQ(all.status, 0) << all.err;
+  EXPECT_TRUE(contains(all.out, "cache gc: evicted 3, 0 bytes remain (limit 1)"));
+  RunResult stats = run({"cache", "stats", "--json"});
+  EXPECT_EQ(nlohmann::json::parse(stats.out)["evictions"], 3);
+}
+
+TEST_F(CliTest, CacheDirFollowsEnvironmentAndOption) {
+  EXPECT_EQ(run({"cache", "dir"}).out, cacheDir_.string() + "\n");
+  const std::string other = (dir_ / "other").string();
+  EXPECT_EQ(run({"cache", "dir", "--cache-dir", other}).out, other + "\n");
+  EXPECT_EQ(run({"--cache-dir", other, "cache", "dir"}).out, other + "\n");
+}
+
+TEST_F(CliTest, PtxPrintsPtxAndResourceReport) {
+  RunResult r = run({"ptx", "hidden=7104", "G=96", "--arch", "sm_90"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, ".entry"));
+  EXPECT_TRUE(contains(r.out, "registers"));
+  EXPECT_TRUE(contains(r.out, "spill stores"));
+  EXPECT_TRUE(contains(r.out, "source:        compiled"));
+
+  RunResult j = run({"ptx", "hidden=7104", "G=96", "--arch", "sm_90", "--json"});
+  ASSERT_EQ(j.status, 0) << j.err;
+  auto report = nlohmann::json::parse(j.out);
+  EXPECT_EQ(report["source"], "disk");
+  EXPECT_EQ(report["spec"]["group_size"], 96);
+  EXPECT_GT(report["resources"]["registers"].get<int>(), 0);
+  EXPECT_TRUE(contains(report["ptx"].get<std::string>(), ".entry"));
+  EXPECT_EQ(report["key"].get<std::string>().size(), 32u);
+
+  RunResult noPtx = run({"ptx", "H=7104", "G=96", "--json", "--no-ptx"});
+  ASSERT_EQ(noPtx.status, 0) << noPtx.err;
+  EXPECT_FALSE(nlohmann::json::parse(noPtx.out).contains("ptx"));
+}
+
+TEST_F(CliTest, BadSpecFieldsExit2AndNameTheField) {
+  RunResult unknown = run({"ptx", "H=7168", "colour=blue", "--arch", "sm_90"});
+  EXPECT_EQ(unknown.status, 2);
+  EXPECT_TRUE(contains(unknown.err, "bqjit: error: invalid spec field 'colour'"));
+  EXPECT_TRUE(contains(unknown.err, "unknown field"));
+
+  RunResult group = run({"ptx", "H=7168", "G=100", "--arch", "sm_90"});
+  EXPECT_EQ(group.status, 2);
+  EXPECT_TRUE(contains(group.err, "group_size"));
+  EXPECT_TRUE(contains(group.err, "must divide hidden (7168)"));
+
+  RunResult bare = run({"ptx", "H=7168", "bf16"});
+  EXPECT_EQ(bare.status, 2);
+  EXPECT_TRUE(contains(bare.err, "'bf16' is not of the form key=value"));
+
+  RunResult arch = run({"ptx", "H=7168", "--arch", "sm_70"});
+  EXPECT_EQ(arch.status, 2);
+  EXPECT_TRUE(contains(arch.err, "'arch' = 'sm_70'"));
+}
+
+TEST_F(CliTest, BadManifestsExit2AndNameThePlace) {
+  const fs::path notJson = writeFile("not.json", "{\"specs\": [ oops");
+  RunResult r1 = run({"prewarm", notJson.string()});
+  EXPECT_EQ(r1.status, 2);
+  EXPECT_TRUE(contains(r1.err, "manifest '" + notJson.string() + "': not valid JSON"));
+
+  const fs::path badSpec = writeFile(
+      "bad_spec.json",
+      R"({"archs": ["sm_90"], "specs": [{"hidden": 7168}, {"hidden": 7168, "group_size": 100}]})");
+  RunResult r2 = run({"prewarm", badSpec.string()});
+  EXPECT_EQ(r2.status, 2);
+  EXPECT_TRUE(contains(r2.err, "manifest '" + badSpec.string() + "': specs[1]: "));
+  EXPECT_TRUE(contains(r2.err, "'group_size' = 100"));
+
+  const fs::path unknownTop =
+      writeFile("top.json", R"({"archs": ["sm_90"], "spec": [{"hidden": 7168}]})");
+  RunResult r3 = run({"prewarm", unknownTop.string()});
+  EXPECT_EQ(r3.status, 2);
+  EXPECT_TRUE(contains(r3.err, "unknown top-level field \"spec\""));
+
+  const fs::path noSpecs = writeFile("none.json", R"({"archs": ["sm_90"]})");
+  RunResult r4 = run({"prewarm", noSpecs.string()});
+  EXPECT_EQ(r4.status, 2);
+  EXPECT_TRUE(contains(r4.err, "missing \"specs\""));
+
+  RunResult r5 = run({"prewarm", (dir_ / "absent.json").string()});
+  EXPECT_EQ(r5.status, 2);
+  EXPECT_TRUE(contains(r5.err, "absent.json': cannot read it"));
+}
+
+TEST_F(CliTest, GpuCommandsWithoutDriverExit5) {
+  auto driver = CudaDriver::load();
+  if (driver)
+    GTEST_SKIP() << "a CUDA driver is present";
+  llvm::consumeError(driver.takeError());
+  for (const char* command : {"verify", "tune"}) {
+    RunResult r = run({command, "H=7168", "G=128", "--tokens", "64"});
+    EXPECT_EQ(r.status, 5) << command;
+    EXPECT_TRUE(contains(r.err, "bqjit: error: ")) << command;
+    EXPECT_TRUE(contains(r.err, "libcuda")) << command;
+  }
+}
+
+TEST_F(CliTest, ExampleManifestPrewarmsCompletely) {
+  RunResult first = run({"prewarm", BQJIT_EXAMPLE_MANIFEST, "--arch", "sm_90", "--json"});
+  ASSERT_EQ(first.status, 0) << first.err;
+  auto j = nlohmann::json::parse(first.out);
+  const size_t items = j["items"].size();
+  EXPECT_GE(items, 15u);
+  EXPECT_EQ(j["compiled"], items);
+  EXPECT_EQ(j["failed"], 0);
+
+  RunResult second = run({"prewarm", BQJIT_EXAMPLE_MANIFEST, "--arch", "sm_90"});
+  ASSERT_EQ(second.status, 0) << second.err;
+  EXPECT_TRUE(contains(second.out, "prewarm: 0 compiled, " + std::to_string(items) +
+                                       " already cached, 0 failed"));
+}
+
+// ---- the parsers, called directly -------------------------------------------------
+
+TEST(SpecArgs, AliasesArchOverrideAndErrors) {
+  auto a = parseSpecArgs({"H=7168", "G=128", "in=fp16", "layout=col", "tpg=8", "vec=8", "gpb=16"},
+                         "sm_100");
+  ASSERT_TRUE(static_cast<bool>(a)) << consumeToString(a.takeError());
+  EXPECT_EQ(a->spec.hidden, 7168);
+  EXPECT_EQ(a->spec.inDtype, InDtype::FP16);
+  EXPECT_EQ(a->spec.scaleLayout, ScaleLayout::Col);
+  EXPECT_EQ(a->spec.arch, "sm_100");
+  EXPECT_TRUE(a->archGiven);
+  EXPECT_TRUE(a->shapeGiven);
+
+  auto b = parseSpecArgs({"hidden=4096", "arch=sm_89"}, "sm_90");
+  ASSERT_TRUE(static_cast<bool>(b));
+  EXPECT_EQ(b->spec.arch, "sm_90");
+  auto c = parseSpecArgs({"hidden=4096"});
+  ASSERT_TRUE(static_cast<bool>(c));
+  EXPECT_FALSE(c->archGiven);
+  EXPECT_FALSE(c->shapeGiven);
+
+  auto twice = parseSpecArgs({"H=4096", "hidden=2048"});
+  ASSERT_FALSE(static_cast<bool>(twice));
+  std::string message;
+  EXPECT_EQ(consumeError(twice.takeError(), &message), ErrorCode::InvalidArgument);
+  EXPECT_TRUE(contains(message, "'hidden=2048' sets hidden again"));
+  auto empty = parseSpecArgs({"=5"});
+  EXPECT_EQ(consumeError(empty.takeError(), &message), ErrorCode::InvalidArgument);
+  auto bad = parseSpecArgs({"H=4096", "ue8m0=maybe"});
+  EXPECT_EQ(consumeError(bad.takeError(), &message), ErrorCode::InvalidSpec);
+  EXPECT_TRUE(contains(message, "ue8m0"));
+}
+
+TEST(Manifest, ExpandsArchsMergesDefaultsAndDropsRepeats) {
+  auto m = parseManifest(R"({
+    "archs": ["sm_90", "sm_100"],
+    "defaults": {"group_size": 64, "comment": "ignored"},
+    "specs": [{"hidden": 4096}, {"hidden": 4096, "group_size": 64},
+              {"hidden": 1024, "arch": "sm_89", "comment": "pinned"}]})",
+                         "m.json");
+  ASSERT_TRUE(static_cast<bool>(m)) << consumeToString(m.takeError());
+  ASSERT_EQ(m->items.size(), 3u);
+  EXPECT_EQ(m->duplicates, 2);
+  EXPECT_EQ(m->items[0].arch, "sm_90");
+  EXPECT_EQ(m->items[0].groupSize, 64);
+  EXPECT_EQ(m->items[1].arch, "sm_100");
+  EXPECT_EQ(m->items[2].arch, "sm_89");
+
+  auto over = parseManifest(R"({"archs": ["sm_90"], "specs": [{"hidden": 4096}]})", "m.json",
+                            {"sm_80", "sm_86"});
+  ASSERT_TRUE(static_cast<bool>(over));
+  ASSERT_EQ(over->items.size(), 2u);
+  EXPECT_EQ(over->items[1].arch, "sm_86");
+}
+
+TEST(Manifest, ErrorsNameThePathAndPlace) {
+  auto expectError = [](const std::string& text, const std::string& needle,
+                        std::vector<std::string> archs = {}) {
+    auto m = parseManifest(text, "x.json", archs);
+    ASSERT_FALSE(static_cast<bool>(m)) << text;
+    std::string message;
+    consumeError(m.takeError(), &message);
+    EXPECT_TRUE(contains(message, "manifest 'x.json': "));
+    EXPECT_TRUE(contains(message, needle));
+  };
+  expectError("[1, 2]", "must be a JSON object");
+  expectError(R"({"specs": {}})", "\"specs\" must be an array");
+  expectError(R"({"archs": [], "specs": []})", "\"archs\" must be a non-empty array");
+  expectError(R"({"archs": [90], "specs": []})", "archs[0] must be a string");
+  expectError(R"({"archs": ["sm_90"], "specs": [7168]})", "specs[0] must be a spec object");
+  expectError(R"({"archs": ["sm_90"], "defaults": {"arch": "sm_90"}, "specs": []})",
+              "\"defaults\" may not set \"arch\"");
+  expectError(
+      R"({"archs": ["sm_90"], "defaults": {"in_dtype": "int4"}, "specs": [{"hidden": 64}]})",
+      "specs[0] (with \"defaults\" applied): invalid spec field 'in_dtype'");
+  expectError(R"({"specs": [{"hidden": 64}]})", "specs[0] names no \"arch\"");
+  expectError(R"({"specs": [{"hidden": 64}]})", "archs[0]", {"gpu9000"});
+}
+
+} // namespace
+} // namespace bqjit::cli

@@ -1,0 +1,464 @@
+// The NVRTC compiler: every specialization of the template compiles to PTX and
+// a cubin without spills, the PTX carries the specialized constants, and
+// failures carry what a person needs to act on them.
+#include "jit/compiler.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "bqjit/error.hpp"
+#include "jit/cache_key.hpp"
+#include "jit/launch_heuristic.hpp"
+#include "jit/nvrtc_program.hpp"
+#include "jit/toolchain.hpp"
+
+namespace bqjit {
+namespace {
+
+testing::AssertionResult contains(const std::string& text, const std::string& needle) {
+  if (text.find(needle) != std::string::npos)
+    return testing::AssertionSuccess();
+  return testing::AssertionFailure() << "\"" << text << "\" lacks \"" << needle << "\"";
+}
+
+KernelSpec makeSpec(int hidden, int group, const std::string& arch = "sm_90") {
+  KernelSpec s;
+  s.hidden = hidden;
+  s.groupSize = group;
+  s.arch = arch;
+  return s;
+}
+
+/// The PTX's ".target" line, without trailing spaces ("" if none).
+std::string targetLine(const std::string& ptx) {
+  std::istringstream in(ptx);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(".target", 0) == 0) {
+      while (!line.empty() && (line.back() == ' ' || line.back() == '\r'))
+        line.pop_back();
+      return line;
+    }
+  return "";
+}
+
+/// Everything a compiled kernel must satisfy; "" when it does, else the reasons.
+std::string checkKernel(const Compiler& compiler, const KernelSpec& spec, const CompiledKernel& k) {
+  std::string bad;
+  auto fail = [&](const std::string& why) { bad += (bad.empty() ? "" : "; ") + why; };
+  if (k.ptx.empty())
+    fail("empty PTX");
+  if (k.loweredName.rfind("_Z", 0) != 0)
+    fail("lowered name '" + k.loweredName + "' is not mangled");
+  if (k.ptx.find(".entry " + k.loweredName + "(") == std::string::npos)
+    fail("PTX has no .entry " + k.loweredName);
+  if (targetLine(k.ptx) != ".target " + spec.arch)
+    fail("PTX target line '" + targetLine(k.ptx) + "' for " + spec.arch);
+  static const char kElf[4] = {0x7f, 'E', 'L', 'F'};
+  if (k.cubin.size() < 64 || std::memcmp(k.cubin.data(), kElf, 4) != 0)
+    fail("cubin is not ELF (" + std::to_string(k.cubin.size()) + " bytes)");
+  else if (static_cast<unsigned char>(k.cubin[18]) != 190) // e_machine == EM_CUDA
+    fail("cubin e_machine is " + std::to_string(static_cast<unsigned char>(k.cubin[18])));
+  if (k.log.find("Compiling entry function '" + k.loweredName + "'") == std::string::npos)
+    fail("ptxas report lacks the kernel");
+  if (k.resources.registers <= 0)
+    fail("registers " + std::to_string(k.resources.registers));
+  // KNOWN ISSUE (reported, not fixed): with G = 1024 and fp32 input, each
+  // thread does 32 IEEE divisions (__fdiv_rn) and ptxas for sm_90 outlines
+  // their slow path as a subroutine call whose ABI saves a register in local
+  // memory: an 8..16-byte stack frame and, for int8 row, a 4-byte spill. It is
+  // tolerated for exactly that case and that size; anything else fails.
+  const bool knownAbiSpill = spec.groupSize == 1024 && spec.inDtype == InDtype::FP32 &&
+                             spec.arch.rfind("sm_90", 0) == 0;
+  const int spillLimit = knownAbiSpill ? 4 : 0;
+  const int stackLimit = knownAbiSpill ? 16 : 0;
+  if (k.resources.spillStoreBytes > spillLimit || k.resources.spillLoadBytes > spillLimit)
+    fail("spills " + std::to_string(k.resources.spillStoreBytes) + "/" +
+         std::to_string(k.resources.spillLoadBytes) + " bytes");
+  if (k.resources.stackFrameBytes > stackLimit)
+    fail("stack frame " + std::to_string(k.resources.stackFrameBytes) + " bytes");
+  if (!(k.spec == spec))
+    fail("spec changed to " + k.spec.canonical());
+  if (k.key != compiler.cacheKey(spec))
+    fail("key differs from cacheKey()");
+  if (k.options != Compiler::options(spec))
+    fail("options differ");
+  if (k.nvrtcVersion != compiler.identity().toString())
+    fail("nvrtc version '" + k.nvrtcVersion + "'");
+  if (!(k.compileMs > 0))
+    fail("compileMs " + std::to_string(k.compileMs));
+  return bad;
+}
+
+class CompilerTest : public testing::Test {
+protected:
+  void SetUp() override {
+    auto c = Compiler::create();
+    ASSERT_TRUE(bool(c)) << consumeToString(c.takeError());
+    compiler_.emplace(std::move(*c));
+  }
+  /// Compiles a spec (resolving its shape) and checks it; returns the kernel.
+  std::optional<CompiledKernel> compileChecked(const KernelSpec& unresolved) {
+    const KernelSpec spec = resolveShape(unresolved);
+    auto k = compiler_->compile(spec);
+    if (!k) {
+      ADD_FAILURE() << spec.label() << ": " << consumeToString(k.takeError());
+      return std::nullopt;
+    }
+    const std::string problems = checkKernel(*compiler_, spec, *k);
+    EXPECT_EQ(problems, "") << spec.label();
+    return std::move(*k);
+  }
+  std::optional<Compiler> compiler_;
+};
+
+// ---- the matrix --------------------------------------------------------------------
+
+std::vector<KernelSpec> compileMatrix() {
+  struct Layout {
+    ScaleLayout layout;
+    bool ue8m0;
+  };
+  const Layout layouts[] = {{ScaleLayout::Row, false},
+                            {ScaleLayout::Row, true},
+                            {ScaleLayout::Col, false},
+                            {ScaleLayout::ColTma, false},
+                            {ScaleLayout::Ue8m0Packed, true}};
+  std::vector<KernelSpec> out;
+  for (const char* arch : {"sm_80", "sm_90"})
+    for (int g : {16, 32, 48, 64, 96, 128, 192, 256, 1024})
+      for (InDtype in : {InDtype::BF16, InDtype::FP16, InDtype::FP32})
+        for (OutDtype o : {OutDtype::FP8E4M3, OutDtype::FP8E5M2, OutDtype::INT8})
+          for (const Layout& l : layouts) {
+            KernelSpec s = makeSpec(g * 8, g, arch);
+            s.inDtype = in;
+            s.outDtype = o;
+            s.scaleLayout = l.layout;
+            s.ue8m0 = l.ue8m0;
+            out.push_back(resolveShape(s));
+          }
+  return out;
+}
+
+TEST_F(CompilerTest, MatrixOfAllSpecializationsCompiles) {
+  const std::vector<KernelSpec> specs = compileMatrix();
+  ASSERT_EQ(specs.size(), 2u * 9 * 3 * 3 * 5);
+  std::atomic<size_t> next{0};
+  std::mutex mutex;
+  std::vector<std::string> failures;
+  std::vector<std::string> keys(specs.size());
+  int maxRegisters = 0;
+  double compileMsTotal = 0;
+  const Compiler& compiler = *compiler_;
+  auto worker = [&] {
+    for (;;) {
+      const size_t i = next.fetch_add(1);
+      if (i >= specs.size())
+        return;
+      auto k = compiler.compile(specs[i]);
+      std::lock_guard<std::mutex> lock(mutex);
+      if (!k) {
+        failures.push_back(specs[i].label() + ": " + consumeToString(k.takeError()));
+        continue;
+      }
+      const std::string problems = checkKernel(compiler, specs[i], *k);
+      if (!problems.empty())
+        failures.push_back(specs[i].label() + ": " + problems);
+      if (k->resources.spillStoreBytes > 0 || k->resources.stackFrameBytes > 0)
+        std::printf("[ spill    ] %s: %d bytes stack frame, %d/%d bytes spill stores/loads\n",
+                    specs[i].label().c_str(), k->resources.stackFrameBytes,
+                    k->resources.spillStoreBytes, k->resources.spillLoadBytes);
+      keys[i] = k->key;
+      maxRegisters = std::max(maxRegisters, k->resources.registers);
+      compileMsTotal += k->compileMs;
+    }
+  };
+  const auto start = std::chrono::steady_clock::now();
+  std::thread a(worker), b(worker); // NVRTC is thread-safe; one Compiler is shared
+  a.join();
+  b.join();
+  const double wallS =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("[ matrix   ] %zu kernels compiled in %.1f s wall with 2 threads "
+              "(%.0f ms NVRTC time per kernel on average), max %d registers\n",
+              specs.size(), wallS, compileMsTotal / specs.size(), maxRegisters);
+  RecordProperty("matrix_kernels", static_cast<int>(specs.size()));
+  RecordProperty("matrix_wall_ms", static_cast<int>(wallS * 1000));
+
+  std::string report;
+  for (size_t i = 0; i < failures.size() && i < 20; ++i)
+    report += failures[i] + "\n";
+  EXPECT_TRUE(failures.empty()) << failures.size() << " of " << specs.size()
+                                << " specializations failed, first ones:\n"
+                                << report;
+  // Every specialization is a distinct cache entry.
+  std::sort(keys.begin(), keys.end());
+  EXPECT_EQ(std::unique(keys.begin(), keys.end()), keys.end());
+}
+
+// ---- single compiles -----------------------------------------------------------------
+
+TEST(CompilerCold, ColdCompileTime) {
+  // The first NVRTC use of this process (gtest_discover_tests runs each test
+  // in its own process): Compiler::create (NVRTC start-up and the identity
+  // probe), then the first real compile.
+  const auto t0 = std::chrono::steady_clock::now();
+  auto compiler = Compiler::create();
+  ASSERT_TRUE(bool(compiler)) << consumeToString(compiler.takeError());
+  const auto t1 = std::chrono::steady_clock::now();
+  const KernelSpec spec = resolveShape(makeSpec(7168, 128));
+  auto k = compiler->compile(spec);
+  const auto t2 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(bool(k)) << consumeToString(k.takeError());
+  EXPECT_EQ(checkKernel(*compiler, spec, *k), "");
+  const double createMs = std::chrono::duration<double, std::milli>(t1 - t0).count();
+  const double compileMs = std::chrono::duration<double, std::milli>(t2 - t1).count();
+  std::printf("[ cold     ] Compiler::create %.0f ms; first compile H=7168 G=128 bf16->fp8_e4m3 "
+              "sm_90: %.0f ms wall (%.0f ms in NVRTC), %d registers, %zu bytes cubin, %zu bytes "
+              "PTX\n",
+              createMs, compileMs, k->compileMs, k->resources.registers, k->cubin.size(),
+              k->ptx.size());
+  RecordProperty("cold_create_ms", static_cast<int>(createMs));
+  RecordProperty("cold_compile_ms", static_cast<int>(compileMs));
+  EXPECT_LE(k->compileMs, compileMs + 1);
+  // A second compile of another spec in the same process is warm.
+  const auto t3 = std::chrono::steady_clock::now();
+  auto warm = compiler->compile(resolveShape(makeSpec(7168, 64)));
+  ASSERT_TRUE(bool(warm)) << consumeToString(warm.takeError());
+  std::printf("[ warm     ] second compile (G=64): %.0f ms\n",
+              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t3)
+                  .count());
+}
+
+TEST_F(CompilerTest, PtxCarriesSpecializedConstants) {
+  auto g96 = compileChecked(makeSpec(7104, 96));
+  auto g48 = compileChecked(makeSpec(7104, 48));
+  ASSERT_TRUE(g96 && g48);
+  EXPECT_TRUE(contains(g96->loweredName, "Li7104ELi96E"));
+  EXPECT_TRUE(contains(g96->ptx, ".entry " + g96->loweredName));
+  EXPECT_TRUE(contains(g48->loweredName, "Li7104ELi48E"));
+  EXPECT_NE(g96->ptx, g48->ptx);
+  EXPECT_NE(g96->cubin, g48->cubin);
+  EXPECT_NE(g96->key, g48->key);
+  // The launch shape is part of the name too: 11 template arguments.
+  const LaunchShape& s = *g96->spec.shape;
+  EXPECT_TRUE(contains(g96->loweredName, "Li" + std::to_string(s.threadsPerGroup) + "ELi" +
+                                             std::to_string(s.vecWidth) + "ELi" +
+                                             std::to_string(s.groupsPerBlock) + "EE"));
+  // The spec is echoed in the source, hence not necessarily in PTX, but the
+  // H, G pair must be what the kernel uses: 7104 / 96 = 74 groups.
+  EXPECT_EQ(g96->spec.numGroups(), 74);
+}
+
+TEST_F(CompilerTest, TargetLineMatchesArch) {
+  for (const char* arch : {"sm_80", "sm_89", "sm_90", "sm_90a", "sm_100"}) {
+    auto k = compileChecked(makeSpec(2048, 128, arch));
+    ASSERT_TRUE(k.has_value()) << arch;
+    EXPECT_EQ(targetLine(k->ptx), std::string(".target ") + arch);
+  }
+}
+
+TEST_F(CompilerTest, Sm90aIsDistinctFromSm90) {
+  auto plain = compileChecked(makeSpec(2048, 128, "sm_90"));
+  auto accel = compileChecked(makeSpec(2048, 128, "sm_90a"));
+  ASSERT_TRUE(plain && accel);
+  EXPECT_TRUE(contains(accel->ptx, ".target sm_90a"));
+  EXPECT_FALSE(contains(plain->ptx, "sm_90a"));
+  EXPECT_NE(plain->key, accel->key);
+  EXPECT_TRUE(contains(accel->options.front(), "sm_90a"));
+}
+
+TEST_F(CompilerTest, Sm100Compiles) {
+  KernelSpec s = makeSpec(7168, 128, "sm_100");
+  s.scaleLayout = ScaleLayout::Ue8m0Packed;
+  s.ue8m0 = true;
+  EXPECT_TRUE(compileChecked(s).has_value());
+}
+
+TEST_F(CompilerTest, MaskedAndScaleUbCompile) {
+  for (bool masked : {false, true})
+    for (bool ub : {false, true}) {
+      KernelSpec s = makeSpec(2048, 128);
+      s.masked = masked;
+      s.hasScaleUb = ub;
+      s.scaleLayout = ScaleLayout::ColTma;
+      auto k = compileChecked(s);
+      ASSERT_TRUE(k.has_value());
+      // Template arguments 6..8 are POW2, HAS_UB, MASKED.
+      const std::string flags = std::string("Lb0ELb") + (ub ? "1" : "0") + "ELb" + (masked ? "1" : "0") + "E";
+      EXPECT_TRUE(contains(k->loweredName, flags));
+    }
+}
+
+TEST_F(CompilerTest, OddGroupCompilesWithScalarLoads) {
+  for (InDtype in : {InDtype::BF16, InDtype::FP16, InDtype::FP32}) {
+    KernelSpec s = makeSpec(17 * 8, 17);
+    s.inDtype = in;
+    const KernelSpec r = resolveShape(s);
+    ASSERT_EQ(r.shape->vecWidth, 1);
+    auto k = compileChecked(r);
+    ASSERT_TRUE(k.has_value()) << toString(in);
+    EXPECT_TRUE(contains(k->loweredName, "Li136ELi17E"));
+  }
+}
+
+TEST_F(CompilerTest, ExplicitShapesCompile) {
+  KernelSpec s = makeSpec(4096, 128);
+  const auto shapes = candidateShapes(s);
+  ASSERT_GE(shapes.size(), 2u);
+  for (size_t i = 0; i < shapes.size() && i < 4; ++i) {
+    KernelSpec e = s;
+    e.shape = shapes[i];
+    EXPECT_TRUE(compileChecked(e).has_value());
+  }
+}
+
+TEST_F(CompilerTest, UnsupportedArchNamesArchAndListsSupported) {
+  KernelSpec s = resolveShape(makeSpec(2048, 128, "sm_999"));
+  ASSERT_FALSE(bool(s.validate())); // the pattern is fine
+  auto k = compiler_->compile(s);
+  ASSERT_FALSE(bool(k));
+  std::string message;
+  EXPECT_EQ(consumeError(k.takeError(), &message), ErrorCode::InvalidSpec);
+  EXPECT_TRUE(contains(message, "'arch' = 'sm_999'"));
+  EXPECT_TRUE(contains(message, "supports"));
+  EXPECT_TRUE(contains(message, "sm_80"));
+  EXPECT_TRUE(contains(message, "sm_90"));
+  EXPECT_TRUE(contains(message, compiler_->identity().toString()));
+  for (int a : nvrtcSupportedArchs())
+    EXPECT_TRUE(contains(message, "sm_" + std::to_string(a)));
+}
+
+TEST_F(CompilerTest, SupportedArchListIsSane) {
+  const auto archs = nvrtcSupportedArchs();
+  ASSERT_FALSE(archs.empty());
+  for (int a : {80, 90, 100})
+    EXPECT_NE(std::find(archs.begin(), archs.end(), a), archs.end()) << a;
+}
+
+TEST_F(CompilerTest, InvalidSpecRejectedBeforeNvrtc) {
+  KernelSpec s = makeSpec(1000, 128);
+  s.shape = LaunchShape{8, 8, 32};
+  auto k = compiler_->compile(s);
+  ASSERT_FALSE(bool(k));
+  std::string message;
+  EXPECT_EQ(consumeError(k.takeError(), &message), ErrorCode::InvalidSpec);
+  EXPECT_TRUE(contains(message, "'group_size' = 128"));
+}
+
+TEST_F(CompilerTest, UnresolvedSpecIsAnInternalError) {
+  auto k = compiler_->compile(makeSpec(2048, 128));
+  ASSERT_FALSE(bool(k));
+  std::string message;
+  EXPECT_EQ(consumeError(k.takeError(), &message), ErrorCode::Internal);
+  EXPECT_TRUE(contains(message, "launch shape"));
+}
+
+TEST_F(CompilerTest, ConcurrentCompilesOfOneSpecAgree) {
+  const KernelSpec s = resolveShape(makeSpec(2048, 64));
+  std::optional<CompiledKernel> a, b;
+  std::thread ta([&] {
+    auto k = compiler_->compile(s);
+    if (k)
+      a = std::move(*k);
+    else
+      llvm::consumeError(k.takeError());
+  });
+  std::thread tb([&] {
+    auto k = compiler_->compile(s);
+    if (k)
+      b = std::move(*k);
+    else
+      llvm::consumeError(k.takeError());
+  });
+  ta.join();
+  tb.join();
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->ptx, b->ptx); // deterministic output
+  EXPECT_EQ(a->cubin, b->cubin);
+  EXPECT_EQ(a->key, b->key);
+}
+
+// ---- NvrtcProgram ------------------------------------------------------------------
+
+TEST(NvrtcProgram, CompileErrorCarriesOptionsAndLog) {
+  auto p = NvrtcProgram::create("__global__ void k(int* p) { *p = undefined_symbol_xyz; }\n",
+                                "broken.cu", {}, {});
+  ASSERT_TRUE(bool(p)) << consumeToString(p.takeError());
+  llvm::Error err = p->compile({"--gpu-architecture=sm_90", "--std=c++17"});
+  ASSERT_TRUE(bool(err));
+  std::string message;
+  EXPECT_EQ(consumeError(std::move(err), &message), ErrorCode::CompileFailed);
+  EXPECT_TRUE(contains(message, "NVRTC_ERROR_COMPILATION"));
+  EXPECT_TRUE(contains(message, "options: --gpu-architecture=sm_90 --std=c++17"));
+  EXPECT_TRUE(contains(message, "broken.cu"));
+  EXPECT_TRUE(contains(message, "undefined_symbol_xyz"));
+  EXPECT_TRUE(contains(message, "error"));
+  EXPECT_TRUE(contains(p->log(), "undefined_symbol_xyz"));
+}
+
+TEST(NvrtcProgram, HeadersNameExpressionsAndCubin) {
+  auto p = NvrtcProgram::create(
+      "#include \"my/header.cuh\"\n", "main.cu",
+      {{"my/header.cuh", "namespace ns { template <int N> __global__ void k(int* p) { *p = N; } }\n"}},
+      {"ns::k<42>"});
+  ASSERT_TRUE(bool(p)) << consumeToString(p.takeError());
+  ASSERT_FALSE(bool(p->compile({"--gpu-architecture=sm_90"})));
+  auto name = p->loweredName("ns::k<42>");
+  ASSERT_TRUE(bool(name)) << consumeToString(name.takeError());
+  EXPECT_EQ(*name, "_ZN2ns1kILi42EEEvPi");
+  auto ptx = p->ptx();
+  ASSERT_TRUE(bool(ptx));
+  EXPECT_TRUE(contains(*ptx, ".entry " + *name));
+  EXPECT_NE(ptx->back(), '\0');
+  auto cubin = p->cubin();
+  ASSERT_TRUE(bool(cubin));
+  ASSERT_GE(cubin->size(), 4u);
+  EXPECT_EQ(std::string(cubin->data(), 4), "\x7f" "ELF");
+  auto missing = p->loweredName("ns::k<43>");
+  ASSERT_FALSE(bool(missing));
+  EXPECT_TRUE(contains(consumeToString(missing.takeError()), "ns::k<43>"));
+}
+
+TEST(NvrtcProgram, VirtualArchHasNoCubin) {
+  auto p = NvrtcProgram::create("__global__ void k() {}\n", "virt.cu", {}, {});
+  ASSERT_TRUE(bool(p));
+  ASSERT_FALSE(bool(p->compile({"--gpu-architecture=compute_90"})));
+  auto cubin = p->cubin();
+  ASSERT_FALSE(bool(cubin));
+  EXPECT_TRUE(contains(consumeToString(cubin.takeError()), "no cubin"));
+}
+
+TEST(NvrtcProgram, MovedFromProgramIsInert) {
+  auto p = NvrtcProgram::create("__global__ void k() {}\n", "m.cu", {}, {});
+  ASSERT_TRUE(bool(p));
+  NvrtcProgram moved = std::move(*p);
+  ASSERT_FALSE(bool(moved.compile({"--gpu-architecture=sm_80"})));
+  auto cubin = moved.cubin();
+  ASSERT_TRUE(bool(cubin));
+  EXPECT_FALSE(cubin->empty());
+}
+
+TEST(Toolchain, IdentityIsStableAndComplete) {
+  auto a = queryNvrtcIdentity();
+  auto b = queryNvrtcIdentity();
+  ASSERT_TRUE(bool(a) && bool(b));
+  EXPECT_EQ(a->toString(), b->toString());
+  EXPECT_GE(a->major, 12);
+  EXPECT_TRUE(contains(a->build, "V" + std::to_string(a->major) + "."));
+  EXPECT_TRUE(contains(a->build, "CL-"));
+}
+
+} // namespace
+} // namespace bqjit

@@ -1,0 +1,527 @@
+// DiskCache: atomic publication, verification of every byte on load, the
+// journal, listing and maintenance, LRU garbage collection.
+#include "cache/disk_cache.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include "bqjit/error.hpp"
+#include "cache/entry_format.hpp"
+#include "cache/fs_util.hpp"
+#include "jit/cache_key.hpp"
+#include "jit/launch_heuristic.hpp"
+
+namespace bqjit {
+namespace {
+
+testing::AssertionResult contains(const std::string& text, const std::string& needle) {
+  if (text.find(needle) != std::string::npos)
+    return testing::AssertionSuccess();
+  return testing::AssertionFailure() << "\"" << text << "\" lacks \"" << needle << "\"";
+}
+
+std::string readText(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void writeText(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+}
+
+/// A compiled kernel without NVRTC: the disk layer stores bytes, it does not
+/// look inside them. `hidden` makes specs (and keys) distinct.
+CompiledKernel fakeKernel(int hidden, size_t cubinBytes = 4096) {
+  CompiledKernel k;
+  k.spec.hidden = hidden;
+  k.spec.groupSize = 128;
+  k.spec = resolveShape(k.spec);
+  KeyInputs in;
+  in.canonicalSpec = k.spec.canonical();
+  in.templateSource = "test template";
+  in.options = {"--gpu-architecture=sm_90"};
+  in.nvrtcIdentity = "test";
+  in.arch = k.spec.arch;
+  k.key = computeCacheKey(in);
+  k.loweredName = "_Z6kernel" + std::to_string(hidden);
+  k.ptx = "// PTX of " + k.spec.canonical() + "\n.version 9.0\n.target sm_90\n";
+  k.cubin.resize(cubinBytes);
+  k.cubin[0] = 0x7f;
+  k.cubin[1] = 'E';
+  k.cubin[2] = 'L';
+  k.cubin[3] = 'F';
+  for (size_t i = 4; i < k.cubin.size(); ++i)
+    k.cubin[i] = static_cast<char>((i * 131 + static_cast<size_t>(hidden)) & 0xff);
+  k.resources.registers = 40;
+  k.resources.barriers = 1;
+  k.options = in.options;
+  k.nvrtcVersion = "13.0 (V13.0.88 CL-36424714)";
+  k.compileMs = 123.25;
+  k.log = "ptxas info    : Used 40 registers";
+  return k;
+}
+
+std::string keyInputsOf(const CompiledKernel& k) { return "{\"key inputs of\":\"" + k.key + "\"}"; }
+
+class DiskCacheTest : public testing::Test {
+protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/bqjit_disk_cache_XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    config_.cacheDir = dir_;
+    config_.logSink = [this](LogLevel level, const std::string& text) {
+      logs_.push_back(text);
+      (void)level;
+    };
+    cache_ = std::make_unique<DiskCache>(dir_, config_);
+    ASSERT_FALSE(bool(cache_->prepare()));
+  }
+  void TearDown() override {
+    cache_.reset();
+    llvm::consumeError(fs::removeTree(dir_));
+  }
+
+  void publish(const CompiledKernel& k) {
+    llvm::Error err = cache_->publish(k, keyInputsOf(k));
+    ASSERT_FALSE(bool(err)) << consumeToString(std::move(err));
+  }
+  std::string entryFile(const std::string& key, const char* file) const {
+    return cache_->entryDir(key) + "/" + file;
+  }
+  int64_t journalCount(CacheEvent event, const std::string& key) const {
+    int64_t n = 0;
+    for (const auto& r : cache_->journal().read())
+      n += r.event == event && r.key == key;
+    return n;
+  }
+  /// Loads an entry expected to be corrupt; returns the problem text.
+  std::string expectCorrupt(const std::string& key) {
+    std::string problem;
+    auto k = cache_->load(key, &problem);
+    EXPECT_FALSE(k.has_value()) << "a corrupt entry loaded";
+    EXPECT_FALSE(problem.empty());
+    EXPECT_FALSE(fs::exists(cache_->entryDir(key))) << "corrupt entry not removed";
+    EXPECT_EQ(journalCount(CacheEvent::Corrupt, key), 1);
+    EXPECT_EQ(logs_.size(), 1u);
+    if (!logs_.empty()) {
+      EXPECT_TRUE(contains(logs_.back(), key));
+      EXPECT_TRUE(contains(logs_.back(), problem));
+    }
+    // A second load is a plain miss, with no new problem.
+    std::string again;
+    EXPECT_FALSE(cache_->load(key, &again).has_value());
+    EXPECT_EQ(again, "");
+    return problem;
+  }
+
+  std::string dir_;
+  Config config_;
+  std::vector<std::string> logs_;
+  std::unique_ptr<DiskCache> cache_;
+};
+
+TEST_F(DiskCacheTest, LayoutIsVersioned) {
+  EXPECT_EQ(cache_->root(), dir_ + "/v" + std::to_string(kCacheFormatVersion));
+  for (const char* sub : {"entries", "tmp", "locks", "tuned"})
+    EXPECT_TRUE(fs::exists(cache_->root() + "/" + sub)) << sub;
+}
+
+TEST_F(DiskCacheTest, MissingEntryIsNullopt) {
+  std::string problem;
+  EXPECT_FALSE(cache_->load(std::string(32, 'a'), &problem).has_value());
+  EXPECT_EQ(problem, "");
+  EXPECT_TRUE(cache_->journal().read().empty());
+}
+
+TEST_F(DiskCacheTest, PublishThenLoadRoundTrip) {
+  const CompiledKernel k = fakeKernel(7168, 100000);
+  publish(k);
+  std::string problem;
+  auto back = cache_->load(k.key, &problem);
+  ASSERT_TRUE(back.has_value()) << problem;
+  EXPECT_EQ(back->cubin, k.cubin);
+  EXPECT_EQ(back->ptx, k.ptx);
+  EXPECT_EQ(back->key, k.key);
+  EXPECT_EQ(back->spec.canonical(), k.spec.canonical());
+  EXPECT_EQ(back->loweredName, k.loweredName);
+  EXPECT_EQ(back->options, k.options);
+  EXPECT_EQ(back->nvrtcVersion, k.nvrtcVersion);
+  EXPECT_EQ(back->compileMs, k.compileMs);
+  EXPECT_EQ(back->log, k.log);
+  EXPECT_TRUE(back->resources == k.resources);
+  // The files hold exactly the bytes.
+  const std::string cubinOnDisk = readText(entryFile(k.key, kCubinFile));
+  EXPECT_EQ(std::vector<char>(cubinOnDisk.begin(), cubinOnDisk.end()), k.cubin);
+  EXPECT_EQ(readText(entryFile(k.key, kPtxFile)), k.ptx);
+  // The metadata keeps the key inputs for people debugging misses.
+  auto meta = nlohmann::json::parse(readText(entryFile(k.key, kMetaFile)));
+  EXPECT_EQ(meta["key_inputs"], keyInputsOf(k));
+  EXPECT_EQ(meta["format"], kCacheFormatVersion);
+}
+
+TEST_F(DiskCacheTest, EntryAppearsWhole) {
+  const CompiledKernel k = fakeKernel(2048);
+  EXPECT_FALSE(fs::exists(cache_->entryDir(k.key)));
+  publish(k);
+  auto files = fs::listDirectory(cache_->entryDir(k.key));
+  std::sort(files.begin(), files.end());
+  EXPECT_EQ(files, (std::vector<std::string>{kCubinFile, kPtxFile, kMetaFile}));
+  EXPECT_TRUE(fs::listDirectory(cache_->root() + "/tmp").empty());
+}
+
+TEST_F(DiskCacheTest, ConcurrentReaderNeverSeesAPartialEntry) {
+  // A writer publishes entries with large files while a reader loads every
+  // entry directory as soon as it appears: none may read as corrupt.
+  std::vector<CompiledKernel> kernels;
+  for (int i = 0; i < 12; ++i)
+    kernels.push_back(fakeKernel(128 * (i + 1), 1 << 20));
+  std::atomic<bool> done{false};
+  std::atomic<int> loaded{0};
+  std::vector<std::string> problems;
+  std::thread reader([&] {
+    while (!done.load()) {
+      for (const auto& key : fs::listDirectory(cache_->root() + "/entries")) {
+        std::string problem;
+        if (cache_->load(key, &problem))
+          ++loaded;
+        else
+          problems.push_back(key + ": " + problem);
+      }
+    }
+  });
+  for (const auto& k : kernels)
+    publish(k);
+  done = true;
+  reader.join();
+  EXPECT_TRUE(problems.empty()) << problems.front();
+  EXPECT_GT(loaded.load(), 0);
+  EXPECT_EQ(fs::listDirectory(cache_->root() + "/entries").size(), kernels.size());
+  EXPECT_EQ(cache_->verify().bad, 0);
+}
+
+TEST_F(DiskCacheTest, PublishingTheSameKeyTwiceKeepsTheFirst) {
+  CompiledKernel first = fakeKernel(4096);
+  CompiledKernel second = first;
+  second.ptx += "// the second writer's PTX\n";
+  publish(first);
+  publish(second); // another writer lost the race: not an error
+  EXPECT_EQ(fs::listDirectory(cache_->root() + "/entries").size(), 1u);
+  EXPECT_TRUE(fs::listDirectory(cache_->root() + "/tmp").empty());
+  auto back = cache_->load(first.key);
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->ptx, first.ptx);
+}
+
+TEST_F(DiskCacheTest, FlippedCubinByteIsCorrupt) {
+  const CompiledKernel k = fakeKernel(7168);
+  publish(k);
+  std::string cubin = readText(entryFile(k.key, kCubinFile));
+  cubin[cubin.size() / 2] ^= 0x01;
+  writeText(entryFile(k.key, kCubinFile), cubin);
+  const std::string problem = expectCorrupt(k.key);
+  EXPECT_TRUE(contains(problem, "kernel.cubin"));
+  EXPECT_TRUE(contains(problem, "checksum"));
+}
+
+TEST_F(DiskCacheTest, TruncatedPtxIsCorrupt) {
+  const CompiledKernel k = fakeKernel(7168);
+  publish(k);
+  ASSERT_EQ(::truncate(entryFile(k.key, kPtxFile).c_str(), 10), 0);
+  const std::string problem = expectCorrupt(k.key);
+  EXPECT_TRUE(contains(problem, "kernel.ptx has 10 bytes, metadata says " +
+                                    std::to_string(k.ptx.size())));
+}
+
+TEST_F(DiskCacheTest, EditedMetadataIsCorrupt) {
+  const CompiledKernel k = fakeKernel(7168);
+  publish(k);
+  const std::string path = entryFile(k.key, kMetaFile);
+  auto meta = nlohmann::json::parse(readText(path));
+  meta["lowered_name"] = "_Z5otherv"; // a plausible edit, self checksum left as it was
+  writeText(path, meta.dump(2));
+  const std::string problem = expectCorrupt(k.key);
+  EXPECT_TRUE(contains(problem, "meta_xxh3"));
+  EXPECT_TRUE(contains(problem, "does not match"));
+}
+
+TEST_F(DiskCacheTest, TruncatedMetadataIsCorrupt) {
+  const CompiledKernel k = fakeKernel(7168);
+  publish(k);
+  ASSERT_EQ(::truncate(entryFile(k.key, kMetaFile).c_str(), 40), 0);
+  EXPECT_TRUE(contains(expectCorrupt(k.key), "not a JSON object"));
+}
+
+TEST_F(DiskCacheTest, MissingFileIsCorrupt) {
+  const CompiledKernel k = fakeKernel(7168);
+  publish(k);
+  ASSERT_EQ(::unlink(entryFile(k.key, kPtxFile).c_str()), 0);
+  const std::string problem = expectCorrupt(k.key);
+  EXPECT_TRUE(contains(problem, "kernel.ptx"));
+}
+
+TEST_F(DiskCacheTest, EntryUnderAnotherKeyIsCorrupt) {
+  // A consistent entry copied to the wrong directory name.
+  const CompiledKernel k = fakeKernel(7168);
+  publish(k);
+  const std::string wrongKey(32, 'b');
+  ASSERT_EQ(::rename(cache_->entryDir(k.key).c_str(), cache_->entryDir(wrongKey).c_str()), 0);
+  const std::string problem = expectCorrupt(wrongKey);
+  EXPECT_TRUE(contains(problem, "differs from the directory name"));
+}
+
+TEST_F(DiskCacheTest, OtherFormatVersionIsRejected) {
+  const CompiledKernel k = fakeKernel(7168);
+  publish(k);
+  const std::string path = entryFile(k.key, kMetaFile);
+  auto meta = nlohmann::json::parse(readText(path));
+  meta["format"] = kCacheFormatVersion + 1;
+  // Re-seal it so that only the version is wrong.
+  meta.erase("meta_xxh3");
+  const std::string text = meta.dump();
+  meta["meta_xxh3"] = checksum64(text.data(), text.size());
+  writeText(path, meta.dump(2));
+  const std::string problem = expectCorrupt(k.key);
+  EXPECT_TRUE(contains(problem, "'format'"));
+}
+
+TEST_F(DiskCacheTest, ListVerifyRemoveClear) {
+  const CompiledKernel a = fakeKernel(1024), b = fakeKernel(2048), c = fakeKernel(3072);
+  for (const auto* k : {&a, &b, &c})
+    publish(*k);
+  ASSERT_FALSE(bool(cache_->journal().append(CacheEvent::Hit, b.key)));
+
+  auto entries = cache_->list();
+  ASSERT_EQ(entries.size(), 3u);
+  EXPECT_EQ(entries.front().key, b.key); // most recently used first
+  EXPECT_GT(entries.front().lastUseMs, 0);
+  for (const auto& e : entries) {
+    EXPECT_TRUE(e.valid) << e.key << ": " << e.label;
+    EXPECT_GT(e.bytes, 4096u);
+    EXPECT_TRUE(contains(e.label, "H=")) << e.label;
+  }
+
+  VerifyReport clean = cache_->verify();
+  EXPECT_EQ(clean.checked, 3);
+  EXPECT_EQ(clean.bad, 0);
+  EXPECT_TRUE(clean.problems.empty());
+
+  // verify reports a corrupt entry but leaves it in place.
+  std::string cubin = readText(entryFile(c.key, kCubinFile));
+  cubin[100] ^= 0x40;
+  writeText(entryFile(c.key, kCubinFile), cubin);
+  VerifyReport dirty = cache_->verify();
+  EXPECT_EQ(dirty.checked, 3);
+  EXPECT_EQ(dirty.bad, 1);
+  ASSERT_EQ(dirty.problems.size(), 1u);
+  EXPECT_TRUE(contains(dirty.problems[0], c.key + ": "));
+  EXPECT_TRUE(contains(dirty.problems[0], "kernel.cubin"));
+  EXPECT_TRUE(fs::exists(cache_->entryDir(c.key)));
+
+  // An entry whose metadata is unreadable is listed as invalid, with why.
+  writeText(entryFile(a.key, kMetaFile), "{");
+  for (const auto& e : cache_->list())
+    if (e.key == a.key) {
+      EXPECT_FALSE(e.valid);
+      EXPECT_TRUE(contains(e.label, "not a JSON object"));
+    }
+
+  ASSERT_FALSE(bool(cache_->remove(b.key)));
+  EXPECT_FALSE(fs::exists(cache_->entryDir(b.key)));
+  EXPECT_FALSE(cache_->load(b.key).has_value());
+  EXPECT_EQ(cache_->list().size(), 2u);
+  ASSERT_FALSE(bool(cache_->remove(b.key))); // removing a missing key is fine
+  EXPECT_TRUE(fs::listDirectory(cache_->root() + "/tmp").empty());
+
+  writeText(cache_->root() + "/tuned/some.json", "{}");
+  ASSERT_FALSE(bool(cache_->clear()));
+  EXPECT_TRUE(cache_->list().empty());
+  EXPECT_TRUE(fs::listDirectory(cache_->root() + "/entries").empty());
+  EXPECT_TRUE(fs::listDirectory(cache_->root() + "/tuned").empty());
+  EXPECT_FALSE(fs::exists(cache_->journal().path()));
+  // Still usable after clear.
+  publish(a);
+  EXPECT_TRUE(cache_->load(a.key).has_value());
+}
+
+TEST_F(DiskCacheTest, GarbageCollectionEvictsLeastRecentlyUsedFirst) {
+  std::vector<CompiledKernel> k;
+  for (int i = 0; i < 5; ++i)
+    k.push_back(fakeKernel(256 * (i + 1), 10000));
+  for (const auto& kernel : k)
+    publish(kernel);
+  // Use order, oldest first: k3, k0, k4, k1, k2 (distinct milliseconds).
+  for (int i : {3, 0, 4, 1, 2}) {
+    ASSERT_FALSE(bool(cache_->journal().append(CacheEvent::Hit, k[i].key)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(3));
+  }
+  const uint64_t each = fs::treeBytes(cache_->entryDir(k[0].key));
+  ASSERT_GT(each, 10000u);
+  uint64_t total = 0;
+  for (const auto& kernel : k)
+    total += fs::treeBytes(cache_->entryDir(kernel.key));
+
+  // No limit: nothing goes.
+  auto none = cache_->collectGarbage(0);
+  ASSERT_TRUE(bool(none));
+  EXPECT_TRUE(none->empty());
+  // Room for a little over three entries: the two least recent go, in order.
+  auto evicted = cache_->collectGarbage(total - 2 * each + each / 2);
+  ASSERT_TRUE(bool(evicted)) << consumeToString(evicted.takeError());
+  EXPECT_EQ(*evicted, (std::vector<std::string>{k[3].key, k[0].key}));
+  EXPECT_FALSE(fs::exists(cache_->entryDir(k[3].key)));
+  EXPECT_FALSE(fs::exists(cache_->entryDir(k[0].key)));
+  for (int i : {1, 2, 4})
+    EXPECT_TRUE(fs::exists(cache_->entryDir(k[i].key))) << i;
+  EXPECT_EQ(journalCount(CacheEvent::Evict, k[3].key), 1);
+  EXPECT_EQ(journalCount(CacheEvent::Evict, k[0].key), 1);
+  EXPECT_EQ(cache_->journal().stats().evictions, 2);
+
+  // A hit refreshes k4: now k1 is the least recent, but it is the one to keep.
+  ASSERT_FALSE(bool(cache_->journal().append(CacheEvent::Hit, k[4].key)));
+  auto kept = cache_->collectGarbage(each + each / 2, k[1].key);
+  ASSERT_TRUE(bool(kept)) << consumeToString(kept.takeError());
+  EXPECT_EQ(*kept, (std::vector<std::string>{k[2].key, k[4].key}));
+  EXPECT_TRUE(fs::exists(cache_->entryDir(k[1].key)));
+  EXPECT_EQ(cache_->list().size(), 1u);
+}
+
+TEST_F(DiskCacheTest, KeepIsSparedEvenAlone) {
+  const CompiledKernel a = fakeKernel(1024);
+  publish(a);
+  auto evicted = cache_->collectGarbage(1, a.key);
+  ASSERT_TRUE(bool(evicted));
+  EXPECT_TRUE(evicted->empty());
+  EXPECT_TRUE(fs::exists(cache_->entryDir(a.key)));
+}
+
+TEST_F(DiskCacheTest, GarbageCollectionRemovesStaleTemporariesAndBadEntries) {
+  // A pid that surely is gone: a child that already exited and was reaped.
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0)
+    ::_exit(0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+
+  const std::string tmp = cache_->root() + "/tmp/";
+  const std::string key(32, 'c');
+  const std::string dead = tmp + key + "." + std::to_string(child) + ".0123456789abcdef";
+  const std::string live = tmp + key + "." + std::to_string(::getpid()) + ".0123456789abcdef";
+  const std::string removed = tmp + "removed." + key + "." + std::to_string(::getpid()) + ".00";
+  for (const auto& d : {dead, live, removed}) {
+    ASSERT_FALSE(bool(fs::createDirectories(d)));
+    writeText(d + "/kernel.cubin", "partial");
+  }
+  // An entry with unreadable metadata goes too; a good one stays.
+  const CompiledKernel good = fakeKernel(1024), bad = fakeKernel(2048);
+  publish(good);
+  publish(bad);
+  writeText(entryFile(bad.key, kMetaFile), "not json");
+
+  auto evicted = cache_->collectGarbage(0);
+  ASSERT_TRUE(bool(evicted)) << consumeToString(evicted.takeError());
+  EXPECT_FALSE(fs::exists(dead));
+  EXPECT_FALSE(fs::exists(removed));
+  EXPECT_TRUE(fs::exists(live)); // a writer of this process may still be at work
+  EXPECT_EQ(*evicted, (std::vector<std::string>{bad.key}));
+  EXPECT_TRUE(fs::exists(cache_->entryDir(good.key)));
+}
+
+TEST_F(DiskCacheTest, LockKeyExcludes) {
+  const std::string key(32, 'd');
+  auto first = cache_->lockKey(key, 100);
+  ASSERT_TRUE(bool(first) && first->has_value());
+  auto second = cache_->lockKey(key, 50);
+  ASSERT_TRUE(bool(second));
+  EXPECT_FALSE(second->has_value());
+  auto other = cache_->lockKey(std::string(32, 'e'), 50);
+  ASSERT_TRUE(bool(other));
+  EXPECT_TRUE(other->has_value());
+}
+
+TEST_F(DiskCacheTest, JournalStatsAndMalformedLines) {
+  const Journal& j = cache_->journal();
+  ASSERT_FALSE(bool(j.append(CacheEvent::Miss, "k1")));
+  ASSERT_FALSE(bool(j.append(CacheEvent::Compile, "k1", 250.0)));
+  ASSERT_FALSE(bool(j.append(CacheEvent::Hit, "k1")));
+  ASSERT_FALSE(bool(j.append(CacheEvent::Compile, "k2", 100.0)));
+  {
+    std::ofstream out(j.path(), std::ios::app);
+    out << "{\"ev\":\"hit\",\"key\":\"k1\"\n"     // torn write
+        << "{\"ev\":\"teleport\",\"key\":\"k1\",\"t\":1}\n"; // unknown event
+  }
+  ASSERT_FALSE(bool(j.append(CacheEvent::Corrupt, "k2")));
+  int64_t malformed = -1;
+  auto records = j.read(&malformed);
+  EXPECT_EQ(records.size(), 5u);
+  EXPECT_EQ(malformed, 2);
+  const CacheStats s = j.stats();
+  EXPECT_EQ(s.hits, 1);
+  EXPECT_EQ(s.misses, 1);
+  EXPECT_EQ(s.compiles, 2);
+  EXPECT_EQ(s.corrupt, 1);
+  EXPECT_DOUBLE_EQ(s.compileMsTotal, 350.0);
+  EXPECT_DOUBLE_EQ(s.compileMsMax, 250.0);
+  EXPECT_EQ(records[0].pid, ::getpid());
+  auto last = j.lastUse();
+  EXPECT_EQ(last.size(), 2u);
+  EXPECT_GE(last["k1"], last["k2"] - 1000);
+
+  ASSERT_FALSE(bool(j.compact({"k2"})));
+  for (const auto& r : j.read())
+    EXPECT_EQ(r.key, "k2");
+  EXPECT_EQ(j.read().size(), 2u);
+}
+
+TEST_F(DiskCacheTest, JournalLinesStayWholeAcrossProcesses) {
+  constexpr int kProcesses = 4, kRecords = 300;
+  std::vector<pid_t> children;
+  for (int p = 0; p < kProcesses; ++p) {
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      Journal journal(cache_->journal().path());
+      // Long keys make a torn or interleaved write visible.
+      const std::string key = std::string(200, static_cast<char>('a' + p));
+      for (int i = 0; i < kRecords; ++i)
+        if (journal.append(i % 2 ? CacheEvent::Hit : CacheEvent::Compile, key, i))
+          ::_exit(1);
+      ::_exit(0);
+    }
+    children.push_back(pid);
+  }
+  for (pid_t pid : children) {
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 0);
+  }
+  int64_t malformed = -1;
+  const auto records = cache_->journal().read(&malformed);
+  EXPECT_EQ(malformed, 0);
+  EXPECT_EQ(records.size(), static_cast<size_t>(kProcesses * kRecords));
+  std::map<std::string, int> perKey;
+  for (const auto& r : records)
+    ++perKey[r.key];
+  EXPECT_EQ(perKey.size(), static_cast<size_t>(kProcesses));
+  for (const auto& [key, n] : perKey)
+    EXPECT_EQ(n, kRecords);
+}
+
+} // namespace
+} // namespace bqjit
