@@ -24,7 +24,7 @@ import bqjit
 L2_FLUSH_BYTES = 256 << 20
 HIDDEN = [2048, 7168, 14336, 18432, 25600]
 TOKENS = [1, 16, 64, 256, 1024, 8192]
-GROUPS = [64, 96, 128]
+GROUPS = [64, 96, 128, 192]
 QMAX = 448.0
 MIN_SCALE = 1.0 / (448.0 * 512.0)
 
@@ -114,6 +114,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="a few shapes only")
     ap.add_argument("--json", default="bench_results.json")
     ap.add_argument("--shapes", default="", help="H:T:G,... instead of the grid")
+    ap.add_argument("--hidden", default="", help="comma-separated H values of the grid to run")
     ap.add_argument("--replays", type=int, default=15)
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     args = ap.parse_args()
@@ -129,10 +130,11 @@ def main():
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
     elif args.quick:
-        shapes = [(14336, 8192, 128), (14336, 8192, 96), (14336, 64, 128), (18432, 64, 128),
-                  (7168, 1, 128), (2048, 1024, 64)]
+        shapes = [(14336, 8192, 128), (18432, 8192, 128), (18432, 8192, 96), (18432, 8192, 192),
+                  (14336, 64, 128), (18432, 64, 128), (7168, 1, 128), (2048, 1024, 64)]
     else:
-        shapes = [(h, t, g) for h in HIDDEN for t in TOKENS for g in GROUPS if h % g == 0]
+        hidden = [int(v) for v in args.hidden.split(",")] if args.hidden else HIDDEN
+        shapes = [(h, t, g) for h in hidden for t in TOKENS for g in GROUPS if h % g == 0]
 
     compiled = None
     if not args.no_compile:

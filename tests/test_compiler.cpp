@@ -21,6 +21,7 @@
 #include "jit/cache_key.hpp"
 #include "jit/launch_heuristic.hpp"
 #include "jit/nvrtc_program.hpp"
+#include "jit/resource_report.hpp"
 #include "jit/toolchain.hpp"
 
 namespace bqjit {
@@ -74,6 +75,21 @@ std::string checkKernel(const Compiler& compiler, const KernelSpec& spec, const 
     fail("ptxas report lacks the kernel");
   if (k.resources.registers <= 0)
     fail("registers " + std::to_string(k.resources.registers));
+  // This NVRTC writes the ptxas report, so spills must be known (-1 would
+  // mean "unknown") and the cubin's numbers must agree with the report's.
+  if (k.resources.spillStoreBytes < 0 || k.resources.spillLoadBytes < 0 || k.resources.barriers < 0)
+    fail("spills or barriers unknown despite a ptxas report");
+  auto report = parsePtxasReport(k.log, k.loweredName);
+  if (!report) {
+    fail(consumeToString(report.takeError()));
+  } else {
+    if (report->registers != k.resources.registers)
+      fail("cubin says " + std::to_string(k.resources.registers) + " registers, ptxas " +
+           std::to_string(report->registers));
+    if (report->stackFrameBytes != k.resources.stackFrameBytes)
+      fail("cubin says " + std::to_string(k.resources.stackFrameBytes) +
+           " bytes stack frame, ptxas " + std::to_string(report->stackFrameBytes));
+  }
   // KNOWN ISSUE (reported, not fixed): with G = 1024 and fp32 input, each
   // thread does 32 IEEE divisions (__fdiv_rn) and ptxas for sm_90 outlines
   // their slow path as a subroutine call whose ABI saves a register in local
