@@ -123,16 +123,17 @@ llvm::Error validateShape(const KernelSpec& spec, const LaunchShape& s) {
     return specError("launch.vec_width", v,
                      "must divide group_size (" + std::to_string(spec.groupSize) + ")");
   const int vectors = spec.groupSize / s.vecWidth;
-  if (!isPowerOfTwo(s.threadsPerGroup) || s.threadsPerGroup > 32)
+  if (s.threadsPerGroup < 1 || s.threadsPerGroup > 32)
     return specError("launch.threads_per_group", std::to_string(s.threadsPerGroup),
-                     "must be a power of two in 1..32");
+                     "must be in 1..32");
   if (vectors % s.threadsPerGroup != 0)
     return specError("launch.threads_per_group", std::to_string(s.threadsPerGroup),
                      "must divide the group's " + std::to_string(vectors) +
                          " vectors (group_size / vec_width)");
   if (s.groupsPerBlock < 1 || s.threadsPerBlock() > 1024)
     return specError("launch.groups_per_block", std::to_string(s.groupsPerBlock),
-                     "must be >= 1 with threads_per_group * groups_per_block <= 1024");
+                     "must be >= 1 with groups_per_block * threads_per_group (rounded up to a "
+                     "power of two) <= 1024");
   return llvm::Error::success();
 }
 

@@ -15,15 +15,23 @@ int largestPow2Dividing(int n, int cap) {
 
 } // namespace
 
-LaunchShape chooseLaunchShape(const KernelSpec& spec) {
+LaunchShape chooseLaunchShape(const KernelSpec& spec, int maxVecWidth) {
   LaunchShape s;
   // 16-byte loads where G allows it.
-  s.vecWidth = largestPow2Dividing(spec.groupSize, 16 / dtypeBytes(spec.inDtype));
+  s.vecWidth = largestPow2Dividing(spec.groupSize,
+                                   std::max(1, std::min(maxVecWidth, 16 / dtypeBytes(spec.inDtype))));
   const int vectors = spec.groupSize / s.vecWidth;
-  // At least two vectors per thread keeps four 16-byte loads in flight per
-  // thread; a wider team shortens the amax reduction.
-  s.threadsPerGroup = largestPow2Dividing(vectors, std::min(32, std::max(1, vectors / 2)));
-  s.groupsPerBlock = std::max(1, 256 / s.threadsPerGroup);
+  // One vector per thread where the team fits in a warp: the shortest
+  // dependent chain per thread (what decode sizes wait on), and measured no
+  // slower at prefill sizes (bench/NOTES.md). Larger groups take the largest
+  // team that divides their vectors.
+  s.threadsPerGroup = 1;
+  for (int t = std::min(32, vectors); t >= 1; --t)
+    if (vectors % t == 0) {
+      s.threadsPerGroup = t;
+      break;
+    }
+  s.groupsPerBlock = std::max(1, 256 / s.teamSlot());
   return s;
 }
 
@@ -34,21 +42,23 @@ KernelSpec resolveShape(KernelSpec spec) {
 }
 
 std::vector<LaunchShape> candidateShapes(const KernelSpec& spec) {
-  std::vector<LaunchShape> out;
-  out.push_back(chooseLaunchShape(spec));
+  const LaunchShape first = chooseLaunchShape(spec);
+  std::vector<LaunchShape> out{first};
   for (int vec = 16; vec >= 1; vec /= 2)
-    for (int tpg = 1; tpg <= 32; tpg *= 2)
+    for (int tpg = 1; tpg <= 32; ++tpg)
       for (int threads : {128, 256, 512}) {
-        LaunchShape s{tpg, vec, std::max(1, threads / tpg)};
+        LaunchShape s{tpg, vec, 1};
+        s.groupsPerBlock = std::max(1, threads / s.teamSlot());
         if (std::find(out.begin(), out.end(), s) != out.end())
           continue;
         if (auto err = validateShape(spec, s)) {
           llvm::consumeError(std::move(err));
           continue;
         }
-        // Fewer than 4 bytes per load, or over 64 values per thread, is never faster.
-        const int chunks = spec.groupSize / vec / tpg;
-        if ((vec * dtypeBytes(spec.inDtype) < 4 && vec * 2 < spec.groupSize / tpg) || chunks * vec > 64)
+        // Loads under 4 bytes (unless G forces them) or over 64 values per
+        // thread are never faster; leave them out of the search.
+        const bool narrow = vec * dtypeBytes(spec.inDtype) < 4 && vec < first.vecWidth;
+        if (narrow || spec.groupSize / tpg > 64)
           continue;
         out.push_back(s);
       }

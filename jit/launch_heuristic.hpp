@@ -8,8 +8,10 @@
 
 namespace bqjit {
 
-/// The heuristic's choice for a validated spec (its `shape` is ignored).
-LaunchShape chooseLaunchShape(const KernelSpec& spec);
+/// The heuristic's choice for a validated spec (its `shape` is ignored),
+/// with vectors of at most `maxVecWidth` elements (for inputs or outputs that
+/// are not 16-byte aligned).
+LaunchShape chooseLaunchShape(const KernelSpec& spec, int maxVecWidth = 16);
 
 /// The spec with `shape` filled in by the heuristic when it is unset.
 KernelSpec resolveShape(KernelSpec spec);

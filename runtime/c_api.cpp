@@ -7,6 +7,7 @@
 #include "bqjit/error.hpp"
 #include "bqjit/service.hpp"
 #include "cache/kernel_cache.hpp"
+#include "jit/launch_heuristic.hpp"
 
 struct bqjit_service_s {
   std::unique_ptr<bqjit::Service> service;
@@ -118,6 +119,21 @@ bqjit_status bqjit_spec_for_device(bqjit_service service, const char* specJson, 
   if (!resolved)
     return fail(resolved.takeError());
   return writeText(resolved->canonical(), buf, size, needed);
+}
+
+bqjit_status bqjit_default_launch(const char* specJson, int maxVecWidth, char* buf, size_t size,
+                                  size_t* needed) {
+  auto spec = parseSpec(specJson);
+  if (!spec)
+    return fail(spec.takeError());
+  if (maxVecWidth < 1)
+    return fail(bqjit::ErrorCode::InvalidArgument,
+                "max_vec_width = " + std::to_string(maxVecWidth) + ": must be >= 1");
+  const bqjit::LaunchShape s = bqjit::chooseLaunchShape(*spec, maxVecWidth);
+  nlohmann::json j = {{"threads_per_group", s.threadsPerGroup},
+                      {"vec_width", s.vecWidth},
+                      {"groups_per_block", s.groupsPerBlock}};
+  return writeText(j.dump(), buf, size, needed);
 }
 
 bqjit_status bqjit_kernel_get(bqjit_service service, const char* specJson, int device,

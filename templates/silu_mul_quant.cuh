@@ -14,6 +14,11 @@ enum : int { kBF16 = 0, kFP16 = 1, kFP32 = 2 };
 enum : int { kE4M3 = 0, kE5M2 = 1, kInt8 = 2 };
 enum : int { kRow = 0, kCol = 1, kColTma = 2, kUe8m0Packed = 3 };
 
+// Lanes a team of T threads occupies: T rounded up to a power of two.
+template <int T> struct TeamSlot {
+  static constexpr int value = T <= 1 ? 1 : T <= 2 ? 2 : T <= 4 ? 4 : T <= 8 ? 8 : T <= 16 ? 16 : 32;
+};
+
 template <int IN> struct InBytes { static constexpr int value = IN == kFP32 ? 4 : 2; };
 
 // ---- input: a vector of VEC elements is loaded as raw 32-bit words ----------
@@ -160,6 +165,9 @@ __device__ __forceinline__ float pow2Ceil(float s) {
 // ---- the kernel -----------------------------------------------------------------
 //
 // Work item ("task"): one group j of one row t, done by a team of TPG threads.
+// A team occupies a slot of kSlot lanes (TPG rounded up to a power of two) so
+// that any TPG dividing the group's vectors works (12 for G = 96, say); the
+// lanes past TPG only take part in the amax reduction.
 // Row-major scale layouts number tasks row by row; column layouts number them
 // column by column so that the scale stores of neighbouring teams coalesce.
 // Layouts with padded columns (col_tma, ue8m0_packed) have tasks for the
@@ -175,14 +183,15 @@ __device__ __forceinline__ float pow2Ceil(float s) {
 //   maskedM [E] live rows per expert, used when MASKED (gridDim.y = E)
 template <int H, int G, int IN, int OUT, int LAYOUT, bool POW2, bool HAS_UB, bool MASKED, int TPG,
           int VEC, int GPB>
-__global__ void __launch_bounds__(TPG * GPB)
+__global__ void __launch_bounds__(TeamSlot<TPG>::value * GPB)
     silu_mul_quant(const void* __restrict__ x, i64 ldx, i64 rows, unsigned char* __restrict__ q,
                    void* __restrict__ scales, const float* __restrict__ scaleUb,
                    const int* __restrict__ maskedM) {
   static_assert(H % G == 0, "G must divide H");
   static_assert(G % VEC == 0, "VEC must divide G");
   static_assert((G / VEC) % TPG == 0, "TPG must divide the group's vectors");
-  static_assert(TPG >= 1 && TPG <= 32 && (TPG & (TPG - 1)) == 0, "TPG: power of two <= 32");
+  static_assert(TPG >= 1 && TPG <= 32, "TPG: 1..32");
+  constexpr int kSlot = TeamSlot<TPG>::value;
   constexpr int NG = H / G;
   constexpr int kInBytes = InBytes<IN>::value;
   constexpr int kVecBytes = VEC * kInBytes;
@@ -196,8 +205,9 @@ __global__ void __launch_bounds__(TPG * GPB)
   const i64 expert = MASKED ? blockIdx.y : 0;
   const i64 liveRows = MASKED ? static_cast<i64>(maskedM[expert]) : rows;
 
-  const int lane = threadIdx.x % TPG;
-  const i64 task = static_cast<i64>(blockIdx.x) * GPB + threadIdx.x / TPG;
+  const int lane = threadIdx.x % kSlot;
+  const bool active = lane < TPG;
+  const i64 task = static_cast<i64>(blockIdx.x) * GPB + threadIdx.x / kSlot;
   if (task >= taskRows * NG)
     return;
   const i64 t = kColMajorTasks ? task % taskRows : task / NG;
@@ -240,7 +250,7 @@ __global__ void __launch_bounds__(TPG * GPB)
   Raw<kVecBytes> rawG[kChunks], rawU[kChunks];
 #pragma unroll
   for (int c = 0; c < kChunks; ++c) {
-    const int off = (c * TPG + lane) * kVecBytes;
+    const int off = (c * TPG + (active ? lane : 0)) * kVecBytes;
     rawG[c] = loadRaw<kVecBytes>(gate + off);
     rawU[c] = loadRaw<kVecBytes>(up + off);
   }
@@ -256,15 +266,18 @@ __global__ void __launch_bounds__(TPG * GPB)
     for (int k = 0; k < VEC; ++k) {
       const float silu = __fdiv_rn(g[k], 1.0f + expf(-g[k]));
       y[c][k] = silu * u[k];
-      amax = fmaxf(amax, fabsf(y[c][k]));
+      if (active)
+        amax = fmaxf(amax, fabsf(y[c][k]));
     }
   }
-  // Teams are TPG consecutive lanes, aligned inside the warp.
+  // Team slots are kSlot consecutive lanes, aligned inside the warp.
   const unsigned teamMask =
-      TPG == 32 ? 0xffffffffu : (((1u << TPG) - 1u) << ((threadIdx.x % 32) & ~(TPG - 1)));
+      kSlot == 32 ? 0xffffffffu : (((1u << kSlot) - 1u) << ((threadIdx.x % 32) & ~(kSlot - 1)));
 #pragma unroll
-  for (int off = TPG / 2; off > 0; off /= 2)
-    amax = fmaxf(amax, __shfl_xor_sync(teamMask, amax, off, TPG));
+  for (int off = kSlot / 2; off > 0; off /= 2)
+    amax = fmaxf(amax, __shfl_xor_sync(teamMask, amax, off, kSlot));
+  if (!active)
+    return;
 
   float s = __fdiv_rn(amax, QuantTraits<OUT>::kMax);
   if constexpr (HAS_UB)

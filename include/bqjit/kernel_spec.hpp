@@ -44,7 +44,15 @@ struct LaunchShape {
   int vecWidth = 0;
   int groupsPerBlock = 0;
 
-  int threadsPerBlock() const { return threadsPerGroup * groupsPerBlock; }
+  /// Lanes one team occupies: threadsPerGroup rounded up to a power of two
+  /// (a team never straddles a warp; the extra lanes idle).
+  int teamSlot() const {
+    int slot = 1;
+    while (slot < threadsPerGroup)
+      slot *= 2;
+    return slot;
+  }
+  int threadsPerBlock() const { return teamSlot() * groupsPerBlock; }
   bool operator==(const LaunchShape& o) const {
     return threadsPerGroup == o.threadsPerGroup && vecWidth == o.vecWidth &&
            groupsPerBlock == o.groupsPerBlock;

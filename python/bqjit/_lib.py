@@ -135,6 +135,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bqjit_kernel_get": (c_int, [c_void_p, c_char_p, c_int, p_void]),
         "bqjit_kernel_release": (None, [c_void_p]),
         "bqjit_kernel_launch": (c_int, [c_void_p, ctypes.POINTER(LaunchArgs), c_void_p]),
+        "bqjit_default_launch": (c_int, [c_char_p, c_int, c_char_p, c_size_t, p_size]),
     }
     for name, (restype, argtypes) in sig.items():
         fn = getattr(lib, name)  # AttributeError: not a bqjit library
@@ -277,6 +278,18 @@ class Service:
         data = _spec_bytes(spec)
         text = self._text_call(
             "bqjit_compile", lambda b, n, need: self._lib.bqjit_compile(self._handle, data, b, n, need)
+        )
+        return json.loads(text)
+
+    def default_launch(self, spec: SpecLike, max_vec_width: int = 16) -> Dict[str, Any]:
+        """The C++ heuristic's launch shape for ``spec`` with vectors of at
+        most ``max_vec_width`` elements (for pointers that are not 16-byte
+        aligned). Needs no GPU."""
+        self._require_open()
+        data = _spec_bytes(spec)
+        text = self._text_call(
+            "bqjit_default_launch",
+            lambda b, n, need: self._lib.bqjit_default_launch(data, int(max_vec_width), b, n, need),
         )
         return json.loads(text)
 

@@ -279,22 +279,6 @@ if torch is not None:
             v |= x
         return v & -v
 
-    def _fallback_launch(group_size: int, esize: int, max_vec: int) -> str:
-        """The heuristic's shape (jit/launch_heuristic.cpp) with the vector
-        width capped for inputs/outputs that are not 16-byte aligned."""
-
-        def largest_pow2_dividing(n: int, cap: int) -> int:
-            p = 1
-            while p * 2 <= cap and n % (p * 2) == 0:
-                p *= 2
-            return p
-
-        vec = largest_pow2_dividing(group_size, max(1, min(16 // esize, max_vec)))
-        vectors = group_size // vec
-        tpg = largest_pow2_dividing(vectors, min(32, max(1, vectors // 2)))
-        gpb = max(1, 256 // tpg)
-        return f'{{"threads_per_group":{tpg},"vec_width":{vec},"groups_per_block":{gpb}}}'
-
     def _spec_json(key: Tuple[Any, ...]) -> str:
         s = _spec_cache.get(key)
         if s is None:
@@ -333,7 +317,10 @@ if torch is not None:
         if launch is None:
             xa, qa = _pow2_align(xp, ldx * esize), _pow2_align(qp)
             if xa < 16 or qa < 16:
-                launch = _fallback_launch(group_size, esize, min(xa // esize, qa))
+                # The C++ heuristic with narrower vectors; the spec's other
+                # fields do not change the shape, so a minimal spec will do.
+                base = {"hidden": h, "group_size": group_size, "in_dtype": _IN_NAMES[x.dtype], "arch": "sm_80"}
+                launch = json.dumps(_lib.service().default_launch(base, min(xa // esize, qa)), sort_keys=True)
         key = (h, group_size, _IN_NAMES[x.dtype], out_dtype, layout, ue8m0, scale_ub is not None, _arch(device), launch)
         kernel = _lib.service().kernel(_spec_json(key), device)
         args = _lib.LaunchArgs(

@@ -84,7 +84,11 @@ def test_recompile_in_fresh_cache(tmp_path):
         with bqjit.Service(str(tmp_path / name)) as s:
             metas.append(s.compile(spec))
     assert metas[0]["key"] == metas[1]["key"]
-    assert metas[0]["resources"] == metas[1]["resources"]
+    # Registers and stack come from the cubin and always agree; spills come
+    # from ptxas's log, which NVRTC leaves empty when the driver's compute
+    # cache answers the second compile (reported as -1, unknown).
+    for key in ("registers", "stack_frame_bytes"):
+        assert metas[0]["resources"][key] == metas[1]["resources"][key]
 
 
 def test_packed_needs_ue8m0(svc):
@@ -107,16 +111,18 @@ def test_launch_override(svc):
     assert info.value.code == 1
 
 
-def test_fallback_launch_matches_cpp_heuristic(svc):
-    """ops._fallback_launch mirrors jit/launch_heuristic.cpp when uncapped."""
-    ops = bqjit.ops
-    if not ops.HAVE_TORCH:
-        pytest.skip("ops helpers are defined only with PyTorch")
-    for g in (16, 48, 64, 96, 128, 192, 320, 1024):
-        for ind, esize in (("bf16", 2), ("fp32", 4)):
-            meta = svc.compile(dict(SPEC, hidden=g * 4, group_size=g, in_dtype=ind))
-            assert json.loads(ops._fallback_launch(g, esize, 16)) == meta["spec"]["launch"]
-
+def test_default_launch_caps_vector_width(svc):
+    """bqjit_default_launch: uncapped it is the shape a compile resolves to;
+    capped, the vector width obeys the cap and the shape still compiles."""
+    for g in (16, 48, 64, 96, 128, 192, 1024):
+        for in_dtype, esize in (("bf16", 2), ("fp32", 4)):
+            spec = dict(SPEC, hidden=g * 6, group_size=g, in_dtype=in_dtype)
+            meta = svc.compile(spec)
+            assert svc.default_launch(spec) == meta["spec"]["launch"]
+            for cap in (1, 2, 4):
+                launch = svc.default_launch(spec, cap)
+                assert launch["vec_width"] <= cap
+                assert svc.compile(dict(spec, launch=launch))["spec"]["launch"] == launch
 
 def test_library_search_reports_every_place(tmp_path):
     """A missing library is a RuntimeError at first use naming where it looked,
