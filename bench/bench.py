@@ -42,6 +42,19 @@ def torch_op(x, group):
     return q.view(x.shape[0], h), s.squeeze(-1)
 
 
+def v1_launch(group):
+    """The first heuristic's shape (bench/NOTES.md, version 1), bf16 input:
+    16-byte vectors, two vectors per thread, 256 threads per block."""
+    vec = 8
+    while group % vec:
+        vec //= 2
+    vectors = group // vec
+    tpg = 1
+    while tpg * 2 <= min(32, max(1, vectors // 2)) and vectors % (tpg * 2) == 0:
+        tpg *= 2
+    return {"threads_per_group": tpg, "vec_width": vec, "groups_per_block": max(1, 256 // tpg)}
+
+
 def make_sets(t, h, group, count):
     sets = []
     for _ in range(count):
@@ -117,6 +130,7 @@ def main():
     ap.add_argument("--hidden", default="", help="comma-separated H values of the grid to run")
     ap.add_argument("--replays", type=int, default=15)
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    ap.add_argument("--v1", action="store_true", help="also time the first heuristic's launch shape")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -170,6 +184,14 @@ def main():
             compiled(st[0], g)
 
         t_b, spread_b = time_graph(run_bqjit, sets, reps, args.replays, flush)
+        t_v1 = float("nan")
+        if args.v1:
+            launch1 = v1_launch(g)
+
+            def run_v1(st):
+                bqjit.silu_mul_quant(st[0], group_size=g, out=st[1], scales_out=st[2], launch=launch1)
+
+            t_v1, _ = time_graph(run_v1, sets, reps, args.replays, flush)
         t_e, _ = time_graph(run_eager, sets, reps, max(5, args.replays // 3), flush)
         t_c = float("nan")
         if compiled is not None:
@@ -177,11 +199,12 @@ def main():
         gbs = bytes_moved / (t_b * 1e-6) / 1e9
         row = dict(hidden=h, tokens=t, group=g, bytes=bytes_moved, bqjit_us=t_b,
                    bqjit_spread_us=spread_b, bqjit_gbs=gbs, pct_copy=100 * gbs / copy_gbs,
-                   eager_us=t_e, compile_us=t_c, speedup_vs_compile=t_c / t_b,
+                   eager_us=t_e, compile_us=t_c, v1_us=t_v1, speedup_vs_compile=t_c / t_b,
                    floor_us=bytes_moved / (copy_gbs * 1e9) * 1e6, correct=ok, sets=count, reps=reps)
         rows.append(row)
         print(f"{h:>6} {t:>5} {g:>4} | {t_b:>9.2f} {gbs:>6.0f} {row['pct_copy']:>5.1f}% | "
-              f"{t_e:>9.1f} {t_c:>10.2f} | {row['speedup_vs_compile']:>9.2f}x {'ok' if ok else 'WRONG'}",
+              f"{t_e:>9.1f} {t_c:>10.2f} | {row['speedup_vs_compile']:>9.2f}x {'ok' if ok else 'WRONG'}"
+              + (f" | v1 {t_v1:.2f}" if args.v1 else ""),
               flush=True)
         del sets
         torch.cuda.empty_cache()

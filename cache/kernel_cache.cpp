@@ -59,10 +59,31 @@ std::string KernelCache::tunedPath(const KernelSpec& spec) const {
   return disk_->root() + "/tuned/" + computeCacheKey(in) + ".json";
 }
 
-llvm::Expected<KernelSpec> KernelCache::resolve(const KernelSpec& spec) const {
+llvm::Expected<std::vector<KernelSpec>> KernelCache::launchVariants(const KernelSpec& spec) const {
+  bool heuristic = false;
+  auto resolved = resolve(spec, &heuristic);
+  if (!resolved)
+    return resolved.takeError();
+  std::vector<KernelSpec> out{*resolved};
+  if (heuristic) {
+    KernelSpec latency = spec;
+    latency.shape = chooseLaunchShape(spec, 16, Regime::Latency);
+    if (latency.shape != resolved->shape)
+      out.push_back(latency);
+  }
+  return out;
+}
+
+llvm::Expected<KernelSpec> KernelCache::resolve(const KernelSpec& spec, bool* heuristic) const {
+  if (heuristic)
+    *heuristic = false;
   if (auto err = spec.validate())
     return std::move(err);
-  if (spec.shape || !disk_)
+  if (spec.shape)
+    return spec;
+  if (heuristic)
+    *heuristic = true;
+  if (!disk_)
     return resolveShape(spec);
   auto text = fs::readFile(tunedPath(spec));
   if (text) {
@@ -75,8 +96,11 @@ llvm::Expected<KernelSpec> KernelCache::resolve(const KernelSpec& spec) const {
         // The record may hold a shape that does not fit this spec (a copied
         // or stale file): then it is ignored, and the error consumed.
         llvm::Error invalid = validateShape(out, *out.shape);
-        if (!invalid)
+        if (!invalid) {
+          if (heuristic)
+            *heuristic = false;
           return out;
+        }
         llvm::consumeError(std::move(invalid));
       }
       if (!tuned)

@@ -49,7 +49,12 @@ public:
 
   /// The spec with its launch shape resolved: the user's, else a tuned record
   /// for this spec in the cache, else the heuristic's.
-  llvm::Expected<KernelSpec> resolve(const KernelSpec& spec) const;
+  llvm::Expected<KernelSpec> resolve(const KernelSpec& spec, bool* heuristic = nullptr) const;
+
+  /// The resolved specs a launch of `spec` may use: one when the shape is
+  /// explicit or tuned; else the throughput shape, then the latency shape
+  /// when it differs (see Regime). Prewarm compiles all of them.
+  llvm::Expected<std::vector<KernelSpec>> launchVariants(const KernelSpec& spec) const;
 
   /// The compiled kernel of a spec (validated and resolved here).
   llvm::Expected<Result> get(const KernelSpec& spec);

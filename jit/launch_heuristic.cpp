@@ -15,22 +15,29 @@ int largestPow2Dividing(int n, int cap) {
 
 } // namespace
 
-LaunchShape chooseLaunchShape(const KernelSpec& spec, int maxVecWidth) {
+LaunchShape chooseLaunchShape(const KernelSpec& spec, int maxVecWidth, Regime regime) {
   LaunchShape s;
   // 16-byte loads where G allows it.
   s.vecWidth = largestPow2Dividing(spec.groupSize,
                                    std::max(1, std::min(maxVecWidth, 16 / dtypeBytes(spec.inDtype))));
   const int vectors = spec.groupSize / s.vecWidth;
-  // One vector per thread where the team fits in a warp: the shortest
-  // dependent chain per thread (what decode sizes wait on), and measured no
-  // slower at prefill sizes (bench/NOTES.md). Larger groups take the largest
-  // team that divides their vectors.
-  s.threadsPerGroup = 1;
-  for (int t = std::min(32, vectors); t >= 1; --t)
-    if (vectors % t == 0) {
-      s.threadsPerGroup = t;
-      break;
-    }
+  if (regime == Regime::Throughput) {
+    // Two or more vectors per thread in a power-of-two team: more bytes in
+    // flight per thread and the per-team work (index math, the scale's
+    // division, the reduction) spread over more elements; 98% of the copy
+    // bandwidth at T = 8192 (bench/NOTES.md).
+    s.threadsPerGroup = largestPow2Dividing(vectors, std::min(32, std::max(1, vectors / 2)));
+  } else {
+    // One vector per thread where the team fits in a warp (any team size, in
+    // a power-of-two slot): the shortest dependent chain, which is what
+    // decode sizes wait on.
+    s.threadsPerGroup = 1;
+    for (int t = std::min(32, vectors); t >= 1; --t)
+      if (vectors % t == 0) {
+        s.threadsPerGroup = t;
+        break;
+      }
+  }
   s.groupsPerBlock = std::max(1, 256 / s.teamSlot());
   return s;
 }

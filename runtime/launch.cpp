@@ -5,6 +5,7 @@
 
 #include "bqjit/error.hpp"
 #include "bqjit/service.hpp"
+#include "jit/launch_heuristic.hpp"
 #include "runtime/loaded_function.hpp"
 
 namespace bqjit {
@@ -13,14 +14,28 @@ const KernelSpec& Kernel::spec() const { return fn_->kernel().spec; }
 const CompiledKernel& Kernel::compiled() const { return fn_->kernel(); }
 int Kernel::device() const { return fn_->device; }
 
-void Kernel::launchDims(const LaunchArgs& args, unsigned grid[3], unsigned block[3]) const {
-  const KernelSpec& s = spec();
+const LoadedFunction& Kernel::pick(int64_t tokens) const {
+  const KernelSpec& s = fn_->kernel().spec;
+  return small_ && tokens * s.hidden <= kLatencyMaxElements ? *small_ : *fn_;
+}
+
+const KernelSpec& Kernel::specFor(int64_t tokens) const { return pick(tokens).kernel().spec; }
+
+namespace {
+
+// Blocks along x: one team per (row, group), padded layouts' extra rows included.
+int64_t blockCount(const KernelSpec& s, int64_t tokens) {
   const bool padded =
       s.scaleLayout == ScaleLayout::ColTma || s.scaleLayout == ScaleLayout::Ue8m0Packed;
-  const int64_t taskRows = padded ? (args.tokens + 3) / 4 * 4 : args.tokens;
-  const int64_t tasks = taskRows * s.numGroups();
-  const int gpb = s.shape->groupsPerBlock;
-  grid[0] = static_cast<unsigned>((tasks + gpb - 1) / gpb);
+  const int64_t tasks = (padded ? (tokens + 3) / 4 * 4 : tokens) * s.numGroups();
+  return (tasks + s.shape->groupsPerBlock - 1) / s.shape->groupsPerBlock;
+}
+
+} // namespace
+
+void Kernel::launchDims(const LaunchArgs& args, unsigned grid[3], unsigned block[3]) const {
+  const KernelSpec& s = specFor(args.tokens);
+  grid[0] = static_cast<unsigned>(blockCount(s, args.tokens));
   grid[1] = s.masked ? static_cast<unsigned>(args.numExperts) : 1u;
   grid[2] = 1;
   block[0] = static_cast<unsigned>(s.shape->threadsPerBlock());
@@ -53,7 +68,8 @@ llvm::Error checkPointer(const KernelSpec& spec, const char* field, const void* 
 } // namespace
 
 llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
-  const KernelSpec& s = spec();
+  const LoadedFunction& fn = pick(a.tokens);
+  const KernelSpec& s = fn.kernel().spec;
   const int vec = s.shape->vecWidth;
   const int vecBytes = vec * dtypeBytes(s.inDtype);
   if (a.tokens < 0)
@@ -81,7 +97,7 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
     if (auto err = checkPointer(s, "maskedM", a.maskedM, 4))
       return err;
 
-  const CudaDriver& d = fn_->driver();
+  const CudaDriver& d = fn.driver();
   // The stream must belong to the context the function was loaded in.
   CUcontext streamCtx = nullptr;
   const bool legacy = stream == nullptr || stream == CU_STREAM_LEGACY || stream == CU_STREAM_PER_THREAD;
@@ -89,26 +105,19 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
   if (r != CUDA_SUCCESS)
     return d.check(r, legacy ? "cuCtxGetCurrent" : "cuStreamGetCtx",
                    "stream " + hexPointer(stream) + " for kernel " + s.label());
-  if (streamCtx != fn_->context)
+  if (streamCtx != fn.context)
     return argError(s, "stream", hexPointer(stream),
                     std::string(legacy ? "the default stream's current context"
                                        : "the stream's context") +
-                        " is not the primary context of device " + std::to_string(fn_->device) +
+                        " is not the primary context of device " + std::to_string(fn.device) +
                         ", where this kernel is loaded");
   if (a.tokens == 0)
     return llvm::Error::success();
 
+  if (blockCount(s, a.tokens) > INT32_MAX)
+    return argError(s, "tokens", std::to_string(a.tokens), "needs more than 2^31-1 blocks");
   unsigned grid[3], block[3];
   launchDims(a, grid, block);
-  const int64_t taskBlocks =
-      ((s.scaleLayout == ScaleLayout::ColTma || s.scaleLayout == ScaleLayout::Ue8m0Packed
-            ? (a.tokens + 3) / 4 * 4
-            : a.tokens) *
-           s.numGroups() +
-       s.shape->groupsPerBlock - 1) /
-      s.shape->groupsPerBlock;
-  if (taskBlocks > INT32_MAX)
-    return argError(s, "tokens", std::to_string(a.tokens), "needs more than 2^31-1 blocks");
 
   const void* x = a.x;
   int64_t ldx = a.ldx, rows = a.tokens;
@@ -117,7 +126,7 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
   const float* ub = a.scaleUb;
   const int32_t* masked = a.maskedM;
   void* params[] = {&x, &ldx, &rows, &q, &scales, &ub, &masked};
-  r = d.cuLaunchKernel(fn_->function, grid[0], grid[1], grid[2], block[0], block[1], block[2], 0,
+  r = d.cuLaunchKernel(fn.function, grid[0], grid[1], grid[2], block[0], block[1], block[2], 0,
                        stream, params, nullptr);
   return d.check(r, "cuLaunchKernel", "kernel " + s.label());
 }

@@ -52,6 +52,10 @@ struct Service::Impl {
     return 0;
   }
 
+  /// Loads (once) the function of a compiled kernel on a device.
+  llvm::Expected<std::shared_ptr<const LoadedFunction>>
+  loadFunctionLocked(const std::shared_ptr<const CompiledKernel>& kernel, int device);
+
   llvm::Expected<CUcontext> primaryContextLocked(int device) {
     auto it = primaryContexts.find(device);
     if (it != primaryContexts.end())
@@ -114,26 +118,43 @@ llvm::Expected<KernelSpec> Service::forDevice(KernelSpec spec, int device) {
 }
 
 llvm::Expected<Kernel> Service::getKernel(const KernelSpec& spec, int device) {
+  auto variants = impl_->cache.launchVariants(spec);
+  if (!variants)
+    return variants.takeError();
   // Compile (or find) outside the service lock: the cache has its own
   // single-flight per key, and other kernels' launches must not wait.
-  auto compiled = impl_->cache.get(spec);
-  if (!compiled)
-    return compiled.takeError();
-  const std::shared_ptr<const CompiledKernel>& kernel = compiled->kernel;
-
+  std::vector<std::shared_ptr<const CompiledKernel>> compiled;
+  for (const KernelSpec& v : *variants) {
+    auto got = impl_->cache.get(v);
+    if (!got)
+      return got.takeError();
+    compiled.push_back(got->kernel);
+  }
   std::lock_guard<std::mutex> lock(impl_->mutex);
   auto driver = impl_->loadDriverLocked();
   if (!driver)
     return driver.takeError();
-  const CudaDriver& d = **driver;
   auto dev = impl_->resolveDeviceLocked(device);
   if (!dev)
     return dev.takeError();
-  auto fnKey = std::make_pair(kernel->key, *dev);
-  if (auto it = impl_->functions.find(fnKey); it != impl_->functions.end())
-    return Kernel(it->second);
+  std::vector<std::shared_ptr<const LoadedFunction>> fns;
+  for (const auto& kernel : compiled) {
+    auto fn = impl_->loadFunctionLocked(kernel, *dev);
+    if (!fn)
+      return fn.takeError();
+    fns.push_back(*fn);
+  }
+  return Kernel(fns[0], fns.size() > 1 ? fns[1] : nullptr);
+}
 
-  auto info = d.deviceInfo(*dev);
+llvm::Expected<std::shared_ptr<const LoadedFunction>>
+Service::Impl::loadFunctionLocked(const std::shared_ptr<const CompiledKernel>& kernel, int dev) {
+  const CudaDriver& d = *driver;
+  auto fnKey = std::make_pair(kernel->key, dev);
+  if (auto it = functions.find(fnKey); it != functions.end())
+    return it->second;
+
+  auto info = d.deviceInfo(dev);
   if (!info)
     return info.takeError();
   const std::string& arch = kernel->spec.arch;
@@ -141,16 +162,16 @@ llvm::Expected<Kernel> Service::getKernel(const KernelSpec& spec, int device) {
   if (digits != std::to_string(info->ccMajor) + std::to_string(info->ccMinor))
     return makeError(ErrorCode::ArchMismatch,
                      "kernel compiled for " + arch + " cannot run on device " +
-                         std::to_string(*dev) + " (" + info->name + ", " + info->arch() +
+                         std::to_string(dev) + " (" + info->name + ", " + info->arch() +
                          "); ask for the spec with arch=" + info->arch());
-  auto ctx = impl_->primaryContextLocked(*dev);
+  auto ctx = primaryContextLocked(dev);
   if (!ctx)
     return ctx.takeError();
 
-  std::shared_ptr<const LoadedLibrary> library = impl_->libraries[kernel->key].lock();
+  std::shared_ptr<const LoadedLibrary> library = libraries[kernel->key].lock();
   if (!library) {
     auto lib = std::make_shared<LoadedLibrary>();
-    lib->driver = *driver;
+    lib->driver = driver;
     lib->kernel = kernel;
     const std::string context = "kernel " + kernel->spec.label() + " (key " + kernel->key + ")";
     if (auto err = d.check(d.cuLibraryLoadData(&lib->library, kernel->cubin.data(), nullptr,
@@ -162,14 +183,14 @@ llvm::Expected<Kernel> Service::getKernel(const KernelSpec& spec, int device) {
                            "cuLibraryGetKernel", context + ", lowered name " + kernel->loweredName))
       return std::move(err);
     library = lib;
-    impl_->libraries[kernel->key] = library;
+    libraries[kernel->key] = library;
   }
 
   auto fn = std::make_shared<LoadedFunction>();
   fn->library = library;
   fn->context = *ctx;
-  fn->device = *dev;
-  const std::string context = "kernel " + kernel->spec.label() + " on device " + std::to_string(*dev);
+  fn->device = dev;
+  const std::string context = "kernel " + kernel->spec.label() + " on device " + std::to_string(dev);
   if (auto err = d.check(d.cuCtxPushCurrent(*ctx), "cuCtxPushCurrent", context))
     return std::move(err);
   CUresult r = d.cuKernelGetFunction(&fn->function, library->handle);
@@ -181,8 +202,8 @@ llvm::Expected<Kernel> Service::getKernel(const KernelSpec& spec, int device) {
   d.cuCtxPopCurrent(&popped);
   if (auto err = d.check(r, "cuKernelGetFunction/cuFuncLoad", context))
     return std::move(err);
-  impl_->functions[fnKey] = fn;
-  return Kernel(fn);
+  functions[fnKey] = fn;
+  return fn;
 }
 
 } // namespace bqjit

@@ -446,5 +446,40 @@ TEST(KernelCacheProcesses, TwoProcessesCompileOnce) {
   llvm::consumeError(fs::removeTree(dir));
 }
 
+// A spec that leaves its shape to bqjit launches with one of two shapes
+// (many tokens, few tokens); an explicit or tuned shape is the only one.
+TEST(KernelCacheVariants, HeuristicSpecsHaveThroughputAndLatencyShapes) {
+  auto compiler = Compiler::create();
+  ASSERT_TRUE(bool(compiler)) << consumeToString(compiler.takeError());
+  char tmpl[] = "/tmp/bqjit_variants_XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  Config config;
+  config.cacheDir = tmpl;
+  KernelCache cache(config, *compiler);
+  KernelSpec spec;
+  spec.hidden = 7168;
+  spec.groupSize = 128;
+  auto variants = cache.launchVariants(spec);
+  ASSERT_TRUE(bool(variants)) << consumeToString(variants.takeError());
+  ASSERT_EQ(variants->size(), 2u);
+  EXPECT_EQ(*(*variants)[0].shape, chooseLaunchShape(spec, 16, Regime::Throughput));
+  EXPECT_EQ(*(*variants)[1].shape, chooseLaunchShape(spec, 16, Regime::Latency));
+  EXPECT_EQ((*variants)[1].shape->threadsPerGroup, 16); // one 16-byte vector per thread
+
+  KernelSpec explicitShape = spec;
+  explicitShape.shape = LaunchShape{4, 8, 64};
+  auto one = cache.launchVariants(explicitShape);
+  ASSERT_TRUE(bool(one));
+  ASSERT_EQ(one->size(), 1u);
+  EXPECT_EQ(*(*one)[0].shape, *explicitShape.shape);
+
+  ASSERT_FALSE(bool(cache.storeTunedShape(spec, LaunchShape{4, 8, 64})));
+  auto tuned = cache.launchVariants(spec);
+  ASSERT_TRUE(bool(tuned));
+  ASSERT_EQ(tuned->size(), 1u);
+  EXPECT_EQ(*(*tuned)[0].shape, (LaunchShape{4, 8, 64}));
+  llvm::consumeError(fs::removeTree(tmpl));
+}
+
 } // namespace
 } // namespace bqjit

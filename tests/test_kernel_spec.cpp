@@ -219,17 +219,22 @@ TEST(KernelSpecValidate, VecWidthNotDividingGroupRejected) {
   EXPECT_EQ(invalidMessage(withShape(s, 1, 4, 8)), "");
 }
 
-TEST(KernelSpecValidate, ThreadsPerGroupNotPowerOfTwoRejected) {
+TEST(KernelSpecValidate, ThreadsPerGroupMustDivideVectorsNotBeAPowerOfTwo) {
+  // 3 threads cannot share 16 vectors; 12 threads share G = 96's 12 vectors.
   expectRejected(withShape(baseSpec(), 3, 8, 8), "launch.threads_per_group", "3",
-                 "must be a power of two in 1..32");
+                 "must divide the group's 16 vectors");
+  KernelSpec s = baseSpec();
+  s.groupSize = 96;
+  s.hidden = 96 * 8;
+  EXPECT_EQ(invalidMessage(withShape(s, 12, 8, 16)), "");
+  EXPECT_EQ(withShape(s, 12, 8, 16).shape->threadsPerBlock(), 256); // 12 lanes in a 16-lane slot
 }
 
 TEST(KernelSpecValidate, ThreadsPerGroupAboveWarpRejected) {
   KernelSpec s = baseSpec();
   s.groupSize = 1024;
   s.hidden = 8192; // 1024 / 8 = 128 vectors: 64 would divide them
-  expectRejected(withShape(s, 64, 8, 4), "launch.threads_per_group", "64",
-                 "must be a power of two in 1..32");
+  expectRejected(withShape(s, 64, 8, 4), "launch.threads_per_group", "64", "must be in 1..32");
 }
 
 TEST(KernelSpecValidate, ThreadsPerGroupNotDividingVectorsRejected) {
@@ -250,7 +255,7 @@ TEST(KernelSpecValidate, ZeroGroupsPerBlockRejected) {
 
 TEST(KernelSpecValidate, TooManyThreadsPerBlockRejected) {
   expectRejected(withShape(baseSpec(), 16, 8, 65), "launch.groups_per_block", "65",
-                 "threads_per_group * groups_per_block <= 1024");
+                 "groups_per_block * threads_per_group (rounded up to a power of two) <= 1024");
   EXPECT_EQ(invalidMessage(withShape(baseSpec(), 16, 8, 64)), "");
 }
 

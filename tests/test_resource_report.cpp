@@ -1,6 +1,10 @@
 // parsePtxasReport on logs captured from NVRTC 13.0 (-Xptxas=-v, sm_90).
 #include "jit/resource_report.hpp"
 
+#include "jit/compiler.hpp"
+#include "jit/cubin_info.hpp"
+#include "jit/launch_heuristic.hpp"
+
 #include <string>
 
 #include <gtest/gtest.h>
@@ -167,6 +171,35 @@ TEST(ResourceReport, JsonRoundTrip) {
   ResourceReport other = big;
   other.barriers = 2;
   EXPECT_FALSE(other == big);
+}
+
+// Registers and stack frame read from the cubin agree with ptxas's report,
+// and a damaged cubin is an error, not a crash.
+TEST(CubinInfo, MatchesPtxasAndRejectsDamage) {
+  auto compiler = Compiler::create();
+  ASSERT_TRUE(bool(compiler)) << consumeToString(compiler.takeError());
+  KernelSpec spec;
+  spec.hidden = 4096;
+  spec.groupSize = 128;
+  auto k = compiler->compile(resolveShape(spec));
+  ASSERT_TRUE(bool(k)) << consumeToString(k.takeError());
+  auto info = readCubinKernelInfo(k->cubin, k->loweredName);
+  ASSERT_TRUE(bool(info)) << consumeToString(info.takeError());
+  auto report = parsePtxasReport(k->log, k->loweredName);
+  ASSERT_TRUE(bool(report)) << consumeToString(report.takeError());
+  EXPECT_EQ(info->registers, report->registers);
+  EXPECT_EQ(info->frameBytes, report->stackFrameBytes);
+
+  auto missing = readCubinKernelInfo(k->cubin, "_Z8notthere");
+  ASSERT_FALSE(bool(missing));
+  EXPECT_NE(consumeToString(missing.takeError()).find("no symbol '_Z8notthere'"), std::string::npos);
+  std::vector<char> truncated(k->cubin.begin(), k->cubin.begin() + 100);
+  auto bad = readCubinKernelInfo(truncated, k->loweredName);
+  ASSERT_FALSE(bool(bad));
+  EXPECT_NE(consumeToString(bad.takeError()).find("malformed cubin"), std::string::npos);
+  auto notElf = readCubinKernelInfo(std::vector<char>(200, 'x'), k->loweredName);
+  ASSERT_FALSE(bool(notElf));
+  EXPECT_NE(consumeToString(notElf.takeError()).find("not a 64-bit ELF"), std::string::npos);
 }
 
 } // namespace

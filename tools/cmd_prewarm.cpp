@@ -50,14 +50,27 @@ double msSince(std::chrono::steady_clock::time_point start) {
 ItemResult prewarmOne(KernelCache& cache, const KernelSpec& spec) {
   ItemResult r;
   const auto start = std::chrono::steady_clock::now();
-  auto got = cache.get(spec);
-  r.ms = msSince(start);
-  if (!got) {
-    r.code = consumeError(got.takeError(), &r.message);
+  // Every shape a launch of the spec may pick (many-token and few-token).
+  auto variants = cache.launchVariants(spec);
+  if (!variants) {
+    r.code = consumeError(variants.takeError(), &r.message);
+    r.ms = msSince(start);
     return r;
   }
-  r.key = got->kernel->key;
-  r.status = got->source == KernelSource::Compiled ? ItemStatus::Compiled : ItemStatus::Cached;
+  r.status = ItemStatus::Cached;
+  for (const KernelSpec& v : *variants) {
+    auto got = cache.get(v);
+    if (!got) {
+      r.code = consumeError(got.takeError(), &r.message);
+      r.status = ItemStatus::Failed;
+      break;
+    }
+    if (r.key.empty())
+      r.key = got->kernel->key;
+    if (got->source == KernelSource::Compiled)
+      r.status = ItemStatus::Compiled;
+  }
+  r.ms = msSince(start);
   return r;
 }
 

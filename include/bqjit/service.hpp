@@ -34,12 +34,16 @@ struct LaunchArgs {
   int64_t numExperts = 1;          ///< E; must be 1 unless masked
 };
 
-/// A kernel loaded on one device: a cheap, copyable handle.
+/// A kernel loaded on one device: a cheap, copyable handle. When the spec
+/// left the launch shape to bqjit, it holds two compiled shapes, one for many
+/// tokens and one for few, and each launch picks by its token count.
 class Kernel {
 public:
-  /// The resolved spec (launch shape filled in).
+  /// The resolved spec of the many-token shape (launch shape filled in).
   const KernelSpec& spec() const;
   const CompiledKernel& compiled() const;
+  /// The spec a launch with `tokens` rows uses.
+  const KernelSpec& specFor(int64_t tokens) const;
   /// The CUdevice ordinal the kernel is loaded on.
   int device() const;
   /// Grid and block of a launch with these arguments.
@@ -53,8 +57,11 @@ public:
 
 private:
   friend class Service;
-  explicit Kernel(std::shared_ptr<const LoadedFunction> f) : fn_(std::move(f)) {}
+  Kernel(std::shared_ptr<const LoadedFunction> f, std::shared_ptr<const LoadedFunction> small)
+      : fn_(std::move(f)), small_(std::move(small)) {}
+  const LoadedFunction& pick(int64_t tokens) const;
   std::shared_ptr<const LoadedFunction> fn_;
+  std::shared_ptr<const LoadedFunction> small_; ///< latency shape, or null
 };
 
 /// Process-wide kernel service: owns the cache, the compiler and, when a
