@@ -157,7 +157,7 @@ def main():
         torch._dynamo.config.recompile_limit = 1024 if hasattr(torch._dynamo.config, "recompile_limit") else None
 
     rows = []
-    header = (f"{'H':>6} {'T':>5} {'G':>4} | {'bqjit us':>9} {'GB/s':>6} {'%copy':>6} | "
+    header = (f"{'H':>6} {'T':>5} {'G':>4} | {'bqjit us':>9} {'GB/s':>6} {'%copy':>6} {'%cp=':>5} | "
               f"{'eager us':>9} {'compile us':>10} | {'vs compile':>10} ok")
     print(header)
     print("-" * len(header), flush=True)
@@ -196,13 +196,23 @@ def main():
         t_c = float("nan")
         if compiled is not None:
             t_c, _ = time_graph(run_compiled, sets, reps, args.replays, flush)
+        # A device-to-device copy moving the same bytes (half read, half
+        # written) through the same graph method: what launch overhead and
+        # ramp-up leave of the bandwidth at this size.
+        copy_sets = [(torch.empty(bytes_moved // 2, dtype=torch.uint8, device="cuda"),
+                      torch.empty(bytes_moved // 2, dtype=torch.uint8, device="cuda"))
+                     for _ in range(count)]
+        t_copy, _ = time_graph(lambda st: st[1].copy_(st[0]), copy_sets, reps, args.replays, flush)
+        del copy_sets
         gbs = bytes_moved / (t_b * 1e-6) / 1e9
         row = dict(hidden=h, tokens=t, group=g, bytes=bytes_moved, bqjit_us=t_b,
                    bqjit_spread_us=spread_b, bqjit_gbs=gbs, pct_copy=100 * gbs / copy_gbs,
+                   same_size_copy_us=t_copy, pct_same_size_copy=100 * t_copy / t_b,
                    eager_us=t_e, compile_us=t_c, v1_us=t_v1, speedup_vs_compile=t_c / t_b,
                    floor_us=bytes_moved / (copy_gbs * 1e9) * 1e6, correct=ok, sets=count, reps=reps)
         rows.append(row)
-        print(f"{h:>6} {t:>5} {g:>4} | {t_b:>9.2f} {gbs:>6.0f} {row['pct_copy']:>5.1f}% | "
+        print(f"{h:>6} {t:>5} {g:>4} | {t_b:>9.2f} {gbs:>6.0f} {row['pct_copy']:>5.1f}% "
+              f"{row['pct_same_size_copy']:>4.0f}% | "
               f"{t_e:>9.1f} {t_c:>10.2f} | {row['speedup_vs_compile']:>9.2f}x {'ok' if ok else 'WRONG'}"
               + (f" | v1 {t_v1:.2f}" if args.v1 else ""),
               flush=True)
@@ -215,9 +225,12 @@ def main():
                rows=rows, time=time.strftime("%Y-%m-%d %H:%M:%S"))
     with open(args.json, "w") as f:
         json.dump(out, f, indent=1)
+    print("%copy: of the 1 GiB copy bandwidth; %cp=: a copy of the same bytes, same method, "
+          "time over bqjit's")
     big = [r for r in rows if r["tokens"] >= 1024]
     if big:
         print(f"T>=1024: min %copy {min(r['pct_copy'] for r in big):.1f}, "
+              f"min %same-size copy {min(r['pct_same_size_copy'] for r in big):.1f}, "
               f"min speedup vs compile {min(r['speedup_vs_compile'] for r in big):.2f}x")
     dec = [r for r in rows if r["tokens"] <= 64]
     if dec:
