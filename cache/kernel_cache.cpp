@@ -2,6 +2,8 @@
 
 #include <fstream>
 
+#include <unistd.h>
+
 #include "bqjit/error.hpp"
 #include "cache/fs_util.hpp"
 #include "jit/cache_key.hpp"
@@ -47,7 +49,7 @@ void KernelCache::warnOnce(std::atomic<bool>& flag, const std::string& text) con
     config_.log(LogLevel::Warn, text);
 }
 
-std::string KernelCache::tunedPath(const KernelSpec& spec) const {
+std::string KernelCache::tunedPath(const KernelSpec& spec, Regime regime) const {
   KernelSpec base = spec;
   base.shape.reset();
   KeyInputs in;
@@ -56,77 +58,75 @@ std::string KernelCache::tunedPath(const KernelSpec& spec) const {
   in.options = Compiler::options(base);
   in.nvrtcIdentity = compiler_.identity().toString();
   in.arch = base.arch;
-  return disk_->root() + "/tuned/" + computeCacheKey(in) + ".json";
+  return disk_->root() + "/tuned/" + computeCacheKey(in) +
+         (regime == Regime::Latency ? ".latency.json" : ".json");
+}
+
+LaunchShape KernelCache::shapeFor(const KernelSpec& spec, Regime regime) const {
+  const LaunchShape heuristic = chooseLaunchShape(spec, 16, regime);
+  if (!disk_)
+    return heuristic;
+  const std::string path = tunedPath(spec, regime);
+  auto text = fs::readFile(path);
+  if (!text) {
+    llvm::consumeError(text.takeError()); // no record: the usual case
+    return heuristic;
+  }
+  auto j = nlohmann::json::parse(text->begin(), text->end(), nullptr, false);
+  if (j.is_object() && j.contains("spec")) {
+    auto tuned = KernelSpec::fromJson(j["spec"]);
+    if (tuned && tuned->shape) {
+      // The record may hold a shape that does not fit this spec (a copied
+      // or stale file): then it is ignored.
+      llvm::Error invalid = validateShape(spec, *tuned->shape);
+      if (!invalid)
+        return *tuned->shape;
+      llvm::consumeError(std::move(invalid));
+    }
+    if (!tuned)
+      llvm::consumeError(tuned.takeError());
+  }
+  config_.log(LogLevel::Warn, "ignoring unreadable tuning record " + path);
+  return heuristic;
 }
 
 llvm::Expected<std::vector<KernelSpec>> KernelCache::launchVariants(const KernelSpec& spec) const {
-  bool heuristic = false;
-  auto resolved = resolve(spec, &heuristic);
-  if (!resolved)
-    return resolved.takeError();
-  std::vector<KernelSpec> out{*resolved};
-  if (heuristic) {
-    KernelSpec latency = spec;
-    latency.shape = chooseLaunchShape(spec, 16, Regime::Latency);
-    if (latency.shape != resolved->shape)
-      out.push_back(latency);
-  }
-  return out;
-}
-
-llvm::Expected<KernelSpec> KernelCache::resolve(const KernelSpec& spec, bool* heuristic) const {
-  if (heuristic)
-    *heuristic = false;
   if (auto err = spec.validate())
     return std::move(err);
   if (spec.shape)
-    return spec;
-  if (heuristic)
-    *heuristic = true;
-  if (!disk_)
-    return resolveShape(spec);
-  auto text = fs::readFile(tunedPath(spec));
-  if (text) {
-    auto j = nlohmann::json::parse(text->begin(), text->end(), nullptr, false);
-    if (j.is_object() && j.contains("spec")) {
-      auto tuned = KernelSpec::fromJson(j["spec"]);
-      if (tuned && tuned->shape) {
-        KernelSpec out = spec;
-        out.shape = tuned->shape;
-        // The record may hold a shape that does not fit this spec (a copied
-        // or stale file): then it is ignored, and the error consumed.
-        llvm::Error invalid = validateShape(out, *out.shape);
-        if (!invalid) {
-          if (heuristic)
-            *heuristic = false;
-          return out;
-        }
-        llvm::consumeError(std::move(invalid));
-      }
-      if (!tuned)
-        llvm::consumeError(tuned.takeError());
-    }
-    config_.log(LogLevel::Warn, "ignoring unreadable tuning record " + tunedPath(spec));
-  } else {
-    llvm::consumeError(text.takeError());
-  }
-  return resolveShape(spec);
+    return std::vector<KernelSpec>{spec};
+  KernelSpec many = spec, few = spec;
+  many.shape = shapeFor(spec, Regime::Throughput);
+  few.shape = shapeFor(spec, Regime::Latency);
+  if (*few.shape == *many.shape)
+    return std::vector<KernelSpec>{many};
+  return std::vector<KernelSpec>{many, few};
 }
 
-llvm::Error KernelCache::storeTunedShape(const KernelSpec& spec, const LaunchShape& shape) const {
+llvm::Expected<KernelSpec> KernelCache::resolve(const KernelSpec& spec) const {
+  auto variants = launchVariants(spec);
+  if (!variants)
+    return variants.takeError();
+  return variants->front();
+}
+
+llvm::Error KernelCache::storeTunedShape(const KernelSpec& spec, const LaunchShape& shape,
+                                         Regime regime) const {
   if (!disk_)
     return makeError(ErrorCode::CacheError, "no cache directory to store the tuned shape in");
   KernelSpec tuned = spec;
   tuned.shape = shape;
   if (auto err = tuned.validate())
     return err;
-  const std::string path = tunedPath(spec);
+  const std::string path = tunedPath(spec, regime);
   const std::string text = nlohmann::json({{"spec", tuned.toJson()}}).dump(2) + "\n";
   const std::string tmp = path + ".tmp." + fs::uniqueSuffix();
   if (auto err = fs::writeFileSynced(tmp, text.data(), text.size()))
     return err;
-  if (::rename(tmp.c_str(), path.c_str()) != 0)
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
     return makeError(ErrorCode::CacheError, "cannot write tuning record '" + path + "'");
+  }
   return llvm::Error::success();
 }
 

@@ -16,6 +16,7 @@
 #include "bqjit/config.hpp"
 #include "cache/disk_cache.hpp"
 #include "jit/compiler.hpp"
+#include "jit/launch_heuristic.hpp"
 
 namespace bqjit {
 
@@ -47,27 +48,31 @@ public:
   /// The disk layer, or nullptr when Config::cacheDir is empty.
   const DiskCache* disk() const { return disk_.get(); }
 
-  /// The spec with its launch shape resolved: the user's, else a tuned record
-  /// for this spec in the cache, else the heuristic's.
-  llvm::Expected<KernelSpec> resolve(const KernelSpec& spec, bool* heuristic = nullptr) const;
+  /// The spec with its launch shape resolved: the user's, else the
+  /// many-token (throughput) shape: a tuned record for this spec in the
+  /// cache, else the heuristic's.
+  llvm::Expected<KernelSpec> resolve(const KernelSpec& spec) const;
 
-  /// The resolved specs a launch of `spec` may use: one when the shape is
-  /// explicit or tuned; else the throughput shape, then the latency shape
-  /// when it differs (see Regime). Prewarm compiles all of them.
+  /// The resolved specs a launch of `spec` may use: the user's shape alone
+  /// when given; else the throughput shape, then the latency shape when it
+  /// differs (see Regime), each tuned or the heuristic's. Prewarm compiles all.
   llvm::Expected<std::vector<KernelSpec>> launchVariants(const KernelSpec& spec) const;
 
   /// The compiled kernel of a spec (validated and resolved here).
   llvm::Expected<Result> get(const KernelSpec& spec);
 
-  /// Stores the tuned launch shape of an unresolved spec.
-  llvm::Error storeTunedShape(const KernelSpec& spec, const LaunchShape& shape) const;
+  /// Stores the tuned launch shape of an unresolved spec for one regime.
+  llvm::Error storeTunedShape(const KernelSpec& spec, const LaunchShape& shape,
+                              Regime regime = Regime::Throughput) const;
 
   CacheCounters counters() const;
 
 private:
   llvm::Expected<Result> produce(const KernelSpec& resolved, const std::string& key);
   void warnOnce(std::atomic<bool>& flag, const std::string& text) const;
-  std::string tunedPath(const KernelSpec& spec) const;
+  std::string tunedPath(const KernelSpec& spec, Regime regime) const;
+  /// The shape of `regime` for a spec without one: tuned record, else heuristic.
+  LaunchShape shapeFor(const KernelSpec& spec, Regime regime) const;
 
   Config config_;
   Compiler compiler_;

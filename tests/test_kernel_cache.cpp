@@ -473,11 +473,25 @@ TEST(KernelCacheVariants, HeuristicSpecsHaveThroughputAndLatencyShapes) {
   ASSERT_EQ(one->size(), 1u);
   EXPECT_EQ(*(*one)[0].shape, *explicitShape.shape);
 
+  // Tuning records are per regime: a many-token record replaces the
+  // throughput shape only; a few-token record the latency shape.
   ASSERT_FALSE(bool(cache.storeTunedShape(spec, LaunchShape{4, 8, 64})));
   auto tuned = cache.launchVariants(spec);
   ASSERT_TRUE(bool(tuned));
-  ASSERT_EQ(tuned->size(), 1u);
+  ASSERT_EQ(tuned->size(), 2u);
   EXPECT_EQ(*(*tuned)[0].shape, (LaunchShape{4, 8, 64}));
+  EXPECT_EQ(*(*tuned)[1].shape, chooseLaunchShape(spec, 16, Regime::Latency));
+  ASSERT_FALSE(bool(cache.storeTunedShape(spec, LaunchShape{8, 8, 32}, Regime::Latency)));
+  auto both = cache.launchVariants(spec);
+  ASSERT_TRUE(bool(both));
+  ASSERT_EQ(both->size(), 2u);
+  EXPECT_EQ(*(*both)[0].shape, (LaunchShape{4, 8, 64}));
+  EXPECT_EQ(*(*both)[1].shape, (LaunchShape{8, 8, 32}));
+  // Tuned to the same shape for both: one kernel serves every launch.
+  ASSERT_FALSE(bool(cache.storeTunedShape(spec, LaunchShape{4, 8, 64}, Regime::Latency)));
+  auto same = cache.launchVariants(spec);
+  ASSERT_TRUE(bool(same));
+  EXPECT_EQ(same->size(), 1u);
   llvm::consumeError(fs::removeTree(tmpl));
 }
 

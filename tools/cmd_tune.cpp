@@ -202,7 +202,10 @@ llvm::Error runTune(const GpuOptions& o, const CommandContext& ctx) {
   if (!best)
     return makeError(ErrorCode::Internal,
                      "tune: no candidate shape gave correct results; first: " + broken.front());
-  if (auto err = gpu->service->cache().storeTunedShape(base, best->shape))
+  // The record serves launches of the same regime as the tuned token count.
+  const Regime regime = o.tokens * base.hidden <= kLatencyMaxElements ? Regime::Latency
+                                                                          : Regime::Throughput;
+  if (auto err = gpu->service->cache().storeTunedShape(base, best->shape, regime))
     return err;
   char line[200];
   std::snprintf(line, sizeof line, "tune: best %s at %.2f us (%.1f GB/s)",
@@ -212,7 +215,8 @@ llvm::Error runTune(const GpuOptions& o, const CommandContext& ctx) {
   if (results.front().ok() && best != &results.front())
     ctx.out << ", " << static_cast<int>(100.0 * (results.front().us / best->us - 1.0) + 0.5)
             << "% faster than the heuristic's " << shapeText(results.front().shape);
-  ctx.out << "; stored for " << base.label() << "\n";
+  ctx.out << "; stored for " << base.label()
+          << (regime == Regime::Latency ? " (few-token launches)" : " (many-token launches)") << "\n";
   if (!broken.empty())
     return makeError(ErrorCode::Internal,
                      "tune: " + std::to_string(broken.size()) +
