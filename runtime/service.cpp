@@ -39,6 +39,14 @@ struct Service::Impl {
     return driver;
   }
 
+  /// Loads the driver if needed and resolves `device` (-1: the current context's).
+  llvm::Expected<int> deviceLocked(int device) {
+    auto d = loadDriverLocked();
+    if (!d)
+      return d.takeError();
+    return resolveDeviceLocked(device);
+  }
+
   llvm::Expected<int> resolveDeviceLocked(int device) {
     if (device >= 0)
       return device;
@@ -104,13 +112,10 @@ llvm::Expected<std::shared_ptr<const CudaDriver>> Service::driver() {
 
 llvm::Expected<KernelSpec> Service::forDevice(KernelSpec spec, int device) {
   std::lock_guard<std::mutex> lock(impl_->mutex);
-  auto driver = impl_->loadDriverLocked();
-  if (!driver)
-    return driver.takeError();
-  auto dev = impl_->resolveDeviceLocked(device);
+  auto dev = impl_->deviceLocked(device);
   if (!dev)
     return dev.takeError();
-  auto info = (*driver)->deviceInfo(*dev);
+  auto info = impl_->driver->deviceInfo(*dev);
   if (!info)
     return info.takeError();
   spec.arch = info->arch();
@@ -131,10 +136,7 @@ llvm::Expected<Kernel> Service::getKernel(const KernelSpec& spec, int device) {
     compiled.push_back(got->kernel);
   }
   std::lock_guard<std::mutex> lock(impl_->mutex);
-  auto driver = impl_->loadDriverLocked();
-  if (!driver)
-    return driver.takeError();
-  auto dev = impl_->resolveDeviceLocked(device);
+  auto dev = impl_->deviceLocked(device);
   if (!dev)
     return dev.takeError();
   std::vector<std::shared_ptr<const LoadedFunction>> fns;
