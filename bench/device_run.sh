@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine: every GPU test, the example, the CLI checks, the
-# Python tests and the benchmark; logs go to $OUT. Usage:
-#   bash bench/device_run.sh [tests|bench|all] [bench args...]
+# Python tests, the benchmark and a tuning demonstration; logs go to $OUT.
+# Usage: bash bench/device_run.sh [tests|bench|tune|all] [bench args...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}
@@ -17,18 +17,32 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu 
 if [ "$what" = tests ] || [ "$what" = all ]; then
   # The GPU suites; the CPU suites run in CI. The fake-driver tests look for
   # the fake library at its build path, so they are left to CI as well.
-  for name in test_gpu_kernel test_gpu_runtime "test_cuda_driver --gtest_filter=-FakeDriverTest.*"; do
+  for name in test_gpu_kernel test_gpu_runtime test_gpu_multi_device \
+              "test_cuda_driver --gtest_filter=-FakeDriverTest.*"; do
     bin=${name%% *}
     args=${name#"$bin"}
+    [ -x devpack/bin/$bin ] || { echo "$bin: not built"; continue; }
     devpack/bin/$bin $args --gtest_brief=1 >"$OUT/$bin.log" 2>&1
     echo "$bin: exit $? $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/$bin.log" | tr '\n' ' ')"
   done | tee "$OUT/summary.txt"
   devpack/bin/host_app 2>&1 | tee -a "$OUT/summary.txt"
-  for spec in "hidden=7104 G=96" "hidden=7168 G=128" "hidden=18432 G=192 layout=col_tma"; do
-    devpack/bin/bqjit verify $spec --tokens 1000 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
+  for spec in "hidden=7104 G=96" "hidden=7168 G=128" "hidden=18432 G=192 layout=col_tma" \
+              "hidden=2304 G=96 out=int8 layout=ue8m0_packed ue8m0=1"; do
+    for t in 7 3000; do
+      devpack/bin/bqjit verify $spec --tokens $t 2>&1 | tail -1 | cut -c1-160 | tee -a "$OUT/summary.txt"
+    done
   done
-  (cd python && timeout 300 python3 -m pytest -q tests 2>&1 | tail -15) | tee "$OUT/pytest.txt"
+  (cd python && timeout 300 python3 -m pytest -q tests 2>&1 | tail -4) | tee "$OUT/pytest.txt"
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
-  timeout 420 python3 bench/bench.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.txt"
+  timeout 330 python3 bench/bench.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.txt"
+fi
+if [ "$what" = tune ] || [ "$what" = all ]; then
+  # Tune two shapes, then time them again: the stored records take effect.
+  for st in "18432 96 8192" "18432 128 64"; do
+    set -- $st
+    timeout 60 devpack/bin/bqjit tune hidden=$1 G=$2 --tokens $3 --iters 20 2>&1 | tail -8
+  done | tee "$OUT/tune.txt"
+  timeout 90 python3 bench/bench.py --json "$OUT/bench_tuned.json" --replays 10 \
+    --shapes 18432:8192:96,18432:64:128 2>&1 | tail -4 | tee -a "$OUT/tune.txt"
 fi

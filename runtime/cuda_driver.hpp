@@ -25,7 +25,11 @@ namespace bqjit {
 /// (cuMemAlloc -> cuMemAlloc_v2, cuGraphInstantiate ->
 /// cuGraphInstantiateWithFlags), so `driver.cuMemAlloc(...)` and
 /// `driver.cuGraphInstantiate(...)` resolve to these members with the
-/// CUDA 12/13 signatures.
+/// CUDA 12/13 signatures. "cuCtxCreate" is asked for at 12.5, the
+/// four-argument cuCtxCreate_v4 taking a CUctxCreateParams* that cuda.h 13
+/// calls cuCtxCreate (at 3.2 it would be the three-argument cuCtxCreate_v2,
+/// at 11.4 cuCtxCreate_v3 with execution-affinity parameters);
+/// "cuCtxDestroy" at 4.0, cuCtxDestroy_v2.
 #define BQJIT_CUDA_DRIVER_ENTRY_POINTS(X)                                                          \
   X(cuInit, 2000)                                                                                  \
   X(cuGetErrorName, 6000)                                                                          \
@@ -43,6 +47,8 @@ namespace bqjit {
   X(cuCtxPopCurrent, 4000)                                                                         \
   X(cuCtxGetDevice, 2000)                                                                          \
   X(cuCtxSynchronize, 2000)                                                                        \
+  X(cuCtxCreate, 12050)                                                                            \
+  X(cuCtxDestroy, 4000)                                                                            \
   X(cuStreamGetCtx, 9020)                                                                          \
   X(cuStreamCreate, 2000)                                                                          \
   X(cuStreamDestroy, 4000)                                                                         \

@@ -65,6 +65,41 @@ llvm::Error checkPointer(const KernelSpec& spec, const char* field, const void* 
   return llvm::Error::success();
 }
 
+/// The device of a context, or -1 when the driver can't tell. Only on the
+/// error path: it pushes and pops the context on this thread.
+int deviceOfContext(const CudaDriver& d, CUcontext ctx) {
+  if (!ctx || d.cuCtxPushCurrent(ctx) != CUDA_SUCCESS)
+    return -1;
+  CUdevice dev = -1;
+  if (d.cuCtxGetDevice(&dev) != CUDA_SUCCESS)
+    dev = -1;
+  CUcontext popped = nullptr;
+  d.cuCtxPopCurrent(&popped);
+  return static_cast<int>(dev);
+}
+
+/// Why a stream whose context is `streamCtx` can't run a function loaded in
+/// the primary context of `device`: names the stream's device as well.
+std::string streamContextRule(const CudaDriver& d, CUcontext streamCtx, bool legacy, int device) {
+  const std::string dev = std::to_string(device);
+  const std::string loaded = "this kernel is loaded in the primary context of device " + dev;
+  if (!streamCtx)
+    return "the default stream needs a current context, and none is current to this thread; " +
+           loaded + ": make that context current or pass a stream of it";
+  const std::string whose = legacy ? "the default stream's context (this thread's current context)"
+                                   : "the stream's context";
+  const int streamDevice = deviceOfContext(d, streamCtx);
+  if (streamDevice < 0)
+    return whose + " is not the primary context of device " + dev +
+           ", where this kernel is loaded (the device of that context could not be determined)";
+  const std::string other = std::to_string(streamDevice);
+  if (streamDevice != device)
+    return whose + " is on device " + other + ", but " + loaded + "; use a stream of device " +
+           dev + "'s primary context, or get the kernel for device " + other;
+  return whose + " is another context on device " + dev + ", not its primary context, where " +
+         "this kernel is loaded; use a stream of device " + dev + "'s primary context";
+}
+
 } // namespace
 
 llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
@@ -107,10 +142,7 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
                    "stream " + hexPointer(stream) + " for kernel " + s.label());
   if (streamCtx != fn.context)
     return argError(s, "stream", hexPointer(stream),
-                    std::string(legacy ? "the default stream's current context"
-                                       : "the stream's context") +
-                        " is not the primary context of device " + std::to_string(fn.device) +
-                        ", where this kernel is loaded");
+                    streamContextRule(d, streamCtx, legacy, fn.device));
   if (a.tokens == 0)
     return llvm::Error::success();
 

@@ -4,6 +4,8 @@
 
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -47,14 +49,36 @@ inline void checkCu(const CudaDriver& d, CUresult r, const char* what) {
   if (r != CUDA_SUCCESS)
     throw std::runtime_error(std::string(what) + " failed: " + d.resultName(r));
 }
+inline void checkCu(const CudaDriver& d, CUresult r, const std::string& what) {
+  checkCu(d, r, what.c_str());
+}
+
+/// Makes a context current on this thread for a scope (cuCtxPushCurrent,
+/// then cuCtxPopCurrent); device buffers made inside must go before it.
+class ScopedContext {
+public:
+  ScopedContext(const CudaDriver& d, CUcontext ctx) : d_(&d) {
+    checkCu(d, d.cuCtxPushCurrent(ctx), "cuCtxPushCurrent");
+  }
+  ScopedContext(const ScopedContext&) = delete;
+  ScopedContext& operator=(const ScopedContext&) = delete;
+  ~ScopedContext() {
+    CUcontext popped = nullptr;
+    d_->cuCtxPopCurrent(&popped);
+  }
+
+private:
+  const CudaDriver* d_;
+};
 
 /// One GPU environment per test binary: driver, primary context made
 /// current, and a Service whose cache lives in a private directory.
 struct GpuEnv {
   std::shared_ptr<const CudaDriver> driver;
   std::unique_ptr<Service> service;
-  CUcontext context = nullptr;
-  std::string arch;
+  CUcontext context = nullptr; ///< device 0's primary context, current on the main thread
+  std::string arch;            ///< device 0's architecture
+  int deviceCount = 0;         ///< devices the driver sees; 0 when skipping
   std::string skipReason;
 
   static GpuEnv& get() {
@@ -62,7 +86,49 @@ struct GpuEnv {
     return env;
   }
 
+  /// The primary context of `device`, retained on first use and kept for the
+  /// life of the process (device 0's is `context`). Thread-safe; throws
+  /// std::runtime_error naming the device when it can't.
+  CUcontext primaryContext(int device) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    checkDevice(device);
+    if (!contexts_[device]) {
+      CUcontext ctx = nullptr;
+      checkCu(*driver, driver->cuDevicePrimaryCtxRetain(&ctx, device),
+              "cuDevicePrimaryCtxRetain(device " + std::to_string(device) + ")");
+      contexts_[device] = ctx;
+    }
+    return contexts_[device];
+  }
+
+  /// The architecture of `device`, e.g. "sm_90". Thread-safe; throws
+  /// std::runtime_error naming the device when it can't.
+  std::string archOf(int device) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    checkDevice(device);
+    if (archs_[device].empty()) {
+      auto info = driver->deviceInfo(device);
+      if (!info)
+        throw std::runtime_error("architecture of device " + std::to_string(device) + ": " +
+                                 consumeToString(info.takeError()));
+      archs_[device] = info->arch();
+    }
+    return archs_[device];
+  }
+
 private:
+  void checkDevice(int device) const {
+    if (device < 0 || device >= deviceCount)
+      throw std::runtime_error("device " + std::to_string(device) + " does not exist: " +
+                               (skipReason.empty() ? "the driver sees " +
+                                                         std::to_string(deviceCount) + " device(s)"
+                                                   : skipReason));
+  }
+
+  std::mutex mutex_;               ///< guards contexts_ and archs_
+  std::vector<CUcontext> contexts_; ///< by device; null until retained
+  std::vector<std::string> archs_;  ///< by device; empty until asked
+
   GpuEnv() {
     auto d = CudaDriver::load();
     if (!d) {
@@ -81,6 +147,11 @@ private:
     arch = info ? info->arch() : "sm_90";
     if (!info)
       llvm::consumeError(info.takeError());
+    deviceCount = count;
+    contexts_.assign(count, nullptr);
+    archs_.assign(count, std::string());
+    contexts_[0] = context;
+    archs_[0] = arch;
     auto config = Config::fromEnvironment();
     if (!config)
       throw std::runtime_error(consumeToString(config.takeError()));
@@ -122,15 +193,25 @@ struct GpuCase {
   }
 };
 
-/// Runs one case on the GPU with poisoned outputs and compares with the reference.
-inline ref::CompareReport runCase(const GpuCase& c, CUstream stream = nullptr) {
+/// Runs one case on `device` with poisoned outputs and compares with the
+/// reference. The spec's arch is set to the device's; buffers, copies and the
+/// launch run with the device's primary context pushed on this thread (popped
+/// on return), so `stream` must be null (the default stream) or a stream of
+/// that context.
+inline ref::CompareReport runCase(const GpuCase& c, CUstream stream = nullptr, int device = 0) {
   GpuEnv& env = GpuEnv::get();
   const CudaDriver& d = *env.driver;
   KernelSpec spec = c.spec;
-  spec.arch = env.arch;
-  auto kernel = env.service->getKernel(spec, 0);
+  spec.arch = env.archOf(device);
+  auto kernel = env.service->getKernel(spec, device);
   if (!kernel)
-    throw std::runtime_error(consumeToString(kernel.takeError()));
+    throw std::runtime_error("getKernel(" + spec.label() + ", device " + std::to_string(device) +
+                             "): " + consumeToString(kernel.takeError()));
+  if (kernel->device() != device)
+    throw std::runtime_error("getKernel(" + spec.label() + ", device " + std::to_string(device) +
+                             ") returned a kernel of device " + std::to_string(kernel->device()));
+  // Before the buffers, so that they are freed while it is still current.
+  ScopedContext current(d, env.primaryContext(device));
 
   ref::Problem p;
   p.spec = kernel->spec();
@@ -164,8 +245,14 @@ inline ref::CompareReport runCase(const GpuCase& c, CUstream stream = nullptr) {
   a.scaleUb = p.spec.hasScaleUb ? static_cast<const float*>(dub.ptr()) : nullptr;
   a.maskedM = p.spec.masked ? static_cast<const int32_t*>(dm.ptr()) : nullptr;
   a.numExperts = c.experts;
+  // The uploads and memsets above went to the legacy default stream, which a
+  // non-blocking stream does not wait for (and a pageable upload may return
+  // before its DMA is done): finish them before launching on `stream`.
+  if (stream)
+    checkCu(d, d.cuStreamSynchronize(nullptr), "cuStreamSynchronize(legacy default stream)");
   if (auto err = kernel->launch(a, stream))
-    throw std::runtime_error(consumeToString(std::move(err)));
+    throw std::runtime_error("launch on device " + std::to_string(device) + ": " +
+                             consumeToString(std::move(err)));
   checkCu(d, stream ? d.cuStreamSynchronize(stream) : d.cuCtxSynchronize(), "synchronize");
 
   std::vector<uint8_t> q(qBytes), s(sBytes);
