@@ -75,6 +75,19 @@ bool isKeyName(const std::string& name) {
   return name.size() == 32 && name.find_first_not_of("0123456789abcdef") == std::string::npos;
 }
 
+// Whether the process that made a temporary named "<what>.<pid>.<random>" is gone.
+bool writerDied(const std::string& name) {
+  const auto last = name.rfind('.');
+  if (last == std::string::npos || last == 0)
+    return false;
+  const auto before = name.rfind('.', last - 1);
+  const size_t start = before == std::string::npos ? 0 : before + 1;
+  const std::string pid = name.substr(start, last - start);
+  if (pid.empty() || pid.size() > 9 || pid.find_first_not_of("0123456789") != std::string::npos)
+    return false;
+  return ::kill(std::atoi(pid.c_str()), 0) != 0 && errno == ESRCH;
+}
+
 } // namespace
 
 std::optional<CompiledKernel> DiskCache::load(const std::string& key, std::string* problem) const {
@@ -195,15 +208,18 @@ llvm::Error DiskCache::clear() const {
 
 llvm::Expected<std::vector<std::string>> DiskCache::collectGarbage(uint64_t maxBytes,
                                                                    const std::string& keep) const {
-  // Temporaries of writers that died: their pid (the name's second field) is gone.
-  for (const auto& name : fs::listDirectory(root_ + "/tmp")) {
-    auto dot = name.find('.');
-    auto dot2 = name.find('.', dot + 1);
-    int pid = dot == std::string::npos ? 0 : std::atoi(name.substr(dot + 1, dot2 - dot - 1).c_str());
-    bool dead = pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH;
-    if (dead || name.rfind("removed.", 0) == 0)
+  // Temporaries of writers that died ("<what>.<pid>.<random>", see uniqueSuffix),
+  // and entries that a remover renamed away but did not finish deleting.
+  for (const auto& name : fs::listDirectory(root_ + "/tmp"))
+    if (writerDied(name) || name.rfind("removed.", 0) == 0)
       llvm::consumeError(fs::removeTree(root_ + "/tmp/" + name));
-  }
+  for (const char* sub : {"", "/tuned"}) // "<file>.tmp.<pid>.<random>" of atomic rewrites
+    for (const auto& name : fs::listDirectory(root_ + sub))
+      if (name.find(".tmp.") != std::string::npos && writerDied(name))
+        llvm::consumeError(fs::removeTree(root_ + sub + "/" + name));
+  // One lock file per key ever compiled would pile up; only unheld ones go.
+  for (const auto& name : fs::listDirectory(root_ + "/locks"))
+    FileLock::removeIfUnlocked(root_ + "/locks/" + name);
   std::vector<std::string> evicted;
   auto entries = list(); // most recently used first
   uint64_t total = 0;

@@ -63,8 +63,8 @@ public:
   llvm::Error remove(const std::string& key) const;
   llvm::Error clear() const;
   /// Evicts least recently used entries until at most `maxBytes` remain,
-  /// sparing `keep`; removes stale temporaries and unreadable entries.
-  /// Returns the keys evicted.
+  /// sparing `keep`; removes unreadable entries, the temporaries of writers
+  /// that died, and the lock files nobody holds. Returns the keys evicted.
   llvm::Expected<std::vector<std::string>> collectGarbage(uint64_t maxBytes,
                                                           const std::string& keep = "") const;
 

@@ -16,6 +16,10 @@ public:
   /// be opened or locked for another reason.
   static llvm::Expected<std::optional<FileLock>> acquire(const std::string& path, int timeoutMs);
 
+  /// Deletes the lock file at `path` if no one holds it (garbage collection of
+  /// the files of keys no longer compiling). Returns whether it was deleted.
+  static bool removeIfUnlocked(const std::string& path);
+
   FileLock(FileLock&& o) noexcept : fd_(o.fd_), path_(std::move(o.path_)) { o.fd_ = -1; }
   FileLock& operator=(FileLock&&) = delete;
   FileLock(const FileLock&) = delete;

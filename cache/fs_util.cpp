@@ -51,6 +51,7 @@ llvm::Error writeFileSynced(const std::string& path, const void* data, size_t si
     if (n <= 0) {
       int e = n < 0 ? errno : ENOSPC;
       ::close(fd);
+      ::unlink(path.c_str());
       return ioError("cannot write", path, e);
     }
     p += n;
@@ -59,10 +60,14 @@ llvm::Error writeFileSynced(const std::string& path, const void* data, size_t si
   if (::fsync(fd) != 0) {
     int e = errno;
     ::close(fd);
+    ::unlink(path.c_str());
     return ioError("cannot fsync", path, e);
   }
-  if (::close(fd) != 0)
-    return ioError("cannot close", path, errno);
+  if (::close(fd) != 0) {
+    int e = errno;
+    ::unlink(path.c_str());
+    return ioError("cannot close", path, e);
+  }
   return llvm::Error::success();
 }
 

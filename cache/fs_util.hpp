@@ -10,7 +10,7 @@ namespace bqjit::fs {
 
 /// mkdir -p.
 llvm::Error createDirectories(const std::string& path);
-/// Writes a file and fsyncs it (used inside a private temporary directory).
+/// Writes a file and fsyncs it; on failure the partial file is removed.
 llvm::Error writeFileSynced(const std::string& path, const void* data, size_t size);
 /// Reads a whole file.
 llvm::Expected<std::vector<char>> readFile(const std::string& path);

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <set>
 
 #include <fcntl.h>
@@ -61,38 +62,56 @@ llvm::Error Journal::append(CacheEvent event, const std::string& key, double com
   return llvm::Error::success();
 }
 
+namespace {
+
+std::optional<JournalRecord> parseRecord(const std::string& line) {
+  auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("ev") || !j["ev"].is_string() || !j.contains("key") ||
+      !j["key"].is_string() || !j.contains("t") || !j["t"].is_number_integer())
+    return std::nullopt;
+  JournalRecord r;
+  const std::string ev = j["ev"];
+  bool known = false;
+  for (CacheEvent e : {CacheEvent::Hit, CacheEvent::Miss, CacheEvent::Compile, CacheEvent::Evict,
+                       CacheEvent::Corrupt})
+    if (ev == toString(e)) {
+      r.event = e;
+      known = true;
+    }
+  if (!known)
+    return std::nullopt;
+  r.key = j["key"];
+  r.timeMs = j["t"];
+  if (j.contains("ms") && j["ms"].is_number())
+    r.compileMs = j["ms"];
+  if (j.contains("pid") && j["pid"].is_number_integer())
+    r.pid = j["pid"];
+  return r;
+}
+
+// A torn append (a full disk) leaves a fragment without its newline, and the
+// next record lands on the same line: that record starts at the last "{"ev":"
+// (records are dumped with sorted keys, "ev" first). Empty when there is none.
+std::string recordAfterFragment(const std::string& line) {
+  const auto at = line.rfind("{\"ev\":");
+  return at == std::string::npos || at == 0 ? std::string() : line.substr(at);
+}
+
+} // namespace
+
 std::vector<JournalRecord> Journal::read(int64_t* malformed) const {
   std::vector<JournalRecord> out;
   int64_t bad = 0;
   std::ifstream in(path_);
   std::string line;
   while (std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (!j.is_object() || !j.contains("ev") || !j["ev"].is_string() || !j.contains("key") ||
-        !j["key"].is_string() || !j.contains("t") || !j["t"].is_number_integer()) {
+    auto r = parseRecord(line);
+    if (!r) {
       ++bad;
-      continue;
+      r = parseRecord(recordAfterFragment(line));
     }
-    JournalRecord r;
-    const std::string ev = j["ev"];
-    bool known = false;
-    for (CacheEvent e : {CacheEvent::Hit, CacheEvent::Miss, CacheEvent::Compile, CacheEvent::Evict,
-                         CacheEvent::Corrupt})
-      if (ev == toString(e)) {
-        r.event = e;
-        known = true;
-      }
-    if (!known) {
-      ++bad;
-      continue;
-    }
-    r.key = j["key"];
-    r.timeMs = j["t"];
-    if (j.contains("ms") && j["ms"].is_number())
-      r.compileMs = j["ms"];
-    if (j.contains("pid") && j["pid"].is_number_integer())
-      r.pid = j["pid"];
-    out.push_back(std::move(r));
+    if (r)
+      out.push_back(std::move(*r));
   }
   if (malformed)
     *malformed = bad;
@@ -131,9 +150,10 @@ llvm::Error Journal::compact(const std::vector<std::string>& liveKeys) const {
   std::ifstream in(path_);
   std::string line;
   while (std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_object() && j.contains("key") && j["key"].is_string() &&
-        live.count(j["key"].get<std::string>()))
+    if (!parseRecord(line))
+      line = recordAfterFragment(line);
+    auto r = parseRecord(line);
+    if (r && live.count(r->key))
       text += line + "\n";
   }
   const std::string tmp = path_ + ".tmp." + fs::uniqueSuffix();

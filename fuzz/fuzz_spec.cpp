@@ -1,0 +1,104 @@
+// Fuzzes the two ways a KernelSpec enters bqjit from outside: JSON (the C
+// API, the Python binding, manifests, cache metadata) and the command line's
+// key=value tokens. The bytes are parsed as JSON without exceptions and given
+// to KernelSpec::fromJson; then split on whitespace into tokens for
+// KernelSpec::fromFields and for the CLI's parseSpecArgs.
+//
+// Beyond "no crash, no exception, no sanitizer report", every accepted spec
+// must round-trip through its canonical JSON, and the launch heuristic must
+// give it a valid shape for every vector-width cap.
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "bqjit/kernel_spec.hpp"
+#include "fuzz/common.hpp"
+#include "jit/launch_heuristic.hpp"
+#include "tools/spec_args.hpp"
+
+namespace {
+
+using bqjit::KernelSpec;
+
+void checkAccepted(const KernelSpec& spec) {
+  const std::string canonical = spec.canonical();
+  auto again = KernelSpec::fromJson(nlohmann::json::parse(canonical));
+  if (!again) {
+    std::string message;
+    bqjit::consumeError(again.takeError(), &message);
+    BQJIT_FUZZ_CHECK(false, "canonical form rejected: " + canonical + ": " + message);
+  }
+  BQJIT_FUZZ_CHECK(again->canonical() == canonical, "canonical form changed: " + canonical);
+  BQJIT_FUZZ_CHECK(!spec.label().empty(), canonical);
+  BQJIT_FUZZ_CHECK(spec.numGroups() >= 1, canonical);
+
+  // The heuristic's shapes are valid for every spec that validates, whatever
+  // the cap (the C API passes any max_vec_width >= 1).
+  for (int cap : {1, 2, 3, 4, 8, 16, 17, 1 << 30}) {
+    for (auto regime : {bqjit::Regime::Throughput, bqjit::Regime::Latency}) {
+      const bqjit::LaunchShape s = bqjit::chooseLaunchShape(spec, cap, regime);
+      BQJIT_FUZZ_CHECK(s.vecWidth <= cap || s.vecWidth == 1, canonical);
+      if (auto err = bqjit::validateShape(spec, s))
+        BQJIT_FUZZ_CHECK(false, canonical + " cap " + std::to_string(cap) + ": " +
+                                    bqjit::consumeToString(std::move(err)));
+    }
+  }
+  KernelSpec resolved = bqjit::resolveShape(spec);
+  if (auto err = resolved.validate())
+    BQJIT_FUZZ_CHECK(false, "resolved spec invalid: " + bqjit::consumeToString(std::move(err)));
+}
+
+void fromJson(const std::string& text) {
+  auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded())
+    return;
+  auto spec = KernelSpec::fromJson(j);
+  if (!spec)
+    return bqjit::fuzz::expectMessage(spec.takeError());
+  checkAccepted(*spec);
+}
+
+void fromTokens(const std::string& text) {
+  std::vector<std::string> tokens;
+  std::map<std::string, std::string> fields;
+  size_t i = 0;
+  while (i < text.size()) {
+    while (i < text.size() && (text[i] == ' ' || text[i] == '\n' || text[i] == '\t'))
+      ++i;
+    size_t end = i;
+    while (end < text.size() && text[end] != ' ' && text[end] != '\n' && text[end] != '\t')
+      ++end;
+    if (end > i) {
+      std::string token = text.substr(i, end - i);
+      const size_t eq = token.find('=');
+      if (eq != std::string::npos)
+        fields[token.substr(0, eq)] = token.substr(eq + 1);
+      tokens.push_back(std::move(token));
+    }
+    i = end;
+  }
+  auto spec = KernelSpec::fromFields(fields);
+  if (spec)
+    checkAccepted(*spec);
+  else
+    bqjit::fuzz::expectMessage(spec.takeError());
+
+  auto args = bqjit::cli::parseSpecArgs(tokens);
+  if (args)
+    checkAccepted(args->spec);
+  else
+    bqjit::fuzz::expectMessage(args.takeError());
+}
+
+} // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string text(reinterpret_cast<const char*>(data), size);
+  fromJson(text);
+  fromTokens(text);
+  return 0;
+}

@@ -1,0 +1,336 @@
+// The C API (include/bqjit/bqjit.h) on bad input: NULL pointers, NULL or
+// invalid JSON, invalid spec fields, small buffers, no driver; and the
+// per-thread error message. Linked against the shared library, so only the
+// exported bqjit_* symbols are reachable.
+#include "bqjit/bqjit.h"
+
+#include <dlfcn.h>
+#include <stdlib.h>
+
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+namespace {
+
+constexpr const char* kSpec = R"({"hidden": 2048, "group_size": 128, "arch": "sm_90"})";
+
+testing::AssertionResult contains(const std::string& text, const std::string& needle) {
+  if (text.find(needle) != std::string::npos)
+    return testing::AssertionSuccess();
+  return testing::AssertionFailure() << "\"" << text << "\" lacks \"" << needle << "\"";
+}
+
+std::string lastError() { return bqjit_last_error(); }
+
+/// A service on a fresh temporary cache directory, removed afterwards.
+class CApiTest : public testing::Test {
+protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/bqjit_c_api_XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    ASSERT_EQ(bqjit_service_create(dir_.c_str(), &svc_), BQJIT_OK) << lastError();
+    ASSERT_NE(svc_, nullptr);
+    EXPECT_EQ(lastError(), "");
+  }
+  void TearDown() override {
+    bqjit_service_destroy(svc_);
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+
+  std::string dir_;
+  bqjit_service svc_ = nullptr;
+};
+
+TEST_F(CApiTest, NullOutPointersAreInvalidArguments) {
+  EXPECT_EQ(bqjit_service_create(dir_.c_str(), nullptr), BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "out is NULL"));
+
+  EXPECT_EQ(bqjit_kernel_get(svc_, kSpec, 0, nullptr), BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "out is NULL"));
+
+  // `needed` is optional; a NULL buffer is "too small".
+  EXPECT_EQ(bqjit_default_launch(kSpec, 16, nullptr, 0, nullptr), BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "too small"));
+  char buf[256];
+  EXPECT_EQ(bqjit_default_launch(kSpec, 16, buf, sizeof buf, nullptr), BQJIT_OK) << lastError();
+}
+
+TEST_F(CApiTest, NullServiceIsAnInvalidArgument) {
+  char buf[64];
+  size_t needed = 0;
+  EXPECT_EQ(bqjit_compile(nullptr, kSpec, buf, sizeof buf, &needed),
+            BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "service is NULL"));
+
+  EXPECT_EQ(bqjit_spec_for_device(nullptr, kSpec, 0, buf, sizeof buf, &needed),
+            BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "service is NULL"));
+
+  bqjit_kernel kernel = reinterpret_cast<bqjit_kernel>(&needed);
+  EXPECT_EQ(bqjit_kernel_get(nullptr, kSpec, 0, &kernel), BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "service is NULL"));
+
+  // Destroying and releasing NULL are no-ops.
+  bqjit_service_destroy(nullptr);
+  bqjit_kernel_release(nullptr);
+}
+
+TEST_F(CApiTest, NullSpecJson) {
+  char buf[256];
+  size_t needed = 0;
+  EXPECT_EQ(bqjit_compile(svc_, nullptr, buf, sizeof buf, &needed), BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "spec_json is NULL"));
+
+  EXPECT_EQ(bqjit_default_launch(nullptr, 16, buf, sizeof buf, &needed),
+            BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "spec_json is NULL"));
+
+  bqjit_kernel kernel = nullptr;
+  EXPECT_EQ(bqjit_kernel_get(svc_, nullptr, 0, &kernel), BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(kernel, nullptr);
+  EXPECT_TRUE(contains(lastError(), "spec_json is NULL"));
+
+  // bqjit_spec_for_device reports a NULL spec as "not a JSON object"
+  // (INVALID_SPEC): an error either way, never a crash.
+  EXPECT_NE(bqjit_spec_for_device(svc_, nullptr, 0, buf, sizeof buf, &needed), BQJIT_OK);
+  EXPECT_NE(lastError(), "");
+}
+
+TEST_F(CApiTest, InvalidJsonIsAnInvalidSpec) {
+  char buf[256];
+  size_t needed = 0;
+  for (const char* text : {"", "{", "{\"hidden\": 2048,}", "not json", "[1, 2", "\xff\xfe"}) {
+    SCOPED_TRACE(text);
+    EXPECT_EQ(bqjit_compile(svc_, text, buf, sizeof buf, &needed), BQJIT_ERROR_INVALID_SPEC);
+    EXPECT_TRUE(contains(lastError(), "not valid JSON"));
+    EXPECT_EQ(bqjit_default_launch(text, 16, buf, sizeof buf, &needed), BQJIT_ERROR_INVALID_SPEC);
+    EXPECT_EQ(bqjit_spec_for_device(svc_, text, 0, buf, sizeof buf, &needed),
+              BQJIT_ERROR_INVALID_SPEC);
+    bqjit_kernel kernel = nullptr;
+    EXPECT_EQ(bqjit_kernel_get(svc_, text, 0, &kernel), BQJIT_ERROR_INVALID_SPEC);
+    EXPECT_EQ(kernel, nullptr);
+  }
+  // Valid JSON that is not an object.
+  for (const char* text : {"[]", "7168", "null", "\"hidden\""}) {
+    SCOPED_TRACE(text);
+    EXPECT_EQ(bqjit_compile(svc_, text, buf, sizeof buf, &needed), BQJIT_ERROR_INVALID_SPEC);
+    EXPECT_TRUE(contains(lastError(), "must be a JSON object"));
+  }
+}
+
+TEST_F(CApiTest, InvalidSpecFieldIsNamed) {
+  struct Case {
+    const char* json;
+    const char* field;
+  };
+  const Case cases[] = {
+      {R"({"hidden": 7168, "group_size": 100})", "'group_size'"},
+      {R"({"hidden": 0})", "'hidden'"},
+      {R"({"hidden": "7168"})", "'hidden'"},
+      {R"({"hidden": 7168, "in_dtype": "int4"})", "'in_dtype'"},
+      {R"({"hidden": 7168, "out_dtype": "fp4"})", "'out_dtype'"},
+      {R"({"hidden": 7168, "scale_layout": "diagonal"})", "'scale_layout'"},
+      {R"({"hidden": 7168, "ue8m0": 1})", "'ue8m0'"},
+      {R"({"hidden": 7168, "arch": "sm_70"})", "'arch'"},
+      {R"({"hidden": 7168, "hiden": 1})", "'hiden'"},
+      {R"({"group_size": 128})", "'hidden'"},
+      {R"({"hidden": 7168, "launch": {"threads_per_group": 4, "vec_width": 3,
+           "groups_per_block": 8}})",
+       "'launch.vec_width'"},
+      {R"({"hidden": 99999999999})", "'hidden'"},
+  };
+  char buf[256];
+  size_t needed = 0;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.json);
+    EXPECT_EQ(bqjit_compile(svc_, c.json, buf, sizeof buf, &needed), BQJIT_ERROR_INVALID_SPEC);
+    EXPECT_TRUE(contains(lastError(), c.field));
+    EXPECT_TRUE(contains(lastError(), "invalid-spec"));
+    EXPECT_EQ(bqjit_default_launch(c.json, 16, buf, sizeof buf, &needed),
+              BQJIT_ERROR_INVALID_SPEC);
+    EXPECT_TRUE(contains(lastError(), c.field));
+    bqjit_kernel kernel = nullptr;
+    EXPECT_EQ(bqjit_kernel_get(svc_, c.json, 0, &kernel), BQJIT_ERROR_INVALID_SPEC);
+    EXPECT_TRUE(contains(lastError(), c.field));
+  }
+}
+
+TEST_F(CApiTest, CompileWorksWithoutAGpuAndReportsItsMetadata) {
+  size_t needed = 0;
+  // Ask for the size first: a NULL buffer of size 0 is too small.
+  ASSERT_EQ(bqjit_compile(svc_, kSpec, nullptr, 0, &needed), BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "too small"));
+  EXPECT_TRUE(contains(lastError(), std::to_string(needed) + " needed"));
+  ASSERT_GT(needed, 1u);
+
+  // One byte short (no room for the NUL) is still too small and untouched.
+  std::vector<char> buf(needed, '#');
+  size_t needed2 = 0;
+  EXPECT_EQ(bqjit_compile(svc_, kSpec, buf.data(), needed - 1, &needed2),
+            BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(needed2, needed);
+  EXPECT_EQ(buf[0], '#');
+
+  // Exactly enough: the second request is a cache hit with the same text.
+  needed2 = 0;
+  ASSERT_EQ(bqjit_compile(svc_, kSpec, buf.data(), buf.size(), &needed2), BQJIT_OK)
+      << lastError();
+  EXPECT_EQ(lastError(), "");
+  EXPECT_EQ(needed2, needed);
+  ASSERT_EQ(std::strlen(buf.data()) + 1, needed);
+
+  auto j = nlohmann::json::parse(buf.data(), nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(j.is_object()) << buf.data();
+  ASSERT_TRUE(j.contains("key") && j["key"].is_string());
+  EXPECT_EQ(j["key"].get<std::string>().size(), 32u);
+  ASSERT_TRUE(j.contains("lowered_name") && j["lowered_name"].is_string());
+  EXPECT_FALSE(j["lowered_name"].get<std::string>().empty());
+  ASSERT_TRUE(j.contains("resources") && j["resources"].is_object());
+  ASSERT_TRUE(j["resources"].contains("registers"));
+  EXPECT_GT(j["resources"]["registers"].get<int>(), 0);
+  ASSERT_TRUE(j.contains("spec") && j["spec"].is_object());
+  EXPECT_EQ(j["spec"]["hidden"], 2048);
+  EXPECT_EQ(j["spec"]["arch"], "sm_90");
+  EXPECT_TRUE(j["spec"].contains("launch")); // resolved
+  EXPECT_GT(j.value("cubin_bytes", 0), 0);
+  EXPECT_GT(j.value("ptx_bytes", 0), 0);
+
+  // A larger buffer works as well and gives the same text.
+  std::vector<char> big(needed + 100, '#');
+  ASSERT_EQ(bqjit_compile(svc_, kSpec, big.data(), big.size(), nullptr), BQJIT_OK);
+  EXPECT_STREQ(big.data(), buf.data());
+}
+
+TEST_F(CApiTest, DefaultLaunchRespectsMaxVecWidth) {
+  const char* spec = R"({"hidden": 7168, "group_size": 128})";
+  char buf[256];
+  size_t needed = 0;
+  for (int bad : {0, -1, -16}) {
+    EXPECT_EQ(bqjit_default_launch(spec, bad, buf, sizeof buf, &needed),
+              BQJIT_ERROR_INVALID_ARGUMENT);
+    EXPECT_TRUE(contains(lastError(), "max_vec_width"));
+  }
+  for (int max : {1, 2, 4, 8, 16}) {
+    SCOPED_TRACE(max);
+    ASSERT_EQ(bqjit_default_launch(spec, max, buf, sizeof buf, &needed), BQJIT_OK) << lastError();
+    EXPECT_EQ(lastError(), "");
+    EXPECT_EQ(needed, std::strlen(buf) + 1);
+    auto j = nlohmann::json::parse(buf, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << buf;
+    const int vec = j.value("vec_width", -1);
+    const int tpg = j.value("threads_per_group", -1);
+    const int gpb = j.value("groups_per_block", -1);
+    EXPECT_GE(vec, 1);
+    EXPECT_LE(vec, max);
+    EXPECT_EQ(128 % vec, 0);
+    EXPECT_GE(tpg, 1);
+    EXPECT_LE(tpg, 32);
+    EXPECT_GE(gpb, 1);
+  }
+  // A given "launch" is ignored (it is the default that is asked for).
+  const char* withLaunch = R"({"hidden": 7168, "group_size": 128,
+      "launch": {"threads_per_group": 1, "vec_width": 8, "groups_per_block": 1}})";
+  ASSERT_EQ(bqjit_default_launch(withLaunch, 2, buf, sizeof buf, &needed), BQJIT_OK)
+      << lastError();
+  auto j = nlohmann::json::parse(buf, nullptr, false);
+  EXPECT_LE(j.value("vec_width", 99), 2);
+  // Too small a buffer.
+  EXPECT_EQ(bqjit_default_launch(spec, 2, buf, 4, &needed), BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_GT(needed, 4u);
+}
+
+bool driverPresent() {
+  void* handle = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!handle)
+    return false;
+  dlclose(handle);
+  return true;
+}
+
+TEST_F(CApiTest, KernelGetWithoutADriverIsNoDriver) {
+  if (driverPresent())
+    GTEST_SKIP() << "libcuda.so.1 is present";
+  bqjit_kernel kernel = reinterpret_cast<bqjit_kernel>(&svc_);
+  EXPECT_EQ(bqjit_kernel_get(svc_, kSpec, 0, &kernel), BQJIT_ERROR_NO_DRIVER);
+  EXPECT_EQ(kernel, nullptr);
+  EXPECT_TRUE(contains(lastError(), "libcuda.so.1"));
+  EXPECT_TRUE(contains(lastError(), "no-driver")) << "the code name comes first";
+  // The same for the current device (-1) and for the device's spec.
+  EXPECT_EQ(bqjit_kernel_get(svc_, kSpec, -1, &kernel), BQJIT_ERROR_NO_DRIVER);
+  EXPECT_TRUE(contains(lastError(), "libcuda.so.1"));
+  char buf[256];
+  size_t needed = 0;
+  EXPECT_EQ(bqjit_spec_for_device(svc_, kSpec, 0, buf, sizeof buf, &needed),
+            BQJIT_ERROR_NO_DRIVER);
+  EXPECT_TRUE(contains(lastError(), "libcuda.so.1"));
+  // Compiling still works afterwards.
+  ASSERT_EQ(bqjit_compile(svc_, kSpec, nullptr, 0, &needed), BQJIT_ERROR_INVALID_ARGUMENT);
+  std::vector<char> meta(needed);
+  EXPECT_EQ(bqjit_compile(svc_, kSpec, meta.data(), meta.size(), nullptr), BQJIT_OK)
+      << lastError();
+}
+
+TEST_F(CApiTest, KernelLaunchRejectsNullKernelAndArgs) {
+  bqjit_launch_args args{};
+  EXPECT_EQ(bqjit_kernel_launch(nullptr, &args, nullptr), BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "kernel is NULL"));
+  EXPECT_EQ(bqjit_kernel_launch(nullptr, nullptr, nullptr), BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "kernel is NULL"));
+  // NULL args are rejected before the kernel handle is used: a non-NULL
+  // handle that is never dereferenced stands in for a real kernel (getting
+  // one needs a GPU).
+  auto notDereferenced = reinterpret_cast<bqjit_kernel>(static_cast<uintptr_t>(0x10));
+  EXPECT_EQ(bqjit_kernel_launch(notDereferenced, nullptr, nullptr), BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "args is NULL"));
+}
+
+TEST_F(CApiTest, LastErrorIsClearedOnSuccess) {
+  char buf[256];
+  size_t needed = 0;
+  EXPECT_EQ(bqjit_default_launch("{", 16, buf, sizeof buf, &needed), BQJIT_ERROR_INVALID_SPEC);
+  EXPECT_NE(lastError(), "");
+  EXPECT_EQ(bqjit_default_launch(kSpec, 16, buf, sizeof buf, &needed), BQJIT_OK);
+  EXPECT_EQ(lastError(), "");
+
+  EXPECT_EQ(bqjit_compile(svc_, "{}", buf, sizeof buf, &needed), BQJIT_ERROR_INVALID_SPEC);
+  EXPECT_NE(lastError(), "");
+  bqjit_service other = nullptr;
+  ASSERT_EQ(bqjit_service_create("", &other), BQJIT_OK) << lastError(); // no disk cache
+  EXPECT_EQ(lastError(), "");
+  bqjit_service_destroy(other);
+}
+
+TEST_F(CApiTest, LastErrorIsPerThread) {
+  char buf[256];
+  size_t needed = 0;
+  ASSERT_EQ(bqjit_default_launch("{", 16, buf, sizeof buf, &needed), BQJIT_ERROR_INVALID_SPEC);
+  const std::string mine = lastError();
+  ASSERT_TRUE(contains(mine, "not valid JSON"));
+
+  std::string seenByOther = "(unset)";
+  std::string otherAfterItsError;
+  std::thread t([&] {
+    seenByOther = bqjit_last_error();
+    bqjit_default_launch(R"({"hidden": 7168, "group_size": 100})", 16, buf, sizeof buf, nullptr);
+    otherAfterItsError = bqjit_last_error();
+  });
+  t.join();
+  EXPECT_EQ(seenByOther, "") << "a fresh thread sees no error";
+  EXPECT_TRUE(contains(otherAfterItsError, "'group_size'"));
+  EXPECT_EQ(lastError(), mine) << "the other thread's error is not seen here";
+
+  // Success on another thread does not clear this thread's error either.
+  std::thread t2([&] { bqjit_default_launch(kSpec, 16, buf, sizeof buf, nullptr); });
+  t2.join();
+  EXPECT_EQ(lastError(), mine);
+}
+
+} // namespace
