@@ -88,6 +88,15 @@ bool writerDied(const std::string& name) {
   return ::kill(std::atoi(pid.c_str()), 0) != 0 && errno == ESRCH;
 }
 
+bool hasAllFiles(const std::string& dir) {
+  for (const char* name : {kMetaFile, kCubinFile, kPtxFile}) {
+    struct stat st;
+    if (::stat((dir + "/" + name).c_str(), &st) != 0 || !S_ISREG(st.st_mode))
+      return false;
+  }
+  return true;
+}
+
 } // namespace
 
 std::optional<CompiledKernel> DiskCache::load(const std::string& key, std::string* problem) const {
@@ -95,6 +104,7 @@ std::optional<CompiledKernel> DiskCache::load(const std::string& key, std::strin
   if (!fs::exists(dir))
     return std::nullopt;
   auto raw = readEntry(dir);
+  const bool readFailed = !raw;
   llvm::Expected<CompiledKernel> kernel =
       raw ? decodeEntry(key, std::move(*raw)) : llvm::Expected<CompiledKernel>(raw.takeError());
   if (kernel)
@@ -104,6 +114,14 @@ std::optional<CompiledKernel> DiskCache::load(const std::string& key, std::strin
   // A reader racing with an eviction sees files vanish: that is a miss.
   if (!fs::exists(dir))
     return std::nullopt;
+  // All files there but unreadable (out of descriptors, permissions, I/O): this
+  // process's trouble, not the entry's. Deleting it would cost every other
+  // process a recompile.
+  if (readFailed && hasAllFiles(dir)) {
+    config_.log(LogLevel::Warn, "cannot read cache entry " + key + " (" + message +
+                                    "); compiling it instead");
+    return std::nullopt;
+  }
   if (problem)
     *problem = message;
   config_.log(LogLevel::Warn, "cache entry " + key + " is corrupt and will be recompiled: " + message);

@@ -48,7 +48,9 @@ public:
 
   /// Reads and verifies an entry: std::nullopt when absent. A corrupt entry
   /// (bad checksum, truncated, altered, unreadable metadata, other format) is
-  /// removed, recorded as corrupt, and reported through `problem`.
+  /// removed, recorded as corrupt, and reported through `problem`. An entry
+  /// whose files are all there but cannot be read by this process (out of
+  /// descriptors, permissions) is left in place: a miss, with a warning.
   std::optional<CompiledKernel> load(const std::string& key, std::string* problem = nullptr) const;
 
   /// Publishes an entry atomically: written in a private directory, fsynced,

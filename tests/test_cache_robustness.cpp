@@ -46,12 +46,6 @@ double msSince(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
-testing::AssertionResult contains(const std::string& text, const std::string& needle) {
-  if (text.find(needle) != std::string::npos)
-    return testing::AssertionSuccess();
-  return testing::AssertionFailure() << "\"" << text << "\" lacks \"" << needle << "\"";
-}
-
 /// A small spec with an explicit launch shape, so that it is exactly one entry.
 KernelSpec specNumber(int k) {
   KernelSpec s;
@@ -222,7 +216,7 @@ bool isKernelOf(const KernelCache::KernelPtr& kernel, const KernelSpec& spec,
                 const Compiler& compiler) {
   return kernel && kernel->key == compiler.cacheKey(spec) &&
          kernel->spec.canonical() == spec.canonical() && kernel->cubin.size() > 4 &&
-         std::equal(kernel->cubin.begin(), kernel->cubin.begin() + 4, "\x7f" "ELF") &&
+         std::equal(kernel->cubin.begin(), kernel->cubin.begin() + 4, "\177ELF") &&
          !kernel->ptx.empty();
 }
 
@@ -334,12 +328,12 @@ void CacheRobustness::runFleet(bool collectGarbageMeanwhile) {
       }
       const CacheCounters n = cache.counters();
       // Each key is produced once per process: loaded from disk or compiled.
-      check(n.compiles + n.diskHits == kSpecs,
-            "compiles " + std::to_string(n.compiles) + " + disk hits " +
-                std::to_string(n.diskHits) + " != " + std::to_string(kSpecs));
+      check(n.compiles + n.diskHits == kSpecs, "compiles " + std::to_string(n.compiles) +
+                                                   " + disk hits " + std::to_string(n.diskHits) +
+                                                   " != " + std::to_string(kSpecs));
       check(log.warnings.empty(), "unexpected warnings:\n" + log.all());
-      say(fd, "compiles=" + std::to_string(n.compiles) + " disk_hits=" +
-                  std::to_string(n.diskHits) + "\n");
+      say(fd, "compiles=" + std::to_string(n.compiles) +
+                  " disk_hits=" + std::to_string(n.diskHits) + "\n");
       return check.exitCode();
     }));
     ASSERT_GT(children.back().pid, 0);
@@ -406,12 +400,16 @@ void CacheRobustness::runFleet(bool collectGarbageMeanwhile) {
             << "\n";
 }
 
-TEST_F(CacheRobustness, FleetOnEmptyDirectoryCompilesEachKernelOnce) { runFleet(false); }
+TEST_F(CacheRobustness, FleetOnEmptyDirectoryCompilesEachKernelOnce) {
+  runFleet(false);
+}
 
 // The same, while garbage collection deletes every lock file nobody holds:
 // a process that opened a lock file just before it was deleted must not
 // think it holds the key's lock (that would be a second compile).
-TEST_F(CacheRobustness, FleetCompilesOnceWhileLockFilesAreCollected) { runFleet(true); }
+TEST_F(CacheRobustness, FleetCompilesOnceWhileLockFilesAreCollected) {
+  runFleet(true);
+}
 
 TEST_F(CacheRobustness, WriterKilledAtRandomTimesLeavesNoHalfEntry) {
   constexpr int kTries = 20;
@@ -471,9 +469,8 @@ TEST_F(CacheRobustness, WriterKilledAtRandomTimesLeavesNoHalfEntry) {
   }
   EXPECT_EQ(disk_->journal().stats().corrupt, 0);
   std::cout << "[ crash    ] seed " << seed << ": " << killed << "/" << kTries
-            << " writers killed, " << publishedBeforeKill << " had published, "
-            << staleTemporaries << " left a temporary; slowest recovery " << slowestMs
-            << " ms\n";
+            << " writers killed, " << publishedBeforeKill << " had published, " << staleTemporaries
+            << " left a temporary; slowest recovery " << slowestMs << " ms\n";
 }
 
 TEST_F(CacheRobustness, WriterKilledWhileHoldingTheKeyLock) {
@@ -499,7 +496,7 @@ TEST_F(CacheRobustness, WriterKilledWhileHoldingTheKeyLock) {
       llvm::consumeError(tmp.takeError());
       return 1;
     }
-    const std::string half = "\x7f" "ELF" + std::string(500, 'x');
+    const std::string half = "\177ELF" + std::string(500, 'x');
     check(!fs::writeFileSynced(tmp->path() + "/kernel.cubin", half.data(), half.size()),
           "write cubin");
     check(!fs::writeFileSynced(tmp->path() + "/meta.json", "{\"key\":", 7), "write meta");
@@ -752,6 +749,47 @@ TEST_F(CacheRobustness, FullDiskTearsNoJournalRecordAndLeavesNoPartialFile) {
   EXPECT_DOUBLE_EQ(compacted[0].compileMs, 42.0);
 }
 
+TEST_F(CacheRobustness, ReaderOutOfDescriptorsLeavesTheEntryAlone) {
+  const KernelSpec spec = specNumber(4);
+  Finished prewarm = getInFreshProcess(dir_, spec, 60000);
+  ASSERT_TRUE(prewarm.exitedZero()) << prewarm.report;
+  const auto keys = names("/entries");
+  ASSERT_EQ(keys.size(), 1u);
+  const std::string key = keys[0];
+  Child child = startChild([&](int fd) {
+    ChildChecks check{fd};
+    std::vector<std::string> warnings;
+    Config config;
+    config.logSink = [&](LogLevel, const std::string& text) { warnings.push_back(text); };
+    DiskCache disk(dir_, config);
+    // No descriptor left: every open fails with EMFILE.
+    const int lowest = ::dup(0);
+    ::close(lowest);
+    struct rlimit limit;
+    ::getrlimit(RLIMIT_NOFILE, &limit);
+    const rlim_t saved = limit.rlim_cur;
+    limit.rlim_cur = static_cast<rlim_t>(lowest);
+    check(::setrlimit(RLIMIT_NOFILE, &limit) == 0, "setrlimit");
+    std::string problem;
+    check(!disk.load(key, &problem).has_value(), "nothing loads without descriptors");
+    limit.rlim_cur = saved;
+    check(::setrlimit(RLIMIT_NOFILE, &limit) == 0, "setrlimit back");
+    check(problem.empty(), "not reported as corrupt: " + problem);
+    check(warnings.size() == 1 && warnings[0].find("cannot read cache entry " + key) == 0,
+          "one warning that says so");
+    check(disk.load(key).has_value(), "it loads once descriptors are back");
+    for (const auto& w : warnings)
+      say(fd, "  warning: " + w + "\n");
+    return check.exitCode();
+  });
+  ASSERT_GT(child.pid, 0);
+  Finished f = finish(child);
+  ASSERT_TRUE(f.exitedZero()) << "status " << f.status << "\n" << f.report;
+  EXPECT_TRUE(fs::exists(disk_->entryDir(key)));
+  EXPECT_EQ(disk_->verify().bad, 0);
+  EXPECT_EQ(disk_->journal().stats().corrupt, 0);
+}
+
 TEST_F(CacheRobustness, EntriesPathThatIsAFileWorksFromMemoryAndWarnsOnce) {
   // Root ignores permissions; a regular file where entries/ should be is
   // unwritable for everyone.
@@ -868,8 +906,7 @@ TEST_F(CacheRobustness, StuckLockHolderDoesNotBlockPastTheTimeout) {
     }
     check(::kill(holder, 0) == 0, "the holder still holds the locks");
     int status = 0;
-    check(::waitpid(holder, &status, 0) == holder && WIFEXITED(status) &&
-              WEXITSTATUS(status) == 0,
+    check(::waitpid(holder, &status, 0) == holder && WIFEXITED(status) && WEXITSTATUS(status) == 0,
           "the holder exits cleanly");
     // The private compiles were published for everyone else.
     check(disk.load(keyA).has_value() && disk.load(keyB).has_value(), "both published");
