@@ -122,6 +122,15 @@ def check_correct(x, q, s, group):
     return int((diff > 0).sum()) <= max(1, q.numel() // 100000)
 
 
+def write_json(path, props, copy_gbs, rows):
+    out = dict(device=props.name, torch=torch.__version__, copy_gbs=copy_gbs,
+               method="CUDA graph of R launches over rotating buffer sets, L2 flushed before each "
+                      "replay, median over replays",
+               rows=rows, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="a few shapes only")
@@ -218,13 +227,9 @@ def main():
               flush=True)
         del sets
         torch.cuda.empty_cache()
+        write_json(args.json, props, copy_gbs, rows)  # after every row: a killed run keeps its rows
 
-    out = dict(device=props.name, torch=torch.__version__, copy_gbs=copy_gbs,
-               method="CUDA graph of R launches over rotating buffer sets, L2 flushed before each "
-                      "replay, median over replays",
-               rows=rows, time=time.strftime("%Y-%m-%d %H:%M:%S"))
-    with open(args.json, "w") as f:
-        json.dump(out, f, indent=1)
+    write_json(args.json, props, copy_gbs, rows)
     print("%copy: of the 1 GiB copy bandwidth; %cp=: a copy of the same bytes, same method, "
           "time over bqjit's")
     big = [r for r in rows if r["tokens"] >= 1024]
