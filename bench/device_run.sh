@@ -39,7 +39,7 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
 fi
 if [ "$what" = tune ] || [ "$what" = all ]; then
   # Tune two shapes, then time them again: the stored records take effect.
-  timeout 50 devpack/bin/bqjit tune hidden=18432 G=96 --tokens 8192 --iters 10 2>&1 | tail -12 |
+  timeout 50 devpack/bin/bqjit tune hidden=18432 G=96 --tokens 2048 --iters 10 2>&1 | tail -12 |
     tee "$OUT/tune.txt"
   timeout 40 python3 bench/bench.py --json "$OUT/bench_tuned.json" --replays 8 --no-compile \
     --shapes 18432:8192:96 2>&1 | tail -3 | tee -a "$OUT/tune.txt"

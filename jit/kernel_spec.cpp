@@ -14,6 +14,13 @@ llvm::Error specError(const std::string& field, const std::string& value, const 
                    "invalid spec field '" + field + "' = " + value + ": " + rule);
 }
 
+// A JSON value as text for an error message. Strings from the command line
+// (fromFields) may hold invalid UTF-8, on which a plain dump() throws; such
+// bytes are shown as U+FFFD instead.
+std::string shown(const nlohmann::json& v) {
+  return v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 bool isPowerOfTwo(int v) { return v > 0 && (v & (v - 1)) == 0; }
 
 // Accepts "sm_<digits>" optionally followed by one of the arch-specific
@@ -188,26 +195,26 @@ llvm::Expected<int> intField(const nlohmann::json& j, const char* name,
   const auto& v = j.at(name);
   const std::string field = label.empty() ? std::string(name) : label;
   if (!v.is_number_integer())
-    return specError(field, v.dump(), "must be an integer");
+    return specError(field, shown(v), "must be an integer");
   if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT32_MAX))
-    return specError(field, v.dump(), "must fit in 32 bits");
+    return specError(field, shown(v), "must fit in 32 bits");
   auto x = v.get<int64_t>();
   if (x < INT32_MIN || x > INT32_MAX)
-    return specError(field, v.dump(), "must fit in 32 bits");
+    return specError(field, shown(v), "must fit in 32 bits");
   return static_cast<int>(x);
 }
 
 llvm::Expected<bool> boolField(const nlohmann::json& j, const char* name) {
   const auto& v = j.at(name);
   if (!v.is_boolean())
-    return specError(name, v.dump(), "must be true or false");
+    return specError(name, shown(v), "must be true or false");
   return v.get<bool>();
 }
 
 llvm::Expected<std::string> stringField(const nlohmann::json& j, const char* name) {
   const auto& v = j.at(name);
   if (!v.is_string())
-    return specError(name, v.dump(), "must be a string");
+    return specError(name, shown(v), "must be a string");
   return v.get<std::string>();
 }
 
@@ -215,7 +222,7 @@ llvm::Expected<std::string> stringField(const nlohmann::json& j, const char* nam
 
 llvm::Expected<KernelSpec> KernelSpec::fromJson(const nlohmann::json& j) {
   if (!j.is_object())
-    return specError("spec", j.dump(), "must be a JSON object");
+    return specError("spec", shown(j), "must be a JSON object");
   static const char* const kKnown[] = {"hidden", "group_size", "in_dtype", "out_dtype",
                                        "scale_layout", "ue8m0", "scale_ub", "masked",
                                        "arch", "launch"};
@@ -224,7 +231,7 @@ llvm::Expected<KernelSpec> KernelSpec::fromJson(const nlohmann::json& j) {
     for (const char* k : kKnown)
       known |= it.key() == k;
     if (!known)
-      return specError(it.key(), it.value().dump(),
+      return specError(it.key(), shown(it.value()),
                        "unknown field (known: hidden, group_size, in_dtype, out_dtype, "
                        "scale_layout, ue8m0, scale_ub, masked, arch, launch)");
   }
@@ -287,7 +294,7 @@ llvm::Expected<KernelSpec> KernelSpec::fromJson(const nlohmann::json& j) {
   if (j.contains("launch")) {
     const auto& l = j.at("launch");
     if (!l.is_object())
-      return specError("launch", l.dump(), "must be an object");
+      return specError("launch", shown(l), "must be an object");
     LaunchShape shape;
     for (auto [name, field] :
          {std::pair<const char*, int*>{"threads_per_group", &shape.threadsPerGroup},
@@ -301,7 +308,7 @@ llvm::Expected<KernelSpec> KernelSpec::fromJson(const nlohmann::json& j) {
       *field = *v;
     }
     if (l.size() != 3)
-      return specError("launch", l.dump(),
+      return specError("launch", shown(l),
                        "takes exactly threads_per_group, vec_width, groups_per_block");
     spec.shape = shape;
   }
