@@ -3,6 +3,7 @@
 #include <thread>
 
 #include "cache/kernel_cache.hpp"
+#include "jit/launch_heuristic.hpp"
 #include "gpu_harness.hpp"
 
 namespace bqjit::test {
@@ -219,13 +220,22 @@ TEST(GpuRuntime, SecondRequestIsAMemoryHit) {
   GpuEnv& env = GpuEnv::get();
   auto kernel = env.service->getKernel(bf16Spec(4096, 64), 0);
   ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
-  // A second request returns the same loaded function without compiling.
+  // A second request returns the same loaded functions without compiling:
+  // one memory hit per launch shape the spec compiles to (many and few tokens).
+  auto variants = env.service->cache().launchVariants(bf16Spec(4096, 64));
+  ASSERT_TRUE(bool(variants)) << consumeToString(variants.takeError());
   const auto before = env.service->cache().counters();
   auto again = env.service->getKernel(bf16Spec(4096, 64), 0);
   ASSERT_TRUE(bool(again));
   const auto after = env.service->cache().counters();
   EXPECT_EQ(after.compiles, before.compiles);
-  EXPECT_EQ(after.memoryHits, before.memoryHits + 1);
+  EXPECT_EQ(after.memoryHits, before.memoryHits + static_cast<int64_t>(variants->size()));
+  EXPECT_EQ(&again->specFor(1), &kernel->specFor(1));
+  EXPECT_EQ(&again->specFor(1 << 20), &kernel->specFor(1 << 20));
+  // Few tokens take the latency shape, many the throughput shape.
+  EXPECT_EQ(*kernel->specFor(1).shape, chooseLaunchShape(bf16Spec(4096, 64), 16, Regime::Latency));
+  EXPECT_EQ(*kernel->specFor(1 << 20).shape,
+            chooseLaunchShape(bf16Spec(4096, 64), 16, Regime::Throughput));
 }
 
 } // namespace

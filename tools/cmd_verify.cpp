@@ -30,7 +30,7 @@ llvm::Error runVerify(const GpuOptions& o, const CommandContext& ctx) {
   if (!report)
     return report.takeError();
 
-  const std::string what = kernel->spec().label() + " T=" + std::to_string(o.tokens) +
+  const std::string what = kernel->specFor(o.tokens).label() + " T=" + std::to_string(o.tokens) +
                            (o.experts > 1 ? " E=" + std::to_string(o.experts) : "") + " on " +
                            gpu->session->info().name;
   ctx.out << "verify: " << (report->ok() ? "PASS " : "FAIL ") << what << ": " << report->summary()
