@@ -18,6 +18,7 @@
 #include "runtime/cuda_driver.hpp"
 #include "tools/manifest.hpp"
 #include "tools/spec_args.hpp"
+#include "test_util.hpp"
 
 #ifndef BQJIT_CLI_PATH
 #error "BQJIT_CLI_PATH must name the bqjit binary"
@@ -31,11 +32,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-testing::AssertionResult contains(const std::string& text, const std::string& needle) {
-  if (text.find(needle) != std::string::npos)
-    return testing::AssertionSuccess();
-  return testing::AssertionFailure() << "\"" << text << "\" lacks \"" << needle << "\"";
-}
+using test::contains;
 
 std::string shellQuote(const std::string& s) {
   std::string out = "'";

@@ -23,15 +23,12 @@
 #include "jit/nvrtc_program.hpp"
 #include "jit/resource_report.hpp"
 #include "jit/toolchain.hpp"
+#include "test_util.hpp"
 
 namespace bqjit {
 namespace {
 
-testing::AssertionResult contains(const std::string& text, const std::string& needle) {
-  if (text.find(needle) != std::string::npos)
-    return testing::AssertionSuccess();
-  return testing::AssertionFailure() << "\"" << text << "\" lacks \"" << needle << "\"";
-}
+using test::contains;
 
 KernelSpec makeSpec(int hidden, int group, const std::string& arch = "sm_90") {
   KernelSpec s;

@@ -12,15 +12,12 @@
 #include <gtest/gtest.h>
 
 #include "bqjit/error.hpp"
+#include "test_util.hpp"
 
 namespace bqjit {
 namespace {
 
-testing::AssertionResult contains(const std::string& text, const std::string& needle) {
-  if (text.find(needle) != std::string::npos)
-    return testing::AssertionSuccess();
-  return testing::AssertionFailure() << "\"" << text << "\" lacks \"" << needle << "\"";
-}
+using test::contains;
 
 /// A fake environment; the returned function keeps it alive.
 std::function<const char*(const char*)> env(std::map<std::string, std::string> vars) {

@@ -10,6 +10,7 @@
 
 #include "bqjit/error.hpp"
 #include "runtime/cuda_driver_test_support.hpp"
+#include "test_util.hpp"
 
 #ifndef BQJIT_FAKE_CUDA_LIBRARY
 #error "BQJIT_FAKE_CUDA_LIBRARY must name the fake driver library (tests/fake_cuda.c)"
@@ -19,11 +20,7 @@ namespace bqjit {
 namespace {
 
 /// `text` holds `needle`; the failure message shows both.
-testing::AssertionResult contains(const std::string& text, const std::string& needle) {
-  if (text.find(needle) != std::string::npos)
-    return testing::AssertionSuccess();
-  return testing::AssertionFailure() << "\"" << text << "\" lacks \"" << needle << "\"";
-}
+using test::contains;
 
 /// `text` begins with `prefix`.
 testing::AssertionResult startsWith(const std::string& text, const std::string& prefix) {

@@ -23,15 +23,12 @@
 #include "cache/fs_util.hpp"
 #include "jit/cache_key.hpp"
 #include "jit/launch_heuristic.hpp"
+#include "test_util.hpp"
 
 namespace bqjit {
 namespace {
 
-testing::AssertionResult contains(const std::string& text, const std::string& needle) {
-  if (text.find(needle) != std::string::npos)
-    return testing::AssertionSuccess();
-  return testing::AssertionFailure() << "\"" << text << "\" lacks \"" << needle << "\"";
-}
+using test::contains;
 
 std::string readText(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

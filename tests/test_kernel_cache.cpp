@@ -19,15 +19,12 @@
 #include "bqjit/error.hpp"
 #include "cache/fs_util.hpp"
 #include "jit/launch_heuristic.hpp"
+#include "test_util.hpp"
 
 namespace bqjit {
 namespace {
 
-testing::AssertionResult contains(const std::string& text, const std::string& needle) {
-  if (text.find(needle) != std::string::npos)
-    return testing::AssertionSuccess();
-  return testing::AssertionFailure() << "\"" << text << "\" lacks \"" << needle << "\"";
-}
+using test::contains;
 
 KernelSpec smallSpec(int hidden = 256) {
   KernelSpec s;

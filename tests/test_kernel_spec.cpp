@@ -9,15 +9,12 @@
 
 #include "bqjit/error.hpp"
 #include "jit/launch_heuristic.hpp"
+#include "test_util.hpp"
 
 namespace bqjit {
 namespace {
 
-testing::AssertionResult contains(const std::string& text, const std::string& needle) {
-  if (text.find(needle) != std::string::npos)
-    return testing::AssertionSuccess();
-  return testing::AssertionFailure() << "\"" << text << "\" lacks \"" << needle << "\"";
-}
+using test::contains;
 
 KernelSpec baseSpec() {
   KernelSpec s;

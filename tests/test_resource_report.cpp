@@ -10,15 +10,12 @@
 #include <gtest/gtest.h>
 
 #include "bqjit/error.hpp"
+#include "test_util.hpp"
 
 namespace bqjit {
 namespace {
 
-testing::AssertionResult contains(const std::string& text, const std::string& needle) {
-  if (text.find(needle) != std::string::npos)
-    return testing::AssertionSuccess();
-  return testing::AssertionFailure() << "\"" << text << "\" lacks \"" << needle << "\"";
-}
+using test::contains;
 
 // Two kernels in one program, verbatim from nvrtcGetProgramLog.
 const char* const kTwoKernels =
