@@ -94,6 +94,13 @@ llvm::Error parseMetadata(const std::string& text, CompiledKernel& out) {
 
 llvm::Error checkPayload(const nlohmann::json& meta, const std::vector<char>& cubin,
                          const std::string& ptx) {
+  // Types first: json::value() throws on a field of another type.
+  for (const char* f : {"cubin_bytes", "ptx_bytes"})
+    if (!meta.contains(f) || !meta[f].is_number_unsigned())
+      return metaError(f, "is missing or not a non-negative integer");
+  for (const char* f : {"cubin_xxh3", "ptx_xxh3"})
+    if (!meta.contains(f) || !meta[f].is_string())
+      return metaError(f, "is missing or not a string");
   if (cubin.size() != meta.value("cubin_bytes", uint64_t(0)))
     return makeError(ErrorCode::CacheError,
                      "kernel.cubin has " + std::to_string(cubin.size()) + " bytes, metadata says " +

@@ -51,8 +51,10 @@ llvm::Expected<CubinKernelInfo> readCubinKernelInfo(const std::vector<char>& cub
     if (s.type != 8 /*SHT_NOBITS*/ && (s.offset > cubin.size() || cubin.size() - s.offset < s.size))
       return malformed("section " + std::to_string(i) + " out of bounds");
   }
+  // A SHT_NOBITS section occupies no bytes of the file (its offset and size
+  // were not checked above): it reads as empty.
   auto stringAt = [&](const Section& table, uint32_t off) -> std::string {
-    if (off >= table.size)
+    if (table.type == 8 /*SHT_NOBITS*/ || off >= table.size)
       return "";
     const char* p = cubin.data() + table.offset + off;
     return std::string(p, strnlen(p, table.size - off));
@@ -79,7 +81,7 @@ llvm::Expected<CubinKernelInfo> readCubinKernelInfo(const std::vector<char>& cub
     const std::string name = sectionName(s);
     if (name == ".nv.shared." + loweredName)
       info.sharedBytes = static_cast<int>(s.size);
-    if (name != ".nv.info")
+    if (name != ".nv.info" || s.type == 8 /*SHT_NOBITS*/)
       continue;
     // Records: u8 format, u8 attribute, u16 size or value; format 4 has a payload.
     for (uint64_t p = s.offset; p + 4 <= s.offset + s.size;) {

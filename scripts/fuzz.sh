@@ -44,8 +44,8 @@ for t in "${targets[@]}"; do
   "$build/fuzz/$t" "$work" "fuzz/corpus/$t" -dict=fuzz/bqjit.dict -max_total_time="$seconds" \
     -timeout=25 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="$build/artifacts/$t-" >"$log" 2>&1 || rc=$?
-  done_line="$(grep -E '^#[0-9]+ +DONE' "$log" | tail -1 || true)"
-  runs="$(sed -n 's/^stat::number_of_executed_runs: *//p' "$log" | tail -1)"
+  done_line="$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1 || true)"
+  runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
   cov="$(sed -n 's/.* cov: \([0-9]*\) .*/\1/p' <<<"$done_line")"
   ft="$(sed -n 's/.* ft: \([0-9]*\) .*/\1/p' <<<"$done_line")"
   corp="$(sed -n 's/.* corp: \([0-9]*\/[0-9]*[a-zA-Z]*\) .*/\1/p' <<<"$done_line")"

@@ -56,7 +56,8 @@ llvm::Expected<Manifest> parseManifest(const std::string& text, const std::strin
   nlohmann::json root;
   try {
     root = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
+    // parse_error, and out_of_range for a number too large for a double (1e999).
     return manifestError(path, std::string("not valid JSON: ") + e.what());
   }
   if (!root.is_object())
