@@ -98,10 +98,9 @@ TEST_F(CApiTest, NullSpecJson) {
   EXPECT_EQ(kernel, nullptr);
   EXPECT_TRUE(contains(lastError(), "spec_json is NULL"));
 
-  // bqjit_spec_for_device reports a NULL spec as "not a JSON object"
-  // (INVALID_SPEC): an error either way, never a crash.
-  EXPECT_NE(bqjit_spec_for_device(svc_, nullptr, 0, buf, sizeof buf, &needed), BQJIT_OK);
-  EXPECT_NE(lastError(), "");
+  EXPECT_EQ(bqjit_spec_for_device(svc_, nullptr, 0, buf, sizeof buf, &needed),
+            BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "spec_json is NULL"));
 }
 
 TEST_F(CApiTest, InvalidJsonIsAnInvalidSpec) {

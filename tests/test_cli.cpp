@@ -425,6 +425,8 @@ TEST(Manifest, ErrorsNameThePathAndPlace) {
       "specs[0] (with \"defaults\" applied): invalid spec field 'in_dtype'");
   expectError(R"({"specs": [{"hidden": 64}]})", "specs[0] names no \"arch\"");
   expectError(R"({"specs": [{"hidden": 64}]})", "archs[0]", {"gpu9000"});
+  // Found by fuzz_manifest: a number too large for a double used to abort.
+  expectError(R"({"archs": ["sm_90"], "specs": [{"hidden": 1e999}]})", "manifest 'x.json'");
 }
 
 } // namespace

@@ -614,5 +614,16 @@ TEST(KernelSpecEnums, QuantConstantsMatchSpec) {
   EXPECT_EQ(minScale(OutDtype::INT8), std::ldexp(1.0f, -23));
 }
 
+// Found by fuzz_spec: a value that is not UTF-8 used to abort while the
+// error message was built; it must be an error that still names the field.
+TEST(KernelSpecFields, InvalidUtf8ValueIsAnErrorNotAnAbort) {
+  auto spec = KernelSpec::fromFields({{"hidden", "7168"}, {"foo", "\xa0\xff"}});
+  ASSERT_FALSE(bool(spec));
+  std::string message;
+  EXPECT_EQ(consumeError(spec.takeError(), &message), ErrorCode::InvalidSpec);
+  EXPECT_TRUE(contains(message, "'foo'"));
+  EXPECT_TRUE(contains(message, "unknown field"));
+}
+
 } // namespace
 } // namespace bqjit
