@@ -104,7 +104,7 @@ int main() {
   }
   ref::CompareReport report = ref::compare(problem, ref::run(problem, x.data()), q.data(), s.data());
   std::printf("host_app: %s %s T=%lld: %s\n", report.ok() ? "PASS" : "FAIL",
-              kernel->spec().label().c_str(), static_cast<long long>(tokens),
+              kernel->specFor(tokens).label().c_str(), static_cast<long long>(tokens),
               report.summary().c_str());
   return report.ok() ? 0 : 1;
 }

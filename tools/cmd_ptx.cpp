@@ -6,6 +6,7 @@
 
 #include "bqjit/service.hpp"
 #include "cache/kernel_cache.hpp"
+#include "jit/launch_heuristic.hpp"
 #include "tools/commands.hpp"
 #include "tools/spec_args.hpp"
 
@@ -88,6 +89,17 @@ llvm::Error runPtx(const PtxOptions& o, const CommandContext& ctx) {
       ctx.out << "\n";
   }
   printReport(ctx.out, k, got->source);
+  // The report is of the many-token shape; say which shape few-token
+  // launches take, so that its PTX is one command away.
+  auto variants = (*service)->cache().launchVariants(args->spec);
+  if (variants && variants->size() > 1) {
+    const LaunchShape& few = *variants->back().shape;
+    ctx.out << "// few tokens:    launches with T x H <= " << kLatencyMaxElements
+            << " use tpg=" << few.threadsPerGroup << " vec=" << few.vecWidth
+            << " gpb=" << few.groupsPerBlock << " (give these fields to see that kernel)\n";
+  } else if (!variants) {
+    llvm::consumeError(variants.takeError());
+  }
   return llvm::Error::success();
 }
 
