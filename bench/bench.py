@@ -122,6 +122,19 @@ def check_correct(x, q, s, group):
     return int((diff > 0).sum()) <= max(1, q.numel() // 100000)
 
 
+def gpu_state():
+    """SM clock (MHz), temperature (C) and power (mW) now, where NVML answers:
+    the run-to-run swing in bench/NOTES.md may follow the SM clock."""
+    state = {}
+    for key, fn in (("sm_clock_mhz", "clock_rate"), ("temperature_c", "temperature"),
+                    ("power_mw", "power_draw")):
+        try:
+            state[key] = getattr(torch.cuda, fn)()
+        except Exception:  # NVML missing or unsupported: leave it out
+            pass
+    return state
+
+
 def write_json(path, props, copy_gbs, rows):
     out = dict(device=props.name, torch=torch.__version__, copy_gbs=copy_gbs,
                method="CUDA graph of R launches over rotating buffer sets, L2 flushed before each "
@@ -193,6 +206,7 @@ def main():
             compiled(st[0], g)
 
         t_b, spread_b = time_graph(run_bqjit, sets, reps, args.replays, flush)
+        state = gpu_state()  # right after bqjit's replays
         t_v1 = float("nan")
         if args.v1:
             launch1 = v1_launch(g)
@@ -218,12 +232,14 @@ def main():
                    bqjit_spread_us=spread_b, bqjit_gbs=gbs, pct_copy=100 * gbs / copy_gbs,
                    same_size_copy_us=t_copy, pct_same_size_copy=100 * t_copy / t_b,
                    eager_us=t_e, compile_us=t_c, v1_us=t_v1, speedup_vs_compile=t_c / t_b,
-                   floor_us=bytes_moved / (copy_gbs * 1e9) * 1e6, correct=ok, sets=count, reps=reps)
+                   floor_us=bytes_moved / (copy_gbs * 1e9) * 1e6, correct=ok, sets=count, reps=reps,
+                   **state)
         rows.append(row)
         print(f"{h:>6} {t:>5} {g:>4} | {t_b:>9.2f} {gbs:>6.0f} {row['pct_copy']:>5.1f}% "
               f"{row['pct_same_size_copy']:>4.0f}% | "
               f"{t_e:>9.1f} {t_c:>10.2f} | {row['speedup_vs_compile']:>9.2f}x {'ok' if ok else 'WRONG'}"
-              + (f" | v1 {t_v1:.2f}" if args.v1 else ""),
+              + (f" | v1 {t_v1:.2f}" if args.v1 else "")
+              + (f" | {state['sm_clock_mhz']} MHz" if "sm_clock_mhz" in state else ""),
               flush=True)
         del sets
         torch.cuda.empty_cache()
