@@ -118,13 +118,14 @@ std::optional<CompiledKernel> DiskCache::load(const std::string& key, std::strin
   // process's trouble, not the entry's. Deleting it would cost every other
   // process a recompile.
   if (readFailed && hasAllFiles(dir)) {
-    config_.log(LogLevel::Warn, "cannot read cache entry " + key + " (" + message +
-                                    "); compiling it instead");
+    config_.log(LogLevel::Warn,
+                "cannot read cache entry " + key + " (" + message + "); compiling it instead");
     return std::nullopt;
   }
   if (problem)
     *problem = message;
-  config_.log(LogLevel::Warn, "cache entry " + key + " is corrupt and will be recompiled: " + message);
+  config_.log(LogLevel::Warn,
+              "cache entry " + key + " is corrupt and will be recompiled: " + message);
   llvm::consumeError(journal_.append(CacheEvent::Corrupt, key));
   llvm::consumeError(remove(key));
   return std::nullopt;
@@ -138,7 +139,8 @@ llvm::Error DiskCache::publish(const CompiledKernel& kernel, const std::string& 
   if (auto err = fs::writeFileSynced(tmp->path() + "/" + kCubinFile, kernel.cubin.data(),
                                      kernel.cubin.size()))
     return err;
-  if (auto err = fs::writeFileSynced(tmp->path() + "/" + kPtxFile, kernel.ptx.data(), kernel.ptx.size()))
+  if (auto err =
+          fs::writeFileSynced(tmp->path() + "/" + kPtxFile, kernel.ptx.data(), kernel.ptx.size()))
     return err;
   if (auto err = fs::writeFileSynced(tmp->path() + "/" + kMetaFile, meta.data(), meta.size()))
     return err;
@@ -148,8 +150,8 @@ llvm::Error DiskCache::publish(const CompiledKernel& kernel, const std::string& 
   if (::rename(tmp->path().c_str(), target.c_str()) != 0) {
     if (errno == EEXIST || errno == ENOTEMPTY)
       return llvm::Error::success(); // another writer won; the TempDir removes ours
-    return makeError(ErrorCode::CacheError, "cannot publish cache entry '" + target +
-                                                "': " + std::strerror(errno));
+    return makeError(ErrorCode::CacheError,
+                     "cannot publish cache entry '" + target + "': " + std::strerror(errno));
   }
   tmp->release();
   return fs::syncDirectory(root_ + "/entries");
@@ -206,10 +208,10 @@ llvm::Error DiskCache::remove(const std::string& key) const {
   // Rename first so that the entry disappears at once for every reader.
   const std::string doomed = root_ + "/tmp/removed." + key + "." + fs::uniqueSuffix();
   if (::rename(entryDir(key).c_str(), doomed.c_str()) != 0)
-    return errno == ENOENT ? llvm::Error::success()
-                           : makeError(ErrorCode::CacheError, "cannot remove cache entry '" +
-                                                                  entryDir(key) +
-                                                                  "': " + std::strerror(errno));
+    return errno == ENOENT
+               ? llvm::Error::success()
+               : makeError(ErrorCode::CacheError, "cannot remove cache entry '" + entryDir(key) +
+                                                      "': " + std::strerror(errno));
   return fs::removeTree(doomed);
 }
 

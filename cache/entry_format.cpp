@@ -1,8 +1,8 @@
 #include "cache/entry_format.hpp"
 
 #include "bqjit/error.hpp"
-#include "jit/cache_key.hpp"
 #include "cache/journal.hpp"
+#include "jit/cache_key.hpp"
 
 namespace bqjit {
 

@@ -20,11 +20,16 @@ namespace bqjit {
 
 const char* toString(CacheEvent event) {
   switch (event) {
-  case CacheEvent::Hit: return "hit";
-  case CacheEvent::Miss: return "miss";
-  case CacheEvent::Compile: return "compile";
-  case CacheEvent::Evict: return "evict";
-  case CacheEvent::Corrupt: return "corrupt";
+  case CacheEvent::Hit:
+    return "hit";
+  case CacheEvent::Miss:
+    return "miss";
+  case CacheEvent::Compile:
+    return "compile";
+  case CacheEvent::Evict:
+    return "evict";
+  case CacheEvent::Corrupt:
+    return "corrupt";
   }
   return "?";
 }
@@ -38,7 +43,8 @@ int64_t unixTimeMs() {
 namespace {
 
 std::string recordLine(CacheEvent event, const std::string& key, double compileMs) {
-  nlohmann::json j = {{"ev", toString(event)}, {"key", key}, {"t", unixTimeMs()}, {"pid", ::getpid()}};
+  nlohmann::json j = {
+      {"ev", toString(event)}, {"key", key}, {"t", unixTimeMs()}, {"pid", ::getpid()}};
   if (event == CacheEvent::Compile)
     j["ms"] = compileMs;
   return j.dump() + "\n";
@@ -57,8 +63,8 @@ llvm::Error Journal::append(CacheEvent event, const std::string& key, double com
   int e = errno;
   ::close(fd);
   if (n != static_cast<ssize_t>(line.size()))
-    return makeError(ErrorCode::CacheError, "cannot append to journal '" + path_ + "': " +
-                                                (n < 0 ? std::strerror(e) : "short write"));
+    return makeError(ErrorCode::CacheError, "cannot append to journal '" + path_ +
+                                                "': " + (n < 0 ? std::strerror(e) : "short write"));
   return llvm::Error::success();
 }
 
@@ -122,15 +128,23 @@ CacheStats Journal::stats() const {
   CacheStats s;
   for (const auto& r : read()) {
     switch (r.event) {
-    case CacheEvent::Hit: ++s.hits; break;
-    case CacheEvent::Miss: ++s.misses; break;
+    case CacheEvent::Hit:
+      ++s.hits;
+      break;
+    case CacheEvent::Miss:
+      ++s.misses;
+      break;
     case CacheEvent::Compile:
       ++s.compiles;
       s.compileMsTotal += r.compileMs;
       s.compileMsMax = std::max(s.compileMsMax, r.compileMs);
       break;
-    case CacheEvent::Evict: ++s.evictions; break;
-    case CacheEvent::Corrupt: ++s.corrupt; break;
+    case CacheEvent::Evict:
+      ++s.evictions;
+      break;
+    case CacheEvent::Corrupt:
+      ++s.corrupt;
+      break;
     }
   }
   return s;

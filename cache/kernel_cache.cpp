@@ -14,9 +14,12 @@ namespace bqjit {
 
 const char* toString(KernelSource source) {
   switch (source) {
-  case KernelSource::Memory: return "memory";
-  case KernelSource::Disk: return "disk";
-  case KernelSource::Compiled: return "compiled";
+  case KernelSource::Memory:
+    return "memory";
+  case KernelSource::Disk:
+    return "disk";
+  case KernelSource::Compiled:
+    return "compiled";
   }
   return "?";
 }
@@ -201,10 +204,10 @@ llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelSpec& resol
   if (disk_)
     llvm::consumeError(disk_->journal().append(CacheEvent::Miss, key));
   if (config_.noCompile)
-    return makeError(ErrorCode::NotInCache,
-                     "BQJIT_NO_COMPILE is set and the cache at '" + config_.cacheDir +
-                         "' has no kernel for " + resolved.canonical() + " (key " + key +
-                         "); prewarm it with `bqjit prewarm`");
+    return makeError(ErrorCode::NotInCache, "BQJIT_NO_COMPILE is set and the cache at '" +
+                                                config_.cacheDir + "' has no kernel for " +
+                                                resolved.canonical() + " (key " + key +
+                                                "); prewarm it with `bqjit prewarm`");
 
   std::optional<FileLock> keyLock;
   if (diskWritable_) {
@@ -255,7 +258,8 @@ llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelSpec& resol
       }
     }
   }
-  return Result{std::make_shared<const CompiledKernel>(std::move(*compiled)), KernelSource::Compiled};
+  return Result{std::make_shared<const CompiledKernel>(std::move(*compiled)),
+                KernelSource::Compiled};
 }
 
 CacheCounters KernelCache::counters() const {

@@ -44,7 +44,8 @@ int main() {
   }
   const CudaDriver& d = **driver;
   CUcontext ctx = nullptr;
-  if (d.cuDevicePrimaryCtxRetain(&ctx, 0) != CUDA_SUCCESS || d.cuCtxSetCurrent(ctx) != CUDA_SUCCESS) {
+  if (d.cuDevicePrimaryCtxRetain(&ctx, 0) != CUDA_SUCCESS ||
+      d.cuCtxSetCurrent(ctx) != CUDA_SUCCESS) {
     std::fprintf(stderr, "host_app: cannot make device 0 current\n");
     return 1;
   }
@@ -70,7 +71,8 @@ int main() {
 
   CUdeviceptr dx = 0, dq = 0, ds = 0;
   CUstream stream = nullptr;
-  bool ok = d.cuMemAlloc(&dx, x.size()) == CUDA_SUCCESS && d.cuMemAlloc(&dq, qBytes) == CUDA_SUCCESS &&
+  bool ok = d.cuMemAlloc(&dx, x.size()) == CUDA_SUCCESS &&
+            d.cuMemAlloc(&dq, qBytes) == CUDA_SUCCESS &&
             d.cuMemAlloc(&ds, sBytes) == CUDA_SUCCESS &&
             d.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING) == CUDA_SUCCESS &&
             d.cuMemcpyHtoD(dx, x.data(), x.size()) == CUDA_SUCCESS &&
@@ -102,7 +104,8 @@ int main() {
     std::fprintf(stderr, "host_app: synchronize or copy back failed\n");
     return 1;
   }
-  ref::CompareReport report = ref::compare(problem, ref::run(problem, x.data()), q.data(), s.data());
+  ref::CompareReport report =
+      ref::compare(problem, ref::run(problem, x.data()), q.data(), s.data());
   std::printf("host_app: %s %s T=%lld: %s\n", report.ok() ? "PASS" : "FAIL",
               kernel->specFor(tokens).label().c_str(), static_cast<long long>(tokens),
               report.summary().c_str());

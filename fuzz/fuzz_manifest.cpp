@@ -20,7 +20,8 @@ void parse(const std::string& text, const std::vector<std::string>& archs) {
   for (const bqjit::KernelSpec& spec : manifest->items) {
     if (auto err = spec.validate())
       BQJIT_FUZZ_CHECK(false, "manifest item invalid: " + bqjit::consumeToString(std::move(err)));
-    BQJIT_FUZZ_CHECK(seen.insert(spec.canonical()).second, "item listed twice: " + spec.canonical());
+    BQJIT_FUZZ_CHECK(seen.insert(spec.canonical()).second,
+                     "item listed twice: " + spec.canonical());
   }
   BQJIT_FUZZ_CHECK(manifest->duplicates >= 0, "negative duplicate count");
 }

@@ -30,7 +30,8 @@ std::string computeCacheKey(const KeyInputs& inputs) {
 
 std::string checksum64(const void* data, size_t size) {
   char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(XXH3_64bits(data, size)));
+  std::snprintf(buf, sizeof buf, "%016llx",
+                static_cast<unsigned long long>(XXH3_64bits(data, size)));
   return buf;
 }
 

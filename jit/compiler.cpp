@@ -24,8 +24,13 @@ std::vector<std::string> Compiler::options(const KernelSpec& spec) {
   // A real architecture, so NVRTC emits a cubin (PTX alone would fail on an
   // older driver). No fast math and no contraction: SPEC.md asks for IEEE
   // division and unrounded fp32 intermediates.
-  return {"--gpu-architecture=" + spec.arch, "--std=c++17", "--fmad=false",
-          "--prec-div=true", "--prec-sqrt=true", "--ftz=false", "-Xptxas=-v"};
+  return {"--gpu-architecture=" + spec.arch,
+          "--std=c++17",
+          "--fmad=false",
+          "--prec-div=true",
+          "--prec-sqrt=true",
+          "--ftz=false",
+          "-Xptxas=-v"};
 }
 
 std::string Compiler::cacheKey(const KernelSpec& resolved) const {
@@ -42,8 +47,8 @@ llvm::Expected<CompiledKernel> Compiler::compile(const KernelSpec& resolved) con
   if (auto err = resolved.validate())
     return std::move(err);
   if (!resolved.shape)
-    return makeError(ErrorCode::Internal, "compile() needs a resolved launch shape: " +
-                                              resolved.canonical());
+    return makeError(ErrorCode::Internal,
+                     "compile() needs a resolved launch shape: " + resolved.canonical());
   const std::string context = "spec " + resolved.canonical() + ", arch " + resolved.arch;
   auto wrap = [&](llvm::Error err) {
     std::string message;
@@ -52,7 +57,8 @@ llvm::Expected<CompiledKernel> Compiler::compile(const KernelSpec& resolved) con
   };
   // Reject targets NVRTC does not know before compiling, with the list.
   {
-    const std::string digits = resolved.arch.substr(3, resolved.arch.find_first_not_of("0123456789", 3) - 3);
+    const std::string digits =
+        resolved.arch.substr(3, resolved.arch.find_first_not_of("0123456789", 3) - 3);
     auto archs = nvrtcSupportedArchs();
     if (!archs.empty() && std::find(archs.begin(), archs.end(), std::stoi(digits)) == archs.end()) {
       std::string list;

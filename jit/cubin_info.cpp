@@ -31,7 +31,10 @@ llvm::Error malformed(const std::string& what) {
 
 llvm::Expected<CubinKernelInfo> readCubinKernelInfo(const std::vector<char>& cubin,
                                                     const std::string& loweredName) {
-  if (cubin.size() < 64 || std::memcmp(cubin.data(), "\x7f" "ELF\x02", 5) != 0)
+  if (cubin.size() < 64 || std::memcmp(cubin.data(),
+                                       "\x7f"
+                                       "ELF\x02",
+                                       5) != 0)
     return malformed("not a 64-bit ELF file");
   uint64_t shoff = 0;
   uint16_t shentsize = 0, shnum = 0, shstrndx = 0;

@@ -12,9 +12,9 @@
 namespace bqjit {
 
 struct CubinKernelInfo {
-  int registers = -1;       ///< EIATTR_REGCOUNT
-  int frameBytes = -1;      ///< EIATTR_FRAME_SIZE
-  int sharedBytes = -1;     ///< size of .nv.shared.<kernel>, the static shared memory
+  int registers = -1;   ///< EIATTR_REGCOUNT
+  int frameBytes = -1;  ///< EIATTR_FRAME_SIZE
+  int sharedBytes = -1; ///< size of .nv.shared.<kernel>, the static shared memory
 };
 
 /// Finds `loweredName` in the cubin's symbol table and reads its attributes.

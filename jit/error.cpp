@@ -6,20 +6,31 @@ char BqjitError::ID = 0;
 
 const char* errorCodeName(ErrorCode code) {
   switch (code) {
-  case ErrorCode::InvalidSpec: return "invalid-spec";
-  case ErrorCode::InvalidArgument: return "invalid-argument";
-  case ErrorCode::CompileFailed: return "compile-failed";
-  case ErrorCode::CacheError: return "cache-error";
-  case ErrorCode::DriverError: return "driver-error";
-  case ErrorCode::NoDriver: return "no-driver";
-  case ErrorCode::ArchMismatch: return "arch-mismatch";
-  case ErrorCode::NotInCache: return "not-in-cache";
-  case ErrorCode::Internal: return "internal";
+  case ErrorCode::InvalidSpec:
+    return "invalid-spec";
+  case ErrorCode::InvalidArgument:
+    return "invalid-argument";
+  case ErrorCode::CompileFailed:
+    return "compile-failed";
+  case ErrorCode::CacheError:
+    return "cache-error";
+  case ErrorCode::DriverError:
+    return "driver-error";
+  case ErrorCode::NoDriver:
+    return "no-driver";
+  case ErrorCode::ArchMismatch:
+    return "arch-mismatch";
+  case ErrorCode::NotInCache:
+    return "not-in-cache";
+  case ErrorCode::Internal:
+    return "internal";
   }
   return "unknown";
 }
 
-void BqjitError::log(llvm::raw_ostream& os) const { os << errorCodeName(code_) << ": " << message_; }
+void BqjitError::log(llvm::raw_ostream& os) const {
+  os << errorCodeName(code_) << ": " << message_;
+}
 
 std::error_code BqjitError::convertToErrorCode() const {
   return std::error_code(static_cast<int>(code_), std::generic_category());

@@ -21,7 +21,9 @@ std::string shown(const nlohmann::json& v) {
   return v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-bool isPowerOfTwo(int v) { return v > 0 && (v & (v - 1)) == 0; }
+bool isPowerOfTwo(int v) {
+  return v > 0 && (v & (v - 1)) == 0;
+}
 
 // Accepts "sm_<digits>" optionally followed by one of the arch-specific
 // suffixes 'a' or 'f'; returns the number or -1.
@@ -45,36 +47,48 @@ int archNumber(const std::string& arch) {
 int dtypeBytes(InDtype dtype) {
   switch (dtype) {
   case InDtype::BF16:
-  case InDtype::FP16: return 2;
-  case InDtype::FP32: return 4;
+  case InDtype::FP16:
+    return 2;
+  case InDtype::FP32:
+    return 4;
   }
   return 0;
 }
 
 const char* toString(InDtype dtype) {
   switch (dtype) {
-  case InDtype::BF16: return "bf16";
-  case InDtype::FP16: return "fp16";
-  case InDtype::FP32: return "fp32";
+  case InDtype::BF16:
+    return "bf16";
+  case InDtype::FP16:
+    return "fp16";
+  case InDtype::FP32:
+    return "fp32";
   }
   return "?";
 }
 
 const char* toString(OutDtype dtype) {
   switch (dtype) {
-  case OutDtype::FP8E4M3: return "fp8_e4m3";
-  case OutDtype::FP8E5M2: return "fp8_e5m2";
-  case OutDtype::INT8: return "int8";
+  case OutDtype::FP8E4M3:
+    return "fp8_e4m3";
+  case OutDtype::FP8E5M2:
+    return "fp8_e5m2";
+  case OutDtype::INT8:
+    return "int8";
   }
   return "?";
 }
 
 const char* toString(ScaleLayout layout) {
   switch (layout) {
-  case ScaleLayout::Row: return "row";
-  case ScaleLayout::Col: return "col";
-  case ScaleLayout::ColTma: return "col_tma";
-  case ScaleLayout::Ue8m0Packed: return "ue8m0_packed";
+  case ScaleLayout::Row:
+    return "row";
+  case ScaleLayout::Col:
+    return "col";
+  case ScaleLayout::ColTma:
+    return "col_tma";
+  case ScaleLayout::Ue8m0Packed:
+    return "ue8m0_packed";
   }
   return "?";
 }
@@ -104,18 +118,24 @@ llvm::Expected<ScaleLayout> parseScaleLayout(const std::string& text) {
 
 float quantMax(OutDtype dtype) {
   switch (dtype) {
-  case OutDtype::FP8E4M3: return 448.0f;
-  case OutDtype::FP8E5M2: return 57344.0f;
-  case OutDtype::INT8: return 127.0f;
+  case OutDtype::FP8E4M3:
+    return 448.0f;
+  case OutDtype::FP8E5M2:
+    return 57344.0f;
+  case OutDtype::INT8:
+    return 127.0f;
   }
   return 0.0f;
 }
 
 float minScale(OutDtype dtype) {
   switch (dtype) {
-  case OutDtype::FP8E4M3: return 1.0f / (448.0f * 512.0f);
-  case OutDtype::FP8E5M2: return 1.0f / (57344.0f * 512.0f);
-  case OutDtype::INT8: return 1.1920928955078125e-07f; // FLT_EPSILON, 2^-23
+  case OutDtype::FP8E4M3:
+    return 1.0f / (448.0f * 512.0f);
+  case OutDtype::FP8E5M2:
+    return 1.0f / (57344.0f * 512.0f);
+  case OutDtype::INT8:
+    return 1.1920928955078125e-07f; // FLT_EPSILON, 2^-23
   }
   return 0.0f;
 }
@@ -155,8 +175,9 @@ llvm::Error KernelSpec::validate() const {
     return specError("group_size", std::to_string(groupSize),
                      "must divide hidden (" + std::to_string(hidden) + ")");
   if (scaleLayout == ScaleLayout::Ue8m0Packed && !ue8m0)
-    return specError("ue8m0", "false", "must be true when scale_layout is ue8m0_packed "
-                                       "(packed scales are exponents of powers of two)");
+    return specError("ue8m0", "false",
+                     "must be true when scale_layout is ue8m0_packed "
+                     "(packed scales are exponents of powers of two)");
   int number = archNumber(arch);
   if (number < 0)
     return specError("arch", "'" + arch + "'", "must look like sm_90, sm_90a or sm_100f");
@@ -185,7 +206,9 @@ nlohmann::json KernelSpec::toJson() const {
   return j;
 }
 
-std::string KernelSpec::canonical() const { return toJson().dump(); }
+std::string KernelSpec::canonical() const {
+  return toJson().dump();
+}
 
 namespace {
 
@@ -223,9 +246,9 @@ llvm::Expected<std::string> stringField(const nlohmann::json& j, const char* nam
 llvm::Expected<KernelSpec> KernelSpec::fromJson(const nlohmann::json& j) {
   if (!j.is_object())
     return specError("spec", shown(j), "must be a JSON object");
-  static const char* const kKnown[] = {"hidden", "group_size", "in_dtype", "out_dtype",
-                                       "scale_layout", "ue8m0", "scale_ub", "masked",
-                                       "arch", "launch"};
+  static const char* const kKnown[] = {"hidden",       "group_size", "in_dtype", "out_dtype",
+                                       "scale_layout", "ue8m0",      "scale_ub", "masked",
+                                       "arch",         "launch"};
   for (auto it = j.begin(); it != j.end(); ++it) {
     bool known = false;
     for (const char* k : kKnown)
@@ -317,12 +340,18 @@ llvm::Expected<KernelSpec> KernelSpec::fromJson(const nlohmann::json& j) {
   return spec;
 }
 
-llvm::Expected<KernelSpec> KernelSpec::fromFields(const std::map<std::string, std::string>& fields) {
+llvm::Expected<KernelSpec>
+KernelSpec::fromFields(const std::map<std::string, std::string>& fields) {
   // Short aliases for the command line.
-  static const std::map<std::string, std::string> kAlias = {
-      {"H", "hidden"},          {"G", "group_size"},  {"group", "group_size"},
-      {"in", "in_dtype"},       {"out", "out_dtype"}, {"layout", "scale_layout"},
-      {"tpg", "threads_per_group"}, {"vec", "vec_width"}, {"gpb", "groups_per_block"}};
+  static const std::map<std::string, std::string> kAlias = {{"H", "hidden"},
+                                                            {"G", "group_size"},
+                                                            {"group", "group_size"},
+                                                            {"in", "in_dtype"},
+                                                            {"out", "out_dtype"},
+                                                            {"layout", "scale_layout"},
+                                                            {"tpg", "threads_per_group"},
+                                                            {"vec", "vec_width"},
+                                                            {"gpb", "groups_per_block"}};
   nlohmann::json j = nlohmann::json::object();
   nlohmann::json launch = nlohmann::json::object();
   for (const auto& [rawName, value] : fields) {

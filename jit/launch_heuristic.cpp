@@ -18,8 +18,8 @@ int largestPow2Dividing(int n, int cap) {
 LaunchShape chooseLaunchShape(const KernelSpec& spec, int maxVecWidth, Regime regime) {
   LaunchShape s;
   // 16-byte loads where G allows it.
-  s.vecWidth = largestPow2Dividing(spec.groupSize,
-                                   std::max(1, std::min(maxVecWidth, 16 / dtypeBytes(spec.inDtype))));
+  s.vecWidth = largestPow2Dividing(
+      spec.groupSize, std::max(1, std::min(maxVecWidth, 16 / dtypeBytes(spec.inDtype))));
   const int vectors = spec.groupSize / s.vecWidth;
   if (regime == Regime::Throughput) {
     // Two or more vectors per thread in a power-of-two team: more bytes in

@@ -5,14 +5,15 @@
 namespace bqjit {
 
 std::string nvrtcResultText(nvrtcResult result) {
-  return std::string(nvrtcGetErrorString(result)) + " (" + std::to_string(static_cast<int>(result)) + ")";
+  return std::string(nvrtcGetErrorString(result)) + " (" +
+         std::to_string(static_cast<int>(result)) + ")";
 }
 
 namespace {
 
 llvm::Error nvrtcError(const char* call, nvrtcResult result, const std::string& detail = "") {
-  return makeError(ErrorCode::CompileFailed, std::string(call) + " failed: " +
-                                                 nvrtcResultText(result) +
+  return makeError(ErrorCode::CompileFailed, std::string(call) +
+                                                 " failed: " + nvrtcResultText(result) +
                                                  (detail.empty() ? "" : "\n" + detail));
 }
 
@@ -25,7 +26,8 @@ std::string joinOptions(const std::vector<std::string>& options) {
 
 } // namespace
 
-llvm::Expected<NvrtcProgram> NvrtcProgram::create(const std::string& source, const std::string& name,
+llvm::Expected<NvrtcProgram> NvrtcProgram::create(const std::string& source,
+                                                  const std::string& name,
                                                   const std::vector<Header>& headers,
                                                   const std::vector<std::string>& nameExpressions) {
   std::vector<const char*> headerTexts, headerNames;
@@ -34,9 +36,9 @@ llvm::Expected<NvrtcProgram> NvrtcProgram::create(const std::string& source, con
     headerTexts.push_back(text.c_str());
   }
   nvrtcProgram p = nullptr;
-  nvrtcResult r = nvrtcCreateProgram(&p, source.c_str(), name.c_str(),
-                                     static_cast<int>(headers.size()), headerTexts.data(),
-                                     headerNames.data());
+  nvrtcResult r =
+      nvrtcCreateProgram(&p, source.c_str(), name.c_str(), static_cast<int>(headers.size()),
+                         headerTexts.data(), headerNames.data());
   if (r != NVRTC_SUCCESS)
     return nvrtcError("nvrtcCreateProgram", r, "program: " + name);
   NvrtcProgram program(p);

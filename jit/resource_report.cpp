@@ -7,9 +7,12 @@
 namespace bqjit {
 
 nlohmann::json ResourceReport::toJson() const {
-  return {{"registers", registers},         {"spill_store_bytes", spillStoreBytes},
-          {"spill_load_bytes", spillLoadBytes}, {"stack_frame_bytes", stackFrameBytes},
-          {"shared_bytes", sharedBytes},     {"barriers", barriers}};
+  return {{"registers", registers},
+          {"spill_store_bytes", spillStoreBytes},
+          {"spill_load_bytes", spillLoadBytes},
+          {"stack_frame_bytes", stackFrameBytes},
+          {"shared_bytes", sharedBytes},
+          {"barriers", barriers}};
 }
 
 ResourceReport ResourceReport::fromJson(const nlohmann::json& j) {

@@ -9,7 +9,8 @@ extern const size_t kTemplateSize;
 } // namespace detail
 
 llvm::StringRef templateSource() {
-  return llvm::StringRef(reinterpret_cast<const char*>(detail::kTemplateBytes), detail::kTemplateSize);
+  return llvm::StringRef(reinterpret_cast<const char*>(detail::kTemplateBytes),
+                         detail::kTemplateSize);
 }
 
 } // namespace bqjit

@@ -31,7 +31,8 @@ llvm::Expected<NvrtcIdentity> queryNvrtcIdentity() {
   NvrtcIdentity id;
   if (nvrtcVersion(&id.major, &id.minor) != NVRTC_SUCCESS)
     return makeError(ErrorCode::CompileFailed, "nvrtcVersion failed");
-  auto program = NvrtcProgram::create("__global__ void bqjit_probe() {}\n", "bqjit_probe.cu", {}, {});
+  auto program =
+      NvrtcProgram::create("__global__ void bqjit_probe() {}\n", "bqjit_probe.cu", {}, {});
   if (!program)
     return program.takeError();
   if (auto err = program->compile({"--gpu-architecture=compute_80"}))

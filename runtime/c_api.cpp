@@ -51,9 +51,9 @@ bqjit_status writeText(const std::string& text, char* buf, size_t size, size_t* 
   if (needed)
     *needed = text.size() + 1;
   if (!buf || size < text.size() + 1)
-    return fail(bqjit::ErrorCode::InvalidArgument,
-                "buffer of " + std::to_string(size) + " bytes is too small; " +
-                    std::to_string(text.size() + 1) + " needed");
+    return fail(bqjit::ErrorCode::InvalidArgument, "buffer of " + std::to_string(size) +
+                                                       " bytes is too small; " +
+                                                       std::to_string(text.size() + 1) + " needed");
   std::memcpy(buf, text.c_str(), text.size() + 1);
   return ok();
 }
@@ -62,7 +62,9 @@ bqjit_status writeText(const std::string& text, char* buf, size_t size, size_t* 
 
 extern "C" {
 
-const char* bqjit_last_error(void) { return lastError.c_str(); }
+const char* bqjit_last_error(void) {
+  return lastError.c_str();
+}
 
 bqjit_status bqjit_service_create(const char* cacheDir, bqjit_service* out) {
   if (!out)
@@ -80,7 +82,9 @@ bqjit_status bqjit_service_create(const char* cacheDir, bqjit_service* out) {
   return ok();
 }
 
-void bqjit_service_destroy(bqjit_service service) { delete service; }
+void bqjit_service_destroy(bqjit_service service) {
+  delete service;
+}
 
 bqjit_status bqjit_compile(bqjit_service service, const char* specJson, char* buf, size_t size,
                            size_t* needed) {
@@ -153,7 +157,9 @@ bqjit_status bqjit_kernel_get(bqjit_service service, const char* specJson, int d
   return ok();
 }
 
-void bqjit_kernel_release(bqjit_kernel kernel) { delete kernel; }
+void bqjit_kernel_release(bqjit_kernel kernel) {
+  delete kernel;
+}
 
 bqjit_status bqjit_kernel_launch(bqjit_kernel kernel, const bqjit_launch_args* args, void* stream) {
   if (!kernel || !args)

@@ -10,16 +10,24 @@
 
 namespace bqjit {
 
-const KernelSpec& Kernel::spec() const { return fn_->kernel().spec; }
-const CompiledKernel& Kernel::compiled() const { return fn_->kernel(); }
-int Kernel::device() const { return fn_->device; }
+const KernelSpec& Kernel::spec() const {
+  return fn_->kernel().spec;
+}
+const CompiledKernel& Kernel::compiled() const {
+  return fn_->kernel();
+}
+int Kernel::device() const {
+  return fn_->device;
+}
 
 const LoadedFunction& Kernel::pick(int64_t tokens) const {
   const KernelSpec& s = fn_->kernel().spec;
   return small_ && tokens * s.hidden <= kLatencyMaxElements ? *small_ : *fn_;
 }
 
-const KernelSpec& Kernel::specFor(int64_t tokens) const { return pick(tokens).kernel().spec; }
+const KernelSpec& Kernel::specFor(int64_t tokens) const {
+  return pick(tokens).kernel().spec;
+}
 
 namespace {
 
@@ -46,8 +54,8 @@ namespace {
 
 llvm::Error argError(const KernelSpec& spec, const std::string& field, const std::string& value,
                      const std::string& rule) {
-  return makeError(ErrorCode::InvalidArgument, "launch argument '" + field + "' = " + value +
-                                                   ": " + rule + " (kernel " + spec.label() + ")");
+  return makeError(ErrorCode::InvalidArgument, "launch argument '" + field + "' = " + value + ": " +
+                                                   rule + " (kernel " + spec.label() + ")");
 }
 
 std::string hexPointer(const void* p) {
@@ -110,13 +118,15 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
   if (a.tokens < 0)
     return argError(s, "tokens", std::to_string(a.tokens), "must be >= 0");
   if (a.ldx < 2 * static_cast<int64_t>(s.hidden))
-    return argError(s, "ldx", std::to_string(a.ldx), "must be >= 2H = " + std::to_string(2 * s.hidden));
+    return argError(s, "ldx", std::to_string(a.ldx),
+                    "must be >= 2H = " + std::to_string(2 * s.hidden));
   if ((a.ldx * dtypeBytes(s.inDtype)) % vecBytes != 0)
     return argError(s, "ldx", std::to_string(a.ldx),
                     "row pitch must be a multiple of the " + std::to_string(vecBytes) +
                         "-byte vector loads (vec_width " + std::to_string(vec) + ")");
   if (!s.masked && a.numExperts != 1)
-    return argError(s, "numExperts", std::to_string(a.numExperts), "must be 1 for an unmasked kernel");
+    return argError(s, "numExperts", std::to_string(a.numExperts),
+                    "must be 1 for an unmasked kernel");
   if (s.masked && (a.numExperts < 1 || a.numExperts > 65535))
     return argError(s, "numExperts", std::to_string(a.numExperts), "must be in 1..65535");
   if (auto err = checkPointer(s, "x", a.x, vecBytes))
@@ -135,7 +145,8 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
   const CudaDriver& d = fn.driver();
   // The stream must belong to the context the function was loaded in.
   CUcontext streamCtx = nullptr;
-  const bool legacy = stream == nullptr || stream == CU_STREAM_LEGACY || stream == CU_STREAM_PER_THREAD;
+  const bool legacy =
+      stream == nullptr || stream == CU_STREAM_LEGACY || stream == CU_STREAM_PER_THREAD;
   CUresult r = legacy ? d.cuCtxGetCurrent(&streamCtx) : d.cuStreamGetCtx(stream, &streamCtx);
   if (r != CUDA_SUCCESS)
     return d.check(r, legacy ? "cuCtxGetCurrent" : "cuStreamGetCtx",

@@ -16,7 +16,7 @@ struct Service::Impl {
 
   std::mutex mutex; // guards everything below
   std::shared_ptr<const CudaDriver> driver;
-  std::map<int, CUcontext> primaryContexts;                          // retained, by device
+  std::map<int, CUcontext> primaryContexts;                            // retained, by device
   std::map<std::string, std::weak_ptr<const LoadedLibrary>> libraries; // by cache key
   std::map<std::pair<std::string, int>, std::shared_ptr<const LoadedFunction>> functions;
 
@@ -95,8 +95,12 @@ llvm::Expected<std::unique_ptr<Service>> Service::create(Config config) {
       new Service(std::make_unique<Impl>(std::move(config), std::move(*compiler))));
 }
 
-KernelCache& Service::cache() { return impl_->cache; }
-const Config& Service::config() const { return impl_->config; }
+KernelCache& Service::cache() {
+  return impl_->cache;
+}
+const Config& Service::config() const {
+  return impl_->config;
+}
 
 llvm::Expected<std::shared_ptr<const CompiledKernel>> Service::compile(const KernelSpec& spec) {
   auto result = impl_->cache.get(spec);
@@ -162,10 +166,10 @@ Service::Impl::loadFunctionLocked(const std::shared_ptr<const CompiledKernel>& k
   const std::string& arch = kernel->spec.arch;
   const std::string digits = arch.substr(3, arch.find_first_not_of("0123456789", 3) - 3);
   if (digits != std::to_string(info->ccMajor) + std::to_string(info->ccMinor))
-    return makeError(ErrorCode::ArchMismatch,
-                     "kernel compiled for " + arch + " cannot run on device " +
-                         std::to_string(dev) + " (" + info->name + ", " + info->arch() +
-                         "); ask for the spec with arch=" + info->arch());
+    return makeError(ErrorCode::ArchMismatch, "kernel compiled for " + arch +
+                                                  " cannot run on device " + std::to_string(dev) +
+                                                  " (" + info->name + ", " + info->arch() +
+                                                  "); ask for the spec with arch=" + info->arch());
   auto ctx = primaryContextLocked(dev);
   if (!ctx)
     return ctx.takeError();
@@ -180,9 +184,9 @@ Service::Impl::loadFunctionLocked(const std::shared_ptr<const CompiledKernel>& k
                                                nullptr, 0, nullptr, nullptr, 0),
                            "cuLibraryLoadData", context))
       return std::move(err);
-    if (auto err = d.check(d.cuLibraryGetKernel(&lib->handle, lib->library,
-                                                kernel->loweredName.c_str()),
-                           "cuLibraryGetKernel", context + ", lowered name " + kernel->loweredName))
+    if (auto err =
+            d.check(d.cuLibraryGetKernel(&lib->handle, lib->library, kernel->loweredName.c_str()),
+                    "cuLibraryGetKernel", context + ", lowered name " + kernel->loweredName))
       return std::move(err);
     library = lib;
     libraries[kernel->key] = library;
@@ -192,7 +196,8 @@ Service::Impl::loadFunctionLocked(const std::shared_ptr<const CompiledKernel>& k
   fn->library = library;
   fn->context = *ctx;
   fn->device = dev;
-  const std::string context = "kernel " + kernel->spec.label() + " on device " + std::to_string(dev);
+  const std::string context =
+      "kernel " + kernel->spec.label() + " on device " + std::to_string(dev);
   if (auto err = d.check(d.cuCtxPushCurrent(*ctx), "cuCtxPushCurrent", context))
     return std::move(err);
   CUresult r = d.cuKernelGetFunction(&fn->function, library->handle);

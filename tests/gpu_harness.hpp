@@ -26,7 +26,8 @@ public:
     if (bytes > 0) {
       CUresult r = d.cuMemAlloc(&ptr_, bytes);
       if (r != CUDA_SUCCESS)
-        throw std::runtime_error("cuMemAlloc(" + std::to_string(bytes) + ") failed: " + d.resultName(r));
+        throw std::runtime_error("cuMemAlloc(" + std::to_string(bytes) +
+                                 ") failed: " + d.resultName(r));
     }
   }
   DeviceBuffer(const DeviceBuffer&) = delete;
@@ -119,13 +120,13 @@ struct GpuEnv {
 private:
   void checkDevice(int device) const {
     if (device < 0 || device >= deviceCount)
-      throw std::runtime_error("device " + std::to_string(device) + " does not exist: " +
-                               (skipReason.empty() ? "the driver sees " +
-                                                         std::to_string(deviceCount) + " device(s)"
-                                                   : skipReason));
+      throw std::runtime_error(
+          "device " + std::to_string(device) + " does not exist: " +
+          (skipReason.empty() ? "the driver sees " + std::to_string(deviceCount) + " device(s)"
+                              : skipReason));
   }
 
-  std::mutex mutex_;               ///< guards contexts_ and archs_
+  std::mutex mutex_;                ///< guards contexts_ and archs_
   std::vector<CUcontext> contexts_; ///< by device; null until retained
   std::vector<std::string> archs_;  ///< by device; empty until asked
 

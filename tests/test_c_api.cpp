@@ -26,7 +26,9 @@ testing::AssertionResult contains(const std::string& text, const std::string& ne
   return testing::AssertionFailure() << "\"" << text << "\" lacks \"" << needle << "\"";
 }
 
-std::string lastError() { return bqjit_last_error(); }
+std::string lastError() {
+  return bqjit_last_error();
+}
 
 /// A service on a fresh temporary cache directory, removed afterwards.
 class CApiTest : public testing::Test {
@@ -66,8 +68,7 @@ TEST_F(CApiTest, NullOutPointersAreInvalidArguments) {
 TEST_F(CApiTest, NullServiceIsAnInvalidArgument) {
   char buf[64];
   size_t needed = 0;
-  EXPECT_EQ(bqjit_compile(nullptr, kSpec, buf, sizeof buf, &needed),
-            BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(bqjit_compile(nullptr, kSpec, buf, sizeof buf, &needed), BQJIT_ERROR_INVALID_ARGUMENT);
   EXPECT_TRUE(contains(lastError(), "service is NULL"));
 
   EXPECT_EQ(bqjit_spec_for_device(nullptr, kSpec, 0, buf, sizeof buf, &needed),
@@ -153,8 +154,7 @@ TEST_F(CApiTest, InvalidSpecFieldIsNamed) {
     EXPECT_EQ(bqjit_compile(svc_, c.json, buf, sizeof buf, &needed), BQJIT_ERROR_INVALID_SPEC);
     EXPECT_TRUE(contains(lastError(), c.field));
     EXPECT_TRUE(contains(lastError(), "invalid-spec"));
-    EXPECT_EQ(bqjit_default_launch(c.json, 16, buf, sizeof buf, &needed),
-              BQJIT_ERROR_INVALID_SPEC);
+    EXPECT_EQ(bqjit_default_launch(c.json, 16, buf, sizeof buf, &needed), BQJIT_ERROR_INVALID_SPEC);
     EXPECT_TRUE(contains(lastError(), c.field));
     bqjit_kernel kernel = nullptr;
     EXPECT_EQ(bqjit_kernel_get(svc_, c.json, 0, &kernel), BQJIT_ERROR_INVALID_SPEC);
@@ -180,8 +180,7 @@ TEST_F(CApiTest, CompileWorksWithoutAGpuAndReportsItsMetadata) {
 
   // Exactly enough: the second request is a cache hit with the same text.
   needed2 = 0;
-  ASSERT_EQ(bqjit_compile(svc_, kSpec, buf.data(), buf.size(), &needed2), BQJIT_OK)
-      << lastError();
+  ASSERT_EQ(bqjit_compile(svc_, kSpec, buf.data(), buf.size(), &needed2), BQJIT_OK) << lastError();
   EXPECT_EQ(lastError(), "");
   EXPECT_EQ(needed2, needed);
   ASSERT_EQ(std::strlen(buf.data()) + 1, needed);
@@ -237,8 +236,7 @@ TEST_F(CApiTest, DefaultLaunchRespectsMaxVecWidth) {
   // A given "launch" is ignored (it is the default that is asked for).
   const char* withLaunch = R"({"hidden": 7168, "group_size": 128,
       "launch": {"threads_per_group": 1, "vec_width": 8, "groups_per_block": 1}})";
-  ASSERT_EQ(bqjit_default_launch(withLaunch, 2, buf, sizeof buf, &needed), BQJIT_OK)
-      << lastError();
+  ASSERT_EQ(bqjit_default_launch(withLaunch, 2, buf, sizeof buf, &needed), BQJIT_OK) << lastError();
   auto j = nlohmann::json::parse(buf, nullptr, false);
   EXPECT_LE(j.value("vec_width", 99), 2);
   // Too small a buffer.
@@ -267,14 +265,12 @@ TEST_F(CApiTest, KernelGetWithoutADriverIsNoDriver) {
   EXPECT_TRUE(contains(lastError(), "libcuda.so.1"));
   char buf[256];
   size_t needed = 0;
-  EXPECT_EQ(bqjit_spec_for_device(svc_, kSpec, 0, buf, sizeof buf, &needed),
-            BQJIT_ERROR_NO_DRIVER);
+  EXPECT_EQ(bqjit_spec_for_device(svc_, kSpec, 0, buf, sizeof buf, &needed), BQJIT_ERROR_NO_DRIVER);
   EXPECT_TRUE(contains(lastError(), "libcuda.so.1"));
   // Compiling still works afterwards.
   ASSERT_EQ(bqjit_compile(svc_, kSpec, nullptr, 0, &needed), BQJIT_ERROR_INVALID_ARGUMENT);
   std::vector<char> meta(needed);
-  EXPECT_EQ(bqjit_compile(svc_, kSpec, meta.data(), meta.size(), nullptr), BQJIT_OK)
-      << lastError();
+  EXPECT_EQ(bqjit_compile(svc_, kSpec, meta.data(), meta.size(), nullptr), BQJIT_OK) << lastError();
 }
 
 TEST_F(CApiTest, KernelLaunchRejectsNullKernelAndArgs) {

@@ -27,7 +27,7 @@ KeyInputs fixedInputs() {
   in.canonicalSpec = kSpec;
   in.templateSource = "template v1";
   in.options = {"--gpu-architecture=sm_90", "--std=c++17", "--fmad=false", "--prec-div=true",
-                "--prec-sqrt=true", "--ftz=false", "-Xptxas=-v"};
+                "--prec-sqrt=true",         "--ftz=false", "-Xptxas=-v"};
   in.nvrtcIdentity = "13.0 (V13.0.88 CL-36424714)";
   in.arch = "sm_90";
   in.formatVersion = 1;
@@ -54,8 +54,7 @@ TEST(CacheKey, GoldenCanonicalText) {
                         R"("options":["--gpu-architecture=sm_90","--std=c++17","--fmad=false",)"
                         R"("--prec-div=true","--prec-sqrt=true","--ftz=false","-Xptxas=-v"],)"
                         R"("spec":)") +
-                kSpec +
-                R"(,"template_bytes":11,"template_xxh3":")" +
+                kSpec + R"(,"template_bytes":11,"template_xxh3":")" +
                 checksum64("template v1", 11) + R"("})");
 }
 
@@ -165,7 +164,9 @@ TEST_F(CompilerKey, LaunchShapeChangesKey) {
 
 TEST_F(CompilerKey, EqualSpecsGiveEqualKeys) {
   KernelSpec a = spec();
-  auto b = KernelSpec::fromFields({{"H", "7168"}, {"G", "128"}, {"arch", "sm_90"},
+  auto b = KernelSpec::fromFields({{"H", "7168"},
+                                   {"G", "128"},
+                                   {"arch", "sm_90"},
                                    {"tpg", std::to_string(a.shape->threadsPerGroup)},
                                    {"vec", std::to_string(a.shape->vecWidth)},
                                    {"gpb", std::to_string(a.shape->groupsPerBlock)}});

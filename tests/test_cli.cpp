@@ -16,9 +16,9 @@
 
 #include "bqjit/error.hpp"
 #include "runtime/cuda_driver.hpp"
+#include "test_util.hpp"
 #include "tools/manifest.hpp"
 #include "tools/spec_args.hpp"
-#include "test_util.hpp"
 
 #ifndef BQJIT_CLI_PATH
 #error "BQJIT_CLI_PATH must name the bqjit binary"

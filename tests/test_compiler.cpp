@@ -71,14 +71,15 @@ std::string checkKernel(const Compiler& compiler, const KernelSpec& spec, const 
   // With a driver installed, NVRTC may answer from the driver's compute cache
   // and leave the log empty; the report checks need a fresh compile.
   const bool haveReport = !k.log.empty();
-  if (haveReport && k.log.find("Compiling entry function '" + k.loweredName + "'") == std::string::npos)
+  if (haveReport &&
+      k.log.find("Compiling entry function '" + k.loweredName + "'") == std::string::npos)
     fail("ptxas report lacks the kernel");
   if (k.resources.registers <= 0)
     fail("registers " + std::to_string(k.resources.registers));
   // This NVRTC writes the ptxas report, so spills must be known (-1 would
   // mean "unknown") and the cubin's numbers must agree with the report's.
-  if (haveReport &&
-      (k.resources.spillStoreBytes < 0 || k.resources.spillLoadBytes < 0 || k.resources.barriers < 0))
+  if (haveReport && (k.resources.spillStoreBytes < 0 || k.resources.spillLoadBytes < 0 ||
+                     k.resources.barriers < 0))
     fail("spills or barriers unknown despite a ptxas report");
   auto report = parsePtxasReport(k.log, k.loweredName);
   if (!haveReport) {
@@ -98,8 +99,8 @@ std::string checkKernel(const Compiler& compiler, const KernelSpec& spec, const 
   // their slow path as a subroutine call whose ABI saves a register in local
   // memory: an 8..16-byte stack frame and, for int8 row, a 4-byte spill. It is
   // tolerated for exactly that case and that size; anything else fails.
-  const bool knownAbiSpill = spec.groupSize == 1024 && spec.inDtype == InDtype::FP32 &&
-                             spec.arch.rfind("sm_90", 0) == 0;
+  const bool knownAbiSpill =
+      spec.groupSize == 1024 && spec.inDtype == InDtype::FP32 && spec.arch.rfind("sm_90", 0) == 0;
   const int spillLimit = knownAbiSpill ? 4 : 0;
   const int stackLimit = knownAbiSpill ? 16 : 0;
   if (k.resources.spillStoreBytes > spillLimit || k.resources.spillLoadBytes > spillLimit)
@@ -255,9 +256,9 @@ TEST(CompilerCold, ColdCompileTime) {
   const auto t3 = std::chrono::steady_clock::now();
   auto warm = compiler->compile(resolveShape(makeSpec(7168, 64)));
   ASSERT_TRUE(bool(warm)) << consumeToString(warm.takeError());
-  std::printf("[ warm     ] second compile (G=64): %.0f ms\n",
-              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t3)
-                  .count());
+  std::printf(
+      "[ warm     ] second compile (G=64): %.0f ms\n",
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t3).count());
 }
 
 TEST_F(CompilerTest, PtxCarriesSpecializedConstants) {
@@ -315,7 +316,8 @@ TEST_F(CompilerTest, MaskedAndScaleUbCompile) {
       auto k = compileChecked(s);
       ASSERT_TRUE(k.has_value());
       // Template arguments 6..8 are POW2, HAS_UB, MASKED.
-      const std::string flags = std::string("Lb0ELb") + (ub ? "1" : "0") + "ELb" + (masked ? "1" : "0") + "E";
+      const std::string flags =
+          std::string("Lb0ELb") + (ub ? "1" : "0") + "ELb" + (masked ? "1" : "0") + "E";
       EXPECT_TRUE(contains(k->loweredName, flags));
     }
 }
@@ -430,7 +432,8 @@ TEST(NvrtcProgram, CompileErrorCarriesOptionsAndLog) {
 TEST(NvrtcProgram, HeadersNameExpressionsAndCubin) {
   auto p = NvrtcProgram::create(
       "#include \"my/header.cuh\"\n", "main.cu",
-      {{"my/header.cuh", "namespace ns { template <int N> __global__ void k(int* p) { *p = N; } }\n"}},
+      {{"my/header.cuh",
+        "namespace ns { template <int N> __global__ void k(int* p) { *p = N; } }\n"}},
       {"ns::k<42>"});
   ASSERT_TRUE(bool(p)) << consumeToString(p.takeError());
   ASSERT_FALSE(bool(p->compile({"--gpu-architecture=sm_90"})));
@@ -444,7 +447,8 @@ TEST(NvrtcProgram, HeadersNameExpressionsAndCubin) {
   auto cubin = p->cubin();
   ASSERT_TRUE(bool(cubin));
   ASSERT_GE(cubin->size(), 4u);
-  EXPECT_EQ(std::string(cubin->data(), 4), "\x7f" "ELF");
+  EXPECT_EQ(std::string(cubin->data(), 4), "\x7f"
+                                           "ELF");
   auto missing = p->loweredName("ns::k<43>");
   ASSERT_FALSE(bool(missing));
   EXPECT_TRUE(contains(consumeToString(missing.takeError()), "ns::k<43>"));

@@ -63,7 +63,8 @@ TEST(Config, NoHomeMeansMemoryOnly) {
 }
 
 TEST(Config, CacheDirPrecedence) {
-  EXPECT_EQ(load({{"BQJIT_CACHE_DIR", "/b"}, {"XDG_CACHE_HOME", "/x"}, {"HOME", "/h"}}).cacheDir, "/b");
+  EXPECT_EQ(load({{"BQJIT_CACHE_DIR", "/b"}, {"XDG_CACHE_HOME", "/x"}, {"HOME", "/h"}}).cacheDir,
+            "/b");
   EXPECT_EQ(load({{"XDG_CACHE_HOME", "/x"}, {"HOME", "/h"}}).cacheDir, "/x/bqjit");
   EXPECT_EQ(load({{"HOME", "/h"}}).cacheDir, "/h/.cache/bqjit");
   EXPECT_EQ(load({{"BQJIT_CACHE_DIR", "/b"}}).cacheDir, "/b");

@@ -72,7 +72,9 @@ CompiledKernel fakeKernel(int hidden, size_t cubinBytes = 4096) {
   return k;
 }
 
-std::string keyInputsOf(const CompiledKernel& k) { return "{\"key inputs of\":\"" + k.key + "\"}"; }
+std::string keyInputsOf(const CompiledKernel& k) {
+  return "{\"key inputs of\":\"" + k.key + "\"}";
+}
 
 class DiskCacheTest : public testing::Test {
 protected:
@@ -240,8 +242,8 @@ TEST_F(DiskCacheTest, TruncatedPtxIsCorrupt) {
   publish(k);
   ASSERT_EQ(::truncate(entryFile(k.key, kPtxFile).c_str(), 10), 0);
   const std::string problem = expectCorrupt(k.key);
-  EXPECT_TRUE(contains(problem, "kernel.ptx has 10 bytes, metadata says " +
-                                    std::to_string(k.ptx.size())));
+  EXPECT_TRUE(
+      contains(problem, "kernel.ptx has 10 bytes, metadata says " + std::to_string(k.ptx.size())));
 }
 
 TEST_F(DiskCacheTest, EditedMetadataIsCorrupt) {
@@ -459,7 +461,7 @@ TEST_F(DiskCacheTest, JournalStatsAndMalformedLines) {
   ASSERT_FALSE(bool(j.append(CacheEvent::Compile, "k2", 100.0)));
   {
     std::ofstream out(j.path(), std::ios::app);
-    out << "{\"ev\":\"hit\",\"key\":\"k1\"\n"     // torn write
+    out << "{\"ev\":\"hit\",\"key\":\"k1\"\n"                // torn write
         << "{\"ev\":\"teleport\",\"key\":\"k1\",\"t\":1}\n"; // unknown event
   }
   ASSERT_FALSE(bool(j.append(CacheEvent::Corrupt, "k2")));

@@ -87,8 +87,10 @@ std::vector<GpuCase> buildCases() {
                           pow2, !pow2);
         c.scaleUb = 1e30f; // bound present but not binding
         c.tokens = 8;
-        c.specialRows = {{0, ref::RowPattern::Zeros}, {2, ref::RowPattern::NaNs},
-                         {3, ref::RowPattern::Infs},  {5, ref::RowPattern::Huge},
+        c.specialRows = {{0, ref::RowPattern::Zeros},
+                         {2, ref::RowPattern::NaNs},
+                         {3, ref::RowPattern::Infs},
+                         {5, ref::RowPattern::Huge},
                          {7, ref::RowPattern::Mixed}};
         c.seed = seed++;
         cases.push_back(c);
@@ -152,12 +154,11 @@ TEST_P(GpuKernel, MatchesReference) {
 INSTANTIATE_TEST_SUITE_P(Cases, GpuKernel, ::testing::Range<size_t>(0, allCases().size()),
                          [](const ::testing::TestParamInfo<size_t>& info) {
                            const KernelSpec& s = allCases()[info.param].spec;
-                           std::string n = "c" + std::to_string(info.param) + "_H" +
-                                           std::to_string(s.hidden) + "_G" +
-                                           std::to_string(s.groupSize) + "_" +
-                                           toString(s.inDtype) + "_" + toString(s.outDtype) +
-                                           "_" + toString(s.scaleLayout) + "_T" +
-                                           std::to_string(allCases()[info.param].tokens);
+                           std::string n =
+                               "c" + std::to_string(info.param) + "_H" + std::to_string(s.hidden) +
+                               "_G" + std::to_string(s.groupSize) + "_" + toString(s.inDtype) +
+                               "_" + toString(s.outDtype) + "_" + toString(s.scaleLayout) + "_T" +
+                               std::to_string(allCases()[info.param].tokens);
                            return n;
                          });
 

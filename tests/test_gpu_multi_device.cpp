@@ -43,8 +43,8 @@ testing::AssertionResult refused(llvm::Error err, const std::vector<std::string>
   std::string message;
   const ErrorCode code = consumeError(std::move(err), &message);
   if (code != ErrorCode::InvalidArgument)
-    return testing::AssertionFailure() << "expected InvalidArgument, got " << errorCodeName(code)
-                                       << ": " << message;
+    return testing::AssertionFailure()
+           << "expected InvalidArgument, got " << errorCodeName(code) << ": " << message;
   for (const std::string& needle : needles)
     if (message.find(needle) == std::string::npos)
       return testing::AssertionFailure() << "the message lacks \"" << needle << "\": " << message;
@@ -279,8 +279,7 @@ TEST(GpuMultiDevice, OneEntryLoadedOnEveryDevice) {
   EXPECT_EQ(stats.compiles, entries) << "compiles in the journal " << disk->journal().path();
   EXPECT_EQ(stats.misses, entries) << "misses in the journal " << disk->journal().path();
   EXPECT_EQ(stats.hits, 0) << "disk hits in the journal " << disk->journal().path();
-  EXPECT_EQ(static_cast<int64_t>(disk->list().size()), entries)
-      << "entries under " << disk->root();
+  EXPECT_EQ(static_cast<int64_t>(disk->list().size()), entries) << "entries under " << disk->root();
 
   // Asking again on every device neither compiles nor loads anew.
   const CacheCounters before = service->cache().counters();
@@ -403,8 +402,8 @@ TEST(GpuMultiDevice, ConcurrentLaunchesOnAllDevices) {
     t.join();
   for (size_t id = 0; id < threads; ++id) {
     EXPECT_EQ(failures[id], "") << "thread " << id << " on device " << deviceOfThread[id];
-    EXPECT_EQ(launches[id], kReps) << "thread " << id << " on device " << deviceOfThread[id]
-                                   << " stopped early";
+    EXPECT_EQ(launches[id], kReps)
+        << "thread " << id << " on device " << deviceOfThread[id] << " stopped early";
   }
 }
 
@@ -470,8 +469,8 @@ TEST(GpuMultiDevice, StreamOfAnotherContextIsRefused) {
   ASSERT_TRUE(cuOk(d, d.cuStreamGetCtx(second->stream(), &streamCtx), "cuStreamGetCtx"));
   ASSERT_EQ(streamCtx, second->context()) << "the stream is not in the second context";
 
-  EXPECT_TRUE(refused(launchFour(*kernel, second->stream()),
-                      {"'stream'", "device 0", "primary context"}))
+  EXPECT_TRUE(
+      refused(launchFour(*kernel, second->stream()), {"'stream'", "device 0", "primary context"}))
       << "a kernel of device 0 on a stream of a second context on device 0";
   EXPECT_TRUE(refused(launchFour(*kernel, nullptr, second->context()),
                       {"'stream'", "default stream", "device 0", "primary context"}))
@@ -494,8 +493,8 @@ TEST(GpuMultiDevice, StreamOfAnotherContextIsRefused) {
   ref::CompareReport r = runCase(c, stream.get(), 0);
   EXPECT_TRUE(r.ok()) << c.name() << " on a stream of the primary context: " << r.summary();
   r = runCase(c, nullptr, 0);
-  EXPECT_TRUE(r.ok()) << c.name() << " on the default stream of the primary context: "
-                      << r.summary();
+  EXPECT_TRUE(r.ok()) << c.name()
+                      << " on the default stream of the primary context: " << r.summary();
 }
 
 } // namespace

@@ -3,8 +3,8 @@
 #include <thread>
 
 #include "cache/kernel_cache.hpp"
-#include "jit/launch_heuristic.hpp"
 #include "gpu_harness.hpp"
+#include "jit/launch_heuristic.hpp"
 
 namespace bqjit::test {
 namespace {
@@ -30,7 +30,8 @@ TEST(GpuRuntime, GraphCaptureAndReplay) {
   p.spec = kernel->spec();
   p.tokens = tokens;
   p.ldx = ldx;
-  const size_t qBytes = ref::outputBytes(p.spec, tokens), sBytes = ref::scaleBufferBytes(p.spec, tokens);
+  const size_t qBytes = ref::outputBytes(p.spec, tokens),
+               sBytes = ref::scaleBufferBytes(p.spec, tokens);
   std::vector<uint8_t> x1 = ref::makeInput(p.spec, tokens, ldx, 1, 11);
   DeviceBuffer dx(d, x1.size()), dq(d, qBytes), ds(d, sBytes);
   CUstream stream = nullptr;

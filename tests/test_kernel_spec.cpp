@@ -44,7 +44,8 @@ void expectRejected(const KernelSpec& spec, const std::string& field, const std:
   EXPECT_TRUE(contains(m, rule));
 }
 
-std::string parseError(llvm::Expected<KernelSpec> spec, ErrorCode expected = ErrorCode::InvalidSpec) {
+std::string parseError(llvm::Expected<KernelSpec> spec,
+                       ErrorCode expected = ErrorCode::InvalidSpec) {
   if (spec) {
     ADD_FAILURE() << "parsed: " << spec->canonical();
     return "";
@@ -102,8 +103,8 @@ TEST(KernelSpecValidate, NonPowerOfTwoGroupsAccepted) {
 }
 
 TEST(KernelSpecValidate, ArchSpellingsAccepted) {
-  for (const char* arch : {"sm_80", "sm_86", "sm_89", "sm_90", "sm_90a", "sm_100", "sm_100a",
-                           "sm_100f", "sm_120"}) {
+  for (const char* arch :
+       {"sm_80", "sm_86", "sm_89", "sm_90", "sm_90a", "sm_100", "sm_100a", "sm_100f", "sm_120"}) {
     KernelSpec s = baseSpec();
     s.arch = arch;
     EXPECT_EQ(invalidMessage(s), "") << arch;
@@ -183,8 +184,8 @@ TEST(KernelSpecValidate, VirtualArchRejected) {
 }
 
 TEST(KernelSpecValidate, OtherMalformedArchsRejected) {
-  for (const char* arch : {"", "sm_", "sm_a", "sm_9x", "sm_90b", "sm_90aa", "SM_90", "sm_ 90",
-                           "sm_999999999999"}) {
+  for (const char* arch :
+       {"", "sm_", "sm_a", "sm_9x", "sm_90b", "sm_90aa", "SM_90", "sm_ 90", "sm_999999999999"}) {
     KernelSpec s = baseSpec();
     s.arch = arch;
     const std::string m = invalidMessage(s);
@@ -329,12 +330,17 @@ TEST(KernelSpecJson, MinimalObjectGetsDefaults) {
 }
 
 TEST(KernelSpecJson, EveryFieldParsed) {
-  nlohmann::json j = {{"hidden", 2304},        {"group_size", 96},
-                      {"in_dtype", "fp16"},    {"out_dtype", "fp8_e5m2"},
-                      {"scale_layout", "col_tma"}, {"ue8m0", true},
-                      {"scale_ub", true},      {"masked", true},
-                      {"arch", "sm_90a"},
-                      {"launch", {{"threads_per_group", 4}, {"vec_width", 8}, {"groups_per_block", 16}}}};
+  nlohmann::json j = {
+      {"hidden", 2304},
+      {"group_size", 96},
+      {"in_dtype", "fp16"},
+      {"out_dtype", "fp8_e5m2"},
+      {"scale_layout", "col_tma"},
+      {"ue8m0", true},
+      {"scale_ub", true},
+      {"masked", true},
+      {"arch", "sm_90a"},
+      {"launch", {{"threads_per_group", 4}, {"vec_width", 8}, {"groups_per_block", 16}}}};
   auto s = KernelSpec::fromJson(j);
   ASSERT_TRUE(bool(s)) << consumeToString(s.takeError());
   EXPECT_EQ(s->hidden, 2304);
@@ -366,29 +372,47 @@ TEST(KernelSpecJson, WrongTypesRejected) {
       {{{"hidden", "7168"}}, "hidden", "\"7168\"", "must be an integer"},
       {{{"hidden", 7168.5}}, "hidden", "7168.5", "must be an integer"},
       {{{"hidden", 1ll << 40}}, "hidden", "1099511627776", "must fit in 32 bits"},
-      {{{"hidden", 18446744073709551615ull}}, "hidden", "18446744073709551615", "must fit in 32 bits"},
+      {{{"hidden", 18446744073709551615ull}},
+       "hidden",
+       "18446744073709551615",
+       "must fit in 32 bits"},
       {{{"hidden", 7168},
-        {"launch", {{"threads_per_group", 8}, {"vec_width", 4294967304ull}, {"groups_per_block", 8}}}},
-       "launch.vec_width", "4294967304", "must fit in 32 bits"},
+        {"launch",
+         {{"threads_per_group", 8}, {"vec_width", 4294967304ull}, {"groups_per_block", 8}}}},
+       "launch.vec_width",
+       "4294967304",
+       "must fit in 32 bits"},
       {{{"hidden", 7168}, {"group_size", true}}, "group_size", "true", "must be an integer"},
       {{{"hidden", 7168}, {"in_dtype", 1}}, "in_dtype", "1", "must be a string"},
-      {{{"hidden", 7168}, {"in_dtype", "bf17"}}, "in_dtype", "'bf17'", "must be one of bf16, fp16, fp32"},
+      {{{"hidden", 7168}, {"in_dtype", "bf17"}},
+       "in_dtype",
+       "'bf17'",
+       "must be one of bf16, fp16, fp32"},
       {{{"hidden", 7168}, {"out_dtype", "fp8"}}, "out_dtype", "'fp8'", "must be one of"},
-      {{{"hidden", 7168}, {"scale_layout", "column"}}, "scale_layout", "'column'", "must be one of"},
+      {{{"hidden", 7168}, {"scale_layout", "column"}},
+       "scale_layout",
+       "'column'",
+       "must be one of"},
       {{{"hidden", 7168}, {"ue8m0", 1}}, "ue8m0", "1", "must be true or false"},
       {{{"hidden", 7168}, {"scale_ub", "true"}}, "scale_ub", "\"true\"", "must be true or false"},
       {{{"hidden", 7168}, {"masked", nullptr}}, "masked", "null", "must be true or false"},
       {{{"hidden", 7168}, {"arch", 90}}, "arch", "90", "must be a string"},
       {{{"hidden", 7168}, {"launch", 3}}, "launch", "3", "must be an object"},
       {{{"hidden", 7168}, {"launch", {{"threads_per_group", 8}, {"vec_width", 8}}}},
-       "launch.groups_per_block", "(missing)", "is required in launch"},
+       "launch.groups_per_block",
+       "(missing)",
+       "is required in launch"},
       {{{"hidden", 7168},
         {"launch", {{"threads_per_group", 8}, {"vec_width", "8"}, {"groups_per_block", 8}}}},
-       "launch.vec_width", "\"8\"", "must be an integer"},
+       "launch.vec_width",
+       "\"8\"",
+       "must be an integer"},
       {{{"hidden", 7168},
         {"launch",
          {{"threads_per_group", 8}, {"vec_width", 8}, {"groups_per_block", 8}, {"smem", 0}}}},
-       "launch", "", "takes exactly threads_per_group, vec_width, groups_per_block"},
+       "launch",
+       "",
+       "takes exactly threads_per_group, vec_width, groups_per_block"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.j.dump());
@@ -502,10 +526,11 @@ TEST(KernelSpecCanonical, PinnedText) {
   EXPECT_EQ(baseSpec().canonical(),
             R"({"arch":"sm_90","group_size":128,"hidden":7168,"in_dtype":"bf16","masked":false,)"
             R"("out_dtype":"fp8_e4m3","scale_layout":"row","scale_ub":false,"ue8m0":false})");
-  EXPECT_EQ(withShape(baseSpec(), 8, 8, 32).canonical(),
-            R"({"arch":"sm_90","group_size":128,"hidden":7168,"in_dtype":"bf16",)"
-            R"("launch":{"groups_per_block":32,"threads_per_group":8,"vec_width":8},"masked":false,)"
-            R"("out_dtype":"fp8_e4m3","scale_layout":"row","scale_ub":false,"ue8m0":false})");
+  EXPECT_EQ(
+      withShape(baseSpec(), 8, 8, 32).canonical(),
+      R"({"arch":"sm_90","group_size":128,"hidden":7168,"in_dtype":"bf16",)"
+      R"("launch":{"groups_per_block":32,"threads_per_group":8,"vec_width":8},"masked":false,)"
+      R"("out_dtype":"fp8_e4m3","scale_layout":"row","scale_ub":false,"ue8m0":false})");
 }
 
 TEST(KernelSpecCanonical, RoundTripThroughJson) {
@@ -546,9 +571,14 @@ TEST(KernelSpecCanonical, EqualSpecsBuiltDifferentlyAreByteIdentical) {
       R"({"launch":{"vec_width":8,"groups_per_block":32,"threads_per_group":8},"arch":"sm_100",)"
       R"("scale_layout":"col","masked":false,"hidden":2048,"in_dtype":"bf16"})"));
   ASSERT_TRUE(bool(byJson)) << consumeToString(byJson.takeError());
-  auto byCommandLine = KernelSpec::fromFields(
-      {{"layout", "col"}, {"H", "2048"}, {"G", "128"}, {"arch", "sm_100"}, {"tpg", "8"},
-       {"vec", "8"}, {"gpb", "32"}, {"ue8m0", "off"}});
+  auto byCommandLine = KernelSpec::fromFields({{"layout", "col"},
+                                               {"H", "2048"},
+                                               {"G", "128"},
+                                               {"arch", "sm_100"},
+                                               {"tpg", "8"},
+                                               {"vec", "8"},
+                                               {"gpb", "32"},
+                                               {"ue8m0", "off"}});
   ASSERT_TRUE(bool(byCommandLine)) << consumeToString(byCommandLine.takeError());
 
   EXPECT_EQ(byFields.canonical(), byJson->canonical());

@@ -57,10 +57,12 @@ const char* const kSpills =
 const char* const kMangled =
     "ptxas info    : 32 bytes gmem, 64 bytes cmem[4]\n"
     "ptxas info    : Compiling entry function "
-    "'_ZN12bqjit_kernel14silu_mul_quantILi8192ELi1024ELi2ELi2ELi0ELb0ELb0ELb0ELi32ELi4ELi8EEEvPKvxxPhPvPKfPKi'"
+    "'_ZN12bqjit_kernel14silu_mul_"
+    "quantILi8192ELi1024ELi2ELi2ELi0ELb0ELb0ELb0ELi32ELi4ELi8EEEvPKvxxPhPvPKfPKi'"
     " for 'sm_80'\n"
     "ptxas info    : Function properties for "
-    "_ZN12bqjit_kernel14silu_mul_quantILi8192ELi1024ELi2ELi2ELi0ELb0ELb0ELb0ELi32ELi4ELi8EEEvPKvxxPhPvPKfPKi\n"
+    "_ZN12bqjit_kernel14silu_mul_"
+    "quantILi8192ELi1024ELi2ELi2ELi0ELb0ELb0ELb0ELi32ELi4ELi8EEEvPKvxxPhPvPKfPKi\n"
     "ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
     "ptxas info    : Used 80 registers, 408 bytes cmem[0]\n"
     "ptxas info    : Compile time = 66.064 ms\n";
@@ -115,8 +117,8 @@ TEST(ResourceReport, SpillsReported) {
 
 TEST(ResourceReport, MangledNameWithoutBarrierCount) {
   const ResourceReport r = parseOk(
-      kMangled,
-      "_ZN12bqjit_kernel14silu_mul_quantILi8192ELi1024ELi2ELi2ELi0ELb0ELb0ELb0ELi32ELi4ELi8EEEvPKvxxPhPvPKfPKi");
+      kMangled, "_ZN12bqjit_kernel14silu_mul_"
+                "quantILi8192ELi1024ELi2ELi2ELi0ELb0ELb0ELb0ELi32ELi4ELi8EEEvPKvxxPhPvPKfPKi");
   EXPECT_EQ(r.registers, 80);
   EXPECT_EQ(r.barriers, 0);
   EXPECT_EQ(r.sharedBytes, 0);
@@ -189,7 +191,8 @@ TEST(CubinInfo, MatchesPtxasAndRejectsDamage) {
 
   auto missing = readCubinKernelInfo(k->cubin, "_Z8notthere");
   ASSERT_FALSE(bool(missing));
-  EXPECT_NE(consumeToString(missing.takeError()).find("no symbol '_Z8notthere'"), std::string::npos);
+  EXPECT_NE(consumeToString(missing.takeError()).find("no symbol '_Z8notthere'"),
+            std::string::npos);
   std::vector<char> truncated(k->cubin.begin(), k->cubin.begin() + 100);
   auto bad = readCubinKernelInfo(truncated, k->loweredName);
   ASSERT_FALSE(bool(bad));

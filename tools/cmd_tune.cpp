@@ -203,8 +203,8 @@ llvm::Error runTune(const GpuOptions& o, const CommandContext& ctx) {
     return makeError(ErrorCode::Internal,
                      "tune: no candidate shape gave correct results; first: " + broken.front());
   // The record serves launches of the same regime as the tuned token count.
-  const Regime regime = o.tokens * base.hidden <= kLatencyMaxElements ? Regime::Latency
-                                                                          : Regime::Throughput;
+  const Regime regime =
+      o.tokens * base.hidden <= kLatencyMaxElements ? Regime::Latency : Regime::Throughput;
   if (auto err = gpu->service->cache().storeTunedShape(base, best->shape, regime))
     return err;
   char line[200];
@@ -216,7 +216,8 @@ llvm::Error runTune(const GpuOptions& o, const CommandContext& ctx) {
     ctx.out << ", " << static_cast<int>(100.0 * (results.front().us / best->us - 1.0) + 0.5)
             << "% faster than the heuristic's " << shapeText(results.front().shape);
   ctx.out << "; stored for " << base.label()
-          << (regime == Regime::Latency ? " (few-token launches)" : " (many-token launches)") << "\n";
+          << (regime == Regime::Latency ? " (few-token launches)" : " (many-token launches)")
+          << "\n";
   if (!broken.empty())
     return makeError(ErrorCode::Internal,
                      "tune: " + std::to_string(broken.size()) +

@@ -62,8 +62,8 @@ bqjit_status bqjit_spec_for_device(bqjit_service service, const char* spec_json,
  *  of at most `max_vec_width` elements, as JSON {threads_per_group, vec_width,
  *  groups_per_block}; for callers whose pointers are not 16-byte aligned.
  *  Same buffer rules as bqjit_compile. */
-bqjit_status bqjit_default_launch(const char* spec_json, int max_vec_width, char* buf,
-                                  size_t size, size_t* needed);
+bqjit_status bqjit_default_launch(const char* spec_json, int max_vec_width, char* buf, size_t size,
+                                  size_t* needed);
 
 /** The kernel of a spec loaded on a device (-1: current context's device). */
 bqjit_status bqjit_kernel_get(bqjit_service service, const char* spec_json, int device,

@@ -27,8 +27,8 @@ struct ResourceReport {
 /// One compiled specialization. `spec` always has its launch shape resolved.
 struct CompiledKernel {
   KernelSpec spec;
-  std::string key;                  ///< cache key (hex)
-  std::string loweredName;          ///< mangled name of the __global__ function
+  std::string key;         ///< cache key (hex)
+  std::string loweredName; ///< mangled name of the __global__ function
   std::string ptx;
   std::vector<char> cubin;
   ResourceReport resources;

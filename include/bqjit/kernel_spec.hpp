@@ -67,16 +67,16 @@ struct KernelSpec {
   static constexpr int kMinGroup = 16;
   static constexpr int kMaxGroup = 1024;
 
-  int hidden = 0;                            ///< H: columns of gate (and of up).
-  int groupSize = 128;                       ///< G: columns per quantization group.
-  InDtype inDtype = InDtype::BF16;           ///< dtype of x.
-  OutDtype outDtype = OutDtype::FP8E4M3;     ///< dtype of q.
-  ScaleLayout scaleLayout = ScaleLayout::Row;///< where scales go.
-  bool ue8m0 = false;                        ///< power-of-two scales.
-  bool hasScaleUb = false;                   ///< clamp scales by *scale_ub.
-  bool masked = false;                       ///< MoE masked batch [E, T_max, 2H].
-  std::string arch = "sm_90";                ///< target, e.g. sm_80, sm_90a, sm_100.
-  std::optional<LaunchShape> shape;          ///< unset: the heuristic (or a tuned record) picks.
+  int hidden = 0;                             ///< H: columns of gate (and of up).
+  int groupSize = 128;                        ///< G: columns per quantization group.
+  InDtype inDtype = InDtype::BF16;            ///< dtype of x.
+  OutDtype outDtype = OutDtype::FP8E4M3;      ///< dtype of q.
+  ScaleLayout scaleLayout = ScaleLayout::Row; ///< where scales go.
+  bool ue8m0 = false;                         ///< power-of-two scales.
+  bool hasScaleUb = false;                    ///< clamp scales by *scale_ub.
+  bool masked = false;                        ///< MoE masked batch [E, T_max, 2H].
+  std::string arch = "sm_90";                 ///< target, e.g. sm_80, sm_90a, sm_100.
+  std::optional<LaunchShape> shape;           ///< unset: the heuristic (or a tuned record) picks.
 
   int numGroups() const { return hidden / groupSize; }
 

@@ -24,14 +24,14 @@ struct LoadedFunction;
 
 /// Run-time arguments of one launch; every pointer is device memory.
 struct LaunchArgs {
-  const void* x = nullptr;         ///< [E][tokens][ldx] input, gate then up
-  int64_t ldx = 0;                 ///< elements between rows of x; >= 2H
-  int64_t tokens = 0;              ///< T (T_max for masked batches); 0 launches nothing
-  void* q = nullptr;               ///< [E][tokens][H] quantized output
-  void* scales = nullptr;          ///< scales, laid out per the spec's scale layout
-  const float* scaleUb = nullptr;  ///< one float; required iff the spec has a scale bound
-  const int32_t* maskedM = nullptr;///< [E] live rows per expert; required iff masked
-  int64_t numExperts = 1;          ///< E; must be 1 unless masked
+  const void* x = nullptr;          ///< [E][tokens][ldx] input, gate then up
+  int64_t ldx = 0;                  ///< elements between rows of x; >= 2H
+  int64_t tokens = 0;               ///< T (T_max for masked batches); 0 launches nothing
+  void* q = nullptr;                ///< [E][tokens][H] quantized output
+  void* scales = nullptr;           ///< scales, laid out per the spec's scale layout
+  const float* scaleUb = nullptr;   ///< one float; required iff the spec has a scale bound
+  const int32_t* maskedM = nullptr; ///< [E] live rows per expert; required iff masked
+  int64_t numExperts = 1;           ///< E; must be 1 unless masked
 };
 
 /// A kernel loaded on one device: a cheap, copyable handle. When the spec
