@@ -16,12 +16,7 @@ enum : int { kRow = 0, kCol = 1, kColTma = 2, kUe8m0Packed = 3 };
 
 // Lanes a team of T threads occupies: T rounded up to a power of two.
 template <int T> struct TeamSlot {
-  static constexpr int value = T <= 1    ? 1
-                               : T <= 2  ? 2
-                               : T <= 4  ? 4
-                               : T <= 8  ? 8
-                               : T <= 16 ? 16
-                                         : 32;
+  static constexpr int value = T <= 1 ? 1 : T <= 2 ? 2 : T <= 4 ? 4 : T <= 8 ? 8 : T <= 16 ? 16 : 32;
 };
 
 template <int IN> struct InBytes { static constexpr int value = IN == kFP32 ? 4 : 2; };
@@ -145,8 +140,7 @@ template <int OUT> __device__ __forceinline__ u32 quantPair(float lo, float hi) 
 }
 
 // Stores VEC output bytes (VEC is 1, 2, 4, 8 or 16).
-template <int VEC>
-__device__ __forceinline__ void storeBytes(unsigned char* p, const u32 (&w)[(VEC + 3) / 4]) {
+template <int VEC> __device__ __forceinline__ void storeBytes(unsigned char* p, const u32 (&w)[(VEC + 3) / 4]) {
   if constexpr (VEC == 16)
     *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
   else if constexpr (VEC == 8)
@@ -189,7 +183,7 @@ __device__ __forceinline__ float pow2Ceil(float s) {
 //   maskedM [E] live rows per expert, used when MASKED (gridDim.y = E)
 template <int H, int G, int IN, int OUT, int LAYOUT, bool POW2, bool HAS_UB, bool MASKED, int TPG,
           int VEC, int GPB>
-__global__ void __launch_bounds__(TeamSlot<TPG>::value* GPB)
+__global__ void __launch_bounds__(TeamSlot<TPG>::value * GPB)
     silu_mul_quant(const void* __restrict__ x, i64 ldx, i64 rows, unsigned char* __restrict__ q,
                    void* __restrict__ scales, const float* __restrict__ scaleUb,
                    const int* __restrict__ maskedM) {
@@ -229,10 +223,8 @@ __global__ void __launch_bounds__(TeamSlot<TPG>::value* GPB)
     scalesPerExpert = rows4 * NG;
   else
     scalesPerExpert = rows4 * kPackedWords * 4; // bytes
-  float* scaleF =
-      static_cast<float*>(scales) + (LAYOUT == kUe8m0Packed ? 0 : expert * scalesPerExpert);
-  unsigned char* scaleB =
-      static_cast<unsigned char*>(scales) + (LAYOUT == kUe8m0Packed ? expert * scalesPerExpert : 0);
+  float* scaleF = static_cast<float*>(scales) + (LAYOUT == kUe8m0Packed ? 0 : expert * scalesPerExpert);
+  unsigned char* scaleB = static_cast<unsigned char*>(scales) + (LAYOUT == kUe8m0Packed ? expert * scalesPerExpert : 0);
 
   if (kPadded && t >= rows) {
     if (lane == 0) {
