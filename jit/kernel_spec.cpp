@@ -340,8 +340,7 @@ llvm::Expected<KernelSpec> KernelSpec::fromJson(const nlohmann::json& j) {
   return spec;
 }
 
-llvm::Expected<KernelSpec>
-KernelSpec::fromFields(const std::map<std::string, std::string>& fields) {
+std::string canonicalFieldName(const std::string& name) {
   // Short aliases for the command line.
   static const std::map<std::string, std::string> kAlias = {{"H", "hidden"},
                                                             {"G", "group_size"},
@@ -352,11 +351,16 @@ KernelSpec::fromFields(const std::map<std::string, std::string>& fields) {
                                                             {"tpg", "threads_per_group"},
                                                             {"vec", "vec_width"},
                                                             {"gpb", "groups_per_block"}};
+  auto it = kAlias.find(name);
+  return it == kAlias.end() ? name : it->second;
+}
+
+llvm::Expected<KernelSpec>
+KernelSpec::fromFields(const std::map<std::string, std::string>& fields) {
   nlohmann::json j = nlohmann::json::object();
   nlohmann::json launch = nlohmann::json::object();
   for (const auto& [rawName, value] : fields) {
-    auto alias = kAlias.find(rawName);
-    const std::string name = alias == kAlias.end() ? rawName : alias->second;
+    const std::string name = canonicalFieldName(rawName);
     const bool isLaunch =
         name == "threads_per_group" || name == "vec_width" || name == "groups_per_block";
     if (name == "hidden" || name == "group_size" || isLaunch) {

@@ -14,25 +14,6 @@ const char* const kSpecFieldsHelp =
     "threads_per_group|tpg, vec_width|vec, groups_per_block|gpb (all three or none). "
     "Example: H=7168 G=128 in=bf16 out=fp8_e4m3 layout=col_tma ue8m0=1";
 
-namespace {
-
-// Aliases resolved here only to detect one field given twice under two names.
-std::string canonicalName(const std::string& name) {
-  static const std::map<std::string, std::string> kAlias = {{"H", "hidden"},
-                                                            {"G", "group_size"},
-                                                            {"group", "group_size"},
-                                                            {"in", "in_dtype"},
-                                                            {"out", "out_dtype"},
-                                                            {"layout", "scale_layout"},
-                                                            {"tpg", "threads_per_group"},
-                                                            {"vec", "vec_width"},
-                                                            {"gpb", "groups_per_block"}};
-  auto it = kAlias.find(name);
-  return it == kAlias.end() ? name : it->second;
-}
-
-} // namespace
-
 llvm::Expected<SpecArgs> parseSpecArgs(const std::vector<std::string>& tokens,
                                        const std::string& archOverride) {
   std::map<std::string, std::string> fields;
@@ -46,7 +27,7 @@ llvm::Expected<SpecArgs> parseSpecArgs(const std::vector<std::string>& tokens,
     if (key.empty())
       return makeError(ErrorCode::InvalidArgument,
                        "spec field '" + token + "' has an empty key (expected key=value)");
-    const std::string name = canonicalName(key);
+    const std::string name = canonicalFieldName(key);
     if (auto it = seen.find(name); it != seen.end())
       return makeError(ErrorCode::InvalidArgument, "spec field '" + token + "' sets " + name +
                                                        " again (already set by '" + it->second +

@@ -102,6 +102,10 @@ struct KernelSpec {
   bool operator!=(const KernelSpec& o) const { return !(*this == o); }
 };
 
+/// The canonical field name of a command-line alias ("G" -> "group_size",
+/// "tpg" -> "threads_per_group", ...); other names are returned unchanged.
+std::string canonicalFieldName(const std::string& name);
+
 /// Validates an explicit launch shape against a spec (the vector width must
 /// divide G, the team must divide the group's vectors, and so on).
 llvm::Error validateShape(const KernelSpec& spec, const LaunchShape& shape);
