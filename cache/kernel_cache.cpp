@@ -8,7 +8,6 @@
 #include "cache/fs_util.hpp"
 #include "jit/cache_key.hpp"
 #include "jit/launch_heuristic.hpp"
-#include "jit/template_source.hpp"
 
 namespace bqjit {
 
@@ -55,13 +54,7 @@ void KernelCache::warnOnce(std::atomic<bool>& flag, const std::string& text) con
 std::string KernelCache::tunedPath(const KernelSpec& spec, Regime regime) const {
   KernelSpec base = spec;
   base.shape.reset();
-  KeyInputs in;
-  in.canonicalSpec = base.canonical();
-  in.templateSource = templateSource().str();
-  in.options = Compiler::options(base);
-  in.nvrtcIdentity = compiler_.identity().toString();
-  in.arch = base.arch;
-  return disk_->root() + "/tuned/" + computeCacheKey(in) +
+  return disk_->root() + "/tuned/" + computeCacheKey(compiler_.keyInputs(base)) +
          (regime == Regime::Latency ? ".latency.json" : ".json");
 }
 
@@ -239,13 +232,7 @@ llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelSpec& resol
     counters_.compileMs += compiled->compileMs;
   }
   if (diskWritable_) {
-    KeyInputs in;
-    in.canonicalSpec = resolved.canonical();
-    in.templateSource = templateSource().str();
-    in.options = compiled->options;
-    in.nvrtcIdentity = compiler_.identity().toString();
-    in.arch = resolved.arch;
-    if (auto err = disk_->publish(*compiled, in.canonical())) {
+    if (auto err = disk_->publish(*compiled, compiler_.keyInputs(resolved).canonical())) {
       std::string message;
       consumeError(std::move(err), &message);
       warnOnce(warnedWrite_, message + "; kernels are kept in memory only");

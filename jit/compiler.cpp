@@ -33,14 +33,18 @@ std::vector<std::string> Compiler::options(const KernelSpec& spec) {
           "-Xptxas=-v"};
 }
 
-std::string Compiler::cacheKey(const KernelSpec& resolved) const {
+KeyInputs Compiler::keyInputs(const KernelSpec& spec) const {
   KeyInputs in;
-  in.canonicalSpec = resolved.canonical();
+  in.canonicalSpec = spec.canonical();
   in.templateSource = templateSource().str();
-  in.options = options(resolved);
+  in.options = options(spec);
   in.nvrtcIdentity = identity_.toString();
-  in.arch = resolved.arch;
-  return computeCacheKey(in);
+  in.arch = spec.arch;
+  return in;
+}
+
+std::string Compiler::cacheKey(const KernelSpec& resolved) const {
+  return computeCacheKey(keyInputs(resolved));
 }
 
 llvm::Expected<CompiledKernel> Compiler::compile(const KernelSpec& resolved) const {

@@ -8,6 +8,7 @@
 
 #include "bqjit/compiled_kernel.hpp"
 #include "bqjit/kernel_spec.hpp"
+#include "jit/cache_key.hpp"
 #include "jit/toolchain.hpp"
 
 namespace bqjit {
@@ -21,6 +22,9 @@ public:
 
   /// The NVRTC options for a spec, in canonical order.
   static std::vector<std::string> options(const KernelSpec& spec);
+
+  /// Everything the cache key of a spec hashes; the one place it is assembled.
+  KeyInputs keyInputs(const KernelSpec& spec) const;
 
   /// The cache key of a resolved spec (launch shape set).
   std::string cacheKey(const KernelSpec& resolved) const;
