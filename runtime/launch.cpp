@@ -171,7 +171,10 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
   void* params[] = {&x, &ldx, &rows, &q, &scales, &ub, &masked};
   r = d.cuLaunchKernel(fn.function, grid[0], grid[1], grid[2], block[0], block[1], block[2], 0,
                        stream, params, nullptr);
-  return d.check(r, "cuLaunchKernel", "kernel " + s.label());
+  // The message is built only on failure: the launch path allocates nothing.
+  if (r != CUDA_SUCCESS)
+    return d.check(r, "cuLaunchKernel", "kernel " + s.label());
+  return llvm::Error::success();
 }
 
 } // namespace bqjit
