@@ -65,8 +65,23 @@ def make_sets(t, h, group, count):
     return sets
 
 
-def time_graph(fn, sets, reps_per_graph, replays, flush):
-    """Median microseconds of one fn(set) call, from graph replays."""
+FLUSH_MODE = "zero"
+WARMUP_S = 0.05
+
+
+def flush_l2(flush):
+    """Evicts the L2 before a timed replay: "zero" writes the flush buffer (the
+    usual way, as triton's do_bench does; it leaves the L2 full of dirty lines
+    that the next kernel writes back), "read" reads it (clean lines)."""
+    if FLUSH_MODE == "read":
+        flush.max()
+    else:
+        flush.zero_()
+
+
+def time_graph(fn, sets, reps_per_graph, replays, flush, all_times=None):
+    """Median microseconds of one fn(set) call, from graph replays. The time of
+    every replay is appended to all_times when given."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -78,19 +93,30 @@ def time_graph(fn, sets, reps_per_graph, replays, flush):
     with torch.cuda.graph(graph):
         for i in range(reps_per_graph):
             fn(sets[i % len(sets)])
-    graph.replay()
-    torch.cuda.synchronize()
+    # Untimed replays first, for at least WARMUP_S: right after its buffers are
+    # allocated, the first few milliseconds of replays run up to 15% slower
+    # (bench/NOTES.md, "the swing"), which would penalise whichever
+    # implementation happens to be timed first on a shape.
+    warm_start = time.perf_counter()
+    warm = 0
+    while warm < 3 or time.perf_counter() - warm_start < WARMUP_S:
+        flush_l2(flush)
+        graph.replay()
+        torch.cuda.synchronize()
+        warm += 1
     times = []
     start = torch.cuda.Event(enable_timing=True)
     end = torch.cuda.Event(enable_timing=True)
     for _ in range(replays):
-        flush.zero_()
+        flush_l2(flush)
         start.record()
         graph.replay()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) * 1000.0 / reps_per_graph)
     del graph
+    if all_times is not None:
+        all_times.extend(round(t, 2) for t in times)
     return statistics.median(times), (max(times) - min(times))
 
 
@@ -100,7 +126,7 @@ def copy_bandwidth(flush):
     dst = torch.empty_like(src)
     ts = []
     for _ in range(10):
-        flush.zero_()
+        flush_l2(flush)
         a = torch.cuda.Event(enable_timing=True)
         b = torch.cuda.Event(enable_timing=True)
         a.record()
@@ -152,8 +178,17 @@ def main():
     ap.add_argument("--hidden", default="", help="comma-separated H values of the grid to run")
     ap.add_argument("--replays", type=int, default=15)
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    ap.add_argument("--no-eager", action="store_true", help="skip PyTorch eager")
+    ap.add_argument("--flush", choices=["zero", "read"], default="zero",
+                    help="how the L2 is evicted before each replay (see flush_l2)")
+    ap.add_argument("--launches", default="",
+                    help="explicit launch shapes to time beside the default, "
+                         "tpg,vec,gpb;tpg,vec,gpb;... (skipped where G does not fit)")
     ap.add_argument("--v1", action="store_true", help="also time the first heuristic's launch shape")
     args = ap.parse_args()
+    global FLUSH_MODE
+    FLUSH_MODE = args.flush
+    launches = [tuple(int(v) for v in l.split(",")) for l in args.launches.split(";") if l]
 
     torch.manual_seed(0)
     props = torch.cuda.get_device_properties(0)
@@ -205,8 +240,21 @@ def main():
         def run_compiled(st):
             compiled(st[0], g)
 
-        t_b, spread_b = time_graph(run_bqjit, sets, reps, args.replays, flush)
+        times_b = []
+        t_b, spread_b = time_graph(run_bqjit, sets, reps, args.replays, flush, times_b)
         state = gpu_state()  # right after bqjit's replays
+        explicit = {}
+        for tpg, vec, gpb in launches:
+            if g % vec or (g // vec) % tpg:
+                continue
+            shape = {"threads_per_group": tpg, "vec_width": vec, "groups_per_block": gpb}
+
+            def run_shape(st, shape=shape):
+                bqjit.silu_mul_quant(st[0], group_size=g, out=st[1], scales_out=st[2], launch=shape)
+
+            times_l = []
+            t_l, _ = time_graph(run_shape, sets, reps, args.replays, flush, times_l)
+            explicit[f"{tpg},{vec},{gpb}"] = dict(us=t_l, times=times_l)
         t_v1 = float("nan")
         if args.v1:
             launch1 = v1_launch(g)
@@ -215,7 +263,9 @@ def main():
                 bqjit.silu_mul_quant(st[0], group_size=g, out=st[1], scales_out=st[2], launch=launch1)
 
             t_v1, _ = time_graph(run_v1, sets, reps, args.replays, flush)
-        t_e, _ = time_graph(run_eager, sets, reps, max(5, args.replays // 3), flush)
+        t_e = float("nan")
+        if not args.no_eager:
+            t_e, _ = time_graph(run_eager, sets, reps, max(5, args.replays // 3), flush)
         t_c = float("nan")
         if compiled is not None:
             t_c, _ = time_graph(run_compiled, sets, reps, args.replays, flush)
@@ -233,12 +283,14 @@ def main():
                    same_size_copy_us=t_copy, pct_same_size_copy=100 * t_copy / t_b,
                    eager_us=t_e, compile_us=t_c, v1_us=t_v1, speedup_vs_compile=t_c / t_b,
                    floor_us=bytes_moved / (copy_gbs * 1e9) * 1e6, correct=ok, sets=count, reps=reps,
+                   bqjit_times_us=times_b, launches=explicit, flush=FLUSH_MODE,
                    **state)
         rows.append(row)
         print(f"{h:>6} {t:>5} {g:>4} | {t_b:>9.2f} {gbs:>6.0f} {row['pct_copy']:>5.1f}% "
               f"{row['pct_same_size_copy']:>4.0f}% | "
               f"{t_e:>9.1f} {t_c:>10.2f} | {row['speedup_vs_compile']:>9.2f}x {'ok' if ok else 'WRONG'}"
               + (f" | v1 {t_v1:.2f}" if args.v1 else "")
+              + "".join(f" | {k} {v['us']:.2f}" for k, v in explicit.items())
               + (f" | {state['sm_clock_mhz']} MHz" if "sm_clock_mhz" in state else ""),
               flush=True)
         del sets

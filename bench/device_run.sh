@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine: every GPU test, the example, the CLI checks, the
 # Python tests, the benchmark and a tuning demonstration; logs go to $OUT.
-# Usage: bash bench/device_run.sh [tests|bench|tune|all] [bench args...]
+# Usage: bash bench/device_run.sh [tests|bench|tune|all|ab|ncu] [bench args...]
+#   ab: this build against devpack/old (another build's libbqjit.so); ncu: both
+#   under Nsight Compute at one shape (NCU_SHAPE=H:T:G).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}
@@ -32,10 +34,42 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
       devpack/bin/bqjit verify $spec --tokens $t 2>&1 | tail -1 | cut -c1-160 | tee -a "$OUT/summary.txt"
     done
   done
-  (cd python && timeout 300 python3 -m pytest -q tests 2>&1 | tail -4) | tee "$OUT/pytest.txt"
+  if [ -z "${NO_PYTEST:-}" ]; then
+    (cd python && timeout 300 python3 -m pytest -q tests 2>&1 | tail -4) | tee "$OUT/pytest.txt"
+  fi
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   timeout 270 python3 bench/bench.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.txt"
+fi
+if [ "$what" = ab ]; then
+  # The kernel of another build (devpack/old/libbqjit.so, its own cache) timed
+  # against this one, alternating processes: B A B A, so that drift in the
+  # machine's state shows up as a difference between the two runs of one build.
+  shapes=${AB_SHAPES:-14336:8192:128,18432:8192:96,18432:8192:128,18432:8192:192,25600:8192:128,7168:8192:64,2048:8192:128,14336:1024:128,14336:256:128,18432:64:128,14336:16:128,18432:1:128}
+  mkdir -p "$OUT/ab"
+  for round in 1 2; do
+    for which in new old; do
+      lib=$PWD/devpack/lib/libbqjit.so
+      [ "$which" = old ] && lib=$PWD/devpack/old/libbqjit.so
+      echo "== $which (round $round)" | tee -a "$OUT/ab.txt"
+      BQJIT_LIBRARY=$lib BQJIT_CACHE_DIR=/tmp/bqjit-cache-$which timeout 120 python3 bench/bench.py \
+        --json "$OUT/ab/$which-$round.json" --no-compile --no-eager --replays 11 --shapes "$shapes" "$@" \
+        2>&1 | tee -a "$OUT/ab.txt"
+    done
+  done
+fi
+if [ "$what" = ncu ]; then
+  # Hardware counters of one launch of each build at the throughput shape.
+  for which in new old; do
+    lib=$PWD/devpack/lib/libbqjit.so
+    [ "$which" = old ] && lib=$PWD/devpack/old/libbqjit.so
+    BQJIT_LIBRARY=$lib BQJIT_CACHE_DIR=/tmp/bqjit-cache-$which timeout 120 ncu --clock-control none \
+      -k regex:silu_mul_quant -s 2 -c 1 --section SpeedOfLight --section Occupancy \
+      --section SchedulerStats --section WarpStateStats --section LaunchStats \
+      --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+      python3 bench/one_launch.py ${NCU_SHAPE:-14336:8192:128} >"$OUT/ncu-$which.txt" 2>&1
+    echo "ncu $which: exit $?" | tee -a "$OUT/summary.txt"
+  done
 fi
 if [ "$what" = tune ] || [ "$what" = all ]; then
   # Tune two shapes, then time them again: the stored records take effect.

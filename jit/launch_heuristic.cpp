@@ -20,8 +20,8 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, int maxVecWidth, Regime re
   // 16-byte loads where G allows it.
   s.vecWidth = largestPow2Dividing(
       spec.groupSize, std::max(1, std::min(maxVecWidth, 16 / dtypeBytes(spec.inDtype))));
-  const int vectors = spec.groupSize / s.vecWidth;
   if (regime == Regime::Throughput) {
+    const int vectors = spec.groupSize / s.vecWidth;
     // Two or more vectors per thread in a power-of-two team: more bytes in
     // flight per thread and the per-team work (index math, the scale's
     // division, the reduction) spread over more elements; 98% of the copy
@@ -30,7 +30,12 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, int maxVecWidth, Regime re
   } else {
     // One vector per thread where the team fits in a warp (any team size, in
     // a power-of-two slot): the shortest dependent chain, which is what
-    // decode sizes wait on.
+    // decode sizes wait on. Narrower vectors (down to 8 bytes) while the
+    // team still fits in a warp: more threads, shorter chains; at G = 128,
+    // 32 x 8 bytes beat 16 x 16 bytes by 3-7% at T = 1..64 (bench/NOTES.md).
+    while (s.vecWidth * dtypeBytes(spec.inDtype) > 8 && spec.groupSize / (s.vecWidth / 2) <= 32)
+      s.vecWidth /= 2;
+    const int vectors = spec.groupSize / s.vecWidth;
     s.threadsPerGroup = 1;
     for (int t = std::min(32, vectors); t >= 1; --t)
       if (vectors % t == 0) {

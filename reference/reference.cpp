@@ -277,6 +277,10 @@ void fillRow(const KernelSpec& spec, uint8_t* x, int64_t row, int64_t ldx, RowPa
   const float mixed[] = {0.0f, -0.0f, nan,  inf, -inf, huge, -huge, smallestSubnormal(spec.inDtype),
                          1.5f, -3.0f, 0.25f};
   constexpr int64_t kMixed = sizeof(mixed) / sizeof(mixed[0]);
+  const float sub = smallestSubnormal(spec.inDtype);
+  const float tinyGates[] = {-0.0f, sub, -sub, 0x1p-120f, -0x1p-110f, 0x1p-100f, 1e-30f, 0.5f};
+  const float nearGateMin[] = {-86.5f, -87.0f, -87.25f, -87.5f, -88.0f, -88.5f, -88.7f, 1.0f};
+  const int64_t g = spec.groupSize;
   for (int64_t i = 0; i < h; ++i) {
     float gate = 0.0f;
     float up = 0.0f;
@@ -298,6 +302,33 @@ void fillRow(const KernelSpec& spec, uint8_t* x, int64_t row, int64_t ldx, RowPa
       gate = mixed[i % kMixed];
       up = mixed[(3 * i + 1) % kMixed];
       break;
+    case RowPattern::Edges: {
+      const int64_t col = i % g;
+      const float bigUp = col % 2 == 0 ? huge / 2 : -huge / 4;
+      switch (i / g % 4) {
+      case 0:
+        gate = tinyGates[col % 8];
+        up = col % 3 == 2 ? 3.0f : bigUp;
+        break;
+      case 1:
+        gate = nearGateMin[col % 8];
+        up = bigUp;
+        break;
+      case 2:
+        gate = static_cast<float>(col % 7 - 3) * 0.75f;
+        up = 2.0f;
+        if (col == g / 2)
+          gate = up = huge; // y = Inf
+        if (col == g / 2 + 1)
+          gate = up = 1e19f; // y near 1e38 (Inf where 1e19 is not finite)
+        break;
+      default:
+        gate = 1.0f + 0.01f * static_cast<float>(col);
+        up = std::ldexp(col % 2 ? -1.0f : 1.0f, static_cast<int>(col % 60) - 30);
+        break;
+      }
+      break;
+    }
     }
     storeInput(spec.inDtype, x, row * ldx + i, gate);
     storeInput(spec.inDtype, x, row * ldx + h + i, up);

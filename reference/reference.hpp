@@ -136,12 +136,16 @@ std::vector<uint8_t> makeInput(const KernelSpec& spec, int64_t tokens, int64_t l
                                int64_t numExperts, uint64_t seed, float scale = 4.0f);
 
 /// Special contents for one row of x.
-enum class RowPattern { Zeros, NaNs, Infs, Huge, Mixed };
+enum class RowPattern { Zeros, NaNs, Infs, Huge, Mixed, Edges };
 
 /// Overwrites columns 0..2H-1 of row `row` (counting across experts: e * T + t)
 /// with `pattern`: Zeros; NaNs; Infs (gate and up ±Inf); Huge (values near the
 /// dtype's largest finite, both signs); Mixed (zeros of both signs, NaN, ±Inf,
-/// huge, subnormal and ordinary values, column by column).
+/// huge, subnormal and ordinary values, column by column); Edges (the limits of
+/// the kernel's fast division, one theme per group, j % 4: 0, zero, subnormal
+/// and tiny gates times huge ups; 1, gates around -87, where 1 + exp(-g)
+/// nears 2^126, times huge ups; 2, ordinary values with one y = Inf and one
+/// y near 1e38; 3, ups from 2^-30 to 2^29, so most quotients are tiny).
 void fillRow(const KernelSpec& spec, uint8_t* x, int64_t row, int64_t ldx, RowPattern pattern);
 
 } // namespace bqjit::ref

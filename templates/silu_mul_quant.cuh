@@ -21,6 +21,17 @@ template <int T> struct TeamSlot {
 
 template <int IN> struct InBytes { static constexpr int value = IN == kFP32 ? 4 : 2; };
 
+// Blocks per SM to promise ptxas (__launch_bounds__), from a rough count of
+// the registers a thread of E elements needs: its E products, its raw input
+// words and about 24 more. Left to ptxas (0) where that count fits the 64
+// registers ptxas gives a 256-thread block by default; a larger thread's work
+// would otherwise spill under that default.
+template <int IN, int E, int THREADS> struct MinBlocks {
+  static constexpr int kRegs = E + 2 * E * InBytes<IN>::value / 4 + 24;
+  static constexpr int kFit = 65536 / (THREADS * kRegs);
+  static constexpr int value = kRegs <= 64 ? 0 : (kFit < 1 ? 1 : kFit);
+};
+
 // ---- input: a vector of VEC elements is loaded as raw 32-bit words ----------
 
 template <int BYTES> struct Raw {
@@ -49,27 +60,22 @@ template <int BYTES> __device__ __forceinline__ Raw<BYTES> loadRaw(const void* p
   return r;
 }
 
-template <int IN> __device__ __forceinline__ float toFloat(u32 bits16or32) {
-  if constexpr (IN == kBF16) {
-    return __uint_as_float(bits16or32 << 16);
-  } else if constexpr (IN == kFP16) {
-    float f;
-    unsigned short h = static_cast<unsigned short>(bits16or32);
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-  } else {
-    return __uint_as_float(bits16or32);
-  }
-}
-
+// The VEC values of a raw vector as floats. Every word is ORed with dep, which
+// is zero at run time (see siluMulFast); for bf16 that costs no instruction:
+// the shift becomes a byte permute and the mask a three-input LOP.
 template <int IN, int VEC, int BYTES>
-__device__ __forceinline__ void unpack(const Raw<BYTES>& r, float (&out)[VEC]) {
+__device__ __forceinline__ void unpack(const Raw<BYTES>& r, float (&out)[VEC], u32 dep = 0u) {
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
-    if constexpr (IN == kFP32)
-      out[k] = toFloat<IN>(r.w[k]);
-    else
-      out[k] = toFloat<IN>((r.w[k / 2] >> (16 * (k % 2))) & 0xffffu);
+    const u32 w = r.w[k / (IN == kFP32 ? 1 : 2)];
+    if constexpr (IN == kFP32) {
+      out[k] = __uint_as_float(w | dep);
+    } else if constexpr (IN == kBF16) {
+      out[k] = __uint_as_float(k % 2 == 0 ? __byte_perm(w, dep, 0x1054) : (w & 0xffff0000u) | dep);
+    } else {
+      const unsigned short h = static_cast<unsigned short>(((w | dep) >> (16 * (k % 2))) & 0xffffu);
+      asm("cvt.f32.f16 %0, %1;" : "=f"(out[k]) : "h"(h));
+    }
   }
 }
 
@@ -78,14 +84,17 @@ __device__ __forceinline__ void unpack(const Raw<BYTES>& r, float (&out)[VEC]) {
 template <int OUT> struct QuantTraits;
 template <> struct QuantTraits<kE4M3> {
   static constexpr float kMax = 448.0f;
+  static constexpr float kInvMax = 0x1.24924ap-9f; // 1 / 448, correctly rounded
   static constexpr float kMinScale = 1.0f / (448.0f * 512.0f);
 };
 template <> struct QuantTraits<kE5M2> {
   static constexpr float kMax = 57344.0f;
+  static constexpr float kInvMax = 0x1.24924ap-16f; // 1 / 57344, correctly rounded
   static constexpr float kMinScale = 1.0f / (57344.0f * 512.0f);
 };
 template <> struct QuantTraits<kInt8> {
   static constexpr float kMax = 127.0f;
+  static constexpr float kInvMax = 0x1.020408p-7f; // 1 / 127, correctly rounded
   static constexpr float kMinScale = 1.1920928955078125e-07f; // 2^-23
 };
 
@@ -153,6 +162,68 @@ template <int VEC> __device__ __forceinline__ void storeBytes(unsigned char* p, 
     *p = static_cast<unsigned char>(w[0]);
 }
 
+// ---- division ----------------------------------------------------------------
+//
+// A correctly rounded a / b is what SPEC.md asks for. The compiler's div.rn
+// computes, per division: rc = rcp.approx(b); r = rc + rc * (1 - b * rc);
+// q0 = a * r; q1 = q0 + r * (a - b * q0), each step one rounding (FMA), and
+// checks (FCHK) per division whether a and b lie in the range where q1 is
+// the correctly rounded quotient, calling a slow routine where they do not.
+// Here r is computed once per divisor (once per group for y / s), the range
+// check is made once per thread or team from bounds the kernel already has,
+// and the slow routine (__fdiv_rn) runs for a whole team where a bound fails.
+// Inside the range the result is bit-identical to __fdiv_rn: the same r, the
+// same roundings. The residual's sign is flipped so that a zero dividend
+// keeps its sign (-0 / b = -0), which the FMA with +0 would lose.
+__device__ __forceinline__ float rcpRefined(float b) {
+  float rc;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(rc) : "f"(b));
+  return fmaf(rc, fmaf(-b, rc, 1.0f), rc);
+}
+
+__device__ __forceinline__ float divFast(float a, float b, float r) {
+  const float q0 = a * r;
+  const float negResidual = fmaf(b, q0, -a);
+  return fmaf(-r, negResidual, q0);
+}
+
+// max that returns NaN if either operand is NaN (fmaxf ignores a NaN).
+__device__ __forceinline__ float maxNaN(float a, float b) {
+  float m;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(m) : "f"(a), "f"(b));
+  return m;
+}
+
+// 1 + exp(x), by the steps of the toolkit's expf (libdevice) with its last
+// product and the addition fused: one rounding fewer than 1.0f + expf(x).
+__device__ __forceinline__ float onePlusExp(float x) {
+  float t, j, p;
+  asm("fma.rn.sat.f32 %0, %1, 0f3BBB989D, 0f3F000000;" : "=f"(t) : "f"(x)); // x*log2(e)/252 + 1/2
+  asm("fma.rm.f32 %0, %1, 0f437C0000, 0f4B400001;" : "=f"(j) : "f"(t));     // the exponent, biased
+  float f = fmaf(x, __int_as_float(0x3FB8AA3B), -(j - __int_as_float(0x4B40007F)));
+  f = fmaf(x, __int_as_float(0x32A57060), f); // x*log2(e) - exponent, to about 2^-48
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(p) : "f"(f));
+  return fmaf(p, __int_as_float(__float_as_int(j) << 23), 1.0f);
+}
+
+// Lane-wise minimum of two packed pairs of 16-bit floats.
+template <int IN> __device__ __forceinline__ u32 minPair(u32 a, u32 b) {
+  u32 m;
+  if constexpr (IN == kBF16)
+    asm("min.bf16x2 %0, %1, %2;" : "=r"(m) : "r"(a), "r"(b));
+  else
+    asm("min.f16x2 %0, %1, %2;" : "=r"(m) : "r"(a), "r"(b));
+  return m;
+}
+
+// Gates at or below this make 1 + exp(-g) >= 2^126, whose approximate
+// reciprocal flushes to zero: such a thread takes the exact division.
+constexpr float kFastGateMin = -87.0f;
+// y / s by the fast path needs s < 2^126 (a normal reciprocal) and quotients
+// far from overflow; only a scale upper bound can break the second.
+constexpr float kFastScaleMax = 8.507059173023461586e37f;    // 2^126
+constexpr float kFastQuotientMax = 1.329227995784915873e36f; // 2^120
+
 // 2^ceil(log2(s)) for positive s, exactly, by bit manipulation.
 __device__ __forceinline__ float pow2Ceil(float s) {
   u32 b = __float_as_uint(s);
@@ -160,6 +231,118 @@ __device__ __forceinline__ float pow2Ceil(float s) {
   if ((b & 0x007fffffu) != 0u && expBits != 0x7f800000u)
     b = expBits + 0x00800000u;
   return __uint_as_float(b);
+}
+
+// ---- the per-thread steps -----------------------------------------------------------
+
+// y = silu(g) * u for this thread's kChunks vectors of the group at gate/up
+// (vector c of the thread is number c * TPG + vecLane). Every load is issued
+// before the first use. Returns the thread's amax, or NaN where the fast
+// division cannot be trusted for this thread (a NaN y, or a gate at or below
+// kFastGateMin): the caller then recomputes with siluMulExact. zero must be 0
+// at run time in a way the compiler cannot see.
+template <int IN, int VEC, int TPG, int kChunks>
+__device__ __forceinline__ float siluMulFast(const unsigned char* gate, const unsigned char* up, int vecLane,
+                                             u32 zero, float (&y)[kChunks][VEC]) {
+  constexpr int kVecBytes = VEC * InBytes<IN>::value;
+  Raw<kVecBytes> rawG[kChunks], rawU[kChunks];
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    const int off = (c * TPG + vecLane) * kVecBytes;
+    rawG[c] = loadRaw<kVecBytes>(gate + off);
+    rawU[c] = loadRaw<kVecBytes>(up + off);
+  }
+  // ptxas sinks each load to just before its first use, which would issue the
+  // up loads only after every silu of the thread, halving the bytes in flight.
+  // A word that depends on every load, zero at run time, folded into the gates
+  // keeps all loads at the top.
+  u32 loaded = 0u;
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c)
+    loaded ^= rawG[c].w[0] ^ rawU[c].w[0];
+  const u32 dep = loaded & zero;
+  float amax = 0.0f;
+  float gmin = 0.0f;
+  u32 gminPair = 0u; // 16-bit inputs: the minimum in packed pairs, half the work
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    float g[VEC], u[VEC];
+    unpack<IN, VEC>(rawG[c], g, dep);
+    unpack<IN, VEC>(rawU[c], u);
+    if constexpr (IN != kFP32) {
+#pragma unroll
+      for (int i = 0; i < Raw<kVecBytes>::kWords; ++i)
+        gminPair = minPair<IN>(gminPair, rawG[c].w[i]);
+    }
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const float d = onePlusExp(-g[k]);
+      y[c][k] = divFast(g[k], d, rcpRefined(d)) * u[k];
+      amax = maxNaN(amax, fabsf(y[c][k]));
+      if constexpr (IN == kFP32)
+        gmin = fminf(gmin, g[k]);
+    }
+  }
+  if constexpr (IN != kFP32) {
+    Raw<4> pair;
+    pair.w[0] = gminPair;
+    float m[2];
+    unpack<IN, 2>(pair, m);
+    gmin = fminf(m[0], m[1]);
+  }
+  return gmin > kFastGateMin ? amax : __int_as_float(0x7fffffff);
+}
+
+// The same with IEEE division throughout (the rare path); amax ignores NaN.
+template <int IN, int VEC, int TPG, int kChunks>
+__device__ __forceinline__ float siluMulExact(const unsigned char* gate, const unsigned char* up, int vecLane,
+                                           float (&y)[kChunks][VEC]) {
+  constexpr int kVecBytes = VEC * InBytes<IN>::value;
+  float amax = 0.0f;
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    const int off = (c * TPG + vecLane) * kVecBytes;
+    float g[VEC], u[VEC];
+    unpack<IN, VEC>(loadRaw<kVecBytes>(gate + off), g);
+    unpack<IN, VEC>(loadRaw<kVecBytes>(up + off), u);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      y[c][k] = __fdiv_rn(g[k], onePlusExp(-g[k])) * u[k];
+      amax = fmaxf(amax, fabsf(y[c][k]));
+    }
+  }
+  return amax;
+}
+
+// q = saturate_round(y / s) for this thread's vectors, stored to qRow.
+// FAST: the division by the group's reciprocal r (the caller checked the
+// range); otherwise IEEE division per element.
+template <int OUT, int VEC, int TPG, int kChunks, bool FAST>
+__device__ __forceinline__ void quantizeStore(const float (&y)[kChunks][VEC], float s, float r,
+                                              unsigned char* qRow, int lane) {
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    u32 w[(VEC + 3) / 4];
+#pragma unroll
+    for (int i = 0; i < (VEC + 3) / 4; ++i)
+      w[i] = 0;
+#pragma unroll
+    for (int k = 0; k < VEC; k += 2) {
+      float lo, hi = 0.0f;
+      if constexpr (FAST) {
+        lo = divFast(y[c][k], s, r);
+        if (k + 1 < VEC)
+          hi = divFast(y[c][k + 1], s, r);
+      } else {
+        lo = __fdiv_rn(y[c][k], s);
+        if (k + 1 < VEC)
+          hi = __fdiv_rn(y[c][k + 1], s);
+      }
+      const u32 pair = quantPair<OUT>(lo, hi) & (k + 1 < VEC ? 0xffffu : 0xffu);
+      w[k / 4] |= pair << (8 * (k % 4));
+    }
+    storeBytes<VEC>(qRow + (c * TPG + lane) * VEC, w);
+  }
 }
 
 // ---- the kernel -----------------------------------------------------------------
@@ -183,7 +366,8 @@ __device__ __forceinline__ float pow2Ceil(float s) {
 //   maskedM [E] live rows per expert, used when MASKED (gridDim.y = E)
 template <int H, int G, int IN, int OUT, int LAYOUT, bool POW2, bool HAS_UB, bool MASKED, int TPG,
           int VEC, int GPB>
-__global__ void __launch_bounds__(TeamSlot<TPG>::value * GPB)
+__global__ void __launch_bounds__(TeamSlot<TPG>::value * GPB,
+                                  MinBlocks<IN, G / TPG, TeamSlot<TPG>::value * GPB>::value)
     silu_mul_quant(const void* __restrict__ x, i64 ldx, i64 rows, unsigned char* __restrict__ q,
                    void* __restrict__ scales, const float* __restrict__ scaleUb,
                    const int* __restrict__ maskedM) {
@@ -194,7 +378,6 @@ __global__ void __launch_bounds__(TeamSlot<TPG>::value * GPB)
   constexpr int kSlot = TeamSlot<TPG>::value;
   constexpr int NG = H / G;
   constexpr int kInBytes = InBytes<IN>::value;
-  constexpr int kVecBytes = VEC * kInBytes;
   constexpr int kChunks = G / VEC / TPG; // vectors per thread
   constexpr bool kColMajorTasks = LAYOUT != kRow;
   constexpr bool kPadded = LAYOUT == kColTma || LAYOUT == kUe8m0Packed;
@@ -210,8 +393,18 @@ __global__ void __launch_bounds__(TeamSlot<TPG>::value * GPB)
   const i64 task = static_cast<i64>(blockIdx.x) * GPB + threadIdx.x / kSlot;
   if (task >= taskRows * NG)
     return;
-  const i64 t = kColMajorTasks ? task % taskRows : task / NG;
-  const int j = static_cast<int>(kColMajorTasks ? task / taskRows : task % NG);
+  i64 t;
+  int j;
+  if (taskRows * NG <= 0x7fffffff) {
+    // The usual case: 32-bit division, a few instructions instead of dozens.
+    const u32 task32 = static_cast<u32>(task);
+    const u32 taskRows32 = static_cast<u32>(taskRows);
+    t = kColMajorTasks ? task32 % taskRows32 : task32 / NG;
+    j = static_cast<int>(kColMajorTasks ? task32 / taskRows32 : task32 % NG);
+  } else {
+    t = kColMajorTasks ? task % taskRows : task / NG;
+    j = static_cast<int>(kColMajorTasks ? task / taskRows : task % NG);
+  }
   if (MASKED && t >= liveRows)
     return;
 
@@ -246,40 +439,38 @@ __global__ void __launch_bounds__(TeamSlot<TPG>::value * GPB)
   const unsigned char* gate = row + static_cast<i64>(j) * G * kInBytes;
   const unsigned char* up = gate + static_cast<i64>(H) * kInBytes;
 
-  // All loads first, so every one is in flight before the first use.
-  Raw<kVecBytes> rawG[kChunks], rawU[kChunks];
-#pragma unroll
-  for (int c = 0; c < kChunks; ++c) {
-    const int off = (c * TPG + (active ? lane : 0)) * kVecBytes;
-    rawG[c] = loadRaw<kVecBytes>(gate + off);
-    rawU[c] = loadRaw<kVecBytes>(up + off);
-  }
-
+  const int vecLane = active ? lane : 0;
   float y[kChunks][VEC];
-  float amax = 0.0f;
-#pragma unroll
-  for (int c = 0; c < kChunks; ++c) {
-    float g[VEC], u[VEC];
-    unpack<IN, VEC>(rawG[c], g);
-    unpack<IN, VEC>(rawU[c], u);
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const float silu = __fdiv_rn(g[k], 1.0f + expf(-g[k]));
-      y[c][k] = silu * u[k];
-      if (active)
-        amax = fmaxf(amax, fabsf(y[c][k]));
-    }
-  }
+  // rows < 2^62 always: a zero the compiler cannot fold.
+  const u32 zero = static_cast<u32>(rows >> 62);
+  float amax = siluMulFast<IN, VEC, TPG, kChunks>(gate, up, vecLane, zero, y);
+  if (!active)
+    amax = 0.0f; // lanes past TPG hold a copy of lane 0's values
   // Team slots are kSlot consecutive lanes, aligned inside the warp.
   const unsigned teamMask =
       kSlot == 32 ? 0xffffffffu : (((1u << kSlot) - 1u) << ((threadIdx.x % 32) & ~(kSlot - 1)));
 #pragma unroll
   for (int off = kSlot / 2; off > 0; off /= 2)
-    amax = fmaxf(amax, __shfl_xor_sync(teamMask, amax, off, kSlot));
+    amax = maxNaN(amax, __shfl_xor_sync(teamMask, amax, off, kSlot));
+  if (amax != amax) {
+    // A NaN y, or a gate outside the fast division's range, in the team (the
+    // branch is uniform over the team): recompute with exact division, and
+    // take amax as SPEC.md does, NaN ignored.
+    amax = siluMulExact<IN, VEC, TPG, kChunks>(gate, up, vecLane, y);
+    if (!active)
+      amax = 0.0f;
+#pragma unroll
+    for (int off = kSlot / 2; off > 0; off /= 2)
+      amax = fmaxf(amax, __shfl_xor_sync(teamMask, amax, off, kSlot));
+  }
   if (!active)
     return;
 
-  float s = __fdiv_rn(amax, QuantTraits<OUT>::kMax);
+  // amax / QMAX by the fast division with the correctly rounded 1 / QMAX:
+  // exact for every finite amax (checked exhaustively over all fp32
+  // significands for the three QMAX values: tests/test_fast_division).
+  float s = amax == __int_as_float(0x7f800000) ? amax
+                                               : divFast(amax, QuantTraits<OUT>::kMax, QuantTraits<OUT>::kInvMax);
   if constexpr (HAS_UB)
     s = fminf(s, *scaleUb);
   s = fmaxf(s, QuantTraits<OUT>::kMinScale);
@@ -287,21 +478,14 @@ __global__ void __launch_bounds__(TeamSlot<TPG>::value * GPB)
     s = pow2Ceil(s);
 
   unsigned char* qRow = q + (expert * rows + t) * H + static_cast<i64>(j) * G;
-#pragma unroll
-  for (int c = 0; c < kChunks; ++c) {
-    u32 w[(VEC + 3) / 4];
-#pragma unroll
-    for (int i = 0; i < (VEC + 3) / 4; ++i)
-      w[i] = 0;
-#pragma unroll
-    for (int k = 0; k < VEC; k += 2) {
-      const float lo = __fdiv_rn(y[c][k], s);
-      const float hi = k + 1 < VEC ? __fdiv_rn(y[c][k + 1], s) : 0.0f;
-      const u32 pair = quantPair<OUT>(lo, hi) & (k + 1 < VEC ? 0xffffu : 0xffu);
-      w[k / 4] |= pair << (8 * (k % 4));
-    }
-    storeBytes<VEC>(qRow + (c * TPG + lane) * VEC, w);
-  }
+  const float r = rcpRefined(s);
+  // Quotients below 2^-100 that the fast path may round differently all
+  // quantize to a zero of the right sign, so only the top needs a bound.
+  const bool fast = s < kFastScaleMax && (!HAS_UB || amax * r < kFastQuotientMax);
+  if (fast)
+    quantizeStore<OUT, VEC, TPG, kChunks, true>(y, s, r, qRow, lane);
+  else
+    quantizeStore<OUT, VEC, TPG, kChunks, false>(y, s, r, qRow, lane);
 
   if (lane == 0) {
     if constexpr (LAYOUT == kRow) {

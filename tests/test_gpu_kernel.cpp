@@ -91,10 +91,23 @@ std::vector<GpuCase> buildCases() {
                          {2, ref::RowPattern::NaNs},
                          {3, ref::RowPattern::Infs},
                          {5, ref::RowPattern::Huge},
+                         {6, ref::RowPattern::Edges},
                          {7, ref::RowPattern::Mixed}};
         c.seed = seed++;
         cases.push_back(c);
       }
+  // The limits of the fast division (see RowPattern::Edges), with a scale
+  // bound that bites, so that groups with huge y take the exact quantization.
+  for (OutDtype out : {OutDtype::FP8E4M3, OutDtype::FP8E5M2, OutDtype::INT8})
+    for (InDtype in : {InDtype::BF16, InDtype::FP16, InDtype::FP32}) {
+      GpuCase c;
+      c.spec = makeSpec(4096, 128, in, out, ScaleLayout::Row, false, true);
+      c.scaleUb = 1e-3f;
+      c.tokens = 4;
+      c.specialRows = {{1, ref::RowPattern::Edges}, {3, ref::RowPattern::Mixed}};
+      c.seed = seed++;
+      cases.push_back(c);
+    }
   // Masked MoE batches.
   for (ScaleLayout layout : {ScaleLayout::Row, ScaleLayout::ColTma}) {
     GpuCase c;

@@ -289,6 +289,20 @@ TEST(LaunchHeuristic, KnownChoices) {
   EXPECT_EQ(chooseLaunchShape(s).vecWidth, 4);
 }
 
+TEST(LaunchHeuristic, LatencyShapesTakeOneVectorPerThread) {
+  KernelSpec s = baseSpec(); // bf16, G = 128: 32 threads of 8-byte vectors
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Latency), (LaunchShape{32, 4, 8}));
+  s.groupSize = 64; // 16 threads of 8 bytes (no narrower than 8 bytes)
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Latency), (LaunchShape{16, 4, 16}));
+  s.groupSize = 192; // 24 vectors of 16 bytes; 8-byte ones would need 48 threads
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Latency), (LaunchShape{24, 8, 8}));
+  s.groupSize = 96; // 24 threads of 8 bytes, in slots of 32
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Latency), (LaunchShape{24, 4, 8}));
+  s.groupSize = 128;
+  s.inDtype = InDtype::FP32; // 32 threads of 16 bytes (4 floats)
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Latency), (LaunchShape{32, 4, 8}));
+}
+
 TEST(LaunchHeuristic, ResolveKeepsExplicitShape) {
   KernelSpec s = withShape(baseSpec(), 4, 2, 16);
   EXPECT_EQ(*resolveShape(s).shape, (LaunchShape{4, 2, 16}));

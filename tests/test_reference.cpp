@@ -516,6 +516,25 @@ TEST(Reference, SpecialRowsGiveDefinedOutputs) {
     EXPECT_EQ(r.scaleValue[j], minScale(OutDtype::INT8)); // NaNs never win amax
 }
 
+TEST(Reference, EdgeRowsHitTheFastDivisionLimits) {
+  const KernelSpec spec = smallSpec(); // fp32 in, fp8 e4m3 out, H = 64, G = 16
+  std::vector<uint8_t> x(2 * spec.hidden * 4);
+  fillRow(spec, x.data(), 0, 2 * spec.hidden, RowPattern::Edges);
+  // Group 0: gate -0 times a positive up is y = -0, which quantizes to -0.
+  EXPECT_TRUE(std::signbit(loadInput(InDtype::FP32, x.data(), 0)));
+  EXPECT_GT(loadInput(InDtype::FP32, x.data(), spec.hidden), 0.0f);
+  // Group 1: gates around -87.
+  EXPECT_EQ(loadInput(InDtype::FP32, x.data(), 16 + 1), -87.0f);
+  const Result r = run(problemFor(spec, 1), x.data());
+  EXPECT_EQ(r.q[0], 0x80);
+  // Group 1: tiny silu times a huge up stays finite and nonzero.
+  EXPECT_GT(r.scaleValue[1], minScale(OutDtype::FP8E4M3));
+  EXPECT_TRUE(std::isfinite(r.scaleValue[1]));
+  // Group 2 has y = Inf, so its scale is Inf; group 3's ups span 2^-30..2^-15.
+  EXPECT_EQ(r.scaleValue[2], kInf);
+  EXPECT_TRUE(std::isfinite(r.scaleValue[3]));
+}
+
 TEST(Reference, RejectsInconsistentProblems) {
   KernelSpec spec = smallSpec();
   std::vector<uint8_t> x(1 << 12);
