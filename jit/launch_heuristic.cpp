@@ -22,19 +22,17 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, int maxVecWidth, Regime re
       spec.groupSize, std::max(1, std::min(maxVecWidth, 16 / dtypeBytes(spec.inDtype))));
   if (regime == Regime::Throughput) {
     const int vectors = spec.groupSize / s.vecWidth;
-    // Two or more vectors per thread in a power-of-two team: more bytes in
-    // flight per thread and the per-team work (index math, the scale's
-    // division, the reduction) spread over more elements; 98% of the copy
-    // bandwidth at T = 8192 (bench/NOTES.md).
-    s.threadsPerGroup = largestPow2Dividing(vectors, std::min(32, std::max(1, vectors / 2)));
+    // A power-of-two team (no idle lanes) of at least 8 threads or else two
+    // or more vectors per thread: more bytes in flight per thread and the
+    // per-team work spread over more elements, but not so few threads that
+    // a small group is served by a team of 4 (G = 64: 8 x 16 bytes is 2-3%
+    // faster than 4 x 2 x 16 bytes at T = 8192, bench/NOTES.md version 4).
+    s.threadsPerGroup = largestPow2Dividing(vectors, std::min(32, std::max(8, vectors / 2)));
   } else {
     // One vector per thread where the team fits in a warp (any team size, in
     // a power-of-two slot): the shortest dependent chain, which is what
-    // decode sizes wait on. Narrower vectors (down to 8 bytes) while the
-    // team still fits in a warp: more threads, shorter chains; at G = 128,
-    // 32 x 8 bytes beat 16 x 16 bytes by 3-7% at T = 1..64 (bench/NOTES.md).
-    while (s.vecWidth * dtypeBytes(spec.inDtype) > 8 && spec.groupSize / (s.vecWidth / 2) <= 32)
-      s.vecWidth /= 2;
+    // decode sizes wait on. (8-byte vectors in teams of 32 gain 3-7% at
+    // T <= 64 but lose 8% at T x H = 3.7M, still this regime: bench/NOTES.md.)
     const int vectors = spec.groupSize / s.vecWidth;
     s.threadsPerGroup = 1;
     for (int t = std::min(32, vectors); t >= 1; --t)

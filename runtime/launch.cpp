@@ -1,5 +1,6 @@
 // Kernel::launch: argument checks and cuLaunchKernel. Nothing here allocates,
 // synchronizes or touches the disk.
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -113,7 +114,10 @@ std::string streamContextRule(const CudaDriver& d, CUcontext streamCtx, bool leg
 llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
   const LoadedFunction& fn = pick(a.tokens);
   const KernelSpec& s = fn.kernel().spec;
-  const int vec = s.shape->vecWidth;
+  // The widest vector of both launch shapes, whichever this T takes: what a
+  // caller may pass must not depend on the token count.
+  const int vec = std::max(s.shape->vecWidth,
+                           small_ ? small_->kernel().spec.shape->vecWidth : 0);
   const int vecBytes = vec * dtypeBytes(s.inDtype);
   if (a.tokens < 0)
     return argError(s, "tokens", std::to_string(a.tokens), "must be >= 0");
@@ -123,7 +127,8 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
   if ((a.ldx * dtypeBytes(s.inDtype)) % vecBytes != 0)
     return argError(s, "ldx", std::to_string(a.ldx),
                     "row pitch must be a multiple of the " + std::to_string(vecBytes) +
-                        "-byte vector loads (vec_width " + std::to_string(vec) + ")");
+                        "-byte vector loads (vec_width " + std::to_string(vec) +
+                        ", the widest of this kernel's launch shapes)");
   if (!s.masked && a.numExperts != 1)
     return argError(s, "numExperts", std::to_string(a.numExperts),
                     "must be 1 for an unmasked kernel");

@@ -219,14 +219,15 @@ TEST(GpuRuntime, ArchitectureMismatchIsAnError) {
 TEST(GpuRuntime, SecondRequestIsAMemoryHit) {
   BQJIT_REQUIRE_GPU_ENV();
   GpuEnv& env = GpuEnv::get();
-  auto kernel = env.service->getKernel(bf16Spec(4096, 64), 0);
+  auto kernel = env.service->getKernel(bf16Spec(4096, 128), 0);
   ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
   // A second request returns the same loaded functions without compiling:
   // one memory hit per launch shape the spec compiles to (many and few tokens).
-  auto variants = env.service->cache().launchVariants(bf16Spec(4096, 64));
+  auto variants = env.service->cache().launchVariants(bf16Spec(4096, 128));
   ASSERT_TRUE(bool(variants)) << consumeToString(variants.takeError());
+  ASSERT_EQ(variants->size(), 2u); // G = 128: the two regimes' shapes differ
   const auto before = env.service->cache().counters();
-  auto again = env.service->getKernel(bf16Spec(4096, 64), 0);
+  auto again = env.service->getKernel(bf16Spec(4096, 128), 0);
   ASSERT_TRUE(bool(again));
   const auto after = env.service->cache().counters();
   EXPECT_EQ(after.compiles, before.compiles);
@@ -234,9 +235,9 @@ TEST(GpuRuntime, SecondRequestIsAMemoryHit) {
   EXPECT_EQ(&again->specFor(1), &kernel->specFor(1));
   EXPECT_EQ(&again->specFor(1 << 20), &kernel->specFor(1 << 20));
   // Few tokens take the latency shape, many the throughput shape.
-  EXPECT_EQ(*kernel->specFor(1).shape, chooseLaunchShape(bf16Spec(4096, 64), 16, Regime::Latency));
+  EXPECT_EQ(*kernel->specFor(1).shape, chooseLaunchShape(bf16Spec(4096, 128), 16, Regime::Latency));
   EXPECT_EQ(*kernel->specFor(1 << 20).shape,
-            chooseLaunchShape(bf16Spec(4096, 64), 16, Regime::Throughput));
+            chooseLaunchShape(bf16Spec(4096, 128), 16, Regime::Throughput));
 }
 
 } // namespace

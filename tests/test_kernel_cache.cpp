@@ -461,7 +461,7 @@ TEST(KernelCacheVariants, HeuristicSpecsHaveThroughputAndLatencyShapes) {
   ASSERT_EQ(variants->size(), 2u);
   EXPECT_EQ(*(*variants)[0].shape, chooseLaunchShape(spec, 16, Regime::Throughput));
   EXPECT_EQ(*(*variants)[1].shape, chooseLaunchShape(spec, 16, Regime::Latency));
-  EXPECT_EQ((*variants)[1].shape->threadsPerGroup, 32); // one 8-byte vector per thread
+  EXPECT_EQ((*variants)[1].shape->threadsPerGroup, 16); // one 16-byte vector per thread
 
   KernelSpec explicitShape = spec;
   explicitShape.shape = LaunchShape{4, 8, 64};

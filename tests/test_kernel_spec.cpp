@@ -289,18 +289,21 @@ TEST(LaunchHeuristic, KnownChoices) {
   EXPECT_EQ(chooseLaunchShape(s).vecWidth, 4);
 }
 
-TEST(LaunchHeuristic, LatencyShapesTakeOneVectorPerThread) {
-  KernelSpec s = baseSpec(); // bf16, G = 128: 32 threads of 8-byte vectors
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Latency), (LaunchShape{32, 4, 8}));
-  s.groupSize = 64; // 16 threads of 8 bytes (no narrower than 8 bytes)
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Latency), (LaunchShape{16, 4, 16}));
-  s.groupSize = 192; // 24 vectors of 16 bytes; 8-byte ones would need 48 threads
+TEST(LaunchHeuristic, ShapesPerRegime) {
+  KernelSpec s = baseSpec(); // bf16, G = 128: 16 vectors of 16 bytes
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Throughput), (LaunchShape{8, 8, 32}));
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Latency), (LaunchShape{16, 8, 16}));
+  s.groupSize = 64; // 8 vectors: a team of 8 either way
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Throughput), (LaunchShape{8, 8, 32}));
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Latency), (LaunchShape{8, 8, 32}));
+  s.groupSize = 96; // 12 vectors: 4 x 3 in throughput, 12 in a slot of 16 in latency
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Throughput), (LaunchShape{4, 8, 64}));
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Latency), (LaunchShape{12, 8, 16}));
+  s.groupSize = 192; // 24 vectors: 8 x 3, or 24 in a slot of 32
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Throughput), (LaunchShape{8, 8, 32}));
   EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Latency), (LaunchShape{24, 8, 8}));
-  s.groupSize = 96; // 24 threads of 8 bytes, in slots of 32
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Latency), (LaunchShape{24, 4, 8}));
-  s.groupSize = 128;
-  s.inDtype = InDtype::FP32; // 32 threads of 16 bytes (4 floats)
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Latency), (LaunchShape{32, 4, 8}));
+  s.groupSize = 32; // 4 vectors: one each
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Throughput), (LaunchShape{4, 8, 64}));
 }
 
 TEST(LaunchHeuristic, ResolveKeepsExplicitShape) {
