@@ -1,5 +1,6 @@
 #include "cache/kernel_cache.hpp"
 
+#include <algorithm>
 #include <fstream>
 
 #include <unistd.h>
@@ -55,7 +56,9 @@ std::string KernelCache::tunedPath(const KernelSpec& spec, Regime regime) const 
   KernelSpec base = spec;
   base.shape.reset();
   return disk_->root() + "/tuned/" + computeCacheKey(compiler_.keyInputs(base)) +
-         (regime == Regime::Latency ? ".latency.json" : ".json");
+         (regime == Regime::Latency ? ".latency.json"
+          : regime == Regime::Tiny  ? ".tiny.json"
+                                    : ".json");
 }
 
 LaunchShape KernelCache::shapeFor(const KernelSpec& spec, Regime regime) const {
@@ -86,17 +89,27 @@ LaunchShape KernelCache::shapeFor(const KernelSpec& spec, Regime regime) const {
   return heuristic;
 }
 
-llvm::Expected<std::vector<KernelSpec>> KernelCache::launchVariants(const KernelSpec& spec) const {
+llvm::Expected<std::array<KernelSpec, kRegimeCount>>
+KernelCache::regimeSpecs(const KernelSpec& spec) const {
   if (auto err = spec.validate())
     return std::move(err);
-  if (spec.shape)
-    return std::vector<KernelSpec>{spec};
-  KernelSpec many = spec, few = spec;
-  many.shape = shapeFor(spec, Regime::Throughput);
-  few.shape = shapeFor(spec, Regime::Latency);
-  if (*few.shape == *many.shape)
-    return std::vector<KernelSpec>{many};
-  return std::vector<KernelSpec>{many, few};
+  std::array<KernelSpec, kRegimeCount> out{spec, spec, spec};
+  if (!spec.shape)
+    for (int r = 0; r < kRegimeCount; ++r)
+      out[r].shape = shapeFor(spec, static_cast<Regime>(r));
+  return out;
+}
+
+llvm::Expected<std::vector<KernelSpec>> KernelCache::launchVariants(const KernelSpec& spec) const {
+  auto specs = regimeSpecs(spec);
+  if (!specs)
+    return specs.takeError();
+  std::vector<KernelSpec> out;
+  for (const KernelSpec& s : *specs)
+    if (std::find_if(out.begin(), out.end(), [&](const KernelSpec& o) { return o.shape == s.shape; }) ==
+        out.end())
+      out.push_back(s);
+  return out;
 }
 
 llvm::Expected<KernelSpec> KernelCache::resolve(const KernelSpec& spec) const {

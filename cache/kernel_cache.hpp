@@ -3,6 +3,7 @@
 // processes on the key's lock file.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <future>
 #include <memory>
@@ -53,9 +54,12 @@ public:
   /// cache, else the heuristic's.
   llvm::Expected<KernelSpec> resolve(const KernelSpec& spec) const;
 
-  /// The resolved specs a launch of `spec` may use: the user's shape alone
-  /// when given; else the throughput shape, then the latency shape when it
-  /// differs (see Regime), each tuned or the heuristic's. Prewarm compiles all.
+  /// The resolved spec of each regime, indexed by Regime: the user's shape
+  /// for all when given; else each regime's tuned record or heuristic shape.
+  llvm::Expected<std::array<KernelSpec, kRegimeCount>> regimeSpecs(const KernelSpec& spec) const;
+
+  /// The distinct resolved specs a launch of `spec` may use, in Regime order
+  /// (throughput first): what regimeSpecs gives, each once. Prewarm compiles all.
   llvm::Expected<std::vector<KernelSpec>> launchVariants(const KernelSpec& spec) const;
 
   /// The compiled kernel of a spec (validated and resolved here).

@@ -31,8 +31,12 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, int maxVecWidth, Regime re
   } else {
     // One vector per thread where the team fits in a warp (any team size, in
     // a power-of-two slot): the shortest dependent chain, which is what
-    // decode sizes wait on. (8-byte vectors in teams of 32 gain 3-7% at
-    // T <= 64 but lose 8% at T x H = 3.7M, still this regime: bench/NOTES.md.)
+    // decode sizes wait on. Tiny: narrower vectors, down to 8 bytes, while
+    // the team still fits in a warp; at G = 128, 32 x 8 bytes beat 16 x 16
+    // bytes by 3-7% at T x H <= 0.9M but lose 8% at 3.7M (bench/NOTES.md).
+    if (regime == Regime::Tiny)
+      while (s.vecWidth * dtypeBytes(spec.inDtype) > 8 && spec.groupSize / (s.vecWidth / 2) <= 32)
+        s.vecWidth /= 2;
     const int vectors = spec.groupSize / s.vecWidth;
     s.threadsPerGroup = 1;
     for (int t = std::min(32, vectors); t >= 1; --t)
@@ -43,6 +47,18 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, int maxVecWidth, Regime re
   }
   s.groupsPerBlock = std::max(1, 256 / s.teamSlot());
   return s;
+}
+
+const char* regimeName(Regime regime) {
+  switch (regime) {
+  case Regime::Throughput:
+    return "many-token";
+  case Regime::Latency:
+    return "few-token";
+  case Regime::Tiny:
+    return "very-few-token";
+  }
+  return "?";
 }
 
 KernelSpec resolveShape(KernelSpec spec) {

@@ -10,15 +10,34 @@
 namespace bqjit {
 
 /// What a launch shape is tuned for. T is a run-time value, so a spec
-/// without an explicit shape is compiled in both and the launch picks one.
+/// without an explicit shape is compiled for each (once where two agree)
+/// and every launch picks by T x H.
 enum class Regime {
-  Throughput, ///< many tokens: two or more vectors per thread, fewer threads
-  Latency,    ///< few tokens: one vector per thread, the shortest chain
+  Throughput, ///< many tokens: power-of-two teams, several vectors per thread
+  Latency,    ///< few tokens: one 16-byte vector per thread
+  Tiny,       ///< very few tokens: one vector of 8 bytes or more per thread,
+              ///< teams of up to 32: the shortest chain
 };
+
+/// The number of regimes, for tables indexed by Regime.
+inline constexpr int kRegimeCount = 3;
 
 /// Launches with at most this many elements (tokens x H) take the latency
 /// shape; measured crossover on an H100 (bench/NOTES.md, version 2).
 inline constexpr int64_t kLatencyMaxElements = int64_t(1) << 22;
+/// Launches with at most this many elements take the tiny shape
+/// (bench/NOTES.md, version 4).
+inline constexpr int64_t kTinyMaxElements = int64_t(1) << 20;
+
+/// The regime of a launch of `elements` = tokens x H.
+inline Regime regimeFor(int64_t elements) {
+  return elements <= kTinyMaxElements     ? Regime::Tiny
+         : elements <= kLatencyMaxElements ? Regime::Latency
+                                           : Regime::Throughput;
+}
+
+/// "many-token", "few-token" or "very-few-token".
+const char* regimeName(Regime regime);
 
 /// The heuristic's choice for a validated spec (its `shape` is ignored),
 /// with vectors of at most `maxVecWidth` elements (for inputs or outputs that

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <tuple>
 
 #include "bqjit/error.hpp"
 #include "bqjit/service.hpp"
@@ -11,19 +12,25 @@
 
 namespace bqjit {
 
+Kernel::Kernel(Functions fns) : fns_(std::move(fns)) {
+  static_assert(std::tuple_size<Functions>::value == kRegimeCount, "one function per regime");
+  for (const auto& f : fns_)
+    widestVec_ = std::max(widestVec_, f->kernel().spec.shape->vecWidth);
+}
+
 const KernelSpec& Kernel::spec() const {
-  return fn_->kernel().spec;
+  return fns_[0]->kernel().spec;
 }
 const CompiledKernel& Kernel::compiled() const {
-  return fn_->kernel();
+  return fns_[0]->kernel();
 }
 int Kernel::device() const {
-  return fn_->device;
+  return fns_[0]->device;
 }
 
 const LoadedFunction& Kernel::pick(int64_t tokens) const {
-  const KernelSpec& s = fn_->kernel().spec;
-  return small_ && tokens * s.hidden <= kLatencyMaxElements ? *small_ : *fn_;
+  const int64_t elements = tokens * fns_[0]->kernel().spec.hidden;
+  return *fns_[static_cast<int>(regimeFor(elements))];
 }
 
 const KernelSpec& Kernel::specFor(int64_t tokens) const {
@@ -114,10 +121,9 @@ std::string streamContextRule(const CudaDriver& d, CUcontext streamCtx, bool leg
 llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
   const LoadedFunction& fn = pick(a.tokens);
   const KernelSpec& s = fn.kernel().spec;
-  // The widest vector of both launch shapes, whichever this T takes: what a
+  // The widest vector of the launch shapes, whichever this T takes: what a
   // caller may pass must not depend on the token count.
-  const int vec = std::max(s.shape->vecWidth,
-                           small_ ? small_->kernel().spec.shape->vecWidth : 0);
+  const int vec = widestVec_;
   const int vecBytes = vec * dtypeBytes(s.inDtype);
   if (a.tokens < 0)
     return argError(s, "tokens", std::to_string(a.tokens), "must be >= 0");

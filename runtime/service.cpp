@@ -127,30 +127,44 @@ llvm::Expected<KernelSpec> Service::forDevice(KernelSpec spec, int device) {
 }
 
 llvm::Expected<Kernel> Service::getKernel(const KernelSpec& spec, int device) {
-  auto variants = impl_->cache.launchVariants(spec);
-  if (!variants)
-    return variants.takeError();
-  // Compile (or find) outside the service lock: the cache has its own
-  // single-flight per key, and other kernels' launches must not wait.
+  auto regimes = impl_->cache.regimeSpecs(spec);
+  if (!regimes)
+    return regimes.takeError();
+  // Each distinct shape once (regimes may share one). Compile (or find)
+  // outside the service lock: the cache has its own single-flight per key,
+  // and other kernels' launches must not wait.
+  std::array<int, kRegimeCount> variantOf{};
   std::vector<std::shared_ptr<const CompiledKernel>> compiled;
-  for (const KernelSpec& v : *variants) {
+  for (int r = 0; r < kRegimeCount; ++r) {
+    const KernelSpec& v = (*regimes)[r];
+    int same = 0;
+    while (same < r && (*regimes)[same].shape != v.shape)
+      ++same;
+    if (same < r) {
+      variantOf[r] = variantOf[same];
+      continue;
+    }
     auto got = impl_->cache.get(v);
     if (!got)
       return got.takeError();
+    variantOf[r] = static_cast<int>(compiled.size());
     compiled.push_back(got->kernel);
   }
   std::lock_guard<std::mutex> lock(impl_->mutex);
   auto dev = impl_->deviceLocked(device);
   if (!dev)
     return dev.takeError();
-  std::vector<std::shared_ptr<const LoadedFunction>> fns;
+  std::vector<std::shared_ptr<const LoadedFunction>> loaded;
   for (const auto& kernel : compiled) {
     auto fn = impl_->loadFunctionLocked(kernel, *dev);
     if (!fn)
       return fn.takeError();
-    fns.push_back(*fn);
+    loaded.push_back(*fn);
   }
-  return Kernel(fns[0], fns.size() > 1 ? fns[1] : nullptr);
+  Kernel::Functions fns;
+  for (int r = 0; r < kRegimeCount; ++r)
+    fns[r] = loaded[variantOf[r]];
+  return Kernel(std::move(fns));
 }
 
 llvm::Expected<std::shared_ptr<const LoadedFunction>>

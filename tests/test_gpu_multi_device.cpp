@@ -244,7 +244,7 @@ TEST(GpuMultiDevice, OneEntryLoadedOnEveryDevice) {
                                 << "): " << consumeToString(kernel.takeError());
       EXPECT_EQ(kernel->device(), dev) << "getKernel for device " << dev << " (" << arch << ")";
       // One cache entry per variant: every device's Kernel refers to the same
-      // CompiledKernel objects (the many-token shape and the few-token one).
+      // CompiledKernel objects (the many-token shape and the very-few-token one).
       if (!first) {
         first = &kernel->compiled();
         firstSmall = &kernel->specFor(1);
@@ -253,7 +253,7 @@ TEST(GpuMultiDevice, OneEntryLoadedOnEveryDevice) {
             << "device " << dev << " got another compiled kernel than device " << devices[0]
             << " for " << spec.label() << ": a second cache entry?";
         EXPECT_EQ(&kernel->specFor(1), firstSmall)
-            << "device " << dev << " got another few-token kernel than device " << devices[0];
+            << "device " << dev << " got another very-few-token kernel than device " << devices[0];
       }
       kernels.emplace(dev, *kernel);
     }
@@ -300,7 +300,7 @@ TEST(GpuMultiDevice, OneEntryLoadedOnEveryDevice) {
 
 /// The cases of one thread: a spec all threads share (so that threads of
 /// several devices load one entry at once), in the many-token and the
-/// few-token shape, two specs of the thread's own, and last a launch on the
+/// very-few-token shape, two specs of the thread's own, and last a launch on the
 /// default stream of the device's primary context.
 constexpr int kReps = 5;
 GpuCase concurrentCase(size_t id, int rep, const std::string& arch) {
@@ -308,7 +308,7 @@ GpuCase concurrentCase(size_t id, int rep, const std::string& arch) {
   const int i = static_cast<int>(id);
   GpuCase c;
   switch (rep) {
-  case 0: // shared, few tokens: the latency shape
+  case 0: // shared, very few tokens (T x H <= 2^20): the tiny shape
     c.spec = bf16Spec(7168, 128, arch);
     c.tokens = 64 + 7 * i;
     break;

@@ -225,7 +225,7 @@ TEST(GpuRuntime, SecondRequestIsAMemoryHit) {
   // one memory hit per launch shape the spec compiles to (many and few tokens).
   auto variants = env.service->cache().launchVariants(bf16Spec(4096, 128));
   ASSERT_TRUE(bool(variants)) << consumeToString(variants.takeError());
-  ASSERT_EQ(variants->size(), 2u); // G = 128: the two regimes' shapes differ
+  ASSERT_EQ(variants->size(), 3u); // G = 128: the three regimes' shapes differ
   const auto before = env.service->cache().counters();
   auto again = env.service->getKernel(bf16Spec(4096, 128), 0);
   ASSERT_TRUE(bool(again));
@@ -234,9 +234,16 @@ TEST(GpuRuntime, SecondRequestIsAMemoryHit) {
   EXPECT_EQ(after.memoryHits, before.memoryHits + static_cast<int64_t>(variants->size()));
   EXPECT_EQ(&again->specFor(1), &kernel->specFor(1));
   EXPECT_EQ(&again->specFor(1 << 20), &kernel->specFor(1 << 20));
-  // Few tokens take the latency shape, many the throughput shape.
-  EXPECT_EQ(*kernel->specFor(1).shape, chooseLaunchShape(bf16Spec(4096, 128), 16, Regime::Latency));
-  EXPECT_EQ(*kernel->specFor(1 << 20).shape,
+  // Very few tokens take the tiny shape, few the latency shape, many the
+  // throughput shape (T x H against the regimes' limits, H = 4096).
+  const int64_t lastTiny = kTinyMaxElements / 4096, lastLatency = kLatencyMaxElements / 4096;
+  EXPECT_EQ(*kernel->specFor(lastTiny).shape,
+            chooseLaunchShape(bf16Spec(4096, 128), 16, Regime::Tiny));
+  EXPECT_EQ(*kernel->specFor(lastTiny + 1).shape,
+            chooseLaunchShape(bf16Spec(4096, 128), 16, Regime::Latency));
+  EXPECT_EQ(*kernel->specFor(lastLatency).shape,
+            chooseLaunchShape(bf16Spec(4096, 128), 16, Regime::Latency));
+  EXPECT_EQ(*kernel->specFor(lastLatency + 1).shape,
             chooseLaunchShape(bf16Spec(4096, 128), 16, Regime::Throughput));
 }
 

@@ -443,8 +443,8 @@ TEST(KernelCacheProcesses, TwoProcessesCompileOnce) {
   llvm::consumeError(fs::removeTree(dir));
 }
 
-// A spec that leaves its shape to bqjit launches with one of two shapes
-// (many tokens, few tokens); an explicit or tuned shape is the only one.
+// A spec that leaves its shape to bqjit launches with one shape per regime
+// (many, few, very few tokens); an explicit shape is the only one.
 TEST(KernelCacheVariants, HeuristicSpecsHaveThroughputAndLatencyShapes) {
   auto compiler = Compiler::create();
   ASSERT_TRUE(bool(compiler)) << consumeToString(compiler.takeError());
@@ -458,10 +458,23 @@ TEST(KernelCacheVariants, HeuristicSpecsHaveThroughputAndLatencyShapes) {
   spec.groupSize = 128;
   auto variants = cache.launchVariants(spec);
   ASSERT_TRUE(bool(variants)) << consumeToString(variants.takeError());
-  ASSERT_EQ(variants->size(), 2u);
+  ASSERT_EQ(variants->size(), 3u);
   EXPECT_EQ(*(*variants)[0].shape, chooseLaunchShape(spec, 16, Regime::Throughput));
   EXPECT_EQ(*(*variants)[1].shape, chooseLaunchShape(spec, 16, Regime::Latency));
+  EXPECT_EQ(*(*variants)[2].shape, chooseLaunchShape(spec, 16, Regime::Tiny));
   EXPECT_EQ((*variants)[1].shape->threadsPerGroup, 16); // one 16-byte vector per thread
+  EXPECT_EQ((*variants)[2].shape->threadsPerGroup, 32); // one 8-byte vector per thread
+  // regimeSpecs gives each regime's, in Regime order.
+  auto regimes = cache.regimeSpecs(spec);
+  ASSERT_TRUE(bool(regimes));
+  for (int r = 0; r < kRegimeCount; ++r)
+    EXPECT_EQ(*(*regimes)[r].shape, *(*variants)[r].shape) << regimeName(static_cast<Regime>(r));
+  // G = 64: the throughput and latency shapes agree; two distinct variants.
+  KernelSpec g64 = spec;
+  g64.groupSize = 64;
+  auto twoOnly = cache.launchVariants(g64);
+  ASSERT_TRUE(bool(twoOnly));
+  EXPECT_EQ(twoOnly->size(), 2u);
 
   KernelSpec explicitShape = spec;
   explicitShape.shape = LaunchShape{4, 8, 64};
@@ -471,21 +484,24 @@ TEST(KernelCacheVariants, HeuristicSpecsHaveThroughputAndLatencyShapes) {
   EXPECT_EQ(*(*one)[0].shape, *explicitShape.shape);
 
   // Tuning records are per regime: a many-token record replaces the
-  // throughput shape only; a few-token record the latency shape.
+  // throughput shape only; a few-token record the latency shape; a
+  // very-few-token record the tiny shape.
   ASSERT_FALSE(bool(cache.storeTunedShape(spec, LaunchShape{4, 8, 64})));
   auto tuned = cache.launchVariants(spec);
   ASSERT_TRUE(bool(tuned));
-  ASSERT_EQ(tuned->size(), 2u);
+  ASSERT_EQ(tuned->size(), 3u);
   EXPECT_EQ(*(*tuned)[0].shape, (LaunchShape{4, 8, 64}));
   EXPECT_EQ(*(*tuned)[1].shape, chooseLaunchShape(spec, 16, Regime::Latency));
+  EXPECT_EQ(*(*tuned)[2].shape, chooseLaunchShape(spec, 16, Regime::Tiny));
   ASSERT_FALSE(bool(cache.storeTunedShape(spec, LaunchShape{8, 8, 32}, Regime::Latency)));
   auto both = cache.launchVariants(spec);
   ASSERT_TRUE(bool(both));
-  ASSERT_EQ(both->size(), 2u);
+  ASSERT_EQ(both->size(), 3u);
   EXPECT_EQ(*(*both)[0].shape, (LaunchShape{4, 8, 64}));
   EXPECT_EQ(*(*both)[1].shape, (LaunchShape{8, 8, 32}));
-  // Tuned to the same shape for both: one kernel serves every launch.
+  // Tuned to the same shape for every regime: one kernel serves every launch.
   ASSERT_FALSE(bool(cache.storeTunedShape(spec, LaunchShape{4, 8, 64}, Regime::Latency)));
+  ASSERT_FALSE(bool(cache.storeTunedShape(spec, LaunchShape{4, 8, 64}, Regime::Tiny)));
   auto same = cache.launchVariants(spec);
   ASSERT_TRUE(bool(same));
   EXPECT_EQ(same->size(), 1u);

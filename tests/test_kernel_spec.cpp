@@ -306,6 +306,29 @@ TEST(LaunchHeuristic, ShapesPerRegime) {
   EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Throughput), (LaunchShape{4, 8, 64}));
 }
 
+TEST(LaunchHeuristic, TinyShapesTakeVectorsOfEightBytesWhereTheTeamFits) {
+  KernelSpec s = baseSpec(); // bf16, G = 128: 32 threads of 8 bytes
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Tiny), (LaunchShape{32, 4, 8}));
+  s.groupSize = 64; // 16 threads of 8 bytes, no narrower
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Tiny), (LaunchShape{16, 4, 16}));
+  s.groupSize = 96; // 24 threads of 8 bytes in slots of 32
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Tiny), (LaunchShape{24, 4, 8}));
+  s.groupSize = 192; // 8-byte vectors would need 48 threads: 24 x 16 bytes
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Tiny), (LaunchShape{24, 8, 8}));
+  s.groupSize = 128;
+  s.inDtype = InDtype::FP32; // 32 threads of 16 bytes (4 floats) already
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Tiny), (LaunchShape{32, 4, 8}));
+}
+
+TEST(LaunchHeuristic, RegimeByElements) {
+  EXPECT_EQ(regimeFor(1), Regime::Tiny);
+  EXPECT_EQ(regimeFor(kTinyMaxElements), Regime::Tiny);
+  EXPECT_EQ(regimeFor(kTinyMaxElements + 1), Regime::Latency);
+  EXPECT_EQ(regimeFor(kLatencyMaxElements), Regime::Latency);
+  EXPECT_EQ(regimeFor(kLatencyMaxElements + 1), Regime::Throughput);
+  EXPECT_STREQ(regimeName(Regime::Tiny), "very-few-token");
+}
+
 TEST(LaunchHeuristic, ResolveKeepsExplicitShape) {
   KernelSpec s = withShape(baseSpec(), 4, 2, 16);
   EXPECT_EQ(*resolveShape(s).shape, (LaunchShape{4, 2, 16}));

@@ -89,16 +89,22 @@ llvm::Error runPtx(const PtxOptions& o, const CommandContext& ctx) {
       ctx.out << "\n";
   }
   printReport(ctx.out, k, got->source);
-  // The report is of the many-token shape; say which shape few-token
-  // launches take, so that its PTX is one command away.
-  auto variants = (*service)->cache().launchVariants(args->spec);
-  if (variants && variants->size() > 1) {
-    const LaunchShape& few = *variants->back().shape;
-    ctx.out << "// few tokens:    launches with T x H <= " << kLatencyMaxElements
-            << " use tpg=" << few.threadsPerGroup << " vec=" << few.vecWidth
-            << " gpb=" << few.groupsPerBlock << " (give these fields to see that kernel)\n";
-  } else if (!variants) {
-    llvm::consumeError(variants.takeError());
+  // The report is of the many-token shape; say which shapes launches with
+  // fewer tokens take, so that their PTX is one command away.
+  auto regimes = (*service)->cache().regimeSpecs(args->spec);
+  if (!regimes) {
+    llvm::consumeError(regimes.takeError());
+  } else {
+    const std::pair<Regime, int64_t> others[] = {{Regime::Latency, kLatencyMaxElements},
+                                                 {Regime::Tiny, kTinyMaxElements}};
+    for (const auto& [regime, maxElements] : others) {
+      const LaunchShape& s = *(*regimes)[static_cast<int>(regime)].shape;
+      if (s == *(*regimes)[0].shape)
+        continue;
+      ctx.out << "// " << regimeName(regime) << ": launches with T x H <= " << maxElements
+              << " use tpg=" << s.threadsPerGroup << " vec=" << s.vecWidth
+              << " gpb=" << s.groupsPerBlock << " (give these fields to see that kernel)\n";
+    }
   }
   return llvm::Error::success();
 }

@@ -203,8 +203,7 @@ llvm::Error runTune(const GpuOptions& o, const CommandContext& ctx) {
     return makeError(ErrorCode::Internal,
                      "tune: no candidate shape gave correct results; first: " + broken.front());
   // The record serves launches of the same regime as the tuned token count.
-  const Regime regime =
-      o.tokens * base.hidden <= kLatencyMaxElements ? Regime::Latency : Regime::Throughput;
+  const Regime regime = regimeFor(o.tokens * base.hidden);
   if (auto err = gpu->service->cache().storeTunedShape(base, best->shape, regime))
     return err;
   char line[200];
@@ -215,9 +214,7 @@ llvm::Error runTune(const GpuOptions& o, const CommandContext& ctx) {
   if (results.front().ok() && best != &results.front())
     ctx.out << ", " << static_cast<int>(100.0 * (results.front().us / best->us - 1.0) + 0.5)
             << "% faster than the heuristic's " << shapeText(results.front().shape);
-  ctx.out << "; stored for " << base.label()
-          << (regime == Regime::Latency ? " (few-token launches)" : " (many-token launches)")
-          << "\n";
+  ctx.out << "; stored for " << base.label() << " (" << regimeName(regime) << " launches)\n";
   if (!broken.empty())
     return makeError(ErrorCode::Internal,
                      "tune: " + std::to_string(broken.size()) +

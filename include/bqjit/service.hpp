@@ -6,6 +6,7 @@
 //   kernel->launch(args, stream);
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 
@@ -35,8 +36,9 @@ struct LaunchArgs {
 };
 
 /// A kernel loaded on one device: a cheap, copyable handle. When the spec
-/// left the launch shape to bqjit, it holds two compiled shapes, one for many
-/// tokens and one for few, and each launch picks by its token count.
+/// left the launch shape to bqjit, it holds a compiled shape per regime
+/// (many, few and very few tokens; one where two agree), and each launch
+/// picks by its token count.
 class Kernel {
 public:
   /// The resolved spec of the many-token shape (launch shape filled in).
@@ -49,19 +51,21 @@ public:
   /// Grid and block of a launch with these arguments.
   void launchDims(const LaunchArgs& args, unsigned grid[3], unsigned block[3]) const;
 
-  /// Checks the arguments (null or misaligned pointers for the vector width,
-  /// ldx < 2H, tokens < 0, a stream of another context) and enqueues the
+  /// Checks the arguments (null or misaligned pointers for the widest vector
+  /// of its shapes, ldx < 2H, tokens < 0, a stream of another context) and enqueues the
   /// kernel on `stream`. No allocation, synchronization or disk access, so it
   /// may be captured in a CUDA graph.
   llvm::Error launch(const LaunchArgs& args, CUstream stream) const;
 
 private:
   friend class Service;
-  Kernel(std::shared_ptr<const LoadedFunction> f, std::shared_ptr<const LoadedFunction> small)
-      : fn_(std::move(f)), small_(std::move(small)) {}
+  /// One function per Regime (index 0: throughput), the same one repeated
+  /// where regimes share a shape.
+  using Functions = std::array<std::shared_ptr<const LoadedFunction>, 3>;
+  explicit Kernel(Functions fns);
   const LoadedFunction& pick(int64_t tokens) const;
-  std::shared_ptr<const LoadedFunction> fn_;
-  std::shared_ptr<const LoadedFunction> small_; ///< latency shape, or null
+  Functions fns_;
+  int widestVec_ = 1; ///< the widest vector of the shapes, in elements
 };
 
 /// Process-wide kernel service: owns the cache, the compiler and, when a
