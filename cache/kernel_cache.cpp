@@ -100,16 +100,27 @@ KernelCache::regimeSpecs(const KernelSpec& spec) const {
   return out;
 }
 
-llvm::Expected<std::vector<KernelSpec>> KernelCache::launchVariants(const KernelSpec& spec) const {
+llvm::Expected<KernelCache::LaunchPlan> KernelCache::launchPlan(const KernelSpec& spec) const {
   auto specs = regimeSpecs(spec);
   if (!specs)
     return specs.takeError();
-  std::vector<KernelSpec> out;
-  for (const KernelSpec& s : *specs)
-    if (std::find_if(out.begin(), out.end(), [&](const KernelSpec& o) { return o.shape == s.shape; }) ==
-        out.end())
-      out.push_back(s);
-  return out;
+  LaunchPlan plan;
+  for (int r = 0; r < kRegimeCount; ++r) {
+    const KernelSpec& s = (*specs)[r];
+    auto same = std::find_if(plan.variants.begin(), plan.variants.end(),
+                             [&](const KernelSpec& o) { return o.shape == s.shape; });
+    plan.variantOf[r] = static_cast<int>(same - plan.variants.begin());
+    if (same == plan.variants.end())
+      plan.variants.push_back(s);
+  }
+  return plan;
+}
+
+llvm::Expected<std::vector<KernelSpec>> KernelCache::launchVariants(const KernelSpec& spec) const {
+  auto plan = launchPlan(spec);
+  if (!plan)
+    return plan.takeError();
+  return std::move(plan->variants);
 }
 
 llvm::Expected<KernelSpec> KernelCache::resolve(const KernelSpec& spec) const {

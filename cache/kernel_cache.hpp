@@ -58,8 +58,16 @@ public:
   /// for all when given; else each regime's tuned record or heuristic shape.
   llvm::Expected<std::array<KernelSpec, kRegimeCount>> regimeSpecs(const KernelSpec& spec) const;
 
-  /// The distinct resolved specs a launch of `spec` may use, in Regime order
-  /// (throughput first): what regimeSpecs gives, each once. Prewarm compiles all.
+  /// The distinct specs a launch may use and which of them serves each regime.
+  struct LaunchPlan {
+    std::vector<KernelSpec> variants;            ///< in Regime order, each shape once
+    std::array<int, kRegimeCount> variantOf{};   ///< index into variants, per Regime
+  };
+  /// regimeSpecs with the specs that share a shape merged.
+  llvm::Expected<LaunchPlan> launchPlan(const KernelSpec& spec) const;
+
+  /// launchPlan's variants: the distinct resolved specs, throughput first.
+  /// Prewarm compiles all.
   llvm::Expected<std::vector<KernelSpec>> launchVariants(const KernelSpec& spec) const;
 
   /// The compiled kernel of a spec (validated and resolved here).

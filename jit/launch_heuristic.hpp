@@ -29,11 +29,18 @@ inline constexpr int64_t kLatencyMaxElements = int64_t(1) << 22;
 /// (bench/NOTES.md, version 4).
 inline constexpr int64_t kTinyMaxElements = int64_t(1) << 20;
 
-/// The regime of a launch of `elements` = tokens x H.
+/// The largest tokens x H a regime serves (many tokens: no limit).
+inline constexpr int64_t regimeMaxElements(Regime regime) {
+  return regime == Regime::Tiny      ? kTinyMaxElements
+         : regime == Regime::Latency ? kLatencyMaxElements
+                                     : INT64_MAX;
+}
+
+/// The regime of a launch of `elements` = tokens x H: the narrowest that serves it.
 inline Regime regimeFor(int64_t elements) {
-  return elements <= kTinyMaxElements     ? Regime::Tiny
-         : elements <= kLatencyMaxElements ? Regime::Latency
-                                           : Regime::Throughput;
+  return elements <= regimeMaxElements(Regime::Tiny)      ? Regime::Tiny
+         : elements <= regimeMaxElements(Regime::Latency) ? Regime::Latency
+                                                          : Regime::Throughput;
 }
 
 /// "many-token", "few-token" or "very-few-token".

@@ -127,27 +127,16 @@ llvm::Expected<KernelSpec> Service::forDevice(KernelSpec spec, int device) {
 }
 
 llvm::Expected<Kernel> Service::getKernel(const KernelSpec& spec, int device) {
-  auto regimes = impl_->cache.regimeSpecs(spec);
-  if (!regimes)
-    return regimes.takeError();
-  // Each distinct shape once (regimes may share one). Compile (or find)
-  // outside the service lock: the cache has its own single-flight per key,
-  // and other kernels' launches must not wait.
-  std::array<int, kRegimeCount> variantOf{};
+  auto plan = impl_->cache.launchPlan(spec);
+  if (!plan)
+    return plan.takeError();
+  // Compile (or find) outside the service lock: the cache has its own
+  // single-flight per key, and other kernels' launches must not wait.
   std::vector<std::shared_ptr<const CompiledKernel>> compiled;
-  for (int r = 0; r < kRegimeCount; ++r) {
-    const KernelSpec& v = (*regimes)[r];
-    int same = 0;
-    while (same < r && (*regimes)[same].shape != v.shape)
-      ++same;
-    if (same < r) {
-      variantOf[r] = variantOf[same];
-      continue;
-    }
+  for (const KernelSpec& v : plan->variants) {
     auto got = impl_->cache.get(v);
     if (!got)
       return got.takeError();
-    variantOf[r] = static_cast<int>(compiled.size());
     compiled.push_back(got->kernel);
   }
   std::lock_guard<std::mutex> lock(impl_->mutex);
@@ -163,7 +152,7 @@ llvm::Expected<Kernel> Service::getKernel(const KernelSpec& spec, int device) {
   }
   Kernel::Functions fns;
   for (int r = 0; r < kRegimeCount; ++r)
-    fns[r] = loaded[variantOf[r]];
+    fns[r] = loaded[plan->variantOf[r]];
   return Kernel(std::move(fns));
 }
 

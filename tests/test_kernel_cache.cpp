@@ -508,5 +508,28 @@ TEST(KernelCacheVariants, HeuristicSpecsHaveThroughputAndLatencyShapes) {
   llvm::consumeError(fs::removeTree(tmpl));
 }
 
+// The plan Service::getKernel loads from: each regime's shape, found once.
+TEST(KernelCacheVariants, LaunchPlanMapsEveryRegimeToItsShape) {
+  auto compiler = Compiler::create();
+  ASSERT_TRUE(bool(compiler)) << consumeToString(compiler.takeError());
+  Config config; // no cache directory: heuristic shapes only
+  KernelCache cache(config, *compiler);
+  for (int g : {64, 96, 128, 192}) {
+    KernelSpec spec;
+    spec.hidden = g * 56;
+    spec.groupSize = g;
+    auto plan = cache.launchPlan(spec);
+    auto regimes = cache.regimeSpecs(spec);
+    ASSERT_TRUE(plan && regimes);
+    for (int r = 0; r < kRegimeCount; ++r) {
+      ASSERT_LT(plan->variantOf[r], static_cast<int>(plan->variants.size()));
+      EXPECT_EQ(plan->variants[plan->variantOf[r]].shape, (*regimes)[r].shape) << "G=" << g;
+    }
+    for (size_t i = 0; i < plan->variants.size(); ++i)
+      for (size_t k = 0; k < i; ++k)
+        EXPECT_NE(plan->variants[i].shape, plan->variants[k].shape) << "G=" << g;
+  }
+}
+
 } // namespace
 } // namespace bqjit

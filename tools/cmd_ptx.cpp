@@ -95,13 +95,11 @@ llvm::Error runPtx(const PtxOptions& o, const CommandContext& ctx) {
   if (!regimes) {
     llvm::consumeError(regimes.takeError());
   } else {
-    const std::pair<Regime, int64_t> others[] = {{Regime::Latency, kLatencyMaxElements},
-                                                 {Regime::Tiny, kTinyMaxElements}};
-    for (const auto& [regime, maxElements] : others) {
+    for (Regime regime : {Regime::Latency, Regime::Tiny}) {
       const LaunchShape& s = *(*regimes)[static_cast<int>(regime)].shape;
       if (s == *(*regimes)[0].shape)
         continue;
-      ctx.out << "// " << regimeName(regime) << ": launches with T x H <= " << maxElements
+      ctx.out << "// " << regimeName(regime) << ": launches with T x H <= " << regimeMaxElements(regime)
               << " use tpg=" << s.threadsPerGroup << " vec=" << s.vecWidth
               << " gpb=" << s.groupsPerBlock << " (give these fields to see that kernel)\n";
     }
