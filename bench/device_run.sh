@@ -28,7 +28,7 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
     echo "$bin: exit $? $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/$bin.log" | tr '\n' ' ')"
   done | tee "$OUT/summary.txt"
   devpack/bin/host_app 2>&1 | tee -a "$OUT/summary.txt"
-  for spec in "hidden=7104 G=96" "hidden=7168 G=128" "hidden=18432 G=192 layout=col_tma" \
+  for spec in "hidden=7104 G=96" "hidden=7168 G=128" "hidden=14336 G=64" "hidden=18432 G=192 layout=col_tma" \
               "hidden=2304 G=96 out=int8 layout=ue8m0_packed ue8m0=1"; do
     for t in 7 3000; do
       devpack/bin/bqjit verify $spec --tokens $t 2>&1 | tail -1 | cut -c1-160 | tee -a "$OUT/summary.txt"

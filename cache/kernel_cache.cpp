@@ -58,6 +58,7 @@ std::string KernelCache::tunedPath(const KernelSpec& spec, Regime regime) const 
   return disk_->root() + "/tuned/" + computeCacheKey(compiler_.keyInputs(base)) +
          (regime == Regime::Latency ? ".latency.json"
           : regime == Regime::Tiny  ? ".tiny.json"
+          : regime == Regime::Bulk  ? ".bulk.json"
                                     : ".json");
 }
 
@@ -93,7 +94,8 @@ llvm::Expected<std::array<KernelSpec, kRegimeCount>>
 KernelCache::regimeSpecs(const KernelSpec& spec) const {
   if (auto err = spec.validate())
     return std::move(err);
-  std::array<KernelSpec, kRegimeCount> out{spec, spec, spec};
+  std::array<KernelSpec, kRegimeCount> out;
+  out.fill(spec);
   if (!spec.shape)
     for (int r = 0; r < kRegimeCount; ++r)
       out[r].shape = shapeFor(spec, static_cast<Regime>(r));

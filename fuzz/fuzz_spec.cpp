@@ -39,7 +39,8 @@ void checkAccepted(const KernelSpec& spec) {
   // The heuristic's shapes are valid for every spec that validates, whatever
   // the cap (the C API passes any max_vec_width >= 1).
   for (int cap : {1, 2, 3, 4, 8, 16, 17, 1 << 30}) {
-    for (auto regime : {bqjit::Regime::Throughput, bqjit::Regime::Latency, bqjit::Regime::Tiny}) {
+    for (auto regime : {bqjit::Regime::Throughput, bqjit::Regime::Latency, bqjit::Regime::Tiny,
+                        bqjit::Regime::Bulk}) {
       const bqjit::LaunchShape s = bqjit::chooseLaunchShape(spec, cap, regime);
       BQJIT_FUZZ_CHECK(s.vecWidth <= cap || s.vecWidth == 1, canonical);
       if (auto err = bqjit::validateShape(spec, s))

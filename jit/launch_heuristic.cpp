@@ -6,6 +6,8 @@ namespace bqjit {
 
 namespace {
 
+constexpr int kBulkBlockElements = 8192;
+
 int largestPow2Dividing(int n, int cap) {
   int p = 1;
   while (p * 2 <= cap && n % (p * 2) == 0)
@@ -20,7 +22,7 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, int maxVecWidth, Regime re
   // 16-byte loads where G allows it.
   s.vecWidth = largestPow2Dividing(
       spec.groupSize, std::max(1, std::min(maxVecWidth, 16 / dtypeBytes(spec.inDtype))));
-  if (regime == Regime::Throughput) {
+  if (regime == Regime::Throughput || regime == Regime::Bulk) {
     const int vectors = spec.groupSize / s.vecWidth;
     // A power-of-two team (no idle lanes) of at least 8 threads or else two
     // or more vectors per thread: more bytes in flight per thread and the
@@ -28,6 +30,18 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, int maxVecWidth, Regime re
     // a small group is served by a team of 4 (G = 64: 8 x 16 bytes is 2-3%
     // faster than 4 x 2 x 16 bytes at T = 8192, bench/NOTES.md version 4).
     s.threadsPerGroup = largestPow2Dividing(vectors, std::min(32, std::max(8, vectors / 2)));
+    // Very many tokens: blocks of 8192 elements, where G divides that and
+    // the block stays within 1024 threads, are 0.5-1.5% faster than blocks
+    // of 256 threads from T x H = 2^25 up at G = 64 and 128 (and 1.5-3%
+    // slower below 2^24); 4096 or 16384 elements are slower than either.
+    // Measured on an H100, bench/NOTES.md version 6.
+    if (regime == Regime::Bulk && kBulkBlockElements % spec.groupSize == 0) {
+      const int groups = kBulkBlockElements / spec.groupSize;
+      if (groups * s.teamSlot() <= 1024) {
+        s.groupsPerBlock = groups;
+        return s;
+      }
+    }
   } else {
     // One vector per thread where the team fits in a warp (any team size, in
     // a power-of-two slot): the shortest dependent chain, which is what
@@ -57,6 +71,8 @@ const char* regimeName(Regime regime) {
     return "few-token";
   case Regime::Tiny:
     return "very-few-token";
+  case Regime::Bulk:
+    return "very-many-token";
   }
   return "?";
 }

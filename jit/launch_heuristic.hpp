@@ -17,10 +17,12 @@ enum class Regime {
   Latency,    ///< few tokens: one 16-byte vector per thread
   Tiny,       ///< very few tokens: one vector of 8 bytes or more per thread,
               ///< teams of up to 32: the shortest chain
+  Bulk,       ///< very many tokens: the throughput teams in blocks of 8192
+              ///< elements where G divides 8192
 };
 
 /// The number of regimes, for tables indexed by Regime.
-inline constexpr int kRegimeCount = 3;
+inline constexpr int kRegimeCount = 4;
 
 /// Launches with at most this many elements (tokens x H) take the latency
 /// shape; measured crossover on an H100 (bench/NOTES.md, version 2).
@@ -29,21 +31,35 @@ inline constexpr int64_t kLatencyMaxElements = int64_t(1) << 22;
 /// (bench/NOTES.md, version 4).
 inline constexpr int64_t kTinyMaxElements = int64_t(1) << 20;
 
-/// The largest tokens x H a regime serves (many tokens: no limit).
+/// Launches with more than this many elements take the bulk shape
+/// (bench/NOTES.md, version 6).
+inline constexpr int64_t kThroughputMaxElements = int64_t(1) << 25;
+
+/// The largest tokens x H a regime serves (very many tokens: no limit).
 inline constexpr int64_t regimeMaxElements(Regime regime) {
-  return regime == Regime::Tiny      ? kTinyMaxElements
-         : regime == Regime::Latency ? kLatencyMaxElements
-                                     : INT64_MAX;
+  return regime == Regime::Tiny         ? kTinyMaxElements
+         : regime == Regime::Latency    ? kLatencyMaxElements
+         : regime == Regime::Throughput ? kThroughputMaxElements
+                                        : INT64_MAX;
+}
+
+/// The smallest tokens x H a regime serves.
+inline constexpr int64_t regimeMinElements(Regime regime) {
+  return regime == Regime::Tiny         ? 0
+         : regime == Regime::Latency    ? kTinyMaxElements + 1
+         : regime == Regime::Throughput ? kLatencyMaxElements + 1
+                                        : kThroughputMaxElements + 1;
 }
 
 /// The regime of a launch of `elements` = tokens x H: the narrowest that serves it.
 inline Regime regimeFor(int64_t elements) {
-  return elements <= regimeMaxElements(Regime::Tiny)      ? Regime::Tiny
-         : elements <= regimeMaxElements(Regime::Latency) ? Regime::Latency
-                                                          : Regime::Throughput;
+  return elements <= regimeMaxElements(Regime::Tiny)         ? Regime::Tiny
+         : elements <= regimeMaxElements(Regime::Latency)    ? Regime::Latency
+         : elements <= regimeMaxElements(Regime::Throughput) ? Regime::Throughput
+                                                             : Regime::Bulk;
 }
 
-/// "many-token", "few-token" or "very-few-token".
+/// "many-token", "few-token", "very-few-token" or "very-many-token".
 const char* regimeName(Regime regime);
 
 /// The heuristic's choice for a validated spec (its `shape` is ignored),

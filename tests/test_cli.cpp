@@ -157,26 +157,27 @@ TEST_F(CliTest, PrewarmCompilesOnceThenFindsEverythingCached) {
   RunResult stats = run({"cache", "stats", "--json"});
   ASSERT_EQ(stats.status, 0) << stats.err;
   // Each spec left its launch shape to bqjit, so prewarm compiled the shape
-  // of each regime (many, few and very few tokens), three distinct ones for
-  // G = 128 and G = 96: three entries per spec.
+  // of each regime (many, few, very few and very many tokens): four distinct
+  // ones for G = 128 (two specs), three for G = 96, where the very-many-token
+  // shape is the many-token one: 11 entries.
   auto j = nlohmann::json::parse(stats.out);
-  EXPECT_EQ(j["compiles"], 9);
-  EXPECT_EQ(j["entries"], 9);
-  EXPECT_EQ(j["hits"], 9);
+  EXPECT_EQ(j["compiles"], 11);
+  EXPECT_EQ(j["entries"], 11);
+  EXPECT_EQ(j["hits"], 11);
   EXPECT_GT(j["bytes"].get<int64_t>(), 0);
   RunResult text = run({"cache", "stats"});
-  EXPECT_TRUE(contains(text.out, "compiles:    9"));
+  EXPECT_TRUE(contains(text.out, "compiles:    11"));
 
   RunResult ls = run({"cache", "ls"});
   ASSERT_EQ(ls.status, 0) << ls.err;
-  EXPECT_EQ(std::count(ls.out.begin(), ls.out.end(), '\n'), 9);
+  EXPECT_EQ(std::count(ls.out.begin(), ls.out.end(), '\n'), 11);
   EXPECT_TRUE(contains(ls.out, "H=7104 G=96"));
   RunResult lsJson = run({"cache", "ls", "--json"});
-  EXPECT_EQ(nlohmann::json::parse(lsJson.out).size(), 9u);
+  EXPECT_EQ(nlohmann::json::parse(lsJson.out).size(), 11u);
 
   RunResult clear = run({"cache", "clear"});
   ASSERT_EQ(clear.status, 0) << clear.err;
-  EXPECT_TRUE(contains(clear.out, "removed 9 entries"));
+  EXPECT_TRUE(contains(clear.out, "removed 11 entries"));
   EXPECT_EQ(run({"cache", "ls"}).out, "");
 }
 
@@ -203,7 +204,7 @@ TEST_F(CliTest, CacheVerifyNamesTheCorruptEntry) {
   ASSERT_EQ(run({"prewarm", smallManifest().string()}).status, 0);
   RunResult good = run({"cache", "verify"});
   ASSERT_EQ(good.status, 0) << good.err;
-  EXPECT_TRUE(contains(good.out, "9 entries checked, 0 bad"));
+  EXPECT_TRUE(contains(good.out, "11 entries checked, 0 bad"));
 
   fs::path victim;
   for (const auto& entry : fs::directory_iterator(cacheDir_ / "v1" / "entries"))
@@ -222,7 +223,7 @@ TEST_F(CliTest, CacheVerifyNamesTheCorruptEntry) {
   RunResult bad = run({"cache", "verify"});
   EXPECT_EQ(bad.status, 4);
   EXPECT_TRUE(contains(bad.out, "BAD " + key));
-  EXPECT_TRUE(contains(bad.err, "bqjit: error: cache verify: 1 of 9 entries are bad: " + key));
+  EXPECT_TRUE(contains(bad.err, "bqjit: error: cache verify: 1 of 11 entries are bad: " + key));
 
   RunResult fix = run({"cache", "verify", "--remove-bad"});
   EXPECT_EQ(fix.status, 4);
@@ -237,9 +238,9 @@ TEST_F(CliTest, CacheGcEvictsDownToTheLimit) {
   EXPECT_TRUE(contains(keep.out, "cache gc: evicted 0,"));
   RunResult all = run({"cache", "gc", "--max-bytes", "1"});
   ASSERT_EQ(all.status, 0) << all.err;
-  EXPECT_TRUE(contains(all.out, "cache gc: evicted 9, 0 bytes remain (limit 1)"));
+  EXPECT_TRUE(contains(all.out, "cache gc: evicted 11, 0 bytes remain (limit 1)"));
   RunResult stats = run({"cache", "stats", "--json"});
-  EXPECT_EQ(nlohmann::json::parse(stats.out)["evictions"], 9);
+  EXPECT_EQ(nlohmann::json::parse(stats.out)["evictions"], 11);
 }
 
 TEST_F(CliTest, CacheDirFollowsEnvironmentAndOption) {

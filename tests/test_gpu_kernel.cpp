@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "gpu_harness.hpp"
+#include "jit/launch_heuristic.hpp"
 
 namespace bqjit::test {
 namespace {
@@ -68,9 +69,13 @@ std::vector<GpuCase> buildCases() {
             cases.push_back(c);
             ++k;
           }
-  // Every token count at two shapes.
+  // Every token count at two shapes. 8192 x 4097 is just over the
+  // very-many-token limit (2^25 elements): the bulk shape, by T.
+  static_assert(int64_t(8192) * 4097 > kThroughputMaxElements &&
+                    int64_t(8192) * 4096 == kThroughputMaxElements,
+                "the last token count must cross into the bulk regime");
   for (int64_t t : kTokens)
-    for (auto [h, g] : {std::pair<int, int>{7168, 128}, {18432, 96}}) {
+    for (auto [h, g] : {std::pair<int, int>{8192, 128}, {18432, 96}}) {
       GpuCase c;
       c.spec = makeSpec(h, g, InDtype::BF16, OutDtype::FP8E4M3,
                         t % 2 ? ScaleLayout::ColTma : ScaleLayout::Row, false, false);
@@ -107,6 +112,22 @@ std::vector<GpuCase> buildCases() {
       c.specialRows = {{1, ref::RowPattern::Edges}, {3, ref::RowPattern::Mixed}};
       c.seed = seed++;
       cases.push_back(c);
+    }
+  // The very-many-token shapes (blocks of 8192 elements, up to 1024
+  // threads) given explicitly, so that few tokens reach them; the last block
+  // is partial and column layouts number tasks down the columns.
+  k = 0;
+  for (int g : {32, 64, 128})
+    for (ScaleLayout layout : {ScaleLayout::Row, ScaleLayout::ColTma}) {
+      GpuCase c;
+      c.spec = makeSpec(2304, g, k % 2 ? InDtype::FP16 : InDtype::BF16,
+                        k % 3 == 2 ? OutDtype::INT8 : OutDtype::FP8E4M3, layout, false, false);
+      c.spec.shape = chooseLaunchShape(c.spec, 16, Regime::Bulk);
+      c.tokens = 77;
+      c.ldxPad = (k % 2) ? 8 : 0;
+      c.seed = seed++;
+      cases.push_back(c);
+      ++k;
     }
   // Masked MoE batches.
   for (ScaleLayout layout : {ScaleLayout::Row, ScaleLayout::ColTma}) {

@@ -222,10 +222,10 @@ TEST(GpuRuntime, SecondRequestIsAMemoryHit) {
   auto kernel = env.service->getKernel(bf16Spec(4096, 128), 0);
   ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
   // A second request returns the same loaded functions without compiling:
-  // one memory hit per launch shape the spec compiles to (many and few tokens).
+  // one memory hit per launch shape the spec compiles to (one per regime).
   auto variants = env.service->cache().launchVariants(bf16Spec(4096, 128));
   ASSERT_TRUE(bool(variants)) << consumeToString(variants.takeError());
-  ASSERT_EQ(variants->size(), 3u); // G = 128: the three regimes' shapes differ
+  ASSERT_EQ(variants->size(), 4u); // G = 128: the four regimes' shapes differ
   const auto before = env.service->cache().counters();
   auto again = env.service->getKernel(bf16Spec(4096, 128), 0);
   ASSERT_TRUE(bool(again));
@@ -235,8 +235,10 @@ TEST(GpuRuntime, SecondRequestIsAMemoryHit) {
   EXPECT_EQ(&again->specFor(1), &kernel->specFor(1));
   EXPECT_EQ(&again->specFor(1 << 20), &kernel->specFor(1 << 20));
   // Very few tokens take the tiny shape, few the latency shape, many the
-  // throughput shape (T x H against the regimes' limits, H = 4096).
+  // throughput shape, very many the bulk shape (T x H against the regimes'
+  // limits, H = 4096).
   const int64_t lastTiny = kTinyMaxElements / 4096, lastLatency = kLatencyMaxElements / 4096;
+  const int64_t lastThroughput = kThroughputMaxElements / 4096;
   EXPECT_EQ(*kernel->specFor(lastTiny).shape,
             chooseLaunchShape(bf16Spec(4096, 128), 16, Regime::Tiny));
   EXPECT_EQ(*kernel->specFor(lastTiny + 1).shape,
@@ -245,6 +247,10 @@ TEST(GpuRuntime, SecondRequestIsAMemoryHit) {
             chooseLaunchShape(bf16Spec(4096, 128), 16, Regime::Latency));
   EXPECT_EQ(*kernel->specFor(lastLatency + 1).shape,
             chooseLaunchShape(bf16Spec(4096, 128), 16, Regime::Throughput));
+  EXPECT_EQ(*kernel->specFor(lastThroughput).shape,
+            chooseLaunchShape(bf16Spec(4096, 128), 16, Regime::Throughput));
+  EXPECT_EQ(*kernel->specFor(lastThroughput + 1).shape,
+            chooseLaunchShape(bf16Spec(4096, 128), 16, Regime::Bulk));
 }
 
 } // namespace

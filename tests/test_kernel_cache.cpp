@@ -444,7 +444,7 @@ TEST(KernelCacheProcesses, TwoProcessesCompileOnce) {
 }
 
 // A spec that leaves its shape to bqjit launches with one shape per regime
-// (many, few, very few tokens); an explicit shape is the only one.
+// (many, few, very few and very many tokens); an explicit shape is the only one.
 TEST(KernelCacheVariants, HeuristicSpecsHaveThroughputAndLatencyShapes) {
   auto compiler = Compiler::create();
   ASSERT_TRUE(bool(compiler)) << consumeToString(compiler.takeError());
@@ -458,23 +458,32 @@ TEST(KernelCacheVariants, HeuristicSpecsHaveThroughputAndLatencyShapes) {
   spec.groupSize = 128;
   auto variants = cache.launchVariants(spec);
   ASSERT_TRUE(bool(variants)) << consumeToString(variants.takeError());
-  ASSERT_EQ(variants->size(), 3u);
+  ASSERT_EQ(variants->size(), 4u);
   EXPECT_EQ(*(*variants)[0].shape, chooseLaunchShape(spec, 16, Regime::Throughput));
   EXPECT_EQ(*(*variants)[1].shape, chooseLaunchShape(spec, 16, Regime::Latency));
   EXPECT_EQ(*(*variants)[2].shape, chooseLaunchShape(spec, 16, Regime::Tiny));
+  EXPECT_EQ(*(*variants)[3].shape, chooseLaunchShape(spec, 16, Regime::Bulk));
   EXPECT_EQ((*variants)[1].shape->threadsPerGroup, 16); // one 16-byte vector per thread
   EXPECT_EQ((*variants)[2].shape->threadsPerGroup, 32); // one 8-byte vector per thread
+  EXPECT_EQ((*variants)[3].shape->groupsPerBlock, 64);  // 8192 elements per block
   // regimeSpecs gives each regime's, in Regime order.
   auto regimes = cache.regimeSpecs(spec);
   ASSERT_TRUE(bool(regimes));
   for (int r = 0; r < kRegimeCount; ++r)
     EXPECT_EQ(*(*regimes)[r].shape, *(*variants)[r].shape) << regimeName(static_cast<Regime>(r));
-  // G = 64: the throughput and latency shapes agree; two distinct variants.
+  // G = 64: the throughput and latency shapes agree; three distinct variants.
   KernelSpec g64 = spec;
   g64.groupSize = 64;
-  auto twoOnly = cache.launchVariants(g64);
-  ASSERT_TRUE(bool(twoOnly));
-  EXPECT_EQ(twoOnly->size(), 2u);
+  auto threeOnly = cache.launchVariants(g64);
+  ASSERT_TRUE(bool(threeOnly));
+  EXPECT_EQ(threeOnly->size(), 3u);
+  // G = 96 does not divide 8192: the bulk shape is the throughput shape.
+  KernelSpec g96 = spec;
+  g96.groupSize = 96;
+  g96.hidden = 96 * 74;
+  auto g96Variants = cache.launchVariants(g96);
+  ASSERT_TRUE(bool(g96Variants));
+  EXPECT_EQ(g96Variants->size(), 3u);
 
   KernelSpec explicitShape = spec;
   explicitShape.shape = LaunchShape{4, 8, 64};
@@ -485,23 +494,30 @@ TEST(KernelCacheVariants, HeuristicSpecsHaveThroughputAndLatencyShapes) {
 
   // Tuning records are per regime: a many-token record replaces the
   // throughput shape only; a few-token record the latency shape; a
-  // very-few-token record the tiny shape.
+  // very-few-token record the tiny shape; a very-many-token record the bulk shape.
   ASSERT_FALSE(bool(cache.storeTunedShape(spec, LaunchShape{4, 8, 64})));
   auto tuned = cache.launchVariants(spec);
   ASSERT_TRUE(bool(tuned));
-  ASSERT_EQ(tuned->size(), 3u);
+  ASSERT_EQ(tuned->size(), 4u);
   EXPECT_EQ(*(*tuned)[0].shape, (LaunchShape{4, 8, 64}));
   EXPECT_EQ(*(*tuned)[1].shape, chooseLaunchShape(spec, 16, Regime::Latency));
   EXPECT_EQ(*(*tuned)[2].shape, chooseLaunchShape(spec, 16, Regime::Tiny));
+  EXPECT_EQ(*(*tuned)[3].shape, chooseLaunchShape(spec, 16, Regime::Bulk));
   ASSERT_FALSE(bool(cache.storeTunedShape(spec, LaunchShape{8, 8, 32}, Regime::Latency)));
   auto both = cache.launchVariants(spec);
   ASSERT_TRUE(bool(both));
-  ASSERT_EQ(both->size(), 3u);
+  ASSERT_EQ(both->size(), 4u);
   EXPECT_EQ(*(*both)[0].shape, (LaunchShape{4, 8, 64}));
   EXPECT_EQ(*(*both)[1].shape, (LaunchShape{8, 8, 32}));
+  ASSERT_FALSE(bool(cache.storeTunedShape(spec, LaunchShape{16, 8, 64}, Regime::Bulk)));
+  auto bulk = cache.launchVariants(spec);
+  ASSERT_TRUE(bool(bulk));
+  ASSERT_EQ(bulk->size(), 4u);
+  EXPECT_EQ(*(*bulk)[3].shape, (LaunchShape{16, 8, 64}));
   // Tuned to the same shape for every regime: one kernel serves every launch.
   ASSERT_FALSE(bool(cache.storeTunedShape(spec, LaunchShape{4, 8, 64}, Regime::Latency)));
   ASSERT_FALSE(bool(cache.storeTunedShape(spec, LaunchShape{4, 8, 64}, Regime::Tiny)));
+  ASSERT_FALSE(bool(cache.storeTunedShape(spec, LaunchShape{4, 8, 64}, Regime::Bulk)));
   auto same = cache.launchVariants(spec);
   ASSERT_TRUE(bool(same));
   EXPECT_EQ(same->size(), 1u);

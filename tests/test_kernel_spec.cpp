@@ -306,6 +306,35 @@ TEST(LaunchHeuristic, ShapesPerRegime) {
   EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Throughput), (LaunchShape{4, 8, 64}));
 }
 
+TEST(LaunchHeuristic, BulkShapesAreThroughputTeamsInBlocksOf8192Elements) {
+  KernelSpec s = baseSpec(); // bf16, G = 128: 64 teams of 8 (512 threads)
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Bulk), (LaunchShape{8, 8, 64}));
+  s.groupSize = 64; // 128 teams of 8: 1024 threads
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Bulk), (LaunchShape{8, 8, 128}));
+  s.groupSize = 32; // 256 teams of 4
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Bulk), (LaunchShape{4, 8, 256}));
+  s.groupSize = 16; // 512 teams of 2 (one 16-byte vector each)
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Bulk), (LaunchShape{2, 8, 512}));
+  s.groupSize = 1024; // 8 teams of 32: the throughput shape already
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Bulk), (LaunchShape{32, 8, 8}));
+  // G does not divide 8192: the throughput shape.
+  for (int g : {96, 192}) {
+    s.groupSize = g;
+    EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Bulk), chooseLaunchShape(s, 16, Regime::Throughput))
+        << "G=" << g;
+  }
+  // 8192 elements would need more than 1024 threads: the throughput shape.
+  s.groupSize = 4; // one thread per group: 2048 of them
+  s.hidden = 4 * 64;
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Bulk), chooseLaunchShape(s, 16, Regime::Throughput));
+  s.groupSize = 8; // 1024 threads of one group each: just fits
+  s.hidden = 8 * 64;
+  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Bulk), (LaunchShape{1, 8, 1024}));
+  s.groupSize = 128; // 8-byte vectors: teams of 16, still 8192 elements a block
+  s.hidden = 128 * 64;
+  EXPECT_EQ(chooseLaunchShape(s, 4, Regime::Bulk), (LaunchShape{16, 4, 64}));
+}
+
 TEST(LaunchHeuristic, TinyShapesTakeVectorsOfEightBytesWhereTheTeamFits) {
   KernelSpec s = baseSpec(); // bf16, G = 128: 32 threads of 8 bytes
   EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Tiny), (LaunchShape{32, 4, 8}));
@@ -326,7 +355,20 @@ TEST(LaunchHeuristic, RegimeByElements) {
   EXPECT_EQ(regimeFor(kTinyMaxElements + 1), Regime::Latency);
   EXPECT_EQ(regimeFor(kLatencyMaxElements), Regime::Latency);
   EXPECT_EQ(regimeFor(kLatencyMaxElements + 1), Regime::Throughput);
+  EXPECT_EQ(regimeFor(kThroughputMaxElements), Regime::Throughput);
+  EXPECT_EQ(regimeFor(kThroughputMaxElements + 1), Regime::Bulk);
+  EXPECT_EQ(regimeFor(int64_t(8192) * 25600), Regime::Bulk);
   EXPECT_STREQ(regimeName(Regime::Tiny), "very-few-token");
+  EXPECT_STREQ(regimeName(Regime::Bulk), "very-many-token");
+  // The regimes' ranges tile the elements without gaps.
+  for (int r = 0; r < kRegimeCount; ++r) {
+    const Regime regime = static_cast<Regime>(r);
+    EXPECT_EQ(regimeFor(regimeMinElements(regime)), regime) << regimeName(regime);
+    if (regimeMaxElements(regime) != INT64_MAX) {
+      EXPECT_EQ(regimeFor(regimeMaxElements(regime)), regime) << regimeName(regime);
+      EXPECT_NE(regimeFor(regimeMaxElements(regime) + 1), regime) << regimeName(regime);
+    }
+  }
 }
 
 TEST(LaunchHeuristic, ResolveKeepsExplicitShape) {

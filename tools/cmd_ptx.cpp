@@ -95,12 +95,16 @@ llvm::Error runPtx(const PtxOptions& o, const CommandContext& ctx) {
   if (!regimes) {
     llvm::consumeError(regimes.takeError());
   } else {
-    for (Regime regime : {Regime::Latency, Regime::Tiny}) {
+    for (Regime regime : {Regime::Bulk, Regime::Latency, Regime::Tiny}) {
       const LaunchShape& s = *(*regimes)[static_cast<int>(regime)].shape;
       if (s == *(*regimes)[0].shape)
         continue;
-      ctx.out << "// " << regimeName(regime) << ": launches with T x H <= " << regimeMaxElements(regime)
-              << " use tpg=" << s.threadsPerGroup << " vec=" << s.vecWidth
+      ctx.out << "// " << regimeName(regime) << ": launches with T x H ";
+      if (regime == Regime::Bulk)
+        ctx.out << "> " << regimeMinElements(regime) - 1;
+      else
+        ctx.out << "<= " << regimeMaxElements(regime);
+      ctx.out << " use tpg=" << s.threadsPerGroup << " vec=" << s.vecWidth
               << " gpb=" << s.groupsPerBlock << " (give these fields to see that kernel)\n";
     }
   }

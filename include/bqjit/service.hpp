@@ -37,8 +37,8 @@ struct LaunchArgs {
 
 /// A kernel loaded on one device: a cheap, copyable handle. When the spec
 /// left the launch shape to bqjit, it holds a compiled shape per regime
-/// (many, few and very few tokens; one where two agree), and each launch
-/// picks by its token count.
+/// (many, few, very few and very many tokens; one where two agree), and each
+/// launch picks by its token count.
 class Kernel {
 public:
   /// The resolved spec of the many-token shape (launch shape filled in).
@@ -61,7 +61,7 @@ private:
   friend class Service;
   /// One function per Regime (index 0: throughput), the same one repeated
   /// where regimes share a shape.
-  using Functions = std::array<std::shared_ptr<const LoadedFunction>, 3>;
+  using Functions = std::array<std::shared_ptr<const LoadedFunction>, 4>;
   explicit Kernel(Functions fns);
   const LoadedFunction& pick(int64_t tokens) const;
   Functions fns_;
