@@ -83,12 +83,12 @@ KernelSpec resolveShape(KernelSpec spec) {
   return spec;
 }
 
-std::vector<LaunchShape> candidateShapes(const KernelSpec& spec) {
-  const LaunchShape first = chooseLaunchShape(spec);
+std::vector<LaunchShape> candidateShapes(const KernelSpec& spec, Regime regime) {
+  const LaunchShape first = chooseLaunchShape(spec, 16, regime);
   std::vector<LaunchShape> out{first};
   for (int vec = 16; vec >= 1; vec /= 2)
     for (int tpg = 1; tpg <= 32; ++tpg)
-      for (int threads : {128, 256, 512}) {
+      for (int threads : {128, 256, 512, 1024}) {
         LaunchShape s{tpg, vec, 1};
         s.groupsPerBlock = std::max(1, threads / s.teamSlot());
         if (std::find(out.begin(), out.end(), s) != out.end())

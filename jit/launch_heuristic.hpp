@@ -71,7 +71,9 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, int maxVecWidth = 16,
 /// The spec with `shape` filled in by the heuristic when it is unset.
 KernelSpec resolveShape(KernelSpec spec);
 
-/// Every valid shape worth timing for a spec, the heuristic's first.
-std::vector<LaunchShape> candidateShapes(const KernelSpec& spec);
+/// Every valid shape worth timing for a spec, the heuristic's shape for
+/// `regime` first.
+std::vector<LaunchShape> candidateShapes(const KernelSpec& spec,
+                                         Regime regime = Regime::Throughput);
 
 } // namespace bqjit

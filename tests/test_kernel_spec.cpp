@@ -2,6 +2,7 @@
 // the canonical form; and the launch heuristic's shapes are always valid.
 #include "bqjit/kernel_spec.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -381,17 +382,28 @@ TEST(LaunchHeuristic, CandidatesAreValidDistinctAndStartWithHeuristic) {
     KernelSpec s = baseSpec();
     s.groupSize = g;
     s.hidden = g * 4;
-    auto shapes = candidateShapes(s);
-    ASSERT_FALSE(shapes.empty());
-    EXPECT_EQ(shapes.front(), chooseLaunchShape(s));
-    for (size_t i = 0; i < shapes.size(); ++i) {
-      EXPECT_EQ(invalidMessage(withShape(s, shapes[i].threadsPerGroup, shapes[i].vecWidth,
-                                         shapes[i].groupsPerBlock)),
-                "");
-      for (size_t k = 0; k < i; ++k)
-        EXPECT_NE(shapes[i], shapes[k]);
+    for (int r = 0; r < kRegimeCount; ++r) {
+      const Regime regime = static_cast<Regime>(r);
+      auto shapes = candidateShapes(s, regime);
+      ASSERT_FALSE(shapes.empty());
+      EXPECT_EQ(shapes.front(), chooseLaunchShape(s, 16, regime)) << regimeName(regime);
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        EXPECT_EQ(invalidMessage(withShape(s, shapes[i].threadsPerGroup, shapes[i].vecWidth,
+                                           shapes[i].groupsPerBlock)),
+                  "");
+        for (size_t k = 0; k < i; ++k)
+          EXPECT_NE(shapes[i], shapes[k]);
+      }
     }
   }
+  // The throughput shape is among the bulk regime's candidates, and the
+  // other way round (G = 64: 8 x 8 in blocks of 256 and 1024 threads).
+  KernelSpec s = baseSpec();
+  s.groupSize = 64;
+  auto bulk = candidateShapes(s, Regime::Bulk);
+  auto many = candidateShapes(s, Regime::Throughput);
+  EXPECT_NE(std::find(bulk.begin(), bulk.end(), chooseLaunchShape(s)), bulk.end());
+  EXPECT_NE(std::find(many.begin(), many.end(), chooseLaunchShape(s, 16, Regime::Bulk)), many.end());
 }
 
 // ---- fromJson --------------------------------------------------------------------

@@ -170,7 +170,10 @@ llvm::Error runTune(const GpuOptions& o, const CommandContext& ctx) {
   if (auto err = events.create(o.iters))
     return err;
 
-  const std::vector<LaunchShape> shapes = candidateShapes(base);
+  // The record serves launches of the same regime as the tuned token count,
+  // and the heuristic's shape for that regime is the one to beat.
+  const Regime regime = regimeFor(o.tokens * base.hidden);
+  const std::vector<LaunchShape> shapes = candidateShapes(base, regime);
   const int64_t bytes = host->trafficBytes();
   ctx.out << "tune: " << base.label() << " T=" << o.tokens << " on " << gpu->session->info().name
           << ": " << shapes.size() << " shapes, median of " << o.iters << " launches, rotating "
@@ -202,8 +205,6 @@ llvm::Error runTune(const GpuOptions& o, const CommandContext& ctx) {
   if (!best)
     return makeError(ErrorCode::Internal,
                      "tune: no candidate shape gave correct results; first: " + broken.front());
-  // The record serves launches of the same regime as the tuned token count.
-  const Regime regime = regimeFor(o.tokens * base.hidden);
   if (auto err = gpu->service->cache().storeTunedShape(base, best->shape, regime))
     return err;
   char line[200];
