@@ -33,7 +33,7 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, int maxVecWidth, Regime re
     // Very many tokens: blocks of 8192 elements, where G divides that and
     // the block stays within 1024 threads, are 0.5-1.5% faster than blocks
     // of 256 threads from T x H = 2^25 up at G = 64 and 128 (and 1.5-3%
-    // slower below 2^24); 4096 or 16384 elements are slower than either.
+    // slower at 2^24 and below); 4096 or 16384 elements are slower than either.
     // Measured on an H100, bench/NOTES.md version 6.
     if (regime == Regime::Bulk && kBulkBlockElements % spec.groupSize == 0) {
       const int groups = kBulkBlockElements / spec.groupSize;

@@ -403,7 +403,8 @@ TEST(LaunchHeuristic, CandidatesAreValidDistinctAndStartWithHeuristic) {
   auto bulk = candidateShapes(s, Regime::Bulk);
   auto many = candidateShapes(s, Regime::Throughput);
   EXPECT_NE(std::find(bulk.begin(), bulk.end(), chooseLaunchShape(s)), bulk.end());
-  EXPECT_NE(std::find(many.begin(), many.end(), chooseLaunchShape(s, 16, Regime::Bulk)), many.end());
+  EXPECT_NE(std::find(many.begin(), many.end(), chooseLaunchShape(s, 16, Regime::Bulk)),
+            many.end());
 }
 
 // ---- fromJson --------------------------------------------------------------------
