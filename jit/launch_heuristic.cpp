@@ -30,18 +30,6 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, int maxVecWidth, Regime re
     // a small group is served by a team of 4 (G = 64: 8 x 16 bytes is 2-3%
     // faster than 4 x 2 x 16 bytes at T = 8192, bench/NOTES.md version 4).
     s.threadsPerGroup = largestPow2Dividing(vectors, std::min(32, std::max(8, vectors / 2)));
-    // Very many tokens: blocks of 8192 elements, where G divides that and
-    // the block stays within 1024 threads, are 0.5-1.5% faster than blocks
-    // of 256 threads from T x H = 2^25 up at G = 64 and 128 (and 1.5-3%
-    // slower at 2^24 and below); 4096 or 16384 elements are slower than either.
-    // Measured on an H100, bench/NOTES.md version 6.
-    if (regime == Regime::Bulk && kBulkBlockElements % spec.groupSize == 0) {
-      const int groups = kBulkBlockElements / spec.groupSize;
-      if (groups * s.teamSlot() <= 1024) {
-        s.groupsPerBlock = groups;
-        return s;
-      }
-    }
   } else {
     // One vector per thread where the team fits in a warp (any team size, in
     // a power-of-two slot): the shortest dependent chain, which is what
@@ -60,6 +48,14 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, int maxVecWidth, Regime re
       }
   }
   s.groupsPerBlock = std::max(1, 256 / s.teamSlot());
+  // Very many tokens: blocks of 8192 elements, where G divides that and
+  // the block stays within 1024 threads, are 0.5-1.5% faster than blocks
+  // of 256 threads from T x H = 2^25 up at G = 64 and 128 (and 1.5-3.5%
+  // slower at 2^24 and below); 4096 or 16384 elements are slower than either.
+  // Measured on an H100, bench/NOTES.md version 6.
+  if (regime == Regime::Bulk && kBulkBlockElements % spec.groupSize == 0 &&
+      kBulkBlockElements / spec.groupSize * s.teamSlot() <= 1024)
+    s.groupsPerBlock = kBulkBlockElements / spec.groupSize;
   return s;
 }
 

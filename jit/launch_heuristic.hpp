@@ -43,20 +43,28 @@ inline constexpr int64_t regimeMaxElements(Regime regime) {
                                         : INT64_MAX;
 }
 
+/// The regimes from the fewest elements to the most: each serves from one
+/// past the previous one's regimeMaxElements up to its own.
+inline constexpr Regime kRegimesBySize[kRegimeCount] = {Regime::Tiny, Regime::Latency,
+                                                        Regime::Throughput, Regime::Bulk};
+
 /// The smallest tokens x H a regime serves.
 inline constexpr int64_t regimeMinElements(Regime regime) {
-  return regime == Regime::Tiny         ? 0
-         : regime == Regime::Latency    ? kTinyMaxElements + 1
-         : regime == Regime::Throughput ? kLatencyMaxElements + 1
-                                        : kThroughputMaxElements + 1;
+  int64_t min = 0;
+  for (Regime r : kRegimesBySize) {
+    if (r == regime)
+      break;
+    min = regimeMaxElements(r) + 1;
+  }
+  return min;
 }
 
 /// The regime of a launch of `elements` = tokens x H: the narrowest that serves it.
 inline Regime regimeFor(int64_t elements) {
-  return elements <= regimeMaxElements(Regime::Tiny)         ? Regime::Tiny
-         : elements <= regimeMaxElements(Regime::Latency)    ? Regime::Latency
-         : elements <= regimeMaxElements(Regime::Throughput) ? Regime::Throughput
-                                                             : Regime::Bulk;
+  for (Regime r : kRegimesBySize)
+    if (elements <= regimeMaxElements(r))
+      return r;
+  return Regime::Bulk; // not reached: the last regime has no limit
 }
 
 /// "many-token", "few-token", "very-few-token" or "very-many-token".

@@ -89,8 +89,8 @@ llvm::Error runPtx(const PtxOptions& o, const CommandContext& ctx) {
       ctx.out << "\n";
   }
   printReport(ctx.out, k, got->source);
-  // The report is of the many-token shape; say which shapes launches with
-  // fewer tokens take, so that their PTX is one command away.
+  // The report is of the many-token shape; say which shapes the other
+  // regimes' launches take, so that their PTX is one command away.
   auto regimes = (*service)->cache().regimeSpecs(args->spec);
   if (!regimes) {
     llvm::consumeError(regimes.takeError());
