@@ -12,14 +12,13 @@
 
 #include "bqjit/error.hpp"
 #include "cache/entry_format.hpp"
-#include "cache/fs_util.hpp"
+#include "core/fs_util.hpp"
 #include "jit/cache_key.hpp"
 
 namespace bqjit {
 
 DiskCache::DiskCache(const std::string& cacheDir, const Config& config)
-    : root_(cacheDir + "/v" + std::to_string(kCacheFormatVersion)), config_(config),
-      journal_(root_ + "/journal.log") {}
+    : root_(cacheDir + "/" + kCacheLayoutDir), config_(config), journal_(root_ + "/journal.log") {}
 
 llvm::Error DiskCache::prepare() const {
   for (const char* sub : {"/entries", "/tmp", "/locks", "/tuned"})

@@ -14,7 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bqjit/error.hpp"
-#include "cache/fs_util.hpp"
+#include "core/fs_util.hpp"
 
 namespace bqjit {
 
@@ -170,16 +170,7 @@ llvm::Error Journal::compact(const std::vector<std::string>& liveKeys) const {
     if (r && live.count(r->key))
       text += line + "\n";
   }
-  const std::string tmp = path_ + ".tmp." + fs::uniqueSuffix();
-  if (auto err = fs::writeFileSynced(tmp, text.data(), text.size()))
-    return err;
-  if (::rename(tmp.c_str(), path_.c_str()) != 0) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    return makeError(ErrorCode::CacheError,
-                     "cannot replace journal '" + path_ + "': " + std::strerror(e));
-  }
-  return llvm::Error::success();
+  return fs::replaceFile(path_, text.data(), text.size());
 }
 
 } // namespace bqjit

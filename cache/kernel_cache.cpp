@@ -1,14 +1,6 @@
 #include "cache/kernel_cache.hpp"
 
-#include <algorithm>
-#include <fstream>
-
-#include <unistd.h>
-
 #include "bqjit/error.hpp"
-#include "cache/fs_util.hpp"
-#include "jit/cache_key.hpp"
-#include "jit/launch_heuristic.hpp"
 
 namespace bqjit {
 
@@ -52,111 +44,8 @@ void KernelCache::warnOnce(std::atomic<bool>& flag, const std::string& text) con
     config_.log(LogLevel::Warn, text);
 }
 
-std::string KernelCache::tunedPath(const KernelSpec& spec, Regime regime) const {
-  KernelSpec base = spec;
-  base.shape.reset();
-  return disk_->root() + "/tuned/" + computeCacheKey(compiler_.keyInputs(base)) +
-         (regime == Regime::Latency ? ".latency.json"
-          : regime == Regime::Tiny  ? ".tiny.json"
-          : regime == Regime::Bulk  ? ".bulk.json"
-                                    : ".json");
-}
-
-LaunchShape KernelCache::shapeFor(const KernelSpec& spec, Regime regime) const {
-  const LaunchShape heuristic = chooseLaunchShape(spec, 16, regime);
-  if (!disk_)
-    return heuristic;
-  const std::string path = tunedPath(spec, regime);
-  auto text = fs::readFile(path);
-  if (!text) {
-    llvm::consumeError(text.takeError()); // no record: the usual case
-    return heuristic;
-  }
-  auto j = nlohmann::json::parse(text->begin(), text->end(), nullptr, false);
-  if (j.is_object() && j.contains("spec")) {
-    auto tuned = KernelSpec::fromJson(j["spec"]);
-    if (tuned && tuned->shape) {
-      // The record may hold a shape that does not fit this spec (a copied
-      // or stale file): then it is ignored.
-      llvm::Error invalid = validateShape(spec, *tuned->shape);
-      if (!invalid)
-        return *tuned->shape;
-      llvm::consumeError(std::move(invalid));
-    }
-    if (!tuned)
-      llvm::consumeError(tuned.takeError());
-  }
-  config_.log(LogLevel::Warn, "ignoring unreadable tuning record " + path);
-  return heuristic;
-}
-
-llvm::Expected<std::array<KernelSpec, kRegimeCount>>
-KernelCache::regimeSpecs(const KernelSpec& spec) const {
-  if (auto err = spec.validate())
-    return std::move(err);
-  std::array<KernelSpec, kRegimeCount> out;
-  out.fill(spec);
-  if (!spec.shape)
-    for (int r = 0; r < kRegimeCount; ++r)
-      out[r].shape = shapeFor(spec, static_cast<Regime>(r));
-  return out;
-}
-
-llvm::Expected<KernelCache::LaunchPlan> KernelCache::launchPlan(const KernelSpec& spec) const {
-  auto specs = regimeSpecs(spec);
-  if (!specs)
-    return specs.takeError();
-  LaunchPlan plan;
-  for (int r = 0; r < kRegimeCount; ++r) {
-    const KernelSpec& s = (*specs)[r];
-    auto same = std::find_if(plan.variants.begin(), plan.variants.end(),
-                             [&](const KernelSpec& o) { return o.shape == s.shape; });
-    plan.variantOf[r] = static_cast<int>(same - plan.variants.begin());
-    if (same == plan.variants.end())
-      plan.variants.push_back(s);
-  }
-  return plan;
-}
-
-llvm::Expected<std::vector<KernelSpec>> KernelCache::launchVariants(const KernelSpec& spec) const {
-  auto plan = launchPlan(spec);
-  if (!plan)
-    return plan.takeError();
-  return std::move(plan->variants);
-}
-
-llvm::Expected<KernelSpec> KernelCache::resolve(const KernelSpec& spec) const {
-  auto variants = launchVariants(spec);
-  if (!variants)
-    return variants.takeError();
-  return variants->front();
-}
-
-llvm::Error KernelCache::storeTunedShape(const KernelSpec& spec, const LaunchShape& shape,
-                                         Regime regime) const {
-  if (!disk_)
-    return makeError(ErrorCode::CacheError, "no cache directory to store the tuned shape in");
-  KernelSpec tuned = spec;
-  tuned.shape = shape;
-  if (auto err = tuned.validate())
-    return err;
-  const std::string path = tunedPath(spec, regime);
-  const std::string text = nlohmann::json({{"spec", tuned.toJson()}}).dump(2) + "\n";
-  const std::string tmp = path + ".tmp." + fs::uniqueSuffix();
-  if (auto err = fs::writeFileSynced(tmp, text.data(), text.size()))
-    return err;
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    ::unlink(tmp.c_str());
-    return makeError(ErrorCode::CacheError, "cannot write tuning record '" + path + "'");
-  }
-  return llvm::Error::success();
-}
-
-llvm::Expected<KernelCache::Result> KernelCache::get(const KernelSpec& spec) {
-  auto resolved = resolve(spec);
-  if (!resolved)
-    return resolved.takeError();
-  const std::string key = compiler_.cacheKey(*resolved);
+llvm::Expected<KernelCache::Result> KernelCache::get(const KernelIdentity& kernel) {
+  const std::string& key = kernel.key;
 
   std::shared_ptr<Pending> pending;
   bool owner = false;
@@ -181,7 +70,7 @@ llvm::Expected<KernelCache::Result> KernelCache::get(const KernelSpec& spec) {
     return Result{pending->kernel, KernelSource::Memory};
   }
 
-  auto produced = produce(*resolved, key);
+  auto produced = produce(kernel);
   std::lock_guard<std::mutex> lock(mutex_);
   if (produced) {
     memory_[key] = produced->kernel;
@@ -200,8 +89,8 @@ llvm::Expected<KernelCache::Result> KernelCache::get(const KernelSpec& spec) {
   return produced;
 }
 
-llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelSpec& resolved,
-                                                         const std::string& key) {
+llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelIdentity& kernel) {
+  const std::string& key = kernel.key;
   auto fromDisk = [&]() -> KernelPtr {
     if (!disk_)
       return nullptr;
@@ -225,7 +114,7 @@ llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelSpec& resol
   if (config_.noCompile)
     return makeError(ErrorCode::NotInCache, "BQJIT_NO_COMPILE is set and the cache at '" +
                                                 config_.cacheDir + "' has no kernel for " +
-                                                resolved.canonical() + " (key " + key +
+                                                kernel.spec.canonical() + " (key " + key +
                                                 "); prewarm it with `bqjit prewarm`");
 
   std::optional<FileLock> keyLock;
@@ -249,7 +138,7 @@ llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelSpec& resol
     }
   }
 
-  auto compiled = compiler_.compile(resolved);
+  auto compiled = compiler_.compile(kernel);
   if (!compiled)
     return compiled.takeError();
   {
@@ -258,7 +147,7 @@ llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelSpec& resol
     counters_.compileMs += compiled->compileMs;
   }
   if (diskWritable_) {
-    if (auto err = disk_->publish(*compiled, compiler_.keyInputs(resolved).canonical())) {
+    if (auto err = disk_->publish(*compiled, kernel.keyText)) {
       std::string message;
       consumeError(std::move(err), &message);
       warnOnce(warnedWrite_, message + "; kernels are kept in memory only");

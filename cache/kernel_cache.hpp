@@ -1,9 +1,9 @@
-// The cache as the rest of bqjit sees it: memory, then disk, then NVRTC.
+// The cache as the rest of bqjit sees it: it stores and finds kernels by
+// identity, memory, then disk, then NVRTC, and decides nothing about them.
 // One compile per key: threads of a process wait on one in-flight compile,
 // processes on the key's lock file.
 #pragma once
 
-#include <array>
 #include <atomic>
 #include <future>
 #include <memory>
@@ -17,7 +17,6 @@
 #include "bqjit/config.hpp"
 #include "cache/disk_cache.hpp"
 #include "jit/compiler.hpp"
-#include "jit/launch_heuristic.hpp"
 
 namespace bqjit {
 
@@ -49,42 +48,15 @@ public:
   /// The disk layer, or nullptr when Config::cacheDir is empty.
   const DiskCache* disk() const { return disk_.get(); }
 
-  /// The spec with its launch shape resolved: the user's, else the
-  /// many-token (throughput) shape: a tuned record for this spec in the
-  /// cache, else the heuristic's.
-  llvm::Expected<KernelSpec> resolve(const KernelSpec& spec) const;
-
-  /// The resolved spec of each regime, indexed by Regime: the user's shape
-  /// for all when given; else each regime's tuned record or heuristic shape.
-  llvm::Expected<std::array<KernelSpec, kRegimeCount>> regimeSpecs(const KernelSpec& spec) const;
-
-  /// The distinct specs a launch may use and which of them serves each regime.
-  struct LaunchPlan {
-    std::vector<KernelSpec> variants;            ///< in Regime order, each shape once
-    std::array<int, kRegimeCount> variantOf{};   ///< index into variants, per Regime
-  };
-  /// regimeSpecs with the specs that share a shape merged.
-  llvm::Expected<LaunchPlan> launchPlan(const KernelSpec& spec) const;
-
-  /// launchPlan's variants: the distinct resolved specs, throughput first.
-  /// Prewarm compiles all.
-  llvm::Expected<std::vector<KernelSpec>> launchVariants(const KernelSpec& spec) const;
-
-  /// The compiled kernel of a spec (validated and resolved here).
-  llvm::Expected<Result> get(const KernelSpec& spec);
-
-  /// Stores the tuned launch shape of an unresolved spec for one regime.
-  llvm::Error storeTunedShape(const KernelSpec& spec, const LaunchShape& shape,
-                              Regime regime = Regime::Throughput) const;
+  /// The compiled kernel of an identity (Compiler::identify): memory, disk,
+  /// then a compile under the key's lock, published to disk.
+  llvm::Expected<Result> get(const KernelIdentity& kernel);
 
   CacheCounters counters() const;
 
 private:
-  llvm::Expected<Result> produce(const KernelSpec& resolved, const std::string& key);
+  llvm::Expected<Result> produce(const KernelIdentity& kernel);
   void warnOnce(std::atomic<bool>& flag, const std::string& text) const;
-  std::string tunedPath(const KernelSpec& spec, Regime regime) const;
-  /// The shape of `regime` for a spec without one: tuned record, else heuristic.
-  LaunchShape shapeFor(const KernelSpec& spec, Regime regime) const;
 
   Config config_;
   Compiler compiler_;

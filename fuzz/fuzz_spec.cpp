@@ -17,7 +17,7 @@
 
 #include "bqjit/kernel_spec.hpp"
 #include "fuzz/common.hpp"
-#include "jit/launch_heuristic.hpp"
+#include "planner/launch_heuristic.hpp"
 #include "tools/spec_args.hpp"
 
 namespace {
@@ -39,16 +39,17 @@ void checkAccepted(const KernelSpec& spec) {
   // The heuristic's shapes are valid for every spec that validates, whatever
   // the cap (the C API passes any max_vec_width >= 1).
   for (int cap : {1, 2, 3, 4, 8, 16, 17, 1 << 30}) {
-    for (auto regime : {bqjit::Regime::Throughput, bqjit::Regime::Latency, bqjit::Regime::Tiny,
-                        bqjit::Regime::Bulk}) {
-      const bqjit::LaunchShape s = bqjit::chooseLaunchShape(spec, cap, regime);
+    for (bqjit::Regime regime : bqjit::kRegimes) {
+      const bqjit::LaunchShape s = bqjit::chooseLaunchShape(spec, regime, cap);
       BQJIT_FUZZ_CHECK(s.vecWidth <= cap || s.vecWidth == 1, canonical);
       if (auto err = bqjit::validateShape(spec, s))
         BQJIT_FUZZ_CHECK(false, canonical + " cap " + std::to_string(cap) + ": " +
                                     bqjit::consumeToString(std::move(err)));
     }
   }
-  KernelSpec resolved = bqjit::resolveShape(spec);
+  KernelSpec resolved = spec;
+  resolved.shape = resolved.shape ? bqjit::withDerivedOccupancy(spec, *spec.shape)
+                                  : bqjit::chooseLaunchShape(spec);
   if (auto err = resolved.validate())
     BQJIT_FUZZ_CHECK(false, "resolved spec invalid: " + bqjit::consumeToString(std::move(err)));
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "bqjit/arch.hpp"
 #include "bqjit/error.hpp"
 #include "jit/cache_key.hpp"
 #include "jit/cubin_info.hpp"
@@ -33,53 +34,62 @@ std::vector<std::string> Compiler::options(const KernelSpec& spec) {
           "-Xptxas=-v"};
 }
 
-KeyInputs Compiler::keyInputs(const KernelSpec& spec) const {
-  KeyInputs in;
-  in.canonicalSpec = spec.canonical();
-  in.templateSource = templateSource().str();
-  in.options = options(spec);
-  in.nvrtcIdentity = identity_.toString();
-  in.arch = spec.arch;
-  return in;
+std::string Compiler::codeIdentity() const {
+  return "template " + templateDigest().xxh3 + " " + std::to_string(templateDigest().bytes) +
+         ", nvrtc " + identity_.toString();
 }
 
-std::string Compiler::cacheKey(const KernelSpec& resolved) const {
-  return computeCacheKey(keyInputs(resolved));
-}
-
-llvm::Expected<CompiledKernel> Compiler::compile(const KernelSpec& resolved) const {
-  if (auto err = resolved.validate())
-    return std::move(err);
-  if (!resolved.shape)
+llvm::Expected<KernelIdentity> Compiler::identify(const KernelSpec& resolved) const {
+  if (!resolved.shape || resolved.shape->minBlocksPerSm == LaunchShape::kDerived)
     return makeError(ErrorCode::Internal,
-                     "compile() needs a resolved launch shape: " + resolved.canonical());
+                     "a kernel's identity needs a resolved launch shape: " + resolved.canonical());
+  KernelIdentity id;
+  id.spec = resolved;
+  id.source = generateSource(resolved);
+  id.options = options(resolved);
+  KeyInputs in;
+  in.canonicalSpec = resolved.canonical();
+  in.templateSource = templateDigest();
+  in.generatedSource = id.source.text;
+  in.options = id.options;
+  in.nvrtcIdentity = identity_.toString();
+  in.arch = resolved.arch;
+  id.keyText = in.canonical();
+  id.key = hash128(id.keyText);
+  return id;
+}
+
+llvm::Expected<CompiledKernel> Compiler::compile(const KernelIdentity& kernel) const {
+  const KernelSpec& resolved = kernel.spec;
   const std::string context = "spec " + resolved.canonical() + ", arch " + resolved.arch;
   auto wrap = [&](llvm::Error err) {
     std::string message;
     ErrorCode code = consumeError(std::move(err), &message);
     return makeError(code, "compiling " + context + ": " + message);
   };
-  // Reject targets NVRTC does not know before compiling, with the list.
+  // Reject targets this NVRTC does not know before compiling, with the list.
   {
-    const std::string digits =
-        resolved.arch.substr(3, resolved.arch.find_first_not_of("0123456789", 3) - 3);
+    auto arch = Arch::parse(resolved.arch);
+    if (!arch)
+      return arch.takeError();
     auto archs = nvrtcSupportedArchs();
-    if (!archs.empty() && std::find(archs.begin(), archs.end(), std::stoi(digits)) == archs.end()) {
+    if (!archs.empty() && std::find(archs.begin(), archs.end(), arch->number) == archs.end()) {
       std::string list;
       for (int a : archs)
-        list += (list.empty() ? "sm_" : ", sm_") + std::to_string(a);
+        if (a >= Arch::kMinNumber)
+          list += (list.empty() ? "sm_" : ", sm_") + std::to_string(a);
       return makeError(ErrorCode::InvalidSpec, "invalid spec field 'arch' = '" + resolved.arch +
                                                    "': this NVRTC (" + identity_.toString() +
                                                    ") supports " + list);
     }
   }
 
-  GeneratedSource source = generateSource(resolved);
+  const GeneratedSource& source = kernel.source;
   CompiledKernel out;
   out.spec = resolved;
-  out.options = options(resolved);
+  out.options = kernel.options;
   out.nvrtcVersion = identity_.toString();
-  out.key = cacheKey(resolved);
+  out.key = kernel.key;
 
   const auto start = std::chrono::steady_clock::now();
   auto program = NvrtcProgram::create(source.text, source.fileName,

@@ -1,4 +1,5 @@
-// The compiler: a resolved KernelSpec in, PTX + cubin + resource report out.
+// The compiler: a resolved spec's identity (what its cache key hashes) and,
+// from that identity, PTX + cubin + resource report.
 #pragma once
 
 #include <string>
@@ -9,9 +10,21 @@
 #include "bqjit/compiled_kernel.hpp"
 #include "bqjit/kernel_spec.hpp"
 #include "jit/cache_key.hpp"
+#include "jit/source.hpp"
 #include "jit/toolchain.hpp"
 
 namespace bqjit {
+
+/// Everything that makes one kernel, computed once per resolved spec: the
+/// generated source, the options and the cache key over them. Made by
+/// Compiler::identify and passed through lookup, compile and publish.
+struct KernelIdentity {
+  KernelSpec spec;                  ///< validated, launch shape and occupancy resolved
+  GeneratedSource source;           ///< the translation unit NVRTC compiles
+  std::vector<std::string> options; ///< NVRTC options, in order
+  std::string keyText;              ///< KeyInputs::canonical(), kept in the entry's metadata
+  std::string key;                  ///< hash of keyText
+};
 
 class Compiler {
 public:
@@ -20,18 +33,20 @@ public:
 
   const NvrtcIdentity& identity() const { return identity_; }
 
+  /// Names the code kernels are made from (the template and this NVRTC), for
+  /// records that hold for one kernel code only (tuned shapes).
+  std::string codeIdentity() const;
+
   /// The NVRTC options for a spec, in canonical order.
   static std::vector<std::string> options(const KernelSpec& spec);
 
-  /// Everything the cache key of a spec hashes; the one place it is assembled.
-  KeyInputs keyInputs(const KernelSpec& spec) const;
+  /// The identity of a spec that the planner validated and resolved (launch
+  /// shape with occupancy set); an Internal error if it is not resolved.
+  llvm::Expected<KernelIdentity> identify(const KernelSpec& resolved) const;
 
-  /// The cache key of a resolved spec (launch shape set).
-  std::string cacheKey(const KernelSpec& resolved) const;
-
-  /// Compiles a validated spec with a resolved launch shape. On failure the
-  /// error carries the spec, the options and NVRTC's full log.
-  llvm::Expected<CompiledKernel> compile(const KernelSpec& resolved) const;
+  /// Compiles a kernel. On failure the error carries the spec, the options
+  /// and NVRTC's full log.
+  llvm::Expected<CompiledKernel> compile(const KernelIdentity& kernel) const;
 
 private:
   explicit Compiler(NvrtcIdentity id) : identity_(std::move(id)) {}

@@ -6,22 +6,92 @@
 
 namespace bqjit {
 
-GeneratedSource generateSource(const KernelSpec& spec) {
+namespace {
+
+// The template's own names for each choice: the spec's enums map to them by
+// name, so reordering an enum cannot silently change a kernel.
+const char* templateName(InDtype dtype) {
+  switch (dtype) {
+  case InDtype::BF16:
+    return "kBF16";
+  case InDtype::FP16:
+    return "kFP16";
+  case InDtype::FP32:
+    return "kFP32";
+  }
+  return "?";
+}
+
+const char* templateName(OutDtype dtype) {
+  switch (dtype) {
+  case OutDtype::FP8E4M3:
+    return "kE4M3";
+  case OutDtype::FP8E5M2:
+    return "kE5M2";
+  case OutDtype::INT8:
+    return "kInt8";
+  }
+  return "?";
+}
+
+const char* templateName(ScaleLayout layout) {
+  switch (layout) {
+  case ScaleLayout::Row:
+    return "kRow";
+  case ScaleLayout::Col:
+    return "kCol";
+  case ScaleLayout::ColTma:
+    return "kColTma";
+  case ScaleLayout::Ue8m0Packed:
+    return "kUe8m0Packed";
+  }
+  return "?";
+}
+
+// A readable name for the struct, so that profilers and the PTX name the
+// kernel's specialization: H7168_G128_bf16_fp8_e4m3_row_tpg8_vec8_gpb32_mbs0.
+std::string structName(const KernelSpec& spec) {
   const LaunchShape& s = *spec.shape;
   std::ostringstream name;
-  name << "bqjit_kernel::silu_mul_quant<" << spec.hidden << ", " << spec.groupSize << ", "
-       << static_cast<int>(spec.inDtype) << ", " << static_cast<int>(spec.outDtype) << ", "
-       << static_cast<int>(spec.scaleLayout) << ", " << (spec.ue8m0 ? "true" : "false") << ", "
-       << (spec.hasScaleUb ? "true" : "false") << ", " << (spec.masked ? "true" : "false") << ", "
-       << s.threadsPerGroup << ", " << s.vecWidth << ", " << s.groupsPerBlock << ">";
+  name << "H" << spec.hidden << "_G" << spec.groupSize << "_" << toString(spec.inDtype) << "_"
+       << toString(spec.outDtype) << "_" << toString(spec.scaleLayout)
+       << (spec.ue8m0 ? "_ue8m0" : "") << (spec.hasScaleUb ? "_ub" : "")
+       << (spec.masked ? "_masked" : "") << "_tpg" << s.threadsPerGroup << "_vec" << s.vecWidth
+       << "_gpb" << s.groupsPerBlock << "_mbs" << s.minBlocksPerSm;
+  return name.str();
+}
+
+} // namespace
+
+GeneratedSource generateSource(const KernelSpec& spec) {
+  const LaunchShape& s = *spec.shape;
+  const std::string name = structName(spec);
+  auto flag = [](bool b) { return b ? "true" : "false"; };
+  std::ostringstream text;
+  // The spec is echoed so that a PTX or log read by a person says what it is.
+  text << "// bqjit specialization " << spec.canonical() << "\n"
+       << "#include \"" << kTemplateHeaderName << "\"\n"
+       << "namespace bqjit_kernel {\n"
+       << "struct " << name << " {\n"
+       << "  static constexpr int kHidden = " << spec.hidden << ";\n"
+       << "  static constexpr int kGroupSize = " << spec.groupSize << ";\n"
+       << "  static constexpr int kInDtype = " << templateName(spec.inDtype) << ";\n"
+       << "  static constexpr int kOutDtype = " << templateName(spec.outDtype) << ";\n"
+       << "  static constexpr int kScaleLayout = " << templateName(spec.scaleLayout) << ";\n"
+       << "  static constexpr bool kPow2Scales = " << flag(spec.ue8m0) << ";\n"
+       << "  static constexpr bool kHasScaleUb = " << flag(spec.hasScaleUb) << ";\n"
+       << "  static constexpr bool kMasked = " << flag(spec.masked) << ";\n"
+       << "  static constexpr int kThreadsPerGroup = " << s.threadsPerGroup << ";\n"
+       << "  static constexpr int kVecWidth = " << s.vecWidth << ";\n"
+       << "  static constexpr int kGroupsPerBlock = " << s.groupsPerBlock << ";\n"
+       << "  static constexpr int kMinBlocksPerSm = " << s.minBlocksPerSm << ";\n"
+       << "};\n"
+       << "} // namespace bqjit_kernel\n";
 
   GeneratedSource out;
   out.fileName = "bqjit_silu_mul_quant.cu";
-  out.nameExpression = name.str();
-  // The template is instantiated through the name expression; the spec is
-  // echoed so that a PTX or log read by a person says what it is.
-  out.text = "// bqjit specialization " + spec.canonical() + "\n#include \"" +
-             std::string(kTemplateHeaderName) + "\"\n";
+  out.nameExpression = "bqjit_kernel::silu_mul_quant<bqjit_kernel::" + name + ">";
+  out.text = text.str();
   return out;
 }
 

@@ -1,5 +1,6 @@
-// Specialization: the few lines of CUDA source around the template that make
-// one kernel out of a resolved spec, and the NVRTC name expression for it.
+// Specialization: the translation unit that makes one kernel out of a
+// resolved spec (the spec's choices as named constants of a struct that the
+// template is instantiated with), and the NVRTC name expression for it.
 #pragma once
 
 #include <string>
@@ -11,10 +12,10 @@ namespace bqjit {
 struct GeneratedSource {
   std::string fileName;       ///< program name shown in NVRTC messages
   std::string text;           ///< the generated translation unit
-  std::string nameExpression; ///< e.g. "bqjit_kernel::silu_mul_quant<7168, 128, ...>"
+  std::string nameExpression; ///< "bqjit_kernel::silu_mul_quant<bqjit_kernel::H7168_G128_...>"
 };
 
-/// The source for `spec`, whose launch shape must be resolved.
+/// The source for `spec`, whose launch shape and occupancy must be resolved.
 GeneratedSource generateSource(const KernelSpec& spec);
 
 } // namespace bqjit

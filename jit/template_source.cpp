@@ -13,4 +13,9 @@ llvm::StringRef templateSource() {
                          detail::kTemplateSize);
 }
 
+const TextDigest& templateDigest() {
+  static const TextDigest digest = TextDigest::of(templateSource());
+  return digest;
+}
+
 } // namespace bqjit

@@ -7,7 +7,7 @@
 #include "bqjit/error.hpp"
 #include "bqjit/service.hpp"
 #include "cache/kernel_cache.hpp"
-#include "jit/launch_heuristic.hpp"
+#include "planner/launch_heuristic.hpp"
 
 struct bqjit_service_s {
   std::unique_ptr<bqjit::Service> service;
@@ -135,10 +135,11 @@ bqjit_status bqjit_default_launch(const char* specJson, int maxVecWidth, char* b
   if (maxVecWidth < 1)
     return fail(bqjit::ErrorCode::InvalidArgument,
                 "max_vec_width = " + std::to_string(maxVecWidth) + ": must be >= 1");
-  const bqjit::LaunchShape s = bqjit::chooseLaunchShape(*spec, maxVecWidth);
+  const bqjit::LaunchShape s = bqjit::chooseLaunchShape(*spec, bqjit::kDefaultRegime, maxVecWidth);
   nlohmann::json j = {{"threads_per_group", s.threadsPerGroup},
                       {"vec_width", s.vecWidth},
-                      {"groups_per_block", s.groupsPerBlock}};
+                      {"groups_per_block", s.groupsPerBlock},
+                      {"min_blocks_per_sm", s.minBlocksPerSm}};
   return writeText(j.dump(), buf, size, needed);
 }
 

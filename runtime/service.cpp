@@ -3,8 +3,10 @@
 #include <map>
 #include <mutex>
 
+#include "bqjit/arch.hpp"
 #include "bqjit/error.hpp"
 #include "cache/kernel_cache.hpp"
+#include "planner/planner.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "runtime/loaded_function.hpp"
 
@@ -12,6 +14,7 @@ namespace bqjit {
 
 struct Service::Impl {
   Config config;
+  Planner planner;
   KernelCache cache;
 
   std::mutex mutex; // guards everything below
@@ -20,7 +23,9 @@ struct Service::Impl {
   std::map<std::string, std::weak_ptr<const LoadedLibrary>> libraries; // by cache key
   std::map<std::pair<std::string, int>, std::shared_ptr<const LoadedFunction>> functions;
 
-  Impl(Config c, Compiler compiler) : config(c), cache(std::move(c), std::move(compiler)) {}
+  Impl(Config c, Compiler compiler)
+      : config(c), planner(config, compiler.codeIdentity()),
+        cache(std::move(c), std::move(compiler)) {}
 
   ~Impl() {
     functions.clear(); // unloads the libraries before the contexts go
@@ -98,12 +103,21 @@ llvm::Expected<std::unique_ptr<Service>> Service::create(Config config) {
 KernelCache& Service::cache() {
   return impl_->cache;
 }
+Planner& Service::planner() {
+  return impl_->planner;
+}
 const Config& Service::config() const {
   return impl_->config;
 }
 
 llvm::Expected<std::shared_ptr<const CompiledKernel>> Service::compile(const KernelSpec& spec) {
-  auto result = impl_->cache.get(spec);
+  auto resolved = impl_->planner.resolve(spec);
+  if (!resolved)
+    return resolved.takeError();
+  auto id = impl_->cache.compiler().identify(*resolved);
+  if (!id)
+    return id.takeError();
+  auto result = impl_->cache.get(*id);
   if (!result)
     return result.takeError();
   return result->kernel;
@@ -127,14 +141,17 @@ llvm::Expected<KernelSpec> Service::forDevice(KernelSpec spec, int device) {
 }
 
 llvm::Expected<Kernel> Service::getKernel(const KernelSpec& spec, int device) {
-  auto plan = impl_->cache.launchPlan(spec);
+  auto plan = impl_->planner.plan(spec);
   if (!plan)
     return plan.takeError();
   // Compile (or find) outside the service lock: the cache has its own
   // single-flight per key, and other kernels' launches must not wait.
   std::vector<std::shared_ptr<const CompiledKernel>> compiled;
   for (const KernelSpec& v : plan->variants) {
-    auto got = impl_->cache.get(v);
+    auto id = impl_->cache.compiler().identify(v);
+    if (!id)
+      return id.takeError();
+    auto got = impl_->cache.get(*id);
     if (!got)
       return got.takeError();
     compiled.push_back(got->kernel);
@@ -151,8 +168,8 @@ llvm::Expected<Kernel> Service::getKernel(const KernelSpec& spec, int device) {
     loaded.push_back(*fn);
   }
   Kernel::Functions fns;
-  for (int r = 0; r < kRegimeCount; ++r)
-    fns[r] = loaded[plan->variantOf[r]];
+  for (Regime r : kRegimes)
+    fns[index(r)] = loaded[plan->variantOf[index(r)]];
   return Kernel(std::move(fns));
 }
 
@@ -167,8 +184,10 @@ Service::Impl::loadFunctionLocked(const std::shared_ptr<const CompiledKernel>& k
   if (!info)
     return info.takeError();
   const std::string& arch = kernel->spec.arch;
-  const std::string digits = arch.substr(3, arch.find_first_not_of("0123456789", 3) - 3);
-  if (digits != std::to_string(info->ccMajor) + std::to_string(info->ccMinor))
+  auto target = Arch::parse(arch);
+  if (!target)
+    return target.takeError();
+  if (!target->runsOn(Arch::fromComputeCapability(info->ccMajor, info->ccMinor)))
     return makeError(ErrorCode::ArchMismatch, "kernel compiled for " + arch +
                                                   " cannot run on device " + std::to_string(dev) +
                                                   " (" + info->name + ", " + info->arch() +

@@ -1,8 +1,10 @@
 // bqjit kernel template: y = silu(gate) * up, quantized per group of G columns
 // with fp32 (or power-of-two) scales. SPEC.md section 1 is the contract.
 //
-// Compiled by NVRTC with every specialization choice as a template argument;
-// it includes no header, so a cold compile stays fast.
+// Compiled by NVRTC for one specialization: the generated source defines a
+// struct of named constants (kHidden, kGroupSize, kInDtype, ...; see
+// jit/source.cpp) and instantiates silu_mul_quant with it. It includes no
+// header, so a cold compile stays fast.
 #pragma once
 
 namespace bqjit_kernel {
@@ -20,17 +22,6 @@ template <int T> struct TeamSlot {
 };
 
 template <int IN> struct InBytes { static constexpr int value = IN == kFP32 ? 4 : 2; };
-
-// Blocks per SM to promise ptxas (__launch_bounds__), from a rough count of
-// the registers a thread of E elements needs: its E products, its raw input
-// words and about 24 more. Left to ptxas (0) where that count fits the 64
-// registers ptxas gives a 256-thread block by default; a larger thread's work
-// would otherwise spill under that default.
-template <int IN, int E, int THREADS> struct MinBlocks {
-  static constexpr int kRegs = E + 2 * E * InBytes<IN>::value / 4 + 24;
-  static constexpr int kFit = 65536 / (THREADS * kRegs);
-  static constexpr int value = kRegs <= 64 ? 0 : (kFit < 1 ? 1 : kFit);
-};
 
 // ---- input: a vector of VEC elements is loaded as raw 32-bit words ----------
 
@@ -364,13 +355,27 @@ __device__ __forceinline__ void quantizeStore(const float (&y)[kChunks][VEC], fl
 //   scales  per SPEC.md section 2, per expert when masked
 //   scaleUb device pointer to one float, used when HAS_UB
 //   maskedM [E] live rows per expert, used when MASKED (gridDim.y = E)
-template <int H, int G, int IN, int OUT, int LAYOUT, bool POW2, bool HAS_UB, bool MASKED, int TPG,
-          int VEC, int GPB>
-__global__ void __launch_bounds__(TeamSlot<TPG>::value * GPB,
-                                  MinBlocks<IN, G / TPG, TeamSlot<TPG>::value * GPB>::value)
+//
+// S is the specialization: every compile-time choice as a named constant, and
+// the launch shape's occupancy promise (kMinBlocksPerSm), which the planner
+// decides on the host.
+template <class S>
+__global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGroupsPerBlock,
+                                  S::kMinBlocksPerSm)
     silu_mul_quant(const void* __restrict__ x, i64 ldx, i64 rows, unsigned char* __restrict__ q,
                    void* __restrict__ scales, const float* __restrict__ scaleUb,
                    const int* __restrict__ maskedM) {
+  constexpr int H = S::kHidden;
+  constexpr int G = S::kGroupSize;
+  constexpr int IN = S::kInDtype;
+  constexpr int OUT = S::kOutDtype;
+  constexpr int LAYOUT = S::kScaleLayout;
+  constexpr bool POW2 = S::kPow2Scales;
+  constexpr bool HAS_UB = S::kHasScaleUb;
+  constexpr bool MASKED = S::kMasked;
+  constexpr int TPG = S::kThreadsPerGroup;
+  constexpr int VEC = S::kVecWidth;
+  constexpr int GPB = S::kGroupsPerBlock;
   static_assert(H % G == 0, "G must divide H");
   static_assert(G % VEC == 0, "VEC must divide G");
   static_assert((G / VEC) % TPG == 0, "TPG must divide the group's vectors");

@@ -12,7 +12,7 @@
 
 #include "bqjit/error.hpp"
 #include "jit/compiler.hpp"
-#include "jit/launch_heuristic.hpp"
+#include "planner/launch_heuristic.hpp"
 
 namespace bqjit {
 namespace {
@@ -25,12 +25,13 @@ const char* const kSpec =
 KeyInputs fixedInputs() {
   KeyInputs in;
   in.canonicalSpec = kSpec;
-  in.templateSource = "template v1";
+  in.templateSource = TextDigest::of("template v1");
+  in.generatedSource = "source v1";
   in.options = {"--gpu-architecture=sm_90", "--std=c++17", "--fmad=false", "--prec-div=true",
                 "--prec-sqrt=true",         "--ftz=false", "-Xptxas=-v"};
   in.nvrtcIdentity = "13.0 (V13.0.88 CL-36424714)";
   in.arch = "sm_90";
-  in.formatVersion = 1;
+  in.formatVersion = 2;
   return in;
 }
 
@@ -41,8 +42,10 @@ bool isKey(const std::string& key) {
 TEST(CacheKey, GoldenValue) {
   // Computed once and pasted: a change means every user's cache is
   // invalidated, which must be deliberate (bump kCacheFormatVersion then).
+  // Format 2: the generated source (the spec as named constants, with the
+  // occupancy the planner derives) joined the key.
   const std::string key = computeCacheKey(fixedInputs());
-  EXPECT_EQ(key, "75a80e0e6f1359d39cbc5301fe40996c");
+  EXPECT_EQ(key, "ac5407f1628464ffa585da0f5cfca4be");
   EXPECT_TRUE(isKey(key)) << key;
   // The same inputs always give the same key.
   EXPECT_EQ(computeCacheKey(fixedInputs()), key);
@@ -50,12 +53,13 @@ TEST(CacheKey, GoldenValue) {
 
 TEST(CacheKey, GoldenCanonicalText) {
   EXPECT_EQ(fixedInputs().canonical(),
-            std::string(R"x({"arch":"sm_90","format":1,"nvrtc":"13.0 (V13.0.88 CL-36424714)",)x"
+            std::string(R"x({"arch":"sm_90","format":2,"nvrtc":"13.0 (V13.0.88 CL-36424714)",)x"
                         R"("options":["--gpu-architecture=sm_90","--std=c++17","--fmad=false",)"
                         R"("--prec-div=true","--prec-sqrt=true","--ftz=false","-Xptxas=-v"],)"
-                        R"("spec":)") +
-                kSpec + R"(,"template_bytes":11,"template_xxh3":")" +
-                checksum64("template v1", 11) + R"("})");
+                        R"("source_bytes":9,"source_xxh3":")") +
+                checksum64("source v1", 9) + R"(","spec":)" + kSpec +
+                R"(,"template_bytes":11,"template_xxh3":")" + checksum64("template v1", 11) +
+                R"("})");
 }
 
 TEST(CacheKey, Checksum64) {
@@ -87,8 +91,9 @@ TEST(CacheKey, EveryInputChangesTheKey) {
   add("spec ue8m0", [](KeyInputs& in) {
     in.canonicalSpec.replace(in.canonicalSpec.find("\"ue8m0\":false"), 13, "\"ue8m0\":true");
   });
-  add("template text", [](KeyInputs& in) { in.templateSource = "template v2"; });
-  add("template length", [](KeyInputs& in) { in.templateSource = "template v1 "; });
+  add("template text", [](KeyInputs& in) { in.templateSource = TextDigest::of("template v2"); });
+  add("template length", [](KeyInputs& in) { in.templateSource = TextDigest::of("template v1 "); });
+  add("generated source", [](KeyInputs& in) { in.generatedSource = "source v2"; });
   for (size_t i = 0; i < base.options.size(); ++i)
     add("option " + base.options[i], [i](KeyInputs& in) { in.options[i] += "x"; });
   add("dropped option", [](KeyInputs& in) { in.options.pop_back(); });
@@ -98,7 +103,7 @@ TEST(CacheKey, EveryInputChangesTheKey) {
   add("nvrtc identity", [](KeyInputs& in) { in.nvrtcIdentity = "13.0 (V13.0.89 CL-36424714)"; });
   add("nvrtc version", [](KeyInputs& in) { in.nvrtcIdentity = "13.1 (V13.0.88 CL-36424714)"; });
   add("arch sm_90a", [](KeyInputs& in) { in.arch = "sm_90a"; });
-  add("format version", [](KeyInputs& in) { in.formatVersion = 2; });
+  add("format version", [](KeyInputs& in) { in.formatVersion = 3; });
 
   const std::string baseKey = computeCacheKey(base);
   std::set<std::string> keys{baseKey};
@@ -118,7 +123,7 @@ TEST(CacheKey, OptionSplitIsNotAmbiguous) {
   EXPECT_NE(computeCacheKey(a), computeCacheKey(b));
 }
 
-// ---- Compiler::cacheKey ---------------------------------------------------------
+// ---- Compiler::identify ---------------------------------------------------------
 
 class CompilerKey : public testing::Test {
 protected:
@@ -132,7 +137,16 @@ protected:
     s.hidden = 7168;
     s.groupSize = 128;
     s.arch = arch;
-    return resolveShape(s);
+    s.shape = chooseLaunchShape(s);
+    return s;
+  }
+  std::string cacheKey(const KernelSpec& s) const {
+    auto id = compiler_->identify(s);
+    if (!id) {
+      ADD_FAILURE() << consumeToString(id.takeError());
+      return "";
+    }
+    return id->key;
   }
   std::optional<Compiler> compiler_;
 };
@@ -145,21 +159,23 @@ TEST_F(CompilerKey, IdentityLooksRight) {
 }
 
 TEST_F(CompilerKey, ArchSuffixChangesKey) {
-  const std::string k90 = compiler_->cacheKey(spec("sm_90"));
-  const std::string k90a = compiler_->cacheKey(spec("sm_90a"));
+  const std::string k90 = cacheKey(spec("sm_90"));
+  const std::string k90a = cacheKey(spec("sm_90a"));
   EXPECT_TRUE(isKey(k90));
   EXPECT_TRUE(isKey(k90a));
   EXPECT_NE(k90, k90a);
-  EXPECT_NE(k90, compiler_->cacheKey(spec("sm_80")));
+  EXPECT_NE(k90, cacheKey(spec("sm_80")));
 }
 
 TEST_F(CompilerKey, LaunchShapeChangesKey) {
   KernelSpec a = spec(), b = spec();
-  a.shape = LaunchShape{8, 8, 32};
-  b.shape = LaunchShape{16, 8, 16};
-  EXPECT_NE(compiler_->cacheKey(a), compiler_->cacheKey(b));
-  b.shape = LaunchShape{8, 8, 16};
-  EXPECT_NE(compiler_->cacheKey(a), compiler_->cacheKey(b));
+  a.shape = LaunchShape{8, 8, 32, 0};
+  b.shape = LaunchShape{16, 8, 16, 0};
+  EXPECT_NE(cacheKey(a), cacheKey(b));
+  b.shape = LaunchShape{8, 8, 16, 0};
+  EXPECT_NE(cacheKey(a), cacheKey(b));
+  b.shape = LaunchShape{8, 8, 32, 2}; // occupancy promised to ptxas
+  EXPECT_NE(cacheKey(a), cacheKey(b));
 }
 
 TEST_F(CompilerKey, EqualSpecsGiveEqualKeys) {
@@ -169,13 +185,16 @@ TEST_F(CompilerKey, EqualSpecsGiveEqualKeys) {
                                    {"arch", "sm_90"},
                                    {"tpg", std::to_string(a.shape->threadsPerGroup)},
                                    {"vec", std::to_string(a.shape->vecWidth)},
-                                   {"gpb", std::to_string(a.shape->groupsPerBlock)}});
+                                   {"gpb", std::to_string(a.shape->groupsPerBlock)},
+                                   {"mbs", std::to_string(a.shape->minBlocksPerSm)}});
   ASSERT_TRUE(bool(b)) << consumeToString(b.takeError());
-  EXPECT_EQ(compiler_->cacheKey(a), compiler_->cacheKey(*b));
+  EXPECT_EQ(cacheKey(a), cacheKey(*b));
   // A second compiler (same NVRTC) agrees.
   auto other = Compiler::create();
   ASSERT_TRUE(bool(other));
-  EXPECT_EQ(other->cacheKey(a), compiler_->cacheKey(a));
+  auto otherId = other->identify(a);
+  ASSERT_TRUE(bool(otherId));
+  EXPECT_EQ(otherId->key, cacheKey(a));
 }
 
 TEST_F(CompilerKey, EverySpecFieldChangesKey) {
@@ -189,9 +208,9 @@ TEST_F(CompilerKey, EverySpecFieldChangesKey) {
   variants[5].ue8m0 = true;
   variants[6].hasScaleUb = true;
   variants[7].masked = true;
-  std::set<std::string> keys{compiler_->cacheKey(base)};
+  std::set<std::string> keys{cacheKey(base)};
   for (const auto& v : variants)
-    EXPECT_TRUE(keys.insert(compiler_->cacheKey(v)).second) << v.label();
+    EXPECT_TRUE(keys.insert(cacheKey(v)).second) << v.label();
 }
 
 TEST_F(CompilerKey, OptionsFollowArchAndForbidFastMath) {

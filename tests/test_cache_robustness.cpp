@@ -34,8 +34,9 @@
 #include "bqjit/error.hpp"
 #include "cache/disk_cache.hpp"
 #include "cache/file_lock.hpp"
-#include "cache/fs_util.hpp"
 #include "cache/kernel_cache.hpp"
+#include "cache_test_support.hpp"
+#include "core/fs_util.hpp"
 
 namespace bqjit {
 namespace {
@@ -53,7 +54,7 @@ KernelSpec specNumber(int k) {
   s.groupSize = 128;
   s.inDtype = InDtype::BF16;
   s.arch = "sm_90";
-  s.shape = LaunchShape{16, 8, 8};
+  s.shape = LaunchShape{16, 8, 8, 0};
   return s;
 }
 
@@ -214,7 +215,7 @@ std::optional<Compiler> childCompiler(ChildChecks& check) {
 /// Whether `kernel` is the compiled form of `spec` under `compiler`.
 bool isKernelOf(const KernelCache::KernelPtr& kernel, const KernelSpec& spec,
                 const Compiler& compiler) {
-  return kernel && kernel->key == compiler.cacheKey(spec) &&
+  return kernel && kernel->key == test::keyOf(compiler, spec) &&
          kernel->spec.canonical() == spec.canonical() && kernel->cubin.size() > 4 &&
          std::equal(kernel->cubin.begin(), kernel->cubin.begin() + 4, "\177ELF") &&
          !kernel->ptx.empty();
@@ -231,7 +232,7 @@ Finished getInFreshProcess(const std::string& dir, const KernelSpec& spec, int l
     LogCapture log;
     KernelCache cache(log.config(dir, lockTimeoutMs), *compiler);
     const auto start = Clock::now();
-    auto r = cache.get(spec);
+    auto r = test::getSpec(cache, spec);
     const double ms = msSince(start);
     if (!check(bool(r), "get " + spec.label())) {
       say(fd, consumeToString(r.takeError()) + "\n");
@@ -307,7 +308,7 @@ void CacheRobustness::runFleet(bool collectGarbageMeanwhile) {
           std::mt19937 rng(static_cast<unsigned>(p * kThreads + t));
           std::shuffle(order.begin(), order.end(), rng);
           for (int i : order) {
-            auto r = cache.get(specNumber(i + 1));
+            auto r = test::getSpec(cache, specNumber(i + 1));
             if (r) {
               got[t][i] = r->kernel;
               continue;
@@ -429,7 +430,7 @@ TEST_F(CacheRobustness, WriterKilledAtRandomTimesLeavesNoHalfEntry) {
         return 2;
       KernelCache cache(LogCapture().config(dir_), *compiler);
       say(fd, "ready\n");
-      auto r = cache.get(spec);
+      auto r = test::getSpec(cache, spec);
       if (!r)
         llvm::consumeError(r.takeError());
       return r ? 0 : 1;
@@ -480,7 +481,7 @@ TEST_F(CacheRobustness, WriterKilledWhileHoldingTheKeyLock) {
     auto compiler = childCompiler(check);
     if (!compiler)
       return 2;
-    const std::string key = compiler->cacheKey(spec);
+    const std::string key = test::keyOf(*compiler, spec);
     DiskCache disk(dir_, quiet_);
     if (!check(!disk.prepare(), "prepare"))
       return 1;
@@ -661,7 +662,7 @@ TEST_F(CacheRobustness, FullDiskKeepsKernelsInMemoryAndWarnsOnce) {
     check(::setrlimit(RLIMIT_FSIZE, &limit) == 0, "setrlimit");
     ::signal(SIGXFSZ, SIG_IGN);
     const KernelSpec a = specNumber(1), b = specNumber(2);
-    auto ra = cache.get(a);
+    auto ra = test::getSpec(cache, a);
     if (check(bool(ra), "get a")) {
       check(ra->source == KernelSource::Compiled, "a compiled");
       check(isKernelOf(ra->kernel, a, *compiler), "a is a's kernel");
@@ -669,13 +670,13 @@ TEST_F(CacheRobustness, FullDiskKeepsKernelsInMemoryAndWarnsOnce) {
     } else {
       say(fd, consumeToString(ra.takeError()) + "\n");
     }
-    auto rb = cache.get(b);
+    auto rb = test::getSpec(cache, b);
     if (check(bool(rb), "get b"))
       check(rb->source == KernelSource::Compiled && isKernelOf(rb->kernel, b, *compiler),
             "b compiled");
     else
       say(fd, consumeToString(rb.takeError()) + "\n");
-    auto again = cache.get(a);
+    auto again = test::getSpec(cache, a);
     check(again && again->source == KernelSource::Memory, "a again from memory");
     if (!again)
       llvm::consumeError(again.takeError());
@@ -803,11 +804,11 @@ TEST_F(CacheRobustness, EntriesPathThatIsAFileWorksFromMemoryAndWarnsOnce) {
       return 2;
     LogCapture log;
     KernelCache cache(log.config(dir_), *compiler);
-    auto a = cache.get(specNumber(1));
+    auto a = test::getSpec(cache, specNumber(1));
     check(a && a->source == KernelSource::Compiled, "a compiled");
-    auto again = cache.get(specNumber(1));
+    auto again = test::getSpec(cache, specNumber(1));
     check(again && again->source == KernelSource::Memory, "a again from memory");
-    auto b = cache.get(specNumber(2));
+    auto b = test::getSpec(cache, specNumber(2));
     check(b && b->source == KernelSource::Compiled, "b compiled");
     for (auto* r : {&a, &again, &b})
       if (!*r)
@@ -843,12 +844,12 @@ TEST_F(CacheRobustness, UnwritablePrewarmedCacheStillServesFromDisk) {
       return 2;
     LogCapture log;
     KernelCache cache(log.config(dir_), *compiler);
-    auto w = cache.get(warm);
+    auto w = test::getSpec(cache, warm);
     check(w && w->source == KernelSource::Disk && isKernelOf(w->kernel, warm, *compiler),
           "the prewarmed kernel from disk");
-    auto c = cache.get(cold);
+    auto c = test::getSpec(cache, cold);
     check(c && c->source == KernelSource::Compiled, "a new kernel compiled");
-    auto again = cache.get(cold);
+    auto again = test::getSpec(cache, cold);
     check(again && again->source == KernelSource::Memory, "and then from memory");
     for (auto* r : {&w, &c, &again})
       if (!*r)
@@ -871,7 +872,7 @@ TEST_F(CacheRobustness, StuckLockHolderDoesNotBlockPastTheTimeout) {
     if (!compiler)
       return 2;
     const KernelSpec a = specNumber(5), b = specNumber(6);
-    const std::string keyA = compiler->cacheKey(a), keyB = compiler->cacheKey(b);
+    const std::string keyA = test::keyOf(*compiler, a), keyB = test::keyOf(*compiler, b);
     DiskCache disk(dir_, quiet_);
     check(!disk.prepare(), "prepare");
     // Another process sits on both keys' locks for 2 s (its own descriptions).
@@ -892,7 +893,7 @@ TEST_F(CacheRobustness, StuckLockHolderDoesNotBlockPastTheTimeout) {
     KernelCache cache(log.config(dir_, kTimeoutMs), *compiler);
     for (const KernelSpec* spec : {&a, &b}) {
       const auto start = Clock::now();
-      auto r = cache.get(*spec);
+      auto r = test::getSpec(cache, *spec);
       const double ms = msSince(start);
       say(fd, "elapsed_ms=" + std::to_string(ms) + "\n");
       if (!check(bool(r), "get " + spec->label())) {

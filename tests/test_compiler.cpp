@@ -17,12 +17,14 @@
 
 #include <gtest/gtest.h>
 
+#include "bqjit/arch.hpp"
 #include "bqjit/error.hpp"
 #include "jit/cache_key.hpp"
-#include "jit/launch_heuristic.hpp"
 #include "jit/nvrtc_program.hpp"
 #include "jit/resource_report.hpp"
+#include "jit/template_source.hpp"
 #include "jit/toolchain.hpp"
+#include "planner/launch_heuristic.hpp"
 #include "test_util.hpp"
 
 namespace bqjit {
@@ -36,6 +38,20 @@ KernelSpec makeSpec(int hidden, int group, const std::string& arch = "sm_90") {
   s.groupSize = group;
   s.arch = arch;
   return s;
+}
+
+/// The spec as the planner resolves it: the many-token heuristic's shape
+/// unless one is given, occupancy derived.
+KernelSpec resolved(KernelSpec s) {
+  s.shape = s.shape ? withDerivedOccupancy(s, *s.shape) : chooseLaunchShape(s);
+  return s;
+}
+
+llvm::Expected<CompiledKernel> compileSpec(const Compiler& compiler, const KernelSpec& spec) {
+  auto id = compiler.identify(spec);
+  if (!id)
+    return id.takeError();
+  return compiler.compile(*id);
 }
 
 /// The PTX's ".target" line, without trailing spaces ("" if none).
@@ -110,8 +126,11 @@ std::string checkKernel(const Compiler& compiler, const KernelSpec& spec, const 
     fail("stack frame " + std::to_string(k.resources.stackFrameBytes) + " bytes");
   if (!(k.spec == spec))
     fail("spec changed to " + k.spec.canonical());
-  if (k.key != compiler.cacheKey(spec))
-    fail("key differs from cacheKey()");
+  auto id = compiler.identify(spec);
+  if (!id)
+    fail(consumeToString(id.takeError()));
+  else if (k.key != id->key)
+    fail("key differs from identify()'s");
   if (k.options != Compiler::options(spec))
     fail("options differ");
   if (k.nvrtcVersion != compiler.identity().toString())
@@ -130,8 +149,8 @@ protected:
   }
   /// Compiles a spec (resolving its shape) and checks it; returns the kernel.
   std::optional<CompiledKernel> compileChecked(const KernelSpec& unresolved) {
-    const KernelSpec spec = resolveShape(unresolved);
-    auto k = compiler_->compile(spec);
+    const KernelSpec spec = resolved(unresolved);
+    auto k = compileSpec(*compiler_, spec);
     if (!k) {
       ADD_FAILURE() << spec.label() << ": " << consumeToString(k.takeError());
       return std::nullopt;
@@ -166,7 +185,7 @@ std::vector<KernelSpec> compileMatrix() {
             s.outDtype = o;
             s.scaleLayout = l.layout;
             s.ue8m0 = l.ue8m0;
-            out.push_back(resolveShape(s));
+            out.push_back(resolved(s));
           }
   return out;
 }
@@ -186,7 +205,7 @@ TEST_F(CompilerTest, MatrixOfAllSpecializationsCompiles) {
       const size_t i = next.fetch_add(1);
       if (i >= specs.size())
         return;
-      auto k = compiler.compile(specs[i]);
+      auto k = compileSpec(compiler, specs[i]);
       std::lock_guard<std::mutex> lock(mutex);
       if (!k) {
         failures.push_back(specs[i].label() + ": " + consumeToString(k.takeError()));
@@ -237,8 +256,8 @@ TEST(CompilerCold, ColdCompileTime) {
   auto compiler = Compiler::create();
   ASSERT_TRUE(bool(compiler)) << consumeToString(compiler.takeError());
   const auto t1 = std::chrono::steady_clock::now();
-  const KernelSpec spec = resolveShape(makeSpec(7168, 128));
-  auto k = compiler->compile(spec);
+  const KernelSpec spec = resolved(makeSpec(7168, 128));
+  auto k = compileSpec(*compiler, spec);
   const auto t2 = std::chrono::steady_clock::now();
   ASSERT_TRUE(bool(k)) << consumeToString(k.takeError());
   EXPECT_EQ(checkKernel(*compiler, spec, *k), "");
@@ -254,7 +273,7 @@ TEST(CompilerCold, ColdCompileTime) {
   EXPECT_LE(k->compileMs, compileMs + 1);
   // A second compile of another spec in the same process is warm.
   const auto t3 = std::chrono::steady_clock::now();
-  auto warm = compiler->compile(resolveShape(makeSpec(7168, 64)));
+  auto warm = compileSpec(*compiler, resolved(makeSpec(7168, 64)));
   ASSERT_TRUE(bool(warm)) << consumeToString(warm.takeError());
   std::printf(
       "[ warm     ] second compile (G=64): %.0f ms\n",
@@ -265,17 +284,25 @@ TEST_F(CompilerTest, PtxCarriesSpecializedConstants) {
   auto g96 = compileChecked(makeSpec(7104, 96));
   auto g48 = compileChecked(makeSpec(7104, 48));
   ASSERT_TRUE(g96 && g48);
-  EXPECT_TRUE(contains(g96->loweredName, "Li7104ELi96E"));
+  EXPECT_TRUE(contains(g96->loweredName, "H7104_G96_"));
   EXPECT_TRUE(contains(g96->ptx, ".entry " + g96->loweredName));
-  EXPECT_TRUE(contains(g48->loweredName, "Li7104ELi48E"));
+  EXPECT_TRUE(contains(g48->loweredName, "H7104_G48_"));
   EXPECT_NE(g96->ptx, g48->ptx);
   EXPECT_NE(g96->cubin, g48->cubin);
   EXPECT_NE(g96->key, g48->key);
-  // The launch shape is part of the name too: 11 template arguments.
+  // The launch shape and occupancy are part of the name too.
   const LaunchShape& s = *g96->spec.shape;
-  EXPECT_TRUE(contains(g96->loweredName, "Li" + std::to_string(s.threadsPerGroup) + "ELi" +
-                                             std::to_string(s.vecWidth) + "ELi" +
-                                             std::to_string(s.groupsPerBlock) + "EE"));
+  EXPECT_TRUE(contains(g96->loweredName, "_tpg" + std::to_string(s.threadsPerGroup) + "_vec" +
+                                             std::to_string(s.vecWidth) + "_gpb" +
+                                             std::to_string(s.groupsPerBlock) + "_mbs" +
+                                             std::to_string(s.minBlocksPerSm)));
+  // The generated source names every choice.
+  auto id = compiler_->identify(g96->spec);
+  ASSERT_TRUE(bool(id));
+  for (const char* constant :
+       {"kHidden = 7104;", "kGroupSize = 96;", "kInDtype = kBF16;", "kOutDtype = kE4M3;",
+        "kScaleLayout = kRow;", "kPow2Scales = false;", "kHasScaleUb = false;", "kMasked = false;"})
+    EXPECT_TRUE(contains(id->source.text, constant)) << constant << " in\n" << id->source.text;
   // The spec is echoed in the source, hence not necessarily in PTX, but the
   // H, G pair must be what the kernel uses: 7104 / 96 = 74 groups.
   EXPECT_EQ(g96->spec.numGroups(), 74);
@@ -315,10 +342,8 @@ TEST_F(CompilerTest, MaskedAndScaleUbCompile) {
       s.scaleLayout = ScaleLayout::ColTma;
       auto k = compileChecked(s);
       ASSERT_TRUE(k.has_value());
-      // Template arguments 6..8 are POW2, HAS_UB, MASKED.
-      const std::string flags =
-          std::string("Lb0ELb") + (ub ? "1" : "0") + "ELb" + (masked ? "1" : "0") + "E";
-      EXPECT_TRUE(contains(k->loweredName, flags));
+      EXPECT_EQ(contains(k->loweredName, "_ub_"), ub) << k->loweredName;
+      EXPECT_EQ(contains(k->loweredName, "_masked_"), masked) << k->loweredName;
     }
 }
 
@@ -326,11 +351,11 @@ TEST_F(CompilerTest, OddGroupCompilesWithScalarLoads) {
   for (InDtype in : {InDtype::BF16, InDtype::FP16, InDtype::FP32}) {
     KernelSpec s = makeSpec(17 * 8, 17);
     s.inDtype = in;
-    const KernelSpec r = resolveShape(s);
+    const KernelSpec r = resolved(s);
     ASSERT_EQ(r.shape->vecWidth, 1);
     auto k = compileChecked(r);
     ASSERT_TRUE(k.has_value()) << toString(in);
-    EXPECT_TRUE(contains(k->loweredName, "Li136ELi17E"));
+    EXPECT_TRUE(contains(k->loweredName, "H136_G17_"));
   }
 }
 
@@ -346,9 +371,9 @@ TEST_F(CompilerTest, ExplicitShapesCompile) {
 }
 
 TEST_F(CompilerTest, UnsupportedArchNamesArchAndListsSupported) {
-  KernelSpec s = resolveShape(makeSpec(2048, 128, "sm_999"));
+  KernelSpec s = resolved(makeSpec(2048, 128, "sm_999"));
   ASSERT_FALSE(bool(s.validate())); // the pattern is fine
-  auto k = compiler_->compile(s);
+  auto k = compileSpec(*compiler_, s);
   ASSERT_FALSE(bool(k));
   std::string message;
   EXPECT_EQ(consumeError(k.takeError(), &message), ErrorCode::InvalidSpec);
@@ -357,8 +382,9 @@ TEST_F(CompilerTest, UnsupportedArchNamesArchAndListsSupported) {
   EXPECT_TRUE(contains(message, "sm_80"));
   EXPECT_TRUE(contains(message, "sm_90"));
   EXPECT_TRUE(contains(message, compiler_->identity().toString()));
+  // Every architecture that this NVRTC and bqjit both support, and only those.
   for (int a : nvrtcSupportedArchs())
-    EXPECT_TRUE(contains(message, "sm_" + std::to_string(a)));
+    EXPECT_EQ(contains(message, "sm_" + std::to_string(a)), a >= Arch::kMinNumber) << a;
 }
 
 TEST_F(CompilerTest, SupportedArchListIsSane) {
@@ -368,36 +394,50 @@ TEST_F(CompilerTest, SupportedArchListIsSane) {
     EXPECT_NE(std::find(archs.begin(), archs.end(), a), archs.end()) << a;
 }
 
-TEST_F(CompilerTest, InvalidSpecRejectedBeforeNvrtc) {
-  KernelSpec s = makeSpec(1000, 128);
-  s.shape = LaunchShape{8, 8, 32};
-  auto k = compiler_->compile(s);
-  ASSERT_FALSE(bool(k));
+TEST_F(CompilerTest, UnresolvedSpecIsAnInternalError) {
+  auto id = compiler_->identify(makeSpec(2048, 128));
+  ASSERT_FALSE(bool(id));
   std::string message;
-  EXPECT_EQ(consumeError(k.takeError(), &message), ErrorCode::InvalidSpec);
-  EXPECT_TRUE(contains(message, "'group_size' = 128"));
+  EXPECT_EQ(consumeError(id.takeError(), &message), ErrorCode::Internal);
+  EXPECT_TRUE(contains(message, "launch shape"));
+  // A shape without its occupancy is not resolved either.
+  KernelSpec s = makeSpec(2048, 128);
+  s.shape = LaunchShape{8, 8, 32};
+  auto noOccupancy = compiler_->identify(s);
+  ASSERT_FALSE(bool(noOccupancy));
+  EXPECT_EQ(consumeError(noOccupancy.takeError(), &message), ErrorCode::Internal);
 }
 
-TEST_F(CompilerTest, UnresolvedSpecIsAnInternalError) {
-  auto k = compiler_->compile(makeSpec(2048, 128));
-  ASSERT_FALSE(bool(k));
-  std::string message;
-  EXPECT_EQ(consumeError(k.takeError(), &message), ErrorCode::Internal);
-  EXPECT_TRUE(contains(message, "launch shape"));
+TEST_F(CompilerTest, IdentityIsComputedFromTheResolvedSpecAlone) {
+  const KernelSpec s = resolved(makeSpec(2048, 64));
+  auto a = compiler_->identify(s);
+  auto b = compiler_->identify(s);
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->key, b->key);
+  EXPECT_EQ(a->keyText, b->keyText);
+  EXPECT_EQ(a->key, hash128(a->keyText));
+  EXPECT_TRUE(contains(a->keyText, templateDigest().xxh3));
+  EXPECT_TRUE(contains(a->keyText, TextDigest::of(a->source.text).xxh3));
+  KernelSpec other = s;
+  other.shape->minBlocksPerSm = 1;
+  auto c = compiler_->identify(other);
+  ASSERT_TRUE(bool(c));
+  EXPECT_NE(c->key, a->key);
+  EXPECT_TRUE(contains(c->source.text, "kMinBlocksPerSm = 1;"));
 }
 
 TEST_F(CompilerTest, ConcurrentCompilesOfOneSpecAgree) {
-  const KernelSpec s = resolveShape(makeSpec(2048, 64));
+  const KernelSpec s = resolved(makeSpec(2048, 64));
   std::optional<CompiledKernel> a, b;
   std::thread ta([&] {
-    auto k = compiler_->compile(s);
+    auto k = compileSpec(*compiler_, s);
     if (k)
       a = std::move(*k);
     else
       llvm::consumeError(k.takeError());
   });
   std::thread tb([&] {
-    auto k = compiler_->compile(s);
+    auto k = compileSpec(*compiler_, s);
     if (k)
       b = std::move(*k);
     else
@@ -409,78 +449,6 @@ TEST_F(CompilerTest, ConcurrentCompilesOfOneSpecAgree) {
   EXPECT_EQ(a->ptx, b->ptx); // deterministic output
   EXPECT_EQ(a->cubin, b->cubin);
   EXPECT_EQ(a->key, b->key);
-}
-
-// ---- NvrtcProgram ------------------------------------------------------------------
-
-TEST(NvrtcProgram, CompileErrorCarriesOptionsAndLog) {
-  auto p = NvrtcProgram::create("__global__ void k(int* p) { *p = undefined_symbol_xyz; }\n",
-                                "broken.cu", {}, {});
-  ASSERT_TRUE(bool(p)) << consumeToString(p.takeError());
-  llvm::Error err = p->compile({"--gpu-architecture=sm_90", "--std=c++17"});
-  ASSERT_TRUE(bool(err));
-  std::string message;
-  EXPECT_EQ(consumeError(std::move(err), &message), ErrorCode::CompileFailed);
-  EXPECT_TRUE(contains(message, "NVRTC_ERROR_COMPILATION"));
-  EXPECT_TRUE(contains(message, "options: --gpu-architecture=sm_90 --std=c++17"));
-  EXPECT_TRUE(contains(message, "broken.cu"));
-  EXPECT_TRUE(contains(message, "undefined_symbol_xyz"));
-  EXPECT_TRUE(contains(message, "error"));
-  EXPECT_TRUE(contains(p->log(), "undefined_symbol_xyz"));
-}
-
-TEST(NvrtcProgram, HeadersNameExpressionsAndCubin) {
-  auto p = NvrtcProgram::create(
-      "#include \"my/header.cuh\"\n", "main.cu",
-      {{"my/header.cuh",
-        "namespace ns { template <int N> __global__ void k(int* p) { *p = N; } }\n"}},
-      {"ns::k<42>"});
-  ASSERT_TRUE(bool(p)) << consumeToString(p.takeError());
-  ASSERT_FALSE(bool(p->compile({"--gpu-architecture=sm_90"})));
-  auto name = p->loweredName("ns::k<42>");
-  ASSERT_TRUE(bool(name)) << consumeToString(name.takeError());
-  EXPECT_EQ(*name, "_ZN2ns1kILi42EEEvPi");
-  auto ptx = p->ptx();
-  ASSERT_TRUE(bool(ptx));
-  EXPECT_TRUE(contains(*ptx, ".entry " + *name));
-  EXPECT_NE(ptx->back(), '\0');
-  auto cubin = p->cubin();
-  ASSERT_TRUE(bool(cubin));
-  ASSERT_GE(cubin->size(), 4u);
-  EXPECT_EQ(std::string(cubin->data(), 4), "\x7f"
-                                           "ELF");
-  auto missing = p->loweredName("ns::k<43>");
-  ASSERT_FALSE(bool(missing));
-  EXPECT_TRUE(contains(consumeToString(missing.takeError()), "ns::k<43>"));
-}
-
-TEST(NvrtcProgram, VirtualArchHasNoCubin) {
-  auto p = NvrtcProgram::create("__global__ void k() {}\n", "virt.cu", {}, {});
-  ASSERT_TRUE(bool(p));
-  ASSERT_FALSE(bool(p->compile({"--gpu-architecture=compute_90"})));
-  auto cubin = p->cubin();
-  ASSERT_FALSE(bool(cubin));
-  EXPECT_TRUE(contains(consumeToString(cubin.takeError()), "no cubin"));
-}
-
-TEST(NvrtcProgram, MovedFromProgramIsInert) {
-  auto p = NvrtcProgram::create("__global__ void k() {}\n", "m.cu", {}, {});
-  ASSERT_TRUE(bool(p));
-  NvrtcProgram moved = std::move(*p);
-  ASSERT_FALSE(bool(moved.compile({"--gpu-architecture=sm_80"})));
-  auto cubin = moved.cubin();
-  ASSERT_TRUE(bool(cubin));
-  EXPECT_FALSE(cubin->empty());
-}
-
-TEST(Toolchain, IdentityIsStableAndComplete) {
-  auto a = queryNvrtcIdentity();
-  auto b = queryNvrtcIdentity();
-  ASSERT_TRUE(bool(a) && bool(b));
-  EXPECT_EQ(a->toString(), b->toString());
-  EXPECT_GE(a->major, 12);
-  EXPECT_TRUE(contains(a->build, "V" + std::to_string(a->major) + "."));
-  EXPECT_TRUE(contains(a->build, "CL-"));
 }
 
 } // namespace

@@ -9,8 +9,8 @@
 #include <nvrtc.h>
 
 #include "bqjit/error.hpp"
-#include "runtime/cuda_driver_test_support.hpp"
 #include "test_util.hpp"
+#include "tests/cuda_driver_test_support.hpp"
 
 #ifndef BQJIT_FAKE_CUDA_LIBRARY
 #error "BQJIT_FAKE_CUDA_LIBRARY must name the fake driver library (tests/fake_cuda.c)"

@@ -20,9 +20,9 @@
 
 #include "bqjit/error.hpp"
 #include "cache/entry_format.hpp"
-#include "cache/fs_util.hpp"
+#include "core/fs_util.hpp"
 #include "jit/cache_key.hpp"
-#include "jit/launch_heuristic.hpp"
+#include "planner/launch_heuristic.hpp"
 #include "test_util.hpp"
 
 namespace bqjit {
@@ -46,10 +46,10 @@ CompiledKernel fakeKernel(int hidden, size_t cubinBytes = 4096) {
   CompiledKernel k;
   k.spec.hidden = hidden;
   k.spec.groupSize = 128;
-  k.spec = resolveShape(k.spec);
+  k.spec.shape = chooseLaunchShape(k.spec);
   KeyInputs in;
   in.canonicalSpec = k.spec.canonical();
-  in.templateSource = "test template";
+  in.templateSource = TextDigest::of("test template");
   in.options = {"--gpu-architecture=sm_90"};
   in.nvrtcIdentity = "test";
   in.arch = k.spec.arch;
@@ -135,7 +135,7 @@ protected:
 };
 
 TEST_F(DiskCacheTest, LayoutIsVersioned) {
-  EXPECT_EQ(cache_->root(), dir_ + "/v" + std::to_string(kCacheFormatVersion));
+  EXPECT_EQ(cache_->root(), dir_ + "/" + kCacheLayoutDir);
   for (const char* sub : {"entries", "tmp", "locks", "tuned"})
     EXPECT_TRUE(fs::exists(cache_->root() + "/" + sub)) << sub;
 }

@@ -16,7 +16,7 @@
 #include <gtest/gtest.h>
 
 #include "bqjit/error.hpp"
-#include "cache/fs_util.hpp"
+#include "core/fs_util.hpp"
 
 namespace bqjit {
 namespace {

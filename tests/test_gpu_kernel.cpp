@@ -6,7 +6,7 @@
 #include <thread>
 
 #include "gpu_harness.hpp"
-#include "jit/launch_heuristic.hpp"
+#include "planner/launch_heuristic.hpp"
 
 namespace bqjit::test {
 namespace {
@@ -71,8 +71,8 @@ std::vector<GpuCase> buildCases() {
           }
   // Every token count at two shapes. 8192 x 4097 is just over the
   // very-many-token limit (2^25 elements): the bulk shape, by T.
-  static_assert(int64_t(8192) * 4097 > kThroughputMaxElements &&
-                    int64_t(8192) * 4096 == kThroughputMaxElements,
+  static_assert(int64_t(8192) * 4097 > regimeMaxElements(Regime::ManyTokens) &&
+                    int64_t(8192) * 4096 == regimeMaxElements(Regime::ManyTokens),
                 "the last token count must cross into the bulk regime");
   for (int64_t t : kTokens)
     for (auto [h, g] : {std::pair<int, int>{8192, 128}, {18432, 96}}) {
@@ -92,12 +92,9 @@ std::vector<GpuCase> buildCases() {
                           pow2, !pow2);
         c.scaleUb = 1e30f; // bound present but not binding
         c.tokens = 8;
-        c.specialRows = {{0, ref::RowPattern::Zeros},
-                         {2, ref::RowPattern::NaNs},
-                         {3, ref::RowPattern::Infs},
-                         {5, ref::RowPattern::Huge},
-                         {6, ref::RowPattern::Edges},
-                         {7, ref::RowPattern::Mixed}};
+        c.specialRows = {{0, ref::RowPattern::Zeros}, {2, ref::RowPattern::NaNs},
+                         {3, ref::RowPattern::Infs},  {5, ref::RowPattern::Huge},
+                         {6, ref::RowPattern::Edges}, {7, ref::RowPattern::Mixed}};
         c.seed = seed++;
         cases.push_back(c);
       }
@@ -122,7 +119,7 @@ std::vector<GpuCase> buildCases() {
       GpuCase c;
       c.spec = makeSpec(2304, g, k % 2 ? InDtype::FP16 : InDtype::BF16,
                         k % 3 == 2 ? OutDtype::INT8 : OutDtype::FP8E4M3, layout, false, false);
-      c.spec.shape = chooseLaunchShape(c.spec, 16, Regime::Bulk);
+      c.spec.shape = chooseLaunchShape(c.spec, Regime::VeryManyTokens);
       c.tokens = 77;
       c.ldxPad = (k % 2) ? 8 : 0;
       c.seed = seed++;

@@ -16,6 +16,7 @@
 
 #include "cache/kernel_cache.hpp"
 #include "gpu_harness.hpp"
+#include "planner/planner.hpp"
 
 namespace bqjit::test {
 namespace {
@@ -228,9 +229,9 @@ TEST(GpuMultiDevice, OneEntryLoadedOnEveryDevice) {
   int64_t entries = 0;
   for (const auto& [arch, devices] : byArch) {
     const KernelSpec spec = bf16Spec(4096, 128, arch);
-    auto variants = service->cache().launchVariants(spec);
-    ASSERT_TRUE(bool(variants)) << consumeToString(variants.takeError());
-    const int64_t v = static_cast<int64_t>(variants->size());
+    auto plan = service->planner().plan(spec);
+    ASSERT_TRUE(bool(plan)) << consumeToString(plan.takeError());
+    const int64_t v = static_cast<int64_t>(plan->variants.size());
     const int64_t others = static_cast<int64_t>(devices.size()) - 1;
     std::string group = arch + " on device(s)";
     for (int dev : devices)

@@ -4,7 +4,8 @@
 
 #include "cache/kernel_cache.hpp"
 #include "gpu_harness.hpp"
-#include "jit/launch_heuristic.hpp"
+#include "planner/launch_heuristic.hpp"
+#include "planner/planner.hpp"
 
 namespace bqjit::test {
 namespace {
@@ -223,34 +224,35 @@ TEST(GpuRuntime, SecondRequestIsAMemoryHit) {
   ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
   // A second request returns the same loaded functions without compiling:
   // one memory hit per launch shape the spec compiles to (one per regime).
-  auto variants = env.service->cache().launchVariants(bf16Spec(4096, 128));
+  auto variants = env.service->planner().plan(bf16Spec(4096, 128));
   ASSERT_TRUE(bool(variants)) << consumeToString(variants.takeError());
-  ASSERT_EQ(variants->size(), 4u); // G = 128: the four regimes' shapes differ
+  ASSERT_EQ(variants->variants.size(), 4u); // G = 128: the four regimes' shapes differ
   const auto before = env.service->cache().counters();
   auto again = env.service->getKernel(bf16Spec(4096, 128), 0);
   ASSERT_TRUE(bool(again));
   const auto after = env.service->cache().counters();
   EXPECT_EQ(after.compiles, before.compiles);
-  EXPECT_EQ(after.memoryHits, before.memoryHits + static_cast<int64_t>(variants->size()));
+  EXPECT_EQ(after.memoryHits, before.memoryHits + static_cast<int64_t>(variants->variants.size()));
   EXPECT_EQ(&again->specFor(1), &kernel->specFor(1));
   EXPECT_EQ(&again->specFor(1 << 20), &kernel->specFor(1 << 20));
   // Very few tokens take the tiny shape, few the latency shape, many the
   // throughput shape, very many the bulk shape (T x H against the regimes'
   // limits, H = 4096).
-  const int64_t lastTiny = kTinyMaxElements / 4096, lastLatency = kLatencyMaxElements / 4096;
-  const int64_t lastThroughput = kThroughputMaxElements / 4096;
+  const int64_t lastTiny = regimeMaxElements(Regime::VeryFewTokens) / 4096;
+  const int64_t lastLatency = regimeMaxElements(Regime::FewTokens) / 4096;
+  const int64_t lastThroughput = regimeMaxElements(Regime::ManyTokens) / 4096;
   EXPECT_EQ(*kernel->specFor(lastTiny).shape,
-            chooseLaunchShape(bf16Spec(4096, 128), 16, Regime::Tiny));
+            chooseLaunchShape(bf16Spec(4096, 128), Regime::VeryFewTokens));
   EXPECT_EQ(*kernel->specFor(lastTiny + 1).shape,
-            chooseLaunchShape(bf16Spec(4096, 128), 16, Regime::Latency));
+            chooseLaunchShape(bf16Spec(4096, 128), Regime::FewTokens));
   EXPECT_EQ(*kernel->specFor(lastLatency).shape,
-            chooseLaunchShape(bf16Spec(4096, 128), 16, Regime::Latency));
+            chooseLaunchShape(bf16Spec(4096, 128), Regime::FewTokens));
   EXPECT_EQ(*kernel->specFor(lastLatency + 1).shape,
-            chooseLaunchShape(bf16Spec(4096, 128), 16, Regime::Throughput));
+            chooseLaunchShape(bf16Spec(4096, 128), Regime::ManyTokens));
   EXPECT_EQ(*kernel->specFor(lastThroughput).shape,
-            chooseLaunchShape(bf16Spec(4096, 128), 16, Regime::Throughput));
+            chooseLaunchShape(bf16Spec(4096, 128), Regime::ManyTokens));
   EXPECT_EQ(*kernel->specFor(lastThroughput + 1).shape,
-            chooseLaunchShape(bf16Spec(4096, 128), 16, Regime::Bulk));
+            chooseLaunchShape(bf16Spec(4096, 128), Regime::VeryManyTokens));
 }
 
 } // namespace

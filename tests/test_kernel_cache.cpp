@@ -1,5 +1,5 @@
 // KernelCache: memory, then disk, then NVRTC; one compile per key; strict
-// mode; an unwritable cache directory; tuned launch shapes.
+// mode; an unwritable cache directory; the size limit.
 #include "cache/kernel_cache.hpp"
 
 #include <algorithm>
@@ -17,8 +17,8 @@
 #include <gtest/gtest.h>
 
 #include "bqjit/error.hpp"
-#include "cache/fs_util.hpp"
-#include "jit/launch_heuristic.hpp"
+#include "core/fs_util.hpp"
+#include "planner/launch_heuristic.hpp"
 #include "test_util.hpp"
 
 namespace bqjit {
@@ -31,7 +31,17 @@ KernelSpec smallSpec(int hidden = 256) {
   s.hidden = hidden;
   s.groupSize = 128;
   s.arch = "sm_90";
+  s.shape = chooseLaunchShape(s); // resolved, as the planner hands it over
   return s;
+}
+
+KernelIdentity identityOf(const Compiler& compiler, const KernelSpec& resolved) {
+  auto id = compiler.identify(resolved);
+  if (!id) {
+    ADD_FAILURE() << consumeToString(id.takeError());
+    return {};
+  }
+  return *id;
 }
 
 class KernelCacheTest : public testing::Test {
@@ -61,7 +71,7 @@ protected:
     return std::make_unique<KernelCache>(std::move(c), *compiler_);
   }
   KernelCache::Result getOk(KernelCache& cache, const KernelSpec& spec) {
-    auto r = cache.get(spec);
+    auto r = cache.get(identityOf(*compiler_, spec));
     if (!r) {
       ADD_FAILURE() << spec.label() << ": " << consumeToString(r.takeError());
       return {nullptr, KernelSource::Compiled};
@@ -91,11 +101,10 @@ TEST_F(KernelCacheTest, MemoryThenDiskThenCompile) {
     EXPECT_EQ(c.diskHits, 0);
     EXPECT_EQ(c.memoryHits, 0);
     EXPECT_GT(c.compileMs, 0.0);
-    ASSERT_TRUE(first.kernel->spec.shape.has_value()); // resolved
-    EXPECT_EQ(*first.kernel->spec.shape, chooseLaunchShape(spec));
+    EXPECT_EQ(first.kernel->spec, spec);
     key = first.kernel->key;
     cubin = first.kernel->cubin;
-    EXPECT_EQ(key, compiler_->cacheKey(resolveShape(spec)));
+    EXPECT_EQ(key, identityOf(*compiler_, spec).key);
     EXPECT_TRUE(fs::exists(cache->disk()->entryDir(key)));
 
     auto second = getOk(*cache, spec);
@@ -105,10 +114,6 @@ TEST_F(KernelCacheTest, MemoryThenDiskThenCompile) {
     EXPECT_EQ(c.memoryHits, 1);
     EXPECT_EQ(c.compiles, 1);
     EXPECT_EQ(c.misses, 1);
-
-    // The resolved spec is the same kernel.
-    auto resolved = getOk(*cache, resolveShape(spec));
-    EXPECT_EQ(resolved.source, KernelSource::Memory);
   }
   // A new process (a new cache on the same directory) reads it from disk.
   auto cache = makeCache(config(dir_));
@@ -134,7 +139,7 @@ TEST_F(KernelCacheTest, MemoryThenDiskThenCompile) {
 
 TEST_F(KernelCacheTest, ConcurrentRequestsCompileOnce) {
   auto cache = makeCache(config(dir_));
-  const KernelSpec spec = smallSpec(512);
+  const KernelIdentity id = identityOf(*compiler_, smallSpec(512));
   constexpr int kThreads = 8;
   std::mutex m;
   std::condition_variable cv;
@@ -151,7 +156,7 @@ TEST_F(KernelCacheTest, ConcurrentRequestsCompileOnce) {
         cv.notify_all();
         cv.wait(lock, [&] { return go; });
       }
-      auto r = cache->get(spec);
+      auto r = cache->get(id);
       std::lock_guard<std::mutex> lock(m);
       if (r)
         results[t] = *r;
@@ -184,19 +189,19 @@ TEST_F(KernelCacheTest, NoCompileOnEmptyCacheIsNotInCache) {
   Config c = config(dir_);
   c.noCompile = true;
   auto cache = makeCache(c);
-  const KernelSpec spec = smallSpec(384);
-  auto r = cache->get(spec);
+  const KernelIdentity id = identityOf(*compiler_, smallSpec(384));
+  auto r = cache->get(id);
   ASSERT_FALSE(bool(r));
   std::string message;
   EXPECT_EQ(consumeError(r.takeError(), &message), ErrorCode::NotInCache);
-  EXPECT_TRUE(contains(message, resolveShape(spec).canonical()));
-  EXPECT_TRUE(contains(message, compiler_->cacheKey(resolveShape(spec))));
+  EXPECT_TRUE(contains(message, id.spec.canonical()));
+  EXPECT_TRUE(contains(message, id.key));
   EXPECT_TRUE(contains(message, dir_));
   EXPECT_TRUE(contains(message, "BQJIT_NO_COMPILE"));
   EXPECT_EQ(cache->counters().compiles, 0);
   EXPECT_EQ(cache->counters().misses, 1);
   // Asking again is the same error, not a stale in-flight result.
-  auto again = cache->get(spec);
+  auto again = cache->get(id);
   ASSERT_FALSE(bool(again));
   EXPECT_EQ(consumeError(again.takeError(), nullptr), ErrorCode::NotInCache);
 }
@@ -238,112 +243,6 @@ TEST_F(KernelCacheTest, NoCacheDirIsMemoryOnly) {
   EXPECT_EQ(getOk(*cache, smallSpec()).source, KernelSource::Compiled);
   EXPECT_EQ(getOk(*cache, smallSpec()).source, KernelSource::Memory);
   EXPECT_TRUE(warnings_.empty());
-  auto store = cache->storeTunedShape(smallSpec(), LaunchShape{4, 8, 64});
-  ASSERT_TRUE(bool(store));
-  EXPECT_EQ(consumeError(std::move(store), nullptr), ErrorCode::CacheError);
-}
-
-TEST_F(KernelCacheTest, InvalidSpecIsRejected) {
-  auto cache = makeCache(config(dir_));
-  KernelSpec bad = smallSpec();
-  bad.hidden = 300;
-  auto r = cache->get(bad);
-  ASSERT_FALSE(bool(r));
-  std::string message;
-  EXPECT_EQ(consumeError(r.takeError(), &message), ErrorCode::InvalidSpec);
-  EXPECT_TRUE(contains(message, "'group_size' = 128"));
-  EXPECT_EQ(cache->counters().misses, 0);
-}
-
-TEST_F(KernelCacheTest, TunedShapeIsUsed) {
-  auto cache = makeCache(config(dir_));
-  const KernelSpec spec = smallSpec(1024);
-  const LaunchShape heuristic = chooseLaunchShape(spec);
-  const LaunchShape tuned{4, 8, 64};
-  ASSERT_NE(tuned, heuristic);
-  auto before = cache->resolve(spec);
-  ASSERT_TRUE(bool(before));
-  EXPECT_EQ(*before->shape, heuristic);
-
-  ASSERT_FALSE(bool(cache->storeTunedShape(spec, tuned)));
-  auto after = cache->resolve(spec);
-  ASSERT_TRUE(bool(after)) << consumeToString(after.takeError());
-  EXPECT_EQ(*after->shape, tuned);
-  auto r = getOk(*cache, spec);
-  ASSERT_TRUE(r.kernel);
-  EXPECT_EQ(*r.kernel->spec.shape, tuned);
-
-  // Another cache on the same directory sees the record.
-  auto other = makeCache(config(dir_));
-  auto resolved = other->resolve(spec);
-  ASSERT_TRUE(bool(resolved));
-  EXPECT_EQ(*resolved->shape, tuned);
-  // Other specs are not affected.
-  auto unrelated = other->resolve(smallSpec(2048));
-  ASSERT_TRUE(bool(unrelated));
-  EXPECT_EQ(*unrelated->shape, chooseLaunchShape(smallSpec(2048)));
-  KernelSpec otherArch = spec;
-  otherArch.arch = "sm_80";
-  auto archResolved = other->resolve(otherArch);
-  ASSERT_TRUE(bool(archResolved));
-  EXPECT_EQ(*archResolved->shape, heuristic);
-}
-
-TEST_F(KernelCacheTest, ExplicitShapeIgnoresTunedRecord) {
-  auto cache = makeCache(config(dir_));
-  const KernelSpec spec = smallSpec(1024);
-  ASSERT_FALSE(bool(cache->storeTunedShape(spec, LaunchShape{4, 8, 64})));
-  KernelSpec explicitSpec = spec;
-  explicitSpec.shape = LaunchShape{16, 8, 8};
-  auto resolved = cache->resolve(explicitSpec);
-  ASSERT_TRUE(bool(resolved));
-  EXPECT_EQ(*resolved->shape, (LaunchShape{16, 8, 8}));
-}
-
-TEST_F(KernelCacheTest, InvalidTunedShapeIsRefused) {
-  auto cache = makeCache(config(dir_));
-  auto err = cache->storeTunedShape(smallSpec(), LaunchShape{3, 8, 64});
-  ASSERT_TRUE(bool(err));
-  std::string message;
-  EXPECT_EQ(consumeError(std::move(err), &message), ErrorCode::InvalidSpec);
-  EXPECT_TRUE(contains(message, "threads_per_group"));
-}
-
-TEST_F(KernelCacheTest, UnreadableTunedRecordFallsBackWithWarning) {
-  auto cache = makeCache(config(dir_));
-  const KernelSpec spec = smallSpec(1024);
-  ASSERT_FALSE(bool(cache->storeTunedShape(spec, LaunchShape{4, 8, 64})));
-  const auto records = fs::listDirectory(cache->disk()->root() + "/tuned");
-  ASSERT_EQ(records.size(), 1u);
-  { std::ofstream(cache->disk()->root() + "/tuned/" + records[0]) << "{ torn"; }
-  auto resolved = cache->resolve(spec);
-  ASSERT_TRUE(bool(resolved));
-  EXPECT_EQ(*resolved->shape, chooseLaunchShape(spec));
-  ASSERT_EQ(warnings_.size(), 1u);
-  EXPECT_TRUE(contains(warnings_[0], "tuning record"));
-}
-
-TEST_F(KernelCacheTest, TunedRecordWithShapeInvalidForSpecIsIgnored) {
-  // A record whose spec is valid on its own (bf16, 16-byte loads of 8
-  // elements) but whose shape does not fit the spec asked for (fp32).
-  auto cache = makeCache(config(dir_));
-  KernelSpec spec = smallSpec(1024);
-  spec.inDtype = InDtype::FP32;
-  ASSERT_FALSE(bool(cache->storeTunedShape(spec, LaunchShape{8, 4, 32})));
-  const auto records = fs::listDirectory(cache->disk()->root() + "/tuned");
-  ASSERT_EQ(records.size(), 1u);
-  KernelSpec foreign = smallSpec(1024);
-  foreign.shape = LaunchShape{4, 8, 64};
-  {
-    std::ofstream(cache->disk()->root() + "/tuned/" + records[0])
-        << nlohmann::json({{"spec", foreign.toJson()}}).dump();
-  }
-  auto resolved = cache->resolve(spec);
-  ASSERT_TRUE(bool(resolved)) << consumeToString(resolved.takeError());
-  EXPECT_EQ(*resolved->shape, chooseLaunchShape(spec));
-  EXPECT_EQ(resolved->inDtype, InDtype::FP32);
-  ASSERT_EQ(warnings_.size(), 1u);
-  EXPECT_TRUE(contains(warnings_[0], "tuning record"));
 }
 
 TEST_F(KernelCacheTest, CorruptDiskEntryIsRecompiled) {
@@ -413,7 +312,12 @@ TEST(KernelCacheProcesses, TwoProcessesCompileOnce) {
       config.cacheDir = dir;
       config.logLevel = LogLevel::Quiet;
       KernelCache cache(config, *compiler);
-      auto r = cache.get(smallSpec(768));
+      auto id = compiler->identify(smallSpec(768));
+      if (!id) {
+        llvm::consumeError(id.takeError());
+        ::_exit(14);
+      }
+      auto r = cache.get(*id);
       if (!r) {
         llvm::consumeError(r.takeError());
         ::_exit(12);
@@ -441,110 +345,6 @@ TEST(KernelCacheProcesses, TwoProcessesCompileOnce) {
   EXPECT_EQ(stats.hits, 1);
   EXPECT_EQ(disk.list().size(), 1u);
   llvm::consumeError(fs::removeTree(dir));
-}
-
-// A spec that leaves its shape to bqjit launches with one shape per regime
-// (many, few, very few and very many tokens); an explicit shape is the only one.
-TEST(KernelCacheVariants, HeuristicSpecsHaveThroughputAndLatencyShapes) {
-  auto compiler = Compiler::create();
-  ASSERT_TRUE(bool(compiler)) << consumeToString(compiler.takeError());
-  char tmpl[] = "/tmp/bqjit_variants_XXXXXX";
-  ASSERT_NE(::mkdtemp(tmpl), nullptr);
-  Config config;
-  config.cacheDir = tmpl;
-  KernelCache cache(config, *compiler);
-  KernelSpec spec;
-  spec.hidden = 7168;
-  spec.groupSize = 128;
-  auto variants = cache.launchVariants(spec);
-  ASSERT_TRUE(bool(variants)) << consumeToString(variants.takeError());
-  ASSERT_EQ(variants->size(), 4u);
-  EXPECT_EQ(*(*variants)[0].shape, chooseLaunchShape(spec, 16, Regime::Throughput));
-  EXPECT_EQ(*(*variants)[1].shape, chooseLaunchShape(spec, 16, Regime::Latency));
-  EXPECT_EQ(*(*variants)[2].shape, chooseLaunchShape(spec, 16, Regime::Tiny));
-  EXPECT_EQ(*(*variants)[3].shape, chooseLaunchShape(spec, 16, Regime::Bulk));
-  EXPECT_EQ((*variants)[1].shape->threadsPerGroup, 16); // one 16-byte vector per thread
-  EXPECT_EQ((*variants)[2].shape->threadsPerGroup, 32); // one 8-byte vector per thread
-  EXPECT_EQ((*variants)[3].shape->groupsPerBlock, 64);  // 8192 elements per block
-  // regimeSpecs gives each regime's, in Regime order.
-  auto regimes = cache.regimeSpecs(spec);
-  ASSERT_TRUE(bool(regimes));
-  for (int r = 0; r < kRegimeCount; ++r)
-    EXPECT_EQ(*(*regimes)[r].shape, *(*variants)[r].shape) << regimeName(static_cast<Regime>(r));
-  // G = 64: the throughput and latency shapes agree; three distinct variants.
-  KernelSpec g64 = spec;
-  g64.groupSize = 64;
-  auto threeOnly = cache.launchVariants(g64);
-  ASSERT_TRUE(bool(threeOnly));
-  EXPECT_EQ(threeOnly->size(), 3u);
-  // G = 96 does not divide 8192: the bulk shape is the throughput shape.
-  KernelSpec g96 = spec;
-  g96.groupSize = 96;
-  g96.hidden = 96 * 74;
-  auto g96Variants = cache.launchVariants(g96);
-  ASSERT_TRUE(bool(g96Variants));
-  EXPECT_EQ(g96Variants->size(), 3u);
-
-  KernelSpec explicitShape = spec;
-  explicitShape.shape = LaunchShape{4, 8, 64};
-  auto one = cache.launchVariants(explicitShape);
-  ASSERT_TRUE(bool(one));
-  ASSERT_EQ(one->size(), 1u);
-  EXPECT_EQ(*(*one)[0].shape, *explicitShape.shape);
-
-  // Tuning records are per regime: a many-token record replaces the
-  // throughput shape only; a few-token record the latency shape; a
-  // very-few-token record the tiny shape; a very-many-token record the bulk shape.
-  ASSERT_FALSE(bool(cache.storeTunedShape(spec, LaunchShape{4, 8, 64})));
-  auto tuned = cache.launchVariants(spec);
-  ASSERT_TRUE(bool(tuned));
-  ASSERT_EQ(tuned->size(), 4u);
-  EXPECT_EQ(*(*tuned)[0].shape, (LaunchShape{4, 8, 64}));
-  EXPECT_EQ(*(*tuned)[1].shape, chooseLaunchShape(spec, 16, Regime::Latency));
-  EXPECT_EQ(*(*tuned)[2].shape, chooseLaunchShape(spec, 16, Regime::Tiny));
-  EXPECT_EQ(*(*tuned)[3].shape, chooseLaunchShape(spec, 16, Regime::Bulk));
-  ASSERT_FALSE(bool(cache.storeTunedShape(spec, LaunchShape{8, 8, 32}, Regime::Latency)));
-  auto both = cache.launchVariants(spec);
-  ASSERT_TRUE(bool(both));
-  ASSERT_EQ(both->size(), 4u);
-  EXPECT_EQ(*(*both)[0].shape, (LaunchShape{4, 8, 64}));
-  EXPECT_EQ(*(*both)[1].shape, (LaunchShape{8, 8, 32}));
-  ASSERT_FALSE(bool(cache.storeTunedShape(spec, LaunchShape{16, 8, 64}, Regime::Bulk)));
-  auto bulk = cache.launchVariants(spec);
-  ASSERT_TRUE(bool(bulk));
-  ASSERT_EQ(bulk->size(), 4u);
-  EXPECT_EQ(*(*bulk)[3].shape, (LaunchShape{16, 8, 64}));
-  // Tuned to the same shape for every regime: one kernel serves every launch.
-  ASSERT_FALSE(bool(cache.storeTunedShape(spec, LaunchShape{4, 8, 64}, Regime::Latency)));
-  ASSERT_FALSE(bool(cache.storeTunedShape(spec, LaunchShape{4, 8, 64}, Regime::Tiny)));
-  ASSERT_FALSE(bool(cache.storeTunedShape(spec, LaunchShape{4, 8, 64}, Regime::Bulk)));
-  auto same = cache.launchVariants(spec);
-  ASSERT_TRUE(bool(same));
-  EXPECT_EQ(same->size(), 1u);
-  llvm::consumeError(fs::removeTree(tmpl));
-}
-
-// The plan Service::getKernel loads from: each regime's shape, found once.
-TEST(KernelCacheVariants, LaunchPlanMapsEveryRegimeToItsShape) {
-  auto compiler = Compiler::create();
-  ASSERT_TRUE(bool(compiler)) << consumeToString(compiler.takeError());
-  Config config; // no cache directory: heuristic shapes only
-  KernelCache cache(config, *compiler);
-  for (int g : {64, 96, 128, 192}) {
-    KernelSpec spec;
-    spec.hidden = g * 56;
-    spec.groupSize = g;
-    auto plan = cache.launchPlan(spec);
-    auto regimes = cache.regimeSpecs(spec);
-    ASSERT_TRUE(plan && regimes);
-    for (int r = 0; r < kRegimeCount; ++r) {
-      ASSERT_LT(plan->variantOf[r], static_cast<int>(plan->variants.size()));
-      EXPECT_EQ(plan->variants[plan->variantOf[r]].shape, (*regimes)[r].shape) << "G=" << g;
-    }
-    for (size_t i = 0; i < plan->variants.size(); ++i)
-      for (size_t k = 0; k < i; ++k)
-        EXPECT_NE(plan->variants[i].shape, plan->variants[k].shape) << "G=" << g;
-  }
 }
 
 } // namespace

@@ -1,5 +1,5 @@
 // KernelSpec: validation rules (SPEC.md section 4), JSON and field parsing,
-// the canonical form; and the launch heuristic's shapes are always valid.
+// the canonical form.
 #include "bqjit/kernel_spec.hpp"
 
 #include <algorithm>
@@ -9,7 +9,6 @@
 #include <gtest/gtest.h>
 
 #include "bqjit/error.hpp"
-#include "jit/launch_heuristic.hpp"
 #include "test_util.hpp"
 
 namespace bqjit {
@@ -256,155 +255,6 @@ TEST(KernelSpecValidate, TooManyThreadsPerBlockRejected) {
   expectRejected(withShape(baseSpec(), 16, 8, 65), "launch.groups_per_block", "65",
                  "groups_per_block * threads_per_group (rounded up to a power of two) <= 1024");
   EXPECT_EQ(invalidMessage(withShape(baseSpec(), 16, 8, 64)), "");
-}
-
-// ---- the launch heuristic always yields a valid shape ---------------------------
-
-TEST(LaunchHeuristic, ShapeValidForEveryGroupAndDtype) {
-  int checked = 0;
-  for (InDtype in : {InDtype::BF16, InDtype::FP16, InDtype::FP32})
-    for (int g = KernelSpec::kMinGroup; g <= KernelSpec::kMaxGroup; ++g) {
-      KernelSpec s = baseSpec();
-      s.inDtype = in;
-      s.groupSize = g;
-      s.hidden = g * (65536 / g);
-      ASSERT_EQ(invalidMessage(s), "");
-      KernelSpec r = resolveShape(s);
-      ASSERT_TRUE(r.shape.has_value());
-      ASSERT_EQ(invalidMessage(r), "") << "G=" << g << " " << toString(in);
-      EXPECT_EQ(*r.shape, chooseLaunchShape(s));
-      ++checked;
-    }
-  EXPECT_EQ(checked, 3 * (1024 - 16 + 1));
-}
-
-TEST(LaunchHeuristic, KnownChoices) {
-  KernelSpec s = baseSpec(); // bf16, G = 128
-  EXPECT_EQ(chooseLaunchShape(s), (LaunchShape{8, 8, 32}));
-  s.groupSize = 17;
-  s.hidden = 17 * 8;
-  EXPECT_EQ(chooseLaunchShape(s).vecWidth, 1);
-  s.groupSize = 96;
-  s.hidden = 96 * 8;
-  s.inDtype = InDtype::FP32;
-  EXPECT_EQ(chooseLaunchShape(s).vecWidth, 4);
-}
-
-TEST(LaunchHeuristic, ShapesPerRegime) {
-  KernelSpec s = baseSpec(); // bf16, G = 128: 16 vectors of 16 bytes
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Throughput), (LaunchShape{8, 8, 32}));
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Latency), (LaunchShape{16, 8, 16}));
-  s.groupSize = 64; // 8 vectors: a team of 8 either way
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Throughput), (LaunchShape{8, 8, 32}));
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Latency), (LaunchShape{8, 8, 32}));
-  s.groupSize = 96; // 12 vectors: 4 x 3 in throughput, 12 in a slot of 16 in latency
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Throughput), (LaunchShape{4, 8, 64}));
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Latency), (LaunchShape{12, 8, 16}));
-  s.groupSize = 192; // 24 vectors: 8 x 3, or 24 in a slot of 32
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Throughput), (LaunchShape{8, 8, 32}));
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Latency), (LaunchShape{24, 8, 8}));
-  s.groupSize = 32; // 4 vectors: one each
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Throughput), (LaunchShape{4, 8, 64}));
-}
-
-TEST(LaunchHeuristic, BulkShapesAreThroughputTeamsInBlocksOf8192Elements) {
-  KernelSpec s = baseSpec(); // bf16, G = 128: 64 teams of 8 (512 threads)
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Bulk), (LaunchShape{8, 8, 64}));
-  s.groupSize = 64; // 128 teams of 8: 1024 threads
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Bulk), (LaunchShape{8, 8, 128}));
-  s.groupSize = 32; // 256 teams of 4
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Bulk), (LaunchShape{4, 8, 256}));
-  s.groupSize = 16; // 512 teams of 2 (one 16-byte vector each)
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Bulk), (LaunchShape{2, 8, 512}));
-  s.groupSize = 1024; // 8 teams of 32: the throughput shape already
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Bulk), (LaunchShape{32, 8, 8}));
-  // G does not divide 8192: the throughput shape.
-  for (int g : {96, 192}) {
-    s.groupSize = g;
-    EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Bulk), chooseLaunchShape(s, 16, Regime::Throughput))
-        << "G=" << g;
-  }
-  // 8192 elements would need more than 1024 threads: the throughput shape.
-  s.groupSize = 4; // one thread per group: 2048 of them
-  s.hidden = 4 * 64;
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Bulk), chooseLaunchShape(s, 16, Regime::Throughput));
-  s.groupSize = 8; // 1024 threads of one group each: just fits
-  s.hidden = 8 * 64;
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Bulk), (LaunchShape{1, 8, 1024}));
-  s.groupSize = 128; // 8-byte vectors: teams of 16, still 8192 elements a block
-  s.hidden = 128 * 64;
-  EXPECT_EQ(chooseLaunchShape(s, 4, Regime::Bulk), (LaunchShape{16, 4, 64}));
-}
-
-TEST(LaunchHeuristic, TinyShapesTakeVectorsOfEightBytesWhereTheTeamFits) {
-  KernelSpec s = baseSpec(); // bf16, G = 128: 32 threads of 8 bytes
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Tiny), (LaunchShape{32, 4, 8}));
-  s.groupSize = 64; // 16 threads of 8 bytes, no narrower
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Tiny), (LaunchShape{16, 4, 16}));
-  s.groupSize = 96; // 24 threads of 8 bytes in slots of 32
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Tiny), (LaunchShape{24, 4, 8}));
-  s.groupSize = 192; // 8-byte vectors would need 48 threads: 24 x 16 bytes
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Tiny), (LaunchShape{24, 8, 8}));
-  s.groupSize = 128;
-  s.inDtype = InDtype::FP32; // 32 threads of 16 bytes (4 floats) already
-  EXPECT_EQ(chooseLaunchShape(s, 16, Regime::Tiny), (LaunchShape{32, 4, 8}));
-}
-
-TEST(LaunchHeuristic, RegimeByElements) {
-  EXPECT_EQ(regimeFor(1), Regime::Tiny);
-  EXPECT_EQ(regimeFor(kTinyMaxElements), Regime::Tiny);
-  EXPECT_EQ(regimeFor(kTinyMaxElements + 1), Regime::Latency);
-  EXPECT_EQ(regimeFor(kLatencyMaxElements), Regime::Latency);
-  EXPECT_EQ(regimeFor(kLatencyMaxElements + 1), Regime::Throughput);
-  EXPECT_EQ(regimeFor(kThroughputMaxElements), Regime::Throughput);
-  EXPECT_EQ(regimeFor(kThroughputMaxElements + 1), Regime::Bulk);
-  EXPECT_EQ(regimeFor(int64_t(8192) * 25600), Regime::Bulk);
-  EXPECT_STREQ(regimeName(Regime::Tiny), "very-few-token");
-  EXPECT_STREQ(regimeName(Regime::Bulk), "very-many-token");
-  // The regimes' ranges tile the elements without gaps.
-  for (int r = 0; r < kRegimeCount; ++r) {
-    const Regime regime = static_cast<Regime>(r);
-    EXPECT_EQ(regimeFor(regimeMinElements(regime)), regime) << regimeName(regime);
-    if (regimeMaxElements(regime) != INT64_MAX) {
-      EXPECT_EQ(regimeFor(regimeMaxElements(regime)), regime) << regimeName(regime);
-      EXPECT_NE(regimeFor(regimeMaxElements(regime) + 1), regime) << regimeName(regime);
-    }
-  }
-}
-
-TEST(LaunchHeuristic, ResolveKeepsExplicitShape) {
-  KernelSpec s = withShape(baseSpec(), 4, 2, 16);
-  EXPECT_EQ(*resolveShape(s).shape, (LaunchShape{4, 2, 16}));
-}
-
-TEST(LaunchHeuristic, CandidatesAreValidDistinctAndStartWithHeuristic) {
-  for (int g : {16, 48, 128, 320, 1024}) {
-    KernelSpec s = baseSpec();
-    s.groupSize = g;
-    s.hidden = g * 4;
-    for (int r = 0; r < kRegimeCount; ++r) {
-      const Regime regime = static_cast<Regime>(r);
-      auto shapes = candidateShapes(s, regime);
-      ASSERT_FALSE(shapes.empty());
-      EXPECT_EQ(shapes.front(), chooseLaunchShape(s, 16, regime)) << regimeName(regime);
-      for (size_t i = 0; i < shapes.size(); ++i) {
-        EXPECT_EQ(invalidMessage(withShape(s, shapes[i].threadsPerGroup, shapes[i].vecWidth,
-                                           shapes[i].groupsPerBlock)),
-                  "");
-        for (size_t k = 0; k < i; ++k)
-          EXPECT_NE(shapes[i], shapes[k]);
-      }
-    }
-  }
-  // The throughput shape is among the bulk regime's candidates, and the
-  // other way round (G = 64: 8 x 8 in blocks of 256 and 1024 threads).
-  KernelSpec s = baseSpec();
-  s.groupSize = 64;
-  auto bulk = candidateShapes(s, Regime::Bulk);
-  auto many = candidateShapes(s, Regime::Throughput);
-  EXPECT_NE(std::find(bulk.begin(), bulk.end(), chooseLaunchShape(s)), bulk.end());
-  EXPECT_NE(std::find(many.begin(), many.end(), chooseLaunchShape(s, 16, Regime::Bulk)),
-            many.end());
 }
 
 // ---- fromJson --------------------------------------------------------------------

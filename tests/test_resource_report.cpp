@@ -3,7 +3,7 @@
 
 #include "jit/compiler.hpp"
 #include "jit/cubin_info.hpp"
-#include "jit/launch_heuristic.hpp"
+#include "planner/launch_heuristic.hpp"
 
 #include <string>
 
@@ -180,7 +180,10 @@ TEST(CubinInfo, MatchesPtxasAndRejectsDamage) {
   KernelSpec spec;
   spec.hidden = 4096;
   spec.groupSize = 128;
-  auto k = compiler->compile(resolveShape(spec));
+  spec.shape = chooseLaunchShape(spec);
+  auto id = compiler->identify(spec);
+  ASSERT_TRUE(bool(id)) << consumeToString(id.takeError());
+  auto k = compiler->compile(*id);
   ASSERT_TRUE(bool(k)) << consumeToString(k.takeError());
   auto info = readCubinKernelInfo(k->cubin, k->loweredName);
   ASSERT_TRUE(bool(info)) << consumeToString(info.takeError());

@@ -13,6 +13,7 @@
 
 #include "bqjit/service.hpp"
 #include "cache/kernel_cache.hpp"
+#include "planner/planner.hpp"
 #include "tools/commands.hpp"
 #include "tools/manifest.hpp"
 
@@ -47,25 +48,27 @@ double msSince(std::chrono::steady_clock::time_point start) {
       .count();
 }
 
-ItemResult prewarmOne(KernelCache& cache, const KernelSpec& spec) {
+ItemResult prewarmOne(const Planner& planner, KernelCache& cache, const KernelSpec& spec) {
   ItemResult r;
   const auto start = std::chrono::steady_clock::now();
-  // Every shape a launch of the spec may pick (many-token and few-token).
-  auto variants = cache.launchVariants(spec);
-  if (!variants) {
-    r.code = consumeError(variants.takeError(), &r.message);
+  // Every shape a launch of the spec may pick, one per regime.
+  auto plan = planner.plan(spec);
+  if (!plan) {
+    r.code = consumeError(plan.takeError(), &r.message);
     r.ms = msSince(start);
     return r;
   }
   r.status = ItemStatus::Cached;
-  for (const KernelSpec& v : *variants) {
-    auto got = cache.get(v);
+  const int reported = plan->variantOf[index(kDefaultRegime)];
+  for (size_t i = 0; i < plan->variants.size(); ++i) {
+    auto id = cache.compiler().identify(plan->variants[i]);
+    auto got = id ? cache.get(*id) : llvm::Expected<KernelCache::Result>(id.takeError());
     if (!got) {
       r.code = consumeError(got.takeError(), &r.message);
       r.status = ItemStatus::Failed;
       break;
     }
-    if (r.key.empty())
+    if (static_cast<int>(i) == reported)
       r.key = got->kernel->key;
     if (got->source == KernelSource::Compiled)
       r.status = ItemStatus::Compiled;
@@ -116,6 +119,7 @@ llvm::Error runPrewarm(const PrewarmOptions& o, const CommandContext& ctx) {
   if (!service)
     return service.takeError();
   KernelCache& cache = (*service)->cache();
+  const Planner& planner = (*service)->planner();
   // Fail up front rather than "compile" into memory only.
   if (auto err = cache.disk()->prepare())
     return err;
@@ -136,7 +140,7 @@ llvm::Error runPrewarm(const PrewarmOptions& o, const CommandContext& ctx) {
   size_t done = 0;
   auto worker = [&] {
     for (size_t i = next++; i < total; i = next++) {
-      results[i] = prewarmOne(cache, items[i]);
+      results[i] = prewarmOne(planner, cache, items[i]);
       std::lock_guard<std::mutex> lock(printMutex);
       ctx.err << progressLine(++done, total, items[i], results[i]) << std::endl;
     }

@@ -6,7 +6,7 @@
 
 #include "bqjit/service.hpp"
 #include "cache/kernel_cache.hpp"
-#include "jit/launch_heuristic.hpp"
+#include "planner/planner.hpp"
 #include "tools/commands.hpp"
 #include "tools/spec_args.hpp"
 
@@ -75,7 +75,16 @@ llvm::Error runPtx(const PtxOptions& o, const CommandContext& ctx) {
   auto service = Service::create(ctx.config);
   if (!service)
     return service.takeError();
-  auto got = (*service)->cache().get(args->spec);
+  // One plan: the report is of the default regime's shape, and the others
+  // are named below.
+  auto plan = (*service)->planner().plan(args->spec);
+  if (!plan)
+    return plan.takeError();
+  const KernelSpec& shown = plan->variantFor(kDefaultRegime);
+  auto id = (*service)->cache().compiler().identify(shown);
+  if (!id)
+    return id.takeError();
+  auto got = (*service)->cache().get(*id);
   if (!got)
     return got.takeError();
   const CompiledKernel& k = *got->kernel;
@@ -89,24 +98,20 @@ llvm::Error runPtx(const PtxOptions& o, const CommandContext& ctx) {
       ctx.out << "\n";
   }
   printReport(ctx.out, k, got->source);
-  // The report is of the many-token shape; say which shapes the other
-  // regimes' launches take, so that their PTX is one command away.
-  auto regimes = (*service)->cache().regimeSpecs(args->spec);
-  if (!regimes) {
-    llvm::consumeError(regimes.takeError());
-  } else {
-    for (Regime regime : {Regime::Bulk, Regime::Latency, Regime::Tiny}) {
-      const LaunchShape& s = *(*regimes)[static_cast<int>(regime)].shape;
-      if (s == *(*regimes)[0].shape)
-        continue;
-      ctx.out << "// " << regimeName(regime) << ": launches with T x H ";
-      if (regime == Regime::Bulk)
-        ctx.out << "> " << regimeMinElements(regime) - 1;
-      else
-        ctx.out << "<= " << regimeMaxElements(regime);
-      ctx.out << " use tpg=" << s.threadsPerGroup << " vec=" << s.vecWidth
-              << " gpb=" << s.groupsPerBlock << " (give these fields to see that kernel)\n";
-    }
+  // Say which shapes the other regimes' launches take, so that their PTX is
+  // one command away.
+  for (Regime regime : kRegimes) {
+    const LaunchShape& s = *plan->variantFor(regime).shape;
+    if (s == *shown.shape)
+      continue;
+    ctx.out << "// " << regimeName(regime) << ": launches with T x H ";
+    if (regime == kRegimes.back())
+      ctx.out << "> " << regimeMinElements(regime) - 1;
+    else
+      ctx.out << "<= " << regimeMaxElements(regime);
+    ctx.out << " use tpg=" << s.threadsPerGroup << " vec=" << s.vecWidth
+            << " gpb=" << s.groupsPerBlock << " mbs=" << s.minBlocksPerSm
+            << " (give these fields to see that kernel)\n";
   }
   return llvm::Error::success();
 }

@@ -6,7 +6,8 @@
 #include <CLI/CLI.hpp>
 
 #include "cache/kernel_cache.hpp"
-#include "jit/launch_heuristic.hpp"
+#include "planner/launch_heuristic.hpp"
+#include "planner/planner.hpp"
 #include "tools/commands.hpp"
 #include "tools/device_problem.hpp"
 #include "tools/gpu_command.hpp"
@@ -205,7 +206,7 @@ llvm::Error runTune(const GpuOptions& o, const CommandContext& ctx) {
   if (!best)
     return makeError(ErrorCode::Internal,
                      "tune: no candidate shape gave correct results; first: " + broken.front());
-  if (auto err = gpu->service->cache().storeTunedShape(base, best->shape, regime))
+  if (auto err = gpu->service->planner().tuning().store(base, best->shape, regime))
     return err;
   char line[200];
   std::snprintf(line, sizeof line, "tune: best %s at %.2f us (%.1f GB/s)",

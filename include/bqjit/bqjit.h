@@ -60,7 +60,7 @@ bqjit_status bqjit_spec_for_device(bqjit_service service, const char* spec_json,
 
 /** The default launch shape of a spec (JSON, "launch" ignored) with vectors
  *  of at most `max_vec_width` elements, as JSON {threads_per_group, vec_width,
- *  groups_per_block}; for callers whose pointers are not 16-byte aligned.
+ *  groups_per_block, min_blocks_per_sm}; for callers whose pointers are not 16-byte aligned.
  *  Same buffer rules as bqjit_compile. */
 bqjit_status bqjit_default_launch(const char* spec_json, int max_vec_width, char* buf, size_t size,
                                   size_t* needed);

@@ -9,6 +9,10 @@
 
 namespace bqjit {
 
+/// The directory below Config::cacheDir that holds this layout of the cache
+/// (entries, locks, temporaries, tuning records, the journal).
+inline constexpr const char* kCacheLayoutDir = "v1";
+
 enum class LogLevel : int { Quiet = 0, Warn = 1, Info = 2, Debug = 3 };
 
 /// Where log lines go; the default writes "bqjit: <level>: <text>" to stderr.

@@ -38,11 +38,20 @@ float minScale(OutDtype dtype);
 
 /// How the kernel maps work to threads. A team of `threadsPerGroup` threads
 /// quantizes one group of G columns, each thread loading `vecWidth` input
-/// elements at a time; a block holds `groupsPerBlock` teams.
+/// elements at a time; a block holds `groupsPerBlock` teams. The planner
+/// (planner/) chooses it, and a user may give it.
 struct LaunchShape {
+  /// minBlocksPerSm's value while the planner has not derived it.
+  static constexpr int kDerived = -1;
+  static constexpr int kMaxMinBlocksPerSm = 32;
+
   int threadsPerGroup = 0;
   int vecWidth = 0;
   int groupsPerBlock = 0;
+  /// Blocks per multiprocessor promised to ptxas (`__launch_bounds__`'s
+  /// second argument), which caps registers per thread; 0 leaves registers
+  /// to ptxas. kDerived until the planner resolves it from the other fields.
+  int minBlocksPerSm = kDerived;
 
   /// Lanes one team occupies: threadsPerGroup rounded up to a power of two
   /// (a team never straddles a warp; the extra lanes idle).
@@ -55,7 +64,7 @@ struct LaunchShape {
   int threadsPerBlock() const { return teamSlot() * groupsPerBlock; }
   bool operator==(const LaunchShape& o) const {
     return threadsPerGroup == o.threadsPerGroup && vecWidth == o.vecWidth &&
-           groupsPerBlock == o.groupsPerBlock;
+           groupsPerBlock == o.groupsPerBlock && minBlocksPerSm == o.minBlocksPerSm;
   }
   bool operator!=(const LaunchShape& o) const { return !(*this == o); }
 };
@@ -98,8 +107,15 @@ struct KernelSpec {
   /// A short human-readable label, e.g. "H=7168 G=128 bf16->fp8_e4m3 row sm_90".
   std::string label() const;
 
-  bool operator==(const KernelSpec& o) const { return canonical() == o.canonical(); }
+  /// Field by field: equal specs have equal canonical() (no allocation).
+  bool operator==(const KernelSpec& o) const {
+    return hidden == o.hidden && groupSize == o.groupSize && inDtype == o.inDtype &&
+           outDtype == o.outDtype && scaleLayout == o.scaleLayout && ue8m0 == o.ue8m0 &&
+           hasScaleUb == o.hasScaleUb && masked == o.masked && arch == o.arch && shape == o.shape;
+  }
   bool operator!=(const KernelSpec& o) const { return !(*this == o); }
+  /// A hash of every field, consistent with operator== (no allocation).
+  size_t hash() const;
 };
 
 /// The canonical field name of a command-line alias ("G" -> "group_size",

@@ -21,6 +21,7 @@ namespace bqjit {
 
 class CudaDriver;
 class KernelCache;
+class Planner;
 struct LoadedFunction;
 
 /// Run-time arguments of one launch; every pointer is device memory.
@@ -36,12 +37,14 @@ struct LaunchArgs {
 };
 
 /// A kernel loaded on one device: a cheap, copyable handle. When the spec
-/// left the launch shape to bqjit, it holds a compiled shape per regime
-/// (many, few, very few and very many tokens; one where two agree), and each
-/// launch picks by its token count.
+/// left the launch shape to bqjit, it holds a compiled shape per regime of
+/// T x H (planner/regime.hpp; one where two agree), and each launch picks by
+/// its token count. The modules it uses stay loaded while a copy of it
+/// exists: a host that captures a launch in a CUDA graph keeps the handle for
+/// the graph's lifetime.
 class Kernel {
 public:
-  /// The resolved spec of the many-token shape (launch shape filled in).
+  /// The resolved spec of the default (many-token) regime's shape.
   const KernelSpec& spec() const;
   const CompiledKernel& compiled() const;
   /// The spec a launch with `tokens` rows uses.
@@ -59,8 +62,8 @@ public:
 
 private:
   friend class Service;
-  /// One function per Regime (index 0: throughput), the same one repeated
-  /// where regimes share a shape.
+  /// One function per Regime, in Regime order, the same one repeated where
+  /// regimes share a shape.
   using Functions = std::array<std::shared_ptr<const LoadedFunction>, 4>;
   explicit Kernel(Functions fns);
   const LoadedFunction& pick(int64_t tokens) const;
@@ -90,6 +93,9 @@ public:
   /// The driver, loading it if needed (ErrorCode::NoDriver without one).
   llvm::Expected<std::shared_ptr<const CudaDriver>> driver();
 
+  /// The layers below, for tools: launch shapes and tuning records; kernels
+  /// by identity.
+  Planner& planner();
   KernelCache& cache();
   const Config& config() const;
 

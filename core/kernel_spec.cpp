@@ -3,6 +3,7 @@
 #include <cctype>
 #include <sstream>
 
+#include "bqjit/arch.hpp"
 #include "bqjit/error.hpp"
 
 namespace bqjit {
@@ -23,23 +24,6 @@ std::string shown(const nlohmann::json& v) {
 
 bool isPowerOfTwo(int v) {
   return v > 0 && (v & (v - 1)) == 0;
-}
-
-// Accepts "sm_<digits>" optionally followed by one of the arch-specific
-// suffixes 'a' or 'f'; returns the number or -1.
-int archNumber(const std::string& arch) {
-  if (arch.size() < 5 || arch.compare(0, 3, "sm_") != 0)
-    return -1;
-  size_t end = arch.size();
-  if (arch.back() == 'a' || arch.back() == 'f')
-    --end;
-  int number = 0;
-  for (size_t i = 3; i < end; ++i) {
-    if (!std::isdigit(static_cast<unsigned char>(arch[i])) || number > 10000)
-      return -1;
-    number = number * 10 + (arch[i] - '0');
-  }
-  return end > 3 ? number : -1;
 }
 
 } // namespace
@@ -161,6 +145,11 @@ llvm::Error validateShape(const KernelSpec& spec, const LaunchShape& s) {
     return specError("launch.groups_per_block", std::to_string(s.groupsPerBlock),
                      "must be >= 1 with groups_per_block * threads_per_group (rounded up to a "
                      "power of two) <= 1024");
+  if (s.minBlocksPerSm != LaunchShape::kDerived &&
+      (s.minBlocksPerSm < 0 || s.minBlocksPerSm > LaunchShape::kMaxMinBlocksPerSm))
+    return specError("launch.min_blocks_per_sm", std::to_string(s.minBlocksPerSm),
+                     "must be in 0.." + std::to_string(LaunchShape::kMaxMinBlocksPerSm) +
+                         " (0: registers left to ptxas)");
   return llvm::Error::success();
 }
 
@@ -178,11 +167,8 @@ llvm::Error KernelSpec::validate() const {
     return specError("ue8m0", "false",
                      "must be true when scale_layout is ue8m0_packed "
                      "(packed scales are exponents of powers of two)");
-  int number = archNumber(arch);
-  if (number < 0)
-    return specError("arch", "'" + arch + "'", "must look like sm_90, sm_90a or sm_100f");
-  if (number < 80)
-    return specError("arch", "'" + arch + "'", "must be sm_80 or newer");
+  if (auto parsed = Arch::parse(arch); !parsed)
+    return parsed.takeError();
   if (shape)
     return validateShape(*this, *shape);
   return llvm::Error::success();
@@ -199,10 +185,13 @@ nlohmann::json KernelSpec::toJson() const {
   j["scale_ub"] = hasScaleUb;
   j["masked"] = masked;
   j["arch"] = arch;
-  if (shape)
+  if (shape) {
     j["launch"] = {{"threads_per_group", shape->threadsPerGroup},
                    {"vec_width", shape->vecWidth},
                    {"groups_per_block", shape->groupsPerBlock}};
+    if (shape->minBlocksPerSm != LaunchShape::kDerived)
+      j["launch"]["min_blocks_per_sm"] = shape->minBlocksPerSm;
+  }
   return j;
 }
 
@@ -322,17 +311,23 @@ llvm::Expected<KernelSpec> KernelSpec::fromJson(const nlohmann::json& j) {
     for (auto [name, field] :
          {std::pair<const char*, int*>{"threads_per_group", &shape.threadsPerGroup},
           {"vec_width", &shape.vecWidth},
-          {"groups_per_block", &shape.groupsPerBlock}}) {
-      if (!l.contains(name))
+          {"groups_per_block", &shape.groupsPerBlock},
+          {"min_blocks_per_sm", &shape.minBlocksPerSm}}) {
+      const bool optional = field == &shape.minBlocksPerSm;
+      if (!l.contains(name)) {
+        if (optional)
+          continue;
         return specError(std::string("launch.") + name, "(missing)", "is required in launch");
+      }
       auto v = intField(l, name, std::string("launch.") + name);
       if (!v)
         return v.takeError();
       *field = *v;
     }
-    if (l.size() != 3)
+    if (l.size() != 3u + (l.contains("min_blocks_per_sm") ? 1u : 0u))
       return specError("launch", shown(l),
-                       "takes exactly threads_per_group, vec_width, groups_per_block");
+                       "takes exactly threads_per_group, vec_width, groups_per_block and "
+                       "optionally min_blocks_per_sm");
     spec.shape = shape;
   }
   if (auto err = spec.validate())
@@ -350,7 +345,8 @@ std::string canonicalFieldName(const std::string& name) {
                                                             {"layout", "scale_layout"},
                                                             {"tpg", "threads_per_group"},
                                                             {"vec", "vec_width"},
-                                                            {"gpb", "groups_per_block"}};
+                                                            {"gpb", "groups_per_block"},
+                                                            {"mbs", "min_blocks_per_sm"}};
   auto it = kAlias.find(name);
   return it == kAlias.end() ? name : it->second;
 }
@@ -361,8 +357,8 @@ KernelSpec::fromFields(const std::map<std::string, std::string>& fields) {
   nlohmann::json launch = nlohmann::json::object();
   for (const auto& [rawName, value] : fields) {
     const std::string name = canonicalFieldName(rawName);
-    const bool isLaunch =
-        name == "threads_per_group" || name == "vec_width" || name == "groups_per_block";
+    const bool isLaunch = name == "threads_per_group" || name == "vec_width" ||
+                          name == "groups_per_block" || name == "min_blocks_per_sm";
     if (name == "hidden" || name == "group_size" || isLaunch) {
       size_t used = 0;
       long long n = 0;
@@ -404,7 +400,25 @@ std::string KernelSpec::label() const {
   if (shape)
     os << " tpg=" << shape->threadsPerGroup << " vec=" << shape->vecWidth
        << " gpb=" << shape->groupsPerBlock;
+  if (shape && shape->minBlocksPerSm != LaunchShape::kDerived)
+    os << " mbs=" << shape->minBlocksPerSm;
   return os.str();
+}
+
+size_t KernelSpec::hash() const {
+  // boost-style combining of std::hash values: cheap, and no allocation.
+  size_t h = 0;
+  auto mix = [&h](size_t v) { h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2); };
+  for (int v :
+       {hidden, groupSize, static_cast<int>(inDtype), static_cast<int>(outDtype),
+        static_cast<int>(scaleLayout), int(ue8m0) | int(hasScaleUb) << 1 | int(masked) << 2})
+    mix(std::hash<int>()(v));
+  mix(std::hash<std::string>()(arch));
+  if (shape)
+    for (int v :
+         {shape->threadsPerGroup, shape->vecWidth, shape->groupsPerBlock, shape->minBlocksPerSm})
+      mix(std::hash<int>()(v));
+  return h;
 }
 
 } // namespace bqjit

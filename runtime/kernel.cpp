@@ -7,7 +7,7 @@
 
 #include "bqjit/error.hpp"
 #include "bqjit/service.hpp"
-#include "jit/launch_heuristic.hpp"
+#include "planner/regime.hpp"
 #include "runtime/loaded_function.hpp"
 
 namespace bqjit {
@@ -19,10 +19,10 @@ Kernel::Kernel(Functions fns) : fns_(std::move(fns)) {
 }
 
 const KernelSpec& Kernel::spec() const {
-  return fns_[0]->kernel().spec;
+  return compiled().spec;
 }
 const CompiledKernel& Kernel::compiled() const {
-  return fns_[0]->kernel();
+  return fns_[index(kDefaultRegime)]->kernel();
 }
 int Kernel::device() const {
   return fns_[0]->device;
@@ -30,7 +30,7 @@ int Kernel::device() const {
 
 const LoadedFunction& Kernel::pick(int64_t tokens) const {
   const int64_t elements = tokens * fns_[0]->kernel().spec.hidden;
-  return *fns_[static_cast<int>(regimeFor(elements))];
+  return *fns_[index(regimeFor(elements))];
 }
 
 const KernelSpec& Kernel::specFor(int64_t tokens) const {

@@ -1,4 +1,4 @@
-#include "cache/fs_util.hpp"
+#include "core/fs_util.hpp"
 
 #include <cerrno>
 #include <cstring>
@@ -67,6 +67,18 @@ llvm::Error writeFileSynced(const std::string& path, const void* data, size_t si
     int e = errno;
     ::unlink(path.c_str());
     return ioError("cannot close", path, e);
+  }
+  return llvm::Error::success();
+}
+
+llvm::Error replaceFile(const std::string& path, const void* data, size_t size) {
+  const std::string tmp = path + ".tmp." + uniqueSuffix();
+  if (auto err = writeFileSynced(tmp, data, size))
+    return err;
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int e = errno;
+    ::unlink(tmp.c_str());
+    return ioError("cannot replace", path, e);
   }
   return llvm::Error::success();
 }

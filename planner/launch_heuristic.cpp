@@ -1,4 +1,4 @@
-#include "jit/launch_heuristic.hpp"
+#include "planner/launch_heuristic.hpp"
 
 #include <algorithm>
 
@@ -17,12 +17,12 @@ int largestPow2Dividing(int n, int cap) {
 
 } // namespace
 
-LaunchShape chooseLaunchShape(const KernelSpec& spec, int maxVecWidth, Regime regime) {
+LaunchShape chooseLaunchShape(const KernelSpec& spec, Regime regime, int maxVecWidth) {
   LaunchShape s;
   // 16-byte loads where G allows it.
   s.vecWidth = largestPow2Dividing(
       spec.groupSize, std::max(1, std::min(maxVecWidth, 16 / dtypeBytes(spec.inDtype))));
-  if (regime == Regime::Throughput || regime == Regime::Bulk) {
+  if (regime == Regime::ManyTokens || regime == Regime::VeryManyTokens) {
     const int vectors = spec.groupSize / s.vecWidth;
     // A power-of-two team (no idle lanes) of at least 8 threads or else two
     // or more vectors per thread: more bytes in flight per thread and the
@@ -36,7 +36,7 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, int maxVecWidth, Regime re
     // decode sizes wait on. Tiny: narrower vectors, down to 8 bytes, while
     // the team still fits in a warp; at G = 128, 32 x 8 bytes beat 16 x 16
     // bytes by 3-7% at T x H <= 0.9M but lose 8% at 3.7M (bench/NOTES.md).
-    if (regime == Regime::Tiny)
+    if (regime == Regime::VeryFewTokens)
       while (s.vecWidth * dtypeBytes(spec.inDtype) > 8 && spec.groupSize / (s.vecWidth / 2) <= 32)
         s.vecWidth /= 2;
     const int vectors = spec.groupSize / s.vecWidth;
@@ -53,40 +53,55 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, int maxVecWidth, Regime re
   // of 256 threads from T x H = 2^25 up at G = 64 and 128 (and 1.5-3.5%
   // slower at 2^24 and below); 4096 or 16384 elements are slower than either.
   // Measured on an H100, bench/NOTES.md version 6.
-  if (regime == Regime::Bulk && kBulkBlockElements % spec.groupSize == 0 &&
+  if (regime == Regime::VeryManyTokens && kBulkBlockElements % spec.groupSize == 0 &&
       kBulkBlockElements / spec.groupSize * s.teamSlot() <= 1024)
     s.groupsPerBlock = kBulkBlockElements / spec.groupSize;
+  s.minBlocksPerSm = deriveMinBlocksPerSm(spec, s);
   return s;
+}
+
+int deriveMinBlocksPerSm(const KernelSpec& spec, const LaunchShape& shape) {
+  // A thread of E elements needs about its E products, its raw input words
+  // and 24 more. Where that fits 64 registers, ptxas's default for a
+  // 256-thread block, it is left to ptxas; a larger thread's work would
+  // otherwise spill under that default.
+  const int elements = spec.groupSize / shape.threadsPerGroup;
+  const int registers = elements + 2 * elements * dtypeBytes(spec.inDtype) / 4 + 24;
+  if (registers <= 64)
+    return 0;
+  const int fit = 65536 / (shape.threadsPerBlock() * registers);
+  return std::min(LaunchShape::kMaxMinBlocksPerSm, std::max(1, fit));
+}
+
+LaunchShape withDerivedOccupancy(const KernelSpec& spec, LaunchShape shape) {
+  if (shape.minBlocksPerSm == LaunchShape::kDerived)
+    shape.minBlocksPerSm = deriveMinBlocksPerSm(spec, shape);
+  return shape;
 }
 
 const char* regimeName(Regime regime) {
   switch (regime) {
-  case Regime::Throughput:
-    return "many-token";
-  case Regime::Latency:
-    return "few-token";
-  case Regime::Tiny:
+  case Regime::VeryFewTokens:
     return "very-few-token";
-  case Regime::Bulk:
+  case Regime::FewTokens:
+    return "few-token";
+  case Regime::ManyTokens:
+    return "many-token";
+  case Regime::VeryManyTokens:
     return "very-many-token";
   }
   return "?";
 }
 
-KernelSpec resolveShape(KernelSpec spec) {
-  if (!spec.shape)
-    spec.shape = chooseLaunchShape(spec);
-  return spec;
-}
-
 std::vector<LaunchShape> candidateShapes(const KernelSpec& spec, Regime regime) {
-  const LaunchShape first = chooseLaunchShape(spec, 16, regime);
+  const LaunchShape first = chooseLaunchShape(spec, regime);
   std::vector<LaunchShape> out{first};
   for (int vec = 16; vec >= 1; vec /= 2)
     for (int tpg = 1; tpg <= 32; ++tpg)
       for (int threads : {128, 256, 512, 1024}) {
         LaunchShape s{tpg, vec, 1};
         s.groupsPerBlock = std::max(1, threads / s.teamSlot());
+        s.minBlocksPerSm = deriveMinBlocksPerSm(spec, s);
         if (std::find(out.begin(), out.end(), s) != out.end())
           continue;
         if (auto err = validateShape(spec, s)) {

@@ -12,6 +12,9 @@ namespace bqjit::fs {
 llvm::Error createDirectories(const std::string& path);
 /// Writes a file and fsyncs it; on failure the partial file is removed.
 llvm::Error writeFileSynced(const std::string& path, const void* data, size_t size);
+/// Replaces a file whole: writes a temporary beside it, fsyncs it and renames
+/// it over `path`, so that a reader sees the old file or the new, never half.
+llvm::Error replaceFile(const std::string& path, const void* data, size_t size);
 /// Reads a whole file.
 llvm::Expected<std::vector<char>> readFile(const std::string& path);
 /// fsync of a directory, so that a rename inside it is durable.

@@ -1,0 +1,52 @@
+#include "planner/planner.hpp"
+
+#include <algorithm>
+
+#include "planner/launch_heuristic.hpp"
+
+namespace bqjit {
+
+namespace {
+
+std::string tuningDirectory(const Config& config) {
+  return config.cacheDir.empty() ? "" : config.cacheDir + "/" + kCacheLayoutDir + "/tuned";
+}
+
+} // namespace
+
+Planner::Planner(const Config& config, std::string codeIdentity)
+    : tuning_(tuningDirectory(config), std::move(codeIdentity), config) {}
+
+LaunchShape Planner::shapeFor(const KernelSpec& spec, Regime regime) const {
+  if (spec.shape)
+    return withDerivedOccupancy(spec, *spec.shape);
+  if (auto tuned = tuning_.find(spec, regime))
+    return withDerivedOccupancy(spec, *tuned);
+  return chooseLaunchShape(spec, regime);
+}
+
+llvm::Expected<LaunchPlan> Planner::plan(const KernelSpec& spec) const {
+  if (auto err = spec.validate())
+    return std::move(err);
+  LaunchPlan plan;
+  for (Regime r : kRegimes) {
+    KernelSpec resolved = spec;
+    resolved.shape = shapeFor(spec, r);
+    auto same = std::find_if(plan.variants.begin(), plan.variants.end(),
+                             [&](const KernelSpec& v) { return v.shape == resolved.shape; });
+    plan.variantOf[index(r)] = static_cast<int>(same - plan.variants.begin());
+    if (same == plan.variants.end())
+      plan.variants.push_back(std::move(resolved));
+  }
+  return plan;
+}
+
+llvm::Expected<KernelSpec> Planner::resolve(const KernelSpec& spec, Regime regime) const {
+  if (auto err = spec.validate())
+    return std::move(err);
+  KernelSpec resolved = spec;
+  resolved.shape = shapeFor(spec, regime);
+  return resolved;
+}
+
+} // namespace bqjit

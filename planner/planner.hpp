@@ -1,0 +1,52 @@
+// The planner: which launch shapes a spec needs and which of them serves a
+// launch of T tokens. It owns the regimes, the heuristic and the tuning
+// records; it knows nothing of compiling or caching kernels.
+#pragma once
+
+#include <array>
+#include <vector>
+
+#include <llvm/Support/Error.h>
+
+#include "bqjit/config.hpp"
+#include "bqjit/kernel_spec.hpp"
+#include "planner/regime.hpp"
+#include "planner/tuning_store.hpp"
+
+namespace bqjit {
+
+/// The resolved specs a launch may use and which of them serves each regime.
+struct LaunchPlan {
+  /// Resolved specs (shape and occupancy set), each shape once, in the size
+  /// order of the first regime each serves.
+  std::vector<KernelSpec> variants;
+  /// Index into `variants`, per Regime.
+  std::array<int, kRegimeCount> variantOf{};
+
+  const KernelSpec& variantFor(Regime regime) const { return variants[variantOf[index(regime)]]; }
+};
+
+class Planner {
+public:
+  /// Tuning records live under Config::cacheDir (none without one).
+  /// `codeIdentity` names the kernel code (TuningStore).
+  Planner(const Config& config, std::string codeIdentity);
+
+  /// Validates `spec` (the entry point's one validation) and plans it: a spec
+  /// with a shape uses that shape for every regime (occupancy derived where
+  /// not given); otherwise each regime takes its tuning record, else the
+  /// heuristic's shape, and regimes whose shapes agree share one variant.
+  llvm::Expected<LaunchPlan> plan(const KernelSpec& spec) const;
+
+  /// The resolved spec one regime launches with (validates `spec`).
+  llvm::Expected<KernelSpec> resolve(const KernelSpec& spec, Regime regime = kDefaultRegime) const;
+
+  TuningStore& tuning() { return tuning_; }
+  const TuningStore& tuning() const { return tuning_; }
+
+private:
+  LaunchShape shapeFor(const KernelSpec& spec, Regime regime) const;
+  TuningStore tuning_;
+};
+
+} // namespace bqjit

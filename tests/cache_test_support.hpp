@@ -1,0 +1,32 @@
+// Test helpers for code below the planner: a spec resolved as the planner
+// would (the many-token heuristic's shape, occupancy derived), its identity,
+// and a cache lookup by spec.
+#pragma once
+
+#include <string>
+
+#include "bqjit/error.hpp"
+#include "cache/kernel_cache.hpp"
+#include "planner/launch_heuristic.hpp"
+
+namespace bqjit::test {
+
+inline KernelSpec resolvedSpec(KernelSpec s) {
+  s.shape = s.shape ? withDerivedOccupancy(s, *s.shape) : chooseLaunchShape(s);
+  return s;
+}
+
+/// The cache key of a spec once resolved ("" and a test failure if it has none).
+inline std::string keyOf(const Compiler& compiler, const KernelSpec& spec) {
+  auto id = compiler.identify(resolvedSpec(spec));
+  return id ? id->key : consumeToString(id.takeError());
+}
+
+inline llvm::Expected<KernelCache::Result> getSpec(KernelCache& cache, const KernelSpec& spec) {
+  auto id = cache.compiler().identify(resolvedSpec(spec));
+  if (!id)
+    return id.takeError();
+  return cache.get(*id);
+}
+
+} // namespace bqjit::test

@@ -1,0 +1,210 @@
+// The launch heuristic: its shapes are always valid, its known choices per
+// regime, the regimes' ranges, occupancy, and the tuning candidates.
+#include "planner/launch_heuristic.hpp"
+
+#include <algorithm>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "bqjit/error.hpp"
+
+namespace bqjit {
+namespace {
+
+KernelSpec baseSpec() {
+  KernelSpec s;
+  s.hidden = 7168;
+  s.groupSize = 128;
+  return s;
+}
+
+/// "" when the spec is valid, else the error's message.
+std::string invalidMessage(const KernelSpec& spec) {
+  llvm::Error err = spec.validate();
+  return err ? consumeToString(std::move(err)) : "";
+}
+
+KernelSpec withShape(KernelSpec s, const LaunchShape& shape) {
+  s.shape = shape;
+  return s;
+}
+
+/// The shape's teams and block, without the occupancy the heuristic derives.
+LaunchShape teams(LaunchShape s) {
+  s.minBlocksPerSm = LaunchShape::kDerived;
+  return s;
+}
+
+// ---- the launch heuristic always yields a valid shape ---------------------------
+
+TEST(LaunchHeuristic, ShapeValidForEveryGroupAndDtype) {
+  int checked = 0;
+  for (InDtype in : {InDtype::BF16, InDtype::FP16, InDtype::FP32})
+    for (int g = KernelSpec::kMinGroup; g <= KernelSpec::kMaxGroup; ++g) {
+      KernelSpec s = baseSpec();
+      s.inDtype = in;
+      s.groupSize = g;
+      s.hidden = g * (65536 / g);
+      ASSERT_EQ(invalidMessage(s), "");
+      for (Regime regime : kRegimes) {
+        KernelSpec r = s;
+        r.shape = chooseLaunchShape(s, regime);
+        ASSERT_EQ(invalidMessage(r), "") << "G=" << g << " " << toString(in);
+        EXPECT_EQ(r.shape->minBlocksPerSm, deriveMinBlocksPerSm(s, *r.shape));
+      }
+      ++checked;
+    }
+  EXPECT_EQ(checked, 3 * (1024 - 16 + 1));
+}
+
+TEST(LaunchHeuristic, KnownChoices) {
+  KernelSpec s = baseSpec(); // bf16, G = 128
+  EXPECT_EQ(teams(chooseLaunchShape(s)), (LaunchShape{8, 8, 32}));
+  s.groupSize = 17;
+  s.hidden = 17 * 8;
+  EXPECT_EQ(chooseLaunchShape(s).vecWidth, 1);
+  s.groupSize = 96;
+  s.hidden = 96 * 8;
+  s.inDtype = InDtype::FP32;
+  EXPECT_EQ(chooseLaunchShape(s).vecWidth, 4);
+}
+
+TEST(LaunchHeuristic, ShapesPerRegime) {
+  KernelSpec s = baseSpec(); // bf16, G = 128: 16 vectors of 16 bytes
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::ManyTokens)), (LaunchShape{8, 8, 32}));
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::FewTokens)), (LaunchShape{16, 8, 16}));
+  s.groupSize = 64; // 8 vectors: a team of 8 either way
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::ManyTokens)), (LaunchShape{8, 8, 32}));
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::FewTokens)), (LaunchShape{8, 8, 32}));
+  s.groupSize = 96; // 12 vectors: 4 x 3 in throughput, 12 in a slot of 16 in latency
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::ManyTokens)), (LaunchShape{4, 8, 64}));
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::FewTokens)), (LaunchShape{12, 8, 16}));
+  s.groupSize = 192; // 24 vectors: 8 x 3, or 24 in a slot of 32
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::ManyTokens)), (LaunchShape{8, 8, 32}));
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::FewTokens)), (LaunchShape{24, 8, 8}));
+  s.groupSize = 32; // 4 vectors: one each
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::ManyTokens)), (LaunchShape{4, 8, 64}));
+}
+
+TEST(LaunchHeuristic, BulkShapesAreThroughputTeamsInBlocksOf8192Elements) {
+  KernelSpec s = baseSpec(); // bf16, G = 128: 64 teams of 8 (512 threads)
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::VeryManyTokens)), (LaunchShape{8, 8, 64}));
+  s.groupSize = 64; // 128 teams of 8: 1024 threads
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::VeryManyTokens)), (LaunchShape{8, 8, 128}));
+  s.groupSize = 32; // 256 teams of 4
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::VeryManyTokens)), (LaunchShape{4, 8, 256}));
+  s.groupSize = 16; // 512 teams of 2 (one 16-byte vector each)
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::VeryManyTokens)), (LaunchShape{2, 8, 512}));
+  s.groupSize = 1024; // 8 teams of 32: the throughput shape already
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::VeryManyTokens)), (LaunchShape{32, 8, 8}));
+  // G does not divide 8192: the throughput shape.
+  for (int g : {96, 192}) {
+    s.groupSize = g;
+    EXPECT_EQ(chooseLaunchShape(s, Regime::VeryManyTokens),
+              chooseLaunchShape(s, Regime::ManyTokens))
+        << "G=" << g;
+  }
+  // 8192 elements would need more than 1024 threads: the throughput shape.
+  s.groupSize = 4; // one thread per group: 2048 of them
+  s.hidden = 4 * 64;
+  EXPECT_EQ(chooseLaunchShape(s, Regime::VeryManyTokens), chooseLaunchShape(s, Regime::ManyTokens));
+  s.groupSize = 8; // 1024 threads of one group each: just fits
+  s.hidden = 8 * 64;
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::VeryManyTokens)), (LaunchShape{1, 8, 1024}));
+  s.groupSize = 128; // 8-byte vectors: teams of 16, still 8192 elements a block
+  s.hidden = 128 * 64;
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::VeryManyTokens, 4)), (LaunchShape{16, 4, 64}));
+}
+
+TEST(LaunchHeuristic, TinyShapesTakeVectorsOfEightBytesWhereTheTeamFits) {
+  KernelSpec s = baseSpec(); // bf16, G = 128: 32 threads of 8 bytes
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::VeryFewTokens)), (LaunchShape{32, 4, 8}));
+  s.groupSize = 64; // 16 threads of 8 bytes, no narrower
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::VeryFewTokens)), (LaunchShape{16, 4, 16}));
+  s.groupSize = 96; // 24 threads of 8 bytes in slots of 32
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::VeryFewTokens)), (LaunchShape{24, 4, 8}));
+  s.groupSize = 192; // 8-byte vectors would need 48 threads: 24 x 16 bytes
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::VeryFewTokens)), (LaunchShape{24, 8, 8}));
+  s.groupSize = 128;
+  s.inDtype = InDtype::FP32; // 32 threads of 16 bytes (4 floats) already
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::VeryFewTokens)), (LaunchShape{32, 4, 8}));
+}
+
+TEST(LaunchHeuristic, RegimeByElements) {
+  EXPECT_EQ(regimeFor(1), Regime::VeryFewTokens);
+  EXPECT_EQ(regimeFor(int64_t(1) << 20), Regime::VeryFewTokens);
+  EXPECT_EQ(regimeFor((int64_t(1) << 20) + 1), Regime::FewTokens);
+  EXPECT_EQ(regimeFor(int64_t(1) << 22), Regime::FewTokens);
+  EXPECT_EQ(regimeFor((int64_t(1) << 22) + 1), Regime::ManyTokens);
+  EXPECT_EQ(regimeFor(int64_t(1) << 25), Regime::ManyTokens);
+  EXPECT_EQ(regimeFor((int64_t(1) << 25) + 1), Regime::VeryManyTokens);
+  EXPECT_EQ(regimeFor(int64_t(8192) * 25600), Regime::VeryManyTokens);
+  EXPECT_STREQ(regimeName(Regime::VeryFewTokens), "very-few-token");
+  EXPECT_STREQ(regimeName(Regime::VeryManyTokens), "very-many-token");
+  // The regimes' ranges tile the elements without gaps.
+  for (Regime regime : kRegimes) {
+    EXPECT_EQ(regimeFor(regimeMinElements(regime)), regime) << regimeName(regime);
+    if (regimeMaxElements(regime) != INT64_MAX) {
+      EXPECT_EQ(regimeFor(regimeMaxElements(regime)), regime) << regimeName(regime);
+      EXPECT_NE(regimeFor(regimeMaxElements(regime) + 1), regime) << regimeName(regime);
+    }
+  }
+}
+
+TEST(LaunchHeuristic, OccupancyIsDerivedOnlyWhereNotGiven) {
+  KernelSpec s = baseSpec();
+  EXPECT_EQ(withDerivedOccupancy(s, LaunchShape{4, 2, 16}).minBlocksPerSm,
+            deriveMinBlocksPerSm(s, LaunchShape{4, 2, 16}));
+  EXPECT_EQ(withDerivedOccupancy(s, LaunchShape{4, 2, 16, 3}).minBlocksPerSm, 3);
+  EXPECT_EQ(withDerivedOccupancy(s, LaunchShape{4, 2, 16, 0}).minBlocksPerSm, 0);
+}
+
+TEST(LaunchHeuristic, OccupancyPromisedOnlyWhereAThreadNeedsMoreThan64Registers) {
+  // A thread of E elements: about E + E * bytes / 2 + 24 registers.
+  KernelSpec s = baseSpec();                                    // bf16, G = 128
+  EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{8, 8, 32}), 0); // 16 elements: 56 registers
+  // 32 elements, 88 registers: 65536 / (256 x 88) = 2 blocks of 256 threads.
+  EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{4, 8, 64}), 2);
+  // Never past what a multiprocessor holds.
+  EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{4, 8, 1}), LaunchShape::kMaxMinBlocksPerSm);
+  s.groupSize = 1024;
+  s.hidden = 8192;
+  // 32 elements, 88 registers: 65536 / (256 x 88) = 2 blocks of 256 threads.
+  EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{32, 8, 8}), 2);
+  // 64 elements, 152 registers in blocks of 128: 3.
+  EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{16, 8, 8}), 3);
+  // Never under 1 once promised.
+  EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{1, 8, 1024}), 1);
+}
+
+TEST(LaunchHeuristic, CandidatesAreValidDistinctAndStartWithHeuristic) {
+  for (int g : {16, 48, 128, 320, 1024}) {
+    KernelSpec s = baseSpec();
+    s.groupSize = g;
+    s.hidden = g * 4;
+    for (Regime regime : kRegimes) {
+      auto shapes = candidateShapes(s, regime);
+      ASSERT_FALSE(shapes.empty());
+      EXPECT_EQ(shapes.front(), chooseLaunchShape(s, regime)) << regimeName(regime);
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        EXPECT_EQ(invalidMessage(withShape(s, shapes[i])), "");
+        EXPECT_EQ(shapes[i].minBlocksPerSm, deriveMinBlocksPerSm(s, shapes[i]));
+        for (size_t k = 0; k < i; ++k)
+          EXPECT_NE(shapes[i], shapes[k]);
+      }
+    }
+  }
+  // The throughput shape is among the bulk regime's candidates, and the
+  // other way round (G = 64: 8 x 8 in blocks of 256 and 1024 threads).
+  KernelSpec s = baseSpec();
+  s.groupSize = 64;
+  auto bulk = candidateShapes(s, Regime::VeryManyTokens);
+  auto many = candidateShapes(s, Regime::ManyTokens);
+  EXPECT_NE(std::find(bulk.begin(), bulk.end(), chooseLaunchShape(s)), bulk.end());
+  EXPECT_NE(std::find(many.begin(), many.end(), chooseLaunchShape(s, Regime::VeryManyTokens)),
+            many.end());
+}
+
+} // namespace
+} // namespace bqjit

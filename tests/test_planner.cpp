@@ -1,0 +1,280 @@
+// The planner: which shapes a spec needs and which serves each regime; tuning
+// records (stored, read once per process, ignored when unusable, reloaded on
+// request); validation at the entry.
+#include "planner/planner.hpp"
+
+#include <fstream>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "bqjit/error.hpp"
+#include "core/fs_util.hpp"
+#include "planner/launch_heuristic.hpp"
+#include "test_util.hpp"
+
+namespace bqjit {
+namespace {
+
+using test::contains;
+
+KernelSpec smallSpec(int hidden = 1024) {
+  KernelSpec s;
+  s.hidden = hidden;
+  s.groupSize = 128;
+  s.arch = "sm_90";
+  return s;
+}
+
+class PlannerTest : public testing::Test {
+protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/bqjit_planner_XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { llvm::consumeError(fs::removeTree(dir_)); }
+
+  Config config(const std::string& cacheDir) {
+    Config c;
+    c.cacheDir = cacheDir;
+    c.logSink = [this](LogLevel level, const std::string& text) {
+      std::lock_guard<std::mutex> lock(logMutex_);
+      if (level == LogLevel::Warn)
+        warnings_.push_back(text);
+    };
+    return c;
+  }
+  Planner planner(const std::string& code = "code v1") { return Planner(config(dir_), code); }
+  LaunchShape shapeOf(const Planner& p, const KernelSpec& spec, Regime regime = kDefaultRegime) {
+    auto r = p.resolve(spec, regime);
+    if (!r) {
+      ADD_FAILURE() << consumeToString(r.takeError());
+      return {};
+    }
+    return *r->shape;
+  }
+  std::vector<std::string> records() const {
+    return fs::listDirectory(dir_ + "/" + kCacheLayoutDir + "/tuned");
+  }
+
+  std::string dir_;
+  std::mutex logMutex_;
+  std::vector<std::string> warnings_;
+};
+
+TEST_F(PlannerTest, InvalidSpecIsRejectedAtTheEntry) {
+  Planner p = planner();
+  KernelSpec bad = smallSpec();
+  bad.hidden = 300;
+  std::string message;
+  EXPECT_EQ(consumeError(p.plan(bad).takeError(), &message), ErrorCode::InvalidSpec);
+  EXPECT_TRUE(contains(message, "'group_size' = 128"));
+  EXPECT_EQ(consumeError(p.resolve(bad).takeError(), &message), ErrorCode::InvalidSpec);
+  EXPECT_TRUE(contains(message, "'group_size' = 128"));
+}
+
+TEST_F(PlannerTest, TunedShapeIsUsed) {
+  Planner p = planner();
+  const KernelSpec spec = smallSpec(1024);
+  const LaunchShape heuristic = chooseLaunchShape(spec);
+  const LaunchShape tuned = withDerivedOccupancy(spec, LaunchShape{4, 8, 64});
+  ASSERT_NE(tuned, heuristic);
+  EXPECT_EQ(shapeOf(p, spec), heuristic);
+  const uint64_t generation = p.tuning().generation();
+  ASSERT_FALSE(bool(p.tuning().store(spec, LaunchShape{4, 8, 64}, kDefaultRegime)));
+  // Stored in this process: seen at once, and the generation says so.
+  EXPECT_NE(p.tuning().generation(), generation);
+  EXPECT_EQ(shapeOf(p, spec), tuned);
+  ASSERT_EQ(records().size(), 1u);
+  EXPECT_TRUE(contains(records()[0], std::string(".") + regimeName(kDefaultRegime) + ".json"));
+
+  // Another planner on the same directory (another process) sees the record.
+  Planner other = planner();
+  EXPECT_EQ(shapeOf(other, spec), tuned);
+  // Other specs and other architectures are not affected.
+  EXPECT_EQ(shapeOf(other, smallSpec(2048)), chooseLaunchShape(smallSpec(2048)));
+  KernelSpec otherArch = spec;
+  otherArch.arch = "sm_80";
+  EXPECT_EQ(shapeOf(other, otherArch), heuristic);
+  // Nor does other kernel code (another template or NVRTC).
+  EXPECT_EQ(shapeOf(planner("code v2"), spec), heuristic);
+  EXPECT_TRUE(warnings_.empty());
+}
+
+TEST_F(PlannerTest, RecordsAreReadOncePerProcessUntilReload) {
+  const KernelSpec spec = smallSpec(1024);
+  Planner reader = planner();
+  EXPECT_EQ(shapeOf(reader, spec), chooseLaunchShape(spec)); // no record yet: remembered
+  Planner writer = planner();
+  ASSERT_FALSE(bool(writer.tuning().store(spec, LaunchShape{4, 8, 64}, kDefaultRegime)));
+  // Another process's record is not seen until an explicit reload.
+  EXPECT_EQ(shapeOf(reader, spec), chooseLaunchShape(spec));
+  const uint64_t generation = reader.tuning().generation();
+  reader.tuning().reload();
+  EXPECT_NE(reader.tuning().generation(), generation);
+  EXPECT_EQ(shapeOf(reader, spec).threadsPerGroup, 4);
+  // Once read, the file is not read again: removing it changes nothing.
+  for (const auto& name : records())
+    ASSERT_EQ(::unlink((dir_ + "/" + kCacheLayoutDir + "/tuned/" + name).c_str()), 0);
+  EXPECT_EQ(shapeOf(reader, spec).threadsPerGroup, 4);
+}
+
+TEST_F(PlannerTest, ExplicitShapeIgnoresTunedRecordAndGetsItsOccupancy) {
+  Planner p = planner();
+  const KernelSpec spec = smallSpec(1024);
+  ASSERT_FALSE(bool(p.tuning().store(spec, LaunchShape{4, 8, 64}, kDefaultRegime)));
+  KernelSpec explicitSpec = spec;
+  explicitSpec.shape = LaunchShape{16, 8, 8};
+  EXPECT_EQ(shapeOf(p, explicitSpec), withDerivedOccupancy(spec, LaunchShape{16, 8, 8}));
+  explicitSpec.shape = LaunchShape{16, 8, 8, 5};
+  EXPECT_EQ(shapeOf(p, explicitSpec).minBlocksPerSm, 5);
+}
+
+TEST_F(PlannerTest, InvalidTunedShapeIsRefused) {
+  Planner p = planner();
+  auto err = p.tuning().store(smallSpec(), LaunchShape{3, 8, 64}, kDefaultRegime);
+  ASSERT_TRUE(bool(err));
+  std::string message;
+  EXPECT_EQ(consumeError(std::move(err), &message), ErrorCode::InvalidSpec);
+  EXPECT_TRUE(contains(message, "threads_per_group"));
+  EXPECT_TRUE(records().empty());
+}
+
+TEST_F(PlannerTest, NoCacheDirectoryMeansNoRecords) {
+  Planner p(config(""), "code v1");
+  auto err = p.tuning().store(smallSpec(), LaunchShape{4, 8, 64}, kDefaultRegime);
+  ASSERT_TRUE(bool(err));
+  EXPECT_EQ(consumeError(std::move(err), nullptr), ErrorCode::CacheError);
+  EXPECT_EQ(shapeOf(p, smallSpec()), chooseLaunchShape(smallSpec()));
+}
+
+TEST_F(PlannerTest, UnreadableTunedRecordFallsBackWithWarning) {
+  const KernelSpec spec = smallSpec(1024);
+  ASSERT_FALSE(bool(planner().tuning().store(spec, LaunchShape{4, 8, 64}, kDefaultRegime)));
+  ASSERT_EQ(records().size(), 1u);
+  { std::ofstream(dir_ + "/" + kCacheLayoutDir + "/tuned/" + records()[0]) << "{ torn"; }
+  Planner p = planner();
+  EXPECT_EQ(shapeOf(p, spec), chooseLaunchShape(spec));
+  EXPECT_EQ(shapeOf(p, spec), chooseLaunchShape(spec)); // read and warned once
+  ASSERT_EQ(warnings_.size(), 1u);
+  EXPECT_TRUE(contains(warnings_[0], "tuning record"));
+}
+
+TEST_F(PlannerTest, TunedRecordWithShapeInvalidForSpecIsIgnored) {
+  // A record whose spec is valid on its own (bf16, 16-byte loads of 8
+  // elements) but whose shape does not fit the spec asked for (fp32).
+  KernelSpec spec = smallSpec(1024);
+  spec.inDtype = InDtype::FP32;
+  ASSERT_FALSE(bool(planner().tuning().store(spec, LaunchShape{8, 4, 32}, kDefaultRegime)));
+  ASSERT_EQ(records().size(), 1u);
+  KernelSpec foreign = smallSpec(1024);
+  foreign.shape = LaunchShape{4, 8, 64};
+  {
+    std::ofstream(dir_ + "/" + kCacheLayoutDir + "/tuned/" + records()[0])
+        << nlohmann::json({{"spec", foreign.toJson()}}).dump();
+  }
+  Planner p = planner();
+  auto resolved = p.resolve(spec);
+  ASSERT_TRUE(bool(resolved)) << consumeToString(resolved.takeError());
+  EXPECT_EQ(*resolved->shape, chooseLaunchShape(spec));
+  EXPECT_EQ(resolved->inDtype, InDtype::FP32);
+  ASSERT_EQ(warnings_.size(), 1u);
+  EXPECT_TRUE(contains(warnings_[0], "tuning record"));
+}
+
+// A spec that leaves its shape to bqjit launches with one shape per regime
+// (once where two agree); an explicit shape is the only one.
+TEST_F(PlannerTest, HeuristicSpecsHaveAShapePerRegime) {
+  Planner p = planner();
+  KernelSpec spec;
+  spec.hidden = 7168;
+  spec.groupSize = 128;
+  auto plan = p.plan(spec);
+  ASSERT_TRUE(bool(plan)) << consumeToString(plan.takeError());
+  ASSERT_EQ(plan->variants.size(), 4u);
+  for (Regime r : kRegimes)
+    EXPECT_EQ(*plan->variantFor(r).shape, chooseLaunchShape(spec, r)) << regimeName(r);
+  EXPECT_EQ(plan->variantFor(Regime::FewTokens).shape->threadsPerGroup, 16); // one 16-byte vector
+  EXPECT_EQ(plan->variantFor(Regime::VeryFewTokens).shape->threadsPerGroup, 32); // 8-byte
+  EXPECT_EQ(plan->variantFor(Regime::VeryManyTokens).shape->groupsPerBlock, 64); // 8192 elements
+  // Variants are in the size order of the regimes they first serve.
+  for (int i = 0; i < kRegimeCount; ++i)
+    EXPECT_EQ(plan->variantOf[i], i);
+  // G = 64: the many-token and few-token shapes agree; three distinct variants.
+  KernelSpec g64 = spec;
+  g64.groupSize = 64;
+  auto threeOnly = p.plan(g64);
+  ASSERT_TRUE(bool(threeOnly));
+  EXPECT_EQ(threeOnly->variants.size(), 3u);
+  EXPECT_EQ(threeOnly->variantOf[index(Regime::FewTokens)],
+            threeOnly->variantOf[index(Regime::ManyTokens)]);
+  // G = 96 does not divide 8192: the very-many-token shape is the many-token one.
+  KernelSpec g96 = spec;
+  g96.groupSize = 96;
+  g96.hidden = 96 * 74;
+  auto g96Plan = p.plan(g96);
+  ASSERT_TRUE(bool(g96Plan));
+  EXPECT_EQ(g96Plan->variants.size(), 3u);
+
+  KernelSpec explicitShape = spec;
+  explicitShape.shape = LaunchShape{4, 8, 64};
+  auto one = p.plan(explicitShape);
+  ASSERT_TRUE(bool(one));
+  ASSERT_EQ(one->variants.size(), 1u);
+  EXPECT_EQ(*one->variants[0].shape, withDerivedOccupancy(spec, *explicitShape.shape));
+
+  // Tuning records are per regime: each replaces its own regime's shape only.
+  const LaunchShape a = withDerivedOccupancy(spec, LaunchShape{4, 8, 64});
+  const LaunchShape b = withDerivedOccupancy(spec, LaunchShape{8, 8, 32});
+  const LaunchShape c = withDerivedOccupancy(spec, LaunchShape{16, 8, 64});
+  ASSERT_FALSE(bool(p.tuning().store(spec, a, Regime::ManyTokens)));
+  auto tuned = p.plan(spec);
+  ASSERT_TRUE(bool(tuned));
+  ASSERT_EQ(tuned->variants.size(), 4u);
+  EXPECT_EQ(*tuned->variantFor(Regime::ManyTokens).shape, a);
+  for (Regime r : {Regime::VeryFewTokens, Regime::FewTokens, Regime::VeryManyTokens})
+    EXPECT_EQ(*tuned->variantFor(r).shape, chooseLaunchShape(spec, r)) << regimeName(r);
+  ASSERT_FALSE(bool(p.tuning().store(spec, b, Regime::FewTokens)));
+  ASSERT_FALSE(bool(p.tuning().store(spec, c, Regime::VeryManyTokens)));
+  auto three = p.plan(spec);
+  ASSERT_TRUE(bool(three));
+  ASSERT_EQ(three->variants.size(), 4u);
+  EXPECT_EQ(*three->variantFor(Regime::FewTokens).shape, b);
+  EXPECT_EQ(*three->variantFor(Regime::VeryManyTokens).shape, c);
+  // Tuned to the same shape for every regime: one kernel serves every launch.
+  for (Regime r : kRegimes)
+    ASSERT_FALSE(bool(p.tuning().store(spec, a, r)));
+  auto same = p.plan(spec);
+  ASSERT_TRUE(bool(same));
+  EXPECT_EQ(same->variants.size(), 1u);
+  EXPECT_EQ(records().size(), 4u); // one file per regime
+}
+
+// The plan Service::getKernel loads from: each regime's shape, each once.
+TEST_F(PlannerTest, PlanMapsEveryRegimeToItsShape) {
+  Planner p(config(""), "code v1");
+  for (int g : {64, 96, 128, 192}) {
+    KernelSpec spec;
+    spec.hidden = g * 56;
+    spec.groupSize = g;
+    auto plan = p.plan(spec);
+    ASSERT_TRUE(bool(plan));
+    for (Regime r : kRegimes) {
+      ASSERT_LT(plan->variantOf[index(r)], static_cast<int>(plan->variants.size()));
+      auto resolved = p.resolve(spec, r);
+      ASSERT_TRUE(bool(resolved));
+      EXPECT_EQ(plan->variantFor(r).shape, resolved->shape) << "G=" << g;
+      EXPECT_EQ(plan->variantFor(r).shape->minBlocksPerSm,
+                deriveMinBlocksPerSm(spec, *plan->variantFor(r).shape));
+    }
+    for (size_t i = 0; i < plan->variants.size(); ++i)
+      for (size_t k = 0; k < i; ++k)
+        EXPECT_NE(plan->variants[i].shape, plan->variants[k].shape) << "G=" << g;
+  }
+}
+
+} // namespace
+} // namespace bqjit
