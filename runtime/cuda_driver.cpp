@@ -88,6 +88,28 @@ public:
     return reinterpret_cast<Pfn>(pfn);
   }
 
+  /// An entry point the library can do without: null, and its name noted,
+  /// where the driver is older than `version` or lacks the symbol.
+  template <typename Pfn> Pfn getOptional(const char* symbol, int version) {
+    if (failed())
+      return nullptr;
+    void* pfn = nullptr;
+    CUdriverProcAddressQueryResult status = CU_GET_PROC_ADDRESS_SUCCESS;
+    CUresult r = version > driverVersion ? CUDA_ERROR_NOT_SUPPORTED
+                 : getProcV2_
+                     ? getProcV2_(symbol, &pfn, version, CU_GET_PROC_ADDRESS_DEFAULT, &status)
+                     : getProcV1_(symbol, &pfn, version, CU_GET_PROC_ADDRESS_DEFAULT);
+    if (r != CUDA_SUCCESS || status != CU_GET_PROC_ADDRESS_SUCCESS || !pfn) {
+      missing += std::string(missing.empty() ? "" : ", ") + symbol + " (CUDA " +
+                 versionText(version) + ")";
+      return nullptr;
+    }
+    return reinterpret_cast<Pfn>(pfn);
+  }
+
+  int driverVersion = 0; ///< set by load() before the entry points are resolved
+  std::string missing;   ///< optional entry points not found
+
   /// Result names before the driver object exists; codes only if the driver
   /// can't name them.
   std::string name(CUresult result) const {
@@ -114,10 +136,14 @@ private:
 // clang-format off
 #define BQJIT_RESOLVE_ENTRY_POINT(name, version)                                                   \
   name(resolver.get<PFN_##name##_v##version>(#name, version)),
+#define BQJIT_RESOLVE_TOOL_ENTRY_POINT(name, version)                                              \
+  name(resolver.getOptional<PFN_##name##_v##version>(#name, version)),
 CudaDriver::CudaDriver(std::string libraryName, void* handle, Resolver& resolver)
     : BQJIT_CUDA_DRIVER_ENTRY_POINTS(BQJIT_RESOLVE_ENTRY_POINT)
-      libraryName_(std::move(libraryName)), handle_(handle) {}
+      BQJIT_CUDA_DRIVER_TOOL_ENTRY_POINTS(BQJIT_RESOLVE_TOOL_ENTRY_POINT)
+      libraryName_(std::move(libraryName)), handle_(handle), missingTools_(resolver.missing) {}
 #undef BQJIT_RESOLVE_ENTRY_POINT
+#undef BQJIT_RESOLVE_TOOL_ENTRY_POINT
 // clang-format on
 
 CudaDriver::~CudaDriver() {
@@ -150,6 +176,7 @@ llvm::Expected<std::shared_ptr<const CudaDriver>> CudaDriver::load(const std::st
                                      ", and bqjit needs CUDA " + versionText(kMinDriverVersion) +
                                      " or newer; update the NVIDIA driver");
 
+  resolver.driverVersion = version;
   std::shared_ptr<CudaDriver> driver(new CudaDriver(libraryName, handle.release(), resolver));
   if (resolver.failed())
     return resolver.error();
@@ -163,6 +190,16 @@ llvm::Expected<std::shared_ptr<const CudaDriver>> CudaDriver::load(const std::st
                                               " (" + libraryName + "). " + kWithoutDriver);
   }
   return std::shared_ptr<const CudaDriver>(std::move(driver));
+}
+
+llvm::Error CudaDriver::requireToolEntryPoints() const {
+  if (missingTools_.empty())
+    return llvm::Error::success();
+  return makeError(ErrorCode::NoDriver,
+                   "the NVIDIA driver " + libraryName_ + " supports CUDA " +
+                       versionText(driverVersion_) +
+                       " and lacks entry points that this tool needs: " + missingTools_ +
+                       "; serving kernels works, measuring them needs a newer driver");
 }
 
 std::string CudaDriver::resultName(CUresult result) const {

@@ -46,13 +46,7 @@ namespace bqjit {
   X(cuCtxPushCurrent, 4000)                                                                        \
   X(cuCtxPopCurrent, 4000)                                                                         \
   X(cuCtxGetDevice, 2000)                                                                          \
-  X(cuCtxSynchronize, 2000)                                                                        \
-  X(cuCtxCreate, 12050)                                                                            \
-  X(cuCtxDestroy, 4000)                                                                            \
   X(cuStreamGetCtx, 9020)                                                                          \
-  X(cuStreamCreate, 2000)                                                                          \
-  X(cuStreamDestroy, 4000)                                                                         \
-  X(cuStreamSynchronize, 2000)                                                                     \
   X(cuLibraryLoadData, 12000)                                                                      \
   X(cuLibraryUnload, 12000)                                                                        \
   X(cuLibraryGetKernel, 12000)                                                                     \
@@ -62,6 +56,20 @@ namespace bqjit {
   X(cuFuncGetAttribute, 2020)                                                                      \
   X(cuFuncSetAttribute, 9000)                                                                      \
   X(cuLaunchKernel, 4000)                                                                          \
+  X(cuPointerGetAttribute, 4000)
+
+/// Entry points only the tools (verify, tune) and the tests use: memory,
+/// streams, events, graphs, contexts of their own. They are resolved where the
+/// driver has them and null where it does not, so that they never raise the
+/// driver a serving host needs; CudaDriver::requireToolEntryPoints() says
+/// which are missing.
+#define BQJIT_CUDA_DRIVER_TOOL_ENTRY_POINTS(X)                                                     \
+  X(cuCtxSynchronize, 2000)                                                                        \
+  X(cuCtxCreate, 12050)                                                                            \
+  X(cuCtxDestroy, 4000)                                                                            \
+  X(cuStreamCreate, 2000)                                                                          \
+  X(cuStreamDestroy, 4000)                                                                         \
+  X(cuStreamSynchronize, 2000)                                                                     \
   X(cuMemAlloc, 3020)                                                                              \
   X(cuMemFree, 3020)                                                                               \
   X(cuMemcpyHtoD, 3020)                                                                            \
@@ -71,6 +79,7 @@ namespace bqjit {
   X(cuMemsetD8, 3020)                                                                              \
   X(cuMemsetD8Async, 3020)                                                                         \
   X(cuMemsetD32Async, 3020)                                                                        \
+  X(cuMemGetInfo, 3020)                                                                            \
   X(cuEventCreate, 2000)                                                                           \
   X(cuEventDestroy, 4000)                                                                          \
   X(cuEventRecord, 2000)                                                                           \
@@ -81,9 +90,7 @@ namespace bqjit {
   X(cuGraphInstantiateWithFlags, 11040)                                                            \
   X(cuGraphLaunch, 10000)                                                                          \
   X(cuGraphDestroy, 10000)                                                                         \
-  X(cuGraphExecDestroy, 10000)                                                                     \
-  X(cuPointerGetAttribute, 4000)                                                                   \
-  X(cuMemGetInfo, 3020)
+  X(cuGraphExecDestroy, 10000)
 
 /// One device's identity and the numbers bqjit compiles and launches for.
 struct DeviceInfo {
@@ -102,9 +109,9 @@ struct DeviceInfo {
 /// through it must hold a copy, since destruction closes the library.
 class CudaDriver {
 public:
-  /// The newest entry-point ABI requested (cuEventElapsedTime_v2), and so the
-  /// oldest driver accepted: CUDA 12.8.
-  static constexpr int kMinDriverVersion = 12080;
+  /// The newest entry-point ABI the library needs (cuFuncLoad), and so the
+  /// oldest driver accepted: CUDA 12.4. Tool entry points do not count.
+  static constexpr int kMinDriverVersion = 12040;
 
   /// Opens `libraryName` with dlopen, resolves every entry point through
   /// cuGetProcAddress and calls cuInit(0). Fails with ErrorCode::NoDriver
@@ -139,7 +146,13 @@ public:
   // null on a loaded driver.
 #define BQJIT_DECLARE_ENTRY_POINT(name, version) const PFN_##name##_v##version name;
   BQJIT_CUDA_DRIVER_ENTRY_POINTS(BQJIT_DECLARE_ENTRY_POINT)
+  // Null where the driver lacks them (requireToolEntryPoints).
+  BQJIT_CUDA_DRIVER_TOOL_ENTRY_POINTS(BQJIT_DECLARE_ENTRY_POINT)
 #undef BQJIT_DECLARE_ENTRY_POINT
+
+  /// Success when every tool entry point resolved; else a NoDriver error
+  /// naming the missing ones and the driver version they need.
+  llvm::Error requireToolEntryPoints() const;
 
 private:
   class Resolver;
@@ -148,6 +161,7 @@ private:
   std::string libraryName_;
   void* handle_;
   int driverVersion_ = 0;
+  std::string missingTools_; ///< "cuEventElapsedTime (CUDA 12.8), ..."
 };
 
 } // namespace bqjit

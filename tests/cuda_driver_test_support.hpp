@@ -20,6 +20,8 @@ inline bool gpuAvailable(std::string* whyNot) {
   auto driver = CudaDriver::load();
   if (!driver)
     return why("no GPU: " + consumeToString(driver.takeError()));
+  if (auto err = (*driver)->requireToolEntryPoints())
+    return why("driver too old for the tests: " + consumeToString(std::move(err)));
   int count = 0;
   if (auto err = (*driver)->check((*driver)->cuDeviceGetCount(&count), "cuDeviceGetCount"))
     return why("no GPU: " + consumeToString(std::move(err)));

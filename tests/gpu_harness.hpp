@@ -137,6 +137,10 @@ private:
       return;
     }
     driver = *d;
+    if (auto err = driver->requireToolEntryPoints()) {
+      skipReason = "driver too old for the tests: " + consumeToString(std::move(err));
+      return;
+    }
     int count = 0;
     if (driver->cuDeviceGetCount(&count) != CUDA_SUCCESS || count == 0) {
       skipReason = "no CUDA device visible";

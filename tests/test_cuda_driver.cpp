@@ -218,11 +218,36 @@ TEST_F(FakeDriverTest, CuInitFailureIsNoDriverNamingTheResult) {
 }
 
 TEST_F(FakeDriverTest, DriverOlderThanMinimumIsNoDriver) {
-  fake_.setDriverVersion(12040);
+  fake_.setDriverVersion(12030);
   std::string message;
   EXPECT_EQ(loadFakeError(&message), ErrorCode::NoDriver);
-  EXPECT_TRUE(contains(message, "CUDA 12.4"));
-  EXPECT_TRUE(contains(message, "12.8 or newer"));
+  EXPECT_TRUE(contains(message, "CUDA 12.3"));
+  EXPECT_TRUE(contains(message, "12.4 or newer"));
+}
+
+// Entry points only the tools and tests use (cuEventElapsedTime_v2 at 12.8,
+// cuCtxCreate_v4 at 12.5) do not raise the driver a serving host needs.
+TEST_F(FakeDriverTest, ToolEntryPointsDoNotRaiseTheMinimumDriver) {
+  fake_.setDriverVersion(CudaDriver::kMinDriverVersion);
+  auto driver = CudaDriver::load(BQJIT_FAKE_CUDA_LIBRARY);
+  ASSERT_TRUE(static_cast<bool>(driver)) << consumeToString(driver.takeError());
+  const CudaDriver& d = **driver;
+  EXPECT_NE(d.cuLaunchKernel, nullptr);
+  EXPECT_NE(d.cuFuncLoad, nullptr);
+  EXPECT_EQ(d.cuEventElapsedTime, nullptr);
+  EXPECT_EQ(d.cuCtxCreate, nullptr);
+  EXPECT_NE(d.cuMemAlloc, nullptr);
+  EXPECT_EQ(fake_.maxRequestedVersion(), CudaDriver::kMinDriverVersion);
+  std::string message;
+  EXPECT_EQ(consumeError(d.requireToolEntryPoints(), &message), ErrorCode::NoDriver);
+  EXPECT_TRUE(contains(message, "cuEventElapsedTime (CUDA 12.8)")) << message;
+  EXPECT_TRUE(contains(message, "cuCtxCreate (CUDA 12.5)")) << message;
+  EXPECT_TRUE(contains(message, "CUDA 12.4")) << message;
+  // A current driver has them all.
+  fake_.setDriverVersion(13000);
+  auto current = CudaDriver::load(BQJIT_FAKE_CUDA_LIBRARY);
+  ASSERT_TRUE(static_cast<bool>(current));
+  EXPECT_FALSE(bool((*current)->requireToolEntryPoints()));
 }
 
 TEST_F(FakeDriverTest, LoadsAndFormatsResults) {
@@ -269,7 +294,7 @@ TEST_F(FakeDriverTest, RequestsEachSymbolAtItsTypedefVersion) {
   EXPECT_EQ(fake_.requestedVersion("cuStreamBeginCapture"), 10010); // with a capture mode
   EXPECT_EQ(fake_.requestedVersion("cuEventElapsedTime"), 12080);   // cuEventElapsedTime_v2
   EXPECT_EQ(fake_.requestedVersion("cuGraphInstantiateWithFlags"), 11040);
-  EXPECT_EQ(fake_.maxRequestedVersion(), CudaDriver::kMinDriverVersion);
+  EXPECT_EQ(fake_.requestedVersion("cuFuncLoad"), CudaDriver::kMinDriverVersion);
 }
 
 // Calls every entry point on a real GPU, which would crash or fail on a
