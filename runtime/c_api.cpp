@@ -2,19 +2,60 @@
 #include "bqjit/bqjit.h"
 
 #include <cstring>
+#include <optional>
+#include <shared_mutex>
 #include <string>
+#include <unordered_map>
+
+#include <xxhash.h>
 
 #include "bqjit/error.hpp"
 #include "bqjit/service.hpp"
 #include "cache/kernel_cache.hpp"
 #include "planner/launch_heuristic.hpp"
 
+/// Specs already parsed from JSON text, so that asking again with the same
+/// text costs a hash and a compare, no parse and no allocation.
+class ParsedSpecs {
+public:
+  std::optional<bqjit::KernelSpec> find(const char* text, size_t length, uint64_t hash) const {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    auto range = byHash_.equal_range(hash);
+    for (auto it = range.first; it != range.second; ++it)
+      if (it->second.text.size() == length &&
+          std::memcmp(it->second.text.data(), text, length) == 0)
+        return it->second.spec;
+    return std::nullopt;
+  }
+  void insert(const char* text, size_t length, uint64_t hash, const bqjit::KernelSpec& spec) {
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    // Bounded: a caller that sends ever-new text gets parsing, not a leak.
+    if (byHash_.size() >= kMaxEntries)
+      byHash_.clear();
+    byHash_.emplace(hash, Entry{std::string(text, length), spec});
+  }
+
+private:
+  static constexpr size_t kMaxEntries = 4096;
+  struct Entry {
+    std::string text;
+    bqjit::KernelSpec spec;
+  };
+  mutable std::shared_mutex mutex_;
+  std::unordered_multimap<uint64_t, Entry> byHash_;
+};
+
 struct bqjit_service_s {
   std::unique_ptr<bqjit::Service> service;
+  ParsedSpecs parsed;
 };
 
 struct bqjit_kernel_s {
   bqjit::Kernel kernel;
+};
+
+struct bqjit_spec_s {
+  bqjit::KernelSpec spec;
 };
 
 namespace {
@@ -143,18 +184,73 @@ bqjit_status bqjit_default_launch(const char* specJson, int maxVecWidth, char* b
   return writeText(j.dump(), buf, size, needed);
 }
 
+bqjit_status bqjit_spec_parse(const char* specJson, bqjit_spec* out) {
+  if (!out)
+    return fail(bqjit::ErrorCode::InvalidArgument, "out is NULL");
+  *out = nullptr;
+  auto spec = parseSpec(specJson);
+  if (!spec)
+    return fail(spec.takeError());
+  *out = new bqjit_spec_s{std::move(*spec)};
+  return ok();
+}
+
+void bqjit_spec_release(bqjit_spec spec) {
+  delete spec;
+}
+
+namespace {
+
+bqjit_status getKernel(bqjit_service service, const bqjit::KernelSpec& spec, int device,
+                       bqjit_kernel* out) {
+  auto kernel = service->service->getKernel(spec, device);
+  if (!kernel)
+    return fail(kernel.takeError());
+  *out = new bqjit_kernel_s{std::move(*kernel)};
+  return ok();
+}
+
+} // namespace
+
 bqjit_status bqjit_kernel_get(bqjit_service service, const char* specJson, int device,
                               bqjit_kernel* out) {
   if (!service || !out)
     return fail(bqjit::ErrorCode::InvalidArgument, !service ? "service is NULL" : "out is NULL");
   *out = nullptr;
+  if (!specJson)
+    return fail(bqjit::ErrorCode::InvalidArgument, "spec_json is NULL");
+  const size_t length = std::strlen(specJson);
+  const uint64_t hash = XXH3_64bits(specJson, length);
+  if (auto known = service->parsed.find(specJson, length, hash))
+    return getKernel(service, *known, device, out);
   auto spec = parseSpec(specJson);
   if (!spec)
     return fail(spec.takeError());
-  auto kernel = service->service->getKernel(*spec, device);
-  if (!kernel)
-    return fail(kernel.takeError());
-  *out = new bqjit_kernel_s{*kernel};
+  service->parsed.insert(specJson, length, hash, *spec);
+  return getKernel(service, *spec, device, out);
+}
+
+bqjit_status bqjit_kernel_get_spec(bqjit_service service, bqjit_spec spec, int device,
+                                   bqjit_kernel* out) {
+  if (!service || !spec || !out)
+    return fail(bqjit::ErrorCode::InvalidArgument, !service ? "service is NULL"
+                                                   : !spec  ? "spec is NULL"
+                                                            : "out is NULL");
+  *out = nullptr;
+  return getKernel(service, spec->spec, device, out);
+}
+
+bqjit_status bqjit_service_reload_tuning(bqjit_service service) {
+  if (!service)
+    return fail(bqjit::ErrorCode::InvalidArgument, "service is NULL");
+  service->service->reloadTuning();
+  return ok();
+}
+
+bqjit_status bqjit_service_invalidate(bqjit_service service) {
+  if (!service)
+    return fail(bqjit::ErrorCode::InvalidArgument, "service is NULL");
+  service->service->invalidate();
   return ok();
 }
 

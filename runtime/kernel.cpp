@@ -12,25 +12,33 @@
 
 namespace bqjit {
 
-Kernel::Kernel(Functions fns) : fns_(std::move(fns)) {
+struct Kernel::State {
+  Functions fns;
+  int widestVec = 1; ///< the widest vector of the shapes, in elements
+};
+
+Kernel::Kernel(Functions fns) {
   static_assert(std::tuple_size<Functions>::value == kRegimeCount, "one function per regime");
-  for (const auto& f : fns_)
-    widestVec_ = std::max(widestVec_, f->kernel().spec.shape->vecWidth);
+  auto state = std::make_shared<State>();
+  for (const auto& f : fns)
+    state->widestVec = std::max(state->widestVec, f->kernel().spec.shape->vecWidth);
+  state->fns = std::move(fns);
+  state_ = std::move(state);
 }
 
 const KernelSpec& Kernel::spec() const {
   return compiled().spec;
 }
 const CompiledKernel& Kernel::compiled() const {
-  return fns_[index(kDefaultRegime)]->kernel();
+  return state_->fns[index(kDefaultRegime)]->kernel();
 }
 int Kernel::device() const {
-  return fns_[0]->device;
+  return state_->fns[0]->device;
 }
 
 const LoadedFunction& Kernel::pick(int64_t tokens) const {
-  const int64_t elements = tokens * fns_[0]->kernel().spec.hidden;
-  return *fns_[index(regimeFor(elements))];
+  const int64_t elements = tokens * state_->fns[0]->kernel().spec.hidden;
+  return *state_->fns[index(regimeFor(elements))];
 }
 
 const KernelSpec& Kernel::specFor(int64_t tokens) const {
@@ -123,7 +131,7 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
   const KernelSpec& s = fn.kernel().spec;
   // The widest vector of the launch shapes, whichever this T takes: what a
   // caller may pass must not depend on the token count.
-  const int vec = widestVec_;
+  const int vec = state_->widestVec;
   const int vecBytes = vec * dtypeBytes(s.inDtype);
   if (a.tokens < 0)
     return argError(s, "tokens", std::to_string(a.tokens), "must be >= 0");

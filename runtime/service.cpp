@@ -1,7 +1,9 @@
 #include "bqjit/service.hpp"
 
+#include <atomic>
 #include <map>
 #include <mutex>
+#include <optional>
 
 #include "bqjit/arch.hpp"
 #include "bqjit/error.hpp"
@@ -9,6 +11,7 @@
 #include "planner/planner.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "runtime/loaded_function.hpp"
+#include "runtime/warm_table.hpp"
 
 namespace bqjit {
 
@@ -16,6 +19,13 @@ struct Service::Impl {
   Config config;
   Planner planner;
   KernelCache cache;
+
+  // The warm path: answers already given, valid while `generation()` holds.
+  WarmTable<Kernel> warm;
+  std::atomic<uint64_t> invalidations{0};
+  /// The driver once loaded (never unloaded before the service goes), for
+  /// the warm path, which takes no lock a compile or a load holds.
+  std::atomic<const CudaDriver*> loadedDriver{nullptr};
 
   std::mutex mutex; // guards everything below
   std::shared_ptr<const CudaDriver> driver;
@@ -41,7 +51,33 @@ struct Service::Impl {
     if (!loaded)
       return loaded.takeError();
     driver = *loaded;
+    loadedDriver.store(driver.get(), std::memory_order_release);
     return driver;
+  }
+
+  /// What can change an answer: tuning records stored or reloaded, and
+  /// explicit invalidations.
+  uint64_t generation() const {
+    return planner.tuning().generation() + invalidations.load(std::memory_order_acquire);
+  }
+
+  /// The ordinal `device` names (-1: the current context's device, else 0)
+  /// without a lock; none before the driver is loaded or when it can't tell.
+  std::optional<int> deviceWithoutLock(int device) const {
+    if (device >= 0)
+      return device;
+    const CudaDriver* d = loadedDriver.load(std::memory_order_acquire);
+    if (!d)
+      return std::nullopt;
+    CUcontext ctx = nullptr;
+    if (d->cuCtxGetCurrent(&ctx) != CUDA_SUCCESS)
+      return std::nullopt;
+    if (!ctx)
+      return 0;
+    CUdevice dev = 0;
+    if (d->cuCtxGetDevice(&dev) != CUDA_SUCCESS)
+      return std::nullopt;
+    return static_cast<int>(dev);
   }
 
   /// Loads the driver if needed and resolves `device` (-1: the current context's).
@@ -141,6 +177,30 @@ llvm::Expected<KernelSpec> Service::forDevice(KernelSpec spec, int device) {
 }
 
 llvm::Expected<Kernel> Service::getKernel(const KernelSpec& spec, int device) {
+  // The warm path: a hash-map lookup, no planning, key, string or file.
+  const uint64_t generation = impl_->generation();
+  const std::optional<int> dev = impl_->deviceWithoutLock(device);
+  if (dev)
+    if (auto warm = impl_->warm.find(spec, *dev, generation))
+      return std::move(*warm);
+  auto kernel = loadKernel(spec, device);
+  if (kernel)
+    impl_->warm.insert(spec, kernel->device(), generation, *kernel);
+  return kernel;
+}
+
+void Service::reloadTuning() {
+  impl_->planner.tuning().reload();
+}
+
+void Service::invalidate() {
+  impl_->invalidations.fetch_add(1, std::memory_order_acq_rel);
+  impl_->warm.clear();
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  impl_->functions.clear();
+}
+
+llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
   auto plan = impl_->planner.plan(spec);
   if (!plan)
     return plan.takeError();

@@ -63,7 +63,7 @@ asan() {
 tsan() {
   cmake -S . -B build-tsan -G Ninja -DBQJIT_SANITIZE=thread "${sanitizer_flags[@]}" >/dev/null
   local targets=() t
-  for t in test_kernel_cache test_file_lock test_cache_robustness; do
+  for t in test_kernel_cache test_file_lock test_cache_robustness test_warm_table test_planner; do
     ninja -C build-tsan -t query "$t" >/dev/null 2>&1 && targets+=("$t")
   done
   step "tsan build" ninja -C build-tsan -j"$jobs" "${targets[@]}"

@@ -203,9 +203,11 @@ struct GpuCase {
 /// launch run with the device's primary context pushed on this thread (popped
 /// on return), so `stream` must be null (the default stream) or a stream of
 /// that context.
+inline ref::CompareReport runWithKernel(const Kernel& kernel, const GpuCase& c,
+                                        CUstream stream = nullptr, int device = 0);
+
 inline ref::CompareReport runCase(const GpuCase& c, CUstream stream = nullptr, int device = 0) {
   GpuEnv& env = GpuEnv::get();
-  const CudaDriver& d = *env.driver;
   KernelSpec spec = c.spec;
   spec.arch = env.archOf(device);
   auto kernel = env.service->getKernel(spec, device);
@@ -215,11 +217,21 @@ inline ref::CompareReport runCase(const GpuCase& c, CUstream stream = nullptr, i
   if (kernel->device() != device)
     throw std::runtime_error("getKernel(" + spec.label() + ", device " + std::to_string(device) +
                              ") returned a kernel of device " + std::to_string(kernel->device()));
+  return runWithKernel(*kernel, c, stream, device);
+}
+
+/// runCase with a kernel handle the caller holds (c.spec gives only H and
+/// the case's rows; the kernel's own spec is the one checked).
+inline ref::CompareReport runWithKernel(const Kernel& kernel, const GpuCase& c, CUstream stream,
+                                        int device) {
+  GpuEnv& env = GpuEnv::get();
+  const CudaDriver& d = *env.driver;
+  const KernelSpec& spec = kernel.spec();
   // Before the buffers, so that they are freed while it is still current.
   ScopedContext current(d, env.primaryContext(device));
 
   ref::Problem p;
-  p.spec = kernel->spec();
+  p.spec = kernel.spec();
   p.tokens = c.tokens;
   p.ldx = 2 * static_cast<int64_t>(spec.hidden) + c.ldxPad;
   p.scaleUb = c.scaleUb;
@@ -255,7 +267,7 @@ inline ref::CompareReport runCase(const GpuCase& c, CUstream stream = nullptr, i
   // before its DMA is done): finish them before launching on `stream`.
   if (stream)
     checkCu(d, d.cuStreamSynchronize(nullptr), "cuStreamSynchronize(legacy default stream)");
-  if (auto err = kernel->launch(a, stream))
+  if (auto err = kernel.launch(a, stream))
     throw std::runtime_error("launch on device " + std::to_string(device) + ": " +
                              consumeToString(std::move(err)));
   checkCu(d, stream ? d.cuStreamSynchronize(stream) : d.cuCtxSynchronize(), "synchronize");

@@ -273,6 +273,53 @@ TEST_F(CApiTest, KernelGetWithoutADriverIsNoDriver) {
   EXPECT_EQ(bqjit_compile(svc_, kSpec, meta.data(), meta.size(), nullptr), BQJIT_OK) << lastError();
 }
 
+TEST_F(CApiTest, PreparedSpecIsParsedAndValidatedOnce) {
+  bqjit_spec spec = nullptr;
+  ASSERT_EQ(bqjit_spec_parse(kSpec, &spec), BQJIT_OK) << lastError();
+  ASSERT_NE(spec, nullptr);
+  bqjit_spec bad = reinterpret_cast<bqjit_spec>(&svc_);
+  EXPECT_EQ(bqjit_spec_parse(R"({"hidden": 2048, "group_size": 96})", &bad),
+            BQJIT_ERROR_INVALID_SPEC);
+  EXPECT_EQ(bad, nullptr);
+  EXPECT_TRUE(contains(lastError(), "'group_size' = 96"));
+  EXPECT_EQ(bqjit_spec_parse(nullptr, &bad), BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(bqjit_spec_parse(kSpec, nullptr), BQJIT_ERROR_INVALID_ARGUMENT);
+  bqjit_kernel kernel = reinterpret_cast<bqjit_kernel>(&svc_);
+  EXPECT_EQ(bqjit_kernel_get_spec(svc_, nullptr, 0, &kernel), BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "spec is NULL"));
+  EXPECT_EQ(bqjit_kernel_get_spec(nullptr, spec, 0, &kernel), BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(bqjit_kernel_get_spec(svc_, spec, 0, nullptr), BQJIT_ERROR_INVALID_ARGUMENT);
+  if (!driverPresent()) {
+    EXPECT_EQ(bqjit_kernel_get_spec(svc_, spec, 0, &kernel), BQJIT_ERROR_NO_DRIVER);
+    EXPECT_EQ(kernel, nullptr);
+    EXPECT_TRUE(contains(lastError(), "libcuda.so.1"));
+  }
+  bqjit_spec_release(spec);
+  bqjit_spec_release(nullptr);
+  EXPECT_EQ(bqjit_service_reload_tuning(svc_), BQJIT_OK);
+  EXPECT_EQ(bqjit_service_invalidate(svc_), BQJIT_OK);
+  EXPECT_EQ(bqjit_service_reload_tuning(nullptr), BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(bqjit_service_invalidate(nullptr), BQJIT_ERROR_INVALID_ARGUMENT);
+}
+
+// The JSON text of a request is remembered only once it parsed: asking again
+// with the same bad text is the same error, never a stale answer.
+TEST_F(CApiTest, RepeatedJsonIsTheSameAnswer) {
+  const char* bad = R"({"hidden": 2048, "group_size": 96})";
+  for (int i = 0; i < 3; ++i) {
+    bqjit_kernel kernel = nullptr;
+    EXPECT_EQ(bqjit_kernel_get(svc_, bad, 0, &kernel), BQJIT_ERROR_INVALID_SPEC);
+    EXPECT_TRUE(contains(lastError(), "'group_size' = 96"));
+  }
+  if (driverPresent())
+    return;
+  for (int i = 0; i < 3; ++i) {
+    bqjit_kernel kernel = nullptr;
+    EXPECT_EQ(bqjit_kernel_get(svc_, kSpec, 0, &kernel), BQJIT_ERROR_NO_DRIVER);
+    EXPECT_TRUE(contains(lastError(), "libcuda.so.1"));
+  }
+}
+
 TEST_F(CApiTest, KernelLaunchRejectsNullKernelAndArgs) {
   bqjit_launch_args args{};
   EXPECT_EQ(bqjit_kernel_launch(nullptr, &args, nullptr), BQJIT_ERROR_INVALID_ARGUMENT);

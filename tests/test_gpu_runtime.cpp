@@ -1,8 +1,12 @@
 // The runtime on a GPU: graph capture, concurrent launches, 64-bit indexing,
 // launch argument checks, architecture mismatch. Skips without a GPU.
+#include <atomic>
 #include <thread>
 
+#include <stdlib.h>
+
 #include "cache/kernel_cache.hpp"
+#include "core/fs_util.hpp"
 #include "gpu_harness.hpp"
 #include "planner/launch_heuristic.hpp"
 #include "planner/planner.hpp"
@@ -222,8 +226,8 @@ TEST(GpuRuntime, SecondRequestIsAMemoryHit) {
   GpuEnv& env = GpuEnv::get();
   auto kernel = env.service->getKernel(bf16Spec(4096, 128), 0);
   ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
-  // A second request returns the same loaded functions without compiling:
-  // one memory hit per launch shape the spec compiles to (one per regime).
+  // A second request is a warm hit: the same loaded functions, and neither
+  // the planner nor the cache is asked (no memory hit, no compile).
   auto variants = env.service->planner().plan(bf16Spec(4096, 128));
   ASSERT_TRUE(bool(variants)) << consumeToString(variants.takeError());
   ASSERT_EQ(variants->variants.size(), 4u); // G = 128: the four regimes' shapes differ
@@ -253,6 +257,139 @@ TEST(GpuRuntime, SecondRequestIsAMemoryHit) {
             chooseLaunchShape(bf16Spec(4096, 128), Regime::ManyTokens));
   EXPECT_EQ(*kernel->specFor(lastThroughput + 1).shape,
             chooseLaunchShape(bf16Spec(4096, 128), Regime::VeryManyTokens));
+}
+
+/// A service of its own on a fresh cache directory (removed at the end).
+struct FreshService {
+  std::string dir;
+  std::unique_ptr<Service> service;
+  FreshService() {
+    char tmpl[] = "/tmp/bqjit_gpu_warm_XXXXXX";
+    if (!::mkdtemp(tmpl))
+      throw std::runtime_error("mkdtemp failed");
+    dir = tmpl;
+    Config c;
+    c.cacheDir = dir;
+    c.logLevel = LogLevel::Quiet;
+    auto s = Service::create(c);
+    if (!s)
+      throw std::runtime_error(consumeToString(s.takeError()));
+    service = std::move(*s);
+  }
+  ~FreshService() {
+    service.reset();
+    llvm::consumeError(fs::removeTree(dir));
+  }
+};
+
+// Storing a tuning record in this process changes the kernel handed out next;
+// one stored by another process takes effect after reloadTuning().
+TEST(GpuRuntime, StoredTuningRecordChangesTheNextKernel) {
+  BQJIT_REQUIRE_GPU_ENV();
+  FreshService fresh;
+  Service& service = *fresh.service;
+  const KernelSpec spec = bf16Spec(3584, 128);
+  const int64_t manyTokens = 4096; // 3584 x 4096 elements: the many-token regime
+  ASSERT_EQ(regimeFor(manyTokens * 3584), Regime::ManyTokens);
+  auto before = service.getKernel(spec, 0);
+  ASSERT_TRUE(bool(before)) << consumeToString(before.takeError());
+  EXPECT_EQ(*before->specFor(manyTokens).shape, chooseLaunchShape(spec, Regime::ManyTokens));
+
+  const LaunchShape tuned = withDerivedOccupancy(spec, LaunchShape{4, 8, 64});
+  ASSERT_NE(tuned, chooseLaunchShape(spec, Regime::ManyTokens));
+  ASSERT_FALSE(bool(service.planner().tuning().store(spec, tuned, Regime::ManyTokens)));
+  auto after = service.getKernel(spec, 0);
+  ASSERT_TRUE(bool(after)) << consumeToString(after.takeError());
+  EXPECT_EQ(*after->specFor(manyTokens).shape, tuned); // no stale answer
+  EXPECT_EQ(*before->specFor(manyTokens).shape, chooseLaunchShape(spec, Regime::ManyTokens));
+  GpuCase c;
+  c.spec = spec;
+  c.tokens = manyTokens;
+  c.seed = 901;
+  auto report = runWithKernel(*after, c);
+  EXPECT_TRUE(report.ok()) << report.summary();
+
+  // Another process stores a record for the few-token regime.
+  {
+    Config other;
+    other.cacheDir = fresh.dir;
+    Planner writer(other, service.cache().compiler().codeIdentity());
+    ASSERT_FALSE(bool(writer.tuning().store(spec, LaunchShape{8, 8, 32}, Regime::FewTokens)));
+  }
+  const int64_t fewTokens = 1000; // 3584 x 1000: the few-token regime
+  ASSERT_EQ(regimeFor(fewTokens * 3584), Regime::FewTokens);
+  auto unchanged = service.getKernel(spec, 0);
+  ASSERT_TRUE(bool(unchanged));
+  EXPECT_EQ(*unchanged->specFor(fewTokens).shape, chooseLaunchShape(spec, Regime::FewTokens));
+  service.reloadTuning();
+  auto reloaded = service.getKernel(spec, 0);
+  ASSERT_TRUE(bool(reloaded));
+  EXPECT_EQ(*reloaded->specFor(fewTokens).shape, withDerivedOccupancy(spec, LaunchShape{8, 8, 32}));
+}
+
+// Evicting the disk entry and forgetting the service's answers unloads
+// nothing a held handle uses: it still launches and is still right.
+TEST(GpuRuntime, EvictingTheDiskEntryUnloadsNothingInUse) {
+  BQJIT_REQUIRE_GPU_ENV();
+  FreshService fresh;
+  Service& service = *fresh.service;
+  const KernelSpec spec = bf16Spec(2560, 128);
+  auto held = service.getKernel(spec, 0);
+  ASSERT_TRUE(bool(held)) << consumeToString(held.takeError());
+  ASSERT_FALSE(bool(service.cache().disk()->clear()));
+  EXPECT_TRUE(service.cache().disk()->list().empty());
+  service.invalidate();
+  for (int64_t tokens : {3, 700, 5000}) {
+    GpuCase c;
+    c.spec = spec;
+    c.tokens = tokens;
+    c.seed = 910 + static_cast<uint64_t>(tokens);
+    auto report = runWithKernel(*held, c);
+    EXPECT_TRUE(report.ok()) << "T=" << tokens << ": " << report.summary();
+  }
+  // Asked again, the service loads anew (from its memory layer) and agrees.
+  auto again = service.getKernel(spec, 0);
+  ASSERT_TRUE(bool(again)) << consumeToString(again.takeError());
+  EXPECT_EQ(again->compiled().key, held->compiled().key);
+}
+
+// Hits on kernels already held go on while another thread compiles a new
+// spec: every hit returns its own kernel, and none fails.
+TEST(GpuRuntime, WarmHitsWhileAnotherThreadCompiles) {
+  BQJIT_REQUIRE_GPU_ENV();
+  GpuEnv& env = GpuEnv::get();
+  std::vector<KernelSpec> specs;
+  std::vector<const CompiledKernel*> compiled;
+  for (int h : {1024, 1536, 2048, 3072}) {
+    specs.push_back(bf16Spec(h, 128));
+    auto k = env.service->getKernel(specs.back(), 0);
+    ASSERT_TRUE(bool(k)) << consumeToString(k.takeError());
+    compiled.push_back(&k->compiled());
+  }
+  std::atomic<bool> done{false};
+  std::atomic<int64_t> hits{0}, wrong{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 4; ++t)
+    readers.emplace_back([&, t] {
+      for (size_t i = t; !done.load(); ++i) {
+        auto k = env.service->getKernel(specs[i % specs.size()], 0);
+        if (!k) {
+          llvm::consumeError(k.takeError());
+          ++wrong;
+        } else if (&k->compiled() != compiled[i % specs.size()]) {
+          ++wrong;
+        }
+        ++hits;
+      }
+    });
+  KernelSpec fresh = bf16Spec(4992, 96); // not asked for before: planned and compiled now
+  auto k = env.service->getKernel(fresh, 0);
+  done = true;
+  for (auto& r : readers)
+    r.join();
+  ASSERT_TRUE(bool(k)) << consumeToString(k.takeError());
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_GT(hits.load(), 0);
 }
 
 } // namespace

@@ -26,6 +26,9 @@ typedef enum {
 
 typedef struct bqjit_service_s* bqjit_service;
 typedef struct bqjit_kernel_s* bqjit_kernel;
+/** A spec parsed and validated once, for callers that ask for kernels on a
+ *  hot path without JSON. Immutable; any thread may use it. */
+typedef struct bqjit_spec_s* bqjit_spec;
 
 /** Run-time launch arguments; pointers are device addresses. */
 typedef struct {
@@ -65,10 +68,27 @@ bqjit_status bqjit_spec_for_device(bqjit_service service, const char* spec_json,
 bqjit_status bqjit_default_launch(const char* spec_json, int max_vec_width, char* buf, size_t size,
                                   size_t* needed);
 
-/** The kernel of a spec loaded on a device (-1: current context's device). */
+/** Parses and validates a spec (JSON) once. Release it with bqjit_spec_release. */
+bqjit_status bqjit_spec_parse(const char* spec_json, bqjit_spec* out);
+void bqjit_spec_release(bqjit_spec spec);
+
+/** The kernel of a spec loaded on a device (-1: current context's device).
+ *  A repeated request for the same JSON text on the same device is answered
+ *  from memory, without parsing. Release the handle with bqjit_kernel_release;
+ *  the kernel's module stays loaded while any handle to it exists, so a host
+ *  that captures a launch in a CUDA graph keeps the handle for the graph's
+ *  lifetime. */
 bqjit_status bqjit_kernel_get(bqjit_service service, const char* spec_json, int device,
                               bqjit_kernel* out);
+/** As bqjit_kernel_get, with a prepared spec: the fastest way to ask. */
+bqjit_status bqjit_kernel_get_spec(bqjit_service service, bqjit_spec spec, int device,
+                                   bqjit_kernel* out);
 void bqjit_kernel_release(bqjit_kernel kernel);
+
+/** Reads tuning records again (stored by another process, e.g. `bqjit tune`). */
+bqjit_status bqjit_service_reload_tuning(bqjit_service service);
+/** Forgets the kernels handed out (after a device reset, say); see Service::invalidate. */
+bqjit_status bqjit_service_invalidate(bqjit_service service);
 
 /** Enqueues the kernel on `stream` (a CUstream / cudaStream_t). */
 bqjit_status bqjit_kernel_launch(bqjit_kernel kernel, const bqjit_launch_args* args, void* stream);

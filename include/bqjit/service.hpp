@@ -65,10 +65,10 @@ private:
   /// One function per Regime, in Regime order, the same one repeated where
   /// regimes share a shape.
   using Functions = std::array<std::shared_ptr<const LoadedFunction>, 4>;
+  struct State; ///< the functions and the widest vector, shared by copies
   explicit Kernel(Functions fns);
   const LoadedFunction& pick(int64_t tokens) const;
-  Functions fns_;
-  int widestVec_ = 1; ///< the widest vector of the shapes, in elements
+  std::shared_ptr<const State> state_; ///< one reference count per copy
 };
 
 /// Process-wide kernel service: owns the cache, the compiler and, when a
@@ -85,7 +85,21 @@ public:
 
   /// The kernel of `spec` loaded on `device` (-1: the device of the current
   /// context, else 0). The spec's architecture must match the device's.
+  /// A repeated request is answered from memory (a hash-map lookup, no
+  /// allocation, no file access, no lock that a compile or load holds) until
+  /// something that can change the answer happens: a tuning record stored
+  /// through planner().tuning() in this process, reloadTuning(), invalidate().
   llvm::Expected<Kernel> getKernel(const KernelSpec& spec, int device = -1);
+
+  /// Reads tuning records again (those another process stored, e.g. by
+  /// `bqjit tune`); the next getKernel of each spec plans anew.
+  void reloadTuning();
+
+  /// Forgets every kernel handed out and the service's own references to
+  /// loaded modules (after a device reset, say): the next getKernel loads
+  /// again. Handles already given stay valid, and keep their modules loaded,
+  /// for as long as they are held.
+  void invalidate();
 
   /// `spec` with its architecture set to the device's (e.g. "sm_90").
   llvm::Expected<KernelSpec> forDevice(KernelSpec spec, int device = -1);
@@ -102,6 +116,8 @@ public:
 private:
   struct Impl;
   explicit Service(std::unique_ptr<Impl> impl);
+  /// getKernel without the warm path: plan, get each variant, load.
+  llvm::Expected<Kernel> loadKernel(const KernelSpec& spec, int device);
   std::unique_ptr<Impl> impl_;
 };
 
