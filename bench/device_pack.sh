@@ -9,7 +9,8 @@ rm -rf devpack && mkdir -p devpack/bin devpack/lib
 for t in build-dev/tests/test_*; do
   [ -x "$t" ] && [ -f "$t" ] && cp "$t" devpack/bin/
 done
-cp build-dev/tools/bqjit build-dev/examples/host_app devpack/bin/ 2>/dev/null || true
+cp build-dev/tools/bqjit build-dev/examples/host_app build-dev/bench/warm_path/bench_warm_path \
+  devpack/bin/ 2>/dev/null || true
 cp build-dev/runtime/libbqjit.so devpack/lib/
 cp build-dev/tests/libbqjit_fake_cuda.so devpack/lib/ 2>/dev/null || true
 strip devpack/bin/* devpack/lib/*.so

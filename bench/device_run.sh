@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine: every GPU test, the example, the CLI checks, the
 # Python tests, the benchmark and a tuning demonstration; logs go to $OUT.
-# Usage: bash bench/device_run.sh [tests|bench|tune|all|ab|ncu] [bench args...]
+# Usage: bash bench/device_run.sh [tests|bench|tune|warm|all|ab|ncu] [bench args...]
+#   warm: the warm-path benchmark (bench/warm_path), C++ and C API.
 #   ab: this build against devpack/old (another build's libbqjit.so); ncu: both
 #   under Nsight Compute at one shape (NCU_SHAPE=H:T:G).
 set -uo pipefail
@@ -40,6 +41,9 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   timeout 270 python3 bench/bench.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.txt"
+fi
+if [ "$what" = warm ] || [ "$what" = all ]; then
+  timeout 240 devpack/bin/bench_warm_path --json "$OUT/warm_path.json" 2>&1 | tee "$OUT/warm_path.txt"
 fi
 if [ "$what" = ab ]; then
   # The kernel of another build (devpack/old/libbqjit.so, its own cache) timed

@@ -51,6 +51,7 @@ LAYOUTS = ("row", "col", "col_tma", "ue8m0_packed")
 OUT_DTYPES = ("fp8_e4m3", "fp8_e5m2", "int8")
 MIN_GROUP, MAX_GROUP, MAX_HIDDEN = 16, 1024, 65536
 _LAUNCH_KEYS = ("threads_per_group", "vec_width", "groups_per_block")
+_LAUNCH_OPTIONAL = ("min_blocks_per_sm",)  # derived by the planner when left out
 
 
 # ---- checks that need no tensor (run in the wrapper; constants under dynamo) --
@@ -75,7 +76,7 @@ def _check_static(group_size: Any, out_dtype: str, scale_layout: Any, ue8m0: Any
 
 
 def _launch_json(launch: Any) -> Optional[str]:
-    """None, a dict {threads_per_group, vec_width, groups_per_block} or its JSON."""
+    """None, a dict {threads_per_group, vec_width, groups_per_block[, min_blocks_per_sm]} or its JSON."""
     if launch is None:
         return None
     if isinstance(launch, str):
@@ -83,15 +84,21 @@ def _launch_json(launch: Any) -> Optional[str]:
             launch = json.loads(launch)
         except ValueError as e:
             raise ValueError(f"launch = {launch!r}: not valid JSON ({e})") from None
-    if not isinstance(launch, dict) or set(launch) != set(_LAUNCH_KEYS):
+    if (
+        not isinstance(launch, dict)
+        or not set(_LAUNCH_KEYS) <= set(launch)
+        or not set(launch) <= set(_LAUNCH_KEYS + _LAUNCH_OPTIONAL)
+    ):
         raise ValueError(
             f"launch = {launch!r}: must be None or a dict with exactly the keys {', '.join(_LAUNCH_KEYS)}"
+            f" (and optionally {', '.join(_LAUNCH_OPTIONAL)})"
         )
-    for k in _LAUNCH_KEYS:
+    keys = [k for k in _LAUNCH_KEYS + _LAUNCH_OPTIONAL if k in launch]
+    for k in keys:
         v = launch[k]
         if isinstance(v, bool) or not isinstance(v, int):
             raise TypeError(f"launch[{k!r}] = {v!r}: must be an int")
-    return "{" + ",".join(f'"{k}":{int(launch[k])}' for k in _LAUNCH_KEYS) + "}"
+    return "{" + ",".join(f'"{k}":{int(launch[k])}' for k in keys) + "}"
 
 
 def scale_shape(layout: str, lead: Tuple[int, ...], hidden: int, group_size: int) -> Tuple[Tuple[int, ...], Optional[Tuple[int, ...]], int]:
