@@ -12,13 +12,23 @@
 
 #include "bqjit/error.hpp"
 #include "cache/entry_format.hpp"
+#include "cache/log_lines.hpp"
 #include "core/fs_util.hpp"
 #include "jit/cache_key.hpp"
 
 namespace bqjit {
 
+uint64_t journalBudget(size_t entries, uint64_t maxBytes) {
+  uint64_t floor = 64 * 1024;
+  if (maxBytes > 0)
+    floor = std::min<uint64_t>(floor, std::max<uint64_t>(4 * 1024, maxBytes / 16));
+  return floor + 1024 * static_cast<uint64_t>(entries);
+}
+
 DiskCache::DiskCache(const std::string& cacheDir, const Config& config)
-    : root_(cacheDir + "/" + kCacheLayoutDir), config_(config), journal_(root_ + "/journal.log") {}
+    : cacheDir_(cacheDir), root_(cacheDir + "/" + kCacheLayoutDir), config_(config),
+      journal_(root_ + "/journal.log",
+               [entries = root_ + "/entries"] { return fs::listDirectory(entries); }) {}
 
 llvm::Error DiskCache::prepare() const {
   for (const char* sub : {"/entries", "/tmp", "/locks", "/tuned"})
@@ -27,6 +37,28 @@ llvm::Error DiskCache::prepare() const {
   if (::access(root_.c_str(), W_OK) != 0)
     return makeError(ErrorCode::CacheError,
                      "cache directory '" + root_ + "' is not writable: " + std::strerror(errno));
+  logCacheRoot(config_, root_, journal_.path());
+  return llvm::Error::success();
+}
+
+llvm::Error DiskCache::checkLayout() const {
+  for (const std::string& path : {cacheDir_, root_, root_ + "/entries"}) {
+    const std::string what = path == cacheDir_
+                                 ? "cache directory '" + path + "' (BQJIT_CACHE_DIR or --cache-dir)"
+                                 : "cache path '" + path + "'";
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0) {
+      if (errno == ENOENT)
+        return llvm::Error::success(); // not created yet: an empty cache
+      return makeError(ErrorCode::CacheError, "cannot use " + what + ": " + std::strerror(errno) +
+                                                  "; it must be a directory");
+    }
+    if (!S_ISDIR(st.st_mode))
+      return makeError(ErrorCode::CacheError,
+                       what + " is " +
+                           (S_ISREG(st.st_mode) ? "a regular file" : "not a directory") +
+                           ": it must be a directory");
+  }
   return llvm::Error::success();
 }
 
@@ -106,8 +138,10 @@ std::optional<CompiledKernel> DiskCache::load(const std::string& key, std::strin
   const bool readFailed = !raw;
   llvm::Expected<CompiledKernel> kernel =
       raw ? decodeEntry(key, std::move(*raw)) : llvm::Expected<CompiledKernel>(raw.takeError());
-  if (kernel)
+  if (kernel) {
+    logLoadedFromDisk(config_, *kernel, dir);
     return std::move(*kernel);
+  }
   std::string message;
   consumeError(kernel.takeError(), &message);
   // A reader racing with an eviction sees files vanish: that is a miss.
@@ -153,6 +187,7 @@ llvm::Error DiskCache::publish(const CompiledKernel& kernel, const std::string& 
                      "cannot publish cache entry '" + target + "': " + std::strerror(errno));
   }
   tmp->release();
+  logEntryStored(config_, kernel.key, target);
   return fs::syncDirectory(root_ + "/entries");
 }
 
@@ -186,19 +221,30 @@ std::vector<EntryInfo> DiskCache::list() const {
   return out;
 }
 
+std::optional<std::string> DiskCache::problemOf(const std::string& key, bool* transient) const {
+  auto raw = readEntry(entryDir(key));
+  const bool readFailed = !raw;
+  llvm::Expected<CompiledKernel> kernel =
+      raw ? decodeEntry(key, std::move(*raw)) : llvm::Expected<CompiledKernel>(raw.takeError());
+  if (transient)
+    *transient = false;
+  if (kernel)
+    return std::nullopt;
+  std::string message;
+  consumeError(kernel.takeError(), &message);
+  if (transient)
+    *transient = readFailed && hasAllFiles(entryDir(key));
+  return message;
+}
+
 VerifyReport DiskCache::verify() const {
   VerifyReport report;
   for (const auto& key : fs::listDirectory(root_ + "/entries")) {
     ++report.checked;
-    auto raw = readEntry(entryDir(key));
-    llvm::Expected<CompiledKernel> kernel =
-        raw ? decodeEntry(key, std::move(*raw)) : llvm::Expected<CompiledKernel>(raw.takeError());
-    if (kernel)
-      continue;
-    std::string message;
-    consumeError(kernel.takeError(), &message);
-    ++report.bad;
-    report.problems.push_back(key + ": " + message);
+    if (auto problem = problemOf(key, nullptr)) {
+      ++report.bad;
+      report.problems.push_back(key + ": " + *problem);
+    }
   }
   return report;
 }
@@ -225,8 +271,8 @@ llvm::Error DiskCache::clear() const {
   return fs::removeTree(journal_.path());
 }
 
-llvm::Expected<std::vector<std::string>> DiskCache::collectGarbage(uint64_t maxBytes,
-                                                                   const std::string& keep) const {
+llvm::Expected<std::vector<std::string>>
+DiskCache::collectGarbage(uint64_t maxBytes, const std::string& keep, EntryCheck check) const {
   // Temporaries of writers that died ("<what>.<pid>.<random>", see uniqueSuffix),
   // and entries that a remover renamed away but did not finish deleting.
   for (const auto& name : fs::listDirectory(root_ + "/tmp"))
@@ -239,19 +285,42 @@ llvm::Expected<std::vector<std::string>> DiskCache::collectGarbage(uint64_t maxB
   // One lock file per key ever compiled would pile up; only unheld ones go.
   for (const auto& name : fs::listDirectory(root_ + "/locks"))
     FileLock::removeIfUnlocked(root_ + "/locks/" + name);
+  // The journal counts against the limit; compacting it comes before
+  // evicting anything for its sake.
+  const uint64_t journalBefore = journal_.bytes();
+  auto compacted = journal_.compactIfLarger(
+      journalBudget(fs::listDirectory(root_ + "/entries").size(), maxBytes));
+  if (!compacted)
+    config_.log(LogLevel::Warn,
+                "cannot compact the cache journal: " + consumeToString(compacted.takeError()));
+  else if (*compacted)
+    logJournalCompacted(config_, journal_.path(), journalBefore, journal_.bytes());
+
   std::vector<std::string> evicted;
   auto entries = list(); // most recently used first
-  uint64_t total = 0;
+  uint64_t total = journal_.bytes();
   for (const auto& e : entries)
     total += e.bytes;
   for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
+    if (it->key == keep)
+      continue;
+    std::string problem;
+    if (!it->valid || check == EntryCheck::Full) {
+      bool transient = false;
+      auto bad = problemOf(it->key, &transient);
+      if (bad && !transient)
+        problem = *bad;
+      else if (!bad && !it->valid)
+        problem = "'" + it->key + "' is not a cache key";
+    }
     const bool overLimit = maxBytes > 0 && total > maxBytes;
-    if (it->key == keep || (it->valid && !overLimit))
+    if (problem.empty() && !overLimit)
       continue;
     if (auto err = remove(it->key))
       return std::move(err);
     llvm::consumeError(journal_.append(CacheEvent::Evict, it->key));
-    total -= it->bytes;
+    logEvicted(config_, it->key, it->bytes, it->valid ? it->label : "", problem);
+    total -= std::min(total, it->bytes);
     evicted.push_back(it->key);
   }
   return evicted;

@@ -28,6 +28,17 @@ struct EntryInfo {
   bool valid = false;
 };
 
+/// How closely garbage collection looks at each entry.
+enum class EntryCheck {
+  Metadata, ///< parse meta.json only (eviction passes after a compile)
+  Full,     ///< every checksum, as verify() does (`bqjit cache gc`)
+};
+
+/// The journal may take this much room before a collection compacts it (a
+/// compacted journal holds a few lines per entry): 1 KiB per entry plus
+/// 64 KiB, or, under a size limit, plus a sixteenth of it (4 to 64 KiB).
+uint64_t journalBudget(size_t entries, uint64_t maxBytes);
+
 struct VerifyReport {
   int64_t checked = 0;
   int64_t bad = 0;
@@ -45,6 +56,11 @@ public:
 
   /// Creates the directories. An error says why the cache cannot be written.
   llvm::Error prepare() const;
+
+  /// An error when the cache directory, its versioned root or entries/
+  /// exists but is not a directory (BQJIT_CACHE_DIR naming a regular file):
+  /// reading it would report an empty, healthy cache. Missing is fine (empty).
+  llvm::Error checkLayout() const;
 
   /// Reads and verifies an entry: std::nullopt when absent. A corrupt entry
   /// (bad checksum, truncated, altered, unreadable metadata, other format) is
@@ -64,13 +80,23 @@ public:
   VerifyReport verify() const;
   llvm::Error remove(const std::string& key) const;
   llvm::Error clear() const;
-  /// Evicts least recently used entries until at most `maxBytes` remain,
-  /// sparing `keep`; removes unreadable entries, the temporaries of writers
-  /// that died, and the lock files nobody holds. Returns the keys evicted.
-  llvm::Expected<std::vector<std::string>> collectGarbage(uint64_t maxBytes,
-                                                          const std::string& keep = "") const;
+  /// Evicts least recently used entries until the entries and the journal
+  /// together take at most `maxBytes` (0: no limit), sparing `keep`; removes
+  /// bad entries (unreadable metadata; with EntryCheck::Full, every entry that
+  /// verify() calls bad, except one whose files are all there but cannot be
+  /// read by this process, as load() leaves it), the temporaries of writers
+  /// that died and the lock files nobody holds; compacts the journal when it
+  /// is over journalBudget(). Returns the keys evicted, in order.
+  llvm::Expected<std::vector<std::string>>
+  collectGarbage(uint64_t maxBytes, const std::string& keep = "",
+                 EntryCheck check = EntryCheck::Metadata) const;
 
 private:
+  /// Why an entry fails verification (std::nullopt: it is good); `transient`
+  /// is set when its files are all there but could not be read.
+  std::optional<std::string> problemOf(const std::string& key, bool* transient) const;
+
+  std::string cacheDir_;
   std::string root_;
   const Config& config_;
   Journal journal_;

@@ -1,6 +1,7 @@
 #include "cache/kernel_cache.hpp"
 
 #include "bqjit/error.hpp"
+#include "cache/log_lines.hpp"
 
 namespace bqjit {
 
@@ -141,6 +142,7 @@ llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelIdentity& k
   auto compiled = compiler_.compile(kernel);
   if (!compiled)
     return compiled.takeError();
+  logCompiled(config_, *compiled);
   {
     std::lock_guard<std::mutex> lock(mutex_);
     ++counters_.compiles;

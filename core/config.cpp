@@ -1,7 +1,10 @@
 #include "bqjit/config.hpp"
 
+#include <atomic>
 #include <cstdlib>
 #include <iostream>
+#include <mutex>
+#include <shared_mutex>
 
 #include "bqjit/error.hpp"
 
@@ -24,7 +27,65 @@ llvm::Expected<uint64_t> parseUnsigned(const char* name, const std::string& valu
   }
 }
 
+// The process-wide sink. Callers hold the lock shared while a sink runs, so
+// that setProcessLogSink (exclusive) returns only once the old sink is idle.
+struct ProcessSink {
+  std::shared_mutex mutex;
+  LogSink sink;
+  LogLevel level = LogLevel::Quiet;
+  std::atomic<bool> installed{false}; ///< lets log() skip the lock when there is no sink
+};
+
+ProcessSink& processSink() {
+  static ProcessSink* sink = new ProcessSink; // never destroyed: usable at exit
+  return *sink;
+}
+
+// Set while this thread runs the process sink: a line logged from inside it
+// goes to stderr, and replacing the sink from inside it is refused.
+thread_local bool insideProcessSink = false;
+
+bool validLevel(LogLevel level) {
+  const int n = static_cast<int>(level);
+  return n >= static_cast<int>(LogLevel::Quiet) && n <= static_cast<int>(LogLevel::Debug);
+}
+
+// Hands a line to the process sink; false when there is none.
+bool toProcessSink(LogLevel level, const std::string& text) {
+  ProcessSink& p = processSink();
+  if (!p.installed.load(std::memory_order_acquire) || insideProcessSink)
+    return false;
+  std::shared_lock<std::shared_mutex> lock(p.mutex);
+  if (!p.sink)
+    return false;
+  if (static_cast<int>(level) > static_cast<int>(p.level))
+    return true; // filtered by the sink's level
+  struct Inside {
+    Inside() { insideProcessSink = true; }
+    ~Inside() { insideProcessSink = false; }
+  } inside;
+  p.sink(level, text);
+  return true;
+}
+
 } // namespace
+
+llvm::Error setProcessLogSink(LogSink sink, LogLevel level) {
+  if (!validLevel(level))
+    return makeError(ErrorCode::InvalidArgument,
+                     "log level = " + std::to_string(static_cast<int>(level)) +
+                         ": must be 0 (quiet), 1 (warn), 2 (info) or 3 (debug)");
+  if (insideProcessSink)
+    return makeError(ErrorCode::InvalidArgument,
+                     "the log sink cannot be replaced from inside a log sink (it would wait for "
+                     "itself to return)");
+  ProcessSink& p = processSink();
+  std::unique_lock<std::shared_mutex> lock(p.mutex);
+  p.sink = std::move(sink);
+  p.level = level;
+  p.installed.store(static_cast<bool>(p.sink), std::memory_order_release);
+  return llvm::Error::success();
+}
 
 llvm::Expected<Config>
 Config::fromEnvironment(const std::function<const char*(const char*)>& getenvFn) {
@@ -74,15 +135,35 @@ Config::fromEnvironment(const std::function<const char*(const char*)>& getenvFn)
   return c;
 }
 
+bool Config::logs(LogLevel level) const {
+  if (level == LogLevel::Quiet || !validLevel(level))
+    return false;
+  if (!logSink && !insideProcessSink) {
+    ProcessSink& p = processSink();
+    if (p.installed.load(std::memory_order_acquire)) {
+      std::shared_lock<std::shared_mutex> lock(p.mutex);
+      if (p.sink)
+        return static_cast<int>(level) <= static_cast<int>(p.level);
+    }
+  }
+  return static_cast<int>(level) <= static_cast<int>(logLevel);
+}
+
 void Config::log(LogLevel level, const std::string& text) const {
-  if (level == LogLevel::Quiet || static_cast<int>(level) > static_cast<int>(logLevel))
+  if (level == LogLevel::Quiet || !validLevel(level))
     return;
   if (logSink) {
-    logSink(level, text);
+    if (static_cast<int>(level) <= static_cast<int>(logLevel))
+      logSink(level, text);
     return;
   }
+  if (toProcessSink(level, text))
+    return;
+  if (static_cast<int>(level) > static_cast<int>(logLevel))
+    return;
   static const char* const kNames[] = {"quiet", "warning", "info", "debug"};
-  std::cerr << "bqjit: " << kNames[static_cast<int>(level)] << ": " << text << "\n";
+  // One insertion per line, so that lines of concurrent threads stay whole.
+  std::cerr << (std::string("bqjit: ") + kNames[static_cast<int>(level)] + ": " + text + "\n");
 }
 
 } // namespace bqjit

@@ -45,6 +45,12 @@ private:
   std::unordered_multimap<uint64_t, Entry> byHash_;
 };
 
+static_assert(static_cast<int>(bqjit::LogLevel::Quiet) == BQJIT_LOG_QUIET &&
+                  static_cast<int>(bqjit::LogLevel::Warn) == BQJIT_LOG_WARN &&
+                  static_cast<int>(bqjit::LogLevel::Info) == BQJIT_LOG_INFO &&
+                  static_cast<int>(bqjit::LogLevel::Debug) == BQJIT_LOG_DEBUG,
+              "bqjit_log_level and bqjit::LogLevel must agree");
+
 struct bqjit_service_s {
   std::unique_ptr<bqjit::Service> service;
   ParsedSpecs parsed;
@@ -105,6 +111,22 @@ extern "C" {
 
 const char* bqjit_last_error(void) {
   return lastError.c_str();
+}
+
+bqjit_status bqjit_set_log_callback(bqjit_log_callback callback, void* user, int level) {
+  if (level < BQJIT_LOG_QUIET || level > BQJIT_LOG_DEBUG)
+    return fail(bqjit::ErrorCode::InvalidArgument,
+                "level = " + std::to_string(level) +
+                    ": must be BQJIT_LOG_QUIET (0), BQJIT_LOG_WARN (1), BQJIT_LOG_INFO (2) or "
+                    "BQJIT_LOG_DEBUG (3)");
+  bqjit::LogSink sink;
+  if (callback)
+    sink = [callback, user](bqjit::LogLevel l, const std::string& text) {
+      callback(static_cast<int>(l), text.c_str(), user);
+    };
+  if (auto err = bqjit::setProcessLogSink(std::move(sink), static_cast<bqjit::LogLevel>(level)))
+    return fail(std::move(err));
+  return ok();
 }
 
 bqjit_status bqjit_service_create(const char* cacheDir, bqjit_service* out) {

@@ -3,7 +3,7 @@
 # toolkit (NVRTC, cuda.h) is expected in /usr/local/cuda.
 set -euo pipefail
 packages=(cmake ninja-build g++ llvm-14-dev nlohmann-json3-dev libgtest-dev libcli11-dev
-          libxxhash-dev clang-14 libclang-rt-14-dev python3)
+          libxxhash-dev clang-14 libclang-rt-14-dev python3 python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

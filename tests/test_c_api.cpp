@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -373,6 +374,149 @@ TEST_F(CApiTest, LastErrorIsPerThread) {
   std::thread t2([&] { bqjit_default_launch(kSpec, 16, buf, sizeof buf, nullptr); });
   t2.join();
   EXPECT_EQ(lastError(), mine);
+}
+
+/// What a log callback received: (level, text) pairs, from any thread.
+struct Received {
+  std::mutex mutex;
+  std::vector<std::pair<int, std::string>> lines;
+
+  static void callback(int level, const char* message, void* user) {
+    auto* self = static_cast<Received*>(user);
+    std::lock_guard<std::mutex> lock(self->mutex);
+    self->lines.emplace_back(level, message);
+  }
+  /// The lines that start with `prefix`, at `level`.
+  std::vector<std::string> starting(const std::string& prefix, int level) {
+    std::lock_guard<std::mutex> lock(mutex);
+    std::vector<std::string> out;
+    for (const auto& [l, text] : lines)
+      if (l == level && text.rfind(prefix, 0) == 0)
+        out.push_back(text);
+    return out;
+  }
+  size_t size() {
+    std::lock_guard<std::mutex> lock(mutex);
+    return lines.size();
+  }
+};
+
+/// The key of a spec, compiled (or found) by `svc`.
+std::string compileKey(bqjit_service svc, const char* spec) {
+  std::vector<char> buf(1 << 16);
+  if (bqjit_compile(svc, spec, buf.data(), buf.size(), nullptr) != BQJIT_OK) {
+    ADD_FAILURE() << lastError();
+    return "";
+  }
+  return nlohmann::json::parse(buf.data())["key"].get<std::string>();
+}
+
+class CApiLogTest : public CApiTest {
+protected:
+  void TearDown() override {
+    EXPECT_EQ(bqjit_set_log_callback(nullptr, nullptr, BQJIT_LOG_WARN), BQJIT_OK) << lastError();
+    CApiTest::TearDown();
+  }
+  /// The spec compiled by one service on `dir`, then read by another (its
+  /// memory layer is empty): a load from the disk cache. Returns the key.
+  std::string compileThenLoadFromDisk(const std::string& dir) {
+    std::string keys[2];
+    for (std::string& key : keys) {
+      bqjit_service svc = nullptr;
+      EXPECT_EQ(bqjit_service_create(dir.c_str(), &svc), BQJIT_OK) << lastError();
+      key = compileKey(svc, kSpec);
+      bqjit_service_destroy(svc);
+    }
+    EXPECT_EQ(keys[0], keys[1]);
+    return keys[0];
+  }
+  Received received_;
+};
+
+TEST_F(CApiLogTest, CallbackReceivesTheInfoLineOfALoadFromDisk) {
+  ASSERT_EQ(bqjit_set_log_callback(Received::callback, &received_, BQJIT_LOG_INFO), BQJIT_OK)
+      << lastError();
+  testing::internal::CaptureStderr();
+  const std::string key = compileThenLoadFromDisk(dir_);
+  const std::string err = testing::internal::GetCapturedStderr();
+  const auto loads = received_.starting("loaded from disk key=" + key + " arch=sm_90 spec=H=2048 ",
+                                        BQJIT_LOG_INFO);
+  EXPECT_EQ(loads.size(), 1u);
+  EXPECT_TRUE(received_.starting("cache ", BQJIT_LOG_DEBUG).empty()) << "debug lines at info";
+  EXPECT_FALSE(contains(err, "loaded from disk")) << "the callback replaces stderr";
+}
+
+TEST_F(CApiLogTest, CallbackReceivesTheInfoLineOfACompile) {
+  ASSERT_EQ(bqjit_set_log_callback(Received::callback, &received_, BQJIT_LOG_INFO), BQJIT_OK);
+  const std::string key = compileKey(svc_, kSpec);
+  const auto compiles =
+      received_.starting("compiled key=" + key + " arch=sm_90 ms=", BQJIT_LOG_INFO);
+  ASSERT_EQ(compiles.size(), 1u);
+  EXPECT_TRUE(contains(compiles[0], " spec=H=2048 G=128 "));
+}
+
+TEST_F(CApiLogTest, LevelFiltersAndReplacesTheEnvironmentLevel) {
+  // BQJIT_LOG_LEVEL=quiet for the services made here: the callback's level wins.
+  const char* old = ::getenv("BQJIT_LOG_LEVEL");
+  const std::string saved = old ? old : "";
+  ::setenv("BQJIT_LOG_LEVEL", "quiet", 1);
+  ASSERT_EQ(bqjit_set_log_callback(Received::callback, &received_, BQJIT_LOG_WARN), BQJIT_OK);
+  compileThenLoadFromDisk(dir_ + "/warn");
+  EXPECT_EQ(received_.size(), 0u) << "info lines at warn";
+
+  ASSERT_EQ(bqjit_set_log_callback(Received::callback, &received_, BQJIT_LOG_DEBUG), BQJIT_OK);
+  const std::string debugDir = dir_ + "/debug";
+  const std::string key = compileThenLoadFromDisk(debugDir);
+  if (old)
+    ::setenv("BQJIT_LOG_LEVEL", saved.c_str(), 1);
+  else
+    ::unsetenv("BQJIT_LOG_LEVEL");
+  EXPECT_EQ(received_.starting("loaded from disk key=" + key, BQJIT_LOG_INFO).size(), 1u);
+  EXPECT_EQ(
+      received_
+          .starting("cache entry read key=" + key + " path=" + debugDir + "/v1/entries/" + key,
+                    BQJIT_LOG_DEBUG)
+          .size(),
+      1u);
+  EXPECT_EQ(received_.starting("cache root=" + debugDir + "/v1 journal=", BQJIT_LOG_DEBUG).size(),
+            2u); // one per service
+  for (const auto& [level, text] : received_.lines) {
+    EXPECT_GE(level, BQJIT_LOG_WARN);
+    EXPECT_LE(level, BQJIT_LOG_DEBUG);
+    EXPECT_EQ(text.find('\n'), std::string::npos) << text;
+  }
+
+  // Removed: nothing more reaches it.
+  ASSERT_EQ(bqjit_set_log_callback(nullptr, nullptr, BQJIT_LOG_WARN), BQJIT_OK);
+  const size_t before = received_.size();
+  compileThenLoadFromDisk(dir_ + "/after");
+  EXPECT_EQ(received_.size(), before);
+}
+
+TEST_F(CApiLogTest, BadLevelAndReplacementFromInsideTheCallbackAreRefused) {
+  for (int bad : {-1, 4, 100}) {
+    EXPECT_EQ(bqjit_set_log_callback(Received::callback, &received_, bad),
+              BQJIT_ERROR_INVALID_ARGUMENT);
+    EXPECT_TRUE(
+        contains(lastError(), "level = " + std::to_string(bad) + ": must be BQJIT_LOG_QUIET (0)"));
+  }
+  struct Inside {
+    bqjit_status status = BQJIT_OK;
+    std::string error;
+    int calls = 0;
+  } inside;
+  auto reenter = [](int, const char*, void* user) {
+    auto* in = static_cast<Inside*>(user);
+    if (in->calls++ == 0) {
+      in->status = bqjit_set_log_callback(nullptr, nullptr, BQJIT_LOG_WARN);
+      in->error = bqjit_last_error();
+    }
+  };
+  ASSERT_EQ(bqjit_set_log_callback(reenter, &inside, BQJIT_LOG_INFO), BQJIT_OK);
+  compileThenLoadFromDisk(dir_);
+  EXPECT_GE(inside.calls, 1);
+  EXPECT_EQ(inside.status, BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(inside.error, "from inside a log sink"));
 }
 
 } // namespace

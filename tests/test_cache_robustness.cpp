@@ -750,6 +750,48 @@ TEST_F(CacheRobustness, FullDiskTearsNoJournalRecordAndLeavesNoPartialFile) {
   EXPECT_DOUBLE_EQ(compacted[0].compileMs, 42.0);
 }
 
+TEST_F(CacheRobustness, JournalCompactionLosesNoConcurrentRecord) {
+  // Four processes append, and each compacts whenever the journal passes
+  // 4 KiB (every 40 records or so), while the others keep appending: a record
+  // appended during a compaction must land in the new file, not the old one.
+  constexpr int kProcesses = 4, kRecords = 400;
+  ASSERT_FALSE(bool(disk_->prepare()));
+  const std::string path = disk_->journal().path();
+  std::vector<Child> children;
+  for (int p = 0; p < kProcesses; ++p) {
+    children.push_back(startChild([&, p](int fd) {
+      ChildChecks check{fd};
+      Journal journal(path, nullptr, 4 * 1024);
+      const std::string key(32, static_cast<char>('a' + p));
+      for (int i = 0; i < kRecords; ++i) {
+        llvm::Error err = journal.append(i % 4 ? CacheEvent::Hit : CacheEvent::Compile, key, 1.0);
+        if (!check(!err, "append " + std::to_string(i))) {
+          say(fd, consumeToString(std::move(err)) + "\n");
+          break;
+        }
+      }
+      return check.exitCode();
+    }));
+    ASSERT_GT(children.back().pid, 0);
+  }
+  for (Child& c : children) {
+    Finished f = finish(c);
+    EXPECT_TRUE(f.exitedZero()) << "status " << f.status << "\n" << f.report;
+  }
+  int64_t malformed = -1;
+  disk_->journal().read(&malformed);
+  EXPECT_EQ(malformed, 0);
+  const CacheStats s = disk_->journal().stats();
+  EXPECT_EQ(s.hits + s.compiles, kProcesses * kRecords);
+  EXPECT_EQ(s.compiles, kProcesses * kRecords / 4);
+  EXPECT_DOUBLE_EQ(s.compileMsTotal, kProcesses * kRecords / 4 * 1.0);
+  EXPECT_EQ(disk_->journal().lastUse().size(), static_cast<size_t>(kProcesses));
+  EXPECT_LT(disk_->journal().bytes(), 8u * 1024);
+  // No temporary of a compaction is left behind.
+  for (const auto& name : fs::listDirectory(disk_->root()))
+    EXPECT_EQ(name.find(".tmp."), std::string::npos) << name;
+}
+
 TEST_F(CacheRobustness, ReaderOutOfDescriptorsLeavesTheEntryAlone) {
   const KernelSpec spec = specNumber(4);
   Finished prewarm = getInFreshProcess(dir_, spec, 60000);

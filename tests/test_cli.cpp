@@ -243,6 +243,74 @@ TEST_F(CliTest, CacheGcEvictsDownToTheLimit) {
   EXPECT_EQ(nlohmann::json::parse(stats.out)["evictions"], 11);
 }
 
+TEST_F(CliTest, CacheGcDropsEveryEntryThatVerifyCallsBad) {
+  ASSERT_EQ(run({"prewarm", smallManifest().string()}).status, 0);
+  fs::path victim;
+  for (const auto& entry : fs::directory_iterator(cacheDir_ / "v1" / "entries"))
+    victim = entry.path();
+  ASSERT_FALSE(victim.empty());
+  const std::string key = victim.filename().string();
+  {
+    std::fstream cubin(victim / "kernel.cubin", std::ios::in | std::ios::out | std::ios::binary);
+    cubin.seekp(64);
+    cubin.put('\x5a');
+    cubin.seekp(65);
+    cubin.put('\xa5');
+  }
+  ASSERT_EQ(run({"cache", "verify"}).status, 4);
+  RunResult gc = run({"cache", "gc"}, "BQJIT_LOG_LEVEL=info");
+  ASSERT_EQ(gc.status, 0) << gc.err;
+  EXPECT_TRUE(contains(gc.out, key + "\n"));
+  EXPECT_TRUE(contains(gc.out, "cache gc: evicted 1, "));
+  EXPECT_TRUE(contains(gc.err, "bqjit: info: evicted key=" + key + " bytes=")) << gc.err;
+  EXPECT_TRUE(contains(gc.err, " reason=bad problem=")) << gc.err;
+  RunResult verify = run({"cache", "verify"});
+  EXPECT_EQ(verify.status, 0) << verify.out << verify.err;
+  EXPECT_TRUE(contains(verify.out, "10 entries checked, 0 bad"));
+}
+
+TEST_F(CliTest, CacheCommandsRefuseACacheDirectoryThatIsAFile) {
+  const fs::path file = writeFile("not-a-dir", "x");
+  for (const char* sub : {"ls", "stats", "verify", "gc", "clear"}) {
+    RunResult r = run({"cache", sub, "--cache-dir", file.string()});
+    EXPECT_EQ(r.status, 4) << sub << ": " << r.out << r.err;
+    EXPECT_TRUE(contains(r.err, "bqjit: error: cache directory '" + file.string() + "'")) << sub;
+    EXPECT_TRUE(contains(r.err, "is a regular file: it must be a directory")) << sub;
+    EXPECT_EQ(r.out, "") << sub;
+  }
+  EXPECT_EQ(run({"cache", "dir", "--cache-dir", file.string()}).status, 0);
+  // A directory that does not exist yet is an empty cache, not an error.
+  RunResult empty = run({"cache", "stats", "--cache-dir", (dir_ / "nothing-yet").string()});
+  EXPECT_EQ(empty.status, 0) << empty.err;
+  EXPECT_TRUE(contains(empty.out, "entries:     0"));
+}
+
+TEST_F(CliTest, StatsCountTheJournalAndInfoLogsLoadsAndEvictions) {
+  const fs::path manifest = smallManifest();
+  ASSERT_EQ(run({"prewarm", manifest.string()}).status, 0);
+  RunResult again = run({"prewarm", manifest.string()}, "BQJIT_LOG_LEVEL=info");
+  ASSERT_EQ(again.status, 0) << again.err;
+  // One info line per kernel read from the disk cache.
+  size_t loads = 0;
+  for (size_t at = 0;
+       (at = again.err.find("bqjit: info: loaded from disk key=", at)) != std::string::npos; ++at)
+    ++loads;
+  EXPECT_EQ(loads, 11u) << again.err;
+  EXPECT_FALSE(contains(again.err, "bqjit: debug: "));
+  RunResult debug = run({"prewarm", manifest.string()}, "BQJIT_LOG_LEVEL=debug");
+  EXPECT_TRUE(contains(debug.err, "bqjit: debug: cache entry read key=")) << debug.err;
+  EXPECT_TRUE(contains(debug.err, "bqjit: debug: cache root=" + (cacheDir_ / "v1").string()));
+
+  RunResult stats = run({"cache", "stats", "--json"});
+  ASSERT_EQ(stats.status, 0) << stats.err;
+  auto j = nlohmann::json::parse(stats.out);
+  const auto journal = j["journal_bytes"].get<int64_t>();
+  EXPECT_EQ(journal, static_cast<int64_t>(fs::file_size(cacheDir_ / "v1" / "journal.log")));
+  EXPECT_EQ(j["total_bytes"].get<int64_t>(), j["bytes"].get<int64_t>() + journal);
+  EXPECT_TRUE(
+      contains(run({"cache", "stats"}).out, "journal:     " + std::to_string(journal) + " ("));
+}
+
 TEST_F(CliTest, CacheDirFollowsEnvironmentAndOption) {
   EXPECT_EQ(run({"cache", "dir"}).out, cacheDir_.string() + "\n");
   const std::string other = (dir_ / "other").string();

@@ -1,11 +1,15 @@
 // Config::fromEnvironment with an injected getenv, and Config::log.
 #include "bqjit/config.hpp"
 
+#include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -186,6 +190,135 @@ TEST(Config, DefaultLogGoesToStderr) {
   c.log(LogLevel::Info, "hidden");
   const std::string err = testing::internal::GetCapturedStderr();
   EXPECT_EQ(err, "bqjit: warning: disk full\n");
+}
+
+/// Restores stderr logging when a test ends, whatever it did.
+struct ProcessSinkReset {
+  ~ProcessSinkReset() { llvm::consumeError(setProcessLogSink(nullptr, LogLevel::Warn)); }
+};
+
+TEST(Config, ProcessSinkTakesTheLinesOfConfigsWithoutTheirOwnSink) {
+  ProcessSinkReset reset;
+  std::vector<std::pair<LogLevel, std::string>> lines;
+  ASSERT_FALSE(bool(setProcessLogSink(
+      [&](LogLevel level, const std::string& text) { lines.emplace_back(level, text); },
+      LogLevel::Info)));
+  Config plain; // logLevel Warn: the process sink's level replaces it
+  EXPECT_TRUE(plain.logs(LogLevel::Info));
+  EXPECT_FALSE(plain.logs(LogLevel::Debug));
+  testing::internal::CaptureStderr();
+  plain.log(LogLevel::Warn, "w");
+  plain.log(LogLevel::Info, "i");
+  plain.log(LogLevel::Debug, "d");
+  EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0], std::make_pair(LogLevel::Warn, std::string("w")));
+  EXPECT_EQ(lines[1], std::make_pair(LogLevel::Info, std::string("i")));
+
+  // A Config with its own sink keeps it, and its own level.
+  std::vector<std::string> own;
+  Config mine;
+  mine.logSink = [&](LogLevel, const std::string& text) { own.push_back(text); };
+  mine.log(LogLevel::Info, "hidden by its own level");
+  mine.log(LogLevel::Warn, "mine");
+  EXPECT_EQ(own, std::vector<std::string>{"mine"});
+  EXPECT_EQ(lines.size(), 2u);
+
+  // Removed: stderr again, filtered by the Config's level.
+  ASSERT_FALSE(bool(setProcessLogSink(nullptr, LogLevel::Debug)));
+  EXPECT_FALSE(plain.logs(LogLevel::Info));
+  testing::internal::CaptureStderr();
+  plain.log(LogLevel::Info, "i");
+  plain.log(LogLevel::Warn, "w");
+  EXPECT_EQ(testing::internal::GetCapturedStderr(), "bqjit: warning: w\n");
+  EXPECT_EQ(lines.size(), 2u);
+}
+
+TEST(Config, ProcessSinkLevelFilters) {
+  ProcessSinkReset reset;
+  for (LogLevel level : {LogLevel::Quiet, LogLevel::Warn, LogLevel::Info, LogLevel::Debug}) {
+    std::vector<LogLevel> got;
+    ASSERT_FALSE(
+        bool(setProcessLogSink([&](LogLevel l, const std::string&) { got.push_back(l); }, level)));
+    Config c;
+    c.logLevel = LogLevel::Debug; // ignored while the process sink is set
+    for (LogLevel l : {LogLevel::Warn, LogLevel::Info, LogLevel::Debug, LogLevel::Quiet})
+      c.log(l, "x");
+    std::vector<LogLevel> expected;
+    for (LogLevel l : {LogLevel::Warn, LogLevel::Info, LogLevel::Debug})
+      if (static_cast<int>(l) <= static_cast<int>(level))
+        expected.push_back(l);
+    EXPECT_EQ(got, expected) << "level " << static_cast<int>(level);
+  }
+}
+
+TEST(Config, ProcessSinkRejectsABadLevelAndReplacementFromInside) {
+  ProcessSinkReset reset;
+  std::string message;
+  EXPECT_EQ(consumeError(setProcessLogSink(nullptr, static_cast<LogLevel>(7)), &message),
+            ErrorCode::InvalidArgument);
+  EXPECT_TRUE(contains(message, "log level = 7"));
+  EXPECT_TRUE(contains(message, "must be 0 (quiet)"));
+
+  std::string inside;
+  int calls = 0;
+  Config c;
+  ASSERT_FALSE(bool(setProcessLogSink(
+      [&](LogLevel, const std::string&) {
+        ++calls;
+        consumeError(setProcessLogSink(nullptr, LogLevel::Warn), &inside);
+        c.log(LogLevel::Warn, "logged from inside the sink"); // to stderr, not back here
+      },
+      LogLevel::Warn)));
+  testing::internal::CaptureStderr();
+  c.log(LogLevel::Warn, "outer");
+  const std::string err = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(calls, 1);
+  EXPECT_TRUE(contains(inside, "from inside a log sink"));
+  EXPECT_EQ(err, "bqjit: warning: logged from inside the sink\n");
+  // The refused replacement left the sink in place.
+  c.log(LogLevel::Warn, "again");
+  EXPECT_EQ(calls, 2);
+}
+
+TEST(Config, ReplacingTheProcessSinkWaitsForItToReturn) {
+  ProcessSinkReset reset;
+  std::atomic<bool> entered{false}, left{false};
+  ASSERT_FALSE(bool(setProcessLogSink(
+      [&](LogLevel, const std::string&) {
+        entered = true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        left = true;
+      },
+      LogLevel::Warn)));
+  std::thread logger([] { Config().log(LogLevel::Warn, "slow"); });
+  while (!entered)
+    std::this_thread::yield();
+  ASSERT_FALSE(bool(setProcessLogSink(nullptr, LogLevel::Warn)));
+  EXPECT_TRUE(left) << "the sink was replaced while it was running";
+  logger.join();
+}
+
+TEST(Config, ConcurrentLinesReachTheProcessSinkWhole) {
+  ProcessSinkReset reset;
+  std::mutex mutex;
+  std::vector<std::string> lines;
+  ASSERT_FALSE(bool(setProcessLogSink(
+      [&](LogLevel, const std::string& text) {
+        std::lock_guard<std::mutex> lock(mutex);
+        lines.push_back(text);
+      },
+      LogLevel::Info)));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([t] {
+      Config c;
+      for (int i = 0; i < 200; ++i)
+        c.log(LogLevel::Info, "thread " + std::to_string(t) + " line " + std::to_string(i));
+    });
+  for (auto& t : threads)
+    t.join();
+  EXPECT_EQ(lines.size(), 800u);
 }
 
 } // namespace

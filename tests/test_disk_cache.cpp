@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -20,6 +21,7 @@
 
 #include "bqjit/error.hpp"
 #include "cache/entry_format.hpp"
+#include "cache/log_lines.hpp"
 #include "core/fs_util.hpp"
 #include "jit/cache_key.hpp"
 #include "planner/launch_heuristic.hpp"
@@ -520,6 +522,250 @@ TEST_F(DiskCacheTest, JournalLinesStayWholeAcrossProcesses) {
   EXPECT_EQ(perKey.size(), static_cast<size_t>(kProcesses));
   for (const auto& [key, n] : perKey)
     EXPECT_EQ(n, kRecords);
+}
+
+TEST_F(DiskCacheTest, LoadAndPublishLogOneLineEachAtInfoAndDebug) {
+  const CompiledKernel k = fakeKernel(1024);
+  config_.logLevel = LogLevel::Warn;
+  publish(k);
+  ASSERT_TRUE(cache_->load(k.key).has_value());
+  EXPECT_TRUE(logs_.empty()) << logs_.front(); // nothing at the default level
+
+  config_.logLevel = LogLevel::Info;
+  ASSERT_TRUE(cache_->load(k.key).has_value());
+  ASSERT_EQ(logs_.size(), 1u);
+  EXPECT_EQ(logs_[0], "loaded from disk key=" + k.key + " arch=sm_90 spec=" + k.spec.label());
+
+  logs_.clear();
+  config_.logLevel = LogLevel::Debug;
+  ASSERT_TRUE(cache_->load(k.key).has_value());
+  ASSERT_EQ(logs_.size(), 2u);
+  EXPECT_EQ(logs_[1], "cache entry read key=" + k.key + " path=" + cache_->entryDir(k.key));
+  logs_.clear();
+  const CompiledKernel other = fakeKernel(2048);
+  publish(other);
+  ASSERT_FALSE(bool(cache_->prepare()));
+  ASSERT_EQ(logs_.size(), 2u);
+  EXPECT_EQ(logs_[0],
+            "cache entry stored key=" + other.key + " path=" + cache_->entryDir(other.key));
+  EXPECT_EQ(logs_[1], "cache root=" + cache_->root() + " journal=" + cache_->journal().path());
+}
+
+TEST_F(DiskCacheTest, CompiledLineNamesSpecKeyArchAndMilliseconds) {
+  CompiledKernel k = fakeKernel(1024);
+  k.compileMs = 412.34;
+  k.options = {"--gpu-architecture=sm_90", "--fmad=false"};
+  std::vector<std::pair<LogLevel, std::string>> lines;
+  Config c;
+  c.logSink = [&](LogLevel level, const std::string& text) { lines.emplace_back(level, text); };
+  c.logLevel = LogLevel::Warn;
+  logCompiled(c, k);
+  EXPECT_TRUE(lines.empty());
+  c.logLevel = LogLevel::Debug;
+  logCompiled(c, k);
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0].first, LogLevel::Info);
+  EXPECT_EQ(lines[0].second,
+            "compiled key=" + k.key + " arch=sm_90 ms=412.3 spec=" + k.spec.label());
+  EXPECT_EQ(lines[1].first, LogLevel::Debug);
+  EXPECT_EQ(lines[1].second,
+            "nvrtc options key=" + k.key + ": --gpu-architecture=sm_90 --fmad=false");
+}
+
+TEST_F(DiskCacheTest, FullCollectionDropsEveryEntryThatVerifyCallsBad) {
+  const CompiledKernel good = fakeKernel(1024), cubin = fakeKernel(2048), ptx = fakeKernel(3072);
+  for (const auto* k : {&good, &cubin, &ptx})
+    publish(*k);
+  std::string bytes = readText(entryFile(cubin.key, kCubinFile));
+  bytes[100] ^= 0x40;
+  writeText(entryFile(cubin.key, kCubinFile), bytes);
+  writeText(entryFile(ptx.key, kPtxFile), "// truncated");
+  ASSERT_EQ(cache_->verify().bad, 2);
+
+  // Eviction passes after a compile read the metadata only ...
+  auto quick = cache_->collectGarbage(0);
+  ASSERT_TRUE(bool(quick)) << consumeToString(quick.takeError());
+  EXPECT_TRUE(quick->empty());
+  // ... `cache gc` checks every byte, as verify does, and logs why.
+  config_.logLevel = LogLevel::Info;
+  auto full = cache_->collectGarbage(0, "", EntryCheck::Full);
+  ASSERT_TRUE(bool(full)) << consumeToString(full.takeError());
+  std::vector<std::string> got = *full, expected = {cubin.key, ptx.key};
+  std::sort(got.begin(), got.end());
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(got, expected);
+  EXPECT_EQ(cache_->verify().bad, 0);
+  EXPECT_EQ(cache_->verify().checked, 1);
+  EXPECT_TRUE(cache_->load(good.key).has_value());
+  ASSERT_GE(logs_.size(), 2u);
+  for (const std::string& key : expected) {
+    const auto line = std::find_if(logs_.begin(), logs_.end(), [&](const std::string& l) {
+      return l.rfind("evicted key=" + key + " bytes=", 0) == 0;
+    });
+    ASSERT_NE(line, logs_.end()) << key;
+    EXPECT_TRUE(contains(*line, " reason=bad problem=")) << *line;
+  }
+}
+
+TEST_F(DiskCacheTest, EvictionLogsKeyBytesReasonAndSpec) {
+  const CompiledKernel a = fakeKernel(1024), b = fakeKernel(2048);
+  publish(a);
+  publish(b);
+  ASSERT_FALSE(bool(cache_->journal().append(CacheEvent::Hit, b.key)));
+  const uint64_t bytesOfA = fs::treeBytes(cache_->entryDir(a.key));
+  config_.logLevel = LogLevel::Info;
+  auto evicted = cache_->collectGarbage(1, b.key);
+  ASSERT_TRUE(bool(evicted));
+  ASSERT_EQ(*evicted, std::vector<std::string>{a.key});
+  ASSERT_EQ(logs_.size(), 1u);
+  EXPECT_EQ(logs_[0], "evicted key=" + a.key + " bytes=" + std::to_string(bytesOfA) +
+                          " reason=over-limit spec=" + a.spec.label());
+}
+
+TEST_F(DiskCacheTest, CacheDirectoryThatIsAFileIsAnError) {
+  EXPECT_FALSE(bool(cache_->checkLayout()));
+  // Not there yet: an empty cache, no error.
+  Config quiet;
+  DiskCache missing(dir_ + "/not-yet", quiet);
+  EXPECT_FALSE(bool(missing.checkLayout()));
+
+  const std::string file = dir_ + "/a-file";
+  writeText(file, "x");
+  DiskCache onFile(file, quiet);
+  std::string message;
+  EXPECT_EQ(consumeError(onFile.checkLayout(), &message), ErrorCode::CacheError);
+  EXPECT_TRUE(contains(message, "cache directory '" + file + "'"));
+  EXPECT_TRUE(contains(message, "BQJIT_CACHE_DIR"));
+  EXPECT_TRUE(contains(message, "is a regular file: it must be a directory"));
+
+  // Below it, too: the versioned root or entries/ as a file.
+  ASSERT_FALSE(bool(fs::removeTree(cache_->root() + "/entries")));
+  writeText(cache_->root() + "/entries", "x");
+  EXPECT_EQ(consumeError(cache_->checkLayout(), &message), ErrorCode::CacheError);
+  EXPECT_TRUE(contains(message, "cache path '" + cache_->root() + "/entries' is a regular file"));
+  const std::string nested = file + "/sub";
+  DiskCache underFile(nested, quiet);
+  EXPECT_EQ(consumeError(underFile.checkLayout(), &message), ErrorCode::CacheError);
+  EXPECT_TRUE(contains(message, nested));
+}
+
+TEST_F(DiskCacheTest, JournalCompactionKeepsStatsAndRecency) {
+  const Journal& j = cache_->journal();
+  const std::vector<std::string> live = {std::string(32, 'a'), std::string(32, 'b')};
+  const std::string dead(32, 'd');
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_FALSE(bool(j.append(CacheEvent::Hit, live[i % 2])));
+    ASSERT_FALSE(bool(j.append(CacheEvent::Hit, dead)));
+  }
+  ASSERT_FALSE(bool(j.append(CacheEvent::Miss, live[0])));
+  ASSERT_FALSE(bool(j.append(CacheEvent::Compile, live[0], 500.0)));
+  ASSERT_FALSE(bool(j.append(CacheEvent::Compile, live[1], 20.0)));
+  ASSERT_FALSE(bool(j.append(CacheEvent::Compile, dead, 900.0)));
+  ASSERT_FALSE(bool(j.append(CacheEvent::Evict, dead)));
+  ASSERT_FALSE(bool(j.append(CacheEvent::Corrupt, live[1])));
+  const CacheStats before = j.stats();
+  const auto lastBefore = j.lastUse();
+  const uint64_t bytesBefore = j.bytes();
+
+  ASSERT_FALSE(bool(j.compact(live)));
+  int64_t malformed = -1;
+  const auto records = j.read(&malformed);
+  EXPECT_EQ(malformed, 0);
+  // At most one record of each kind per live key; none of the dead key.
+  EXPECT_LE(records.size(), 2u * 5);
+  std::set<std::pair<std::string, int>> kinds;
+  for (const auto& r : records) {
+    EXPECT_NE(r.key, dead);
+    EXPECT_TRUE(kinds.emplace(r.key, static_cast<int>(r.event)).second) << r.key;
+  }
+  EXPECT_LT(j.bytes(), bytesBefore / 20);
+  const CacheStats after = j.stats();
+  EXPECT_EQ(after.hits, before.hits);
+  EXPECT_EQ(after.misses, before.misses);
+  EXPECT_EQ(after.compiles, before.compiles);
+  EXPECT_EQ(after.evictions, before.evictions);
+  EXPECT_EQ(after.corrupt, before.corrupt);
+  EXPECT_DOUBLE_EQ(after.compileMsTotal, 1420.0);
+  EXPECT_DOUBLE_EQ(after.compileMsMax, 900.0);
+  auto lastAfter = j.lastUse();
+  EXPECT_EQ(lastAfter.size(), 2u);
+  for (const auto& key : live)
+    EXPECT_EQ(lastAfter[key], lastBefore.at(key)) << key;
+
+  // Again, and with more records: the summaries add up.
+  ASSERT_FALSE(bool(j.append(CacheEvent::Hit, live[0])));
+  ASSERT_FALSE(bool(j.compact({live[1]})));
+  EXPECT_EQ(j.stats().hits, before.hits + 1);
+  EXPECT_EQ(j.stats().compiles, before.compiles);
+  EXPECT_EQ(j.lastUse().count(live[0]), 0u);
+}
+
+TEST_F(DiskCacheTest, CollectionCompactsAJournalOverItsBudget) {
+  std::vector<CompiledKernel> k;
+  for (int i = 0; i < 3; ++i) {
+    k.push_back(fakeKernel(256 * (i + 1)));
+    publish(k.back());
+  }
+  const Journal& j = cache_->journal();
+  const uint64_t budget = journalBudget(3, 0);
+  EXPECT_EQ(budget, 64u * 1024 + 3 * 1024);
+  int n = 0;
+  while (j.bytes() <= budget)
+    ASSERT_FALSE(bool(j.append(CacheEvent::Hit, k[n++ % 3].key)));
+  const CacheStats before = j.stats();
+  const auto lastBefore = j.lastUse();
+
+  config_.logLevel = LogLevel::Debug;
+  auto evicted = cache_->collectGarbage(0);
+  ASSERT_TRUE(bool(evicted)) << consumeToString(evicted.takeError());
+  EXPECT_TRUE(evicted->empty());
+  EXPECT_LT(j.bytes(), 2048u);
+  EXPECT_EQ(j.stats().hits, before.hits);
+  EXPECT_EQ(j.lastUse(), lastBefore);
+  ASSERT_FALSE(logs_.empty());
+  EXPECT_TRUE(contains(logs_.back(), "journal compacted path=" + j.path() + " bytes="));
+
+  // Under its budget, it is left alone.
+  const uint64_t small = j.bytes();
+  ASSERT_FALSE(bool(j.append(CacheEvent::Hit, k[0].key)));
+  ASSERT_TRUE(bool(cache_->collectGarbage(0)));
+  EXPECT_GT(j.bytes(), small);
+  // A size limit makes the budget smaller: a sixteenth of it, at least 4 KiB.
+  EXPECT_EQ(journalBudget(0, 1 << 20), 64u * 1024);
+  EXPECT_EQ(journalBudget(0, 160 * 1024), 10u * 1024);
+  EXPECT_EQ(journalBudget(2, 1000), 4u * 1024 + 2 * 1024);
+}
+
+TEST_F(DiskCacheTest, TheJournalCountsAgainstTheSizeLimit) {
+  const CompiledKernel a = fakeKernel(1024), b = fakeKernel(2048);
+  publish(a);
+  publish(b);
+  ASSERT_FALSE(bool(cache_->journal().append(CacheEvent::Hit, a.key)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(3)); // distinct times: a before b
+  ASSERT_FALSE(bool(cache_->journal().append(CacheEvent::Hit, b.key)));
+  const uint64_t entries =
+      fs::treeBytes(cache_->entryDir(a.key)) + fs::treeBytes(cache_->entryDir(b.key));
+  const uint64_t journal = cache_->journal().bytes();
+  ASSERT_GT(journal, 0u);
+  // Room for both entries, not for the journal too: the least recent goes.
+  auto evicted = cache_->collectGarbage(entries + journal - 1);
+  ASSERT_TRUE(bool(evicted)) << consumeToString(evicted.takeError());
+  EXPECT_EQ(*evicted, std::vector<std::string>{a.key});
+}
+
+TEST_F(DiskCacheTest, AppendsKeepTheJournalBounded) {
+  constexpr uint64_t kLimit = 8 * 1024;
+  Journal j(cache_->journal().path(), nullptr, kLimit);
+  const std::string keys[] = {std::string(32, 'a'), std::string(32, 'b'), std::string(32, 'c')};
+  uint64_t largest = 0;
+  for (int i = 0; i < 600; ++i) {
+    ASSERT_FALSE(bool(j.append(i % 7 ? CacheEvent::Hit : CacheEvent::Compile, keys[i % 3], 1.0)));
+    largest = std::max(largest, j.bytes());
+  }
+  EXPECT_LE(largest, kLimit + 200);
+  const CacheStats s = j.stats();
+  EXPECT_EQ(s.hits + s.compiles, 600);
+  EXPECT_EQ(j.lastUse().size(), 3u);
 }
 
 } // namespace

@@ -43,12 +43,15 @@ llvm::Error runStats(const DiskCache& disk, bool json, const CommandContext& ctx
     bytes += e.bytes;
     unreadable += e.valid ? 0 : 1;
   }
+  const uint64_t journalBytes = disk.journal().bytes();
   const double mean = s.compiles > 0 ? s.compileMsTotal / static_cast<double>(s.compiles) : 0.0;
   if (json) {
     ctx.out << nlohmann::json({{"root", disk.root()},
                                {"entries", entries.size()},
                                {"unreadable", unreadable},
                                {"bytes", bytes},
+                               {"journal_bytes", journalBytes},
+                               {"total_bytes", bytes + journalBytes},
                                {"hits", s.hits},
                                {"misses", s.misses},
                                {"compiles", s.compiles},
@@ -70,6 +73,8 @@ llvm::Error runStats(const DiskCache& disk, bool json, const CommandContext& ctx
     ctx.out << " (" << unreadable << " unreadable)";
   ctx.out << "\n"
           << "bytes:       " << bytes << " (" << humanBytes(bytes) << ")\n"
+          << "journal:     " << journalBytes << " (" << humanBytes(journalBytes)
+          << "; counted in the size limit)\n"
           << "hits:        " << s.hits << "\n"
           << "misses:      " << s.misses << "\n"
           << "compiles:    " << s.compiles << "\n"
@@ -113,7 +118,7 @@ llvm::Error runClear(const DiskCache& disk, const CommandContext& ctx) {
 }
 
 llvm::Error runGc(const DiskCache& disk, uint64_t maxBytes, const CommandContext& ctx) {
-  auto evicted = disk.collectGarbage(maxBytes);
+  auto evicted = disk.collectGarbage(maxBytes, "", EntryCheck::Full);
   if (!evicted)
     return evicted.takeError();
   for (const std::string& key : *evicted)
@@ -122,7 +127,9 @@ llvm::Error runGc(const DiskCache& disk, uint64_t maxBytes, const CommandContext
   for (const EntryInfo& e : disk.list())
     bytes += e.bytes;
   ctx.out << "cache gc: evicted " << evicted->size() << ", " << bytes << " bytes remain (limit "
-          << (maxBytes > 0 ? std::to_string(maxBytes) : std::string("none")) << ")\n";
+          << (maxBytes > 0 ? std::to_string(maxBytes) : std::string("none")) << "); journal "
+          << disk.journal().bytes() << " bytes"
+          << (maxBytes > 0 ? ", counted in the limit\n" : "\n");
   return llvm::Error::success();
 }
 
@@ -132,6 +139,8 @@ template <typename Body> Action diskAction(Body body) {
     if (auto err = requireCacheDir(ctx.config))
       return err;
     DiskCache disk(ctx.config.cacheDir, ctx.config);
+    if (auto err = disk.checkLayout())
+      return err;
     return body(disk, ctx);
   };
 }

@@ -42,6 +42,34 @@ typedef struct {
   int64_t num_experts; /**< E, 1 when not masked */
 } bqjit_launch_args;
 
+/** Log levels: a message has WARN, INFO or DEBUG; QUIET is a threshold only. */
+typedef enum {
+  BQJIT_LOG_QUIET = 0,
+  BQJIT_LOG_WARN = 1,
+  BQJIT_LOG_INFO = 2,
+  BQJIT_LOG_DEBUG = 3
+} bqjit_log_level;
+
+/** Receives one log message: its level (a bqjit_log_level), its text (UTF-8,
+ *  one line, no prefix and no newline; valid during the call only) and the
+ *  `user` pointer given to bqjit_set_log_callback. */
+typedef void (*bqjit_log_callback)(int level, const char* message, void* user);
+
+/** Routes bqjit's log messages, process-wide, to `callback` instead of
+ *  stderr: those at `level` or more severe (BQJIT_LOG_WARN: warnings only,
+ *  BQJIT_LOG_INFO: also each compile, load from disk and eviction,
+ *  BQJIT_LOG_DEBUG: also NVRTC options and cache paths). While a callback is
+ *  set, `level` replaces BQJIT_LOG_LEVEL for every service, existing or not.
+ *  A NULL callback sends messages back to stderr, filtered by BQJIT_LOG_LEVEL.
+ *
+ *  The callback may be called from any thread that uses bqjit, concurrently,
+ *  so it must be thread-safe. When this function returns, the previous
+ *  callback is not running and will not be called again (its `user` may be
+ *  freed). Calling this function from inside the callback is refused
+ *  (BQJIT_ERROR_INVALID_ARGUMENT), and so is a `level` outside 0..3; messages
+ *  that bqjit logs while the callback runs on the same thread go to stderr. */
+bqjit_status bqjit_set_log_callback(bqjit_log_callback callback, void* user, int level);
+
 /** The message of the last failed call on this thread ("" if none). */
 const char* bqjit_last_error(void);
 

@@ -15,8 +15,19 @@ inline constexpr const char* kCacheLayoutDir = "v1";
 
 enum class LogLevel : int { Quiet = 0, Warn = 1, Info = 2, Debug = 3 };
 
-/// Where log lines go; the default writes "bqjit: <level>: <text>" to stderr.
+/// Where log lines go; the default writes "bqjit: <level>: <text>" to stderr
+/// (<level>: "warning", "info" or "debug"), one line per message.
 using LogSink = std::function<void(LogLevel, const std::string&)>;
+
+/// The process-wide log destination (the C API's bqjit_set_log_callback): it
+/// receives the lines of every Config that has no `logSink` of its own,
+/// filtered by `level` instead of the Config's `logLevel` (BQJIT_LOG_LEVEL);
+/// an empty `sink` sends them back to stderr. Thread-safe: the sink may be
+/// called from any thread, concurrently; once this returns, the previous sink
+/// is not running and will not be called again. Calling it from inside a sink
+/// is an error (InvalidArgument), as would be a deadlock; a sink's own
+/// bqjit log lines go to stderr.
+llvm::Error setProcessLogSink(LogSink sink, LogLevel level);
 
 struct Config {
   /// Root of the disk cache; empty disables the disk layer (memory only).
@@ -40,8 +51,13 @@ struct Config {
   static llvm::Expected<Config>
   fromEnvironment(const std::function<const char*(const char*)>& getenv = nullptr);
 
-  /// Emits a log line when `level` is enabled.
+  /// Emits a log line when `level` is enabled: to `logSink` if set (filtered
+  /// by `logLevel`), else to the process log sink if one is set (filtered by
+  /// its own level), else to stderr (filtered by `logLevel`).
   void log(LogLevel level, const std::string& text) const;
+  /// Whether `log(level, ...)` would emit anything: lets a caller skip
+  /// formatting a line nobody will see.
+  bool logs(LogLevel level) const;
 };
 
 } // namespace bqjit

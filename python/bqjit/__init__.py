@@ -19,6 +19,8 @@ from ._lib import (
     Service,
     library,
     library_path,
+    log_to_python,
+    log_to_stderr,
     service,
 )
 from .ops import HAVE_TORCH, LAYOUTS, OUT_DTYPES, scale_shape, silu_mul_quant
@@ -36,6 +38,8 @@ __all__ = [
     "Service",
     "library",
     "library_path",
+    "log_to_python",
+    "log_to_stderr",
     "scale_shape",
     "service",
     "silu_mul_quant",

@@ -22,9 +22,11 @@ Failure to find it is reported at first use (never at ``import bqjit``) as a
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -39,6 +41,8 @@ __all__ = [
     "STATUS_NAMES",
     "library",
     "library_path",
+    "log_to_python",
+    "log_to_stderr",
     "service",
 ]
 
@@ -97,6 +101,12 @@ class LaunchArgs(ctypes.Structure):
     ]
 
 
+# bqjit_log_callback: void (*)(int level, const char* message, void* user).
+_LOG_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+_NO_LOG_CALLBACK = _LOG_CALLBACK()  # NULL: back to stderr
+# bqjit_log_level -> logging level, and back.
+_LOG_LEVELS = {1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
+
 _LIB_NAME = "libbqjit.so"
 _lock = threading.Lock()
 _service_lock = threading.Lock()
@@ -136,6 +146,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bqjit_kernel_release": (None, [c_void_p]),
         "bqjit_kernel_launch": (c_int, [c_void_p, ctypes.POINTER(LaunchArgs), c_void_p]),
         "bqjit_default_launch": (c_int, [c_char_p, c_int, c_char_p, c_size_t, p_size]),
+        "bqjit_set_log_callback": (c_int, [_LOG_CALLBACK, c_void_p, c_int]),
     }
     for name, (restype, argtypes) in sig.items():
         fn = getattr(lib, name)  # AttributeError: not a bqjit library
@@ -351,6 +362,83 @@ class Service:
     def __repr__(self) -> str:
         state = "closed" if not self._handle else f"{len(self.kernels)} kernel(s)"
         return f"bqjit.Service({state})"
+
+
+_log_lock = threading.Lock()
+# The ctypes callback the library holds: it must stay alive while set.
+_log_callback: Optional[Any] = None
+_log_atexit = False
+
+
+def _bqjit_level(level: int) -> int:
+    """The bqjit_log_level that produces every message at ``level`` or above."""
+    if level <= logging.DEBUG:
+        return 3
+    if level <= logging.INFO:
+        return 2
+    if level <= logging.WARNING:
+        return 1
+    return 0
+
+
+def log_to_python(logger: Union[logging.Logger, str, None] = "bqjit", level: int = logging.DEBUG) -> logging.Logger:
+    """Routes bqjit's log messages, process-wide, into Python's :mod:`logging`
+    instead of stderr (``bqjit_set_log_callback``).
+
+    Each message becomes one record of ``logger`` (a name or a Logger; default
+    ``"bqjit"``): warnings at ``WARNING``; each compile, load from the disk
+    cache and eviction at ``INFO`` (``"compiled key=... arch=... ms=... spec=..."``,
+    ``"loaded from disk key=... arch=... spec=..."``, ``"evicted key=... bytes=... reason=..."``);
+    NVRTC options and cache paths at ``DEBUG``. The logger's own level and
+    handlers decide what is shown. Messages below ``level`` are not even
+    produced (default ``DEBUG``: all). While routed, ``BQJIT_LOG_LEVEL`` is not
+    used. Records come from whichever thread made bqjit log. Returns the logger.
+    """
+    if logger is None or isinstance(logger, str):
+        logger = logging.getLogger(logger or "bqjit")
+    if not isinstance(logger, logging.Logger):
+        raise TypeError(f"logger must be a logging.Logger, a name or None, got {type(logger).__name__}")
+    if not isinstance(level, int) or isinstance(level, bool):
+        raise TypeError(f"level must be a logging level (int), got {type(level).__name__}")
+    target = logger
+
+    def emit(bq_level: int, message: Optional[bytes], _user: Optional[int]) -> None:
+        try:
+            py_level = _LOG_LEVELS.get(bq_level, logging.WARNING)
+            if target.isEnabledFor(py_level):
+                target.log(py_level, (message or b"").decode("utf-8", "replace"))
+        except Exception:  # pragma: no cover - never let an exception cross into C
+            pass
+
+    _set_log_callback(_LOG_CALLBACK(emit), _bqjit_level(level))
+    return logger
+
+
+def log_to_stderr() -> None:
+    """Undoes :func:`log_to_python`: messages go to stderr again, filtered by
+    ``BQJIT_LOG_LEVEL`` (``bqjit: <level>: <text>`` lines)."""
+    _set_log_callback(None, 1)
+
+
+def _set_log_callback(callback: Optional[Any], level: int) -> None:
+    global _log_callback, _log_atexit
+    lib = library()
+    with _log_lock:
+        # Once this returns, the library no longer calls the previous callback,
+        # so it may be released.
+        status = lib.bqjit_set_log_callback(_NO_LOG_CALLBACK if callback is None else callback, None, level)
+        _check(lib, status, "bqjit_set_log_callback")
+        _log_callback = callback
+        if callback is not None and not _log_atexit:
+            atexit.register(_unset_log_callback_at_exit)
+            _log_atexit = True
+
+
+def _unset_log_callback_at_exit() -> None:
+    # A bqjit thread still logging while the interpreter finalizes must not
+    # call into Python.
+    if _log_callback is not None and _lib is not None:
+        _lib.bqjit_set_log_callback(_NO_LOG_CALLBACK, None, 1)
 
 
 def service() -> Service:
