@@ -66,6 +66,7 @@ struct KernelSpec {
   static constexpr int kMaxHidden = 65536;
   static constexpr int kMinGroup = 16;
   static constexpr int kMaxGroup = 1024;
+  static constexpr int kMinArch = 80; ///< sm_80 (Ampere) is the oldest target bqjit accepts.
 
   int hidden = 0;                             ///< H: columns of gate (and of up).
   int groupSize = 128;                        ///< G: columns per quantization group.
