@@ -195,9 +195,13 @@ size_t tooDeepAt(llvm::StringRef text, int maxDepth) {
 
 // The parser's complaint in plain words: where, then what.
 std::string syntaxProblem(const BoundedBuilder& b) {
-  if (b.exceptionId() == 406) // out_of_range: a number beyond a double
-    return "at byte " + std::to_string(b.position()) + ": the number " +
-           shownText(b.lastToken(), 60) + " is too large (beyond the range of a double)";
+  if (b.exceptionId() == 406) { // out_of_range: a number beyond a double
+    // The position is the number's last byte; say where it starts.
+    const size_t length = b.lastToken().size();
+    const size_t start = b.position() >= length ? b.position() - length + 1 : b.position();
+    return "at byte " + std::to_string(start) + ": the number " + shownText(b.lastToken(), 60) +
+           " is too large (beyond the range of a double)";
+  }
   // "[json.exception.parse_error.101] parse error at line 1, column 5: syntax error ..."
   std::string text = b.exceptionText();
   if (const size_t close = text.find("] ");

@@ -140,7 +140,7 @@ TEST(JsonInput, SyntaxErrorsSayWhereInPlainWords) {
   EXPECT_TRUE(contains(failure(""), "spec JSON: not valid JSON: the text is empty"));
   EXPECT_TRUE(contains(failure(" \n\t"), "not valid JSON: the text is only white space"));
   EXPECT_TRUE(contains(failure("{\"hidden\": 1e999}"),
-                       "not valid JSON at byte 16: the number 1e999 is too large"));
+                       "not valid JSON at byte 12: the number 1e999 is too large"));
   EXPECT_TRUE(contains(failure("{} {}"), "not valid JSON at line 1, column 4"));
 
   // The parser's last token is cut, invalid UTF-8 replaced.
