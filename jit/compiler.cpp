@@ -59,7 +59,8 @@ llvm::Expected<CompiledKernel> Compiler::compile(const KernelSpec& resolved) con
     ErrorCode code = consumeError(std::move(err), &message);
     return makeError(code, "compiling " + context + ": " + message);
   };
-  // Reject targets NVRTC does not know before compiling, with the list.
+  // Reject targets NVRTC does not know before compiling, with the list of
+  // those that both NVRTC and bqjit (sm_80 and newer) accept.
   {
     const std::string digits =
         resolved.arch.substr(3, resolved.arch.find_first_not_of("0123456789", 3) - 3);
@@ -67,10 +68,15 @@ llvm::Expected<CompiledKernel> Compiler::compile(const KernelSpec& resolved) con
     if (!archs.empty() && std::find(archs.begin(), archs.end(), std::stoi(digits)) == archs.end()) {
       std::string list;
       for (int a : archs)
-        list += (list.empty() ? "sm_" : ", sm_") + std::to_string(a);
-      return makeError(ErrorCode::InvalidSpec, "invalid spec field 'arch' = '" + resolved.arch +
-                                                   "': this NVRTC (" + identity_.toString() +
-                                                   ") supports " + list);
+        if (a >= KernelSpec::kMinArch)
+          list += (list.empty() ? "sm_" : ", sm_") + std::to_string(a);
+      const std::string from = "sm_" + std::to_string(KernelSpec::kMinArch);
+      const std::string nvrtc = "this NVRTC (" + identity_.toString() + ")";
+      return makeError(ErrorCode::InvalidSpec,
+                       "invalid spec field 'arch' = '" + resolved.arch + "': " +
+                           (list.empty() ? nvrtc + " supports no architecture from " + from + " on"
+                                         : "must be one of " + list + " (those from " + from +
+                                               " on that " + nvrtc + " supports)"));
     }
   }
 
