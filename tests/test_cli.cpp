@@ -133,6 +133,71 @@ TEST_F(CliTest, UsageErrorsExit2WithOneErrorLine) {
   EXPECT_TRUE(contains(noTokens.err, "--tokens"));
 }
 
+// CLI11's checks printed the range of a double, 300 digits, and took "abc"
+// for a number out of range.
+TEST_F(CliTest, NumericOptionErrorsNameTheValueAndTheRule) {
+  RunResult gc = run({"cache", "gc", "--max-bytes", "-1"});
+  EXPECT_EQ(gc.status, 2);
+  EXPECT_EQ(gc.err,
+            "bqjit: error: --max-bytes: must be a whole number >= 0, got '-1' (see --help)\n");
+  RunResult word = run({"cache", "gc", "--max-bytes", "abc"});
+  EXPECT_EQ(word.status, 2);
+  EXPECT_TRUE(contains(word.err, "--max-bytes: must be a whole number >= 0, got 'abc'"));
+  RunResult huge = run({"cache", "gc", "--max-bytes", "99999999999999999999"});
+  EXPECT_EQ(huge.status, 2);
+  EXPECT_TRUE(
+      contains(huge.err, "--max-bytes: must be a whole number >= 0, got '99999999999999999999'"));
+
+  // The GPU commands' options, checked before any driver is needed.
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--ldx", "-1"}, "--ldx: must be a whole number >= 0, got '-1'"},
+      {{"--device", "-2"}, "--device: must be a whole number from 0 to 2147483647, got '-2'"},
+      {{"--scale-ub", "0"}, "--scale-ub: must be a number > 0, got '0'"},
+      {{"--scale-ub", "nan"}, "--scale-ub: must be a number > 0, got 'nan'"},
+  };
+  for (const auto& [option, message] : cases) {
+    std::vector<std::string> args = {"verify", "H=7168", "--tokens", "64"};
+    args.insert(args.end(), option.begin(), option.end());
+    RunResult r = run(args);
+    EXPECT_EQ(r.status, 2) << option[0];
+    EXPECT_TRUE(contains(r.err, "bqjit: error: " + message)) << option[0];
+    EXPECT_LT(r.err.size(), 200u) << r.err;
+  }
+  // Still accepted.
+  EXPECT_EQ(run({"cache", "gc", "--max-bytes", "0"}).status, 0);
+}
+
+// "A subcommand is required" named neither the word nor the commands.
+TEST_F(CliTest, UnknownOrMissingCommandIsNamed) {
+  RunResult top = run({"bogus"});
+  EXPECT_EQ(top.status, 2);
+  EXPECT_EQ(top.err, "bqjit: error: 'bogus' is not a command of 'bqjit' (its commands: prewarm, "
+                     "ptx, cache, verify, tune, version)\n");
+  RunResult cache = run({"cache", "foo"});
+  EXPECT_EQ(cache.status, 2);
+  EXPECT_EQ(cache.err, "bqjit: error: 'foo' is not a command of 'bqjit cache' (its commands: ls, "
+                       "stats, verify, clear, gc, dir)\n");
+  RunResult withOption = run({"--cache-dir", dir_.string(), "cache", "foo", "bar"});
+  EXPECT_EQ(withOption.status, 2);
+  EXPECT_TRUE(contains(withOption.err, "'foo' is not a command of 'bqjit cache'"));
+  RunResult option = run({"--bogus"});
+  EXPECT_EQ(option.status, 2);
+  EXPECT_TRUE(contains(option.err, "'bqjit' has no option '--bogus'"));
+  RunResult bare = run({"cache"});
+  EXPECT_EQ(bare.status, 2);
+  EXPECT_TRUE(contains(bare.err, "'bqjit cache' needs a command, one of: ls, stats, verify, "
+                                 "clear, gc, dir"));
+}
+
+TEST_F(CliTest, UnsupportedArchListsOnlyWhatBqjitAccepts) {
+  RunResult r = run({"ptx", "H=7168", "--arch", "sm_200", "--no-ptx"});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_TRUE(contains(r.err, "bqjit: error: invalid spec field 'arch' = 'sm_200': must be one of "
+                              "sm_80, "));
+  EXPECT_TRUE(contains(r.err, "sm_90"));
+  EXPECT_FALSE(contains(r.err, "sm_75"));
+}
+
 TEST_F(CliTest, VersionNamesNvrtcArchsAndCache) {
   RunResult r = run({"version"});
   ASSERT_EQ(r.status, 0) << r.err;
