@@ -3,6 +3,7 @@
 #include "bqjit/error.hpp"
 #include "cache/journal.hpp"
 #include "jit/cache_key.hpp"
+#include "core/json_input.hpp"
 
 namespace bqjit {
 
@@ -42,9 +43,15 @@ nlohmann::json makeMetadata(const CompiledKernel& k, const std::string& keyInput
 }
 
 llvm::Error parseMetadata(const std::string& text, CompiledKernel& out) {
-  auto meta = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (meta.is_discarded() || !meta.is_object())
-    return makeError(ErrorCode::CacheError, "metadata is not a JSON object");
+  // Bounded in size and depth: the file may have been damaged or written by anyone.
+  auto parsed = parseJsonInput(text, kMetadataJsonLimits,
+                               "metadata is not a JSON object bqjit reads", ErrorCode::CacheError);
+  if (!parsed)
+    return parsed.takeError();
+  nlohmann::json meta = std::move(*parsed);
+  if (!meta.is_object())
+    return makeError(ErrorCode::CacheError,
+                     "metadata is not a JSON object, got " + std::string(meta.type_name()));
   if (!meta.contains("meta_xxh3") || !meta["meta_xxh3"].is_string())
     return metaError("meta_xxh3", "is missing");
   if (meta["meta_xxh3"].get<std::string>() != selfChecksum(meta))

@@ -3,6 +3,7 @@
 #include <cctype>
 
 #include "bqjit/error.hpp"
+#include "core/json_input.hpp"
 
 namespace bqjit {
 

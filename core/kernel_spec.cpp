@@ -5,21 +5,30 @@
 
 #include "bqjit/arch.hpp"
 #include "bqjit/error.hpp"
+#include "core/json_input.hpp"
 
 namespace bqjit {
 
 namespace {
 
+// `value` is already as a message shows it (quoted(), shown() or a number);
+// the field is cut, as an unknown key may be anything.
 llvm::Error specError(const std::string& field, const std::string& value, const std::string& rule) {
   return makeError(ErrorCode::InvalidSpec,
-                   "invalid spec field '" + field + "' = " + value + ": " + rule);
+                   "invalid spec field '" + shownText(field) + "' = " + value + ": " + rule);
 }
 
-// A JSON value as text for an error message. Strings from the command line
-// (fromFields) may hold invalid UTF-8, on which a plain dump() throws; such
-// bytes are shown as U+FFFD instead.
+// A text value in quotes for a message, cut to a few hundred bytes.
+std::string quoted(const std::string& text) {
+  return "'" + shownText(text) + "'";
+}
+
+// A JSON value as text for an error message: cut, never recursing deeper
+// than kJsonMaxDepth (fromJson is public: a C++ caller may hand it a value
+// nested a million levels deep), invalid UTF-8 (strings from the command
+// line) shown as U+FFFD.
 std::string shown(const nlohmann::json& v) {
-  return v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return shownJson(v);
 }
 
 bool isPowerOfTwo(int v) {
@@ -81,14 +90,14 @@ llvm::Expected<InDtype> parseInDtype(const std::string& text) {
   for (InDtype d : {InDtype::BF16, InDtype::FP16, InDtype::FP32})
     if (text == toString(d))
       return d;
-  return specError("in_dtype", "'" + text + "'", "must be one of bf16, fp16, fp32");
+  return specError("in_dtype", quoted(text), "must be one of bf16, fp16, fp32");
 }
 
 llvm::Expected<OutDtype> parseOutDtype(const std::string& text) {
   for (OutDtype d : {OutDtype::FP8E4M3, OutDtype::FP8E5M2, OutDtype::INT8})
     if (text == toString(d))
       return d;
-  return specError("out_dtype", "'" + text + "'", "must be one of fp8_e4m3, fp8_e5m2, int8");
+  return specError("out_dtype", quoted(text), "must be one of fp8_e4m3, fp8_e5m2, int8");
 }
 
 llvm::Expected<ScaleLayout> parseScaleLayout(const std::string& text) {
@@ -96,8 +105,7 @@ llvm::Expected<ScaleLayout> parseScaleLayout(const std::string& text) {
        {ScaleLayout::Row, ScaleLayout::Col, ScaleLayout::ColTma, ScaleLayout::Ue8m0Packed})
     if (text == toString(l))
       return l;
-  return specError("scale_layout", "'" + text + "'",
-                   "must be one of row, col, col_tma, ue8m0_packed");
+  return specError("scale_layout", quoted(text), "must be one of row, col, col_tma, ue8m0_packed");
 }
 
 float quantMax(OutDtype dtype) {
@@ -368,7 +376,7 @@ KernelSpec::fromFields(const std::map<std::string, std::string>& fields) {
         used = 0;
       }
       if (used == 0 || used != value.size())
-        return specError(name, "'" + value + "'", "must be an integer");
+        return specError(name, quoted(value), "must be an integer");
       (isLaunch ? launch : j)[name] = n;
     } else if (name == "ue8m0" || name == "scale_ub" || name == "masked") {
       if (value == "1" || value == "true" || value == "on")
@@ -376,7 +384,7 @@ KernelSpec::fromFields(const std::map<std::string, std::string>& fields) {
       else if (value == "0" || value == "false" || value == "off")
         j[name] = false;
       else
-        return specError(name, "'" + value + "'", "must be true/false, on/off or 1/0");
+        return specError(name, quoted(value), "must be true/false, on/off or 1/0");
     } else {
       j[name] = value;
     }

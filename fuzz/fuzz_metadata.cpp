@@ -1,6 +1,7 @@
 // Fuzzes what bqjit reads back from a cache entry on disk, which another
 // process, a full disk or a person may have damaged:
-//   - parseMetadata (meta.json) on the bytes as they are, and once more with
+//   - parseMetadata (meta.json) on the bytes as they are (bounded in size and
+//     depth, repeated keys refused: deep and wide seeds), and once more with
 //     "meta_xxh3" recomputed, so that the fuzzer gets past the self checksum
 //     to the field checks (a random edit would almost never match it);
 //   - checkPayload of the bytes against any JSON object they parse to;
@@ -17,6 +18,7 @@
 #include "fuzz/common.hpp"
 #include "jit/cache_key.hpp"
 #include "jit/cubin_info.hpp"
+#include "core/json_input.hpp"
 
 namespace {
 
@@ -44,8 +46,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::vector<char> bytes(text.begin(), text.end());
 
   metadata(text);
-  auto meta = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (meta.is_object()) {
+  // Through the bounded parser, as bqjit reads metadata: a plain parse of
+  // deep input would build a value that dump() below recurses through.
+  auto parsed = bqjit::parseJsonInput(text, bqjit::kMetadataJsonLimits, "fuzz metadata",
+                                      bqjit::ErrorCode::CacheError);
+  if (!parsed)
+    bqjit::fuzz::expectMessage(parsed.takeError());
+  else if (parsed->is_object()) {
+    nlohmann::json& meta = *parsed;
     meta.erase("meta_xxh3");
     const std::string rest = meta.dump();
     meta["meta_xxh3"] = bqjit::checksum64(rest.data(), rest.size());

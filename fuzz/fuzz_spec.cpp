@@ -1,8 +1,10 @@
 // Fuzzes the two ways a KernelSpec enters bqjit from outside: JSON (the C
 // API, the Python binding, manifests, cache metadata) and the command line's
-// key=value tokens. The bytes are parsed as JSON without exceptions and given
-// to KernelSpec::fromJson; then split on whitespace into tokens for
-// KernelSpec::fromFields and for the CLI's parseSpecArgs.
+// key=value tokens. The bytes are parsed as JSON by the bounded parser
+// (jit/json_input) and, without its limits, by nlohmann's, which must agree
+// where the bounded one accepts; the plain value (of any depth) is given to
+// KernelSpec::fromJson; then the bytes are split on whitespace into tokens
+// for KernelSpec::fromFields and for the CLI's parseSpecArgs.
 //
 // Beyond "no crash, no exception, no sanitizer report", every accepted spec
 // must round-trip through its canonical JSON, and the launch heuristic must
@@ -17,6 +19,7 @@
 
 #include "bqjit/kernel_spec.hpp"
 #include "fuzz/common.hpp"
+#include "core/json_input.hpp"
 #include "planner/launch_heuristic.hpp"
 #include "tools/spec_args.hpp"
 
@@ -55,7 +58,17 @@ void checkAccepted(const KernelSpec& spec) {
 }
 
 void fromJson(const std::string& text) {
+  // As bqjit's callers read a spec: bounded in size and depth, a repeated
+  // key refused. What it accepts, nlohmann's plain parser reads alike.
+  auto bounded = bqjit::parseJsonInput(text, bqjit::kSpecJsonLimits, "fuzz spec",
+                                       bqjit::ErrorCode::InvalidSpec);
+  // The plain parse (iterative in nlohmann 3.11) may be any depth:
+  // KernelSpec::fromJson is public, and a C++ caller may hand it such a value.
   auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!bounded)
+    bqjit::fuzz::expectMessage(bounded.takeError());
+  else
+    BQJIT_FUZZ_CHECK(*bounded == j, "the bounded parser read the text differently");
   if (j.is_discarded())
     return;
   auto spec = KernelSpec::fromJson(j);

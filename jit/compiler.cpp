@@ -67,7 +67,8 @@ llvm::Expected<CompiledKernel> Compiler::compile(const KernelIdentity& kernel) c
     ErrorCode code = consumeError(std::move(err), &message);
     return makeError(code, "compiling " + context + ": " + message);
   };
-  // Reject targets this NVRTC does not know before compiling, with the list.
+  // Reject targets NVRTC does not know before compiling, with the list of
+  // those that both NVRTC and bqjit (sm_80 and newer) accept.
   {
     auto arch = Arch::parse(resolved.arch);
     if (!arch)
@@ -78,9 +79,13 @@ llvm::Expected<CompiledKernel> Compiler::compile(const KernelIdentity& kernel) c
       for (int a : archs)
         if (a >= Arch::kMinNumber)
           list += (list.empty() ? "sm_" : ", sm_") + std::to_string(a);
-      return makeError(ErrorCode::InvalidSpec, "invalid spec field 'arch' = '" + resolved.arch +
-                                                   "': this NVRTC (" + identity_.toString() +
-                                                   ") supports " + list);
+      const std::string from = "sm_" + std::to_string(Arch::kMinNumber);
+      const std::string nvrtc = "this NVRTC (" + identity_.toString() + ")";
+      return makeError(ErrorCode::InvalidSpec,
+                       "invalid spec field 'arch' = '" + resolved.arch + "': " +
+                           (list.empty() ? nvrtc + " supports no architecture from " + from + " on"
+                                         : "must be one of " + list + " (those from " + from +
+                                               " on that " + nvrtc + " supports)"));
     }
   }
 

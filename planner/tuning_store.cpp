@@ -7,6 +7,7 @@
 
 #include "bqjit/error.hpp"
 #include "core/fs_util.hpp"
+#include "core/json_input.hpp"
 
 namespace bqjit {
 
@@ -38,7 +39,13 @@ std::optional<LaunchShape> TuningStore::find(const KernelSpec& spec, Regime regi
   }
   std::optional<LaunchShape> found;
   if (auto text = fs::readFile(file)) {
-    auto j = nlohmann::json::parse(text->begin(), text->end(), nullptr, false);
+    auto parsed = parseJsonInput(llvm::StringRef(text->data(), text->size()),
+                                 kTuningRecordJsonLimits, "tuning record '" + file + "'");
+    nlohmann::json j;
+    if (parsed)
+      j = std::move(*parsed);
+    else
+      llvm::consumeError(parsed.takeError());
     if (j.is_object() && j.contains("spec")) {
       auto tuned = KernelSpec::fromJson(j["spec"]);
       if (tuned && tuned->shape) {

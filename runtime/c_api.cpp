@@ -12,6 +12,7 @@
 #include "bqjit/error.hpp"
 #include "bqjit/service.hpp"
 #include "cache/kernel_cache.hpp"
+#include "core/json_input.hpp"
 #include "planner/launch_heuristic.hpp"
 
 /// Specs already parsed from JSON text, so that asking again with the same
@@ -84,14 +85,28 @@ bqjit_status ok() {
   return BQJIT_OK;
 }
 
-llvm::Expected<bqjit::KernelSpec> parseSpec(const char* json) {
+// Every entry point that takes JSON reads it here: bounded in size and
+// depth (bqjit must never take its host process down on an input), a
+// repeated key refused.
+llvm::Expected<nlohmann::json> parseSpecJson(const char* json) {
   if (!json)
     return bqjit::makeError(bqjit::ErrorCode::InvalidArgument, "spec_json is NULL");
-  auto j = nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded())
+  // Counted only up to the limit: a huge text is not scanned to its end.
+  const size_t limit = bqjit::kSpecJsonLimits.maxBytes;
+  const size_t length = ::strnlen(json, limit + 1);
+  if (length > limit)
     return bqjit::makeError(bqjit::ErrorCode::InvalidSpec,
-                            std::string("spec_json is not valid JSON: ") + json);
-  return bqjit::KernelSpec::fromJson(j);
+                            "spec_json: longer than the limit of " + std::to_string(limit) +
+                                " bytes (" + std::to_string(limit / 1024) + " KiB)");
+  return bqjit::parseJsonInput(llvm::StringRef(json, length), bqjit::kSpecJsonLimits, "spec_json",
+                               bqjit::ErrorCode::InvalidSpec);
+}
+
+llvm::Expected<bqjit::KernelSpec> parseSpec(const char* json) {
+  auto j = parseSpecJson(json);
+  if (!j)
+    return j.takeError();
+  return bqjit::KernelSpec::fromJson(*j);
 }
 
 bqjit_status writeText(const std::string& text, char* buf, size_t size, size_t* needed) {
@@ -175,13 +190,14 @@ bqjit_status bqjit_spec_for_device(bqjit_service service, const char* specJson, 
                                    char* buf, size_t size, size_t* needed) {
   if (!service)
     return fail(bqjit::ErrorCode::InvalidArgument, "service is NULL");
-  if (!specJson)
-    return fail(bqjit::ErrorCode::InvalidArgument, "spec_json is NULL");
-  auto j = nlohmann::json::parse(specJson, nullptr, false);
-  if (!j.is_object())
-    return fail(bqjit::ErrorCode::InvalidSpec, "spec_json is not a JSON object");
-  j["arch"] = "sm_80"; // placeholder so that validation passes; replaced below
-  auto spec = bqjit::KernelSpec::fromJson(j);
+  auto j = parseSpecJson(specJson);
+  if (!j)
+    return fail(j.takeError());
+  if (!j->is_object())
+    return fail(bqjit::ErrorCode::InvalidSpec,
+                "spec_json must be a JSON object, got " + std::string(j->type_name()));
+  (*j)["arch"] = "sm_80"; // placeholder so that validation passes; replaced below
+  auto spec = bqjit::KernelSpec::fromJson(*j);
   if (!spec)
     return fail(spec.takeError());
   auto resolved = service->service->forDevice(*spec, device);

@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -125,6 +126,71 @@ TEST_F(CApiTest, InvalidJsonIsAnInvalidSpec) {
     EXPECT_EQ(bqjit_compile(svc_, text, buf, sizeof buf, &needed), BQJIT_ERROR_INVALID_SPEC);
     EXPECT_TRUE(contains(lastError(), "must be a JSON object"));
   }
+}
+
+/// Every entry point that takes spec JSON, on `text`: each must refuse it as
+/// an invalid spec with a message containing every one of `needles`.
+void expectEveryEntryRefuses(bqjit_service svc, const std::string& text,
+                             const std::vector<std::string>& needles) {
+  char buf[256];
+  size_t needed = 0;
+  bqjit_kernel kernel = nullptr;
+  const std::vector<std::pair<const char*, std::function<bqjit_status()>>> entries = {
+      {"bqjit_compile", [&] { return bqjit_compile(svc, text.c_str(), buf, sizeof buf, &needed); }},
+      {"bqjit_default_launch",
+       [&] { return bqjit_default_launch(text.c_str(), 16, buf, sizeof buf, &needed); }},
+      {"bqjit_spec_for_device",
+       [&] { return bqjit_spec_for_device(svc, text.c_str(), 0, buf, sizeof buf, &needed); }},
+      {"bqjit_kernel_get", [&] { return bqjit_kernel_get(svc, text.c_str(), 0, &kernel); }},
+  };
+  for (const auto& [name, call] : entries) {
+    SCOPED_TRACE(name);
+    EXPECT_EQ(call(), BQJIT_ERROR_INVALID_SPEC);
+    const std::string message = lastError();
+    EXPECT_LT(message.size(), 1000u) << message.substr(0, 1000);
+    for (const std::string& needle : needles)
+      EXPECT_TRUE(contains(message, needle));
+  }
+  EXPECT_EQ(kernel, nullptr);
+}
+
+// Nested 100000 levels deep (200 KB): the message used to dump the value,
+// recursing once per level, and the calling process died of a stack overflow.
+TEST_F(CApiTest, DeepJsonIsAnErrorNotACrash) {
+  const std::string deep =
+      "{\"hidden\": " + std::string(100000, '[') + std::string(100000, ']') + "}";
+  expectEveryEntryRefuses(svc_, deep,
+                          {"invalid-spec: spec_json: longer than the limit of 65536 bytes"});
+  // Within the size limit (60 KB): refused for its depth, with the place.
+  const std::string nested = std::string(30000, '[') + std::string(30000, ']');
+  expectEveryEntryRefuses(svc_, nested,
+                          {"spec_json: arrays and objects nested more than 64 levels deep at "
+                           "byte 65 (in [0][0]",
+                           "the limit is 64 levels"});
+  expectEveryEntryRefuses(svc_, "{\"hidden\": 2048, \"launch\": " + nested + "}",
+                          {"nested more than 64 levels deep", "(in launch[0][0]"});
+}
+
+// The last of a repeated key used to win silently.
+TEST_F(CApiTest, RepeatedKeyIsAnInvalidSpec) {
+  expectEveryEntryRefuses(svc_, R"({"hidden": 2048, "group_size": 128, "hidden": 4096})",
+                          {"spec_json: the key \"hidden\" appears twice in the top-level object",
+                           "a key may appear only once"});
+  expectEveryEntryRefuses(svc_, R"({"hidden": 2048, "launch": {"threads_per_group": 4,
+      "vec_width": 8, "groups_per_block": 8, "vec_width": 2}})",
+                          {"the key \"vec_width\" appears twice in launch"});
+}
+
+// The whole text used to be copied into the message.
+TEST_F(CApiTest, InvalidJsonMessageIsShortAndSaysWhere) {
+  const std::string text = "{\"hidden\": 2048, \"comment\": \"" + std::string(60000, 'x') + "\"";
+  // The end of the input, one past its last byte.
+  const std::string end = std::to_string(text.size() + 1);
+  expectEveryEntryRefuses(
+      svc_, text,
+      {"spec_json: not valid JSON at line 1, column " + end + " (byte " + end + "): ",
+       "unexpected end of input"});
+  expectEveryEntryRefuses(svc_, "[7168, ]", {"spec_json: not valid JSON at line 1, column 8"});
 }
 
 TEST_F(CApiTest, InvalidSpecFieldIsNamed) {

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bqjit/error.hpp"
+#include "core/json_input.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "test_util.hpp"
 #include "tools/manifest.hpp"
@@ -130,6 +131,71 @@ TEST_F(CliTest, UsageErrorsExit2WithOneErrorLine) {
   RunResult noTokens = run({"verify", "H=7168"});
   EXPECT_EQ(noTokens.status, 2);
   EXPECT_TRUE(contains(noTokens.err, "--tokens"));
+}
+
+// CLI11's checks printed the range of a double, 300 digits, and took "abc"
+// for a number out of range.
+TEST_F(CliTest, NumericOptionErrorsNameTheValueAndTheRule) {
+  RunResult gc = run({"cache", "gc", "--max-bytes", "-1"});
+  EXPECT_EQ(gc.status, 2);
+  EXPECT_EQ(gc.err,
+            "bqjit: error: --max-bytes: must be a whole number >= 0, got '-1' (see --help)\n");
+  RunResult word = run({"cache", "gc", "--max-bytes", "abc"});
+  EXPECT_EQ(word.status, 2);
+  EXPECT_TRUE(contains(word.err, "--max-bytes: must be a whole number >= 0, got 'abc'"));
+  RunResult huge = run({"cache", "gc", "--max-bytes", "99999999999999999999"});
+  EXPECT_EQ(huge.status, 2);
+  EXPECT_TRUE(
+      contains(huge.err, "--max-bytes: must be a whole number >= 0, got '99999999999999999999'"));
+
+  // The GPU commands' options, checked before any driver is needed.
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--ldx", "-1"}, "--ldx: must be a whole number >= 0, got '-1'"},
+      {{"--device", "-2"}, "--device: must be a whole number from 0 to 2147483647, got '-2'"},
+      {{"--scale-ub", "0"}, "--scale-ub: must be a number > 0, got '0'"},
+      {{"--scale-ub", "nan"}, "--scale-ub: must be a number > 0, got 'nan'"},
+  };
+  for (const auto& [option, message] : cases) {
+    std::vector<std::string> args = {"verify", "H=7168", "--tokens", "64"};
+    args.insert(args.end(), option.begin(), option.end());
+    RunResult r = run(args);
+    EXPECT_EQ(r.status, 2) << option[0];
+    EXPECT_TRUE(contains(r.err, "bqjit: error: " + message)) << option[0];
+    EXPECT_LT(r.err.size(), 200u) << r.err;
+  }
+  // Still accepted.
+  EXPECT_EQ(run({"cache", "gc", "--max-bytes", "0"}).status, 0);
+}
+
+// "A subcommand is required" named neither the word nor the commands.
+TEST_F(CliTest, UnknownOrMissingCommandIsNamed) {
+  RunResult top = run({"bogus"});
+  EXPECT_EQ(top.status, 2);
+  EXPECT_EQ(top.err, "bqjit: error: 'bogus' is not a command of 'bqjit' (its commands: prewarm, "
+                     "ptx, cache, verify, tune, version)\n");
+  RunResult cache = run({"cache", "foo"});
+  EXPECT_EQ(cache.status, 2);
+  EXPECT_EQ(cache.err, "bqjit: error: 'foo' is not a command of 'bqjit cache' (its commands: ls, "
+                       "stats, verify, clear, gc, dir)\n");
+  RunResult withOption = run({"--cache-dir", dir_.string(), "cache", "foo", "bar"});
+  EXPECT_EQ(withOption.status, 2);
+  EXPECT_TRUE(contains(withOption.err, "'foo' is not a command of 'bqjit cache'"));
+  RunResult option = run({"--bogus"});
+  EXPECT_EQ(option.status, 2);
+  EXPECT_TRUE(contains(option.err, "'bqjit' has no option '--bogus'"));
+  RunResult bare = run({"cache"});
+  EXPECT_EQ(bare.status, 2);
+  EXPECT_TRUE(contains(bare.err, "'bqjit cache' needs a command, one of: ls, stats, verify, "
+                                 "clear, gc, dir"));
+}
+
+TEST_F(CliTest, UnsupportedArchListsOnlyWhatBqjitAccepts) {
+  RunResult r = run({"ptx", "H=7168", "--arch", "sm_200", "--no-ptx"});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_TRUE(contains(r.err, "bqjit: error: invalid spec field 'arch' = 'sm_200': must be one of "
+                              "sm_80, "));
+  EXPECT_TRUE(contains(r.err, "sm_90"));
+  EXPECT_FALSE(contains(r.err, "sm_75"));
 }
 
 TEST_F(CliTest, VersionNamesNvrtcArchsAndCache) {
@@ -390,6 +456,82 @@ TEST_F(CliTest, BadManifestsExit2AndNameThePlace) {
   EXPECT_TRUE(contains(r5.err, "absent.json': cannot read it"));
 }
 
+// A manifest nested 100000 levels deep (200 KB) used to overflow the stack
+// while its error message was built: `bqjit prewarm` died with SIGSEGV (139).
+TEST_F(CliTest, DeepManifestIsAnErrorNotACrash) {
+  const fs::path deep =
+      writeFile("deep.json", R"({"archs": ["sm_90"], "specs": [{"hidden": )" +
+                                 std::string(100000, '[') + std::string(100000, ']') + "}]}");
+  RunResult r = run({"prewarm", deep.string(), "--arch", "sm_90"});
+  EXPECT_EQ(r.status, 2) << r.err.substr(0, 2000);
+  EXPECT_TRUE(
+      contains(r.err, "bqjit: error: manifest '" + deep.string() +
+                          "': arrays and objects nested more than 64 levels deep at byte "));
+  EXPECT_TRUE(contains(r.err, "(in specs[0].hidden[0][0]"));
+  EXPECT_TRUE(contains(r.err, "the limit is 64 levels"));
+  EXPECT_LT(r.err.size(), 1000u);
+}
+
+// Thousands of specs (here 5000, about 250 KB, four times the limit of one
+// spec) are an ordinary manifest: every one is read, the error is in the last.
+TEST_F(CliTest, ManifestOfThousandsOfSpecsIsReadWhole) {
+  std::string text = R"({"archs": ["sm_90"], "specs": [)";
+  for (int i = 0; i < 5000; ++i)
+    text += R"({"hidden": )" + std::to_string(128 * (1 + i % 512)) + R"(, "in_dtype": ")" +
+            (i < 2500 ? "bf16" : "fp16") + "\"},\n";
+  text += R"({"hidden": 7168, "group_size": 100}]})";
+  const fs::path big = writeFile("big.json", text);
+  RunResult r = run({"prewarm", big.string()});
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_TRUE(contains(r.err, "manifest '" + big.string() + "': specs[5000]: "));
+  EXPECT_TRUE(contains(r.err, "'group_size' = 100"));
+}
+
+TEST_F(CliTest, OversizedManifestIsRefusedBeforeParsing) {
+  // 16 MiB + 1 byte of valid JSON.
+  const size_t limit = 16u * 1024 * 1024;
+  const std::string head = R"({"archs": ["sm_90"], "specs": [{"hidden": 7168}], "comment": ")";
+  const fs::path huge =
+      writeFile("huge.json", head + std::string(limit - head.size() - 1, 'x') + "\"}");
+  ASSERT_EQ(fs::file_size(huge), limit + 1);
+  RunResult r = run({"prewarm", huge.string()});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_TRUE(contains(r.err, "manifest '" + huge.string() + "': " + std::to_string(limit + 1) +
+                                  " bytes is over the limit of 16777216 bytes (16 MiB)"));
+}
+
+// Used to be "not valid JSON: [json.exception.parse_error.101] ... unexpected end of input".
+TEST_F(CliTest, DirectoryGivenAsManifestIsNamed) {
+  RunResult r = run({"prewarm", dir_.string(), "--arch", "sm_90"});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_TRUE(contains(r.err, "bqjit: error: manifest '" + dir_.string() +
+                                  "' is a directory, not a manifest file"));
+  EXPECT_FALSE(contains(r.err, "end of input"));
+  EXPECT_FALSE(contains(r.err, "json.exception"));
+}
+
+// Used to exit 0 with "0 kernel(s)".
+TEST_F(CliTest, EmptyManifestIsAUsageError) {
+  const fs::path empty = writeFile("empty.json", R"({"specs": []})");
+  RunResult r = run({"prewarm", empty.string(), "--arch", "sm_90"});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_TRUE(contains(r.err, "bqjit: error: manifest '" + empty.string() +
+                                  "': \"specs\" is empty; a manifest lists at least one spec"));
+  EXPECT_FALSE(contains(r.err, "0 kernel(s)"));
+}
+
+// Used to be accepted, the last "hidden" winning: one kernel of H=2048 compiled.
+TEST_F(CliTest, RepeatedKeyInManifestIsRefused) {
+  const fs::path twice = writeFile(
+      "twice.json", R"({"archs": ["sm_90"], "specs": [{"hidden": 7168, "hidden": 2048}]})");
+  RunResult r = run({"prewarm", twice.string()});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_TRUE(contains(r.err, "bqjit: error: manifest '" + twice.string() +
+                                  "': the key \"hidden\" appears twice in specs[0]; a key may "
+                                  "appear only once in an object"));
+  EXPECT_FALSE(fs::exists(cacheDir_ / "v1" / "entries"));
+}
+
 TEST_F(CliTest, GpuCommandsWithoutDriverExit5) {
   auto driver = CudaDriver::load();
   if (driver)
@@ -497,6 +639,48 @@ TEST(Manifest, ErrorsNameThePathAndPlace) {
   expectError(R"({"specs": [{"hidden": 64}]})", "archs[0]", {"gpu9000"});
   // Found by fuzz_manifest: a number too large for a double used to abort.
   expectError(R"({"archs": ["sm_90"], "specs": [{"hidden": 1e999}]})", "manifest 'x.json'");
+  expectError(R"({"archs": ["sm_90"], "specs": [{"hidden": 1e999}]})",
+              "not valid JSON at byte 43: the number 1e999 is too large");
+  expectError("{\"specs\": [\n oops]}", "not valid JSON at line 2, column 2 (byte 14): ");
+  expectError(R"({"archs": ["sm_90"], "specs": []})", "\"specs\" is empty");
+  expectError(R"({"archs": ["sm_90"], "archs": ["sm_100"], "specs": [{"hidden": 64}]})",
+              "the key \"archs\" appears twice in the top-level object");
+  expectError(R"({"archs": ["sm_90"], "defaults": {"hidden": 64, "hidden": 128}, "specs": [{}]})",
+              "the key \"hidden\" appears twice in defaults");
+  // The object is level 1, the 64th bracket (byte 74) level 65.
+  expectError("{\"specs\": " + std::string(64, '[') + std::string(64, ']') + "}",
+              "nested more than 64 levels deep at byte 74 (in specs[0][0]");
+  // A value in a message is cut to a few hundred bytes.
+  expectError(R"({"archs": ["sm_90"], "specs": [")" + std::string(100000, 'x') + "\"]}",
+              "specs[0] must be a spec object, got \"xxxx");
+  expectError(R"({"archs": ["sm_90"], "specs": [{"hidden": 64}], ")" + std::string(5000, 'k') +
+                  "\": 1}",
+              "... (5002 bytes) (known: archs, defaults, specs, comment)");
+}
+
+TEST(Manifest, MessagesAreShort) {
+  auto m = parseManifest(R"({"archs": ["sm_90"], "specs": [")" + std::string(100000, 'x') + "\"]}",
+                         "x.json");
+  ASSERT_FALSE(static_cast<bool>(m));
+  std::string message;
+  consumeError(m.takeError(), &message);
+  EXPECT_LT(message.size(), 400u) << message.substr(0, 400);
+}
+
+TEST(Manifest, ThousandsOfSpecsAreRead) {
+  std::string text = R"({"archs": ["sm_90", "sm_100"], "specs": [)";
+  for (int i = 0; i < 5000; ++i)
+    text += std::string(i ? ", " : "") + R"({"hidden": )" + std::to_string(16 * (1 + i % 4096)) +
+            R"(, "group_size": 16, "in_dtype": ")" + (i < 4096 ? "bf16" : "fp16") + "\"}";
+  text += "]}";
+  ASSERT_GT(text.size(), 4 * kSpecJsonLimits.maxBytes);
+  auto m = parseManifest(text, "big.json");
+  ASSERT_TRUE(static_cast<bool>(m)) << consumeToString(m.takeError());
+  EXPECT_EQ(m->items.size(), 10000u);
+  EXPECT_EQ(m->duplicates, 0);
+  EXPECT_EQ(m->items.back().hidden, 16 * (1 + 4999 % 4096));
+  EXPECT_EQ(m->items.back().inDtype, InDtype::FP16);
+  EXPECT_EQ(m->items.back().arch, "sm_100");
 }
 
 } // namespace

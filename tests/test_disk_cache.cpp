@@ -24,6 +24,7 @@
 #include "cache/log_lines.hpp"
 #include "core/fs_util.hpp"
 #include "jit/cache_key.hpp"
+#include "core/json_input.hpp"
 #include "planner/launch_heuristic.hpp"
 #include "test_util.hpp"
 
@@ -265,6 +266,59 @@ TEST_F(DiskCacheTest, TruncatedMetadataIsCorrupt) {
   publish(k);
   ASSERT_EQ(::truncate(entryFile(k.key, kMetaFile).c_str(), 40), 0);
   EXPECT_TRUE(contains(expectCorrupt(k.key), "not a JSON object"));
+}
+
+/// Re-seals metadata text: its self checksum recomputed, so that only what
+/// the test changed is wrong.
+std::string resealed(nlohmann::json meta) {
+  meta.erase("meta_xxh3");
+  const std::string text = meta.dump();
+  meta["meta_xxh3"] = checksum64(text.data(), text.size());
+  return meta.dump(2);
+}
+
+// Metadata nested 100000 levels deep: the self checksum dump()ed it,
+// recursing once per level, and the process loading the entry crashed.
+TEST_F(DiskCacheTest, DeepMetadataIsCorruptNotACrash) {
+  const CompiledKernel k = fakeKernel(7168);
+  publish(k);
+  writeText(entryFile(k.key, kMetaFile), R"({"meta_xxh3": "0", "log": )" +
+                                             std::string(100000, '[') + std::string(100000, ']') +
+                                             "}");
+  const std::string problem = expectCorrupt(k.key);
+  EXPECT_TRUE(contains(problem, "metadata is not a JSON object bqjit reads: arrays and objects "
+                                "nested more than 64 levels deep at byte "));
+  EXPECT_TRUE(contains(problem, "(in log[0][0]"));
+  EXPECT_LT(problem.size(), 1000u);
+}
+
+// A key written twice hid an edit: the parser kept the last one, which the
+// self checksum covered, so that the entry still loaded.
+TEST_F(DiskCacheTest, MetadataWithARepeatedKeyIsCorrupt) {
+  const CompiledKernel k = fakeKernel(7168);
+  publish(k);
+  const std::string path = entryFile(k.key, kMetaFile);
+  std::string text = readText(path);
+  ASSERT_EQ(text[0], '{');
+  text.insert(1, R"("lowered_name": "_Z5otherv", )");
+  writeText(path, text);
+  const std::string problem = expectCorrupt(k.key);
+  EXPECT_TRUE(contains(problem, "metadata is not a JSON object bqjit reads: the key "
+                                "\"lowered_name\" appears twice in the top-level object"));
+}
+
+TEST_F(DiskCacheTest, OversizedMetadataIsCorrupt) {
+  const CompiledKernel k = fakeKernel(7168);
+  publish(k);
+  const std::string path = entryFile(k.key, kMetaFile);
+  auto meta = nlohmann::json::parse(readText(path));
+  meta["log"] = std::string(kMetadataJsonLimits.maxBytes, 'w');
+  const std::string text = resealed(meta);
+  writeText(path, text);
+  const std::string problem = expectCorrupt(k.key);
+  EXPECT_TRUE(contains(problem,
+                       "metadata is not a JSON object bqjit reads: " + std::to_string(text.size()) +
+                           " bytes is over the limit of 4194304 bytes (4 MiB)"));
 }
 
 TEST_F(DiskCacheTest, MissingFileIsCorrupt) {

@@ -387,6 +387,72 @@ TEST(KernelSpecJson, ParsedSpecIsValidated) {
   EXPECT_TRUE(contains(m2, "'arch' = 'sm_75'"));
 }
 
+/// A value nested `depth` arrays deep, built without recursion (as a C++
+/// caller of the public fromJson may).
+nlohmann::json deepArray(int depth) {
+  nlohmann::json root = nlohmann::json::array();
+  nlohmann::json* at = &root;
+  for (int i = 1; i < depth; ++i) {
+    at->push_back(nlohmann::json::array());
+    at = &at->back();
+  }
+  return root;
+}
+
+// fromJson is public: a C++ caller may hand it a value nested 100000 levels
+// deep. Its messages used to dump() the value, recursing once per level
+// until the stack overflowed (a segfault of the caller's process).
+TEST(KernelSpecJson, DeepValueIsAnErrorNotACrash) {
+  // Moved, never copied: a copy of such a value recurses as deep as it nests.
+  const std::string notObject = parseError(KernelSpec::fromJson(deepArray(100000)));
+  EXPECT_TRUE(contains(notObject, "'spec' = (an array nested more than 64 levels deep, not "
+                                  "shown): must be a JSON object"));
+
+  nlohmann::json hidden = nlohmann::json::object();
+  hidden["hidden"] = deepArray(100000);
+  const std::string m = parseError(KernelSpec::fromJson(hidden));
+  EXPECT_TRUE(contains(m, "'hidden' = (an array nested more than 64 levels deep"));
+  EXPECT_TRUE(contains(m, "must be an integer"));
+
+  nlohmann::json unknown = {{"hidden", 7168}};
+  unknown["colour"] = deepArray(100000);
+  EXPECT_TRUE(contains(parseError(KernelSpec::fromJson(unknown)), "'colour' = (an array nested"));
+
+  nlohmann::json launch = {{"hidden", 7168}};
+  launch["launch"] = deepArray(100000);
+  EXPECT_TRUE(contains(parseError(KernelSpec::fromJson(launch)), "'launch' = (an array nested"));
+}
+
+// A 100 KB value used to be copied whole into the message.
+TEST(KernelSpecJson, LongValuesAreCutInMessages) {
+  const std::string longText(100000, 'x');
+  nlohmann::json wide = nlohmann::json::array();
+  for (int i = 0; i < 20000; ++i)
+    wide.push_back(i);
+  struct Case {
+    nlohmann::json j;
+    std::string field;
+  };
+  const Case cases[] = {
+      {{{"hidden", 7168}, {"in_dtype", longText}}, "'in_dtype' = 'xxxx"},
+      {{{"hidden", 7168}, {"arch", longText}}, "'arch' = 'xxxx"},
+      {{{"hidden", wide}}, "'hidden' = [0,1,2,"},
+      {{{"hidden", 7168}, {longText, 1}}, "'xxxx"},
+      {{{"hidden", 7168}, {"launch", {{"threads_per_group", 8}, {"vec_width", longText}}}},
+       "'launch.vec_width' = \"xxxx"},
+  };
+  for (const Case& c : cases) {
+    const std::string m = parseError(KernelSpec::fromJson(c.j));
+    EXPECT_LT(m.size(), 600u) << m.substr(0, 600);
+    EXPECT_TRUE(contains(m.substr(0, 600), c.field));
+    EXPECT_TRUE(contains(m.substr(0, 600), " bytes)"));
+  }
+  const std::string fields = parseError(KernelSpec::fromFields({{"hidden", longText}}));
+  EXPECT_LT(fields.size(), 600u);
+  EXPECT_TRUE(contains(fields, "'hidden' = 'xxxx"));
+  EXPECT_TRUE(contains(fields, "... (100000 bytes)': must be an integer"));
+}
+
 // ---- fromFields ------------------------------------------------------------------
 
 TEST(KernelSpecFields, AliasesEqualLongNames) {

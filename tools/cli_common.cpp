@@ -1,9 +1,14 @@
 #include "tools/cli_common.hpp"
 
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
 #include <ctime>
 #include <sstream>
 
 #include <CLI/CLI.hpp>
+
+#include "core/json_input.hpp"
 
 namespace bqjit::cli {
 
@@ -87,6 +92,36 @@ llvm::Error requireCacheDir(const Config& config) {
 
 void setFooter(CLI::App& app, const std::string& extra) {
   app.footer(extra.empty() ? std::string(kExitStatusHelp) : extra + "\n\n" + kExitStatusHelp);
+}
+
+CLI::Validator wholeNumber(int64_t min, int64_t max) {
+  const std::string rule =
+      "must be a whole number " +
+      (max == INT64_MAX ? ">= " + std::to_string(min)
+                        : "from " + std::to_string(min) + " to " + std::to_string(max));
+  return CLI::Validator(
+      [min, max, rule](std::string& value) -> std::string {
+        errno = 0;
+        char* end = nullptr;
+        const long long n = std::strtoll(value.c_str(), &end, 10);
+        if (value.empty() || *end != '\0' || errno == ERANGE || n < min || n > max)
+          return rule + ", got '" + shownText(value) + "'";
+        return "";
+      },
+      min >= 0 ? "NONNEGATIVE" : "INT");
+}
+
+CLI::Validator positiveNumber() {
+  return CLI::Validator(
+      [](std::string& value) -> std::string {
+        errno = 0;
+        char* end = nullptr;
+        const double x = std::strtod(value.c_str(), &end);
+        if (value.empty() || *end != '\0' || !std::isfinite(x) || !(x > 0))
+          return "must be a number > 0, got '" + shownText(value) + "'";
+        return "";
+      },
+      "POSITIVE");
 }
 
 } // namespace bqjit::cli

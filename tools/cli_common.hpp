@@ -14,6 +14,7 @@
 
 namespace CLI {
 class App;
+class Validator;
 } // namespace CLI
 
 namespace bqjit::cli {
@@ -64,5 +65,11 @@ llvm::Error requireCacheDir(const Config& config);
 
 /// Adds the exit-status footer (and `extra` text above it) to a subcommand.
 void setFooter(CLI::App& app, const std::string& extra = "");
+
+/// Option checks whose messages name the value and the rule in plain words
+/// (CLI11's own print the range of a double, 300 digits): a whole number
+/// in min..max (">= min" when max is the largest int64), and a finite number > 0.
+CLI::Validator wholeNumber(int64_t min, int64_t max = INT64_MAX);
+CLI::Validator positiveNumber();
 
 } // namespace bqjit::cli

@@ -184,7 +184,7 @@ void addCacheCommands(CLI::App& app, Action& action) {
   CLI::App* gc = cache->add_subcommand(
       "gc", "Evict least recently used entries over the size limit; drop broken ones");
   gc->add_option("--max-bytes", *maxBytes, "size limit (default: BQJIT_CACHE_MAX_BYTES; 0: none)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(wholeNumber(0));
   gc->callback([maxBytes, &action] {
     action = diskAction([maxBytes](const DiskCache& d, const CommandContext& c) {
       const uint64_t limit =

@@ -40,17 +40,16 @@ void addGpuOptions(CLI::App& sub, GpuOptions& o) {
   sub.add_option("-T,--tokens", o.tokens, "tokens T (T_max when masked)")
       ->required()
       ->check(CLI::Range(int64_t(1), int64_t(1) << 24));
-  sub.add_option("--ldx", o.ldx, "elements between rows of x (default: 2H)")
-      ->check(CLI::NonNegativeNumber);
+  sub.add_option("--ldx", o.ldx, "elements between rows of x (default: 2H)")->check(wholeNumber(0));
   sub.add_option("--experts", o.experts, "experts E of a masked spec")
       ->capture_default_str()
       ->check(CLI::Range(int64_t(1), int64_t(65535)));
   sub.add_option("--scale-ub", o.scaleUb, "*scale_ub for a spec with scale_ub=1")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positiveNumber());
   sub.add_option("-d,--device", o.device, "CUDA device ordinal")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(wholeNumber(0, INT32_MAX));
   sub.add_option("--seed", o.seed, "seed of the random input")->capture_default_str();
 }
 

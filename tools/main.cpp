@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "core/json_input.hpp"
 #include "tools/cli_common.hpp"
 #include "tools/commands.hpp"
 
@@ -11,10 +12,43 @@ namespace {
 
 using namespace bqjit::cli;
 
+// "bqjit bogus", "bqjit cache foo" or a bare "bqjit cache": CLI11 only
+// says that a subcommand is required. The message names the word, the
+// command it was given to and the commands that one has; "" when the error
+// is another one.
+std::string missingOrUnknownCommand(CLI::App& app) {
+  CLI::App* at = &app; // the innermost command the line selected
+  for (auto chosen = at->get_subcommands(); !chosen.empty(); chosen = at->get_subcommands())
+    at = chosen.back();
+  if (at->get_require_subcommand_min() == 0)
+    return "";
+  std::string command = "bqjit";
+  for (const CLI::App* c = at; c != &app; c = c->get_parent())
+    command.insert(5, " " + c->get_name());
+  std::string known;
+  for (const CLI::App* sub : at->get_subcommands([](CLI::App*) { return true; }))
+    known += (known.empty() ? "" : ", ") + sub->get_name();
+  // A word a subcommand does not take falls through to the app (fallthrough()).
+  const std::vector<std::string> extra = app.remaining(/*recurse=*/true);
+  if (extra.empty())
+    return "'" + command + "' needs a command, one of: " + known + " (see " + command + " --help)";
+  const std::string word = bqjit::shownText(extra.front());
+  if (!word.empty() && word[0] == '-')
+    return "'" + command + "' has no option '" + word + "' (see " + command + " --help)";
+  return "'" + word + "' is not a command of '" + command + "' (its commands: " + known + ")";
+}
+
 int handleParseError(CLI::App& app, const CLI::ParseError& e) {
   // --help and --version are "errors" with status 0.
   if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success))
     return app.exit(e);
+  const bool aboutCommand = dynamic_cast<const CLI::RequiredError*>(&e) != nullptr ||
+                            dynamic_cast<const CLI::ExtrasError*>(&e) != nullptr;
+  if (const std::string unknown = aboutCommand ? missingOrUnknownCommand(app) : "";
+      !unknown.empty()) {
+    std::cerr << "bqjit: error: " << unknown << "\n";
+    return kExitUsage;
+  }
   std::cerr << "bqjit: error: " << e.what() << " (see --help)\n";
   return kExitUsage;
 }

@@ -1,14 +1,16 @@
 #include "tools/manifest.hpp"
 
+#include <sys/stat.h>
+
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <set>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "bqjit/error.hpp"
+#include "core/json_input.hpp"
 
 namespace bqjit::cli {
 
@@ -32,13 +34,13 @@ llvm::Expected<std::vector<std::string>> readArchs(const nlohmann::json& archs,
   if (!archs.is_array() || archs.empty())
     return manifestError(path, "\"archs\" must be a non-empty array of strings like \"sm_90\", "
                                "got " +
-                                   archs.dump());
+                                   shownJson(archs));
   std::vector<std::string> out;
   for (size_t i = 0; i < archs.size(); ++i) {
     const std::string where = "archs[" + std::to_string(i) + "]";
     if (!archs[i].is_string())
       return manifestError(path,
-                           where + " must be a string like \"sm_90\", got " + archs[i].dump());
+                           where + " must be a string like \"sm_90\", got " + shownJson(archs[i]));
     KernelSpec probe;
     probe.hidden = probe.groupSize;
     probe.arch = archs[i].get<std::string>();
@@ -53,13 +55,11 @@ llvm::Expected<std::vector<std::string>> readArchs(const nlohmann::json& archs,
 
 llvm::Expected<Manifest> parseManifest(const std::string& text, const std::string& path,
                                        const std::vector<std::string>& archOverride) {
-  nlohmann::json root;
-  try {
-    root = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    // parse_error, and out_of_range for a number too large for a double (1e999).
-    return manifestError(path, std::string("not valid JSON: ") + e.what());
-  }
+  // Bounded: a manifest nested 100000 levels deep once overflowed the stack.
+  auto parsed = parseJsonInput(text, kManifestJsonLimits, "manifest '" + path + "'");
+  if (!parsed)
+    return parsed.takeError();
+  nlohmann::json root = std::move(*parsed);
   if (!root.is_object())
     return manifestError(path, "must be a JSON object with \"specs\" (and \"archs\", "
                                "\"defaults\"), got " +
@@ -67,8 +67,8 @@ llvm::Expected<Manifest> parseManifest(const std::string& text, const std::strin
   for (auto it = root.begin(); it != root.end(); ++it)
     if (it.key() != "archs" && it.key() != "defaults" && it.key() != "specs" &&
         it.key() != "comment")
-      return manifestError(path, "unknown top-level field \"" + it.key() +
-                                     "\" (known: archs, defaults, specs, comment)");
+      return manifestError(path, "unknown top-level field " + shownJson(it.key()) +
+                                     " (known: archs, defaults, specs, comment)");
   if (!root.contains("specs"))
     return manifestError(path, "missing \"specs\" (an array of spec objects)");
   const nlohmann::json& specs = root["specs"];
@@ -80,8 +80,8 @@ llvm::Expected<Manifest> parseManifest(const std::string& text, const std::strin
   if (root.contains("defaults")) {
     defaults = root["defaults"];
     if (!defaults.is_object())
-      return manifestError(path,
-                           "\"defaults\" must be an object of spec fields, got " + defaults.dump());
+      return manifestError(path, "\"defaults\" must be an object of spec fields, got " +
+                                     shownJson(defaults));
     defaults.erase("comment");
     if (defaults.contains("arch"))
       return manifestError(path, "\"defaults\" may not set \"arch\"; list architectures in "
@@ -100,6 +100,10 @@ llvm::Expected<Manifest> parseManifest(const std::string& text, const std::strin
       return read.takeError();
   }
 
+  // Checked after "archs" and "defaults", so that their errors come first.
+  if (specs.empty())
+    return manifestError(path, "\"specs\" is empty; a manifest lists at least one spec to compile");
+
   Manifest manifest;
   manifest.path = path;
   std::set<std::string> seen;
@@ -107,7 +111,7 @@ llvm::Expected<Manifest> parseManifest(const std::string& text, const std::strin
   for (size_t i = 0; i < specs.size(); ++i) {
     const std::string where = "specs[" + std::to_string(i) + "]";
     if (!specs[i].is_object())
-      return manifestError(path, where + " must be a spec object, got " + specs[i].dump());
+      return manifestError(path, where + " must be a spec object, got " + shownJson(specs[i]));
     nlohmann::json merged = defaults;
     for (auto it = specs[i].begin(); it != specs[i].end(); ++it)
       if (it.key() != "comment")
@@ -134,14 +138,33 @@ llvm::Expected<Manifest> parseManifest(const std::string& text, const std::strin
 
 llvm::Expected<Manifest> loadManifest(const std::string& path,
                                       const std::vector<std::string>& archOverride) {
+  // A directory opens and then reads as empty text ("unexpected end of
+  // input"): say what it is instead.
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+    return makeError(ErrorCode::InvalidArgument, "manifest '" + path +
+                                                     "' is a directory, not a manifest file (a "
+                                                     "JSON file with \"specs\")");
   std::ifstream in(path, std::ios::binary);
   if (!in)
     return manifestError(path, std::string("cannot read it: ") + std::strerror(errno));
-  std::ostringstream text;
-  text << in.rdbuf();
+  // Read no more than the limit allows (the file may be a pipe, or
+  // /dev/zero): past it, the size is the error.
+  const size_t limit = kManifestJsonLimits.maxBytes;
+  std::string text;
+  char buf[1 << 16];
+  while (text.size() <= limit && in.read(buf, sizeof buf).gcount() > 0)
+    text.append(buf, static_cast<size_t>(in.gcount()));
   if (in.bad())
     return manifestError(path, "cannot read it: I/O error");
-  return parseManifest(text.str(), path, archOverride);
+  const std::string limitText =
+      std::to_string(limit) + " bytes (" + std::to_string(limit / (1024 * 1024)) + " MiB)";
+  if (text.size() > limit)
+    return manifestError(path, S_ISREG(st.st_mode) && static_cast<size_t>(st.st_size) > limit
+                                   ? std::to_string(st.st_size) + " bytes is over the limit of " +
+                                         limitText
+                                   : "more than the limit of " + limitText);
+  return parseManifest(text, path, archOverride);
 }
 
 } // namespace bqjit::cli

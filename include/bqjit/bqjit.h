@@ -78,6 +78,11 @@ const char* bqjit_last_error(void);
 bqjit_status bqjit_service_create(const char* cache_dir, bqjit_service* out);
 void bqjit_service_destroy(bqjit_service service);
 
+/* `spec_json` below: a NUL-terminated KernelSpec JSON object (README, "The
+ * specialization") of at most 64 KiB, nested at most 64 levels deep, each
+ * key once per object. Any other text is BQJIT_ERROR_INVALID_SPEC, with a
+ * message that names the rule, never a crash of the calling process. */
+
 /** Compiles (or finds) a spec given as JSON and writes its metadata (key,
  *  resolved spec, lowered name, resources, source) as JSON into `buf`.
  *  `*needed` receives the size including the NUL; a too-small buffer is

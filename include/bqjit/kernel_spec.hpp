@@ -10,6 +10,8 @@
 #include <llvm/Support/Error.h>
 #include <nlohmann/json.hpp>
 
+#include "bqjit/arch.hpp"
+
 namespace bqjit {
 
 /// Element type of the input tensor `x` (gate and up halves).
@@ -75,6 +77,7 @@ struct KernelSpec {
   static constexpr int kMaxHidden = 65536;
   static constexpr int kMinGroup = 16;
   static constexpr int kMaxGroup = 1024;
+  static constexpr int kMinArch = Arch::kMinNumber; ///< sm_80 (Ampere) is the oldest target.
 
   int hidden = 0;                             ///< H: columns of gate (and of up).
   int groupSize = 128;                        ///< G: columns per quantization group.
