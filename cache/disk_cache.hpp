@@ -91,11 +91,11 @@ public:
   collectGarbage(uint64_t maxBytes, const std::string& keep = "",
                  EntryCheck check = EntryCheck::Metadata) const;
 
-private:
-  /// Why an entry fails verification (std::nullopt: it is good); `transient`
-  /// is set when its files are all there but could not be read.
+  /// Why an entry fails verification (std::nullopt: it is good), reading
+  /// only; `transient` is set when its files are all there but could not be read.
   std::optional<std::string> problemOf(const std::string& key, bool* transient) const;
 
+private:
   std::string cacheDir_;
   std::string root_;
   const Config& config_;

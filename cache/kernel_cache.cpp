@@ -148,11 +148,15 @@ llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelIdentity& k
     ++counters_.compiles;
     counters_.compileMs += compiled->compileMs;
   }
-  if (diskWritable_) {
+  std::string notStored;
+  if (!disk_) {
+    notStored = "no cache directory";
+  } else if (!diskWritable_) {
+    notStored = "the cache at '" + config_.cacheDir + "' cannot be written";
+  } else {
     if (auto err = disk_->publish(*compiled, kernel.keyText)) {
-      std::string message;
-      consumeError(std::move(err), &message);
-      warnOnce(warnedWrite_, message + "; kernels are kept in memory only");
+      consumeError(std::move(err), &notStored);
+      warnOnce(warnedWrite_, notStored + "; kernels are kept in memory only");
     } else {
       llvm::consumeError(disk_->journal().append(CacheEvent::Compile, key, compiled->compileMs));
       if (config_.maxCacheBytes > 0) {
@@ -163,7 +167,7 @@ llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelIdentity& k
     }
   }
   return Result{std::make_shared<const CompiledKernel>(std::move(*compiled)),
-                KernelSource::Compiled};
+                KernelSource::Compiled, std::move(notStored)};
 }
 
 CacheCounters KernelCache::counters() const {

@@ -39,6 +39,9 @@ public:
   struct Result {
     KernelPtr kernel;
     KernelSource source;
+    /// Why a kernel compiled by this call did not reach the disk (the cache
+    /// is unwritable or full, say); empty when it did, or was not compiled.
+    std::string notStored;
   };
 
   KernelCache(Config config, Compiler compiler);

@@ -9,8 +9,8 @@ namespace bqjit {
 
 llvm::Expected<Arch> Arch::parse(llvm::StringRef text, llvm::StringRef field) {
   auto invalid = [&](const std::string& rule) {
-    return makeError(ErrorCode::InvalidSpec,
-                     "invalid spec field '" + field.str() + "' = '" + text.str() + "': " + rule);
+    return makeError(ErrorCode::InvalidSpec, "invalid spec field '" + field.str() + "' = '" +
+                                                 shownText(text) + "': " + rule);
   };
   if (!text.startswith("sm_"))
     return invalid("must look like sm_90, sm_90a or sm_100f");

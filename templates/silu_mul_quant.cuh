@@ -207,13 +207,16 @@ template <int IN> __device__ __forceinline__ u32 minPair(u32 a, u32 b) {
   return m;
 }
 
+// (inline: external linkage, so that no name in the PTX carries NVRTC's
+// per-compile unique id of internal-linkage objects and equal sources give
+// equal PTX.)
 // Gates at or below this make 1 + exp(-g) >= 2^126, whose approximate
 // reciprocal flushes to zero: such a thread takes the exact division.
-constexpr float kFastGateMin = -87.0f;
+inline constexpr float kFastGateMin = -87.0f;
 // y / s by the fast path needs s < 2^126 (a normal reciprocal) and quotients
 // far from overflow; only a scale upper bound can break the second.
-constexpr float kFastScaleMax = 8.507059173023461586e37f;    // 2^126
-constexpr float kFastQuotientMax = 1.329227995784915873e36f; // 2^120
+inline constexpr float kFastScaleMax = 8.507059173023461586e37f;    // 2^126
+inline constexpr float kFastQuotientMax = 1.329227995784915873e36f; // 2^120
 
 // 2^ceil(log2(s)) for positive s, exactly, by bit manipulation.
 __device__ __forceinline__ float pow2Ceil(float s) {

@@ -69,9 +69,12 @@ protected:
     fs::remove_all(dir_, ec);
   }
 
-  RunResult run(const std::vector<std::string>& args, const std::string& env = "") {
+  /// `shell` runs before the command in the same shell (ulimit, say).
+  RunResult run(const std::vector<std::string>& args, const std::string& env = "",
+                const std::string& shell = "") {
     // Settings of the caller's environment must not leak into the test.
-    std::string cmd = "env -u BQJIT_NO_COMPILE -u BQJIT_CACHE_MAX_BYTES -u BQJIT_LOG_LEVEL "
+    std::string cmd = shell +
+                      "env -u BQJIT_NO_COMPILE -u BQJIT_CACHE_MAX_BYTES -u BQJIT_LOG_LEVEL "
                       "BQJIT_CACHE_DIR=" +
                       shellQuote(cacheDir_.string()) + " " + env + " " + shellQuote(BQJIT_CLI_PATH);
     for (const auto& a : args)
@@ -245,6 +248,84 @@ TEST_F(CliTest, PrewarmCompilesOnceThenFindsEverythingCached) {
   ASSERT_EQ(clear.status, 0) << clear.err;
   EXPECT_TRUE(contains(clear.out, "removed 11 entries"));
   EXPECT_EQ(run({"cache", "ls"}).out, "");
+}
+
+// A kernel that did not reach the disk is a failure of its item, with the
+// reason, and a non-zero exit: prewarm exists to fill the disk.
+TEST_F(CliTest, PrewarmFailsItemsThatDidNotReachTheDisk) {
+  // Every file bqjit writes is limited to 4 KiB (SIGXFSZ ignored, so a
+  // write past it fails with EFBIG, as on a full disk): no cubin fits.
+  RunResult r =
+      run({"prewarm", smallManifest().string(), "--jobs", "2"}, "", "trap '' XFSZ; ulimit -f 8; ");
+  EXPECT_EQ(r.status, 4) << r.out << r.err;
+  EXPECT_TRUE(contains(r.out, "prewarm: 0 compiled, 0 already cached, 3 failed")) << r.out;
+  EXPECT_TRUE(contains(r.err, "did not store it in the cache")) << r.err;
+  EXPECT_TRUE(contains(r.err, "File too large")) << r.err;
+  EXPECT_TRUE(contains(r.err, "bqjit: error: prewarm: 3 of 3 kernel(s) failed")) << r.err;
+  // And what it says is what a strict server finds: nothing.
+  RunResult check = run({"prewarm", smallManifest().string(), "--check"});
+  EXPECT_EQ(check.status, 6) << check.err;
+}
+
+// `prewarm --check`: whether a (deployed, read-only) cache holds every kernel
+// of a manifest, writing nothing.
+TEST_F(CliTest, PrewarmCheckSaysWhatIsMissingAndWritesNothing) {
+  const fs::path manifest = smallManifest();
+  RunResult empty = run({"prewarm", manifest.string(), "--check"});
+  EXPECT_EQ(empty.status, 6) << empty.err;
+  EXPECT_FALSE(fs::exists(cacheDir_)) << "check created the cache directory";
+
+  ASSERT_EQ(run({"prewarm", manifest.string()}).status, 0);
+  auto snapshot = [&] {
+    std::vector<std::string> files;
+    for (const auto& e : fs::recursive_directory_iterator(cacheDir_))
+      files.push_back(e.path().string() + " " +
+                      (e.is_regular_file() ? std::to_string(e.file_size()) : "dir"));
+    std::sort(files.begin(), files.end());
+    return files;
+  };
+  const auto before = snapshot();
+  RunResult ok = run({"prewarm", manifest.string(), "--check"});
+  EXPECT_EQ(ok.status, 0) << ok.err;
+  EXPECT_TRUE(contains(ok.out, "check: 3 of 3 kernel(s) complete in " + cacheDir_.string()))
+      << ok.out;
+  EXPECT_TRUE(contains(ok.err, "[2/3] present H=7104 G=96")) << ok.err;
+  EXPECT_EQ(snapshot(), before) << "check wrote to the cache";
+
+  // One entry of the G = 96 spec removed, one cubin of another altered.
+  RunResult ls = run({"cache", "ls", "--json"});
+  auto entries = nlohmann::json::parse(ls.out);
+  std::string g96Key, otherKey;
+  for (const auto& e : entries) {
+    const std::string label = e["label"].get<std::string>();
+    if (g96Key.empty() && contains(label, "G=96"))
+      g96Key = e["key"].get<std::string>();
+    else if (otherKey.empty() && contains(label, "H=2048"))
+      otherKey = e["key"].get<std::string>();
+  }
+  ASSERT_FALSE(g96Key.empty() || otherKey.empty()) << ls.out;
+  fs::remove_all(cacheDir_ / "v1" / "entries" / g96Key);
+  {
+    std::fstream f(cacheDir_ / "v1" / "entries" / otherKey / "kernel.cubin",
+                   std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    f.put('\x5a');
+  }
+  const auto damaged = snapshot();
+  RunResult missing = run({"prewarm", manifest.string(), "--check"});
+  EXPECT_EQ(missing.status, 6) << missing.err;
+  EXPECT_TRUE(contains(missing.out, "check: 1 of 3 kernel(s) complete")) << missing.out;
+  EXPECT_TRUE(contains(missing.err, "(key " + g96Key + "): not in the cache")) << missing.err;
+  EXPECT_TRUE(contains(missing.err, "(key " + otherKey + "): ")) << missing.err;
+  EXPECT_TRUE(contains(missing.err, "MISSING H=7104 G=96")) << missing.err;
+  EXPECT_EQ(snapshot(), damaged) << "check removed or wrote something";
+
+  RunResult json = run({"prewarm", manifest.string(), "--check", "--json"});
+  EXPECT_EQ(json.status, 6);
+  auto j = nlohmann::json::parse(json.out);
+  EXPECT_EQ(j["complete"], 1);
+  EXPECT_EQ(j["incomplete"], 2);
+  EXPECT_EQ(j["items"].size(), 3u);
 }
 
 TEST_F(CliTest, PrewarmJsonReportsEveryItem) {

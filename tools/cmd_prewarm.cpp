@@ -13,6 +13,7 @@
 
 #include "bqjit/service.hpp"
 #include "cache/kernel_cache.hpp"
+#include "core/fs_util.hpp"
 #include "planner/planner.hpp"
 #include "tools/commands.hpp"
 #include "tools/manifest.hpp"
@@ -70,11 +71,104 @@ ItemResult prewarmOne(const Planner& planner, KernelCache& cache, const KernelSp
     }
     if (static_cast<int>(i) == reported)
       r.key = got->kernel->key;
+    // Prewarm exists to fill the disk: a kernel that is only in memory failed.
+    const std::string entry = cache.disk()->entryDir(got->kernel->key);
+    if (!got->notStored.empty() || !fs::exists(entry)) {
+      r.code = ErrorCode::CacheError;
+      r.message = "compiled " + plan->variants[i].label() + " but did not store it in the cache (" +
+                  (got->notStored.empty() ? "no entry at '" + entry + "'" : got->notStored) + ")";
+      r.status = ItemStatus::Failed;
+      break;
+    }
     if (got->source == KernelSource::Compiled)
       r.status = ItemStatus::Compiled;
   }
   r.ms = msSince(start);
   return r;
+}
+
+/// What `--check` found of one manifest item: the variants absent or bad.
+struct CheckResult {
+  std::vector<std::string> missing; ///< "<label> (key <key>): <why>"
+  ErrorCode code = ErrorCode::NotInCache;
+};
+
+CheckResult checkOne(const Planner& planner, const Compiler& compiler, const DiskCache& disk,
+                     const KernelSpec& spec) {
+  CheckResult r;
+  auto plan = planner.plan(spec);
+  if (!plan) {
+    std::string message;
+    r.code = consumeError(plan.takeError(), &message);
+    r.missing.push_back(spec.label() + ": " + message);
+    return r;
+  }
+  for (const KernelSpec& v : plan->variants) {
+    auto id = compiler.identify(v);
+    if (!id) {
+      r.missing.push_back(v.label() + ": " + consumeToString(id.takeError()));
+      continue;
+    }
+    if (!fs::exists(disk.entryDir(id->key)))
+      r.missing.push_back(v.label() + " (key " + id->key + "): not in the cache");
+    else if (auto problem = disk.problemOf(id->key, nullptr))
+      r.missing.push_back(v.label() + " (key " + id->key + "): " + *problem);
+  }
+  return r;
+}
+
+/// `prewarm --check`: whether the cache holds every kernel of the manifest,
+/// reading only (no directory, lock, journal line or entry is written).
+llvm::Error runCheck(const PrewarmOptions& o, const Manifest& manifest, const CommandContext& ctx) {
+  auto compiler = Compiler::create();
+  if (!compiler)
+    return compiler.takeError();
+  const Planner planner(ctx.config, compiler->codeIdentity());
+  const DiskCache disk(ctx.config.cacheDir, ctx.config);
+  if (!fs::exists(disk.root()))
+    return makeError(ErrorCode::NotInCache, "check: the cache '" + ctx.config.cacheDir +
+                                                "' holds no kernels (no " + disk.root() + ")");
+  const size_t total = manifest.items.size();
+  size_t complete = 0;
+  nlohmann::json items = nlohmann::json::array();
+  std::vector<std::string> missing;
+  for (size_t i = 0; i < total; ++i) {
+    const KernelSpec& spec = manifest.items[i];
+    CheckResult r = checkOne(planner, *compiler, disk, spec);
+    complete += r.missing.empty();
+    items.push_back({{"label", spec.label()},
+                     {"spec", spec.toJson()},
+                     {"present", r.missing.empty()},
+                     {"missing", r.missing}});
+    if (!o.json)
+      ctx.err << "[" << i + 1 << "/" << total << "] "
+              << (r.missing.empty() ? "present " : "MISSING ") << spec.label() << "\n";
+    for (auto& m : r.missing)
+      missing.push_back(std::move(m));
+  }
+  if (o.json)
+    ctx.out << nlohmann::json({{"manifest", manifest.path},
+                               {"cache", ctx.config.cacheDir},
+                               {"complete", complete},
+                               {"incomplete", total - complete},
+                               {"missing", missing},
+                               {"items", std::move(items)}})
+                   .dump(2)
+            << "\n";
+  else
+    ctx.out << "check: " << complete << " of " << total << " kernel(s) complete in "
+            << ctx.config.cacheDir << "\n";
+  ctx.out.flush();
+  if (missing.empty())
+    return llvm::Error::success();
+  std::string list;
+  for (size_t i = 0; i < missing.size() && i < 20; ++i)
+    list += "\n  " + missing[i];
+  if (missing.size() > 20)
+    list += "\n  ... and " + std::to_string(missing.size() - 20) + " more";
+  return makeError(ErrorCode::NotInCache, "check: " + std::to_string(total - complete) + " of " +
+                                              std::to_string(total) +
+                                              " kernel(s) incomplete; missing:" + list);
 }
 
 std::string progressLine(size_t done, size_t total, const KernelSpec& spec, const ItemResult& r) {
@@ -115,6 +209,8 @@ llvm::Error runPrewarm(const PrewarmOptions& o, const CommandContext& ctx) {
     return manifest.takeError();
   if (auto err = requireCacheDir(ctx.config))
     return err;
+  if (o.check)
+    return runCheck(o, *manifest, ctx);
   auto service = Service::create(ctx.config);
   if (!service)
     return service.takeError();
@@ -192,6 +288,9 @@ void addPrewarmCommand(CLI::App& app, Action& action) {
   sub->add_option("-j,--jobs", options->jobs, "worker threads (default: CPU count)")
       ->check(CLI::Range(1, 1024));
   sub->add_flag("--json", options->json, "print the summary as JSON on stdout");
+  sub->add_flag("--check", options->check,
+                "compile nothing and write nothing: exit 0 when the cache holds every kernel "
+                "of the manifest, else list the missing ones (exit 6)");
   setFooter(*sub,
             "Manifest: {\"archs\": [\"sm_90\"], \"defaults\": {spec fields}, \"specs\": [{spec}, "
             "...], \"comment\": \"...\"}. Each spec is a KernelSpec JSON object (hidden, "

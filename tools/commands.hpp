@@ -23,6 +23,7 @@ struct PrewarmOptions {
   std::vector<std::string> archs; ///< replaces the manifest's "archs" when not empty
   int jobs = 1;
   bool json = false;
+  bool check = false; ///< only check that the cache holds every kernel
 };
 
 /// Options of `bqjit ptx`.
