@@ -9,7 +9,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$PWD/devpack/lib:${LD_LIBRARY_PATH:-}
 export BQJIT_CACHE_DIR=/tmp/bqjit-cache
 export BQJIT_LIBRARY=$PWD/devpack/lib/libbqjit.so
 export PYTHONPATH=$PWD/python:${PYTHONPATH:-}

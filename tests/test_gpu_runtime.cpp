@@ -221,7 +221,7 @@ TEST(GpuRuntime, ArchitectureMismatchIsAnError) {
   EXPECT_NE(message.find(env.arch), std::string::npos) << message;
 }
 
-TEST(GpuRuntime, SecondRequestIsAMemoryHit) {
+TEST(GpuRuntime, SecondRequestIsAWarmHit) {
   BQJIT_REQUIRE_GPU_ENV();
   GpuEnv& env = GpuEnv::get();
   auto kernel = env.service->getKernel(bf16Spec(4096, 128), 0);
@@ -236,7 +236,7 @@ TEST(GpuRuntime, SecondRequestIsAMemoryHit) {
   ASSERT_TRUE(bool(again));
   const auto after = env.service->cache().counters();
   EXPECT_EQ(after.compiles, before.compiles);
-  EXPECT_EQ(after.memoryHits, before.memoryHits + static_cast<int64_t>(variants->variants.size()));
+  EXPECT_EQ(after.memoryHits, before.memoryHits);
   EXPECT_EQ(&again->specFor(1), &kernel->specFor(1));
   EXPECT_EQ(&again->specFor(1 << 20), &kernel->specFor(1 << 20));
   // Very few tokens take the tiny shape, few the latency shape, many the

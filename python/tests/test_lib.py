@@ -35,7 +35,8 @@ def test_compile_metadata(svc):
     meta = svc.compile(SPEC)
     assert meta["spec"]["hidden"] == 1024
     assert meta["spec"]["arch"] == "sm_90"
-    assert set(meta["spec"]["launch"]) == {"threads_per_group", "vec_width", "groups_per_block"}
+    # The resolved launch shape carries the occupancy the planner derived.
+    assert set(meta["spec"]["launch"]) == {"threads_per_group", "vec_width", "groups_per_block", "min_blocks_per_sm"}
     assert meta["cubin_bytes"] > 0
     assert meta["lowered_name"].startswith("_Z")
     assert len(meta["key"]) >= 16
@@ -96,7 +97,12 @@ def test_invalid_json(svc):
 
 def test_launch_override(svc):
     spec = dict(SPEC, launch={"threads_per_group": 4, "vec_width": 4, "groups_per_block": 16})
-    assert svc.compile(spec)["spec"]["launch"] == spec["launch"]
+    launch = svc.compile(spec)["spec"]["launch"]
+    assert {k: launch[k] for k in spec["launch"]} == spec["launch"]
+    assert launch["min_blocks_per_sm"] >= 0  # derived: 0 leaves registers to ptxas
+    # Given, it is kept.
+    given = dict(SPEC, launch=dict(spec["launch"], min_blocks_per_sm=2))
+    assert svc.compile(given)["spec"]["launch"] == given["launch"]
     with pytest.raises(bqjit.BqjitError, match="launch.vec_width") as info:
         svc.compile(dict(SPEC, launch={"threads_per_group": 4, "vec_width": 3, "groups_per_block": 16}))
     assert info.value.code == 1
