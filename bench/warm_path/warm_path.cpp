@@ -252,7 +252,7 @@ int main(int argc, char** argv) {
   double compileMs = 0;
   std::thread compiler([&] {
     const auto t0 = Clock::now();
-    auto k = service->getKernel(specOf(11008, 176, info.arch()), 0); // 4 new variants
+    auto k = service->getKernel(specOf(11264, 176, info.arch()), 0); // 4 new variants
     compileMs = usSince(t0) / 1000;
     if (!k)
       die(bqjit::consumeToString(k.takeError()));
