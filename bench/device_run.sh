@@ -53,10 +53,12 @@ if [ "$what" = ab ]; then
   mkdir -p "$OUT/ab"
   for round in 1 2; do
     for which in new old; do
-      lib=$PWD/devpack/lib/libbqjit.so
+      lib=$PWD/devpack/lib/libbqjit.so pythonpath=$PWD/python
       [ "$which" = old ] && lib=$PWD/devpack/old/libbqjit.so
+      # The other build's binding too, where it was packed (devpack/old/python).
+      [ "$which" = old ] && [ -d devpack/old/python ] && pythonpath=$PWD/devpack/old/python
       echo "== $which (round $round)" | tee -a "$OUT/ab.txt"
-      BQJIT_LIBRARY=$lib BQJIT_CACHE_DIR=/tmp/bqjit-cache-$which timeout 120 python3 bench/bench.py \
+      PYTHONPATH=$pythonpath BQJIT_LIBRARY=$lib BQJIT_CACHE_DIR=/tmp/bqjit-cache-$which timeout 120 python3 bench/bench.py \
         --json "$OUT/ab/$which-$round.json" --no-compile --no-eager --replays 11 --shapes "$shapes" "$@" \
         2>&1 | tee -a "$OUT/ab.txt"
     done

@@ -26,6 +26,10 @@ Kernel::Kernel(Functions fns) {
   state_ = std::move(state);
 }
 
+Kernel Kernel::ownCopy() const {
+  return Kernel(state_->fns);
+}
+
 const KernelSpec& Kernel::spec() const {
   return compiled().spec;
 }

@@ -1,5 +1,6 @@
 #include "bqjit/service.hpp"
 
+#include <array>
 #include <atomic>
 #include <map>
 #include <mutex>
@@ -15,7 +16,42 @@
 
 namespace bqjit {
 
+namespace {
+
+/// Distinguishes services for the per-thread answers below (never reused,
+/// unlike addresses).
+std::atomic<uint64_t> nextServiceId{1};
+
+/// Each thread's most recent answers, by (service, spec, device): a hit
+/// reads and writes only this thread's memory. The handle kept here is the
+/// thread's own copy (its own reference count), so that threads asking for
+/// the same kernels never write to a shared cache line. An answer of an older
+/// generation or of another service is replaced when its slot is next used.
+struct ThreadAnswers {
+  struct Slot {
+    uint64_t service = 0;
+    uint64_t generation = 0;
+    int device = -1;
+    KernelSpec spec;
+    std::optional<Kernel> kernel;
+  };
+  static constexpr size_t kSlots = 64;
+  std::array<Slot, kSlots> slots;
+
+  Slot& slotFor(size_t hash, int device) {
+    return slots[(hash + static_cast<size_t>(device) * 0x9e3779b9u) % kSlots];
+  }
+};
+
+ThreadAnswers& threadAnswers() {
+  thread_local std::unique_ptr<ThreadAnswers> answers = std::make_unique<ThreadAnswers>();
+  return *answers;
+}
+
+} // namespace
+
 struct Service::Impl {
+  const uint64_t id = nextServiceId.fetch_add(1);
   Config config;
   Planner planner;
   KernelCache cache;
@@ -177,16 +213,35 @@ llvm::Expected<KernelSpec> Service::forDevice(KernelSpec spec, int device) {
 }
 
 llvm::Expected<Kernel> Service::getKernel(const KernelSpec& spec, int device) {
-  // The warm path: a hash-map lookup, no planning, key, string or file.
+  // The warm path: this thread's answer, else the service's (a hash-map
+  // lookup), with no planning, key, string or file.
   const uint64_t generation = impl_->generation();
   const std::optional<int> dev = impl_->deviceWithoutLock(device);
+  ThreadAnswers::Slot* slot = nullptr;
+  if (dev) {
+    slot = &threadAnswers().slotFor(spec.hash(), *dev);
+    if (slot->service == impl_->id && slot->generation == generation && slot->device == *dev &&
+        slot->kernel && slot->spec == spec)
+      return *slot->kernel;
+  }
+  std::optional<Kernel> kernel;
   if (dev)
-    if (auto warm = impl_->warm.find(spec, *dev, generation))
-      return std::move(*warm);
-  auto kernel = loadKernel(spec, device);
-  if (kernel)
-    impl_->warm.insert(spec, kernel->device(), generation, *kernel);
-  return kernel;
+    kernel = impl_->warm.find(spec, *dev, generation);
+  if (!kernel) {
+    auto loaded = loadKernel(spec, device);
+    if (!loaded)
+      return loaded.takeError();
+    impl_->warm.insert(spec, loaded->device(), generation, *loaded);
+    kernel = std::move(*loaded);
+  }
+  if (slot && kernel->device() == *dev) {
+    slot->service = impl_->id;
+    slot->generation = generation;
+    slot->device = *dev;
+    slot->spec = spec;
+    slot->kernel = kernel->ownCopy();
+  }
+  return std::move(*kernel);
 }
 
 void Service::reloadTuning() {

@@ -67,6 +67,8 @@ private:
   using Functions = std::array<std::shared_ptr<const LoadedFunction>, 4>;
   struct State; ///< the functions and the widest vector, shared by copies
   explicit Kernel(Functions fns);
+  /// The same functions under a reference count of its own.
+  Kernel ownCopy() const;
   const LoadedFunction& pick(int64_t tokens) const;
   std::shared_ptr<const State> state_; ///< one reference count per copy
 };
