@@ -35,11 +35,27 @@ struct ThreadAnswers {
     KernelSpec spec;
     std::optional<Kernel> kernel;
   };
-  static constexpr size_t kSlots = 64;
-  std::array<Slot, kSlots> slots;
+  // Two ways of 256 sets: the kernels a thread asks for (64 specs, say)
+  // rarely evict each other. About 64 KiB per thread that asks.
+  static constexpr size_t kSets = 256;
+  std::array<std::array<Slot, 2>, kSets> sets;
+  std::array<uint8_t, kSets> lastUsed{}; ///< the way a set used last
 
-  Slot& slotFor(size_t hash, int device) {
-    return slots[(hash + static_cast<size_t>(device) * 0x9e3779b9u) % kSlots];
+  /// The slot holding (service, spec, device) if any, else the one to replace.
+  Slot& slotFor(uint64_t service, const KernelSpec& spec, size_t hash, int device,
+                bool* found) {
+    const size_t set = (hash + static_cast<size_t>(device) * 0x9e3779b9u) % kSets;
+    for (uint8_t way = 0; way < 2; ++way) {
+      Slot& s = sets[set][way];
+      if (s.service == service && s.device == device && s.kernel && s.spec == spec) {
+        lastUsed[set] = way;
+        *found = true;
+        return s;
+      }
+    }
+    *found = false;
+    lastUsed[set] ^= 1;
+    return sets[set][lastUsed[set]];
   }
 };
 
@@ -219,9 +235,9 @@ llvm::Expected<Kernel> Service::getKernel(const KernelSpec& spec, int device) {
   const std::optional<int> dev = impl_->deviceWithoutLock(device);
   ThreadAnswers::Slot* slot = nullptr;
   if (dev) {
-    slot = &threadAnswers().slotFor(spec.hash(), *dev);
-    if (slot->service == impl_->id && slot->generation == generation && slot->device == *dev &&
-        slot->kernel && slot->spec == spec)
+    bool found = false;
+    slot = &threadAnswers().slotFor(impl_->id, spec, spec.hash(), *dev, &found);
+    if (found && slot->generation == generation)
       return *slot->kernel;
   }
   std::optional<Kernel> kernel;
