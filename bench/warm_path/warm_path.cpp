@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -252,7 +253,10 @@ int main(int argc, char** argv) {
   double compileMs = 0;
   std::thread compiler([&] {
     const auto t0 = Clock::now();
-    auto k = service->getKernel(specOf(11264, 176, info.arch()), 0); // 4 new variants
+    // A spec no earlier run left in the disk cache: 3 variants planned and
+    // compiled now.
+    const int hidden = 176 * (64 + static_cast<int>(std::time(nullptr) % 4096));
+    auto k = service->getKernel(specOf(hidden, 176, info.arch()), 0);
     compileMs = usSince(t0) / 1000;
     if (!k)
       die(bqjit::consumeToString(k.takeError()));
