@@ -255,7 +255,7 @@ int main(int argc, char** argv) {
     const auto t0 = Clock::now();
     // A spec no earlier run left in the disk cache: 3 variants planned and
     // compiled now.
-    const int hidden = 176 * (64 + static_cast<int>(std::time(nullptr) % 4096));
+    const int hidden = 176 * (64 + static_cast<int>(std::time(nullptr) % 300));
     auto k = service->getKernel(specOf(hidden, 176, info.arch()), 0);
     compileMs = usSince(t0) / 1000;
     if (!k)
