@@ -231,7 +231,11 @@ int main(int argc, char** argv) {
   };
   perCall(1); // warm-up
   const Stats one = perCall(1);
+  const Stats eight = perCall(8);
   const Stats sixteen = perCall(16);
+  std::printf("  64 specs, 8 threads:  %.3f us per call (median thread), %.2fx one thread\n",
+              eight.p50, eight.p50 / one.p50);
+  out["threads_8_us"] = eight.p50;
   std::printf("  64 specs, 1 thread:   %.3f us per call\n", one.p50);
   std::printf("  64 specs, 16 threads: %.3f us per call (median thread; max thread %.3f us), "
               "%.2fx one thread (%u hardware threads)\n",
