@@ -100,7 +100,9 @@ public:
   /// Forgets every kernel handed out and the service's own references to
   /// loaded modules (after a device reset, say): the next getKernel loads
   /// again. Handles already given stay valid, and keep their modules loaded,
-  /// for as long as they are held.
+  /// for as long as they are held. (Each thread also remembers its recent
+  /// answers with a handle of its own; a thread lets go of those at its next
+  /// getKernel on this service, or when it exits.)
   void invalidate();
 
   /// `spec` with its architecture set to the device's (e.g. "sm_90").
