@@ -45,6 +45,13 @@ void KernelCache::warnOnce(std::atomic<bool>& flag, const std::string& text) con
     config_.log(LogLevel::Warn, text);
 }
 
+llvm::Expected<KernelCache::Result> KernelCache::getResolved(const KernelSpec& resolved) {
+  auto id = compiler_.identify(resolved);
+  if (!id)
+    return id.takeError();
+  return get(*id);
+}
+
 llvm::Expected<KernelCache::Result> KernelCache::get(const KernelIdentity& kernel) {
   const std::string& key = kernel.key;
 

@@ -54,6 +54,8 @@ public:
   /// The compiled kernel of an identity (Compiler::identify): memory, disk,
   /// then a compile under the key's lock, published to disk.
   llvm::Expected<Result> get(const KernelIdentity& kernel);
+  /// get() of a resolved spec's identity (Compiler::identify).
+  llvm::Expected<Result> getResolved(const KernelSpec& resolved);
 
   CacheCounters counters() const;
 

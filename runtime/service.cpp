@@ -42,8 +42,7 @@ struct ThreadAnswers {
   std::array<uint8_t, kSets> lastUsed{}; ///< the way a set used last
 
   /// The slot holding (service, spec, device) if any, else the one to replace.
-  Slot& slotFor(uint64_t service, const KernelSpec& spec, size_t hash, int device,
-                bool* found) {
+  Slot& slotFor(uint64_t service, const KernelSpec& spec, size_t hash, int device, bool* found) {
     const size_t set = (hash + static_cast<size_t>(device) * 0x9e3779b9u) % kSets;
     for (uint8_t way = 0; way < 2; ++way) {
       Slot& s = sets[set][way];
@@ -58,6 +57,21 @@ struct ThreadAnswers {
     return sets[set][lastUsed[set]];
   }
 };
+
+/// The ordinal `device` names: itself, or for -1 the device of the current
+/// context (0 without one).
+llvm::Expected<int> resolveDevice(const CudaDriver& d, int device) {
+  if (device >= 0)
+    return device;
+  CUcontext ctx = nullptr;
+  if (d.cuCtxGetCurrent(&ctx) == CUDA_SUCCESS && ctx) {
+    CUdevice dev = 0;
+    if (auto err = d.check(d.cuCtxGetDevice(&dev), "cuCtxGetDevice"))
+      return std::move(err);
+    return static_cast<int>(dev);
+  }
+  return 0;
+}
 
 ThreadAnswers& threadAnswers() {
   thread_local std::unique_ptr<ThreadAnswers> answers = std::make_unique<ThreadAnswers>();
@@ -113,23 +127,18 @@ struct Service::Impl {
     return planner.tuning().generation() + invalidations.load(std::memory_order_acquire);
   }
 
-  /// The ordinal `device` names (-1: the current context's device, else 0)
-  /// without a lock; none before the driver is loaded or when it can't tell.
+  /// The ordinal `device` names, without a lock; none before the driver is
+  /// loaded or when it can't tell (then the locked path decides).
   std::optional<int> deviceWithoutLock(int device) const {
-    if (device >= 0)
-      return device;
     const CudaDriver* d = loadedDriver.load(std::memory_order_acquire);
-    if (!d)
+    if (device >= 0 || !d)
+      return device >= 0 ? std::optional<int>(device) : std::nullopt;
+    auto dev = resolveDevice(*d, device);
+    if (!dev) {
+      llvm::consumeError(dev.takeError());
       return std::nullopt;
-    CUcontext ctx = nullptr;
-    if (d->cuCtxGetCurrent(&ctx) != CUDA_SUCCESS)
-      return std::nullopt;
-    if (!ctx)
-      return 0;
-    CUdevice dev = 0;
-    if (d->cuCtxGetDevice(&dev) != CUDA_SUCCESS)
-      return std::nullopt;
-    return static_cast<int>(dev);
+    }
+    return *dev;
   }
 
   /// Loads the driver if needed and resolves `device` (-1: the current context's).
@@ -137,20 +146,7 @@ struct Service::Impl {
     auto d = loadDriverLocked();
     if (!d)
       return d.takeError();
-    return resolveDeviceLocked(device);
-  }
-
-  llvm::Expected<int> resolveDeviceLocked(int device) {
-    if (device >= 0)
-      return device;
-    CUcontext ctx = nullptr;
-    if (driver->cuCtxGetCurrent(&ctx) == CUDA_SUCCESS && ctx) {
-      CUdevice dev = 0;
-      if (auto err = driver->check(driver->cuCtxGetDevice(&dev), "cuCtxGetDevice"))
-        return std::move(err);
-      return static_cast<int>(dev);
-    }
-    return 0;
+    return resolveDevice(*driver, device);
   }
 
   /// Loads (once) the function of a compiled kernel on a device.
@@ -202,10 +198,7 @@ llvm::Expected<std::shared_ptr<const CompiledKernel>> Service::compile(const Ker
   auto resolved = impl_->planner.resolve(spec);
   if (!resolved)
     return resolved.takeError();
-  auto id = impl_->cache.compiler().identify(*resolved);
-  if (!id)
-    return id.takeError();
-  auto result = impl_->cache.get(*id);
+  auto result = impl_->cache.getResolved(*resolved);
   if (!result)
     return result.takeError();
   return result->kernel;
@@ -279,10 +272,7 @@ llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
   // single-flight per key, and other kernels' launches must not wait.
   std::vector<std::shared_ptr<const CompiledKernel>> compiled;
   for (const KernelSpec& v : plan->variants) {
-    auto id = impl_->cache.compiler().identify(v);
-    if (!id)
-      return id.takeError();
-    auto got = impl_->cache.get(*id);
+    auto got = impl_->cache.getResolved(v);
     if (!got)
       return got.takeError();
     compiled.push_back(got->kernel);

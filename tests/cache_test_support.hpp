@@ -23,10 +23,7 @@ inline std::string keyOf(const Compiler& compiler, const KernelSpec& spec) {
 }
 
 inline llvm::Expected<KernelCache::Result> getSpec(KernelCache& cache, const KernelSpec& spec) {
-  auto id = cache.compiler().identify(resolvedSpec(spec));
-  if (!id)
-    return id.takeError();
-  return cache.get(*id);
+  return cache.getResolved(resolvedSpec(spec));
 }
 
 } // namespace bqjit::test

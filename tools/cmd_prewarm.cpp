@@ -62,8 +62,7 @@ ItemResult prewarmOne(const Planner& planner, KernelCache& cache, const KernelSp
   r.status = ItemStatus::Cached;
   const int reported = plan->variantOf[index(kDefaultRegime)];
   for (size_t i = 0; i < plan->variants.size(); ++i) {
-    auto id = cache.compiler().identify(plan->variants[i]);
-    auto got = id ? cache.get(*id) : llvm::Expected<KernelCache::Result>(id.takeError());
+    auto got = cache.getResolved(plan->variants[i]);
     if (!got) {
       r.code = consumeError(got.takeError(), &r.message);
       r.status = ItemStatus::Failed;

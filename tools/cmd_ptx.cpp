@@ -81,10 +81,7 @@ llvm::Error runPtx(const PtxOptions& o, const CommandContext& ctx) {
   if (!plan)
     return plan.takeError();
   const KernelSpec& shown = plan->variantFor(kDefaultRegime);
-  auto id = (*service)->cache().compiler().identify(shown);
-  if (!id)
-    return id.takeError();
-  auto got = (*service)->cache().get(*id);
+  auto got = (*service)->cache().getResolved(shown);
   if (!got)
     return got.takeError();
   const CompiledKernel& k = *got->kernel;
