@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine: every GPU test, the example, the CLI checks, the
 # Python tests, the benchmark and a tuning demonstration; logs go to $OUT.
-# Usage: bash bench/device_run.sh [tests|bench|tune|warm|all|ab|ncu] [bench args...]
+# Usage: bash bench/device_run.sh [tests|torch|bench|tune|warm|all|ab|ncu] [bench args...]
+#   torch: the wheel (devpack/site, with its C++ op library): the Python tests,
+#   the Python-op fallback's tests, and bench/torch_overhead.py.
 #   warm: the warm-path benchmark (bench/warm_path), C++ and C API.
 #   ab: this build against devpack/old (another build's libbqjit.so); ncu: both
 #   under Nsight Compute at one shape (NCU_SHAPE=H:T:G).
@@ -37,6 +39,29 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   done
   if [ -z "${NO_PYTEST:-}" ]; then
     (cd python && timeout 300 python3 -m pytest -q tests 2>&1 | tail -4) | tee "$OUT/pytest.txt"
+  fi
+fi
+if [ "$what" = torch ] || [ "$what" = all ]; then
+  if [ -d devpack/site ]; then
+    # The installed package as a user has it: its own libbqjit.so, no BQJIT_LIBRARY.
+    (
+      unset BQJIT_LIBRARY
+      export PYTHONPATH=$PWD/devpack/site BQJIT_EXPECT_OPS=cpp
+      cd python && timeout 400 python3 -m pytest -q -rs -p no:cacheprovider tests 2>&1 | tail -15
+    ) | tee "$OUT/pytest-wheel.txt"
+    (
+      unset BQJIT_LIBRARY
+      export PYTHONPATH=$PWD/devpack/site BQJIT_TORCH_OPS=python BQJIT_EXPECT_OPS=python
+      cd python && timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_torch_ops.py \
+        tests/test_bqjit.py -k "masked or vllm or errors or compile or graph or backend or reuse" 2>&1 | tail -4
+    ) | tee "$OUT/pytest-python-ops.txt"
+    (
+      unset BQJIT_LIBRARY
+      export PYTHONPATH=$PWD/devpack/site
+      timeout 300 python3 bench/torch_overhead.py --json "$OUT/torch_overhead.json" 2>&1
+    ) | tee "$OUT/torch_overhead.txt"
+  else
+    echo "torch: devpack/site missing (pack with BQJIT_TORCH_PYTHON set)" | tee "$OUT/pytest-wheel.txt"
   fi
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then

@@ -3,7 +3,7 @@
 # each stage in its own build tree, none of them the quickstart's
 # (build-quickstart):
 #   normal  every test of the CTest suite                       (build)
-#   python  installs ./python into a venv and runs python/tests  (build-python)
+#   python  `pip install .` (twice) into a fresh venv, then python/tests  (build-python)
 #           against build/'s libbqjit.so: the ctypes layer and logging tests
 #           need no PyTorch (and fail, never skip, without the library);
 #           the PyTorch tests skip when torch is not installed
@@ -88,22 +88,35 @@ normal() {
   step "normal tests" run_ctest "normal tests" build
 }
 
-# The Python package, installed (not run from the source tree) into a venv of
-# its own, against build/'s library. pytest from PyPI, setuptools too when
-# the venv lacks it.
+# The Python package as a user gets it: `pip install .` into a fresh venv
+# builds libbqjit.so and the bqjit command with CMake (scikit-build-core, from
+# PyPI in pip's isolated build environment) and ships them in the wheel; no
+# BQJIT_LIBRARY, no build tree. Installed twice: the second install reuses
+# build-wheel/ and must work too. (No torch here: the wheel has the ctypes
+# path; the PyTorch op library is built and tested on the GPU machine.)
 python_venv() {
   local venv="$1"
-  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check pytest 'setuptools>=61' wheel
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation \
-    --no-deps --force-reinstall ./python
-  # From the repository root, `import bqjit` must find the installed package.
-  local where
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check pytest
+  local i
+  for i in 1 2; do
+    CMAKE_BUILD_PARALLEL_LEVEL="$jobs" "$venv/bin/python" -m pip install -q \
+      --disable-pip-version-check --force-reinstall --no-deps . || return 1
+  done
+  # From the repository root, `import bqjit` must find the installed package,
+  # and it must use the library inside it.
+  local where lib
   where="$(cd "$root" && "$venv/bin/python" -c 'import bqjit; print(bqjit.__file__)')"
-  echo "bqjit installed at $where"
+  lib="$(cd "$root" && env -u BQJIT_LIBRARY "$venv/bin/python" -c 'import bqjit; print(bqjit.library_path())')"
+  echo "bqjit installed at $where, its library at $lib"
   case "$where" in
   "$root/$venv"/*) ;;
   *) echo "test.sh: python: bqjit imported from $where, not from the venv" >&2; return 1 ;;
+  esac
+  case "$lib" in
+  "$root/$venv"/*) ;;
+  *) echo "test.sh: python: bqjit uses $lib, not the library in its wheel" >&2; return 1 ;;
   esac
 }
 
@@ -119,7 +132,7 @@ pytest_count() {
 run_pytest() {
   local name="$1" venv="$2" rc=0
   local log="build-python/pytest.log"
-  BQJIT_LIBRARY="$root/build/runtime/libbqjit.so" BQJIT_CACHE_DIR="$root/build-python/cache" \
+  env -u BQJIT_LIBRARY BQJIT_TEST_WHEEL=1 BQJIT_CACHE_DIR="$root/build-python/cache" \
     "$venv/bin/pytest" -q -rs -p no:cacheprovider python/tests 2>&1 | tee "$log" || rc=$?
   local last passed failed skipped errors
   last="$(grep -E '^(=+ )?[0-9]+ (passed|failed|skipped|errors?|deselected)' "$log" | tail -1 || true)"
@@ -137,7 +150,6 @@ run_pytest() {
 }
 
 python_stage() {
-  build_normal bqjit
   local venv=build-python/venv
   mkdir -p build-python
   step "python install" python_venv "$venv"

@@ -1,5 +1,6 @@
 """bqjit: fused silu(gate) * up + per-group FP8/INT8 quantization, JIT-compiled
-with NVRTC by libbqjit.so and called through ctypes.
+with NVRTC by libbqjit.so; PyTorch ops in C++ (libbqjit_torch.so), the rest
+through ctypes.
 
     import bqjit
     q, scales = bqjit.silu_mul_quant(x, group_size=128)          # x: CUDA [..., 2H]
@@ -23,7 +24,8 @@ from ._lib import (
     log_to_stderr,
     service,
 )
-from .ops import HAVE_TORCH, LAYOUTS, OUT_DTYPES, scale_shape, silu_mul_quant
+from .ops import HAVE_TORCH, LAYOUTS, OUT_DTYPES, scale_shape, silu_mul_quant, silu_mul_quant_masked
+from . import vllm
 
 __version__ = "0.1.0"
 
@@ -43,5 +45,7 @@ __all__ = [
     "scale_shape",
     "service",
     "silu_mul_quant",
+    "silu_mul_quant_masked",
+    "vllm",
     "__version__",
 ]

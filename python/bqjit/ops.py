@@ -1,18 +1,28 @@
-"""PyTorch front end: ``bqjit.silu_mul_quant`` and the ``bqjit::`` custom ops.
+"""PyTorch front end: ``bqjit.silu_mul_quant``, ``bqjit.silu_mul_quant_masked``
+and the ``torch.ops.bqjit`` custom ops.
 
-Importing this module needs no PyTorch: without it, :func:`silu_mul_quant`
-raises a RuntimeError saying so. With PyTorch, two custom ops are registered
-at import (so they work under ``torch.compile(fullgraph=True)`` and in CUDA
-graph capture):
+Importing this module needs no PyTorch: without it, the functions raise a
+RuntimeError saying so. With PyTorch, the ops come from the C++ op library
+``libbqjit_torch.so`` (argument checks, allocation, the current stream and a
+table of loaded kernels in C++, no JSON and no Python per call), built with
+the package where torch was importable at build time. Where it is missing or
+does not load (a torch other than the one it was built against), the same ops
+are defined in Python over the ctypes binding, with one warning; they give the
+same results, errors and schemas, at a higher cost per call. ``OPS_BACKEND``
+says which is in use ("cpp" or "python"), and ``BQJIT_TORCH_OPS=python``
+chooses the Python ones.
 
-* ``torch.ops.bqjit.silu_mul_quant(x, group_size, out_dtype, scale_layout,
-  ue8m0, scale_ub, launch) -> (q, scales)``: functional.
-* ``torch.ops.bqjit.silu_mul_quant_out(x, q, scales, group_size, out_dtype,
-  scale_layout, ue8m0, scale_ub, launch) -> ()``: writes ``q`` and ``scales``.
+The ops (``out_dtype`` is a string there, "fp8_e4m3", "fp8_e5m2" or "int8";
+``launch`` is None or a JSON object string), usable under
+``torch.compile(fullgraph=True)`` (this module holds their fake
+implementations) and in CUDA graph capture:
 
-``out_dtype`` is a string there ("fp8_e4m3", "fp8_e5m2", "int8") and
-``launch`` is None or a JSON object string; the Python function below is the
-friendly wrapper.
+* ``silu_mul_quant(x, group_size, out_dtype, scale_layout, ue8m0, scale_ub,
+  launch) -> (q, scales)``
+* ``silu_mul_quant_out(x, q, scales, group_size, ...) -> ()``: writes q, scales
+* ``silu_mul_quant_masked(x, masked_m, group_size, ...) -> (q, scales)``: a
+  MoE batch x [E, T_max, 2H] with masked_m [E] int32 live rows per expert
+* ``silu_mul_quant_masked_out(x, masked_m, q, scales, group_size, ...) -> ()``
 
 Scale tensors (T rows, NG = H / G groups, T4 = ceil(T / 4) * 4, NW = ceil(NG / 4)):
 
@@ -27,11 +37,16 @@ ue8m0_packed   int32   [T, NW]            (1, T4)     NW * T4 words, byte j % 4
                                                       exponent of the scale
 ============== ======= ================== =========== ==========================
 
-The column layouts take 2-D ``x`` only (a flat token dimension).
+The column layouts take 2-D ``x`` only (a flat token dimension). A masked
+batch has these per expert with T = T_max: shape [E, T_max, NG] (or NW), the
+expert's block of ``storage`` elements after the previous one's.
 """
 
-
 import json
+import os
+import re
+import warnings
+from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from . import _lib
@@ -44,7 +59,15 @@ except ImportError as _e:  # pragma: no cover - exercised only without torch
 else:
     _TORCH_IMPORT_ERROR = None
 
-__all__ = ["silu_mul_quant", "LAYOUTS", "OUT_DTYPES", "scale_shape", "HAVE_TORCH"]
+__all__ = [
+    "silu_mul_quant",
+    "silu_mul_quant_masked",
+    "LAYOUTS",
+    "OUT_DTYPES",
+    "scale_shape",
+    "HAVE_TORCH",
+    "OPS_BACKEND",
+]
 
 HAVE_TORCH = torch is not None
 LAYOUTS = ("row", "col", "col_tma", "ue8m0_packed")
@@ -53,8 +76,13 @@ MIN_GROUP, MAX_GROUP, MAX_HIDDEN = 16, 1024, 65536
 _LAUNCH_KEYS = ("threads_per_group", "vec_width", "groups_per_block")
 _LAUNCH_OPTIONAL = ("min_blocks_per_sm",)  # derived by the planner when left out
 
+#: "cpp" (the C++ op library), "python" (the ctypes fallback) or None (no torch).
+OPS_BACKEND: Optional[str] = None
+#: Why the C++ op library is not in use (None when it is).
+OPS_FALLBACK_REASON: Optional[str] = None
 
-# ---- checks that need no tensor (run in the wrapper; constants under dynamo) --
+
+# ---- checks that need no tensor (run in the wrappers; constants under dynamo) --
 
 
 def _check_static(group_size: Any, out_dtype: str, scale_layout: Any, ue8m0: Any) -> None:
@@ -101,10 +129,19 @@ def _launch_json(launch: Any) -> Optional[str]:
     return "{" + ",".join(f'"{k}":{int(launch[k])}' for k in keys) + "}"
 
 
-def scale_shape(layout: str, lead: Tuple[int, ...], hidden: int, group_size: int) -> Tuple[Tuple[int, ...], Optional[Tuple[int, ...]], int]:
+def scale_shape(
+    layout: str, lead: Tuple[int, ...], hidden: int, group_size: int, experts: Optional[int] = None
+) -> Tuple[Tuple[int, ...], Optional[Tuple[int, ...]], int]:
     """(shape, strides or None for contiguous, storage elements) of the scale
-    tensor for ``x`` of leading shape ``lead`` (T = prod(lead))."""
+    tensor for ``x`` of leading shape ``lead`` (T = prod(lead)); with
+    ``experts`` = E, of a masked batch whose ``lead`` is (E, T_max)."""
     ng = hidden // group_size
+    if experts is not None:
+        t = lead[1]
+        shape, strides, storage = scale_shape(layout, (t,), hidden, group_size)
+        if strides is None:  # row: one expert is [T_max, NG] contiguous
+            strides = (ng, 1)
+        return (experts,) + tuple(shape), (storage,) + tuple(strides), experts * storage
     t = 1
     for d in lead:
         t *= d
@@ -117,6 +154,55 @@ def scale_shape(layout: str, lead: Tuple[int, ...], hidden: int, group_size: int
         return (t, ng), (1, t4), ng * t4
     nw = (ng + 3) // 4
     return (t, nw), (1, t4), nw * t4
+
+
+def _not_available(*args: Any, **kwargs: Any):
+    raise RuntimeError(f"bqjit's PyTorch ops need PyTorch, which could not be imported: {_TORCH_IMPORT_ERROR}")
+
+
+_BQJIT_ERROR = re.compile(r"\[bqjit:(\d+)\] ([^:]*): (.*)", re.S)
+
+
+def _as_bqjit_error(e: RuntimeError) -> RuntimeError:
+    """The C++ ops' library errors ("[bqjit:<code>] <function>: ...") as the
+    BqjitError the ctypes path raises; other errors unchanged."""
+    m = _BQJIT_ERROR.search(str(e))
+    if m is None:
+        return e
+    message = m.group(3)
+    name, _, rest = message.partition(": ")
+    if name in _lib.STATUS_NAMES.values():
+        message = rest
+    return _lib.BqjitError(int(m.group(1)), message, m.group(2))
+
+
+def _op_library_candidates():
+    """(path, where) pairs in the order tried, as _lib does for libbqjit.so."""
+    env = os.environ.get("BQJIT_TORCH_LIBRARY")
+    if env:
+        return [(env, "BQJIT_TORCH_LIBRARY")]
+    here = Path(__file__).resolve().parent
+    return [
+        (str(here / "libbqjit_torch.so"), "the package directory"),
+        (str(here.parent.parent / "build" / "python" / "csrc" / "libbqjit_torch.so"), "the source tree's build/"),
+    ]
+
+
+def _load_op_library() -> Optional[str]:
+    """Loads libbqjit_torch.so into torch.ops; returns None, or why not."""
+    if os.environ.get("BQJIT_TORCH_OPS", "") == "python":
+        return "BQJIT_TORCH_OPS=python"
+    tried = []
+    for path, where in _op_library_candidates():
+        if not os.path.exists(path):
+            tried.append(f"{path} ({where}): not found")
+            continue
+        try:
+            torch.ops.load_library(path)
+            return None
+        except (OSError, RuntimeError) as e:
+            tried.append(f"{path} ({where}): {e}")
+    return "libbqjit_torch.so did not load: " + "; ".join(tried)
 
 
 if torch is not None:
@@ -138,12 +224,13 @@ if torch is not None:
             "(or 'fp8_e4m3', 'fp8_e5m2', 'int8')"
         )
 
-    # ---- tensor checks (run by the real kernels and by the fakes) -------------
+    # ---- tensor checks (run by the Python ops and by the fakes; the C++ ops
+    # ---- make the same checks with the same messages) ------------------------
 
-    def _rows(x: Tensor) -> Tuple[int, int]:
-        """(T, ldx): leading dims flattened to T rows of pitch ldx elements."""
-        h2 = x.shape[-1]
-        lead = x.shape[:-1]
+    def _rows(x: Tensor, sizes, strides) -> Tuple[int, int]:
+        """(T, ldx): leading dims of (sizes, strides) flattened to T rows of pitch ldx."""
+        h2 = sizes[-1]
+        lead = sizes[:-1]
         t = 1
         for d in lead:
             t *= d
@@ -151,14 +238,14 @@ if torch is not None:
         ldx = None
         expect = None  # stride the next outer dim must have
         for i in range(len(lead) - 1, -1, -1):
-            size, stride = lead[i], x.stride(i)
+            size, stride = lead[i], strides[i]
             if size == 1:
                 continue
             if ldx is None:
                 ldx = stride
             elif stride != expect:
                 raise ValueError(
-                    f"x has shape {tuple(x.shape)} and strides {tuple(x.stride())}: its leading dims "
+                    f"x has shape {tuple(sizes)} and strides {tuple(strides)}: its leading dims "
                     "cannot be flattened to rows of one stride (need stride[i] == stride[i+1] * "
                     "size[i+1] for the dims before the last); call x.contiguous() or reshape it"
                 )
@@ -167,37 +254,44 @@ if torch is not None:
             ldx = h2
         elif ldx < h2:
             raise ValueError(
-                f"x has row stride {ldx} < last dim {h2} (shape {tuple(x.shape)}, strides "
-                f"{tuple(x.stride())}): rows must not overlap"
+                f"x has row stride {ldx} < last dim {h2} (shape {tuple(sizes)}, strides "
+                f"{tuple(strides)}): rows must not overlap"
             )
         return t, ldx
 
-    def _check(x: Any, group_size: int, out_dtype: str, scale_layout: str, scale_ub: Any) -> Tuple[int, int, int]:
-        """Validates x and scale_ub; returns (T, H, ldx)."""
+    def _check(
+        x: Any, group_size: int, out_dtype: str, scale_layout: str, scale_ub: Any, masked: bool = False
+    ) -> Tuple[int, int, int]:
+        """Validates x and scale_ub; returns (T, H, ldx) (per expert when masked)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.device.type != "cuda":
             raise ValueError(f"x must be a CUDA tensor, got a tensor on device '{x.device}'")
         if x.dtype not in _IN_NAMES:
             raise TypeError(f"x.dtype = {x.dtype}: must be torch.bfloat16, torch.float16 or torch.float32")
-        if x.dim() < 1:
+        if masked and x.dim() != 3:
+            raise ValueError(f"x must be [E, T_max, 2H] for a masked batch, got shape {tuple(x.shape)}")
+        sizes, strides = tuple(x.shape), tuple(x.stride())
+        if masked:
+            sizes, strides = sizes[1:], strides[1:]
+        if len(sizes) < 1:
             raise ValueError("x must have at least one dimension [..., 2H], got a 0-d tensor")
-        h2 = x.shape[-1]
+        h2 = sizes[-1]
         if h2 % 2 != 0 or h2 == 0:
             raise ValueError(f"x.shape[-1] = {h2}: must be 2H, even and > 0 (gate then up)")
         h = h2 // 2
         if h > MAX_HIDDEN:
             raise ValueError(f"x.shape[-1] = {h2}: H = {h} must be <= {MAX_HIDDEN}")
-        if x.stride(-1) != 1:
+        if strides[-1] != 1:
             raise ValueError(
-                f"x.stride(-1) = {x.stride(-1)}: the last dim of x must be contiguous (stride 1); "
+                f"x.stride(-1) = {strides[-1]}: the last dim of x must be contiguous (stride 1); "
                 "rows may be strided"
             )
         if h % group_size != 0:
             raise ValueError(f"group_size = {group_size}: must divide H = {h} (x.shape[-1] = {h2})")
-        if scale_layout != "row" and x.dim() != 2:
+        if scale_layout != "row" and len(sizes) != 2:
             raise ValueError(
-                f"scale_layout = {scale_layout!r} needs a 2-D x [T, 2H], got shape {tuple(x.shape)}; "
+                f"scale_layout = {scale_layout!r} needs a 2-D x [T, 2H], got shape {tuple(sizes)}; "
                 "flatten the leading dims first (x.view(-1, x.shape[-1]))"
             )
         if scale_ub is not None:
@@ -208,10 +302,39 @@ if torch is not None:
                     f"scale_ub must be a float32 tensor with one element on x's device ({x.device}), "
                     f"got dtype {scale_ub.dtype}, {scale_ub.numel()} elements, device {scale_ub.device}"
                 )
-        t, ldx = _rows(x)
+        t, ldx = _rows(x, sizes, strides)
         return t, h, ldx
 
-    def _check_outputs(x: Tensor, q: Any, scales: Any, h: int, group_size: int, out_dtype: str, layout: str, real: bool) -> None:
+    def _check_masked(x: Tensor, masked_m: Any) -> Optional[int]:
+        """Checks masked_m and the expert stride; the row pitch when T_max is 1 (else None)."""
+        if not isinstance(masked_m, torch.Tensor):
+            raise TypeError(f"masked_m must be a torch.Tensor, got {type(masked_m).__name__}")
+        if masked_m.device != x.device:
+            raise ValueError(f"masked_m is on device '{masked_m.device}', x on '{x.device}': must be the same device")
+        if masked_m.dtype != torch.int32:
+            raise TypeError(f"masked_m.dtype = {masked_m.dtype}: must be torch.int32")
+        e, t = x.shape[0], x.shape[1]
+        if masked_m.dim() != 1 or masked_m.shape[0] != e:
+            raise ValueError(f"masked_m.shape = {tuple(masked_m.shape)}: must be ({e},) (one count per expert of x)")
+        if e > 1 and masked_m.stride(0) != 1:
+            raise ValueError(f"masked_m must be contiguous, got stride {masked_m.stride(0)}")
+        if e > 1 and t > 1 and x.stride(0) != t * x.stride(1):
+            raise ValueError(
+                f"x.stride(0) = {x.stride(0)}: must be T_max * x.stride(1) = {t * x.stride(1)} (experts back to back)"
+            )
+        if t == 1 and e > 1:
+            if x.stride(0) < x.shape[2]:
+                raise ValueError(
+                    f"x has expert stride {x.stride(0)} < last dim {x.shape[2]} (shape {tuple(x.shape)}, "
+                    f"strides {tuple(x.stride())}): rows must not overlap"
+                )
+            return x.stride(0)
+        return None
+
+    def _check_outputs(
+        x: Tensor, q: Any, scales: Any, h: int, group_size: int, out_dtype: str, layout: str, real: bool,
+        masked: bool = False,
+    ) -> None:
         qdt = _OUT_TORCH[out_dtype]
         want_q = tuple(x.shape[:-1]) + (h,)
         if not isinstance(q, torch.Tensor):
@@ -226,7 +349,9 @@ if torch is not None:
             raise ValueError(f"out.shape = {tuple(q.shape)}: must be {want_q} (x.shape[:-1] + (H,))")
         if not q.is_contiguous():
             raise ValueError(f"out must be contiguous, got strides {tuple(q.stride())}")
-        shape, strides, storage = scale_shape(layout, tuple(x.shape[:-1]), h, group_size)
+        shape, strides, storage = scale_shape(
+            layout, tuple(x.shape[:-1]), h, group_size, x.shape[0] if masked else None
+        )
         sdt = torch.int32 if layout == "ue8m0_packed" else torch.float32
         if scales.device != x.device:
             raise ValueError(f"scales_out is on device '{scales.device}', x on '{x.device}': must be the same device")
@@ -239,26 +364,26 @@ if torch is not None:
                 raise ValueError(
                     f"scales_out must be contiguous for scale_layout 'row', got strides {tuple(scales.stride())}"
                 )
-        else:
-            for d in range(2):
-                if shape[d] > 1 and scales.stride(d) != strides[d]:
-                    raise ValueError(
-                        f"scales_out.stride() = {tuple(scales.stride())}: must be {strides} for scale_layout "
-                        f"{layout!r} (a [{shape[0]}, {shape[1]}] view of a buffer of {storage} elements)"
-                    )
-            if real:
-                room = scales.untyped_storage().nbytes() // scales.element_size() - scales.storage_offset()
-                if room < storage:
-                    raise ValueError(
-                        f"scales_out has room for {room} elements from its offset: scale_layout {layout!r} "
-                        f"writes {storage} (padding rows included); allocate "
-                        f"torch.empty({storage}).as_strided({shape}, {strides})"
-                    )
+            return
+        for d in range(len(shape)):
+            if shape[d] > 1 and scales.stride(d) != strides[d]:
+                raise ValueError(
+                    f"scales_out.stride() = {tuple(scales.stride())}: must be {strides} for scale_layout "
+                    f"{layout!r} (a {shape} view of a buffer of {storage} elements)"
+                )
+        if real:
+            room = scales.untyped_storage().nbytes() // scales.element_size() - scales.storage_offset()
+            if room < storage:
+                raise ValueError(
+                    f"scales_out has room for {room} elements from its offset: scale_layout {layout!r} "
+                    f"writes {storage} (padding rows included); allocate "
+                    f"torch.empty({storage}).as_strided({shape}, {strides})"
+                )
 
-    def _alloc(x: Tensor, h: int, group_size: int, out_dtype: str, layout: str) -> Tuple[Tensor, Tensor]:
+    def _alloc(x: Tensor, h: int, group_size: int, out_dtype: str, layout: str, masked: bool = False) -> Tuple[Tensor, Tensor]:
         lead = tuple(x.shape[:-1])
         q = torch.empty(lead + (h,), dtype=_OUT_TORCH[out_dtype], device=x.device)
-        shape, strides, storage = scale_shape(layout, lead, h, group_size)
+        shape, strides, storage = scale_shape(layout, lead, h, group_size, x.shape[0] if masked else None)
         sdt = torch.int32 if layout == "ue8m0_packed" else torch.float32
         if strides is None:
             s = torch.empty(shape, dtype=sdt, device=x.device)
@@ -268,128 +393,105 @@ if torch is not None:
             s = torch.empty(storage, dtype=sdt, device=x.device).as_strided(shape, strides)
         return q, s
 
-    # ---- launching ------------------------------------------------------------
+    # ---- the ops: C++, or Python over ctypes --------------------------------
 
-    _arch_by_device: Dict[int, str] = {}
-    _spec_cache: Dict[Tuple[Any, ...], str] = {}
+    OPS_FALLBACK_REASON = _load_op_library()
+    if OPS_FALLBACK_REASON is None:
+        OPS_BACKEND = "cpp"
+    else:
+        OPS_BACKEND = "python"
+        if OPS_FALLBACK_REASON != "BQJIT_TORCH_OPS=python":
+            warnings.warn(
+                f"bqjit: using the Python ops (slower per call): {OPS_FALLBACK_REASON}", RuntimeWarning, stacklevel=2
+            )
+        from . import _py_ops  # noqa: F401  (defines torch.ops.bqjit.* in Python)
 
-    def _arch(device: int) -> str:
-        a = _arch_by_device.get(device)
-        if a is None:
-            major, minor = torch.cuda.get_device_capability(device)
-            a = _arch_by_device[device] = f"sm_{major}{minor}"
-        return a
+    # ---- fake implementations, for either backend -----------------------------
 
-    def _pow2_align(*values: int) -> int:
-        v = 16
-        for x in values:
-            v |= x
-        return v & -v
-
-    def _spec_json(key: Tuple[Any, ...]) -> str:
-        s = _spec_cache.get(key)
-        if s is None:
-            h, g, ind, outd, layout, ue8m0, has_ub, arch, launch = key
-            spec = {
-                "hidden": h,
-                "group_size": g,
-                "in_dtype": ind,
-                "out_dtype": outd,
-                "scale_layout": layout,
-                "ue8m0": ue8m0,
-                "scale_ub": has_ub,
-                "masked": False,
-                "arch": arch,
-            }
-            if launch is not None:
-                spec["launch"] = json.loads(launch)
-            s = _spec_cache[key] = json.dumps(spec, separators=(",", ":"))
-        return s
-
-    _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-
-    def _current_stream(device: int) -> int:
-        """torch.cuda.current_stream(device).cuda_stream, without building a
-        Stream object (a few microseconds per call) where torch allows it."""
-        if _raw_stream is not None:
-            return _raw_stream(device)
-        return torch.cuda.current_stream(device).cuda_stream
-
-    def _run(x: Tensor, q: Tensor, scales: Tensor, t: int, h: int, ldx: int, group_size: int, out_dtype: str, layout: str, ue8m0: bool, scale_ub: Optional[Tensor], launch: Optional[str]) -> None:
-        if t == 0:
-            return
-        device = x.device.index if x.device.index is not None else torch.cuda.current_device()
-        esize = x.element_size()
-        xp, qp = x.data_ptr(), q.data_ptr()
-        if launch is None:
-            xa, qa = _pow2_align(xp, ldx * esize), _pow2_align(qp)
-            if xa < 16 or qa < 16:
-                # The C++ heuristic with narrower vectors; the spec's other
-                # fields do not change the shape, so a minimal spec will do.
-                base = {"hidden": h, "group_size": group_size, "in_dtype": _IN_NAMES[x.dtype], "arch": "sm_80"}
-                launch = json.dumps(_lib.service().default_launch(base, min(xa // esize, qa)), sort_keys=True)
-        key = (h, group_size, _IN_NAMES[x.dtype], out_dtype, layout, ue8m0, scale_ub is not None, _arch(device), launch)
-        kernel = _lib.service().kernel(_spec_json(key), device)
-        args = _lib.LaunchArgs(
-            xp, ldx, t, qp, scales.data_ptr(), 0 if scale_ub is None else scale_ub.data_ptr(), 0, 1
-        )
-        stream = _current_stream(device)
-        if device != torch.cuda.current_device():
-            # The legacy default stream resolves through the current context.
-            with torch.cuda.device(device):
-                kernel.launch(args, stream)
-        else:
-            kernel.launch(args, stream)
-
-    # ---- custom ops -------------------------------------------------------------
-
-    @torch.library.custom_op("bqjit::silu_mul_quant", mutates_args=())
-    def _silu_mul_quant_op(
-        x: Tensor,
-        group_size: int,
-        out_dtype: str,
-        scale_layout: str,
-        ue8m0: bool,
-        scale_ub: Optional[Tensor],
-        launch: Optional[str],
-    ) -> Tuple[Tensor, Tensor]:
-        _check_static(group_size, out_dtype, scale_layout, ue8m0)
-        t, h, ldx = _check(x, group_size, out_dtype, scale_layout, scale_ub)
-        q, s = _alloc(x, h, group_size, out_dtype, scale_layout)
-        _run(x, q, s, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch)
-        return q, s
-
-    @_silu_mul_quant_op.register_fake
+    @torch.library.register_fake("bqjit::silu_mul_quant")
     def _silu_mul_quant_fake(x, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch):
         _check_static(group_size, out_dtype, scale_layout, ue8m0)
         _, h, _ = _check(x, group_size, out_dtype, scale_layout, scale_ub)
         return _alloc(x, h, group_size, out_dtype, scale_layout)
 
-    @torch.library.custom_op("bqjit::silu_mul_quant_out", mutates_args=("q", "scales"))
-    def _silu_mul_quant_out_op(
-        x: Tensor,
-        q: Tensor,
-        scales: Tensor,
-        group_size: int,
-        out_dtype: str,
-        scale_layout: str,
-        ue8m0: bool,
-        scale_ub: Optional[Tensor],
-        launch: Optional[str],
-    ) -> None:
-        _check_static(group_size, out_dtype, scale_layout, ue8m0)
-        t, h, ldx = _check(x, group_size, out_dtype, scale_layout, scale_ub)
-        _check_outputs(x, q, scales, h, group_size, out_dtype, scale_layout, real=True)
-        _run(x, q, scales, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch)
-
-    @_silu_mul_quant_out_op.register_fake
+    @torch.library.register_fake("bqjit::silu_mul_quant_out")
     def _silu_mul_quant_out_fake(x, q, scales, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch):
         _check_static(group_size, out_dtype, scale_layout, ue8m0)
         _, h, _ = _check(x, group_size, out_dtype, scale_layout, scale_ub)
         _check_outputs(x, q, scales, h, group_size, out_dtype, scale_layout, real=False)
         return None
 
-    # ---- the public function ----------------------------------------------------
+    @torch.library.register_fake("bqjit::silu_mul_quant_masked")
+    def _silu_mul_quant_masked_fake(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch):
+        _check_static(group_size, out_dtype, scale_layout, ue8m0)
+        _, h, _ = _check(x, group_size, out_dtype, scale_layout, scale_ub, masked=True)
+        _check_masked(x, masked_m)
+        return _alloc(x, h, group_size, out_dtype, scale_layout, masked=True)
+
+    @torch.library.register_fake("bqjit::silu_mul_quant_masked_out")
+    def _silu_mul_quant_masked_out_fake(
+        x, masked_m, q, scales, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch
+    ):
+        _check_static(group_size, out_dtype, scale_layout, ue8m0)
+        _, h, _ = _check(x, group_size, out_dtype, scale_layout, scale_ub, masked=True)
+        _check_masked(x, masked_m)
+        _check_outputs(x, q, scales, h, group_size, out_dtype, scale_layout, real=False, masked=True)
+        return None
+
+    _OP = torch.ops.bqjit.silu_mul_quant.default
+    _OP_OUT = torch.ops.bqjit.silu_mul_quant_out.default
+    _OP_MASKED = torch.ops.bqjit.silu_mul_quant_masked.default
+    _OP_MASKED_OUT = torch.ops.bqjit.silu_mul_quant_masked_out.default
+    # What OpOverload.__call__ calls, one Python frame less in eager mode.
+    _RAW = {op: getattr(op, "_op", op) for op in (_OP, _OP_OUT, _OP_MASKED, _OP_MASKED_OUT)}
+    _is_compiling = torch.compiler.is_compiling
+
+    # (group_size, out_dtype, scale_layout, ue8m0) -> out_dtype's name, for
+    # argument tuples already validated: eager calls skip the checks.
+    _STATIC: Dict[Tuple[Any, ...], str] = {}
+
+    def _static(group_size: Any, out_dtype: Any, scale_layout: Any, ue8m0: Any) -> str:
+        name = _out_dtype_name(out_dtype)
+        _check_static(group_size, name, scale_layout, ue8m0)
+        return name
+
+    def _static_cached(group_size: Any, out_dtype: Any, scale_layout: Any, ue8m0: Any) -> str:
+        if type(group_size) is int and type(ue8m0) is bool and type(scale_layout) is str:
+            key = (group_size, out_dtype, scale_layout, ue8m0)
+            try:
+                name = _STATIC.get(key)
+            except TypeError:  # an unhashable out_dtype: _static names the rule
+                return _static(group_size, out_dtype, scale_layout, ue8m0)
+            if name is None:
+                name = _STATIC[key] = _static(group_size, out_dtype, scale_layout, ue8m0)
+            return name
+        return _static(group_size, out_dtype, scale_layout, ue8m0)
+
+    def _call(op, *args):
+        if _is_compiling():
+            return op(*args)
+        try:
+            return _RAW[op](*args)
+        except RuntimeError as e:
+            raise _as_bqjit_error(e) from None
+
+    def _check_wrapper_args(x: Any, scale_ub: Any, out: Any, scales_out: Any) -> None:
+        # Type checks the op schema would otherwise report without naming the rule.
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if scale_ub is not None and not isinstance(scale_ub, torch.Tensor):
+            raise TypeError(
+                f"scale_ub must be None or a float32 CUDA tensor with one element, got {type(scale_ub).__name__}"
+            )
+        if out is not None and not isinstance(out, torch.Tensor):
+            raise TypeError(f"out must be None or a torch.Tensor, got {type(out).__name__}")
+        if scales_out is not None and not isinstance(scales_out, torch.Tensor):
+            raise TypeError(f"scales_out must be None or a torch.Tensor, got {type(scales_out).__name__}")
+        if (out is None) != (scales_out is None):
+            missing = "out" if out is None else "scales_out"
+            raise ValueError(f"{missing} is None: out and scales_out must be given together")
+
+    # ---- the public functions -------------------------------------------------
 
     def silu_mul_quant(
         x: Tensor,
@@ -429,30 +531,59 @@ if torch is not None:
         a new specialization compiles with NVRTC (or loads from the disk
         cache): make it before capturing a CUDA graph.
         """
-        # Type checks the op schema would otherwise report without naming the rule.
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if scale_ub is not None and not isinstance(scale_ub, torch.Tensor):
-            raise TypeError(
-                f"scale_ub must be None or a float32 CUDA tensor with one element, got {type(scale_ub).__name__}"
-            )
-        if out is not None and not isinstance(out, torch.Tensor):
-            raise TypeError(f"out must be None or a torch.Tensor, got {type(out).__name__}")
-        if scales_out is not None and not isinstance(scales_out, torch.Tensor):
-            raise TypeError(f"scales_out must be None or a torch.Tensor, got {type(scales_out).__name__}")
-        name = _out_dtype_name(out_dtype)
-        _check_static(group_size, name, scale_layout, ue8m0)
-        launch_text = _launch_json(launch)
-        if out is None and scales_out is None:
-            return torch.ops.bqjit.silu_mul_quant(x, group_size, name, scale_layout, ue8m0, scale_ub, launch_text)
-        if out is None or scales_out is None:
-            missing = "out" if out is None else "scales_out"
-            raise ValueError(f"{missing} is None: out and scales_out must be given together")
-        torch.ops.bqjit.silu_mul_quant_out(x, out, scales_out, group_size, name, scale_layout, ue8m0, scale_ub, launch_text)
+        if _is_compiling():
+            _check_wrapper_args(x, scale_ub, out, scales_out)
+            name = _static(group_size, out_dtype, scale_layout, ue8m0)
+        else:
+            if type(x) is not torch.Tensor or scale_ub is not None or out is not None or scales_out is not None:
+                _check_wrapper_args(x, scale_ub, out, scales_out)
+            name = _static_cached(group_size, out_dtype, scale_layout, ue8m0)
+        launch_text = None if launch is None else _launch_json(launch)
+        if out is None:
+            return _call(_OP, x, group_size, name, scale_layout, ue8m0, scale_ub, launch_text)
+        _call(_OP_OUT, x, out, scales_out, group_size, name, scale_layout, ue8m0, scale_ub, launch_text)
+        return out, scales_out
+
+    def silu_mul_quant_masked(
+        x: Tensor,
+        masked_m: Tensor,
+        group_size: int = 128,
+        out_dtype: Any = torch.float8_e4m3fn,
+        scale_layout: str = "row",
+        ue8m0: bool = False,
+        scale_ub: Optional[Tensor] = None,
+        *,
+        out: Optional[Tensor] = None,
+        scales_out: Optional[Tensor] = None,
+        launch: Any = None,
+    ) -> Tuple[Tensor, Tensor]:
+        """:func:`silu_mul_quant` of a MoE batch: ``x [E, T_max, 2H]``, expert
+        ``e`` with ``masked_m[e]`` live rows (int32 CUDA tensor ``[E]``, read
+        by the kernel on the device: no synchronization, graph-capturable).
+
+        Rows ``t >= masked_m[e]`` of ``q`` and ``scales`` are not written
+        (with ``out``/``scales_out`` they keep what they held). Every scale
+        layout applies per expert with T = T_max: scales ``[E, T_max, NG]``
+        (``[E, T_max, NW]`` int32 for "ue8m0_packed"), see the module docstring.
+        The other arguments are those of :func:`silu_mul_quant`.
+        """
+        if _is_compiling():
+            _check_wrapper_args(x, scale_ub, out, scales_out)
+            name = _static(group_size, out_dtype, scale_layout, ue8m0)
+        else:
+            if type(x) is not torch.Tensor or scale_ub is not None or out is not None or scales_out is not None:
+                _check_wrapper_args(x, scale_ub, out, scales_out)
+            name = _static_cached(group_size, out_dtype, scale_layout, ue8m0)
+        if not isinstance(masked_m, torch.Tensor):
+            raise TypeError(f"masked_m must be a torch.Tensor, got {type(masked_m).__name__}")
+        launch_text = None if launch is None else _launch_json(launch)
+        if out is None:
+            return _call(_OP_MASKED, x, masked_m, group_size, name, scale_layout, ue8m0, scale_ub, launch_text)
+        _call(
+            _OP_MASKED_OUT, x, masked_m, out, scales_out, group_size, name, scale_layout, ue8m0, scale_ub, launch_text
+        )
         return out, scales_out
 
 else:
-
-    def silu_mul_quant(*args: Any, **kwargs: Any):  # type: ignore[no-redef]
-        """Needs PyTorch, which could not be imported."""
-        raise RuntimeError(f"bqjit.silu_mul_quant needs PyTorch, which could not be imported: {_TORCH_IMPORT_ERROR}")
+    silu_mul_quant = _not_available  # type: ignore[assignment]
+    silu_mul_quant_masked = _not_available  # type: ignore[assignment]

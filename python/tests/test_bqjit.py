@@ -454,15 +454,17 @@ def test_launch_override_and_bqjit_error():
     assert info.value.code == 1 and isinstance(info.value, RuntimeError)
 
 
-def test_service_is_shared_and_caches_kernels():
-    svc = bqjit.service()
-    assert svc is bqjit.service()
-    x = make_x(4, 256, torch.bfloat16)
+def test_repeated_calls_reuse_the_kernel():
+    """The first call of a specialization puts its kernel in the ops' table;
+    repeating it (or another T) adds nothing."""
+    x = make_x(4, 256, torch.bfloat16, seed=19)
     bqjit.silu_mul_quant(x, 128)
-    n = len(svc.kernels)
+    n = torch.ops.bqjit.kernel_table_size()
     bqjit.silu_mul_quant(x, 128)
-    assert len(svc.kernels) == n
-    assert any('"hidden":256' in spec for spec, _ in svc.kernels)
+    bqjit.silu_mul_quant(make_x(9, 256, torch.bfloat16, seed=20), 128)
+    assert torch.ops.bqjit.kernel_table_size() == n
+    bqjit.silu_mul_quant(x, 64)
+    assert torch.ops.bqjit.kernel_table_size() == n + 1
 
 
 # ---- argument errors ------------------------------------------------------------------------------------------
