@@ -47,13 +47,17 @@ if [ "$what" = torch ] || [ "$what" = all ]; then
     (
       unset BQJIT_LIBRARY
       export PYTHONPATH=$PWD/devpack/site BQJIT_EXPECT_OPS=cpp
-      cd python && timeout 400 python3 -m pytest -q -rs -p no:cacheprovider tests 2>&1 | tail -15
+      # Not from python/: `python -m` puts the current directory first on
+      # sys.path, and python/bqjit would shadow the wheel.
+      repo=$PWD
+      cd /tmp && timeout 400 python3 -m pytest -q -rs -p no:cacheprovider "$repo/python/tests" 2>&1 | tail -15
     ) | tee "$OUT/pytest-wheel.txt"
     (
       unset BQJIT_LIBRARY
       export PYTHONPATH=$PWD/devpack/site BQJIT_TORCH_OPS=python BQJIT_EXPECT_OPS=python
-      cd python && timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_torch_ops.py \
-        tests/test_bqjit.py -k "masked or vllm or errors or compile or graph or backend or reuse" 2>&1 | tail -4
+      repo=$PWD
+      cd /tmp && timeout 300 python3 -m pytest -q -p no:cacheprovider "$repo/python/tests/test_torch_ops.py" \
+        "$repo/python/tests/test_bqjit.py" -k "masked or vllm or errors or compile or graph or backend or reuse" 2>&1 | tail -4
     ) | tee "$OUT/pytest-python-ops.txt"
     (
       unset BQJIT_LIBRARY

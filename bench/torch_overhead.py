@@ -11,7 +11,8 @@ the call. Rows:
   bqjit.silu_mul_quant out=     outputs preallocated
   torch.compile(reference)      the PyTorch reference op compiled by Inductor
   torch.compile(bqjit)          fullgraph, a function calling bqjit.silu_mul_quant
-and the same for the masked MoE op (E experts of T_max rows).
+and the same for the masked MoE op (E experts of T_max = 1 rows; its
+reference takes masked_m too and zeroes the dead rows).
 
 First call: a fresh `python` (torch imported, CUDA initialized, x allocated)
 times its first and second bqjit.silu_mul_quant, with a cold cache and then
@@ -48,6 +49,13 @@ def reference(x, group):
     s = (amax / QMAX).clamp(min=MIN_SCALE)
     q = (yg / s).clamp(-QMAX, QMAX).to(torch.float8_e4m3fn)
     return q.view(*x.shape[:-1], h), s.squeeze(-1)
+
+
+def reference_masked(x, masked_m, group):
+    """The reference of a masked batch: rows past masked_m[e] are zeros before
+    quantizing (the cost of the mask, not of skipping them)."""
+    live = torch.arange(x.shape[1], device=x.device)[None, :] < masked_m[:, None]
+    return reference(torch.where(live[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device)), group)
 
 
 def per_call_us(fn, calls, repeats=5):
@@ -116,6 +124,7 @@ def main():
 
     compiled_ref = torch.compile(reference, fullgraph=True, dynamic=False)
     compiled_bqjit = torch.compile(lambda v: bqjit.silu_mul_quant(v, G), fullgraph=True, dynamic=False)
+    compiled_ref_masked = torch.compile(reference_masked, fullgraph=True, dynamic=False)
     compiled_masked = torch.compile(lambda v, m: bqjit.silu_mul_quant_masked(v, m, G), fullgraph=True,
                                     dynamic=False)
     breaks = {
@@ -134,7 +143,7 @@ def main():
         ("torch.compile(bqjit)", lambda: compiled_bqjit(x)),
         (f"masked E={e}: bqjit.silu_mul_quant_masked", lambda: bqjit.silu_mul_quant_masked(xm, mm, G)),
         (f"masked E={e}: (out=)", lambda: bqjit.silu_mul_quant_masked(xm, mm, G, out=qm, scales_out=sm)),
-        (f"masked E={e}: torch.compile(reference)", lambda: compiled_ref(xm, G)),
+        (f"masked E={e}: torch.compile(reference)", lambda: compiled_ref_masked(xm, mm, G)),
         (f"masked E={e}: torch.compile(bqjit)", lambda: compiled_masked(xm, mm)),
     ]
     base = None

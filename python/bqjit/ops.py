@@ -47,7 +47,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from . import _lib
 
@@ -442,38 +442,18 @@ if torch is not None:
     _OP_OUT = torch.ops.bqjit.silu_mul_quant_out.default
     _OP_MASKED = torch.ops.bqjit.silu_mul_quant_masked.default
     _OP_MASKED_OUT = torch.ops.bqjit.silu_mul_quant_masked_out.default
-    # What OpOverload.__call__ calls, one Python frame less in eager mode.
-    _RAW = {op: getattr(op, "_op", op) for op in (_OP, _OP_OUT, _OP_MASKED, _OP_MASKED_OUT)}
+    # What OpOverload.__call__ calls: one Python frame less per eager call.
+    _RAW_OP = getattr(_OP, "_op", _OP)
+    _RAW_OP_OUT = getattr(_OP_OUT, "_op", _OP_OUT)
+    _RAW_OP_MASKED = getattr(_OP_MASKED, "_op", _OP_MASKED)
+    _RAW_OP_MASKED_OUT = getattr(_OP_MASKED_OUT, "_op", _OP_MASKED_OUT)
     _is_compiling = torch.compiler.is_compiling
-
-    # (group_size, out_dtype, scale_layout, ue8m0) -> out_dtype's name, for
-    # argument tuples already validated: eager calls skip the checks.
-    _STATIC: Dict[Tuple[Any, ...], str] = {}
+    _E4M3, _E5M2, _I8 = torch.float8_e4m3fn, torch.float8_e5m2, torch.int8
 
     def _static(group_size: Any, out_dtype: Any, scale_layout: Any, ue8m0: Any) -> str:
         name = _out_dtype_name(out_dtype)
         _check_static(group_size, name, scale_layout, ue8m0)
         return name
-
-    def _static_cached(group_size: Any, out_dtype: Any, scale_layout: Any, ue8m0: Any) -> str:
-        if type(group_size) is int and type(ue8m0) is bool and type(scale_layout) is str:
-            key = (group_size, out_dtype, scale_layout, ue8m0)
-            try:
-                name = _STATIC.get(key)
-            except TypeError:  # an unhashable out_dtype: _static names the rule
-                return _static(group_size, out_dtype, scale_layout, ue8m0)
-            if name is None:
-                name = _STATIC[key] = _static(group_size, out_dtype, scale_layout, ue8m0)
-            return name
-        return _static(group_size, out_dtype, scale_layout, ue8m0)
-
-    def _call(op, *args):
-        if _is_compiling():
-            return op(*args)
-        try:
-            return _RAW[op](*args)
-        except RuntimeError as e:
-            raise _as_bqjit_error(e) from None
 
     def _check_wrapper_args(x: Any, scale_ub: Any, out: Any, scales_out: Any) -> None:
         # Type checks the op schema would otherwise report without naming the rule.
@@ -490,6 +470,43 @@ if torch is not None:
         if (out is None) != (scales_out is None):
             missing = "out" if out is None else "scales_out"
             raise ValueError(f"{missing} is None: out and scales_out must be given together")
+
+    def _checked(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out, launch):
+        """Every argument check of the wrappers, in Python (the traced path and
+        the eager slow path): (out_dtype's name, launch as JSON)."""
+        _check_wrapper_args(x, scale_ub, out, scales_out)
+        if masked_m is not None and not isinstance(masked_m, torch.Tensor):
+            raise TypeError(f"masked_m must be a torch.Tensor, got {type(masked_m).__name__}")
+        name = _static(group_size, out_dtype, scale_layout, ue8m0)
+        return name, _launch_json(launch)
+
+    def _call(op, *args):
+        """The op under tracing; eagerly with the library's errors as BqjitError."""
+        if _is_compiling():
+            return op(*args)
+        try:
+            return op(*args)
+        except RuntimeError as e:
+            raise _as_bqjit_error(e) from None
+
+    def _explained(e, x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out):
+        """The error of an eager call: the library's as a BqjitError; where the
+        op's schema rejected an argument (a message that names no rule), the
+        Python checks' error for it."""
+        converted = _as_bqjit_error(e) if isinstance(e, RuntimeError) else e
+        if converted is e:
+            _checked(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out, None)
+        return converted
+
+    def _fast_name(out_dtype: Any) -> Optional[str]:
+        # Identity tests: cheaper than hashing a dtype, and dynamo-free.
+        if out_dtype is _E4M3:
+            return "fp8_e4m3"
+        if out_dtype is _E5M2:
+            return "fp8_e5m2"
+        if out_dtype is _I8:
+            return "int8"
+        return None
 
     # ---- the public functions -------------------------------------------------
 
@@ -531,14 +548,23 @@ if torch is not None:
         a new specialization compiles with NVRTC (or loads from the disk
         cache): make it before capturing a CUDA graph.
         """
-        if _is_compiling():
-            _check_wrapper_args(x, scale_ub, out, scales_out)
-            name = _static(group_size, out_dtype, scale_layout, ue8m0)
-        else:
-            if type(x) is not torch.Tensor or scale_ub is not None or out is not None or scales_out is not None:
-                _check_wrapper_args(x, scale_ub, out, scales_out)
-            name = _static_cached(group_size, out_dtype, scale_layout, ue8m0)
-        launch_text = None if launch is None else _launch_json(launch)
+        if not _is_compiling():
+            # Eager: the C++ op checks every value with the same messages;
+            # Python only maps the dtype, and names the rule where the op's
+            # schema rejects a type.
+            name = _fast_name(out_dtype)
+            if name is not None and launch is None and type(group_size) is int and type(ue8m0) is bool \
+                    and (out is None) == (scales_out is None):
+                try:
+                    if out is None:
+                        return _RAW_OP(x, group_size, name, scale_layout, ue8m0, scale_ub, None)
+                    _RAW_OP_OUT(x, out, scales_out, group_size, name, scale_layout, ue8m0, scale_ub, None)
+                    return out, scales_out
+                except (TypeError, RuntimeError) as e:
+                    raise _explained(e, x, None, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
+                                     scales_out) from None
+        name, launch_text = _checked(x, None, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out,
+                                     launch)
         if out is None:
             return _call(_OP, x, group_size, name, scale_layout, ue8m0, scale_ub, launch_text)
         _call(_OP_OUT, x, out, scales_out, group_size, name, scale_layout, ue8m0, scale_ub, launch_text)
@@ -567,16 +593,21 @@ if torch is not None:
         (``[E, T_max, NW]`` int32 for "ue8m0_packed"), see the module docstring.
         The other arguments are those of :func:`silu_mul_quant`.
         """
-        if _is_compiling():
-            _check_wrapper_args(x, scale_ub, out, scales_out)
-            name = _static(group_size, out_dtype, scale_layout, ue8m0)
-        else:
-            if type(x) is not torch.Tensor or scale_ub is not None or out is not None or scales_out is not None:
-                _check_wrapper_args(x, scale_ub, out, scales_out)
-            name = _static_cached(group_size, out_dtype, scale_layout, ue8m0)
-        if not isinstance(masked_m, torch.Tensor):
-            raise TypeError(f"masked_m must be a torch.Tensor, got {type(masked_m).__name__}")
-        launch_text = None if launch is None else _launch_json(launch)
+        if not _is_compiling():
+            name = _fast_name(out_dtype)
+            if name is not None and launch is None and type(group_size) is int and type(ue8m0) is bool \
+                    and (out is None) == (scales_out is None):
+                try:
+                    if out is None:
+                        return _RAW_OP_MASKED(x, masked_m, group_size, name, scale_layout, ue8m0, scale_ub, None)
+                    _RAW_OP_MASKED_OUT(x, masked_m, out, scales_out, group_size, name, scale_layout, ue8m0,
+                                       scale_ub, None)
+                    return out, scales_out
+                except (TypeError, RuntimeError) as e:
+                    raise _explained(e, x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
+                                     scales_out) from None
+        name, launch_text = _checked(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
+                                     scales_out, launch)
         if out is None:
             return _call(_OP_MASKED, x, masked_m, group_size, name, scale_layout, ue8m0, scale_ub, launch_text)
         _call(

@@ -82,7 +82,6 @@ def check_masked(x, masked_m, q, s, g, layout, ue8m0, out="fp8_e4m3", untouched=
 def check_rows(x, q, s, g, out, layout, ue8m0, t_max):
     """check() for m live rows of one expert whose scales are laid out for T = t_max."""
     m, h = x.shape[0], x.shape[1] // 2
-    ng = h // g
     if layout == "row":
         check(x, q, s.contiguous(), g, out, "row", ue8m0)
         return
