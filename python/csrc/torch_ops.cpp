@@ -154,7 +154,7 @@ Rows checkInput(const at::Tensor& x, at::IntArrayRef sizes, at::IntArrayRef stri
   const int64_t h = h2 / 2;
   TORCH_CHECK_VALUE(h <= kMaxHidden, "x.shape[-1] = ", h2, ": H = ", h, " must be <= ",
                     kMaxHidden);
-  TORCH_CHECK_VALUE(strides[dim - 1] == 1, "strides[dim - 1] = ", strides[dim - 1],
+  TORCH_CHECK_VALUE(strides[dim - 1] == 1, "x.stride(-1) = ", strides[dim - 1],
                     ": the last dim of x must be contiguous (stride 1); rows may be strided");
   TORCH_CHECK_VALUE(h % group == 0, "group_size = ", group, ": must divide H = ", h,
                     " (x.shape[-1] = ", h2, ")");
