@@ -83,9 +83,18 @@ t2 = time.perf_counter()
 x = torch.randn(1, 2 * %(h)d, device="cuda", dtype=torch.bfloat16)
 torch.cuda.synchronize()
 t3 = time.perf_counter()
+if %(profile)d:
+    import cProfile, io, pstats
+    prof = cProfile.Profile()
+    prof.enable()
 q, s = bqjit.silu_mul_quant(x, %(g)d)
 torch.cuda.synchronize()
 t4 = time.perf_counter()
+if %(profile)d:
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(12)
+    sys.stderr.write(out.getvalue())
 q, s = bqjit.silu_mul_quant(x, %(g)d)
 torch.cuda.synchronize()
 t5 = time.perf_counter()
@@ -95,10 +104,17 @@ print(json.dumps({"import_torch_s": t1 - t0, "import_bqjit_ms": (t2 - t1) * 1e3,
 """
 
 
-def first_call(cache_dir):
+def first_call(cache_dir, backend=None, profile=False):
+    """Timings of a fresh process; with `profile`, cProfile's top functions of
+    its first call (by cumulative time) are printed."""
     env = dict(os.environ, BQJIT_CACHE_DIR=cache_dir)
-    out = subprocess.run([sys.executable, "-c", FIRST_CALL % {"h": H, "g": G}], env=env,
+    if backend == "python":
+        env["BQJIT_TORCH_OPS"] = "python"
+    out = subprocess.run([sys.executable, "-c", FIRST_CALL % {"h": H, "g": G, "profile": int(profile)}], env=env,
                          capture_output=True, text=True, check=True)
+    if profile:
+        lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+        print("\n".join(lines[-22:]))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -159,6 +175,10 @@ def main():
     with tempfile.TemporaryDirectory() as cache:
         cold = first_call(cache)
         warm = first_call(cache)
+        for backend in ("python", "cpp"):
+            print(f"\nprofile of the first call with a warm cache, {backend} ops ({props.name}):")
+            prof = first_call(cache, backend, profile=True)
+            print(f"{backend} ops: first call {prof['first_call_ms']:.1f} ms, second {prof['second_call_ms']:.2f} ms")
     print(f"\nfirst call in a fresh process ({props.name}): cold cache {cold['first_call_ms']:.1f} ms, "
           f"warm cache {warm['first_call_ms']:.1f} ms; second call {warm['second_call_ms']:.2f} ms; "
           f"warm first - second = {warm['first_call_ms'] - warm['second_call_ms']:.1f} ms "
