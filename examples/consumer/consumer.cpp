@@ -96,6 +96,46 @@ long check(const std::vector<uint16_t>& x, int64_t tokens, int hidden, int group
   return bad;
 }
 
+/// Device memory for one launch and a stream of this program's own.
+struct DeviceBuffers {
+  void* x = nullptr;
+  void* q = nullptr;
+  void* scales = nullptr;
+  cudaStream_t stream = nullptr;
+
+  /// Allocates, and copies `input` to x.
+  cudaError_t allocate(const std::vector<uint16_t>& input, size_t qBytes, size_t scaleBytes) {
+    cudaError_t status = cudaMalloc(&x, input.size() * sizeof input[0]);
+    if (status == cudaSuccess)
+      status = cudaMalloc(&q, qBytes);
+    if (status == cudaSuccess)
+      status = cudaMalloc(&scales, scaleBytes);
+    if (status == cudaSuccess)
+      status = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+    if (status == cudaSuccess)
+      status = cudaMemcpy(x, input.data(), input.size() * sizeof input[0], cudaMemcpyHostToDevice);
+    return status;
+  }
+  ~DeviceBuffers() {
+    cudaFree(x);
+    cudaFree(q);
+    cudaFree(scales);
+    if (stream)
+      cudaStreamDestroy(stream);
+  }
+};
+
+/// `count` bf16 values in [-4, 4), the same on every run.
+std::vector<uint16_t> makeInput(size_t count) {
+  std::vector<uint16_t> x(count);
+  uint32_t state = 2024;
+  for (uint16_t& v : x) {
+    state = state * 1664525u + 1013904223u;
+    v = toBf16((state >> 8) * (8.0f / 16777216.0f) - 4.0f);
+  }
+  return x;
+}
+
 } // namespace
 
 int main() {
@@ -123,7 +163,8 @@ int main() {
     std::printf("consumer: no GPU, nothing launched\n");
     return 77;
   }
-  cudaSetDevice(0);
+  if (cudaError_t status = cudaSetDevice(0); status != cudaSuccess)
+    return fail("cudaSetDevice", status);
   auto onDevice = (*service)->forDevice(spec, 0); // the device's architecture
   if (!onDevice)
     return fail(onDevice.takeError());
@@ -131,56 +172,37 @@ int main() {
   if (!kernel)
     return fail(kernel.takeError());
 
-  const int64_t tokens = 200, ldx = 2 * spec.hidden;
-  std::vector<uint16_t> x(tokens * ldx); // gate then up, bf16
-  uint32_t state = 2024;
-  for (uint16_t& v : x) {
-    state = state * 1664525u + 1013904223u;
-    v = toBf16((state >> 8) * (8.0f / 16777216.0f) - 4.0f);
-  }
-  const int64_t groups = spec.hidden / spec.groupSize;
-  void *dx = nullptr, *dq = nullptr, *ds = nullptr;
-  cudaStream_t stream = nullptr;
-  cudaError_t status = cudaMalloc(&dx, x.size() * 2);
-  if (status == cudaSuccess)
-    status = cudaMalloc(&dq, tokens * spec.hidden);
-  if (status == cudaSuccess)
-    status = cudaMalloc(&ds, tokens * groups * sizeof(float));
-  if (status == cudaSuccess)
-    status = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
-  if (status == cudaSuccess)
-    status = cudaMemcpy(dx, x.data(), x.size() * 2, cudaMemcpyHostToDevice);
-  if (status != cudaSuccess)
+  const int64_t tokens = 200, ldx = 2 * spec.hidden, groups = spec.hidden / spec.groupSize;
+  std::vector<uint16_t> x = makeInput(tokens * ldx); // per row: gate, then up
+  DeviceBuffers d;
+  if (cudaError_t status = d.allocate(x, tokens * spec.hidden, tokens * groups * sizeof(float));
+      status != cudaSuccess)
     return fail("allocation", status);
 
   bqjit::LaunchArgs args;
-  args.x = dx;
+  args.x = d.x;
   args.ldx = ldx;
   args.tokens = tokens;
-  args.q = dq;
-  args.scales = ds;
-  if (llvm::Error err = kernel->launch(args, stream)) // graph-capturable
+  args.q = d.q;
+  args.scales = d.scales;
+  if (llvm::Error err = kernel->launch(args, d.stream)) // graph-capturable
     return fail(std::move(err));
   // [readme-end]
 
   std::vector<uint8_t> q(tokens * spec.hidden);
   std::vector<float> scales(tokens * groups);
-  status = cudaStreamSynchronize(stream);
+  cudaError_t status = cudaStreamSynchronize(d.stream);
   if (status == cudaSuccess)
-    status = cudaMemcpy(q.data(), dq, q.size(), cudaMemcpyDeviceToHost);
+    status = cudaMemcpy(q.data(), d.q, q.size(), cudaMemcpyDeviceToHost);
   if (status == cudaSuccess)
-    status = cudaMemcpy(scales.data(), ds, scales.size() * sizeof(float), cudaMemcpyDeviceToHost);
-  cudaFree(dx);
-  cudaFree(dq);
-  cudaFree(ds);
-  cudaStreamDestroy(stream);
+    status =
+        cudaMemcpy(scales.data(), d.scales, scales.size() * sizeof(float), cudaMemcpyDeviceToHost);
   if (status != cudaSuccess)
     return fail("launch or copy back", status);
   const long bad = check(x, tokens, spec.hidden, spec.groupSize, q, scales);
-  std::printf("consumer: %s %s T=%lld on %s: %lld values, %lld scales, %ld mismatches\n",
+  std::printf("consumer: %s %s T=%lld: %lld values, %lld scales, %ld mismatches\n",
               bad == 0 ? "PASS" : "FAIL", kernel->specFor(tokens).label().c_str(),
-              static_cast<long long>(tokens), onDevice->arch.c_str(),
-              static_cast<long long>(tokens * spec.hidden), static_cast<long long>(tokens * groups),
-              bad);
+              static_cast<long long>(tokens), static_cast<long long>(tokens * spec.hidden),
+              static_cast<long long>(tokens * groups), bad);
   return bad == 0 ? 0 : 1;
 }
