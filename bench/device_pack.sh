@@ -15,6 +15,8 @@ cmake -S examples/consumer -B build-dev-consumer -G Ninja -DCMAKE_BUILD_TYPE=Rel
   -DCMAKE_PREFIX_PATH="$PWD/devpack" -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF >/dev/null
 ninja -C build-dev-consumer -j2
 cp build-dev-consumer/consumer devpack/bin/
+# The consumer is linked: its static archives need not travel with the pack.
+rm -f devpack/lib/libbqjit_*.a
 # Links may not travel with the pack: the soname and the plain name as files.
 for f in devpack/lib/libbqjit.so*; do
   if [ -L "$f" ]; then cp --remove-destination "$(readlink -f "$f")" "$f"; fi
