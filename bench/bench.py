@@ -30,7 +30,7 @@ MIN_SCALE = 1.0 / (448.0 * 512.0)
 
 
 def torch_op(x, group):
-    """SPEC section 1 in PyTorch (bf16 in, fp8 e4m3 out, row scales)."""
+    """docs/contract.md section 1 in PyTorch (bf16 in, fp8 e4m3 out, row scales)."""
     h = x.shape[-1] // 2
     g = x[:, :h].float()
     u = x[:, h:].float()
@@ -139,7 +139,7 @@ def copy_bandwidth(flush):
 
 
 def check_correct(x, q, s, group):
-    """bqjit's result against the torch op, within SPEC's tolerance."""
+    """bqjit's result against the torch op, within the tolerance of docs/contract.md."""
     q_ref, s_ref = torch_op(x, group)
     if not torch.allclose(s, s_ref, rtol=1e-6, atol=0):
         return False

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine: every GPU test, the example, the CLI checks, the
+# Runs on the GPU machine: every GPU test, the examples (host_app; consumer,
+# built against devpack/ as an installed prefix), the CLI checks, the
 # Python tests, the benchmark and a tuning demonstration; logs go to $OUT.
 # Usage: bash bench/device_run.sh [tests|torch|bench|tune|warm|all|ab|ncu] [bench args...]
 #   torch: the wheel (devpack/site, with its C++ op library): the Python tests,
@@ -31,6 +32,13 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
     echo "$bin: exit $? $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/$bin.log" | tr '\n' ' ')"
   done | tee "$OUT/summary.txt"
   devpack/bin/host_app 2>&1 | tee -a "$OUT/summary.txt"
+  # examples/consumer, built against devpack/ as an installed prefix.
+  if [ -x devpack/bin/consumer ]; then
+    devpack/bin/consumer >"$OUT/consumer.log" 2>&1
+    echo "consumer: exit $? $(tail -1 "$OUT/consumer.log")" | tee -a "$OUT/summary.txt"
+  else
+    echo "consumer: not built" | tee -a "$OUT/summary.txt"
+  fi
   for spec in "hidden=7104 G=96" "hidden=7168 G=128" "hidden=14336 G=64" "hidden=18432 G=192 layout=col_tma" \
               "hidden=2304 G=96 out=int8 layout=ue8m0_packed ue8m0=1"; do
     for t in 7 3000; do

@@ -23,7 +23,7 @@ llvm::Expected<Compiler> Compiler::create() {
 
 std::vector<std::string> Compiler::options(const KernelSpec& spec) {
   // A real architecture, so NVRTC emits a cubin (PTX alone would fail on an
-  // older driver). No fast math and no contraction: SPEC.md asks for IEEE
+  // older driver). No fast math and no contraction: docs/contract.md asks for IEEE
   // division and unrounded fp32 intermediates.
   return {"--gpu-architecture=" + spec.arch,
           "--std=c++17",

@@ -3,6 +3,8 @@
 #include <cstdio>
 
 #include <nlohmann/json.hpp>
+// Inline: xxHash is a build-time header, never a library a host must link.
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #include "bqjit/error.hpp"

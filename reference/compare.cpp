@@ -1,4 +1,4 @@
-// The comparison of a device result with the reference, with SPEC.md's
+// The comparison of a device result with the reference, with docs/contract.md's
 // tolerance (section 1, "How close is close enough").
 #include <cinttypes>
 #include <cmath>

@@ -1,4 +1,4 @@
-// The reference computation (SPEC.md section 1), the scale layouts (section 2)
+// The reference computation (docs/contract.md section 1), the scale layouts (section 2)
 // and the input generators.
 #include <algorithm>
 #include <cmath>

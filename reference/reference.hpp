@@ -1,5 +1,5 @@
 // CPU reference of the fused silu(gate) * up + per-group quantization
-// (SPEC.md sections 1-3) and the comparison every GPU test uses.
+// (docs/contract.md sections 1-3) and the comparison every GPU test uses.
 //
 // Written independently of templates/silu_mul_quant.cuh: conversions to the
 // narrow formats pick the nearest value from a table of decoded codes instead
@@ -37,7 +37,7 @@ float bf16ToFloat(uint16_t bits);
 uint16_t floatToFp16(float v);
 float fp16ToFloat(uint16_t bits);
 
-/// SPEC's saturate_round for `dtype`: the byte the kernel stores for `v`.
+/// docs/contract.md's saturate_round for `dtype`: the byte the kernel stores for `v`.
 uint8_t quantize(OutDtype dtype, float v);
 /// The value a stored byte stands for (int8 bytes are two's complement).
 float dequantize(OutDtype dtype, uint8_t code);
@@ -53,7 +53,7 @@ float loadInput(InDtype dtype, const void* x, int64_t index);
 /// Writes `v` (rounded to nearest even) as element `index` of an input array.
 void storeInput(InDtype dtype, void* x, int64_t index, float v);
 
-// ---- layouts (SPEC.md section 2) -------------------------------------------------
+// ---- layouts (docs/contract.md section 2) -------------------------------------------------
 
 /// T4 = ceil(T / 4) * 4, the padded row count of col_tma and ue8m0_packed.
 int64_t paddedTokens(int64_t tokens);
@@ -92,7 +92,7 @@ struct Result {
   std::vector<float> scalePreRound; ///< s before the power-of-two rounding.
 };
 
-/// Computes SPEC.md section 1 for input `x` ([E][T][ldx] elements of
+/// Computes docs/contract.md section 1 for input `x` ([E][T][ldx] elements of
 /// spec.inDtype) and lays the results out as the kernel does. Rows t >=
 /// maskedM[e] are neither read nor written (they keep the poison byte), nor
 /// are padding rows in masked mode; unmasked padding rows get zero scales.
@@ -117,7 +117,7 @@ struct CompareReport {
 };
 
 /// Compares a device result (`q`: outputBytes, `scales`: scaleBufferBytes) with
-/// `reference` = run(problem, x), with SPEC.md's tolerance: scales within 1e-6
+/// `reference` = run(problem, x), with docs/contract.md's tolerance: scales within 1e-6
 /// relative (ue8m0: one power of two off only where the pre-rounding scale lies
 /// within 2e-6 relative of a power of two; the group's values are then checked
 /// against the device's scale); quantized values identical (any fp8 NaN equals

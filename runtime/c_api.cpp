@@ -7,12 +7,15 @@
 #include <string>
 #include <unordered_map>
 
+// Inline: xxHash is a build-time header, never a library a host must link.
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #include "bqjit/error.hpp"
 #include "bqjit/service.hpp"
 #include "cache/kernel_cache.hpp"
 #include "core/json_input.hpp"
+#include "core/version.hpp"
 #include "planner/launch_heuristic.hpp"
 
 /// Specs already parsed from JSON text, so that asking again with the same
@@ -123,6 +126,10 @@ bqjit_status writeText(const std::string& text, char* buf, size_t size, size_t* 
 } // namespace
 
 extern "C" {
+
+const char* bqjit_version(void) {
+  return bqjit::versionString();
+}
 
 const char* bqjit_last_error(void) {
   return lastError.c_str();

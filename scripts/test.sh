@@ -3,8 +3,13 @@
 # each stage in its own build tree, none of them the quickstart's
 # (build-quickstart):
 #   normal  every test of the CTest suite                       (build)
+#   install build/ installed into a temporary prefix, used from there alone:
+#           the consumer example (examples/consumer) configured, built and
+#           run (compile-only without a GPU), each installed header compiled
+#           alone against the exported targets, a C program built with
+#           pkg-config (bqjit.pc)                              (build, /tmp)
 #   python  `pip install .` (twice) into a fresh venv, then python/tests  (build-python)
-#           against build/'s libbqjit.so: the ctypes layer and logging tests
+#           against the wheel's own libbqjit.so: the wheel, the ctypes layer and logging tests
 #           need no PyTorch (and fail, never skip, without the library);
 #           the PyTorch tests skip when torch is not installed
 #   asan    the same CPU suite with ASan+UBSan                   (build-asan)
@@ -18,14 +23,14 @@
 # test counts.
 #
 # Environment:
-#   BQJIT_TEST_STAGES   stages to run, in order (default "normal python asan tsan fuzz")
+#   BQJIT_TEST_STAGES   stages to run, in order (default "normal install python asan tsan fuzz")
 #   BQJIT_FUZZ_SECONDS  seconds per fuzz target (default 30)
 #   BQJIT_JOBS          build and ctest parallelism (default nproc)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
 jobs="${BQJIT_JOBS:-$(nproc)}"
-stages="${BQJIT_TEST_STAGES:-normal python asan tsan fuzz}"
+stages="${BQJIT_TEST_STAGES:-normal install python asan tsan fuzz}"
 export BQJIT_FUZZ_SECONDS="${BQJIT_FUZZ_SECONDS:-30}"
 export BQJIT_JOBS="$jobs"
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -86,6 +91,149 @@ build_normal() {
 normal() {
   build_normal
   step "normal tests" run_ctest "normal tests" build
+}
+
+# The installed package, used as a host uses it. build/ (the command and
+# libraries only) is installed into a fresh prefix under /tmp, and everything
+# after that sees the prefix alone: the consumer and the header checks are
+# configured from copies outside the checkout with CMAKE_PREFIX_PATH=prefix,
+# and their build files must not name the checkout. Each check counts; the
+# stage fails when one fails or none ran. The prefix is removed when all pass.
+install_passed=0
+install_failed=0
+# install_check NAME COMMAND...: one check, its output in the stage's log.
+install_check() {
+  local name="$1"
+  shift
+  local log="$install_tmp/logs/$((install_passed + install_failed + 1)).log"
+  if "$@" </dev/null >"$log" 2>&1; then
+    install_passed=$((install_passed + 1))
+    echo "  ok    $name"
+  else
+    install_failed=$((install_failed + 1))
+    echo "  FAIL  $name ($log):"
+    tail -30 "$log" | sed 's/^/        /'
+  fi
+}
+
+# The files the package promises, and none that names the checkout.
+installed_files() {
+  local p="$1" version soname f
+  version="$(cat VERSION)"
+  soname="libbqjit.so.${version%.*}"
+  for f in bin/bqjit "lib/libbqjit.so.$version" "lib/$soname" lib/libbqjit.so \
+           lib/libbqjit_runtime.a lib/libbqjit_planner.a lib/libbqjit_cache.a lib/libbqjit_jit.a \
+           lib/libbqjit_core.a lib/cmake/bqjit/bqjitConfig.cmake \
+           lib/cmake/bqjit/bqjitConfigVersion.cmake lib/cmake/bqjit/bqjitTargets.cmake \
+           lib/pkgconfig/bqjit.pc share/doc/bqjit/LICENSE share/doc/bqjit/docs/contract.md; do
+    [ -e "$p/$f" ] || { echo "missing: $f"; return 1; }
+  done
+  for f in include/bqjit/*; do
+    cmp "$f" "$p/$f" || { echo "not installed as in the source: $f"; return 1; }
+  done
+  readelf -d "$p/lib/libbqjit.so.$version" | grep -F "Library soname: [$soname]" ||
+    { echo "soname of libbqjit.so is not $soname"; return 1; }
+  if grep -rIl -e "$root" "$p"; then
+    echo "the files above name the checkout ($root)"
+    return 1
+  fi
+}
+
+# `bqjit version` of the prefix, with no LD_LIBRARY_PATH (NVRTC through its RPATH).
+installed_command() {
+  local out
+  out="$(env -u LD_LIBRARY_PATH "$1/bin/bqjit" --cache-dir "$install_tmp/cache" version)"
+  echo "$out"
+  grep -qx "bqjit $(cat VERSION)" <<<"$out" && grep -q "^cache format [0-9]" <<<"$out"
+}
+
+# cmake_against_prefix SOURCE BUILD: configure a project of the prefix alone.
+cmake_against_prefix() {
+  cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$install_tmp/prefix" \
+    -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF -DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF || return 1
+  local found
+  found="$(sed -n 's/^bqjit_DIR:PATH=//p' "$2/CMakeCache.txt")"
+  echo "bqjit_DIR=$found"
+  [ "$found" = "$install_tmp/prefix/lib/cmake/bqjit" ]
+}
+
+# build_outside BUILD TARGET...: builds, and fails if the build files name the checkout.
+build_outside() {
+  local tree="$1"
+  shift
+  ninja -C "$tree" "$@" || return 1
+  if grep -l -e "$root" "$tree/build.ninja" "$tree/CMakeCache.txt"; then
+    echo "the build files above name the checkout ($root)"
+    return 1
+  fi
+}
+
+# The consumer: 0 and PASS on a GPU, 77 after compiling without one.
+run_consumer() {
+  local rc=0 out
+  out="$(BQJIT_CACHE_DIR="$install_tmp/cache" "$1")" || rc=$?
+  echo "$out"
+  echo "exit $rc"
+  case "$rc" in
+  0) grep -q "^consumer: PASS " <<<"$out" ;;
+  77) grep -q "^consumer: compiled " <<<"$out" && grep -q "^consumer: no GPU" <<<"$out" ;;
+  *) return 1 ;;
+  esac
+}
+
+# A C program built with pkg-config alone, and run.
+pkgconfig_program() {
+  local pc="$install_tmp/prefix/lib/pkgconfig" cflags libs
+  [ "$(PKG_CONFIG_PATH="$pc" pkg-config --modversion bqjit)" = "$(cat VERSION)" ] ||
+    { echo "pkg-config --modversion bqjit is not $(cat VERSION)"; return 1; }
+  cflags="$(PKG_CONFIG_PATH="$pc" pkg-config --cflags bqjit)"
+  libs="$(PKG_CONFIG_PATH="$pc" pkg-config --libs bqjit)"
+  echo "cflags: $cflags; libs: $libs"
+  # shellcheck disable=SC2086
+  cc -std=c11 -Wall -Wextra -Werror $cflags tests/install/pkgconfig_check.c $libs \
+    -o "$install_tmp/pkgconfig_check" || return 1
+  LD_LIBRARY_PATH="$install_tmp/prefix/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    "$install_tmp/pkgconfig_check" "$(cat VERSION)" "$install_tmp/cache-c"
+}
+
+install_checks() {
+  local p="$install_tmp/prefix" target what
+  install_check "cmake --install build --prefix $p" cmake --install build --prefix "$p"
+  install_check "installed files, soname, no path into the checkout" installed_files "$p"
+  install_check "bqjit version (installed, no LD_LIBRARY_PATH)" installed_command "$p"
+  cp -r examples/consumer "$install_tmp/consumer"
+  install_check "consumer: configure against the prefix" \
+    cmake_against_prefix "$install_tmp/consumer" "$install_tmp/consumer-build"
+  install_check "consumer: build" build_outside "$install_tmp/consumer-build"
+  install_check "consumer: run (compile-only without a GPU)" \
+    run_consumer "$install_tmp/consumer-build/consumer"
+  cp -r tests/install "$install_tmp/headers"
+  install_check "headers: configure against the prefix" \
+    cmake_against_prefix "$install_tmp/headers" "$install_tmp/headers-build"
+  if [ -f "$install_tmp/headers-build/checks.txt" ]; then
+    while read -r target what; do
+      install_check "header $what alone" build_outside "$install_tmp/headers-build" "$target"
+    done <"$install_tmp/headers-build/checks.txt"
+  fi
+  install_check "pkg-config: a C program against bqjit.pc" pkgconfig_program
+}
+
+install_stage() {
+  build_normal bqjit bqjit_cli
+  install_tmp="$(mktemp -d "${TMPDIR:-/tmp}/bqjit-install.XXXXXX")"
+  mkdir -p "$install_tmp/logs"
+  step "install checks" install_checks
+  counts+=("$(printf '%-16s %d checks: %d passed, %d failed' "install checks" \
+    $((install_passed + install_failed)) "$install_passed" "$install_failed")")
+  if [ "$install_failed" -ne 0 ]; then
+    echo "test.sh: install: $install_failed checks failed; kept $install_tmp" >&2
+    return 1
+  fi
+  if [ "$install_passed" -le 0 ]; then
+    echo "test.sh: install: no check ran" >&2
+    return 1
+  fi
+  rm -rf "$install_tmp"
 }
 
 # The Python package as a user gets it: `pip install .` into a fresh venv
@@ -198,7 +346,8 @@ step "install deps" bash scripts/install_deps.sh
 for s in $stages; do
   case "$s" in
   normal | asan | tsan | fuzz) "$s" ;;
+  install) install_stage ;;
   python) python_stage ;;
-  *) echo "test.sh: unknown stage '$s' (known: normal python asan tsan fuzz)" >&2; exit 2 ;;
+  *) echo "test.sh: unknown stage '$s' (known: normal install python asan tsan fuzz)" >&2; exit 2 ;;
   esac
 done

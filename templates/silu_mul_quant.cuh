@@ -1,5 +1,5 @@
 // bqjit kernel template: y = silu(gate) * up, quantized per group of G columns
-// with fp32 (or power-of-two) scales. SPEC.md section 1 is the contract.
+// with fp32 (or power-of-two) scales. docs/contract.md section 1 is the contract.
 //
 // Compiled by NVRTC for one specialization: the generated source defines a
 // struct of named constants (kHidden, kGroupSize, kInDtype, ...; see
@@ -155,7 +155,7 @@ template <int VEC> __device__ __forceinline__ void storeBytes(unsigned char* p, 
 
 // ---- division ----------------------------------------------------------------
 //
-// A correctly rounded a / b is what SPEC.md asks for. The compiler's div.rn
+// A correctly rounded a / b is what docs/contract.md asks for. The compiler's div.rn
 // computes, per division: rc = rcp.approx(b); r = rc + rc * (1 - b * rc);
 // q0 = a * r; q1 = q0 + r * (a - b * q0), each step one rounding (FMA), and
 // checks (FCHK) per division whether a and b lie in the range where q1 is
@@ -355,7 +355,7 @@ __device__ __forceinline__ void quantizeStore(const float (&y)[kChunks][VEC], fl
 //   ldx     elements between rows of x (>= 2H)
 //   rows    T (T_max for masked batches)
 //   q       [E][rows][H] output
-//   scales  per SPEC.md section 2, per expert when masked
+//   scales  per docs/contract.md section 2, per expert when masked
 //   scaleUb device pointer to one float, used when HAS_UB
 //   maskedM [E] live rows per expert, used when MASKED (gridDim.y = E)
 //
@@ -463,7 +463,7 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   if (amax != amax) {
     // A NaN y, or a gate outside the fast division's range, in the team (the
     // branch is uniform over the team): recompute with exact division, and
-    // take amax as SPEC.md does, NaN ignored.
+    // take amax as docs/contract.md does, NaN ignored.
     amax = siluMulExact<IN, VEC, TPG, kChunks>(gate, up, vecLane, y);
     if (!active)
       amax = 0.0f;

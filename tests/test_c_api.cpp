@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -52,6 +53,26 @@ protected:
   std::string dir_;
   bqjit_service svc_ = nullptr;
 };
+
+// The one version number: the top-level VERSION file, the C API and the
+// soname (libbqjit.so.MAJOR.MINOR, which the loader resolved for this test).
+TEST(CApiVersion, MatchesTheVersionFileAndTheSoname) {
+  std::ifstream in(BQJIT_VERSION_FILE);
+  ASSERT_TRUE(in) << BQJIT_VERSION_FILE;
+  std::string expected;
+  in >> expected;
+  ASSERT_NE(bqjit_version(), nullptr);
+  EXPECT_EQ(std::string(bqjit_version()), expected);
+
+  const size_t minorEnd = expected.rfind('.');
+  ASSERT_NE(minorEnd, std::string::npos);
+  Dl_info info{};
+  ASSERT_NE(::dladdr(reinterpret_cast<void*>(&bqjit_version), &info), 0);
+  ASSERT_NE(info.dli_fname, nullptr);
+  const std::string soname = "libbqjit.so." + expected.substr(0, minorEnd);
+  const std::string loaded = info.dli_fname;
+  EXPECT_EQ(std::filesystem::path(loaded).filename().string(), soname) << loaded;
+}
 
 TEST_F(CApiTest, NullOutPointersAreInvalidArguments) {
   EXPECT_EQ(bqjit_service_create(dir_.c_str(), nullptr), BQJIT_ERROR_INVALID_ARGUMENT);

@@ -1,5 +1,5 @@
 // The cache key: stable across releases (golden value) and sensitive to every
-// input that changes the cubin (SPEC.md section 4).
+// input that changes the cubin (docs/contract.md section 4).
 #include "jit/cache_key.hpp"
 
 #include <algorithm>

@@ -16,6 +16,7 @@
 
 #include "bqjit/error.hpp"
 #include "core/json_input.hpp"
+#include "jit/cache_key.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "test_util.hpp"
 #include "tools/manifest.hpp"
@@ -40,6 +41,14 @@ std::string shellQuote(const std::string& s) {
   for (char c : s)
     out += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return out + "'";
+}
+
+/// The version of the top-level VERSION file, the one source of it.
+std::string versionFile() {
+  std::ifstream in(BQJIT_VERSION_FILE);
+  std::string version;
+  in >> version;
+  return version;
 }
 
 std::string readAll(const fs::path& path) {
@@ -204,7 +213,8 @@ TEST_F(CliTest, UnsupportedArchListsOnlyWhatBqjitAccepts) {
 TEST_F(CliTest, VersionNamesNvrtcArchsAndCache) {
   RunResult r = run({"version"});
   ASSERT_EQ(r.status, 0) << r.err;
-  EXPECT_TRUE(contains(r.out, "bqjit 0."));
+  EXPECT_TRUE(contains(r.out, "bqjit " + versionFile() + "\n"));
+  EXPECT_TRUE(contains(r.out, "cache format " + std::to_string(kCacheFormatVersion) + "\n"));
   EXPECT_TRUE(contains(r.out, "NVRTC "));
   EXPECT_TRUE(contains(r.out, "sm_90"));
   EXPECT_TRUE(contains(r.out, cacheDir_.string()));

@@ -1,4 +1,4 @@
-// The kernel on the GPU against the CPU reference (SPEC.md tolerance), with
+// The kernel on the GPU against the CPU reference (docs/contract.md tolerance), with
 // outputs poisoned before every launch. Skips without a GPU.
 #include <algorithm>
 #include <atomic>

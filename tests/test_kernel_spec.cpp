@@ -1,4 +1,4 @@
-// KernelSpec: validation rules (SPEC.md section 4), JSON and field parsing,
+// KernelSpec: validation rules (docs/contract.md section 4), JSON and field parsing,
 // the canonical form.
 #include "bqjit/kernel_spec.hpp"
 

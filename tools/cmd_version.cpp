@@ -1,17 +1,18 @@
 // `bqjit version`: what this build is and what it targets.
 #include <CLI/CLI.hpp>
 
+#include "core/version.hpp"
+#include "jit/cache_key.hpp"
 #include "jit/toolchain.hpp"
 #include "tools/commands.hpp"
-
-#ifndef BQJIT_VERSION
-#error "BQJIT_VERSION must be defined by the build (tools/CMakeLists.txt)"
-#endif
 
 namespace bqjit::cli {
 
 llvm::Error runVersion(const CommandContext& ctx) {
-  ctx.out << "bqjit " << BQJIT_VERSION << "\n";
+  ctx.out << "bqjit " << versionString() << "\n";
+  // The cache's own version: it changes when entries of older builds can no
+  // longer be used, not with each release.
+  ctx.out << "cache format " << kCacheFormatVersion << "\n";
   auto nvrtc = queryNvrtcIdentity();
   if (!nvrtc)
     return nvrtc.takeError();

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include "core/json_input.hpp"
+#include "core/version.hpp"
 #include "tools/cli_common.hpp"
 #include "tools/commands.hpp"
 
@@ -61,7 +62,7 @@ int main(int argc, char** argv) {
                "bqjit"};
   app.require_subcommand(1);
   app.fallthrough();
-  app.set_version_flag("--version", BQJIT_VERSION);
+  app.set_version_flag("--version", std::string(bqjit::versionString()));
   std::string cacheDir;
   app.add_option("--cache-dir", cacheDir, "cache directory (default: BQJIT_CACHE_DIR)");
   setFooter(app);

@@ -70,6 +70,10 @@ typedef void (*bqjit_log_callback)(int level, const char* message, void* user);
  *  that bqjit logs while the callback runs on the same thread go to stderr. */
 bqjit_status bqjit_set_log_callback(bqjit_log_callback callback, void* user, int level);
 
+/** The version of the library, "MAJOR.MINOR.PATCH" (static storage; the
+ *  soname carries MAJOR.MINOR). */
+const char* bqjit_version(void);
+
 /** The message of the last failed call on this thread ("" if none). */
 const char* bqjit_last_error(void);
 

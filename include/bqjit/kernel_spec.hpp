@@ -1,5 +1,5 @@
 // KernelSpec: the value type that names one specialization of the fused
-// silu(gate) * up + per-group quantization kernel (SPEC.md section 4).
+// silu(gate) * up + per-group quantization kernel (docs/contract.md section 4).
 #pragma once
 
 #include <cstdint>
@@ -20,7 +20,7 @@ enum class InDtype : int { BF16 = 0, FP16 = 1, FP32 = 2 };
 /// Element type of the quantized output `q`.
 enum class OutDtype : int { FP8E4M3 = 0, FP8E5M2 = 1, INT8 = 2 };
 
-/// Where scale (t, j) is stored (SPEC.md section 2).
+/// Where scale (t, j) is stored (docs/contract.md section 2).
 enum class ScaleLayout : int { Row = 0, Col = 1, ColTma = 2, Ue8m0Packed = 3 };
 
 /// Bytes of one input element.
@@ -33,9 +33,9 @@ llvm::Expected<InDtype> parseInDtype(const std::string& text);
 llvm::Expected<OutDtype> parseOutDtype(const std::string& text);
 llvm::Expected<ScaleLayout> parseScaleLayout(const std::string& text);
 
-/// The largest finite magnitude of the output type (QMAX in SPEC.md).
+/// The largest finite magnitude of the output type (QMAX in docs/contract.md).
 float quantMax(OutDtype dtype);
-/// The smallest scale the kernel emits (MIN_SCALE in SPEC.md).
+/// The smallest scale the kernel emits (MIN_SCALE in docs/contract.md).
 float minScale(OutDtype dtype);
 
 /// How the kernel maps work to threads. A team of `threadsPerGroup` threads
@@ -71,7 +71,7 @@ struct LaunchShape {
   bool operator!=(const LaunchShape& o) const { return !(*this == o); }
 };
 
-/// One specialization: every compile-time choice of SPEC.md section 4.
+/// One specialization: every compile-time choice of docs/contract.md section 4.
 /// Run-time values (T, pointers, ld_x, stream) are not part of it.
 struct KernelSpec {
   static constexpr int kMaxHidden = 65536;
@@ -92,7 +92,7 @@ struct KernelSpec {
 
   int numGroups() const { return hidden / groupSize; }
 
-  /// Checks every field against the rules of SPEC.md section 4. The error
+  /// Checks every field against the rules of docs/contract.md section 4. The error
   /// names the field, the value and the rule that it breaks.
   llvm::Error validate() const;
 

@@ -20,6 +20,7 @@ from ._lib import (
     Service,
     library,
     library_path,
+    library_version,
     log_to_python,
     log_to_stderr,
     service,
@@ -27,7 +28,22 @@ from ._lib import (
 from .ops import HAVE_TORCH, LAYOUTS, OUT_DTYPES, scale_shape, silu_mul_quant, silu_mul_quant_masked
 from . import vllm
 
-__version__ = "0.1.0"
+def _version() -> str:
+    """The installed package's version; from the source tree, the VERSION file
+    beside it (the one version number of bqjit)."""
+    from importlib import metadata
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parent.parent.parent / "VERSION"
+    if source.is_file() and (Path(__file__).resolve().parent.parent / "tests").is_dir():
+        return source.read_text().strip()
+    try:
+        return metadata.version("bqjit")
+    except metadata.PackageNotFoundError:  # pragma: no cover - unpacked without metadata
+        return "unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "BqjitError",
@@ -40,6 +56,7 @@ __all__ = [
     "Service",
     "library",
     "library_path",
+    "library_version",
     "log_to_python",
     "log_to_stderr",
     "scale_shape",

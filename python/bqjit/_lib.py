@@ -41,6 +41,7 @@ __all__ = [
     "STATUS_NAMES",
     "library",
     "library_path",
+    "library_version",
     "log_to_python",
     "log_to_stderr",
     "service",
@@ -138,6 +139,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     p_size = ctypes.POINTER(c_size_t)
     sig = {
         "bqjit_last_error": (c_char_p, []),
+        "bqjit_version": (c_char_p, []),
         "bqjit_service_create": (c_int, [c_char_p, p_void]),
         "bqjit_service_destroy": (None, [c_void_p]),
         "bqjit_compile": (c_int, [c_void_p, c_char_p, c_char_p, c_size_t, p_size]),
@@ -185,6 +187,12 @@ def library() -> ctypes.CDLL:
         raise LibraryNotFoundError(
             "bqjit: could not load libbqjit.so. Tried, in order:\n" + "\n".join(tried) + "\n" + hint
         )
+
+
+def library_version() -> str:
+    """The loaded library's version (bqjit_version()): the package's own, for
+    the library a wheel ships."""
+    return library().bqjit_version().decode()
 
 
 def library_path() -> str:

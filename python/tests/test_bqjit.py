@@ -1,9 +1,9 @@
-"""GPU tests of bqjit.silu_mul_quant against a PyTorch fp32 reference of SPEC.md
+"""GPU tests of bqjit.silu_mul_quant against a PyTorch fp32 reference of docs/contract.md
 section 1 (numerics) and section 2 (scale layouts).
 
 Needs PyTorch with a CUDA device and libbqjit.so; skipped (with the reason)
 otherwise. Run with -s to see how many elements used the rounding-boundary
-allowance of SPEC.md ("Tests report how many elements used that allowance").
+allowance of docs/contract.md ("Tests report how many elements used that allowance").
 """
 import math
 
@@ -30,7 +30,7 @@ BOUNDARY_RTOL = 2e-6
 ALLOWANCE = {"used": 0, "compared": 0}
 
 
-# ---- reference (SPEC.md section 1), fp32 on the CPU -----------------------------
+# ---- reference (docs/contract.md section 1), fp32 on the CPU -----------------------------
 
 
 def pow2_ceil(s):
@@ -113,7 +113,7 @@ def _ordinal(q, out):
 
 def compare_q(q, q_ref, v_ref, out):
     """Exact, except one step where v_ref is within 2e-6 relative of a rounding
-    boundary (SPEC.md section 1). Returns how many elements used the allowance."""
+    boundary (docs/contract.md section 1). Returns how many elements used the allowance."""
     q = q.cpu().reshape(q_ref.shape)
     a, b = q.to(_F32), q_ref.to(_F32)
     bad = a != b

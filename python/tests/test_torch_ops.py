@@ -1,5 +1,5 @@
 """GPU tests of what the C++ op library adds: which backend serves the ops,
-MoE masked batches (SPEC.md section 3) from PyTorch under eager, CUDA graphs
+MoE masked batches (docs/contract.md section 3) from PyTorch under eager, CUDA graphs
 and torch.compile, the vLLM-shaped entry points, and the C++ checks giving
 the fakes' errors word for word.
 

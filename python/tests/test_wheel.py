@@ -56,3 +56,10 @@ def test_prewarm_from_the_wheel_is_what_the_package_finds(tmp_path):
     with bqjit.Service(str(tmp_path / "cache")) as svc:
         meta = svc.compile({"hidden": 1536, "group_size": 128, "arch": "sm_90"})
     assert meta["compile_ms"] == 0 or meta.get("source") in (None, "disk"), meta
+
+
+def test_one_version_number():
+    """The package, its library and its command carry the VERSION file's number."""
+    assert bqjit.__version__ == bqjit.library_version()
+    out = subprocess.run([sys.executable, "-m", "bqjit", "version"], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[0] == f"bqjit {bqjit.__version__}", out
