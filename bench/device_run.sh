@@ -2,10 +2,14 @@
 # Runs on the GPU machine: every GPU test, the examples (host_app; consumer,
 # built against devpack/ as an installed prefix), the CLI checks, the
 # Python tests, the benchmark and a tuning demonstration; logs go to $OUT.
-# Usage: bash bench/device_run.sh [tests|torch|bench|tune|warm|all|ab|ncu] [bench args...]
+# Usage: bash bench/device_run.sh [tests|torch|bench|tune|warm|all|ab|ncu|act] [bench args...]
 #   torch: the wheel (devpack/site, with its C++ op library): the Python tests,
 #   the Python-op fallback's tests, and bench/torch_overhead.py.
 #   warm: the warm-path benchmark (bench/warm_path), C++ and C API.
+#   act: the activations of issue 17 (bench/bench_act.py: silu, swiglu split and
+#   interleaved, gelu_tanh, gelu, torch.compile of each, MXFP8 against G = 128),
+#   the GPU kernel suite's activation cases, and `bqjit verify` of gpt-oss's and
+#   a GELU spec.
 #   ab: this build against devpack/old (another build's libbqjit.so); ncu: both
 #   under Nsight Compute at one shape (NCU_SHAPE=H:T:G).
 set -uo pipefail
@@ -78,6 +82,26 @@ if [ "$what" = torch ] || [ "$what" = all ]; then
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   timeout 270 python3 bench/bench.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.txt"
+fi
+if [ "$what" = act ]; then
+  # The new cases of the kernel suite (their names carry the activation, the
+  # gate/up layout and the rounding), then the whole suite's count.
+  devpack/bin/test_gpu_kernel --gtest_brief=1 \
+    --gtest_filter='*swiglu*:*gelu*:*interleaved*:*floor*:*bytes*:GpuKernelCases.*' \
+    >"$OUT/test_gpu_kernel_act.log" 2>&1
+  echo "test_gpu_kernel (activation cases): exit $? $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' \
+    "$OUT/test_gpu_kernel_act.log" | tr '\n' ' ')" | tee "$OUT/summary_act.txt"
+  grep -c '^\[allowance\]' "$OUT/test_gpu_kernel_act.log" |
+    sed 's/^/cases that used the boundary allowance: /' | tee -a "$OUT/summary_act.txt"
+  oss="hidden=2880 act=swiglu alpha=1.702 beta=1 limit=7 gate_up=interleaved ue8m0=1"
+  for spec in "$oss G=32 layout=bytes rounding=floor" "$oss G=64 layout=col_tma" \
+              "hidden=21504 G=128 act=gelu_tanh" "hidden=21504 G=128 act=gelu" \
+              "hidden=14336 G=32 layout=bytes ue8m0=1 rounding=floor out=fp8_e5m2"; do
+    for t in 7 3001; do
+      devpack/bin/bqjit verify $spec --tokens $t 2>&1 | tail -1 | cut -c1-200 | tee -a "$OUT/summary_act.txt"
+    done
+  done
+  timeout 400 python3 bench/bench_act.py --json "$OUT/bench_act.json" "$@" 2>&1 | tee "$OUT/bench_act.txt"
 fi
 if [ "$what" = warm ] || [ "$what" = all ]; then
   timeout 240 devpack/bin/bench_warm_path --json "$OUT/warm_path.json" 2>&1 | tee "$OUT/warm_path.txt"

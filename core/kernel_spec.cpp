@@ -1,6 +1,11 @@
 #include "bqjit/kernel_spec.hpp"
 
 #include <cctype>
+#include <cfloat>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <sstream>
 
 #include "bqjit/arch.hpp"
@@ -82,6 +87,42 @@ const char* toString(ScaleLayout layout) {
     return "col_tma";
   case ScaleLayout::Ue8m0Packed:
     return "ue8m0_packed";
+  case ScaleLayout::Bytes:
+    return "bytes";
+  }
+  return "?";
+}
+
+const char* toString(Activation activation) {
+  switch (activation) {
+  case Activation::Silu:
+    return "silu";
+  case Activation::Swiglu:
+    return "swiglu";
+  case Activation::GeluTanh:
+    return "gelu_tanh";
+  case Activation::Gelu:
+    return "gelu";
+  }
+  return "?";
+}
+
+const char* toString(GateUp gateUp) {
+  switch (gateUp) {
+  case GateUp::Split:
+    return "split";
+  case GateUp::Interleaved:
+    return "interleaved";
+  }
+  return "?";
+}
+
+const char* toString(ScaleRounding rounding) {
+  switch (rounding) {
+  case ScaleRounding::Ceil:
+    return "ceil";
+  case ScaleRounding::Floor:
+    return "floor";
   }
   return "?";
 }
@@ -101,11 +142,36 @@ llvm::Expected<OutDtype> parseOutDtype(const std::string& text) {
 }
 
 llvm::Expected<ScaleLayout> parseScaleLayout(const std::string& text) {
-  for (ScaleLayout l :
-       {ScaleLayout::Row, ScaleLayout::Col, ScaleLayout::ColTma, ScaleLayout::Ue8m0Packed})
+  for (ScaleLayout l : {ScaleLayout::Row, ScaleLayout::Col, ScaleLayout::ColTma,
+                        ScaleLayout::Ue8m0Packed, ScaleLayout::Bytes})
     if (text == toString(l))
       return l;
-  return specError("scale_layout", quoted(text), "must be one of row, col, col_tma, ue8m0_packed");
+  if (text == "e8m0")
+    return ScaleLayout::Bytes;
+  return specError("scale_layout", quoted(text),
+                   "must be one of row, col, col_tma, ue8m0_packed, bytes (alias e8m0)");
+}
+
+llvm::Expected<Activation> parseActivation(const std::string& text) {
+  for (Activation a :
+       {Activation::Silu, Activation::Swiglu, Activation::GeluTanh, Activation::Gelu})
+    if (text == toString(a))
+      return a;
+  return specError("activation", quoted(text), "must be one of silu, swiglu, gelu_tanh, gelu");
+}
+
+llvm::Expected<GateUp> parseGateUp(const std::string& text) {
+  for (GateUp g : {GateUp::Split, GateUp::Interleaved})
+    if (text == toString(g))
+      return g;
+  return specError("gate_up", quoted(text), "must be one of split, interleaved");
+}
+
+llvm::Expected<ScaleRounding> parseScaleRounding(const std::string& text) {
+  for (ScaleRounding r : {ScaleRounding::Ceil, ScaleRounding::Floor})
+    if (text == toString(r))
+      return r;
+  return specError("scale_rounding", quoted(text), "must be one of ceil, floor");
 }
 
 float quantMax(OutDtype dtype) {
@@ -130,6 +196,65 @@ float minScale(OutDtype dtype) {
     return 1.1920928955078125e-07f; // FLT_EPSILON, 2^-23
   }
   return 0.0f;
+}
+
+int maxNormalExponent(OutDtype dtype) {
+  switch (dtype) {
+  case OutDtype::FP8E4M3:
+    return 8; // 448 = 1.75 * 2^8
+  case OutDtype::FP8E5M2:
+    return 15; // 57344 = 1.75 * 2^15
+  case OutDtype::INT8:
+    return 0;
+  }
+  return 0;
+}
+
+std::string shortestFloatText(float v) {
+  if (std::isnan(v))
+    return "nan";
+  if (std::isinf(v))
+    return v < 0 ? "-inf" : "inf";
+  char buf[32];
+  // Nine significant digits always read back as the same fp32.
+  for (int digits = 1; digits <= 9; ++digits) {
+    std::snprintf(buf, sizeof buf, "%.*g", digits, static_cast<double>(v));
+    if (std::strtof(buf, nullptr) == v &&
+        std::signbit(std::strtof(buf, nullptr)) == std::signbit(v))
+      break;
+  }
+  return buf;
+}
+
+bool ActivationForm::operator==(const ActivationForm& o) const {
+  auto same = [](const std::optional<float>& a, const std::optional<float>& b) {
+    if (a.has_value() != b.has_value())
+      return false;
+    return !a || std::memcmp(&*a, &*b, sizeof(float)) == 0;
+  };
+  return activation == o.activation && same(alpha, o.alpha) && same(beta, o.beta) &&
+         same(limit, o.limit);
+}
+
+ActivationForm KernelSpec::activationForm() const {
+  ActivationForm form;
+  form.activation = activation;
+  if (activation != Activation::Swiglu) {
+    // Parameters on another activation make the spec invalid; they are kept
+    // as given so that the error and the JSON show them.
+    form.alpha = alpha;
+    form.beta = beta;
+    form.limit = limit;
+    return form;
+  }
+  if (alpha && *alpha != 1.0f)
+    form.alpha = *alpha == 0.0f ? 0.0f : *alpha; // -0 -> +0: alpha * g' is +-0 either way
+  if (beta && *beta != 0.0f)
+    form.beta = beta;
+  form.limit = limit;
+  if (!form.alpha && !form.beta && !form.limit)
+    form.activation = Activation::Silu; // docs/contract.md section 6: one canonical form
+  return form;
 }
 
 llvm::Error validateShape(const KernelSpec& spec, const LaunchShape& s) {
@@ -175,6 +300,40 @@ llvm::Error KernelSpec::validate() const {
     return specError("ue8m0", "false",
                      "must be true when scale_layout is ue8m0_packed "
                      "(packed scales are exponents of powers of two)");
+  if (scaleLayout == ScaleLayout::Bytes && !ue8m0)
+    return specError("ue8m0", "false",
+                     "must be true when scale_layout is bytes "
+                     "(its E8M0 bytes are exponents of powers of two)");
+  if (activation != Activation::Swiglu) {
+    const std::string rule = std::string("applies only to activation swiglu (activation is ") +
+                             toString(activation) + ")";
+    if (alpha)
+      return specError("alpha", shortestFloatText(*alpha), rule);
+    if (beta)
+      return specError("beta", shortestFloatText(*beta), rule);
+    if (limit)
+      return specError("limit", shortestFloatText(*limit), rule);
+  }
+  if (alpha && !std::isfinite(*alpha))
+    return specError("alpha", shortestFloatText(*alpha), "must be a finite number");
+  if (beta && !std::isfinite(*beta))
+    return specError("beta", shortestFloatText(*beta), "must be a finite number");
+  if (limit && !(std::isfinite(*limit) && *limit > 0.0f))
+    return specError("limit", shortestFloatText(*limit),
+                     "must be a finite number > 0 after rounding to fp32 (leave it out for no "
+                     "clamp)");
+  if (scaleRounding == ScaleRounding::Floor) {
+    if (!ue8m0)
+      return specError("scale_rounding", "'floor'",
+                       "needs ue8m0 true (it rounds power-of-two scales)");
+    if (outDtype == OutDtype::INT8)
+      return specError("scale_rounding", "'floor'",
+                       "needs a floating-point out_dtype (fp8_e4m3 or fp8_e5m2), not int8");
+    if (hasScaleUb)
+      return specError("scale_ub", "true",
+                       "must be false with scale_rounding floor (the OCP MX rule has no upper "
+                       "bound)");
+  }
   if (auto parsed = Arch::parse(arch); !parsed)
     return parsed.takeError();
   if (shape)
@@ -193,6 +352,28 @@ nlohmann::json KernelSpec::toJson() const {
   j["scale_ub"] = hasScaleUb;
   j["masked"] = masked;
   j["arch"] = arch;
+  // Defaults are left out, so that the specs of before these fields keep
+  // their canonical text and cache keys.
+  const ActivationForm form = activationForm();
+  if (form.activation != Activation::Silu)
+    j["activation"] = toString(form.activation);
+  for (auto [name, value] :
+       {std::pair<const char*, const std::optional<float>*>{"alpha", &form.alpha},
+        {"beta", &form.beta},
+        {"limit", &form.limit}})
+    if (*value) {
+      // The shortest decimal that reads back as the fp32 (as a double, whose
+      // shortest form that same text is); a non-finite one stays text.
+      const std::string text = shortestFloatText(**value);
+      if (std::isfinite(**value))
+        j[name] = std::strtod(text.c_str(), nullptr);
+      else
+        j[name] = text;
+    }
+  if (gateUp != GateUp::Split)
+    j["gate_up"] = toString(gateUp);
+  if (scaleRounding != ScaleRounding::Ceil)
+    j["scale_rounding"] = toString(scaleRounding);
   if (shape) {
     j["launch"] = {{"threads_per_group", shape->threadsPerGroup},
                    {"vec_width", shape->vecWidth},
@@ -231,6 +412,24 @@ llvm::Expected<bool> boolField(const nlohmann::json& j, const char* name) {
   return v.get<bool>();
 }
 
+// A JSON number rounded to fp32 (nearest, ties to even). Whether it is finite
+// and in range is validate()'s rule; one beyond fp32's range is refused here,
+// as an integer beyond 32 bits is.
+llvm::Expected<float> floatField(const nlohmann::json& j, const char* name) {
+  const auto& v = j.at(name);
+  if (!v.is_number())
+    return specError(name, shown(v), "must be a number");
+  const double d = v.get<double>();
+  // Half an ulp above FLT_MAX rounds to infinity (ties to even: FLT_MAX is odd).
+  constexpr double kRoundsToInf = 0x1.ffffffp127;
+  if (std::isfinite(d) && std::fabs(d) >= kRoundsToInf)
+    return specError(name, shown(v),
+                     "must fit in fp32 (magnitude below 3.4028235e+38 after rounding)");
+  if (std::isfinite(d) && std::fabs(d) > FLT_MAX)
+    return d < 0 ? -FLT_MAX : FLT_MAX;
+  return static_cast<float>(d);
+}
+
 llvm::Expected<std::string> stringField(const nlohmann::json& j, const char* name) {
   const auto& v = j.at(name);
   if (!v.is_string())
@@ -243,9 +442,10 @@ llvm::Expected<std::string> stringField(const nlohmann::json& j, const char* nam
 llvm::Expected<KernelSpec> KernelSpec::fromJson(const nlohmann::json& j) {
   if (!j.is_object())
     return specError("spec", shown(j), "must be a JSON object");
-  static const char* const kKnown[] = {"hidden",       "group_size", "in_dtype", "out_dtype",
-                                       "scale_layout", "ue8m0",      "scale_ub", "masked",
-                                       "arch",         "launch"};
+  static const char* const kKnown[] = {
+      "hidden",   "group_size", "in_dtype", "out_dtype",     "scale_layout", "ue8m0",
+      "scale_ub", "masked",     "arch",     "launch",        "activation",   "alpha",
+      "beta",     "limit",      "gate_up",  "scale_rounding"};
   for (auto it = j.begin(); it != j.end(); ++it) {
     bool known = false;
     for (const char* k : kKnown)
@@ -253,7 +453,8 @@ llvm::Expected<KernelSpec> KernelSpec::fromJson(const nlohmann::json& j) {
     if (!known)
       return specError(it.key(), shown(it.value()),
                        "unknown field (known: hidden, group_size, in_dtype, out_dtype, "
-                       "scale_layout, ue8m0, scale_ub, masked, arch, launch)");
+                       "scale_layout, ue8m0, scale_ub, masked, arch, launch, activation, alpha, "
+                       "beta, limit, gate_up, scale_rounding)");
   }
   if (!j.contains("hidden"))
     return specError("hidden", "(missing)", "is required");
@@ -311,6 +512,43 @@ llvm::Expected<KernelSpec> KernelSpec::fromJson(const nlohmann::json& j) {
       return s.takeError();
     spec.arch = *s;
   }
+  if (j.contains("activation")) {
+    auto s = stringField(j, "activation");
+    if (!s)
+      return s.takeError();
+    auto a = parseActivation(*s);
+    if (!a)
+      return a.takeError();
+    spec.activation = *a;
+  }
+  for (auto [name, field] : {std::pair<const char*, std::optional<float>*>{"alpha", &spec.alpha},
+                             {"beta", &spec.beta},
+                             {"limit", &spec.limit}}) {
+    if (!j.contains(name))
+      continue;
+    auto f = floatField(j, name);
+    if (!f)
+      return f.takeError();
+    *field = *f;
+  }
+  if (j.contains("gate_up")) {
+    auto s = stringField(j, "gate_up");
+    if (!s)
+      return s.takeError();
+    auto g = parseGateUp(*s);
+    if (!g)
+      return g.takeError();
+    spec.gateUp = *g;
+  }
+  if (j.contains("scale_rounding")) {
+    auto s = stringField(j, "scale_rounding");
+    if (!s)
+      return s.takeError();
+    auto r = parseScaleRounding(*s);
+    if (!r)
+      return r.takeError();
+    spec.scaleRounding = *r;
+  }
   if (j.contains("launch")) {
     const auto& l = j.at("launch");
     if (!l.is_object())
@@ -354,7 +592,9 @@ std::string canonicalFieldName(const std::string& name) {
                                                             {"tpg", "threads_per_group"},
                                                             {"vec", "vec_width"},
                                                             {"gpb", "groups_per_block"},
-                                                            {"mbs", "min_blocks_per_sm"}};
+                                                            {"mbs", "min_blocks_per_sm"},
+                                                            {"act", "activation"},
+                                                            {"rounding", "scale_rounding"}};
   auto it = kAlias.find(name);
   return it == kAlias.end() ? name : it->second;
 }
@@ -378,6 +618,18 @@ KernelSpec::fromFields(const std::map<std::string, std::string>& fields) {
       if (used == 0 || used != value.size())
         return specError(name, quoted(value), "must be an integer");
       (isLaunch ? launch : j)[name] = n;
+    } else if (name == "alpha" || name == "beta" || name == "limit") {
+      // Decimal or hexadecimal, or nan / inf, which validate() then names.
+      bool ok = !value.empty() && !std::isspace(static_cast<unsigned char>(value[0]));
+      double d = 0.0;
+      if (ok) {
+        char* end = nullptr;
+        d = std::strtod(value.c_str(), &end);
+        ok = end != value.c_str() && *end == '\0';
+      }
+      if (!ok)
+        return specError(name, quoted(value), "must be a number");
+      j[name] = d;
     } else if (name == "ue8m0" || name == "scale_ub" || name == "masked") {
       if (value == "1" || value == "true" || value == "on")
         j[name] = true;
@@ -404,6 +656,20 @@ std::string KernelSpec::label() const {
     os << " ub";
   if (masked)
     os << " masked";
+  if (scaleRounding != ScaleRounding::Ceil)
+    os << " " << toString(scaleRounding);
+  const ActivationForm form = activationForm();
+  if (form.activation != Activation::Silu || form.alpha || form.beta || form.limit) {
+    os << " " << toString(form.activation);
+    for (auto [name, value] :
+         {std::pair<const char*, const std::optional<float>*>{"alpha", &form.alpha},
+          {"beta", &form.beta},
+          {"limit", &form.limit}})
+      if (*value)
+        os << " " << name << "=" << shortestFloatText(**value);
+  }
+  if (gateUp != GateUp::Split)
+    os << " " << toString(gateUp);
   os << " " << arch;
   if (shape)
     os << " tpg=" << shape->threadsPerGroup << " vec=" << shape->vecWidth
@@ -422,6 +688,15 @@ size_t KernelSpec::hash() const {
         static_cast<int>(scaleLayout), int(ue8m0) | int(hasScaleUb) << 1 | int(masked) << 2})
     mix(std::hash<int>()(v));
   mix(std::hash<std::string>()(arch));
+  const ActivationForm form = activationForm();
+  mix(std::hash<int>()(static_cast<int>(form.activation) | static_cast<int>(gateUp) << 4 |
+                       static_cast<int>(scaleRounding) << 8));
+  for (const std::optional<float>* p : {&form.alpha, &form.beta, &form.limit}) {
+    uint32_t bits = 0;
+    if (*p)
+      std::memcpy(&bits, &**p, sizeof bits);
+    mix(std::hash<uint64_t>()(uint64_t(p->has_value()) << 32 | bits));
+  }
   if (shape)
     for (int v :
          {shape->threadsPerGroup, shape->vecWidth, shape->groupsPerBlock, shape->minBlocksPerSm})

@@ -1,5 +1,7 @@
 #include "jit/source.hpp"
 
+#include <cstdio>
+#include <cstring>
 #include <sstream>
 
 #include "jit/template_source.hpp"
@@ -44,8 +46,60 @@ const char* templateName(ScaleLayout layout) {
     return "kColTma";
   case ScaleLayout::Ue8m0Packed:
     return "kUe8m0Packed";
+  case ScaleLayout::Bytes:
+    return "kBytes";
   }
   return "?";
+}
+
+const char* templateName(Activation activation) {
+  switch (activation) {
+  case Activation::Silu:
+    return "kSilu";
+  case Activation::Swiglu:
+    return "kSwiglu";
+  case Activation::GeluTanh:
+    return "kGeluTanh";
+  case Activation::Gelu:
+    return "kGelu";
+  }
+  return "?";
+}
+
+const char* templateName(GateUp gateUp) {
+  switch (gateUp) {
+  case GateUp::Split:
+    return "kSplit";
+  case GateUp::Interleaved:
+    return "kInterleaved";
+  }
+  return "?";
+}
+
+const char* templateName(ScaleRounding rounding) {
+  switch (rounding) {
+  case ScaleRounding::Ceil:
+    return "kCeil";
+  case ScaleRounding::Floor:
+    return "kFloor";
+  }
+  return "?";
+}
+
+// An exact fp32 literal: hexadecimal, so no decimal rounding stands between
+// the spec's fp32 and the kernel's (docs/contract.md section 6), e.g. 0x1.b3b646p+0f.
+std::string hexFloat(float v) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%af", static_cast<double>(v));
+  return buf;
+}
+
+std::string bitsHex(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%08x", bits);
+  return buf;
 }
 
 // A readable name for the struct, so that profilers and the PTX name the
@@ -56,8 +110,23 @@ std::string structName(const KernelSpec& spec) {
   name << "H" << spec.hidden << "_G" << spec.groupSize << "_" << toString(spec.inDtype) << "_"
        << toString(spec.outDtype) << "_" << toString(spec.scaleLayout)
        << (spec.ue8m0 ? "_ue8m0" : "") << (spec.hasScaleUb ? "_ub" : "")
-       << (spec.masked ? "_masked" : "") << "_tpg" << s.threadsPerGroup << "_vec" << s.vecWidth
-       << "_gpb" << s.groupsPerBlock << "_mbs" << s.minBlocksPerSm;
+       << (spec.masked ? "_masked" : "");
+  // Only what differs from silu, split and ceil, so older names stay as they were.
+  const ActivationForm form = spec.activationForm();
+  if (form.activation != Activation::Silu)
+    name << "_" << toString(form.activation);
+  if (form.alpha)
+    name << "_a" << bitsHex(*form.alpha);
+  if (form.beta)
+    name << "_b" << bitsHex(*form.beta);
+  if (form.limit)
+    name << "_l" << bitsHex(*form.limit);
+  if (spec.gateUp != GateUp::Split)
+    name << "_" << toString(spec.gateUp);
+  if (spec.scaleRounding != ScaleRounding::Ceil)
+    name << "_" << toString(spec.scaleRounding);
+  name << "_tpg" << s.threadsPerGroup << "_vec" << s.vecWidth << "_gpb" << s.groupsPerBlock
+       << "_mbs" << s.minBlocksPerSm;
   return name.str();
 }
 
@@ -67,6 +136,7 @@ GeneratedSource generateSource(const KernelSpec& spec) {
   const LaunchShape& s = *spec.shape;
   const std::string name = structName(spec);
   auto flag = [](bool b) { return b ? "true" : "false"; };
+  const ActivationForm form = spec.activationForm();
   std::ostringstream text;
   // The spec is echoed so that a PTX or log read by a person says what it is.
   text << "// bqjit specialization " << spec.canonical() << "\n"
@@ -81,6 +151,13 @@ GeneratedSource generateSource(const KernelSpec& spec) {
        << "  static constexpr bool kPow2Scales = " << flag(spec.ue8m0) << ";\n"
        << "  static constexpr bool kHasScaleUb = " << flag(spec.hasScaleUb) << ";\n"
        << "  static constexpr bool kMasked = " << flag(spec.masked) << ";\n"
+       << "  static constexpr int kActivation = " << templateName(form.activation) << ";\n"
+       << "  static constexpr float kAlpha = " << hexFloat(form.alpha.value_or(1.0f)) << ";\n"
+       << "  static constexpr float kBeta = " << hexFloat(form.beta.value_or(0.0f)) << ";\n"
+       << "  static constexpr bool kHasLimit = " << flag(form.limit.has_value()) << ";\n"
+       << "  static constexpr float kLimit = " << hexFloat(form.limit.value_or(0.0f)) << ";\n"
+       << "  static constexpr int kGateUp = " << templateName(spec.gateUp) << ";\n"
+       << "  static constexpr int kScaleRounding = " << templateName(spec.scaleRounding) << ";\n"
        << "  static constexpr int kThreadsPerGroup = " << s.threadsPerGroup << ";\n"
        << "  static constexpr int kVecWidth = " << s.vecWidth << ";\n"
        << "  static constexpr int kGroupsPerBlock = " << s.groupsPerBlock << ";\n"

@@ -44,8 +44,9 @@ float decodeUe8m0(uint8_t byte) {
 }
 
 // Whether `device` is the other power of two that a pre-rounding scale this
-// close to a power of two p may round to: with p itself or 2p either is right.
-bool pow2NeighbourAllowed(float preRound, float device) {
+// close to a power of two p may round to: under ceil p itself or 2p, under
+// floor (whose pre-rounding scale is amax / 2^EMAX) p / 2 or p.
+bool pow2NeighbourAllowed(float preRound, float device, ScaleRounding rounding) {
   if (!(preRound > 0.0f) || std::isinf(preRound))
     return false;
   const double sp = preRound;
@@ -53,6 +54,8 @@ bool pow2NeighbourAllowed(float preRound, float device) {
   const double p = up - sp < sp - up / 2 ? up : up / 2;
   if (std::fabs(sp - p) > kBoundaryRelTol * p)
     return false;
+  if (rounding == ScaleRounding::Floor)
+    return device == p || device == p / 2;
   return device == p || device == 2 * p;
 }
 
@@ -122,6 +125,10 @@ std::string describeScaleByte(const Problem& p, int64_t offset) {
     j = rem / 4 / t4 * 4 + rem % 4;
     t = rem / 4 % t4;
     break;
+  case ScaleLayout::Bytes:
+    t = rem / ng;
+    j = rem % ng;
+    break;
   }
   std::string what;
   if (t >= p.tokens)
@@ -178,7 +185,7 @@ private:
     const float sRef = ref_.scaleValue[scaleIndex];
     const float sPre = ref_.scalePreRound[scaleIndex];
     const int64_t offset = scaleOffset(s_, p_.tokens, e, t, j);
-    const bool packed = s_.scaleLayout == ScaleLayout::Ue8m0Packed;
+    const bool packed = s_.scalesAreBytes();
     float sDev;
     bool scaleOk;
     if (packed) {
@@ -195,7 +202,7 @@ private:
     // With a scale one power of two off (allowed), the values are judged
     // against the device's scale: y / sDev = (y / sRef) * (sRef / sDev), exactly.
     float sUse = sRef;
-    if (!scaleOk && s_.ue8m0 && pow2NeighbourAllowed(sPre, sDev)) {
+    if (!scaleOk && s_.ue8m0 && pow2NeighbourAllowed(sPre, sDev, s_.scaleRounding)) {
       ++report_.scaleAllowanceUsed;
       sUse = sDev;
     } else if (!scaleOk) {

@@ -20,6 +20,13 @@ bool isPadded(ScaleLayout layout) {
   return layout == ScaleLayout::ColTma || layout == ScaleLayout::Ue8m0Packed;
 }
 
+// Column of x that holds gate (up = false) or up of column i.
+int64_t inputColumn(const KernelSpec& s, int64_t i, bool up) {
+  if (s.gateUp == GateUp::Interleaved)
+    return 2 * i + (up ? 1 : 0);
+  return (up ? s.hidden : 0) + i;
+}
+
 } // namespace
 
 void detail::checkProblem(const Problem& p) {
@@ -30,8 +37,11 @@ void detail::checkProblem(const Problem& p) {
   if (s.hidden < 1 || s.groupSize < 1 || s.hidden % s.groupSize != 0)
     fail("group_size " + std::to_string(s.groupSize) + " must divide hidden " +
          std::to_string(s.hidden));
-  if (s.scaleLayout == ScaleLayout::Ue8m0Packed && !s.ue8m0)
-    fail("ue8m0_packed needs ue8m0 (packed scales are powers of two)");
+  if (s.scalesAreBytes() && !s.ue8m0)
+    fail(std::string(toString(s.scaleLayout)) + " needs ue8m0 (its bytes are powers of two)");
+  if (s.scaleRounding == ScaleRounding::Floor &&
+      (!s.ue8m0 || s.outDtype == OutDtype::INT8 || s.hasScaleUb))
+    fail("scale_rounding floor needs ue8m0, an fp8 output and no scale_ub");
   if (p.tokens < 0)
     fail("tokens " + std::to_string(p.tokens) + " must be >= 0");
   if (p.ldx < 2 * static_cast<int64_t>(s.hidden))
@@ -77,6 +87,59 @@ void writePadding(const Problem& p, int64_t expert, Result& r) {
   }
 }
 
+} // namespace
+
+float activation(const KernelSpec& spec, float g, float u) {
+  const ActivationForm form = spec.activationForm();
+  switch (form.activation) {
+  case Activation::Silu:
+    // Separate fp32 roundings: divide, then multiply (no fused or wider math).
+    return g / (1.0f + std::exp(-g)) * u;
+  case Activation::Swiglu: {
+    if (form.limit) {
+      // As torch.clamp: comparisons, so that NaN stays NaN.
+      const float limit = *form.limit;
+      g = g > limit ? limit : g;
+      u = u > limit ? limit : (u < -limit ? -limit : u);
+    }
+    const float z = form.alpha.value_or(1.0f) * g;
+    // An unset beta is 0, which adds nothing (u + 0 would make -0 into +0).
+    const float b = form.beta ? u + *form.beta : u;
+    return g / (1.0f + std::exp(-z)) * b;
+  }
+  case Activation::GeluTanh: {
+    static const float k = static_cast<float>(std::sqrt(2.0 / M_PI));
+    const float w = k * (g + 0.044715f * (g * g * g));
+    // 0.5 * (1 + tanh(w)) = 1 / (1 + exp(-2w)).
+    return g / (1.0f + std::exp(-(2.0f * w))) * u;
+  }
+  case Activation::Gelu: {
+    static const float invSqrt2 = static_cast<float>(M_SQRT1_2);
+    // 0.5 * (1 + erf(x)) = 0.5 * erfc(-x); erfc in double, rounded once.
+    const float phi = 0.5f * static_cast<float>(std::erfc(-static_cast<double>(g * invSqrt2)));
+    return g * phi * u;
+  }
+  }
+  throw std::invalid_argument("activation: unknown activation");
+}
+
+float pow2Scale(const KernelSpec& spec, float amax, float pre) {
+  constexpr float kMaxScale = 0x1p127f; // E8M0 byte 254; byte 255 (NaN) is never written
+  if (spec.scaleRounding == ScaleRounding::Ceil)
+    return std::fmin(pow2Ceil(pre), kMaxScale);
+  int e;
+  if (amax == 0.0f)
+    e = -127;
+  else if (std::isinf(amax))
+    e = 127;
+  else
+    e = std::ilogb(amax) - maxNormalExponent(spec.outDtype); // exact, subnormals included
+  e = std::clamp(e, -127, 127);
+  return std::ldexp(1.0f, e);
+}
+
+namespace {
+
 // One row of one expert: every group's y, amax, scale and quantized values.
 void computeRow(const Problem& p, const void* x, int64_t e, int64_t t, Result& r) {
   const KernelSpec& s = p.spec;
@@ -92,21 +155,20 @@ void computeRow(const Problem& p, const void* x, int64_t e, int64_t t, Result& r
     float amax = 0.0f;
     for (int64_t k = 0; k < g; ++k) {
       const int64_t col = j * g + k;
-      const float gate = loadInput(s.inDtype, x, inRow + col);
-      const float up = loadInput(s.inDtype, x, inRow + h + col);
-      // Separate fp32 roundings: divide, then multiply (no fused or wider math).
-      const float silu = gate / (1.0f + std::exp(-gate));
-      y[k] = silu * up;
+      const float gate = loadInput(s.inDtype, x, inRow + inputColumn(s, col, false));
+      const float up = loadInput(s.inDtype, x, inRow + inputColumn(s, col, true));
+      y[k] = activation(s, gate, up);
       amax = std::fmax(amax, std::fabs(y[k]));
     }
+    const bool floor = s.scaleRounding == ScaleRounding::Floor;
     float scale = amax / qmax;
     if (s.hasScaleUb)
       scale = std::fmin(scale, p.scaleUb);
     scale = std::fmax(scale, minS);
     const int64_t scaleIndex = (e * p.tokens + t) * ng + j;
-    r.scalePreRound[scaleIndex] = scale;
+    r.scalePreRound[scaleIndex] = floor ? std::ldexp(amax, -maxNormalExponent(s.outDtype)) : scale;
     if (s.ue8m0)
-      scale = pow2Ceil(scale);
+      scale = pow2Scale(s, amax, scale);
     r.scaleValue[scaleIndex] = scale;
     for (int64_t k = 0; k < g; ++k) {
       const float v = y[k] / scale;
@@ -114,7 +176,7 @@ void computeRow(const Problem& p, const void* x, int64_t e, int64_t t, Result& r
       r.q[outRow + j * g + k] = quantize(s.outDtype, v);
     }
     const int64_t offset = scaleOffset(s, p.tokens, e, t, j);
-    if (s.scaleLayout == ScaleLayout::Ue8m0Packed)
+    if (s.scalesAreBytes())
       r.scales[offset] = biasedExponent(scale);
     else
       putFloat(r.scales, offset, scale);
@@ -186,6 +248,9 @@ int64_t scaleBufferBytes(const KernelSpec& spec, int64_t tokens, int64_t numExpe
   case ScaleLayout::Ue8m0Packed:
     perExpert = (ng + 3) / 4 * paddedTokens(tokens) * 4;
     break;
+  case ScaleLayout::Bytes:
+    perExpert = tokens * ng;
+    break;
   }
   return perExpert * numExperts;
 }
@@ -207,6 +272,8 @@ int64_t scaleOffset(const KernelSpec& spec, int64_t tokens, int64_t expert, int6
     return base + (j * t4 + t) * 4;
   case ScaleLayout::Ue8m0Packed:
     return base + ((j / 4) * t4 + t) * 4 + j % 4;
+  case ScaleLayout::Bytes:
+    return base + t * ng + j;
   }
   throw std::invalid_argument("scaleOffset: unknown layout");
 }
@@ -280,6 +347,24 @@ void fillRow(const KernelSpec& spec, uint8_t* x, int64_t row, int64_t ldx, RowPa
   const float sub = smallestSubnormal(spec.inDtype);
   const float tinyGates[] = {-0.0f, sub, -sub, 0x1p-120f, -0x1p-110f, 0x1p-100f, 1e-30f, 0.5f};
   const float nearGateMin[] = {-86.5f, -87.0f, -87.25f, -87.5f, -88.0f, -88.5f, -88.7f, 1.0f};
+  // Around swiglu's usual limits (7 for gpt-oss, 1 for tests), both signs.
+  const float limits[] = {7.0f,
+                          std::nextafter(7.0f, 8.0f),
+                          std::nextafter(7.0f, 0.0f),
+                          -7.0f,
+                          std::nextafter(-7.0f, -8.0f),
+                          std::nextafter(-7.0f, 0.0f),
+                          1.0f,
+                          std::nextafter(1.0f, 2.0f),
+                          -1.0f,
+                          inf,
+                          -inf,
+                          100.0f,
+                          -100.0f,
+                          0.5f,
+                          -3.0f,
+                          huge};
+  constexpr int64_t kLimits = sizeof(limits) / sizeof(limits[0]);
   const int64_t g = spec.groupSize;
   for (int64_t i = 0; i < h; ++i) {
     float gate = 0.0f;
@@ -329,9 +414,19 @@ void fillRow(const KernelSpec& spec, uint8_t* x, int64_t row, int64_t ldx, RowPa
       }
       break;
     }
+    case RowPattern::Limits: {
+      const int64_t col = i % g;
+      gate = limits[col % kLimits];
+      up = limits[(5 * col + 3) % kLimits];
+      if (col == 1)
+        gate = nan;
+      if (col == 2)
+        up = nan;
+      break;
     }
-    storeInput(spec.inDtype, x, row * ldx + i, gate);
-    storeInput(spec.inDtype, x, row * ldx + h + i, up);
+    }
+    storeInput(spec.inDtype, x, row * ldx + inputColumn(spec, i, false), gate);
+    storeInput(spec.inDtype, x, row * ldx + inputColumn(spec, i, true), up);
   }
 }
 

@@ -1,5 +1,5 @@
-// CPU reference of the fused silu(gate) * up + per-group quantization
-// (docs/contract.md sections 1-3) and the comparison every GPU test uses.
+// CPU reference of the fused act(gate) * up + per-group quantization
+// (docs/contract.md sections 1-3, 6 and 7) and the comparison every GPU test uses.
 //
 // Written independently of templates/silu_mul_quant.cuh: conversions to the
 // narrow formats pick the nearest value from a table of decoded codes instead
@@ -48,6 +48,19 @@ bool isNaNCode(OutDtype dtype, uint8_t code);
 /// themselves.
 float pow2Ceil(float s);
 
+/// The power-of-two scale of a group under `spec`'s rounding (docs/contract.md
+/// sections 1 and 7), from its amax (>= 0, NaN-free) and, under ceil, its
+/// scale before rounding (amax / QMAX after scale_ub and MIN_SCALE).
+/// Ceil: 2^ceil(log2(pre)), at most 2^127. Floor: 2^(ilogb(amax) - EMAX)
+/// clamped to 2^-127..2^127; amax 0 gives 2^-127, an infinite amax 2^127.
+float pow2Scale(const KernelSpec& spec, float amax, float pre);
+
+/// y = act(gate) * up for one column (docs/contract.md section 6), each step rounded
+/// to fp32 as written there; gelu_tanh as g / (1 + exp(-2w)) * u and gelu as
+/// g * (0.5 * erfc(-g / sqrt 2)) * u, the same functions without the
+/// cancellation of 1 + tanh and 1 + erf for negative g.
+float activation(const KernelSpec& spec, float gate, float up);
+
 /// Reads element `index` of an input array of `dtype` as fp32.
 float loadInput(InDtype dtype, const void* x, int64_t index);
 /// Writes `v` (rounded to nearest even) as element `index` of an input array.
@@ -58,12 +71,13 @@ void storeInput(InDtype dtype, void* x, int64_t index, float v);
 /// T4 = ceil(T / 4) * 4, the padded row count of col_tma and ue8m0_packed.
 int64_t paddedTokens(int64_t tokens);
 /// Bytes of the scale buffer for `numExperts` experts of `tokens` rows each:
-/// row / col: T * NG * 4; col_tma: T4 * NG * 4; ue8m0_packed: ceil(NG / 4) * T4 * 4.
+/// row / col: T * NG * 4; col_tma: T4 * NG * 4; ue8m0_packed: ceil(NG / 4) * T4 * 4;
+/// bytes: T * NG.
 int64_t scaleBufferBytes(const KernelSpec& spec, int64_t tokens, int64_t numExperts = 1);
 /// Bytes of q: numExperts * tokens * H.
 int64_t outputBytes(const KernelSpec& spec, int64_t tokens, int64_t numExperts = 1);
 /// Byte offset of scale (t, j) of `expert` in the scale buffer: the fp32 for
-/// row / col / col_tma, the exponent byte for ue8m0_packed. `t` may be a
+/// row / col / col_tma, the exponent byte for ue8m0_packed and bytes. `t` may be a
 /// padding row (tokens <= t < T4) of the padded layouts.
 int64_t scaleOffset(const KernelSpec& spec, int64_t tokens, int64_t expert, int64_t t, int64_t j);
 
@@ -89,7 +103,9 @@ struct Result {
   std::vector<uint8_t> scales;      ///< scaleBufferBytes(spec, T, E) bytes, in the spec's layout.
   std::vector<float> scaleValue;    ///< the fp32 s of each group.
   std::vector<float> preRound;      ///< y / s of each element, before saturate_round.
-  std::vector<float> scalePreRound; ///< s before the power-of-two rounding.
+  std::vector<float> scalePreRound; ///< s before the power-of-two rounding; under
+                                    ///< floor, amax / 2^EMAX (the rounding's boundaries
+                                    ///< are its powers of two, as under ceil).
 };
 
 /// Computes docs/contract.md section 1 for input `x` ([E][T][ldx] elements of
@@ -136,7 +152,7 @@ std::vector<uint8_t> makeInput(const KernelSpec& spec, int64_t tokens, int64_t l
                                int64_t numExperts, uint64_t seed, float scale = 4.0f);
 
 /// Special contents for one row of x.
-enum class RowPattern { Zeros, NaNs, Infs, Huge, Mixed, Edges };
+enum class RowPattern { Zeros, NaNs, Infs, Huge, Mixed, Edges, Limits };
 
 /// Overwrites columns 0..2H-1 of row `row` (counting across experts: e * T + t)
 /// with `pattern`: Zeros; NaNs; Infs (gate and up ±Inf); Huge (values near the
@@ -145,7 +161,10 @@ enum class RowPattern { Zeros, NaNs, Infs, Huge, Mixed, Edges };
 /// the kernel's fast division, one theme per group, j % 4: 0, zero, subnormal
 /// and tiny gates times huge ups; 1, gates around -87, where 1 + exp(-g)
 /// nears 2^126, times huge ups; 2, ordinary values with one y = Inf and one
-/// y near 1e38; 3, ups from 2^-30 to 2^29, so most quotients are tiny).
+/// y near 1e38; 3, ups from 2^-30 to 2^29, so most quotients are tiny);
+/// Limits (swiglu's clamp: gates and ups at, just inside and just outside
+/// +-7 and +-1, NaN, +-Inf and ordinary values, one NaN gate and one NaN up
+/// per group). Gate and up go where spec.gateUp puts them.
 void fillRow(const KernelSpec& spec, uint8_t* x, int64_t row, int64_t ldx, RowPattern pattern);
 
 } // namespace bqjit::ref

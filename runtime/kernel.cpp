@@ -156,7 +156,8 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
     return err;
   if (auto err = checkPointer(s, "q", a.q, vec))
     return err;
-  if (auto err = checkPointer(s, "scales", a.scales, 4))
+  // bytes: one byte per scale; the others store fp32s or int32 words.
+  if (auto err = checkPointer(s, "scales", a.scales, s.scaleLayout == ScaleLayout::Bytes ? 1 : 4))
     return err;
   if (s.hasScaleUb)
     if (auto err = checkPointer(s, "scaleUb", a.scaleUb, 4))

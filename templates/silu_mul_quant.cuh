@@ -1,10 +1,13 @@
-// bqjit kernel template: y = silu(gate) * up, quantized per group of G columns
-// with fp32 (or power-of-two) scales. docs/contract.md section 1 is the contract.
+// bqjit kernel template: y = act(gate) * up, quantized per group of G columns
+// with fp32 (or power-of-two) scales. docs/contract.md sections 1, 2, 6 and 7 are the
+// contract.
 //
 // Compiled by NVRTC for one specialization: the generated source defines a
-// struct of named constants (kHidden, kGroupSize, kInDtype, ...; see
-// jit/source.cpp) and instantiates silu_mul_quant with it. It includes no
-// header, so a cold compile stays fast.
+// struct of named constants (kHidden, kGroupSize, kInDtype, kActivation,
+// kAlpha, ...; see jit/source.cpp) and instantiates silu_mul_quant with it.
+// Every choice is a compile-time constant: an activation is a specialization
+// of Activation<S>, not a branch at run time. It includes no header, so a
+// cold compile stays fast.
 #pragma once
 
 namespace bqjit_kernel {
@@ -14,7 +17,10 @@ typedef unsigned int u32;
 
 enum : int { kBF16 = 0, kFP16 = 1, kFP32 = 2 };
 enum : int { kE4M3 = 0, kE5M2 = 1, kInt8 = 2 };
-enum : int { kRow = 0, kCol = 1, kColTma = 2, kUe8m0Packed = 3 };
+enum : int { kRow = 0, kCol = 1, kColTma = 2, kUe8m0Packed = 3, kBytes = 4 };
+enum : int { kSilu = 0, kSwiglu = 1, kGeluTanh = 2, kGelu = 3 };
+enum : int { kSplit = 0, kInterleaved = 1 };
+enum : int { kCeil = 0, kFloor = 1 };
 
 // Lanes a team of T threads occupies: T rounded up to a power of two.
 template <int T> struct TeamSlot {
@@ -73,12 +79,15 @@ __device__ __forceinline__ void unpack(const Raw<BYTES>& r, float (&out)[VEC], u
 // ---- output conversions -------------------------------------------------------
 
 template <int OUT> struct QuantTraits;
+// kEmax: the exponent of the largest normal (docs/contract.md section 7's EMAX).
 template <> struct QuantTraits<kE4M3> {
+  static constexpr int kEmax = 8;
   static constexpr float kMax = 448.0f;
   static constexpr float kInvMax = 0x1.24924ap-9f; // 1 / 448, correctly rounded
   static constexpr float kMinScale = 1.0f / (448.0f * 512.0f);
 };
 template <> struct QuantTraits<kE5M2> {
+  static constexpr int kEmax = 15;
   static constexpr float kMax = 57344.0f;
   static constexpr float kInvMax = 0x1.24924ap-16f; // 1 / 57344, correctly rounded
   static constexpr float kMinScale = 1.0f / (57344.0f * 512.0f);
@@ -227,91 +236,270 @@ __device__ __forceinline__ float pow2Ceil(float s) {
   return __uint_as_float(b);
 }
 
+// The largest power-of-two scale: E8M0 byte 254. Byte 255 (NaN) is never written.
+inline constexpr float kMaxPow2Scale = 1.7014118346046923173e38f; // 2^127
+
+// The exponent of the OCP MX scale (docs/contract.md section 7, scale_rounding floor)
+// of a group's amax (>= 0, not NaN): floor(log2(amax)) - EMAX, read from
+// amax's fp32 bits (subnormals included) and clamped to -127..127; amax 0
+// gives -127, an infinite amax 127.
+template <int OUT> __device__ __forceinline__ int floorMxExponent(float amax) {
+  const u32 b = __float_as_uint(amax);
+  const int biased = static_cast<int>(b >> 23);
+  int e;
+  if (b == 0u)
+    e = -127;
+  else if (biased == 255)
+    e = 127;
+  else if (biased == 0)
+    e = -118 - __clz(static_cast<int>(b)) - QuantTraits<OUT>::kEmax; // subnormal: 2^(-149 + msb)
+  else
+    e = biased - 127 - QuantTraits<OUT>::kEmax;
+  return e < -127 ? -127 : (e > 127 ? 127 : e);
+}
+
+// 2^e for e in -127..127, exactly (2^-127 is an fp32 subnormal).
+__device__ __forceinline__ float exp2Exact(int e) {
+  return e == -127 ? __uint_as_float(0x00400000u) : __uint_as_float(static_cast<u32>(e + 127) << 23);
+}
+
+// ---- activations (docs/contract.md section 6) ------------------------------------------------
+//
+// Activation<S> for the spec's kActivation. The sigmoid family (silu, swiglu,
+// gelu_tanh) computes y = a / (1 + exp(-z)) * b and gives a, z and b
+// (kSigmoid); the kernel divides by the fast or the exact path, and the fast
+// one needs z > kFastGateMin. gelu gives y itself. Intermediate products are
+// written with __fmul_rn / __fadd_rn so that no contraction can change a
+// rounding: the CPU reference (reference/) rounds each step the same way.
+
+template <class S, int ACT = S::kActivation> struct Activation;
+
+template <class S> struct Activation<S, kSilu> {
+  static constexpr bool kSigmoid = true;
+  __device__ static __forceinline__ void terms(float g, float u, float& a, float& z, float& b) {
+    a = g;
+    z = g;
+    b = u;
+  }
+};
+
+// g' * sigma(alpha * g') * (u' + beta) with g' = min(g, limit) and u' =
+// clamp(u, -limit, limit) by comparisons, so that a NaN stays NaN (fminf
+// would make it the limit). beta = 0 adds nothing: u' + 0 would turn -0 into
+// +0, and swiglu(1, 0) is silu exactly.
+template <class S> struct Activation<S, kSwiglu> {
+  static constexpr bool kSigmoid = true;
+  __device__ static __forceinline__ void terms(float g, float u, float& a, float& z, float& b) {
+    if constexpr (S::kHasLimit) {
+      g = g > S::kLimit ? S::kLimit : g;
+      u = u > S::kLimit ? S::kLimit : (u < -S::kLimit ? -S::kLimit : u);
+    }
+    a = g;
+    z = __fmul_rn(S::kAlpha, g);
+    if constexpr (S::kBeta != 0.0f)
+      b = __fadd_rn(u, S::kBeta);
+    else
+      b = u;
+  }
+};
+
+// 0.5 * g * (1 + tanh(w)) * u with w = sqrt(2/pi) * (g + 0.044715 * g^3),
+// computed as g / (1 + exp(-2w)) * u: the same function (0.5 * (1 + tanh(w))
+// = sigma(2w)) without the cancellation of 1 + tanh(w) for w << 0, where a
+// one-ulp difference of tanhf would change y by a large relative amount.
+inline constexpr float kGeluTanhK = 0x1.988454p-1f; // sqrt(2 / pi)
+inline constexpr float kGeluTanhC = 0x1.6e4e26p-5f; // 0.044715
+template <class S> struct Activation<S, kGeluTanh> {
+  static constexpr bool kSigmoid = true;
+  __device__ static __forceinline__ void terms(float g, float u, float& a, float& z, float& b) {
+    const float cube = __fmul_rn(__fmul_rn(g, g), g);
+    const float w = __fmul_rn(kGeluTanhK, __fadd_rn(g, __fmul_rn(kGeluTanhC, cube)));
+    a = g;
+    z = __fmul_rn(2.0f, w);
+    b = u;
+  }
+};
+
+// 0.5 * g * (1 + erf(g / sqrt 2)) * u, as g * (0.5 * erfc(-g / sqrt 2)) * u:
+// the same function without the cancellation of 1 + erf for g << 0.
+inline constexpr float kInvSqrt2 = 0x1.6a09e6p-1f; // 1 / sqrt(2)
+template <class S> struct Activation<S, kGelu> {
+  static constexpr bool kSigmoid = false;
+  __device__ static __forceinline__ float y(float g, float u) {
+    const float phi = __fmul_rn(0.5f, erfcf(-__fmul_rn(g, kInvSqrt2)));
+    return __fmul_rn(__fmul_rn(g, phi), u);
+  }
+};
+
+// ---- where a thread's gate and up lie ------------------------------------------------
+//
+// A thread works in steps; a step loads kLoads vectors of VEC elements and
+// computes kOutVec columns. Split: a gate vector and the up vector H further
+// (kOutVec = VEC). Interleaved: one vector of VEC / 2 (gate, up) pairs, so
+// that a team's loads stay contiguous; with VEC = 1 (odd G) two adjacent
+// elements. Step c of lane l covers output vector c * TPG + l.
+template <class S> struct Geometry {
+  static constexpr int kInBytes = InBytes<S::kInDtype>::value;
+  static constexpr int kVec = S::kVecWidth;
+  static constexpr int kVecBytes = kVec * kInBytes;
+  static constexpr bool kPairs = S::kGateUp == kInterleaved; // interleaved gate, up
+  static constexpr int kLoads = !kPairs || kVec == 1 ? 2 : 1;
+  static constexpr int kOutVec = kLoads * kVec / 2;
+  static constexpr int kSteps = S::kGroupSize / kOutVec / S::kThreadsPerGroup;
+  static_assert(S::kGroupSize % (kOutVec * S::kThreadsPerGroup) == 0, "steps must tile the group");
+
+  // Load i of step c of lane l, from the group's first input.
+  __device__ static __forceinline__ const unsigned char* at(const unsigned char* in, int c, int lane,
+                                                           int i) {
+    if constexpr (kPairs)
+      return in + ((c * S::kThreadsPerGroup + lane) * kLoads + i) * kVecBytes;
+    else // up lies H elements after gate
+      return (i == 0 ? in : in + static_cast<i64>(S::kHidden) * kInBytes) +
+             (c * S::kThreadsPerGroup + lane) * kVecBytes;
+  }
+  // Gate and up of a step's kOutVec columns from its loaded values.
+  __device__ static __forceinline__ void split(const float (&v)[kLoads * kVec], float (&g)[kOutVec],
+                                               float (&u)[kOutVec]) {
+#pragma unroll
+    for (int k = 0; k < kOutVec; ++k) {
+      g[k] = kPairs ? v[2 * k] : v[k];
+      u[k] = kPairs ? v[2 * k + 1] : v[kVec + k];
+    }
+  }
+};
+
 // ---- the per-thread steps -----------------------------------------------------------
 
-// y = silu(g) * u for this thread's kChunks vectors of the group at gate/up
-// (vector c of the thread is number c * TPG + vecLane). Every load is issued
-// before the first use. Returns the thread's amax, or NaN where the fast
-// division cannot be trusted for this thread (a NaN y, or a gate at or below
-// kFastGateMin): the caller then recomputes with siluMulExact. zero must be 0
+// y = act(g, u) for this thread's steps of the group at `in` (its first
+// input element). Every load is issued before the first use. Returns the
+// thread's amax, or, for the sigmoid family, NaN where the fast division
+// cannot be trusted for this thread (a NaN y, or a z at or below
+// kFastGateMin): the caller then recomputes with actMulExact. zero must be 0
 // at run time in a way the compiler cannot see.
-template <int IN, int VEC, int TPG, int kChunks>
-__device__ __forceinline__ float siluMulFast(const unsigned char* gate, const unsigned char* up, int vecLane,
-                                             u32 zero, float (&y)[kChunks][VEC]) {
-  constexpr int kVecBytes = VEC * InBytes<IN>::value;
-  Raw<kVecBytes> rawG[kChunks], rawU[kChunks];
+template <class S>
+__device__ __forceinline__ float actMulFast(const unsigned char* in, int vecLane, u32 zero,
+                                            float (&y)[Geometry<S>::kSteps][Geometry<S>::kOutVec]) {
+  using Geo = Geometry<S>;
+  using Act = Activation<S>;
+  constexpr int IN = S::kInDtype;
+  constexpr int VEC = Geo::kVec;
+  constexpr int kSteps = Geo::kSteps;
+  constexpr int kLoads = Geo::kLoads;
+  constexpr int kOutVec = Geo::kOutVec;
+  constexpr int kVecBytes = Geo::kVecBytes;
+  // silu on split 16-bit gates: the minimum gate in packed pairs, half the work.
+  constexpr bool kPairMin = S::kActivation == kSilu && !Geo::kPairs && IN != kFP32;
+  Raw<kVecBytes> raw[kSteps][kLoads];
 #pragma unroll
-  for (int c = 0; c < kChunks; ++c) {
-    const int off = (c * TPG + vecLane) * kVecBytes;
-    rawG[c] = loadRaw<kVecBytes>(gate + off);
-    rawU[c] = loadRaw<kVecBytes>(up + off);
-  }
+  for (int c = 0; c < kSteps; ++c)
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i)
+      raw[c][i] = loadRaw<kVecBytes>(Geo::at(in, c, vecLane, i));
   // ptxas sinks each load to just before its first use, which would issue the
-  // up loads only after every silu of the thread, halving the bytes in flight.
-  // A word that depends on every load, zero at run time, folded into the gates
-  // keeps all loads at the top.
+  // later loads only after the math of the earlier ones, halving the bytes in
+  // flight. A word that depends on every load, zero at run time, folded into
+  // the first vector of each step keeps all loads at the top.
   u32 loaded = 0u;
 #pragma unroll
-  for (int c = 0; c < kChunks; ++c)
-    loaded ^= rawG[c].w[0] ^ rawU[c].w[0];
+  for (int c = 0; c < kSteps; ++c)
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i)
+      loaded ^= raw[c][i].w[0];
   const u32 dep = loaded & zero;
   float amax = 0.0f;
-  float gmin = 0.0f;
-  u32 gminPair = 0u; // 16-bit inputs: the minimum in packed pairs, half the work
+  float zmin = 0.0f;
+  u32 gminPair = 0u;
 #pragma unroll
-  for (int c = 0; c < kChunks; ++c) {
-    float g[VEC], u[VEC];
-    unpack<IN, VEC>(rawG[c], g, dep);
-    unpack<IN, VEC>(rawU[c], u);
-    if constexpr (IN != kFP32) {
+  for (int c = 0; c < kSteps; ++c) {
+    float v[kLoads * VEC];
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      float part[VEC];
+      unpack<IN, VEC>(raw[c][i], part, i == 0 ? dep : 0u);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k)
+        v[i * VEC + k] = part[k];
+    }
+    if constexpr (kPairMin) {
 #pragma unroll
       for (int i = 0; i < Raw<kVecBytes>::kWords; ++i)
-        gminPair = minPair<IN>(gminPair, rawG[c].w[i]);
+        gminPair = minPair<IN>(gminPair, raw[c][0].w[i]);
     }
+    float g[kOutVec], u[kOutVec];
+    Geo::split(v, g, u);
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const float d = onePlusExp(-g[k]);
-      y[c][k] = divFast(g[k], d, rcpRefined(d)) * u[k];
-      amax = maxNaN(amax, fabsf(y[c][k]));
-      if constexpr (IN == kFP32)
-        gmin = fminf(gmin, g[k]);
+    for (int k = 0; k < kOutVec; ++k) {
+      if constexpr (Act::kSigmoid) {
+        float a, z, b;
+        Act::terms(g[k], u[k], a, z, b);
+        const float d = onePlusExp(-z);
+        y[c][k] = divFast(a, d, rcpRefined(d)) * b;
+        amax = maxNaN(amax, fabsf(y[c][k]));
+        if constexpr (!kPairMin)
+          zmin = fminf(zmin, z);
+      } else {
+        // No division: this is the exact result, and amax ignores NaN already.
+        y[c][k] = Act::y(g[k], u[k]);
+        amax = fmaxf(amax, fabsf(y[c][k]));
+      }
     }
   }
-  if constexpr (IN != kFP32) {
+  if constexpr (kPairMin) {
     Raw<4> pair;
     pair.w[0] = gminPair;
     float m[2];
     unpack<IN, 2>(pair, m);
-    gmin = fminf(m[0], m[1]);
+    zmin = fminf(m[0], m[1]);
   }
-  return gmin > kFastGateMin ? amax : __int_as_float(0x7fffffff);
+  return zmin > kFastGateMin ? amax : __int_as_float(0x7fffffff);
 }
 
 // The same with IEEE division throughout (the rare path); amax ignores NaN.
-template <int IN, int VEC, int TPG, int kChunks>
-__device__ __forceinline__ float siluMulExact(const unsigned char* gate, const unsigned char* up, int vecLane,
-                                           float (&y)[kChunks][VEC]) {
-  constexpr int kVecBytes = VEC * InBytes<IN>::value;
+template <class S>
+__device__ __forceinline__ float actMulExact(const unsigned char* in, int vecLane,
+                                             float (&y)[Geometry<S>::kSteps][Geometry<S>::kOutVec]) {
+  using Geo = Geometry<S>;
+  using Act = Activation<S>;
+  constexpr int VEC = Geo::kVec;
+  constexpr int kLoads = Geo::kLoads;
+  constexpr int kOutVec = Geo::kOutVec;
   float amax = 0.0f;
 #pragma unroll
-  for (int c = 0; c < kChunks; ++c) {
-    const int off = (c * TPG + vecLane) * kVecBytes;
-    float g[VEC], u[VEC];
-    unpack<IN, VEC>(loadRaw<kVecBytes>(gate + off), g);
-    unpack<IN, VEC>(loadRaw<kVecBytes>(up + off), u);
+  for (int c = 0; c < Geo::kSteps; ++c) {
+    float v[kLoads * VEC];
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      y[c][k] = __fdiv_rn(g[k], onePlusExp(-g[k])) * u[k];
+    for (int i = 0; i < kLoads; ++i) {
+      float part[VEC];
+      unpack<S::kInDtype, VEC>(loadRaw<Geo::kVecBytes>(Geo::at(in, c, vecLane, i)), part);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k)
+        v[i * VEC + k] = part[k];
+    }
+    float g[kOutVec], u[kOutVec];
+    Geo::split(v, g, u);
+#pragma unroll
+    for (int k = 0; k < kOutVec; ++k) {
+      if constexpr (Act::kSigmoid) {
+        float a, z, b;
+        Act::terms(g[k], u[k], a, z, b);
+        y[c][k] = __fdiv_rn(a, onePlusExp(-z)) * b;
+      } else {
+        y[c][k] = Act::y(g[k], u[k]);
+      }
       amax = fmaxf(amax, fabsf(y[c][k]));
     }
   }
   return amax;
 }
 
-// q = saturate_round(y / s) for this thread's vectors, stored to qRow.
-// FAST: the division by the group's reciprocal r (the caller checked the
-// range); otherwise IEEE division per element.
-template <int OUT, int VEC, int TPG, int kChunks, bool FAST>
+// How quantizeStore divides y by s: by the group's reciprocal r where the
+// caller checked the range; by IEEE division; or, for a power of two s whose
+// reciprocal r is exact, y * r, which is the correctly rounded y / s (both
+// round the same real number).
+enum : int { kDivFast = 0, kDivExact = 1, kMulExact = 2 };
+
+// q = saturate_round(y / s) for this thread's steps, stored to qRow.
+template <int OUT, int VEC, int TPG, int kChunks, int MODE>
 __device__ __forceinline__ void quantizeStore(const float (&y)[kChunks][VEC], float s, float r,
                                               unsigned char* qRow, int lane) {
 #pragma unroll
@@ -323,7 +511,11 @@ __device__ __forceinline__ void quantizeStore(const float (&y)[kChunks][VEC], fl
 #pragma unroll
     for (int k = 0; k < VEC; k += 2) {
       float lo, hi = 0.0f;
-      if constexpr (FAST) {
+      if constexpr (MODE == kMulExact) {
+        lo = y[c][k] * r;
+        if (k + 1 < VEC)
+          hi = y[c][k + 1] * r;
+      } else if constexpr (MODE == kDivFast) {
         lo = divFast(y[c][k], s, r);
         if (k + 1 < VEC)
           hi = divFast(y[c][k + 1], s, r);
@@ -345,13 +537,14 @@ __device__ __forceinline__ void quantizeStore(const float (&y)[kChunks][VEC], fl
 // A team occupies a slot of kSlot lanes (TPG rounded up to a power of two) so
 // that any TPG dividing the group's vectors works (12 for G = 96, say); the
 // lanes past TPG only take part in the amax reduction.
-// Row-major scale layouts number tasks row by row; column layouts number them
+// Row-major scale layouts (row, bytes) number tasks row by row; column layouts number them
 // column by column so that the scale stores of neighbouring teams coalesce.
 // Layouts with padded columns (col_tma, ue8m0_packed) have tasks for the
 // padding rows T..T4-1 that only write zero scales.
 //
 // Arguments:
-//   x       [E][rows][ldx] input, gate in columns 0..H-1, up in H..2H-1
+//   x       [E][rows][ldx] input: split, gate in columns 0..H-1 and up in
+//           H..2H-1; interleaved, gate i in column 2i and up i in 2i + 1
 //   ldx     elements between rows of x (>= 2H)
 //   rows    T (T_max for masked batches)
 //   q       [E][rows][H] output
@@ -379,6 +572,11 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   constexpr int TPG = S::kThreadsPerGroup;
   constexpr int VEC = S::kVecWidth;
   constexpr int GPB = S::kGroupsPerBlock;
+  constexpr bool FLOOR = S::kScaleRounding == kFloor;
+  constexpr bool BYTE_SCALES = LAYOUT == kUe8m0Packed || LAYOUT == kBytes;
+  static_assert(!FLOOR || (POW2 && OUT != kInt8 && !HAS_UB),
+                "floor rounds power-of-two scales of fp8 outputs, without a bound");
+  static_assert(LAYOUT != kBytes || POW2, "bytes hold E8M0 exponents");
   static_assert(H % G == 0, "G must divide H");
   static_assert(G % VEC == 0, "VEC must divide G");
   static_assert((G / VEC) % TPG == 0, "TPG must divide the group's vectors");
@@ -386,8 +584,10 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   constexpr int kSlot = TeamSlot<TPG>::value;
   constexpr int NG = H / G;
   constexpr int kInBytes = InBytes<IN>::value;
-  constexpr int kChunks = G / VEC / TPG; // vectors per thread
-  constexpr bool kColMajorTasks = LAYOUT != kRow;
+  using Geo = Geometry<S>;
+  constexpr int kSteps = Geo::kSteps;
+  constexpr int kOutVec = Geo::kOutVec;
+  constexpr bool kColMajorTasks = LAYOUT != kRow && LAYOUT != kBytes;
   constexpr bool kPadded = LAYOUT == kColTma || LAYOUT == kUe8m0Packed;
   constexpr int kPackedWords = (NG + 3) / 4;
 
@@ -422,10 +622,12 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
     scalesPerExpert = rows * NG;
   else if constexpr (LAYOUT == kColTma)
     scalesPerExpert = rows4 * NG;
-  else
+  else if constexpr (LAYOUT == kUe8m0Packed)
     scalesPerExpert = rows4 * kPackedWords * 4; // bytes
-  float* scaleF = static_cast<float*>(scales) + (LAYOUT == kUe8m0Packed ? 0 : expert * scalesPerExpert);
-  unsigned char* scaleB = static_cast<unsigned char*>(scales) + (LAYOUT == kUe8m0Packed ? expert * scalesPerExpert : 0);
+  else
+    scalesPerExpert = rows * NG; // bytes
+  float* scaleF = static_cast<float*>(scales) + (BYTE_SCALES ? 0 : expert * scalesPerExpert);
+  unsigned char* scaleB = static_cast<unsigned char*>(scales) + (BYTE_SCALES ? expert * scalesPerExpert : 0);
 
   if (kPadded && t >= rows) {
     if (lane == 0) {
@@ -444,14 +646,14 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
 
   const unsigned char* row =
       static_cast<const unsigned char*>(x) + ((expert * rows + t) * ldx) * kInBytes;
-  const unsigned char* gate = row + static_cast<i64>(j) * G * kInBytes;
-  const unsigned char* up = gate + static_cast<i64>(H) * kInBytes;
+  // The group's first input: its first gate (split) or (gate, up) pair.
+  const unsigned char* in = row + static_cast<i64>(j) * G * (Geo::kPairs ? 2 : 1) * kInBytes;
 
   const int vecLane = active ? lane : 0;
-  float y[kChunks][VEC];
+  float y[kSteps][kOutVec];
   // rows < 2^62 always: a zero the compiler cannot fold.
   const u32 zero = static_cast<u32>(rows >> 62);
-  float amax = siluMulFast<IN, VEC, TPG, kChunks>(gate, up, vecLane, zero, y);
+  float amax = actMulFast<S>(in, vecLane, zero, y);
   if (!active)
     amax = 0.0f; // lanes past TPG hold a copy of lane 0's values
   // Team slots are kSlot consecutive lanes, aligned inside the warp.
@@ -460,16 +662,18 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
 #pragma unroll
   for (int off = kSlot / 2; off > 0; off /= 2)
     amax = maxNaN(amax, __shfl_xor_sync(teamMask, amax, off, kSlot));
-  if (amax != amax) {
-    // A NaN y, or a gate outside the fast division's range, in the team (the
-    // branch is uniform over the team): recompute with exact division, and
-    // take amax as docs/contract.md does, NaN ignored.
-    amax = siluMulExact<IN, VEC, TPG, kChunks>(gate, up, vecLane, y);
-    if (!active)
-      amax = 0.0f;
+  if constexpr (Activation<S>::kSigmoid) {
+    if (amax != amax) {
+      // A NaN y, or a z outside the fast division's range, in the team (the
+      // branch is uniform over the team): recompute with exact division, and
+      // take amax as docs/contract.md does, NaN ignored.
+      amax = actMulExact<S>(in, vecLane, y);
+      if (!active)
+        amax = 0.0f;
 #pragma unroll
-    for (int off = kSlot / 2; off > 0; off /= 2)
-      amax = fmaxf(amax, __shfl_xor_sync(teamMask, amax, off, kSlot));
+      for (int off = kSlot / 2; off > 0; off /= 2)
+        amax = fmaxf(amax, __shfl_xor_sync(teamMask, amax, off, kSlot));
+    }
   }
   if (!active)
     return;
@@ -477,23 +681,35 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   // amax / QMAX by the fast division with the correctly rounded 1 / QMAX:
   // exact for every finite amax (checked exhaustively over all fp32
   // significands for the three QMAX values: tests/test_fast_division).
-  float s = amax == __int_as_float(0x7f800000) ? amax
-                                               : divFast(amax, QuantTraits<OUT>::kMax, QuantTraits<OUT>::kInvMax);
-  if constexpr (HAS_UB)
-    s = fminf(s, *scaleUb);
-  s = fmaxf(s, QuantTraits<OUT>::kMinScale);
-  if constexpr (POW2)
-    s = pow2Ceil(s);
+  float s;
+  int floorExp = 0;
+  if constexpr (FLOOR) {
+    floorExp = floorMxExponent<OUT>(amax);
+    s = exp2Exact(floorExp);
+  } else {
+    s = amax == __int_as_float(0x7f800000) ? amax
+                                           : divFast(amax, QuantTraits<OUT>::kMax, QuantTraits<OUT>::kInvMax);
+    if constexpr (HAS_UB)
+      s = fminf(s, *scaleUb);
+    s = fmaxf(s, QuantTraits<OUT>::kMinScale);
+    if constexpr (POW2)
+      s = fminf(pow2Ceil(s), kMaxPow2Scale); // an infinite s is 2^127 (E8M0 byte 254)
+  }
 
   unsigned char* qRow = q + (expert * rows + t) * H + static_cast<i64>(j) * G;
-  const float r = rcpRefined(s);
-  // Quotients below 2^-100 that the fast path may round differently all
-  // quantize to a zero of the right sign, so only the top needs a bound.
-  const bool fast = s < kFastScaleMax && (!HAS_UB || amax * r < kFastQuotientMax);
-  if (fast)
-    quantizeStore<OUT, VEC, TPG, kChunks, true>(y, s, r, qRow, lane);
-  else
-    quantizeStore<OUT, VEC, TPG, kChunks, false>(y, s, r, qRow, lane);
+  if constexpr (FLOOR) {
+    // s = 2^e: y * 2^-e is y / s exactly, without a division's range limits.
+    quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, exp2Exact(-floorExp), qRow, lane);
+  } else {
+    const float r = rcpRefined(s);
+    // Quotients below 2^-100 that the fast path may round differently all
+    // quantize to a zero of the right sign, so only the top needs a bound.
+    const bool fast = s < kFastScaleMax && (!HAS_UB || amax * r < kFastQuotientMax);
+    if (fast)
+      quantizeStore<OUT, kOutVec, TPG, kSteps, kDivFast>(y, s, r, qRow, lane);
+    else
+      quantizeStore<OUT, kOutVec, TPG, kSteps, kDivExact>(y, s, r, qRow, lane);
+  }
 
   if (lane == 0) {
     if constexpr (LAYOUT == kRow) {
@@ -502,6 +718,8 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
       scaleF[static_cast<i64>(j) * rows + t] = s;
     } else if constexpr (LAYOUT == kColTma) {
       scaleF[static_cast<i64>(j) * rows4 + t] = s;
+    } else if constexpr (LAYOUT == kBytes) {
+      scaleB[t * NG + j] = static_cast<unsigned char>((__float_as_uint(s) >> 23) & 0xffu);
     } else {
       const i64 word = static_cast<i64>(j / 4) * rows4 + t;
       scaleB[word * 4 + j % 4] = static_cast<unsigned char>((__float_as_uint(s) >> 23) & 0xffu);

@@ -250,6 +250,46 @@ TEST_F(CApiTest, InvalidSpecFieldIsNamed) {
   }
 }
 
+// The activation fields of docs/contract.md sections 6 and 7 go through the same JSON.
+TEST_F(CApiTest, ActivationFieldsParseAndCompile) {
+  const char* oss = R"({"hidden": 2880, "group_size": 32, "activation": "swiglu", "alpha": 1.702,
+      "beta": 1, "limit": 7, "gate_up": "interleaved", "scale_layout": "e8m0", "ue8m0": true,
+      "scale_rounding": "floor"})";
+  size_t needed = 0;
+  ASSERT_EQ(bqjit_compile(svc_, oss, nullptr, 0, &needed), BQJIT_ERROR_INVALID_ARGUMENT);
+  std::vector<char> buf(needed);
+  ASSERT_EQ(bqjit_compile(svc_, oss, buf.data(), buf.size(), nullptr), BQJIT_OK) << lastError();
+  auto j = nlohmann::json::parse(buf.data());
+  EXPECT_EQ(j["spec"]["activation"], "swiglu");
+  EXPECT_EQ(j["spec"]["alpha"].dump(), "1.702");
+  EXPECT_EQ(j["spec"]["scale_layout"], "bytes");
+  EXPECT_EQ(j["spec"]["scale_rounding"], "floor");
+  EXPECT_EQ(j["spec"]["gate_up"], "interleaved");
+  bqjit_spec prepared = nullptr;
+  ASSERT_EQ(bqjit_spec_parse(oss, &prepared), BQJIT_OK) << lastError();
+  bqjit_spec_release(prepared);
+
+  struct Case {
+    const char* json;
+    const char* message;
+  };
+  const Case cases[] = {
+      {R"({"hidden": 7168, "alpha": 1.702})",
+       "'alpha' = 1.702: applies only to activation swiglu (activation is silu)"},
+      {R"({"hidden": 7168, "ue8m0": true, "out_dtype": "int8", "scale_rounding": "floor"})",
+       "'scale_rounding' = 'floor': needs a floating-point out_dtype"},
+      {R"({"hidden": 7168, "activation": "swiglu", "limit": 0})",
+       "'limit' = 0: must be a finite number > 0"},
+      {R"({"hidden": 7168, "activation": "relu"})", "'activation' = 'relu': must be one of"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.json);
+    char small[256];
+    EXPECT_EQ(bqjit_compile(svc_, c.json, small, sizeof small, &needed), BQJIT_ERROR_INVALID_SPEC);
+    EXPECT_TRUE(contains(lastError(), c.message));
+  }
+}
+
 TEST_F(CApiTest, CompileWorksWithoutAGpuAndReportsItsMetadata) {
   size_t needed = 0;
   // Ask for the size first: a NULL buffer of size 0 is too small.

@@ -3,6 +3,7 @@
 #include "jit/cache_key.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
 #include <set>
 #include <string>
@@ -211,6 +212,44 @@ TEST_F(CompilerKey, EverySpecFieldChangesKey) {
   std::set<std::string> keys{cacheKey(base)};
   for (const auto& v : variants)
     EXPECT_TRUE(keys.insert(cacheKey(v)).second) << v.label();
+}
+
+TEST_F(CompilerKey, EveryActivationFieldChangesKey) {
+  const KernelSpec base = spec();
+  std::vector<KernelSpec> variants(9, base);
+  variants[0].activation = Activation::Swiglu;
+  variants[0].alpha = 1.702f;
+  variants[1].activation = Activation::Swiglu;
+  variants[1].alpha = std::nextafter(1.702f, 2.0f); // one fp32 ulp apart
+  variants[2].activation = Activation::Swiglu;
+  variants[2].beta = 1.0f;
+  variants[3].activation = Activation::Swiglu;
+  variants[3].limit = 7.0f;
+  variants[4].activation = Activation::GeluTanh;
+  variants[5].activation = Activation::Gelu;
+  variants[6].gateUp = GateUp::Interleaved;
+  variants[7].ue8m0 = true;
+  variants[7].scaleRounding = ScaleRounding::Floor;
+  variants[8].ue8m0 = true;
+  variants[8].scaleLayout = ScaleLayout::Bytes;
+  std::set<std::string> keys{cacheKey(base)};
+  for (const auto& v : variants)
+    EXPECT_TRUE(keys.insert(cacheKey(v)).second) << v.label();
+}
+
+// docs/contract.md section 6: swiglu with alpha 1, beta 0 and no limit is silu, one
+// canonical form and one key.
+TEST_F(CompilerKey, SwigluWithDefaultParametersHasTheKeyOfSilu) {
+  KernelSpec swiglu = spec();
+  swiglu.activation = Activation::Swiglu;
+  swiglu.alpha = 1.0f;
+  swiglu.beta = -0.0f;
+  EXPECT_EQ(cacheKey(swiglu), cacheKey(spec()));
+  auto parsed = KernelSpec::fromJson(
+      nlohmann::json::parse(R"({"hidden":7168,"activation":"swiglu","alpha":1,"beta":0.0})"));
+  ASSERT_TRUE(bool(parsed)) << consumeToString(parsed.takeError());
+  parsed->shape = spec().shape;
+  EXPECT_EQ(cacheKey(*parsed), cacheKey(spec()));
 }
 
 TEST_F(CompilerKey, OptionsFollowArchAndForbidFastMath) {

@@ -359,6 +359,121 @@ TEST_F(CompilerTest, OddGroupCompilesWithScalarLoads) {
   }
 }
 
+// ---- activations, gate/up layouts and roundings (docs/contract.md sections 6, 7) ---------------
+
+KernelSpec withActivation(KernelSpec s, Activation a) {
+  s.activation = a;
+  if (a == Activation::Swiglu) { // gpt-oss's parameters
+    s.alpha = 1.702f;
+    s.beta = 1.0f;
+    s.limit = 7.0f;
+  }
+  return s;
+}
+
+// Every activation x gate_up on sm_90 and sm_100, each with every input type,
+// and output types, layouts and roundings spread over the cases so that every
+// pair of (activation, gate_up, in, out, rounding) values meets; odd G among them.
+std::vector<KernelSpec> activationMatrix() {
+  std::vector<KernelSpec> out;
+  int k = 0;
+  for (const char* arch : {"sm_90", "sm_100"})
+    for (Activation a :
+         {Activation::Silu, Activation::Swiglu, Activation::GeluTanh, Activation::Gelu})
+      for (GateUp gu : {GateUp::Split, GateUp::Interleaved})
+        for (InDtype in : {InDtype::BF16, InDtype::FP16, InDtype::FP32}) {
+          const int g = std::vector<int>{32, 48, 96, 128, 160, 17}[k % 6];
+          KernelSpec s = withActivation(makeSpec(g * 6, g, arch), a);
+          s.gateUp = gu;
+          s.inDtype = in;
+          s.outDtype = std::vector<OutDtype>{OutDtype::FP8E4M3, OutDtype::FP8E5M2,
+                                             OutDtype::INT8}[(k / 2) % 3];
+          const bool floor = s.outDtype != OutDtype::INT8 && k % 2 == 0;
+          s.ue8m0 = floor || k % 3 == 0;
+          s.scaleRounding = floor ? ScaleRounding::Floor : ScaleRounding::Ceil;
+          s.scaleLayout = s.ue8m0 ? (k % 4 < 2 ? ScaleLayout::Bytes : ScaleLayout::Ue8m0Packed)
+                                  : (k % 4 < 2 ? ScaleLayout::Row : ScaleLayout::ColTma);
+          s.masked = k % 5 == 0;
+          out.push_back(resolved(s));
+          ++k;
+        }
+  return out;
+}
+
+TEST_F(CompilerTest, ActivationsGateUpAndRoundingsCompileWithoutSpills) {
+  const std::vector<KernelSpec> specs = activationMatrix();
+  ASSERT_EQ(specs.size(), 2u * 4 * 2 * 3);
+  std::atomic<size_t> next{0};
+  std::mutex mutex;
+  std::vector<std::string> failures;
+  std::vector<std::string> keys(specs.size());
+  const Compiler& compiler = *compiler_;
+  auto worker = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < specs.size();) {
+      auto k = compileSpec(compiler, specs[i]);
+      std::lock_guard<std::mutex> lock(mutex);
+      if (!k) {
+        failures.push_back(specs[i].label() + ": " + consumeToString(k.takeError()));
+        continue;
+      }
+      const std::string problems = checkKernel(compiler, specs[i], *k);
+      if (!problems.empty())
+        failures.push_back(specs[i].label() + ": " + problems);
+      // Accurate math only: no approximate tanh (docs/contract.md section 6).
+      if (contains(k->ptx, "tanh.approx"))
+        failures.push_back(specs[i].label() + ": tanh.approx in the PTX");
+      keys[i] = k->key;
+    }
+  };
+  std::thread a(worker), b(worker);
+  a.join();
+  b.join();
+  std::string report;
+  for (size_t i = 0; i < failures.size() && i < 20; ++i)
+    report += failures[i] + "\n";
+  EXPECT_TRUE(failures.empty()) << failures.size() << " of " << specs.size()
+                                << " specializations failed, first ones:\n"
+                                << report;
+  std::sort(keys.begin(), keys.end());
+  EXPECT_EQ(std::unique(keys.begin(), keys.end()), keys.end());
+}
+
+TEST_F(CompilerTest, SourceCarriesActivationConstantsAsHexFloats) {
+  KernelSpec s = withActivation(makeSpec(2880, 32), Activation::Swiglu);
+  s.gateUp = GateUp::Interleaved;
+  s.scaleLayout = ScaleLayout::Bytes;
+  s.ue8m0 = true;
+  s.scaleRounding = ScaleRounding::Floor;
+  auto k = compileChecked(s);
+  ASSERT_TRUE(k.has_value());
+  auto id = compiler_->identify(k->spec);
+  ASSERT_TRUE(bool(id));
+  for (const char* constant :
+       {"kActivation = kSwiglu;", "kAlpha = 0x1.b3b646p+0f;", "kBeta = 0x1p+0f;",
+        "kHasLimit = true;", "kLimit = 0x1.cp+2f;", "kGateUp = kInterleaved;",
+        "kScaleRounding = kFloor;", "kScaleLayout = kBytes;"})
+    EXPECT_TRUE(contains(id->source.text, constant)) << constant << " in\n" << id->source.text;
+  EXPECT_TRUE(contains(k->loweredName, "_swiglu_a3fd9db23_b3f800000_l40e00000_interleaved_floor_"))
+      << k->loweredName;
+  // silu keeps its old name and constants: no clamp, alpha 1, beta 0.
+  auto silu = compiler_->identify(resolved(makeSpec(2048, 128)));
+  ASSERT_TRUE(bool(silu));
+  for (const char* constant :
+       {"kActivation = kSilu;", "kAlpha = 0x1p+0f;", "kBeta = 0x0p+0f;", "kHasLimit = false;",
+        "kGateUp = kSplit;", "kScaleRounding = kCeil;"})
+    EXPECT_TRUE(contains(silu->source.text, constant)) << constant;
+}
+
+TEST_F(CompilerTest, InterleavedOddGroupCompilesWithScalarLoads) {
+  for (Activation a : {Activation::Swiglu, Activation::Gelu}) {
+    KernelSpec s = withActivation(makeSpec(17 * 8, 17), a);
+    s.gateUp = GateUp::Interleaved;
+    const KernelSpec r = resolved(s);
+    ASSERT_EQ(r.shape->vecWidth, 1);
+    EXPECT_TRUE(compileChecked(r).has_value()) << toString(a);
+  }
+}
+
 TEST_F(CompilerTest, ExplicitShapesCompile) {
   KernelSpec s = makeSpec(4096, 128);
   const auto shapes = candidateShapes(s);

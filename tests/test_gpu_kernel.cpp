@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <numeric>
+#include <set>
+#include <string>
 #include <thread>
 
 #include "gpu_harness.hpp"
@@ -26,6 +28,118 @@ KernelSpec makeSpec(int h, int g, InDtype in, OutDtype out, ScaleLayout layout, 
   s.ue8m0 = ue8m0 || layout == ScaleLayout::Ue8m0Packed;
   s.hasScaleUb = ub;
   return s;
+}
+
+// swiglu's parameter sets: gpt-oss (alpha 1.702, beta 1, limit 7), the
+// clamped SwiGLU of DeepSeek-V4-style checkpoints (alpha 1, beta 0, limit 7)
+// and one without a clamp.
+void setActivation(KernelSpec& s, Activation a, int variant) {
+  s.activation = a;
+  if (a != Activation::Swiglu)
+    return;
+  switch (variant % 3) {
+  case 0:
+    s.alpha = 1.702f;
+    s.beta = 1.0f;
+    s.limit = 7.0f;
+    break;
+  case 1:
+    s.limit = 7.0f;
+    break;
+  default:
+    s.alpha = 1.702f;
+    s.beta = -0.5f;
+    break;
+  }
+}
+
+// docs/contract.md sections 6 and 7: every activation x gate_up x input type x output
+// type (the full product of those four), each case with a rounding (floor for
+// fp8 outputs in every other case), a power-of-two or fp32 scale layout, odd G
+// (48, 96, 160) among others and odd T; a third of the cases carry special rows
+// (NaN, Inf, huge, swiglu's limits, the fast division's edges). Then the MX
+// shapes of gpt-oss and masked batches. ActivationCasesArePairwise checks the
+// pairs.
+void appendActivationCases(std::vector<GpuCase>& cases, uint64_t& seed) {
+  const int groups[] = {48, 96, 160, 32, 128};
+  const int64_t tokens[] = {1, 3, 17, 255, 7, 1025};
+  const ScaleLayout fp32Layouts[] = {ScaleLayout::Row, ScaleLayout::Col, ScaleLayout::ColTma};
+  const ScaleLayout pow2Layouts[] = {ScaleLayout::Bytes, ScaleLayout::Ue8m0Packed, ScaleLayout::Row,
+                                     ScaleLayout::ColTma};
+  int k = 0;
+  for (Activation a :
+       {Activation::Silu, Activation::Swiglu, Activation::GeluTanh, Activation::Gelu})
+    for (GateUp gu : {GateUp::Split, GateUp::Interleaved})
+      for (InDtype in : {InDtype::BF16, InDtype::FP16, InDtype::FP32})
+        for (OutDtype out : {OutDtype::FP8E4M3, OutDtype::FP8E5M2, OutDtype::INT8}) {
+          const int g = groups[k % 5];
+          const bool floor = out != OutDtype::INT8 && (k + k / 9) % 2 == 0;
+          const bool pow2 = floor || k % 3 == 0;
+          const ScaleLayout layout = pow2 ? pow2Layouts[k % 4] : fp32Layouts[k % 3];
+          GpuCase c;
+          c.spec = makeSpec(g * (k % 2 ? 15 : 6), g, in, out, layout, pow2, false);
+          setActivation(c.spec, a, k / 2);
+          c.spec.gateUp = gu;
+          c.spec.scaleRounding = floor ? ScaleRounding::Floor : ScaleRounding::Ceil;
+          c.tokens = tokens[k % 6];
+          c.ldxPad = k % 4 == 1 ? 8 : 0;
+          if ((k + k / 3) % 3 == 2) {
+            c.tokens = std::max<int64_t>(c.tokens, 9);
+            c.specialRows = {{0, ref::RowPattern::Limits}, {1, ref::RowPattern::Mixed},
+                             {2, ref::RowPattern::Huge},   {4, ref::RowPattern::Edges},
+                             {5, ref::RowPattern::NaNs},   {6, ref::RowPattern::Infs},
+                             {8, ref::RowPattern::Zeros}};
+          }
+          c.seed = seed++;
+          cases.push_back(c);
+          ++k;
+        }
+  // gpt-oss (H 2880, which 128 does not divide): MXFP8 (G 32, floor, bytes)
+  // and G 64 (ceil, col_tma); H padded to 3072 at G 128. Interleaved swiglu,
+  // odd token counts up to many tokens.
+  for (auto [h, g] : {std::pair<int, int>{2880, 32}, {2880, 64}, {3072, 128}}) {
+    for (int64_t t : {1, 33, 1025}) {
+      GpuCase c;
+      const bool mx = g == 32;
+      c.spec = makeSpec(h, g, InDtype::BF16, OutDtype::FP8E4M3,
+                        mx ? ScaleLayout::Bytes : ScaleLayout::ColTma, true, false);
+      setActivation(c.spec, Activation::Swiglu, 0);
+      c.spec.gateUp = GateUp::Interleaved;
+      c.spec.scaleRounding = mx ? ScaleRounding::Floor : ScaleRounding::Ceil;
+      c.tokens = t;
+      if (t >= 33)
+        c.specialRows = {{3, ref::RowPattern::Limits}, {7, ref::RowPattern::Mixed}};
+      c.seed = seed++;
+      cases.push_back(c);
+    }
+  }
+  // Masked batches and a binding scale bound with the new activations.
+  for (Activation a : {Activation::Swiglu, Activation::Gelu}) {
+    GpuCase c;
+    const bool bytes = a == Activation::Swiglu;
+    c.spec = makeSpec(2048, 128, InDtype::BF16, OutDtype::FP8E4M3,
+                      bytes ? ScaleLayout::Bytes : ScaleLayout::ColTma, bytes, false);
+    setActivation(c.spec, a, 0);
+    c.spec.gateUp = bytes ? GateUp::Interleaved : GateUp::Split;
+    c.spec.scaleRounding = bytes ? ScaleRounding::Floor : ScaleRounding::Ceil;
+    c.spec.masked = true;
+    c.tokens = 37;
+    c.experts = 4;
+    c.maskedM = {37, 0, 5, 20};
+    c.seed = seed++;
+    cases.push_back(c);
+  }
+  for (Activation a : {Activation::GeluTanh, Activation::Swiglu}) {
+    GpuCase c;
+    c.spec = makeSpec(4096, 128, InDtype::FP32, OutDtype::INT8, ScaleLayout::Row, false, true);
+    setActivation(c.spec, a, 1);
+    c.spec.gateUp = GateUp::Interleaved;
+    c.scaleUb = 1e-3f;
+    c.tokens = 5;
+    c.specialRows = {{1, ref::RowPattern::Edges}, {3, ref::RowPattern::Limits}};
+    c.seed = seed++;
+    cases.push_back(c);
+  }
 }
 
 // The case list covers every value of every axis, and every pair of dtype x
@@ -137,6 +251,7 @@ std::vector<GpuCase> buildCases() {
     c.seed = seed++;
     cases.push_back(c);
   }
+  appendActivationCases(cases, seed);
   return cases;
 }
 
@@ -182,6 +297,63 @@ TEST_P(GpuKernel, MatchesReference) {
     std::printf("[allowance] %s: %s\n", c.name().c_str(), r.summary().c_str());
 }
 
+// Runs without a GPU: the case list itself. Every pair of values of
+// activation, gate_up, input type, output type and rounding (floor with fp8
+// outputs only) appears in some case, odd G and odd T among them.
+TEST(GpuKernelCases, ActivationCasesArePairwise) {
+  std::set<std::string> pairs;
+  std::set<int> groups;
+  bool oddT = false, specialFloor = false, specialInterleaved = false;
+  for (const GpuCase& c : allCases()) {
+    const KernelSpec& s = c.spec;
+    const std::string v[] = {std::string("act=") + toString(s.activationForm().activation),
+                             std::string("gu=") + toString(s.gateUp),
+                             std::string("in=") + toString(s.inDtype),
+                             std::string("out=") + toString(s.outDtype),
+                             std::string("round=") + toString(s.scaleRounding)};
+    for (const auto& a : v)
+      for (const auto& b : v)
+        if (a < b)
+          pairs.insert(a + " " + b);
+    if (s.activationForm().activation != Activation::Silu || s.gateUp != GateUp::Split) {
+      groups.insert(s.groupSize);
+      oddT |= c.tokens % 2 == 1;
+      specialFloor |= !c.specialRows.empty() && s.scaleRounding == ScaleRounding::Floor;
+      specialInterleaved |= !c.specialRows.empty() && s.gateUp == GateUp::Interleaved;
+    }
+  }
+  const std::vector<std::vector<std::string>> axes = {
+      {"act=silu", "act=swiglu", "act=gelu_tanh", "act=gelu"},
+      {"gu=split", "gu=interleaved"},
+      {"in=bf16", "in=fp16", "in=fp32"},
+      {"out=fp8_e4m3", "out=fp8_e5m2", "out=int8"},
+      {"round=ceil", "round=floor"}};
+  int missing = 0;
+  for (size_t x = 0; x < axes.size(); ++x)
+    for (size_t y = x + 1; y < axes.size(); ++y)
+      for (const auto& a : axes[x])
+        for (const auto& b : axes[y]) {
+          if ((a == "out=int8" || b == "out=int8") && (a == "round=floor" || b == "round=floor"))
+            continue; // rejected by the spec
+          const std::string key = a < b ? a + " " + b : b + " " + a;
+          if (!pairs.count(key)) {
+            ADD_FAILURE() << "no case has " << key;
+            ++missing;
+          }
+        }
+  EXPECT_EQ(missing, 0);
+  for (int g : {48, 96, 160})
+    EXPECT_TRUE(groups.count(g)) << "G " << g;
+  EXPECT_TRUE(oddT);
+  EXPECT_TRUE(specialFloor);
+  EXPECT_TRUE(specialInterleaved);
+  // Every case is a valid spec.
+  for (const GpuCase& c : allCases()) {
+    llvm::Error err = c.spec.validate();
+    EXPECT_FALSE(bool(err)) << c.name() << ": " << consumeToString(std::move(err));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Cases, GpuKernel, ::testing::Range<size_t>(0, allCases().size()),
                          [](const ::testing::TestParamInfo<size_t>& info) {
                            const KernelSpec& s = allCases()[info.param].spec;
@@ -190,6 +362,13 @@ INSTANTIATE_TEST_SUITE_P(Cases, GpuKernel, ::testing::Range<size_t>(0, allCases(
                                "_G" + std::to_string(s.groupSize) + "_" + toString(s.inDtype) +
                                "_" + toString(s.outDtype) + "_" + toString(s.scaleLayout) + "_T" +
                                std::to_string(allCases()[info.param].tokens);
+                           const ActivationForm form = s.activationForm();
+                           if (form.activation != Activation::Silu)
+                             n += std::string("_") + toString(form.activation);
+                           if (s.gateUp != GateUp::Split)
+                             n += "_interleaved";
+                           if (s.scaleRounding != ScaleRounding::Ceil)
+                             n += "_floor";
                            return n;
                          });
 

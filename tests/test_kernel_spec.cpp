@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <limits>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -653,6 +655,393 @@ TEST(KernelSpecEnums, QuantConstantsMatchSpec) {
   EXPECT_EQ(minScale(OutDtype::FP8E4M3), 1.0f / (448.0f * 512.0f));
   EXPECT_EQ(minScale(OutDtype::FP8E5M2), 1.0f / (57344.0f * 512.0f));
   EXPECT_EQ(minScale(OutDtype::INT8), std::ldexp(1.0f, -23));
+}
+
+// ---- activations, gate_up, scale_rounding, bytes (docs/contract.md sections 6, 7) ----------
+
+KernelSpec gptOss() {
+  KernelSpec s = baseSpec();
+  s.hidden = 2880;
+  s.groupSize = 32;
+  s.activation = Activation::Swiglu;
+  s.alpha = 1.702f;
+  s.beta = 1.0f;
+  s.limit = 7.0f;
+  s.gateUp = GateUp::Interleaved;
+  s.scaleLayout = ScaleLayout::Bytes;
+  s.ue8m0 = true;
+  s.scaleRounding = ScaleRounding::Floor;
+  return s;
+}
+
+TEST(KernelSpecActivation, EveryActivationAndGateUpIsValid) {
+  for (Activation a :
+       {Activation::Silu, Activation::Swiglu, Activation::GeluTanh, Activation::Gelu})
+    for (GateUp g : {GateUp::Split, GateUp::Interleaved}) {
+      KernelSpec s = baseSpec();
+      s.activation = a;
+      s.gateUp = g;
+      EXPECT_EQ(invalidMessage(s), "") << toString(a) << " " << toString(g);
+    }
+  EXPECT_EQ(invalidMessage(gptOss()), "");
+}
+
+TEST(KernelSpecActivation, ParametersOnAnotherActivationRejected) {
+  KernelSpec s = baseSpec();
+  s.alpha = 1.702f;
+  expectRejected(s, "alpha", "1.702", "applies only to activation swiglu (activation is silu)");
+  s = baseSpec();
+  s.activation = Activation::Gelu;
+  s.beta = 1.0f;
+  expectRejected(s, "beta", "1", "applies only to activation swiglu (activation is gelu)");
+  s = baseSpec();
+  s.activation = Activation::GeluTanh;
+  s.limit = 7.0f;
+  expectRejected(s, "limit", "7", "applies only to activation swiglu (activation is gelu_tanh)");
+  // Even at the default value: given on silu, it would change nothing.
+  s = baseSpec();
+  s.alpha = 1.0f;
+  expectRejected(s, "alpha", "1", "applies only to activation swiglu");
+}
+
+TEST(KernelSpecActivation, NonFiniteParametersRejected) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  KernelSpec s = gptOss();
+  s.alpha = nan;
+  expectRejected(s, "alpha", "nan", "must be a finite number");
+  s = gptOss();
+  s.beta = -inf;
+  expectRejected(s, "beta", "-inf", "must be a finite number");
+  s = gptOss();
+  s.limit = inf;
+  expectRejected(s, "limit", "inf", "must be a finite number > 0");
+  s.limit = nan;
+  expectRejected(s, "limit", "nan", "must be a finite number > 0");
+}
+
+TEST(KernelSpecActivation, LimitMustBePositive) {
+  KernelSpec s = gptOss();
+  s.limit = 0.0f;
+  expectRejected(s, "limit", "0", "must be a finite number > 0 after rounding to fp32");
+  s.limit = -7.0f;
+  expectRejected(s, "limit", "-7", "must be a finite number > 0");
+  s.limit = std::numeric_limits<float>::denorm_min();
+  EXPECT_EQ(invalidMessage(s), "");
+  // 1e-50 rounds to fp32 zero.
+  const std::string m = parseError(KernelSpec::fromJson(
+      {{"hidden", 2880}, {"group_size", 32}, {"activation", "swiglu"}, {"limit", 1e-50}}));
+  EXPECT_TRUE(contains(m, "'limit' = 0: must be a finite number > 0 after rounding to fp32"));
+}
+
+TEST(KernelSpecRounding, FloorNeedsUe8m0) {
+  KernelSpec s = baseSpec();
+  s.scaleRounding = ScaleRounding::Floor;
+  expectRejected(s, "scale_rounding", "'floor'", "needs ue8m0 true");
+  s.ue8m0 = true;
+  EXPECT_EQ(invalidMessage(s), "");
+}
+
+TEST(KernelSpecRounding, FloorWithInt8Rejected) {
+  KernelSpec s = baseSpec();
+  s.ue8m0 = true;
+  s.scaleRounding = ScaleRounding::Floor;
+  s.outDtype = OutDtype::INT8;
+  expectRejected(s, "scale_rounding", "'floor'", "needs a floating-point out_dtype");
+  s.outDtype = OutDtype::FP8E5M2;
+  EXPECT_EQ(invalidMessage(s), "");
+}
+
+TEST(KernelSpecRounding, FloorWithScaleUbRejected) {
+  KernelSpec s = baseSpec();
+  s.ue8m0 = true;
+  s.scaleRounding = ScaleRounding::Floor;
+  s.hasScaleUb = true;
+  expectRejected(s, "scale_ub", "true", "must be false with scale_rounding floor");
+}
+
+TEST(KernelSpecLayout, BytesNeedsUe8m0) {
+  KernelSpec s = baseSpec();
+  s.scaleLayout = ScaleLayout::Bytes;
+  expectRejected(s, "ue8m0", "false", "must be true when scale_layout is bytes");
+  s.ue8m0 = true;
+  EXPECT_EQ(invalidMessage(s), "");
+  EXPECT_TRUE(s.scalesAreBytes());
+}
+
+TEST(KernelSpecLayout, E8m0IsAnAliasOfBytes) {
+  auto alias = KernelSpec::fromJson({{"hidden", 2048}, {"scale_layout", "e8m0"}, {"ue8m0", true}});
+  ASSERT_TRUE(bool(alias)) << consumeToString(alias.takeError());
+  EXPECT_EQ(alias->scaleLayout, ScaleLayout::Bytes);
+  EXPECT_TRUE(contains(alias->canonical(), R"("scale_layout":"bytes")"));
+  auto name = KernelSpec::fromJson({{"hidden", 2048}, {"scale_layout", "bytes"}, {"ue8m0", true}});
+  ASSERT_TRUE(bool(name));
+  EXPECT_EQ(alias->canonical(), name->canonical());
+  auto parsed = parseScaleLayout("e8m0");
+  ASSERT_TRUE(bool(parsed));
+  EXPECT_EQ(*parsed, ScaleLayout::Bytes);
+  EXPECT_STREQ(toString(ScaleLayout::Bytes), "bytes");
+}
+
+TEST(KernelSpecJson, NewFieldsParsed) {
+  auto s = KernelSpec::fromJson(nlohmann::json::parse(
+      R"({"hidden":2880,"group_size":32,"activation":"swiglu","alpha":1.702,"beta":1,)"
+      R"("limit":7,"gate_up":"interleaved","scale_layout":"bytes","ue8m0":true,)"
+      R"("scale_rounding":"floor"})"));
+  ASSERT_TRUE(bool(s)) << consumeToString(s.takeError());
+  EXPECT_TRUE(*s == gptOss());
+  EXPECT_EQ(s->activation, Activation::Swiglu);
+  EXPECT_EQ(*s->alpha, 1.702f);
+  EXPECT_EQ(*s->beta, 1.0f);
+  EXPECT_EQ(*s->limit, 7.0f);
+  EXPECT_EQ(s->gateUp, GateUp::Interleaved);
+  EXPECT_EQ(s->scaleRounding, ScaleRounding::Floor);
+}
+
+TEST(KernelSpecJson, NewFieldsWrongValuesRejected) {
+  struct Case {
+    nlohmann::json j;
+    std::string field, value, rule;
+  };
+  const Case cases[] = {
+      {{{"hidden", 7168}, {"activation", "relu"}},
+       "activation",
+       "'relu'",
+       "must be one of silu, swiglu, gelu_tanh, gelu"},
+      {{{"hidden", 7168}, {"activation", 1}}, "activation", "1", "must be a string"},
+      {{{"hidden", 7168}, {"gate_up", "fused"}},
+       "gate_up",
+       "'fused'",
+       "must be one of split, interleaved"},
+      {{{"hidden", 7168}, {"scale_rounding", "rceil"}},
+       "scale_rounding",
+       "'rceil'",
+       "must be one of ceil, floor"},
+      {{{"hidden", 7168}, {"activation", "swiglu"}, {"alpha", "1.702"}},
+       "alpha",
+       "\"1.702\"",
+       "must be a number"},
+      {{{"hidden", 7168}, {"activation", "swiglu"}, {"beta", true}},
+       "beta",
+       "true",
+       "must be a number"},
+      {{{"hidden", 7168}, {"activation", "swiglu"}, {"limit", 1e39}},
+       "limit",
+       "1e+39",
+       "must fit in fp32"},
+      {{{"hidden", 7168}, {"alpha", 2}},
+       "alpha",
+       "2",
+       "applies only to activation swiglu (activation is silu)"},
+      {{{"hidden", 7168}, {"scale_layout", "bytes"}},
+       "ue8m0",
+       "false",
+       "must be true when scale_layout is bytes"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.j.dump());
+    const std::string m = parseError(KernelSpec::fromJson(c.j));
+    EXPECT_TRUE(contains(m, "'" + c.field + "'")) << m;
+    EXPECT_TRUE(contains(m, "= " + c.value)) << m;
+    EXPECT_TRUE(contains(m, c.rule)) << m;
+  }
+}
+
+TEST(KernelSpecJson, ParametersAreRoundedToFp32) {
+  // 1.7020000000000001 and 1.702 are different doubles, one fp32.
+  auto a = KernelSpec::fromJson(nlohmann::json::parse(
+      R"({"hidden":2880,"group_size":32,"activation":"swiglu","alpha":1.7020000000000001})"));
+  auto b = KernelSpec::fromJson(nlohmann::json::parse(
+      R"({"hidden":2880,"group_size":32,"activation":"swiglu","alpha":1.70200001})"));
+  ASSERT_TRUE(bool(a) && bool(b));
+  EXPECT_EQ(*a->alpha, 1.702f);
+  EXPECT_EQ(*b->alpha, 1.702f);
+  EXPECT_EQ(a->canonical(), b->canonical());
+  EXPECT_TRUE(contains(a->canonical(), R"("alpha":1.702,)"));
+  // Just past FLT_MAX still rounds to FLT_MAX.
+  auto big = KernelSpec::fromJson(
+      {{"hidden", 2880}, {"group_size", 32}, {"activation", "swiglu"}, {"beta", 3.4028235e38}});
+  ASSERT_TRUE(bool(big)) << consumeToString(big.takeError());
+  EXPECT_EQ(*big->beta, std::numeric_limits<float>::max());
+}
+
+TEST(KernelSpecFields, NewFieldsFromTheCommandLine) {
+  auto s = KernelSpec::fromFields({{"H", "2880"},
+                                   {"G", "32"},
+                                   {"act", "swiglu"},
+                                   {"alpha", "1.702"},
+                                   {"beta", "1"},
+                                   {"limit", "7.0"},
+                                   {"gate_up", "interleaved"},
+                                   {"layout", "e8m0"},
+                                   {"ue8m0", "1"},
+                                   {"rounding", "floor"}});
+  ASSERT_TRUE(bool(s)) << consumeToString(s.takeError());
+  EXPECT_TRUE(*s == gptOss());
+  EXPECT_EQ(s->canonical(), gptOss().canonical());
+  auto longNames = KernelSpec::fromFields({{"hidden", "2880"},
+                                           {"group_size", "32"},
+                                           {"activation", "swiglu"},
+                                           {"alpha", "0x1.b3b646p+0"},
+                                           {"beta", "1e0"},
+                                           {"limit", "7"},
+                                           {"gate_up", "interleaved"},
+                                           {"scale_layout", "bytes"},
+                                           {"ue8m0", "true"},
+                                           {"scale_rounding", "floor"}});
+  ASSERT_TRUE(bool(longNames)) << consumeToString(longNames.takeError());
+  EXPECT_EQ(longNames->canonical(), gptOss().canonical());
+}
+
+TEST(KernelSpecFields, BadNumbersRejected) {
+  for (const char* bad : {"", "1.7x", " 1", "one", "1,5"}) {
+    const std::string m =
+        parseError(KernelSpec::fromFields({{"H", "2880"}, {"act", "swiglu"}, {"alpha", bad}}));
+    EXPECT_TRUE(contains(m, "'alpha' = '" + std::string(bad) + "': must be a number")) << m;
+  }
+  const std::string nan =
+      parseError(KernelSpec::fromFields({{"H", "2048"}, {"act", "swiglu"}, {"beta", "nan"}}));
+  EXPECT_TRUE(contains(nan, "'beta' = nan: must be a finite number")) << nan;
+  const std::string inf =
+      parseError(KernelSpec::fromFields({{"H", "2048"}, {"act", "swiglu"}, {"limit", "inf"}}));
+  EXPECT_TRUE(contains(inf, "'limit' = inf: must be a finite number > 0")) << inf;
+  const std::string neg =
+      parseError(KernelSpec::fromFields({{"H", "2048"}, {"act", "swiglu"}, {"limit", "-1"}}));
+  EXPECT_TRUE(contains(neg, "'limit' = -1: must be a finite number > 0")) << neg;
+}
+
+TEST(KernelSpecCanonical, DefaultsOfNewFieldsKeepThePinnedText) {
+  // Existing specs keep their canonical text (and so their cache keys):
+  // silu, split and ceil are left out, spelled out or not.
+  auto spelled = KernelSpec::fromJson(nlohmann::json::parse(
+      R"({"hidden":7168,"activation":"silu","gate_up":"split","scale_rounding":"ceil"})"));
+  ASSERT_TRUE(bool(spelled)) << consumeToString(spelled.takeError());
+  EXPECT_EQ(spelled->canonical(), baseSpec().canonical());
+  EXPECT_EQ(spelled->canonical(),
+            R"({"arch":"sm_90","group_size":128,"hidden":7168,"in_dtype":"bf16","masked":false,)"
+            R"("out_dtype":"fp8_e4m3","scale_layout":"row","scale_ub":false,"ue8m0":false})");
+}
+
+TEST(KernelSpecCanonical, PinnedTextOfGptOss) {
+  EXPECT_EQ(gptOss().canonical(),
+            R"({"activation":"swiglu","alpha":1.702,"arch":"sm_90","beta":1.0,"gate_up":)"
+            R"("interleaved","group_size":32,"hidden":2880,"in_dtype":"bf16","limit":7.0,)"
+            R"("masked":false,"out_dtype":"fp8_e4m3","scale_layout":"bytes",)"
+            R"("scale_rounding":"floor","scale_ub":false,"ue8m0":true})");
+  EXPECT_EQ(gptOss().label(),
+            "H=2880 G=32 bf16->fp8_e4m3 bytes ue8m0 floor swiglu alpha=1.702 beta=1 limit=7 "
+            "interleaved sm_90");
+}
+
+TEST(KernelSpecCanonical, SwigluWithDefaultParametersIsSilu) {
+  KernelSpec silu = baseSpec();
+  for (int variant = 0; variant < 4; ++variant) {
+    KernelSpec s = baseSpec();
+    s.activation = Activation::Swiglu;
+    if (variant >= 1)
+      s.alpha = 1.0f;
+    if (variant >= 2)
+      s.beta = 0.0f;
+    if (variant >= 3)
+      s.beta = -0.0f;
+    EXPECT_EQ(invalidMessage(s), "");
+    EXPECT_EQ(s.canonical(), silu.canonical()) << variant;
+    EXPECT_TRUE(s == silu) << variant;
+    EXPECT_EQ(s.hash(), silu.hash()) << variant;
+    EXPECT_EQ(s.activationForm().activation, Activation::Silu);
+  }
+  auto parsed = KernelSpec::fromJson(
+      nlohmann::json::parse(R"({"hidden":7168,"activation":"swiglu","alpha":1.0,"beta":0})"));
+  ASSERT_TRUE(bool(parsed));
+  EXPECT_EQ(parsed->canonical(), silu.canonical());
+  // Any parameter that changes y keeps swiglu.
+  KernelSpec clamped = baseSpec();
+  clamped.activation = Activation::Swiglu;
+  clamped.limit = 7.0f;
+  EXPECT_TRUE(contains(clamped.canonical(), R"("activation":"swiglu")"));
+  EXPECT_TRUE(contains(clamped.canonical(), R"("limit":7.0)"));
+  EXPECT_FALSE(contains(clamped.canonical(), "alpha"));
+  EXPECT_FALSE(clamped == silu);
+}
+
+TEST(KernelSpecCanonical, NewFieldsRoundTripThroughJson) {
+  std::vector<KernelSpec> specs{gptOss()};
+  KernelSpec gelu = baseSpec();
+  gelu.activation = Activation::Gelu;
+  gelu.gateUp = GateUp::Interleaved;
+  specs.push_back(gelu);
+  KernelSpec odd = gptOss();
+  odd.alpha = 0.1f;
+  odd.beta = -1e-7f;
+  odd.limit = std::numeric_limits<float>::denorm_min();
+  odd.shape = LaunchShape{4, 8, 16};
+  specs.push_back(odd);
+  for (const KernelSpec& s : specs) {
+    SCOPED_TRACE(s.canonical());
+    auto back = KernelSpec::fromJson(nlohmann::json::parse(s.canonical()));
+    ASSERT_TRUE(bool(back)) << consumeToString(back.takeError());
+    EXPECT_EQ(back->canonical(), s.canonical());
+    EXPECT_TRUE(*back == s);
+    EXPECT_EQ(back->hash(), s.hash());
+  }
+}
+
+TEST(KernelSpecCanonical, EveryNewFieldChangesCanonicalAndHash) {
+  const KernelSpec base = gptOss();
+  std::vector<KernelSpec> variants(9, base);
+  variants[0].activation = Activation::Silu;
+  variants[0].alpha = variants[0].beta = variants[0].limit = std::nullopt;
+  variants[1].activation = Activation::GeluTanh;
+  variants[1].alpha = variants[1].beta = variants[1].limit = std::nullopt;
+  variants[2].activation = Activation::Gelu;
+  variants[2].alpha = variants[2].beta = variants[2].limit = std::nullopt;
+  variants[3].alpha = 1.703f;
+  variants[4].beta = std::nextafter(1.0f, 2.0f);
+  variants[5].limit = std::nullopt;
+  variants[6].gateUp = GateUp::Split;
+  variants[7].scaleRounding = ScaleRounding::Ceil;
+  variants[8].scaleLayout = ScaleLayout::Ue8m0Packed;
+  for (size_t i = 0; i < variants.size(); ++i) {
+    EXPECT_EQ(invalidMessage(variants[i]), "") << i;
+    EXPECT_NE(variants[i].canonical(), base.canonical()) << i;
+    EXPECT_FALSE(variants[i] == base) << i;
+    EXPECT_NE(variants[i].hash(), base.hash()) << i;
+    for (size_t k = 0; k < i; ++k)
+      EXPECT_NE(variants[i].canonical(), variants[k].canonical()) << i << " vs " << k;
+  }
+}
+
+TEST(KernelSpecCanonical, ShortestFloatText) {
+  EXPECT_EQ(shortestFloatText(1.702f), "1.702");
+  EXPECT_EQ(shortestFloatText(1.0f), "1");
+  EXPECT_EQ(shortestFloatText(0.1f), "0.1");
+  EXPECT_EQ(shortestFloatText(-0.0f), "-0");
+  EXPECT_EQ(shortestFloatText(std::numeric_limits<float>::max()), "3.4028235e+38");
+  EXPECT_EQ(shortestFloatText(std::numeric_limits<float>::denorm_min()), "1e-45");
+  EXPECT_EQ(shortestFloatText(std::nextafter(1.0f, 2.0f)), "1.0000001");
+  for (float v : {1.702f, 0.1f, 3.3333333f, 7.0f, 1e-30f, 123456.789f})
+    EXPECT_EQ(std::strtof(shortestFloatText(v).c_str(), nullptr), v) << v;
+}
+
+TEST(KernelSpecEnums, NewNamesRoundTrip) {
+  for (Activation a :
+       {Activation::Silu, Activation::Swiglu, Activation::GeluTanh, Activation::Gelu}) {
+    auto p = parseActivation(toString(a));
+    ASSERT_TRUE(bool(p));
+    EXPECT_EQ(*p, a);
+  }
+  for (GateUp g : {GateUp::Split, GateUp::Interleaved}) {
+    auto p = parseGateUp(toString(g));
+    ASSERT_TRUE(bool(p));
+    EXPECT_EQ(*p, g);
+  }
+  for (ScaleRounding r : {ScaleRounding::Ceil, ScaleRounding::Floor}) {
+    auto p = parseScaleRounding(toString(r));
+    ASSERT_TRUE(bool(p));
+    EXPECT_EQ(*p, r);
+  }
+  EXPECT_EQ(maxNormalExponent(OutDtype::FP8E4M3), 8);
+  EXPECT_EQ(maxNormalExponent(OutDtype::FP8E5M2), 15);
 }
 
 // Found by fuzz_spec: a value that is not UTF-8 used to abort while the

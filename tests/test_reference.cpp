@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <set>
 #include <stdexcept>
 
@@ -193,7 +194,7 @@ KernelSpec smallSpec(OutDtype out = OutDtype::FP8E4M3, ScaleLayout layout = Scal
   spec.inDtype = InDtype::FP32;
   spec.outDtype = out;
   spec.scaleLayout = layout;
-  spec.ue8m0 = layout == ScaleLayout::Ue8m0Packed;
+  spec.ue8m0 = layout == ScaleLayout::Ue8m0Packed || layout == ScaleLayout::Bytes;
   return spec;
 }
 
@@ -550,6 +551,312 @@ TEST(Reference, RejectsInconsistentProblems) {
   EXPECT_THROW(run(p, x.data()), std::invalid_argument);
 }
 
+// ---- activations and gate/up layouts (docs/contract.md section 6) ------------------------------
+
+KernelSpec withActivation(Activation a, std::optional<float> alpha = std::nullopt,
+                          std::optional<float> beta = std::nullopt,
+                          std::optional<float> limit = std::nullopt) {
+  KernelSpec spec = smallSpec();
+  spec.activation = a;
+  spec.alpha = alpha;
+  spec.beta = beta;
+  spec.limit = limit;
+  return spec;
+}
+
+// The functions of docs/contract.md's table in double, as written there.
+double siluD(double g) {
+  return g / (1.0 + std::exp(-g));
+}
+double geluTanhD(double g) {
+  return 0.5 * g * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (g + 0.044715 * g * g * g)));
+}
+double geluD(double g) {
+  return 0.5 * g * (1.0 + std::erf(g / std::sqrt(2.0)));
+}
+
+TEST(Activation, MatchesTheFormulasOfTheSpec) {
+  const KernelSpec silu = withActivation(Activation::Silu);
+  const KernelSpec oss = withActivation(Activation::Swiglu, 1.702f, 1.0f, 7.0f);
+  const KernelSpec geluTanh = withActivation(Activation::GeluTanh);
+  const KernelSpec gelu = withActivation(Activation::Gelu);
+  for (float g : {-5.0f, -2.5f, -1.0f, -0.125f, 0.0f, 0.5f, 1.0f, 3.0f, 6.5f}) {
+    for (float u : {-3.0f, 0.75f, 2.0f}) {
+      SCOPED_TRACE("g " + std::to_string(g) + " u " + std::to_string(u));
+      auto near = [](double got, double want) {
+        EXPECT_NEAR(got, want, 1e-6 * std::fabs(want) + 1e-30);
+      };
+      near(activation(silu, g, u), siluD(g) * u);
+      // Inside the limit: g * sigma(1.702 g) * (u + 1).
+      near(activation(oss, g, u), g / (1.0 + std::exp(-1.702 * g)) * (u + 1.0));
+      near(activation(geluTanh, g, u), geluTanhD(g) * u);
+      near(activation(gelu, g, u), geluD(g) * u);
+    }
+  }
+  // Hand-computed: gelu(1) = 0.8413447, gelu_tanh(1) = 0.8411920, silu(1) = 0.7310586.
+  EXPECT_NEAR(activation(gelu, 1.0f, 1.0f), 0.8413447460685429, 1e-7);
+  EXPECT_NEAR(activation(geluTanh, 1.0f, 1.0f), 0.8411919906082768, 1e-7);
+  EXPECT_NEAR(activation(silu, 1.0f, 1.0f), 0.7310585786300049, 1e-7);
+}
+
+// 1 + tanh(w) and 1 + erf(x) cancel for negative gates; the reference keeps
+// full relative accuracy there (erfc and exp forms).
+TEST(Activation, GeluKeepsRelativeAccuracyForNegativeGates) {
+  const KernelSpec geluTanh = withActivation(Activation::GeluTanh);
+  const KernelSpec gelu = withActivation(Activation::Gelu);
+  // The error left is that of the fp32 argument (w, g / sqrt 2), which the
+  // function's steepness amplifies: a few 1e-6 at -6, 1e-5 at -9; the
+  // cancelling forms would give 0 at -9 (1 + erf(-6.4) and 1 + tanh(-12.4)
+  // round to 0 in fp32).
+  for (float g : {-3.0f, -4.0f, -6.0f, -9.0f}) {
+    const double tol = g > -5.0f ? 2e-6 : (g > -7.0f ? 5e-6 : 2e-5);
+    const double w = std::sqrt(2.0 / M_PI) * (g + 0.044715 * double(g) * g * g);
+    const double wantTanh = g / (1.0 + std::exp(-2.0 * w)); // = 0.5 g (1 + tanh w)
+    const double wantErf = g * 0.5 * std::erfc(-g / std::sqrt(2.0));
+    EXPECT_NEAR(activation(geluTanh, g, 1.0f), wantTanh, tol * std::fabs(wantTanh)) << g;
+    EXPECT_NEAR(activation(gelu, g, 1.0f), wantErf, tol * std::fabs(wantErf)) << g;
+    EXPECT_LT(activation(gelu, g, 1.0f), 0.0f) << g; // not flushed to 0 by cancellation
+    EXPECT_LT(activation(geluTanh, g, 1.0f), 0.0f) << g;
+  }
+  // Far out: -0 (g / Inf), never NaN for a finite gate.
+  EXPECT_EQ(activation(geluTanh, -1e30f, 2.0f), 0.0f);
+  EXPECT_TRUE(std::signbit(activation(geluTanh, -1e30f, 2.0f)));
+  EXPECT_EQ(activation(gelu, -1e30f, 2.0f), 0.0f);
+  EXPECT_EQ(activation(geluTanh, 1e30f, 2.0f), 2e30f);
+  EXPECT_EQ(activation(gelu, 1e30f, 2.0f), 2e30f);
+}
+
+TEST(Activation, SwigluClampsPropagateNaN) {
+  const KernelSpec oss = withActivation(Activation::Swiglu, 1.702f, 1.0f, 7.0f);
+  // NaN gate or up: NaN y (fminf would have made it the limit).
+  EXPECT_TRUE(std::isnan(activation(oss, kNaN, 1.0f)));
+  EXPECT_TRUE(std::isnan(activation(oss, 1.0f, kNaN)));
+  // Gate clamped above only; up on both sides.
+  const float at7 = 7.0f / (1.0f + std::exp(-(1.702f * 7.0f)));
+  EXPECT_EQ(activation(oss, kInf, 0.0f), at7 * 1.0f);
+  EXPECT_EQ(activation(oss, 100.0f, 2.0f), at7 * 3.0f);
+  EXPECT_EQ(activation(oss, 2.0f, 100.0f), activation(oss, 2.0f, 7.0f));
+  EXPECT_EQ(activation(oss, 2.0f, -kInf), activation(oss, 2.0f, -7.0f));
+  EXPECT_EQ(activation(oss, 2.0f, -kInf), 2.0f / (1.0f + std::exp(-(1.702f * 2.0f))) * -6.0f);
+  const float gm100 = -100.0f / (1.0f + std::exp(-(1.702f * -100.0f)));
+  EXPECT_EQ(activation(oss, -100.0f, 1.0f), gm100 * 2.0f); // no lower clamp on the gate
+  // Exactly at the limit: unchanged.
+  EXPECT_EQ(activation(oss, 7.0f, 7.0f), at7 * 8.0f);
+  // Without a limit nothing is clamped.
+  const KernelSpec open = withActivation(Activation::Swiglu, 1.702f, 1.0f);
+  EXPECT_EQ(activation(open, 2.0f, 100.0f), 2.0f / (1.0f + std::exp(-(1.702f * 2.0f))) * 101.0f);
+}
+
+TEST(Activation, SwigluWithDefaultParametersIsSiluBitForBit) {
+  const KernelSpec silu = withActivation(Activation::Silu);
+  const KernelSpec plain = withActivation(Activation::Swiglu, 1.0f, 0.0f);
+  for (float g : {-88.0f, -3.0f, -0.0f, 0.0f, 1e-40f, 2.5f, 90.0f, kInf, -kInf})
+    for (float u : {-0.0f, 0.0f, -2.0f, 3.5f}) {
+      const float a = activation(silu, g, u);
+      const float b = activation(plain, g, u);
+      EXPECT_EQ(std::memcmp(&a, &b, 4) == 0 || (std::isnan(a) && std::isnan(b)), true)
+          << g << " " << u;
+    }
+  // beta = 0 adds nothing: a -0 up keeps its sign, as in silu.
+  EXPECT_TRUE(std::signbit(activation(withActivation(Activation::Swiglu, 2.0f), 1.0f, -0.0f)));
+}
+
+TEST(Reference, InterleavedReadsGateAndUpFromPairs) {
+  for (Activation a : {Activation::Silu, Activation::GeluTanh}) {
+    KernelSpec split = withActivation(a);
+    KernelSpec inter = split;
+    inter.gateUp = GateUp::Interleaved;
+    const int64_t T = 3;
+    const int64_t ldx = 2 * split.hidden + 4;
+    const auto xs = makeInput(split, T, ldx, 1, 5);
+    // The same gate and up values, interleaved.
+    std::vector<uint8_t> xi(xs.size());
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t i = 0; i < split.hidden; ++i) {
+        storeInput(InDtype::FP32, xi.data(), t * ldx + 2 * i,
+                   loadInput(InDtype::FP32, xs.data(), t * ldx + i));
+        storeInput(InDtype::FP32, xi.data(), t * ldx + 2 * i + 1,
+                   loadInput(InDtype::FP32, xs.data(), t * ldx + split.hidden + i));
+      }
+      for (int64_t c = 2 * split.hidden; c < ldx; ++c)
+        storeInput(InDtype::FP32, xi.data(), t * ldx + c, kNaN);
+    }
+    Problem ps = problemFor(split, T);
+    ps.ldx = ldx;
+    Problem pi = ps;
+    pi.spec = inter;
+    const Result rs = run(ps, xs.data());
+    const Result ri = run(pi, xi.data());
+    EXPECT_EQ(rs.q, ri.q) << toString(a);
+    EXPECT_EQ(rs.scales, ri.scales) << toString(a);
+    // fillRow puts special values where the layout says.
+    std::vector<uint8_t> row(ldx * 4);
+    fillRow(inter, row.data(), 0, ldx, RowPattern::Infs);
+    EXPECT_EQ(loadInput(InDtype::FP32, row.data(), 0), kInf);  // gate 0
+    EXPECT_EQ(loadInput(InDtype::FP32, row.data(), 1), -kInf); // up 0
+    EXPECT_EQ(loadInput(InDtype::FP32, row.data(), 2), -kInf); // gate 1
+    EXPECT_EQ(loadInput(InDtype::FP32, row.data(), 3), kInf);  // up 1
+  }
+}
+
+TEST(Reference, LimitsRowsHaveNaNAndValuesAroundTheLimit) {
+  KernelSpec oss = withActivation(Activation::Swiglu, 1.702f, 1.0f, 7.0f);
+  oss.gateUp = GateUp::Interleaved;
+  std::vector<uint8_t> x(2 * oss.hidden * 4);
+  fillRow(oss, x.data(), 0, 2 * oss.hidden, RowPattern::Limits);
+  EXPECT_EQ(loadInput(InDtype::FP32, x.data(), 0), 7.0f);
+  EXPECT_TRUE(std::isnan(loadInput(InDtype::FP32, x.data(), 2))); // gate of column 1
+  EXPECT_TRUE(std::isnan(loadInput(InDtype::FP32, x.data(), 5))); // up of column 2
+  const Result r = run(problemFor(oss, 1), x.data());
+  EXPECT_TRUE(isNaNCode(oss.outDtype, r.q[1]));
+  EXPECT_TRUE(isNaNCode(oss.outDtype, r.q[2]));
+  for (int j = 0; j < oss.numGroups(); ++j)
+    EXPECT_TRUE(std::isfinite(r.scaleValue[j])) << j; // the clamps keep y finite
+}
+
+// ---- power-of-two rounding: ceil, floor, the bytes layout (docs/contract.md section 7) -------
+
+KernelSpec mxSpec(OutDtype out = OutDtype::FP8E4M3, ScaleLayout layout = ScaleLayout::Bytes) {
+  KernelSpec spec = smallSpec(out, layout);
+  spec.ue8m0 = true;
+  spec.scaleRounding = ScaleRounding::Floor;
+  return spec;
+}
+
+TEST(Pow2Scale, FloorAtExponentBoundaries) {
+  const KernelSpec e4m3 = mxSpec();
+  const KernelSpec e5m2 = mxSpec(OutDtype::FP8E5M2);
+  // e = floor(log2(amax)) - 8 for e4m3.
+  EXPECT_EQ(pow2Scale(e4m3, 448.0f, 0), 1.0f); // 2^8 * 1.75
+  EXPECT_EQ(pow2Scale(e4m3, 256.0f, 0), 1.0f); // exactly 2^8
+  EXPECT_EQ(pow2Scale(e4m3, std::nextafter(256.0f, 0.0f), 0), 0.5f);
+  EXPECT_EQ(pow2Scale(e4m3, std::nextafter(512.0f, 0.0f), 0), 1.0f);
+  EXPECT_EQ(pow2Scale(e4m3, 512.0f, 0), 2.0f);
+  EXPECT_EQ(pow2Scale(e4m3, 1.0f, 0), std::ldexp(1.0f, -8));
+  EXPECT_EQ(pow2Scale(e5m2, 57344.0f, 0), 1.0f); // 2^15 * 1.75
+  EXPECT_EQ(pow2Scale(e5m2, 1.0f, 0), std::ldexp(1.0f, -15));
+  // The largest finite amax: floor(log2) = 127.
+  EXPECT_EQ(pow2Scale(e4m3, std::numeric_limits<float>::max(), 0), std::ldexp(1.0f, 119));
+  // The clamp at -127: 2^-119 is e = -127 exactly, 2^-118 is e = -126.
+  EXPECT_EQ(pow2Scale(e4m3, std::ldexp(1.0f, -118), 0), std::ldexp(1.0f, -126));
+  EXPECT_EQ(pow2Scale(e4m3, std::ldexp(1.0f, -119), 0), std::ldexp(1.0f, -127));
+  EXPECT_EQ(pow2Scale(e4m3, std::ldexp(1.0f, -125), 0), std::ldexp(1.0f, -127));
+}
+
+TEST(Pow2Scale, SubnormalZeroAndInfiniteAmax) {
+  for (OutDtype out : {OutDtype::FP8E4M3, OutDtype::FP8E5M2}) {
+    const KernelSpec spec = mxSpec(out);
+    SCOPED_TRACE(toString(out));
+    const float twoM127 = std::ldexp(1.0f, -127); // an fp32 subnormal
+    EXPECT_EQ(pow2Scale(spec, std::numeric_limits<float>::denorm_min(), 0), twoM127);
+    EXPECT_EQ(pow2Scale(spec, std::ldexp(1.0f, -130) * 1.5f, 0), twoM127);
+    EXPECT_EQ(pow2Scale(spec, 0.0f, 0), twoM127);               // amax 0: e = -127, byte 0
+    EXPECT_EQ(pow2Scale(spec, kInf, 0), std::ldexp(1.0f, 127)); // byte 254
+  }
+  // Ceil: 2^ceil(log2(pre)), at most 2^127 (an infinite amax gives byte 254 too).
+  KernelSpec ceil = mxSpec();
+  ceil.scaleRounding = ScaleRounding::Ceil;
+  EXPECT_EQ(pow2Scale(ceil, 300.0f, 300.0f / 448.0f), 1.0f);
+  EXPECT_EQ(pow2Scale(ceil, kInf, kInf), std::ldexp(1.0f, 127));
+  EXPECT_EQ(pow2Scale(ceil, 0.0f, 3e38f), std::ldexp(1.0f, 127));
+}
+
+// The subnormal exponent is exact: with e5m2, EMAX = 15 and amax = 2^-140
+// (subnormal) would be e = -155, clamped; so check ilogb's reading through a
+// scale that stays in range with a normal amax near the subnormal boundary.
+TEST(Pow2Scale, ExponentIsReadFromTheBitsNotLog2f) {
+  const KernelSpec spec = mxSpec();
+  // Just below a power of two, where log2f rounds up to the integer.
+  for (int k = -100; k <= 127; k += 7) {
+    const float p = std::ldexp(1.0f, k);
+    const float below = std::nextafter(p, 0.0f);
+    EXPECT_EQ(pow2Scale(spec, below, 0), std::ldexp(1.0f, std::max(-127, k - 1 - 8))) << k;
+    EXPECT_EQ(pow2Scale(spec, p, 0), std::ldexp(1.0f, std::max(-127, k - 8))) << k;
+  }
+}
+
+TEST(Reference, MxFloorRoundsDownAndMaySaturate) {
+  for (ScaleLayout layout : {ScaleLayout::Bytes, ScaleLayout::Row, ScaleLayout::Ue8m0Packed}) {
+    SCOPED_TRACE(toString(layout));
+    const KernelSpec spec = mxSpec(OutDtype::FP8E4M3, layout);
+    std::vector<std::vector<float>> y(1, std::vector<float>(64, 1.5f));
+    y[0][0] = 500.0f; // group 0: floor(log2 500) = 8 -> s = 1: 500 saturates to 448
+    y[0][16] = 3.0f;  // group 1: floor(log2 3) = 1 -> s = 2^-7; 1.5 / 2^-7 = 192
+    for (int k = 32; k < 48; ++k)
+      y[0][k] = 0.0f; // group 2: amax 0 -> s = 2^-127, byte 0, all-zero q
+    y[0][48] = kInf;  // group 3: amax Inf -> 2^127, byte 254
+    const auto x = exactInput(spec, y);
+    const Result r = run(problemFor(spec, 1), x.data());
+    EXPECT_EQ(r.scaleValue[0], 1.0f);
+    EXPECT_EQ(r.q[0], 0x7E); // saturated to 448
+    EXPECT_EQ(r.q[1], floatToE4M3(1.5f));
+    EXPECT_EQ(r.scaleValue[1], std::ldexp(1.0f, -7));
+    EXPECT_EQ(r.q[17], floatToE4M3(192.0f));
+    EXPECT_EQ(r.scaleValue[2], std::ldexp(1.0f, -127));
+    for (int k = 32; k < 48; ++k)
+      EXPECT_EQ(r.q[k], 0) << k;
+    EXPECT_EQ(r.scaleValue[3], std::ldexp(1.0f, 127));
+    EXPECT_EQ(r.q[48], 0x7E); // Inf / 2^127 saturates
+    EXPECT_EQ(r.scalePreRound[0], 500.0f / 256.0f);
+    if (layout != ScaleLayout::Row) {
+      EXPECT_EQ(r.scales[scaleOffset(spec, 1, 0, 0, 0)], 127);
+      EXPECT_EQ(r.scales[scaleOffset(spec, 1, 0, 0, 1)], 120);
+      EXPECT_EQ(r.scales[scaleOffset(spec, 1, 0, 0, 2)], 0);
+      EXPECT_EQ(r.scales[scaleOffset(spec, 1, 0, 0, 3)], 254);
+    } else {
+      EXPECT_EQ(scaleAt(r, 8), std::ldexp(1.0f, -127)); // the fp32 power of two, subnormal
+    }
+  }
+}
+
+TEST(Reference, CeilKeepsMinScaleAndNeverWritesByte255) {
+  KernelSpec spec = mxSpec(OutDtype::FP8E4M3, ScaleLayout::Bytes);
+  spec.scaleRounding = ScaleRounding::Ceil;
+  std::vector<std::vector<float>> y(1, std::vector<float>(64, 0.0f));
+  y[0][16] = kInf; // group 1
+  const auto x = exactInput(spec, y);
+  const Result r = run(problemFor(spec, 1), x.data());
+  EXPECT_EQ(r.scales[0], 110); // all-zero e4m3 group: 2^-17 (MIN_SCALE rounded up)
+  EXPECT_EQ(r.scales[1], 254); // Inf amax: 2^127, not 255
+  KernelSpec e5m2 = spec;
+  e5m2.outDtype = OutDtype::FP8E5M2;
+  const Result r5 = run(problemFor(e5m2, 1), exactInput(e5m2, y).data());
+  EXPECT_EQ(r5.scales[0], 103); // 2^-24
+}
+
+TEST(Reference, BytesLayoutIsOneByteRowMajor) {
+  KernelSpec spec = mxSpec(OutDtype::FP8E4M3, ScaleLayout::Bytes);
+  spec.masked = true;
+  const int64_t T = 5;
+  EXPECT_EQ(scaleBufferBytes(spec, T), T * 4);
+  EXPECT_EQ(scaleBufferBytes(spec, T, 3), 3 * T * 4);
+  EXPECT_EQ(scaleOffset(spec, T, 0, 2, 3), 2 * 4 + 3);
+  EXPECT_EQ(scaleOffset(spec, T, 1, 2, 3), T * 4 + 2 * 4 + 3);
+  Problem p = problemFor(spec, T);
+  p.numExperts = 2;
+  p.maskedM = {5, 3};
+  const auto x = makeInput(spec, T, p.ldx, 2, 9);
+  const Result r = run(p, x.data());
+  for (int64_t e = 0; e < 2; ++e)
+    for (int64_t t = 0; t < p.maskedM[e]; ++t)
+      for (int64_t j = 0; j < 4; ++j)
+        EXPECT_EQ(r.scales[scaleOffset(spec, T, e, t, j)],
+                  std::ilogb(r.scaleValue[(e * T + t) * 4 + j]) + 127);
+  EXPECT_EQ(r.scales[scaleOffset(spec, T, 1, 4, 0)], p.poison); // past masked_m
+}
+
+TEST(Reference, RejectsFloorWithoutUe8m0OrWithInt8) {
+  std::vector<uint8_t> x(1 << 12);
+  KernelSpec spec = mxSpec(OutDtype::FP8E4M3, ScaleLayout::Row);
+  spec.ue8m0 = false;
+  EXPECT_THROW(run(problemFor(spec, 1), x.data()), std::invalid_argument);
+  spec = mxSpec(OutDtype::INT8, ScaleLayout::Row);
+  EXPECT_THROW(run(problemFor(spec, 1), x.data()), std::invalid_argument);
+  spec = smallSpec(OutDtype::FP8E4M3, ScaleLayout::Bytes);
+  spec.ue8m0 = false;
+  EXPECT_THROW(run(problemFor(spec, 1), x.data()), std::invalid_argument);
+}
+
 // ---- compare ------------------------------------------------------------------------
 
 struct Fixture {
@@ -720,6 +1027,49 @@ TEST(Compare, Ue8m0ScaleMayFlipOnlyNearAPowerOfTwo) {
     EXPECT_EQ(rep.scaleMismatches, 1);
     EXPECT_NE(rep.firstMismatch.find("group 1"), std::string::npos) << rep.firstMismatch;
   }
+}
+
+TEST(Compare, FloorScaleMayDropOnlyBelowAPowerOfTwo) {
+  const KernelSpec spec = mxSpec(OutDtype::FP8E4M3, ScaleLayout::Bytes);
+  std::vector<std::vector<float>> y(1, std::vector<float>(64, 1.0f));
+  y[0][0] = 256.0f;  // group 0: amax exactly 2^8 -> s = 1; a device a hair below gives 1/2
+  y[0][16] = 300.0f; // group 1: far from a power of two
+  const Problem p = problemFor(spec, 1);
+  const auto x = exactInput(spec, y);
+  const Result ref = run(p, x.data());
+  ASSERT_EQ(ref.scaleValue[0], 1.0f);
+  std::vector<uint8_t> q = ref.q;
+  std::vector<uint8_t> scales = ref.scales;
+  for (int k = 0; k < 16; ++k)
+    q[k] = floatToE4M3(y[0][k] / 0.5f);
+  scales[0] = 126; // 1/2
+  CompareReport rep = compare(p, ref, q.data(), scales.data());
+  EXPECT_TRUE(rep.ok()) << rep.summary();
+  EXPECT_EQ(rep.scaleAllowanceUsed, 1);
+  // Up a step is not floor's neighbour.
+  for (int k = 0; k < 16; ++k)
+    q[k] = floatToE4M3(y[0][k] / 2.0f);
+  scales[0] = 128;
+  EXPECT_EQ(compare(p, ref, q.data(), scales.data()).scaleMismatches, 1);
+  // Group 1 may not move.
+  scales = ref.scales;
+  scales[1] = static_cast<uint8_t>(ref.scales[1] - 1);
+  EXPECT_EQ(compare(p, ref, ref.q.data(), scales.data()).scaleMismatches, 1);
+}
+
+TEST(Compare, BytesLayoutComparesBytes) {
+  Problem p = problemFor(mxSpec(OutDtype::FP8E5M2, ScaleLayout::Bytes), 5);
+  const auto x = makeInput(p.spec, 5, p.ldx, 1, 1);
+  const Result ref = run(p, x.data());
+  CompareReport rep = compare(p, ref, ref.q.data(), ref.scales.data());
+  EXPECT_TRUE(rep.ok()) << rep.summary();
+  EXPECT_EQ(rep.scales, 5 * 4);
+  EXPECT_EQ(rep.untouchedBytes, 0);
+  std::vector<uint8_t> scales = ref.scales;
+  scales[2 * 4 + 3] ^= 0x10;
+  rep = compare(p, ref, ref.q.data(), scales.data());
+  EXPECT_EQ(rep.scaleMismatches, 1);
+  EXPECT_NE(rep.firstMismatch.find("t 2, group 3"), std::string::npos) << rep.firstMismatch;
 }
 
 TEST(Compare, RejectsWritesToMaskedRowsAndPadding) {

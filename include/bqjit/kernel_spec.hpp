@@ -1,5 +1,6 @@
 // KernelSpec: the value type that names one specialization of the fused
-// silu(gate) * up + per-group quantization kernel (docs/contract.md section 4).
+// activation(gate) * up + per-group quantization kernel (docs/contract.md sections 4,
+// 6 and 7).
 #pragma once
 
 #include <cstdint>
@@ -20,8 +21,21 @@ enum class InDtype : int { BF16 = 0, FP16 = 1, FP32 = 2 };
 /// Element type of the quantized output `q`.
 enum class OutDtype : int { FP8E4M3 = 0, FP8E5M2 = 1, INT8 = 2 };
 
-/// Where scale (t, j) is stored (docs/contract.md section 2).
-enum class ScaleLayout : int { Row = 0, Col = 1, ColTma = 2, Ue8m0Packed = 3 };
+/// Where scale (t, j) is stored (docs/contract.md sections 2 and 7). `Bytes` is one
+/// E8M0 byte per scale, row-major (canonical name "bytes", alias "e8m0").
+enum class ScaleLayout : int { Row = 0, Col = 1, ColTma = 2, Ue8m0Packed = 3, Bytes = 4 };
+
+/// y = act(gate) * up (docs/contract.md section 6). Swiglu takes alpha, beta and limit.
+enum class Activation : int { Silu = 0, Swiglu = 1, GeluTanh = 2, Gelu = 3 };
+
+/// Where gate and up of column i lie in a row of x (docs/contract.md section 6):
+/// Split: x[i] and x[H + i]; Interleaved: x[2i] and x[2i + 1].
+enum class GateUp : int { Split = 0, Interleaved = 1 };
+
+/// How power-of-two scales are rounded (docs/contract.md section 7): Ceil is
+/// 2^ceil(log2(amax / QMAX)) (no element saturates), Floor the OCP MX rule
+/// 2^(floor(log2(amax)) - EMAX).
+enum class ScaleRounding : int { Ceil = 0, Floor = 1 };
 
 /// Bytes of one input element.
 int dtypeBytes(InDtype dtype);
@@ -29,14 +43,43 @@ int dtypeBytes(InDtype dtype);
 const char* toString(InDtype dtype);
 const char* toString(OutDtype dtype);
 const char* toString(ScaleLayout layout);
+const char* toString(Activation activation);
+const char* toString(GateUp gateUp);
+const char* toString(ScaleRounding rounding);
 llvm::Expected<InDtype> parseInDtype(const std::string& text);
 llvm::Expected<OutDtype> parseOutDtype(const std::string& text);
+/// Also accepts "e8m0", the alias of "bytes".
 llvm::Expected<ScaleLayout> parseScaleLayout(const std::string& text);
+llvm::Expected<Activation> parseActivation(const std::string& text);
+llvm::Expected<GateUp> parseGateUp(const std::string& text);
+llvm::Expected<ScaleRounding> parseScaleRounding(const std::string& text);
 
 /// The largest finite magnitude of the output type (QMAX in docs/contract.md).
 float quantMax(OutDtype dtype);
 /// The smallest scale the kernel emits (MIN_SCALE in docs/contract.md).
 float minScale(OutDtype dtype);
+/// The exponent of the output type's largest normal (EMAX of docs/contract.md
+/// section 7: 8 for fp8_e4m3, 15 for fp8_e5m2); 0 for int8, which has none.
+int maxNormalExponent(OutDtype dtype);
+
+/// The shortest decimal text that reads back as exactly `v` in fp32
+/// ("1.702" for 1.702f), as the canonical JSON stores swiglu's parameters.
+std::string shortestFloatText(float v);
+
+/// The activation of a spec with its parameters in canonical form: swiglu
+/// with alpha 1, beta 0 (either sign) and no limit is silu; alpha and beta
+/// at their defaults are unset; -0 is +0. Specs with equal ActivationForm
+/// compute the same y and have the same canonical JSON.
+struct ActivationForm {
+  Activation activation = Activation::Silu;
+  std::optional<float> alpha; ///< set only when not 1 (swiglu)
+  std::optional<float> beta;  ///< set only when not 0 (swiglu)
+  std::optional<float> limit; ///< the clamp, when there is one (swiglu)
+
+  /// Compares the parameters bit by bit (so a NaN equals itself).
+  bool operator==(const ActivationForm& o) const;
+  bool operator!=(const ActivationForm& o) const { return !(*this == o); }
+};
 
 /// How the kernel maps work to threads. A team of `threadsPerGroup` threads
 /// quantizes one group of G columns, each thread loading `vecWidth` input
@@ -89,15 +132,33 @@ struct KernelSpec {
   bool masked = false;                        ///< MoE masked batch [E, T_max, 2H].
   std::string arch = "sm_90";                 ///< target, e.g. sm_80, sm_90a, sm_100.
   std::optional<LaunchShape> shape;           ///< unset: the heuristic (or a tuned record) picks.
+  Activation activation = Activation::Silu;   ///< y = act(gate) * up.
+  /// Swiglu's parameters (docs/contract.md section 6), fp32 compile-time constants;
+  /// unset: alpha 1, beta 0, no clamp. Set on another activation, invalid.
+  std::optional<float> alpha;
+  std::optional<float> beta;
+  std::optional<float> limit;
+  GateUp gateUp = GateUp::Split;                     ///< where gate and up lie in a row.
+  ScaleRounding scaleRounding = ScaleRounding::Ceil; ///< power-of-two rounding (ue8m0 only).
 
   int numGroups() const { return hidden / groupSize; }
+  /// The activation and its parameters in canonical form.
+  ActivationForm activationForm() const;
+  /// Whether the scale buffer holds one byte per scale (ue8m0_packed, bytes)
+  /// rather than fp32s.
+  bool scalesAreBytes() const {
+    return scaleLayout == ScaleLayout::Ue8m0Packed || scaleLayout == ScaleLayout::Bytes;
+  }
 
   /// Checks every field against the rules of docs/contract.md section 4. The error
   /// names the field, the value and the rule that it breaks.
   llvm::Error validate() const;
 
   /// Canonical JSON: fixed field names, canonical enum spellings, the launch
-  /// shape only when set. Equal specs give byte-identical `canonical()`.
+  /// shape only when set; activation, its parameters, gate_up and
+  /// scale_rounding only when not the default (activationForm(); parameters
+  /// as shortestFloatText), so that specs of before these fields keep their
+  /// text. Equal specs give byte-identical `canonical()`.
   nlohmann::json toJson() const;
   std::string canonical() const;
   /// Parses and validates. Unknown fields are an error (they could silently
@@ -110,11 +171,14 @@ struct KernelSpec {
   /// A short human-readable label, e.g. "H=7168 G=128 bf16->fp8_e4m3 row sm_90".
   std::string label() const;
 
-  /// Field by field: equal specs have equal canonical() (no allocation).
+  /// Field by field, the activation by activationForm(): equal specs have
+  /// equal canonical() (no allocation).
   bool operator==(const KernelSpec& o) const {
     return hidden == o.hidden && groupSize == o.groupSize && inDtype == o.inDtype &&
            outDtype == o.outDtype && scaleLayout == o.scaleLayout && ue8m0 == o.ue8m0 &&
-           hasScaleUb == o.hasScaleUb && masked == o.masked && arch == o.arch && shape == o.shape;
+           hasScaleUb == o.hasScaleUb && masked == o.masked && arch == o.arch && shape == o.shape &&
+           gateUp == o.gateUp && scaleRounding == o.scaleRounding &&
+           activationForm() == o.activationForm();
   }
   bool operator!=(const KernelSpec& o) const { return !(*this == o); }
   /// A hash of every field, consistent with operator== (no allocation).
