@@ -103,6 +103,8 @@ llvm::Error Journal::append(CacheEvent event, const std::string& key, double com
   if (fd < 0)
     return makeError(ErrorCode::CacheError,
                      "cannot open journal '" + path_ + "': " + std::strerror(errno));
+  if (group_ >= 0) // the file may be another member's: only our own files change
+    llvm::consumeError(fs::shareWithGroup(fd, path_, group_));
   // One write per record: O_APPEND keeps concurrent lines whole.
   ssize_t n = ::write(fd, line.data(), line.size());
   int e = errno;
@@ -386,7 +388,7 @@ llvm::Expected<bool> Journal::compactLocked(const LiveKeys& liveKeys, uint64_t i
       add(folded, all.records[i]);
   }
   const std::string out = summaryLine(folded, kept.size()) + kept;
-  if (auto err = fs::replaceFile(path_, out.data(), out.size()))
+  if (auto err = fs::replaceFile(path_, out.data(), out.size(), group_))
     return std::move(err);
   return true;
 }

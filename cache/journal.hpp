@@ -54,10 +54,12 @@ public:
 
   /// Without `liveKeys`, the keys whose latest record is not an eviction or a
   /// corrupt entry count as live.
+  /// `group` (Config::cacheGroup, -1: none): the file is made group-writable
+  /// for it, so that every service account of a shared cache can append.
   explicit Journal(std::string path, LiveKeys liveKeys = nullptr,
-                   uint64_t autoCompactBytes = kJournalAutoCompactBytes)
-      : path_(std::move(path)), liveKeys_(std::move(liveKeys)),
-        autoCompactBytes_(autoCompactBytes) {}
+                   uint64_t autoCompactBytes = kJournalAutoCompactBytes, int group = -1)
+      : path_(std::move(path)), liveKeys_(std::move(liveKeys)), autoCompactBytes_(autoCompactBytes),
+        group_(group) {}
   const std::string& path() const { return path_; }
 
   /// Appends one record; a failure is returned for the caller to warn about.
@@ -86,6 +88,7 @@ private:
   std::string path_;
   LiveKeys liveKeys_;
   uint64_t autoCompactBytes_;
+  int group_;
 };
 
 int64_t unixTimeMs();

@@ -31,9 +31,18 @@ KernelCache::KernelCache(Config config, Compiler compiler)
   if (config_.cacheDir.empty())
     return;
   disk_ = std::make_unique<DiskCache>(config_.cacheDir, config_);
-  if (auto err = disk_->prepare()) {
+  // Created first (what bqjit creates is trusted), then checked: a cache
+  // that can be read but not written is still checked before it is read.
+  llvm::Error prepared = disk_->prepare();
+  if (auto err = disk_->checkTrust()) {
+    llvm::consumeError(std::move(prepared));
+    diskRefusal_ = consumeToString(std::move(err));
+    warnOnce(warnedWrite_, diskRefusal_ + "; kernels are compiled into memory only");
+    return;
+  }
+  if (prepared) {
     std::string message;
-    consumeError(std::move(err), &message);
+    consumeError(std::move(prepared), &message);
     warnOnce(warnedWrite_, message + "; kernels are kept in memory only");
     return;
   }
@@ -100,7 +109,7 @@ llvm::Expected<KernelCache::Result> KernelCache::get(const KernelIdentity& kerne
 llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelIdentity& kernel) {
   const std::string& key = kernel.key;
   auto fromDisk = [&]() -> KernelPtr {
-    if (!disk_)
+    if (!disk_ || !diskRefusal_.empty())
       return nullptr;
     auto k = disk_->load(key);
     if (!k)
@@ -117,8 +126,13 @@ llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelIdentity& k
     std::lock_guard<std::mutex> lock(mutex_);
     ++counters_.misses;
   }
-  if (disk_)
+  if (disk_ && diskRefusal_.empty())
     llvm::consumeError(disk_->journal().append(CacheEvent::Miss, key));
+  if (config_.noCompile && !diskRefusal_.empty())
+    return makeError(ErrorCode::NotInCache, "BQJIT_NO_COMPILE is set and no kernel is loaded from "
+                                            "the cache for " +
+                                                kernel.spec.canonical() + " (key " + key +
+                                                "): " + diskRefusal_);
   if (config_.noCompile)
     return makeError(ErrorCode::NotInCache, "BQJIT_NO_COMPILE is set and the cache at '" +
                                                 config_.cacheDir + "' has no kernel for " +
@@ -158,6 +172,8 @@ llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelIdentity& k
   std::string notStored;
   if (!disk_) {
     notStored = "no cache directory";
+  } else if (!diskRefusal_.empty()) {
+    notStored = diskRefusal_;
   } else if (!diskWritable_) {
     notStored = "the cache at '" + config_.cacheDir + "' cannot be written";
   } else {

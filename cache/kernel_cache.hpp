@@ -50,6 +50,9 @@ public:
   const Compiler& compiler() const { return compiler_; }
   /// The disk layer, or nullptr when Config::cacheDir is empty.
   const DiskCache* disk() const { return disk_.get(); }
+  /// Why the disk cache is not used at all (DiskCache::checkTrust: someone
+  /// untrusted can write it), or empty. Kernels are then compiled into memory.
+  const std::string& diskRefusal() const { return diskRefusal_; }
 
   /// The compiled kernel of an identity (Compiler::identify): memory, disk,
   /// then a compile under the key's lock, published to disk.
@@ -67,6 +70,7 @@ private:
   Compiler compiler_;
   std::unique_ptr<DiskCache> disk_;
   bool diskWritable_ = false;
+  std::string diskRefusal_;
 
   mutable std::mutex mutex_;
   llvm::StringMap<KernelPtr> memory_;

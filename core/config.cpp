@@ -5,6 +5,9 @@
 #include <iostream>
 #include <mutex>
 #include <shared_mutex>
+#include <vector>
+
+#include <grp.h>
 
 #include "bqjit/error.hpp"
 
@@ -131,6 +134,24 @@ Config::fromEnvironment(const std::function<const char*(const char*)>& getenvFn)
     if (*n > 24ull * 3600 * 1000)
       return envError("BQJIT_LOCK_TIMEOUT_MS", v, "must be at most one day");
     c.lockTimeoutMs = static_cast<int>(*n);
+  }
+  if (auto v = get("BQJIT_CACHE_GROUP"); !v.empty()) {
+    if (v.find_first_not_of("0123456789") == std::string::npos) {
+      auto n = parseUnsigned("BQJIT_CACHE_GROUP", v);
+      if (!n)
+        return n.takeError();
+      if (*n >= 0x7fffffff)
+        return envError("BQJIT_CACHE_GROUP", v, "is not a group id");
+      c.cacheGroup = static_cast<int>(*n);
+    } else {
+      struct group g;
+      struct group* found = nullptr;
+      std::vector<char> buffer(16384);
+      if (::getgrnam_r(v.c_str(), &g, buffer.data(), buffer.size(), &found) != 0 || !found)
+        return envError("BQJIT_CACHE_GROUP", v,
+                        "names no group of this system (give a group name or number)");
+      c.cacheGroup = static_cast<int>(found->gr_gid);
+    }
   }
   return c;
 }

@@ -75,6 +75,7 @@ protected:
     // Settings of the caller's environment must not leak into the test.
     std::string cmd = shell +
                       "env -u BQJIT_NO_COMPILE -u BQJIT_CACHE_MAX_BYTES -u BQJIT_LOG_LEVEL "
+                      "-u BQJIT_CACHE_GROUP "
                       "BQJIT_CACHE_DIR=" +
                       shellQuote(cacheDir_.string()) + " " + env + " " + shellQuote(BQJIT_CLI_PATH);
     for (const auto& a : args)
@@ -375,6 +376,24 @@ TEST_F(CliTest, CacheVerifyNamesTheCorruptEntry) {
   RunResult fix = run({"cache", "verify", "--remove-bad"});
   EXPECT_EQ(fix.status, 4);
   EXPECT_TRUE(contains(fix.out, "removed " + key));
+  EXPECT_EQ(run({"cache", "verify"}).status, 0);
+}
+
+TEST_F(CliTest, CacheVerifyAndPrewarmRefuseAWorldWritableCache) {
+  fs::create_directories(cacheDir_ / "v1" / "entries");
+  const std::string entries = (cacheDir_ / "v1" / "entries").string();
+  fs::permissions(entries, fs::perms::all);
+  RunResult verify = run({"cache", "verify"});
+  EXPECT_EQ(verify.status, 4);
+  EXPECT_TRUE(contains(verify.out, "UNTRUSTED '" + entries + "' (owner uid "));
+  EXPECT_TRUE(contains(verify.out, "mode 0777"));
+  EXPECT_TRUE(contains(verify.err, "writable by someone untrusted"));
+  RunResult prewarm = run({"prewarm", smallManifest().string()});
+  EXPECT_EQ(prewarm.status, 4);
+  EXPECT_TRUE(contains(prewarm.err, "refusing to load kernels from the cache"));
+  EXPECT_TRUE(contains(prewarm.err, "fix: chmod o-w '" + entries + "'"));
+  fs::permissions(entries, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                               fs::perms::others_read | fs::perms::others_exec);
   EXPECT_EQ(run({"cache", "verify"}).status, 0);
 }
 

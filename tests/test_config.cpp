@@ -131,6 +131,17 @@ TEST(Config, LockTimeoutMalformed) {
   expectMalformed("BQJIT_LOCK_TIMEOUT_MS", "99999999999999999999", "out of range");
 }
 
+TEST(Config, CacheGroupByNameOrNumber) {
+  EXPECT_EQ(load({}).cacheGroup, -1);
+  EXPECT_EQ(load({{"BQJIT_CACHE_GROUP", "root"}}).cacheGroup, 0);
+  EXPECT_EQ(load({{"BQJIT_CACHE_GROUP", "4242"}}).cacheGroup, 4242);
+}
+
+TEST(Config, CacheGroupMalformed) {
+  expectMalformed("BQJIT_CACHE_GROUP", "no-such-group-here", "names no group of this system");
+  expectMalformed("BQJIT_CACHE_GROUP", "99999999999", "is not a group id");
+}
+
 TEST(Config, AllVariablesTogether) {
   const Config c = load({{"BQJIT_CACHE_DIR", "/c"},
                          {"BQJIT_CACHE_MAX_BYTES", "4096"},

@@ -41,11 +41,19 @@ struct Config {
   /// How long to wait for another process compiling the same key before
   /// compiling privately.
   int lockTimeoutMs = 120000;
+  /// A group trusted to write the cache (BQJIT_CACHE_GROUP, a name or a
+  /// number), for a cache deliberately shared by several service accounts:
+  /// the cache may then be group-writable for this group (and owned by its
+  /// members), and bqjit creates its files and directories group-writable
+  /// for it. -1: none, the cache must be writable by its owner alone (the
+  /// current user or root).
+  int cacheGroup = -1;
   LogSink logSink;
 
   /// Reads BQJIT_CACHE_DIR (else $XDG_CACHE_HOME/bqjit, else ~/.cache/bqjit),
   /// BQJIT_CACHE_MAX_BYTES, BQJIT_LOG_LEVEL (quiet|warn|info|debug),
-  /// BQJIT_NO_COMPILE (0|1) and BQJIT_LOCK_TIMEOUT_MS. A malformed value is an
+  /// BQJIT_NO_COMPILE (0|1), BQJIT_LOCK_TIMEOUT_MS and BQJIT_CACHE_GROUP (a
+  /// group name or number that exists). A malformed value is an
   /// error naming the variable, the value and the rule. `getenv` is injectable
   /// for tests.
   static llvm::Expected<Config>
