@@ -10,6 +10,7 @@
 #include <grp.h>
 
 #include "bqjit/error.hpp"
+#include "core/redis_url.hpp"
 
 namespace bqjit {
 
@@ -152,6 +153,39 @@ Config::fromEnvironment(const std::function<const char*(const char*)>& getenvFn)
                         "names no group of this system (give a group name or number)");
       c.cacheGroup = static_cast<int>(found->gr_gid);
     }
+  }
+  if (auto v = get("BQJIT_REMOTE_CACHE"); !v.empty()) {
+    auto url = parseRedisUrl(v);
+    if (!url) {
+      const std::string why = consumeToString(url.takeError());
+      // The value may hold a password: shown only up to the '@'.
+      const auto at = v.rfind('@');
+      return envError("BQJIT_REMOTE_CACHE",
+                      at == std::string::npos ? v : "redis://***" + v.substr(at), why);
+    }
+    c.remoteCache = v;
+  }
+  if (auto v = get("BQJIT_REMOTE_TIMEOUT_MS"); !v.empty()) {
+    auto n = parseUnsigned("BQJIT_REMOTE_TIMEOUT_MS", v);
+    if (!n)
+      return n.takeError();
+    if (*n < 1 || *n > 60000)
+      return envError("BQJIT_REMOTE_TIMEOUT_MS", v, "must be from 1 to 60000");
+    c.remoteTimeoutMs = static_cast<int>(*n);
+  }
+  if (auto v = get("BQJIT_REMOTE_TTL_S"); !v.empty()) {
+    auto n = parseUnsigned("BQJIT_REMOTE_TTL_S", v);
+    if (!n)
+      return n.takeError();
+    if (*n > 10ull * 365 * 24 * 3600)
+      return envError("BQJIT_REMOTE_TTL_S", v, "must be at most ten years");
+    c.remoteTtlSeconds = static_cast<int64_t>(*n);
+  }
+  c.secretFile = get("BQJIT_CACHE_SECRET_FILE");
+  if (auto v = get("BQJIT_INSECURE_UNSIGNED"); !v.empty()) {
+    if (v != "0" && v != "1")
+      return envError("BQJIT_INSECURE_UNSIGNED", v, "must be 0 or 1");
+    c.insecureUnsigned = v == "1";
   }
   return c;
 }

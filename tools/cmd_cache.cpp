@@ -59,7 +59,11 @@ llvm::Error runStats(const DiskCache& disk, bool json, const CommandContext& ctx
                                {"compile_ms_mean", mean},
                                {"compile_ms_max", s.compileMsMax},
                                {"evictions", s.evictions},
-                               {"corrupt", s.corrupt}})
+                               {"corrupt", s.corrupt},
+                               {"remote_hits", s.remoteHits},
+                               {"remote_misses", s.remoteMisses},
+                               {"remote_publishes", s.remotePublishes},
+                               {"remote_errors", s.remoteErrors}})
                    .dump(2)
             << "\n";
     return llvm::Error::success();
@@ -80,7 +84,9 @@ llvm::Error runStats(const DiskCache& disk, bool json, const CommandContext& ctx
           << "compiles:    " << s.compiles << "\n"
           << "compile ms:  " << ms << "\n"
           << "evictions:   " << s.evictions << "\n"
-          << "corrupt:     " << s.corrupt << "\n";
+          << "corrupt:     " << s.corrupt << "\n"
+          << "remote:      " << s.remoteHits << " hits, " << s.remoteMisses << " misses, "
+          << s.remotePublishes << " publishes, " << s.remoteErrors << " errors\n";
   return llvm::Error::success();
 }
 
