@@ -177,7 +177,7 @@ TEST_F(CliTest, UnknownOrMissingCommandIsNamed) {
   RunResult top = run({"bogus"});
   EXPECT_EQ(top.status, 2);
   EXPECT_EQ(top.err, "bqjit: error: 'bogus' is not a command of 'bqjit' (its commands: prewarm, "
-                     "ptx, cache, verify, tune, version)\n");
+                     "ptx, cache, bundle, verify, tune, version)\n");
   RunResult cache = run({"cache", "foo"});
   EXPECT_EQ(cache.status, 2);
   EXPECT_EQ(cache.err, "bqjit: error: 'foo' is not a command of 'bqjit cache' (its commands: ls, "
