@@ -27,13 +27,22 @@ uint64_t journalBudget(size_t entries, uint64_t maxBytes) {
 
 DiskCache::DiskCache(const std::string& cacheDir, const Config& config)
     : cacheDir_(cacheDir), root_(cacheDir + "/" + kCacheLayoutDir), config_(config),
-      journal_(root_ + "/journal.log",
-               [entries = root_ + "/entries"] { return fs::listDirectory(entries); }) {}
+      policy_(TrustPolicy::of(config)),
+      journal_(
+          root_ + "/journal.log",
+          [entries = root_ + "/entries"] { return fs::listDirectory(entries); },
+          kJournalAutoCompactBytes, config.cacheGroup) {}
 
 llvm::Error DiskCache::prepare() const {
   for (const char* sub : {"/entries", "/tmp", "/locks", "/tuned"})
     if (auto err = fs::createDirectories(root_ + sub))
       return err;
+  if (config_.cacheGroup >= 0)
+    for (const std::string& dir :
+         {root_, root_ + "/entries", root_ + "/tmp", root_ + "/locks", root_ + "/tuned"})
+      if (::access(dir.c_str(), W_OK) == 0)
+        if (auto err = fs::shareWithGroup(dir, config_.cacheGroup))
+          return err;
   if (::access(root_.c_str(), W_OK) != 0)
     return makeError(ErrorCode::CacheError,
                      "cache directory '" + root_ + "' is not writable: " + std::strerror(errno));
@@ -62,25 +71,74 @@ llvm::Error DiskCache::checkLayout() const {
   return llvm::Error::success();
 }
 
+llvm::Error DiskCache::checkTrust() const {
+  for (const std::string& path : {cacheDir_, root_, root_ + "/entries", root_ + "/tmp",
+                                  root_ + "/locks", root_ + "/tuned", journal_.path()})
+    if (auto problem = checkWriters(path, policy_, /*follow=*/path == cacheDir_))
+      return makeError(ErrorCode::CacheError, "refusing to load kernels from the cache at '" +
+                                                  cacheDir_ + "': " + *problem);
+  return llvm::Error::success();
+}
+
+std::vector<std::string> DiskCache::trustProblems() const {
+  std::vector<std::string> out;
+  for (const std::string& path : {cacheDir_, root_, root_ + "/entries", root_ + "/tmp",
+                                  root_ + "/locks", root_ + "/tuned", journal_.path()})
+    if (auto problem = checkWriters(path, policy_, /*follow=*/path == cacheDir_))
+      out.push_back(*problem);
+  // Entries are verify()'s (problemOf checks their writers as it reads them).
+  for (const char* sub : {"/tuned", "/locks"})
+    for (const auto& name : fs::listDirectory(root_ + sub))
+      if (auto problem = checkWriters(root_ + sub + "/" + name, policy_))
+        out.push_back(*problem);
+  return out;
+}
+
 namespace {
+
+constexpr const char* kUntrusted = "not trusted: ";
 
 struct RawEntry {
   std::string metaText;
   std::vector<char> cubin;
   std::string ptx;
+  std::string untrusted; ///< why someone untrusted may have written it
 };
 
-llvm::Expected<RawEntry> readEntry(const std::string& dir) {
+// Reads an entry's files, each checked for who may have written it (the
+// status of the open file: the bytes read are the bytes checked).
+llvm::Expected<RawEntry> readEntry(const std::string& dir, const TrustPolicy& policy) {
   RawEntry raw;
-  auto meta = fs::readFile(dir + "/" + kMetaFile);
+  if (auto problem = checkWriters(dir, policy)) {
+    raw.untrusted = *problem;
+    return raw;
+  }
+  auto readOne = [&](const char* name) -> llvm::Expected<std::vector<char>> {
+    const std::string path = dir + "/" + name;
+    if (auto problem = checkWriters(path, policy)) { // a symbolic link, say
+      raw.untrusted = *problem;
+      return std::vector<char>();
+    }
+    struct stat st;
+    auto bytes = fs::readFileNoFollow(path, &st);
+    if (bytes)
+      if (auto problem = untrustedWriter(path, st, policy))
+        raw.untrusted = *problem;
+    return bytes;
+  };
+  auto meta = readOne(kMetaFile);
   if (!meta)
     return meta.takeError();
+  if (!raw.untrusted.empty())
+    return raw;
   raw.metaText.assign(meta->begin(), meta->end());
-  auto cubin = fs::readFile(dir + "/" + kCubinFile);
+  auto cubin = readOne(kCubinFile);
   if (!cubin)
     return cubin.takeError();
+  if (!raw.untrusted.empty())
+    return raw;
   raw.cubin = std::move(*cubin);
-  auto ptx = fs::readFile(dir + "/" + kPtxFile);
+  auto ptx = readOne(kPtxFile);
   if (!ptx)
     return ptx.takeError();
   raw.ptx.assign(ptx->begin(), ptx->end());
@@ -89,6 +147,8 @@ llvm::Expected<RawEntry> readEntry(const std::string& dir) {
 
 // Verifies a raw entry read from `key`'s directory and builds the kernel.
 llvm::Expected<CompiledKernel> decodeEntry(const std::string& key, RawEntry raw) {
+  if (!raw.untrusted.empty())
+    return makeError(ErrorCode::CacheError, kUntrusted + raw.untrusted);
   CompiledKernel k;
   if (auto err = parseMetadata(raw.metaText, k))
     return std::move(err);
@@ -134,7 +194,7 @@ std::optional<CompiledKernel> DiskCache::load(const std::string& key, std::strin
   const std::string dir = entryDir(key);
   if (!fs::exists(dir))
     return std::nullopt;
-  auto raw = readEntry(dir);
+  auto raw = readEntry(dir, policy_);
   const bool readFailed = !raw;
   llvm::Expected<CompiledKernel> kernel =
       raw ? decodeEntry(key, std::move(*raw)) : llvm::Expected<CompiledKernel>(raw.takeError());
@@ -158,7 +218,9 @@ std::optional<CompiledKernel> DiskCache::load(const std::string& key, std::strin
   if (problem)
     *problem = message;
   config_.log(LogLevel::Warn,
-              "cache entry " + key + " is corrupt and will be recompiled: " + message);
+              "cache entry " + key +
+                  (message.rfind(kUntrusted, 0) == 0 ? " is refused" : " is corrupt") +
+                  " and will be recompiled: " + message);
   llvm::consumeError(journal_.append(CacheEvent::Corrupt, key));
   llvm::consumeError(remove(key));
   return std::nullopt;
@@ -177,6 +239,11 @@ llvm::Error DiskCache::publish(const CompiledKernel& kernel, const std::string& 
     return err;
   if (auto err = fs::writeFileSynced(tmp->path() + "/" + kMetaFile, meta.data(), meta.size()))
     return err;
+  if (config_.cacheGroup >= 0)
+    for (const std::string& path : {tmp->path() + "/" + kCubinFile, tmp->path() + "/" + kPtxFile,
+                                    tmp->path() + "/" + kMetaFile, tmp->path()})
+      if (auto err = fs::shareWithGroup(path, config_.cacheGroup))
+        return err;
   if (auto err = fs::syncDirectory(tmp->path()))
     return err;
   const std::string target = entryDir(kernel.key);
@@ -193,7 +260,7 @@ llvm::Error DiskCache::publish(const CompiledKernel& kernel, const std::string& 
 
 llvm::Expected<std::optional<FileLock>> DiskCache::lockKey(const std::string& key,
                                                            int timeoutMs) const {
-  return FileLock::acquire(root_ + "/locks/" + key + ".lock", timeoutMs);
+  return FileLock::acquire(root_ + "/locks/" + key + ".lock", timeoutMs, config_.cacheGroup);
 }
 
 std::vector<EntryInfo> DiskCache::list() const {
@@ -222,7 +289,7 @@ std::vector<EntryInfo> DiskCache::list() const {
 }
 
 std::optional<std::string> DiskCache::problemOf(const std::string& key, bool* transient) const {
-  auto raw = readEntry(entryDir(key));
+  auto raw = readEntry(entryDir(key), policy_);
   const bool readFailed = !raw;
   llvm::Expected<CompiledKernel> kernel =
       raw ? decodeEntry(key, std::move(*raw)) : llvm::Expected<CompiledKernel>(raw.takeError());

@@ -17,6 +17,7 @@
 #include "bqjit/config.hpp"
 #include "cache/file_lock.hpp"
 #include "cache/journal.hpp"
+#include "cache/trust.hpp"
 
 namespace bqjit {
 
@@ -62,11 +63,21 @@ public:
   /// reading it would report an empty, healthy cache. Missing is fine (empty).
   llvm::Error checkLayout() const;
 
+  /// Whether only trusted writers can write the cache (see trust.hpp): the
+  /// cache directory, its versioned root, entries/, tmp/, locks/, tuned/ and
+  /// the journal. An error (CacheError) names the first path that fails, its
+  /// owner and mode, and the fix; bqjit then loads nothing from the cache.
+  llvm::Error checkTrust() const;
+  /// Every such problem of the tree, its tuning records and lock files
+  /// (`bqjit cache verify`; verify() reports those of entries).
+  std::vector<std::string> trustProblems() const;
+
   /// Reads and verifies an entry: std::nullopt when absent. A corrupt entry
-  /// (bad checksum, truncated, altered, unreadable metadata, other format) is
-  /// removed, recorded as corrupt, and reported through `problem`. An entry
-  /// whose files are all there but cannot be read by this process (out of
-  /// descriptors, permissions) is left in place: a miss, with a warning.
+  /// (bad checksum, truncated, altered, unreadable metadata, other format) or
+  /// one that someone untrusted can write (its directory or a file owned by
+  /// another user, group- or world-writable, a symbolic link) is removed, recorded as corrupt, and
+  /// reported through `problem`. An entry whose files are all there but cannot be read by this
+  /// process (out of descriptors, permissions) is left in place: a miss, with a warning.
   std::optional<CompiledKernel> load(const std::string& key, std::string* problem = nullptr) const;
 
   /// Publishes an entry atomically: written in a private directory, fsynced,
@@ -99,6 +110,7 @@ private:
   std::string cacheDir_;
   std::string root_;
   const Config& config_;
+  TrustPolicy policy_;
   Journal journal_;
 };
 

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "bqjit/error.hpp"
+#include "core/fs_util.hpp"
 
 namespace bqjit {
 
@@ -32,7 +33,8 @@ bool isCurrentFile(int fd, const std::string& path) {
 
 } // namespace
 
-llvm::Expected<std::optional<FileLock>> FileLock::acquire(const std::string& path, int timeoutMs) {
+llvm::Expected<std::optional<FileLock>> FileLock::acquire(const std::string& path, int timeoutMs,
+                                                          int group) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeoutMs);
   auto pause = std::chrono::milliseconds(1);
   int fd = -1;
@@ -43,6 +45,8 @@ llvm::Expected<std::optional<FileLock>> FileLock::acquire(const std::string& pat
       if (fd < 0)
         return makeError(ErrorCode::CacheError,
                          "cannot open lock file '" + path + "': " + std::strerror(errno));
+      if (group >= 0) // another member's file stays as it is
+        llvm::consumeError(fs::shareWithGroup(fd, path, group));
     }
     if (tryLock(fd)) {
       if (isCurrentFile(fd, path))

@@ -13,8 +13,10 @@ class FileLock {
 public:
   /// Waits up to `timeoutMs` for an exclusive lock on `path` (created if
   /// missing). Returns std::nullopt on timeout, an error if the file cannot
-  /// be opened or locked for another reason.
-  static llvm::Expected<std::optional<FileLock>> acquire(const std::string& path, int timeoutMs);
+  /// be opened or locked for another reason. `group` >= 0: a lock file this
+  /// process creates is made writable by that group (Config::cacheGroup).
+  static llvm::Expected<std::optional<FileLock>> acquire(const std::string& path, int timeoutMs,
+                                                         int group = -1);
 
   /// Deletes the lock file at `path` if no one holds it (garbage collection of
   /// the files of keys no longer compiling). Returns whether it was deleted.

@@ -33,6 +33,14 @@ const char* toString(CacheEvent event) {
     return "evict";
   case CacheEvent::Corrupt:
     return "corrupt";
+  case CacheEvent::RemoteHit:
+    return "remote_hit";
+  case CacheEvent::RemoteMiss:
+    return "remote_miss";
+  case CacheEvent::RemotePublish:
+    return "remote_publish";
+  case CacheEvent::RemoteError:
+    return "remote_error";
   }
   return "?";
 }
@@ -103,6 +111,8 @@ llvm::Error Journal::append(CacheEvent event, const std::string& key, double com
   if (fd < 0)
     return makeError(ErrorCode::CacheError,
                      "cannot open journal '" + path_ + "': " + std::strerror(errno));
+  if (group_ >= 0) // the file may be another member's: only our own files change
+    llvm::consumeError(fs::shareWithGroup(fd, path_, group_));
   // One write per record: O_APPEND keeps concurrent lines whole.
   ssize_t n = ::write(fd, line.data(), line.size());
   int e = errno;
@@ -147,7 +157,8 @@ std::optional<JournalRecord> parseRecord(const nlohmann::json& j) {
   const std::string ev = j["ev"];
   bool known = false;
   for (CacheEvent e : {CacheEvent::Hit, CacheEvent::Miss, CacheEvent::Compile, CacheEvent::Evict,
-                       CacheEvent::Corrupt})
+                       CacheEvent::Corrupt, CacheEvent::RemoteHit, CacheEvent::RemoteMiss,
+                       CacheEvent::RemotePublish, CacheEvent::RemoteError})
     if (sameName(e, ev)) {
       r.event = e;
       known = true;
@@ -170,10 +181,18 @@ std::optional<JournalRecord> parseRecord(const std::string& line) {
 // The summary line of a compaction: the counts of the records it folded.
 // Its keys sort with "ev" first, like a record's.
 constexpr const char* kSummaryEvent = "summary";
-const char* const kSummaryCounts[] = {"n_hit", "n_miss", "n_compile", "n_evict", "n_corrupt"};
+// The first five are in every summary; the remote tier's came later and may
+// be absent (0) in a journal written before it.
+const char* const kSummaryCounts[] = {"n_hit",         "n_miss",           "n_compile",
+                                      "n_evict",       "n_corrupt",        "n_remote_hit",
+                                      "n_remote_miss", "n_remote_publish", "n_remote_error"};
+constexpr int kSummaryRequired = 5;
+constexpr int kSummaryAll = 9;
 
 int64_t* countOf(CacheStats& s, int i) {
-  int64_t* counts[] = {&s.hits, &s.misses, &s.compiles, &s.evictions, &s.corrupt};
+  int64_t* counts[] = {&s.hits,         &s.misses,          &s.compiles,
+                       &s.evictions,    &s.corrupt,         &s.remoteHits,
+                       &s.remoteMisses, &s.remotePublishes, &s.remoteErrors};
   return counts[i];
 }
 
@@ -181,7 +200,9 @@ std::optional<CacheStats> parseSummary(const nlohmann::json& j) {
   if (!j.is_object() || !j.contains("ev") || j["ev"] != kSummaryEvent)
     return std::nullopt;
   CacheStats s;
-  for (int i = 0; i < 5; ++i) {
+  for (int i = 0; i < kSummaryAll; ++i) {
+    if (!j.contains(kSummaryCounts[i]) && i >= kSummaryRequired)
+      continue;
     if (!j.contains(kSummaryCounts[i]) || !j[kSummaryCounts[i]].is_number_integer())
       return std::nullopt;
     *countOf(s, i) = j[kSummaryCounts[i]];
@@ -199,7 +220,7 @@ std::string summaryLine(const CacheStats& s, uint64_t keptBytes) {
                       {"t", unixTimeMs()},        {"ms", s.compileMsTotal},
                       {"ms_max", s.compileMsMax}, {"kept_bytes", keptBytes}};
   CacheStats copy = s;
-  for (int i = 0; i < 5; ++i)
+  for (int i = 0; i < kSummaryAll; ++i)
     j[kSummaryCounts[i]] = *countOf(copy, i);
   return j.dump() + "\n";
 }
@@ -223,6 +244,18 @@ void add(CacheStats& s, const JournalRecord& r) {
   case CacheEvent::Corrupt:
     ++s.corrupt;
     break;
+  case CacheEvent::RemoteHit:
+    ++s.remoteHits;
+    break;
+  case CacheEvent::RemoteMiss:
+    ++s.remoteMisses;
+    break;
+  case CacheEvent::RemotePublish:
+    ++s.remotePublishes;
+    break;
+  case CacheEvent::RemoteError:
+    ++s.remoteErrors;
+    break;
   }
 }
 
@@ -232,6 +265,10 @@ void add(CacheStats& s, const CacheStats& o) {
   s.compiles += o.compiles;
   s.evictions += o.evictions;
   s.corrupt += o.corrupt;
+  s.remoteHits += o.remoteHits;
+  s.remoteMisses += o.remoteMisses;
+  s.remotePublishes += o.remotePublishes;
+  s.remoteErrors += o.remoteErrors;
   s.compileMsTotal += o.compileMsTotal;
   s.compileMsMax = std::max(s.compileMsMax, o.compileMsMax);
 }
@@ -302,7 +339,8 @@ CacheStats Journal::stats() const {
 std::map<std::string, int64_t> Journal::lastUse() const {
   std::map<std::string, int64_t> out;
   for (const auto& r : read())
-    if (r.event == CacheEvent::Hit || r.event == CacheEvent::Compile)
+    if (r.event == CacheEvent::Hit || r.event == CacheEvent::Compile ||
+        r.event == CacheEvent::RemoteHit)
       out[r.key] = std::max(out[r.key], r.timeMs);
   return out;
 }
@@ -386,7 +424,7 @@ llvm::Expected<bool> Journal::compactLocked(const LiveKeys& liveKeys, uint64_t i
       add(folded, all.records[i]);
   }
   const std::string out = summaryLine(folded, kept.size()) + kept;
-  if (auto err = fs::replaceFile(path_, out.data(), out.size()))
+  if (auto err = fs::replaceFile(path_, out.data(), out.size(), group_))
     return std::move(err);
   return true;
 }

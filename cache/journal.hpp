@@ -20,7 +20,19 @@
 
 namespace bqjit {
 
-enum class CacheEvent { Hit, Miss, Compile, Evict, Corrupt };
+/// Remote* are the fleet tier's (remote_tier.hpp): a kernel fetched from it,
+/// not found there, stored there, and a fault (down, slow, full, a bad entry).
+enum class CacheEvent {
+  Hit,
+  Miss,
+  Compile,
+  Evict,
+  Corrupt,
+  RemoteHit,
+  RemoteMiss,
+  RemotePublish,
+  RemoteError
+};
 const char* toString(CacheEvent event);
 
 struct JournalRecord {
@@ -37,6 +49,10 @@ struct CacheStats {
   int64_t compiles = 0;
   int64_t evictions = 0;
   int64_t corrupt = 0;
+  int64_t remoteHits = 0;
+  int64_t remoteMisses = 0;
+  int64_t remotePublishes = 0;
+  int64_t remoteErrors = 0;
   double compileMsTotal = 0;
   double compileMsMax = 0;
 };
@@ -54,10 +70,12 @@ public:
 
   /// Without `liveKeys`, the keys whose latest record is not an eviction or a
   /// corrupt entry count as live.
+  /// `group` (Config::cacheGroup, -1: none): the file is made group-writable
+  /// for it, so that every service account of a shared cache can append.
   explicit Journal(std::string path, LiveKeys liveKeys = nullptr,
-                   uint64_t autoCompactBytes = kJournalAutoCompactBytes)
-      : path_(std::move(path)), liveKeys_(std::move(liveKeys)),
-        autoCompactBytes_(autoCompactBytes) {}
+                   uint64_t autoCompactBytes = kJournalAutoCompactBytes, int group = -1)
+      : path_(std::move(path)), liveKeys_(std::move(liveKeys)), autoCompactBytes_(autoCompactBytes),
+        group_(group) {}
   const std::string& path() const { return path_; }
 
   /// Appends one record; a failure is returned for the caller to warn about.
@@ -68,7 +86,7 @@ public:
   /// a compaction is no record: its counts are in stats() only.
   std::vector<JournalRecord> read(int64_t* malformed = nullptr) const;
   CacheStats stats() const;
-  /// Last time each key was hit or compiled.
+  /// Last time each key was hit (on disk or from the remote tier) or compiled.
   std::map<std::string, int64_t> lastUse() const;
   /// Size of the journal file in bytes (0 when there is none).
   uint64_t bytes() const;
@@ -86,6 +104,7 @@ private:
   std::string path_;
   LiveKeys liveKeys_;
   uint64_t autoCompactBytes_;
+  int group_;
 };
 
 int64_t unixTimeMs();

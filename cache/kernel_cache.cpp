@@ -1,5 +1,8 @@
 #include "cache/kernel_cache.hpp"
 
+#include <chrono>
+#include <thread>
+
 #include "bqjit/error.hpp"
 #include "cache/log_lines.hpp"
 
@@ -11,6 +14,8 @@ const char* toString(KernelSource source) {
     return "memory";
   case KernelSource::Disk:
     return "disk";
+  case KernelSource::Remote:
+    return "remote";
   case KernelSource::Compiled:
     return "compiled";
   }
@@ -28,12 +33,25 @@ struct KernelCache::Pending {
 
 KernelCache::KernelCache(Config config, Compiler compiler)
     : config_(std::move(config)), compiler_(std::move(compiler)) {
+  std::string refusal;
+  remote_ = RemoteTier::create(config_, &refusal);
+  if (!refusal.empty())
+    config_.log(LogLevel::Warn, refusal);
   if (config_.cacheDir.empty())
     return;
   disk_ = std::make_unique<DiskCache>(config_.cacheDir, config_);
-  if (auto err = disk_->prepare()) {
+  // Created first (what bqjit creates is trusted), then checked: a cache
+  // that can be read but not written is still checked before it is read.
+  llvm::Error prepared = disk_->prepare();
+  if (auto err = disk_->checkTrust()) {
+    llvm::consumeError(std::move(prepared));
+    diskRefusal_ = consumeToString(std::move(err));
+    warnOnce(warnedWrite_, diskRefusal_ + "; kernels are compiled into memory only");
+    return;
+  }
+  if (prepared) {
     std::string message;
-    consumeError(std::move(err), &message);
+    consumeError(std::move(prepared), &message);
     warnOnce(warnedWrite_, message + "; kernels are kept in memory only");
     return;
   }
@@ -97,10 +115,56 @@ llvm::Expected<KernelCache::Result> KernelCache::get(const KernelIdentity& kerne
   return produced;
 }
 
+void KernelCache::countRemote(CacheEvent event, const std::string& key) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (event == CacheEvent::RemoteHit)
+      ++counters_.remoteHits;
+    else if (event == CacheEvent::RemoteMiss)
+      ++counters_.remoteMisses;
+    else if (event == CacheEvent::RemotePublish)
+      ++counters_.remotePublishes;
+    else
+      ++counters_.remoteErrors;
+  }
+  if (disk_ && diskRefusal_.empty() && diskWritable_)
+    llvm::consumeError(disk_->journal().append(event, key));
+}
+
+KernelCache::KernelPtr KernelCache::fromRemote(const std::string& key, bool count) {
+  RemoteTier::Fetched got = remote_->fetch(key);
+  if (got.status != RemoteTier::Status::Hit) {
+    if (count || got.status != RemoteTier::Status::Miss)
+      countRemote(got.status == RemoteTier::Status::Miss ? CacheEvent::RemoteMiss
+                                                         : CacheEvent::RemoteError,
+                  key);
+    return nullptr;
+  }
+  countRemote(CacheEvent::RemoteHit, key);
+  if (diskWritable_)
+    if (auto err = disk_->publish(*got.kernel, got.keyInputs))
+      warnOnce(warnedWrite_, consumeToString(std::move(err)) + "; kernels are kept in memory only");
+  return std::make_shared<const CompiledKernel>(std::move(*got.kernel));
+}
+
+namespace {
+
+// Releases the fleet lock of a key on every way out of a compile.
+struct FleetLockGuard {
+  RemoteTier* remote = nullptr;
+  std::string key, token;
+  ~FleetLockGuard() {
+    if (remote)
+      remote->unlock(key, token);
+  }
+};
+
+} // namespace
+
 llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelIdentity& kernel) {
   const std::string& key = kernel.key;
   auto fromDisk = [&]() -> KernelPtr {
-    if (!disk_)
+    if (!disk_ || !diskRefusal_.empty())
       return nullptr;
     auto k = disk_->load(key);
     if (!k)
@@ -113,12 +177,20 @@ llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelIdentity& k
     ++counters_.diskHits;
     return Result{k, KernelSource::Disk};
   }
+  if (remote_)
+    if (auto k = fromRemote(key, /*count=*/true))
+      return Result{k, KernelSource::Remote};
   {
     std::lock_guard<std::mutex> lock(mutex_);
     ++counters_.misses;
   }
-  if (disk_)
+  if (disk_ && diskRefusal_.empty())
     llvm::consumeError(disk_->journal().append(CacheEvent::Miss, key));
+  if (config_.noCompile && !diskRefusal_.empty())
+    return makeError(ErrorCode::NotInCache, "BQJIT_NO_COMPILE is set and no kernel is loaded from "
+                                            "the cache for " +
+                                                kernel.spec.canonical() + " (key " + key +
+                                                "): " + diskRefusal_);
   if (config_.noCompile)
     return makeError(ErrorCode::NotInCache, "BQJIT_NO_COMPILE is set and the cache at '" +
                                                 config_.cacheDir + "' has no kernel for " +
@@ -146,6 +218,46 @@ llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelIdentity& k
     }
   }
 
+  // The fleet's single flight: the host that takes the lock key compiles,
+  // the others wait for its entry, at most the lock timeout (the lock's
+  // expiry: a holder that died is replaced then).
+  FleetLockGuard fleetLock;
+  if (remote_) {
+    const std::string token = RemoteTier::newToken();
+    const auto start = std::chrono::steady_clock::now();
+    const auto deadline = start + std::chrono::milliseconds(config_.lockTimeoutMs);
+    auto pause = std::chrono::milliseconds(10);
+    for (;;) {
+      const RemoteTier::LockStatus st = remote_->tryLock(key, token, config_.lockTimeoutMs);
+      if (st == RemoteTier::LockStatus::Down)
+        break;
+      if (st == RemoteTier::LockStatus::Acquired) {
+        fleetLock.remote = remote_.get();
+        fleetLock.key = key;
+        fleetLock.token = token;
+        // Published between our miss and our lock?
+        if (auto k = fromRemote(key, /*count=*/false))
+          return Result{k, KernelSource::Remote};
+        break;
+      }
+      if (std::chrono::steady_clock::now() >= deadline) {
+        warnOnce(warnedFleetLock_,
+                 "waited " + std::to_string(config_.lockTimeoutMs) +
+                     " ms (BQJIT_LOCK_TIMEOUT_MS) for another host's compile of " + key +
+                     " in the remote cache " + remote_->shown() + "; compiling here");
+        break;
+      }
+      std::this_thread::sleep_for(pause);
+      pause = std::min(pause * 2, std::chrono::milliseconds(100));
+      const RemoteTier::Status there = remote_->exists(key);
+      if (there == RemoteTier::Status::Down)
+        break;
+      if (there == RemoteTier::Status::Hit)
+        if (auto k = fromRemote(key, /*count=*/false))
+          return Result{k, KernelSource::Remote};
+    }
+  }
+
   auto compiled = compiler_.compile(kernel);
   if (!compiled)
     return compiled.takeError();
@@ -158,6 +270,8 @@ llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelIdentity& k
   std::string notStored;
   if (!disk_) {
     notStored = "no cache directory";
+  } else if (!diskRefusal_.empty()) {
+    notStored = diskRefusal_;
   } else if (!diskWritable_) {
     notStored = "the cache at '" + config_.cacheDir + "' cannot be written";
   } else {
@@ -173,6 +287,10 @@ llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelIdentity& k
       }
     }
   }
+  if (remote_)
+    countRemote(remote_->publish(*compiled, kernel.keyText) ? CacheEvent::RemotePublish
+                                                            : CacheEvent::RemoteError,
+                key);
   return Result{std::make_shared<const CompiledKernel>(std::move(*compiled)),
                 KernelSource::Compiled, std::move(notStored)};
 }

@@ -1,7 +1,8 @@
 // The cache as the rest of bqjit sees it: it stores and finds kernels by
-// identity, memory, then disk, then NVRTC, and decides nothing about them.
-// One compile per key: threads of a process wait on one in-flight compile,
-// processes on the key's lock file.
+// identity, memory, then disk, then the fleet's remote tier (when
+// configured), then NVRTC, and decides nothing about them. One compile per
+// key: threads of a process wait on one in-flight compile, processes of a
+// host on the key's lock file, hosts of a fleet on the remote lock key.
 #pragma once
 
 #include <atomic>
@@ -16,12 +17,13 @@
 #include "bqjit/compiled_kernel.hpp"
 #include "bqjit/config.hpp"
 #include "cache/disk_cache.hpp"
+#include "cache/remote_tier.hpp"
 #include "jit/compiler.hpp"
 
 namespace bqjit {
 
 /// Where a kernel came from.
-enum class KernelSource { Memory, Disk, Compiled };
+enum class KernelSource { Memory, Disk, Remote, Compiled };
 const char* toString(KernelSource source);
 
 /// This process's counters.
@@ -31,6 +33,10 @@ struct CacheCounters {
   int64_t misses = 0;
   int64_t compiles = 0;
   double compileMs = 0;
+  int64_t remoteHits = 0;      ///< fetched from the fleet tier
+  int64_t remoteMisses = 0;    ///< not there
+  int64_t remotePublishes = 0; ///< stored there after a compile
+  int64_t remoteErrors = 0;    ///< faults: down, slow, full, a rejected entry
 };
 
 class KernelCache {
@@ -50,6 +56,11 @@ public:
   const Compiler& compiler() const { return compiler_; }
   /// The disk layer, or nullptr when Config::cacheDir is empty.
   const DiskCache* disk() const { return disk_.get(); }
+  /// The fleet tier, or nullptr (none configured, or refused: see the log).
+  RemoteTier* remote() const { return remote_.get(); }
+  /// Why the disk cache is not used at all (DiskCache::checkTrust: someone
+  /// untrusted can write it), or empty. Kernels are then compiled into memory.
+  const std::string& diskRefusal() const { return diskRefusal_; }
 
   /// The compiled kernel of an identity (Compiler::identify): memory, disk,
   /// then a compile under the key's lock, published to disk.
@@ -61,12 +72,18 @@ public:
 
 private:
   llvm::Expected<Result> produce(const KernelIdentity& kernel);
+  /// A verified remote entry (kept on disk too), or nullptr; counts and
+  /// journals the outcome when `count`.
+  KernelPtr fromRemote(const std::string& key, bool count);
+  void countRemote(CacheEvent event, const std::string& key);
   void warnOnce(std::atomic<bool>& flag, const std::string& text) const;
 
   Config config_;
   Compiler compiler_;
   std::unique_ptr<DiskCache> disk_;
+  std::unique_ptr<RemoteTier> remote_;
   bool diskWritable_ = false;
+  std::string diskRefusal_;
 
   mutable std::mutex mutex_;
   llvm::StringMap<KernelPtr> memory_;
@@ -75,6 +92,7 @@ private:
   CacheCounters counters_;
   mutable std::atomic<bool> warnedWrite_{false};
   mutable std::atomic<bool> warnedLock_{false};
+  mutable std::atomic<bool> warnedFleetLock_{false};
 };
 
 } // namespace bqjit

@@ -22,7 +22,8 @@ set_target_properties(bqjit_core PROPERTIES EXPORT_NAME core)
 set_target_properties(bqjit_jit PROPERTIES EXPORT_NAME jit)
 set_target_properties(bqjit_cache PROPERTIES EXPORT_NAME cache)
 set_target_properties(bqjit_planner PROPERTIES EXPORT_NAME planner)
-install(TARGETS bqjit bqjit_runtime bqjit_planner bqjit_cache bqjit_jit bqjit_core
+set_target_properties(bqjit_redis PROPERTIES EXPORT_NAME redis)
+install(TARGETS bqjit bqjit_runtime bqjit_planner bqjit_cache bqjit_redis bqjit_jit bqjit_core
   EXPORT bqjitTargets
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT bqjit NAMELINK_COMPONENT bqjit
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT bqjit)

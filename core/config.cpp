@@ -5,8 +5,12 @@
 #include <iostream>
 #include <mutex>
 #include <shared_mutex>
+#include <vector>
+
+#include <grp.h>
 
 #include "bqjit/error.hpp"
+#include "core/redis_url.hpp"
 
 namespace bqjit {
 
@@ -131,6 +135,57 @@ Config::fromEnvironment(const std::function<const char*(const char*)>& getenvFn)
     if (*n > 24ull * 3600 * 1000)
       return envError("BQJIT_LOCK_TIMEOUT_MS", v, "must be at most one day");
     c.lockTimeoutMs = static_cast<int>(*n);
+  }
+  if (auto v = get("BQJIT_CACHE_GROUP"); !v.empty()) {
+    if (v.find_first_not_of("0123456789") == std::string::npos) {
+      auto n = parseUnsigned("BQJIT_CACHE_GROUP", v);
+      if (!n)
+        return n.takeError();
+      if (*n >= 0x7fffffff)
+        return envError("BQJIT_CACHE_GROUP", v, "is not a group id");
+      c.cacheGroup = static_cast<int>(*n);
+    } else {
+      struct group g;
+      struct group* found = nullptr;
+      std::vector<char> buffer(16384);
+      if (::getgrnam_r(v.c_str(), &g, buffer.data(), buffer.size(), &found) != 0 || !found)
+        return envError("BQJIT_CACHE_GROUP", v,
+                        "names no group of this system (give a group name or number)");
+      c.cacheGroup = static_cast<int>(found->gr_gid);
+    }
+  }
+  if (auto v = get("BQJIT_REMOTE_CACHE"); !v.empty()) {
+    auto url = parseRedisUrl(v);
+    if (!url) {
+      const std::string why = consumeToString(url.takeError());
+      // The value may hold a password: shown only up to the '@'.
+      const auto at = v.rfind('@');
+      return envError("BQJIT_REMOTE_CACHE",
+                      at == std::string::npos ? v : "redis://***" + v.substr(at), why);
+    }
+    c.remoteCache = v;
+  }
+  if (auto v = get("BQJIT_REMOTE_TIMEOUT_MS"); !v.empty()) {
+    auto n = parseUnsigned("BQJIT_REMOTE_TIMEOUT_MS", v);
+    if (!n)
+      return n.takeError();
+    if (*n < 1 || *n > 60000)
+      return envError("BQJIT_REMOTE_TIMEOUT_MS", v, "must be from 1 to 60000");
+    c.remoteTimeoutMs = static_cast<int>(*n);
+  }
+  if (auto v = get("BQJIT_REMOTE_TTL_S"); !v.empty()) {
+    auto n = parseUnsigned("BQJIT_REMOTE_TTL_S", v);
+    if (!n)
+      return n.takeError();
+    if (*n > 10ull * 365 * 24 * 3600)
+      return envError("BQJIT_REMOTE_TTL_S", v, "must be at most ten years");
+    c.remoteTtlSeconds = static_cast<int64_t>(*n);
+  }
+  c.secretFile = get("BQJIT_CACHE_SECRET_FILE");
+  if (auto v = get("BQJIT_INSECURE_UNSIGNED"); !v.empty()) {
+    if (v != "0" && v != "1")
+      return envError("BQJIT_INSECURE_UNSIGNED", v, "must be 0 or 1");
+    c.insecureUnsigned = v == "1";
   }
   return c;
 }

@@ -71,10 +71,14 @@ llvm::Error writeFileSynced(const std::string& path, const void* data, size_t si
   return llvm::Error::success();
 }
 
-llvm::Error replaceFile(const std::string& path, const void* data, size_t size) {
+llvm::Error replaceFile(const std::string& path, const void* data, size_t size, int group) {
   const std::string tmp = path + ".tmp." + uniqueSuffix();
   if (auto err = writeFileSynced(tmp, data, size))
     return err;
+  if (auto err = shareWithGroup(tmp, group)) {
+    ::unlink(tmp.c_str());
+    return err;
+  }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     int e = errno;
     ::unlink(tmp.c_str());
@@ -83,10 +87,17 @@ llvm::Error replaceFile(const std::string& path, const void* data, size_t size) 
   return llvm::Error::success();
 }
 
-llvm::Expected<std::vector<char>> readFile(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+namespace {
+
+llvm::Expected<std::vector<char>> readOpen(const std::string& path, int flags, struct ::stat* st) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | flags);
   if (fd < 0)
     return ioError("cannot open", path, errno);
+  if (st && ::fstat(fd, st) != 0) {
+    int e = errno;
+    ::close(fd);
+    return ioError("cannot stat", path, e);
+  }
   std::vector<char> out;
   char buf[1 << 16];
   for (;;) {
@@ -104,6 +115,16 @@ llvm::Expected<std::vector<char>> readFile(const std::string& path) {
   }
   ::close(fd);
   return out;
+}
+
+} // namespace
+
+llvm::Expected<std::vector<char>> readFile(const std::string& path) {
+  return readOpen(path, 0, nullptr);
+}
+
+llvm::Expected<std::vector<char>> readFileNoFollow(const std::string& path, struct ::stat* st) {
+  return readOpen(path, O_NOFOLLOW, st);
 }
 
 llvm::Error syncDirectory(const std::string& path) {
@@ -184,6 +205,37 @@ llvm::Expected<TempDir> TempDir::create(const std::string& parent, const std::st
 TempDir::~TempDir() {
   if (!path_.empty())
     llvm::consumeError(removeTree(path_));
+}
+
+llvm::Error shareWithGroup(int fd, const std::string& path, int group) {
+  if (group < 0)
+    return llvm::Error::success();
+  struct stat st;
+  if (::fstat(fd, &st) != 0)
+    return makeError(ErrorCode::CacheError,
+                     "cannot examine '" + path + "': " + std::strerror(errno));
+  if (static_cast<int>(st.st_gid) != group && ::fchown(fd, static_cast<uid_t>(-1), group) != 0)
+    return makeError(ErrorCode::CacheError, "cannot give '" + path + "' to the group " + "gid " +
+                                                std::to_string(group) +
+                                                " (BQJIT_CACHE_GROUP): " + std::strerror(errno));
+  const mode_t wanted =
+      (st.st_mode & 07777) | (S_ISDIR(st.st_mode) ? (S_IRWXG | S_ISGID) : (S_IRGRP | S_IWGRP));
+  if (wanted != (st.st_mode & 07777) && ::fchmod(fd, wanted) != 0)
+    return makeError(ErrorCode::CacheError,
+                     "cannot make '" + path +
+                         "' group-writable (BQJIT_CACHE_GROUP): " + std::strerror(errno));
+  return llvm::Error::success();
+}
+
+llvm::Error shareWithGroup(const std::string& path, int group) {
+  if (group < 0)
+    return llvm::Error::success();
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0)
+    return makeError(ErrorCode::CacheError, "cannot open '" + path + "': " + std::strerror(errno));
+  llvm::Error err = shareWithGroup(fd, path, group);
+  ::close(fd);
+  return err;
 }
 
 } // namespace bqjit::fs

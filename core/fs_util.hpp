@@ -4,6 +4,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
+
 #include <llvm/Support/Error.h>
 
 namespace bqjit::fs {
@@ -14,9 +16,20 @@ llvm::Error createDirectories(const std::string& path);
 llvm::Error writeFileSynced(const std::string& path, const void* data, size_t size);
 /// Replaces a file whole: writes a temporary beside it, fsyncs it and renames
 /// it over `path`, so that a reader sees the old file or the new, never half.
-llvm::Error replaceFile(const std::string& path, const void* data, size_t size);
+/// `group` >= 0: the new file is shared with it first (shareWithGroup).
+llvm::Error replaceFile(const std::string& path, const void* data, size_t size, int group = -1);
+/// With a trusted group, makes a file or directory that this process created
+/// belong to that group and be group-writable (directories also set-group-id,
+/// so that what is created inside them belongs to the group too), other bits
+/// as the umask left them. Without one, does nothing. Errors name the path.
+llvm::Error shareWithGroup(int fd, const std::string& path, int group);
+llvm::Error shareWithGroup(const std::string& path, int group);
+
 /// Reads a whole file.
 llvm::Expected<std::vector<char>> readFile(const std::string& path);
+/// Reads a whole file that is not a symbolic link, and the status of what
+/// was read (fstat of the open file, so that a check of it is about these bytes).
+llvm::Expected<std::vector<char>> readFileNoFollow(const std::string& path, struct ::stat* st);
 /// fsync of a directory, so that a rename inside it is durable.
 llvm::Error syncDirectory(const std::string& path);
 /// rm -rf; a missing path is not an error.

@@ -19,7 +19,7 @@ if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then
   shift
 fi
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(fuzz_spec fuzz_manifest fuzz_metadata fuzz_c_api)
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz_spec fuzz_manifest fuzz_metadata fuzz_c_api fuzz_bundle)
 jobs="${BQJIT_JOBS:-$(nproc)}"
 build=build-fuzz
 

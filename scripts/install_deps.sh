@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs bqjit's build dependencies from Debian's packages. The CUDA 13.0
+# Installs bqjit's build dependencies from Debian's packages (redis-server
+# for the tests of the remote tier, which start their own servers). The CUDA 13.0
 # toolkit (NVRTC, cuda.h) is expected in /usr/local/cuda.
 set -euo pipefail
 packages=(cmake ninja-build g++ llvm-14-dev nlohmann-json3-dev libgtest-dev libcli11-dev
-          libxxhash-dev clang-14 libclang-rt-14-dev python3 python3-venv)
+          libxxhash-dev clang-14 libclang-rt-14-dev python3 python3-venv
+          libhiredis-dev redis-server libssl-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -34,6 +34,9 @@ stages="${BQJIT_TEST_STAGES:-normal install python asan tsan fuzz}"
 export BQJIT_FUZZ_SECONDS="${BQJIT_FUZZ_SECONDS:-30}"
 export BQJIT_JOBS="$jobs"
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# install_deps.sh installs redis-server: the remote tier's tests fail, never
+# skip, without it (they start their own servers on free loopback ports).
+export BQJIT_REQUIRE_REDIS=1
 # Every option the test trees rely on, given each time.
 test_options=(-DBQJIT_BUILD_TESTS=ON -DBQJIT_FUZZ=OFF)
 normal_flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DBQJIT_SANITIZE= "${test_options[@]}")
@@ -327,7 +330,7 @@ tsan() {
   cmake -S . -B build-tsan -G Ninja -DBQJIT_SANITIZE=thread "${sanitizer_flags[@]}" >/dev/null
   local targets=() t
   for t in test_kernel_cache test_file_lock test_cache_robustness test_config test_warm_table \
-           test_planner; do
+           test_planner test_remote_cache; do
     ninja -C build-tsan -t query "$t" >/dev/null 2>&1 && targets+=("$t")
   done
   step "tsan build" ninja -C build-tsan -j"$jobs" "${targets[@]}"

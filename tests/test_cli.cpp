@@ -84,6 +84,8 @@ protected:
     // Settings of the caller's environment must not leak into the test.
     std::string cmd = shell +
                       "env -u BQJIT_NO_COMPILE -u BQJIT_CACHE_MAX_BYTES -u BQJIT_LOG_LEVEL "
+                      "-u BQJIT_CACHE_GROUP -u BQJIT_REMOTE_CACHE -u BQJIT_CACHE_SECRET_FILE "
+                      "-u BQJIT_INSECURE_UNSIGNED "
                       "BQJIT_CACHE_DIR=" +
                       shellQuote(cacheDir_.string()) + " " + env + " " + shellQuote(BQJIT_CLI_PATH);
     for (const auto& a : args)
@@ -184,7 +186,7 @@ TEST_F(CliTest, UnknownOrMissingCommandIsNamed) {
   RunResult top = run({"bogus"});
   EXPECT_EQ(top.status, 2);
   EXPECT_EQ(top.err, "bqjit: error: 'bogus' is not a command of 'bqjit' (its commands: prewarm, "
-                     "ptx, cache, verify, tune, version)\n");
+                     "ptx, cache, bundle, verify, tune, version)\n");
   RunResult cache = run({"cache", "foo"});
   EXPECT_EQ(cache.status, 2);
   EXPECT_EQ(cache.err, "bqjit: error: 'foo' is not a command of 'bqjit cache' (its commands: ls, "
@@ -386,6 +388,75 @@ TEST_F(CliTest, CacheVerifyNamesTheCorruptEntry) {
   EXPECT_EQ(fix.status, 4);
   EXPECT_TRUE(contains(fix.out, "removed " + key));
   EXPECT_EQ(run({"cache", "verify"}).status, 0);
+}
+
+TEST_F(CliTest, CacheVerifyAndPrewarmRefuseAWorldWritableCache) {
+  fs::create_directories(cacheDir_ / "v1" / "entries");
+  const std::string entries = (cacheDir_ / "v1" / "entries").string();
+  fs::permissions(entries, fs::perms::all);
+  RunResult verify = run({"cache", "verify"});
+  EXPECT_EQ(verify.status, 4);
+  EXPECT_TRUE(contains(verify.out, "UNTRUSTED '" + entries + "' (owner uid "));
+  EXPECT_TRUE(contains(verify.out, "mode 0777"));
+  EXPECT_TRUE(contains(verify.err, "writable by someone untrusted"));
+  RunResult prewarm = run({"prewarm", smallManifest().string()});
+  EXPECT_EQ(prewarm.status, 4);
+  EXPECT_TRUE(contains(prewarm.err, "refusing to load kernels from the cache"));
+  EXPECT_TRUE(contains(prewarm.err, "fix: chmod o-w '" + entries + "'"));
+  fs::permissions(entries, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                               fs::perms::others_read | fs::perms::others_exec);
+  EXPECT_EQ(run({"cache", "verify"}).status, 0);
+}
+
+TEST_F(CliTest, BundleRoundTripsAndRefusesTamperedTruncatedOrForeignBundles) {
+  const fs::path manifest =
+      writeFile("one.json", R"({"archs": ["sm_90"], "specs": [{"hidden": 2048}]})");
+  const fs::path secret = writeFile("secret", "a fleet secret of more than 16 bytes\n");
+  fs::permissions(secret, fs::perms::owner_read | fs::perms::owner_write);
+  const std::string withSecret = "BQJIT_CACHE_SECRET_FILE=" + shellQuote(secret.string());
+  const std::string bundle = (dir_ / "kernels.bqjit").string();
+
+  RunResult noSecret = run({"bundle", "export", manifest.string(), "-o", bundle});
+  EXPECT_EQ(noSecret.status, 4);
+  EXPECT_TRUE(contains(noSecret.err, "bundle export needs the fleet secret"));
+
+  RunResult exported = run({"bundle", "export", manifest.string(), "-o", bundle}, withSecret);
+  ASSERT_EQ(exported.status, 0) << exported.err;
+  EXPECT_TRUE(contains(exported.out, "compiled"));
+  EXPECT_TRUE(contains(exported.out, "signed"));
+  RunResult listed = run({"bundle", "ls", bundle}, withSecret);
+  ASSERT_EQ(listed.status, 0) << listed.err;
+  EXPECT_TRUE(contains(listed.out, "H=2048"));
+  EXPECT_TRUE(contains(listed.out, ", signed, created"));
+
+  // Into a fresh cache: every kernel there, nothing compiled.
+  cacheDir_ = dir_ / "fresh";
+  RunResult imported = run({"bundle", "import", bundle}, withSecret);
+  ASSERT_EQ(imported.status, 0) << imported.err;
+  EXPECT_TRUE(contains(imported.out, "added, 0 already in"));
+  RunResult check = run({"prewarm", "--check", manifest.string()});
+  EXPECT_EQ(check.status, 0) << check.err;
+
+  // A flipped byte, a truncation, another secret: refused, nothing written.
+  const std::string good = readAll(bundle);
+  cacheDir_ = dir_ / "untouched";
+  auto refused = [&](const std::string& bytes, const std::string& env, const std::string& why) {
+    const fs::path bad = writeFile("bad.bqjit", bytes);
+    RunResult r = run({"bundle", "import", bad.string()}, env);
+    EXPECT_EQ(r.status, 4) << why;
+    EXPECT_TRUE(contains(r.err, why));
+    EXPECT_FALSE(fs::exists(cacheDir_ / "v1" / "entries")) << "written before validation";
+  };
+  std::string flipped = good;
+  flipped[good.size() / 2] ^= 0x01;
+  refused(flipped, withSecret, "HMAC tag does not verify");
+  refused(good.substr(0, good.size() - 100), withSecret, "does not verify");
+  const fs::path other = writeFile("other", "another secret, also long enough\n");
+  fs::permissions(other, fs::perms::owner_read | fs::perms::owner_write);
+  refused(good, "BQJIT_CACHE_SECRET_FILE=" + shellQuote(other.string()), "does not verify");
+  refused(good, "", "bundle import needs the fleet secret");
+  // Unsigned reading (insecure) still checks every checksum.
+  refused(flipped, "BQJIT_INSECURE_UNSIGNED=1", "bundle");
 }
 
 TEST_F(CliTest, CacheGcEvictsDownToTheLimit) {

@@ -131,6 +131,43 @@ TEST(Config, LockTimeoutMalformed) {
   expectMalformed("BQJIT_LOCK_TIMEOUT_MS", "99999999999999999999", "out of range");
 }
 
+TEST(Config, CacheGroupByNameOrNumber) {
+  EXPECT_EQ(load({}).cacheGroup, -1);
+  EXPECT_EQ(load({{"BQJIT_CACHE_GROUP", "root"}}).cacheGroup, 0);
+  EXPECT_EQ(load({{"BQJIT_CACHE_GROUP", "4242"}}).cacheGroup, 4242);
+}
+
+TEST(Config, CacheGroupMalformed) {
+  expectMalformed("BQJIT_CACHE_GROUP", "no-such-group-here", "names no group of this system");
+  expectMalformed("BQJIT_CACHE_GROUP", "99999999999", "is not a group id");
+}
+
+TEST(Config, RemoteCacheSettingsParsed) {
+  const Config c = load({{"BQJIT_REMOTE_CACHE", "redis://:pw@cache.internal:6380/2"},
+                         {"BQJIT_REMOTE_TIMEOUT_MS", "150"},
+                         {"BQJIT_REMOTE_TTL_S", "0"},
+                         {"BQJIT_CACHE_SECRET_FILE", "/etc/bqjit/secret"},
+                         {"BQJIT_INSECURE_UNSIGNED", "1"}});
+  EXPECT_EQ(c.remoteCache, "redis://:pw@cache.internal:6380/2");
+  EXPECT_EQ(c.remoteTimeoutMs, 150);
+  EXPECT_EQ(c.remoteTtlSeconds, 0);
+  EXPECT_EQ(c.secretFile, "/etc/bqjit/secret");
+  EXPECT_TRUE(c.insecureUnsigned);
+  EXPECT_EQ(load({}).remoteTimeoutMs, 300);
+}
+
+TEST(Config, RemoteCacheSettingsMalformed) {
+  expectMalformed("BQJIT_REMOTE_CACHE", "http://h:1/0", "must start with redis://");
+  expectMalformed("BQJIT_REMOTE_CACHE", "redis://h:99999/0", "port '99999'");
+  expectMalformed("BQJIT_REMOTE_CACHE", "redis://h:6379/x", "database 'x'");
+  expectMalformed("BQJIT_REMOTE_TIMEOUT_MS", "0", "must be from 1 to 60000");
+  expectMalformed("BQJIT_INSECURE_UNSIGNED", "yes", "must be 0 or 1");
+  // A password is never repeated in the message.
+  auto c = Config::fromEnvironment(env({{"BQJIT_REMOTE_CACHE", "redis://:secretpw@h:0/0"}}));
+  ASSERT_FALSE(bool(c));
+  EXPECT_FALSE(contains(consumeToString(c.takeError()), "secretpw"));
+}
+
 TEST(Config, AllVariablesTogether) {
   const Config c = load({{"BQJIT_CACHE_DIR", "/c"},
                          {"BQJIT_CACHE_MAX_BYTES", "4096"},

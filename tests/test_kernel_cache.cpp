@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -235,6 +236,73 @@ TEST_F(KernelCacheTest, UnwritableCacheDirWorksFromMemoryAndWarnsOnce) {
   ASSERT_EQ(warnings_.size(), 1u);
   EXPECT_TRUE(contains(warnings_[0], file + "/cache"));
   EXPECT_TRUE(contains(warnings_[0], "memory only"));
+}
+
+TEST_F(KernelCacheTest, WorldWritableCacheIsRefusedCompiledIntoMemoryWithOneWarning) {
+  const KernelSpec spec = smallSpec();
+  std::string key;
+  {
+    auto warm = makeCache(config(dir_));
+    key = getOk(*warm, spec).kernel->key;
+  }
+  const std::string entries = dir_ + "/v1/entries";
+  ASSERT_EQ(::chmod(entries.c_str(), 0777), 0);
+  warnings_.clear();
+  auto cache = makeCache(config(dir_));
+  EXPECT_FALSE(cache->diskRefusal().empty());
+  auto a = getOk(*cache, spec);
+  EXPECT_EQ(a.source, KernelSource::Compiled) << "loaded from a world-writable cache";
+  EXPECT_TRUE(contains(a.notStored, entries));
+  EXPECT_EQ(getOk(*cache, smallSpec(512)).source, KernelSource::Compiled);
+  ASSERT_EQ(warnings_.size(), 1u);
+  EXPECT_TRUE(contains(warnings_[0], "'" + entries + "' (owner uid "));
+  EXPECT_TRUE(contains(warnings_[0], "mode 0777"));
+  EXPECT_TRUE(contains(warnings_[0], "fix: chmod o-w '" + entries + "'"));
+  EXPECT_TRUE(contains(warnings_[0], "compiled into memory only"));
+  // Nothing was written into it: no new entry, no journal line.
+  EXPECT_EQ(fs::listDirectory(entries).size(), 1u);
+  EXPECT_EQ(cache->disk()->journal().stats().compiles, 1);
+}
+
+TEST_F(KernelCacheTest, RefusedCacheUnderNoCompileIsAnErrorNamingWhy) {
+  const KernelSpec spec = smallSpec();
+  {
+    auto warm = makeCache(config(dir_));
+    ASSERT_TRUE(getOk(*warm, spec).kernel);
+  }
+  ASSERT_EQ(::chmod(dir_.c_str(), 0775), 0);
+  Config c = config(dir_);
+  c.noCompile = true;
+  auto strict = makeCache(c);
+  auto r = strict->get(identityOf(*compiler_, spec));
+  ASSERT_FALSE(bool(r));
+  std::string message;
+  EXPECT_EQ(consumeError(r.takeError(), &message), ErrorCode::NotInCache);
+  EXPECT_TRUE(contains(message, "BQJIT_NO_COMPILE"));
+  EXPECT_TRUE(contains(message, "'" + dir_ + "' (owner uid "));
+  EXPECT_TRUE(contains(message, "writable by its group"));
+  EXPECT_EQ(strict->counters().compiles, 0);
+}
+
+TEST_F(KernelCacheTest, EntryWritableByOthersIsRecompiledAndReplaced) {
+  const KernelSpec spec = smallSpec();
+  std::string key;
+  {
+    auto warm = makeCache(config(dir_));
+    key = getOk(*warm, spec).kernel->key;
+  }
+  const std::string entry = dir_ + "/v1/entries/" + key;
+  ASSERT_EQ(::chmod(entry.c_str(), 0777), 0);
+  auto cache = makeCache(config(dir_));
+  auto r = getOk(*cache, spec);
+  EXPECT_EQ(r.source, KernelSource::Compiled);
+  ASSERT_EQ(warnings_.size(), 1u);
+  EXPECT_TRUE(contains(warnings_[0], key + " is refused"));
+  EXPECT_TRUE(contains(warnings_[0], "writable by others"));
+  struct stat st;
+  ASSERT_EQ(::stat(entry.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0755u) << "replaced by a trusted entry";
+  EXPECT_EQ(cache->disk()->verify().bad, 0);
 }
 
 TEST_F(KernelCacheTest, NoCacheDirIsMemoryOnly) {

@@ -59,7 +59,11 @@ llvm::Error runStats(const DiskCache& disk, bool json, const CommandContext& ctx
                                {"compile_ms_mean", mean},
                                {"compile_ms_max", s.compileMsMax},
                                {"evictions", s.evictions},
-                               {"corrupt", s.corrupt}})
+                               {"corrupt", s.corrupt},
+                               {"remote_hits", s.remoteHits},
+                               {"remote_misses", s.remoteMisses},
+                               {"remote_publishes", s.remotePublishes},
+                               {"remote_errors", s.remoteErrors}})
                    .dump(2)
             << "\n";
     return llvm::Error::success();
@@ -80,11 +84,18 @@ llvm::Error runStats(const DiskCache& disk, bool json, const CommandContext& ctx
           << "compiles:    " << s.compiles << "\n"
           << "compile ms:  " << ms << "\n"
           << "evictions:   " << s.evictions << "\n"
-          << "corrupt:     " << s.corrupt << "\n";
+          << "corrupt:     " << s.corrupt << "\n"
+          << "remote:      " << s.remoteHits << " hits, " << s.remoteMisses << " misses, "
+          << s.remotePublishes << " publishes, " << s.remoteErrors << " errors\n";
   return llvm::Error::success();
 }
 
 llvm::Error runVerifyCache(const DiskCache& disk, bool removeBad, const CommandContext& ctx) {
+  // Who can write it first: a consistent entry from an untrusted writer is
+  // as bad as a corrupt one.
+  const std::vector<std::string> writers = disk.trustProblems();
+  for (const std::string& problem : writers)
+    ctx.out << "UNTRUSTED " << problem << "\n";
   const VerifyReport report = disk.verify();
   std::string keys;
   for (const std::string& problem : report.problems) {
@@ -100,8 +111,16 @@ llvm::Error runVerifyCache(const DiskCache& disk, bool removeBad, const CommandC
   ctx.out << "cache verify: " << report.checked << " entr" << (report.checked == 1 ? "y" : "ies")
           << " checked, " << report.bad << " bad" << (removeBad && report.bad ? " (removed)" : "")
           << "\n";
-  if (report.bad == 0)
+  if (!writers.empty())
+    ctx.out << "cache verify: " << writers.size() << " path" << (writers.size() == 1 ? "" : "s")
+            << " writable by someone untrusted: bqjit loads nothing from this cache until they "
+               "are fixed\n";
+  if (report.bad == 0 && writers.empty())
     return llvm::Error::success();
+  if (report.bad == 0)
+    return makeError(ErrorCode::CacheError,
+                     "cache verify: " + std::to_string(writers.size()) +
+                         " path(s) writable by someone untrusted; first: " + writers.front());
   return makeError(ErrorCode::CacheError,
                    "cache verify: " + std::to_string(report.bad) + " of " +
                        std::to_string(report.checked) + " entries are bad: " + keys +
@@ -169,7 +188,8 @@ void addCacheCommands(CLI::App& app, Action& action) {
   });
 
   auto removeBad = std::make_shared<bool>(false);
-  CLI::App* verify = cache->add_subcommand("verify", "Check every entry's checksums");
+  CLI::App* verify = cache->add_subcommand(
+      "verify", "Check every entry's checksums, and who can write the cache (owners, modes)");
   verify->add_flag("--remove-bad", *removeBad, "delete the entries that fail");
   verify->callback([removeBad, &action] {
     action = diskAction([removeBad](const DiskCache& d, const CommandContext& c) {

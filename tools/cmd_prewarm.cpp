@@ -216,6 +216,8 @@ llvm::Error runPrewarm(const PrewarmOptions& o, const CommandContext& ctx) {
   KernelCache& cache = (*service)->cache();
   const Planner& planner = (*service)->planner();
   // Fail up front rather than "compile" into memory only.
+  if (!cache.diskRefusal().empty())
+    return makeError(ErrorCode::CacheError, cache.diskRefusal());
   if (auto err = cache.disk()->prepare())
     return err;
 

@@ -47,6 +47,16 @@ struct GpuOptions {
   int iters = 100;
 };
 
+/// Options of `bqjit bundle export`.
+struct BundleExportOptions {
+  std::string manifest;
+  std::vector<std::string> archs;
+  std::string output;
+};
+
+llvm::Error runBundleExport(const BundleExportOptions& options, const CommandContext& ctx);
+llvm::Error runBundleImport(const std::string& path, const CommandContext& ctx);
+llvm::Error runBundleList(const std::string& path, bool json, const CommandContext& ctx);
 llvm::Error runPrewarm(const PrewarmOptions& options, const CommandContext& ctx);
 llvm::Error runPtx(const PtxOptions& options, const CommandContext& ctx);
 llvm::Error runVerify(const GpuOptions& options, const CommandContext& ctx);
@@ -57,6 +67,7 @@ llvm::Error runVersion(const CommandContext& ctx);
 void addPrewarmCommand(CLI::App& app, Action& action);
 void addPtxCommand(CLI::App& app, Action& action);
 void addCacheCommands(CLI::App& app, Action& action);
+void addBundleCommands(CLI::App& app, Action& action);
 void addVerifyCommand(CLI::App& app, Action& action);
 void addTuneCommand(CLI::App& app, Action& action);
 void addVersionCommand(CLI::App& app, Action& action);

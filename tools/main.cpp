@@ -71,6 +71,7 @@ int main(int argc, char** argv) {
   addPrewarmCommand(app, action);
   addPtxCommand(app, action);
   addCacheCommands(app, action);
+  addBundleCommands(app, action);
   addVerifyCommand(app, action);
   addTuneCommand(app, action);
   addVersionCommand(app, action);

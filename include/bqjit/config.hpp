@@ -41,11 +41,35 @@ struct Config {
   /// How long to wait for another process compiling the same key before
   /// compiling privately.
   int lockTimeoutMs = 120000;
+  /// A group trusted to write the cache (BQJIT_CACHE_GROUP, a name or a
+  /// number), for a cache deliberately shared by several service accounts:
+  /// the cache may then be group-writable for this group (and owned by its
+  /// members), and bqjit creates its files and directories group-writable
+  /// for it. -1: none, the cache must be writable by its owner alone (the
+  /// current user or root).
+  int cacheGroup = -1;
+  /// The fleet tier (BQJIT_REMOTE_CACHE): redis://[:password@]host:port/db,
+  /// asked after the disk and before a compile; empty: none.
+  std::string remoteCache;
+  /// Timeout of the connect and of each request to the remote tier
+  /// (BQJIT_REMOTE_TIMEOUT_MS).
+  int remoteTimeoutMs = 300;
+  /// Expiry of remote entries in seconds (BQJIT_REMOTE_TTL_S); 0: none.
+  int64_t remoteTtlSeconds = 30 * 24 * 3600;
+  /// The fleet secret that signs and verifies remote entries and bundles
+  /// (BQJIT_CACHE_SECRET_FILE; read when used, its mode checked).
+  std::string secretFile;
+  /// BQJIT_INSECURE_UNSIGNED=1: without a secret, write remote entries and
+  /// bundles unsigned and read them unverified (said at every start).
+  bool insecureUnsigned = false;
   LogSink logSink;
 
   /// Reads BQJIT_CACHE_DIR (else $XDG_CACHE_HOME/bqjit, else ~/.cache/bqjit),
   /// BQJIT_CACHE_MAX_BYTES, BQJIT_LOG_LEVEL (quiet|warn|info|debug),
-  /// BQJIT_NO_COMPILE (0|1) and BQJIT_LOCK_TIMEOUT_MS. A malformed value is an
+  /// BQJIT_NO_COMPILE (0|1), BQJIT_LOCK_TIMEOUT_MS, BQJIT_CACHE_GROUP (a
+  /// group name or number that exists), BQJIT_REMOTE_CACHE (a redis:// URL),
+  /// BQJIT_REMOTE_TIMEOUT_MS, BQJIT_REMOTE_TTL_S, BQJIT_CACHE_SECRET_FILE and
+  /// BQJIT_INSECURE_UNSIGNED (0|1). A malformed value is an
   /// error naming the variable, the value and the rule. `getenv` is injectable
   /// for tests.
   static llvm::Expected<Config>
