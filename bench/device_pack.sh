@@ -22,7 +22,9 @@ for f in devpack/lib/libbqjit.so*; do
   if [ -L "$f" ]; then cp --remove-destination "$(readlink -f "$f")" "$f"; fi
 done
 rm -f devpack/lib/libbqjit.so.*.*.* # the soname's file (libbqjit.so.MAJOR.MINOR) is what loads
-for t in build-dev/tests/test_*; do
+# The suites that need a GPU (the CPU suites run in CI): the pack must stay
+# under the 64 MiB that travel with a device run.
+for t in build-dev/tests/test_gpu_* build-dev/tests/test_cuda_driver; do
   [ -x "$t" ] && [ -f "$t" ] && cp "$t" devpack/bin/
 done
 cp build-dev/examples/host_app build-dev/bench/warm_path/bench_warm_path devpack/bin/ 2>/dev/null ||
@@ -40,7 +42,6 @@ if [ -n "${BQJIT_TORCH_PYTHON:-}" ]; then
     -w build-dev/wheel .
   mkdir -p devpack/site
   python3 -m zipfile -e build-dev/wheel/bqjit-*.whl devpack/site
-  cp build-dev/wheel/bqjit-*.whl devpack/
   chmod +x devpack/site/bqjit/bin/bqjit
   [ -f devpack/site/bqjit/libbqjit_torch.so ] ||
     { echo "device_pack: the wheel has no PyTorch op library" >&2; exit 1; }
