@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from . import _lib
-from .ops import _IN_NAMES, _alloc, _check, _check_masked, _check_outputs, _check_static
+from .ops import _IN_NAMES, _alloc, _check, _check_fields_text, _check_masked, _check_outputs, _check_static
 
 Tensor = torch.Tensor
 
@@ -35,7 +35,7 @@ def _pow2_align(*values: int) -> int:
 def _spec_json(key: Tuple[Any, ...]) -> str:
     s = _spec_cache.get(key)
     if s is None:
-        h, g, ind, outd, layout, ue8m0, has_ub, masked, arch, launch = key
+        h, g, ind, outd, layout, ue8m0, has_ub, masked, arch, launch, fields = key
         spec = {
             "hidden": h,
             "group_size": g,
@@ -49,6 +49,8 @@ def _spec_json(key: Tuple[Any, ...]) -> str:
         }
         if launch is not None:
             spec["launch"] = json.loads(launch)
+        if fields is not None:
+            spec.update(json.loads(fields))
         s = _spec_cache[key] = json.dumps(spec, separators=(",", ":"))
     return s
 
@@ -66,7 +68,8 @@ def _current_stream(device: int) -> int:
 
 def _run(
     x: Tensor, q: Tensor, scales: Tensor, t: int, h: int, ldx: int, group_size: int, out_dtype: str, layout: str,
-    ue8m0: bool, scale_ub: Optional[Tensor], launch: Optional[str], masked_m: Optional[Tensor] = None,
+    ue8m0: bool, scale_ub: Optional[Tensor], launch: Optional[str], fields: Optional[str],
+    masked_m: Optional[Tensor] = None,
 ) -> None:
     if t == 0 or (masked_m is not None and x.shape[0] == 0):
         return
@@ -76,12 +79,15 @@ def _run(
     if launch is None:
         xa, qa = _pow2_align(xp, ldx * esize), _pow2_align(qp)
         if xa < 16 or qa < 16:
-            # The C++ heuristic with narrower vectors; the spec's other
-            # fields do not change the shape, so a minimal spec will do.
-            base = {"hidden": h, "group_size": group_size, "in_dtype": _IN_NAMES[x.dtype], "arch": "sm_80"}
+            # The C++ heuristic with narrower vectors, for this spec (its
+            # activation can change the occupancy the heuristic asks for).
+            base = {"hidden": h, "group_size": group_size, "in_dtype": _IN_NAMES[x.dtype], "arch": "sm_80",
+                    "out_dtype": out_dtype, "scale_layout": layout, "ue8m0": ue8m0}
+            if fields is not None:
+                base.update(json.loads(fields))
             launch = json.dumps(_lib.service().default_launch(base, min(xa // esize, qa)), sort_keys=True)
     masked = masked_m is not None
-    key = (h, group_size, _IN_NAMES[x.dtype], out_dtype, layout, ue8m0, scale_ub is not None, masked, _arch(device), launch)
+    key = (h, group_size, _IN_NAMES[x.dtype], out_dtype, layout, ue8m0, scale_ub is not None, masked, _arch(device), launch, fields)
     kernel = _lib.service().kernel(_spec_json(key), device)
     args = _lib.LaunchArgs(
         xp,
@@ -111,47 +117,51 @@ def _masked_rows(x: Tensor, masked_m: Tensor, group_size: int, out_dtype: str, l
 @torch.library.custom_op("bqjit::silu_mul_quant", mutates_args=())
 def _silu_mul_quant_op(
     x: Tensor, group_size: int, out_dtype: str, scale_layout: str, ue8m0: bool, scale_ub: Optional[Tensor],
-    launch: Optional[str],
+    launch: Optional[str], fields: Optional[str] = None,
 ) -> Tuple[Tensor, Tensor]:
     _check_static(group_size, out_dtype, scale_layout, ue8m0)
+    _check_fields_text(fields)
     t, h, ldx = _check(x, group_size, out_dtype, scale_layout, scale_ub)
     q, s = _alloc(x, h, group_size, out_dtype, scale_layout)
-    _run(x, q, s, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch)
+    _run(x, q, s, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields)
     return q, s
 
 
 @torch.library.custom_op("bqjit::silu_mul_quant_out", mutates_args=("q", "scales"))
 def _silu_mul_quant_out_op(
     x: Tensor, q: Tensor, scales: Tensor, group_size: int, out_dtype: str, scale_layout: str, ue8m0: bool,
-    scale_ub: Optional[Tensor], launch: Optional[str],
+    scale_ub: Optional[Tensor], launch: Optional[str], fields: Optional[str] = None,
 ) -> None:
     _check_static(group_size, out_dtype, scale_layout, ue8m0)
+    _check_fields_text(fields)
     t, h, ldx = _check(x, group_size, out_dtype, scale_layout, scale_ub)
     _check_outputs(x, q, scales, h, group_size, out_dtype, scale_layout, real=True)
-    _run(x, q, scales, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch)
+    _run(x, q, scales, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields)
 
 
 @torch.library.custom_op("bqjit::silu_mul_quant_masked", mutates_args=())
 def _silu_mul_quant_masked_op(
     x: Tensor, masked_m: Tensor, group_size: int, out_dtype: str, scale_layout: str, ue8m0: bool,
-    scale_ub: Optional[Tensor], launch: Optional[str],
+    scale_ub: Optional[Tensor], launch: Optional[str], fields: Optional[str] = None,
 ) -> Tuple[Tensor, Tensor]:
     _check_static(group_size, out_dtype, scale_layout, ue8m0)
+    _check_fields_text(fields)
     t, h, ldx = _masked_rows(x, masked_m, group_size, out_dtype, scale_layout, scale_ub)
     q, s = _alloc(x, h, group_size, out_dtype, scale_layout, masked=True)
-    _run(x, q, s, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, masked_m)
+    _run(x, q, s, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields, masked_m)
     return q, s
 
 
 @torch.library.custom_op("bqjit::silu_mul_quant_masked_out", mutates_args=("q", "scales"))
 def _silu_mul_quant_masked_out_op(
     x: Tensor, masked_m: Tensor, q: Tensor, scales: Tensor, group_size: int, out_dtype: str, scale_layout: str,
-    ue8m0: bool, scale_ub: Optional[Tensor], launch: Optional[str],
+    ue8m0: bool, scale_ub: Optional[Tensor], launch: Optional[str], fields: Optional[str] = None,
 ) -> None:
     _check_static(group_size, out_dtype, scale_layout, ue8m0)
+    _check_fields_text(fields)
     t, h, ldx = _masked_rows(x, masked_m, group_size, out_dtype, scale_layout, scale_ub)
     _check_outputs(x, q, scales, h, group_size, out_dtype, scale_layout, real=True, masked=True)
-    _run(x, q, scales, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, masked_m)
+    _run(x, q, scales, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields, masked_m)
 
 
 @torch.library.custom_op("bqjit::kernel_table_size", mutates_args=())

@@ -67,10 +67,15 @@ __all__ = [
     "scale_shape",
     "HAVE_TORCH",
     "OPS_BACKEND",
+    "ACTIVATIONS",
 ]
 
 HAVE_TORCH = torch is not None
-LAYOUTS = ("row", "col", "col_tma", "ue8m0_packed")
+LAYOUTS = ("row", "col", "col_tma", "ue8m0_packed", "bytes")
+_LAYOUT_ALIASES = {"e8m0": "bytes"}
+ACTIVATIONS = ("silu", "swiglu", "gelu_tanh", "gelu")
+GATE_UPS = ("split", "interleaved")
+SCALE_ROUNDINGS = ("ceil", "floor")
 OUT_DTYPES = ("fp8_e4m3", "fp8_e5m2", "int8")
 MIN_GROUP, MAX_GROUP, MAX_HIDDEN = 16, 1024, 65536
 _LAUNCH_KEYS = ("threads_per_group", "vec_width", "groups_per_block")
@@ -90,14 +95,19 @@ def _check_static(group_size: Any, out_dtype: str, scale_layout: Any, ue8m0: Any
         raise TypeError(f"group_size must be an int, got {group_size!r} ({type(group_size).__name__})")
     if not MIN_GROUP <= group_size <= MAX_GROUP:
         raise ValueError(f"group_size = {group_size}: must be in {MIN_GROUP}..{MAX_GROUP}")
-    if not isinstance(scale_layout, str) or scale_layout not in LAYOUTS:
-        raise ValueError(f"scale_layout = {scale_layout!r}: must be one of {', '.join(LAYOUTS)}")
+    if not isinstance(scale_layout, str) or (scale_layout not in LAYOUTS and scale_layout not in _LAYOUT_ALIASES):
+        raise ValueError(f"scale_layout = {scale_layout!r}: must be one of {', '.join(LAYOUTS)} (alias e8m0)")
     if not isinstance(ue8m0, bool):
         raise TypeError(f"ue8m0 must be a bool, got {ue8m0!r}")
     if scale_layout == "ue8m0_packed" and not ue8m0:
         raise ValueError(
             "scale_layout = 'ue8m0_packed' needs ue8m0 = True (got ue8m0 = False): "
             "packed scales are the exponents of power-of-two scales"
+        )
+    if _LAYOUT_ALIASES.get(scale_layout, scale_layout) == "bytes" and not ue8m0:
+        raise ValueError(
+            "scale_layout = 'bytes' needs ue8m0 = True (got ue8m0 = False): its bytes "
+            "are the E8M0 exponents of power-of-two scales"
         )
     if out_dtype not in OUT_DTYPES:  # internal names; the wrapper maps torch dtypes
         raise ValueError(f"out_dtype = {out_dtype!r}: must be one of {', '.join(OUT_DTYPES)}")
@@ -129,6 +139,63 @@ def _launch_json(launch: Any) -> Optional[str]:
     return "{" + ",".join(f'"{k}":{int(launch[k])}' for k in keys) + "}"
 
 
+def _number(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a number or None, got {v!r} ({type(v).__name__})")
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} = {v!r}: must be a finite number")
+    return float(v)
+
+
+def _fields_json(
+    activation: Any, alpha: Any, beta: Any, limit: Any, gate_up: Any, scale_rounding: Any, out_dtype: str, ue8m0: bool
+) -> Optional[str]:
+    """The spec fields beyond silu's (docs/contract.md sections 6 and 7) as the
+    ops' `fields` JSON object, None for the defaults. Checks what needs no
+    tensor, naming the argument, its value and the rule; the library checks
+    the rest (and rounds the parameters to fp32)."""
+    fields = {}
+    if activation is not None:
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
+            raise ValueError(f"activation = {activation!r}: must be one of {', '.join(ACTIVATIONS)}")
+        if activation != "silu":
+            fields["activation"] = activation
+    for name, v in (("alpha", alpha), ("beta", beta), ("limit", limit)):
+        if v is None:
+            continue
+        v = _number(name, v)
+        if activation != "swiglu":
+            raise ValueError(f"{name} = {v!r}: applies only to activation 'swiglu' (activation is {activation or 'silu'!r})")
+        if name == "limit" and not v > 0:
+            raise ValueError(f"limit = {v!r}: must be > 0 (leave it None for no clamp)")
+        fields[name] = v
+    if gate_up is not None:
+        if not isinstance(gate_up, str) or gate_up not in GATE_UPS:
+            raise ValueError(f"gate_up = {gate_up!r}: must be one of {', '.join(GATE_UPS)}")
+        if gate_up != "split":
+            fields["gate_up"] = gate_up
+    if scale_rounding is not None:
+        if not isinstance(scale_rounding, str) or scale_rounding not in SCALE_ROUNDINGS:
+            raise ValueError(f"scale_rounding = {scale_rounding!r}: must be one of {', '.join(SCALE_ROUNDINGS)}")
+        if scale_rounding == "floor":
+            if not ue8m0:
+                raise ValueError("scale_rounding = 'floor' needs ue8m0 = True (it rounds power-of-two scales)")
+            if out_dtype == "int8":
+                raise ValueError("scale_rounding = 'floor' needs a floating-point out_dtype (got int8)")
+            fields["scale_rounding"] = "floor"
+    if not fields:
+        return None
+    return json.dumps(fields, separators=(",", ":"), sort_keys=True)
+
+
+def _check_fields_text(fields: Any) -> None:
+    """The ops' `fields` argument: None or a JSON object (what the C++ op checks)."""
+    if fields is None:
+        return
+    if not isinstance(fields, str) or len(fields) < 2 or fields[0] != "{" or fields[-1] != "}":
+        raise ValueError(f"fields = {fields!r}: must be None or a JSON object of spec fields")
+
+
 def scale_shape(
     layout: str, lead: Tuple[int, ...], hidden: int, group_size: int, experts: Optional[int] = None
 ) -> Tuple[Tuple[int, ...], Optional[Tuple[int, ...]], int]:
@@ -136,16 +203,17 @@ def scale_shape(
     tensor for ``x`` of leading shape ``lead`` (T = prod(lead)); with
     ``experts`` = E, of a masked batch whose ``lead`` is (E, T_max)."""
     ng = hidden // group_size
+    layout = _LAYOUT_ALIASES.get(layout, layout)
     if experts is not None:
         t = lead[1]
         shape, strides, storage = scale_shape(layout, (t,), hidden, group_size)
-        if strides is None:  # row: one expert is [T_max, NG] contiguous
+        if strides is None:  # row, bytes: one expert is [T_max, NG] contiguous
             strides = (ng, 1)
         return (experts,) + tuple(shape), (storage,) + tuple(strides), experts * storage
     t = 1
     for d in lead:
         t *= d
-    if layout == "row":
+    if layout in ("row", "bytes"):
         return tuple(lead) + (ng,), None, t * ng
     t4 = (t + 3) // 4 * 4
     if layout == "col":
@@ -227,6 +295,10 @@ if torch is not None:
     # ---- tensor checks (run by the Python ops and by the fakes; the C++ ops
     # ---- make the same checks with the same messages) ------------------------
 
+    def _scale_dtype(layout: str):
+        layout = _LAYOUT_ALIASES.get(layout, layout)
+        return torch.int32 if layout == "ue8m0_packed" else torch.uint8 if layout == "bytes" else torch.float32
+
     def _rows(x: Tensor, sizes, strides) -> Tuple[int, int]:
         """(T, ldx): leading dims of (sizes, strides) flattened to T rows of pitch ldx."""
         h2 = sizes[-1]
@@ -289,7 +361,7 @@ if torch is not None:
             )
         if h % group_size != 0:
             raise ValueError(f"group_size = {group_size}: must divide H = {h} (x.shape[-1] = {h2})")
-        if scale_layout != "row" and len(sizes) != 2:
+        if _LAYOUT_ALIASES.get(scale_layout, scale_layout) not in ("row", "bytes") and len(sizes) != 2:
             raise ValueError(
                 f"scale_layout = {scale_layout!r} needs a 2-D x [T, 2H], got shape {tuple(sizes)}; "
                 "flatten the leading dims first (x.view(-1, x.shape[-1]))"
@@ -352,7 +424,7 @@ if torch is not None:
         shape, strides, storage = scale_shape(
             layout, tuple(x.shape[:-1]), h, group_size, x.shape[0] if masked else None
         )
-        sdt = torch.int32 if layout == "ue8m0_packed" else torch.float32
+        sdt = _scale_dtype(layout)
         if scales.device != x.device:
             raise ValueError(f"scales_out is on device '{scales.device}', x on '{x.device}': must be the same device")
         if scales.dtype != sdt:
@@ -362,7 +434,8 @@ if torch is not None:
         if strides is None:
             if not scales.is_contiguous():
                 raise ValueError(
-                    f"scales_out must be contiguous for scale_layout 'row', got strides {tuple(scales.stride())}"
+                    f"scales_out must be contiguous for scale_layout {_LAYOUT_ALIASES.get(layout, layout)!r}, "
+                    f"got strides {tuple(scales.stride())}"
                 )
             return
         for d in range(len(shape)):
@@ -384,7 +457,7 @@ if torch is not None:
         lead = tuple(x.shape[:-1])
         q = torch.empty(lead + (h,), dtype=_OUT_TORCH[out_dtype], device=x.device)
         shape, strides, storage = scale_shape(layout, lead, h, group_size, x.shape[0] if masked else None)
-        sdt = torch.int32 if layout == "ue8m0_packed" else torch.float32
+        sdt = _scale_dtype(layout)
         if strides is None:
             s = torch.empty(shape, dtype=sdt, device=x.device)
         else:
@@ -409,30 +482,36 @@ if torch is not None:
     # ---- fake implementations, for either backend -----------------------------
 
     @torch.library.register_fake("bqjit::silu_mul_quant")
-    def _silu_mul_quant_fake(x, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch):
+    def _silu_mul_quant_fake(x, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields=None):
         _check_static(group_size, out_dtype, scale_layout, ue8m0)
+        _check_fields_text(fields)
         _, h, _ = _check(x, group_size, out_dtype, scale_layout, scale_ub)
         return _alloc(x, h, group_size, out_dtype, scale_layout)
 
     @torch.library.register_fake("bqjit::silu_mul_quant_out")
-    def _silu_mul_quant_out_fake(x, q, scales, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch):
+    def _silu_mul_quant_out_fake(x, q, scales, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch,
+                                 fields=None):
         _check_static(group_size, out_dtype, scale_layout, ue8m0)
+        _check_fields_text(fields)
         _, h, _ = _check(x, group_size, out_dtype, scale_layout, scale_ub)
         _check_outputs(x, q, scales, h, group_size, out_dtype, scale_layout, real=False)
         return None
 
     @torch.library.register_fake("bqjit::silu_mul_quant_masked")
-    def _silu_mul_quant_masked_fake(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch):
+    def _silu_mul_quant_masked_fake(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch,
+                                    fields=None):
         _check_static(group_size, out_dtype, scale_layout, ue8m0)
+        _check_fields_text(fields)
         _, h, _ = _check(x, group_size, out_dtype, scale_layout, scale_ub, masked=True)
         _check_masked(x, masked_m)
         return _alloc(x, h, group_size, out_dtype, scale_layout, masked=True)
 
     @torch.library.register_fake("bqjit::silu_mul_quant_masked_out")
     def _silu_mul_quant_masked_out_fake(
-        x, masked_m, q, scales, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch
+        x, masked_m, q, scales, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields=None
     ):
         _check_static(group_size, out_dtype, scale_layout, ue8m0)
+        _check_fields_text(fields)
         _, h, _ = _check(x, group_size, out_dtype, scale_layout, scale_ub, masked=True)
         _check_masked(x, masked_m)
         _check_outputs(x, q, scales, h, group_size, out_dtype, scale_layout, real=False, masked=True)
@@ -471,14 +550,16 @@ if torch is not None:
             missing = "out" if out is None else "scales_out"
             raise ValueError(f"{missing} is None: out and scales_out must be given together")
 
-    def _checked(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out, launch):
+    def _checked(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out, launch,
+                 act=(None, None, None, None, None, None)):
         """Every argument check of the wrappers, in Python (the traced path and
-        the eager slow path): (out_dtype's name, launch as JSON)."""
+        the eager slow path): (out_dtype's name, launch as JSON, fields as JSON).
+        `act`: (activation, alpha, beta, limit, gate_up, scale_rounding)."""
         _check_wrapper_args(x, scale_ub, out, scales_out)
         if masked_m is not None and not isinstance(masked_m, torch.Tensor):
             raise TypeError(f"masked_m must be a torch.Tensor, got {type(masked_m).__name__}")
         name = _static(group_size, out_dtype, scale_layout, ue8m0)
-        return name, _launch_json(launch)
+        return name, _launch_json(launch), _fields_json(*act, name, ue8m0)
 
     def _call(op, *args):
         """The op under tracing; eagerly with the library's errors as BqjitError."""
@@ -521,8 +602,14 @@ if torch is not None:
         out: Optional[Tensor] = None,
         scales_out: Optional[Tensor] = None,
         launch: Any = None,
+        activation: Optional[str] = None,
+        alpha: Optional[float] = None,
+        beta: Optional[float] = None,
+        limit: Optional[float] = None,
+        gate_up: Optional[str] = None,
+        scale_rounding: Optional[str] = None,
     ) -> Tuple[Tensor, Tensor]:
-        """``y = silu(gate) * up`` quantized per group of ``group_size`` columns.
+        """``y = act(gate) * up`` (``silu`` by default) quantized per group of ``group_size`` columns.
 
         Args:
             x: CUDA tensor ``[..., 2H]`` (bfloat16, float16 or float32): gate in
@@ -540,6 +627,18 @@ if torch is not None:
                 shapes, dtypes and strides as the returned tensors would have.
             launch: None (heuristic) or {"threads_per_group", "vec_width",
                 "groups_per_block"} to override the launch shape.
+            activation: None ("silu"), "swiglu", "gelu_tanh" or "gelu"
+                (docs/contract.md section 6).
+            alpha, beta, limit: swiglu's parameters (defaults 1, 0, no clamp):
+                ``min(g, limit) * sigmoid(alpha * min(g, limit)) *
+                (clamp(u, -limit, limit) + beta)``; gpt-oss uses 1.702, 1, 7.
+            gate_up: None ("split": gate ``x[..., :H]``, up ``x[..., H:]``) or
+                "interleaved" (gate ``x[..., 0::2]``, up ``x[..., 1::2]``).
+            scale_rounding: None ("ceil") or "floor", the OCP MX rule for
+                power-of-two scales (needs ``ue8m0`` and an fp8 output). MXFP8
+                is ``group_size=32, ue8m0=True, scale_rounding="floor"``, with
+                ``scale_layout="bytes"`` for E8M0 bytes (uint8 ``[..., NG]``;
+                ``.view(torch.float8_e8m0fnu)`` gives torch's type).
 
         Returns:
             ``(q, scales)``: q ``[..., H]`` of ``out_dtype``; scales per layout.
@@ -554,7 +653,8 @@ if torch is not None:
             # schema rejects a type.
             name = _fast_name(out_dtype)
             if name is not None and launch is None and type(group_size) is int and type(ue8m0) is bool \
-                    and (out is None) == (scales_out is None):
+                    and (out is None) == (scales_out is None) and activation is None and alpha is None \
+                    and beta is None and limit is None and gate_up is None and scale_rounding is None:
                 try:
                     if out is None:
                         return _RAW_OP(x, group_size, name, scale_layout, ue8m0, scale_ub, None)
@@ -563,11 +663,12 @@ if torch is not None:
                 except (TypeError, RuntimeError) as e:
                     raise _explained(e, x, None, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
                                      scales_out) from None
-        name, launch_text = _checked(x, None, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out,
-                                     launch)
+        act = (activation, alpha, beta, limit, gate_up, scale_rounding)
+        name, launch_text, fields = _checked(x, None, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
+                                             scales_out, launch, act)
         if out is None:
-            return _call(_OP, x, group_size, name, scale_layout, ue8m0, scale_ub, launch_text)
-        _call(_OP_OUT, x, out, scales_out, group_size, name, scale_layout, ue8m0, scale_ub, launch_text)
+            return _call(_OP, x, group_size, name, scale_layout, ue8m0, scale_ub, launch_text, fields)
+        _call(_OP_OUT, x, out, scales_out, group_size, name, scale_layout, ue8m0, scale_ub, launch_text, fields)
         return out, scales_out
 
     def silu_mul_quant_masked(
@@ -582,6 +683,12 @@ if torch is not None:
         out: Optional[Tensor] = None,
         scales_out: Optional[Tensor] = None,
         launch: Any = None,
+        activation: Optional[str] = None,
+        alpha: Optional[float] = None,
+        beta: Optional[float] = None,
+        limit: Optional[float] = None,
+        gate_up: Optional[str] = None,
+        scale_rounding: Optional[str] = None,
     ) -> Tuple[Tensor, Tensor]:
         """:func:`silu_mul_quant` of a MoE batch: ``x [E, T_max, 2H]``, expert
         ``e`` with ``masked_m[e]`` live rows (int32 CUDA tensor ``[E]``, read
@@ -596,7 +703,8 @@ if torch is not None:
         if not _is_compiling():
             name = _fast_name(out_dtype)
             if name is not None and launch is None and type(group_size) is int and type(ue8m0) is bool \
-                    and (out is None) == (scales_out is None):
+                    and (out is None) == (scales_out is None) and activation is None and alpha is None \
+                    and beta is None and limit is None and gate_up is None and scale_rounding is None:
                 try:
                     if out is None:
                         return _RAW_OP_MASKED(x, masked_m, group_size, name, scale_layout, ue8m0, scale_ub, None)
@@ -606,13 +714,14 @@ if torch is not None:
                 except (TypeError, RuntimeError) as e:
                     raise _explained(e, x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
                                      scales_out) from None
-        name, launch_text = _checked(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
-                                     scales_out, launch)
+        act = (activation, alpha, beta, limit, gate_up, scale_rounding)
+        name, launch_text, fields = _checked(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
+                                             scales_out, launch, act)
         if out is None:
-            return _call(_OP_MASKED, x, masked_m, group_size, name, scale_layout, ue8m0, scale_ub, launch_text)
-        _call(
-            _OP_MASKED_OUT, x, masked_m, out, scales_out, group_size, name, scale_layout, ue8m0, scale_ub, launch_text
-        )
+            return _call(_OP_MASKED, x, masked_m, group_size, name, scale_layout, ue8m0, scale_ub, launch_text,
+                         fields)
+        _call(_OP_MASKED_OUT, x, masked_m, out, scales_out, group_size, name, scale_layout, ue8m0, scale_ub,
+              launch_text, fields)
         return out, scales_out
 
 else:

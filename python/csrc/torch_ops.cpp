@@ -31,12 +31,11 @@ namespace {
 constexpr int64_t kMinGroup = 16, kMaxGroup = 1024, kMaxHidden = 65536;
 
 enum class OutType : int8_t { E4m3, E5m2, Int8 };
-enum class Layout : int8_t { Row, Col, ColTma, Ue8m0Packed };
+enum class Layout : int8_t { Row, Col, ColTma, Ue8m0Packed, Bytes };
 
-const char* const kStatusNames[] = {"ok",           "invalid-spec",   "invalid-argument",
-                                    "compile-failed", "cache-error",  "driver-error",
-                                    "no-driver",    "arch-mismatch",  "not-in-cache",
-                                    "internal"};
+const char* const kStatusNames[] = {
+    "ok",           "invalid-spec", "invalid-argument", "compile-failed", "cache-error",
+    "driver-error", "no-driver",    "arch-mismatch",    "not-in-cache",   "internal"};
 
 /// Raises the C API's error as a RuntimeError that python/bqjit/ops.py turns
 /// into a bqjit.BqjitError: "[bqjit:<code>] <message>".
@@ -65,19 +64,31 @@ Layout parseLayout(const std::string& s) {
     return Layout::ColTma;
   if (s == "ue8m0_packed")
     return Layout::Ue8m0Packed;
+  if (s == "bytes" || s == "e8m0")
+    return Layout::Bytes;
   TORCH_CHECK_VALUE(false, "scale_layout = '", s,
-                    "': must be one of row, col, col_tma, ue8m0_packed");
+                    "': must be one of row, col, col_tma, ue8m0_packed, bytes (alias e8m0)");
 }
 
 const char* outName(OutType o) {
   return o == OutType::E4m3 ? "fp8_e4m3" : o == OutType::E5m2 ? "fp8_e5m2" : "int8";
 }
 const char* layoutName(Layout l) {
-  return l == Layout::Row ? "row" : l == Layout::Col ? "col" : l == Layout::ColTma ? "col_tma"
-                                                                                   : "ue8m0_packed";
+  return l == Layout::Row      ? "row"
+         : l == Layout::Col    ? "col"
+         : l == Layout::ColTma ? "col_tma"
+         : l == Layout::Bytes  ? "bytes"
+                               : "ue8m0_packed";
+}
+
+/// Row-major layouts (row, bytes): scales [..., NG] for x of any rank.
+bool rowMajor(Layout l) {
+  return l == Layout::Row || l == Layout::Bytes;
 }
 at::ScalarType outScalar(OutType o) {
-  return o == OutType::E4m3 ? at::kFloat8_e4m3fn : o == OutType::E5m2 ? at::kFloat8_e5m2 : at::kChar;
+  return o == OutType::E4m3   ? at::kFloat8_e4m3fn
+         : o == OutType::E5m2 ? at::kFloat8_e5m2
+                              : at::kChar;
 }
 /// The dtype as Python prints it ("torch.bfloat16").
 std::string dtypeText(at::ScalarType t) {
@@ -126,6 +137,9 @@ void checkStatic(int64_t group, Layout layout, bool ue8m0) {
   TORCH_CHECK_VALUE(layout != Layout::Ue8m0Packed || ue8m0,
                     "scale_layout = 'ue8m0_packed' needs ue8m0 = True (got ue8m0 = False): packed "
                     "scales are the exponents of power-of-two scales");
+  TORCH_CHECK_VALUE(layout != Layout::Bytes || ue8m0,
+                    "scale_layout = 'bytes' needs ue8m0 = True (got ue8m0 = False): its bytes "
+                    "are the E8M0 exponents of power-of-two scales");
 }
 
 struct Rows {
@@ -137,8 +151,9 @@ void checkDeviceAndDtype(const at::Tensor& x) {
   TORCH_CHECK_VALUE(x.device().is_cuda(), "x must be a CUDA tensor, got a tensor on device '",
                     x.device().str(), "'");
   const at::ScalarType dt = x.scalar_type();
-  TORCH_CHECK_TYPE(dt == at::kBFloat16 || dt == at::kHalf || dt == at::kFloat, "x.dtype = ",
-                   dtypeText(dt), ": must be torch.bfloat16, torch.float16 or torch.float32");
+  TORCH_CHECK_TYPE(dt == at::kBFloat16 || dt == at::kHalf || dt == at::kFloat,
+                   "x.dtype = ", dtypeText(dt),
+                   ": must be torch.bfloat16, torch.float16 or torch.float32");
 }
 
 /// `sizes` and `strides` are x's, or one expert's of a masked batch.
@@ -146,21 +161,18 @@ Rows checkInput(const at::Tensor& x, at::IntArrayRef sizes, at::IntArrayRef stri
                 Layout layout, const std::optional<at::Tensor>& scaleUb) {
   const int64_t dim = static_cast<int64_t>(sizes.size());
   checkDeviceAndDtype(x);
-  TORCH_CHECK_VALUE(dim >= 1,
-                    "x must have at least one dimension [..., 2H], got a 0-d tensor");
+  TORCH_CHECK_VALUE(dim >= 1, "x must have at least one dimension [..., 2H], got a 0-d tensor");
   const int64_t h2 = sizes[dim - 1];
   TORCH_CHECK_VALUE(h2 % 2 == 0 && h2 != 0, "x.shape[-1] = ", h2,
                     ": must be 2H, even and > 0 (gate then up)");
   const int64_t h = h2 / 2;
-  TORCH_CHECK_VALUE(h <= kMaxHidden, "x.shape[-1] = ", h2, ": H = ", h, " must be <= ",
-                    kMaxHidden);
+  TORCH_CHECK_VALUE(h <= kMaxHidden, "x.shape[-1] = ", h2, ": H = ", h, " must be <= ", kMaxHidden);
   TORCH_CHECK_VALUE(strides[dim - 1] == 1, "x.stride(-1) = ", strides[dim - 1],
                     ": the last dim of x must be contiguous (stride 1); rows may be strided");
   TORCH_CHECK_VALUE(h % group == 0, "group_size = ", group, ": must divide H = ", h,
                     " (x.shape[-1] = ", h2, ")");
-  TORCH_CHECK_VALUE(layout == Layout::Row || dim == 2, "scale_layout = '",
-                    layoutName(layout), "' needs a 2-D x [T, 2H], got shape ",
-                    shapeText(sizes),
+  TORCH_CHECK_VALUE(rowMajor(layout) || dim == 2, "scale_layout = '", layoutName(layout),
+                    "' needs a 2-D x [T, 2H], got shape ", shapeText(sizes),
                     "; flatten the leading dims first (x.view(-1, x.shape[-1]))");
   if (scaleUb) {
     const at::Tensor& ub = *scaleUb;
@@ -206,6 +218,7 @@ ScaleShape scaleShape(Layout layout, int64_t t, int64_t ng) {
   const int64_t t4 = (t + 3) / 4 * 4;
   switch (layout) {
   case Layout::Row:
+  case Layout::Bytes:
     return {ng, ng, 1, t * ng};
   case Layout::Col:
     return {ng, 1, t, ng * t};
@@ -219,7 +232,7 @@ ScaleShape scaleShape(Layout layout, int64_t t, int64_t ng) {
 }
 
 at::ScalarType scaleScalar(Layout l) {
-  return l == Layout::Ue8m0Packed ? at::kInt : at::kFloat;
+  return l == Layout::Ue8m0Packed ? at::kInt : l == Layout::Bytes ? at::kByte : at::kFloat;
 }
 
 /// q and scales for x [..., 2H] (plain) or [E, T, 2H] (masked: per expert).
@@ -237,7 +250,7 @@ std::tuple<at::Tensor, at::Tensor> allocate(const at::Tensor& x, int64_t h, int6
     at::Tensor buf = at::empty({e * s.storage}, sOpts);
     return {q, buf.as_strided({e, t, s.cols}, {s.storage, s.strideT, s.strideJ})};
   }
-  if (layout == Layout::Row) {
+  if (rowMajor(layout)) {
     std::vector<int64_t> sShape = lead;
     sShape.push_back(ng);
     return {q, at::empty(sShape, sOpts)};
@@ -256,9 +269,8 @@ void checkOutputs(const at::Tensor& x, const at::Tensor& q, const at::Tensor& sc
   wantQ.push_back(h);
   TORCH_CHECK_VALUE(q.device() == x.device(), "out is on device '", q.device().str(), "', x on '",
                     x.device().str(), "': must be the same device");
-  TORCH_CHECK_TYPE(q.scalar_type() == outScalar(out), "out.dtype = ",
-                   dtypeText(q.scalar_type()), ": must be ",
-                   dtypeText(outScalar(out)), " (the out_dtype)");
+  TORCH_CHECK_TYPE(q.scalar_type() == outScalar(out), "out.dtype = ", dtypeText(q.scalar_type()),
+                   ": must be ", dtypeText(outScalar(out)), " (the out_dtype)");
   TORCH_CHECK_VALUE(q.sizes() == at::IntArrayRef(wantQ), "out.shape = ", shapeText(q.sizes()),
                     ": must be ", shapeText(wantQ), " (x.shape[:-1] + (H,))");
   TORCH_CHECK_VALUE(q.is_contiguous(), "out must be contiguous, got strides ",
@@ -267,20 +279,19 @@ void checkOutputs(const at::Tensor& x, const at::Tensor& q, const at::Tensor& sc
                     scales.device().str(), "', x on '", x.device().str(),
                     "': must be the same device");
   const at::ScalarType sdt = scaleScalar(layout);
-  TORCH_CHECK_TYPE(scales.scalar_type() == sdt, "scales_out.dtype = ",
-                   dtypeText(scales.scalar_type()), ": must be ", dtypeText(sdt),
-                   " for scale_layout '", layoutName(layout), "'");
+  TORCH_CHECK_TYPE(scales.scalar_type() == sdt,
+                   "scales_out.dtype = ", dtypeText(scales.scalar_type()), ": must be ",
+                   dtypeText(sdt), " for scale_layout '", layoutName(layout), "'");
   const int64_t ng = h / group;
-  const int64_t t = masked ? x.size(1) : (layout == Layout::Row ? 0 : x.size(0));
-  if (!masked && layout == Layout::Row) {
+  const int64_t t = masked ? x.size(1) : (rowMajor(layout) ? 0 : x.size(0));
+  if (!masked && rowMajor(layout)) {
     std::vector<int64_t> want(x.sizes().begin(), x.sizes().end() - 1);
     want.push_back(ng);
-    TORCH_CHECK_VALUE(scales.sizes() == at::IntArrayRef(want), "scales_out.shape = ",
-                      shapeText(scales.sizes()), ": must be ", shapeText(want),
-                      " for scale_layout 'row'");
-    TORCH_CHECK_VALUE(scales.is_contiguous(),
-                      "scales_out must be contiguous for scale_layout 'row', got strides ",
-                      shapeText(scales.strides()));
+    TORCH_CHECK_VALUE(scales.sizes() == at::IntArrayRef(want),
+                      "scales_out.shape = ", shapeText(scales.sizes()), ": must be ",
+                      shapeText(want), " for scale_layout '", layoutName(layout), "'");
+    TORCH_CHECK_VALUE(scales.is_contiguous(), "scales_out must be contiguous for scale_layout '",
+                      layoutName(layout), "', got strides ", shapeText(scales.strides()));
     return;
   }
   const ScaleShape s = scaleShape(layout, t, ng);
@@ -292,15 +303,15 @@ void checkOutputs(const at::Tensor& x, const at::Tensor& q, const at::Tensor& sc
     want = {t, s.cols};
     strides = {s.strideT, s.strideJ};
   }
-  TORCH_CHECK_VALUE(scales.sizes() == at::IntArrayRef(want), "scales_out.shape = ",
-                    shapeText(scales.sizes()), ": must be ", shapeText(want),
+  TORCH_CHECK_VALUE(scales.sizes() == at::IntArrayRef(want),
+                    "scales_out.shape = ", shapeText(scales.sizes()), ": must be ", shapeText(want),
                     " for scale_layout '", layoutName(layout), "'");
   for (size_t d = 0; d < want.size(); ++d)
-    TORCH_CHECK_VALUE(want[d] <= 1 || scales.stride(d) == strides[d], "scales_out.stride() = ",
-                      shapeText(scales.strides()), ": must be ", shapeText(strides),
-                      " for scale_layout '", layoutName(layout), "' (a ", shapeText(want),
-                      " view of a buffer of ", (masked ? x.size(0) : 1) * s.storage,
-                      " elements)");
+    TORCH_CHECK_VALUE(want[d] <= 1 || scales.stride(d) == strides[d],
+                      "scales_out.stride() = ", shapeText(scales.strides()), ": must be ",
+                      shapeText(strides), " for scale_layout '", layoutName(layout), "' (a ",
+                      shapeText(want), " view of a buffer of ",
+                      (masked ? x.size(0) : 1) * s.storage, " elements)");
   const int64_t total = (masked ? x.size(0) : 1) * s.storage;
   const int64_t room = static_cast<int64_t>(scales.storage().nbytes()) / scales.element_size() -
                        scales.storage_offset();
@@ -314,17 +325,18 @@ void checkMasked(const at::Tensor& x, const at::Tensor& maskedM) {
   TORCH_CHECK_VALUE(maskedM.device() == x.device(), "masked_m is on device '",
                     maskedM.device().str(), "', x on '", x.device().str(),
                     "': must be the same device");
-  TORCH_CHECK_TYPE(maskedM.scalar_type() == at::kInt, "masked_m.dtype = ",
-                   dtypeText(maskedM.scalar_type()), ": must be torch.int32");
-  TORCH_CHECK_VALUE(maskedM.dim() == 1 && maskedM.size(0) == x.size(0), "masked_m.shape = ",
-                    shapeText(maskedM.sizes()), ": must be (", x.size(0),
+  TORCH_CHECK_TYPE(maskedM.scalar_type() == at::kInt,
+                   "masked_m.dtype = ", dtypeText(maskedM.scalar_type()), ": must be torch.int32");
+  TORCH_CHECK_VALUE(maskedM.dim() == 1 && maskedM.size(0) == x.size(0),
+                    "masked_m.shape = ", shapeText(maskedM.sizes()), ": must be (", x.size(0),
                     ",) (one count per expert of x)");
   TORCH_CHECK_VALUE(maskedM.stride(0) == 1 || maskedM.size(0) <= 1,
                     "masked_m must be contiguous, got stride ", maskedM.stride(0));
   // The kernel finds expert e's rows at e * T_max * ldx.
   TORCH_CHECK_VALUE(x.size(0) <= 1 || x.size(1) <= 1 || x.stride(0) == x.size(1) * x.stride(1),
-                    "x.stride(0) = ", x.stride(0), ": must be T_max * x.stride(1) = ",
-                    x.size(1) * x.stride(1), " (experts back to back)");
+                    "x.stride(0) = ", x.stride(0),
+                    ": must be T_max * x.stride(1) = ", x.size(1) * x.stride(1),
+                    " (experts back to back)");
 }
 
 /// One specialization the op has asked for, on one device.
@@ -335,10 +347,11 @@ struct TableKey {
   int8_t maxVec; // 0: aligned, the heuristic's vectors; else the widest that fits
   int device;
   std::string launch; // the caller's override as JSON; empty: none
+  std::string fields; // more spec fields (activation, ...) as a JSON object; empty: none
   bool operator==(const TableKey& o) const {
     return hidden == o.hidden && group == o.group && in == o.in && out == o.out &&
            layout == o.layout && ue8m0 == o.ue8m0 && hasUb == o.hasUb && masked == o.masked &&
-           maxVec == o.maxVec && device == o.device && launch == o.launch;
+           maxVec == o.maxVec && device == o.device && launch == o.launch && fields == o.fields;
   }
 };
 
@@ -354,6 +367,8 @@ struct TableKeyHash {
     h ^= bits + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
     if (!k.launch.empty())
       h ^= std::hash<std::string>()(k.launch);
+    if (!k.fields.empty())
+      h ^= std::hash<std::string>()(k.fields) * 31;
     return static_cast<size_t>(h);
   }
 };
@@ -402,16 +417,19 @@ private:
   }
 
   std::string specText(const TableKey& k, const std::string& launch) const {
-    std::string s = "{\"hidden\":" + std::to_string(k.hidden) +
-                    ",\"group_size\":" + std::to_string(k.group) + ",\"in_dtype\":\"" +
-                    inName(static_cast<at::ScalarType>(k.in)) + "\",\"out_dtype\":\"" +
-                    outName(static_cast<OutType>(k.out)) + "\",\"scale_layout\":\"" +
-                    layoutName(static_cast<Layout>(k.layout)) +
-                    "\",\"ue8m0\":" + (k.ue8m0 ? "true" : "false") +
-                    ",\"scale_ub\":" + (k.hasUb ? "true" : "false") +
-                    ",\"masked\":" + (k.masked ? "true" : "false");
+    std::string s =
+        "{\"hidden\":" + std::to_string(k.hidden) + ",\"group_size\":" + std::to_string(k.group) +
+        ",\"in_dtype\":\"" + inName(static_cast<at::ScalarType>(k.in)) + "\",\"out_dtype\":\"" +
+        outName(static_cast<OutType>(k.out)) + "\",\"scale_layout\":\"" +
+        layoutName(static_cast<Layout>(k.layout)) + "\",\"ue8m0\":" + (k.ue8m0 ? "true" : "false") +
+        ",\"scale_ub\":" + (k.hasUb ? "true" : "false") +
+        ",\"masked\":" + (k.masked ? "true" : "false");
     if (!launch.empty())
       s += ",\"launch\":" + launch;
+    // The members of the fields object, after ours (checked to be an object
+    // when the call came in; the library validates each).
+    if (k.fields.size() > 2)
+      s += "," + k.fields.substr(1, k.fields.size() - 2);
     return s + "}";
   }
 
@@ -443,10 +461,10 @@ private:
       });
     }
     const std::string spec = specText(k, launch);
-    const std::string resolved = textCall("bqjit_spec_for_device", [&](char* b, size_t n,
-                                                                       size_t* need) {
-      return bqjit_spec_for_device(svc, spec.c_str(), k.device, b, n, need);
-    });
+    const std::string resolved =
+        textCall("bqjit_spec_for_device", [&](char* b, size_t n, size_t* need) {
+          return bqjit_spec_for_device(svc, spec.c_str(), k.device, b, n, need);
+        });
     bqjit_kernel kernel = nullptr;
     if (bqjit_status st = bqjit_kernel_get(svc, resolved.c_str(), k.device, &kernel))
       throwStatus(st, "bqjit_kernel_get");
@@ -469,7 +487,7 @@ int64_t pow2Align(uint64_t a, uint64_t b) {
 void run(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, const Rows& r,
          int64_t group, OutType out, Layout layout, bool ue8m0,
          const std::optional<at::Tensor>& scaleUb, const std::optional<std::string>& launch,
-         const at::Tensor* maskedM) {
+         const std::optional<std::string>& fields, const at::Tensor* maskedM) {
   if (r.t == 0 || (maskedM && maskedM->size(0) == 0))
     return;
   const int device = x.get_device();
@@ -483,7 +501,8 @@ void run(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, con
                maskedM != nullptr,
                0,
                device,
-               launch ? *launch : std::string()};
+               launch ? *launch : std::string(),
+               fields ? *fields : std::string()};
   const uint64_t xp = reinterpret_cast<uint64_t>(x.data_ptr());
   const uint64_t qp = reinterpret_cast<uint64_t>(q.data_ptr());
   if (!launch) {
@@ -511,6 +530,16 @@ void run(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, con
     throwStatus(st, "bqjit_kernel_launch");
 }
 
+/// `fields`: None, or a JSON object of more spec fields, e.g.
+/// {"activation":"swiglu","alpha":1.702}; the library validates its members.
+void checkFields(const std::optional<std::string>& fields) {
+  if (!fields)
+    return;
+  const std::string& f = *fields;
+  TORCH_CHECK_VALUE(f.size() >= 2 && f.front() == '{' && f.back() == '}', "fields = '", f,
+                    "': must be None or a JSON object of spec fields");
+}
+
 Rows masterCheck(const at::Tensor& x, int64_t group, Layout layout, bool ue8m0,
                  const std::optional<at::Tensor>& scaleUb, const at::Tensor* maskedM) {
   checkStatic(group, layout, ue8m0);
@@ -534,40 +563,42 @@ Rows masterCheck(const at::Tensor& x, int64_t group, Layout layout, bool ue8m0,
   return checkInput(x, x.sizes(), x.strides(), group, layout, scaleUb);
 }
 
-std::tuple<at::Tensor, at::Tensor> siluMulQuant(const at::Tensor& x, int64_t group,
-                                                const std::string& outDtype,
-                                                const std::string& scaleLayout, bool ue8m0,
-                                                const std::optional<at::Tensor>& scaleUb,
-                                                const std::optional<std::string>& launch) {
+std::tuple<at::Tensor, at::Tensor>
+siluMulQuant(const at::Tensor& x, int64_t group, const std::string& outDtype,
+             const std::string& scaleLayout, bool ue8m0, const std::optional<at::Tensor>& scaleUb,
+             const std::optional<std::string>& launch, const std::optional<std::string>& fields) {
   const OutType out = parseOut(outDtype);
   const Layout layout = parseLayout(scaleLayout);
+  checkFields(fields);
   const Rows r = masterCheck(x, group, layout, ue8m0, scaleUb, nullptr);
   auto [q, s] = allocate(x, r.h, group, out, layout, false);
-  run(x, q, s, r, group, out, layout, ue8m0, scaleUb, launch, nullptr);
+  run(x, q, s, r, group, out, layout, ue8m0, scaleUb, launch, fields, nullptr);
   return {q, s};
 }
 
 void siluMulQuantOut(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales,
                      int64_t group, const std::string& outDtype, const std::string& scaleLayout,
                      bool ue8m0, const std::optional<at::Tensor>& scaleUb,
-                     const std::optional<std::string>& launch) {
+                     const std::optional<std::string>& launch,
+                     const std::optional<std::string>& fields) {
   const OutType out = parseOut(outDtype);
   const Layout layout = parseLayout(scaleLayout);
+  checkFields(fields);
   const Rows r = masterCheck(x, group, layout, ue8m0, scaleUb, nullptr);
   checkOutputs(x, q, scales, r.h, group, out, layout, false);
-  run(x, q, scales, r, group, out, layout, ue8m0, scaleUb, launch, nullptr);
+  run(x, q, scales, r, group, out, layout, ue8m0, scaleUb, launch, fields, nullptr);
 }
 
-std::tuple<at::Tensor, at::Tensor>
-siluMulQuantMasked(const at::Tensor& x, const at::Tensor& maskedM, int64_t group,
-                   const std::string& outDtype, const std::string& scaleLayout, bool ue8m0,
-                   const std::optional<at::Tensor>& scaleUb,
-                   const std::optional<std::string>& launch) {
+std::tuple<at::Tensor, at::Tensor> siluMulQuantMasked(
+    const at::Tensor& x, const at::Tensor& maskedM, int64_t group, const std::string& outDtype,
+    const std::string& scaleLayout, bool ue8m0, const std::optional<at::Tensor>& scaleUb,
+    const std::optional<std::string>& launch, const std::optional<std::string>& fields) {
   const OutType out = parseOut(outDtype);
   const Layout layout = parseLayout(scaleLayout);
+  checkFields(fields);
   const Rows r = masterCheck(x, group, layout, ue8m0, scaleUb, &maskedM);
   auto [q, s] = allocate(x, r.h, group, out, layout, true);
-  run(x, q, s, r, group, out, layout, ue8m0, scaleUb, launch, &maskedM);
+  run(x, q, s, r, group, out, layout, ue8m0, scaleUb, launch, fields, &maskedM);
   return {q, s};
 }
 
@@ -575,12 +606,14 @@ void siluMulQuantMaskedOut(const at::Tensor& x, const at::Tensor& maskedM, const
                            const at::Tensor& scales, int64_t group, const std::string& outDtype,
                            const std::string& scaleLayout, bool ue8m0,
                            const std::optional<at::Tensor>& scaleUb,
-                           const std::optional<std::string>& launch) {
+                           const std::optional<std::string>& launch,
+                           const std::optional<std::string>& fields) {
   const OutType out = parseOut(outDtype);
   const Layout layout = parseLayout(scaleLayout);
+  checkFields(fields);
   const Rows r = masterCheck(x, group, layout, ue8m0, scaleUb, &maskedM);
   checkOutputs(x, q, scales, r.h, group, out, layout, true);
-  run(x, q, scales, r, group, out, layout, ue8m0, scaleUb, launch, &maskedM);
+  run(x, q, scales, r, group, out, layout, ue8m0, scaleUb, launch, fields, &maskedM);
 }
 
 int64_t tableSize() {
@@ -593,14 +626,16 @@ TORCH_LIBRARY(bqjit, m) {
   // The fake (meta) implementations for torch.compile live in this module.
   m.set_python_module("bqjit.ops");
   m.def("silu_mul_quant(Tensor x, int group_size, str out_dtype, str scale_layout, bool ue8m0, "
-        "Tensor? scale_ub, str? launch) -> (Tensor, Tensor)");
+        "Tensor? scale_ub, str? launch, str? fields=None) -> (Tensor, Tensor)");
   m.def("silu_mul_quant_out(Tensor x, Tensor(a!) q, Tensor(b!) scales, int group_size, "
-        "str out_dtype, str scale_layout, bool ue8m0, Tensor? scale_ub, str? launch) -> ()");
+        "str out_dtype, str scale_layout, bool ue8m0, Tensor? scale_ub, str? launch, str? "
+        "fields=None) -> ()");
   m.def("silu_mul_quant_masked(Tensor x, Tensor masked_m, int group_size, str out_dtype, "
-        "str scale_layout, bool ue8m0, Tensor? scale_ub, str? launch) -> (Tensor, Tensor)");
+        "str scale_layout, bool ue8m0, Tensor? scale_ub, str? launch, str? fields=None) -> "
+        "(Tensor, Tensor)");
   m.def("silu_mul_quant_masked_out(Tensor x, Tensor masked_m, Tensor(a!) q, Tensor(b!) scales, "
         "int group_size, str out_dtype, str scale_layout, bool ue8m0, Tensor? scale_ub, "
-        "str? launch) -> ()");
+        "str? launch, str? fields=None) -> ()");
   m.def("kernel_table_size() -> int", &tableSize);
 }
 

@@ -284,3 +284,143 @@ def test_vllm_silu_mul_fp8_quant_deep_gemm(use_ue8m0):
     for i, m in enumerate(counts.tolist()):
         if m:
             check_rows(y[i, :m], y_q[i, :m], y_s[i][:m], g, "fp8_e4m3", "col", use_ue8m0, t)
+
+
+# ---- activations, gate/up layouts, MX rounding (docs/contract.md sections 6 and 7) --------------------------
+
+
+def act_reference(x, group_size, out, activation="silu", alpha=None, beta=None, limit=None, gate_up="split",
+                  ue8m0=False, rounding="ceil"):
+    """(q, s, v) of docs/contract.md sections 1, 6 and 7 in fp32 on the CPU, written
+    from the contract (not from the kernel)."""
+    from test_bqjit import MIN_SCALE, OUT, QMAX, pow2_ceil
+
+    f32 = torch.float32
+    h = x.shape[-1] // 2
+    xf = x.detach().reshape(-1, 2 * h).to("cpu", f32)
+    g, u = (xf[:, 0::2], xf[:, 1::2]) if gate_up == "interleaved" else (xf[:, :h], xf[:, h:])
+    if activation == "silu":
+        y = g / (1.0 + torch.exp(-g)) * u
+    elif activation == "swiglu":
+        a = torch.tensor(1.0 if alpha is None else alpha, dtype=f32)
+        b = torch.tensor(0.0 if beta is None else beta, dtype=f32)
+        if limit is not None:
+            lim = torch.tensor(limit, dtype=f32)
+            g = torch.where(g > lim, lim, g)  # NaN passes through
+            u = torch.where(u > lim, lim, torch.where(u < -lim, -lim, u))
+        y = g * (1.0 / (1.0 + torch.exp(-(a * g)))) * (u + b if beta else u)
+    elif activation == "gelu_tanh":
+        w = (2.0 / torch.pi) ** 0.5 * (g + 0.044715 * g * g * g)
+        y = (0.5 * g * (1.0 + torch.tanh(w.double())).float()) * u
+    else:
+        y = (0.5 * g * torch.erfc(-g.double() / 2.0 ** 0.5).float()) * u
+    t, ng = y.shape[0], h // group_size
+    yg = y.reshape(t, ng, group_size)
+    amax = torch.nan_to_num(yg.abs(), nan=0.0).amax(-1)
+    if rounding == "floor":
+        emax = {"fp8_e4m3": 8, "fp8_e5m2": 15}[out]
+        _, e2 = torch.frexp(amax)  # amax = m * 2^e2, 0.5 <= m < 1: floor(log2(amax)) = e2 - 1
+        e = torch.where(amax > 0, e2.to(torch.int32) - 1 - emax, torch.full_like(e2, -127, dtype=torch.int32))
+        e = e.clamp(-127, 127)
+        s = torch.ldexp(torch.ones_like(amax, dtype=torch.float64), e.double()).to(f32)
+        v = (yg.double() / torch.ldexp(torch.ones_like(amax, dtype=torch.float64), e.double())[..., None]).float()
+        byte = (e + 127).to(torch.uint8)
+    else:
+        s = torch.maximum(amax / torch.tensor(QMAX[out], dtype=f32), MIN_SCALE[out])
+        if ue8m0:
+            s = pow2_ceil(s)
+        v = yg / s[..., None]
+        byte = ((s.view(torch.int32) >> 23) & 0xFF).to(torch.uint8)
+    v = v.reshape(t, h)
+    if out == "int8":
+        q = torch.round(v).clamp(-128, 127).to(torch.int8)
+    else:
+        q = v.clamp(-QMAX[out], QMAX[out]).to(OUT[out])
+    return q, s, v, byte
+
+
+ACT_CASES = [
+    # activation, alpha, beta, limit, gate_up, out, layout, ue8m0, rounding, G
+    ("swiglu", 1.702, 1.0, 7.0, "interleaved", "fp8_e4m3", "row", False, None, 64),
+    ("swiglu", 1.702, 1.0, 7.0, "interleaved", "fp8_e4m3", "bytes", True, "floor", 32),
+    ("swiglu", None, None, 7.0, "split", "int8", "col", False, None, 96),
+    ("gelu_tanh", None, None, None, None, "fp8_e4m3", "row", False, None, 128),
+    ("gelu", None, None, None, None, "fp8_e5m2", "col_tma", True, None, 128),
+    ("silu", None, None, None, "interleaved", "fp8_e4m3", "e8m0", True, "floor", 32),
+]
+
+
+@pytest.mark.parametrize("case", range(len(ACT_CASES)))
+@pytest.mark.parametrize("masked", [False, True])
+def test_activation_keywords_against_the_contract(case, masked):
+    from test_bqjit import OUT, compare_q, scales_matrix
+
+    activation, alpha, beta, limit, gate_up, out, layout, ue8m0, rounding, g = ACT_CASES[case]
+    t, h = 37, 576
+    if masked and layout not in ("row", "bytes", "e8m0"):
+        pytest.skip("the masked case of a row-major layout covers the masked path")
+    x = make_x(t, h, torch.bfloat16, seed=900 + case, scale=4.0)
+    kw = dict(activation=activation, alpha=alpha, beta=beta, limit=limit, gate_up=gate_up, scale_rounding=rounding)
+    if masked:
+        counts = torch.tensor([t], dtype=torch.int32, device=DEV)
+        q, s = bqjit.silu_mul_quant_masked(x.view(1, t, 2 * h), counts, g, OUT[out], layout, ue8m0, **kw)
+        q, s = q[0], s[0]
+    else:
+        q, s = bqjit.silu_mul_quant(x, g, OUT[out], layout, ue8m0, **kw)
+    q_ref, s_ref, v_ref, byte_ref = act_reference(
+        x, g, out, activation or "silu", alpha, beta, limit, gate_up or "split", ue8m0, rounding or "ceil")
+    if layout in ("bytes", "e8m0"):
+        assert s.dtype == torch.uint8 and s.shape == (t, h // g)
+        got = s.cpu()
+        off = (got.to(torch.int32) - byte_ref.to(torch.int32)).abs()
+        assert int(off.max()) == 0, f"{int((off != 0).sum())} E8M0 bytes differ"
+        # q against the device's own scale (docs/contract.md section 1's rule for
+        # power-of-two scales), which here equals the reference's.
+    else:
+        sm = scales_matrix(s, layout, t, h // g)
+        torch.testing.assert_close(sm, s_ref, rtol=1e-6, atol=0)
+    compare_q(q, q_ref, v_ref, out)
+
+
+def test_activation_keyword_errors_name_the_rule():
+    x = make_x(4, 256, torch.bfloat16)
+    with pytest.raises(ValueError, match="activation = 'relu': must be one of silu, swiglu, gelu_tanh, gelu"):
+        bqjit.silu_mul_quant(x, 128, activation="relu")
+    with pytest.raises(ValueError, match="alpha = 1.702: applies only to activation 'swiglu'"):
+        bqjit.silu_mul_quant(x, 128, alpha=1.702)
+    with pytest.raises(ValueError, match="limit = -1.0: must be > 0"):
+        bqjit.silu_mul_quant(x, 128, activation="swiglu", limit=-1)
+    with pytest.raises(ValueError, match="scale_rounding = 'floor' needs ue8m0 = True"):
+        bqjit.silu_mul_quant(x, 128, scale_rounding="floor")
+    with pytest.raises(ValueError, match="needs a floating-point out_dtype"):
+        bqjit.silu_mul_quant(x, 128, torch.int8, ue8m0=True, scale_rounding="floor")
+    with pytest.raises(ValueError, match="scale_layout = 'bytes' needs ue8m0 = True"):
+        bqjit.silu_mul_quant(x, 128, scale_layout="bytes")
+    with pytest.raises(ValueError, match="gate_up = 'mixed'"):
+        bqjit.silu_mul_quant(x, 128, gate_up="mixed")
+    with pytest.raises(bqjit.BqjitError, match="scale_ub"):  # the library's rule: no bound under floor
+        bqjit.silu_mul_quant(x, 32, ue8m0=True, scale_rounding="floor", scale_ub=torch.ones(1, device=DEV))
+
+
+def test_swiglu_with_defaults_is_silu_and_shares_its_kernel():
+    x = make_x(9, 512, torch.bfloat16, seed=950)
+    q1, s1 = bqjit.silu_mul_quant(x, 128)
+    n = torch.ops.bqjit.kernel_table_size()
+    q2, s2 = bqjit.silu_mul_quant(x, 128, activation="swiglu", alpha=1.0, beta=0.0)
+    assert torch.equal(q1.view(torch.uint8), q2.view(torch.uint8)) and torch.equal(s1, s2)
+    # Another table entry (another fields text), the same cache key: the library finds the same kernel.
+    assert torch.ops.bqjit.kernel_table_size() == n + 1
+
+
+def test_activation_keywords_under_torch_compile():
+    torch._dynamo.reset()
+
+    def f(x):
+        return bqjit.silu_mul_quant(x, 32, torch.float8_e4m3fn, "bytes", True, activation="swiglu", alpha=1.702,
+                                    beta=1.0, limit=7.0, gate_up="interleaved", scale_rounding="floor")
+
+    x = make_x(6, 576, torch.bfloat16, seed=960)
+    assert torch._dynamo.explain(f)(x).graph_break_count == 0
+    q, s = torch.compile(f, fullgraph=True)(x)
+    q_e, s_e = f(x)
+    assert torch.equal(q.view(torch.uint8), q_e.view(torch.uint8)) and torch.equal(s, s_e)
