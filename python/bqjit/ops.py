@@ -185,7 +185,14 @@ def _fields_json(
             fields["scale_rounding"] = "floor"
     if not fields:
         return None
-    return json.dumps(fields, separators=(",", ":"), sort_keys=True)
+    # By hand, not json.dumps: dynamo traces this under torch.compile (a call
+    # into json's C encoder would break the graph). Keys in sorted order,
+    # floats as repr (exact), strings from the fixed sets above.
+    items = []
+    for k in sorted(fields):
+        v = fields[k]
+        items.append(f'"{k}":"{v}"' if isinstance(v, str) else f'"{k}":{v!r}')
+    return "{" + ",".join(items) + "}"
 
 
 def _check_fields_text(fields: Any) -> None:

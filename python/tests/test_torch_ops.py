@@ -356,7 +356,7 @@ def test_activation_keywords_against_the_contract(case, masked):
     from test_bqjit import OUT, compare_q, scales_matrix
 
     activation, alpha, beta, limit, gate_up, out, layout, ue8m0, rounding, g = ACT_CASES[case]
-    t, h = 37, 576
+    t, h = 37, 768
     if masked and layout not in ("row", "bytes", "e8m0"):
         pytest.skip("the masked case of a row-major layout covers the masked path")
     x = make_x(t, h, torch.bfloat16, seed=900 + case, scale=4.0)
