@@ -43,20 +43,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double msSince(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
-
-/// A small spec with an explicit launch shape, so that it is exactly one entry.
-KernelSpec specNumber(int k) {
-  KernelSpec s;
-  s.hidden = 128 * k;
-  s.groupSize = 128;
-  s.inDtype = InDtype::BF16;
-  s.arch = "sm_90";
-  s.shape = LaunchShape{16, 8, 8, 0};
-  return s;
-}
+using test::msSince;
+using test::specNumber;
 
 void say(int fd, const std::string& text) {
   const char* p = text.data();

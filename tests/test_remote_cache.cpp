@@ -38,19 +38,8 @@ using test::contains;
 using test::fakeKernel;
 using test::keyInputsOf;
 
-double msSince(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
-
-KernelSpec specNumber(int k) {
-  KernelSpec s;
-  s.hidden = 128 * k;
-  s.groupSize = 128;
-  s.inDtype = InDtype::BF16;
-  s.arch = "sm_90";
-  s.shape = LaunchShape{16, 8, 8, 0};
-  return s;
-}
+using test::msSince;
+using test::specNumber;
 
 class RemoteCache : public testing::Test {
 protected:

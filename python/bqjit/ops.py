@@ -568,14 +568,27 @@ if torch is not None:
         name = _static(group_size, out_dtype, scale_layout, ue8m0)
         return name, _launch_json(launch), _fields_json(*act, name, ue8m0)
 
-    def _call(op, *args):
-        """The op under tracing; eagerly with the library's errors as BqjitError."""
+    def _checked_call(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out, launch,
+                      act):
+        """Both wrappers' path under tracing and for what the eager fast path
+        leaves (launch overrides, activations, other types): every check in
+        Python, then the op; eagerly, the library's errors as BqjitError."""
+        name, launch_text, fields = _checked(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
+                                             scales_out, launch, act)
+        lead = (x,) if masked_m is None else (x, masked_m)
+        if out is None:
+            op, args = (_OP if masked_m is None else _OP_MASKED), lead
+        else:
+            op, args = (_OP_OUT if masked_m is None else _OP_MASKED_OUT), lead + (out, scales_out)
+        args = args + (group_size, name, scale_layout, ue8m0, scale_ub, launch_text, fields)
         if _is_compiling():
-            return op(*args)
-        try:
-            return op(*args)
-        except RuntimeError as e:
-            raise _as_bqjit_error(e) from None
+            result = op(*args)
+        else:
+            try:
+                result = op(*args)
+            except RuntimeError as e:
+                raise _as_bqjit_error(e) from None
+        return result if out is None else (out, scales_out)
 
     def _explained(e, x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out):
         """The error of an eager call: the library's as a BqjitError; where the
@@ -670,13 +683,8 @@ if torch is not None:
                 except (TypeError, RuntimeError) as e:
                     raise _explained(e, x, None, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
                                      scales_out) from None
-        act = (activation, alpha, beta, limit, gate_up, scale_rounding)
-        name, launch_text, fields = _checked(x, None, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
-                                             scales_out, launch, act)
-        if out is None:
-            return _call(_OP, x, group_size, name, scale_layout, ue8m0, scale_ub, launch_text, fields)
-        _call(_OP_OUT, x, out, scales_out, group_size, name, scale_layout, ue8m0, scale_ub, launch_text, fields)
-        return out, scales_out
+        return _checked_call(x, None, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out, launch,
+                             (activation, alpha, beta, limit, gate_up, scale_rounding))
 
     def silu_mul_quant_masked(
         x: Tensor,
@@ -721,15 +729,8 @@ if torch is not None:
                 except (TypeError, RuntimeError) as e:
                     raise _explained(e, x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
                                      scales_out) from None
-        act = (activation, alpha, beta, limit, gate_up, scale_rounding)
-        name, launch_text, fields = _checked(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
-                                             scales_out, launch, act)
-        if out is None:
-            return _call(_OP_MASKED, x, masked_m, group_size, name, scale_layout, ue8m0, scale_ub, launch_text,
-                         fields)
-        _call(_OP_MASKED_OUT, x, masked_m, out, scales_out, group_size, name, scale_layout, ue8m0, scale_ub,
-              launch_text, fields)
-        return out, scales_out
+        return _checked_call(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out,
+                             launch, (activation, alpha, beta, limit, gate_up, scale_rounding))
 
 else:
     silu_mul_quant = _not_available  # type: ignore[assignment]

@@ -540,7 +540,7 @@ void checkFields(const std::optional<std::string>& fields) {
                     "': must be None or a JSON object of spec fields");
 }
 
-Rows masterCheck(const at::Tensor& x, int64_t group, Layout layout, bool ue8m0,
+Rows checkArguments(const at::Tensor& x, int64_t group, Layout layout, bool ue8m0,
                  const std::optional<at::Tensor>& scaleUb, const at::Tensor* maskedM) {
   checkStatic(group, layout, ue8m0);
   if (maskedM) {
@@ -570,7 +570,7 @@ siluMulQuant(const at::Tensor& x, int64_t group, const std::string& outDtype,
   const OutType out = parseOut(outDtype);
   const Layout layout = parseLayout(scaleLayout);
   checkFields(fields);
-  const Rows r = masterCheck(x, group, layout, ue8m0, scaleUb, nullptr);
+  const Rows r = checkArguments(x, group, layout, ue8m0, scaleUb, nullptr);
   auto [q, s] = allocate(x, r.h, group, out, layout, false);
   run(x, q, s, r, group, out, layout, ue8m0, scaleUb, launch, fields, nullptr);
   return {q, s};
@@ -584,7 +584,7 @@ void siluMulQuantOut(const at::Tensor& x, const at::Tensor& q, const at::Tensor&
   const OutType out = parseOut(outDtype);
   const Layout layout = parseLayout(scaleLayout);
   checkFields(fields);
-  const Rows r = masterCheck(x, group, layout, ue8m0, scaleUb, nullptr);
+  const Rows r = checkArguments(x, group, layout, ue8m0, scaleUb, nullptr);
   checkOutputs(x, q, scales, r.h, group, out, layout, false);
   run(x, q, scales, r, group, out, layout, ue8m0, scaleUb, launch, fields, nullptr);
 }
@@ -596,7 +596,7 @@ std::tuple<at::Tensor, at::Tensor> siluMulQuantMasked(
   const OutType out = parseOut(outDtype);
   const Layout layout = parseLayout(scaleLayout);
   checkFields(fields);
-  const Rows r = masterCheck(x, group, layout, ue8m0, scaleUb, &maskedM);
+  const Rows r = checkArguments(x, group, layout, ue8m0, scaleUb, &maskedM);
   auto [q, s] = allocate(x, r.h, group, out, layout, true);
   run(x, q, s, r, group, out, layout, ue8m0, scaleUb, launch, fields, &maskedM);
   return {q, s};
@@ -611,7 +611,7 @@ void siluMulQuantMaskedOut(const at::Tensor& x, const at::Tensor& maskedM, const
   const OutType out = parseOut(outDtype);
   const Layout layout = parseLayout(scaleLayout);
   checkFields(fields);
-  const Rows r = masterCheck(x, group, layout, ue8m0, scaleUb, &maskedM);
+  const Rows r = checkArguments(x, group, layout, ue8m0, scaleUb, &maskedM);
   checkOutputs(x, q, scales, r.h, group, out, layout, true);
   run(x, q, scales, r, group, out, layout, ue8m0, scaleUb, launch, fields, &maskedM);
 }
