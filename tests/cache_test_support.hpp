@@ -25,7 +25,8 @@ inline std::string keyOf(const Compiler& compiler, const KernelSpec& spec) {
 
 /// Milliseconds since `start` on the steady clock.
 inline double msSince(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+      .count();
 }
 
 /// A small spec with an explicit launch shape, so that it is exactly one
