@@ -17,11 +17,12 @@ void parse(const std::string& text, const std::vector<std::string>& archs) {
   if (!manifest)
     return bqjit::fuzz::expectMessage(manifest.takeError());
   std::set<std::string> seen;
-  for (const bqjit::KernelSpec& spec : manifest->items) {
+  for (const bqjit::cli::ManifestItem& item : manifest->items) {
+    const bqjit::KernelSpec& spec = item.spec;
     if (auto err = spec.validate())
       BQJIT_FUZZ_CHECK(false, "manifest item invalid: " + bqjit::consumeToString(std::move(err)));
-    BQJIT_FUZZ_CHECK(seen.insert(spec.canonical()).second,
-                     "item listed twice: " + spec.canonical());
+    BQJIT_FUZZ_CHECK(seen.insert(spec.canonical() + " " + item.device.slug()).second,
+                     "item listed twice: " + spec.canonical() + " for " + item.device.slug());
   }
   BQJIT_FUZZ_CHECK(manifest->duplicates >= 0, "negative duplicate count");
 }

@@ -17,19 +17,37 @@ int largestPow2Dividing(int n, int cap) {
 
 } // namespace
 
+int inFlightMultiple(const DeviceProfile& device) {
+  // The reference class's bytes in flight (1) or twice them (2), whichever
+  // is nearer the device's need in log scale: an H200 (1.47) doubles. No GPU
+  // needing more than twice has been measured, so the multiple stops at 2.
+  return device.inFlightScale() >= 1.41421356 ? 2 : 1;
+}
+
 LaunchShape chooseLaunchShape(const KernelSpec& spec, Regime regime, int maxVecWidth) {
+  return chooseLaunchShape(spec, regime, DeviceProfile::reference(), maxVecWidth);
+}
+
+LaunchShape chooseLaunchShape(const KernelSpec& spec, Regime regime, const DeviceProfile& device,
+                              int maxVecWidth) {
+  const int multiple = inFlightMultiple(device);
+  const bool many = regime == Regime::ManyTokens || regime == Regime::VeryManyTokens;
   LaunchShape s;
   // 16-byte loads where G allows it.
   s.vecWidth = largestPow2Dividing(
       spec.groupSize, std::max(1, std::min(maxVecWidth, 16 / dtypeBytes(spec.inDtype))));
-  if (regime == Regime::ManyTokens || regime == Regime::VeryManyTokens) {
+  if (many) {
     const int vectors = spec.groupSize / s.vecWidth;
     // A power-of-two team (no idle lanes) of at least 8 threads or else two
     // or more vectors per thread: more bytes in flight per thread and the
     // per-team work spread over more elements, but not so few threads that
     // a small group is served by a team of 4 (G = 64: 8 x 16 bytes is 2-3%
-    // faster than 4 x 2 x 16 bytes at T = 8192, bench/NOTES.md version 4).
-    s.threadsPerGroup = largestPow2Dividing(vectors, std::min(32, std::max(8, vectors / 2)));
+    // faster than 4 x 2 x 16 bytes at T = 8192 on an H100, bench/NOTES.md
+    // version 4). A device that needs twice the bytes in flight halves the
+    // smallest team: on an H200, G = 64 reads two vectors a thread (15%
+    // faster there, bench/NOTES.md issue 16).
+    s.threadsPerGroup =
+        largestPow2Dividing(vectors, std::min(32, std::max(8 / multiple, vectors / 2)));
   } else {
     // One vector per thread where the team fits in a warp (any team size, in
     // a power-of-two slot): the shortest dependent chain, which is what
@@ -47,13 +65,18 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, Regime regime, int maxVecW
         break;
       }
   }
-  s.groupsPerBlock = std::max(1, 256 / s.teamSlot());
+  // 256-thread blocks; 128 where more bytes are in flight per thread (on an
+  // H200, 1024-4096 elements a block beat larger ones by 5-12%).
+  s.groupsPerBlock = std::max(1, (many ? 256 / multiple : 256) / s.teamSlot());
   // Very many tokens: blocks of 8192 elements, where G divides that and
   // the block stays within 1024 threads, are 0.5-1.5% faster than blocks
   // of 256 threads from T x H = 2^25 up at G = 64 and 128 (and 1.5-3.5%
   // slower at 2^24 and below); 4096 or 16384 elements are slower than either.
-  // Measured on an H100, bench/NOTES.md version 6.
-  if (regime == Regime::VeryManyTokens && kBulkBlockElements % spec.groupSize == 0 &&
+  // Measured on an H100, bench/NOTES.md version 6; on an H200 these blocks
+  // are 8-12% slower than the many-token blocks, so only the reference class
+  // takes them.
+  if (regime == Regime::VeryManyTokens && multiple == 1 &&
+      kBulkBlockElements % spec.groupSize == 0 &&
       kBulkBlockElements / spec.groupSize * s.teamSlot() <= 1024)
     s.groupsPerBlock = kBulkBlockElements / spec.groupSize;
   s.minBlocksPerSm = deriveMinBlocksPerSm(spec, s);
@@ -98,8 +121,9 @@ const char* regimeName(Regime regime) {
   return "?";
 }
 
-std::vector<LaunchShape> candidateShapes(const KernelSpec& spec, Regime regime) {
-  const LaunchShape first = chooseLaunchShape(spec, regime);
+std::vector<LaunchShape> candidateShapes(const KernelSpec& spec, Regime regime,
+                                         const DeviceProfile& device) {
+  const LaunchShape first = chooseLaunchShape(spec, regime, device);
   std::vector<LaunchShape> out{first};
   for (int vec = 16; vec >= 1; vec /= 2)
     for (int tpg = 1; tpg <= 32; ++tpg)

@@ -36,16 +36,24 @@ public:
   /// with a shape uses that shape for every regime (occupancy derived where
   /// not given); otherwise each regime takes its tuning record, else the
   /// heuristic's shape, and regimes whose shapes agree share one variant.
+  /// The heuristic's shapes and the tuning records are those of `device`.
+  llvm::Expected<LaunchPlan> plan(const KernelSpec& spec, const DeviceProfile& device) const;
+  /// plan() for the default device of the spec's architecture
+  /// (DeviceProfile::forArch): what a GPU bqjit does not know gets.
   llvm::Expected<LaunchPlan> plan(const KernelSpec& spec) const;
 
   /// The resolved spec one regime launches with (validates `spec`).
+  llvm::Expected<KernelSpec> resolve(const KernelSpec& spec, Regime regime,
+                                     const DeviceProfile& device) const;
+  /// resolve() on the default device of the spec's architecture.
   llvm::Expected<KernelSpec> resolve(const KernelSpec& spec, Regime regime = kDefaultRegime) const;
 
   TuningStore& tuning() { return tuning_; }
   const TuningStore& tuning() const { return tuning_; }
 
 private:
-  LaunchShape shapeFor(const KernelSpec& spec, Regime regime) const;
+  LaunchPlan planValid(const KernelSpec& spec, const DeviceProfile& device) const;
+  LaunchShape shapeFor(const KernelSpec& spec, Regime regime, const DeviceProfile& device) const;
   TuningStore tuning_;
 };
 

@@ -17,7 +17,8 @@ TuningStore::TuningStore(std::string directory, std::string codeIdentity, Config
     : directory_(std::move(directory)), codeIdentity_(std::move(codeIdentity)),
       config_(std::move(config)) {}
 
-std::string TuningStore::path(const KernelSpec& spec, Regime regime) const {
+std::string TuningStore::path(const KernelSpec& spec, Regime regime,
+                              const DeviceProfile& device) const {
   if (directory_.empty())
     return "";
   KernelSpec base = spec;
@@ -27,13 +28,14 @@ std::string TuningStore::path(const KernelSpec& spec, Regime regime) const {
   char name[33];
   std::snprintf(name, sizeof name, "%016llx%016llx", static_cast<unsigned long long>(h.high64),
                 static_cast<unsigned long long>(h.low64));
-  return directory_ + "/" + name + "." + regimeName(regime) + ".json";
+  return directory_ + "/" + name + "." + device.slug() + "." + regimeName(regime) + ".json";
 }
 
-std::optional<LaunchShape> TuningStore::find(const KernelSpec& spec, Regime regime) const {
+std::optional<LaunchShape> TuningStore::find(const KernelSpec& spec, Regime regime,
+                                             const DeviceProfile& device) const {
   if (directory_.empty())
     return std::nullopt;
-  const std::string file = path(spec, regime);
+  const std::string file = path(spec, regime, device);
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (auto it = read_.find(file); it != read_.end())
@@ -72,6 +74,14 @@ std::optional<LaunchShape> TuningStore::find(const KernelSpec& spec, Regime regi
 }
 
 llvm::Error TuningStore::store(const KernelSpec& spec, const LaunchShape& shape, Regime regime) {
+  auto arch = Arch::parse(spec.arch);
+  if (!arch)
+    return arch.takeError();
+  return store(spec, shape, regime, DeviceProfile::forArch(*arch));
+}
+
+llvm::Error TuningStore::store(const KernelSpec& spec, const LaunchShape& shape, Regime regime,
+                               const DeviceProfile& device) {
   if (directory_.empty())
     return makeError(ErrorCode::CacheError, "no cache directory to store the tuned shape in");
   KernelSpec tuned = spec;
@@ -80,8 +90,9 @@ llvm::Error TuningStore::store(const KernelSpec& spec, const LaunchShape& shape,
     return err;
   if (auto err = fs::createDirectories(directory_))
     return err;
-  const std::string file = path(spec, regime);
-  const std::string text = nlohmann::json({{"spec", tuned.toJson()}}).dump(2) + "\n";
+  const std::string file = path(spec, regime, device);
+  const std::string text =
+      nlohmann::json({{"spec", tuned.toJson()}, {"device", device.slug()}}).dump(2) + "\n";
   if (auto err = fs::replaceFile(file, text.data(), text.size()))
     return makeError(ErrorCode::CacheError,
                      "cannot write tuning record: " + consumeToString(std::move(err)));

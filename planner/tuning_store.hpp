@@ -1,6 +1,7 @@
 // Tuning records: the launch shape `bqjit tune` measured fastest for one
 // spec and regime, kept as files under the cache directory
-// (<cache>/v1/tuned/<key>.<regime>.json) and read once per process.
+// (<cache>/v1/tuned/<key>.<device>.<regime>.json) and read once per process.
+// A record holds for one GPU model: an H100's fastest shape is not an H200's.
 #pragma once
 
 #include <atomic>
@@ -13,6 +14,7 @@
 
 #include "bqjit/config.hpp"
 #include "bqjit/kernel_spec.hpp"
+#include "planner/device_profile.hpp"
 #include "planner/regime.hpp"
 
 namespace bqjit {
@@ -27,10 +29,15 @@ public:
   /// The tuned shape of a validated spec without a shape, for one regime;
   /// none when no record exists or the record is unreadable or does not fit
   /// the spec (one warning). Read from disk once per spec and regime.
-  std::optional<LaunchShape> find(const KernelSpec& spec, Regime regime) const;
+  std::optional<LaunchShape> find(const KernelSpec& spec, Regime regime,
+                                  const DeviceProfile& device) const;
 
   /// Stores a shape for a spec (its own shape ignored) and regime: the file
   /// is replaced whole, and this process sees it at once.
+  llvm::Error store(const KernelSpec& spec, const LaunchShape& shape, Regime regime,
+                    const DeviceProfile& device);
+  /// store() for the default device of the spec's architecture
+  /// (DeviceProfile::forArch), which planning without a device uses.
   llvm::Error store(const KernelSpec& spec, const LaunchShape& shape, Regime regime);
 
   /// Forgets what was read, so that records another process stored are seen.
@@ -40,8 +47,9 @@ public:
   /// is current while this has not changed.
   uint64_t generation() const { return generation_.load(std::memory_order_acquire); }
 
-  /// The file of a spec's record for a regime ("" without a directory).
-  std::string path(const KernelSpec& spec, Regime regime) const;
+  /// The file of a spec's record for a regime and device model ("" without a
+  /// directory).
+  std::string path(const KernelSpec& spec, Regime regime, const DeviceProfile& device) const;
   const std::string& directory() const { return directory_; }
 
 private:

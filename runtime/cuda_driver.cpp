@@ -222,6 +222,19 @@ llvm::Error CudaDriver::check(CUresult result, const char* call, const std::stri
   return makeError(ErrorCode::DriverError, std::move(message));
 }
 
+DeviceProfile DeviceInfo::profile() const {
+  DeviceProfile p;
+  p.model = DeviceProfile::modelName(name);
+  p.arch = Arch::fromComputeCapability(ccMajor, ccMinor);
+  p.smCount = smCount;
+  p.memoryClockKHz = memoryClockKHz;
+  p.busWidthBits = busWidthBits;
+  p.l2Bytes = l2Bytes;
+  p.registersPerSm = registersPerSm;
+  p.maxThreadsPerSm = maxThreadsPerSm;
+  return p;
+}
+
 llvm::Expected<DeviceInfo> CudaDriver::deviceInfo(CUdevice device) const {
   DeviceInfo info;
   info.ordinal = static_cast<int>(device);
@@ -234,6 +247,11 @@ llvm::Expected<DeviceInfo> CudaDriver::deviceInfo(CUdevice device) const {
       {CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, &info.ccMajor},
       {CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, &info.ccMinor},
       {CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, &info.smCount},
+      {CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE, &info.memoryClockKHz},
+      {CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH, &info.busWidthBits},
+      {CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE, &info.l2Bytes},
+      {CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_MULTIPROCESSOR, &info.registersPerSm},
+      {CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR, &info.maxThreadsPerSm},
   };
   for (const auto& [attribute, out] : attributes)
     if (auto err = check(cuDeviceGetAttribute(out, attribute, device), "cuDeviceGetAttribute",

@@ -9,6 +9,8 @@
 #include <cudaTypedefs.h>
 #include <llvm/Support/Error.h>
 
+#include "planner/device_profile.hpp"
+
 namespace bqjit {
 
 /// The driver entry points bqjit uses, as X(name, version): `name` is the
@@ -94,13 +96,20 @@ namespace bqjit {
 
 /// One device's identity and the numbers bqjit compiles and launches for.
 struct DeviceInfo {
-  int ordinal = 0;  ///< the CUdevice handle, which the driver numbers 0..count-1
-  std::string name; ///< e.g. "NVIDIA H100 80GB HBM3"
-  int ccMajor = 0;  ///< compute capability, major
-  int ccMinor = 0;  ///< compute capability, minor
-  int smCount = 0;  ///< multiprocessors
+  int ordinal = 0;         ///< the CUdevice handle, which the driver numbers 0..count-1
+  std::string name;        ///< e.g. "NVIDIA H100 80GB HBM3"
+  int ccMajor = 0;         ///< compute capability, major
+  int ccMinor = 0;         ///< compute capability, minor
+  int smCount = 0;         ///< multiprocessors
+  int memoryClockKHz = 0;  ///< peak memory clock
+  int busWidthBits = 0;    ///< global memory bus width
+  int l2Bytes = 0;         ///< L2 cache size
+  int registersPerSm = 0;  ///< 32-bit registers per multiprocessor
+  int maxThreadsPerSm = 0; ///< resident threads per multiprocessor
   /// The real architecture NVRTC targets for this device, e.g. "sm_90".
   std::string arch() const { return "sm_" + std::to_string(ccMajor) + std::to_string(ccMinor); }
+  /// The properties launch shapes derive from, as this driver reports them.
+  DeviceProfile profile() const;
 };
 
 /// Owner of one dlopen handle of the CUDA driver and of the entry points

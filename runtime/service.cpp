@@ -2,6 +2,7 @@
 
 #include <array>
 #include <atomic>
+#include <future>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -96,6 +97,7 @@ struct Service::Impl {
   std::mutex mutex; // guards everything below
   std::shared_ptr<const CudaDriver> driver;
   std::map<int, CUcontext> primaryContexts;                            // retained, by device
+  std::map<int, DeviceProfile> profiles;                               // by device
   std::map<std::string, std::weak_ptr<const LoadedLibrary>> libraries; // by cache key
   std::map<std::pair<std::string, int>, std::shared_ptr<const LoadedFunction>> functions;
 
@@ -147,6 +149,16 @@ struct Service::Impl {
     if (!d)
       return d.takeError();
     return resolveDevice(*driver, device);
+  }
+
+  /// The properties of a device (read from the driver once).
+  llvm::Expected<DeviceProfile> profileLocked(int device) {
+    if (auto it = profiles.find(device); it != profiles.end())
+      return it->second;
+    auto info = driver->deviceInfo(device);
+    if (!info)
+      return info.takeError();
+    return profiles[device] = info->profile();
   }
 
   /// Loads (once) the function of a compiled kernel on a device.
@@ -264,19 +276,48 @@ void Service::invalidate() {
   impl_->functions.clear();
 }
 
+llvm::Expected<DeviceProfile> Service::deviceProfile(int device) {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  auto dev = impl_->deviceLocked(device);
+  if (!dev)
+    return dev.takeError();
+  return impl_->profileLocked(*dev);
+}
+
 llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
-  auto plan = impl_->planner.plan(spec);
+  // The device's own properties choose the launch shapes, and its model
+  // names the tuning records.
+  auto profile = deviceProfile(device);
+  if (!profile)
+    return profile.takeError();
+  auto plan = impl_->planner.plan(spec, *profile);
   if (!plan)
     return plan.takeError();
   // Compile (or find) outside the service lock: the cache has its own
-  // single-flight per key, and other kernels' launches must not wait.
+  // single-flight per key, and other kernels' launches must not wait. The
+  // variants compile at once, each on a thread of its own: a new spec's
+  // first launch waits for one NVRTC compile, not for one per regime.
+  std::vector<std::future<llvm::Expected<KernelCache::Result>>> others;
+  for (size_t i = 1; i < plan->variants.size(); ++i)
+    others.push_back(std::async(std::launch::async, [this, &v = plan->variants[i]] {
+      return impl_->cache.getResolved(v);
+    }));
+  std::vector<llvm::Expected<KernelCache::Result>> results;
+  results.push_back(impl_->cache.getResolved(plan->variants.front()));
+  for (auto& f : others)
+    results.push_back(f.get());
   std::vector<std::shared_ptr<const CompiledKernel>> compiled;
-  for (const KernelSpec& v : plan->variants) {
-    auto got = impl_->cache.getResolved(v);
-    if (!got)
-      return got.takeError();
-    compiled.push_back(got->kernel);
+  std::optional<llvm::Error> failed; // the first variant's error; the others are alike
+  for (auto& got : results) {
+    if (got)
+      compiled.push_back(got->kernel);
+    else if (!failed)
+      failed.emplace(got.takeError());
+    else
+      llvm::consumeError(got.takeError());
   }
+  if (failed)
+    return std::move(*failed);
   std::lock_guard<std::mutex> lock(impl_->mutex);
   auto dev = impl_->deviceLocked(device);
   if (!dev)

@@ -765,16 +765,56 @@ TEST(Manifest, ExpandsArchsMergesDefaultsAndDropsRepeats) {
   ASSERT_TRUE(static_cast<bool>(m)) << consumeToString(m.takeError());
   ASSERT_EQ(m->items.size(), 3u);
   EXPECT_EQ(m->duplicates, 2);
-  EXPECT_EQ(m->items[0].arch, "sm_90");
-  EXPECT_EQ(m->items[0].groupSize, 64);
-  EXPECT_EQ(m->items[1].arch, "sm_100");
-  EXPECT_EQ(m->items[2].arch, "sm_89");
+  EXPECT_EQ(m->items[0].spec.arch, "sm_90");
+  EXPECT_EQ(m->items[0].spec.groupSize, 64);
+  EXPECT_EQ(m->items[1].spec.arch, "sm_100");
+  EXPECT_EQ(m->items[2].spec.arch, "sm_89");
 
   auto over = parseManifest(R"({"archs": ["sm_90"], "specs": [{"hidden": 4096}]})", "m.json",
                             {"sm_80", "sm_86"});
   ASSERT_TRUE(static_cast<bool>(over));
   ASSERT_EQ(over->items.size(), 2u);
-  EXPECT_EQ(over->items[1].arch, "sm_86");
+  EXPECT_EQ(over->items[1].spec.arch, "sm_86");
+}
+
+// "devices" adds each GPU model's launch shapes, on its own architecture; a
+// pinned spec takes the models of its architecture only; an unknown model is
+// an error naming the place and the known models.
+TEST(Manifest, DevicesPlanEachModelOnItsArchitecture) {
+  auto m = parseManifest(R"({
+    "archs": ["sm_90"], "devices": ["H100 80GB HBM3", "NVIDIA H200", "A100-SXM4-80GB"],
+    "specs": [{"hidden": 4096}, {"hidden": 1024, "arch": "sm_90"}]})",
+                         "m.json");
+  ASSERT_TRUE(static_cast<bool>(m)) << consumeToString(m.takeError());
+  ASSERT_EQ(m->items.size(), 7u); // 1 + 3 for the first spec, 1 + 2 (sm_90 models) for the second
+  EXPECT_EQ(m->items[0].device.model, "");
+  EXPECT_EQ(m->items[0].device.slug(), "arch-sm_90");
+  EXPECT_EQ(m->items[1].device.model, "H100 80GB HBM3");
+  EXPECT_EQ(m->items[2].device.model, "H200");
+  EXPECT_EQ(m->items[2].spec.arch, "sm_90");
+  EXPECT_EQ(m->items[2].label(), m->items[2].spec.label() + " for H200");
+  EXPECT_EQ(m->items[3].device.model, "A100-SXM4-80GB");
+  EXPECT_EQ(m->items[3].spec.arch, "sm_80");
+  EXPECT_EQ(m->items[4].device.model, "");
+  EXPECT_EQ(m->items[6].device.model, "H200");
+  EXPECT_EQ(m->items[6].spec.hidden, 1024);
+
+  // Without "archs", the devices alone are the targets.
+  auto only = parseManifest(R"({"devices": ["H200"], "specs": [{"hidden": 4096}]})", "m.json");
+  ASSERT_TRUE(static_cast<bool>(only)) << consumeToString(only.takeError());
+  ASSERT_EQ(only->items.size(), 1u);
+  EXPECT_EQ(only->items[0].spec.arch, "sm_90");
+
+  auto unknown =
+      parseManifest(R"({"devices": ["H200", "Z9000"], "specs": [{"hidden": 4096}]})", "m.json");
+  ASSERT_FALSE(static_cast<bool>(unknown));
+  const std::string message = consumeToString(unknown.takeError());
+  EXPECT_TRUE(contains(message, "devices[1]")) << message;
+  EXPECT_TRUE(contains(message, "Z9000")) << message;
+  EXPECT_TRUE(contains(message, "\"H200\"")) << message;
+  auto notArray = parseManifest(R"({"devices": "H200", "specs": [{"hidden": 4096}]})", "m.json");
+  ASSERT_FALSE(static_cast<bool>(notArray));
+  EXPECT_TRUE(contains(consumeToString(notArray.takeError()), "\"devices\" must be"));
 }
 
 TEST(Manifest, ErrorsNameThePathAndPlace) {
@@ -817,7 +857,7 @@ TEST(Manifest, ErrorsNameThePathAndPlace) {
               "specs[0] must be a spec object, got \"xxxx");
   expectError(R"({"archs": ["sm_90"], "specs": [{"hidden": 64}], ")" + std::string(5000, 'k') +
                   "\": 1}",
-              "... (5002 bytes) (known: archs, defaults, specs, comment)");
+              "... (5002 bytes) (known: archs, devices, defaults, specs, comment)");
 }
 
 TEST(Manifest, MessagesAreShort) {
@@ -840,9 +880,9 @@ TEST(Manifest, ThousandsOfSpecsAreRead) {
   ASSERT_TRUE(static_cast<bool>(m)) << consumeToString(m.takeError());
   EXPECT_EQ(m->items.size(), 10000u);
   EXPECT_EQ(m->duplicates, 0);
-  EXPECT_EQ(m->items.back().hidden, 16 * (1 + 4999 % 4096));
-  EXPECT_EQ(m->items.back().inDtype, InDtype::FP16);
-  EXPECT_EQ(m->items.back().arch, "sm_100");
+  EXPECT_EQ(m->items.back().spec.hidden, 16 * (1 + 4999 % 4096));
+  EXPECT_EQ(m->items.back().spec.inDtype, InDtype::FP16);
+  EXPECT_EQ(m->items.back().spec.arch, "sm_100");
 }
 
 } // namespace

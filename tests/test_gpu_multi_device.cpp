@@ -229,7 +229,9 @@ TEST(GpuMultiDevice, OneEntryLoadedOnEveryDevice) {
   int64_t entries = 0;
   for (const auto& [arch, devices] : byArch) {
     const KernelSpec spec = bf16Spec(4096, 128, arch);
-    auto plan = service->planner().plan(spec);
+    auto profile = service->deviceProfile(devices.front());
+    ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
+    auto plan = service->planner().plan(spec, *profile);
     ASSERT_TRUE(bool(plan)) << consumeToString(plan.takeError());
     const int64_t v = static_cast<int64_t>(plan->variants.size());
     const int64_t others = static_cast<int64_t>(devices.size()) - 1;

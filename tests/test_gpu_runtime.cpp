@@ -228,9 +228,13 @@ TEST(GpuRuntime, SecondRequestIsAWarmHit) {
   ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
   // A second request is a warm hit: the same loaded functions, and neither
   // the planner nor the cache is asked (no memory hit, no compile).
-  auto variants = env.service->planner().plan(bf16Spec(4096, 128));
+  auto profile = env.service->deviceProfile(0);
+  ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
+  auto variants = env.service->planner().plan(bf16Spec(4096, 128), *profile);
   ASSERT_TRUE(bool(variants)) << consumeToString(variants.takeError());
-  ASSERT_EQ(variants->variants.size(), 4u); // G = 128: the four regimes' shapes differ
+  // G = 128: the four regimes' shapes differ, except on a device that needs
+  // twice the bytes in flight, where very many tokens take the many-token shape.
+  ASSERT_EQ(variants->variants.size(), inFlightMultiple(*profile) == 1 ? 4u : 3u);
   const auto before = env.service->cache().counters();
   auto again = env.service->getKernel(bf16Spec(4096, 128), 0);
   ASSERT_TRUE(bool(again));
@@ -246,17 +250,47 @@ TEST(GpuRuntime, SecondRequestIsAWarmHit) {
   const int64_t lastLatency = regimeMaxElements(Regime::FewTokens) / 4096;
   const int64_t lastThroughput = regimeMaxElements(Regime::ManyTokens) / 4096;
   EXPECT_EQ(*kernel->specFor(lastTiny).shape,
-            chooseLaunchShape(bf16Spec(4096, 128), Regime::VeryFewTokens));
+            chooseLaunchShape(bf16Spec(4096, 128), Regime::VeryFewTokens, *profile));
   EXPECT_EQ(*kernel->specFor(lastTiny + 1).shape,
-            chooseLaunchShape(bf16Spec(4096, 128), Regime::FewTokens));
+            chooseLaunchShape(bf16Spec(4096, 128), Regime::FewTokens, *profile));
   EXPECT_EQ(*kernel->specFor(lastLatency).shape,
-            chooseLaunchShape(bf16Spec(4096, 128), Regime::FewTokens));
+            chooseLaunchShape(bf16Spec(4096, 128), Regime::FewTokens, *profile));
   EXPECT_EQ(*kernel->specFor(lastLatency + 1).shape,
-            chooseLaunchShape(bf16Spec(4096, 128), Regime::ManyTokens));
+            chooseLaunchShape(bf16Spec(4096, 128), Regime::ManyTokens, *profile));
   EXPECT_EQ(*kernel->specFor(lastThroughput).shape,
-            chooseLaunchShape(bf16Spec(4096, 128), Regime::ManyTokens));
+            chooseLaunchShape(bf16Spec(4096, 128), Regime::ManyTokens, *profile));
   EXPECT_EQ(*kernel->specFor(lastThroughput + 1).shape,
-            chooseLaunchShape(bf16Spec(4096, 128), Regime::VeryManyTokens));
+            chooseLaunchShape(bf16Spec(4096, 128), Regime::VeryManyTokens, *profile));
+}
+
+// The offline table that prewarm plans with (DeviceProfile::knownModels)
+// holds the values this GPU's driver reports, so that a build machine
+// compiles the shapes this GPU will ask for.
+TEST(GpuRuntime, KnownModelTableMatchesTheDriver) {
+  BQJIT_REQUIRE_GPU_ENV();
+  GpuEnv& env = GpuEnv::get();
+  auto profile = env.service->deviceProfile(0);
+  ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
+  const DeviceProfile& p = *profile;
+  std::printf("[device] %s: %s, %d SMs, memory clock %lld kHz, bus %d bits, L2 %lld bytes, "
+              "%d registers and %d threads per SM; %.0f GB/s peak, in-flight scale %.2f "
+              "(multiple %d)\n",
+              p.model.c_str(), p.arch.str().c_str(), p.smCount,
+              static_cast<long long>(p.memoryClockKHz), p.busWidthBits,
+              static_cast<long long>(p.l2Bytes), p.registersPerSm, p.maxThreadsPerSm,
+              p.peakBandwidth() / 1e9, p.inFlightScale(), inFlightMultiple(p));
+  auto known = DeviceProfile::known(p.model);
+  if (!known)
+    GTEST_SKIP() << "model '" << p.model << "' is not in the table (planned from its own "
+                 << "properties; prewarm plans it as its architecture's default)";
+  EXPECT_EQ(known->arch, p.arch);
+  EXPECT_EQ(known->smCount, p.smCount);
+  EXPECT_EQ(known->memoryClockKHz, p.memoryClockKHz);
+  EXPECT_EQ(known->busWidthBits, p.busWidthBits);
+  EXPECT_EQ(known->l2Bytes, p.l2Bytes);
+  EXPECT_EQ(known->registersPerSm, p.registersPerSm);
+  EXPECT_EQ(known->maxThreadsPerSm, p.maxThreadsPerSm);
+  EXPECT_EQ(*known, p);
 }
 
 /// A service of its own on a fresh cache directory (removed at the end).
@@ -291,17 +325,27 @@ TEST(GpuRuntime, StoredTuningRecordChangesTheNextKernel) {
   const KernelSpec spec = bf16Spec(3584, 128);
   const int64_t manyTokens = 4096; // 3584 x 4096 elements: the many-token regime
   ASSERT_EQ(regimeFor(manyTokens * 3584), Regime::ManyTokens);
+  auto profile = service.deviceProfile(0);
+  ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
+  const LaunchShape heuristic = chooseLaunchShape(spec, Regime::ManyTokens, *profile);
   auto before = service.getKernel(spec, 0);
   ASSERT_TRUE(bool(before)) << consumeToString(before.takeError());
-  EXPECT_EQ(*before->specFor(manyTokens).shape, chooseLaunchShape(spec, Regime::ManyTokens));
+  EXPECT_EQ(*before->specFor(manyTokens).shape, heuristic);
 
   const LaunchShape tuned = withDerivedOccupancy(spec, LaunchShape{4, 8, 64});
-  ASSERT_NE(tuned, chooseLaunchShape(spec, Regime::ManyTokens));
-  ASSERT_FALSE(bool(service.planner().tuning().store(spec, tuned, Regime::ManyTokens)));
+  ASSERT_NE(tuned, heuristic);
+  // A record of another GPU model does not apply to this one.
+  DeviceProfile otherModel = *profile;
+  otherModel.model += " (another)";
+  ASSERT_FALSE(bool(service.planner().tuning().store(spec, tuned, Regime::ManyTokens, otherModel)));
+  auto notMine = service.getKernel(spec, 0);
+  ASSERT_TRUE(bool(notMine));
+  EXPECT_EQ(*notMine->specFor(manyTokens).shape, heuristic);
+  ASSERT_FALSE(bool(service.planner().tuning().store(spec, tuned, Regime::ManyTokens, *profile)));
   auto after = service.getKernel(spec, 0);
   ASSERT_TRUE(bool(after)) << consumeToString(after.takeError());
   EXPECT_EQ(*after->specFor(manyTokens).shape, tuned); // no stale answer
-  EXPECT_EQ(*before->specFor(manyTokens).shape, chooseLaunchShape(spec, Regime::ManyTokens));
+  EXPECT_EQ(*before->specFor(manyTokens).shape, heuristic);
   GpuCase c;
   c.spec = spec;
   c.tokens = manyTokens;
@@ -314,13 +358,15 @@ TEST(GpuRuntime, StoredTuningRecordChangesTheNextKernel) {
     Config other;
     other.cacheDir = fresh.dir;
     Planner writer(other, service.cache().compiler().codeIdentity());
-    ASSERT_FALSE(bool(writer.tuning().store(spec, LaunchShape{8, 8, 32}, Regime::FewTokens)));
+    ASSERT_FALSE(
+        bool(writer.tuning().store(spec, LaunchShape{8, 8, 32}, Regime::FewTokens, *profile)));
   }
   const int64_t fewTokens = 1000; // 3584 x 1000: the few-token regime
   ASSERT_EQ(regimeFor(fewTokens * 3584), Regime::FewTokens);
   auto unchanged = service.getKernel(spec, 0);
   ASSERT_TRUE(bool(unchanged));
-  EXPECT_EQ(*unchanged->specFor(fewTokens).shape, chooseLaunchShape(spec, Regime::FewTokens));
+  EXPECT_EQ(*unchanged->specFor(fewTokens).shape,
+            chooseLaunchShape(spec, Regime::FewTokens, *profile));
   service.reloadTuning();
   auto reloaded = service.getKernel(spec, 0);
   ASSERT_TRUE(bool(reloaded));

@@ -3,6 +3,7 @@
 #include "planner/launch_heuristic.hpp"
 
 #include <algorithm>
+#include <set>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -204,6 +205,100 @@ TEST(LaunchHeuristic, CandidatesAreValidDistinctAndStartWithHeuristic) {
   EXPECT_NE(std::find(bulk.begin(), bulk.end(), chooseLaunchShape(s)), bulk.end());
   EXPECT_NE(std::find(many.begin(), many.end(), chooseLaunchShape(s, Regime::VeryManyTokens)),
             many.end());
+}
+
+// ---- launch shapes from the device's properties ---------------------------------
+
+DeviceProfile model(const char* name) {
+  auto p = DeviceProfile::known(name);
+  EXPECT_TRUE(p.has_value()) << name;
+  return p ? *p : DeviceProfile::reference();
+}
+
+TEST(DeviceProfile, NamesTableAndBandwidth) {
+  EXPECT_EQ(DeviceProfile::modelName("NVIDIA H200"), "H200");
+  EXPECT_EQ(DeviceProfile::modelName(" NVIDIA H100 80GB HBM3 "), "H100 80GB HBM3");
+  EXPECT_EQ(DeviceProfile::modelName("Tesla T4"), "Tesla T4");
+  EXPECT_EQ(model("NVIDIA H200").model, "H200");
+  EXPECT_FALSE(DeviceProfile::known("H300").has_value());
+  EXPECT_EQ(model("H100 80GB HBM3").slug(), "H100_80GB_HBM3");
+  const DeviceProfile def = DeviceProfile::forArch(Arch{100, 'a'});
+  EXPECT_EQ(def.slug(), "arch-sm_100a");
+  EXPECT_TRUE(def.model.empty());
+  // 2 x 2619 MHz x 640 bytes = 3.35 TB/s on 132 SMs: the reference itself.
+  EXPECT_NEAR(model("H100 80GB HBM3").peakBandwidth() / 1e12, 3.352, 0.001);
+  EXPECT_DOUBLE_EQ(model("H100 80GB HBM3").inFlightScale(), 1.0);
+  EXPECT_NEAR(model("H200").inFlightScale(), 1.467, 0.001); // 4.92 TB/s on 132 SMs
+  EXPECT_LT(model("A100-SXM4-80GB").inFlightScale(), 1.0);
+  std::set<std::string> names;
+  for (const DeviceProfile& p : DeviceProfile::knownModels()) {
+    EXPECT_TRUE(names.insert(p.model).second) << p.model;
+    EXPECT_GT(p.smCount, 0);
+    EXPECT_GT(p.peakBandwidth(), 0);
+  }
+  // Properties the driver could not give (zero) plan as the reference.
+  DeviceProfile blank;
+  EXPECT_DOUBLE_EQ(blank.inFlightScale(), 1.0);
+}
+
+// The H100 keeps the shapes it was measured with, every G and regime; an
+// architecture's default device is that class too.
+TEST(LaunchHeuristic, ReferenceClassDevicesKeepTheH100Shapes) {
+  for (const char* name :
+       {"H100 80GB HBM3", "H100 PCIe", "A100-SXM4-80GB", "A100-SXM4-40GB", "L40S"}) {
+    const DeviceProfile device = model(name);
+    ASSERT_EQ(inFlightMultiple(device), 1) << name;
+    for (int g : {16, 32, 48, 64, 96, 128, 192, 256, 1024})
+      for (Regime r : kRegimes) {
+        KernelSpec s = baseSpec();
+        s.groupSize = g;
+        s.hidden = g * 16;
+        EXPECT_EQ(chooseLaunchShape(s, r, device), chooseLaunchShape(s, r))
+            << name << " G=" << g << " " << regimeName(r);
+      }
+  }
+  EXPECT_EQ(inFlightMultiple(DeviceProfile::forArch(Arch{90, 0})), 1);
+}
+
+// An H200 needs about 1.47x the bytes in flight per SM: the many-token teams
+// halve their smallest size (G = 64 reads two vectors a thread), blocks hold
+// 128 threads, and very many tokens take the same shape (the H100's blocks of
+// 8192 elements are slower there). bench/NOTES.md, issue 16.
+TEST(LaunchHeuristic, HighBandwidthDevicesKeepMoreBytesInFlight) {
+  const DeviceProfile h200 = model("H200");
+  ASSERT_EQ(inFlightMultiple(h200), 2);
+  struct Want {
+    int g, tpg, vec, gpb;
+  };
+  for (const Want& w : {Want{64, 4, 8, 32}, Want{96, 4, 8, 32}, Want{128, 8, 8, 16},
+                        Want{192, 8, 8, 16}, Want{32, 4, 8, 32}}) {
+    KernelSpec s = baseSpec();
+    s.groupSize = w.g;
+    s.hidden = w.g * 112;
+    for (Regime r : {Regime::ManyTokens, Regime::VeryManyTokens}) {
+      const LaunchShape shape = chooseLaunchShape(s, r, h200);
+      EXPECT_EQ(teams(shape), (LaunchShape{w.tpg, w.vec, w.gpb}))
+          << "G=" << w.g << " " << regimeName(r);
+      EXPECT_EQ(invalidMessage(withShape(s, shape)), "");
+    }
+    // The decode regimes are latency-bound: the same shapes as on an H100.
+    for (Regime r : {Regime::VeryFewTokens, Regime::FewTokens})
+      EXPECT_EQ(chooseLaunchShape(s, r, h200), chooseLaunchShape(s, r)) << "G=" << w.g;
+  }
+  // A GPU the table does not know, planned from what its driver says: twice
+  // the H100's bandwidth per SM is the high-bandwidth class.
+  DeviceProfile unknown = model("H100 80GB HBM3");
+  unknown.model = "Some Future GPU";
+  unknown.memoryClockKHz *= 2;
+  EXPECT_EQ(inFlightMultiple(unknown), 2);
+  // Valid shapes for every G on the high-bandwidth class too.
+  for (int g = KernelSpec::kMinGroup; g <= KernelSpec::kMaxGroup; ++g) {
+    KernelSpec s = baseSpec();
+    s.groupSize = g;
+    s.hidden = g * (65536 / g);
+    for (Regime r : kRegimes)
+      ASSERT_EQ(invalidMessage(withShape(s, chooseLaunchShape(s, r, h200))), "") << "G=" << g;
+  }
 }
 
 } // namespace

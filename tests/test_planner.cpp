@@ -104,6 +104,32 @@ TEST_F(PlannerTest, TunedShapeIsUsed) {
   EXPECT_TRUE(warnings_.empty());
 }
 
+// A record holds for one GPU model: an H100's shape does not serve an H200,
+// and planning for a model takes that model's records and heuristic.
+TEST_F(PlannerTest, TuningRecordsAreKeyedByDeviceModel) {
+  Planner p = planner();
+  const KernelSpec spec = smallSpec(1024);
+  const DeviceProfile h100 = *DeviceProfile::known("H100 80GB HBM3");
+  const DeviceProfile h200 = *DeviceProfile::known("H200");
+  const LaunchShape tuned = withDerivedOccupancy(spec, LaunchShape{2, 8, 64});
+  ASSERT_FALSE(bool(p.tuning().store(spec, LaunchShape{2, 8, 64}, kDefaultRegime, h100)));
+  auto onH100 = p.resolve(spec, kDefaultRegime, h100);
+  auto onH200 = p.resolve(spec, kDefaultRegime, h200);
+  auto byArch = p.resolve(spec, kDefaultRegime);
+  ASSERT_TRUE(onH100 && onH200 && byArch);
+  EXPECT_EQ(*onH100->shape, tuned);
+  EXPECT_EQ(*onH200->shape, chooseLaunchShape(spec, kDefaultRegime, h200));
+  EXPECT_EQ(*byArch->shape, chooseLaunchShape(spec));
+  ASSERT_EQ(records().size(), 1u);
+  EXPECT_TRUE(contains(records()[0], ".H100_80GB_HBM3." + std::string(regimeName(kDefaultRegime))))
+      << records()[0];
+  // plan() with a device: every regime from that device's heuristic.
+  auto plan = p.plan(spec, h200);
+  ASSERT_TRUE(bool(plan));
+  for (Regime r : kRegimes)
+    EXPECT_EQ(*plan->variantFor(r).shape, chooseLaunchShape(spec, r, h200)) << regimeName(r);
+}
+
 TEST_F(PlannerTest, RecordsAreReadOncePerProcessUntilReload) {
   const KernelSpec spec = smallSpec(1024);
   Planner reader = planner();

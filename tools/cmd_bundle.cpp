@@ -30,8 +30,8 @@ llvm::Error runBundleExport(const BundleExportOptions& o, const CommandContext& 
   std::vector<BundleItem> items;
   std::set<std::string> keys;
   int compiled = 0;
-  for (const KernelSpec& spec : manifest->items) {
-    auto plan = planner.plan(spec);
+  for (const ManifestItem& item : manifest->items) {
+    auto plan = planner.plan(item.spec, item.device);
     if (!plan)
       return plan.takeError();
     for (const KernelSpec& variant : plan->variants) {

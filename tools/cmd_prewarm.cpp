@@ -49,11 +49,11 @@ double msSince(std::chrono::steady_clock::time_point start) {
       .count();
 }
 
-ItemResult prewarmOne(const Planner& planner, KernelCache& cache, const KernelSpec& spec) {
+ItemResult prewarmOne(const Planner& planner, KernelCache& cache, const ManifestItem& item) {
   ItemResult r;
   const auto start = std::chrono::steady_clock::now();
-  // Every shape a launch of the spec may pick, one per regime.
-  auto plan = planner.plan(spec);
+  // Every shape a launch of the spec may pick on the item's device, one per regime.
+  auto plan = planner.plan(item.spec, item.device);
   if (!plan) {
     r.code = consumeError(plan.takeError(), &r.message);
     r.ms = msSince(start);
@@ -93,13 +93,13 @@ struct CheckResult {
 };
 
 CheckResult checkOne(const Planner& planner, const Compiler& compiler, const DiskCache& disk,
-                     const KernelSpec& spec) {
+                     const ManifestItem& item) {
   CheckResult r;
-  auto plan = planner.plan(spec);
+  auto plan = planner.plan(item.spec, item.device);
   if (!plan) {
     std::string message;
     r.code = consumeError(plan.takeError(), &message);
-    r.missing.push_back(spec.label() + ": " + message);
+    r.missing.push_back(item.label() + ": " + message);
     return r;
   }
   for (const KernelSpec& v : plan->variants) {
@@ -132,16 +132,17 @@ llvm::Error runCheck(const PrewarmOptions& o, const Manifest& manifest, const Co
   nlohmann::json items = nlohmann::json::array();
   std::vector<std::string> missing;
   for (size_t i = 0; i < total; ++i) {
-    const KernelSpec& spec = manifest.items[i];
-    CheckResult r = checkOne(planner, *compiler, disk, spec);
+    const ManifestItem& item = manifest.items[i];
+    CheckResult r = checkOne(planner, *compiler, disk, item);
     complete += r.missing.empty();
-    items.push_back({{"label", spec.label()},
-                     {"spec", spec.toJson()},
+    items.push_back({{"label", item.label()},
+                     {"spec", item.spec.toJson()},
+                     {"device", item.device.slug()},
                      {"present", r.missing.empty()},
                      {"missing", r.missing}});
     if (!o.json)
       ctx.err << "[" << i + 1 << "/" << total << "] "
-              << (r.missing.empty() ? "present " : "MISSING ") << spec.label() << "\n";
+              << (r.missing.empty() ? "present " : "MISSING ") << item.label() << "\n";
     for (auto& m : r.missing)
       missing.push_back(std::move(m));
   }
@@ -170,13 +171,13 @@ llvm::Error runCheck(const PrewarmOptions& o, const Manifest& manifest, const Co
                                               " kernel(s) incomplete; missing:" + list);
 }
 
-std::string progressLine(size_t done, size_t total, const KernelSpec& spec, const ItemResult& r) {
+std::string progressLine(size_t done, size_t total, const ManifestItem& item, const ItemResult& r) {
   std::string line = "[" + std::to_string(done) + "/" + std::to_string(total) + "] ";
   if (r.status == ItemStatus::Failed)
-    return line + "FAILED " + spec.label() + ": " + firstLine(r.message);
+    return line + "FAILED " + item.label() + ": " + firstLine(r.message);
   char ms[32];
   std::snprintf(ms, sizeof ms, "%.0f", r.ms);
-  return line + statusName(r.status) + " " + spec.label() + " (" + ms + " ms)";
+  return line + statusName(r.status) + " " + item.label() + " (" + ms + " ms)";
 }
 
 nlohmann::json toJson(const Manifest& m, const std::vector<ItemResult>& results, double seconds) {
@@ -186,7 +187,8 @@ nlohmann::json toJson(const Manifest& m, const std::vector<ItemResult>& results,
     const ItemResult& r = results[i];
     ++counts[static_cast<int>(r.status)];
     nlohmann::json item = {{"label", m.items[i].label()},
-                           {"spec", m.items[i].toJson()},
+                           {"spec", m.items[i].spec.toJson()},
+                           {"device", m.items[i].device.slug()},
                            {"status", statusName(r.status)},
                            {"ms", r.ms}};
     if (r.status == ItemStatus::Failed)
@@ -221,7 +223,7 @@ llvm::Error runPrewarm(const PrewarmOptions& o, const CommandContext& ctx) {
   if (auto err = cache.disk()->prepare())
     return err;
 
-  const std::vector<KernelSpec>& items = manifest->items;
+  const std::vector<ManifestItem>& items = manifest->items;
   const size_t total = items.size();
   const size_t jobs = std::max<size_t>(1, std::min<size_t>(o.jobs, total));
   ctx.err << "prewarm: " << total << " kernel(s) from " << o.manifest << " into "
@@ -292,13 +294,17 @@ void addPrewarmCommand(CLI::App& app, Action& action) {
   sub->add_flag("--check", options->check,
                 "compile nothing and write nothing: exit 0 when the cache holds every kernel "
                 "of the manifest, else list the missing ones (exit 6)");
-  setFooter(*sub,
-            "Manifest: {\"archs\": [\"sm_90\"], \"defaults\": {spec fields}, \"specs\": [{spec}, "
-            "...], \"comment\": \"...\"}. Each spec is a KernelSpec JSON object (hidden, "
-            "group_size, in_dtype, out_dtype, scale_layout, ue8m0, scale_ub, masked, arch, "
-            "launch, activation, alpha, beta, limit, gate_up, scale_rounding) over \"defaults\"; "
-            "one naming \"arch\" is built for that arch only, the "
-            "others for every entry of \"archs\". Progress goes to stderr, the summary to stdout.");
+  setFooter(
+      *sub,
+      "Manifest: {\"archs\": [\"sm_90\"], \"devices\": [\"H200\"], \"defaults\": {spec fields}, "
+      "\"specs\": [{spec}, "
+      "...], \"comment\": \"...\"}. Each spec is a KernelSpec JSON object (hidden, "
+      "group_size, in_dtype, out_dtype, scale_layout, ue8m0, scale_ub, masked, arch, "
+      "launch, activation, alpha, beta, limit, gate_up, scale_rounding) over \"defaults\"; "
+      "one naming \"arch\" is built for that arch only, the "
+      "others for every entry of \"archs\" (that architecture's default launch shapes) and of "
+      "\"devices\" (a GPU model's launch shapes, on its architecture). Progress goes to stderr, "
+      "the summary to stdout.");
   sub->callback([options, &action] {
     action = [options](const CommandContext& ctx) { return runPrewarm(*options, ctx); };
   });

@@ -174,7 +174,8 @@ llvm::Error runTune(const GpuOptions& o, const CommandContext& ctx) {
   // The record serves launches of the same regime as the tuned token count,
   // and the heuristic's shape for that regime is the one to beat.
   const Regime regime = regimeFor(o.tokens * base.hidden);
-  const std::vector<LaunchShape> shapes = candidateShapes(base, regime);
+  const DeviceProfile profile = gpu->session->info().profile();
+  const std::vector<LaunchShape> shapes = candidateShapes(base, regime, profile);
   const int64_t bytes = host->trafficBytes();
   ctx.out << "tune: " << base.label() << " T=" << o.tokens << " on " << gpu->session->info().name
           << ": " << shapes.size() << " shapes, median of " << o.iters << " launches, rotating "
@@ -206,7 +207,7 @@ llvm::Error runTune(const GpuOptions& o, const CommandContext& ctx) {
   if (!best)
     return makeError(ErrorCode::Internal,
                      "tune: no candidate shape gave correct results; first: " + broken.front());
-  if (auto err = gpu->service->planner().tuning().store(base, best->shape, regime))
+  if (auto err = gpu->service->planner().tuning().store(base, best->shape, regime, profile))
     return err;
   char line[200];
   std::snprintf(line, sizeof line, "tune: best %s at %.2f us (%.1f GB/s)",
@@ -216,7 +217,8 @@ llvm::Error runTune(const GpuOptions& o, const CommandContext& ctx) {
   if (results.front().ok() && best != &results.front())
     ctx.out << ", " << static_cast<int>(100.0 * (results.front().us / best->us - 1.0) + 0.5)
             << "% faster than the heuristic's " << shapeText(results.front().shape);
-  ctx.out << "; stored for " << base.label() << " (" << regimeName(regime) << " launches)\n";
+  ctx.out << "; stored for " << base.label() << " (" << regimeName(regime) << " launches on "
+          << profile.slug() << ")\n";
   if (!broken.empty())
     return makeError(ErrorCode::Internal,
                      "tune: " + std::to_string(broken.size()) +

@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -51,7 +52,36 @@ llvm::Expected<std::vector<std::string>> readArchs(const nlohmann::json& archs,
   return out;
 }
 
+// Every entry of "devices": a model of the table.
+llvm::Expected<std::vector<DeviceProfile>> readDevices(const nlohmann::json& devices,
+                                                       const std::string& path) {
+  std::string knownList;
+  for (const DeviceProfile& p : DeviceProfile::knownModels())
+    knownList += (knownList.empty() ? "\"" : ", \"") + p.model + "\"";
+  if (!devices.is_array() || devices.empty())
+    return manifestError(path, "\"devices\" must be a non-empty array of GPU model names (" +
+                                   knownList + "), got " + shownJson(devices));
+  std::vector<DeviceProfile> out;
+  for (size_t i = 0; i < devices.size(); ++i) {
+    const std::string where = "devices[" + std::to_string(i) + "]";
+    if (!devices[i].is_string())
+      return manifestError(path, where + " must be a GPU model name, got " + shownJson(devices[i]));
+    auto known = DeviceProfile::known(devices[i].get<std::string>());
+    if (!known)
+      return manifestError(path, where + " = " + shownJson(devices[i]) +
+                                     ": not a known GPU model; known: " + knownList +
+                                     " (an unknown GPU plans as its architecture's default: "
+                                     "list its architecture in \"archs\")");
+    out.push_back(*known);
+  }
+  return out;
+}
+
 } // namespace
+
+std::string ManifestItem::label() const {
+  return device.model.empty() ? spec.label() : spec.label() + " for " + device.model;
+}
 
 llvm::Expected<Manifest> parseManifest(const std::string& text, const std::string& path,
                                        const std::vector<std::string>& archOverride) {
@@ -65,10 +95,10 @@ llvm::Expected<Manifest> parseManifest(const std::string& text, const std::strin
                                "\"defaults\"), got " +
                                    std::string(root.type_name()));
   for (auto it = root.begin(); it != root.end(); ++it)
-    if (it.key() != "archs" && it.key() != "defaults" && it.key() != "specs" &&
-        it.key() != "comment")
+    if (it.key() != "archs" && it.key() != "devices" && it.key() != "defaults" &&
+        it.key() != "specs" && it.key() != "comment")
       return manifestError(path, "unknown top-level field " + shownJson(it.key()) +
-                                     " (known: archs, defaults, specs, comment)");
+                                     " (known: archs, devices, defaults, specs, comment)");
   if (!root.contains("specs"))
     return manifestError(path, "missing \"specs\" (an array of spec objects)");
   const nlohmann::json& specs = root["specs"];
@@ -100,6 +130,14 @@ llvm::Expected<Manifest> parseManifest(const std::string& text, const std::strin
       return read.takeError();
   }
 
+  std::vector<DeviceProfile> devices;
+  if (root.contains("devices")) {
+    auto read = readDevices(root["devices"], path);
+    if (!read)
+      return read.takeError();
+    devices = std::move(*read);
+  }
+
   // Checked after "archs" and "defaults", so that their errors come first.
   if (specs.empty())
     return manifestError(path, "\"specs\" is empty; a manifest lists at least one spec to compile");
@@ -117,18 +155,35 @@ llvm::Expected<Manifest> parseManifest(const std::string& text, const std::strin
       if (it.key() != "comment")
         merged[it.key()] = it.value();
     const bool pinned = merged.contains("arch");
-    if (!pinned && archs.empty())
+    if (!pinned && archs.empty() && devices.empty())
       return manifestError(path, where + " names no \"arch\" and the manifest has no "
-                                         "\"archs\"; add \"archs\" or pass --arch");
-    for (const std::string& arch : pinned ? std::vector<std::string>{""} : archs) {
+                                         "\"archs\" or \"devices\"; add one or pass --arch");
+    // Each target: an architecture's default device, or a named model.
+    std::vector<std::pair<std::string, std::optional<DeviceProfile>>> targets;
+    if (pinned) {
+      targets.push_back({"", std::nullopt});
+    } else {
+      for (const std::string& arch : archs)
+        targets.push_back({arch, std::nullopt});
+    }
+    for (const DeviceProfile& d : devices)
+      targets.push_back({pinned ? "" : d.arch.str(), d});
+    for (const auto& [arch, device] : targets) {
       nlohmann::json j = merged;
-      if (!pinned)
+      if (!arch.empty())
         j["arch"] = arch;
       auto spec = KernelSpec::fromJson(j);
       if (!spec)
         return locate(spec.takeError(), path, where + withDefaults);
-      if (seen.insert(spec->canonical()).second)
-        manifest.items.push_back(std::move(*spec));
+      auto target = Arch::parse(spec->arch);
+      if (!target)
+        return locate(target.takeError(), path, where + withDefaults);
+      // A pinned spec takes only the devices of its own architecture.
+      if (device && pinned && device->arch.number != target->number)
+        continue;
+      ManifestItem item{std::move(*spec), device ? *device : DeviceProfile::forArch(*target)};
+      if (seen.insert(item.spec.canonical() + "\n" + item.device.slug()).second)
+        manifest.items.push_back(std::move(item));
       else
         ++manifest.duplicates;
     }

@@ -22,6 +22,7 @@ namespace bqjit {
 class CudaDriver;
 class KernelCache;
 class Planner;
+struct DeviceProfile;
 struct LoadedFunction;
 
 /// Run-time arguments of one launch; every pointer is device memory.
@@ -107,6 +108,10 @@ public:
 
   /// `spec` with its architecture set to the device's (e.g. "sm_90").
   llvm::Expected<KernelSpec> forDevice(KernelSpec spec, int device = -1);
+
+  /// The properties of a device (-1: the current context's) that its launch
+  /// shapes derive from, read from the driver once.
+  llvm::Expected<DeviceProfile> deviceProfile(int device = -1);
 
   /// The driver, loading it if needed (ErrorCode::NoDriver without one).
   llvm::Expected<std::shared_ptr<const CudaDriver>> driver();
