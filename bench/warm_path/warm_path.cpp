@@ -14,16 +14,20 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <ctime>
 #include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <stdlib.h>
+
 #include <nlohmann/json.hpp>
 
 #include "bqjit/error.hpp"
 #include "bqjit/service.hpp"
+#include "cache/kernel_cache.hpp"
 #include "jit/nvrtc_program.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "warm_path_c.h"
@@ -171,6 +175,40 @@ int main(int argc, char** argv) {
   check(d, d.cuMemAlloc(&q, 7168), "cuMemAlloc q");
   check(d, d.cuMemAlloc(&scales, 7168 / 128 * 4), "cuMemAlloc scales");
   check(d, d.cuMemsetD8(x, 0, 2 * 7168 * 2), "cuMemsetD8");
+  // A new spec in this process (CUDA initialized) with an empty cache: from
+  // getKernel to the first launch's return, then the same spec from a second
+  // service on that cache (a warm disk hit). H = 7168 with another group size
+  // than the rest of this benchmark, so nothing is in memory.
+  {
+    char tmpl[] = "/tmp/bqjit_cold_XXXXXX";
+    if (!::mkdtemp(tmpl))
+      die("mkdtemp failed");
+    bqjit::Config coldConfig = config;
+    coldConfig.cacheDir = tmpl;
+    coldConfig.noCompile = false;
+    const KernelSpec cold = specOf(7168, 112, info.arch());
+    bqjit::LaunchArgs args;
+    args.x = reinterpret_cast<const void*>(x);
+    args.ldx = 2 * 7168;
+    args.tokens = 1;
+    args.q = reinterpret_cast<void*>(q);
+    args.scales = reinterpret_cast<void*>(scales);
+    for (const char* what : {"cold_spec_first_launch_ms", "disk_hit_first_launch_ms"}) {
+      auto fresh = ok(bqjit::Service::create(coldConfig), "Service::create");
+      const auto t0 = Clock::now();
+      auto k = ok(fresh->getKernel(cold, 0), "getKernel (new spec)");
+      if (auto err = k.launch(args, stream))
+        die(bqjit::consumeToString(std::move(err)));
+      check(d, d.cuStreamSynchronize(stream), "sync");
+      const double ms = usSince(t0) / 1000.0;
+      std::printf("  %-46s %8.1f ms (%lld kernel(s) compiled)\n",
+                  what[0] == 'c' ? "new spec, empty cache: getKernel + first launch"
+                                 : "same spec, new service: disk hit + first launch",
+                  ms, static_cast<long long>(fresh->cache().counters().compiles));
+      out[what] = ms;
+    }
+    std::filesystem::remove_all(tmpl);
+  }
   std::vector<double> json(calls), prepared(calls), launch(calls);
   c_api_times times{json.data(), prepared.data(), launch.data()};
   const std::string specJson =
