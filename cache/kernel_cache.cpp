@@ -161,18 +161,43 @@ struct FleetLockGuard {
 
 } // namespace
 
+KernelCache::KernelPtr KernelCache::fromDisk(const std::string& key) {
+  if (!disk_ || !diskRefusal_.empty())
+    return nullptr;
+  auto k = disk_->load(key);
+  if (!k)
+    return nullptr;
+  llvm::consumeError(disk_->journal().append(CacheEvent::Hit, key));
+  return std::make_shared<const CompiledKernel>(std::move(*k));
+}
+
+KernelCache::KernelPtr KernelCache::find(const KernelIdentity& kernel) {
+  const std::string& key = kernel.key;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (auto hit = memory_.find(key); hit != memory_.end()) {
+      ++counters_.memoryHits;
+      return hit->second;
+    }
+  }
+  KernelPtr k = fromDisk(key);
+  if (k) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++counters_.diskHits;
+  } else if (remote_) {
+    // A miss is counted by the get() that follows, not here.
+    k = fromRemote(key, /*count=*/false);
+  }
+  if (k) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    memory_.try_emplace(key, k);
+  }
+  return k;
+}
+
 llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelIdentity& kernel) {
   const std::string& key = kernel.key;
-  auto fromDisk = [&]() -> KernelPtr {
-    if (!disk_ || !diskRefusal_.empty())
-      return nullptr;
-    auto k = disk_->load(key);
-    if (!k)
-      return nullptr;
-    llvm::consumeError(disk_->journal().append(CacheEvent::Hit, key));
-    return std::make_shared<const CompiledKernel>(std::move(*k));
-  };
-  if (auto k = fromDisk()) {
+  if (auto k = fromDisk(key)) {
     std::lock_guard<std::mutex> lock(mutex_);
     ++counters_.diskHits;
     return Result{k, KernelSource::Disk};
@@ -210,7 +235,7 @@ llvm::Expected<KernelCache::Result> KernelCache::produce(const KernelIdentity& k
     } else {
       keyLock.emplace(std::move(**lock));
       // Another process may have published while we waited for the lock.
-      if (auto k = fromDisk()) {
+      if (auto k = fromDisk(key)) {
         std::lock_guard<std::mutex> guard(mutex_);
         ++counters_.diskHits;
         return Result{k, KernelSource::Disk};

@@ -65,6 +65,9 @@ public:
   /// The compiled kernel of an identity (Compiler::identify): memory, disk,
   /// then a compile under the key's lock, published to disk.
   llvm::Expected<Result> get(const KernelIdentity& kernel);
+  /// The kernel of an identity where it is at hand without compiling
+  /// (memory, disk, the fleet tier), then kept in memory; else nullptr.
+  KernelPtr find(const KernelIdentity& kernel);
   /// get() of a resolved spec's identity (Compiler::identify).
   llvm::Expected<Result> getResolved(const KernelSpec& resolved);
 
@@ -72,6 +75,8 @@ public:
 
 private:
   llvm::Expected<Result> produce(const KernelIdentity& kernel);
+  /// A verified disk entry (journaled as a hit), or nullptr.
+  KernelPtr fromDisk(const std::string& key);
   /// A verified remote entry (kept on disk too), or nullptr; counts and
   /// journals the outcome when `count`.
   KernelPtr fromRemote(const std::string& key, bool count);

@@ -50,7 +50,7 @@ const std::vector<DeviceProfile>& DeviceProfile::knownModels() {
   // whatever GPU it runs on); the others are the vendor's published figures.
   static const std::vector<DeviceProfile> table = {
       entry("H100 80GB HBM3", 90, 132, 2619000, 5120, 50, 2048),
-      entry("H200", 90, 132, 3201000, 6144, 60, 2048),
+      entry("H200", 90, 132, 3201000, 6016, 60, 2048),
       entry("H100 PCIe", 90, 114, 1593000, 5120, 50, 2048),
       entry("A100-SXM4-80GB", 80, 108, 1593000, 5120, 40, 2048),
       entry("A100-SXM4-40GB", 80, 108, 1215000, 5120, 40, 2048),

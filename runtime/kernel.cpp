@@ -1,9 +1,13 @@
 // Kernel::launch: argument checks and cuLaunchKernel. Nothing here allocates,
 // synchronizes or touches the disk.
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "bqjit/error.hpp"
 #include "bqjit/service.hpp"
@@ -12,37 +16,65 @@
 
 namespace bqjit {
 
-struct Kernel::State {
-  Functions fns;
-  int widestVec = 1; ///< the widest vector of the shapes, in elements
+/// The functions of a kernel's regimes, shared by every copy of the handle:
+/// a variant compiled in the background takes its regimes' slots (from a
+/// stand-in that computes the same values with another shape), and every copy
+/// launches it from then on.
+struct Kernel::Slots {
+  std::array<std::atomic<const LoadedFunction*>, kRegimeCount> fn{};
+  int widestVec = 1; ///< the widest vector of all the shapes the slots will hold
+  int64_t hidden = 0;
+  int device = 0;
+  std::mutex mutex;
+  /// Every function a slot ever held: a graph may have captured a launch of
+  /// any of them, so they stay loaded while the handle lives.
+  std::vector<std::shared_ptr<const LoadedFunction>> owned;
+
+  void put(int regime, std::shared_ptr<const LoadedFunction> f) {
+    std::lock_guard<std::mutex> lock(mutex);
+    fn[regime].store(f.get(), std::memory_order_release);
+    owned.push_back(std::move(f));
+  }
 };
 
-Kernel::Kernel(Functions fns) {
+struct Kernel::State {
+  std::shared_ptr<Slots> slots;
+};
+
+Kernel::Kernel(const Functions& fns, int widestVec) {
   static_assert(std::tuple_size<Functions>::value == kRegimeCount, "one function per regime");
-  auto state = std::make_shared<State>();
-  for (const auto& f : fns)
-    state->widestVec = std::max(state->widestVec, f->kernel().spec.shape->vecWidth);
-  state->fns = std::move(fns);
-  state_ = std::move(state);
+  auto slots = std::make_shared<Slots>();
+  slots->widestVec = widestVec;
+  slots->hidden = fns[0]->kernel().spec.hidden;
+  slots->device = fns[0]->device;
+  for (int r = 0; r < kRegimeCount; ++r)
+    slots->put(r, fns[r]);
+  state_ = std::make_shared<State>(State{std::move(slots)});
 }
 
 Kernel Kernel::ownCopy() const {
-  return Kernel(state_->fns);
+  Kernel copy = *this;
+  copy.state_ = std::make_shared<State>(*state_);
+  return copy;
+}
+
+void Kernel::replace(Regime regime, std::shared_ptr<const LoadedFunction> fn) const {
+  state_->slots->put(index(regime), std::move(fn));
 }
 
 const KernelSpec& Kernel::spec() const {
   return compiled().spec;
 }
 const CompiledKernel& Kernel::compiled() const {
-  return state_->fns[index(kDefaultRegime)]->kernel();
+  return state_->slots->fn[index(kDefaultRegime)].load(std::memory_order_acquire)->kernel();
 }
 int Kernel::device() const {
-  return state_->fns[0]->device;
+  return state_->slots->device;
 }
 
 const LoadedFunction& Kernel::pick(int64_t tokens) const {
-  const int64_t elements = tokens * state_->fns[0]->kernel().spec.hidden;
-  return *state_->fns[index(regimeFor(elements))];
+  const Slots& slots = *state_->slots;
+  return *slots.fn[index(regimeFor(tokens * slots.hidden))].load(std::memory_order_acquire);
 }
 
 const KernelSpec& Kernel::specFor(int64_t tokens) const {
@@ -62,7 +94,11 @@ int64_t blockCount(const KernelSpec& s, int64_t tokens) {
 } // namespace
 
 void Kernel::launchDims(const LaunchArgs& args, unsigned grid[3], unsigned block[3]) const {
-  const KernelSpec& s = specFor(args.tokens);
+  dims(specFor(args.tokens), args, grid, block);
+}
+
+void Kernel::dims(const KernelSpec& s, const LaunchArgs& args, unsigned grid[3],
+                  unsigned block[3]) {
   grid[0] = static_cast<unsigned>(blockCount(s, args.tokens));
   grid[1] = s.masked ? static_cast<unsigned>(args.numExperts) : 1u;
   grid[2] = 1;
@@ -135,7 +171,7 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
   const KernelSpec& s = fn.kernel().spec;
   // The widest vector of the launch shapes, whichever this T takes: what a
   // caller may pass must not depend on the token count.
-  const int vec = state_->widestVec;
+  const int vec = state_->slots->widestVec;
   const int vecBytes = vec * dtypeBytes(s.inDtype);
   if (a.tokens < 0)
     return argError(s, "tokens", std::to_string(a.tokens), "must be >= 0");
@@ -184,7 +220,7 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
   if (blockCount(s, a.tokens) > INT32_MAX)
     return argError(s, "tokens", std::to_string(a.tokens), "needs more than 2^31-1 blocks");
   unsigned grid[3], block[3];
-  launchDims(a, grid, block);
+  dims(s, a, grid, block); // the picked function's shape, even if a slot changes meanwhile
 
   const void* x = a.x;
   int64_t ldx = a.ldx, rows = a.tokens;

@@ -1,11 +1,15 @@
 #include "bqjit/service.hpp"
 
+#include <algorithm>
 #include <array>
 #include <atomic>
-#include <future>
+#include <condition_variable>
+#include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <thread>
 
 #include "bqjit/arch.hpp"
 #include "bqjit/error.hpp"
@@ -94,6 +98,16 @@ struct Service::Impl {
   /// the warm path, which takes no lock a compile or a load holds.
   std::atomic<const CudaDriver*> loadedDriver{nullptr};
 
+  // Variants compiled in the background (Service::loadKernel): one worker
+  // thread, started on first use, stopped and joined before anything else
+  // goes.
+  std::mutex jobsMutex;
+  std::condition_variable jobsChanged;
+  std::deque<std::function<void()>> jobs;
+  bool jobRunning = false;
+  bool stopping = false;
+  std::thread worker;
+
   std::mutex mutex; // guards everything below
   std::shared_ptr<const CudaDriver> driver;
   std::map<int, CUcontext> primaryContexts;                            // retained, by device
@@ -106,6 +120,14 @@ struct Service::Impl {
         cache(std::move(c), std::move(compiler)) {}
 
   ~Impl() {
+    {
+      std::lock_guard<std::mutex> lock(jobsMutex);
+      stopping = true;
+      jobs.clear();
+    }
+    jobsChanged.notify_all();
+    if (worker.joinable())
+      worker.join();
     functions.clear(); // unloads the libraries before the contexts go
     if (driver)
       for (auto& [device, ctx] : primaryContexts)
@@ -149,6 +171,41 @@ struct Service::Impl {
     if (!d)
       return d.takeError();
     return resolveDevice(*driver, device);
+  }
+
+  void enqueue(std::function<void()> job) {
+    {
+      std::lock_guard<std::mutex> lock(jobsMutex);
+      jobs.push_back(std::move(job));
+      if (!worker.joinable())
+        worker = std::thread([this] { work(); });
+    }
+    jobsChanged.notify_all();
+  }
+
+  void work() {
+    // The background thread makes driver calls (module loads) that another
+    // thread's stream capture in the global mode would forbid; in the
+    // relaxed mode they neither fail nor invalidate that capture, and none
+    // of them enqueues work on a stream.
+    if (const CudaDriver* d = loadedDriver.load(std::memory_order_acquire)) {
+      CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+      d->cuThreadExchangeStreamCaptureMode(&mode);
+    }
+    std::unique_lock<std::mutex> lock(jobsMutex);
+    for (;;) {
+      jobsChanged.wait(lock, [&] { return stopping || !jobs.empty(); });
+      if (stopping)
+        return;
+      std::function<void()> job = std::move(jobs.front());
+      jobs.pop_front();
+      jobRunning = true;
+      lock.unlock();
+      job();
+      lock.lock();
+      jobRunning = false;
+      jobsChanged.notify_all();
+    }
   }
 
   /// The properties of a device (read from the driver once).
@@ -284,6 +341,12 @@ llvm::Expected<DeviceProfile> Service::deviceProfile(int device) {
   return impl_->profileLocked(*dev);
 }
 
+void Service::finishVariants() {
+  std::unique_lock<std::mutex> lock(impl_->jobsMutex);
+  impl_->jobsChanged.wait(
+      lock, [&] { return impl_->stopping || (impl_->jobs.empty() && !impl_->jobRunning); });
+}
+
 llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
   // The device's own properties choose the launch shapes, and its model
   // names the tuning records.
@@ -293,46 +356,86 @@ llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
   auto plan = impl_->planner.plan(spec, *profile);
   if (!plan)
     return plan.takeError();
-  // Compile (or find) outside the service lock: the cache has its own
-  // single-flight per key, and other kernels' launches must not wait. The
-  // variants compile at once, each on a thread of its own: a new spec's
-  // first launch waits for one NVRTC compile, not for one per regime.
-  std::vector<std::future<llvm::Expected<KernelCache::Result>>> others;
-  for (size_t i = 1; i < plan->variants.size(); ++i)
-    others.push_back(std::async(std::launch::async, [this, &v = plan->variants[i]] {
-      return impl_->cache.getResolved(v);
-    }));
-  std::vector<llvm::Expected<KernelCache::Result>> results;
-  results.push_back(impl_->cache.getResolved(plan->variants.front()));
-  for (auto& f : others)
-    results.push_back(f.get());
-  std::vector<std::shared_ptr<const CompiledKernel>> compiled;
-  std::optional<llvm::Error> failed; // the first variant's error; the others are alike
-  for (auto& got : results) {
-    if (got)
-      compiled.push_back(got->kernel);
-    else if (!failed)
-      failed.emplace(got.takeError());
-    else
-      llvm::consumeError(got.takeError());
+  const int n = static_cast<int>(plan->variants.size());
+  const int primary = plan->variantOf[index(kDefaultRegime)];
+  int widestVec = 1;
+  for (const KernelSpec& v : plan->variants)
+    widestVec = std::max(widestVec, v.shape->vecWidth);
+
+  // What the caches hold is used at once. Of the rest, only the many-token
+  // variant is compiled now (outside the service lock: the cache has its own
+  // single flight per key); it stands in for the others, which compile in
+  // the background, since NVRTC compiles one program at a time. Without
+  // compiling (BQJIT_NO_COMPILE), every variant must be at hand.
+  std::vector<std::shared_ptr<const CompiledKernel>> compiled(n);
+  std::vector<KernelIdentity> ids;
+  for (const KernelSpec& v : plan->variants) {
+    auto id = impl_->cache.compiler().identify(v);
+    if (!id)
+      return id.takeError();
+    ids.push_back(std::move(*id));
   }
-  if (failed)
-    return std::move(*failed);
+  for (int i = 0; i < n; ++i)
+    compiled[i] = impl_->cache.find(ids[i]);
+  std::vector<int> later;
+  for (int i = 0; i < n; ++i) {
+    if (compiled[i])
+      continue;
+    if (i != primary && !impl_->config.noCompile) {
+      later.push_back(i);
+      continue;
+    }
+    auto got = impl_->cache.get(ids[i]);
+    if (!got)
+      return got.takeError();
+    compiled[i] = got->kernel;
+  }
+
   std::lock_guard<std::mutex> lock(impl_->mutex);
   auto dev = impl_->deviceLocked(device);
   if (!dev)
     return dev.takeError();
-  std::vector<std::shared_ptr<const LoadedFunction>> loaded;
-  for (const auto& kernel : compiled) {
-    auto fn = impl_->loadFunctionLocked(kernel, *dev);
+  std::vector<std::shared_ptr<const LoadedFunction>> loaded(n);
+  for (int i = 0; i < n; ++i) {
+    if (!compiled[i])
+      continue;
+    auto fn = impl_->loadFunctionLocked(compiled[i], *dev);
     if (!fn)
       return fn.takeError();
-    loaded.push_back(*fn);
+    loaded[i] = *fn;
   }
   Kernel::Functions fns;
-  for (Regime r : kRegimes)
-    fns[index(r)] = loaded[plan->variantOf[index(r)]];
-  return Kernel(std::move(fns));
+  for (Regime r : kRegimes) {
+    const int v = plan->variantOf[index(r)];
+    fns[index(r)] = loaded[v] ? loaded[v] : loaded[primary];
+  }
+  Kernel kernel(fns, widestVec);
+  if (!later.empty()) {
+    Impl* impl = impl_.get(); // outlives the job: ~Impl joins the worker first
+    impl->enqueue([impl, kernel, ids, later, variantOf = plan->variantOf, d = *dev] {
+      for (int i : later) {
+        auto got = impl->cache.get(ids[i]);
+        if (!got) {
+          impl->config.log(LogLevel::Warn, "background compile of " + ids[i].spec.label() +
+                                               " failed (" + consumeToString(got.takeError()) +
+                                               "); its regimes keep the many-token variant");
+          continue;
+        }
+        std::lock_guard<std::mutex> lock(impl->mutex);
+        auto fn = impl->loadFunctionLocked(got->kernel, d);
+        if (!fn) {
+          impl->config.log(LogLevel::Warn, "loading " + ids[i].spec.label() + " failed (" +
+                                               consumeToString(fn.takeError()) +
+                                               "); its regimes keep the many-token variant");
+          continue;
+        }
+        for (Regime r : kRegimes)
+          if (variantOf[index(r)] == i)
+            kernel.replace(r, *fn);
+      }
+    });
+  }
+  return kernel;
 }
 
 llvm::Expected<std::shared_ptr<const LoadedFunction>>

@@ -245,6 +245,7 @@ TEST(GpuMultiDevice, OneEntryLoadedOnEveryDevice) {
       auto kernel = service->getKernel(spec, dev);
       ASSERT_TRUE(bool(kernel)) << "getKernel(" << spec.label() << ", device " << dev
                                 << "): " << consumeToString(kernel.takeError());
+      service->finishVariants(); // the variants compiled in the background are in place
       EXPECT_EQ(kernel->device(), dev) << "getKernel for device " << dev << " (" << arch << ")";
       // One cache entry per variant: every device's Kernel refers to the same
       // CompiledKernel objects (the many-token shape and the very-few-token one).

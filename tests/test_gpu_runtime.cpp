@@ -226,6 +226,7 @@ TEST(GpuRuntime, SecondRequestIsAWarmHit) {
   GpuEnv& env = GpuEnv::get();
   auto kernel = env.service->getKernel(bf16Spec(4096, 128), 0);
   ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+  env.service->finishVariants();
   // A second request is a warm hit: the same loaded functions, and neither
   // the planner nor the cache is asked (no memory hit, no compile).
   auto profile = env.service->deviceProfile(0);
@@ -330,6 +331,7 @@ TEST(GpuRuntime, StoredTuningRecordChangesTheNextKernel) {
   const LaunchShape heuristic = chooseLaunchShape(spec, Regime::ManyTokens, *profile);
   auto before = service.getKernel(spec, 0);
   ASSERT_TRUE(bool(before)) << consumeToString(before.takeError());
+  service.finishVariants();
   EXPECT_EQ(*before->specFor(manyTokens).shape, heuristic);
 
   const LaunchShape tuned = withDerivedOccupancy(spec, LaunchShape{4, 8, 64});
@@ -365,12 +367,54 @@ TEST(GpuRuntime, StoredTuningRecordChangesTheNextKernel) {
   ASSERT_EQ(regimeFor(fewTokens * 3584), Regime::FewTokens);
   auto unchanged = service.getKernel(spec, 0);
   ASSERT_TRUE(bool(unchanged));
+  service.finishVariants();
   EXPECT_EQ(*unchanged->specFor(fewTokens).shape,
             chooseLaunchShape(spec, Regime::FewTokens, *profile));
   service.reloadTuning();
   auto reloaded = service.getKernel(spec, 0);
   ASSERT_TRUE(bool(reloaded));
+  service.finishVariants();
   EXPECT_EQ(*reloaded->specFor(fewTokens).shape, withDerivedOccupancy(spec, LaunchShape{8, 8, 32}));
+}
+
+// A new spec's getKernel compiles the many-token variant alone; it stands in
+// for the other regimes (same values, another shape) until their variants,
+// compiled in the background, take their slots in every copy of the handle.
+TEST(GpuRuntime, NewSpecLaunchesAtOnceAndItsOtherVariantsArriveInTheBackground) {
+  BQJIT_REQUIRE_GPU_ENV();
+  FreshService fresh;
+  Service& service = *fresh.service;
+  const KernelSpec spec = bf16Spec(5376, 128);
+  auto profile = service.deviceProfile(0);
+  ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
+  auto plan = service.planner().plan(spec, *profile);
+  ASSERT_TRUE(bool(plan));
+  ASSERT_GE(plan->variants.size(), 3u);
+  auto kernel = service.getKernel(spec, 0);
+  ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+  const Kernel heldCopy = *kernel;
+  // Every regime launches correctly at once, whichever variant serves it.
+  for (int64_t tokens : {int64_t(1), int64_t(500), int64_t(3000), int64_t(7000)}) {
+    GpuCase c;
+    c.spec = spec;
+    c.tokens = tokens;
+    c.seed = 77 + static_cast<int>(tokens);
+    auto report = runWithKernel(*kernel, c);
+    EXPECT_TRUE(report.ok()) << "T=" << tokens << ": " << report.summary();
+  }
+  service.finishVariants();
+  EXPECT_EQ(service.cache().counters().compiles, static_cast<int64_t>(plan->variants.size()));
+  for (Regime r : kRegimes) {
+    const int64_t tokens = std::max<int64_t>(1, regimeMinElements(r) / spec.hidden + 1);
+    EXPECT_EQ(*kernel->specFor(tokens).shape, *plan->variantFor(r).shape) << regimeName(r);
+    EXPECT_EQ(*heldCopy.specFor(tokens).shape, *plan->variantFor(r).shape) << regimeName(r);
+    GpuCase c;
+    c.spec = spec;
+    c.tokens = tokens;
+    c.seed = 90;
+    auto report = runWithKernel(heldCopy, c);
+    EXPECT_TRUE(report.ok()) << regimeName(r) << " T=" << tokens << ": " << report.summary();
+  }
 }
 
 // Evicting the disk entry and forgetting the service's answers unloads

@@ -138,6 +138,31 @@ TEST_F(KernelCacheTest, MemoryThenDiskThenCompile) {
   EXPECT_TRUE(warnings_.empty()) << warnings_.front();
 }
 
+// find() serves what memory or disk hold and never compiles (the runtime
+// uses it to tell which variants of a new spec are at hand).
+TEST_F(KernelCacheTest, FindServesMemoryAndDiskAndNeverCompiles) {
+  const KernelSpec spec = smallSpec();
+  const KernelIdentity id = identityOf(*compiler_, spec);
+  {
+    auto cache = makeCache(config(dir_));
+    EXPECT_EQ(cache->find(id), nullptr);
+    CacheCounters c = cache->counters();
+    EXPECT_EQ(c.compiles, 0);
+    EXPECT_EQ(c.misses, 0);
+    auto got = getOk(*cache, spec);
+    EXPECT_EQ(cache->find(id), got.kernel); // memory: the same object
+    EXPECT_EQ(cache->counters().memoryHits, 1);
+  }
+  auto cache = makeCache(config(dir_));
+  auto fromDisk = cache->find(id);
+  ASSERT_NE(fromDisk, nullptr);
+  EXPECT_EQ(fromDisk->key, id.key);
+  EXPECT_EQ(cache->counters().diskHits, 1);
+  EXPECT_EQ(cache->counters().compiles, 0);
+  // Kept in memory: get() now hits memory.
+  EXPECT_EQ(getOk(*cache, spec).source, KernelSource::Memory);
+}
+
 TEST_F(KernelCacheTest, ConcurrentRequestsCompileOnce) {
   auto cache = makeCache(config(dir_));
   const KernelIdentity id = identityOf(*compiler_, smallSpec(512));

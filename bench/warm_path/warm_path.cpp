@@ -14,8 +14,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -97,7 +97,8 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--json") && i + 1 < argc)
       jsonPath = argv[++i];
     else
-      die(std::string("unknown argument '") + argv[i] + "' (usage: warm_path [--calls N] [--json FILE])");
+      die(std::string("unknown argument '") + argv[i] +
+          "' (usage: warm_path [--calls N] [--json FILE])");
   }
   const int warmup = std::max(100, calls / 10);
 
@@ -120,9 +121,9 @@ int main(int argc, char** argv) {
   };
 
   // A raw launch of an empty kernel: the floor any launch path stands on.
-  auto program = ok(bqjit::NvrtcProgram::create("extern \"C\" __global__ void empty() {}\n",
-                                                "empty.cu", {}, {}),
-                    "NVRTC");
+  auto program = ok(
+      bqjit::NvrtcProgram::create("extern \"C\" __global__ void empty() {}\n", "empty.cu", {}, {}),
+      "NVRTC");
   if (auto err = program.compile({"--gpu-architecture=" + info.arch()}))
     die(bqjit::consumeToString(std::move(err)));
   auto cubin = ok(program.cubin(), "cubin");

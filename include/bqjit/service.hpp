@@ -23,6 +23,7 @@ class CudaDriver;
 class KernelCache;
 class Planner;
 struct DeviceProfile;
+enum class Regime : int;
 struct LoadedFunction;
 
 /// Run-time arguments of one launch; every pointer is device memory.
@@ -66,11 +67,17 @@ private:
   /// One function per Regime, in Regime order, the same one repeated where
   /// regimes share a shape.
   using Functions = std::array<std::shared_ptr<const LoadedFunction>, 4>;
-  struct State; ///< the functions and the widest vector, shared by copies
-  explicit Kernel(Functions fns);
-  /// The same functions under a reference count of its own.
+  struct Slots; ///< the functions per regime, shared by every copy
+  struct State; ///< one copy's reference to the slots
+  /// `widestVec`: the widest vector of every shape the kernel will hold.
+  Kernel(const Functions& fns, int widestVec);
+  /// The same slots under a reference count of its own.
   Kernel ownCopy() const;
+  /// Puts a function in a regime's slot, for this handle and every copy.
+  void replace(Regime regime, std::shared_ptr<const LoadedFunction> fn) const;
   const LoadedFunction& pick(int64_t tokens) const;
+  static void dims(const KernelSpec& spec, const LaunchArgs& args, unsigned grid[3],
+                   unsigned block[3]);
   std::shared_ptr<const State> state_; ///< one reference count per copy
 };
 
@@ -112,6 +119,13 @@ public:
   /// The properties of a device (-1: the current context's) that its launch
   /// shapes derive from, read from the driver once.
   llvm::Expected<DeviceProfile> deviceProfile(int device = -1);
+
+  /// Waits until every kernel handed out holds its own variant for every
+  /// regime. (A new spec's getKernel compiles the many-token variant only and
+  /// lets it stand in for the regimes whose variants are not yet compiled;
+  /// those compile on a background thread and take their slots as they
+  /// load, in every copy of the handle. Results are the same either way.)
+  void finishVariants();
 
   /// The driver, loading it if needed (ErrorCode::NoDriver without one).
   llvm::Expected<std::shared_ptr<const CudaDriver>> driver();
