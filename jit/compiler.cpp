@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 
 #include "bqjit/arch.hpp"
 #include "bqjit/error.hpp"
@@ -21,11 +22,30 @@ llvm::Expected<Compiler> Compiler::create() {
   return Compiler(std::move(*id));
 }
 
+std::optional<int> Compiler::ptxFallback(const KernelSpec& spec) {
+  auto arch = Arch::parse(spec.arch);
+  if (!arch) {
+    llvm::consumeError(arch.takeError());
+    return std::nullopt;
+  }
+  const std::vector<int> archs = nvrtcSupportedArchs();
+  if (archs.empty() || arch->suffix != 0)
+    return std::nullopt;
+  const int newest = *std::max_element(archs.begin(), archs.end());
+  if (arch->number <= newest)
+    return std::nullopt;
+  return newest;
+}
+
 std::vector<std::string> Compiler::options(const KernelSpec& spec) {
   // A real architecture, so NVRTC emits a cubin (PTX alone would fail on an
-  // older driver). No fast math and no contraction: docs/contract.md asks for IEEE
+  // older driver), except for a GPU newer than this NVRTC knows: PTX of the
+  // newest virtual architecture, which that GPU's driver compiles at load.
+  // No fast math and no contraction: docs/contract.md asks for IEEE
   // division and unrounded fp32 intermediates.
-  return {"--gpu-architecture=" + spec.arch,
+  const std::optional<int> ptx = ptxFallback(spec);
+  return {ptx ? "--gpu-architecture=compute_" + std::to_string(*ptx)
+              : "--gpu-architecture=" + spec.arch,
           "--std=c++17",
           "--fmad=false",
           "--prec-div=true",
@@ -74,7 +94,8 @@ llvm::Expected<CompiledKernel> Compiler::compile(const KernelIdentity& kernel) c
     if (!arch)
       return arch.takeError();
     auto archs = nvrtcSupportedArchs();
-    if (!archs.empty() && std::find(archs.begin(), archs.end(), arch->number) == archs.end()) {
+    if (!archs.empty() && std::find(archs.begin(), archs.end(), arch->number) == archs.end() &&
+        !ptxFallback(resolved)) {
       std::string list;
       for (int a : archs)
         if (a >= Arch::kMinNumber)
@@ -116,6 +137,17 @@ llvm::Expected<CompiledKernel> Compiler::compile(const KernelIdentity& kernel) c
   if (!ptx)
     return wrap(ptx.takeError());
   out.ptx = std::move(*ptx);
+  if (ptxFallback(resolved)) {
+    // The image is the PTX itself (the driver loads either); what ptxas
+    // would use is decided on the device, so the resources are unknown.
+    out.cubin.assign(out.ptx.begin(), out.ptx.end());
+    out.cubin.push_back('\0');
+    out.resources.registers = -1;
+    out.resources.spillStoreBytes = out.resources.spillLoadBytes = -1;
+    out.resources.stackFrameBytes = -1;
+    out.resources.barriers = -1;
+    return out;
+  }
   auto cubin = program->cubin();
   if (!cubin)
     return wrap(cubin.takeError());

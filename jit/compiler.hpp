@@ -2,6 +2,7 @@
 // from that identity, PTX + cubin + resource report.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,12 @@ public:
 
   /// The NVRTC options for a spec, in canonical order.
   static std::vector<std::string> options(const KernelSpec& spec);
+
+  /// For a plain architecture newer than every one this NVRTC targets (a GPU
+  /// released after it), the newest virtual architecture it supports: the
+  /// kernel is then PTX for that target, which the device's driver compiles
+  /// when it loads it. None otherwise (a suffixed target is never emulated).
+  static std::optional<int> ptxFallback(const KernelSpec& spec);
 
   /// The identity of a spec that the planner validated and resolved (launch
   /// shape with occupancy set); an Internal error if it is not resolved.

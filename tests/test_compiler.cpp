@@ -486,13 +486,15 @@ TEST_F(CompilerTest, ExplicitShapesCompile) {
 }
 
 TEST_F(CompilerTest, UnsupportedArchNamesArchAndListsSupported) {
-  KernelSpec s = resolved(makeSpec(2048, 128, "sm_999"));
+  // A family- or architecture-specific target newer than NVRTC: its
+  // features cannot come from PTX of an older target.
+  KernelSpec s = resolved(makeSpec(2048, 128, "sm_999a"));
   ASSERT_FALSE(bool(s.validate())); // the pattern is fine
   auto k = compileSpec(*compiler_, s);
   ASSERT_FALSE(bool(k));
   std::string message;
   EXPECT_EQ(consumeError(k.takeError(), &message), ErrorCode::InvalidSpec);
-  EXPECT_TRUE(contains(message, "'arch' = 'sm_999'"));
+  EXPECT_TRUE(contains(message, "'arch' = 'sm_999a'"));
   EXPECT_TRUE(contains(message, "supports"));
   EXPECT_TRUE(contains(message, "sm_80"));
   EXPECT_TRUE(contains(message, "sm_90"));
@@ -508,6 +510,32 @@ TEST_F(CompilerTest, UnsupportedArchNamesArchAndListsSupported) {
   for (int a : nvrtcSupportedArchs())
     if (a < Arch::kMinNumber)
       EXPECT_FALSE(contains(message, "sm_" + std::to_string(a) + ",")) << a;
+}
+
+// A GPU newer than every architecture this NVRTC targets gets PTX of the
+// newest virtual architecture, which its driver compiles when it loads it.
+TEST_F(CompilerTest, ArchNewerThanNvrtcGetsPtxOfTheNewestVirtualArch) {
+  const auto archs = nvrtcSupportedArchs();
+  ASSERT_FALSE(archs.empty());
+  const int newest = *std::max_element(archs.begin(), archs.end());
+  const std::string future = "sm_" + std::to_string((newest / 10 + 1) * 10);
+  const KernelSpec s = resolved(makeSpec(2048, 128, future));
+  ASSERT_EQ(Compiler::ptxFallback(s), newest);
+  EXPECT_EQ(Compiler::ptxFallback(resolved(makeSpec(2048, 128, "sm_90"))), std::nullopt);
+  EXPECT_EQ(Compiler::ptxFallback(resolved(makeSpec(2048, 128, future + "a"))), std::nullopt);
+  auto k = compileSpec(*compiler_, s);
+  ASSERT_TRUE(bool(k)) << consumeToString(k.takeError());
+  EXPECT_EQ(k->options.front(), "--gpu-architecture=compute_" + std::to_string(newest));
+  EXPECT_EQ(targetLine(k->ptx), ".target sm_" + std::to_string(newest));
+  // The image the driver loads is the PTX, NUL-terminated; ptxas runs on the device.
+  ASSERT_EQ(k->cubin.size(), k->ptx.size() + 1);
+  EXPECT_EQ(std::string(k->cubin.data()), k->ptx);
+  EXPECT_EQ(k->resources.registers, -1);
+  EXPECT_EQ(k->spec.arch, future);
+  // Its own cache key: not the newest real architecture's kernel.
+  auto real = compileChecked(makeSpec(2048, 128, "sm_" + std::to_string(newest)));
+  ASSERT_TRUE(real.has_value());
+  EXPECT_NE(k->key, real->key);
 }
 
 TEST_F(CompilerTest, SupportedArchListIsSane) {

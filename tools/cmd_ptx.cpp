@@ -34,7 +34,12 @@ void printReport(std::ostream& os, const CompiledKernel& k, KernelSource source)
   row("kernel:", k.spec.label());
   row("cache key:", k.key);
   row("lowered name:", k.loweredName);
-  row("registers:", std::to_string(r.registers));
+  if (r.registers < 0) // PTX for a GPU newer than NVRTC (Compiler::ptxFallback)
+    row("registers:", "unknown: the image is " +
+                          k.options.front().substr(k.options.front().find('=') + 1) +
+                          " PTX, compiled by the driver when it loads");
+  else
+    row("registers:", std::to_string(r.registers));
   row("spill stores:", std::to_string(r.spillStoreBytes) + " bytes");
   row("spill loads:", std::to_string(r.spillLoadBytes) + " bytes");
   row("stack frame:", std::to_string(r.stackFrameBytes) + " bytes");
