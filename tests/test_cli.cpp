@@ -546,6 +546,24 @@ TEST_F(CliTest, CacheDirFollowsEnvironmentAndOption) {
   EXPECT_EQ(run({"--cache-dir", other, "cache", "dir"}).out, other + "\n");
 }
 
+// docs/contract.md section 8: the NVFP4 kernel for sm_100a converts with PTX's
+// e2m1x2 instruction; for plain sm_100 in software.
+TEST_F(CliTest, PtxOfNvfp4ShowsTheHardwareConversionOnSm100a) {
+  RunResult hw =
+      run({"ptx", "H=7168", "G=16", "out=fp4_e2m1", "layout=swizzled_128x4", "--arch", "sm_100a"});
+  ASSERT_EQ(hw.status, 0) << hw.err;
+  EXPECT_TRUE(contains(hw.out, "cvt.rn.satfinite.e2m1x2.f32"));
+  EXPECT_TRUE(contains(hw.out, "fp4_e2m1 swizzled_128x4"));
+  RunResult soft =
+      run({"ptx", "H=7168", "G=16", "out=fp4_e2m1", "layout=bytes", "--arch", "sm_100"});
+  ASSERT_EQ(soft.status, 0) << soft.err;
+  EXPECT_FALSE(contains(soft.out, "e2m1x2"));
+  RunResult bad = run({"ptx", "H=7168", "G=64", "out=fp4_e2m1", "--arch", "sm_100a"});
+  EXPECT_NE(bad.status, 0);
+  EXPECT_TRUE(contains(bad.err, "fp4_e2m1 needs G = 16 (NVFP4) or G = 32 with ue8m0 (MXFP4)"))
+      << bad.err;
+}
+
 TEST_F(CliTest, PtxPrintsPtxAndResourceReport) {
   RunResult r = run({"ptx", "hidden=7104", "G=96", "--arch", "sm_90"});
   ASSERT_EQ(r.status, 0) << r.err;
