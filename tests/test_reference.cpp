@@ -1479,5 +1479,99 @@ TEST(Compare, Fp4BoundaryAllowanceAndSwizzledPadding) {
       << rep.firstMismatch;
 }
 
+// ---- the template's software conversions, transcribed -------------------------------
+//
+// templates/silu_mul_quant.cuh converts to e2m1 and E8M0 by bit manipulation
+// where PTX has no instruction (every target but the family-specific
+// Blackwell ones). These are its formulas on the CPU, checked against the
+// reference's tables: a kernel whose conversions differ from the contract
+// would fail here, without a GPU.
+
+uint32_t bitsOf(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+float fromBits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// e2m1Soft.
+uint32_t templateE2M1(float v) {
+  const uint32_t sign = (bitsOf(v) >> 28) & 0x8u;
+  const float a = std::fmin(std::fabs(v), 6.0f);
+  uint32_t ab = bitsOf(a);
+  ab += 0x1fffffu + ((ab >> 22) & 1u);
+  const uint32_t normal = (ab >> 22) - (126u << 1);
+  const auto sub = static_cast<uint32_t>(std::nearbyint(a * 2.0f)); // __float2uint_rn
+  return sign | (a < 1.0f ? sub : normal);
+}
+
+// e4m3Value, for codes 0x00..0x7E.
+float templateE4M3Value(uint32_t code) {
+  const float normal = fromBits((code << 20) + (120u << 23));
+  const float subnormal = static_cast<float>(code & 7u) * 0x1p-9f;
+  return code < 8u ? subnormal : normal;
+}
+
+// The E8M0 byte of MXFP4 under ceil, from pre in [2^-127, 2^127].
+uint32_t templateCeilByte(float pre) {
+  const uint32_t b = bitsOf(pre);
+  return b < 0x00800000u ? (b == 0x00400000u ? 0u : 1u) : (b >> 23) + ((b & 0x007fffffu) != 0u);
+}
+
+TEST(TemplateConversions, E2M1MatchesTheReferenceAroundEveryBoundary) {
+  // Every value within 64 ulps of each midpoint and code value, both signs,
+  // then a sweep of all magnitudes from 2^-30 to 16 in steps of 97 ulps.
+  const float marks[] = {0.0f, 0.25f, 0.5f, 0.75f, 1.0f, 1.25f, 1.5f, 1.75f, 2.0f,
+                         2.5f, 3.0f,  3.5f, 4.0f,  5.0f, 6.0f,  7.0f, 8.0f};
+  int64_t checked = 0;
+  for (float m : marks)
+    for (int d = -64; d <= 64; ++d) {
+      const uint32_t b = bitsOf(m);
+      if (m == 0.0f && d < 0)
+        continue;
+      const float v = fromBits(b + static_cast<uint32_t>(d));
+      for (float x : {v, -v}) {
+        ASSERT_EQ(templateE2M1(x), floatToE2M1(x)) << x;
+        ++checked;
+      }
+    }
+  for (uint32_t b = bitsOf(0x1p-30f); b <= bitsOf(16.0f); b += 97) {
+    ASSERT_EQ(templateE2M1(fromBits(b)), floatToE2M1(fromBits(b))) << fromBits(b);
+    ++checked;
+  }
+  for (float x : {0.0f, -0.0f, kInf, -kInf, std::numeric_limits<float>::max(),
+                  std::numeric_limits<float>::denorm_min(), -std::numeric_limits<float>::min()})
+    EXPECT_EQ(templateE2M1(x), floatToE2M1(x)) << x;
+  EXPECT_GT(checked, 1000000);
+}
+
+TEST(TemplateConversions, E4M3ValueDecodesEveryCode) {
+  for (uint32_t c = 0; c < 0x7F; ++c)
+    EXPECT_EQ(templateE4M3Value(c), e4m3ToFloat(static_cast<uint8_t>(c))) << c;
+}
+
+TEST(TemplateConversions, Mxfp4CeilByteMatchesTheReference) {
+  KernelSpec spec;
+  spec.hidden = 64;
+  spec.groupSize = 32;
+  spec.outDtype = OutDtype::FP4E2M1;
+  spec.ue8m0 = true;
+  std::vector<float> pres = {0x1p-127f,     0x1.8p-127f,      0x1.fffffcp-127f,
+                             0x1p-126f,     0x1.000002p-126f, 1.0f,
+                             0x1.000002p0f, 0x1.fffffep126f,  0x1p127f};
+  for (uint32_t b = bitsOf(0x1p-127f); b < bitsOf(0x1p127f); b += 1000003)
+    pres.push_back(fromBits(b));
+  for (float pre : pres) {
+    const float s = pow2Scale(spec, pre * 6.0f, pre);
+    uint32_t expected = (bitsOf(s) >> 23) & 0xFFu;
+    EXPECT_EQ(templateCeilByte(pre), expected) << pre;
+  }
+}
+
 } // namespace
 } // namespace bqjit::ref
