@@ -740,6 +740,28 @@ TEST_F(CliTest, ExampleManifestPrewarmsCompletely) {
                                        " already cached, 0 failed"));
 }
 
+// Issue 18: CI compiles FP4 specs (NVFP4, MXFP4, MXFP8 in swizzled_128x4) for
+// sm_90, sm_100, sm_100a and sm_120 through the prewarm command.
+TEST_F(CliTest, PrewarmCompilesFp4ForHopperAndBlackwell) {
+  const fs::path manifest = writeFile("fp4.json", R"({
+    "archs": ["sm_90"],
+    "defaults": {"out_dtype": "fp4_e2m1", "scale_layout": "swizzled_128x4"},
+    "specs": [
+      {"hidden": 7168, "group_size": 16},
+      {"hidden": 2064, "group_size": 16, "scale_layout": "bytes", "masked": true},
+      {"hidden": 2880, "group_size": 32, "ue8m0": true},
+      {"hidden": 2880, "group_size": 32, "ue8m0": true, "scale_rounding": "floor", "in_dtype": "fp32"},
+      {"hidden": 2880, "group_size": 32, "ue8m0": true, "out_dtype": "fp8_e4m3", "scale_rounding": "floor"}
+    ]})");
+  RunResult r =
+      run({"prewarm", manifest.string(), "--arch", "sm_90,sm_100,sm_100a,sm_120", "--json"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["items"].size(), 5u * 4u);
+  EXPECT_EQ(j["compiled"], 5 * 4);
+  EXPECT_EQ(j["failed"], 0);
+}
+
 // ---- the parsers, called directly -------------------------------------------------
 
 TEST(SpecArgs, AliasesArchOverrideAndErrors) {
