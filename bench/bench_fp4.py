@@ -16,7 +16,11 @@ through the PyTorch op (bqjit.silu_mul_quant with out=, scales_out= and
 global_scale=).
 
 Usage: python3 bench/bench_fp4.py [--json out.json] [--hidden H,H,...]
-       [--tokens 1024,8192] [--replays N] [--no-compile]
+       [--tokens 1024,8192] [--replays N] [--no-compile] [--launches tpg,vec,gpb;...]
+
+--launches times explicit launch shapes beside the heuristic's (where G
+allows them): G = 16 and 32 are the smallest groups bqjit has served, and the
+shape that suits them best on a given GPU is a measurement, not a guess.
 """
 import argparse
 import json
@@ -118,7 +122,11 @@ def main():
     ap.add_argument("--tokens", default="64,1024,8192")
     ap.add_argument("--replays", type=int, default=15)
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    ap.add_argument("--launches", default="",
+                    help="explicit launch shapes to time beside the default, tpg,vec,gpb;... "
+                         "(skipped where G does not fit)")
     args = ap.parse_args()
+    launches = [tuple(int(v) for v in l.split(",")) for l in args.launches.split(";") if l]
     torch.manual_seed(0)
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 50 << 20)
@@ -163,6 +171,18 @@ def main():
                 ok, off, scale_off = check(sets[0][0], sets[0][1], sets[0][2], gs, nvfp4)
                 t_b, spread = time_graph(run_bqjit, sets, reps, args.replays, flush)
                 state = gpu_state()
+                explicit = {}
+                for tpg, vec, gpb in launches:
+                    if group % vec or (group // vec) % tpg or vec < 2:
+                        continue
+                    shape = {"threads_per_group": tpg, "vec_width": vec, "groups_per_block": gpb}
+
+                    def run_shape(st, group=group, nvfp4=nvfp4, kw=kw, shape=shape):
+                        bqjit.silu_mul_quant(st[0], group, FP4_OUT, "swizzled_128x4", not nvfp4, out=st[1],
+                                             scales_out=st[2], launch=shape, **kw)
+
+                    t_l, _ = time_graph(run_shape, sets, reps, args.replays, flush)
+                    explicit[f"{tpg},{vec},{gpb}"] = t_l
                 t_c = float("nan")
                 if compiled is not None:
                     t_c, _ = time_graph(lambda st, nvfp4=nvfp4: compiled(st[0], gs, nvfp4), sets, reps,
@@ -180,11 +200,14 @@ def main():
                            same_size_copy_us=t_copy, pct_same_size_copy=100 * t_copy / t_b,
                            compile_us=t_c, speedup_vs_compile=t_c / t_b, correct=ok,
                            code_off_fraction=off, scale_bytes_off=scale_off,
-                           meets_target=t < 1024 or 100 * t_copy / t_b >= TARGET_PCT, **state)
+                           meets_target=t < 1024 or 100 * t_copy / t_b >= TARGET_PCT, launches=explicit,
+                           **state)
                 rows.append(row)
                 print(f"{h:>6} {t:>5} {fmt:<6} | {t_b:>9.2f} {gbs:>6.0f} {row['pct_same_size_copy']:>4.0f}% | "
                       f"{t_copy:>8.2f} | {t_c:>10.2f} {row['speedup_vs_compile']:>9.2f}x | "
-                      f"{'ok' if ok else 'WRONG'}{'' if row['meets_target'] else ' SLOW'}", flush=True)
+                      f"{'ok' if ok else 'WRONG'}{'' if row['meets_target'] else ' SLOW'}"
+                      + "".join(f" | {k} {v:.2f} ({100 * t_copy / v:.0f}%)" for k, v in explicit.items()),
+                      flush=True)
                 del sets
                 torch.cuda.empty_cache()
                 with open(args.json, "w") as f:
