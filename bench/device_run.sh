@@ -2,7 +2,7 @@
 # Runs on the GPU machine: every GPU test, the examples (host_app; consumer,
 # built against devpack/ as an installed prefix), the CLI checks, the
 # Python tests, the benchmark and a tuning demonstration; logs go to $OUT.
-# Usage: bash bench/device_run.sh [tests|torch|bench|tune|warm|all|ab|ncu|act] [bench args...]
+# Usage: bash bench/device_run.sh [tests|torch|bench|tune|warm|all|ab|ncu|act|fp4] [bench args...]
 #   torch: the wheel (devpack/site, with its C++ op library): the Python tests,
 #   the Python-op fallback's tests, and bench/torch_overhead.py.
 #   warm: the warm-path benchmark (bench/warm_path), C++ and C API.
@@ -10,6 +10,11 @@
 #   interleaved, gelu_tanh, gelu, torch.compile of each, MXFP8 against G = 128),
 #   the GPU kernel suite's activation cases, and `bqjit verify` of gpt-oss's and
 #   a GELU spec.
+#   fp4: the FP4 outputs of issue 18: the kernel suite's FP4 cases (GpuKernelFp4:
+#   NVFP4, MXFP4, swizzled_128x4), the NVFP4 global_scale launch check, `bqjit
+#   verify` of NVFP4 and MXFP4 specs, the FP4 Python tests (with devpack/site's
+#   C++ op library where packed) and bench/bench_fp4.py (NVFP4 and MXFP4 against
+#   a same-size copy and torch.compile).
 #   ab: this build against devpack/old (another build's libbqjit.so); ncu: both
 #   under Nsight Compute at one shape (NCU_SHAPE=H:T:G).
 set -uo pipefail
@@ -105,6 +110,62 @@ if [ "$what" = act ]; then
     done
   done
   timeout 400 python3 bench/bench_act.py --json "$OUT/bench_act.json" "$@" 2>&1 | tee "$OUT/bench_act.txt"
+fi
+if [ "$what" = fp4 ]; then
+  devpack/bin/test_gpu_kernel --gtest_brief=1 --gtest_filter='*Fp4*' >"$OUT/test_gpu_kernel_fp4.log" 2>&1
+  echo "test_gpu_kernel (FP4 cases): exit $? $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' \
+    "$OUT/test_gpu_kernel_fp4.log" | tr '\n' ' ')" | tee "$OUT/summary_fp4.txt"
+  grep -c '^\[allowance\]' "$OUT/test_gpu_kernel_fp4.log" |
+    sed 's/^/FP4 cases that used the boundary allowance: /' | tee -a "$OUT/summary_fp4.txt"
+  devpack/bin/test_gpu_runtime --gtest_brief=1 --gtest_filter='*Nvfp4*' >"$OUT/test_gpu_runtime_fp4.log" 2>&1
+  echo "test_gpu_runtime (NVFP4 global_scale): exit $? $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' \
+    "$OUT/test_gpu_runtime_fp4.log" | tr '\n' ' ')" | tee -a "$OUT/summary_fp4.txt"
+  for spec in "hidden=7168 G=16 out=fp4_e2m1 layout=swizzled_128x4" \
+              "hidden=2064 G=16 out=fp4_e2m1 layout=bytes in=fp32" \
+              "hidden=2880 G=32 out=fp4_e2m1 ue8m0=1 layout=swizzled_128x4" \
+              "hidden=2880 G=32 out=fp4_e2m1 ue8m0=1 layout=bytes rounding=floor act=swiglu alpha=1.702 beta=1 limit=7 gate_up=interleaved"; do
+    for t in 7 3001; do
+      devpack/bin/bqjit verify $spec --tokens $t 2>&1 | tail -1 | cut -c1-220 | tee -a "$OUT/summary_fp4.txt"
+    done
+  done
+  devpack/bin/bqjit verify hidden=7168 G=16 out=fp4_e2m1 layout=swizzled_128x4 --tokens 1025 \
+    --global-scale 0.001 2>&1 | tail -1 | cut -c1-220 | tee -a "$OUT/summary_fp4.txt"
+  if [ -d devpack/site ]; then
+    (
+      unset BQJIT_LIBRARY
+      export PYTHONPATH=$PWD/devpack/site:$PWD/python/tests BQJIT_EXPECT_OPS=cpp
+      repo=$PWD
+      cd /tmp && timeout 300 python3 -m pytest -q -rs -p no:cacheprovider "$repo/python/tests/test_fp4.py" 2>&1 |
+        tail -8
+    ) | tee "$OUT/pytest_fp4.txt"
+    (
+      unset BQJIT_LIBRARY
+      export PYTHONPATH=$PWD/devpack/site BQJIT_TORCH_OPS=python
+      repo=$PWD
+      cd /tmp && timeout 300 python3 -m pytest -q -p no:cacheprovider "$repo/python/tests/test_fp4.py" 2>&1 |
+        tail -4
+    ) | tee "$OUT/pytest_fp4_python_ops.txt"
+    (
+      unset BQJIT_LIBRARY
+      export PYTHONPATH=$PWD/devpack/site
+      timeout 400 python3 bench/bench_fp4.py --json "$OUT/bench_fp4.json" \
+        --launches "${FP4_LAUNCHES:-1,8,256;2,8,128;2,8,256;4,8,64;1,4,256;8,4,32}" "$@" 2>&1
+    ) | tee "$OUT/bench_fp4.txt"
+  else
+    (cd python && timeout 300 python3 -m pytest -q -rs tests/test_fp4.py 2>&1 | tail -8) | tee "$OUT/pytest_fp4.txt"
+    timeout 400 python3 bench/bench_fp4.py --json "$OUT/bench_fp4.json" \
+      --launches "${FP4_LAUNCHES:-1,8,256;2,8,128;2,8,256;4,8,64;1,4,256;8,4,32}" "$@" 2>&1 |
+      tee "$OUT/bench_fp4.txt"
+  fi
+  # The tuner's view of the two formats at one large shape (records go to the
+  # run's cache, so a later bench in the same call uses them).
+  if [ -n "${FP4_TUNE:-}" ]; then
+    for spec in "hidden=14336 G=16 out=fp4_e2m1 layout=swizzled_128x4" \
+                "hidden=14336 G=32 out=fp4_e2m1 ue8m0=1 layout=swizzled_128x4"; do
+      timeout 120 devpack/bin/bqjit tune $spec --tokens 8192 --iters 10 2>&1 | tail -8 |
+        tee -a "$OUT/tune_fp4.txt"
+    done
+  fi
 fi
 if [ "$what" = warm ] || [ "$what" = all ]; then
   timeout 240 devpack/bin/bench_warm_path --json "$OUT/warm_path.json" 2>&1 | tee "$OUT/warm_path.txt"

@@ -1,5 +1,6 @@
 #include "bqjit/kernel_spec.hpp"
 
+#include <algorithm>
 #include <cctype>
 #include <cfloat>
 #include <cmath>
@@ -73,6 +74,8 @@ const char* toString(OutDtype dtype) {
     return "fp8_e5m2";
   case OutDtype::INT8:
     return "int8";
+  case OutDtype::FP4E2M1:
+    return "fp4_e2m1";
   }
   return "?";
 }
@@ -89,6 +92,8 @@ const char* toString(ScaleLayout layout) {
     return "ue8m0_packed";
   case ScaleLayout::Bytes:
     return "bytes";
+  case ScaleLayout::Swizzled128x4:
+    return "swizzled_128x4";
   }
   return "?";
 }
@@ -135,21 +140,22 @@ llvm::Expected<InDtype> parseInDtype(const std::string& text) {
 }
 
 llvm::Expected<OutDtype> parseOutDtype(const std::string& text) {
-  for (OutDtype d : {OutDtype::FP8E4M3, OutDtype::FP8E5M2, OutDtype::INT8})
+  for (OutDtype d : {OutDtype::FP8E4M3, OutDtype::FP8E5M2, OutDtype::INT8, OutDtype::FP4E2M1})
     if (text == toString(d))
       return d;
-  return specError("out_dtype", quoted(text), "must be one of fp8_e4m3, fp8_e5m2, int8");
+  return specError("out_dtype", quoted(text), "must be one of fp8_e4m3, fp8_e5m2, int8, fp4_e2m1");
 }
 
 llvm::Expected<ScaleLayout> parseScaleLayout(const std::string& text) {
   for (ScaleLayout l : {ScaleLayout::Row, ScaleLayout::Col, ScaleLayout::ColTma,
-                        ScaleLayout::Ue8m0Packed, ScaleLayout::Bytes})
+                        ScaleLayout::Ue8m0Packed, ScaleLayout::Bytes, ScaleLayout::Swizzled128x4})
     if (text == toString(l))
       return l;
   if (text == "e8m0")
     return ScaleLayout::Bytes;
-  return specError("scale_layout", quoted(text),
-                   "must be one of row, col, col_tma, ue8m0_packed, bytes (alias e8m0)");
+  return specError(
+      "scale_layout", quoted(text),
+      "must be one of row, col, col_tma, ue8m0_packed, bytes (alias e8m0), swizzled_128x4");
 }
 
 llvm::Expected<Activation> parseActivation(const std::string& text) {
@@ -182,6 +188,8 @@ float quantMax(OutDtype dtype) {
     return 57344.0f;
   case OutDtype::INT8:
     return 127.0f;
+  case OutDtype::FP4E2M1:
+    return 6.0f;
   }
   return 0.0f;
 }
@@ -194,6 +202,10 @@ float minScale(OutDtype dtype) {
     return 1.0f / (57344.0f * 512.0f);
   case OutDtype::INT8:
     return 1.1920928955078125e-07f; // FLT_EPSILON, 2^-23
+  case OutDtype::FP4E2M1:
+    // None of its own (docs/contract.md section 8): the smallest E8M0 scale,
+    // 2^-127, an fp32 subnormal. NVFP4's scales do not use it.
+    return 0x1p-127f;
   }
   return 0.0f;
 }
@@ -206,8 +218,14 @@ int maxNormalExponent(OutDtype dtype) {
     return 15; // 57344 = 1.75 * 2^15
   case OutDtype::INT8:
     return 0;
+  case OutDtype::FP4E2M1:
+    return 2; // 6 = 1.5 * 2^2
   }
   return 0;
+}
+
+int outBits(OutDtype dtype) {
+  return dtype == OutDtype::FP4E2M1 ? 4 : 8;
 }
 
 std::string shortestFloatText(float v) {
@@ -274,6 +292,15 @@ llvm::Error validateShape(const KernelSpec& spec, const LaunchShape& s) {
     return specError("launch.threads_per_group", std::to_string(s.threadsPerGroup),
                      "must divide the group's " + std::to_string(vectors) +
                          " vectors (group_size / vec_width)");
+  // A step of a thread makes vec_width columns (split) or vec_width / 2
+  // (interleaved pairs; 1 when vec_width is 1).
+  const int stepColumns = spec.gateUp == GateUp::Split ? s.vecWidth : std::max(1, s.vecWidth / 2);
+  if (spec.outDtype == OutDtype::FP4E2M1 && stepColumns % 2 != 0)
+    return specError(
+        "launch.vec_width", v,
+        std::string("fp4_e2m1 packs two values a byte, so a thread's step must make an "
+                    "even number of columns: vec_width >= ") +
+            (spec.gateUp == GateUp::Split ? "2 (gate_up split)" : "4 (gate_up interleaved)"));
   if (s.groupsPerBlock < 1 || s.threadsPerBlock() > 1024)
     return specError("launch.groups_per_block", std::to_string(s.groupsPerBlock),
                      "must be >= 1 with groups_per_block * threads_per_group (rounded up to a "
@@ -296,14 +323,43 @@ llvm::Error KernelSpec::validate() const {
   if (hidden % groupSize != 0)
     return specError("group_size", std::to_string(groupSize),
                      "must divide hidden (" + std::to_string(hidden) + ")");
+  // docs/contract.md section 8: fp4_e2m1 is NVFP4 (G = 16, E4M3 scale bytes)
+  // or MXFP4 (G = 32, ue8m0), nothing else.
+  if (outDtype == OutDtype::FP4E2M1) {
+    const std::string g = std::to_string(groupSize);
+    if (groupSize == 16 && ue8m0)
+      return specError("ue8m0", "true",
+                       "must be false for fp4_e2m1 with group_size 16 (NVFP4, whose scales are "
+                       "E4M3 bytes); MXFP4 is group_size 32 with ue8m0");
+    if (groupSize == 32 && !ue8m0)
+      return specError("ue8m0", "false",
+                       "must be true for fp4_e2m1 with group_size 32 (MXFP4, whose scales are "
+                       "E8M0); NVFP4 is group_size 16 without ue8m0");
+    if (groupSize != 16 && groupSize != 32)
+      return specError("group_size", g,
+                       "fp4_e2m1 needs G = 16 (NVFP4) or G = 32 with ue8m0 (MXFP4)");
+    if (isNvfp4() && hasScaleUb)
+      return specError("scale_ub", "true",
+                       "must be false for NVFP4 (fp4_e2m1, group_size 16): its block scales are "
+                       "bounded by 448 and set by the run-time global_scale");
+    if (isNvfp4() && scaleLayout != ScaleLayout::Bytes && scaleLayout != ScaleLayout::Swizzled128x4)
+      return specError("scale_layout", quoted(toString(scaleLayout)),
+                       "NVFP4 (fp4_e2m1, group_size 16) stores E4M3 scale bytes: must be bytes "
+                       "or swizzled_128x4");
+  }
   if (scaleLayout == ScaleLayout::Ue8m0Packed && !ue8m0)
     return specError("ue8m0", "false",
                      "must be true when scale_layout is ue8m0_packed "
                      "(packed scales are exponents of powers of two)");
-  if (scaleLayout == ScaleLayout::Bytes && !ue8m0)
+  if (scaleLayout == ScaleLayout::Bytes && !ue8m0 && !isNvfp4())
     return specError("ue8m0", "false",
                      "must be true when scale_layout is bytes "
-                     "(its E8M0 bytes are exponents of powers of two)");
+                     "(its E8M0 bytes are exponents of powers of two; only NVFP4 stores E4M3 "
+                     "bytes)");
+  if (scaleLayout == ScaleLayout::Swizzled128x4 && !ue8m0 && !isNvfp4())
+    return specError("scale_layout", "'swizzled_128x4'",
+                     "holds scale bytes: needs ue8m0 true (E8M0) or NVFP4 (fp4_e2m1, group_size "
+                     "16: E4M3); fp32 scales have no 128x4 layout");
   if (activation != Activation::Swiglu) {
     const std::string rule = std::string("applies only to activation swiglu (activation is ") +
                              toString(activation) + ")";
@@ -328,7 +384,8 @@ llvm::Error KernelSpec::validate() const {
                        "needs ue8m0 true (it rounds power-of-two scales)");
     if (outDtype == OutDtype::INT8)
       return specError("scale_rounding", "'floor'",
-                       "needs a floating-point out_dtype (fp8_e4m3 or fp8_e5m2), not int8");
+                       "needs a floating-point out_dtype (fp8_e4m3, fp8_e5m2 or fp4_e2m1), not "
+                       "int8");
     if (hasScaleUb)
       return specError("scale_ub", "true",
                        "must be false with scale_rounding floor (the OCP MX rule has no upper "

@@ -32,6 +32,8 @@ const char* templateName(OutDtype dtype) {
     return "kE5M2";
   case OutDtype::INT8:
     return "kInt8";
+  case OutDtype::FP4E2M1:
+    return "kE2M1";
   }
   return "?";
 }
@@ -48,6 +50,8 @@ const char* templateName(ScaleLayout layout) {
     return "kUe8m0Packed";
   case ScaleLayout::Bytes:
     return "kBytes";
+  case ScaleLayout::Swizzled128x4:
+    return "kSwizzled128x4";
   }
   return "?";
 }

@@ -54,8 +54,13 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, Regime regime, const Devic
     // decode sizes wait on. Tiny: narrower vectors, down to 8 bytes, while
     // the team still fits in a warp; at G = 128, 32 x 8 bytes beat 16 x 16
     // bytes by 3-7% at T x H <= 0.9M but lose 8% at 3.7M (bench/NOTES.md).
+    // fp4_e2m1 packs two columns a byte: a step makes an even number of them.
+    const int minVec = spec.outDtype != OutDtype::FP4E2M1 ? 1
+                       : spec.gateUp == GateUp::Split     ? 2
+                                                          : 4;
     if (regime == Regime::VeryFewTokens)
-      while (s.vecWidth * dtypeBytes(spec.inDtype) > 8 && spec.groupSize / (s.vecWidth / 2) <= 32)
+      while (s.vecWidth * dtypeBytes(spec.inDtype) > 8 && spec.groupSize / (s.vecWidth / 2) <= 32 &&
+             s.vecWidth / 2 >= minVec)
         s.vecWidth /= 2;
     const int vectors = spec.groupSize / s.vecWidth;
     s.threadsPerGroup = 1;

@@ -63,6 +63,13 @@ bool sameCode(OutDtype dtype, uint8_t a, uint8_t b) {
   return a == b || (isNaNCode(dtype, a) && isNaNCode(dtype, b));
 }
 
+// Codes of one sign of a format, in ascending order of value: 0x00..0x7F
+// (int8's negative half and the fp8 NaN codes stop the scans before), or
+// e2m1's eight.
+int positiveCodes(OutDtype dtype) {
+  return dtype == OutDtype::FP4E2M1 ? 8 : 0x80;
+}
+
 // Whether `device` is a neighbour of a rounding boundary that `v` lies within
 // 2e-6 relative of. The window is far narrower than any step of the output
 // types, so it holds at most one boundary.
@@ -78,11 +85,11 @@ bool boundaryAllowed(OutDtype dtype, float v, uint8_t device) {
            device == quantize(dtype, static_cast<float>(f + 1));
   }
   const double a = std::fmin(std::fabs(static_cast<double>(v)), quantMax(dtype));
-  const uint8_t sign = std::signbit(v) ? 0x80 : 0x00;
+  const uint8_t sign = std::signbit(v) ? (dtype == OutDtype::FP4E2M1 ? 0x8 : 0x80) : 0x00;
   // The largest finite code whose value does not exceed a; above the largest
   // value everything saturates to it, so there is no boundary there.
   uint8_t lo = 0;
-  while (dequantize(dtype, static_cast<uint8_t>(lo + 1)) <= a)
+  while (lo + 1 < positiveCodes(dtype) && dequantize(dtype, static_cast<uint8_t>(lo + 1)) <= a)
     ++lo;
   if (dequantize(dtype, lo) == quantMax(dtype))
     return false;
@@ -129,10 +136,21 @@ std::string describeScaleByte(const Problem& p, int64_t offset) {
     t = rem / ng;
     j = rem % ng;
     break;
+  case ScaleLayout::Swizzled128x4: {
+    // The inverse of swizzledOffset.
+    const int64_t tileCols = (ng + 3) / 4;
+    const int64_t tile = rem / 512;
+    const int64_t in = rem % 512;
+    t = tile / tileCols * 128 + (in % 16) / 4 * 32 + in / 16;
+    j = tile % tileCols * 4 + in % 4;
+    break;
+  }
   }
   std::string what;
   if (t >= p.tokens)
     what = "a padding row";
+  else if (j >= ng && s.scaleLayout == ScaleLayout::Swizzled128x4)
+    what = "a padding column";
   else if (t >= detail::liveRows(p, e))
     what = format("a row past masked_m[%" PRId64 "] = %" PRId64, e, detail::liveRows(p, e));
   else if (j >= ng)
@@ -186,11 +204,12 @@ private:
     const float sPre = ref_.scalePreRound[scaleIndex];
     const int64_t offset = scaleOffset(s_, p_.tokens, e, t, j);
     const bool packed = s_.scalesAreBytes();
+    const bool nvfp4 = s_.isNvfp4();
     float sDev;
     bool scaleOk;
     if (packed) {
       computedScaleByte_[offset] = true;
-      sDev = decodeUe8m0(scales_[offset]);
+      sDev = nvfp4 ? e4m3ToFloat(scales_[offset]) : decodeUe8m0(scales_[offset]);
       scaleOk = scales_[offset] == ref_.scales[offset];
     } else {
       for (int b = 0; b < 4; ++b)
@@ -205,11 +224,16 @@ private:
     if (!scaleOk && s_.ue8m0 && pow2NeighbourAllowed(sPre, sDev, s_.scaleRounding)) {
       ++report_.scaleAllowanceUsed;
       sUse = sDev;
+    } else if (!scaleOk && nvfp4 && boundaryAllowed(OutDtype::FP8E4M3, sPre, scales_[offset])) {
+      // global_scale * amax / 6 at an E4M3 rounding boundary: the other
+      // neighbour is allowed, and the values are judged by its r.
+      ++report_.scaleAllowanceUsed;
+      sUse = sDev;
     } else if (!scaleOk) {
       ++report_.scaleMismatches;
-      const std::string device =
-          packed ? format("exponent byte %u (%.9g)", scales_[offset], static_cast<double>(sDev))
-                 : format("%.9g", static_cast<double>(sDev));
+      const std::string device = packed ? format("%s byte %u (%.9g)", nvfp4 ? "E4M3" : "exponent",
+                                                 scales_[offset], static_cast<double>(sDev))
+                                        : format("%.9g", static_cast<double>(sDev));
       note(format("scale (expert %" PRId64 ", t %" PRId64 ", group %" PRId64 ") at byte %" PRId64
                   ": device %s, reference %.9g (before power-of-two rounding %.9g)",
                   e, t, j, offset, device.c_str(), static_cast<double>(sRef),
@@ -219,14 +243,22 @@ private:
     const int64_t base = (e * p_.tokens + t) * s_.hidden + j * s_.groupSize;
     for (int64_t k = 0; k < s_.groupSize; ++k) {
       float v = ref_.preRound[base + k];
-      uint8_t expected = ref_.q[base + k];
-      if (sUse != sRef) {
+      uint8_t expected = codeAt(s_.outDtype, ref_.q.data(), base + k);
+      if (sUse != sRef && nvfp4) {
+        // y * r of the device's block scale, in the contract's order.
+        const float r = sUse == 0.0f ? 0.0f : 1.0f / (sUse / p_.globalScale);
+        v = ref_.yValue[base + k] * r;
+        expected = quantize(s_.outDtype, v);
+      } else if (sUse != sRef) {
         v = v * (sRef / sUse);
         expected = quantize(s_.outDtype, v);
       }
-      const uint8_t device = q_[base + k];
+      const uint8_t device = codeAt(s_.outDtype, q_, base + k);
       ++report_.elements;
       if (sameCode(s_.outDtype, device, expected))
+        continue;
+      // The e2m1 code of a NaN is not specified (docs/contract.md section 8).
+      if (s_.outDtype == OutDtype::FP4E2M1 && std::isnan(v))
         continue;
       if (boundaryAllowed(s_.outDtype, v, device)) {
         ++report_.allowanceUsed;
@@ -242,16 +274,17 @@ private:
   }
 
   void checkUnwrittenRow(int64_t e, int64_t t, int64_t live) {
-    const int64_t base = (e * p_.tokens + t) * s_.hidden;
-    for (int64_t i = 0; i < s_.hidden; ++i) {
+    const int64_t rowBytes = s_.outputRowBytes();
+    const int64_t base = (e * p_.tokens + t) * rowBytes;
+    for (int64_t i = 0; i < rowBytes; ++i) {
       ++report_.untouchedBytes;
       if (q_[base + i] == ref_.q[base + i])
         continue;
       ++report_.untouchedMismatches;
-      note(format("q (expert %" PRId64 ", t %" PRId64 ", column %" PRId64
-                  ") is past masked_m[%" PRId64 "] = %" PRId64
-                  " and must hold 0x%02x, device 0x%02x",
-                  e, t, i, e, live, ref_.q[base + i], q_[base + i]));
+      note(format("q (expert %" PRId64 ", t %" PRId64 ", %s %" PRId64 ") is past masked_m[%" PRId64
+                  "] = %" PRId64 " and must hold 0x%02x, device 0x%02x",
+                  e, t, s_.outDtype == OutDtype::FP4E2M1 ? "byte" : "column", i, e, live,
+                  ref_.q[base + i], q_[base + i]));
     }
   }
 
@@ -287,8 +320,10 @@ CompareReport compare(const Problem& problem, const Result& reference, const uin
           static_cast<size_t>(outputBytes(s, problem.tokens, problem.numExperts)) ||
       reference.scales.size() !=
           static_cast<size_t>(scaleBufferBytes(s, problem.tokens, problem.numExperts)) ||
-      reference.preRound.size() != reference.q.size() || reference.scaleValue.size() != perScale ||
-      reference.scalePreRound.size() != perScale)
+      reference.preRound.size() !=
+          static_cast<size_t>(problem.numExperts * problem.tokens * s.hidden) ||
+      (s.isNvfp4() && reference.yValue.size() != reference.preRound.size()) ||
+      reference.scaleValue.size() != perScale || reference.scalePreRound.size() != perScale)
     throw std::invalid_argument("bqjit::ref::compare: the reference result was not computed for "
                                 "this problem");
   return Checker(problem, reference, q, scales).run();

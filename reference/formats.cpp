@@ -60,6 +60,12 @@ const Table& e5m2Table() {
   return table;
 }
 
+// e2m1: codes 0..7 are 0, 0.5, 1, 1.5, 2, 3, 4, 6 (bias 1, one mantissa bit).
+const Table& e2m1Table() {
+  static const Table table(8, [](uint32_t c) { return decodeMinifloat(c, 1, 1); });
+  return table;
+}
+
 // fp16 and bf16 tables run one entry past the largest finite value: that
 // entry is the Inf code, valued at the next power of two, so rounding to
 // it is IEEE overflow.
@@ -89,6 +95,19 @@ uint8_t floatToE4M3(float v) {
 
 uint8_t floatToE5M2(float v) {
   return toFp8(v, e5m2Table(), 57344.0f);
+}
+
+uint8_t floatToE2M1(float v) {
+  const uint8_t sign = std::signbit(v) ? 0x8 : 0x0;
+  if (std::isnan(v))
+    return sign | 0x7;
+  const double a = std::min(std::fabs(static_cast<double>(v)), 6.0);
+  return sign | static_cast<uint8_t>(e2m1Table().nearest(a));
+}
+
+float e2m1ToFloat(uint8_t code) {
+  const float a = static_cast<float>(e2m1Table().values[code & 0x7u]);
+  return code & 0x8 ? -a : a;
 }
 
 float e4m3ToFloat(uint8_t code) {
@@ -168,6 +187,8 @@ uint8_t quantize(OutDtype dtype, float v) {
     return floatToE5M2(v);
   case OutDtype::INT8:
     return static_cast<uint8_t>(floatToInt8(v));
+  case OutDtype::FP4E2M1:
+    return floatToE2M1(v);
   }
   throw std::invalid_argument("quantize: unknown output dtype");
 }
@@ -180,12 +201,21 @@ float dequantize(OutDtype dtype, uint8_t code) {
     return e5m2ToFloat(code);
   case OutDtype::INT8:
     return static_cast<float>(static_cast<int8_t>(code));
+  case OutDtype::FP4E2M1:
+    return e2m1ToFloat(code);
   }
   throw std::invalid_argument("dequantize: unknown output dtype");
 }
 
+uint8_t codeAt(OutDtype dtype, const uint8_t* q, int64_t index) {
+  if (dtype == OutDtype::FP4E2M1)
+    return static_cast<uint8_t>((q[index / 2] >> (4 * (index % 2))) & 0xFu);
+  return q[index];
+}
+
 bool isNaNCode(OutDtype dtype, uint8_t code) {
-  return dtype != OutDtype::INT8 && std::isnan(dequantize(dtype, code));
+  return dtype != OutDtype::INT8 && dtype != OutDtype::FP4E2M1 &&
+         std::isnan(dequantize(dtype, code));
 }
 
 float pow2Ceil(float s) {

@@ -37,8 +37,17 @@ void detail::checkProblem(const Problem& p) {
   if (s.hidden < 1 || s.groupSize < 1 || s.hidden % s.groupSize != 0)
     fail("group_size " + std::to_string(s.groupSize) + " must divide hidden " +
          std::to_string(s.hidden));
-  if (s.scalesAreBytes() && !s.ue8m0)
-    fail(std::string(toString(s.scaleLayout)) + " needs ue8m0 (its bytes are powers of two)");
+  if (s.scalesAreBytes() && !s.ue8m0 && !s.isNvfp4())
+    fail(std::string(toString(s.scaleLayout)) +
+         " needs ue8m0 (its bytes are powers of two) or NVFP4 (E4M3 bytes)");
+  if (s.outDtype == OutDtype::FP4E2M1 &&
+      !((s.groupSize == 16 && !s.ue8m0) || (s.groupSize == 32 && s.ue8m0)))
+    fail("fp4_e2m1 needs G = 16 without ue8m0 (NVFP4) or G = 32 with ue8m0 (MXFP4)");
+  if (s.isNvfp4() && !(std::isfinite(p.globalScale) && p.globalScale > 0.0f))
+    fail("NVFP4 needs a finite global_scale > 0, not " + std::to_string(p.globalScale));
+  if (s.isNvfp4() && (s.hasScaleUb || (s.scaleLayout != ScaleLayout::Bytes &&
+                                       s.scaleLayout != ScaleLayout::Swizzled128x4)))
+    fail("NVFP4 takes no scale_ub and stores its E4M3 bytes in bytes or swizzled_128x4");
   if (s.scaleRounding == ScaleRounding::Floor &&
       (!s.ue8m0 || s.outDtype == OutDtype::INT8 || s.hasScaleUb))
     fail("scale_rounding floor needs ue8m0, an fp8 output and no scale_ub");
@@ -72,10 +81,20 @@ void putFloat(std::vector<uint8_t>& buffer, int64_t offset, float v) {
 }
 
 // Zero scales for the padding rows T..T4-1 of one expert; for ue8m0_packed
-// that is every byte of their words.
+// that is every byte of their words. swizzled_128x4: every byte that is not
+// the scale of some (t < T, j < NG), whatever masked_m says.
 void writePadding(const Problem& p, int64_t expert, Result& r) {
   const KernelSpec& s = p.spec;
   const int64_t ng = s.numGroups();
+  if (s.scaleLayout == ScaleLayout::Swizzled128x4) {
+    const int64_t rows = (p.tokens + 127) / 128 * 128;
+    const int64_t cols = (ng + 3) / 4 * 4;
+    for (int64_t t = 0; t < rows; ++t)
+      for (int64_t j = 0; j < cols; ++j)
+        if (t >= p.tokens || j >= ng)
+          r.scales[scaleOffset(s, p.tokens, expert, t, j)] = 0;
+    return;
+  }
   for (int64_t t = p.tokens; t < paddedTokens(p.tokens); ++t) {
     if (s.scaleLayout == ScaleLayout::ColTma) {
       for (int64_t j = 0; j < ng; ++j)
@@ -140,6 +159,18 @@ float pow2Scale(const KernelSpec& spec, float amax, float pre) {
 
 namespace {
 
+// Stores the code of element `index` of q: a byte, or a nibble of fp4_e2m1
+// (element 2k low, 2k + 1 high).
+void storeCode(OutDtype dtype, uint8_t* q, int64_t index, uint8_t code) {
+  if (dtype != OutDtype::FP4E2M1) {
+    q[index] = code;
+    return;
+  }
+  uint8_t& byte = q[index / 2];
+  const int shift = 4 * static_cast<int>(index % 2);
+  byte = static_cast<uint8_t>((byte & ~(0xFu << shift)) | ((code & 0xFu) << shift));
+}
+
 // One row of one expert: every group's y, amax, scale and quantized values.
 void computeRow(const Problem& p, const void* x, int64_t e, int64_t t, Result& r) {
   const KernelSpec& s = p.spec;
@@ -160,12 +191,32 @@ void computeRow(const Problem& p, const void* x, int64_t e, int64_t t, Result& r
       y[k] = activation(s, gate, up);
       amax = std::fmax(amax, std::fabs(y[k]));
     }
+    const int64_t scaleIndex = (e * p.tokens + t) * ng + j;
+    const int64_t offset = scaleOffset(s, p.tokens, e, t, j);
+    if (s.isNvfp4()) {
+      // docs/contract.md section 8, in its order of evaluation: the E4M3 block
+      // scale of global_scale * amax / 6 (at most 448), then r = 1 / (sf / gs).
+      const float gs = p.globalScale;
+      const float pre = std::fmin(gs * amax / 6.0f, 448.0f);
+      const uint8_t sf = floatToE4M3(pre);
+      const float sfValue = e4m3ToFloat(sf);
+      const float rcp = sfValue == 0.0f ? 0.0f : 1.0f / (sfValue / gs);
+      r.scalePreRound[scaleIndex] = pre;
+      r.scaleValue[scaleIndex] = sfValue;
+      for (int64_t k = 0; k < g; ++k) {
+        const float v = y[k] * rcp;
+        r.yValue[outRow + j * g + k] = y[k];
+        r.preRound[outRow + j * g + k] = v;
+        storeCode(s.outDtype, r.q.data(), outRow + j * g + k, quantize(s.outDtype, v));
+      }
+      r.scales[offset] = sf;
+      continue;
+    }
     const bool floor = s.scaleRounding == ScaleRounding::Floor;
     float scale = amax / qmax;
     if (s.hasScaleUb)
       scale = std::fmin(scale, p.scaleUb);
     scale = std::fmax(scale, minS);
-    const int64_t scaleIndex = (e * p.tokens + t) * ng + j;
     r.scalePreRound[scaleIndex] = floor ? std::ldexp(amax, -maxNormalExponent(s.outDtype)) : scale;
     if (s.ue8m0)
       scale = pow2Scale(s, amax, scale);
@@ -173,9 +224,8 @@ void computeRow(const Problem& p, const void* x, int64_t e, int64_t t, Result& r
     for (int64_t k = 0; k < g; ++k) {
       const float v = y[k] / scale;
       r.preRound[outRow + j * g + k] = v;
-      r.q[outRow + j * g + k] = quantize(s.outDtype, v);
+      storeCode(s.outDtype, r.q.data(), outRow + j * g + k, quantize(s.outDtype, v));
     }
-    const int64_t offset = scaleOffset(s, p.tokens, e, t, j);
     if (s.scalesAreBytes())
       r.scales[offset] = biasedExponent(scale);
     else
@@ -251,12 +301,20 @@ int64_t scaleBufferBytes(const KernelSpec& spec, int64_t tokens, int64_t numExpe
   case ScaleLayout::Bytes:
     perExpert = tokens * ng;
     break;
+  case ScaleLayout::Swizzled128x4:
+    perExpert = (tokens + 127) / 128 * 128 * ((ng + 3) / 4 * 4);
+    break;
   }
   return perExpert * numExperts;
 }
 
 int64_t outputBytes(const KernelSpec& spec, int64_t tokens, int64_t numExperts) {
-  return numExperts * tokens * spec.hidden;
+  return numExperts * tokens * spec.outputRowBytes();
+}
+
+int64_t swizzledOffset(int64_t t, int64_t j, int64_t numGroups) {
+  const int64_t tileCols = (numGroups + 3) / 4; // NGp / 4
+  return ((t / 128) * tileCols + j / 4) * 512 + (t % 32) * 16 + ((t % 128) / 32) * 4 + j % 4;
 }
 
 int64_t scaleOffset(const KernelSpec& spec, int64_t tokens, int64_t expert, int64_t t, int64_t j) {
@@ -274,6 +332,8 @@ int64_t scaleOffset(const KernelSpec& spec, int64_t tokens, int64_t expert, int6
     return base + ((j / 4) * t4 + t) * 4 + j % 4;
   case ScaleLayout::Bytes:
     return base + t * ng + j;
+  case ScaleLayout::Swizzled128x4:
+    return base + swizzledOffset(t, j, ng);
   }
   throw std::invalid_argument("scaleOffset: unknown layout");
 }
@@ -288,9 +348,16 @@ Result run(const Problem& p, const void* x) {
   r.scales.assign(scaleBufferBytes(s, p.tokens, experts), p.poison);
   r.scaleValue.assign(perScale, kNaN);
   r.scalePreRound.assign(perScale, kNaN);
-  r.preRound.assign(outputBytes(s, p.tokens, experts), kNaN);
-  // In masked mode padding rows lie past maskedM[e] <= T and stay unwritten.
-  if (isPadded(s.scaleLayout) && !s.masked)
+  const int64_t elements = experts * p.tokens * s.hidden;
+  r.preRound.assign(elements, kNaN);
+  if (s.isNvfp4())
+    r.yValue.assign(elements, kNaN);
+  // In masked mode padding rows lie past maskedM[e] <= T and stay unwritten;
+  // swizzled_128x4's padding is zero in every expert, masked or not.
+  if (s.scaleLayout == ScaleLayout::Swizzled128x4)
+    for (int64_t e = 0; e < experts; ++e)
+      writePadding(p, e, r);
+  else if (isPadded(s.scaleLayout) && !s.masked)
     writePadding(p, 0, r);
 
   std::vector<std::pair<int64_t, int64_t>> rows;
@@ -299,6 +366,7 @@ Result run(const Problem& p, const void* x) {
       rows.emplace_back(e, t);
   // Rows write disjoint bytes (a packed word belongs to one row), so threads
   // need no synchronization; the result does not depend on their number.
+  // Threads take whole rows; an fp4 row's bytes are its own (H is even).
   const int64_t work = static_cast<int64_t>(rows.size()) * s.hidden;
   const int64_t threads = std::clamp<int64_t>(
       std::min<int64_t>(std::thread::hardware_concurrency(), work >> 16), 1, 32);

@@ -29,6 +29,13 @@ float e4m3ToFloat(uint8_t code);
 float e5m2ToFloat(uint8_t code);
 /// Round half to even, saturate to [-128, 127], NaN -> 0.
 int8_t floatToInt8(float v);
+/// fp32 -> OCP e2m1 (docs/contract.md section 8), a 4-bit code: clamp to ±6
+/// (±Inf included), round to nearest even; the sign is bit 3, so -0.0 and
+/// negative values that round to zero give 0x8. NaN gives 0x7 with the
+/// input's sign (the contract leaves it unspecified).
+uint8_t floatToE2M1(float v);
+/// Exact value of an e2m1 code (the low 4 bits of `code`).
+float e2m1ToFloat(uint8_t code);
 
 /// fp32 -> bf16, round to nearest even (overflow to ±Inf, NaN kept quiet).
 uint16_t floatToBf16(float v);
@@ -37,10 +44,14 @@ float bf16ToFloat(uint16_t bits);
 uint16_t floatToFp16(float v);
 float fp16ToFloat(uint16_t bits);
 
-/// docs/contract.md's saturate_round for `dtype`: the byte the kernel stores for `v`.
+/// docs/contract.md's saturate_round for `dtype`: the byte the kernel stores for `v`
+/// (for fp4_e2m1 the 4-bit code, which q packs two a byte).
 uint8_t quantize(OutDtype dtype, float v);
-/// The value a stored byte stands for (int8 bytes are two's complement).
+/// The value a stored byte (fp4_e2m1: code) stands for (int8 bytes are two's complement).
 float dequantize(OutDtype dtype, uint8_t code);
+/// The code of element `index` of a q buffer: byte `index`, or for fp4_e2m1
+/// the nibble `index % 2` (0: low) of byte `index / 2`.
+uint8_t codeAt(OutDtype dtype, const uint8_t* q, int64_t index);
 /// True for the NaN codes of fp8 types; never for int8.
 bool isNaNCode(OutDtype dtype, uint8_t code);
 
@@ -70,15 +81,20 @@ void storeInput(InDtype dtype, void* x, int64_t index, float v);
 
 /// T4 = ceil(T / 4) * 4, the padded row count of col_tma and ue8m0_packed.
 int64_t paddedTokens(int64_t tokens);
+/// Byte of scale (t, j) in one expert's swizzled_128x4 buffer (docs/contract.md
+/// section 8) of `numGroups` groups a row: rows padded to 128, groups to 4,
+/// ((t / 128) * (NGp / 4) + j / 4) * 512 + (t % 32) * 16 + ((t % 128) / 32) * 4 + j % 4.
+int64_t swizzledOffset(int64_t t, int64_t j, int64_t numGroups);
 /// Bytes of the scale buffer for `numExperts` experts of `tokens` rows each:
 /// row / col: T * NG * 4; col_tma: T4 * NG * 4; ue8m0_packed: ceil(NG / 4) * T4 * 4;
-/// bytes: T * NG.
+/// bytes: T * NG; swizzled_128x4: ceil(T / 128) * 128 * ceil(NG / 4) * 4.
 int64_t scaleBufferBytes(const KernelSpec& spec, int64_t tokens, int64_t numExperts = 1);
-/// Bytes of q: numExperts * tokens * H.
+/// Bytes of q: numExperts * tokens * H (H / 2 for fp4_e2m1).
 int64_t outputBytes(const KernelSpec& spec, int64_t tokens, int64_t numExperts = 1);
 /// Byte offset of scale (t, j) of `expert` in the scale buffer: the fp32 for
-/// row / col / col_tma, the exponent byte for ue8m0_packed and bytes. `t` may be a
-/// padding row (tokens <= t < T4) of the padded layouts.
+/// row / col / col_tma, the scale byte for ue8m0_packed, bytes and
+/// swizzled_128x4. `t` may be a padding row (tokens <= t < T4, or < the
+/// 128-row padding of swizzled_128x4) of the padded layouts.
 int64_t scaleOffset(const KernelSpec& spec, int64_t tokens, int64_t expert, int64_t t, int64_t j);
 
 // ---- the reference ----------------------------------------------------------------
@@ -89,6 +105,7 @@ struct Problem {
   int64_t tokens = 0;           ///< T (T_max when masked).
   int64_t ldx = 0;              ///< elements between rows of x, >= 2H.
   float scaleUb = 0;            ///< *scale_ub, used when spec.hasScaleUb.
+  float globalScale = 0;        ///< *global_scale, used by NVFP4 (finite, > 0).
   int64_t numExperts = 1;       ///< E; must be 1 unless spec.masked.
   std::vector<int32_t> maskedM; ///< live rows per expert (masked only), each in 0..T.
   uint8_t poison = 0xAB;        ///< initial content of q and scales; unwritten bytes keep it.
@@ -105,7 +122,13 @@ struct Result {
   std::vector<float> preRound;      ///< y / s of each element, before saturate_round.
   std::vector<float> scalePreRound; ///< s before the power-of-two rounding; under
                                     ///< floor, amax / 2^EMAX (the rounding's boundaries
-                                    ///< are its powers of two, as under ceil).
+                                    ///< are its powers of two, as under ceil); NVFP4:
+                                    ///< min(global_scale * amax / 6, 448) before E4M3.
+  /// NVFP4 only (empty otherwise): y of each element, indexed as preRound, so
+  /// that a group whose E4M3 scale is one step off is judged by y * r of the
+  /// device's scale. NVFP4's scaleValue is the decoded E4M3 block scale and
+  /// preRound is y * r with r = 1 / (scale / global_scale).
+  std::vector<float> yValue;
 };
 
 /// Computes docs/contract.md section 1 for input `x` ([E][T][ldx] elements of

@@ -1,6 +1,7 @@
 // The C API over bqjit::Service.
 #include "bqjit/bqjit.h"
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 #include <shared_mutex>
@@ -304,8 +305,31 @@ void bqjit_kernel_release(bqjit_kernel kernel) {
 }
 
 bqjit_status bqjit_kernel_launch(bqjit_kernel kernel, const bqjit_launch_args* args, void* stream) {
+  return bqjit_kernel_launch_ex(kernel, args, nullptr, stream);
+}
+
+bqjit_status bqjit_kernel_launch_ex(bqjit_kernel kernel, const bqjit_launch_args* args,
+                                    const bqjit_launch_extra* extra, void* stream) {
   if (!kernel || !args)
     return fail(bqjit::ErrorCode::InvalidArgument, !kernel ? "kernel is NULL" : "args is NULL");
+  // The caller's struct may be older (shorter) or newer (longer) than ours.
+  bqjit_launch_extra e{};
+  e.size = sizeof e;
+  if (extra) {
+    if (extra->size < sizeof(size_t))
+      return fail(bqjit::ErrorCode::InvalidArgument, "extra->size " + std::to_string(extra->size) +
+                                                         ": must be sizeof(bqjit_launch_extra) (" +
+                                                         std::to_string(sizeof e) + ")");
+    const auto* bytes = reinterpret_cast<const unsigned char*>(extra);
+    for (size_t i = sizeof e; i < extra->size; ++i)
+      if (bytes[i] != 0)
+        return fail(bqjit::ErrorCode::InvalidArgument,
+                    "extra->size " + std::to_string(extra->size) +
+                        ": the fields past this library's bqjit_launch_extra (" +
+                        std::to_string(sizeof e) + " bytes) are not known here; upgrade bqjit");
+    std::memcpy(&e, extra, std::min(extra->size, sizeof e));
+    e.size = sizeof e;
+  }
   bqjit::LaunchArgs a;
   a.x = reinterpret_cast<const void*>(args->x);
   a.ldx = args->ldx;
@@ -315,6 +339,7 @@ bqjit_status bqjit_kernel_launch(bqjit_kernel kernel, const bqjit_launch_args* a
   a.scaleUb = reinterpret_cast<const float*>(args->scale_ub);
   a.maskedM = reinterpret_cast<const int32_t*>(args->masked_m);
   a.numExperts = args->num_experts;
+  a.globalScale = reinterpret_cast<const float*>(e.global_scale);
   if (auto err = kernel->kernel.launch(a, static_cast<CUstream>(stream)))
     return fail(std::move(err));
   return ok();

@@ -83,11 +83,15 @@ const KernelSpec& Kernel::specFor(int64_t tokens) const {
 
 namespace {
 
-// Blocks along x: one team per (row, group), padded layouts' extra rows included.
+// Blocks along x: one team per (row, group), padded layouts' extra rows
+// included; swizzled_128x4 adds one task per 4-byte word of its padding rows
+// (as the template counts them).
 int64_t blockCount(const KernelSpec& s, int64_t tokens) {
   const bool padded =
       s.scaleLayout == ScaleLayout::ColTma || s.scaleLayout == ScaleLayout::Ue8m0Packed;
-  const int64_t tasks = (padded ? (tokens + 3) / 4 * 4 : tokens) * s.numGroups();
+  int64_t tasks = (padded ? (tokens + 3) / 4 * 4 : tokens) * s.numGroups();
+  if (s.scaleLayout == ScaleLayout::Swizzled128x4)
+    tasks += ((tokens + 127) / 128 * 128 - tokens) * ((s.numGroups() + 3) / 4);
   return (tasks + s.shape->groupsPerBlock - 1) / s.shape->groupsPerBlock;
 }
 
@@ -190,11 +194,21 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
     return argError(s, "numExperts", std::to_string(a.numExperts), "must be in 1..65535");
   if (auto err = checkPointer(s, "x", a.x, vecBytes))
     return err;
-  if (auto err = checkPointer(s, "q", a.q, vec))
+  // The widest store of q: a vector's codes (fp4_e2m1: half a byte each).
+  if (auto err = checkPointer(s, "q", a.q, std::max(1, vec * outBits(s.outDtype) / 8)))
     return err;
-  // bytes: one byte per scale; the others store fp32s or int32 words.
+  // bytes: one byte per scale; the others store fp32s or 4-byte words
+  // (swizzled_128x4's padding rows).
   if (auto err = checkPointer(s, "scales", a.scales, s.scaleLayout == ScaleLayout::Bytes ? 1 : 4))
     return err;
+  if (s.needsGlobalScale()) {
+    if (!a.globalScale)
+      return argError(s, "globalScale", "null",
+                      "NVFP4 (fp4_e2m1, group_size 16) needs a device pointer to its fp32 "
+                      "global_scale (448 * 6 / amax of the tensor, by vLLM's convention)");
+    if (auto err = checkPointer(s, "globalScale", a.globalScale, 4))
+      return err;
+  }
   if (s.hasScaleUb)
     if (auto err = checkPointer(s, "scaleUb", a.scaleUb, 4))
       return err;
@@ -228,7 +242,8 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
   void* scales = a.scales;
   const float* ub = a.scaleUb;
   const int32_t* masked = a.maskedM;
-  void* params[] = {&x, &ldx, &rows, &q, &scales, &ub, &masked};
+  const float* globalScale = a.globalScale;
+  void* params[] = {&x, &ldx, &rows, &q, &scales, &ub, &masked, &globalScale};
   r = d.cuLaunchKernel(fn.function, grid[0], grid[1], grid[2], block[0], block[1], block[2], 0,
                        stream, params, nullptr);
   // The message is built only on failure: the launch path allocates nothing.

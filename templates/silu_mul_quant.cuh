@@ -1,6 +1,6 @@
 // bqjit kernel template: y = act(gate) * up, quantized per group of G columns
-// with fp32 (or power-of-two) scales. docs/contract.md sections 1, 2, 6 and 7 are the
-// contract.
+// with fp32 (or power-of-two) scales, or to fp4 (NVFP4, MXFP4) with scale
+// bytes. docs/contract.md sections 1, 2, 6, 7 and 8 are the contract.
 //
 // Compiled by NVRTC for one specialization: the generated source defines a
 // struct of named constants (kHidden, kGroupSize, kInDtype, kActivation,
@@ -16,8 +16,8 @@ typedef long long i64;
 typedef unsigned int u32;
 
 enum : int { kBF16 = 0, kFP16 = 1, kFP32 = 2 };
-enum : int { kE4M3 = 0, kE5M2 = 1, kInt8 = 2 };
-enum : int { kRow = 0, kCol = 1, kColTma = 2, kUe8m0Packed = 3, kBytes = 4 };
+enum : int { kE4M3 = 0, kE5M2 = 1, kInt8 = 2, kE2M1 = 3 };
+enum : int { kRow = 0, kCol = 1, kColTma = 2, kUe8m0Packed = 3, kBytes = 4, kSwizzled128x4 = 5 };
 enum : int { kSilu = 0, kSwiglu = 1, kGeluTanh = 2, kGelu = 3 };
 enum : int { kSplit = 0, kInterleaved = 1 };
 enum : int { kCeil = 0, kFloor = 1 };
@@ -78,25 +78,50 @@ __device__ __forceinline__ void unpack(const Raw<BYTES>& r, float (&out)[VEC], u
 
 // ---- output conversions -------------------------------------------------------
 
+// The output format's trait: kBits per value, QMAX (kMax) and its correctly
+// rounded reciprocal, MIN_SCALE, and kEmax, the exponent of the largest
+// normal (docs/contract.md section 7's EMAX).
 template <int OUT> struct QuantTraits;
-// kEmax: the exponent of the largest normal (docs/contract.md section 7's EMAX).
 template <> struct QuantTraits<kE4M3> {
+  static constexpr int kBits = 8;
   static constexpr int kEmax = 8;
   static constexpr float kMax = 448.0f;
   static constexpr float kInvMax = 0x1.24924ap-9f; // 1 / 448, correctly rounded
   static constexpr float kMinScale = 1.0f / (448.0f * 512.0f);
 };
 template <> struct QuantTraits<kE5M2> {
+  static constexpr int kBits = 8;
   static constexpr int kEmax = 15;
   static constexpr float kMax = 57344.0f;
   static constexpr float kInvMax = 0x1.24924ap-16f; // 1 / 57344, correctly rounded
   static constexpr float kMinScale = 1.0f / (57344.0f * 512.0f);
 };
 template <> struct QuantTraits<kInt8> {
+  static constexpr int kBits = 8;
   static constexpr float kMax = 127.0f;
   static constexpr float kInvMax = 0x1.020408p-7f; // 1 / 127, correctly rounded
   static constexpr float kMinScale = 1.1920928955078125e-07f; // 2^-23
 };
+// e2m1 (docs/contract.md section 8): two values a byte. MIN_SCALE is the smallest
+// E8M0 scale, 2^-127 (an fp32 subnormal); NVFP4's scales do not use it.
+template <> struct QuantTraits<kE2M1> {
+  static constexpr int kBits = 4;
+  static constexpr int kEmax = 2;
+  static constexpr float kMax = 6.0f;
+  static constexpr float kInvMax = 0x1.555556p-3f; // 1 / 6, correctly rounded
+  static constexpr float kMinScale = 0x1p-127f;
+};
+
+// PTX's conversions to e2m1x2 and ue8m0x2 exist only for the
+// architecture-specific and family-specific targets of Blackwell (sm_100a/f,
+// sm_103a/f, sm_110f, sm_120a/f, ...), for which NVRTC defines
+// __CUDA_ARCH_FAMILY_SPECIFIC__ (1000, 1200, ...). Plain sm_100 and sm_120
+// (and older GPUs) convert in software, to the same bits.
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FAMILY_SPECIFIC__) && __CUDA_ARCH_FAMILY_SPECIFIC__ >= 1000
+#define BQJIT_HW_FP4_CVT 1
+#else
+#define BQJIT_HW_FP4_CVT 0
+#endif
 
 // fp32 -> fp8 with saturation to the largest finite value and round to nearest
 // even, NaN kept as NaN. In software for targets without the cvt instruction.
@@ -134,6 +159,41 @@ template <int OUT> __device__ __forceinline__ u32 fp8Pair(float lo, float hi) {
 #endif
 }
 
+// fp32 -> e2m1 code (sign in bit 3): clamp to 6, round to nearest even.
+// Below 1 the step is 0.5: rint(2a) is the code (0, 1 or 2, which is 1.0).
+// From 1 up the code is the fp32 exponent and top mantissa bit, rounded on
+// the bits as fp8Soft does. -0 gives 0x8; NaN (unspecified by the contract)
+// gives 0x7 with its sign.
+__device__ __forceinline__ u32 e2m1Soft(float v) {
+  const u32 sign = (__float_as_uint(v) >> 28) & 0x8u;
+  const float a = fminf(fabsf(v), 6.0f);
+  u32 ab = __float_as_uint(a);
+  ab += 0x1fffffu + ((ab >> 22) & 1u);
+  const u32 normal = (ab >> 22) - (126u << 1);
+  const u32 sub = __float2uint_rn(a * 2.0f);
+  return sign | (a < 1.0f ? sub : normal);
+}
+
+// Two values to one byte: lo in bits 0..3, hi in bits 4..7.
+__device__ __forceinline__ u32 e2m1Pair(float lo, float hi) {
+#if BQJIT_HW_FP4_CVT
+  unsigned short r;
+  asm("{\n\t.reg .b8 pair;\n\tcvt.rn.satfinite.e2m1x2.f32 pair, %1, %2;\n\tcvt.u16.u8 %0, pair;\n\t}"
+      : "=h"(r)
+      : "f"(hi), "f"(lo));
+  return r;
+#else
+  return e2m1Soft(lo) | (e2m1Soft(hi) << 4);
+#endif
+}
+
+// The value of a non-negative E4M3 code (0x00..0x7E), exactly.
+__device__ __forceinline__ float e4m3Value(u32 code) {
+  const float normal = __uint_as_float((code << 20) + (120u << 23));
+  const float subnormal = static_cast<float>(code & 7u) * 0x1p-9f;
+  return code < 8u ? subnormal : normal;
+}
+
 __device__ __forceinline__ u32 int8Sat(float v) {
   if (v != v)
     return 0u;
@@ -141,9 +201,12 @@ __device__ __forceinline__ u32 int8Sat(float v) {
   return static_cast<u32>(static_cast<int>(r)) & 0xffu;
 }
 
+// Two values to their codes, lo in the low kBits bits, hi in the next kBits.
 template <int OUT> __device__ __forceinline__ u32 quantPair(float lo, float hi) {
   if constexpr (OUT == kInt8)
     return int8Sat(lo) | (int8Sat(hi) << 8);
+  else if constexpr (OUT == kE2M1)
+    return e2m1Pair(lo, hi);
   else
     return fp8Pair<OUT>(lo, hi);
 }
@@ -493,20 +556,24 @@ __device__ __forceinline__ float actMulExact(const unsigned char* in, int vecLan
 }
 
 // How quantizeStore divides y by s: by the group's reciprocal r where the
-// caller checked the range; by IEEE division; or, for a power of two s whose
-// reciprocal r is exact, y * r, which is the correctly rounded y / s (both
-// round the same real number).
+// caller checked the range; by IEEE division; or y * r: for a power of two s
+// whose reciprocal r is exact, the correctly rounded y / s (both round the
+// same real number), and for NVFP4 the contract's own y * r.
 enum : int { kDivFast = 0, kDivExact = 1, kMulExact = 2 };
 
-// q = saturate_round(y / s) for this thread's steps, stored to qRow.
+// q = saturate_round(y / s) for this thread's steps, stored to qRow (the
+// group's first byte): VEC values make VEC * kBits / 8 bytes.
 template <int OUT, int VEC, int TPG, int kChunks, int MODE>
 __device__ __forceinline__ void quantizeStore(const float (&y)[kChunks][VEC], float s, float r,
                                               unsigned char* qRow, int lane) {
+  constexpr int BITS = QuantTraits<OUT>::kBits;
+  constexpr int kBytes = VEC * BITS / 8;
+  static_assert(BITS == 8 || VEC % 2 == 0, "fp4 steps make whole bytes");
 #pragma unroll
   for (int c = 0; c < kChunks; ++c) {
-    u32 w[(VEC + 3) / 4];
+    u32 w[(kBytes + 3) / 4];
 #pragma unroll
-    for (int i = 0; i < (VEC + 3) / 4; ++i)
+    for (int i = 0; i < (kBytes + 3) / 4; ++i)
       w[i] = 0;
 #pragma unroll
     for (int k = 0; k < VEC; k += 2) {
@@ -524,11 +591,27 @@ __device__ __forceinline__ void quantizeStore(const float (&y)[kChunks][VEC], fl
         if (k + 1 < VEC)
           hi = __fdiv_rn(y[c][k + 1], s);
       }
-      const u32 pair = quantPair<OUT>(lo, hi) & (k + 1 < VEC ? 0xffffu : 0xffu);
-      w[k / 4] |= pair << (8 * (k % 4));
+      const u32 pair = quantPair<OUT>(lo, hi) & (k + 1 < VEC ? (1u << 2 * BITS) - 1u : (1u << BITS) - 1u);
+      w[k * BITS / 32] |= pair << (k * BITS % 32);
     }
-    storeBytes<VEC>(qRow + (c * TPG + lane) * VEC, w);
+    storeBytes<kBytes>(qRow + (c * TPG + lane) * kBytes, w);
   }
+}
+
+// ---- scale layouts ------------------------------------------------------------------
+//
+// swizzled_128x4 (docs/contract.md section 8): rows padded to 128, groups to 4;
+// byte of scale (t, j) in one expert's buffer.
+template <int NG> __device__ __forceinline__ i64 swizzledOffset(i64 t, int j) {
+  constexpr int kTileCols = (NG + 3) / 4;
+  return ((t >> 7) * kTileCols + (j >> 2)) * 512 + (t & 31) * 16 + ((t >> 5) & 3) * 4 + (j & 3);
+}
+
+// Zeroes the padding columns NG..NGp-1 of row t of a swizzled_128x4 buffer.
+template <int NG> __device__ __forceinline__ void zeroSwizzledPaddingColumns(unsigned char* scaleB, i64 t) {
+#pragma unroll
+  for (int j = NG; j % 4 != 0; ++j)
+    scaleB[swizzledOffset<NG>(t, j)] = 0;
 }
 
 // ---- the kernel -----------------------------------------------------------------
@@ -537,20 +620,30 @@ __device__ __forceinline__ void quantizeStore(const float (&y)[kChunks][VEC], fl
 // A team occupies a slot of kSlot lanes (TPG rounded up to a power of two) so
 // that any TPG dividing the group's vectors works (12 for G = 96, say); the
 // lanes past TPG only take part in the amax reduction.
-// Row-major scale layouts (row, bytes) number tasks row by row; column layouts number them
-// column by column so that the scale stores of neighbouring teams coalesce.
+// Row-major scale layouts (row, bytes, swizzled_128x4) number tasks row by
+// row; column layouts number them column by column so that the scale stores
+// of neighbouring teams coalesce.
 // Layouts with padded columns (col_tma, ue8m0_packed) have tasks for the
-// padding rows T..T4-1 that only write zero scales.
+// padding rows T..T4-1 that only write zero scales. swizzled_128x4 has, after
+// the T x NG tasks, one task per 4-byte word of its padding rows T..Tp-1,
+// which writes it as zero; the padding columns of a row are written by the
+// row's last group (of every row t < T, live or not, when masked).
+//
+// Output formats: QuantTraits<OUT> (8-bit codes, or e2m1 two a byte). NVFP4
+// (e2m1 without power-of-two scales) takes its E4M3 block scale from the
+// run-time global scale, in the contract's order of evaluation; MXFP4 (e2m1
+// with power-of-two scales) is section 7's E8M0 scale with QMAX 6.
 //
 // Arguments:
 //   x       [E][rows][ldx] input: split, gate in columns 0..H-1 and up in
 //           H..2H-1; interleaved, gate i in column 2i and up i in 2i + 1
 //   ldx     elements between rows of x (>= 2H)
 //   rows    T (T_max for masked batches)
-//   q       [E][rows][H] output
-//   scales  per docs/contract.md section 2, per expert when masked
+//   q       [E][rows][H * kBits / 8] output
+//   scales  per docs/contract.md sections 2 and 8, per expert when masked
 //   scaleUb device pointer to one float, used when HAS_UB
 //   maskedM [E] live rows per expert, used when MASKED (gridDim.y = E)
+//   globalScale device pointer to one float, used by NVFP4
 //
 // S is the specialization: every compile-time choice as a named constant, and
 // the launch shape's occupancy promise (kMinBlocksPerSm), which the planner
@@ -560,7 +653,7 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
                                   S::kMinBlocksPerSm)
     silu_mul_quant(const void* __restrict__ x, i64 ldx, i64 rows, unsigned char* __restrict__ q,
                    void* __restrict__ scales, const float* __restrict__ scaleUb,
-                   const int* __restrict__ maskedM) {
+                   const int* __restrict__ maskedM, const float* __restrict__ globalScale) {
   constexpr int H = S::kHidden;
   constexpr int G = S::kGroupSize;
   constexpr int IN = S::kInDtype;
@@ -573,10 +666,16 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   constexpr int VEC = S::kVecWidth;
   constexpr int GPB = S::kGroupsPerBlock;
   constexpr bool FLOOR = S::kScaleRounding == kFloor;
-  constexpr bool BYTE_SCALES = LAYOUT == kUe8m0Packed || LAYOUT == kBytes;
+  constexpr bool FP4 = OUT == kE2M1;
+  constexpr bool NVFP4 = FP4 && !POW2;
+  constexpr bool SWIZZLED = LAYOUT == kSwizzled128x4;
+  constexpr bool BYTE_SCALES = LAYOUT == kUe8m0Packed || LAYOUT == kBytes || SWIZZLED;
   static_assert(!FLOOR || (POW2 && OUT != kInt8 && !HAS_UB),
-                "floor rounds power-of-two scales of fp8 outputs, without a bound");
-  static_assert(LAYOUT != kBytes || POW2, "bytes hold E8M0 exponents");
+                "floor rounds power-of-two scales of floating-point outputs, without a bound");
+  static_assert(!(LAYOUT == kBytes || SWIZZLED) || POW2 || NVFP4,
+                "scale bytes are E8M0 exponents, or NVFP4's E4M3");
+  static_assert(!FP4 || (NVFP4 ? G == 16 && !HAS_UB && (LAYOUT == kBytes || SWIZZLED) : G == 32),
+                "fp4 is NVFP4 (G 16, E4M3 bytes) or MXFP4 (G 32, ue8m0)");
   static_assert(H % G == 0, "G must divide H");
   static_assert(G % VEC == 0, "VEC must divide G");
   static_assert((G / VEC) % TPG == 0, "TPG must divide the group's vectors");
@@ -584,23 +683,51 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   constexpr int kSlot = TeamSlot<TPG>::value;
   constexpr int NG = H / G;
   constexpr int kInBytes = InBytes<IN>::value;
+  constexpr int kBits = QuantTraits<OUT>::kBits;
   using Geo = Geometry<S>;
   constexpr int kSteps = Geo::kSteps;
   constexpr int kOutVec = Geo::kOutVec;
-  constexpr bool kColMajorTasks = LAYOUT != kRow && LAYOUT != kBytes;
+  constexpr bool kColMajorTasks = LAYOUT != kRow && LAYOUT != kBytes && !SWIZZLED;
   constexpr bool kPadded = LAYOUT == kColTma || LAYOUT == kUe8m0Packed;
   constexpr int kPackedWords = (NG + 3) / 4;
+  constexpr int kTileCols = (NG + 3) / 4; // swizzled_128x4: NGp / 4
 
   const i64 rows4 = (rows + 3) / 4 * 4;
+  const i64 rows128 = (rows + 127) / 128 * 128;
   const i64 taskRows = kPadded ? rows4 : rows;
   const i64 expert = MASKED ? blockIdx.y : 0;
-  const i64 liveRows = MASKED ? static_cast<i64>(maskedM[expert]) : rows;
 
   const int lane = threadIdx.x % kSlot;
   const bool active = lane < TPG;
   const i64 task = static_cast<i64>(blockIdx.x) * GPB + threadIdx.x / kSlot;
-  if (task >= taskRows * NG)
+
+  // Scales of this expert.
+  i64 scalesPerExpert;
+  if constexpr (LAYOUT == kRow || LAYOUT == kCol)
+    scalesPerExpert = rows * NG;
+  else if constexpr (LAYOUT == kColTma)
+    scalesPerExpert = rows4 * NG;
+  else if constexpr (LAYOUT == kUe8m0Packed)
+    scalesPerExpert = rows4 * kPackedWords * 4; // bytes
+  else if constexpr (SWIZZLED)
+    scalesPerExpert = rows128 * kTileCols * 4; // bytes
+  else
+    scalesPerExpert = rows * NG; // bytes
+  float* scaleF = static_cast<float*>(scales) + (BYTE_SCALES ? 0 : expert * scalesPerExpert);
+  unsigned char* scaleB = static_cast<unsigned char*>(scales) + (BYTE_SCALES ? expert * scalesPerExpert : 0);
+
+  if (task >= taskRows * NG) {
+    if constexpr (SWIZZLED) {
+      // A 4-byte word of a padding row: (t, 4 * word) is 4-byte aligned.
+      const i64 pad = task - taskRows * NG;
+      if (lane == 0 && pad < (rows128 - rows) * kTileCols) {
+        const i64 t = rows + pad / kTileCols;
+        const int word = static_cast<int>(pad % kTileCols);
+        *reinterpret_cast<u32*>(scaleB + swizzledOffset<NG>(t, 4 * word)) = 0u;
+      }
+    }
     return;
+  }
   i64 t;
   int j;
   if (taskRows * NG <= 0x7fffffff) {
@@ -613,21 +740,16 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
     t = kColMajorTasks ? task % taskRows : task / NG;
     j = static_cast<int>(kColMajorTasks ? task / taskRows : task % NG);
   }
-  if (MASKED && t >= liveRows)
-    return;
-
-  // Scales of this expert.
-  i64 scalesPerExpert;
-  if constexpr (LAYOUT == kRow || LAYOUT == kCol)
-    scalesPerExpert = rows * NG;
-  else if constexpr (LAYOUT == kColTma)
-    scalesPerExpert = rows4 * NG;
-  else if constexpr (LAYOUT == kUe8m0Packed)
-    scalesPerExpert = rows4 * kPackedWords * 4; // bytes
-  else
-    scalesPerExpert = rows * NG; // bytes
-  float* scaleF = static_cast<float*>(scales) + (BYTE_SCALES ? 0 : expert * scalesPerExpert);
-  unsigned char* scaleB = static_cast<unsigned char*>(scales) + (BYTE_SCALES ? expert * scalesPerExpert : 0);
+  if (MASKED) {
+    const i64 liveRows = static_cast<i64>(maskedM[expert]);
+    if (t >= liveRows) {
+      // Not computed; swizzled_128x4's padding columns are zero all the same.
+      if constexpr (SWIZZLED && NG % 4 != 0)
+        if (lane == 0 && j == NG - 1)
+          zeroSwizzledPaddingColumns<NG>(scaleB, t);
+      return;
+    }
+  }
 
   if (kPadded && t >= rows) {
     if (lane == 0) {
@@ -682,10 +804,41 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   // exact for every finite amax (checked exhaustively over all fp32
   // significands for the three QMAX values: tests/test_fast_division).
   float s;
-  int floorExp = 0;
-  if constexpr (FLOOR) {
-    floorExp = floorMxExponent<OUT>(amax);
+  u32 scaleByte = 0; // the byte of byte layouts: E8M0, or NVFP4's E4M3
+  unsigned char* qRow = q + ((expert * rows + t) * H + static_cast<i64>(j) * G) * kBits / 8;
+  if constexpr (NVFP4) {
+    // docs/contract.md section 8, in its order: sf = e4m3(min(gs * amax / 6,
+    // 448)), r = 1 / (sf / gs), q = e2m1(y * r); IEEE divisions, once a group.
+    const float gs = *globalScale;
+    const float pre = fminf(__fdiv_rn(__fmul_rn(gs, amax), 6.0f), 448.0f);
+    scaleByte = fp8Pair<kE4M3>(pre, 0.0f) & 0xffu;
+    s = e4m3Value(scaleByte);
+    const float r = s == 0.0f ? 0.0f : __fdiv_rn(1.0f, __fdiv_rn(s, gs));
+    quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, r, qRow, lane);
+  } else if constexpr (FLOOR) {
+    const int floorExp = floorMxExponent<OUT>(amax);
     s = exp2Exact(floorExp);
+    // s = 2^e: y * 2^-e is y / s exactly, without a division's range limits.
+    quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, exp2Exact(-floorExp), qRow, lane);
+  } else if constexpr (FP4) {
+    // MXFP4 under ceil: 2^ceil(log2(amax / 6)) within 2^-127..2^127 (no
+    // MIN_SCALE of its own); the E8M0 byte first, then s and its exact
+    // reciprocal from it.
+    float pre = __fdiv_rn(amax, QuantTraits<OUT>::kMax); // an infinite amax stays infinite
+    if constexpr (HAS_UB)
+      pre = fminf(pre, *scaleUb);
+    pre = fminf(fmaxf(pre, QuantTraits<OUT>::kMinScale), kMaxPow2Scale);
+#if BQJIT_HW_FP4_CVT
+    unsigned short e8;
+    asm("cvt.rp.satfinite.ue8m0x2.f32 %0, %1, %2;" : "=h"(e8) : "f"(0.0f), "f"(pre));
+    scaleByte = e8 & 0xffu;
+#else
+    const u32 b = __float_as_uint(pre);
+    // A subnormal pre lies in [2^-127, 2^-126): byte 0 for 2^-127 itself, else 1.
+    scaleByte = b < 0x00800000u ? (b == 0x00400000u ? 0u : 1u) : (b >> 23) + ((b & 0x007fffffu) != 0u);
+#endif
+    s = exp2Exact(static_cast<int>(scaleByte) - 127);
+    quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, exp2Exact(127 - static_cast<int>(scaleByte)), qRow, lane);
   } else {
     s = amax == __int_as_float(0x7f800000) ? amax
                                            : divFast(amax, QuantTraits<OUT>::kMax, QuantTraits<OUT>::kInvMax);
@@ -694,13 +847,6 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
     s = fmaxf(s, QuantTraits<OUT>::kMinScale);
     if constexpr (POW2)
       s = fminf(pow2Ceil(s), kMaxPow2Scale); // an infinite s is 2^127 (E8M0 byte 254)
-  }
-
-  unsigned char* qRow = q + (expert * rows + t) * H + static_cast<i64>(j) * G;
-  if constexpr (FLOOR) {
-    // s = 2^e: y * 2^-e is y / s exactly, without a division's range limits.
-    quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, exp2Exact(-floorExp), qRow, lane);
-  } else {
     const float r = rcpRefined(s);
     // Quotients below 2^-100 that the fast path may round differently all
     // quantize to a zero of the right sign, so only the top needs a bound.
@@ -710,6 +856,8 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
     else
       quantizeStore<OUT, kOutVec, TPG, kSteps, kDivExact>(y, s, r, qRow, lane);
   }
+  if constexpr (!NVFP4)
+    scaleByte = (__float_as_uint(s) >> 23) & 0xffu; // E8M0: 2^-127 (subnormal) is byte 0
 
   if (lane == 0) {
     if constexpr (LAYOUT == kRow) {
@@ -719,10 +867,15 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
     } else if constexpr (LAYOUT == kColTma) {
       scaleF[static_cast<i64>(j) * rows4 + t] = s;
     } else if constexpr (LAYOUT == kBytes) {
-      scaleB[t * NG + j] = static_cast<unsigned char>((__float_as_uint(s) >> 23) & 0xffu);
+      scaleB[t * NG + j] = static_cast<unsigned char>(scaleByte);
+    } else if constexpr (SWIZZLED) {
+      scaleB[swizzledOffset<NG>(t, j)] = static_cast<unsigned char>(scaleByte);
+      if constexpr (NG % 4 != 0)
+        if (j == NG - 1)
+          zeroSwizzledPaddingColumns<NG>(scaleB, t);
     } else {
       const i64 word = static_cast<i64>(j / 4) * rows4 + t;
-      scaleB[word * 4 + j % 4] = static_cast<unsigned char>((__float_as_uint(s) >> 23) & 0xffu);
+      scaleB[word * 4 + j % 4] = static_cast<unsigned char>(scaleByte);
       if (j == NG - 1)
         for (int b = j % 4 + 1; b < 4; ++b)
           scaleB[word * 4 + b] = 0;

@@ -187,6 +187,7 @@ struct GpuCase {
   int64_t tokens = 1;
   int64_t ldxPad = 0; ///< ldx = 2H + ldxPad
   float scaleUb = 0;
+  float globalScale = 0; ///< NVFP4's *global_scale (docs/contract.md section 8)
   int64_t experts = 1;
   std::vector<int32_t> maskedM;
   std::vector<SpecialRow> specialRows;
@@ -194,7 +195,11 @@ struct GpuCase {
   float inputScale = 4.0f;
 
   std::string name() const {
-    return spec.label() + " T=" + std::to_string(tokens) + " ldx+" + std::to_string(ldxPad);
+    std::string n =
+        spec.label() + " T=" + std::to_string(tokens) + " ldx+" + std::to_string(ldxPad);
+    if (spec.isNvfp4())
+      n += " global_scale=" + std::to_string(globalScale);
+    return n;
   }
 };
 
@@ -235,6 +240,7 @@ inline ref::CompareReport runWithKernel(const Kernel& kernel, const GpuCase& c, 
   p.tokens = c.tokens;
   p.ldx = 2 * static_cast<int64_t>(spec.hidden) + c.ldxPad;
   p.scaleUb = c.scaleUb;
+  p.globalScale = c.globalScale;
   p.numExperts = c.experts;
   p.maskedM = c.maskedM;
   p.poison = 0xAB;
@@ -245,11 +251,13 @@ inline ref::CompareReport runWithKernel(const Kernel& kernel, const GpuCase& c, 
 
   const size_t qBytes = ref::outputBytes(p.spec, c.tokens, c.experts);
   const size_t sBytes = ref::scaleBufferBytes(p.spec, c.tokens, c.experts);
-  DeviceBuffer dx(d, x.size()), dq(d, qBytes), ds(d, sBytes), dub(d, 4), dm(d, 4 * c.experts + 4);
+  DeviceBuffer dx(d, x.size()), dq(d, qBytes), ds(d, sBytes), dub(d, 4), dm(d, 4 * c.experts + 4),
+      dgs(d, 4);
   checkCu(d, d.cuMemcpyHtoD(dx.get(), x.data(), x.size()), "cuMemcpyHtoD x");
   checkCu(d, d.cuMemsetD8(dq.get(), p.poison, qBytes), "cuMemsetD8 q");
   checkCu(d, d.cuMemsetD8(ds.get(), p.poison, sBytes), "cuMemsetD8 scales");
   checkCu(d, d.cuMemcpyHtoD(dub.get(), &c.scaleUb, 4), "cuMemcpyHtoD ub");
+  checkCu(d, d.cuMemcpyHtoD(dgs.get(), &c.globalScale, 4), "cuMemcpyHtoD global scale");
   if (!c.maskedM.empty())
     checkCu(d, d.cuMemcpyHtoD(dm.get(), c.maskedM.data(), 4 * c.maskedM.size()), "cuMemcpyHtoD m");
 
@@ -262,6 +270,7 @@ inline ref::CompareReport runWithKernel(const Kernel& kernel, const GpuCase& c, 
   a.scaleUb = p.spec.hasScaleUb ? static_cast<const float*>(dub.ptr()) : nullptr;
   a.maskedM = p.spec.masked ? static_cast<const int32_t*>(dm.ptr()) : nullptr;
   a.numExperts = c.experts;
+  a.globalScale = p.spec.needsGlobalScale() ? static_cast<const float*>(dgs.ptr()) : nullptr;
   // The uploads and memsets above went to the legacy default stream, which a
   // non-blocking stream does not wait for (and a pageable upload may return
   // before its DMA is done): finish them before launching on `stream`.

@@ -462,6 +462,32 @@ TEST_F(CApiTest, KernelLaunchRejectsNullKernelAndArgs) {
   EXPECT_TRUE(contains(lastError(), "args is NULL"));
 }
 
+TEST_F(CApiTest, KernelLaunchExChecksItsExtraArguments) {
+  bqjit_launch_args args{};
+  bqjit_launch_extra extra{};
+  extra.size = sizeof extra;
+  EXPECT_EQ(bqjit_kernel_launch_ex(nullptr, &args, &extra, nullptr), BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "kernel is NULL"));
+  auto notDereferenced = reinterpret_cast<bqjit_kernel>(static_cast<uintptr_t>(0x10));
+  EXPECT_EQ(bqjit_kernel_launch_ex(notDereferenced, nullptr, &extra, nullptr),
+            BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "args is NULL"));
+  // A size too small to hold `size`, or a newer caller's non-zero fields.
+  extra.size = 3;
+  EXPECT_EQ(bqjit_kernel_launch_ex(notDereferenced, &args, &extra, nullptr),
+            BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "extra->size 3"));
+  struct Newer {
+    bqjit_launch_extra known;
+    uint64_t unknown;
+  } newer{};
+  newer.known.size = sizeof newer;
+  newer.unknown = 1;
+  EXPECT_EQ(bqjit_kernel_launch_ex(notDereferenced, &args, &newer.known, nullptr),
+            BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "are not known here"));
+}
+
 TEST_F(CApiTest, LastErrorIsClearedOnSuccess) {
   char buf[256];
   size_t needed = 0;

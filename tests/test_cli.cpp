@@ -546,6 +546,24 @@ TEST_F(CliTest, CacheDirFollowsEnvironmentAndOption) {
   EXPECT_EQ(run({"--cache-dir", other, "cache", "dir"}).out, other + "\n");
 }
 
+// docs/contract.md section 8: the NVFP4 kernel for sm_100a converts with PTX's
+// e2m1x2 instruction; for plain sm_100 in software.
+TEST_F(CliTest, PtxOfNvfp4ShowsTheHardwareConversionOnSm100a) {
+  RunResult hw =
+      run({"ptx", "H=7168", "G=16", "out=fp4_e2m1", "layout=swizzled_128x4", "--arch", "sm_100a"});
+  ASSERT_EQ(hw.status, 0) << hw.err;
+  EXPECT_TRUE(contains(hw.out, "cvt.rn.satfinite.e2m1x2.f32"));
+  EXPECT_TRUE(contains(hw.out, "fp4_e2m1 swizzled_128x4"));
+  RunResult soft =
+      run({"ptx", "H=7168", "G=16", "out=fp4_e2m1", "layout=bytes", "--arch", "sm_100"});
+  ASSERT_EQ(soft.status, 0) << soft.err;
+  EXPECT_FALSE(contains(soft.out, "e2m1x2"));
+  RunResult bad = run({"ptx", "H=7168", "G=64", "out=fp4_e2m1", "--arch", "sm_100a"});
+  EXPECT_NE(bad.status, 0);
+  EXPECT_TRUE(contains(bad.err, "fp4_e2m1 needs G = 16 (NVFP4) or G = 32 with ue8m0 (MXFP4)"))
+      << bad.err;
+}
+
 TEST_F(CliTest, PtxPrintsPtxAndResourceReport) {
   RunResult r = run({"ptx", "hidden=7104", "G=96", "--arch", "sm_90"});
   ASSERT_EQ(r.status, 0) << r.err;
@@ -720,6 +738,28 @@ TEST_F(CliTest, ExampleManifestPrewarmsCompletely) {
   ASSERT_EQ(second.status, 0) << second.err;
   EXPECT_TRUE(contains(second.out, "prewarm: 0 compiled, " + std::to_string(items) +
                                        " already cached, 0 failed"));
+}
+
+// Issue 18: CI compiles FP4 specs (NVFP4, MXFP4, MXFP8 in swizzled_128x4) for
+// sm_90, sm_100, sm_100a and sm_120 through the prewarm command.
+TEST_F(CliTest, PrewarmCompilesFp4ForHopperAndBlackwell) {
+  const fs::path manifest = writeFile("fp4.json", R"({
+    "archs": ["sm_90"],
+    "defaults": {"out_dtype": "fp4_e2m1", "scale_layout": "swizzled_128x4"},
+    "specs": [
+      {"hidden": 7168, "group_size": 16},
+      {"hidden": 2064, "group_size": 16, "scale_layout": "bytes", "masked": true},
+      {"hidden": 2880, "group_size": 32, "ue8m0": true},
+      {"hidden": 2880, "group_size": 32, "ue8m0": true, "scale_rounding": "floor", "in_dtype": "fp32"},
+      {"hidden": 2880, "group_size": 32, "ue8m0": true, "out_dtype": "fp8_e4m3", "scale_rounding": "floor"}
+    ]})");
+  RunResult r =
+      run({"prewarm", manifest.string(), "--arch", "sm_90,sm_100,sm_100a,sm_120", "--json"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["items"].size(), 5u * 4u);
+  EXPECT_EQ(j["compiled"], 5 * 4);
+  EXPECT_EQ(j["failed"], 0);
 }
 
 // ---- the parsers, called directly -------------------------------------------------

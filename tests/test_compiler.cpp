@@ -438,6 +438,119 @@ TEST_F(CompilerTest, ActivationsGateUpAndRoundingsCompileWithoutSpills) {
   EXPECT_EQ(std::unique(keys.begin(), keys.end()), keys.end());
 }
 
+// ---- fp4_e2m1 (NVFP4, MXFP4) and swizzled_128x4 (docs/contract.md section 8) ----------
+
+// NVFP4 and MXFP4 over the targets CI compiles for (sm_90, sm_100, sm_100a,
+// sm_120) and the other Blackwell-specific ones, with every input type, both
+// gate/up layouts, every layout they take, masked batches, a scale bound and
+// both roundings spread over the cases; MXFP8 and an int8 E8M0 output in
+// swizzled_128x4 too.
+std::vector<KernelSpec> fp4Matrix() {
+  std::vector<KernelSpec> out;
+  int k = 0;
+  for (const char* arch :
+       {"sm_90", "sm_100", "sm_100a", "sm_120", "sm_80", "sm_100f", "sm_120a", "sm_120f"})
+    for (bool nvfp4 : {true, false})
+      for (InDtype in : {InDtype::BF16, InDtype::FP16, InDtype::FP32}) {
+        KernelSpec s = makeSpec(nvfp4 ? 16 * (k % 2 ? 7 : 9) : 32 * 90, nvfp4 ? 16 : 32, arch);
+        s.outDtype = OutDtype::FP4E2M1;
+        s.inDtype = in;
+        s.ue8m0 = !nvfp4;
+        const ScaleLayout mxLayouts[] = {ScaleLayout::Swizzled128x4, ScaleLayout::Bytes,
+                                         ScaleLayout::Row, ScaleLayout::Ue8m0Packed};
+        s.scaleLayout =
+            nvfp4 ? (k % 2 ? ScaleLayout::Bytes : ScaleLayout::Swizzled128x4) : mxLayouts[k % 4];
+        s.masked = k % 3 == 1;
+        s.gateUp = k % 4 == 3 ? GateUp::Interleaved : GateUp::Split;
+        if (!nvfp4) {
+          s.scaleRounding = k % 5 < 2 ? ScaleRounding::Floor : ScaleRounding::Ceil;
+          s.hasScaleUb = s.scaleRounding == ScaleRounding::Ceil && k % 5 == 2;
+        }
+        if (k % 7 == 3) {
+          s.activation = Activation::Swiglu;
+          s.alpha = 1.702f;
+          s.beta = 1.0f;
+          s.limit = 7.0f;
+        }
+        out.push_back(resolved(s));
+        ++k;
+      }
+  for (const char* arch : {"sm_90", "sm_100a"})
+    for (OutDtype o : {OutDtype::FP8E4M3, OutDtype::INT8}) {
+      KernelSpec s = makeSpec(2880, 32, arch);
+      s.outDtype = o;
+      s.ue8m0 = true;
+      s.scaleRounding = o == OutDtype::INT8 ? ScaleRounding::Ceil : ScaleRounding::Floor;
+      s.scaleLayout = ScaleLayout::Swizzled128x4;
+      s.masked = o == OutDtype::INT8;
+      out.push_back(resolved(s));
+    }
+  return out;
+}
+
+TEST_F(CompilerTest, Fp4AndSwizzledCompileWithoutSpillsOnEveryTarget) {
+  const std::vector<KernelSpec> specs = fp4Matrix();
+  std::atomic<size_t> next{0};
+  std::mutex mutex;
+  std::vector<std::string> failures;
+  std::vector<std::string> keys(specs.size());
+  const Compiler& compiler = *compiler_;
+  auto worker = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < specs.size();) {
+      auto k = compileSpec(compiler, specs[i]);
+      std::lock_guard<std::mutex> lock(mutex);
+      if (!k) {
+        failures.push_back(specs[i].label() + ": " + consumeToString(k.takeError()));
+        continue;
+      }
+      const std::string problems = checkKernel(compiler, specs[i], *k);
+      if (!problems.empty())
+        failures.push_back(specs[i].label() + ": " + problems);
+      // The hardware conversions only where PTX has them (family-specific
+      // Blackwell targets); plain sm_100 / sm_120 convert in software.
+      const Arch arch = *Arch::parse(specs[i].arch);
+      const bool hw = arch.number >= 100 && arch.suffix != 0;
+      const bool fp4 = specs[i].outDtype == OutDtype::FP4E2M1;
+      if (contains(k->ptx, "e2m1x2") != (hw && fp4))
+        failures.push_back(specs[i].label() + ": e2m1x2 conversion " +
+                           (hw && fp4 ? "missing" : "present"));
+      const bool mxCeil = fp4 && specs[i].ue8m0 && specs[i].scaleRounding == ScaleRounding::Ceil;
+      if (contains(k->ptx, "ue8m0x2") != (hw && mxCeil))
+        failures.push_back(specs[i].label() + ": ue8m0x2 conversion " +
+                           (hw && mxCeil ? "missing" : "present"));
+      keys[i] = k->key;
+    }
+  };
+  std::thread a(worker), b(worker);
+  a.join();
+  b.join();
+  std::string report;
+  for (size_t i = 0; i < failures.size() && i < 20; ++i)
+    report += failures[i] + "\n";
+  EXPECT_TRUE(failures.empty()) << failures.size() << " of " << specs.size()
+                                << " specializations failed, first ones:\n"
+                                << report;
+  std::sort(keys.begin(), keys.end());
+  EXPECT_EQ(std::unique(keys.begin(), keys.end()), keys.end());
+}
+
+TEST_F(CompilerTest, Nvfp4OnSm100aUsesTheHardwareConversion) {
+  KernelSpec s = makeSpec(7168, 16, "sm_100a");
+  s.outDtype = OutDtype::FP4E2M1;
+  s.scaleLayout = ScaleLayout::Swizzled128x4;
+  auto hw = compileChecked(s);
+  s.arch = "sm_100";
+  auto soft = compileChecked(s);
+  ASSERT_TRUE(hw && soft);
+  EXPECT_TRUE(contains(hw->ptx, "cvt.rn.satfinite.e2m1x2.f32"));
+  EXPECT_FALSE(contains(soft->ptx, "e2m1x2"));
+  EXPECT_NE(hw->key, soft->key);
+  auto id = compiler_->identify(resolved(s));
+  ASSERT_TRUE(bool(id));
+  for (const char* constant : {"kOutDtype = kE2M1;", "kScaleLayout = kSwizzled128x4;"})
+    EXPECT_TRUE(contains(id->source.text, constant)) << constant;
+}
+
 TEST_F(CompilerTest, SourceCarriesActivationConstantsAsHexFloats) {
   KernelSpec s = withActivation(makeSpec(2880, 32), Activation::Swiglu);
   s.gateUp = GateUp::Interleaved;

@@ -372,5 +372,244 @@ INSTANTIATE_TEST_SUITE_P(Cases, GpuKernel, ::testing::Range<size_t>(0, allCases(
                            return n;
                          });
 
+// ---- fp4_e2m1: NVFP4, MXFP4 and swizzled_128x4 (docs/contract.md section 8) -------------
+//
+// Both formats (MXFP4 under ceil and floor) x every input type x the odd token
+// counts 1, 3, 127, 129 and 4097, at H whose group count is not a multiple of
+// 4 (swizzled_128x4 then has padding columns) and at real shapes; the bytes
+// and swizzled_128x4 layouts (MXFP4 also row and ue8m0_packed); global
+// scales that put block scales in the normal E4M3 range, at 448 (groups
+// saturate) and among E4M3 subnormals; zero, huge and edge rows (no NaN: the
+// e2m1 code of a NaN is not specified); masked batches; MXFP8 and other E8M0
+// outputs in swizzled_128x4.
+
+enum class Fp4Format { Nvfp4, MxCeil, MxFloor };
+
+KernelSpec fp4Spec(Fp4Format f, int h, InDtype in, ScaleLayout layout) {
+  KernelSpec s = makeSpec(h, f == Fp4Format::Nvfp4 ? 16 : 32, in, OutDtype::FP4E2M1, layout,
+                          f != Fp4Format::Nvfp4, false);
+  s.scaleRounding = f == Fp4Format::MxFloor ? ScaleRounding::Floor : ScaleRounding::Ceil;
+  return s;
+}
+
+// Global scales: vLLM's 448 * 6 / amax for a tensor amax of 64 (block scales
+// in E4M3's normal range for this input), one that drives every block scale
+// to 448 (and most groups to saturate), one that puts them among E4M3's
+// subnormals (below 2^-6).
+const float kGlobalScales[] = {448.0f * 6.0f / 64.0f, 448.0f * 6.0f, 1e-3f};
+
+std::vector<GpuCase> buildFp4Cases() {
+  std::vector<GpuCase> cases;
+  uint64_t seed = 5000;
+  const int64_t tokens[] = {1, 3, 127, 129, 4097};
+  // NG = 129, 448, 7 and 320 at G = 16; 90, 128, 65 at G = 32.
+  const int nvHidden[] = {2064, 7168, 112, 5120};
+  const int mxHidden[] = {2880, 4096, 2080};
+  int k = 0;
+  for (Fp4Format f : {Fp4Format::Nvfp4, Fp4Format::MxCeil, Fp4Format::MxFloor})
+    for (InDtype in : {InDtype::BF16, InDtype::FP16, InDtype::FP32})
+      for (int64_t t : tokens) {
+        const bool nv = f == Fp4Format::Nvfp4;
+        // The largest T at the shapes with padding columns, to bound the reference's time.
+        const int h = t == 4097 ? (nv ? 2064 : 2880) : nv ? nvHidden[k % 4] : mxHidden[k % 3];
+        ScaleLayout layout = k % 2 ? ScaleLayout::Bytes : ScaleLayout::Swizzled128x4;
+        if (!nv && k % 5 == 4)
+          layout = k % 2 ? ScaleLayout::Row : ScaleLayout::Ue8m0Packed;
+        GpuCase c;
+        c.spec = fp4Spec(f, h, in, layout);
+        c.tokens = t;
+        c.ldxPad = k % 3 == 1 ? 8 : 0;
+        c.globalScale = kGlobalScales[k % 3];
+        if (t >= 9)
+          c.specialRows = {{0, ref::RowPattern::Zeros},
+                           {2, ref::RowPattern::Huge},
+                           {5, ref::RowPattern::Edges},
+                           {8, ref::RowPattern::Zeros}};
+        c.seed = seed++;
+        cases.push_back(c);
+        ++k;
+      }
+  // Every global scale at every input type for NVFP4 in swizzled_128x4, T = 129
+  // (a second 128-row band of which one row is live).
+  for (float gs : kGlobalScales)
+    for (InDtype in : {InDtype::BF16, InDtype::FP16, InDtype::FP32}) {
+      GpuCase c;
+      c.spec = fp4Spec(Fp4Format::Nvfp4, 2064, in, ScaleLayout::Swizzled128x4);
+      c.tokens = 129;
+      c.globalScale = gs;
+      c.specialRows = {{1, ref::RowPattern::Zeros}, {128, ref::RowPattern::Huge}};
+      c.seed = seed++;
+      cases.push_back(c);
+    }
+  // Masked batches, swizzled per expert: a live row count across a 128-row
+  // band, an empty expert, one live row.
+  for (Fp4Format f : {Fp4Format::Nvfp4, Fp4Format::MxCeil, Fp4Format::MxFloor}) {
+    GpuCase c;
+    c.spec =
+        fp4Spec(f, f == Fp4Format::Nvfp4 ? 2064 : 2880, InDtype::BF16, ScaleLayout::Swizzled128x4);
+    c.spec.masked = true;
+    c.tokens = 200;
+    c.experts = 4;
+    c.maskedM = {200, 0, 129, 1};
+    c.globalScale = kGlobalScales[0];
+    c.specialRows = {{3, ref::RowPattern::Zeros}, {200 + 7, ref::RowPattern::Huge}};
+    c.seed = seed++;
+    cases.push_back(c);
+  }
+  {
+    GpuCase c;
+    c.spec = fp4Spec(Fp4Format::Nvfp4, 7168, InDtype::FP16, ScaleLayout::Bytes);
+    c.spec.masked = true;
+    c.tokens = 37;
+    c.experts = 3;
+    c.maskedM = {37, 5, 0};
+    c.globalScale = kGlobalScales[2];
+    c.seed = seed++;
+    cases.push_back(c);
+  }
+  // gpt-oss's activation on interleaved gate/up, both formats; MXFP4 with a
+  // binding scale bound under ceil.
+  for (Fp4Format f : {Fp4Format::Nvfp4, Fp4Format::MxFloor}) {
+    GpuCase c;
+    c.spec = fp4Spec(f, 2880, InDtype::BF16,
+                     f == Fp4Format::Nvfp4 ? ScaleLayout::Swizzled128x4 : ScaleLayout::Bytes);
+    setActivation(c.spec, Activation::Swiglu, 0);
+    c.spec.gateUp = GateUp::Interleaved;
+    c.tokens = 33;
+    c.globalScale = kGlobalScales[0];
+    c.specialRows = {{3, ref::RowPattern::Zeros}};
+    c.seed = seed++;
+    cases.push_back(c);
+  }
+  {
+    GpuCase c;
+    c.spec = fp4Spec(Fp4Format::MxCeil, 4096, InDtype::FP32, ScaleLayout::Swizzled128x4);
+    c.spec.hasScaleUb = true;
+    c.scaleUb = 0.25f; // below most groups' amax / 6: elements saturate
+    c.tokens = 130;
+    c.seed = seed++;
+    cases.push_back(c);
+  }
+  // E8M0 outputs of 8 bits in swizzled_128x4: MXFP8 (floor), e5m2 and int8 under ceil.
+  int m = 0;
+  for (OutDtype out : {OutDtype::FP8E4M3, OutDtype::FP8E5M2, OutDtype::INT8}) {
+    GpuCase c;
+    c.spec = makeSpec(2880, 32, InDtype::BF16, out, ScaleLayout::Swizzled128x4, true, false);
+    c.spec.scaleRounding = out == OutDtype::FP8E4M3 ? ScaleRounding::Floor : ScaleRounding::Ceil;
+    c.spec.masked = m == 2;
+    c.tokens = m == 2 ? 150 : std::vector<int64_t>{127, 4097}[m];
+    if (c.spec.masked) {
+      c.experts = 2;
+      c.maskedM = {150, 77};
+    }
+    c.specialRows = {{0, ref::RowPattern::Zeros}, {1, ref::RowPattern::Mixed}};
+    c.seed = seed++;
+    cases.push_back(c);
+    ++m;
+  }
+  return cases;
+}
+
+const std::vector<GpuCase>& fp4Cases() {
+  static const std::vector<GpuCase> cases = buildFp4Cases();
+  return cases;
+}
+
+class GpuKernelFp4 : public ::testing::TestWithParam<size_t> {
+protected:
+  static void SetUpTestSuite() {
+    GpuEnv& env = GpuEnv::get();
+    if (!env.skipReason.empty())
+      return;
+    std::atomic<size_t> next{0};
+    std::vector<std::thread> pool;
+    const unsigned n = std::max(2u, std::thread::hardware_concurrency());
+    for (unsigned i = 0; i < n; ++i)
+      pool.emplace_back([&] {
+        for (size_t c; (c = next++) < fp4Cases().size();) {
+          KernelSpec s = fp4Cases()[c].spec;
+          s.arch = env.arch;
+          auto k = env.service->compile(s);
+          if (!k)
+            llvm::consumeError(k.takeError()); // reported by the test itself
+        }
+      });
+    for (auto& t : pool)
+      t.join();
+  }
+};
+
+TEST_P(GpuKernelFp4, MatchesReference) {
+  BQJIT_REQUIRE_GPU_ENV();
+  const GpuCase& c = fp4Cases()[GetParam()];
+  ref::CompareReport r = runCase(c);
+  RecordProperty("allowance_used", std::to_string(r.allowanceUsed));
+  EXPECT_TRUE(r.ok()) << c.name() << ": " << r.summary();
+  EXPECT_GT(r.elements, 0) << c.name();
+  if (r.allowanceUsed || r.scaleAllowanceUsed)
+    std::printf("[allowance] %s: %s\n", c.name().c_str(), r.summary().c_str());
+}
+
+// Runs without a GPU: the FP4 case list covers what issue 18 asks for.
+TEST(GpuKernelFp4Cases, CoverFormatsDtypesTokensPaddingAndGlobalScales) {
+  std::set<std::string> seen;
+  for (const GpuCase& c : fp4Cases()) {
+    const KernelSpec& s = c.spec;
+    llvm::Error err = s.validate();
+    EXPECT_FALSE(bool(err)) << c.name() << ": " << consumeToString(std::move(err));
+    if (s.outDtype != OutDtype::FP4E2M1) {
+      seen.insert(std::string("e8m0 swizzled ") + toString(s.outDtype));
+      continue;
+    }
+    const std::string fmt =
+        s.isNvfp4() ? "nvfp4" : std::string("mxfp4 ") + toString(s.scaleRounding);
+    seen.insert(fmt + " " + toString(s.inDtype));
+    seen.insert(fmt + " T=" + std::to_string(c.tokens));
+    seen.insert(fmt + " " + toString(s.scaleLayout));
+    if (s.numGroups() % 4 != 0 && s.scaleLayout == ScaleLayout::Swizzled128x4)
+      seen.insert(fmt + " padding columns");
+    if (s.masked && s.scaleLayout == ScaleLayout::Swizzled128x4)
+      seen.insert(fmt + " masked swizzled");
+    if (s.isNvfp4())
+      seen.insert("gs " + std::to_string(c.globalScale));
+    for (const SpecialRow& r : c.specialRows)
+      if (r.pattern == ref::RowPattern::Zeros)
+        seen.insert(fmt + " zero groups");
+  }
+  std::vector<std::string> wanted = {"e8m0 swizzled fp8_e4m3", "e8m0 swizzled fp8_e5m2",
+                                     "e8m0 swizzled int8"};
+  for (const char* fmt : {"nvfp4", "mxfp4 ceil", "mxfp4 floor"}) {
+    for (const char* in : {"bf16", "fp16", "fp32"})
+      wanted.push_back(std::string(fmt) + " " + in);
+    for (const char* t : {"1", "3", "127", "129", "4097"})
+      wanted.push_back(std::string(fmt) + " T=" + t);
+    for (const char* what :
+         {"bytes", "swizzled_128x4", "padding columns", "masked swizzled", "zero groups"})
+      wanted.push_back(std::string(fmt) + " " + what);
+  }
+  for (float gs : kGlobalScales)
+    wanted.push_back("gs " + std::to_string(gs));
+  for (const std::string& w : wanted)
+    EXPECT_TRUE(seen.count(w)) << "no FP4 case has " << w;
+}
+
+INSTANTIATE_TEST_SUITE_P(Fp4, GpuKernelFp4, ::testing::Range<size_t>(0, fp4Cases().size()),
+                         [](const ::testing::TestParamInfo<size_t>& info) {
+                           const GpuCase& c = fp4Cases()[info.param];
+                           const KernelSpec& s = c.spec;
+                           std::string n =
+                               "c" + std::to_string(info.param) + "_H" + std::to_string(s.hidden) +
+                               "_G" + std::to_string(s.groupSize) + "_" + toString(s.inDtype) +
+                               "_" + toString(s.outDtype) + "_" + toString(s.scaleLayout) + "_T" +
+                               std::to_string(c.tokens);
+                           if (s.isNvfp4())
+                             n += "_nvfp4";
+                           else if (s.outDtype == OutDtype::FP4E2M1)
+                             n += std::string("_mxfp4_") + toString(s.scaleRounding);
+                           if (s.masked)
+                             n += "_masked";
+                           return n;
+                         });
+
 } // namespace
 } // namespace bqjit::test

@@ -208,6 +208,37 @@ TEST(GpuRuntime, LaunchArgumentErrors) {
   checkCu(d, d.cuCtxSynchronize(), "sync");
 }
 
+// docs/contract.md section 8: an NVFP4 launch without its global scale is refused
+// before anything runs; with one it runs (the C++ LaunchArgs and the C API).
+TEST(GpuRuntime, Nvfp4NeedsGlobalScale) {
+  BQJIT_REQUIRE_GPU_ENV();
+  GpuEnv& env = GpuEnv::get();
+  const CudaDriver& d = *env.driver;
+  KernelSpec spec = bf16Spec(2048, 16);
+  spec.outDtype = OutDtype::FP4E2M1;
+  spec.scaleLayout = ScaleLayout::Swizzled128x4;
+  auto kernel = env.service->getKernel(spec, 0);
+  ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+  DeviceBuffer dx(d, 4 * 4096 * 2), dq(d, 4 * 1024), ds(d, 128 * 128), dg(d, 4);
+  const float gs = 448.0f * 6.0f / 20.0f;
+  checkCu(d, d.cuMemcpyHtoD(dg.get(), &gs, 4), "upload global scale");
+  checkCu(d, d.cuMemsetD8(dx.get(), 0, dx.bytes()), "memset x");
+  LaunchArgs a;
+  a.x = dx.ptr();
+  a.ldx = 4096;
+  a.tokens = 4;
+  a.q = dq.ptr();
+  a.scales = ds.ptr();
+  std::string message;
+  EXPECT_EQ(consumeError(kernel->launch(a, nullptr), &message), ErrorCode::InvalidArgument);
+  EXPECT_NE(message.find("'globalScale' = null"), std::string::npos) << message;
+  EXPECT_NE(message.find("NVFP4"), std::string::npos) << message;
+  a.globalScale = static_cast<const float*>(dg.ptr());
+  llvm::Error ok = kernel->launch(a, nullptr);
+  EXPECT_FALSE(bool(ok)) << consumeToString(std::move(ok));
+  checkCu(d, d.cuCtxSynchronize(), "sync");
+}
+
 TEST(GpuRuntime, ArchitectureMismatchIsAnError) {
   BQJIT_REQUIRE_GPU_ENV();
   GpuEnv& env = GpuEnv::get();

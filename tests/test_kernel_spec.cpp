@@ -1055,5 +1055,207 @@ TEST(KernelSpecFields, InvalidUtf8ValueIsAnErrorNotAnAbort) {
   EXPECT_TRUE(contains(message, "unknown field"));
 }
 
+// ---- fp4_e2m1: NVFP4, MXFP4 and swizzled_128x4 (docs/contract.md section 8) ------------
+
+KernelSpec nvfp4() {
+  KernelSpec s = baseSpec();
+  s.groupSize = 16;
+  s.outDtype = OutDtype::FP4E2M1;
+  s.scaleLayout = ScaleLayout::Swizzled128x4;
+  return s;
+}
+
+KernelSpec mxfp4() {
+  KernelSpec s = baseSpec();
+  s.groupSize = 32;
+  s.outDtype = OutDtype::FP4E2M1;
+  s.ue8m0 = true;
+  s.scaleLayout = ScaleLayout::Swizzled128x4;
+  return s;
+}
+
+TEST(KernelSpecFp4, NamesAndConstants) {
+  auto d = parseOutDtype("fp4_e2m1");
+  ASSERT_TRUE(bool(d));
+  EXPECT_EQ(*d, OutDtype::FP4E2M1);
+  EXPECT_STREQ(toString(OutDtype::FP4E2M1), "fp4_e2m1");
+  auto l = parseScaleLayout("swizzled_128x4");
+  ASSERT_TRUE(bool(l));
+  EXPECT_EQ(*l, ScaleLayout::Swizzled128x4);
+  EXPECT_STREQ(toString(ScaleLayout::Swizzled128x4), "swizzled_128x4");
+  EXPECT_EQ(quantMax(OutDtype::FP4E2M1), 6.0f);
+  EXPECT_EQ(minScale(OutDtype::FP4E2M1), std::ldexp(1.0f, -127));
+  EXPECT_EQ(maxNormalExponent(OutDtype::FP4E2M1), 2);
+  EXPECT_EQ(outBits(OutDtype::FP4E2M1), 4);
+  EXPECT_EQ(outBits(OutDtype::FP8E4M3), 8);
+  std::string message;
+  auto bad = parseOutDtype("fp4");
+  ASSERT_FALSE(bool(bad));
+  consumeError(bad.takeError(), &message);
+  EXPECT_TRUE(contains(message, "fp4_e2m1")) << message;
+  auto badLayout = parseScaleLayout("swizzled");
+  ASSERT_FALSE(bool(badLayout));
+  consumeError(badLayout.takeError(), &message);
+  EXPECT_TRUE(contains(message, "swizzled_128x4")) << message;
+}
+
+TEST(KernelSpecFp4, Nvfp4AndMxfp4AreValid) {
+  for (ScaleLayout layout : {ScaleLayout::Bytes, ScaleLayout::Swizzled128x4})
+    for (bool masked : {false, true})
+      for (InDtype in : {InDtype::BF16, InDtype::FP16, InDtype::FP32}) {
+        KernelSpec s = nvfp4();
+        s.scaleLayout = layout;
+        s.masked = masked;
+        s.inDtype = in;
+        EXPECT_EQ(invalidMessage(s), "") << s.label();
+        EXPECT_TRUE(s.isNvfp4());
+        EXPECT_TRUE(s.needsGlobalScale());
+        EXPECT_TRUE(s.scalesAreBytes());
+        EXPECT_EQ(s.outputRowBytes(), s.hidden / 2);
+      }
+  // MXFP4: every layout (fp32 powers of two in row / col / col_tma), both
+  // roundings, a scale bound under ceil.
+  for (ScaleLayout layout :
+       {ScaleLayout::Row, ScaleLayout::Col, ScaleLayout::ColTma, ScaleLayout::Ue8m0Packed,
+        ScaleLayout::Bytes, ScaleLayout::Swizzled128x4})
+    for (ScaleRounding r : {ScaleRounding::Ceil, ScaleRounding::Floor}) {
+      KernelSpec s = mxfp4();
+      s.scaleLayout = layout;
+      s.scaleRounding = r;
+      EXPECT_EQ(invalidMessage(s), "") << s.label();
+      EXPECT_FALSE(s.isNvfp4());
+      EXPECT_FALSE(s.needsGlobalScale());
+    }
+  KernelSpec ub = mxfp4();
+  ub.hasScaleUb = true;
+  EXPECT_EQ(invalidMessage(ub), "");
+  // Other activations and interleaved gate/up are orthogonal to the format.
+  KernelSpec act = nvfp4();
+  act.activation = Activation::Swiglu;
+  act.limit = 7.0f;
+  act.gateUp = GateUp::Interleaved;
+  EXPECT_EQ(invalidMessage(act), "");
+}
+
+TEST(KernelSpecFp4, GroupSizesOtherThan16And32Rejected) {
+  for (int g : {48, 64, 128, 96}) {
+    KernelSpec s = nvfp4();
+    s.groupSize = g;
+    s.hidden = g * 48;
+    expectRejected(s, "group_size", std::to_string(g),
+                   "fp4_e2m1 needs G = 16 (NVFP4) or G = 32 with ue8m0 (MXFP4)");
+    s.ue8m0 = true;
+    expectRejected(s, "group_size", std::to_string(g), "fp4_e2m1 needs G = 16");
+  }
+  KernelSpec g16 = nvfp4();
+  g16.ue8m0 = true;
+  expectRejected(g16, "ue8m0", "true", "must be false for fp4_e2m1 with group_size 16");
+  KernelSpec g32 = mxfp4();
+  g32.ue8m0 = false;
+  expectRejected(g32, "ue8m0", "false", "must be true for fp4_e2m1 with group_size 32");
+}
+
+TEST(KernelSpecFp4, Nvfp4Rejections) {
+  KernelSpec ub = nvfp4();
+  ub.hasScaleUb = true;
+  expectRejected(ub, "scale_ub", "true", "must be false for NVFP4");
+  for (ScaleLayout layout :
+       {ScaleLayout::Row, ScaleLayout::Col, ScaleLayout::ColTma, ScaleLayout::Ue8m0Packed}) {
+    KernelSpec s = nvfp4();
+    s.scaleLayout = layout;
+    expectRejected(s, "scale_layout", std::string("'") + toString(layout) + "'",
+                   "must be bytes or swizzled_128x4");
+  }
+  KernelSpec floor = nvfp4();
+  floor.scaleRounding = ScaleRounding::Floor;
+  expectRejected(floor, "scale_rounding", "'floor'", "needs ue8m0 true");
+}
+
+TEST(KernelSpecFp4, SwizzledNeedsByteScales) {
+  // fp32 scales (no ue8m0, not NVFP4) have no 128x4 layout, for every output.
+  for (OutDtype out : {OutDtype::FP8E4M3, OutDtype::FP8E5M2, OutDtype::INT8}) {
+    KernelSpec s = baseSpec();
+    s.outDtype = out;
+    s.scaleLayout = ScaleLayout::Swizzled128x4;
+    expectRejected(s, "scale_layout", "'swizzled_128x4'", "needs ue8m0 true (E8M0)");
+    // Every E8M0 output takes it: MXFP8, e5m2, int8 with power-of-two scales.
+    s.ue8m0 = true;
+    EXPECT_EQ(invalidMessage(s), "") << s.label();
+    EXPECT_TRUE(s.scalesAreBytes());
+  }
+  KernelSpec mxfp8 = baseSpec();
+  mxfp8.groupSize = 32;
+  mxfp8.ue8m0 = true;
+  mxfp8.scaleRounding = ScaleRounding::Floor;
+  mxfp8.scaleLayout = ScaleLayout::Swizzled128x4;
+  EXPECT_EQ(invalidMessage(mxfp8), "");
+  // bytes without ue8m0 stays refused except for NVFP4.
+  KernelSpec bytes = baseSpec();
+  bytes.scaleLayout = ScaleLayout::Bytes;
+  expectRejected(bytes, "ue8m0", "false", "only NVFP4 stores E4M3 bytes");
+}
+
+TEST(KernelSpecFp4, LaunchShapeMustMakeWholeBytes) {
+  KernelSpec s = nvfp4();
+  s.shape = LaunchShape{2, 8, 32};
+  EXPECT_EQ(invalidMessage(s), "");
+  s.shape = LaunchShape{16, 1, 32};
+  expectRejected(s, "launch.vec_width", "1", "fp4_e2m1 packs two values a byte");
+  s.shape = LaunchShape{8, 2, 32};
+  EXPECT_EQ(invalidMessage(s), "");
+  s.gateUp = GateUp::Interleaved;
+  expectRejected(s, "launch.vec_width", "2", "vec_width >= 4 (gate_up interleaved)");
+  s.shape = LaunchShape{4, 4, 32};
+  EXPECT_EQ(invalidMessage(s), "");
+  // The same shape is fine for an 8-bit output.
+  KernelSpec fp8 = baseSpec();
+  fp8.groupSize = 16;
+  fp8.shape = LaunchShape{16, 1, 32};
+  EXPECT_EQ(invalidMessage(fp8), "");
+}
+
+TEST(KernelSpecFp4, CanonicalJsonAndKey) {
+  auto parsed = KernelSpec::fromJson(nlohmann::json::parse(
+      R"({"hidden":7168,"group_size":16,"out_dtype":"fp4_e2m1","scale_layout":"swizzled_128x4"})"));
+  ASSERT_TRUE(bool(parsed)) << consumeToString(parsed.takeError());
+  EXPECT_EQ(*parsed, nvfp4());
+  EXPECT_EQ(
+      parsed->canonical(),
+      R"({"arch":"sm_90","group_size":16,"hidden":7168,"in_dtype":"bf16","masked":false,)"
+      R"("out_dtype":"fp4_e2m1","scale_layout":"swizzled_128x4","scale_ub":false,"ue8m0":false})");
+  auto fields = KernelSpec::fromFields({{"H", "7168"},
+                                        {"G", "32"},
+                                        {"out", "fp4_e2m1"},
+                                        {"layout", "swizzled_128x4"},
+                                        {"ue8m0", "1"}});
+  ASSERT_TRUE(bool(fields)) << consumeToString(fields.takeError());
+  EXPECT_EQ(*fields, mxfp4());
+  auto again = KernelSpec::fromJson(nlohmann::json::parse(fields->canonical()));
+  ASSERT_TRUE(bool(again));
+  EXPECT_EQ(again->canonical(), fields->canonical());
+  // NVFP4, MXFP4, MXFP8 in the same layout and the bytes layout: all distinct.
+  KernelSpec nvBytes = nvfp4();
+  nvBytes.scaleLayout = ScaleLayout::Bytes;
+  KernelSpec mxfp8 = mxfp4();
+  mxfp8.outDtype = OutDtype::FP8E4M3;
+  const KernelSpec variants[] = {nvfp4(), mxfp4(), nvBytes, mxfp8};
+  for (size_t i = 0; i < 4; ++i)
+    for (size_t k = 0; k < i; ++k) {
+      EXPECT_NE(variants[i].canonical(), variants[k].canonical()) << i << " vs " << k;
+      EXPECT_NE(variants[i].hash(), variants[k].hash()) << i << " vs " << k;
+      EXPECT_FALSE(variants[i] == variants[k]);
+    }
+  EXPECT_TRUE(contains(nvfp4().label(), "fp4_e2m1 swizzled_128x4"));
+}
+
+TEST(KernelSpecFp4, ArchSuffixesAccepted) {
+  for (const char* arch :
+       {"sm_90", "sm_100", "sm_100a", "sm_100f", "sm_120", "sm_120a", "sm_120f"}) {
+    KernelSpec s = nvfp4();
+    s.arch = arch;
+    EXPECT_EQ(invalidMessage(s), "") << arch;
+  }
+}
+
 } // namespace
 } // namespace bqjit

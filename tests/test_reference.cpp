@@ -1109,5 +1109,469 @@ TEST(Compare, RejectsNonZeroPaddingScales) {
       << rep.firstMismatch;
 }
 
+// ---- fp4_e2m1, NVFP4, MXFP4, swizzled_128x4 (docs/contract.md section 8) -------------
+
+TEST(Formats, E2M1RoundsToNearestEvenAndSaturates) {
+  const float values[] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+  for (int c = 0; c < 16; ++c) {
+    const float v = e2m1ToFloat(static_cast<uint8_t>(c));
+    EXPECT_EQ(std::fabs(v), values[c & 7]) << c;
+    EXPECT_EQ(std::signbit(v), c >= 8) << c;
+    EXPECT_EQ(floatToE2M1(v), c) << "code " << c;
+  }
+  // The contract's examples: ties to even.
+  EXPECT_EQ(floatToE2M1(0.25f), 0x0);
+  EXPECT_EQ(floatToE2M1(0.75f), 0x2); // 1
+  EXPECT_EQ(floatToE2M1(2.5f), 0x4);  // 2
+  EXPECT_EQ(floatToE2M1(5.0f), 0x6);  // 4
+  EXPECT_EQ(floatToE2M1(1.25f), 0x2); // 1
+  EXPECT_EQ(floatToE2M1(1.75f), 0x4); // 2
+  EXPECT_EQ(floatToE2M1(3.5f), 0x6);  // 4
+  EXPECT_EQ(floatToE2M1(std::nextafter(0.25f, 1.0f)), 0x1);
+  EXPECT_EQ(floatToE2M1(std::nextafter(5.0f, 6.0f)), 0x7);
+  EXPECT_EQ(floatToE2M1(std::nextafter(5.0f, 0.0f)), 0x6);
+  EXPECT_EQ(floatToE2M1(-2.5f), 0xC);
+  // Saturation to +-6, infinities included; -0 and small negatives are 0x8.
+  EXPECT_EQ(floatToE2M1(6.0f), 0x7);
+  EXPECT_EQ(floatToE2M1(7.0f), 0x7);
+  EXPECT_EQ(floatToE2M1(1e30f), 0x7);
+  EXPECT_EQ(floatToE2M1(-100.0f), 0xF);
+  EXPECT_EQ(floatToE2M1(kInf), 0x7);
+  EXPECT_EQ(floatToE2M1(-kInf), 0xF);
+  EXPECT_EQ(floatToE2M1(-0.0f), 0x8);
+  EXPECT_EQ(floatToE2M1(-0.1f), 0x8);
+  EXPECT_EQ(floatToE2M1(std::numeric_limits<float>::denorm_min()), 0x0);
+  EXPECT_EQ(quantize(OutDtype::FP4E2M1, 3.2f), 0x5);
+  EXPECT_EQ(dequantize(OutDtype::FP4E2M1, 0xD), -3.0f);
+  EXPECT_FALSE(isNaNCode(OutDtype::FP4E2M1, 0xF));
+}
+
+TEST(Formats, CodeAtReadsNibblesLowFirst) {
+  const uint8_t q[] = {0xC2, 0x07};
+  EXPECT_EQ(codeAt(OutDtype::FP4E2M1, q, 0), 0x2);
+  EXPECT_EQ(codeAt(OutDtype::FP4E2M1, q, 1), 0xC);
+  EXPECT_EQ(codeAt(OutDtype::FP4E2M1, q, 2), 0x7);
+  EXPECT_EQ(codeAt(OutDtype::FP4E2M1, q, 3), 0x0);
+  EXPECT_EQ(codeAt(OutDtype::FP8E4M3, q, 1), 0x07);
+}
+
+KernelSpec fp4Spec(bool nvfp4, ScaleLayout layout) {
+  KernelSpec spec;
+  spec.hidden = 64;
+  spec.groupSize = nvfp4 ? 16 : 32;
+  spec.inDtype = InDtype::FP32;
+  spec.outDtype = OutDtype::FP4E2M1;
+  spec.ue8m0 = !nvfp4;
+  spec.scaleLayout = layout;
+  return spec;
+}
+
+TEST(Swizzle, IndexFormulaWithPadding) {
+  // NG = 5 groups: NGp = 8, two 4-column tiles a 128-row band.
+  EXPECT_EQ(swizzledOffset(0, 0, 5), 0);
+  EXPECT_EQ(swizzledOffset(0, 1, 5), 1);
+  EXPECT_EQ(swizzledOffset(0, 3, 5), 3);
+  EXPECT_EQ(swizzledOffset(0, 4, 5), 512);
+  EXPECT_EQ(swizzledOffset(1, 0, 5), 16);
+  EXPECT_EQ(swizzledOffset(31, 0, 5), 496);
+  EXPECT_EQ(swizzledOffset(32, 0, 5), 4);
+  EXPECT_EQ(swizzledOffset(97, 2, 5), 1 * 16 + 3 * 4 + 2);
+  EXPECT_EQ(swizzledOffset(127, 3, 5), 511);
+  EXPECT_EQ(swizzledOffset(128, 0, 5), 1024);
+  EXPECT_EQ(swizzledOffset(130, 5, 5), 3 * 512 + 2 * 16 + 1);
+  // Every (t, j) of the padded 256 x 8 grid has its own byte.
+  std::set<int64_t> seen;
+  for (int64_t t = 0; t < 256; ++t)
+    for (int64_t j = 0; j < 8; ++j)
+      seen.insert(swizzledOffset(t, j, 5));
+  EXPECT_EQ(seen.size(), 2048u);
+  EXPECT_EQ(*seen.rbegin(), 2047);
+  KernelSpec spec = fp4Spec(true, ScaleLayout::Swizzled128x4);
+  spec.hidden = 80; // NG = 5
+  EXPECT_EQ(scaleBufferBytes(spec, 129), 256 * 8);
+  EXPECT_EQ(scaleBufferBytes(spec, 128, 3), 3 * 128 * 8);
+  EXPECT_EQ(scaleBufferBytes(spec, 1), 128 * 8);
+  EXPECT_EQ(scaleOffset(spec, 3, 1, 2, 4), 128 * 8 + swizzledOffset(2, 4, 5));
+  EXPECT_EQ(outputBytes(spec, 3, 2), 2 * 3 * 40);
+}
+
+TEST(Reference, Nvfp4ScaleOrderOfEvaluation) {
+  // sf = e4m3(min(gs * amax / 6, 448)); r = 1 / (sf / gs); q = e2m1(y * r).
+  const KernelSpec spec = fp4Spec(true, ScaleLayout::Bytes);
+  std::vector<std::vector<float>> y(1, std::vector<float>(64, 0.0f));
+  const float amax[4] = {6.0f, 5.1f, 0.7f, 3.3f};
+  for (int j = 0; j < 4; ++j)
+    for (int k = 0; k < 16; ++k)
+      y[0][j * 16 + k] = amax[j] * static_cast<float>(k % 2 ? -(k + 1) : k + 1) / 16.0f;
+  const auto x = exactInput(spec, y);
+  int differ = 0;
+  for (float tensorAmax : {7.3f, 1.1f, 13.7f, 0.37f, 5.9f, 101.3f, 2.2f, 9.9f}) {
+    Problem p = problemFor(spec, 1);
+    // vLLM's global scale of a tensor whose amax is tensorAmax.
+    const float gs = 448.0f * 6.0f / tensorAmax;
+    p.globalScale = gs;
+    const Result r = run(p, x.data());
+    ASSERT_EQ(r.q.size(), 32u);
+    ASSERT_EQ(r.scales.size(), 4u);
+    for (int j = 0; j < 4; ++j) {
+      volatile float product = gs * amax[j];
+      const float pre = std::fmin(product / 6.0f, 448.0f);
+      EXPECT_EQ(r.scalePreRound[j], pre) << j;
+      const uint8_t sf = floatToE4M3(pre);
+      EXPECT_EQ(r.scales[j], sf) << j;
+      const float sfv = e4m3ToFloat(sf);
+      EXPECT_EQ(r.scaleValue[j], sfv);
+      volatile float quotient = sfv / gs;
+      const float rcp = 1.0f / quotient;
+      differ += rcp != gs / sfv; // 1 / (sf / gs) is not gs / sf in general
+      for (int k = 0; k < 16; ++k) {
+        const int64_t i = j * 16 + k;
+        EXPECT_EQ(r.preRound[i], y[0][i] * rcp) << i;
+        EXPECT_EQ(r.yValue[i], y[0][i]) << i;
+        EXPECT_EQ(codeAt(OutDtype::FP4E2M1, r.q.data(), i), floatToE2M1(y[0][i] * rcp)) << i;
+      }
+    }
+  }
+  EXPECT_GT(differ, 0); // so the order checked above matters
+}
+
+TEST(Reference, Nvfp4HandComputedBytes) {
+  // gs = 1: a group whose amax is 6 has sf = 1 (0x38) and q = e2m1(y).
+  const KernelSpec spec = fp4Spec(true, ScaleLayout::Bytes);
+  std::vector<std::vector<float>> y(1, std::vector<float>(64, 0.0f));
+  const float g0[16] = {1.0f,  -2.0f, 0.25f, 0.75f,  2.5f, 5.0f,  -6.0f, 6.0f,
+                        -0.0f, 0.0f,  1.25f, -1.75f, 3.5f, -0.5f, 4.0f,  3.0f};
+  for (int k = 0; k < 16; ++k)
+    y[0][k] = g0[k];
+  // Group 1: all zeros of both signs (sf = 0, r = 0: zeros keep their sign).
+  for (int k = 0; k < 16; ++k)
+    y[0][16 + k] = k % 2 ? -0.0f : 0.0f;
+  // Group 2: amax 6 * 448 saturates the block scale at 448 (0x7E).
+  for (int k = 0; k < 16; ++k)
+    y[0][32 + k] = k == 3 ? 6.0f * 448.0f * 4.0f : 100.0f;
+  // Group 3: amax 6 / 512 * 3: sf = 3 * 2^-9, an E4M3 subnormal (0x03).
+  for (int k = 0; k < 16; ++k)
+    y[0][48 + k] = (k == 0 ? 6.0f * 3.0f : 1.0f) / 512.0f;
+  Problem p = problemFor(spec, 1);
+  p.globalScale = 1.0f;
+  const auto x = exactInput(spec, y);
+  const Result r = run(p, x.data());
+  EXPECT_EQ(r.scales[0], 0x38);
+  EXPECT_EQ(r.scales[1], 0x00);
+  EXPECT_EQ(r.scales[2], 0x7E);
+  EXPECT_EQ(r.scales[3], 0x03);
+  const uint8_t q0[8] = {0xC2, 0x20, 0x64, 0x7F, 0x08, 0xC2, 0x96, 0x56};
+  for (int b = 0; b < 8; ++b)
+    EXPECT_EQ(r.q[b], q0[b]) << "byte " << b;
+  for (int b = 8; b < 16; ++b)
+    EXPECT_EQ(r.q[b], 0x80) << "byte " << b; // +0 low, -0 high
+  // 448: r = 1 / 448; the huge value saturates to 6, 100 / 448 rounds to 0.
+  EXPECT_EQ(codeAt(OutDtype::FP4E2M1, r.q.data(), 32 + 3), 0x7);
+  EXPECT_EQ(codeAt(OutDtype::FP4E2M1, r.q.data(), 32 + 0), 0x0);
+  // Subnormal scale: r = 1 / (3 * 2^-9); y = 18 / 512 gives 6, 1 / 512 gives 1/3 -> 0.5.
+  EXPECT_EQ(codeAt(OutDtype::FP4E2M1, r.q.data(), 48), 0x7);
+  EXPECT_EQ(codeAt(OutDtype::FP4E2M1, r.q.data(), 49), 0x1);
+}
+
+TEST(Reference, Nvfp4GlobalScaleDrivesTheBlockScale) {
+  const KernelSpec spec = fp4Spec(true, ScaleLayout::Bytes);
+  std::vector<std::vector<float>> y(1, std::vector<float>(64, 1.0f));
+  const auto x = exactInput(spec, y);
+  Problem p = problemFor(spec, 1);
+  // amax 1: gs = 448 * 6 gives sf = 448; gs = 6 * 2^-9 gives the smallest
+  // subnormal, 2^-9; half of that rounds (to even) to 0.
+  for (auto [gs, byte] : {std::pair<float, uint8_t>{448.0f * 6.0f, 0x7E},
+                          {448.0f * 6.0f * 1000.0f, 0x7E},
+                          {6.0f / 512.0f, 0x01},
+                          {3.0f / 512.0f, 0x00},
+                          {3.1f / 512.0f, 0x01}}) {
+    p.globalScale = gs;
+    const Result r = run(p, x.data());
+    EXPECT_EQ(r.scales[0], byte) << gs;
+    if (byte == 0)
+      EXPECT_EQ(r.q[0], 0x00) << gs;
+  }
+}
+
+TEST(Reference, Mxfp4ScalesCeilAndFloor) {
+  std::vector<std::vector<float>> y(1, std::vector<float>(64, 0.0f));
+  // Group 0: amax 6; group 1: all zero.
+  for (int k = 0; k < 32; ++k)
+    y[0][k] = k == 5 ? -6.0f : 1.0f;
+  for (ScaleRounding rounding : {ScaleRounding::Ceil, ScaleRounding::Floor}) {
+    KernelSpec spec = fp4Spec(false, ScaleLayout::Bytes);
+    spec.scaleRounding = rounding;
+    Problem p = problemFor(spec, 1);
+    const auto x = exactInput(spec, y);
+    const Result r = run(p, x.data());
+    EXPECT_EQ(r.scales[0], 127) << toString(rounding); // s = 1
+    EXPECT_EQ(r.scales[1], 0) << toString(rounding);   // 2^-127, zero group
+    EXPECT_EQ(r.scaleValue[1], std::ldexp(1.0f, -127));
+    EXPECT_EQ(codeAt(OutDtype::FP4E2M1, r.q.data(), 5), 0xF);
+    EXPECT_EQ(codeAt(OutDtype::FP4E2M1, r.q.data(), 0), 0x2);
+    for (int i = 16; i < 32; ++i)
+      EXPECT_EQ(r.q[i], 0x00) << i;
+  }
+  // amax 7: ceil takes 2 (7 / 2 = 3.5 -> 4); floor takes 2^(2 - 2) = 1 and saturates.
+  y[0][5] = 7.0f;
+  for (ScaleRounding rounding : {ScaleRounding::Ceil, ScaleRounding::Floor}) {
+    KernelSpec spec = fp4Spec(false, ScaleLayout::Bytes);
+    spec.scaleRounding = rounding;
+    Problem p = problemFor(spec, 1);
+    const auto x = exactInput(spec, y);
+    const Result r = run(p, x.data());
+    const bool ceil = rounding == ScaleRounding::Ceil;
+    EXPECT_EQ(r.scales[0], ceil ? 128 : 127);
+    EXPECT_EQ(codeAt(OutDtype::FP4E2M1, r.q.data(), 5), ceil ? 0x6 : 0x7);
+  }
+  // A tiny amax: ceil's 2^ceil(log2(amax / 6)) reaches down to 2^-127.
+  std::vector<std::vector<float>> tiny(1, std::vector<float>(64, 0.0f));
+  tiny[0][0] = std::ldexp(6.0f, -127); // exactly 6 * 2^-127: s = 2^-127
+  tiny[0][32] = std::ldexp(6.0f, -126);
+  {
+    KernelSpec spec = fp4Spec(false, ScaleLayout::Bytes);
+    Problem p = problemFor(spec, 1);
+    std::vector<uint8_t> x(2 * 64 * 4);
+    for (int i = 0; i < 64; ++i) {
+      storeInput(InDtype::FP32, x.data(), i, 64.0f);
+      storeInput(InDtype::FP32, x.data(), 64 + i, tiny[0][i] / 64.0f);
+    }
+    const Result r = run(p, x.data());
+    EXPECT_EQ(r.scales[0], 0);
+    EXPECT_EQ(r.scales[1], 1);
+    EXPECT_EQ(codeAt(OutDtype::FP4E2M1, r.q.data(), 0), 0x7);
+    EXPECT_EQ(codeAt(OutDtype::FP4E2M1, r.q.data(), 32), 0x7);
+  }
+}
+
+TEST(Reference, SwizzledPaddingIsZeroMaskedOrNot) {
+  KernelSpec spec = fp4Spec(true, ScaleLayout::Swizzled128x4);
+  spec.hidden = 80; // NG = 5, NGp = 8: three padding columns
+  for (bool masked : {false, true}) {
+    spec.masked = masked;
+    Problem p = problemFor(spec, 3);
+    p.globalScale = 100.0f;
+    p.numExperts = masked ? 2 : 1;
+    if (masked)
+      p.maskedM = {1, 3};
+    const auto x = makeInput(spec, 3, p.ldx, p.numExperts, 5);
+    const Result r = run(p, x.data());
+    ASSERT_EQ(r.scales.size(), static_cast<size_t>(p.numExperts * 128 * 8));
+    for (int64_t e = 0; e < p.numExperts; ++e)
+      for (int64_t t = 0; t < 128; ++t)
+        for (int64_t j = 0; j < 8; ++j) {
+          const uint8_t b = r.scales[scaleOffset(spec, 3, e, t, j)];
+          const int64_t live = masked ? p.maskedM[e] : 3;
+          if (t >= 3 || j >= 5)
+            EXPECT_EQ(b, 0) << e << " " << t << " " << j;
+          else if (t >= live)
+            EXPECT_EQ(b, 0xAB) << e << " " << t << " " << j;
+          else
+            EXPECT_EQ(b, floatToE4M3(r.scalePreRound[(e * 3 + t) * 5 + j]));
+        }
+  }
+}
+
+TEST(Reference, RejectsInconsistentFp4Problems) {
+  Problem p = problemFor(fp4Spec(true, ScaleLayout::Bytes), 2);
+  const auto x = makeInput(p.spec, 2, p.ldx, 1, 1);
+  for (float gs : {0.0f, -1.0f, kInf, kNaN}) {
+    p.globalScale = gs;
+    EXPECT_THROW(run(p, x.data()), std::invalid_argument) << gs;
+  }
+  p.globalScale = 1.0f;
+  EXPECT_NO_THROW(run(p, x.data()));
+  p.spec.groupSize = 32;
+  EXPECT_THROW(run(p, x.data()), std::invalid_argument);
+}
+
+Fixture fp4Fixture(bool nvfp4, ScaleLayout layout) {
+  Fixture f;
+  f.problem = problemFor(fp4Spec(nvfp4, layout), 5);
+  f.problem.globalScale = 448.0f * 6.0f / 12.0f;
+  f.x = makeInput(f.problem.spec, 5, f.problem.ldx, 1, 3);
+  f.ref = run(f.problem, f.x.data());
+  return f;
+}
+
+TEST(Compare, Fp4AcceptsTheReferenceAndFindsAChangedNibble) {
+  for (bool nvfp4 : {true, false})
+    for (ScaleLayout layout : {ScaleLayout::Bytes, ScaleLayout::Swizzled128x4}) {
+      const Fixture f = fp4Fixture(nvfp4, layout);
+      CompareReport rep = compare(f.problem, f.ref, f.ref.q.data(), f.ref.scales.data());
+      EXPECT_TRUE(rep.ok()) << rep.summary();
+      EXPECT_EQ(rep.elements, 5 * 64);
+      EXPECT_EQ(rep.scales, 5 * (nvfp4 ? 4 : 2));
+      EXPECT_EQ(rep.untouchedBytes,
+                layout == ScaleLayout::Bytes ? 0 : 128 * 4 - 5 * (nvfp4 ? 4 : 2));
+      std::vector<uint8_t> q = f.ref.q;
+      q[2 * 32 + 8] ^= 0x10; // t 2, column 17 (high nibble of byte 8)
+      rep = compare(f.problem, f.ref, q.data(), f.ref.scales.data());
+      EXPECT_EQ(rep.mismatches, 1);
+      EXPECT_NE(rep.firstMismatch.find("t 2, column 17"), std::string::npos) << rep.firstMismatch;
+    }
+}
+
+TEST(Compare, Nvfp4ScaleMayTakeTheOtherNeighbourOnlyAtAnE4M3Boundary) {
+  // amax 6.375, gs 1: gs * amax / 6 = 1.0625, the midpoint of E4M3 1 (0x38)
+  // and 1.125 (0x39); ties to even give 0x38.
+  const KernelSpec spec = fp4Spec(true, ScaleLayout::Bytes);
+  std::vector<std::vector<float>> y(1, std::vector<float>(64, 0.0f));
+  for (int k = 0; k < 16; ++k)
+    y[0][k] = k == 0 ? 6.375f : 0.75f * static_cast<float>(k % 8);
+  for (int k = 16; k < 64; ++k)
+    y[0][k] = 1.0f;
+  Problem p = problemFor(spec, 1);
+  p.globalScale = 1.0f;
+  const auto x = exactInput(spec, y);
+  const Result ref = run(p, x.data());
+  ASSERT_EQ(ref.scales[0], 0x38);
+  std::vector<uint8_t> scales = ref.scales;
+  scales[0] = 0x39;
+  // The device's q under its own scale: y * (1 / 1.125).
+  std::vector<uint8_t> q = ref.q;
+  for (int k = 0; k < 16; ++k) {
+    const uint8_t code = floatToE2M1(y[0][k] * (1.0f / 1.125f));
+    q[k / 2] = static_cast<uint8_t>((q[k / 2] & (k % 2 ? 0x0F : 0xF0)) | code << (4 * (k % 2)));
+  }
+  CompareReport rep = compare(p, ref, q.data(), scales.data());
+  EXPECT_TRUE(rep.ok()) << rep.summary();
+  EXPECT_EQ(rep.scaleAllowanceUsed, 1);
+  // Two steps off, or off where no boundary is near: wrong.
+  scales[0] = 0x3A;
+  rep = compare(p, ref, q.data(), scales.data());
+  EXPECT_EQ(rep.scaleMismatches, 1);
+  EXPECT_NE(rep.firstMismatch.find("E4M3 byte 58"), std::string::npos) << rep.firstMismatch;
+  scales = ref.scales;
+  scales[1] ^= 1;
+  rep = compare(p, ref, ref.q.data(), scales.data());
+  EXPECT_EQ(rep.scaleMismatches, 1);
+}
+
+TEST(Compare, Fp4BoundaryAllowanceAndSwizzledPadding) {
+  // y * r = 2.5 exactly (a tie between 2 and 3): either code is accepted.
+  KernelSpec spec = fp4Spec(true, ScaleLayout::Swizzled128x4);
+  spec.hidden = 80; // NG = 5: columns 5..7 are padding
+  std::vector<std::vector<float>> y(1, std::vector<float>(80, 1.0f));
+  y[0][0] = 6.0f;
+  y[0][1] = 2.5f;
+  Problem p = problemFor(spec, 1);
+  p.globalScale = 1.0f;
+  const auto x = exactInput(spec, y);
+  const Result ref = run(p, x.data());
+  std::vector<uint8_t> q = ref.q;
+  ASSERT_EQ(q[0] >> 4, 0x4);
+  q[0] = static_cast<uint8_t>((q[0] & 0x0F) | 0x50);
+  CompareReport rep = compare(p, ref, q.data(), ref.scales.data());
+  EXPECT_TRUE(rep.ok()) << rep.summary();
+  EXPECT_EQ(rep.allowanceUsed, 1);
+  // A padding column's byte written: named.
+  std::vector<uint8_t> scales = ref.scales;
+  scales[scaleOffset(spec, 1, 0, 0, 5)] = 0x38;
+  rep = compare(p, ref, ref.q.data(), scales.data());
+  EXPECT_EQ(rep.untouchedMismatches, 1);
+  EXPECT_NE(rep.firstMismatch.find("padding column"), std::string::npos) << rep.firstMismatch;
+  scales = ref.scales;
+  scales[scaleOffset(spec, 1, 0, 77, 1)] = 0x38;
+  rep = compare(p, ref, ref.q.data(), scales.data());
+  EXPECT_EQ(rep.untouchedMismatches, 1);
+  EXPECT_NE(rep.firstMismatch.find("t 77, group 1: a padding row"), std::string::npos)
+      << rep.firstMismatch;
+}
+
+// ---- the template's software conversions, transcribed -------------------------------
+//
+// templates/silu_mul_quant.cuh converts to e2m1 and E8M0 by bit manipulation
+// where PTX has no instruction (every target but the family-specific
+// Blackwell ones). These are its formulas on the CPU, checked against the
+// reference's tables: a kernel whose conversions differ from the contract
+// would fail here, without a GPU.
+
+uint32_t bitsOf(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+float fromBits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// e2m1Soft.
+uint32_t templateE2M1(float v) {
+  const uint32_t sign = (bitsOf(v) >> 28) & 0x8u;
+  const float a = std::fmin(std::fabs(v), 6.0f);
+  uint32_t ab = bitsOf(a);
+  ab += 0x1fffffu + ((ab >> 22) & 1u);
+  const uint32_t normal = (ab >> 22) - (126u << 1);
+  const auto sub = static_cast<uint32_t>(std::nearbyint(a * 2.0f)); // __float2uint_rn
+  return sign | (a < 1.0f ? sub : normal);
+}
+
+// e4m3Value, for codes 0x00..0x7E.
+float templateE4M3Value(uint32_t code) {
+  const float normal = fromBits((code << 20) + (120u << 23));
+  const float subnormal = static_cast<float>(code & 7u) * 0x1p-9f;
+  return code < 8u ? subnormal : normal;
+}
+
+// The E8M0 byte of MXFP4 under ceil, from pre in [2^-127, 2^127].
+uint32_t templateCeilByte(float pre) {
+  const uint32_t b = bitsOf(pre);
+  return b < 0x00800000u ? (b == 0x00400000u ? 0u : 1u) : (b >> 23) + ((b & 0x007fffffu) != 0u);
+}
+
+TEST(TemplateConversions, E2M1MatchesTheReferenceAroundEveryBoundary) {
+  // Every value within 64 ulps of each midpoint and code value, both signs,
+  // then a sweep of all magnitudes from 2^-30 to 16 in steps of 97 ulps.
+  const float marks[] = {0.0f, 0.25f, 0.5f, 0.75f, 1.0f, 1.25f, 1.5f, 1.75f, 2.0f,
+                         2.5f, 3.0f,  3.5f, 4.0f,  5.0f, 6.0f,  7.0f, 8.0f};
+  int64_t checked = 0;
+  for (float m : marks)
+    for (int d = -64; d <= 64; ++d) {
+      const uint32_t b = bitsOf(m);
+      if (m == 0.0f && d < 0)
+        continue;
+      const float v = fromBits(b + static_cast<uint32_t>(d));
+      for (float x : {v, -v}) {
+        ASSERT_EQ(templateE2M1(x), floatToE2M1(x)) << x;
+        ++checked;
+      }
+    }
+  for (uint32_t b = bitsOf(0x1p-30f); b <= bitsOf(16.0f); b += 97) {
+    ASSERT_EQ(templateE2M1(fromBits(b)), floatToE2M1(fromBits(b))) << fromBits(b);
+    ++checked;
+  }
+  for (float x : {0.0f, -0.0f, kInf, -kInf, std::numeric_limits<float>::max(),
+                  std::numeric_limits<float>::denorm_min(), -std::numeric_limits<float>::min()})
+    EXPECT_EQ(templateE2M1(x), floatToE2M1(x)) << x;
+  EXPECT_GT(checked, 1000000);
+}
+
+TEST(TemplateConversions, E4M3ValueDecodesEveryCode) {
+  for (uint32_t c = 0; c < 0x7F; ++c)
+    EXPECT_EQ(templateE4M3Value(c), e4m3ToFloat(static_cast<uint8_t>(c))) << c;
+}
+
+TEST(TemplateConversions, Mxfp4CeilByteMatchesTheReference) {
+  KernelSpec spec;
+  spec.hidden = 64;
+  spec.groupSize = 32;
+  spec.outDtype = OutDtype::FP4E2M1;
+  spec.ue8m0 = true;
+  std::vector<float> pres = {0x1p-127f,     0x1.8p-127f,      0x1.fffffcp-127f,
+                             0x1p-126f,     0x1.000002p-126f, 1.0f,
+                             0x1.000002p0f, 0x1.fffffep126f,  0x1p127f};
+  for (uint32_t b = bitsOf(0x1p-127f); b < bitsOf(0x1p127f); b += 1000003)
+    pres.push_back(fromBits(b));
+  for (float pre : pres) {
+    const float s = pow2Scale(spec, pre * 6.0f, pre);
+    uint32_t expected = (bitsOf(s) >> 23) & 0xFFu;
+    EXPECT_EQ(templateCeilByte(pre), expected) << pre;
+  }
+}
+
 } // namespace
 } // namespace bqjit::ref

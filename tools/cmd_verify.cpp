@@ -30,9 +30,12 @@ llvm::Error runVerify(const GpuOptions& o, const CommandContext& ctx) {
   if (!report)
     return report.takeError();
 
-  const std::string what = kernel->specFor(o.tokens).label() + " T=" + std::to_string(o.tokens) +
-                           (o.experts > 1 ? " E=" + std::to_string(o.experts) : "") + " on " +
-                           gpu->session->info().name;
+  const std::string what =
+      kernel->specFor(o.tokens).label() + " T=" + std::to_string(o.tokens) +
+      (o.experts > 1 ? " E=" + std::to_string(o.experts) : "") +
+      (kernel->spec().isNvfp4() ? " global_scale=" + std::to_string(host->problem.globalScale)
+                                : "") +
+      " on " + gpu->session->info().name;
   ctx.out << "verify: " << (report->ok() ? "PASS " : "FAIL ") << what << ": " << report->summary()
           << "\n";
   if (report->ok())

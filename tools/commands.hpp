@@ -42,6 +42,8 @@ struct GpuOptions {
   int64_t ldx = 0; ///< 0: 2H
   int64_t experts = 1;
   float scaleUb = 0.01f;
+  /// NVFP4's *global_scale; 0: vLLM's 448 * 6 / amax of the input's y.
+  float globalScale = 0.0f;
   int device = 0;
   uint64_t seed = 1;
   int iters = 100;

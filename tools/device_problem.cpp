@@ -1,6 +1,7 @@
 #include "tools/device_problem.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 
@@ -41,7 +42,7 @@ int64_t HostProblem::xBytes() const {
 int64_t HostProblem::trafficBytes() const {
   const KernelSpec& s = problem.spec;
   return problem.numExperts * problem.tokens *
-             (2 * int64_t(s.hidden) * dtypeBytes(s.inDtype) + s.hidden) +
+             (2 * int64_t(s.hidden) * dtypeBytes(s.inDtype) + s.outputRowBytes()) +
          scaleBytes();
 }
 
@@ -63,6 +64,24 @@ llvm::Expected<HostProblem> makeHostProblem(const KernelSpec& spec, const GpuOpt
   if (spec.masked)
     p.maskedM = makeMaskedM(o.experts, o.tokens, o.seed);
   h.x = ref::makeInput(spec, p.tokens, p.ldx, p.numExperts, o.seed);
+  if (spec.isNvfp4()) {
+    p.globalScale = o.globalScale;
+    if (!(p.globalScale > 0.0f)) {
+      // vLLM's convention: 448 * 6 / amax of the tensor's y (live rows).
+      float amax = 0.0f;
+      for (int64_t e = 0; e < p.numExperts; ++e)
+        for (int64_t t = 0; t < (spec.masked ? p.maskedM[e] : p.tokens); ++t)
+          for (int64_t i = 0; i < spec.hidden; ++i) {
+            const int64_t row = (e * p.tokens + t) * p.ldx;
+            const bool split = spec.gateUp == GateUp::Split;
+            const float g = ref::loadInput(spec.inDtype, h.x.data(), row + (split ? i : 2 * i));
+            const float u = ref::loadInput(spec.inDtype, h.x.data(),
+                                           row + (split ? spec.hidden + i : 2 * i + 1));
+            amax = std::fmax(amax, std::fabs(ref::activation(spec, g, u)));
+          }
+      p.globalScale = amax > 0.0f && std::isfinite(amax) ? 448.0f * 6.0f / amax : 1.0f;
+    }
+  }
   try {
     h.expected = ref::run(p, h.x.data());
   } catch (const std::exception& e) {
@@ -83,9 +102,10 @@ llvm::Expected<DeviceProblem> DeviceProblem::create(const GpuSession& session,
     size_t bytes;
   };
   const size_t n = static_cast<size_t>(d.sets_);
-  for (Want w : {Want{&d.x_, n * d.xStride_}, Want{&d.q_, n * d.qStride_},
-                 Want{&d.scales_, n * d.sStride_}, Want{&d.scaleUb_, sizeof(float)},
-                 Want{&d.maskedM_, std::max<size_t>(1, host.problem.maskedM.size()) * 4}}) {
+  for (Want w :
+       {Want{&d.x_, n * d.xStride_}, Want{&d.q_, n * d.qStride_}, Want{&d.scales_, n * d.sStride_},
+        Want{&d.scaleUb_, sizeof(float)}, Want{&d.globalScale_, sizeof(float)},
+        Want{&d.maskedM_, std::max<size_t>(1, host.problem.maskedM.size()) * 4}}) {
     auto buffer = session.alloc(w.bytes);
     if (!buffer)
       return buffer.takeError();
@@ -101,6 +121,9 @@ llvm::Error DeviceProblem::upload() {
   const ref::Problem& p = host_->problem;
   if (auto err = drv.check(drv.cuMemcpyHtoD(scaleUb_.get(), &p.scaleUb, sizeof(float)),
                            "cuMemcpyHtoD", "scale_ub"))
+    return err;
+  if (auto err = drv.check(drv.cuMemcpyHtoD(globalScale_.get(), &p.globalScale, sizeof(float)),
+                           "cuMemcpyHtoD", "global_scale"))
     return err;
   if (!p.maskedM.empty())
     if (auto err = drv.check(
@@ -134,6 +157,8 @@ LaunchArgs DeviceProblem::args(int64_t set) const {
   a.scaleUb = p.spec.hasScaleUb ? static_cast<const float*>(scaleUb_.at(0)) : nullptr;
   a.maskedM = p.spec.masked ? static_cast<const int32_t*>(maskedM_.at(0)) : nullptr;
   a.numExperts = p.numExperts;
+  a.globalScale =
+      p.spec.needsGlobalScale() ? static_cast<const float*>(globalScale_.at(0)) : nullptr;
   return a;
 }
 

@@ -28,7 +28,7 @@ struct HostProblem {
   int64_t scaleBytes() const {
     return ref::scaleBufferBytes(problem.spec, problem.tokens, problem.numExperts);
   }
-  /// Bytes a launch moves: E*T*(2H*inBytes + H) plus the scale buffer.
+  /// Bytes a launch moves: E*T*(2H*inBytes + H * bits / 8) plus the scale buffer.
   int64_t trafficBytes() const;
 };
 
@@ -59,7 +59,7 @@ private:
   const HostProblem* host_;
   int64_t sets_ = 0;
   size_t xStride_ = 0, qStride_ = 0, sStride_ = 0;
-  DeviceBuffer x_, q_, scales_, scaleUb_, maskedM_;
+  DeviceBuffer x_, q_, scales_, scaleUb_, maskedM_, globalScale_;
 };
 
 } // namespace bqjit::cli

@@ -47,6 +47,10 @@ void addGpuOptions(CLI::App& sub, GpuOptions& o) {
   sub.add_option("--scale-ub", o.scaleUb, "*scale_ub for a spec with scale_ub=1")
       ->capture_default_str()
       ->check(positiveNumber());
+  sub.add_option("--global-scale", o.globalScale,
+                 "*global_scale of an NVFP4 spec (fp4_e2m1, G=16); default: 448 * 6 / amax of "
+                 "the input's activations, as vLLM computes it")
+      ->check(positiveNumber());
   sub.add_option("-d,--device", o.device, "CUDA device ordinal")
       ->capture_default_str()
       ->check(wholeNumber(0, INT32_MAX));

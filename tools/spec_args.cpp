@@ -8,16 +8,18 @@ namespace bqjit::cli {
 
 const char* const kSpecFieldsHelp =
     "SPEC-FIELDS are key=value tokens: hidden|H (required), group_size|G|group (128), "
-    "in_dtype|in (bf16|fp16|fp32; bf16), out_dtype|out (fp8_e4m3|fp8_e5m2|int8; fp8_e4m3), "
-    "scale_layout|layout (row|col|col_tma|ue8m0_packed|bytes, alias e8m0; row), ue8m0, "
+    "in_dtype|in (bf16|fp16|fp32; bf16), out_dtype|out (fp8_e4m3|fp8_e5m2|int8|fp4_e2m1; "
+    "fp8_e4m3; fp4_e2m1 is NVFP4 at G=16 or MXFP4 at G=32 with ue8m0), "
+    "scale_layout|layout (row|col|col_tma|ue8m0_packed|bytes, alias e8m0|swizzled_128x4; row), "
+    "ue8m0, "
     "scale_ub, masked (true|false|on|off|1|0; false), activation|act "
     "(silu|swiglu|gelu_tanh|gelu; silu), alpha, beta, limit (swiglu only; numbers, 1, 0, "
     "no clamp), gate_up (split|interleaved; split), scale_rounding|rounding (ceil|floor; ceil; "
-    "floor needs ue8m0 and an fp8 output), arch (e.g. sm_90), and the launch shape "
+    "floor needs ue8m0 and a floating-point output), arch (e.g. sm_90), and the launch shape "
     "threads_per_group|tpg, vec_width|vec, groups_per_block|gpb (all three or none). "
     "Example: H=7168 G=128 in=bf16 out=fp8_e4m3 layout=col_tma ue8m0=1; gpt-oss MXFP8: "
     "H=2880 G=32 act=swiglu alpha=1.702 beta=1 limit=7 gate_up=interleaved layout=bytes "
-    "ue8m0=1 rounding=floor";
+    "ue8m0=1 rounding=floor; NVFP4 for Blackwell: H=7168 G=16 out=fp4_e2m1 layout=swizzled_128x4";
 
 llvm::Expected<SpecArgs> parseSpecArgs(const std::vector<std::string>& tokens,
                                        const std::string& archOverride) {

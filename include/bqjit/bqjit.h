@@ -42,6 +42,16 @@ typedef struct {
   int64_t num_experts; /**< E, 1 when not masked */
 } bqjit_launch_args;
 
+/** Launch arguments added after bqjit_launch_args (whose layout is fixed by
+ *  the ABI), for bqjit_kernel_launch_ex. Set `size` to
+ *  sizeof(bqjit_launch_extra): fields past the size a caller was built with
+ *  read as 0, so a later release can add fields here. */
+typedef struct {
+  size_t size;           /**< sizeof(bqjit_launch_extra) */
+  uint64_t global_scale; /**< one float, NVFP4's global scale (required for an NVFP4
+                              spec: fp4_e2m1, group_size 16), or 0 */
+} bqjit_launch_extra;
+
 /** Log levels: a message has WARN, INFO or DEBUG; QUIET is a threshold only. */
 typedef enum {
   BQJIT_LOG_QUIET = 0,
@@ -127,8 +137,15 @@ bqjit_status bqjit_service_reload_tuning(bqjit_service service);
 /** Forgets the kernels handed out (after a device reset, say); see Service::invalidate. */
 bqjit_status bqjit_service_invalidate(bqjit_service service);
 
-/** Enqueues the kernel on `stream` (a CUstream / cudaStream_t). */
+/** Enqueues the kernel on `stream` (a CUstream / cudaStream_t). An NVFP4
+ *  kernel needs bqjit_kernel_launch_ex (its global scale). */
 bqjit_status bqjit_kernel_launch(bqjit_kernel kernel, const bqjit_launch_args* args, void* stream);
+/** bqjit_kernel_launch with the arguments of bqjit_launch_extra (`extra` may be
+ *  NULL: all zero). A `size` below that of its `size` field, or above
+ *  sizeof(bqjit_launch_extra) of this library with non-zero bytes past it, is
+ *  BQJIT_ERROR_INVALID_ARGUMENT. */
+bqjit_status bqjit_kernel_launch_ex(bqjit_kernel kernel, const bqjit_launch_args* args,
+                                    const bqjit_launch_extra* extra, void* stream);
 
 #ifdef __cplusplus
 }

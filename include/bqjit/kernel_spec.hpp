@@ -18,12 +18,23 @@ namespace bqjit {
 /// Element type of the input tensor `x` (gate and up halves).
 enum class InDtype : int { BF16 = 0, FP16 = 1, FP32 = 2 };
 
-/// Element type of the quantized output `q`.
-enum class OutDtype : int { FP8E4M3 = 0, FP8E5M2 = 1, INT8 = 2 };
+/// Element type of the quantized output `q`. FP4E2M1 (OCP E2M1, docs/contract.md
+/// section 8) packs two values a byte, element 2k in the low nibble; it is NVFP4
+/// (G = 16, E4M3 scale bytes, a run-time global scale) or MXFP4 (G = 32, ue8m0).
+enum class OutDtype : int { FP8E4M3 = 0, FP8E5M2 = 1, INT8 = 2, FP4E2M1 = 3 };
 
-/// Where scale (t, j) is stored (docs/contract.md sections 2 and 7). `Bytes` is one
-/// E8M0 byte per scale, row-major (canonical name "bytes", alias "e8m0").
-enum class ScaleLayout : int { Row = 0, Col = 1, ColTma = 2, Ue8m0Packed = 3, Bytes = 4 };
+/// Where scale (t, j) is stored (docs/contract.md sections 2, 7 and 8). `Bytes` is one
+/// byte per scale, row-major (canonical name "bytes", alias "e8m0"): E8M0 for
+/// power-of-two scales, E4M3 for NVFP4. `Swizzled128x4` is the same bytes in
+/// the 128x4 tiles that Blackwell's block-scaled GEMMs read, padding zeroed.
+enum class ScaleLayout : int {
+  Row = 0,
+  Col = 1,
+  ColTma = 2,
+  Ue8m0Packed = 3,
+  Bytes = 4,
+  Swizzled128x4 = 5
+};
 
 /// y = act(gate) * up (docs/contract.md section 6). Swiglu takes alpha, beta and limit.
 enum class Activation : int { Silu = 0, Swiglu = 1, GeluTanh = 2, Gelu = 3 };
@@ -59,8 +70,11 @@ float quantMax(OutDtype dtype);
 /// The smallest scale the kernel emits (MIN_SCALE in docs/contract.md).
 float minScale(OutDtype dtype);
 /// The exponent of the output type's largest normal (EMAX of docs/contract.md
-/// section 7: 8 for fp8_e4m3, 15 for fp8_e5m2); 0 for int8, which has none.
+/// section 7: 8 for fp8_e4m3, 15 for fp8_e5m2, 2 for fp4_e2m1); 0 for int8,
+/// which has none.
 int maxNormalExponent(OutDtype dtype);
+/// Bits of one quantized value: 4 for fp4_e2m1, 8 for the others.
+int outBits(OutDtype dtype);
 
 /// The shortest decimal text that reads back as exactly `v` in fp32
 /// ("1.702" for 1.702f), as the canonical JSON stores swiglu's parameters.
@@ -144,11 +158,19 @@ struct KernelSpec {
   int numGroups() const { return hidden / groupSize; }
   /// The activation and its parameters in canonical form.
   ActivationForm activationForm() const;
-  /// Whether the scale buffer holds one byte per scale (ue8m0_packed, bytes)
-  /// rather than fp32s.
+  /// Whether the scale buffer holds one byte per scale (ue8m0_packed, bytes,
+  /// swizzled_128x4) rather than fp32s.
   bool scalesAreBytes() const {
-    return scaleLayout == ScaleLayout::Ue8m0Packed || scaleLayout == ScaleLayout::Bytes;
+    return scaleLayout == ScaleLayout::Ue8m0Packed || scaleLayout == ScaleLayout::Bytes ||
+           scaleLayout == ScaleLayout::Swizzled128x4;
   }
+  /// NVFP4 (docs/contract.md section 8): fp4_e2m1 with G = 16 and no ue8m0. Its
+  /// scales are E4M3 bytes, and a launch needs the device fp32 `global_scale`.
+  bool isNvfp4() const { return outDtype == OutDtype::FP4E2M1 && !ue8m0; }
+  /// Whether a launch takes the run-time `global_scale` pointer (NVFP4 only).
+  bool needsGlobalScale() const { return isNvfp4(); }
+  /// Bytes of one row of q: H, or H / 2 for fp4_e2m1.
+  int64_t outputRowBytes() const { return static_cast<int64_t>(hidden) * outBits(outDtype) / 8; }
 
   /// Checks every field against the rules of docs/contract.md section 4. The error
   /// names the field, the value and the rule that it breaks.

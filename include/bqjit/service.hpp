@@ -36,6 +36,10 @@ struct LaunchArgs {
   const float* scaleUb = nullptr;   ///< one float; required iff the spec has a scale bound
   const int32_t* maskedM = nullptr; ///< [E] live rows per expert; required iff masked
   int64_t numExperts = 1;           ///< E; must be 1 unless masked
+  /// One float, NVFP4's global scale (docs/contract.md section 8: finite and > 0,
+  /// by vLLM's convention 448 * 6 / amax of the tensor); required iff the spec
+  /// is NVFP4 (fp4_e2m1, G = 16), ignored otherwise.
+  const float* globalScale = nullptr;
 };
 
 /// A kernel loaded on one device: a cheap, copyable handle. When the spec

@@ -102,6 +102,15 @@ class LaunchArgs(ctypes.Structure):
     ]
 
 
+class LaunchExtra(ctypes.Structure):
+    """``bqjit_launch_extra``: launch arguments after ``bqjit_launch_args`` (NVFP4's global scale)."""
+
+    _fields_ = [
+        ("size", ctypes.c_size_t),
+        ("global_scale", ctypes.c_uint64),
+    ]
+
+
 # bqjit_log_callback: void (*)(int level, const char* message, void* user).
 _LOG_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 _NO_LOG_CALLBACK = _LOG_CALLBACK()  # NULL: back to stderr
@@ -147,6 +156,10 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bqjit_kernel_get": (c_int, [c_void_p, c_char_p, c_int, p_void]),
         "bqjit_kernel_release": (None, [c_void_p]),
         "bqjit_kernel_launch": (c_int, [c_void_p, ctypes.POINTER(LaunchArgs), c_void_p]),
+        "bqjit_kernel_launch_ex": (
+            c_int,
+            [c_void_p, ctypes.POINTER(LaunchArgs), ctypes.POINTER(LaunchExtra), c_void_p],
+        ),
         "bqjit_default_launch": (c_int, [c_char_p, c_int, c_char_p, c_size_t, p_size]),
         "bqjit_set_log_callback": (c_int, [_LOG_CALLBACK, c_void_p, c_int]),
     }
@@ -236,10 +249,19 @@ class Kernel:
         self.spec_json = spec_json
         self.device = device
 
-    def launch(self, args: LaunchArgs, stream: int = 0) -> None:
-        """Enqueues the kernel on ``stream`` (a CUstream as an integer; 0: legacy default)."""
+    def launch(self, args: LaunchArgs, stream: int = 0, global_scale: int = 0) -> None:
+        """Enqueues the kernel on ``stream`` (a CUstream as an integer; 0: legacy default).
+        ``global_scale``: the device address of NVFP4's fp32 global scale (0: none)."""
         if not self._handle:
             raise RuntimeError("bqjit: kernel used after its service was closed")
+        if global_scale:
+            extra = LaunchExtra(ctypes.sizeof(LaunchExtra), global_scale)
+            status = self._lib.bqjit_kernel_launch_ex(
+                self._handle, ctypes.byref(args), ctypes.byref(extra), stream or None
+            )
+            if status != OK:
+                raise BqjitError(status, _last_error(self._lib), "bqjit_kernel_launch_ex")
+            return
         status = self._lib.bqjit_kernel_launch(self._handle, ctypes.byref(args), stream or None)
         if status != OK:
             raise BqjitError(status, _last_error(self._lib), "bqjit_kernel_launch")

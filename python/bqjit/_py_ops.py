@@ -69,7 +69,7 @@ def _current_stream(device: int) -> int:
 def _run(
     x: Tensor, q: Tensor, scales: Tensor, t: int, h: int, ldx: int, group_size: int, out_dtype: str, layout: str,
     ue8m0: bool, scale_ub: Optional[Tensor], launch: Optional[str], fields: Optional[str],
-    masked_m: Optional[Tensor] = None,
+    masked_m: Optional[Tensor] = None, global_scale: Optional[Tensor] = None,
 ) -> None:
     if t == 0 or (masked_m is not None and x.shape[0] == 0):
         return
@@ -85,7 +85,9 @@ def _run(
                     "out_dtype": out_dtype, "scale_layout": layout, "ue8m0": ue8m0}
             if fields is not None:
                 base.update(json.loads(fields))
-            launch = json.dumps(_lib.service().default_launch(base, min(xa // esize, qa)), sort_keys=True)
+            # fp4's q holds two values a byte: a vector of v values stores v / 2 bytes.
+            qvec = 2 * qa if out_dtype == "fp4_e2m1" else qa
+            launch = json.dumps(_lib.service().default_launch(base, min(xa // esize, qvec)), sort_keys=True)
     masked = masked_m is not None
     key = (h, group_size, _IN_NAMES[x.dtype], out_dtype, layout, ue8m0, scale_ub is not None, masked, _arch(device), launch, fields)
     kernel = _lib.service().kernel(_spec_json(key), device)
@@ -100,16 +102,18 @@ def _run(
         x.shape[0] if masked else 1,
     )
     stream = _current_stream(device)
+    gs = 0 if global_scale is None else global_scale.data_ptr()
     if device != torch.cuda.current_device():
         # The legacy default stream resolves through the current context.
         with torch.cuda.device(device):
-            kernel.launch(args, stream)
+            kernel.launch(args, stream, gs)
     else:
-        kernel.launch(args, stream)
+        kernel.launch(args, stream, gs)
 
 
-def _masked_rows(x: Tensor, masked_m: Tensor, group_size: int, out_dtype: str, layout: str, scale_ub: Any):
-    t, h, ldx = _check(x, group_size, out_dtype, layout, scale_ub, masked=True)
+def _masked_rows(x: Tensor, masked_m: Tensor, group_size: int, out_dtype: str, layout: str, scale_ub: Any,
+                 ue8m0: bool = False, global_scale: Any = None):
+    t, h, ldx = _check(x, group_size, out_dtype, layout, scale_ub, True, ue8m0, global_scale)
     pitch = _check_masked(x, masked_m)
     return x.shape[0] * t, h, ldx if pitch is None else pitch
 
@@ -117,13 +121,13 @@ def _masked_rows(x: Tensor, masked_m: Tensor, group_size: int, out_dtype: str, l
 @torch.library.custom_op("bqjit::silu_mul_quant", mutates_args=())
 def _silu_mul_quant_op(
     x: Tensor, group_size: int, out_dtype: str, scale_layout: str, ue8m0: bool, scale_ub: Optional[Tensor],
-    launch: Optional[str], fields: Optional[str] = None,
+    launch: Optional[str], fields: Optional[str] = None, global_scale: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     _check_static(group_size, out_dtype, scale_layout, ue8m0)
     _check_fields_text(fields)
-    t, h, ldx = _check(x, group_size, out_dtype, scale_layout, scale_ub)
+    t, h, ldx = _check(x, group_size, out_dtype, scale_layout, scale_ub, False, ue8m0, global_scale)
     q, s = _alloc(x, h, group_size, out_dtype, scale_layout)
-    _run(x, q, s, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields)
+    _run(x, q, s, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields, None, global_scale)
     return q, s
 
 
@@ -131,24 +135,28 @@ def _silu_mul_quant_op(
 def _silu_mul_quant_out_op(
     x: Tensor, q: Tensor, scales: Tensor, group_size: int, out_dtype: str, scale_layout: str, ue8m0: bool,
     scale_ub: Optional[Tensor], launch: Optional[str], fields: Optional[str] = None,
+    global_scale: Optional[Tensor] = None,
 ) -> None:
     _check_static(group_size, out_dtype, scale_layout, ue8m0)
     _check_fields_text(fields)
-    t, h, ldx = _check(x, group_size, out_dtype, scale_layout, scale_ub)
+    t, h, ldx = _check(x, group_size, out_dtype, scale_layout, scale_ub, False, ue8m0, global_scale)
     _check_outputs(x, q, scales, h, group_size, out_dtype, scale_layout, real=True)
-    _run(x, q, scales, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields)
+    _run(x, q, scales, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields, None,
+         global_scale)
 
 
 @torch.library.custom_op("bqjit::silu_mul_quant_masked", mutates_args=())
 def _silu_mul_quant_masked_op(
     x: Tensor, masked_m: Tensor, group_size: int, out_dtype: str, scale_layout: str, ue8m0: bool,
     scale_ub: Optional[Tensor], launch: Optional[str], fields: Optional[str] = None,
+    global_scale: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     _check_static(group_size, out_dtype, scale_layout, ue8m0)
     _check_fields_text(fields)
-    t, h, ldx = _masked_rows(x, masked_m, group_size, out_dtype, scale_layout, scale_ub)
+    t, h, ldx = _masked_rows(x, masked_m, group_size, out_dtype, scale_layout, scale_ub, ue8m0, global_scale)
     q, s = _alloc(x, h, group_size, out_dtype, scale_layout, masked=True)
-    _run(x, q, s, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields, masked_m)
+    _run(x, q, s, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields, masked_m,
+         global_scale)
     return q, s
 
 
@@ -156,12 +164,14 @@ def _silu_mul_quant_masked_op(
 def _silu_mul_quant_masked_out_op(
     x: Tensor, masked_m: Tensor, q: Tensor, scales: Tensor, group_size: int, out_dtype: str, scale_layout: str,
     ue8m0: bool, scale_ub: Optional[Tensor], launch: Optional[str], fields: Optional[str] = None,
+    global_scale: Optional[Tensor] = None,
 ) -> None:
     _check_static(group_size, out_dtype, scale_layout, ue8m0)
     _check_fields_text(fields)
-    t, h, ldx = _masked_rows(x, masked_m, group_size, out_dtype, scale_layout, scale_ub)
+    t, h, ldx = _masked_rows(x, masked_m, group_size, out_dtype, scale_layout, scale_ub, ue8m0, global_scale)
     _check_outputs(x, q, scales, h, group_size, out_dtype, scale_layout, real=True, masked=True)
-    _run(x, q, scales, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields, masked_m)
+    _run(x, q, scales, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields, masked_m,
+         global_scale)
 
 
 @torch.library.custom_op("bqjit::kernel_table_size", mutates_args=())

@@ -12,13 +12,14 @@ same results, errors and schemas, at a higher cost per call. ``OPS_BACKEND``
 says which is in use ("cpp" or "python"), and ``BQJIT_TORCH_OPS=python``
 chooses the Python ones.
 
-The ops (``out_dtype`` is a string there, "fp8_e4m3", "fp8_e5m2" or "int8";
+The ops (``out_dtype`` is a string there, "fp8_e4m3", "fp8_e5m2", "int8" or
+"fp4_e2m1";
 ``launch`` is None or a JSON object string), usable under
 ``torch.compile(fullgraph=True)`` (this module holds their fake
 implementations) and in CUDA graph capture:
 
 * ``silu_mul_quant(x, group_size, out_dtype, scale_layout, ue8m0, scale_ub,
-  launch) -> (q, scales)``
+  launch, fields=None, global_scale=None) -> (q, scales)``
 * ``silu_mul_quant_out(x, q, scales, group_size, ...) -> ()``: writes q, scales
 * ``silu_mul_quant_masked(x, masked_m, group_size, ...) -> (q, scales)``: a
   MoE batch x [E, T_max, 2H] with masked_m [E] int32 live rows per expert
@@ -35,9 +36,21 @@ col_tma        float32 [T, NG]            (1, T4)     NG * T4 floats, pad rows 0
 ue8m0_packed   int32   [T, NW]            (1, T4)     NW * T4 words, byte j % 4
                                                       of word (j/4, t) = biased
                                                       exponent of the scale
+bytes          uint8   [..., NG]          contiguous  T * NG bytes: E8M0, or
+                                                      E4M3 for NVFP4
+swizzled_128x4 uint8   [Tp, NGp]          contiguous  Tp * NGp bytes (Tp =
+                                                      ceil(T/128)*128, NGp =
+                                                      ceil(NG/4)*4) in 128x4
+                                                      tiles, padding 0
 ============== ======= ================== =========== ==========================
 
-The column layouts take 2-D ``x`` only (a flat token dimension). A masked
+fp4_e2m1 (docs/contract.md section 8) packs two values a byte, element 2k in the low
+nibble: q is ``[..., H // 2]`` of ``torch.float4_e2m1fn_x2`` (uint8 where
+torch lacks that type). It is NVFP4 at group_size 16 without ue8m0 (E4M3
+scale bytes, and the ops' ``global_scale``, a float32 CUDA tensor of one
+element, is required) or MXFP4 at group_size 32 with ue8m0.
+
+The column layouts and swizzled_128x4 take 2-D ``x`` only (a flat token dimension). A masked
 batch has these per expert with T = T_max: shape [E, T_max, NG] (or NW), the
 expert's block of ``storage`` elements after the previous one's.
 """
@@ -71,12 +84,12 @@ __all__ = [
 ]
 
 HAVE_TORCH = torch is not None
-LAYOUTS = ("row", "col", "col_tma", "ue8m0_packed", "bytes")
+LAYOUTS = ("row", "col", "col_tma", "ue8m0_packed", "bytes", "swizzled_128x4")
 _LAYOUT_ALIASES = {"e8m0": "bytes"}
 ACTIVATIONS = ("silu", "swiglu", "gelu_tanh", "gelu")
 GATE_UPS = ("split", "interleaved")
 SCALE_ROUNDINGS = ("ceil", "floor")
-OUT_DTYPES = ("fp8_e4m3", "fp8_e5m2", "int8")
+OUT_DTYPES = ("fp8_e4m3", "fp8_e5m2", "int8", "fp4_e2m1")
 MIN_GROUP, MAX_GROUP, MAX_HIDDEN = 16, 1024, 65536
 _LAUNCH_KEYS = ("threads_per_group", "vec_width", "groups_per_block")
 _LAUNCH_OPTIONAL = ("min_blocks_per_sm",)  # derived by the planner when left out
@@ -99,18 +112,45 @@ def _check_static(group_size: Any, out_dtype: str, scale_layout: Any, ue8m0: Any
         raise ValueError(f"scale_layout = {scale_layout!r}: must be one of {', '.join(LAYOUTS)} (alias e8m0)")
     if not isinstance(ue8m0, bool):
         raise TypeError(f"ue8m0 must be a bool, got {ue8m0!r}")
+    if out_dtype not in OUT_DTYPES:  # internal names; the wrapper maps torch dtypes
+        raise ValueError(f"out_dtype = {out_dtype!r}: must be one of {', '.join(OUT_DTYPES)}")
+    layout = _LAYOUT_ALIASES.get(scale_layout, scale_layout)
+    nvfp4 = out_dtype == "fp4_e2m1" and not ue8m0
+    if out_dtype == "fp4_e2m1":  # docs/contract.md section 8
+        if group_size == 16 and ue8m0:
+            raise ValueError(
+                "out_dtype = 'fp4_e2m1' with group_size = 16 is NVFP4, whose scales are E4M3: ue8m0 must be "
+                "False (MXFP4 is group_size = 32 with ue8m0 = True)"
+            )
+        if group_size == 32 and not ue8m0:
+            raise ValueError(
+                "out_dtype = 'fp4_e2m1' with group_size = 32 is MXFP4, whose scales are E8M0: ue8m0 must be "
+                "True (NVFP4 is group_size = 16 with ue8m0 = False)"
+            )
+        if group_size not in (16, 32):
+            raise ValueError(
+                f"group_size = {group_size}: fp4_e2m1 needs G = 16 (NVFP4) or G = 32 with ue8m0 (MXFP4)"
+            )
+        if nvfp4 and layout not in ("bytes", "swizzled_128x4"):
+            raise ValueError(
+                f"scale_layout = {scale_layout!r}: NVFP4 (fp4_e2m1, group_size 16) stores E4M3 scale bytes: "
+                "must be 'bytes' or 'swizzled_128x4'"
+            )
     if scale_layout == "ue8m0_packed" and not ue8m0:
         raise ValueError(
             "scale_layout = 'ue8m0_packed' needs ue8m0 = True (got ue8m0 = False): "
             "packed scales are the exponents of power-of-two scales"
         )
-    if _LAYOUT_ALIASES.get(scale_layout, scale_layout) == "bytes" and not ue8m0:
+    if layout == "bytes" and not ue8m0 and not nvfp4:
         raise ValueError(
             "scale_layout = 'bytes' needs ue8m0 = True (got ue8m0 = False): its bytes "
             "are the E8M0 exponents of power-of-two scales"
         )
-    if out_dtype not in OUT_DTYPES:  # internal names; the wrapper maps torch dtypes
-        raise ValueError(f"out_dtype = {out_dtype!r}: must be one of {', '.join(OUT_DTYPES)}")
+    if layout == "swizzled_128x4" and not ue8m0 and not nvfp4:
+        raise ValueError(
+            "scale_layout = 'swizzled_128x4' needs ue8m0 = True (got ue8m0 = False): its bytes are E8M0 "
+            "exponents (or NVFP4's E4M3); fp32 scales have no 128x4 layout"
+        )
 
 
 def _launch_json(launch: Any) -> Optional[str]:
@@ -214,14 +254,17 @@ def scale_shape(
     if experts is not None:
         t = lead[1]
         shape, strides, storage = scale_shape(layout, (t,), hidden, group_size)
-        if strides is None:  # row, bytes: one expert is [T_max, NG] contiguous
-            strides = (ng, 1)
+        if strides is None:  # row, bytes, swizzled_128x4: one expert's 2-D block is contiguous
+            strides = (shape[-1], 1)
         return (experts,) + tuple(shape), (storage,) + tuple(strides), experts * storage
     t = 1
     for d in lead:
         t *= d
     if layout in ("row", "bytes"):
         return tuple(lead) + (ng,), None, t * ng
+    if layout == "swizzled_128x4":
+        tp, ngp = (t + 127) // 128 * 128, (ng + 3) // 4 * 4
+        return (tp, ngp), None, tp * ngp
     t4 = (t + 3) // 4 * 4
     if layout == "col":
         return (t, ng), (1, t), ng * t
@@ -284,7 +327,14 @@ if torch is not None:
     Tensor = torch.Tensor
 
     _IN_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-    _OUT_TORCH = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2, "int8": torch.int8}
+    #: torch's packed e2m1 pair type, where torch has it (2.8 and later); else q is uint8.
+    FP4_DTYPE = getattr(torch, "float4_e2m1fn_x2", None)
+    _OUT_TORCH = {
+        "fp8_e4m3": torch.float8_e4m3fn,
+        "fp8_e5m2": torch.float8_e5m2,
+        "int8": torch.int8,
+        "fp4_e2m1": FP4_DTYPE if FP4_DTYPE is not None else torch.uint8,
+    }
 
     def _out_dtype_name(out_dtype: Any) -> str:
         # Comparisons, not a dict lookup keyed by dtype: dynamo traces them.
@@ -294,17 +344,25 @@ if torch is not None:
             return "fp8_e5m2"
         if out_dtype is torch.int8 or out_dtype == "int8":
             return "int8"
+        if (FP4_DTYPE is not None and out_dtype is FP4_DTYPE) or out_dtype == "fp4_e2m1":
+            return "fp4_e2m1"
         raise TypeError(
             f"out_dtype = {out_dtype!r}: must be torch.float8_e4m3fn, torch.float8_e5m2 or torch.int8 "
-            "(or 'fp8_e4m3', 'fp8_e5m2', 'int8')"
+            "(or 'fp8_e4m3', 'fp8_e5m2', 'int8'), or torch.float4_e2m1fn_x2 / 'fp4_e2m1'"
         )
+
+    def _q_columns(h: int, out_dtype: str) -> int:
+        """Last dim of q: H, or H // 2 bytes of two e2m1 values."""
+        return h // 2 if out_dtype == "fp4_e2m1" else h
 
     # ---- tensor checks (run by the Python ops and by the fakes; the C++ ops
     # ---- make the same checks with the same messages) ------------------------
 
     def _scale_dtype(layout: str):
         layout = _LAYOUT_ALIASES.get(layout, layout)
-        return torch.int32 if layout == "ue8m0_packed" else torch.uint8 if layout == "bytes" else torch.float32
+        if layout == "ue8m0_packed":
+            return torch.int32
+        return torch.uint8 if layout in ("bytes", "swizzled_128x4") else torch.float32
 
     def _rows(x: Tensor, sizes, strides) -> Tuple[int, int]:
         """(T, ldx): leading dims of (sizes, strides) flattened to T rows of pitch ldx."""
@@ -338,10 +396,20 @@ if torch is not None:
             )
         return t, ldx
 
+    def _check_scalar_tensor(name: str, v: Any, x: Tensor) -> None:
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"{name} must be None or a torch.Tensor, got {type(v).__name__}")
+        if v.dtype != torch.float32 or v.numel() != 1 or v.device != x.device:
+            raise ValueError(
+                f"{name} must be a float32 tensor with one element on x's device ({x.device}), "
+                f"got dtype {v.dtype}, {v.numel()} elements, device {v.device}"
+            )
+
     def _check(
-        x: Any, group_size: int, out_dtype: str, scale_layout: str, scale_ub: Any, masked: bool = False
+        x: Any, group_size: int, out_dtype: str, scale_layout: str, scale_ub: Any, masked: bool = False,
+        ue8m0: bool = False, global_scale: Any = None,
     ) -> Tuple[int, int, int]:
-        """Validates x and scale_ub; returns (T, H, ldx) (per expert when masked)."""
+        """Validates x, scale_ub and global_scale; returns (T, H, ldx) (per expert when masked)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.device.type != "cuda":
@@ -374,13 +442,22 @@ if torch is not None:
                 "flatten the leading dims first (x.view(-1, x.shape[-1]))"
             )
         if scale_ub is not None:
-            if not isinstance(scale_ub, torch.Tensor):
-                raise TypeError(f"scale_ub must be None or a torch.Tensor, got {type(scale_ub).__name__}")
-            if scale_ub.dtype != torch.float32 or scale_ub.numel() != 1 or scale_ub.device != x.device:
-                raise ValueError(
-                    f"scale_ub must be a float32 tensor with one element on x's device ({x.device}), "
-                    f"got dtype {scale_ub.dtype}, {scale_ub.numel()} elements, device {scale_ub.device}"
-                )
+            _check_scalar_tensor("scale_ub", scale_ub, x)
+        nvfp4 = out_dtype == "fp4_e2m1" and not ue8m0
+        if nvfp4 and scale_ub is not None:
+            raise ValueError(
+                "scale_ub must be None for NVFP4 (out_dtype 'fp4_e2m1', group_size 16): its block scales are "
+                "bounded by 448 and set by global_scale"
+            )
+        if nvfp4 and global_scale is None:
+            raise ValueError(
+                "global_scale is None: NVFP4 (out_dtype 'fp4_e2m1', group_size 16) needs a float32 tensor with "
+                "one element on x's device (448 * 6 / amax of the tensor, by vLLM's convention)"
+            )
+        if not nvfp4 and global_scale is not None:
+            raise ValueError("global_scale applies only to NVFP4 (out_dtype 'fp4_e2m1', group_size 16)")
+        if global_scale is not None:
+            _check_scalar_tensor("global_scale", global_scale, x)
         t, ldx = _rows(x, sizes, strides)
         return t, h, ldx
 
@@ -415,7 +492,7 @@ if torch is not None:
         masked: bool = False,
     ) -> None:
         qdt = _OUT_TORCH[out_dtype]
-        want_q = tuple(x.shape[:-1]) + (h,)
+        want_q = tuple(x.shape[:-1]) + (_q_columns(h, out_dtype),)
         if not isinstance(q, torch.Tensor):
             raise TypeError(f"out must be a torch.Tensor, got {type(q).__name__}")
         if not isinstance(scales, torch.Tensor):
@@ -425,7 +502,9 @@ if torch is not None:
         if q.dtype != qdt:
             raise TypeError(f"out.dtype = {q.dtype}: must be {qdt} (the out_dtype)")
         if tuple(q.shape) != want_q:
-            raise ValueError(f"out.shape = {tuple(q.shape)}: must be {want_q} (x.shape[:-1] + (H,))")
+            what = "(x.shape[:-1] + (H // 2,): two e2m1 values a byte)" if out_dtype == "fp4_e2m1" else \
+                "(x.shape[:-1] + (H,))"
+            raise ValueError(f"out.shape = {tuple(q.shape)}: must be {want_q} {what}")
         if not q.is_contiguous():
             raise ValueError(f"out must be contiguous, got strides {tuple(q.stride())}")
         shape, strides, storage = scale_shape(
@@ -462,7 +541,7 @@ if torch is not None:
 
     def _alloc(x: Tensor, h: int, group_size: int, out_dtype: str, layout: str, masked: bool = False) -> Tuple[Tensor, Tensor]:
         lead = tuple(x.shape[:-1])
-        q = torch.empty(lead + (h,), dtype=_OUT_TORCH[out_dtype], device=x.device)
+        q = torch.empty(lead + (_q_columns(h, out_dtype),), dtype=_OUT_TORCH[out_dtype], device=x.device)
         shape, strides, storage = scale_shape(layout, lead, h, group_size, x.shape[0] if masked else None)
         sdt = _scale_dtype(layout)
         if strides is None:
@@ -489,37 +568,39 @@ if torch is not None:
     # ---- fake implementations, for either backend -----------------------------
 
     @torch.library.register_fake("bqjit::silu_mul_quant")
-    def _silu_mul_quant_fake(x, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields=None):
+    def _silu_mul_quant_fake(x, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields=None,
+                             global_scale=None):
         _check_static(group_size, out_dtype, scale_layout, ue8m0)
         _check_fields_text(fields)
-        _, h, _ = _check(x, group_size, out_dtype, scale_layout, scale_ub)
+        _, h, _ = _check(x, group_size, out_dtype, scale_layout, scale_ub, False, ue8m0, global_scale)
         return _alloc(x, h, group_size, out_dtype, scale_layout)
 
     @torch.library.register_fake("bqjit::silu_mul_quant_out")
     def _silu_mul_quant_out_fake(x, q, scales, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch,
-                                 fields=None):
+                                 fields=None, global_scale=None):
         _check_static(group_size, out_dtype, scale_layout, ue8m0)
         _check_fields_text(fields)
-        _, h, _ = _check(x, group_size, out_dtype, scale_layout, scale_ub)
+        _, h, _ = _check(x, group_size, out_dtype, scale_layout, scale_ub, False, ue8m0, global_scale)
         _check_outputs(x, q, scales, h, group_size, out_dtype, scale_layout, real=False)
         return None
 
     @torch.library.register_fake("bqjit::silu_mul_quant_masked")
     def _silu_mul_quant_masked_fake(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch,
-                                    fields=None):
+                                    fields=None, global_scale=None):
         _check_static(group_size, out_dtype, scale_layout, ue8m0)
         _check_fields_text(fields)
-        _, h, _ = _check(x, group_size, out_dtype, scale_layout, scale_ub, masked=True)
+        _, h, _ = _check(x, group_size, out_dtype, scale_layout, scale_ub, True, ue8m0, global_scale)
         _check_masked(x, masked_m)
         return _alloc(x, h, group_size, out_dtype, scale_layout, masked=True)
 
     @torch.library.register_fake("bqjit::silu_mul_quant_masked_out")
     def _silu_mul_quant_masked_out_fake(
-        x, masked_m, q, scales, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields=None
+        x, masked_m, q, scales, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields=None,
+        global_scale=None,
     ):
         _check_static(group_size, out_dtype, scale_layout, ue8m0)
         _check_fields_text(fields)
-        _, h, _ = _check(x, group_size, out_dtype, scale_layout, scale_ub, masked=True)
+        _, h, _ = _check(x, group_size, out_dtype, scale_layout, scale_ub, True, ue8m0, global_scale)
         _check_masked(x, masked_m)
         _check_outputs(x, q, scales, h, group_size, out_dtype, scale_layout, real=False, masked=True)
         return None
@@ -541,10 +622,15 @@ if torch is not None:
         _check_static(group_size, name, scale_layout, ue8m0)
         return name
 
-    def _check_wrapper_args(x: Any, scale_ub: Any, out: Any, scales_out: Any) -> None:
+    def _check_wrapper_args(x: Any, scale_ub: Any, out: Any, scales_out: Any, global_scale: Any = None) -> None:
         # Type checks the op schema would otherwise report without naming the rule.
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if global_scale is not None and not isinstance(global_scale, torch.Tensor):
+            raise TypeError(
+                "global_scale must be None or a float32 CUDA tensor with one element, got "
+                f"{type(global_scale).__name__}"
+            )
         if scale_ub is not None and not isinstance(scale_ub, torch.Tensor):
             raise TypeError(
                 f"scale_ub must be None or a float32 CUDA tensor with one element, got {type(scale_ub).__name__}"
@@ -558,29 +644,31 @@ if torch is not None:
             raise ValueError(f"{missing} is None: out and scales_out must be given together")
 
     def _checked(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out, launch,
-                 act=(None, None, None, None, None, None)):
+                 act=(None, None, None, None, None, None), global_scale=None):
         """Every argument check of the wrappers, in Python (the traced path and
         the eager slow path): (out_dtype's name, launch as JSON, fields as JSON).
         `act`: (activation, alpha, beta, limit, gate_up, scale_rounding)."""
-        _check_wrapper_args(x, scale_ub, out, scales_out)
+        _check_wrapper_args(x, scale_ub, out, scales_out, global_scale)
         if masked_m is not None and not isinstance(masked_m, torch.Tensor):
             raise TypeError(f"masked_m must be a torch.Tensor, got {type(masked_m).__name__}")
         name = _static(group_size, out_dtype, scale_layout, ue8m0)
         return name, _launch_json(launch), _fields_json(*act, name, ue8m0)
 
     def _checked_call(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out, launch,
-                      act):
+                      act, global_scale=None):
         """Both wrappers' path under tracing and for what the eager fast path
-        leaves (launch overrides, activations, other types): every check in
+        leaves (launch overrides, activations, fp4, other types): every check in
         Python, then the op; eagerly, the library's errors as BqjitError."""
         name, launch_text, fields = _checked(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
-                                             scales_out, launch, act)
+                                             scales_out, launch, act, global_scale)
         lead = (x,) if masked_m is None else (x, masked_m)
         if out is None:
             op, args = (_OP if masked_m is None else _OP_MASKED), lead
         else:
             op, args = (_OP_OUT if masked_m is None else _OP_MASKED_OUT), lead + (out, scales_out)
         args = args + (group_size, name, scale_layout, ue8m0, scale_ub, launch_text, fields)
+        if global_scale is not None:
+            args = args + (global_scale,)
         if _is_compiling():
             result = op(*args)
         else:
@@ -590,13 +678,15 @@ if torch is not None:
                 raise _as_bqjit_error(e) from None
         return result if out is None else (out, scales_out)
 
-    def _explained(e, x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out):
+    def _explained(e, x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out,
+                   global_scale=None):
         """The error of an eager call: the library's as a BqjitError; where the
         op's schema rejected an argument (a message that names no rule), the
         Python checks' error for it."""
         converted = _as_bqjit_error(e) if isinstance(e, RuntimeError) else e
         if converted is e:
-            _checked(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out, None)
+            _checked(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out, None,
+                     global_scale=global_scale)
         return converted
 
     def _fast_name(out_dtype: Any) -> Optional[str]:
@@ -628,6 +718,7 @@ if torch is not None:
         limit: Optional[float] = None,
         gate_up: Optional[str] = None,
         scale_rounding: Optional[str] = None,
+        global_scale: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor]:
         """``y = act(gate) * up`` (``silu`` by default) quantized per group of ``group_size`` columns.
 
@@ -637,7 +728,8 @@ if torch is not None:
                 contiguous; rows may be strided (a slice of a wider tensor), the
                 leading dims must flatten to one row stride.
             group_size: G, in 16..1024, dividing H.
-            out_dtype: ``torch.float8_e4m3fn``, ``torch.float8_e5m2`` or ``torch.int8``.
+            out_dtype: ``torch.float8_e4m3fn``, ``torch.float8_e5m2``, ``torch.int8``
+                or ``torch.float4_e2m1fn_x2`` (or "fp4_e2m1" where torch lacks it).
             scale_layout: "row", "col", "col_tma" or "ue8m0_packed" (the column
                 layouts need 2-D ``x``); see the module docstring for shapes.
             ue8m0: power-of-two scales (required for "ue8m0_packed").
@@ -655,10 +747,20 @@ if torch is not None:
             gate_up: None ("split": gate ``x[..., :H]``, up ``x[..., H:]``) or
                 "interleaved" (gate ``x[..., 0::2]``, up ``x[..., 1::2]``).
             scale_rounding: None ("ceil") or "floor", the OCP MX rule for
-                power-of-two scales (needs ``ue8m0`` and an fp8 output). MXFP8
-                is ``group_size=32, ue8m0=True, scale_rounding="floor"``, with
-                ``scale_layout="bytes"`` for E8M0 bytes (uint8 ``[..., NG]``;
-                ``.view(torch.float8_e8m0fnu)`` gives torch's type).
+                power-of-two scales (needs ``ue8m0`` and a floating-point
+                output). MXFP8 is ``group_size=32, ue8m0=True,
+                scale_rounding="floor"``, with ``scale_layout="bytes"`` for
+                E8M0 bytes (uint8 ``[..., NG]``; ``.view(torch.float8_e8m0fnu)``
+                gives torch's type) or ``"swizzled_128x4"`` for Blackwell's
+                block-scaled GEMMs (uint8 ``[Tp, NGp]``, 128x4 tiles).
+            global_scale: NVFP4's global scale (docs/contract.md section 8), a float32
+                CUDA tensor of one element on x's device, by vLLM's convention
+                ``448 * 6 / amax`` of the tensor; required for NVFP4
+                (``out_dtype=torch.float4_e2m1fn_x2`` or "fp4_e2m1",
+                ``group_size=16``, ``ue8m0=False``, layout "bytes" or
+                "swizzled_128x4": E4M3 scale bytes), refused otherwise. MXFP4 is
+                fp4_e2m1 with ``group_size=32, ue8m0=True``. fp4's q is
+                ``[..., H // 2]``, two e2m1 values a byte (low nibble first).
 
         Returns:
             ``(q, scales)``: q ``[..., H]`` of ``out_dtype``; scales per layout.
@@ -674,7 +776,8 @@ if torch is not None:
             name = _fast_name(out_dtype)
             if name is not None and launch is None and type(group_size) is int and type(ue8m0) is bool \
                     and (out is None) == (scales_out is None) and activation is None and alpha is None \
-                    and beta is None and limit is None and gate_up is None and scale_rounding is None:
+                    and beta is None and limit is None and gate_up is None and scale_rounding is None \
+                    and global_scale is None:
                 try:
                     if out is None:
                         return _RAW_OP(x, group_size, name, scale_layout, ue8m0, scale_ub, None)
@@ -684,7 +787,7 @@ if torch is not None:
                     raise _explained(e, x, None, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
                                      scales_out) from None
         return _checked_call(x, None, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out, launch,
-                             (activation, alpha, beta, limit, gate_up, scale_rounding))
+                             (activation, alpha, beta, limit, gate_up, scale_rounding), global_scale)
 
     def silu_mul_quant_masked(
         x: Tensor,
@@ -704,6 +807,7 @@ if torch is not None:
         limit: Optional[float] = None,
         gate_up: Optional[str] = None,
         scale_rounding: Optional[str] = None,
+        global_scale: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor]:
         """:func:`silu_mul_quant` of a MoE batch: ``x [E, T_max, 2H]``, expert
         ``e`` with ``masked_m[e]`` live rows (int32 CUDA tensor ``[E]``, read
@@ -719,7 +823,8 @@ if torch is not None:
             name = _fast_name(out_dtype)
             if name is not None and launch is None and type(group_size) is int and type(ue8m0) is bool \
                     and (out is None) == (scales_out is None) and activation is None and alpha is None \
-                    and beta is None and limit is None and gate_up is None and scale_rounding is None:
+                    and beta is None and limit is None and gate_up is None and scale_rounding is None \
+                    and global_scale is None:
                 try:
                     if out is None:
                         return _RAW_OP_MASKED(x, masked_m, group_size, name, scale_layout, ue8m0, scale_ub, None)
@@ -730,7 +835,7 @@ if torch is not None:
                     raise _explained(e, x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
                                      scales_out) from None
         return _checked_call(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out,
-                             launch, (activation, alpha, beta, limit, gate_up, scale_rounding))
+                             launch, (activation, alpha, beta, limit, gate_up, scale_rounding), global_scale)
 
 else:
     silu_mul_quant = _not_available  # type: ignore[assignment]

@@ -17,6 +17,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -30,8 +31,15 @@ namespace {
 // Kept in sync with python/bqjit/ops.py (MIN_GROUP, MAX_GROUP, MAX_HIDDEN).
 constexpr int64_t kMinGroup = 16, kMaxGroup = 1024, kMaxHidden = 65536;
 
-enum class OutType : int8_t { E4m3, E5m2, Int8 };
-enum class Layout : int8_t { Row, Col, ColTma, Ue8m0Packed, Bytes };
+enum class OutType : int8_t { E4m3, E5m2, Int8, E2m1 };
+enum class Layout : int8_t { Row, Col, ColTma, Ue8m0Packed, Bytes, Swizzled };
+
+// torch's packed e2m1 pair type (torch 2.8 and later); uint8 before it.
+#if __has_include(<c10/util/Float4_e2m1fn_x2.h>)
+constexpr at::ScalarType kFp4Scalar = at::kFloat4_e2m1fn_x2;
+#else
+constexpr at::ScalarType kFp4Scalar = at::kByte;
+#endif
 
 const char* const kStatusNames[] = {
     "ok",           "invalid-spec", "invalid-argument", "compile-failed", "cache-error",
@@ -52,7 +60,10 @@ OutType parseOut(const std::string& s) {
     return OutType::E5m2;
   if (s == "int8")
     return OutType::Int8;
-  TORCH_CHECK_VALUE(false, "out_dtype = '", s, "': must be one of fp8_e4m3, fp8_e5m2, int8");
+  if (s == "fp4_e2m1")
+    return OutType::E2m1;
+  TORCH_CHECK_VALUE(false, "out_dtype = '", s,
+                    "': must be one of fp8_e4m3, fp8_e5m2, int8, fp4_e2m1");
 }
 
 Layout parseLayout(const std::string& s) {
@@ -66,19 +77,26 @@ Layout parseLayout(const std::string& s) {
     return Layout::Ue8m0Packed;
   if (s == "bytes" || s == "e8m0")
     return Layout::Bytes;
+  if (s == "swizzled_128x4")
+    return Layout::Swizzled;
   TORCH_CHECK_VALUE(false, "scale_layout = '", s,
-                    "': must be one of row, col, col_tma, ue8m0_packed, bytes (alias e8m0)");
+                    "': must be one of row, col, col_tma, ue8m0_packed, bytes, swizzled_128x4 "
+                    "(alias e8m0)");
 }
 
 const char* outName(OutType o) {
-  return o == OutType::E4m3 ? "fp8_e4m3" : o == OutType::E5m2 ? "fp8_e5m2" : "int8";
+  return o == OutType::E4m3   ? "fp8_e4m3"
+         : o == OutType::E5m2 ? "fp8_e5m2"
+         : o == OutType::Int8 ? "int8"
+                              : "fp4_e2m1";
 }
 const char* layoutName(Layout l) {
-  return l == Layout::Row      ? "row"
-         : l == Layout::Col    ? "col"
-         : l == Layout::ColTma ? "col_tma"
-         : l == Layout::Bytes  ? "bytes"
-                               : "ue8m0_packed";
+  return l == Layout::Row        ? "row"
+         : l == Layout::Col      ? "col"
+         : l == Layout::ColTma   ? "col_tma"
+         : l == Layout::Bytes    ? "bytes"
+         : l == Layout::Swizzled ? "swizzled_128x4"
+                                 : "ue8m0_packed";
 }
 
 /// Row-major layouts (row, bytes): scales [..., NG] for x of any rank.
@@ -88,7 +106,16 @@ bool rowMajor(Layout l) {
 at::ScalarType outScalar(OutType o) {
   return o == OutType::E4m3   ? at::kFloat8_e4m3fn
          : o == OutType::E5m2 ? at::kFloat8_e5m2
-                              : at::kChar;
+         : o == OutType::Int8 ? at::kChar
+                              : kFp4Scalar;
+}
+/// Last dim of q: H, or H / 2 bytes of two e2m1 values.
+int64_t qColumns(int64_t h, OutType o) {
+  return o == OutType::E2m1 ? h / 2 : h;
+}
+/// NVFP4: fp4_e2m1 without power-of-two scales (docs/contract.md section 8).
+bool isNvfp4(OutType o, bool ue8m0) {
+  return o == OutType::E2m1 && !ue8m0;
 }
 /// The dtype as Python prints it ("torch.bfloat16").
 std::string dtypeText(at::ScalarType t) {
@@ -107,6 +134,10 @@ std::string dtypeText(at::ScalarType t) {
     return "torch.float8_e5m2";
   case at::kChar:
     return "torch.int8";
+#if __has_include(<c10/util/Float4_e2m1fn_x2.h>)
+  case at::kFloat4_e2m1fn_x2:
+    return "torch.float4_e2m1fn_x2";
+#endif
   case at::kByte:
     return "torch.uint8";
   case at::kInt:
@@ -131,15 +162,43 @@ std::string shapeText(at::IntArrayRef a) {
   return s.str();
 }
 
-void checkStatic(int64_t group, Layout layout, bool ue8m0) {
+/// The checks that need no tensor; the messages of python/bqjit/ops.py's _check_static.
+void checkStatic(int64_t group, OutType out, Layout layout, const std::string& layoutText,
+                 bool ue8m0) {
   TORCH_CHECK_VALUE(group >= kMinGroup && group <= kMaxGroup, "group_size = ", group,
                     ": must be in ", kMinGroup, "..", kMaxGroup);
+  const bool nvfp4 = isNvfp4(out, ue8m0);
+  if (out == OutType::E2m1) {
+    TORCH_CHECK_VALUE(!(group == 16 && ue8m0),
+                      "out_dtype = 'fp4_e2m1' with group_size = 16 is NVFP4, whose scales are "
+                      "E4M3: ue8m0 must be False (MXFP4 is group_size = 32 with ue8m0 = True)");
+    TORCH_CHECK_VALUE(!(group == 32 && !ue8m0),
+                      "out_dtype = 'fp4_e2m1' with group_size = 32 is MXFP4, whose scales are "
+                      "E8M0: ue8m0 must be True (NVFP4 is group_size = 16 with ue8m0 = False)");
+    TORCH_CHECK_VALUE(group == 16 || group == 32, "group_size = ", group,
+                      ": fp4_e2m1 needs G = 16 (NVFP4) or G = 32 with ue8m0 (MXFP4)");
+    TORCH_CHECK_VALUE(!nvfp4 || layout == Layout::Bytes || layout == Layout::Swizzled,
+                      "scale_layout = '", layoutText,
+                      "': NVFP4 (fp4_e2m1, group_size 16) stores E4M3 scale bytes: must be "
+                      "'bytes' or 'swizzled_128x4'");
+  }
   TORCH_CHECK_VALUE(layout != Layout::Ue8m0Packed || ue8m0,
                     "scale_layout = 'ue8m0_packed' needs ue8m0 = True (got ue8m0 = False): packed "
                     "scales are the exponents of power-of-two scales");
-  TORCH_CHECK_VALUE(layout != Layout::Bytes || ue8m0,
+  TORCH_CHECK_VALUE(layout != Layout::Bytes || ue8m0 || nvfp4,
                     "scale_layout = 'bytes' needs ue8m0 = True (got ue8m0 = False): its bytes "
                     "are the E8M0 exponents of power-of-two scales");
+  TORCH_CHECK_VALUE(layout != Layout::Swizzled || ue8m0 || nvfp4,
+                    "scale_layout = 'swizzled_128x4' needs ue8m0 = True (got ue8m0 = False): its "
+                    "bytes are E8M0 exponents (or NVFP4's E4M3); fp32 scales have no 128x4 layout");
+}
+
+/// A float32 tensor of one element on x's device (scale_ub, global_scale).
+void checkScalarTensor(const char* name, const at::Tensor& v, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(v.scalar_type() == at::kFloat && v.numel() == 1 && v.device() == x.device(),
+                    name, " must be a float32 tensor with one element on x's device (",
+                    x.device().str(), "), got dtype ", dtypeText(v.scalar_type()), ", ", v.numel(),
+                    " elements, device ", v.device().str());
 }
 
 struct Rows {
@@ -158,7 +217,8 @@ void checkDeviceAndDtype(const at::Tensor& x) {
 
 /// `sizes` and `strides` are x's, or one expert's of a masked batch.
 Rows checkInput(const at::Tensor& x, at::IntArrayRef sizes, at::IntArrayRef strides, int64_t group,
-                Layout layout, const std::optional<at::Tensor>& scaleUb) {
+                OutType out, Layout layout, bool ue8m0, const std::optional<at::Tensor>& scaleUb,
+                const std::optional<at::Tensor>& globalScale) {
   const int64_t dim = static_cast<int64_t>(sizes.size());
   checkDeviceAndDtype(x);
   TORCH_CHECK_VALUE(dim >= 1, "x must have at least one dimension [..., 2H], got a 0-d tensor");
@@ -174,14 +234,20 @@ Rows checkInput(const at::Tensor& x, at::IntArrayRef sizes, at::IntArrayRef stri
   TORCH_CHECK_VALUE(rowMajor(layout) || dim == 2, "scale_layout = '", layoutName(layout),
                     "' needs a 2-D x [T, 2H], got shape ", shapeText(sizes),
                     "; flatten the leading dims first (x.view(-1, x.shape[-1]))");
-  if (scaleUb) {
-    const at::Tensor& ub = *scaleUb;
-    TORCH_CHECK_VALUE(ub.scalar_type() == at::kFloat && ub.numel() == 1 &&
-                          ub.device() == x.device(),
-                      "scale_ub must be a float32 tensor with one element on x's device (",
-                      x.device().str(), "), got dtype ", dtypeText(ub.scalar_type()), ", ",
-                      ub.numel(), " elements, device ", ub.device().str());
-  }
+  if (scaleUb)
+    checkScalarTensor("scale_ub", *scaleUb, x);
+  const bool nvfp4 = isNvfp4(out, ue8m0);
+  TORCH_CHECK_VALUE(!nvfp4 || !scaleUb,
+                    "scale_ub must be None for NVFP4 (out_dtype 'fp4_e2m1', group_size 16): its "
+                    "block scales are bounded by 448 and set by global_scale");
+  TORCH_CHECK_VALUE(!nvfp4 || globalScale,
+                    "global_scale is None: NVFP4 (out_dtype 'fp4_e2m1', group_size 16) needs a "
+                    "float32 tensor with one element on x's device (448 * 6 / amax of the tensor, "
+                    "by vLLM's convention)");
+  TORCH_CHECK_VALUE(nvfp4 || !globalScale,
+                    "global_scale applies only to NVFP4 (out_dtype 'fp4_e2m1', group_size 16)");
+  if (globalScale)
+    checkScalarTensor("global_scale", *globalScale, x);
   int64_t t = 1;
   int64_t ldx = -1, expect = -1;
   for (int64_t i = dim - 2; i >= 0; --i) {
@@ -208,10 +274,11 @@ Rows checkInput(const at::Tensor& x, at::IntArrayRef sizes, at::IntArrayRef stri
   return {t, h, ldx};
 }
 
-/// The scale tensor of one expert: [T, NG] (or [T, NW] packed words) with its
-/// strides, and the elements the kernel writes (padding rows included).
+/// The scale tensor of one expert: [T, NG] (or [T, NW] packed words, or
+/// swizzled_128x4's [Tp, NGp] bytes) with its strides, and the elements the
+/// kernel writes (padding included).
 struct ScaleShape {
-  int64_t cols, strideT, strideJ, storage;
+  int64_t rows, cols, strideT, strideJ, storage;
 };
 
 ScaleShape scaleShape(Layout layout, int64_t t, int64_t ng) {
@@ -219,20 +286,26 @@ ScaleShape scaleShape(Layout layout, int64_t t, int64_t ng) {
   switch (layout) {
   case Layout::Row:
   case Layout::Bytes:
-    return {ng, ng, 1, t * ng};
+    return {t, ng, ng, 1, t * ng};
   case Layout::Col:
-    return {ng, 1, t, ng * t};
+    return {t, ng, 1, t, ng * t};
   case Layout::ColTma:
-    return {ng, 1, t4, ng * t4};
+    return {t, ng, 1, t4, ng * t4};
+  case Layout::Swizzled: {
+    const int64_t tp = (t + 127) / 128 * 128, ngp = (ng + 3) / 4 * 4;
+    return {tp, ngp, ngp, 1, tp * ngp};
+  }
   case Layout::Ue8m0Packed:
     break;
   }
   const int64_t nw = (ng + 3) / 4;
-  return {nw, 1, t4, nw * t4};
+  return {t, nw, 1, t4, nw * t4};
 }
 
 at::ScalarType scaleScalar(Layout l) {
-  return l == Layout::Ue8m0Packed ? at::kInt : l == Layout::Bytes ? at::kByte : at::kFloat;
+  return l == Layout::Ue8m0Packed                      ? at::kInt
+         : l == Layout::Bytes || l == Layout::Swizzled ? at::kByte
+                                                       : at::kFloat;
 }
 
 /// q and scales for x [..., 2H] (plain) or [E, T, 2H] (masked: per expert).
@@ -240,7 +313,7 @@ std::tuple<at::Tensor, at::Tensor> allocate(const at::Tensor& x, int64_t h, int6
                                             OutType out, Layout layout, bool masked) {
   std::vector<int64_t> lead(x.sizes().begin(), x.sizes().end() - 1);
   std::vector<int64_t> qShape = lead;
-  qShape.push_back(h);
+  qShape.push_back(qColumns(h, out));
   at::Tensor q = at::empty(qShape, x.options().dtype(outScalar(out)));
   const auto sOpts = x.options().dtype(scaleScalar(layout));
   const int64_t ng = h / group;
@@ -248,7 +321,7 @@ std::tuple<at::Tensor, at::Tensor> allocate(const at::Tensor& x, int64_t h, int6
     const int64_t e = x.size(0), t = x.size(1);
     const ScaleShape s = scaleShape(layout, t, ng);
     at::Tensor buf = at::empty({e * s.storage}, sOpts);
-    return {q, buf.as_strided({e, t, s.cols}, {s.storage, s.strideT, s.strideJ})};
+    return {q, buf.as_strided({e, s.rows, s.cols}, {s.storage, s.strideT, s.strideJ})};
   }
   if (rowMajor(layout)) {
     std::vector<int64_t> sShape = lead;
@@ -260,19 +333,21 @@ std::tuple<at::Tensor, at::Tensor> allocate(const at::Tensor& x, int64_t h, int6
   // The kernel writes all of storage (padding rows too), more than
   // empty_strided(shape, strides) would hold.
   at::Tensor buf = at::empty({s.storage}, sOpts);
-  return {q, buf.as_strided({t, s.cols}, {s.strideT, s.strideJ})};
+  return {q, buf.as_strided({s.rows, s.cols}, {s.strideT, s.strideJ})};
 }
 
 void checkOutputs(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, int64_t h,
                   int64_t group, OutType out, Layout layout, bool masked) {
   std::vector<int64_t> wantQ(x.sizes().begin(), x.sizes().end() - 1);
-  wantQ.push_back(h);
+  wantQ.push_back(qColumns(h, out));
   TORCH_CHECK_VALUE(q.device() == x.device(), "out is on device '", q.device().str(), "', x on '",
                     x.device().str(), "': must be the same device");
   TORCH_CHECK_TYPE(q.scalar_type() == outScalar(out), "out.dtype = ", dtypeText(q.scalar_type()),
                    ": must be ", dtypeText(outScalar(out)), " (the out_dtype)");
   TORCH_CHECK_VALUE(q.sizes() == at::IntArrayRef(wantQ), "out.shape = ", shapeText(q.sizes()),
-                    ": must be ", shapeText(wantQ), " (x.shape[:-1] + (H,))");
+                    ": must be ", shapeText(wantQ), " ",
+                    out == OutType::E2m1 ? "(x.shape[:-1] + (H // 2,): two e2m1 values a byte)"
+                                         : "(x.shape[:-1] + (H,))");
   TORCH_CHECK_VALUE(q.is_contiguous(), "out must be contiguous, got strides ",
                     shapeText(q.strides()));
   TORCH_CHECK_VALUE(scales.device() == x.device(), "scales_out is on device '",
@@ -284,9 +359,14 @@ void checkOutputs(const at::Tensor& x, const at::Tensor& q, const at::Tensor& sc
                    dtypeText(sdt), " for scale_layout '", layoutName(layout), "'");
   const int64_t ng = h / group;
   const int64_t t = masked ? x.size(1) : (rowMajor(layout) ? 0 : x.size(0));
-  if (!masked && rowMajor(layout)) {
+  if (!masked && (rowMajor(layout) || layout == Layout::Swizzled)) {
+    // Contiguous: [..., NG], or swizzled_128x4's [Tp, NGp] (x is 2-D).
     std::vector<int64_t> want(x.sizes().begin(), x.sizes().end() - 1);
     want.push_back(ng);
+    if (layout == Layout::Swizzled) {
+      const ScaleShape s = scaleShape(layout, x.size(0), ng);
+      want = {s.rows, s.cols};
+    }
     TORCH_CHECK_VALUE(scales.sizes() == at::IntArrayRef(want),
                       "scales_out.shape = ", shapeText(scales.sizes()), ": must be ",
                       shapeText(want), " for scale_layout '", layoutName(layout), "'");
@@ -297,10 +377,10 @@ void checkOutputs(const at::Tensor& x, const at::Tensor& q, const at::Tensor& sc
   const ScaleShape s = scaleShape(layout, t, ng);
   std::vector<int64_t> want, strides;
   if (masked) {
-    want = {x.size(0), t, s.cols};
+    want = {x.size(0), s.rows, s.cols};
     strides = {s.storage, s.strideT, s.strideJ};
   } else {
-    want = {t, s.cols};
+    want = {s.rows, s.cols};
     strides = {s.strideT, s.strideJ};
   }
   TORCH_CHECK_VALUE(scales.sizes() == at::IntArrayRef(want),
@@ -487,7 +567,8 @@ int64_t pow2Align(uint64_t a, uint64_t b) {
 void run(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, const Rows& r,
          int64_t group, OutType out, Layout layout, bool ue8m0,
          const std::optional<at::Tensor>& scaleUb, const std::optional<std::string>& launch,
-         const std::optional<std::string>& fields, const at::Tensor* maskedM) {
+         const std::optional<std::string>& fields, const at::Tensor* maskedM,
+         const std::optional<at::Tensor>& globalScale) {
   if (r.t == 0 || (maskedM && maskedM->size(0) == 0))
     return;
   const int device = x.get_device();
@@ -508,9 +589,10 @@ void run(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, con
   if (!launch) {
     const int64_t esize = x.element_size();
     const int64_t xa = pow2Align(xp, static_cast<uint64_t>(r.ldx * esize));
-    const int64_t qa = pow2Align(qp, 0);
+    // A vector of v values stores v bytes of q, v / 2 for fp4_e2m1.
+    const int64_t qa = pow2Align(qp, 0) * (out == OutType::E2m1 ? 2 : 1);
     if (xa < 16 || qa < 16)
-      key.maxVec = static_cast<int8_t>(std::min(xa / esize, qa));
+      key.maxVec = static_cast<int8_t>(std::min<int64_t>(std::min(xa / esize, qa), 16));
   }
   bqjit_kernel kernel = KernelTable::instance().get(key);
   bqjit_launch_args args{};
@@ -526,8 +608,11 @@ void run(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, con
   // current context: make x's device current.
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
   void* stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
-  if (bqjit_status st = bqjit_kernel_launch(kernel, &args, stream))
-    throwStatus(st, "bqjit_kernel_launch");
+  bqjit_launch_extra extra{};
+  extra.size = sizeof extra;
+  extra.global_scale = globalScale ? reinterpret_cast<uint64_t>(globalScale->data_ptr()) : 0;
+  if (bqjit_status st = bqjit_kernel_launch_ex(kernel, &args, &extra, stream))
+    throwStatus(st, "bqjit_kernel_launch_ex");
 }
 
 /// `fields`: None, or a JSON object of more spec fields, e.g.
@@ -540,15 +625,18 @@ void checkFields(const std::optional<std::string>& fields) {
                     "': must be None or a JSON object of spec fields");
 }
 
-Rows checkArguments(const at::Tensor& x, int64_t group, Layout layout, bool ue8m0,
-                 const std::optional<at::Tensor>& scaleUb, const at::Tensor* maskedM) {
-  checkStatic(group, layout, ue8m0);
+Rows checkArguments(const at::Tensor& x, int64_t group, OutType out, Layout layout,
+                    const std::string& layoutText, bool ue8m0,
+                    const std::optional<at::Tensor>& scaleUb, const at::Tensor* maskedM,
+                    const std::optional<at::Tensor>& globalScale) {
+  checkStatic(group, out, layout, layoutText, ue8m0);
   if (maskedM) {
     checkDeviceAndDtype(x);
     TORCH_CHECK_VALUE(x.dim() == 3, "x must be [E, T_max, 2H] for a masked batch, got shape ",
                       shapeText(x.sizes()));
     // Each expert is a [T_max, 2H] batch: every layout applies per expert.
-    Rows r = checkInput(x, x.sizes().slice(1), x.strides().slice(1), group, layout, scaleUb);
+    Rows r = checkInput(x, x.sizes().slice(1), x.strides().slice(1), group, out, layout, ue8m0,
+                        scaleUb, globalScale);
     checkMasked(x, *maskedM);
     if (x.size(1) == 1 && x.size(0) > 1) {
       // One row an expert: the expert stride is the row pitch.
@@ -560,19 +648,21 @@ Rows checkArguments(const at::Tensor& x, int64_t group, Layout layout, bool ue8m
     r.t = x.size(0) * x.size(1);
     return r;
   }
-  return checkInput(x, x.sizes(), x.strides(), group, layout, scaleUb);
+  return checkInput(x, x.sizes(), x.strides(), group, out, layout, ue8m0, scaleUb, globalScale);
 }
 
 std::tuple<at::Tensor, at::Tensor>
 siluMulQuant(const at::Tensor& x, int64_t group, const std::string& outDtype,
              const std::string& scaleLayout, bool ue8m0, const std::optional<at::Tensor>& scaleUb,
-             const std::optional<std::string>& launch, const std::optional<std::string>& fields) {
+             const std::optional<std::string>& launch, const std::optional<std::string>& fields,
+             const std::optional<at::Tensor>& globalScale) {
   const OutType out = parseOut(outDtype);
   const Layout layout = parseLayout(scaleLayout);
   checkFields(fields);
-  const Rows r = checkArguments(x, group, layout, ue8m0, scaleUb, nullptr);
+  const Rows r =
+      checkArguments(x, group, out, layout, scaleLayout, ue8m0, scaleUb, nullptr, globalScale);
   auto [q, s] = allocate(x, r.h, group, out, layout, false);
-  run(x, q, s, r, group, out, layout, ue8m0, scaleUb, launch, fields, nullptr);
+  run(x, q, s, r, group, out, layout, ue8m0, scaleUb, launch, fields, nullptr, globalScale);
   return {q, s};
 }
 
@@ -580,25 +670,29 @@ void siluMulQuantOut(const at::Tensor& x, const at::Tensor& q, const at::Tensor&
                      int64_t group, const std::string& outDtype, const std::string& scaleLayout,
                      bool ue8m0, const std::optional<at::Tensor>& scaleUb,
                      const std::optional<std::string>& launch,
-                     const std::optional<std::string>& fields) {
+                     const std::optional<std::string>& fields,
+                     const std::optional<at::Tensor>& globalScale) {
   const OutType out = parseOut(outDtype);
   const Layout layout = parseLayout(scaleLayout);
   checkFields(fields);
-  const Rows r = checkArguments(x, group, layout, ue8m0, scaleUb, nullptr);
+  const Rows r =
+      checkArguments(x, group, out, layout, scaleLayout, ue8m0, scaleUb, nullptr, globalScale);
   checkOutputs(x, q, scales, r.h, group, out, layout, false);
-  run(x, q, scales, r, group, out, layout, ue8m0, scaleUb, launch, fields, nullptr);
+  run(x, q, scales, r, group, out, layout, ue8m0, scaleUb, launch, fields, nullptr, globalScale);
 }
 
 std::tuple<at::Tensor, at::Tensor> siluMulQuantMasked(
     const at::Tensor& x, const at::Tensor& maskedM, int64_t group, const std::string& outDtype,
     const std::string& scaleLayout, bool ue8m0, const std::optional<at::Tensor>& scaleUb,
-    const std::optional<std::string>& launch, const std::optional<std::string>& fields) {
+    const std::optional<std::string>& launch, const std::optional<std::string>& fields,
+    const std::optional<at::Tensor>& globalScale) {
   const OutType out = parseOut(outDtype);
   const Layout layout = parseLayout(scaleLayout);
   checkFields(fields);
-  const Rows r = checkArguments(x, group, layout, ue8m0, scaleUb, &maskedM);
+  const Rows r =
+      checkArguments(x, group, out, layout, scaleLayout, ue8m0, scaleUb, &maskedM, globalScale);
   auto [q, s] = allocate(x, r.h, group, out, layout, true);
-  run(x, q, s, r, group, out, layout, ue8m0, scaleUb, launch, fields, &maskedM);
+  run(x, q, s, r, group, out, layout, ue8m0, scaleUb, launch, fields, &maskedM, globalScale);
   return {q, s};
 }
 
@@ -607,13 +701,15 @@ void siluMulQuantMaskedOut(const at::Tensor& x, const at::Tensor& maskedM, const
                            const std::string& scaleLayout, bool ue8m0,
                            const std::optional<at::Tensor>& scaleUb,
                            const std::optional<std::string>& launch,
-                           const std::optional<std::string>& fields) {
+                           const std::optional<std::string>& fields,
+                           const std::optional<at::Tensor>& globalScale) {
   const OutType out = parseOut(outDtype);
   const Layout layout = parseLayout(scaleLayout);
   checkFields(fields);
-  const Rows r = checkArguments(x, group, layout, ue8m0, scaleUb, &maskedM);
+  const Rows r =
+      checkArguments(x, group, out, layout, scaleLayout, ue8m0, scaleUb, &maskedM, globalScale);
   checkOutputs(x, q, scales, r.h, group, out, layout, true);
-  run(x, q, scales, r, group, out, layout, ue8m0, scaleUb, launch, fields, &maskedM);
+  run(x, q, scales, r, group, out, layout, ue8m0, scaleUb, launch, fields, &maskedM, globalScale);
 }
 
 int64_t tableSize() {
@@ -626,16 +722,18 @@ TORCH_LIBRARY(bqjit, m) {
   // The fake (meta) implementations for torch.compile live in this module.
   m.set_python_module("bqjit.ops");
   m.def("silu_mul_quant(Tensor x, int group_size, str out_dtype, str scale_layout, bool ue8m0, "
-        "Tensor? scale_ub, str? launch, str? fields=None) -> (Tensor, Tensor)");
+        "Tensor? scale_ub, str? launch, str? fields=None, Tensor? global_scale=None) -> (Tensor, "
+        "Tensor)");
   m.def("silu_mul_quant_out(Tensor x, Tensor(a!) q, Tensor(b!) scales, int group_size, "
         "str out_dtype, str scale_layout, bool ue8m0, Tensor? scale_ub, str? launch, str? "
-        "fields=None) -> ()");
+        "fields=None, Tensor? global_scale=None) -> ()");
   m.def("silu_mul_quant_masked(Tensor x, Tensor masked_m, int group_size, str out_dtype, "
-        "str scale_layout, bool ue8m0, Tensor? scale_ub, str? launch, str? fields=None) -> "
+        "str scale_layout, bool ue8m0, Tensor? scale_ub, str? launch, str? fields=None, "
+        "Tensor? global_scale=None) -> "
         "(Tensor, Tensor)");
   m.def("silu_mul_quant_masked_out(Tensor x, Tensor masked_m, Tensor(a!) q, Tensor(b!) scales, "
         "int group_size, str out_dtype, str scale_layout, bool ue8m0, Tensor? scale_ub, "
-        "str? launch, str? fields=None) -> ()");
+        "str? launch, str? fields=None, Tensor? global_scale=None) -> ()");
   m.def("kernel_table_size() -> int", &tableSize);
 }
 
