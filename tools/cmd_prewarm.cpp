@@ -296,7 +296,8 @@ void addPrewarmCommand(CLI::App& app, Action& action) {
             "Manifest: {\"archs\": [\"sm_90\"], \"defaults\": {spec fields}, \"specs\": [{spec}, "
             "...], \"comment\": \"...\"}. Each spec is a KernelSpec JSON object (hidden, "
             "group_size, in_dtype, out_dtype, scale_layout, ue8m0, scale_ub, masked, arch, "
-            "launch, activation, alpha, beta, limit, gate_up, scale_rounding) over \"defaults\"; "
+            "launch, activation, alpha, beta, limit, gate_up, scale_rounding, min_scale) over "
+            "\"defaults\"; "
             "one naming \"arch\" is built for that arch only, the "
             "others for every entry of \"archs\". Progress goes to stderr, the summary to stdout.");
   sub->callback([options, &action] {
