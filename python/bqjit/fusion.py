@@ -184,6 +184,9 @@ if _ops.HAVE_TORCH:
         except Exception:  # pragma: no cover - an expression torch cannot compare
             return False
 
+    def _same_shape(a: Sequence[Any], b: Sequence[Any]) -> bool:
+        return len(a) == len(b) and all(_sym_equal(p, q) for p, q in zip(a, b))
+
     def _peel_noop(n: Any) -> Any:
         """Through conversions of fp32 to fp32 (no-ops that a spelling may leave)."""
         while _is(n, prims.convert_element_type.default) and n.args[1] is _F32 and _dtype(n.args[0]) is _F32:
@@ -329,7 +332,7 @@ if _ops.HAVE_TORCH:
         if _is(n, aten.unsqueeze.default) and _last_dim(n.args[1], _val(n).dim()):
             n = scale = n.args[0]
         elif _is(n, *_VIEWS) and _val(n) is not None and _val(n.args[0]) is not None and \
-                tuple(_val(n).shape) == tuple(_val(n.args[0]).shape) + (1,):
+                _same_shape(_val(n).shape, tuple(_val(n.args[0]).shape) + (1,)):
             n = scale = n.args[0]
         while n is not amax:
             if not isinstance(n, torch.fx.Node):
@@ -342,6 +345,8 @@ if _ops.HAVE_TORCH:
             elif _is(n, aten.clamp_min.default) and _number(n.args[1]):
                 ops.append(("floor", float(n.args[1])))
                 n = n.args[0]
+            elif _is(n, aten.clamp_max.default):
+                raise _NoMatch(f"{n.name} bounds the scale above (clamp max={n.args[1]}); not matched")
             elif _is(n, aten.clamp.default):
                 lo, hi = _arg(n, 1, "min"), _arg(n, 2, "max")
                 if hi is not None:
@@ -391,7 +396,8 @@ if _ops.HAVE_TORCH:
     # ---- the quantization of y / s -----------------------------------------------------------
 
     def _quant_chain(div: Any) -> Tuple[Any, str, Optional[float], Optional[float], bool]:
-        """From y / s to the conversion: (convert node, out name, lo, hi, rounded)."""
+        """From y / s to the conversion: (convert node, out name, lo, hi, rounded);
+        lo and hi are the bounds that act (the tightest of several clamps)."""
         n = div
         lo = hi = None
         rounded = False
@@ -401,21 +407,26 @@ if _ops.HAVE_TORCH:
             if len(nxt) != 1:
                 raise _NoMatch(f"y / scale ({div.name}) does not lead to one conversion to fp8 or int8")
             n = nxt[0]
-            if n.target is aten.clamp_min.default:
-                lo = n.args[1]
-            elif n.target is aten.clamp_max.default:
-                hi = n.args[1]
-            elif n.target is aten.clamp.default:
-                lo, hi = _arg(n, 1, "min", lo), _arg(n, 2, "max", hi)
-            elif n.target is aten.round.default:
-                rounded = True
-            else:
+            if n.target is prims.convert_element_type.default:
                 name = _OUT_NAMES.get(str(n.args[1]).replace("torch.", ""))
                 if name is None:
                     raise _NoMatch(f"{n.name} converts to {n.args[1]}, not float8_e4m3fn, float8_e5m2 or int8")
                 return n, name, lo, hi, rounded
-            if (lo is not None and not _number(lo)) or (hi is not None and not _number(hi)):
+            if n.target is aten.round.default:
+                rounded = True
+                continue
+            if n.target is aten.clamp_min.default:
+                new_lo, new_hi = n.args[1], None
+            elif n.target is aten.clamp_max.default:
+                new_lo, new_hi = None, n.args[1]
+            else:
+                new_lo, new_hi = _arg(n, 1, "min"), _arg(n, 2, "max")
+            if (new_lo is not None and not _number(new_lo)) or (new_hi is not None and not _number(new_hi)):
                 raise _NoMatch(f"{n.name} clamps with a tensor bound")
+            if new_lo is not None:
+                lo = new_lo if lo is None else max(lo, new_lo)
+            if new_hi is not None:
+                hi = new_hi if hi is None else min(hi, new_hi)
 
     def _check_quant(out: str, lo: Any, hi: Any, rounded: bool) -> None:
         qmax = _QMAX[out]
@@ -535,13 +546,16 @@ if _ops.HAVE_TORCH:
         # y / s: the numerator a view of y in groups, the divisor computed from amax.
         numerators = [group_view] if group_view.args[0] is y else []
         numerators += [u for u in y.users if _is(u, *_VIEWS) and u is not group_view and _val(u) is not None
-                       and len(_val(u).shape) == len(gv.shape)
-                       and all(_sym_equal(a, b) for a, b in zip(_val(u).shape, gv.shape))]
+                       and _same_shape(_val(u).shape, gv.shape)]
         found = None
         reasons = []
         for num in numerators:
             for u in num.users:
                 if _is(u, aten.div.Tensor) and u.args[0] is num and isinstance(u.args[1], torch.fx.Node):
+                    dv = _val(u.args[1])
+                    if dv is None or not _same_shape(dv.shape, tuple(gv.shape[:-1]) + (1,)):
+                        reasons.append(f"{u.name} divides y by {u.args[1].name}, which is not one value per group")
+                        continue
                     try:
                         found = (u, num) + _scale_chain(u.args[1], amax)
                         break
@@ -611,6 +625,15 @@ if _ops.HAVE_TORCH:
         return args
 
     def _rewrite_one(graph: torch.fx.Graph, m: _Match, op: Any) -> None:
+        before = set(graph.nodes)
+        try:
+            _insert(graph, m, op)
+        except Exception:
+            for n in reversed([n for n in graph.nodes if n not in before]):
+                graph.erase_node(n)
+            raise
+
+    def _insert(graph: torch.fx.Graph, m: _Match, op: Any) -> None:
         xv = _val(m.x)
         fields = _fields(m)
         args = (m.x, m.g, m.out, m.layout, m.ue8m0, None, None, fields)

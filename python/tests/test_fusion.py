@@ -335,6 +335,22 @@ def wrong_qmax(x):
     return (yg / s).clamp(-240.0, 240.0).to(torch.float8_e4m3fn), s
 
 
+def tighter_clamp_first(x):
+    g, u = _halves(x)
+    y = F.silu(g) * u
+    yg = y.view(y.shape[0], -1, 128)
+    s = yg.abs().amax(-1, keepdim=True).clamp(min=1e-10) / 448.0
+    return (yg / s).clamp(min=-100.0).clamp(-448.0, 448.0).to(torch.float8_e4m3fn), s
+
+
+def scale_bounded_above(x):
+    g, u = _halves(x)
+    y = F.silu(g) * u
+    yg = y.view(y.shape[0], -1, 128)
+    s = (yg.abs().amax(-1, keepdim=True) / 448.0).clamp(min=1e-12, max=1e-2)
+    return (yg / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn), s
+
+
 # name: (function, H, phrase of the reason)
 NEAR_MISSES = {
     "reciprocal_multiply": (reciprocal_multiply, 512, "reciprocal"),
@@ -345,6 +361,8 @@ NEAR_MISSES = {
     "y_rounded_to_bf16": (y_rounded_to_bf16, 512, "rounded to torch.bfloat16"),
     "int8_truncates": (int8_truncates, 512, "without round()"),
     "wrong_qmax": (wrong_qmax, 512, "not [-448.0, 448.0]"),
+    "tighter_clamp_first": (tighter_clamp_first, 512, "the clamp is [-100.0, 448.0]"),
+    "scale_bounded_above": (scale_bounded_above, 512, "bounds the scale above"),
 }
 
 
