@@ -15,6 +15,7 @@ tolerance. Near misses are left alone, with the reason, and still run.
 """
 import json
 import math
+import os
 
 import pytest
 
@@ -25,7 +26,8 @@ import torch._inductor.config as inductor_config  # noqa: E402
 from bqjit import fusion  # noqa: E402
 
 HAVE_CUDA = torch.cuda.is_available()
-DEVICES = ["cpu"] + (["cuda"] if HAVE_CUDA else [])
+# BQJIT_FUSION_DEVICES=cuda (bench/device_run.sh fusion): the GPU cases only.
+DEVICES = os.environ.get("BQJIT_FUSION_DEVICES", "cpu,cuda" if HAVE_CUDA else "cpu").split(",")
 _F32 = torch.float32
 QMAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0, torch.int8: 127.0}
 NAMES = {torch.float8_e4m3fn: "fp8_e4m3", torch.float8_e5m2: "fp8_e5m2", torch.int8: "int8"}
