@@ -517,9 +517,12 @@ if _ops.HAVE_TORCH:
             keep = bool(_arg(red, 2, "keepdim", False))
             if not _last_dim(_arg(red, 1, "dim"), _val(src).dim()):
                 raise _NoMatch(f"{red.name} reduces dim {_arg(red, 1, 'dim')}, not the last one")
-            if any(not (_is(u, operator.getitem) and u.args[1] == 0) for u in red.users) or len(red.users) != 1:
+            values = [u for u in red.users if _is(u, operator.getitem) and u.args[1] == 0]
+            rest = [u for u in red.users if u not in values and not (_is(u, operator.getitem) and u.args[1] == 1
+                                                                      and not u.users)]
+            if rest or len(values) != 1:
                 raise _NoMatch(f"{red.name}: the indices of max() are used")
-            amax = next(iter(red.users))
+            amax = values[0]
         # |y| in groups: abs(view(y)) or view(abs(y)).
         if _is(src, aten.abs.default) and _is(src.args[0], *_VIEWS):
             group_view = src.args[0]

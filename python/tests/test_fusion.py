@@ -524,6 +524,57 @@ def test_spelling_is_rewritten_and_equals_the_uncompiled_code(name, device):
         assert args[3] == layout and args[4] == ue8m0, args
 
 
+class _Traced(Exception):
+    """Raised by the capturing compiler instead of running the graph."""
+
+
+@pytest.mark.parametrize("name", list(SPELLINGS))
+def test_rewrites_into_the_bqjit_op_on_fake_cuda_tensors(name):
+    """No GPU needed: dynamo and AOT autograd (Inductor's decompositions)
+    trace the spelling on fake CUDA tensors of dynamic T; the pass rewrites
+    it into torch.ops.bqjit.silu_mul_quant, whose own fake (the one Inductor
+    will call) then runs under the symbolic shapes and gives the shapes,
+    dtypes and strides of the original graph's outputs."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._guards import detect_fake_mode
+    from torch._inductor.decomposition import select_decomp_table
+
+    fn, dtype, h, three_d, layout, ue8m0 = SPELLINGS[name]
+    seen = {}
+
+    def compiler(gm, example_inputs):
+        mode = detect_fake_mode(example_inputs)
+        with mode:
+            seen["before"] = gm(*example_inputs)
+        seen["rewritten"] = fusion.rewrite(gm.graph)
+        gm.recompile()
+        with mode:
+            seen["after"] = gm(*example_inputs)
+        seen["graph"] = gm.graph
+
+        def run(*args):
+            raise _Traced()
+        return run
+
+    torch._dynamo.reset()
+    backend = aot_autograd(fw_compiler=compiler, decompositions=select_decomp_table())
+    traced = torch.compile(lambda x: fn(x.to("cuda")), backend=backend, fullgraph=True)
+    x = make_x(lead_of(9, three_d), h, dtype, "cpu", seed=1)
+    torch._dynamo.mark_dynamic(x, 1 if three_d else 0)
+    with pytest.raises(_Traced):
+        traced(x)
+    assert seen["rewritten"] == 1, list(fusion.last_declines)[-2:]
+    calls = [n for n in seen["graph"].nodes if n.target is torch.ops.bqjit.silu_mul_quant.default]
+    assert len(calls) == 1 and calls[0].args[3] == layout and calls[0].args[4] == ue8m0, calls
+    assert not [n for n in seen["graph"].nodes if "amax" in str(n.target) or "aten.max" in str(n.target)]
+    t_sym = calls[0].args[0].meta["val"].shape[1 if three_d else 0]
+    assert not isinstance(t_sym, int), "T must be symbolic in the traced graph"
+    for a, b in zip(seen["after"], seen["before"]):
+        if isinstance(b, torch.Tensor):
+            assert a.shape == b.shape and a.dtype == b.dtype and a.device == b.device, (a.shape, b.shape)
+            assert a.stride() == b.stride(), (a.stride(), b.stride())
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_min_scale_comes_from_the_floor(device):
     """eps on amax before / QMAX is min_scale = fl32(eps / QMAX); eps on the
