@@ -474,9 +474,12 @@ if _ops.HAVE_TORCH:
         m = next(iter(n.users))
         t4 = (t + 3) // 4 * 4
         mv = _val(m)
-        if mv is None:
+        if mv is None or mv.dtype is not _F32:
             return None
-        if _is(m, aten.clone.default) and m.kwargs.get("memory_format") in (None, torch.contiguous_format):
+        # clone(memory_format=contiguous) is .contiguous(); a clone that
+        # preserves the format copies the row-major memory: row.
+        if _is(m, aten.clone.default) and m.kwargs.get("memory_format") is torch.contiguous_format and \
+                _contiguous(mv):
             return "col", m, "transposed"
         if _is(m, aten.copy.default) and m.args[1] is n and _is(m.args[0], *_ALLOCS):
             if mv.dim() == 2 and _sym_equal(mv.shape[0], ng) and _sym_equal(mv.shape[1], t) and _contiguous(mv):

@@ -255,6 +255,20 @@ def int8_col_bound127(G=128):
     return f
 
 
+def transposed_view_only(G=128, out=torch.float8_e4m3fn, eps=1e-10):
+    """Scales returned as s.t(), a view of row-major memory (not made
+    contiguous): the pass keeps row layout."""
+    def f(x):
+        g, u = _halves(x)
+        y = F.silu(g) * u
+        t, h = y.shape
+        yg = y.view(t, h // G, G)
+        s = yg.abs().amax(-1, keepdim=True).clamp(min=eps) / QMAX[out]
+        q = (yg / s).clamp(-QMAX[out], QMAX[out]).to(out)
+        return q.view(t, h), s.view(t, h // G).t()
+    return f
+
+
 # name: (factory, x dtype, H, 3-D, layout the pass must choose, ue8m0)
 SPELLINGS = {
     "silu_split_row_g128": (silu_split_row(128), torch.bfloat16, 512, False, "row", False),
@@ -267,6 +281,7 @@ SPELLINGS = {
     "unflatten_select_abs_first_g128": (unflatten_select_abs_first(128), torch.float32, 256, False, "row", False),
     "int8_col_bound127_g128": (int8_col_bound127(128), torch.bfloat16, 512, False, "col", False),
     "vllm_native_int8_g96": (vllm_native(96, torch.int8), torch.bfloat16, 384, False, "row", False),
+    "transposed_view_only_g128": (transposed_view_only(128), torch.bfloat16, 256, False, "row", False),
 }
 
 
