@@ -474,7 +474,7 @@ if _ops.HAVE_TORCH:
         m = next(iter(n.users))
         t4 = (t + 3) // 4 * 4
         mv = _val(m)
-        if mv is None or mv.dtype is not _F32:
+        if not isinstance(mv, torch.Tensor) or mv.dtype is not _F32:
             return None
         # clone(memory_format=contiguous) is .contiguous(); a clone that
         # preserves the format copies the row-major memory: row.
