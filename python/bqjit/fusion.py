@@ -83,7 +83,8 @@ __all__ = ["install", "uninstall", "backend", "FusionPass", "rewrite", "stats", 
 
 log = logging.getLogger("bqjit.fusion")
 
-#: Counters over the process: "rewritten", "declined" (candidates left alone).
+#: Counters over the process: "rewritten", "declined" (candidates left alone),
+#: "internal_errors" (declined because the pass itself failed: a bug to report).
 stats: Counter = Counter()
 #: The most recent (candidate node, reason) pairs of declined candidates.
 last_declines: deque = deque(maxlen=64)
@@ -711,6 +712,7 @@ if _ops.HAVE_TORCH:
                 continue
             except Exception as e:  # never break a compile: leave the graph as it was
                 stats["declined"] += 1
+                stats["internal_errors"] += 1
                 last_declines.append((red.name, f"internal error: {e!r}"))
                 log.debug("not rewritten: %s: internal error", red.name, exc_info=True)
                 continue

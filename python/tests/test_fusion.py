@@ -515,6 +515,7 @@ def lead_of(t, three_d):
 def test_spelling_is_rewritten_and_equals_the_uncompiled_code(name, device):
     factory, dtype, h, three_d, layout, ue8m0 = SPELLINGS[name]
     fn = factory
+    errors = fusion.stats["internal_errors"]
     c = Compiled(fn, device)
     # F.pad by 0 columns (T % 4 == 0) returns its input, so the padded
     # spelling itself has two graphs (pad 0 or not); each serves every T.
@@ -535,6 +536,7 @@ def test_spelling_is_rewritten_and_equals_the_uncompiled_code(name, device):
     assert op in graph, f"{name}: not rewritten; declines: {list(fusion.last_declines)[-3:]}\n{graph}"
     assert "amax" not in graph and "aten.max" not in graph, graph
     assert len(c.capture.calls) == graphs
+    assert fusion.stats["internal_errors"] == errors, list(fusion.last_declines)[-3:]
     for args in c.capture.calls:
         assert args[3] == layout and args[4] == ue8m0, args
 
