@@ -2,7 +2,7 @@
 # Runs on the GPU machine: every GPU test, the examples (host_app; consumer,
 # built against devpack/ as an installed prefix), the CLI checks, the
 # Python tests, the benchmark and a tuning demonstration; logs go to $OUT.
-# Usage: bash bench/device_run.sh [tests|torch|bench|tune|warm|all|ab|ncu|act|fp4] [bench args...]
+# Usage: bash bench/device_run.sh [tests|torch|bench|tune|warm|all|ab|ncu|act|fp4|fusion] [bench args...]
 #   torch: the wheel (devpack/site, with its C++ op library): the Python tests,
 #   the Python-op fallback's tests, and bench/torch_overhead.py.
 #   warm: the warm-path benchmark (bench/warm_path), C++ and C API.
@@ -17,6 +17,11 @@
 #   a same-size copy and torch.compile).
 #   ab: this build against devpack/old (another build's libbqjit.so); ncu: both
 #   under Nsight Compute at one shape (NCU_SHAPE=H:T:G).
+#   fusion: issue 20 with the wheel (devpack/site): the kernel suite's min_scale
+#   cases, `bqjit verify` of a min_scale spec, python/tests/test_fusion.py (the
+#   pass on the GPU) and the min_scale keyword tests, then
+#   bench/bench_fusion_mlp.py (the gated MLP block, torch.compile alone and with
+#   the pass). FUSION_PART=tests or bench runs one half (each fits 600 s alone).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}
@@ -165,6 +170,39 @@ if [ "$what" = fp4 ]; then
       timeout 120 devpack/bin/bqjit tune $spec --tokens 8192 --iters 10 2>&1 | tail -8 |
         tee -a "$OUT/tune_fp4.txt"
     done
+  fi
+fi
+if [ "$what" = fusion ]; then
+  part=${FUSION_PART:-all}
+  if [ "$part" != bench ]; then
+    devpack/bin/test_gpu_kernel --gtest_brief=1 --gtest_filter='*minscale*:GpuKernelCases.*' \
+      >"$OUT/test_gpu_kernel_minscale.log" 2>&1
+    echo "test_gpu_kernel (min_scale cases): exit $? $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' \
+      "$OUT/test_gpu_kernel_minscale.log" | tr '\n' ' ')" | tee "$OUT/summary_fusion.txt"
+    for spec in "hidden=14336 G=128 min_scale=2.2321428e-13" \
+                "hidden=12288 G=128 min_scale=1e-3 layout=col_tma ue8m0=1" "hidden=768 G=96 out=int8 min_scale=3e-3"; do
+      devpack/bin/bqjit verify $spec --tokens 1025 2>&1 | tail -1 | cut -c1-200 | tee -a "$OUT/summary_fusion.txt"
+    done
+    if [ -d devpack/site ]; then
+      (
+        unset BQJIT_LIBRARY
+        # The GPU cases only (the CPU cases of test_fusion.py run where no GPU is).
+        export PYTHONPATH=$PWD/devpack/site BQJIT_EXPECT_OPS=cpp BQJIT_FUSION_DEVICES=cuda
+        repo=$PWD
+        cd /tmp && timeout 330 python3 -m pytest -q -rs -s -p no:cacheprovider "$repo/python/tests/test_fusion.py" \
+          "$repo/python/tests/test_torch_ops.py" -k "test_fusion or min_scale" 2>&1 |
+          grep -E '^\[fusion\]|passed|failed|error|FAILED|ERROR|SKIPPED' | tail -60
+      ) | tee "$OUT/pytest-fusion.txt"
+    else
+      echo "fusion: devpack/site missing (pack with BQJIT_TORCH_PYTHON set)" | tee "$OUT/pytest-fusion.txt"
+    fi
+  fi
+  if [ "$part" != tests ]; then
+    (
+      unset BQJIT_LIBRARY
+      export PYTHONPATH=$PWD/devpack/site
+      timeout 400 python3 bench/bench_fusion_mlp.py --json "$OUT/bench_fusion_mlp.json" "$@" 2>&1
+    ) | tee "$OUT/bench_fusion_mlp.txt"
   fi
 fi
 if [ "$what" = warm ] || [ "$what" = all ]; then

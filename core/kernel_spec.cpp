@@ -41,6 +41,20 @@ bool isPowerOfTwo(int v) {
   return v > 0 && (v & (v - 1)) == 0;
 }
 
+// 2^ceil(log2(v)) of a positive normal fp32, exactly (as the kernel rounds
+// power-of-two scales), at most 2^127.
+float pow2CeilCapped(float v) {
+  int e = 0;
+  const float m = std::frexp(v, &e); // v = m * 2^e, 0.5 <= m < 1
+  const int ceilLog2 = m == 0.5f ? e - 1 : e;
+  return ceilLog2 >= 127 ? 0x1p127f : std::ldexp(1.0f, ceilLog2);
+}
+
+// A number the message shows as the fp32 it was rounded to.
+std::string floatText(float v) {
+  return shortestFloatText(v);
+}
+
 } // namespace
 
 int dtypeBytes(InDtype dtype) {
@@ -275,6 +289,39 @@ ActivationForm KernelSpec::activationForm() const {
   return form;
 }
 
+float KernelSpec::minScaleValue() const {
+  return minScaleForm().value_or(bqjit::minScale(outDtype));
+}
+
+std::optional<float> KernelSpec::minScaleForm() const {
+  if (!minScale)
+    return std::nullopt;
+  const float m = *minScale;
+  // An invalid value (or one with floor, where it is an error) stays as
+  // given, so that the error and the JSON show it.
+  if (!(std::isfinite(m) && m >= FLT_MIN) || scaleRounding != ScaleRounding::Ceil)
+    return minScale;
+  const float def = bqjit::minScale(outDtype);
+  if (ue8m0) {
+    // The floor only reaches the scale through 2^ceil(log2(.)), which is
+    // monotone: max(a, m) and max(a, 2^ceil(log2 m)) round to the same power.
+    const float p = pow2CeilCapped(m);
+    if (p == pow2CeilCapped(def))
+      return std::nullopt;
+    return p;
+  }
+  if (m == def)
+    return std::nullopt;
+  return m;
+}
+
+bool KernelSpec::sameMinScale(const KernelSpec& o) const {
+  const std::optional<float> a = minScaleForm(), b = o.minScaleForm();
+  if (a.has_value() != b.has_value())
+    return false;
+  return !a || std::memcmp(&*a, &*b, sizeof(float)) == 0;
+}
+
 llvm::Error validateShape(const KernelSpec& spec, const LaunchShape& s) {
   const std::string v = std::to_string(s.vecWidth);
   if (!isPowerOfTwo(s.vecWidth) || s.vecWidth * dtypeBytes(spec.inDtype) > 16)
@@ -390,7 +437,21 @@ llvm::Error KernelSpec::validate() const {
       return specError("scale_ub", "true",
                        "must be false with scale_rounding floor (the OCP MX rule has no upper "
                        "bound)");
+    if (minScale)
+      return specError("min_scale", floatText(*minScale),
+                       "applies only to scale_rounding ceil (the OCP MX floor rule takes "
+                       "2^(floor(log2(amax)) - EMAX) with no minimum scale); leave it out");
   }
+  if (minScale && outDtype == OutDtype::FP4E2M1)
+    return specError("min_scale", floatText(*minScale),
+                     "does not apply to fp4_e2m1 (docs/contract.md section 8: NVFP4's scales "
+                     "follow global_scale, MXFP4's floor is 2^-127); leave it out");
+  if (minScale && !(std::isfinite(*minScale) && *minScale >= FLT_MIN))
+    return specError("min_scale", floatText(*minScale),
+                     "must be a finite fp32 number >= 1.17549435e-38 (2^-126, the smallest "
+                     "normal) after rounding to fp32: the scale is a divisor, and a subnormal "
+                     "or zero scale has no exact reciprocal in the kernel (leave it out for "
+                     "MIN_SCALE of the output type)");
   if (auto parsed = Arch::parse(arch); !parsed)
     return parsed.takeError();
   if (shape)
@@ -431,6 +492,13 @@ nlohmann::json KernelSpec::toJson() const {
     j["gate_up"] = toString(gateUp);
   if (scaleRounding != ScaleRounding::Ceil)
     j["scale_rounding"] = toString(scaleRounding);
+  if (const std::optional<float> m = minScaleForm()) {
+    const std::string text = shortestFloatText(*m);
+    if (std::isfinite(*m))
+      j["min_scale"] = std::strtod(text.c_str(), nullptr);
+    else
+      j["min_scale"] = text;
+  }
   if (shape) {
     j["launch"] = {{"threads_per_group", shape->threadsPerGroup},
                    {"vec_width", shape->vecWidth},
@@ -500,9 +568,9 @@ llvm::Expected<KernelSpec> KernelSpec::fromJson(const nlohmann::json& j) {
   if (!j.is_object())
     return specError("spec", shown(j), "must be a JSON object");
   static const char* const kKnown[] = {
-      "hidden",   "group_size", "in_dtype", "out_dtype",     "scale_layout", "ue8m0",
-      "scale_ub", "masked",     "arch",     "launch",        "activation",   "alpha",
-      "beta",     "limit",      "gate_up",  "scale_rounding"};
+      "hidden",   "group_size", "in_dtype", "out_dtype",      "scale_layout", "ue8m0",
+      "scale_ub", "masked",     "arch",     "launch",         "activation",   "alpha",
+      "beta",     "limit",      "gate_up",  "scale_rounding", "min_scale"};
   for (auto it = j.begin(); it != j.end(); ++it) {
     bool known = false;
     for (const char* k : kKnown)
@@ -511,7 +579,7 @@ llvm::Expected<KernelSpec> KernelSpec::fromJson(const nlohmann::json& j) {
       return specError(it.key(), shown(it.value()),
                        "unknown field (known: hidden, group_size, in_dtype, out_dtype, "
                        "scale_layout, ue8m0, scale_ub, masked, arch, launch, activation, alpha, "
-                       "beta, limit, gate_up, scale_rounding)");
+                       "beta, limit, gate_up, scale_rounding, min_scale)");
   }
   if (!j.contains("hidden"))
     return specError("hidden", "(missing)", "is required");
@@ -580,7 +648,8 @@ llvm::Expected<KernelSpec> KernelSpec::fromJson(const nlohmann::json& j) {
   }
   for (auto [name, field] : {std::pair<const char*, std::optional<float>*>{"alpha", &spec.alpha},
                              {"beta", &spec.beta},
-                             {"limit", &spec.limit}}) {
+                             {"limit", &spec.limit},
+                             {"min_scale", &spec.minScale}}) {
     if (!j.contains(name))
       continue;
     auto f = floatField(j, name);
@@ -675,7 +744,7 @@ KernelSpec::fromFields(const std::map<std::string, std::string>& fields) {
       if (used == 0 || used != value.size())
         return specError(name, quoted(value), "must be an integer");
       (isLaunch ? launch : j)[name] = n;
-    } else if (name == "alpha" || name == "beta" || name == "limit") {
+    } else if (name == "alpha" || name == "beta" || name == "limit" || name == "min_scale") {
       // Decimal or hexadecimal, or nan / inf, which validate() then names.
       bool ok = !value.empty() && !std::isspace(static_cast<unsigned char>(value[0]));
       double d = 0.0;
@@ -727,6 +796,8 @@ std::string KernelSpec::label() const {
   }
   if (gateUp != GateUp::Split)
     os << " " << toString(gateUp);
+  if (const std::optional<float> m = minScaleForm())
+    os << " min_scale=" << shortestFloatText(*m);
   os << " " << arch;
   if (shape)
     os << " tpg=" << shape->threadsPerGroup << " vec=" << shape->vecWidth
@@ -748,7 +819,8 @@ size_t KernelSpec::hash() const {
   const ActivationForm form = activationForm();
   mix(std::hash<int>()(static_cast<int>(form.activation) | static_cast<int>(gateUp) << 4 |
                        static_cast<int>(scaleRounding) << 8));
-  for (const std::optional<float>* p : {&form.alpha, &form.beta, &form.limit}) {
+  const std::optional<float> floorForm = minScaleForm();
+  for (const std::optional<float>* p : {&form.alpha, &form.beta, &form.limit, &floorForm}) {
     uint32_t bits = 0;
     if (*p)
       std::memcpy(&bits, &**p, sizeof bits);

@@ -129,6 +129,8 @@ std::string structName(const KernelSpec& spec) {
     name << "_" << toString(spec.gateUp);
   if (spec.scaleRounding != ScaleRounding::Ceil)
     name << "_" << toString(spec.scaleRounding);
+  if (const std::optional<float> m = spec.minScaleForm())
+    name << "_m" << bitsHex(*m);
   name << "_tpg" << s.threadsPerGroup << "_vec" << s.vecWidth << "_gpb" << s.groupsPerBlock
        << "_mbs" << s.minBlocksPerSm;
   return name.str();
@@ -162,6 +164,7 @@ GeneratedSource generateSource(const KernelSpec& spec) {
        << "  static constexpr float kLimit = " << hexFloat(form.limit.value_or(0.0f)) << ";\n"
        << "  static constexpr int kGateUp = " << templateName(spec.gateUp) << ";\n"
        << "  static constexpr int kScaleRounding = " << templateName(spec.scaleRounding) << ";\n"
+       << "  static constexpr float kMinScale = " << hexFloat(spec.minScaleValue()) << ";\n"
        << "  static constexpr int kThreadsPerGroup = " << s.threadsPerGroup << ";\n"
        << "  static constexpr int kVecWidth = " << s.vecWidth << ";\n"
        << "  static constexpr int kGroupsPerBlock = " << s.groupsPerBlock << ";\n"

@@ -178,7 +178,7 @@ void computeRow(const Problem& p, const void* x, int64_t e, int64_t t, Result& r
   const int64_t g = s.groupSize;
   const int64_t ng = s.numGroups();
   const float qmax = quantMax(s.outDtype);
-  const float minS = minScale(s.outDtype);
+  const float minS = s.minScaleValue(); // MIN_SCALE, or the spec's min_scale
   const int64_t inRow = (e * p.tokens + t) * p.ldx;
   const int64_t outRow = (e * p.tokens + t) * h;
   std::vector<float> y(static_cast<size_t>(g));

@@ -4,7 +4,7 @@
 //
 // Compiled by NVRTC for one specialization: the generated source defines a
 // struct of named constants (kHidden, kGroupSize, kInDtype, kActivation,
-// kAlpha, ...; see jit/source.cpp) and instantiates silu_mul_quant with it.
+// kAlpha, kMinScale, ...; see jit/source.cpp) and instantiates silu_mul_quant with it.
 // Every choice is a compile-time constant: an activation is a specialization
 // of Activation<S>, not a branch at run time. It includes no header, so a
 // cold compile stays fast.
@@ -82,25 +82,25 @@ __device__ __forceinline__ void unpack(const Raw<BYTES>& r, float (&out)[VEC], u
 // rounded reciprocal, MIN_SCALE, and kEmax, the exponent of the largest
 // normal (docs/contract.md section 7's EMAX).
 template <int OUT> struct QuantTraits;
+// kEmax: the exponent of the largest normal (docs/contract.md section 7's EMAX).
+// MIN_SCALE is the specialization's kMinScale (the host's minScale(), or the
+// spec's min_scale).
 template <> struct QuantTraits<kE4M3> {
   static constexpr int kBits = 8;
   static constexpr int kEmax = 8;
   static constexpr float kMax = 448.0f;
   static constexpr float kInvMax = 0x1.24924ap-9f; // 1 / 448, correctly rounded
-  static constexpr float kMinScale = 1.0f / (448.0f * 512.0f);
 };
 template <> struct QuantTraits<kE5M2> {
   static constexpr int kBits = 8;
   static constexpr int kEmax = 15;
   static constexpr float kMax = 57344.0f;
   static constexpr float kInvMax = 0x1.24924ap-16f; // 1 / 57344, correctly rounded
-  static constexpr float kMinScale = 1.0f / (57344.0f * 512.0f);
 };
 template <> struct QuantTraits<kInt8> {
   static constexpr int kBits = 8;
   static constexpr float kMax = 127.0f;
   static constexpr float kInvMax = 0x1.020408p-7f; // 1 / 127, correctly rounded
-  static constexpr float kMinScale = 1.1920928955078125e-07f; // 2^-23
 };
 // e2m1 (docs/contract.md section 8): two values a byte. MIN_SCALE is the smallest
 // E8M0 scale, 2^-127 (an fp32 subnormal); NVFP4's scales do not use it.
@@ -844,7 +844,7 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
                                            : divFast(amax, QuantTraits<OUT>::kMax, QuantTraits<OUT>::kInvMax);
     if constexpr (HAS_UB)
       s = fminf(s, *scaleUb);
-    s = fmaxf(s, QuantTraits<OUT>::kMinScale);
+    s = fmaxf(s, S::kMinScale); // MIN_SCALE, or the spec's min_scale
     if constexpr (POW2)
       s = fminf(pow2Ceil(s), kMaxPow2Scale); // an infinite s is 2^127 (E8M0 byte 254)
     const float r = rcpRefined(s);

@@ -290,6 +290,46 @@ TEST_F(CApiTest, ActivationFieldsParseAndCompile) {
   }
 }
 
+// min_scale (the scale's floor) goes through the same JSON, rounded to fp32;
+// at its default it is left out of the spec.
+TEST_F(CApiTest, MinScaleFieldParsesCompilesAndNamesItsErrors) {
+  const char* floored = R"({"hidden": 2048, "min_scale": 2.2321428e-13})";
+  size_t needed = 0;
+  ASSERT_EQ(bqjit_compile(svc_, floored, nullptr, 0, &needed), BQJIT_ERROR_INVALID_ARGUMENT);
+  std::vector<char> buf(needed);
+  ASSERT_EQ(bqjit_compile(svc_, floored, buf.data(), buf.size(), nullptr), BQJIT_OK) << lastError();
+  auto j = nlohmann::json::parse(buf.data());
+  EXPECT_EQ(j["spec"]["min_scale"].dump(), "2.2321428e-13");
+  const char* spelledDefault = R"({"hidden": 2048, "min_scale": 4.359654e-06})";
+  ASSERT_EQ(bqjit_compile(svc_, spelledDefault, nullptr, 0, &needed), BQJIT_ERROR_INVALID_ARGUMENT);
+  buf.assign(needed, '\0');
+  ASSERT_EQ(bqjit_compile(svc_, spelledDefault, buf.data(), buf.size(), nullptr), BQJIT_OK)
+      << lastError();
+  EXPECT_FALSE(nlohmann::json::parse(buf.data())["spec"].contains("min_scale"));
+  bqjit_spec prepared = nullptr;
+  ASSERT_EQ(bqjit_spec_parse(floored, &prepared), BQJIT_OK) << lastError();
+  bqjit_spec_release(prepared);
+
+  struct Case {
+    const char* json;
+    const char* message;
+  };
+  const Case cases[] = {
+      {R"({"hidden": 2048, "min_scale": 0})", "'min_scale' = 0: must be a finite fp32 number >="},
+      {R"({"hidden": 2048, "min_scale": -1e-10})", "'min_scale' = -1e-10: must be a finite"},
+      {R"({"hidden": 2048, "min_scale": "1e-10"})", "'min_scale' = \"1e-10\": must be a number"},
+      {R"({"hidden": 2048, "group_size": 32, "ue8m0": true, "scale_rounding": "floor",
+           "min_scale": 1e-10})",
+       "'min_scale' = 1e-10: applies only to scale_rounding ceil"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.json);
+    char small[512];
+    EXPECT_EQ(bqjit_compile(svc_, c.json, small, sizeof small, &needed), BQJIT_ERROR_INVALID_SPEC);
+    EXPECT_TRUE(contains(lastError(), c.message)) << lastError();
+  }
+}
+
 TEST_F(CApiTest, CompileWorksWithoutAGpuAndReportsItsMetadata) {
   size_t needed = 0;
   // Ask for the size first: a NULL buffer of size 0 is too small.

@@ -252,6 +252,26 @@ TEST_F(CompilerKey, SwigluWithDefaultParametersHasTheKeyOfSilu) {
   EXPECT_EQ(cacheKey(*parsed), cacheKey(spec()));
 }
 
+// min_scale is part of the key; spelled out at its default, it is the key of
+// the spec without it (one canonical form, the old keys unchanged).
+TEST_F(CompilerKey, MinScaleChangesKeyOnlyAwayFromItsDefault) {
+  KernelSpec floored = spec();
+  floored.minScale = 0x1.f6a246p-43f; // fl32(1e-10 / 448)
+  KernelSpec nextUlp = spec();
+  nextUlp.minScale = std::nextafter(0x1.f6a246p-43f, 1.0f);
+  KernelSpec spelledDefault = spec();
+  spelledDefault.minScale = minScale(OutDtype::FP8E4M3);
+  std::set<std::string> keys{cacheKey(spec())};
+  EXPECT_TRUE(keys.insert(cacheKey(floored)).second);
+  EXPECT_TRUE(keys.insert(cacheKey(nextUlp)).second);
+  EXPECT_EQ(cacheKey(spelledDefault), cacheKey(spec()));
+  auto parsed =
+      KernelSpec::fromJson(nlohmann::json::parse(R"({"hidden":7168,"min_scale":2.2321428e-13})"));
+  ASSERT_TRUE(bool(parsed)) << consumeToString(parsed.takeError());
+  parsed->shape = spec().shape;
+  EXPECT_EQ(cacheKey(*parsed), cacheKey(floored));
+}
+
 TEST_F(CompilerKey, OptionsFollowArchAndForbidFastMath) {
   const auto opts = Compiler::options(spec("sm_90a"));
   ASSERT_FALSE(opts.empty());

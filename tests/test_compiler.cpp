@@ -577,6 +577,27 @@ TEST_F(CompilerTest, SourceCarriesActivationConstantsAsHexFloats) {
     EXPECT_TRUE(contains(silu->source.text, constant)) << constant;
 }
 
+TEST_F(CompilerTest, SourceCarriesMinScaleAsAHexFloat) {
+  // The default: MIN_SCALE of the output type, and no suffix in the name.
+  auto plain = compiler_->identify(resolved(makeSpec(2048, 128)));
+  ASSERT_TRUE(bool(plain));
+  EXPECT_TRUE(contains(plain->source.text, "kMinScale = 0x1.24924ap-18f;")) << plain->source.text;
+  KernelSpec i8 = makeSpec(2048, 128);
+  i8.outDtype = OutDtype::INT8;
+  auto int8 = compiler_->identify(resolved(i8));
+  ASSERT_TRUE(bool(int8));
+  EXPECT_TRUE(contains(int8->source.text, "kMinScale = 0x1p-23f;")) << int8->source.text;
+  // A spec's own floor, exactly, compiled.
+  KernelSpec s = makeSpec(2048, 128);
+  s.minScale = 0x1.f6a246p-43f; // fl32(1e-10 / 448)
+  auto k = compileChecked(s);
+  ASSERT_TRUE(k.has_value());
+  auto id = compiler_->identify(k->spec);
+  ASSERT_TRUE(bool(id));
+  EXPECT_TRUE(contains(id->source.text, "kMinScale = 0x1.f6a246p-43f;")) << id->source.text;
+  EXPECT_TRUE(contains(k->loweredName, "_m2a7b5123_tpg")) << k->loweredName;
+}
+
 TEST_F(CompilerTest, InterleavedOddGroupCompilesWithScalarLoads) {
   for (Activation a : {Activation::Swiglu, Activation::Gelu}) {
     KernelSpec s = withActivation(makeSpec(17 * 8, 17), a);

@@ -142,6 +142,76 @@ void appendActivationCases(std::vector<GpuCase>& cases, uint64_t& seed) {
   }
 }
 
+// min_scale, the scale's floor as a spec field: values that bite in many
+// groups (small inputs), vLLM's fl32(1e-10 / 448) with all-zero rows, every
+// output type and fp32 / power-of-two layouts, a scale bound below the floor
+// (every scale is then the floor, and large y saturate), a masked batch and
+// an activation. MinScaleCasesHaveGroupsAtTheFloor checks that the floor bites.
+void appendMinScaleCases(std::vector<GpuCase>& cases, uint64_t& seed) {
+  struct Row {
+    int h, g;
+    InDtype in;
+    OutDtype out;
+    ScaleLayout layout;
+    bool pow2, ub;
+    float minScale;
+    int64_t tokens;
+    int64_t ldxPad;
+  };
+  const float vllmFloor = 0x1.f6a246p-43f; // fl32(fl32(1e-10) / 448)
+  const Row rows[] = {
+      {2048, 128, InDtype::BF16, OutDtype::FP8E4M3, ScaleLayout::Row, false, false, 1e-3f, 33, 0},
+      {2304, 96, InDtype::FP16, OutDtype::FP8E4M3, ScaleLayout::Col, false, false, vllmFloor, 17,
+       8},
+      {768, 64, InDtype::FP32, OutDtype::INT8, ScaleLayout::ColTma, false, false, 3e-3f, 255, 8},
+      {4096, 128, InDtype::BF16, OutDtype::FP8E5M2, ScaleLayout::Row, false, false, 1e-5f, 5, 0},
+      {2048, 128, InDtype::BF16, OutDtype::FP8E4M3, ScaleLayout::ColTma, true, false, 1e-3f, 1025,
+       0},
+      {2048, 128, InDtype::BF16, OutDtype::FP8E4M3, ScaleLayout::Ue8m0Packed, true, false, 1e-3f, 7,
+       0},
+      {1536, 48, InDtype::BF16, OutDtype::FP8E4M3, ScaleLayout::Row, false, true, 1e-3f, 9, 0},
+      {1024, 128, InDtype::FP32, OutDtype::INT8, ScaleLayout::Row, true, false, vllmFloor, 3, 0},
+  };
+  for (const Row& r : rows) {
+    GpuCase c;
+    c.spec = makeSpec(r.h, r.g, r.in, r.out, r.layout, r.pow2, r.ub);
+    c.spec.minScale = r.minScale;
+    c.scaleUb = r.ub ? 0.5f * r.minScale : 0.0f; // below the floor: every scale is the floor
+    c.tokens = r.tokens;
+    c.ldxPad = r.ldxPad;
+    c.inputScale = 0.25f;
+    if (c.tokens >= 9)
+      c.specialRows = {{0, ref::RowPattern::Zeros}, {2, ref::RowPattern::Mixed},
+                       {3, ref::RowPattern::Edges}, {5, ref::RowPattern::NaNs},
+                       {6, ref::RowPattern::Huge},  {8, ref::RowPattern::Zeros}};
+    else
+      c.specialRows = {{0, ref::RowPattern::Zeros}};
+    c.seed = seed++;
+    cases.push_back(c);
+  }
+  GpuCase masked;
+  masked.spec =
+      makeSpec(2048, 128, InDtype::BF16, OutDtype::FP8E4M3, ScaleLayout::Row, false, false);
+  masked.spec.masked = true;
+  masked.spec.minScale = 1e-3f;
+  masked.tokens = 37;
+  masked.experts = 4;
+  masked.maskedM = {37, 0, 5, 20};
+  masked.inputScale = 0.25f;
+  masked.seed = seed++;
+  cases.push_back(masked);
+  GpuCase oss;
+  oss.spec = makeSpec(2880, 64, InDtype::BF16, OutDtype::FP8E4M3, ScaleLayout::ColTma, true, false);
+  setActivation(oss.spec, Activation::Swiglu, 0);
+  oss.spec.gateUp = GateUp::Interleaved;
+  oss.spec.minScale = 1e-3f;
+  oss.tokens = 33;
+  oss.inputScale = 0.25f;
+  oss.specialRows = {{3, ref::RowPattern::Limits}, {4, ref::RowPattern::Zeros}};
+  oss.seed = seed++;
+  cases.push_back(oss);
+}
+
 // The case list covers every value of every axis, and every pair of dtype x
 // layout, without the full product (which would take hours of CPU reference).
 std::vector<GpuCase> buildCases() {
@@ -252,6 +322,7 @@ std::vector<GpuCase> buildCases() {
     cases.push_back(c);
   }
   appendActivationCases(cases, seed);
+  appendMinScaleCases(cases, seed);
   return cases;
 }
 
@@ -354,6 +425,42 @@ TEST(GpuKernelCases, ActivationCasesArePairwise) {
   }
 }
 
+// Runs without a GPU: in every min_scale case the reference puts some groups
+// at the floor (so the GPU test checks the field, not the default), and the
+// scales there are the floor (its power-of-two ceiling with ue8m0).
+TEST(GpuKernelCases, MinScaleCasesHaveGroupsAtTheFloor) {
+  int withField = 0;
+  for (const GpuCase& c : allCases()) {
+    if (!c.spec.minScale)
+      continue;
+    ++withField;
+    SCOPED_TRACE(c.name());
+    ASSERT_FALSE(bool(c.spec.validate()));
+    ref::Problem p;
+    p.spec = c.spec;
+    p.tokens = c.tokens;
+    p.ldx = 2 * static_cast<int64_t>(c.spec.hidden) + c.ldxPad;
+    p.scaleUb = c.scaleUb;
+    p.numExperts = c.experts;
+    p.maskedM = c.maskedM;
+    std::vector<uint8_t> x =
+        ref::makeInput(p.spec, c.tokens, p.ldx, c.experts, c.seed, c.inputScale);
+    for (const auto& r : c.specialRows)
+      ref::fillRow(p.spec, x.data(), r.row, p.ldx, r.pattern);
+    const ref::Result r = ref::run(p, x.data());
+    const float floor = c.spec.minScaleValue();
+    EXPECT_NE(floor, minScale(c.spec.outDtype));
+    int64_t atFloor = 0, below = 0;
+    for (size_t i = 0; i < r.scaleValue.size(); ++i) {
+      atFloor += r.scaleValue[i] == floor;
+      below += r.scaleValue[i] > 0.0f && r.scaleValue[i] < floor; // 0: a masked row
+    }
+    EXPECT_GT(atFloor, 0);
+    EXPECT_EQ(below, 0);
+  }
+  EXPECT_EQ(withField, 10);
+}
+
 INSTANTIATE_TEST_SUITE_P(Cases, GpuKernel, ::testing::Range<size_t>(0, allCases().size()),
                          [](const ::testing::TestParamInfo<size_t>& info) {
                            const KernelSpec& s = allCases()[info.param].spec;
@@ -369,6 +476,8 @@ INSTANTIATE_TEST_SUITE_P(Cases, GpuKernel, ::testing::Range<size_t>(0, allCases(
                              n += "_interleaved";
                            if (s.scaleRounding != ScaleRounding::Ceil)
                              n += "_floor";
+                           if (s.minScale)
+                             n += "_minscale";
                            return n;
                          });
 

@@ -1074,6 +1074,15 @@ KernelSpec mxfp4() {
   return s;
 }
 
+TEST(KernelSpecFp4, MinScaleDoesNotApply) {
+  for (KernelSpec s : {nvfp4(), mxfp4()}) {
+    s.minScale = 1e-6f;
+    const std::string message = invalidMessage(s);
+    EXPECT_TRUE(contains(message, "min_scale")) << message;
+    EXPECT_TRUE(contains(message, "fp4_e2m1")) << message;
+  }
+}
+
 TEST(KernelSpecFp4, NamesAndConstants) {
   auto d = parseOutDtype("fp4_e2m1");
   ASSERT_TRUE(bool(d));
@@ -1254,6 +1263,174 @@ TEST(KernelSpecFp4, ArchSuffixesAccepted) {
     KernelSpec s = nvfp4();
     s.arch = arch;
     EXPECT_EQ(invalidMessage(s), "") << arch;
+  }
+}
+
+// ---- min_scale: the scale's floor as a spec field ----------------------------------------
+
+// What code that floors amax at 1e-10 before dividing by 448 gets:
+// fl32(fl32(1e-10) / 448).
+constexpr float kVllmFloor = 0x1.f6a246p-43f; // 2.2321428e-13
+
+TEST(KernelSpecMinScale, DefaultIsMinScaleOfTheOutputType) {
+  for (OutDtype o : {OutDtype::FP8E4M3, OutDtype::FP8E5M2, OutDtype::INT8}) {
+    KernelSpec s = baseSpec();
+    s.outDtype = o;
+    EXPECT_EQ(s.minScaleValue(), minScale(o)) << toString(o);
+    EXPECT_FALSE(s.minScaleForm().has_value());
+    s.minScale = 1e-6f;
+    EXPECT_EQ(s.minScaleValue(), 1e-6f) << toString(o);
+  }
+}
+
+TEST(KernelSpecMinScale, ValidValues) {
+  KernelSpec s = baseSpec();
+  for (float v : {kVllmFloor, 1e-12f, std::numeric_limits<float>::min(), 1.0f, 3e38f}) {
+    s.minScale = v;
+    EXPECT_EQ(invalidMessage(s), "") << v;
+  }
+  s.ue8m0 = true;
+  s.scaleLayout = ScaleLayout::ColTma;
+  s.minScale = kVllmFloor;
+  EXPECT_EQ(invalidMessage(s), "");
+  s.outDtype = OutDtype::INT8;
+  s.hasScaleUb = true;
+  EXPECT_EQ(invalidMessage(s), "");
+}
+
+TEST(KernelSpecMinScale, NotFiniteZeroNegativeOrSubnormalRejected) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const std::string rule = "must be a finite fp32 number >= 1.17549435e-38 (2^-126";
+  KernelSpec s = baseSpec();
+  for (auto [v, text] :
+       {std::pair<float, const char*>{0.0f, "0"},
+        {-0.0f, "-0"},
+        {-1e-6f, "-1e-06"},
+        {inf, "inf"},
+        {nan, "nan"},
+        {std::numeric_limits<float>::denorm_min(), "1e-45"},
+        {std::nextafter(std::numeric_limits<float>::min(), 0.0f), "1.1754942e-38"}}) {
+    s.minScale = v;
+    expectRejected(s, "min_scale", text, rule);
+  }
+  // 1e-40 rounds to an fp32 subnormal; 1e-50 to zero.
+  for (double d : {1e-40, 1e-50}) {
+    const std::string m = parseError(KernelSpec::fromJson({{"hidden", 7168}, {"min_scale", d}}));
+    EXPECT_TRUE(contains(m, "'min_scale' = ")) << m;
+    EXPECT_TRUE(contains(m, "after rounding to fp32")) << m;
+  }
+}
+
+TEST(KernelSpecMinScale, FloorRoundingHasNoMinimumScale) {
+  KernelSpec s = gptOss();
+  s.minScale = 1e-10f;
+  expectRejected(s, "min_scale", "1e-10",
+                 "applies only to scale_rounding ceil (the OCP MX floor rule");
+  // At the default value too: it would look as if it did something.
+  s.minScale = minScale(OutDtype::FP8E4M3);
+  expectRejected(s, "min_scale", "4.359654e-06", "applies only to scale_rounding ceil");
+}
+
+TEST(KernelSpecMinScale, JsonAndCommandLine) {
+  auto j =
+      KernelSpec::fromJson(nlohmann::json::parse(R"({"hidden":7168,"min_scale":2.2321428e-13})"));
+  ASSERT_TRUE(bool(j)) << consumeToString(j.takeError());
+  EXPECT_EQ(*j->minScale, kVllmFloor);
+  EXPECT_EQ(j->canonical(),
+            R"({"arch":"sm_90","group_size":128,"hidden":7168,"in_dtype":"bf16","masked":false,)"
+            R"("min_scale":2.2321428e-13,"out_dtype":"fp8_e4m3","scale_layout":"row",)"
+            R"("scale_ub":false,"ue8m0":false})");
+  EXPECT_EQ(j->label(), "H=7168 G=128 bf16->fp8_e4m3 row min_scale=2.2321428e-13 sm_90");
+  auto f = KernelSpec::fromFields({{"H", "7168"}, {"min_scale", "0x1.f6a246p-43"}});
+  ASSERT_TRUE(bool(f)) << consumeToString(f.takeError());
+  EXPECT_EQ(f->canonical(), j->canonical());
+  EXPECT_TRUE(*f == *j);
+  EXPECT_EQ(f->hash(), j->hash());
+  // Rounded to fp32: two decimals of one fp32 are one spec.
+  auto d = KernelSpec::fromJson({{"hidden", 7168}, {"min_scale", 1e-10 / 448.0}});
+  ASSERT_TRUE(bool(d)) << consumeToString(d.takeError());
+  EXPECT_EQ(d->canonical(), j->canonical());
+  for (const char* bad : {"", "tiny", "1e-10x"}) {
+    const std::string m = parseError(KernelSpec::fromFields({{"H", "7168"}, {"min_scale", bad}}));
+    EXPECT_TRUE(contains(m, "'min_scale' = '" + std::string(bad) + "': must be a number")) << m;
+  }
+  const std::string t =
+      parseError(KernelSpec::fromJson({{"hidden", 7168}, {"min_scale", "1e-10"}}));
+  EXPECT_TRUE(contains(t, "'min_scale' = \"1e-10\": must be a number")) << t;
+  // Round trip.
+  auto back = KernelSpec::fromJson(nlohmann::json::parse(j->canonical()));
+  ASSERT_TRUE(bool(back));
+  EXPECT_EQ(back->canonical(), j->canonical());
+}
+
+TEST(KernelSpecMinScale, TheDefaultValueKeepsTheOldText) {
+  for (OutDtype o : {OutDtype::FP8E4M3, OutDtype::FP8E5M2, OutDtype::INT8}) {
+    KernelSpec plain = baseSpec();
+    plain.outDtype = o;
+    KernelSpec spelled = plain;
+    spelled.minScale = minScale(o);
+    EXPECT_EQ(invalidMessage(spelled), "");
+    EXPECT_EQ(spelled.canonical(), plain.canonical()) << toString(o);
+    EXPECT_TRUE(spelled == plain);
+    EXPECT_EQ(spelled.hash(), plain.hash());
+  }
+  // The pinned text of the default spec, min_scale spelled out.
+  auto parsed =
+      KernelSpec::fromJson(nlohmann::json::parse(R"({"hidden":7168,"min_scale":4.3596540e-06})"));
+  ASSERT_TRUE(bool(parsed)) << consumeToString(parsed.takeError());
+  EXPECT_EQ(parsed->canonical(),
+            R"({"arch":"sm_90","group_size":128,"hidden":7168,"in_dtype":"bf16","masked":false,)"
+            R"("out_dtype":"fp8_e4m3","scale_layout":"row","scale_ub":false,"ue8m0":false})");
+}
+
+TEST(KernelSpecMinScale, PowerOfTwoScalesKeepOnlyTheFloorsPowerOfTwo) {
+  // With ue8m0 (ceil), the scale is 2^ceil(log2(max(s, m))) = max(2^ceil(log2 s),
+  // 2^ceil(log2 m)): m and its power-of-two ceiling give the same scales.
+  KernelSpec a = baseSpec();
+  a.ue8m0 = true;
+  a.minScale = kVllmFloor; // 2^-42.03.. -> 2^-42
+  KernelSpec b = a;
+  b.minScale = 0x1p-42f;
+  EXPECT_EQ(*a.minScaleForm(), 0x1p-42f);
+  EXPECT_EQ(a.minScaleValue(), 0x1p-42f);
+  EXPECT_EQ(a.canonical(), b.canonical());
+  EXPECT_TRUE(a == b);
+  EXPECT_EQ(a.hash(), b.hash());
+  EXPECT_TRUE(contains(a.canonical(), R"("min_scale":2.2737368e-13)")) << a.canonical();
+  // One of the default's power of two (e4m3: 1 / (448 * 512) -> 2^-17) is the default.
+  KernelSpec d = baseSpec();
+  d.ue8m0 = true;
+  KernelSpec e = d;
+  e.minScale = 3e-6f; // in (2^-19, 2^-18]: 2^-18, not the default's 2^-17
+  EXPECT_NE(e.canonical(), d.canonical());
+  e.minScale = 5e-6f; // in (2^-18, 2^-17]: the default's power of two
+  EXPECT_EQ(e.canonical(), d.canonical());
+  EXPECT_TRUE(e == d);
+  // The ceiling stops at 2^127.
+  e.minScale = std::numeric_limits<float>::max();
+  EXPECT_EQ(*e.minScaleForm(), 0x1p127f);
+  // Without ue8m0 every fp32 counts.
+  KernelSpec f = baseSpec();
+  f.minScale = kVllmFloor;
+  KernelSpec g = f;
+  g.minScale = 0x1p-42f;
+  EXPECT_NE(f.canonical(), g.canonical());
+  EXPECT_FALSE(f == g);
+}
+
+TEST(KernelSpecMinScale, ChangesCanonicalAndHash) {
+  const KernelSpec base = baseSpec();
+  std::vector<KernelSpec> variants(3, base);
+  variants[0].minScale = kVllmFloor;
+  variants[1].minScale = std::nextafter(kVllmFloor, 1.0f);
+  variants[2].minScale = 1e-12f;
+  for (size_t i = 0; i < variants.size(); ++i) {
+    EXPECT_NE(variants[i].canonical(), base.canonical()) << i;
+    EXPECT_FALSE(variants[i] == base) << i;
+    EXPECT_NE(variants[i].hash(), base.hash()) << i;
+    for (size_t k = 0; k < i; ++k)
+      EXPECT_NE(variants[i].canonical(), variants[k].canonical()) << i << " vs " << k;
   }
 }
 

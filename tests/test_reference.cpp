@@ -824,6 +824,59 @@ TEST(Reference, CeilKeepsMinScaleAndNeverWritesByte255) {
   EXPECT_EQ(r5.scales[0], 103); // 2^-24
 }
 
+// min_scale (the scale's floor as a spec field): code that floors amax at eps
+// before dividing by QMAX, fl(max(amax, eps) / QMAX), gets the same scales as
+// max(fl(amax / QMAX), fl(eps / QMAX)), division by QMAX being monotone.
+TEST(Reference, MinScaleFieldFloorsTheScaleAsAnAmaxFloorWould) {
+  for (OutDtype out : {OutDtype::FP8E4M3, OutDtype::INT8}) {
+    KernelSpec spec = smallSpec(out);
+    const float eps = 1e-10f;
+    const float qmax = quantMax(out);
+    spec.minScale = eps / qmax;
+    ASSERT_FALSE(bool(spec.validate()));
+    // One row per amax: around eps, far below and far above it, and zero.
+    const float amaxes[] = {
+        0.0f,  1e-30f, 1e-12f, std::nextafter(eps, 0.0f), eps, std::nextafter(eps, 1.0f), 1.5e-10f,
+        3e-9f, 0.75f,  448.0f};
+    std::vector<std::vector<float>> y;
+    for (float a : amaxes) {
+      std::vector<float> row(64, a / 2);
+      row[7] = -a;
+      row[40] = a; // group 2 of 4
+      y.push_back(row);
+    }
+    const auto x = exactInput(spec, y);
+    const Result r = run(problemFor(spec, static_cast<int64_t>(y.size())), x.data());
+    for (size_t t = 0; t < y.size(); ++t) {
+      const float a = amaxes[t];
+      const float expected = std::fmax(a, eps) / qmax; // what the user's code computes
+      for (int j : {0, 2}) {
+        SCOPED_TRACE(std::string(toString(out)) + " amax " + std::to_string(a));
+        const float got = r.scaleValue[t * 4 + j];
+        EXPECT_EQ(got, expected);
+        const int64_t col = t * spec.hidden + j * 16 + (j == 0 ? 7 : 8);
+        EXPECT_EQ(r.preRound[col], (j == 0 ? -a : a) / expected);
+      }
+    }
+    // The default floor would have given these groups MIN_SCALE instead.
+    EXPECT_NE(r.scaleValue[0], minScale(out));
+  }
+}
+
+TEST(Reference, MinScaleFieldWithPowerOfTwoScales) {
+  KernelSpec spec = smallSpec(OutDtype::FP8E4M3, ScaleLayout::ColTma);
+  spec.ue8m0 = true;
+  spec.minScale = 0x1.f6a246p-43f; // fl32(1e-10 / 448): its power-of-two ceiling is 2^-42
+  std::vector<std::vector<float>> y(1, std::vector<float>(64, 0.0f));
+  y[0][20] = 3.0f; // group 1: 3 / 448 -> 2^-7
+  const auto x = exactInput(spec, y);
+  const Result r = run(problemFor(spec, 1), x.data());
+  EXPECT_EQ(r.scaleValue[0], 0x1p-42f);
+  EXPECT_EQ(r.scaleValue[1], 0x1p-7f);
+  EXPECT_EQ(r.q[20], floatToE4M3(3.0f * 128.0f));
+  EXPECT_EQ(r.q[0], 0);
+}
+
 TEST(Reference, BytesLayoutIsOneByteRowMajor) {
   KernelSpec spec = mxSpec(OutDtype::FP8E4M3, ScaleLayout::Bytes);
   spec.masked = true;

@@ -154,6 +154,20 @@ struct KernelSpec {
   std::optional<float> limit;
   GateUp gateUp = GateUp::Split;                     ///< where gate and up lie in a row.
   ScaleRounding scaleRounding = ScaleRounding::Ceil; ///< power-of-two rounding (ue8m0 only).
+  /// The scale's floor (docs/contract.md section 1's MIN_SCALE), an fp32
+  /// compile-time constant; unset: MIN_SCALE of the output type. A normal
+  /// fp32 (>= 2^-126); not with scale_rounding floor, which has no floor.
+  /// Lets code that floors amax with its own epsilon (amax.clamp(min=eps)
+  /// then / QMAX) be matched exactly: min_scale = fl32(eps / QMAX).
+  std::optional<float> minScale;
+
+  /// The floor the kernel applies: minScale, or MIN_SCALE of the output type.
+  float minScaleValue() const;
+  /// minScale in canonical form: unset when it gives the default's results
+  /// (bit-equal to MIN_SCALE, or, with power-of-two ceil scales, of the same
+  /// power-of-two ceiling as MIN_SCALE); with ue8m0 (ceil) the power of two
+  /// 2^ceil(log2(min_scale)) (at most 2^127), which gives the same scales.
+  std::optional<float> minScaleForm() const;
 
   int numGroups() const { return hidden / groupSize; }
   /// The activation and its parameters in canonical form.
@@ -177,10 +191,10 @@ struct KernelSpec {
   llvm::Error validate() const;
 
   /// Canonical JSON: fixed field names, canonical enum spellings, the launch
-  /// shape only when set; activation, its parameters, gate_up and
-  /// scale_rounding only when not the default (activationForm(); parameters
-  /// as shortestFloatText), so that specs of before these fields keep their
-  /// text. Equal specs give byte-identical `canonical()`.
+  /// shape only when set; activation, its parameters, gate_up,
+  /// scale_rounding and min_scale only when not the default (activationForm(),
+  /// minScaleForm(); parameters as shortestFloatText), so that specs of before
+  /// these fields keep their text. Equal specs give byte-identical `canonical()`.
   nlohmann::json toJson() const;
   std::string canonical() const;
   /// Parses and validates. Unknown fields are an error (they could silently
@@ -200,11 +214,15 @@ struct KernelSpec {
            outDtype == o.outDtype && scaleLayout == o.scaleLayout && ue8m0 == o.ue8m0 &&
            hasScaleUb == o.hasScaleUb && masked == o.masked && arch == o.arch && shape == o.shape &&
            gateUp == o.gateUp && scaleRounding == o.scaleRounding &&
-           activationForm() == o.activationForm();
+           activationForm() == o.activationForm() && sameMinScale(o);
   }
   bool operator!=(const KernelSpec& o) const { return !(*this == o); }
   /// A hash of every field, consistent with operator== (no allocation).
   size_t hash() const;
+
+private:
+  /// minScaleForm() of both, compared bit by bit.
+  bool sameMinScale(const KernelSpec& o) const;
 };
 
 /// The canonical field name of a command-line alias ("G" -> "group_size",

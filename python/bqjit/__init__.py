@@ -28,6 +28,17 @@ from ._lib import (
 from .ops import HAVE_TORCH, LAYOUTS, OUT_DTYPES, scale_shape, silu_mul_quant, silu_mul_quant_masked
 from . import vllm
 
+
+def __getattr__(name: str):
+    # bqjit.fusion (the torch.compile pass) on first use: it imports
+    # torch._inductor, which `import bqjit` alone should not pay for.
+    if name == "fusion":
+        import importlib
+
+        return importlib.import_module(".fusion", __name__)
+    raise AttributeError(f"module 'bqjit' has no attribute {name!r}")
+
+
 def _version() -> str:
     """The installed package's version; from the source tree, the VERSION file
     beside it (the one version number of bqjit)."""
@@ -64,5 +75,6 @@ __all__ = [
     "silu_mul_quant",
     "silu_mul_quant_masked",
     "vllm",
+    "fusion",
     "__version__",
 ]

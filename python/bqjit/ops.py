@@ -188,12 +188,13 @@ def _number(name: str, v: Any) -> float:
 
 
 def _fields_json(
-    activation: Any, alpha: Any, beta: Any, limit: Any, gate_up: Any, scale_rounding: Any, out_dtype: str, ue8m0: bool
+    activation: Any, alpha: Any, beta: Any, limit: Any, gate_up: Any, scale_rounding: Any, min_scale: Any,
+    out_dtype: str, ue8m0: bool
 ) -> Optional[str]:
-    """The spec fields beyond silu's (docs/contract.md sections 6 and 7) as the
-    ops' `fields` JSON object, None for the defaults. Checks what needs no
-    tensor, naming the argument, its value and the rule; the library checks
-    the rest (and rounds the parameters to fp32)."""
+    """The spec fields beyond silu's (docs/contract.md sections 6 and 7, and
+    min_scale) as the ops' `fields` JSON object, None for the defaults. Checks
+    what needs no tensor, naming the argument, its value and the rule; the
+    library checks the rest (and rounds the parameters to fp32)."""
     fields = {}
     if activation is not None:
         if not isinstance(activation, str) or activation not in ACTIVATIONS:
@@ -223,6 +224,15 @@ def _fields_json(
             if out_dtype == "int8":
                 raise ValueError("scale_rounding = 'floor' needs a floating-point out_dtype (got int8)")
             fields["scale_rounding"] = "floor"
+    if min_scale is not None:
+        v = _number("min_scale", min_scale)
+        if not v > 0:
+            raise ValueError(f"min_scale = {v!r}: must be > 0 (leave it None for MIN_SCALE of the out_dtype)")
+        if fields.get("scale_rounding") == "floor":
+            raise ValueError(
+                f"min_scale = {v!r}: applies only to scale_rounding 'ceil' (the OCP MX floor rule has no minimum scale)"
+            )
+        fields["min_scale"] = v
     if not fields:
         return None
     # By hand, not json.dumps: dynamo traces this under torch.compile (a call
@@ -644,10 +654,10 @@ if torch is not None:
             raise ValueError(f"{missing} is None: out and scales_out must be given together")
 
     def _checked(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out, launch,
-                 act=(None, None, None, None, None, None), global_scale=None):
+                 act=(None, None, None, None, None, None, None), global_scale=None):
         """Every argument check of the wrappers, in Python (the traced path and
         the eager slow path): (out_dtype's name, launch as JSON, fields as JSON).
-        `act`: (activation, alpha, beta, limit, gate_up, scale_rounding)."""
+        `act`: (activation, alpha, beta, limit, gate_up, scale_rounding, min_scale)."""
         _check_wrapper_args(x, scale_ub, out, scales_out, global_scale)
         if masked_m is not None and not isinstance(masked_m, torch.Tensor):
             raise TypeError(f"masked_m must be a torch.Tensor, got {type(masked_m).__name__}")
@@ -719,6 +729,7 @@ if torch is not None:
         gate_up: Optional[str] = None,
         scale_rounding: Optional[str] = None,
         global_scale: Optional[Tensor] = None,
+        min_scale: Optional[float] = None,
     ) -> Tuple[Tensor, Tensor]:
         """``y = act(gate) * up`` (``silu`` by default) quantized per group of ``group_size`` columns.
 
@@ -761,6 +772,13 @@ if torch is not None:
                 "swizzled_128x4": E4M3 scale bytes), refused otherwise. MXFP4 is
                 fp4_e2m1 with ``group_size=32, ue8m0=True``. fp4's q is
                 ``[..., H // 2]``, two e2m1 values a byte (low nibble first).
+            min_scale: None (MIN_SCALE of ``out_dtype``, docs/contract.md
+                section 1) or the scale's floor, a number > 0 rounded to fp32
+                (a normal fp32; not with ``scale_rounding="floor"``):
+                ``s = max(amax / QMAX, min_scale)``. Code that floors amax at
+                ``eps`` before dividing by QMAX gets the same scales with
+                ``min_scale = fl32(eps / QMAX)`` (vLLM's 1e-10 and 448:
+                2.2321428e-13); :mod:`bqjit.fusion` passes it so.
 
         Returns:
             ``(q, scales)``: q ``[..., H]`` of ``out_dtype``; scales per layout.
@@ -777,7 +795,7 @@ if torch is not None:
             if name is not None and launch is None and type(group_size) is int and type(ue8m0) is bool \
                     and (out is None) == (scales_out is None) and activation is None and alpha is None \
                     and beta is None and limit is None and gate_up is None and scale_rounding is None \
-                    and global_scale is None:
+                    and global_scale is None and min_scale is None:
                 try:
                     if out is None:
                         return _RAW_OP(x, group_size, name, scale_layout, ue8m0, scale_ub, None)
@@ -787,7 +805,7 @@ if torch is not None:
                     raise _explained(e, x, None, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
                                      scales_out) from None
         return _checked_call(x, None, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out, launch,
-                             (activation, alpha, beta, limit, gate_up, scale_rounding), global_scale)
+                             (activation, alpha, beta, limit, gate_up, scale_rounding, min_scale), global_scale)
 
     def silu_mul_quant_masked(
         x: Tensor,
@@ -808,6 +826,7 @@ if torch is not None:
         gate_up: Optional[str] = None,
         scale_rounding: Optional[str] = None,
         global_scale: Optional[Tensor] = None,
+        min_scale: Optional[float] = None,
     ) -> Tuple[Tensor, Tensor]:
         """:func:`silu_mul_quant` of a MoE batch: ``x [E, T_max, 2H]``, expert
         ``e`` with ``masked_m[e]`` live rows (int32 CUDA tensor ``[E]``, read
@@ -824,7 +843,7 @@ if torch is not None:
             if name is not None and launch is None and type(group_size) is int and type(ue8m0) is bool \
                     and (out is None) == (scales_out is None) and activation is None and alpha is None \
                     and beta is None and limit is None and gate_up is None and scale_rounding is None \
-                    and global_scale is None:
+                    and global_scale is None and min_scale is None:
                 try:
                     if out is None:
                         return _RAW_OP_MASKED(x, masked_m, group_size, name, scale_layout, ue8m0, scale_ub, None)
@@ -835,7 +854,7 @@ if torch is not None:
                     raise _explained(e, x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
                                      scales_out) from None
         return _checked_call(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out,
-                             launch, (activation, alpha, beta, limit, gate_up, scale_rounding), global_scale)
+                             launch, (activation, alpha, beta, limit, gate_up, scale_rounding, min_scale), global_scale)
 
 else:
     silu_mul_quant = _not_available  # type: ignore[assignment]

@@ -40,8 +40,9 @@ def pow2_ceil(s):
     return ((k + 127) << 23).view(_F32)
 
 
-def reference(x, group_size, out, ue8m0=False, scale_ub=None):
-    """(q [T, H] of out dtype, s [T, NG] fp32, v = y / s [T, H] fp32) for x [..., 2H]."""
+def reference(x, group_size, out, ue8m0=False, scale_ub=None, min_scale=None):
+    """(q [T, H] of out dtype, s [T, NG] fp32, v = y / s [T, H] fp32) for x [..., 2H];
+    `min_scale` (a number, rounded to fp32) replaces MIN_SCALE."""
     h = x.shape[-1] // 2
     xf = x.detach().reshape(-1, 2 * h).to("cpu", _F32)
     g, u = xf[:, :h], xf[:, h:]
@@ -52,7 +53,7 @@ def reference(x, group_size, out, ue8m0=False, scale_ub=None):
     s = amax / torch.tensor(QMAX[out], dtype=_F32)
     if scale_ub is not None:
         s = torch.minimum(s, scale_ub.detach().to("cpu").reshape(()))
-    s = torch.maximum(s, MIN_SCALE[out])
+    s = torch.maximum(s, MIN_SCALE[out] if min_scale is None else torch.tensor(min_scale, dtype=_F32))
     if ue8m0:
         s = pow2_ceil(s)
     v = (yg / s[..., None]).reshape(t, h)
@@ -135,12 +136,12 @@ def compare_q(q, q_ref, v_ref, out):
     return n
 
 
-def check(x, q, s, group_size, out, layout, ue8m0=False, scale_ub=None):
+def check(x, q, s, group_size, out, layout, ue8m0=False, scale_ub=None, min_scale=None):
     h = x.shape[-1] // 2
     lead = tuple(x.shape[:-1])
     t, ng = math.prod(lead), h // group_size
     assert q.shape == lead + (h,) and q.dtype == OUT[out] and q.is_contiguous() and q.device == x.device
-    q_ref, s_ref, v_ref = reference(x, group_size, out, ue8m0, scale_ub)
+    q_ref, s_ref, v_ref = reference(x, group_size, out, ue8m0, scale_ub, min_scale)
     sm = scales_matrix(s, layout, t, ng)
     torch.testing.assert_close(sm, s_ref, rtol=1e-6, atol=0)
     used = compare_q(q, q_ref, v_ref, out)

@@ -424,3 +424,65 @@ def test_activation_keywords_under_torch_compile():
     q, s = torch.compile(f, fullgraph=True)(x)
     q_e, s_e = f(x)
     assert torch.equal(q.view(torch.uint8), q_e.view(torch.uint8)) and torch.equal(s, s_e)
+
+
+# ---- min_scale: the scale's floor as a spec field ------------------------------------------------------
+
+
+VLLM_FLOOR = 2.2321428e-13  # fl32(fl32(1e-10) / 448): vLLM floors amax at 1e-10, then divides by 448
+
+
+@pytest.mark.parametrize("out,layout,ue8m0,min_scale", [
+    ("fp8_e4m3", "row", False, VLLM_FLOOR),
+    ("fp8_e4m3", "col", False, 1e-3),
+    ("fp8_e4m3", "col_tma", True, 1e-3),
+    ("int8", "row", False, 3e-3),
+    ("fp8_e5m2", "ue8m0_packed", True, 1e-5),
+])
+def test_min_scale_keyword_against_the_contract(out, layout, ue8m0, min_scale):
+    t, h, g = 19, 768, 96
+    x = make_x(t, h, torch.bfloat16, seed=970, scale=0.5)
+    x[3].zero_()  # an all-zero row: every group at the floor
+    q, s = bqjit.silu_mul_quant(x, g, {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2,
+                                       "int8": torch.int8}[out], layout, ue8m0, min_scale=min_scale)
+    check(x, q, s, g, out, layout, ue8m0, None, min_scale)
+    from test_bqjit import pow2_ceil, scales_matrix
+    sm = scales_matrix(s, layout, t, h // g)
+    floor = torch.tensor(min_scale, dtype=_F32)
+    if ue8m0:
+        floor = pow2_ceil(floor)
+    assert torch.all(sm[3] == floor), "the zero row's scales must be the floor"
+    assert torch.all(sm >= floor)
+
+
+def test_min_scale_under_torch_compile_and_masked():
+    torch._dynamo.reset()
+
+    def f(x):
+        return bqjit.silu_mul_quant(x, 128, torch.float8_e4m3fn, "col", False, min_scale=VLLM_FLOOR)
+
+    x = make_x(7, 512, torch.bfloat16, seed=980)
+    assert torch._dynamo.explain(f)(x).graph_break_count == 0
+    q, s = torch.compile(f, fullgraph=True)(x)
+    q_e, s_e = f(x)
+    assert torch.equal(q.view(torch.uint8), q_e.view(torch.uint8)) and torch.equal(s, s_e)
+    counts = torch.tensor([7, 2], dtype=torch.int32, device=DEV)
+    xm = torch.stack([x, x])
+    qm, sm = bqjit.silu_mul_quant_masked(xm, counts, 128, min_scale=1e-3)
+    check(x, qm[0], sm[0].contiguous(), 128, "fp8_e4m3", "row", False, None, 1e-3)
+
+
+def test_min_scale_default_value_shares_the_kernel_and_errors_name_the_rule():
+    x = make_x(5, 256, torch.bfloat16, seed=990)
+    q1, s1 = bqjit.silu_mul_quant(x, 128)
+    default = float(torch.tensor(1.0 / (448.0 * 512.0), dtype=_F32))
+    q2, s2 = bqjit.silu_mul_quant(x, 128, min_scale=default)
+    assert torch.equal(q1.view(torch.uint8), q2.view(torch.uint8)) and torch.equal(s1, s2)
+    with pytest.raises(ValueError, match="min_scale = 0.0: must be > 0"):
+        bqjit.silu_mul_quant(x, 128, min_scale=0.0)
+    with pytest.raises(TypeError, match="min_scale must be a number"):
+        bqjit.silu_mul_quant(x, 128, min_scale="1e-10")
+    with pytest.raises(ValueError, match="applies only to scale_rounding 'ceil'"):
+        bqjit.silu_mul_quant(x, 32, ue8m0=True, scale_rounding="floor", min_scale=1e-10)
+    with pytest.raises(bqjit.BqjitError, match="min_scale"):  # the library's rule: a normal fp32
+        bqjit.silu_mul_quant(x, 128, min_scale=1e-40)
