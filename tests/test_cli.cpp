@@ -204,12 +204,18 @@ TEST_F(CliTest, UnknownOrMissingCommandIsNamed) {
 }
 
 TEST_F(CliTest, UnsupportedArchListsOnlyWhatBqjitAccepts) {
-  RunResult r = run({"ptx", "H=7168", "--arch", "sm_200", "--no-ptx"});
+  // An architecture-specific target newer than NVRTC cannot come from PTX.
+  RunResult r = run({"ptx", "H=7168", "--arch", "sm_200a", "--no-ptx"});
   EXPECT_EQ(r.status, 2);
-  EXPECT_TRUE(contains(r.err, "bqjit: error: invalid spec field 'arch' = 'sm_200': must be one of "
-                              "sm_80, "));
+  EXPECT_TRUE(contains(r.err, "bqjit: error: invalid spec field 'arch' = 'sm_200a': must be one "
+                              "of sm_80, "));
   EXPECT_TRUE(contains(r.err, "sm_90"));
   EXPECT_FALSE(contains(r.err, "sm_75"));
+  // A plain one gets PTX of NVRTC's newest virtual architecture.
+  RunResult ptx = run({"ptx", "H=7168", "--arch", "sm_200", "--no-ptx"});
+  EXPECT_EQ(ptx.status, 0) << ptx.err;
+  EXPECT_TRUE(contains(ptx.out, "PTX, compiled by the driver when it loads")) << ptx.out;
+  EXPECT_TRUE(contains(ptx.out, "sm_200")) << ptx.out;
 }
 
 TEST_F(CliTest, VersionNamesNvrtcArchsAndCache) {
