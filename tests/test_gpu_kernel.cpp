@@ -331,41 +331,47 @@ const std::vector<GpuCase>& allCases() {
   return cases;
 }
 
-class GpuKernel : public ::testing::TestWithParam<size_t> {
-protected:
-  // Compiles every case's kernel up front on all cores, so the tests
-  // themselves measure nothing but correctness.
-  static void SetUpTestSuite() {
-    GpuEnv& env = GpuEnv::get();
-    if (!env.skipReason.empty())
-      return;
-    std::atomic<size_t> next{0};
-    std::vector<std::thread> pool;
-    const unsigned n = std::max(2u, std::thread::hardware_concurrency());
-    for (unsigned i = 0; i < n; ++i)
-      pool.emplace_back([&] {
-        for (size_t c; (c = next++) < allCases().size();) {
-          KernelSpec s = allCases()[c].spec;
-          s.arch = env.arch;
-          auto k = env.service->compile(s);
-          if (!k)
-            llvm::consumeError(k.takeError()); // reported by the test itself
-        }
-      });
-    for (auto& t : pool)
-      t.join();
-  }
-};
+// Compiles every case's kernel up front on all cores, so the tests
+// themselves measure nothing but correctness.
+void compileUpFront(const std::vector<GpuCase>& cases) {
+  GpuEnv& env = GpuEnv::get();
+  if (!env.skipReason.empty())
+    return;
+  std::atomic<size_t> next{0};
+  std::vector<std::thread> pool;
+  const unsigned n = std::max(2u, std::thread::hardware_concurrency());
+  for (unsigned i = 0; i < n; ++i)
+    pool.emplace_back([&] {
+      for (size_t c; (c = next++) < cases.size();) {
+        KernelSpec s = cases[c].spec;
+        s.arch = env.arch;
+        auto k = env.service->compile(s);
+        if (!k)
+          llvm::consumeError(k.takeError()); // reported by the test itself
+      }
+    });
+  for (auto& t : pool)
+    t.join();
+}
 
-TEST_P(GpuKernel, MatchesReference) {
-  BQJIT_REQUIRE_GPU_ENV();
-  const GpuCase& c = allCases()[GetParam()];
+/// One case against the reference, with the allowances it used reported.
+void expectMatchesReference(const GpuCase& c) {
   ref::CompareReport r = runCase(c);
-  RecordProperty("allowance_used", std::to_string(r.allowanceUsed));
+  ::testing::Test::RecordProperty("allowance_used", std::to_string(r.allowanceUsed));
   EXPECT_TRUE(r.ok()) << c.name() << ": " << r.summary();
   EXPECT_GT(r.elements, 0) << c.name();
   if (r.allowanceUsed || r.scaleAllowanceUsed)
     std::printf("[allowance] %s: %s\n", c.name().c_str(), r.summary().c_str());
+}
+
+class GpuKernel : public ::testing::TestWithParam<size_t> {
+protected:
+  static void SetUpTestSuite() { compileUpFront(allCases()); }
+};
+
+TEST_P(GpuKernel, MatchesReference) {
+  BQJIT_REQUIRE_GPU_ENV();
+  expectMatchesReference(allCases()[GetParam()]);
 }
 
 // Runs without a GPU: the case list itself. Every pair of values of
@@ -626,37 +632,12 @@ const std::vector<GpuCase>& fp4Cases() {
 
 class GpuKernelFp4 : public ::testing::TestWithParam<size_t> {
 protected:
-  static void SetUpTestSuite() {
-    GpuEnv& env = GpuEnv::get();
-    if (!env.skipReason.empty())
-      return;
-    std::atomic<size_t> next{0};
-    std::vector<std::thread> pool;
-    const unsigned n = std::max(2u, std::thread::hardware_concurrency());
-    for (unsigned i = 0; i < n; ++i)
-      pool.emplace_back([&] {
-        for (size_t c; (c = next++) < fp4Cases().size();) {
-          KernelSpec s = fp4Cases()[c].spec;
-          s.arch = env.arch;
-          auto k = env.service->compile(s);
-          if (!k)
-            llvm::consumeError(k.takeError()); // reported by the test itself
-        }
-      });
-    for (auto& t : pool)
-      t.join();
-  }
+  static void SetUpTestSuite() { compileUpFront(fp4Cases()); }
 };
 
 TEST_P(GpuKernelFp4, MatchesReference) {
   BQJIT_REQUIRE_GPU_ENV();
-  const GpuCase& c = fp4Cases()[GetParam()];
-  ref::CompareReport r = runCase(c);
-  RecordProperty("allowance_used", std::to_string(r.allowanceUsed));
-  EXPECT_TRUE(r.ok()) << c.name() << ": " << r.summary();
-  EXPECT_GT(r.elements, 0) << c.name();
-  if (r.allowanceUsed || r.scaleAllowanceUsed)
-    std::printf("[allowance] %s: %s\n", c.name().c_str(), r.summary().c_str());
+  expectMatchesReference(fp4Cases()[GetParam()]);
 }
 
 // Runs without a GPU: the FP4 case list covers what issue 18 asks for.
