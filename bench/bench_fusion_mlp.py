@@ -127,11 +127,18 @@ def choose_scaled_mm(inter, hidden):
     raise SystemExit("no scaled-mm call works here: " + "; ".join(notes))
 
 
+def column_major(s):
+    """The 1x128 scales as the block-scaled GEMM wants them, strides (1, T):
+    at T = 1 Inductor may lay out the [1, NG] result with strides (1, NG),
+    which the GEMM refuses although it holds the same bytes."""
+    return s if s.stride() == (1, s.shape[0]) else s.t().contiguous().t()
+
+
 def make_block(mm):
     def block(x, w_gate_up, wq, ws):
         gu = x @ w_gate_up.t()
         q, s = act_quant(gu)
-        return mm(q, s, wq, ws)
+        return mm(q, column_major(s), wq, ws)
     return block
 
 
