@@ -32,6 +32,7 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, Regime regime, const Devic
                               int maxVecWidth) {
   const int multiple = inFlightMultiple(device);
   const bool many = regime == Regime::ManyTokens || regime == Regime::VeryManyTokens;
+  bool smallGroupTeams = false;
   LaunchShape s;
   // 16-byte loads where G allows it.
   s.vecWidth = largestPow2Dividing(
@@ -48,6 +49,12 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, Regime regime, const Devic
     // faster there, bench/NOTES.md issue 16).
     s.threadsPerGroup =
         largestPow2Dividing(vectors, std::min(32, std::max(8 / multiple, vectors / 2)));
+    // There, groups of 16 and 32 (fewer than 8 vectors) read two vectors a
+    // thread too, in 256-thread blocks: 1.14-1.25x the one-vector teams for
+    // NVFP4 and MXFP4 at T >= 1024 (bench/NOTES.md, issue 18).
+    smallGroupTeams = multiple > 1 && vectors < 8;
+    if (smallGroupTeams)
+      s.threadsPerGroup = largestPow2Dividing(vectors, std::max(1, vectors / 2));
   } else {
     // One vector per thread where the team fits in a warp (any team size, in
     // a power-of-two slot): the shortest dependent chain, which is what
@@ -72,7 +79,7 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, Regime regime, const Devic
   }
   // 256-thread blocks; 128 where more bytes are in flight per thread (on an
   // H200, 1024-4096 elements a block beat larger ones by 5-12%).
-  s.groupsPerBlock = std::max(1, (many ? 256 / multiple : 256) / s.teamSlot());
+  s.groupsPerBlock = std::max(1, (many && !smallGroupTeams ? 256 / multiple : 256) / s.teamSlot());
   // Very many tokens: blocks of 8192 elements, where G divides that and
   // the block stays within 1024 threads, are 0.5-1.5% faster than blocks
   // of 256 threads from T x H = 2^25 up at G = 64 and 128 (and 1.5-3.5%
