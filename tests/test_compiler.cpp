@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -400,14 +401,15 @@ std::vector<KernelSpec> activationMatrix() {
   return out;
 }
 
-TEST_F(CompilerTest, ActivationsGateUpAndRoundingsCompileWithoutSpills) {
-  const std::vector<KernelSpec> specs = activationMatrix();
-  ASSERT_EQ(specs.size(), 2u * 4 * 2 * 3);
+/// Compiles every spec on two threads and expects each to pass checkKernel and
+/// `extra` (a problem's text, or empty), and the keys to be distinct.
+void expectMatrixCompiles(
+    const Compiler& compiler, const std::vector<KernelSpec>& specs,
+    const std::function<std::string(const KernelSpec&, const CompiledKernel&)>& extra) {
   std::atomic<size_t> next{0};
   std::mutex mutex;
   std::vector<std::string> failures;
   std::vector<std::string> keys(specs.size());
-  const Compiler& compiler = *compiler_;
   auto worker = [&] {
     for (size_t i; (i = next.fetch_add(1)) < specs.size();) {
       auto k = compileSpec(compiler, specs[i]);
@@ -419,9 +421,9 @@ TEST_F(CompilerTest, ActivationsGateUpAndRoundingsCompileWithoutSpills) {
       const std::string problems = checkKernel(compiler, specs[i], *k);
       if (!problems.empty())
         failures.push_back(specs[i].label() + ": " + problems);
-      // Accurate math only: no approximate tanh (docs/contract.md section 6).
-      if (contains(k->ptx, "tanh.approx"))
-        failures.push_back(specs[i].label() + ": tanh.approx in the PTX");
+      const std::string more = extra(specs[i], *k);
+      if (!more.empty())
+        failures.push_back(specs[i].label() + ": " + more);
       keys[i] = k->key;
     }
   };
@@ -436,6 +438,15 @@ TEST_F(CompilerTest, ActivationsGateUpAndRoundingsCompileWithoutSpills) {
                                 << report;
   std::sort(keys.begin(), keys.end());
   EXPECT_EQ(std::unique(keys.begin(), keys.end()), keys.end());
+}
+
+TEST_F(CompilerTest, ActivationsGateUpAndRoundingsCompileWithoutSpills) {
+  const std::vector<KernelSpec> specs = activationMatrix();
+  ASSERT_EQ(specs.size(), 2u * 4 * 2 * 3);
+  expectMatrixCompiles(*compiler_, specs, [](const KernelSpec&, const CompiledKernel& k) {
+    // Accurate math only: no approximate tanh (docs/contract.md section 6).
+    return contains(k.ptx, "tanh.approx") ? std::string("tanh.approx in the PTX") : std::string();
+  });
 }
 
 // ---- fp4_e2m1 (NVFP4, MXFP4) and swizzled_128x4 (docs/contract.md section 8) ----------
@@ -489,49 +500,20 @@ std::vector<KernelSpec> fp4Matrix() {
 }
 
 TEST_F(CompilerTest, Fp4AndSwizzledCompileWithoutSpillsOnEveryTarget) {
-  const std::vector<KernelSpec> specs = fp4Matrix();
-  std::atomic<size_t> next{0};
-  std::mutex mutex;
-  std::vector<std::string> failures;
-  std::vector<std::string> keys(specs.size());
-  const Compiler& compiler = *compiler_;
-  auto worker = [&] {
-    for (size_t i; (i = next.fetch_add(1)) < specs.size();) {
-      auto k = compileSpec(compiler, specs[i]);
-      std::lock_guard<std::mutex> lock(mutex);
-      if (!k) {
-        failures.push_back(specs[i].label() + ": " + consumeToString(k.takeError()));
-        continue;
-      }
-      const std::string problems = checkKernel(compiler, specs[i], *k);
-      if (!problems.empty())
-        failures.push_back(specs[i].label() + ": " + problems);
-      // The hardware conversions only where PTX has them (family-specific
-      // Blackwell targets); plain sm_100 / sm_120 convert in software.
-      const Arch arch = *Arch::parse(specs[i].arch);
-      const bool hw = arch.number >= 100 && arch.suffix != 0;
-      const bool fp4 = specs[i].outDtype == OutDtype::FP4E2M1;
-      if (contains(k->ptx, "e2m1x2") != (hw && fp4))
-        failures.push_back(specs[i].label() + ": e2m1x2 conversion " +
-                           (hw && fp4 ? "missing" : "present"));
-      const bool mxCeil = fp4 && specs[i].ue8m0 && specs[i].scaleRounding == ScaleRounding::Ceil;
-      if (contains(k->ptx, "ue8m0x2") != (hw && mxCeil))
-        failures.push_back(specs[i].label() + ": ue8m0x2 conversion " +
-                           (hw && mxCeil ? "missing" : "present"));
-      keys[i] = k->key;
-    }
-  };
-  std::thread a(worker), b(worker);
-  a.join();
-  b.join();
-  std::string report;
-  for (size_t i = 0; i < failures.size() && i < 20; ++i)
-    report += failures[i] + "\n";
-  EXPECT_TRUE(failures.empty()) << failures.size() << " of " << specs.size()
-                                << " specializations failed, first ones:\n"
-                                << report;
-  std::sort(keys.begin(), keys.end());
-  EXPECT_EQ(std::unique(keys.begin(), keys.end()), keys.end());
+  expectMatrixCompiles(*compiler_, fp4Matrix(), [](const KernelSpec& s, const CompiledKernel& k) {
+    // The hardware conversions only where PTX has them (family-specific
+    // Blackwell targets); plain sm_100 / sm_120 convert in software.
+    const Arch arch = *Arch::parse(s.arch);
+    const bool hw = arch.number >= 100 && arch.suffix != 0;
+    const bool fp4 = s.outDtype == OutDtype::FP4E2M1;
+    std::string problems;
+    if (contains(k.ptx, "e2m1x2") != (hw && fp4))
+      problems += std::string("e2m1x2 conversion ") + (hw && fp4 ? "missing" : "present") + "; ";
+    const bool mxCeil = fp4 && s.ue8m0 && s.scaleRounding == ScaleRounding::Ceil;
+    if (contains(k.ptx, "ue8m0x2") != (hw && mxCeil))
+      problems += std::string("ue8m0x2 conversion ") + (hw && mxCeil ? "missing" : "present");
+    return problems;
+  });
 }
 
 TEST_F(CompilerTest, Nvfp4OnSm100aUsesTheHardwareConversion) {

@@ -5,6 +5,8 @@
 // exhaustively over the significands, with the kernel's formula and constants.
 #include <gtest/gtest.h>
 
+#include "test_util.hpp"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -12,17 +14,8 @@
 
 namespace {
 
-uint32_t bitsOf(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-
-float fromBits(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using bqjit::test::bitsOf;
+using bqjit::test::fromBits;
 
 // The kernel's divFast: q0 = a * r, then one correction with the residual's
 // sign flipped so that -0 / b stays -0.

@@ -8,6 +8,8 @@
 
 #include <gtest/gtest.h>
 
+#include "test_util.hpp"
+
 #include "reference/reference.hpp"
 
 namespace bqjit::ref {
@@ -1540,17 +1542,8 @@ TEST(Compare, Fp4BoundaryAllowanceAndSwizzledPadding) {
 // reference's tables: a kernel whose conversions differ from the contract
 // would fail here, without a GPU.
 
-uint32_t bitsOf(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-
-float fromBits(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using test::bitsOf;
+using test::fromBits;
 
 // e2m1Soft.
 uint32_t templateE2M1(float v) {
