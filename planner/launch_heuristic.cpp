@@ -1,6 +1,7 @@
 #include "planner/launch_heuristic.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 
 namespace bqjit {
 
@@ -13,6 +14,34 @@ int largestPow2Dividing(int n, int cap) {
   while (p * 2 <= cap && n % (p * 2) == 0)
     p *= 2;
   return p;
+}
+
+// A team of any size up to 32 that divides `vectors`, for groups whose vector
+// count has few factors of two: among the teams whose threads read at most
+// four vectors, the one that leaves the fewest lanes of its power-of-two slot
+// idle, the nearest to two vectors a thread on a tie; where no team reads so
+// few, the largest.
+int leastIdleTeam(int vectors) {
+  int best = 0;
+  double bestIdle = 2.0;
+  for (int t = 1; t <= std::min(32, vectors); ++t) {
+    if (vectors % t != 0 || vectors / t > 4)
+      continue;
+    int slot = 1;
+    while (slot < t)
+      slot *= 2;
+    const double idle = double(slot - t) / slot;
+    const bool nearerTwo = std::abs(vectors / t - 2) < std::abs(vectors / std::max(best, 1) - 2);
+    if (idle < bestIdle - 1e-9 || (idle < bestIdle + 1e-9 && nearerTwo)) {
+      best = t;
+      bestIdle = idle;
+    }
+  }
+  if (best == 0)
+    for (int t = std::min(32, vectors); t >= 1; --t)
+      if (vectors % t == 0)
+        return t;
+  return best;
 }
 
 } // namespace
@@ -55,6 +84,14 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, Regime regime, const Devic
     smallGroupTeams = multiple > 1 && vectors < 8;
     if (smallGroupTeams)
       s.threadsPerGroup = largestPow2Dividing(vectors, std::max(1, vectors / 2));
+    // A power-of-two team can leave a thread many vectors where G has few
+    // factors of two: G = 112 (14 vectors) in teams of 2 reads 7 vectors, 56
+    // values a thread, which took 245 registers (one block an SM) and a
+    // compile 2.5 times the usual one. More than four vectors a thread: a
+    // team of any size, in its power-of-two slot (G = 112: 7 threads of 2
+    // vectors, one lane of 8 idle).
+    if (vectors / s.threadsPerGroup > 4)
+      s.threadsPerGroup = leastIdleTeam(vectors);
   } else {
     // One vector per thread where the team fits in a warp (any team size, in
     // a power-of-two slot): the shortest dependent chain, which is what

@@ -340,6 +340,11 @@ bqjit_status bqjit_kernel_launch_ex(bqjit_kernel kernel, const bqjit_launch_args
   a.maskedM = reinterpret_cast<const int32_t*>(args->masked_m);
   a.numExperts = args->num_experts;
   a.globalScale = reinterpret_cast<const float*>(e.global_scale);
+  if (e.flags & ~BQJIT_LAUNCH_PDL)
+    return fail(bqjit::ErrorCode::InvalidArgument,
+                "extra->flags " + std::to_string(e.flags) +
+                    ": only BQJIT_LAUNCH_PDL (0x1) is known to this library");
+  a.programmaticDependentLaunch = (e.flags & BQJIT_LAUNCH_PDL) != 0;
   if (auto err = kernel->kernel.launch(a, static_cast<CUstream>(stream)))
     return fail(std::move(err));
   return ok();

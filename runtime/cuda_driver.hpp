@@ -59,6 +59,7 @@ namespace bqjit {
   X(cuFuncGetAttribute, 2020)                                                                      \
   X(cuFuncSetAttribute, 9000)                                                                      \
   X(cuLaunchKernel, 4000)                                                                          \
+  X(cuLaunchKernelEx, 11060)                                                                       \
   X(cuPointerGetAttribute, 4000)
 
 /// Entry points only the tools (verify, tune) and the tests use: memory,
@@ -77,6 +78,7 @@ namespace bqjit {
   X(cuMemFree, 3020)                                                                               \
   X(cuMemcpyHtoD, 3020)                                                                            \
   X(cuMemcpyDtoH, 3020)                                                                            \
+  X(cuMemcpyDtoD, 3020)                                                                            \
   X(cuMemcpyHtoDAsync, 3020)                                                                       \
   X(cuMemcpyDtoHAsync, 3020)                                                                       \
   X(cuMemsetD8, 3020)                                                                              \

@@ -244,6 +244,25 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
   const int32_t* masked = a.maskedM;
   const float* globalScale = a.globalScale;
   void* params[] = {&x, &ldx, &rows, &q, &scales, &ub, &masked, &globalScale};
+  if (a.programmaticDependentLaunch && fn.programmaticLaunch) {
+    CUlaunchAttribute attribute{};
+    attribute.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attribute.value.programmaticStreamSerializationAllowed = 1;
+    CUlaunchConfig config{};
+    config.gridDimX = grid[0];
+    config.gridDimY = grid[1];
+    config.gridDimZ = grid[2];
+    config.blockDimX = block[0];
+    config.blockDimY = block[1];
+    config.blockDimZ = block[2];
+    config.hStream = stream;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    r = d.cuLaunchKernelEx(&config, fn.function, params, nullptr);
+    if (r != CUDA_SUCCESS)
+      return d.check(r, "cuLaunchKernelEx (programmatic dependent launch)", "kernel " + s.label());
+    return llvm::Error::success();
+  }
   r = d.cuLaunchKernel(fn.function, grid[0], grid[1], grid[2], block[0], block[1], block[2], 0,
                        stream, params, nullptr);
   // The message is built only on failure: the launch path allocates nothing.

@@ -32,6 +32,9 @@ struct LoadedFunction {
   CUfunction function = nullptr;
   CUcontext context = nullptr; ///< the device's primary context
   int device = 0;
+  /// sm_90 or newer: the kernel waits for a programmatic dependent launch's
+  /// predecessor, so the launch attribute may be set.
+  bool programmaticLaunch = false;
 
   const CudaDriver& driver() const { return *library->driver; }
   const CompiledKernel& kernel() const { return *library->kernel; }

@@ -692,6 +692,16 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   constexpr int kPackedWords = (NG + 3) / 4;
   constexpr int kTileCols = (NG + 3) / 4; // swizzled_128x4: NGp / 4
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Programmatic dependent launch (sm_90+; the host opts in per launch with a
+  // launch attribute, and without it both are no-ops): this grid may start
+  // while the previous kernel on the stream still runs, so it waits for that
+  // kernel's writes before reading or writing any memory (the previous kernel
+  // may still read what this one overwrites); then it lets the next kernel
+  // start early, which must itself wait before reading this grid's outputs.
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
   const i64 rows4 = (rows + 3) / 4 * 4;
   const i64 rows128 = (rows + 127) / 128 * 128;
   const i64 taskRows = kPadded ? rows4 : rows;

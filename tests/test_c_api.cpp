@@ -7,6 +7,7 @@
 #include <dlfcn.h>
 #include <stdlib.h>
 
+#include <cstddef>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -526,6 +527,20 @@ TEST_F(CApiTest, KernelLaunchExChecksItsExtraArguments) {
   EXPECT_EQ(bqjit_kernel_launch_ex(notDereferenced, &args, &newer.known, nullptr),
             BQJIT_ERROR_INVALID_ARGUMENT);
   EXPECT_TRUE(contains(lastError(), "are not known here"));
+  // A flag this library does not know is refused, naming the field.
+  extra.size = sizeof extra;
+  extra.flags = BQJIT_LAUNCH_PDL | 0x4u;
+  EXPECT_EQ(bqjit_kernel_launch_ex(notDereferenced, &args, &extra, nullptr),
+            BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "extra->flags 5"));
+  EXPECT_TRUE(contains(lastError(), "BQJIT_LAUNCH_PDL"));
+}
+
+TEST_F(CApiTest, LaunchExtraFlagsFollowGlobalScale) {
+  // An older caller's struct (size and global_scale only) reads flags as 0:
+  // the field is appended, never moved.
+  EXPECT_EQ(offsetof(bqjit_launch_extra, global_scale), sizeof(size_t));
+  EXPECT_EQ(offsetof(bqjit_launch_extra, flags), sizeof(size_t) + sizeof(uint64_t));
 }
 
 TEST_F(CApiTest, LastErrorIsClearedOnSuccess) {

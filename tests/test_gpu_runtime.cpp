@@ -5,9 +5,11 @@
 
 #include <stdlib.h>
 
+#include "bqjit/arch.hpp"
 #include "cache/kernel_cache.hpp"
 #include "core/fs_util.hpp"
 #include "gpu_harness.hpp"
+#include "jit/nvrtc_program.hpp"
 #include "planner/launch_heuristic.hpp"
 #include "planner/planner.hpp"
 
@@ -206,6 +208,117 @@ TEST(GpuRuntime, LaunchArgumentErrors) {
   a.numExperts = 2;
   expectError(a, "numExperts", "unmasked");
   checkCu(d, d.cuCtxSynchronize(), "sync");
+}
+
+// A programmatic dependent launch behind a producer that lets its dependents
+// start at once and writes x only after spinning 100 us: the kernel must wait
+// for the producer's writes (griddepcontrol.wait), so its outputs are those
+// of the new x, launched on a stream and replayed from a captured graph, at a
+// decode size and a many-token size.
+TEST(GpuRuntime, ProgrammaticDependentLaunchWaitsForThePreviousKernel) {
+  BQJIT_REQUIRE_GPU_ENV();
+  GpuEnv& env = GpuEnv::get();
+  const CudaDriver& d = *env.driver;
+  auto arch = Arch::parse(env.arch);
+  ASSERT_TRUE(bool(arch)) << consumeToString(arch.takeError());
+  if (arch->number < 90)
+    GTEST_SKIP() << "programmatic dependent launch needs sm_90 or newer; device 0 is " << env.arch;
+  auto program = NvrtcProgram::create(R"(
+extern "C" __global__ void produce(const uint4* src, uint4* dst, long long n, long long spinNs) {
+  asm volatile("griddepcontrol.launch_dependents;");
+  unsigned long long t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  } while (t - t0 < static_cast<unsigned long long>(spinNs));
+  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<long long>(gridDim.x) * blockDim.x)
+    dst[i] = src[i];
+})",
+                                      "produce.cu", {}, {});
+  ASSERT_TRUE(bool(program)) << consumeToString(program.takeError());
+  llvm::Error compiled = program->compile({"--gpu-architecture=" + env.arch});
+  ASSERT_FALSE(bool(compiled)) << consumeToString(std::move(compiled)) << "\n" << program->log();
+  auto cubin = program->cubin();
+  ASSERT_TRUE(bool(cubin)) << consumeToString(cubin.takeError());
+  CUlibrary library = nullptr;
+  checkCu(d, d.cuLibraryLoadData(&library, cubin->data(), nullptr, nullptr, 0, nullptr, nullptr, 0),
+          "cuLibraryLoadData");
+  CUkernel handle = nullptr;
+  CUfunction produce = nullptr;
+  checkCu(d, d.cuLibraryGetKernel(&handle, library, "produce"), "cuLibraryGetKernel");
+  checkCu(d, d.cuKernelGetFunction(&produce, handle), "cuKernelGetFunction");
+  CUstream stream = nullptr;
+  checkCu(d, d.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+
+  KernelSpec spec = bf16Spec(7168, 128);
+  auto kernel = env.service->getKernel(spec, 0);
+  ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+  for (int64_t tokens : {int64_t(5), int64_t(3000)}) {
+    const int64_t ldx = 2 * 7168;
+    ref::Problem p;
+    p.spec = kernel->specFor(tokens);
+    p.tokens = tokens;
+    p.ldx = ldx;
+    const size_t qBytes = ref::outputBytes(p.spec, tokens),
+                 sBytes = ref::scaleBufferBytes(p.spec, tokens);
+    const std::vector<uint8_t> oldX = ref::makeInput(p.spec, tokens, ldx, 1, 41);
+    const std::vector<uint8_t> newX = ref::makeInput(p.spec, tokens, ldx, 1, 42);
+    ASSERT_NE(oldX, newX);
+    DeviceBuffer src(d, newX.size()), dx(d, oldX.size()), dq(d, qBytes), ds(d, sBytes);
+    checkCu(d, d.cuMemcpyHtoD(src.get(), newX.data(), newX.size()), "upload new x");
+    CUdeviceptr srcPtr = src.get(), xPtr = dx.get();
+    long long n = static_cast<long long>(newX.size() / 16), spinNs = 100000;
+    void* params[] = {&srcPtr, &xPtr, &n, &spinNs};
+    LaunchArgs a;
+    a.x = dx.ptr();
+    a.ldx = ldx;
+    a.tokens = tokens;
+    a.q = dq.ptr();
+    a.scales = ds.ptr();
+    a.programmaticDependentLaunch = true;
+    const ref::Result expected = ref::run(p, newX.data());
+    auto enqueue = [&] {
+      checkCu(d, d.cuLaunchKernel(produce, 132, 1, 1, 256, 1, 1, 0, stream, params, nullptr),
+              "producer launch");
+      llvm::Error launched = kernel->launch(a, stream);
+      if (launched)
+        throw std::runtime_error(consumeToString(std::move(launched)));
+    };
+    auto checkOutputs = [&](const std::string& how) {
+      std::vector<uint8_t> q(qBytes), s(sBytes);
+      checkCu(d, d.cuMemcpyDtoH(q.data(), dq.get(), qBytes), "download q");
+      checkCu(d, d.cuMemcpyDtoH(s.data(), ds.get(), sBytes), "download s");
+      auto r = ref::compare(p, expected, q.data(), s.data());
+      EXPECT_TRUE(r.ok()) << how << ", T = " << tokens << ": " << r.summary();
+    };
+    auto reset = [&] {
+      checkCu(d, d.cuMemcpyHtoD(dx.get(), oldX.data(), oldX.size()), "upload old x");
+      checkCu(d, d.cuMemsetD8(dq.get(), p.poison, qBytes), "poison q");
+      checkCu(d, d.cuMemsetD8(ds.get(), p.poison, sBytes), "poison s");
+    };
+    reset();
+    enqueue();
+    checkCu(d, d.cuStreamSynchronize(stream), "sync");
+    checkOutputs("on a stream");
+
+    CUgraph graph = nullptr;
+    checkCu(d, d.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_GLOBAL), "capture");
+    enqueue();
+    checkCu(d, d.cuStreamEndCapture(stream, &graph), "cuStreamEndCapture");
+    CUgraphExec exec = nullptr;
+    checkCu(d, d.cuGraphInstantiate(&exec, graph, 0), "cuGraphInstantiate");
+    for (int replay = 0; replay < 2; ++replay) {
+      reset();
+      checkCu(d, d.cuGraphLaunch(exec, stream), "cuGraphLaunch");
+      checkCu(d, d.cuStreamSynchronize(stream), "sync");
+      checkOutputs("graph replay " + std::to_string(replay));
+    }
+    d.cuGraphExecDestroy(exec);
+    d.cuGraphDestroy(graph);
+  }
+  d.cuStreamDestroy(stream);
+  d.cuLibraryUnload(library);
 }
 
 // docs/contract.md section 8: an NVFP4 launch without its global scale is refused

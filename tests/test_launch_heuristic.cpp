@@ -302,5 +302,40 @@ TEST(LaunchHeuristic, HighBandwidthDevicesKeepMoreBytesInFlight) {
   }
 }
 
+// Where G has few factors of two, a power-of-two team would leave a thread
+// many vectors (G = 112: 7 of them, 245 registers): teams of any size keep a
+// thread at four vectors or fewer wherever a team of up to 32 allows it.
+TEST(LaunchHeuristic, ThroughputThreadsReadAtMostFourVectorsWhereATeamAllows) {
+  for (const char* name : {"H100 80GB HBM3", "H200"}) {
+    const DeviceProfile device = model(name);
+    int checked = 0;
+    for (int g = KernelSpec::kMinGroup; g <= KernelSpec::kMaxGroup; ++g) {
+      KernelSpec s = baseSpec();
+      s.groupSize = g;
+      s.hidden = g * (65536 / g);
+      const LaunchShape shape = chooseLaunchShape(s, Regime::ManyTokens, device);
+      const int vectors = g / shape.vecWidth;
+      bool possible = false;
+      for (int t = 1; t <= 32; ++t)
+        possible = possible || (vectors % t == 0 && vectors / t <= 4);
+      if (possible) {
+        EXPECT_LE(vectors / shape.threadsPerGroup, 4) << name << " G=" << g;
+        ++checked;
+      }
+    }
+    EXPECT_GT(checked, 100) << name;
+  }
+  KernelSpec s = baseSpec();
+  s.groupSize = 112; // 14 vectors: 7 threads of 2 in slots of 8
+  s.hidden = 7168;
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::ManyTokens)), (LaunchShape{7, 8, 32}));
+  s.groupSize = 80; // 10 vectors: 5 of 2 or 10 of 1 leave the same share idle; 5 of 2
+  s.hidden = 80 * 64;
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::ManyTokens)).threadsPerGroup, 5);
+  s.groupSize = 144; // 18 vectors: 6 of 3 leave 2 of 8 idle, 9 of 2 leave 7 of 16
+  s.hidden = 144 * 64;
+  EXPECT_EQ(teams(chooseLaunchShape(s, Regime::ManyTokens)).threadsPerGroup, 6);
+}
+
 } // namespace
 } // namespace bqjit

@@ -50,7 +50,14 @@ typedef struct {
   size_t size;           /**< sizeof(bqjit_launch_extra) */
   uint64_t global_scale; /**< one float, NVFP4's global scale (required for an NVFP4
                               spec: fp4_e2m1, group_size 16), or 0 */
+  uint32_t flags;        /**< BQJIT_LAUNCH_* bits, or 0 */
 } bqjit_launch_extra;
+
+/** bqjit_launch_extra.flags: a programmatic dependent launch (sm_90 and newer;
+ *  ignored before): the kernel may start while the previous kernel on the
+ *  stream still runs and waits for its memory before touching any, so the
+ *  results are the same (bqjit::LaunchArgs::programmaticDependentLaunch). */
+#define BQJIT_LAUNCH_PDL 0x1u
 
 /** Log levels: a message has WARN, INFO or DEBUG; QUIET is a threshold only. */
 typedef enum {

@@ -40,6 +40,15 @@ struct LaunchArgs {
   /// by vLLM's convention 448 * 6 / amax of the tensor); required iff the spec
   /// is NVFP4 (fp4_e2m1, G = 16), ignored otherwise.
   const float* globalScale = nullptr;
+  /// Programmatic dependent launch (CUDA's launch attribute, sm_90 and newer):
+  /// the kernel may start while the previous kernel on the stream is still
+  /// running, which hides its launch latency behind that kernel's tail. The
+  /// kernel waits for the previous kernel's memory before touching any
+  /// (griddepcontrol.wait), so the results are the same; a kernel after it
+  /// that was itself launched this way must wait likewise before reading q or
+  /// the scales. Captured in CUDA graphs as a programmatic edge. Ignored on
+  /// GPUs older than sm_90.
+  bool programmaticDependentLaunch = false;
 };
 
 /// A kernel loaded on one device: a cheap, copyable handle. When the spec

@@ -108,7 +108,11 @@ class LaunchExtra(ctypes.Structure):
     _fields_ = [
         ("size", ctypes.c_size_t),
         ("global_scale", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
     ]
+
+
+LAUNCH_PDL = 0x1  # bqjit_launch_extra.flags: a programmatic dependent launch (sm_90+)
 
 
 # bqjit_log_callback: void (*)(int level, const char* message, void* user).
@@ -249,13 +253,14 @@ class Kernel:
         self.spec_json = spec_json
         self.device = device
 
-    def launch(self, args: LaunchArgs, stream: int = 0, global_scale: int = 0) -> None:
+    def launch(self, args: LaunchArgs, stream: int = 0, global_scale: int = 0, pdl: bool = False) -> None:
         """Enqueues the kernel on ``stream`` (a CUstream as an integer; 0: legacy default).
-        ``global_scale``: the device address of NVFP4's fp32 global scale (0: none)."""
+        ``global_scale``: the device address of NVFP4's fp32 global scale (0: none).
+        ``pdl``: a programmatic dependent launch (sm_90+, ``BQJIT_LAUNCH_PDL``)."""
         if not self._handle:
             raise RuntimeError("bqjit: kernel used after its service was closed")
-        if global_scale:
-            extra = LaunchExtra(ctypes.sizeof(LaunchExtra), global_scale)
+        if global_scale or pdl:
+            extra = LaunchExtra(ctypes.sizeof(LaunchExtra), global_scale, LAUNCH_PDL if pdl else 0)
             status = self._lib.bqjit_kernel_launch_ex(
                 self._handle, ctypes.byref(args), ctypes.byref(extra), stream or None
             )
