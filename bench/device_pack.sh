@@ -27,7 +27,7 @@ rm -f devpack/lib/libbqjit.so.*.*.* # the soname's file (libbqjit.so.MAJOR.MINOR
 for t in build-dev/tests/test_gpu_* build-dev/tests/test_cuda_driver; do
   [ -x "$t" ] && [ -f "$t" ] && cp "$t" devpack/bin/
 done
-cp build-dev/examples/host_app build-dev/bench/warm_path/bench_warm_path devpack/bin/ 2>/dev/null ||
+cp build-dev/examples/host_app build-dev/bench/warm_path/bench_warm_path build-dev/bench/pdl/bench_pdl devpack/bin/ 2>/dev/null ||
   true
 cp build-dev/tests/libbqjit_fake_cuda.so devpack/lib/ 2>/dev/null || true
 strip devpack/bin/* devpack/lib/*.so*

@@ -2,7 +2,8 @@
 # Runs on the GPU machine: every GPU test, the examples (host_app; consumer,
 # built against devpack/ as an installed prefix), the CLI checks, the
 # Python tests, the benchmark and a tuning demonstration; logs go to $OUT.
-# Usage: bash bench/device_run.sh [tests|torch|bench|tune|warm|all|ab|ncu|act|fp4|fusion] [bench args...]
+# Usage: bash bench/device_run.sh [tests|torch|bench|tune|warm|all|ab|ncu|act|fp4|fusion|pdl] [bench args...]
+#   pdl: programmatic dependent launch at decode sizes (bench/pdl), in CUDA graphs.
 #   torch: the wheel (devpack/site, with its C++ op library): the Python tests,
 #   the Python-op fallback's tests, and bench/torch_overhead.py.
 #   warm: the warm-path benchmark (bench/warm_path), C++ and C API.
@@ -227,7 +228,25 @@ if [ "$what" = ab ]; then
     done
   done
 fi
-if [ "$what" = ncu ]; then
+if [ "$what" = pdl ]; then
+  # Programmatic dependent launch at decode sizes, in CUDA graphs behind a producer.
+  timeout 200 devpack/bin/bench_pdl --json "$OUT/pdl.json" 2>&1 | tee "$OUT/pdl.txt"
+fi
+if [ "$what" = ncu ] && [ -n "${NCU_CASES:-}" ]; then
+  # Hardware counters of one launch of this build per case (';'-separated
+  # bench/one_launch.py arguments), e.g. NCU_CASES="7168:8192:128;7168:8192:32 out=fp4_e2m1 ue8m0=1".
+  IFS=';' read -ra cases <<<"$NCU_CASES"
+  i=0
+  for c in "${cases[@]}"; do
+    i=$((i + 1))
+    # shellcheck disable=SC2086
+    timeout 120 ncu --clock-control none -k regex:silu_mul_quant -s 2 -c 1 --section SpeedOfLight \
+      --section Occupancy --section SchedulerStats --section WarpStateStats --section LaunchStats \
+      --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section InstructionStats \
+      python3 bench/one_launch.py $c >"$OUT/ncu-case$i.txt" 2>&1
+    echo "ncu case $i ($c): exit $?" | tee -a "$OUT/summary.txt"
+  done
+elif [ "$what" = ncu ]; then
   # Hardware counters of one launch of each build at the throughput shape.
   for which in new old; do
     lib=$PWD/devpack/lib/libbqjit.so

@@ -160,7 +160,10 @@ template <int OUT> __device__ __forceinline__ u32 fp8Pair(float lo, float hi) {
 }
 
 // fp32 -> e2m1 code (sign in bit 3): clamp to 6, round to nearest even.
-// Below 1 the step is 0.5: rint(2a) is the code (0, 1 or 2, which is 1.0).
+// Below 1 the step is 0.5: rint(2a) is the code (0, 1 or 2, which is 1.0),
+// taken from the low bits of 2a + 1.5 * 2^23, one rounding of the exact sum
+// (an FMA: no float-to-int conversion, whose unit is an eighth of the FMA
+// pipe's width and already busy with the activation's exp and reciprocal).
 // From 1 up the code is the fp32 exponent and top mantissa bit, rounded on
 // the bits as fp8Soft does. -0 gives 0x8; NaN (unspecified by the contract)
 // gives 0x7 with its sign.
@@ -170,7 +173,7 @@ __device__ __forceinline__ u32 e2m1Soft(float v) {
   u32 ab = __float_as_uint(a);
   ab += 0x1fffffu + ((ab >> 22) & 1u);
   const u32 normal = (ab >> 22) - (126u << 1);
-  const u32 sub = __float2uint_rn(a * 2.0f);
+  const u32 sub = __float_as_uint(__fmaf_rn(a, 2.0f, 12582912.0f)) - 0x4b400000u;
   return sign | (a < 1.0f ? sub : normal);
 }
 
