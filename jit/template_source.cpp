@@ -14,8 +14,9 @@ llvm::StringRef templateSource() {
 }
 
 const TextDigest& templateDigest() {
-  static const TextDigest digest = TextDigest::of(templateSource());
-  return digest;
+  // Never destroyed (a background compile may run while the process exits).
+  static const TextDigest* const digest = new TextDigest(TextDigest::of(templateSource()));
+  return *digest;
 }
 
 } // namespace bqjit

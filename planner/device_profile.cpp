@@ -48,7 +48,9 @@ const std::vector<DeviceProfile>& DeviceProfile::knownModels() {
   // The driver's values. The H200's and the H100 SXM's were read on those
   // GPUs (tests/test_gpu_runtime.cpp checks the table against the driver of
   // whatever GPU it runs on); the others are the vendor's published figures.
-  static const std::vector<DeviceProfile> table = {
+  // Never destroyed: a service's background compile may plan while the
+  // process exits, after the statics made later than the service are gone.
+  static const std::vector<DeviceProfile>* const table = new std::vector<DeviceProfile>{
       entry("H100 80GB HBM3", 90, 132, 2619000, 5120, 50, 2048),
       entry("H200", 90, 132, 3201000, 6016, 60, 2048),
       entry("H100 PCIe", 90, 114, 1593000, 5120, 50, 2048),
@@ -56,7 +58,7 @@ const std::vector<DeviceProfile>& DeviceProfile::knownModels() {
       entry("A100-SXM4-40GB", 80, 108, 1215000, 5120, 40, 2048),
       entry("L40S", 89, 142, 9001000, 384, 96, 1536),
   };
-  return table;
+  return *table;
 }
 
 std::string DeviceProfile::modelName(llvm::StringRef driverName) {
@@ -74,8 +76,8 @@ std::optional<DeviceProfile> DeviceProfile::known(llvm::StringRef model) {
 }
 
 const DeviceProfile& DeviceProfile::reference() {
-  static const DeviceProfile profile = *known("H100 80GB HBM3");
-  return profile;
+  static const DeviceProfile* const profile = new DeviceProfile(*known("H100 80GB HBM3"));
+  return *profile;
 }
 
 DeviceProfile DeviceProfile::forArch(const Arch& arch) {

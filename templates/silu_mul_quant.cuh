@@ -302,6 +302,16 @@ __device__ __forceinline__ float pow2Ceil(float s) {
   return __uint_as_float(b);
 }
 
+// 1 / s for s = 2^e, e in -127..127, exactly (2^127 and 2^-127, a subnormal, included).
+__device__ __forceinline__ float pow2Reciprocal(float s) {
+  const u32 b = __float_as_uint(s);
+  // 2^-127 (byte 0, the one subnormal s) has no exponent bits: its reciprocal is 2^127.
+  if (b < 0x00800000u)
+    return __uint_as_float(0x7f000000u);
+  const u32 biased = b >> 23; // 1..254
+  return biased == 254u ? __uint_as_float(0x00400000u) : __uint_as_float((254u - biased) << 23);
+}
+
 // The largest power-of-two scale: E8M0 byte 254. Byte 255 (NaN) is never written.
 inline constexpr float kMaxPow2Scale = 1.7014118346046923173e38f; // 2^127
 
@@ -342,6 +352,7 @@ template <class S, int ACT = S::kActivation> struct Activation;
 
 template <class S> struct Activation<S, kSilu> {
   static constexpr bool kSigmoid = true;
+  static constexpr bool kScaledTail = false; // gates <= -87 are the rare path
   __device__ static __forceinline__ void terms(float g, float u, float& a, float& z, float& b) {
     a = g;
     z = g;
@@ -355,6 +366,7 @@ template <class S> struct Activation<S, kSilu> {
 // +0, and swiglu(1, 0) is silu exactly.
 template <class S> struct Activation<S, kSwiglu> {
   static constexpr bool kSigmoid = true;
+  static constexpr bool kScaledTail = false; // alpha * g <= -87 is the rare path
   __device__ static __forceinline__ void terms(float g, float u, float& a, float& z, float& b) {
     if constexpr (S::kHasLimit) {
       g = g > S::kLimit ? S::kLimit : g;
@@ -377,6 +389,10 @@ inline constexpr float kGeluTanhK = 0x1.988454p-1f; // sqrt(2 / pi)
 inline constexpr float kGeluTanhC = 0x1.6e4e26p-5f; // 0.044715
 template <class S> struct Activation<S, kGeluTanh> {
   static constexpr bool kSigmoid = true;
+  // z = 2w <= -87 from gates of about -10 down, in many groups of wide
+  // inputs: the fast path scales its division there (actMulFast) instead of
+  // sending the group to the exact path.
+  static constexpr bool kScaledTail = true;
   __device__ static __forceinline__ void terms(float g, float u, float& a, float& z, float& b) {
     const float cube = __fmul_rn(__fmul_rn(g, g), g);
     const float w = __fmul_rn(kGeluTanhK, __fadd_rn(g, __fmul_rn(kGeluTanhC, cube)));
@@ -499,10 +515,23 @@ __device__ __forceinline__ float actMulFast(const unsigned char* in, int vecLane
         float a, z, b;
         Act::terms(g[k], u[k], a, z, b);
         const float d = onePlusExp(-z);
-        y[c][k] = divFast(a, d, rcpRefined(d)) * b;
+        if constexpr (Act::kScaledTail) {
+          // z <= kFastGateMin: 1 + exp(-z) >= 2^125.5, whose reciprocal the
+          // fast path would flush; a and d scaled by 2^-64 (exactly: |a| is
+          // at least 9.9 there) have the same quotient, a normal number
+          // (>= 9.9 / 2^128), which divFast rounds correctly. An infinite d
+          // (z below about -88.7) gives a / inf, a zero of a's sign (NaN for
+          // an infinite a), as a * 0 does.
+          const float f = z <= kFastGateMin ? 0x1p-64f : 1.0f;
+          const float ds = d * f;
+          const float q = divFast(a * f, ds, rcpRefined(ds));
+          y[c][k] = (d == __int_as_float(0x7f800000) ? a * 0.0f : q) * b;
+        } else {
+          y[c][k] = divFast(a, d, rcpRefined(d)) * b;
+          if constexpr (!kPairMin)
+            zmin = fminf(zmin, z);
+        }
         amax = maxNaN(amax, fabsf(y[c][k]));
-        if constexpr (!kPairMin)
-          zmin = fminf(zmin, z);
       } else {
         // No division: this is the exact result, and amax ignores NaN already.
         y[c][k] = Act::y(g[k], u[k]);
@@ -520,40 +549,73 @@ __device__ __forceinline__ float actMulFast(const unsigned char* in, int vecLane
   return zmin > kFastGateMin ? amax : __int_as_float(0x7fffffff);
 }
 
+// One input element as a float, read alone (the rare path; it allocates in
+// L1, so that the next elements of the same sector are hits).
+template <int IN> __device__ __forceinline__ float loadScalar(const unsigned char* p) {
+  if constexpr (IN == kFP32) {
+    u32 w;
+    asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(w) : "l"(p));
+    return __uint_as_float(w);
+  } else {
+    unsigned short h;
+    asm volatile("ld.global.nc.u16 %0, [%1];" : "=h"(h) : "l"(p));
+    Raw<2> r;
+    r.w[0] = h;
+    float v[1];
+    unpack<IN, 1>(r, v);
+    return v[0];
+  }
+}
+
 // The same with IEEE division throughout (the rare path); amax ignores NaN.
+// One element an iteration of a loop that is not unrolled, each result moved
+// into its register of y by predicated moves: one copy of the activation and
+// of the IEEE division instead of one an element. A new spec's first launch
+// waits for the kernel's compile, which this shortened by a fifth to a
+// quarter, and the fast path's registers fell from 48 to 40 at G = 128 (more
+// warps resident). Only groups with a NaN or infinite y, or a gate at or
+// below kFastGateMin where the activation does not scale its division, come
+// here.
 template <class S>
 __device__ __forceinline__ float actMulExact(const unsigned char* in, int vecLane,
                                              float (&y)[Geometry<S>::kSteps][Geometry<S>::kOutVec]) {
   using Geo = Geometry<S>;
   using Act = Activation<S>;
-  constexpr int VEC = Geo::kVec;
-  constexpr int kLoads = Geo::kLoads;
   constexpr int kOutVec = Geo::kOutVec;
+  constexpr int kInBytes = Geo::kInBytes;
   float amax = 0.0f;
-#pragma unroll
-  for (int c = 0; c < Geo::kSteps; ++c) {
-    float v[kLoads * VEC];
-#pragma unroll
-    for (int i = 0; i < kLoads; ++i) {
-      float part[VEC];
-      unpack<S::kInDtype, VEC>(loadRaw<Geo::kVecBytes>(Geo::at(in, c, vecLane, i)), part);
-#pragma unroll
-      for (int k = 0; k < VEC; ++k)
-        v[i * VEC + k] = part[k];
+#pragma unroll 1
+  for (int e = 0; e < Geo::kSteps * kOutVec; ++e) {
+    const int c = e / kOutVec, k = e % kOutVec;
+    // Gate and up of column k of step c, in Geometry::split's order.
+    const unsigned char* gate;
+    const unsigned char* up;
+    if constexpr (!Geo::kPairs) {
+      gate = Geo::at(in, c, vecLane, 0) + k * kInBytes;
+      up = Geo::at(in, c, vecLane, 1) + k * kInBytes;
+    } else if constexpr (Geo::kLoads == 1) {
+      gate = Geo::at(in, c, vecLane, 0) + 2 * k * kInBytes;
+      up = gate + kInBytes;
+    } else {
+      gate = Geo::at(in, c, vecLane, 0);
+      up = Geo::at(in, c, vecLane, 1);
     }
-    float g[kOutVec], u[kOutVec];
-    Geo::split(v, g, u);
-#pragma unroll
-    for (int k = 0; k < kOutVec; ++k) {
-      if constexpr (Act::kSigmoid) {
-        float a, z, b;
-        Act::terms(g[k], u[k], a, z, b);
-        y[c][k] = __fdiv_rn(a, onePlusExp(-z)) * b;
-      } else {
-        y[c][k] = Act::y(g[k], u[k]);
-      }
-      amax = fmaxf(amax, fabsf(y[c][k]));
+    const float g = loadScalar<S::kInDtype>(gate), u = loadScalar<S::kInDtype>(up);
+    float v;
+    if constexpr (Act::kSigmoid) {
+      float a, z, b;
+      Act::terms(g, u, a, z, b);
+      v = __fdiv_rn(a, onePlusExp(-z)) * b;
+    } else {
+      v = Act::y(g, u);
     }
+    amax = fmaxf(amax, fabsf(v));
+#pragma unroll
+    for (int cc = 0; cc < Geo::kSteps; ++cc)
+#pragma unroll
+      for (int kk = 0; kk < kOutVec; ++kk)
+        if (cc * kOutVec + kk == e)
+          y[cc][kk] = v;
   }
   return amax;
 }
@@ -858,16 +920,32 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
     if constexpr (HAS_UB)
       s = fminf(s, *scaleUb);
     s = fmaxf(s, S::kMinScale); // MIN_SCALE, or the spec's min_scale
-    if constexpr (POW2)
+    if constexpr (POW2) {
       s = fminf(pow2Ceil(s), kMaxPow2Scale); // an infinite s is 2^127 (E8M0 byte 254)
-    const float r = rcpRefined(s);
-    // Quotients below 2^-100 that the fast path may round differently all
-    // quantize to a zero of the right sign, so only the top needs a bound.
-    const bool fast = s < kFastScaleMax && (!HAS_UB || amax * r < kFastQuotientMax);
-    if (fast)
-      quantizeStore<OUT, kOutVec, TPG, kSteps, kDivFast>(y, s, r, qRow, lane);
-    else
-      quantizeStore<OUT, kOutVec, TPG, kSteps, kDivExact>(y, s, r, qRow, lane);
+      // s = 2^e, e in -127..127: y * 2^-e rounds the same real number as y / s.
+      quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, pow2Reciprocal(s), qRow, lane);
+    } else if constexpr (HAS_UB) {
+      const float r = rcpRefined(s);
+      // Quotients below 2^-100 that the fast path may round differently all
+      // quantize to a zero of the right sign, so only the top needs a bound.
+      if (s < kFastScaleMax && amax * r < kFastQuotientMax)
+        quantizeStore<OUT, kOutVec, TPG, kSteps, kDivFast>(y, s, r, qRow, lane);
+      else
+        quantizeStore<OUT, kOutVec, TPG, kSteps, kDivExact>(y, s, r, qRow, lane);
+    } else if (s < kFastScaleMax) {
+      // Without a bound every quotient is at most QMAX, and s is below
+      // FLT_MAX / QMAX < 2^126 (the fast division's range) unless amax is
+      // infinite or min_scale is at least 2^126.
+      quantizeStore<OUT, kOutVec, TPG, kSteps, kDivFast>(y, s, rcpRefined(s), qRow, lane);
+    } else {
+      if constexpr (S::kMinScale < kFastScaleMax) {
+        // An infinite amax: y / inf is a zero of y's sign for finite y and
+        // NaN for an infinite or NaN y, as y * 0 is.
+        quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, 0.0f, qRow, lane);
+      } else {
+        quantizeStore<OUT, kOutVec, TPG, kSteps, kDivExact>(y, s, 0.0f, qRow, lane);
+      }
+    }
   }
   if constexpr (!NVFP4)
     scaleByte = (__float_as_uint(s) >> 23) & 0xffu; // E8M0: 2^-127 (subnormal) is byte 0

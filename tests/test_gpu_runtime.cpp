@@ -4,6 +4,8 @@
 #include <thread>
 
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "bqjit/arch.hpp"
 #include "cache/kernel_cache.hpp"
@@ -563,6 +565,59 @@ TEST(GpuRuntime, NewSpecLaunchesAtOnceAndItsOtherVariantsArriveInTheBackground) 
 
 // Evicting the disk entry and forgetting the service's answers unloads
 // nothing a held handle uses: it still launches and is still right.
+// A host that exits while the service still compiles a new spec's other
+// variants in the background: the service, a static destroyed at exit, waits
+// for the compile in flight, which must find everything it uses alive (the
+// statics made after the service are destroyed before it). The child below
+// is this binary run again; it exits while its variants compile.
+TEST(GpuRuntime, ExitingWhileVariantsCompileInTheBackgroundIsClean) {
+  BQJIT_REQUIRE_GPU_ENV();
+  if (::getenv("BQJIT_TEST_EXIT_CHILD"))
+    GTEST_SKIP() << "the child's own run";
+  char self[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  ASSERT_GT(n, 0);
+  self[n] = 0;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    char dir[] = "/tmp/bqjit_exit_child_XXXXXX";
+    ASSERT_NE(::mkdtemp(dir), nullptr);
+    const std::string command = std::string("BQJIT_TEST_EXIT_CHILD=1 BQJIT_CACHE_DIR=") + dir +
+                                " '" + self +
+                                "' --gtest_filter=GpuRuntimeExitChild.* >/dev/null 2>&1";
+    const int status = std::system(command.c_str());
+    llvm::consumeError(fs::removeTree(dir));
+    ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status)
+                                   << " (attempt " << attempt << ")";
+    EXPECT_EQ(WEXITSTATUS(status), 0) << "attempt " << attempt;
+  }
+}
+
+// The child: a service held by a static, new specs whose other variants
+// compile in the background, then exit at once.
+TEST(GpuRuntimeExitChild, ExitsWithVariantsCompiling) {
+  if (!::getenv("BQJIT_TEST_EXIT_CHILD"))
+    GTEST_SKIP() << "run by GpuRuntime.ExitingWhileVariantsCompileInTheBackgroundIsClean";
+  static std::unique_ptr<Service> service;
+  auto config = Config::fromEnvironment();
+  ASSERT_TRUE(bool(config)) << consumeToString(config.takeError());
+  auto created = Service::create(*config);
+  ASSERT_TRUE(bool(created)) << consumeToString(created.takeError());
+  service = std::move(*created);
+  auto driver = service->driver();
+  ASSERT_TRUE(bool(driver)) << consumeToString(driver.takeError());
+  auto info = (*driver)->deviceInfo(0);
+  ASSERT_TRUE(bool(info)) << consumeToString(info.takeError());
+  for (int g : {96, 160}) {
+    KernelSpec spec;
+    spec.hidden = g * 40;
+    spec.groupSize = g;
+    spec.arch = info->arch();
+    auto k = service->getKernel(spec, 0);
+    ASSERT_TRUE(bool(k)) << consumeToString(k.takeError());
+  }
+  std::exit(0);
+}
+
 TEST(GpuRuntime, EvictingTheDiskEntryUnloadsNothingInUse) {
   BQJIT_REQUIRE_GPU_ENV();
   FreshService fresh;
