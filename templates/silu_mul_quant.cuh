@@ -253,10 +253,16 @@ __device__ __forceinline__ float divFast(float a, float b, float r) {
   return fmaf(-r, negResidual, q0);
 }
 
-// max that returns NaN if either operand is NaN (fmaxf ignores a NaN).
+// max and min that return NaN if either operand is NaN (fmaxf and fminf
+// ignore a NaN).
 __device__ __forceinline__ float maxNaN(float a, float b) {
   float m;
   asm("max.NaN.f32 %0, %1, %2;" : "=f"(m) : "f"(a), "f"(b));
+  return m;
+}
+__device__ __forceinline__ float minNaN(float a, float b) {
+  float m;
+  asm("min.NaN.f32 %0, %1, %2;" : "=f"(m) : "f"(a), "f"(b));
   return m;
 }
 
@@ -361,16 +367,16 @@ template <class S> struct Activation<S, kSilu> {
 };
 
 // g' * sigma(alpha * g') * (u' + beta) with g' = min(g, limit) and u' =
-// clamp(u, -limit, limit) by comparisons, so that a NaN stays NaN (fminf
-// would make it the limit). beta = 0 adds nothing: u' + 0 would turn -0 into
+// clamp(u, -limit, limit) by the NaN-propagating min and max (one instruction
+// each), so that a NaN stays NaN (fminf would make it the limit). beta = 0 adds nothing: u' + 0 would turn -0 into
 // +0, and swiglu(1, 0) is silu exactly.
 template <class S> struct Activation<S, kSwiglu> {
   static constexpr bool kSigmoid = true;
   static constexpr bool kScaledTail = false; // alpha * g <= -87 is the rare path
   __device__ static __forceinline__ void terms(float g, float u, float& a, float& z, float& b) {
     if constexpr (S::kHasLimit) {
-      g = g > S::kLimit ? S::kLimit : g;
-      u = u > S::kLimit ? S::kLimit : (u < -S::kLimit ? -S::kLimit : u);
+      g = minNaN(g, S::kLimit);
+      u = maxNaN(minNaN(u, S::kLimit), -S::kLimit);
     }
     a = g;
     z = __fmul_rn(S::kAlpha, g);
