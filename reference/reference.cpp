@@ -482,6 +482,12 @@ void fillRow(const KernelSpec& spec, uint8_t* x, int64_t row, int64_t ldx, RowPa
       }
       break;
     }
+    case RowPattern::Sweep: {
+      const auto bits = static_cast<uint16_t>((row * h + i) & 0xffff);
+      gate = spec.inDtype == InDtype::FP16 ? fp16ToFloat(bits) : bf16ToFloat(bits);
+      up = 1.0f + static_cast<float>(i % 8) / 8.0f;
+      break;
+    }
     case RowPattern::Limits: {
       const int64_t col = i % g;
       gate = limits[col % kLimits];

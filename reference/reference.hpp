@@ -175,7 +175,7 @@ std::vector<uint8_t> makeInput(const KernelSpec& spec, int64_t tokens, int64_t l
                                int64_t numExperts, uint64_t seed, float scale = 4.0f);
 
 /// Special contents for one row of x.
-enum class RowPattern { Zeros, NaNs, Infs, Huge, Mixed, Edges, Limits };
+enum class RowPattern { Zeros, NaNs, Infs, Huge, Mixed, Edges, Limits, Sweep };
 
 /// Overwrites columns 0..2H-1 of row `row` (counting across experts: e * T + t)
 /// with `pattern`: Zeros; NaNs; Infs (gate and up ±Inf); Huge (values near the
@@ -187,7 +187,12 @@ enum class RowPattern { Zeros, NaNs, Infs, Huge, Mixed, Edges, Limits };
 /// y near 1e38; 3, ups from 2^-30 to 2^29, so most quotients are tiny);
 /// Limits (swiglu's clamp: gates and ups at, just inside and just outside
 /// +-7 and +-1, NaN, +-Inf and ordinary values, one NaN gate and one NaN up
-/// per group). Gate and up go where spec.gateUp puts them.
+/// per group); Sweep (every 16-bit gate value over 2^16 / H consecutive rows:
+/// the gate of column i is the bf16 (fp16 for fp16 inputs; the bf16 value for
+/// fp32) whose bits are (row * H + i) mod 2^16, so a group holds neighbouring
+/// values of one binade, and up = 1 + (i mod 8) / 8: each y is measured by
+/// its group's scale and q, which checks the activation's device math at
+/// every input the format has). Gate and up go where spec.gateUp puts them.
 void fillRow(const KernelSpec& spec, uint8_t* x, int64_t row, int64_t ldx, RowPattern pattern);
 
 } // namespace bqjit::ref

@@ -160,21 +160,21 @@ template <int OUT> __device__ __forceinline__ u32 fp8Pair(float lo, float hi) {
 }
 
 // fp32 -> e2m1 code (sign in bit 3): clamp to 6, round to nearest even.
-// Below 1 the step is 0.5: rint(2a) is the code (0, 1 or 2, which is 1.0),
-// taken from the low bits of 2a + 1.5 * 2^23, one rounding of the exact sum
-// (an FMA: no float-to-int conversion, whose unit is an eighth of the FMA
-// pipe's width and already busy with the activation's exp and reciprocal).
-// From 1 up the code is the fp32 exponent and top mantissa bit, rounded on
-// the bits as fp8Soft does. -0 gives 0x8; NaN (unspecified by the contract)
-// gives 0x7 with its sign.
+// The code of a = |v| is rint(2a) below 2 (steps of 0.5: codes 0..4),
+// rint(a) + 2 from 2 to 4 and rint(a / 2) + 4 from 4 to 6; each of the three
+// is at least the right one outside its range, so the code is their minimum
+// (and at most 7). Each rint is one FMA's rounding of the exact a * k + 1.5 *
+// 2^23 + offset, whose low mantissa bits are then the code: FMA-pipe work
+// and three min instead of the float-to-int conversions or bit arithmetic
+// of the ALU pipe, which runs at half the FMA pipe's rate (equal to the bit
+// arithmetic it replaced over all 2^32 inputs, checked on the CPU). -0 gives
+// 0x8; NaN (unspecified by the contract) gives 0x7 with its sign.
 __device__ __forceinline__ u32 e2m1Soft(float v) {
-  const u32 sign = (__float_as_uint(v) >> 28) & 0x8u;
-  const float a = fminf(fabsf(v), 6.0f);
-  u32 ab = __float_as_uint(a);
-  ab += 0x1fffffu + ((ab >> 22) & 1u);
-  const u32 normal = (ab >> 22) - (126u << 1);
-  const u32 sub = __float_as_uint(__fmaf_rn(a, 2.0f, 12582912.0f)) - 0x4b400000u;
-  return sign | (a < 1.0f ? sub : normal);
+  constexpr float kMagic = 12582912.0f; // 1.5 * 2^23: its ulp is 1
+  const float a = fabsf(v);
+  const float c = fminf(fminf(__fmaf_rn(a, 2.0f, kMagic), __fadd_rn(a, kMagic + 2.0f)),
+                        fminf(__fmaf_rn(a, 0.5f, kMagic + 4.0f), kMagic + 7.0f));
+  return ((__float_as_uint(v) >> 28) & 0x8u) | (__float_as_uint(c) & 0xfu);
 }
 
 // Two values to one byte: lo in bits 0..3, hi in bits 4..7.
@@ -253,6 +253,20 @@ __device__ __forceinline__ float divFast(float a, float b, float r) {
   return fmaf(-r, negResidual, q0);
 }
 
+// 1 / b within one ulp (rcp.approx; b must be a normal number below 2^126).
+// The activation's sigma = 1 / (1 + exp(-z)) takes it: docs/contract.md
+// allows the activation's device math an error as long as section 1's
+// tolerance holds for every input, and y = a * (1 / d) * b is then within
+// about 3.5 ulp (4.2e-7 relative) of the correctly rounded a / d * b, below
+// the 1e-6 the scales may differ by. Two instructions instead of the six of
+// a correctly rounded division. y / s stays a correctly rounded division,
+// as the contract asks.
+__device__ __forceinline__ float rcpApprox(float b) {
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(b));
+  return r;
+}
+
 // max and min that return NaN if either operand is NaN (fmaxf and fminf
 // ignore a NaN).
 __device__ __forceinline__ float maxNaN(float a, float b) {
@@ -266,16 +280,21 @@ __device__ __forceinline__ float minNaN(float a, float b) {
   return m;
 }
 
-// 1 + exp(x), by the steps of the toolkit's expf (libdevice) with its last
-// product and the addition fused: one rounding fewer than 1.0f + expf(x).
+// 1 + exp(x) in six instructions (the toolkit's expf takes eight, and one
+// more for the 1 +): x * log2(e) = t + c exactly, t the rounded product and c
+// its remainder (an FMA, exact) plus x times log2(e)'s own remainder; exp(x)
+// = 2^t * 2^c with 2^c = 1 + c * ln 2 to within 2^-35 (|c| <= 2^-17 where 2^t
+// is finite and normal). Within about 2 ulp of 1 + exp(x) besides ex2's own
+// error; 2^t = inf gives inf (k > 0), 2^t flushed to 0 gives 1.
 __device__ __forceinline__ float onePlusExp(float x) {
-  float t, j, p;
-  asm("fma.rn.sat.f32 %0, %1, 0f3BBB989D, 0f3F000000;" : "=f"(t) : "f"(x)); // x*log2(e)/252 + 1/2
-  asm("fma.rm.f32 %0, %1, 0f437C0000, 0f4B400001;" : "=f"(j) : "f"(t));     // the exponent, biased
-  float f = fmaf(x, __int_as_float(0x3FB8AA3B), -(j - __int_as_float(0x4B40007F)));
-  f = fmaf(x, __int_as_float(0x32A57060), f); // x*log2(e) - exponent, to about 2^-48
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(p) : "f"(f));
-  return fmaf(p, __int_as_float(__float_as_int(j) << 23), 1.0f);
+  constexpr float kLog2e = 0x1.715476p+0f;   // log2(e) rounded to fp32
+  constexpr float kLog2eLo = 0x1.4ae0cp-26f; // log2(e) - kLog2e
+  constexpr float kLn2 = 0x1.62e430p-1f;
+  const float t = __fmul_rn(x, kLog2e);
+  const float c = fmaf(x, kLog2eLo, fmaf(x, kLog2e, -t));
+  float p;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(p) : "f"(t));
+  return fmaf(p, fmaf(c, kLn2, 1.0f), 1.0f);
 }
 
 // Lane-wise minimum of two packed pairs of 16-bit floats.
@@ -522,18 +541,15 @@ __device__ __forceinline__ float actMulFast(const unsigned char* in, int vecLane
         Act::terms(g[k], u[k], a, z, b);
         const float d = onePlusExp(-z);
         if constexpr (Act::kScaledTail) {
-          // z <= kFastGateMin: 1 + exp(-z) >= 2^125.5, whose reciprocal the
-          // fast path would flush; a and d scaled by 2^-64 (exactly: |a| is
-          // at least 9.9 there) have the same quotient, a normal number
-          // (>= 9.9 / 2^128), which divFast rounds correctly. An infinite d
-          // (z below about -88.7) gives a / inf, a zero of a's sign (NaN for
-          // an infinite a), as a * 0 does.
+          // z <= kFastGateMin: 1 + exp(-z) >= 2^125.5, whose reciprocal
+          // would flush; a and d scaled by 2^-64 (exactly: |a| is at least
+          // 9.9 there) have the same quotient, a normal number (>= 9.9 /
+          // 2^128). An infinite d (z below about -88.7) has the reciprocal
+          // 0: a zero of a's sign (NaN for an infinite a), as a / inf.
           const float f = z <= kFastGateMin ? 0x1p-64f : 1.0f;
-          const float ds = d * f;
-          const float q = divFast(a * f, ds, rcpRefined(ds));
-          y[c][k] = (d == __int_as_float(0x7f800000) ? a * 0.0f : q) * b;
+          y[c][k] = __fmul_rn(__fmul_rn(a * f, rcpApprox(d * f)), b);
         } else {
-          y[c][k] = divFast(a, d, rcpRefined(d)) * b;
+          y[c][k] = __fmul_rn(__fmul_rn(a, rcpApprox(d)), b);
           if constexpr (!kPairMin)
             zmin = fminf(zmin, z);
         }

@@ -142,6 +142,29 @@ void appendActivationCases(std::vector<GpuCase>& cases, uint64_t& seed) {
       c.seed = seed++;
       cases.push_back(c);
     }
+  // Every 16-bit gate value (RowPattern::Sweep) through each activation's
+  // device math: the activation's reciprocal and exp are approximations
+  // within the contract's tolerance, which these cases measure at every
+  // input a 16-bit format has, with fp32 and power-of-two scales.
+  {
+    int k = 0;
+    for (Activation a :
+         {Activation::Silu, Activation::Swiglu, Activation::GeluTanh, Activation::Gelu})
+      for (InDtype in : {InDtype::BF16, InDtype::FP16}) {
+        GpuCase c;
+        const bool pow2 = k % 2 == 1;
+        c.spec = makeSpec(2048, 128, in, k % 3 == 2 ? OutDtype::INT8 : OutDtype::FP8E4M3,
+                          pow2 ? ScaleLayout::Bytes : ScaleLayout::Row, pow2, false);
+        setActivation(c.spec, a, k);
+        c.spec.gateUp = k % 4 < 2 ? GateUp::Split : GateUp::Interleaved;
+        c.tokens = 32; // 32 x 2048 = 2^16 gates
+        for (int64_t r = 0; r < c.tokens; ++r)
+          c.specialRows.push_back({r, ref::RowPattern::Sweep});
+        c.seed = seed++;
+        cases.push_back(c);
+        ++k;
+      }
+  }
   for (Activation a : {Activation::GeluTanh, Activation::Swiglu}) {
     GpuCase c;
     c.spec = makeSpec(4096, 128, InDtype::FP32, OutDtype::INT8, ScaleLayout::Row, false, true);

@@ -1545,15 +1545,14 @@ TEST(Compare, Fp4BoundaryAllowanceAndSwizzledPadding) {
 using test::bitsOf;
 using test::fromBits;
 
-// e2m1Soft.
+// e2m1Soft: the code of |v| is the least of rint(2a), rint(a) + 2, rint(a / 2)
+// + 4 and 7, each one rounding of a * k + 1.5 * 2^23 + offset (an FMA).
 uint32_t templateE2M1(float v) {
-  const uint32_t sign = (bitsOf(v) >> 28) & 0x8u;
-  const float a = std::fmin(std::fabs(v), 6.0f);
-  uint32_t ab = bitsOf(a);
-  ab += 0x1fffffu + ((ab >> 22) & 1u);
-  const uint32_t normal = (ab >> 22) - (126u << 1);
-  const auto sub = static_cast<uint32_t>(std::nearbyint(a * 2.0f)); // __float2uint_rn
-  return sign | (a < 1.0f ? sub : normal);
+  constexpr float kMagic = 12582912.0f;
+  const float a = std::fabs(v);
+  const float c = std::fmin(std::fmin(std::fma(a, 2.0f, kMagic), a + (kMagic + 2.0f)),
+                            std::fmin(std::fma(a, 0.5f, kMagic + 4.0f), kMagic + 7.0f));
+  return ((bitsOf(v) >> 28) & 0x8u) | (bitsOf(c) & 0xfu);
 }
 
 // e4m3Value, for codes 0x00..0x7E.
