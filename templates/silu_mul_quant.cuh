@@ -285,7 +285,11 @@ __device__ __forceinline__ float minNaN(float a, float b) {
 // its remainder (an FMA, exact) plus x times log2(e)'s own remainder; exp(x)
 // = 2^t * 2^c with 2^c = 1 + c * ln 2 to within 2^-35 (|c| <= 2^-17 where 2^t
 // is finite and normal). Within about 2 ulp of 1 + exp(x) besides ex2's own
-// error; 2^t = inf gives inf (k > 0), 2^t flushed to 0 gives 1.
+// error for x below 88.7 and above -2.3e38 (2^t flushed to 0 gives 1). Not
+// for every x: an infinite x or one beyond -2.3e38 gives NaN, and an x from
+// 88.7 up an infinity of either sign (c's sign is arbitrary there). Callers
+// keep x below 88.7 (or clamp it there) and send a NaN y to the exact path,
+// which takes onePlusExpExact.
 __device__ __forceinline__ float onePlusExp(float x) {
   constexpr float kLog2e = 0x1.715476p+0f;   // log2(e) rounded to fp32
   constexpr float kLog2eLo = 0x1.4ae0cp-26f; // log2(e) - kLog2e
@@ -295,6 +299,20 @@ __device__ __forceinline__ float onePlusExp(float x) {
   float p;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(p) : "f"(t));
   return fmaf(p, fmaf(c, kLn2, 1.0f), 1.0f);
+}
+
+// 1 + exp(x) for every x (the exact path's), by the steps of the toolkit's
+// expf (libdevice) with its last product and the addition fused: one
+// rounding fewer than 1.0f + expf(x). The saturating first step keeps the
+// exponent in range for infinite and huge x.
+__device__ __forceinline__ float onePlusExpExact(float x) {
+  float t, j, p;
+  asm("fma.rn.sat.f32 %0, %1, 0f3BBB989D, 0f3F000000;" : "=f"(t) : "f"(x)); // x*log2(e)/252 + 1/2
+  asm("fma.rm.f32 %0, %1, 0f437C0000, 0f4B400001;" : "=f"(j) : "f"(t));     // the exponent, biased
+  float f = fmaf(x, __int_as_float(0x3FB8AA3B), -(j - __int_as_float(0x4B40007F)));
+  f = fmaf(x, __int_as_float(0x32A57060), f); // x*log2(e) - exponent, to about 2^-48
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(p) : "f"(f));
+  return fmaf(p, __int_as_float(__float_as_int(j) << 23), 1.0f);
 }
 
 // Lane-wise minimum of two packed pairs of 16-bit floats.
@@ -539,7 +557,11 @@ __device__ __forceinline__ float actMulFast(const unsigned char* in, int vecLane
       if constexpr (Act::kSigmoid) {
         float a, z, b;
         Act::terms(g[k], u[k], a, z, b);
-        const float d = onePlusExp(-z);
+        // Silu and swiglu send z <= kFastGateMin (x = -z from 87 up) to the
+        // exact path; gelu_tanh keeps it here, where 1 + exp(88.7 and up) is
+        // infinite, so x is clamped at 128 (a NaN x becomes 128: its y is NaN
+        // all the same, through a).
+        const float d = onePlusExp(Act::kScaledTail ? fminf(-z, 128.0f) : -z);
         if constexpr (Act::kScaledTail) {
           // z <= kFastGateMin: 1 + exp(-z) >= 2^125.5, whose reciprocal
           // would flush; a and d scaled by 2^-64 (exactly: |a| is at least
@@ -627,7 +649,7 @@ __device__ __forceinline__ float actMulExact(const unsigned char* in, int vecLan
     if constexpr (Act::kSigmoid) {
       float a, z, b;
       Act::terms(g, u, a, z, b);
-      v = __fdiv_rn(a, onePlusExp(-z)) * b;
+      v = __fdiv_rn(a, onePlusExpExact(-z)) * b;
     } else {
       v = Act::y(g, u);
     }
