@@ -1595,6 +1595,46 @@ TEST(TemplateConversions, E2M1MatchesTheReferenceAroundEveryBoundary) {
   EXPECT_GT(checked, 1000000);
 }
 
+// onePlusExp, with 2^t rounded exactly where the kernel's ex2.approx adds
+// its own error of about 2 ulp.
+float templateOnePlusExp(float x) {
+  constexpr float kLog2e = 0x1.715476p+0f;
+  constexpr float kLog2eLo = 0x1.4ae0cp-26f;
+  constexpr float kLn2 = 0x1.62e430p-1f;
+  const float t = x * kLog2e;
+  const float c = std::fma(x, kLog2eLo, std::fma(x, kLog2e, -t));
+  float p = static_cast<float>(std::exp2(static_cast<double>(t)));
+  if (std::fabs(p) < std::numeric_limits<float>::min())
+    p = 0.0f; // ex2.approx.ftz
+  return std::fma(p, std::fma(c, kLn2, 1.0f), 1.0f);
+}
+
+TEST(TemplateConversions, OnePlusExpIsWithinTwoUlpWhereTheFastPathUsesIt) {
+  // The fast path uses it for x = -z below 87 (silu and swiglu send smaller z
+  // to the exact path) and for x clamped at 128 (gelu_tanh); every other x
+  // must give NaN, which sends the group to the exact path, whose function
+  // handles every x.
+  double worst = 0.0;
+  int64_t checked = 0;
+  for (uint64_t b = 0; b <= 0xffffffffull; b += 9973) {
+    const float x = fromBits(static_cast<uint32_t>(b));
+    if (!(x > -1e30f && x < 88.0f))
+      continue;
+    const double want = 1.0 + std::exp(static_cast<double>(x));
+    const double ulp = std::ldexp(1.0, std::ilogb(want) - 23);
+    worst = std::max(worst, std::fabs(templateOnePlusExp(x) - want) / ulp);
+    ++checked;
+  }
+  EXPECT_LE(worst, 2.0);
+  EXPECT_GT(checked, 200000);
+  EXPECT_EQ(templateOnePlusExp(128.0f), kInf); // gelu_tanh's clamp
+  EXPECT_EQ(templateOnePlusExp(-1e38f), 1.0f);
+  EXPECT_EQ(templateOnePlusExp(0.0f), 2.0f);
+  // Where the fast path would be wrong, NaN (never a finite number or -inf).
+  for (float x : {kInf, -kInf, -3e38f, -std::numeric_limits<float>::max()})
+    EXPECT_TRUE(std::isnan(templateOnePlusExp(x))) << x;
+}
+
 TEST(TemplateConversions, E4M3ValueDecodesEveryCode) {
   for (uint32_t c = 0; c < 0x7F; ++c)
     EXPECT_EQ(templateE4M3Value(c), e4m3ToFloat(static_cast<uint8_t>(c))) << c;
