@@ -290,10 +290,10 @@ __device__ __forceinline__ float minNaN(float a, float b) {
 // 88.7 up an infinity of either sign (c's sign is arbitrary there). Callers
 // keep x below 88.7 (or clamp it there) and send a NaN y to the exact path,
 // which takes onePlusExpExact.
+inline constexpr float kLog2e = 0x1.715476p+0f;   // log2(e) rounded to fp32
+inline constexpr float kLog2eLo = 0x1.4ae0cp-26f; // log2(e) - kLog2e
+inline constexpr float kLn2 = 0x1.62e430p-1f;
 __device__ __forceinline__ float onePlusExp(float x) {
-  constexpr float kLog2e = 0x1.715476p+0f;   // log2(e) rounded to fp32
-  constexpr float kLog2eLo = 0x1.4ae0cp-26f; // log2(e) - kLog2e
-  constexpr float kLn2 = 0x1.62e430p-1f;
   const float t = __fmul_rn(x, kLog2e);
   const float c = fmaf(x, kLog2eLo, fmaf(x, kLog2e, -t));
   float p;
@@ -309,8 +309,8 @@ __device__ __forceinline__ float onePlusExpExact(float x) {
   float t, j, p;
   asm("fma.rn.sat.f32 %0, %1, 0f3BBB989D, 0f3F000000;" : "=f"(t) : "f"(x)); // x*log2(e)/252 + 1/2
   asm("fma.rm.f32 %0, %1, 0f437C0000, 0f4B400001;" : "=f"(j) : "f"(t));     // the exponent, biased
-  float f = fmaf(x, __int_as_float(0x3FB8AA3B), -(j - __int_as_float(0x4B40007F)));
-  f = fmaf(x, __int_as_float(0x32A57060), f); // x*log2(e) - exponent, to about 2^-48
+  float f = fmaf(x, kLog2e, -(j - __int_as_float(0x4B40007F)));
+  f = fmaf(x, kLog2eLo, f); // x*log2(e) - exponent, to about 2^-48
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(p) : "f"(f));
   return fmaf(p, __int_as_float(__float_as_int(j) << 23), 1.0f);
 }

@@ -197,11 +197,20 @@ int main(int argc, char** argv) {
     args.tokens = 1;
     args.q = reinterpret_cast<void*>(q);
     args.scales = reinterpret_cast<void*>(scales);
-    for (const char* what :
-         {"cold_spec_first_launch_ms", "disk_hit_first_launch_ms", "second_cold_spec_first_launch_ms"}) {
+    struct Step {
+      const char* key;
+      const char* label;
+      const KernelSpec& spec;
+    };
+    const Step steps[] = {
+        {"cold_spec_first_launch_ms", "new spec, empty cache: getKernel + first launch", cold},
+        {"disk_hit_first_launch_ms", "same spec, new service: disk hit + first launch", cold},
+        {"second_cold_spec_first_launch_ms", "second new spec (NVRTC warm): + first launch", cold2},
+    };
+    for (const Step& step : steps) {
       auto fresh = ok(bqjit::Service::create(coldConfig), "Service::create");
       const auto t0 = Clock::now();
-      auto k = ok(fresh->getKernel(what[0] == 's' ? cold2 : cold, 0), "getKernel (new spec)");
+      auto k = ok(fresh->getKernel(step.spec, 0), "getKernel (new spec)");
       const double getMs = usSince(t0) / 1000.0;
       // Read before the background compiles of the other variants finish.
       const bqjit::CacheCounters counters = fresh->cache().counters();
@@ -211,12 +220,10 @@ int main(int argc, char** argv) {
       const double ms = usSince(t0) / 1000.0;
       std::printf("  %-46s %8.1f ms (getKernel %.1f ms, of which NVRTC %.1f ms in %lld "
                   "compile(s))\n",
-                  what[0] == 'c'   ? "new spec, empty cache: getKernel + first launch"
-                  : what[0] == 'd' ? "same spec, new service: disk hit + first launch"
-                                   : "second new spec (NVRTC warm): + first launch",
-                  ms, getMs, counters.compileMs, static_cast<long long>(counters.compiles));
-      out[what] = ms;
-      out[std::string(what) + "_nvrtc_ms"] = counters.compileMs;
+                  step.label, ms, getMs, counters.compileMs,
+                  static_cast<long long>(counters.compiles));
+      out[step.key] = ms;
+      out[std::string(step.key) + "_nvrtc_ms"] = counters.compileMs;
     }
     std::filesystem::remove_all(tmpl);
   }
