@@ -2,7 +2,8 @@
 """A few launches of bqjit at one shape, for a profiler: H:T:G (bf16 in, fp8
 e4m3 out, row scales unless told otherwise), then optional key=value settings:
 out=fp4_e2m1|fp8_e4m3|int8, layout=row|col|swizzled_128x4|..., ue8m0=1,
-launch=tpg,vec,gpb. NVFP4 (fp4_e2m1 without ue8m0) gets a global scale.
+launch=tpg,vec,gpb, act=silu|swiglu|gelu_tanh|gelu, alpha=, beta=, limit=,
+gate_up=split|interleaved, rounding=ceil|floor. NVFP4 (fp4_e2m1 without ue8m0) gets a global scale.
 Usage: python3 bench/one_launch.py 14336:8192:128
        python3 bench/one_launch.py 7168:8192:32 out=fp4_e2m1 layout=swizzled_128x4 ue8m0=1"""
 import sys
@@ -22,6 +23,11 @@ def main():
     if "launch" in opts:
         tpg, vec, gpb = (int(v) for v in opts["launch"].split(","))
         kw["launch"] = {"threads_per_group": tpg, "vec_width": vec, "groups_per_block": gpb}
+    for key, name, conv in (("act", "activation", str), ("alpha", "alpha", float), ("beta", "beta", float),
+                            ("limit", "limit", float), ("gate_up", "gate_up", str),
+                            ("rounding", "scale_rounding", str)):
+        if key in opts:
+            kw[name] = conv(opts[key])
     x = torch.randn(t, 2 * h, device="cuda", dtype=torch.bfloat16) * 4
     if out == "fp4_e2m1":
         if not ue8m0:

@@ -2,6 +2,8 @@
 
 #include "bqjit/error.hpp"
 
+#include <atomic>
+
 namespace bqjit {
 
 std::string nvrtcResultText(nvrtcResult result) {
@@ -15,6 +17,13 @@ llvm::Error nvrtcError(const char* call, nvrtcResult result, const std::string& 
   return makeError(ErrorCode::CompileFailed, std::string(call) +
                                                  " failed: " + nvrtcResultText(result) +
                                                  (detail.empty() ? "" : "\n" + detail));
+}
+
+// Whether a compile has returned in this process: a fact about the NVRTC
+// library loaded in it, so process-wide (see ensureNvrtcExitTeardownRegistered).
+std::atomic<bool>& nvrtcHasCompiled() {
+  static std::atomic<bool> compiled{false};
+  return compiled;
 }
 
 std::string joinOptions(const std::vector<std::string>& options) {
@@ -67,6 +76,7 @@ llvm::Error NvrtcProgram::compile(const std::vector<std::string>& options) {
   for (const auto& o : options)
     argv.push_back(o.c_str());
   nvrtcResult r = nvrtcCompileProgram(program_, static_cast<int>(argv.size()), argv.data());
+  nvrtcHasCompiled().store(true, std::memory_order_release);
   if (r != NVRTC_SUCCESS)
     return nvrtcError("nvrtcCompileProgram", r,
                       "options: " + joinOptions(options) + "\nNVRTC log:\n" + log());
@@ -117,6 +127,15 @@ llvm::Expected<std::string> NvrtcProgram::loweredName(const std::string& nameExp
   if (r != NVRTC_SUCCESS || !lowered)
     return nvrtcError("nvrtcGetLoweredName", r, "name expression: " + nameExpression);
   return std::string(lowered);
+}
+
+llvm::Error ensureNvrtcExitTeardownRegistered() {
+  if (nvrtcHasCompiled().load(std::memory_order_acquire))
+    return llvm::Error::success();
+  auto program = NvrtcProgram::create("", "bqjit_nvrtc_init.cu", {}, {});
+  if (!program)
+    return program.takeError();
+  return program->compile({});
 }
 
 } // namespace bqjit

@@ -36,6 +36,17 @@ private:
   nvrtcProgram program_ = nullptr;
 };
 
+/// Makes sure NVRTC has registered the teardown it runs at process exit.
+/// NVRTC registers it with the C library's exit handlers during the first
+/// compile of a process, and a compile still running on another thread when
+/// it runs crashes the process (tests/test_compile_worker.cpp). An exit
+/// handler that must run before it (one that waits for the compiles in
+/// flight) is registered after this returns: exit handlers run in the reverse
+/// order of their registration. Nothing to do once a compile has completed in
+/// this process; otherwise a compile of an empty program (about 40 ms on a
+/// cold process, most of it NVRTC loading what the next compile needs anyway).
+llvm::Error ensureNvrtcExitTeardownRegistered();
+
 /// "NVRTC_ERROR_COMPILATION (6)" style text for a result code.
 std::string nvrtcResultText(nvrtcResult result);
 

@@ -3,18 +3,15 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <condition_variable>
-#include <deque>
-#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
-#include <thread>
 
 #include "bqjit/arch.hpp"
 #include "bqjit/error.hpp"
 #include "cache/kernel_cache.hpp"
 #include "planner/planner.hpp"
+#include "runtime/compile_worker.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "runtime/loaded_function.hpp"
 #include "runtime/warm_table.hpp"
@@ -98,15 +95,17 @@ struct Service::Impl {
   /// the warm path, which takes no lock a compile or a load holds.
   std::atomic<const CudaDriver*> loadedDriver{nullptr};
 
-  // Variants compiled in the background (Service::loadKernel): one worker
-  // thread, started on first use, stopped and joined before anything else
-  // goes.
-  std::mutex jobsMutex;
-  std::condition_variable jobsChanged;
-  std::deque<std::function<void()>> jobs;
-  bool jobRunning = false;
-  bool stopping = false;
-  std::thread worker;
+  // Variants compiled in the background (Service::loadKernel). Its thread
+  // sets the relaxed capture mode first: it makes driver calls (module
+  // loads) that another thread's stream capture in the global mode would
+  // forbid; in the relaxed mode they neither fail nor invalidate that
+  // capture, and none of them enqueues work on a stream.
+  CompileWorker worker{[this] {
+    if (const CudaDriver* d = loadedDriver.load(std::memory_order_acquire)) {
+      CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+      d->cuThreadExchangeStreamCaptureMode(&mode);
+    }
+  }};
 
   std::mutex mutex; // guards everything below
   std::shared_ptr<const CudaDriver> driver;
@@ -120,14 +119,7 @@ struct Service::Impl {
         cache(std::move(c), std::move(compiler)) {}
 
   ~Impl() {
-    {
-      std::lock_guard<std::mutex> lock(jobsMutex);
-      stopping = true;
-      jobs.clear();
-    }
-    jobsChanged.notify_all();
-    if (worker.joinable())
-      worker.join();
+    worker.stop();     // before anything its job uses goes
     functions.clear(); // unloads the libraries before the contexts go
     if (driver)
       for (auto& [device, ctx] : primaryContexts)
@@ -171,41 +163,6 @@ struct Service::Impl {
     if (!d)
       return d.takeError();
     return resolveDevice(*driver, device);
-  }
-
-  void enqueue(std::function<void()> job) {
-    {
-      std::lock_guard<std::mutex> lock(jobsMutex);
-      jobs.push_back(std::move(job));
-      if (!worker.joinable())
-        worker = std::thread([this] { work(); });
-    }
-    jobsChanged.notify_all();
-  }
-
-  void work() {
-    // The background thread makes driver calls (module loads) that another
-    // thread's stream capture in the global mode would forbid; in the
-    // relaxed mode they neither fail nor invalidate that capture, and none
-    // of them enqueues work on a stream.
-    if (const CudaDriver* d = loadedDriver.load(std::memory_order_acquire)) {
-      CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
-      d->cuThreadExchangeStreamCaptureMode(&mode);
-    }
-    std::unique_lock<std::mutex> lock(jobsMutex);
-    for (;;) {
-      jobsChanged.wait(lock, [&] { return stopping || !jobs.empty(); });
-      if (stopping)
-        return;
-      std::function<void()> job = std::move(jobs.front());
-      jobs.pop_front();
-      jobRunning = true;
-      lock.unlock();
-      job();
-      lock.lock();
-      jobRunning = false;
-      jobsChanged.notify_all();
-    }
   }
 
   /// The properties of a device (read from the driver once).
@@ -342,9 +299,7 @@ llvm::Expected<DeviceProfile> Service::deviceProfile(int device) {
 }
 
 void Service::finishVariants() {
-  std::unique_lock<std::mutex> lock(impl_->jobsMutex);
-  impl_->jobsChanged.wait(
-      lock, [&] { return impl_->stopping || (impl_->jobs.empty() && !impl_->jobRunning); });
+  impl_->worker.drain();
 }
 
 llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
@@ -412,7 +367,7 @@ llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
   Kernel kernel(fns, widestVec);
   if (!later.empty()) {
     Impl* impl = impl_.get(); // outlives the job: ~Impl joins the worker first
-    impl->enqueue([impl, kernel, ids, later, variantOf = plan->variantOf, d = *dev] {
+    impl->worker.enqueue([impl, kernel, ids, later, variantOf = plan->variantOf, d = *dev] {
       for (int i : later) {
         auto got = impl->cache.get(ids[i]);
         if (!got) {

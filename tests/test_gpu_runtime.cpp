@@ -566,10 +566,11 @@ TEST(GpuRuntime, NewSpecLaunchesAtOnceAndItsOtherVariantsArriveInTheBackground) 
 // Evicting the disk entry and forgetting the service's answers unloads
 // nothing a held handle uses: it still launches and is still right.
 // A host that exits while the service still compiles a new spec's other
-// variants in the background: the service, a static destroyed at exit, waits
-// for the compile in flight, which must find everything it uses alive (the
-// statics made after the service are destroyed before it). The child below
-// is this binary run again; it exits while its variants compile.
+// variants in the background: the compile in flight must finish before
+// NVRTC's teardown among the exit handlers, which runs before the static
+// service's destructor (runtime/compile_worker.hpp; test_compile_worker
+// checks the same without a GPU). The child below is this binary run again;
+// it exits while its variants compile.
 TEST(GpuRuntime, ExitingWhileVariantsCompileInTheBackgroundIsClean) {
   BQJIT_REQUIRE_GPU_ENV();
   if (::getenv("BQJIT_TEST_EXIT_CHILD"))

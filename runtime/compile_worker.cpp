@@ -1,0 +1,116 @@
+#include "runtime/compile_worker.hpp"
+
+#include <cstdlib>
+#include <set>
+
+#include "jit/nvrtc_program.hpp"
+
+namespace bqjit {
+
+namespace {
+
+// The workers alive in the process, for the exit handler. Never destroyed:
+// the handler runs during exit, after static objects made later are gone.
+struct LiveWorkers {
+  std::mutex mutex;
+  std::set<CompileWorker*> workers;
+};
+
+LiveWorkers& liveWorkers() {
+  static LiveWorkers* live = new LiveWorkers;
+  return *live;
+}
+
+void stopLiveWorkers() {
+  LiveWorkers& live = liveWorkers();
+  std::lock_guard<std::mutex> lock(live.mutex);
+  for (CompileWorker* w : live.workers)
+    w->stop();
+}
+
+// Registers stopLiveWorkers with the exit handlers once per process, after
+// NVRTC's teardown (see CompileWorker). Where NVRTC cannot even compile an
+// empty program, the jobs' own compiles fail too and none is in flight at
+// exit; the handler is registered all the same.
+void registerExitHandlerOnce() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    llvm::consumeError(ensureNvrtcExitTeardownRegistered());
+    std::atexit(stopLiveWorkers);
+  });
+}
+
+} // namespace
+
+CompileWorker::CompileWorker(std::function<void()> onThreadStart)
+    : onThreadStart_(std::move(onThreadStart)) {
+  LiveWorkers& live = liveWorkers();
+  std::lock_guard<std::mutex> lock(live.mutex);
+  live.workers.insert(this);
+}
+
+CompileWorker::~CompileWorker() {
+  {
+    // Waits for an exit handler that is stopping this worker.
+    LiveWorkers& live = liveWorkers();
+    std::lock_guard<std::mutex> lock(live.mutex);
+    live.workers.erase(this);
+  }
+  stop();
+}
+
+bool CompileWorker::enqueue(std::function<void()> job) {
+  registerExitHandlerOnce();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_)
+      return false;
+    jobs_.push_back(std::move(job));
+    if (!thread_.joinable())
+      thread_ = std::thread([this] { run(); });
+  }
+  changed_.notify_all();
+  return true;
+}
+
+void CompileWorker::stop() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+    jobs_.clear();
+  }
+  changed_.notify_all();
+  std::lock_guard<std::mutex> join(joinMutex_);
+  // A job that stops its own worker cannot join its own thread; the thread
+  // ends after that job all the same.
+  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id())
+    thread_.join();
+}
+
+void CompileWorker::drain() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  changed_.wait(lock, [&] { return stopping_ || (jobs_.empty() && !running_); });
+}
+
+void CompileWorker::run() {
+  if (onThreadStart_)
+    onThreadStart_();
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    changed_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
+    if (stopping_)
+      break;
+    std::function<void()> job = std::move(jobs_.front());
+    jobs_.pop_front();
+    running_ = true;
+    lock.unlock();
+    job();
+    lock.lock();
+    running_ = false;
+    changed_.notify_all();
+  }
+  running_ = false;
+  changed_.notify_all();
+}
+
+} // namespace bqjit

@@ -1,0 +1,56 @@
+// One background thread for compiles, safe at process exit.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+namespace bqjit {
+
+/// Runs jobs (NVRTC compiles and module loads) in order on one thread,
+/// started with the first job. stop(), the destructor and the process's exit
+/// all drop the queued jobs and wait for the running one.
+///
+/// Why at exit: a host that exits while a compile runs on this thread would
+/// otherwise crash. NVRTC tears itself down among the C library's exit
+/// handlers, which run before the destructors of objects made earlier (a
+/// service held in a static, say), so waiting in the owner's destructor is
+/// too late. The first job registers an exit handler that stops every live
+/// worker, after making sure NVRTC's own teardown is registered: handlers
+/// run in the reverse order of registration, so ours runs first.
+class CompileWorker {
+public:
+  /// `onThreadStart` runs on the worker thread before its first job.
+  explicit CompileWorker(std::function<void()> onThreadStart = {});
+  CompileWorker(const CompileWorker&) = delete;
+  CompileWorker& operator=(const CompileWorker&) = delete;
+  /// stop(), then forgets this worker for the exit handler.
+  ~CompileWorker();
+
+  /// Queues `job`; false (the job dropped) once stopped. The first job
+  /// starts the thread, and in a process where NVRTC has not compiled yet
+  /// compiles an empty program first, on the caller's thread (see the class
+  /// comment).
+  bool enqueue(std::function<void()> job);
+  /// Drops the queued jobs, waits for the running one and joins the thread;
+  /// later jobs are dropped. Idempotent; thread-safe.
+  void stop();
+  /// Waits until no job is queued or running (for tests and tools).
+  void drain();
+
+private:
+  void run();
+
+  std::function<void()> onThreadStart_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::deque<std::function<void()>> jobs_;
+  bool running_ = false;  ///< a job is running
+  bool stopping_ = false; ///< stop() was called
+  std::thread thread_;
+  std::mutex joinMutex_; ///< one joiner at a time (the exit handler and the destructor)
+};
+
+} // namespace bqjit

@@ -1,0 +1,196 @@
+// CompileWorker: jobs in order on one thread, stop semantics, and a process
+// that exits while a compile runs on the worker (no GPU needed: NVRTC only).
+#include "runtime/compile_worker.hpp"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "jit/nvrtc_program.hpp"
+
+namespace bqjit {
+namespace {
+
+using namespace std::chrono_literals;
+
+/// A kernel that takes NVRTC about 50 ms, long enough that an exit a few
+/// milliseconds into the compile lands inside it.
+const char* const kSlowSource = R"(
+extern "C" __global__ void busy(float* p) {
+  for (int i = 0; i < 100; ++i)
+    p[i] = __expf(p[i]) * p[i];
+}
+)";
+
+/// Compiles kSlowSource for sm_90; true when it compiled.
+bool compileSlowSource() {
+  auto program = NvrtcProgram::create(kSlowSource, "busy.cu", {}, {});
+  if (!program) {
+    llvm::consumeError(program.takeError());
+    return false;
+  }
+  if (auto err = program->compile({"-arch=sm_90"})) {
+    llvm::consumeError(std::move(err));
+    return false;
+  }
+  return true;
+}
+
+/// A one-shot flag another thread can wait for.
+class Latch {
+public:
+  void set() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      set_ = true;
+    }
+    changed_.notify_all();
+  }
+  void wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    changed_.wait(lock, [&] { return set_; });
+  }
+
+private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  bool set_ = false;
+};
+
+TEST(CompileWorker, RunsJobsInOrderOnOneThreadOtherThanTheCallers) {
+  CompileWorker worker;
+  std::mutex mutex;
+  std::vector<int> order;
+  std::vector<std::thread::id> threads;
+  for (int i = 0; i < 6; ++i)
+    ASSERT_TRUE(worker.enqueue([&, i] {
+      std::lock_guard<std::mutex> lock(mutex);
+      order.push_back(i);
+      threads.push_back(std::this_thread::get_id());
+    }));
+  worker.drain();
+  ASSERT_EQ(order, (std::vector<int>{0, 1, 2, 3, 4, 5}));
+  for (const auto& id : threads) {
+    EXPECT_EQ(id, threads.front());
+    EXPECT_NE(id, std::this_thread::get_id());
+  }
+}
+
+TEST(CompileWorker, RunsItsThreadStartFirstOnTheWorkerThread) {
+  std::thread::id startThread;
+  std::atomic<int> startsBeforeJob{-1};
+  std::atomic<int> starts{0};
+  CompileWorker worker([&] {
+    startThread = std::this_thread::get_id();
+    ++starts;
+  });
+  std::thread::id jobThread;
+  ASSERT_TRUE(worker.enqueue([&] {
+    jobThread = std::this_thread::get_id();
+    startsBeforeJob = starts.load();
+  }));
+  ASSERT_TRUE(worker.enqueue([] {}));
+  worker.drain();
+  EXPECT_EQ(startsBeforeJob.load(), 1);
+  EXPECT_EQ(starts.load(), 1);
+  EXPECT_EQ(startThread, jobThread);
+}
+
+TEST(CompileWorker, StopWaitsForTheRunningJobAndDropsTheQueuedOnes) {
+  CompileWorker worker;
+  Latch started;
+  std::atomic<bool> firstFinished{false}, secondRan{false}, lateRan{false};
+  ASSERT_TRUE(worker.enqueue([&] {
+    started.set();
+    std::this_thread::sleep_for(50ms);
+    firstFinished = true;
+  }));
+  ASSERT_TRUE(worker.enqueue([&] { secondRan = true; }));
+  started.wait();
+  worker.stop();
+  EXPECT_TRUE(firstFinished.load()) << "stop() returned while a job still ran";
+  EXPECT_FALSE(secondRan.load()) << "a queued job ran after stop()";
+  EXPECT_FALSE(worker.enqueue([&] { lateRan = true; })) << "a job was accepted after stop()";
+  worker.stop(); // idempotent
+  worker.drain();
+  EXPECT_FALSE(lateRan.load());
+}
+
+TEST(CompileWorker, DestroyingItWaitsForTheRunningJob) {
+  std::atomic<bool> finished{false};
+  Latch started;
+  {
+    CompileWorker worker;
+    ASSERT_TRUE(worker.enqueue([&] {
+      started.set();
+      std::this_thread::sleep_for(30ms);
+      finished = true;
+    }));
+    started.wait();
+  }
+  EXPECT_TRUE(finished.load());
+}
+
+// A host that exits while the worker compiles: NVRTC's teardown among the
+// exit handlers would crash the compile in flight (SIGSEGV) unless the
+// worker is stopped first. The worker lives in a static made before any
+// compile, as a service held in a static is; its owner's destructor alone
+// would run too late. Each mode is the child below, this binary run again:
+// "compiled-before" compiles on the main thread first (a new spec's first
+// variant); "first-in-background" leaves the process's first compile to the
+// worker (a cache that holds a spec's first variant but not the others).
+TEST(CompileWorker, ExitingWhileACompileRunsIsClean) {
+  if (::getenv("BQJIT_TEST_EXIT_CHILD"))
+    GTEST_SKIP() << "the child's own run";
+  char self[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  ASSERT_GT(n, 0);
+  self[n] = 0;
+  for (const char* mode : {"compiled-before", "first-in-background"})
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      const std::string command = std::string("BQJIT_TEST_EXIT_CHILD=") + mode + " '" + self +
+                                  "' --gtest_filter=CompileWorkerExitChild.* >/dev/null 2>&1";
+      const int status = std::system(command.c_str());
+      ASSERT_TRUE(WIFEXITED(status)) << mode << ": the child died of signal " << WTERMSIG(status)
+                                     << " (attempt " << attempt << ")";
+      EXPECT_EQ(WEXITSTATUS(status), 0) << mode << ", attempt " << attempt;
+    }
+}
+
+// The child: exits (status 0) a few milliseconds into the worker's second compile.
+TEST(CompileWorkerExitChild, ExitsWhileTheWorkerCompiles) {
+  const char* mode = ::getenv("BQJIT_TEST_EXIT_CHILD");
+  if (!mode)
+    GTEST_SKIP() << "run by CompileWorker.ExitingWhileACompileRunsIsClean";
+  static std::unique_ptr<CompileWorker> worker;
+  worker = std::make_unique<CompileWorker>();
+  if (std::string(mode) == "compiled-before")
+    ASSERT_TRUE(compileSlowSource());
+  // The exit lands in the second job's compile: NVRTC registers its
+  // teardown late in a process's first compile, so an exit during the first
+  // one would find nothing of NVRTC's to run before the worker's handler.
+  static Latch secondCompiling;
+  for (int i = 0; i < 3; ++i)
+    ASSERT_TRUE(worker->enqueue([i] {
+      if (i == 1)
+        secondCompiling.set();
+      compileSlowSource();
+    }));
+  secondCompiling.wait();
+  std::this_thread::sleep_for(5ms);
+  std::exit(0);
+}
+
+} // namespace
+} // namespace bqjit
