@@ -128,7 +128,11 @@ def main():
     ap.add_argument("--tokens", default="1024,8192")
     ap.add_argument("--replays", type=int, default=15)
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    ap.add_argument("--mx-launches", default="",
+                    help="tpg,vec,gpb;...: also time each MX row with these launch shapes")
     args = ap.parse_args()
+    mx_launches = [tuple(int(v) for v in item.split(",")) for item in args.mx_launches.split(";")
+                   if item]
     torch.manual_seed(0)
     device = torch.cuda.current_device()
     props = torch.cuda.get_device_properties(device)
@@ -143,28 +147,38 @@ def main():
         compiled = torch.compile(torch_op, dynamic=False)
         torch._dynamo.config.cache_size_limit = 1024
 
-    runs = []  # (h, t, group, name, mx)
+    runs = []  # (h, t, group, name, mx, launch shape or None)
     for h in (int(v) for v in args.shapes.split(",")):
         for t in (int(v) for v in args.tokens.split(",")):
             for name in VARIANTS:
-                runs.append((h, t, 128, name, False))
+                runs.append((h, t, 128, name, False, None))
             if t >= 8192 and h % 32 == 0:
                 for name in ("silu", "swiglu-interleaved"):
-                    runs.append((h, t, 32, name, True))
+                    for launch in [None] + mx_launches:
+                        runs.append((h, t, 32, name, True, launch))
 
     rows = []
-    header = (f"{'H':>6} {'T':>5} {'G':>4} {'variant':<22} | {'bqjit us':>9} {'GB/s':>6} "
+    header = (f"{'H':>6} {'T':>5} {'G':>4} {'variant':<32} | {'bqjit us':>9} {'GB/s':>6} "
               f"{'vs ref':>7} {'target':>7} | {'compile us':>10} {'vs compile':>10} | ok")
     print(header)
     print("-" * len(header), flush=True)
-    for h, t, group, name, mx in runs:
+    for h, t, group, name, mx, launch in runs:
         fields, act, interleaved = VARIANTS[name]
+        if launch is not None:
+            fields = dict(fields, launch={"threads_per_group": launch[0], "vec_width": launch[1],
+                                          "groups_per_block": launch[2]})
         scale_bytes = (h // group) * (1 if mx else 4)
         bytes_moved = t * (2 * h * 2 + h + scale_bytes)
         count = max(2, min(64, math.ceil(3 * l2 / bytes_moved)))
         sets = make_sets(t, h, group, count, mx)
         reps = count
-        kernel = svc.kernel(spec_json(h, group, fields, mx, device), device)
+        try:
+            kernel = svc.kernel(spec_json(h, group, fields, mx, device), device)
+        except _lib.BqjitError as e:
+            if launch is None:
+                raise
+            print(f"{h:>6} {t:>5} {group:>4} {name} mxfp8 @{launch}: not a valid shape ({e})", flush=True)
+            continue
 
         def run_bqjit(st, kernel=kernel):
             a = _lib.LaunchArgs(st[0].data_ptr(), 2 * h, t, st[1].data_ptr(), st[2].data_ptr(), 0, 0, 1)
@@ -179,23 +193,25 @@ def main():
         if compiled is not None:
             t_c, _ = time_graph(lambda st: compiled(st[0], group, act, interleaved, mx), sets, reps,
                                 args.replays, flush)
-        row = dict(hidden=h, tokens=t, group=group, variant=name, mx=mx, bytes=bytes_moved,
+        row = dict(hidden=h, tokens=t, group=group, variant=name, mx=mx, launch=launch,
+                   bytes=bytes_moved,
                    bqjit_us=t_b, bqjit_spread_us=spread, gbs=bytes_moved / (t_b * 1e-6) / 1e9,
                    compile_us=t_c, speedup_vs_compile=t_c / t_b, correct=ok, q_off_fraction=off,
                    **state)
         # The reference row of the targets: silu of the same shape, or G = 128 for MX.
         ref_name, limit = (name, MX_TARGET) if mx else TARGETS.get(name, (None, None))
         ref = next((r for r in rows if r["hidden"] == h and r["tokens"] == t and
-                    r["variant"] == ref_name and not r["mx"] and r["group"] == 128), None)
+                    r["variant"] == ref_name and not r["mx"] and r["group"] == 128 and
+                    r["launch"] is None), None)
         if ref is not None:
             row["vs_ref_pct"] = 100.0 * (t_b / ref["bqjit_us"] - 1.0)
             row["target_pct"] = limit
             row["meets_target"] = t < 1024 or row["vs_ref_pct"] <= limit
         rows.append(row)
-        label = name + (" mxfp8" if mx else "")
+        label = name + (" mxfp8" if mx else "") + (" @%d,%d,%d" % launch if launch else "")
         vs = f"{row['vs_ref_pct']:+6.1f}%" if "vs_ref_pct" in row else f"{'':>7}"
         target = f"<={limit}%" if "target_pct" in row else ""
-        print(f"{h:>6} {t:>5} {group:>4} {label:<22} | {t_b:>9.2f} {row['gbs']:>6.0f} {vs} "
+        print(f"{h:>6} {t:>5} {group:>4} {label:<32} | {t_b:>9.2f} {row['gbs']:>6.0f} {vs} "
               f"{target:>7} | {t_c:>10.2f} {row['speedup_vs_compile']:>9.2f}x | "
               f"{'ok' if ok else 'WRONG'}{'' if row.get('meets_target', True) else ' SLOW'}",
               flush=True)

@@ -193,10 +193,15 @@ struct GpuCase {
   std::vector<SpecialRow> specialRows;
   uint64_t seed = 1;
   float inputScale = 4.0f;
+  /// q starts this many bytes into its buffer: a pointer aligned only as far
+  /// as the launch requires (the bytes before it must stay unwritten).
+  int64_t qOffset = 0;
 
   std::string name() const {
     std::string n =
         spec.label() + " T=" + std::to_string(tokens) + " ldx+" + std::to_string(ldxPad);
+    if (qOffset)
+      n += " q+" + std::to_string(qOffset);
     if (spec.isNvfp4())
       n += " global_scale=" + std::to_string(globalScale);
     return n;
@@ -251,10 +256,10 @@ inline ref::CompareReport runWithKernel(const Kernel& kernel, const GpuCase& c, 
 
   const size_t qBytes = ref::outputBytes(p.spec, c.tokens, c.experts);
   const size_t sBytes = ref::scaleBufferBytes(p.spec, c.tokens, c.experts);
-  DeviceBuffer dx(d, x.size()), dq(d, qBytes), ds(d, sBytes), dub(d, 4), dm(d, 4 * c.experts + 4),
-      dgs(d, 4);
+  DeviceBuffer dx(d, x.size()), dq(d, qBytes + c.qOffset), ds(d, sBytes), dub(d, 4),
+      dm(d, 4 * c.experts + 4), dgs(d, 4);
   checkCu(d, d.cuMemcpyHtoD(dx.get(), x.data(), x.size()), "cuMemcpyHtoD x");
-  checkCu(d, d.cuMemsetD8(dq.get(), p.poison, qBytes), "cuMemsetD8 q");
+  checkCu(d, d.cuMemsetD8(dq.get(), p.poison, qBytes + c.qOffset), "cuMemsetD8 q");
   checkCu(d, d.cuMemsetD8(ds.get(), p.poison, sBytes), "cuMemsetD8 scales");
   checkCu(d, d.cuMemcpyHtoD(dub.get(), &c.scaleUb, 4), "cuMemcpyHtoD ub");
   checkCu(d, d.cuMemcpyHtoD(dgs.get(), &c.globalScale, 4), "cuMemcpyHtoD global scale");
@@ -265,7 +270,7 @@ inline ref::CompareReport runWithKernel(const Kernel& kernel, const GpuCase& c, 
   a.x = dx.ptr();
   a.ldx = p.ldx;
   a.tokens = c.tokens;
-  a.q = dq.ptr();
+  a.q = static_cast<unsigned char*>(dq.ptr()) + c.qOffset;
   a.scales = ds.ptr();
   a.scaleUb = p.spec.hasScaleUb ? static_cast<const float*>(dub.ptr()) : nullptr;
   a.maskedM = p.spec.masked ? static_cast<const int32_t*>(dm.ptr()) : nullptr;
@@ -281,10 +286,14 @@ inline ref::CompareReport runWithKernel(const Kernel& kernel, const GpuCase& c, 
                              consumeToString(std::move(err)));
   checkCu(d, stream ? d.cuStreamSynchronize(stream) : d.cuCtxSynchronize(), "synchronize");
 
-  std::vector<uint8_t> q(qBytes), s(sBytes);
-  checkCu(d, d.cuMemcpyDtoH(q.data(), dq.get(), qBytes), "cuMemcpyDtoH q");
+  std::vector<uint8_t> q(qBytes + c.qOffset), s(sBytes);
+  checkCu(d, d.cuMemcpyDtoH(q.data(), dq.get(), q.size()), "cuMemcpyDtoH q");
   checkCu(d, d.cuMemcpyDtoH(s.data(), ds.get(), sBytes), "cuMemcpyDtoH scales");
-  return ref::compare(p, expected, q.data(), s.data());
+  for (int64_t i = 0; i < c.qOffset; ++i)
+    if (q[i] != p.poison)
+      throw std::runtime_error(c.name() + ": byte " + std::to_string(i - c.qOffset) +
+                               " before q was written");
+  return ref::compare(p, expected, q.data() + c.qOffset, s.data());
 }
 
 } // namespace bqjit::test

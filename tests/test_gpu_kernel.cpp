@@ -737,5 +737,95 @@ INSTANTIATE_TEST_SUITE_P(Fp4, GpuKernelFp4, ::testing::Range<size_t>(0, fp4Cases
                            return n;
                          });
 
+// ---- gathered stores (TeamStore in the template) ----------------------------------------
+//
+// Teams whose step stores less than a 32-byte sector move their chunks between
+// lanes and store them with one wide store when q is aligned for it, and store
+// chunk by chunk otherwise. Each shape below takes the gathered path at an
+// aligned q and the chunk-by-chunk path at a q offset by the launch's own
+// alignment: one lane (NVFP4 in teams of 1), one exchange (teams of 2 with 2
+// and 4 steps, G = 32 split and interleaved) and two exchanges (teams of 4
+// with 4 steps), with masked batches and swizzled_128x4 padding among them.
+
+std::vector<GpuCase> buildTeamStoreCases() {
+  std::vector<GpuCase> cases;
+  auto shaped = [](KernelSpec s, int tpg, int vec, int gpb) {
+    LaunchShape shape{tpg, vec, gpb};
+    shape.minBlocksPerSm = deriveMinBlocksPerSm(s, shape);
+    s.shape = shape;
+    return s;
+  };
+  std::vector<std::pair<KernelSpec, int64_t>> specs; // spec, the launch's q alignment
+  KernelSpec oss =
+      makeSpec(2880, 32, InDtype::BF16, OutDtype::FP8E4M3, ScaleLayout::Bytes, true, false);
+  setActivation(oss, Activation::Swiglu, 0);
+  oss.gateUp = GateUp::Interleaved;
+  oss.scaleRounding = ScaleRounding::Floor;
+  specs.push_back({shaped(oss, 2, 8, 128), 8}); // 4 steps of 4 bytes a lane
+  KernelSpec mxfp8 =
+      makeSpec(4096, 32, InDtype::FP16, OutDtype::FP8E5M2, ScaleLayout::Bytes, true, false);
+  mxfp8.scaleRounding = ScaleRounding::Floor;
+  specs.push_back({shaped(mxfp8, 2, 8, 128), 8}); // 2 steps of 8 bytes
+  KernelSpec nvfp4 = makeSpec(2064, 16, InDtype::BF16, OutDtype::FP4E2M1,
+                              ScaleLayout::Swizzled128x4, false, false);
+  specs.push_back({shaped(nvfp4, 1, 8, 256), 4}); // one lane, 2 steps of 4 bytes
+  KernelSpec mxfp4 =
+      makeSpec(2880, 32, InDtype::BF16, OutDtype::FP4E2M1, ScaleLayout::Bytes, true, false);
+  specs.push_back({shaped(mxfp4, 2, 4, 128), 2}); // 4 steps of 2 bytes: chunk by chunk only
+  specs.push_back({shaped(mxfp4, 2, 8, 128), 4}); // 2 steps of 4 bytes
+  KernelSpec g64 =
+      makeSpec(2048, 64, InDtype::BF16, OutDtype::INT8, ScaleLayout::Col, false, false);
+  specs.push_back({shaped(g64, 4, 4, 64), 4}); // teams of 4, 4 steps: two exchanges
+  KernelSpec masked =
+      makeSpec(2880, 32, InDtype::BF16, OutDtype::FP8E4M3, ScaleLayout::Swizzled128x4, true, false);
+  masked.masked = true;
+  specs.push_back({shaped(masked, 2, 8, 128), 8});
+  uint64_t seed = 7000;
+  for (const auto& [spec, align] : specs)
+    for (int64_t offset : {int64_t(0), align})
+      for (int64_t tokens : {int64_t(129), int64_t(1023)}) {
+        GpuCase c;
+        c.spec = spec;
+        c.tokens = tokens;
+        c.qOffset = offset;
+        c.seed = seed++;
+        if (spec.isNvfp4())
+          c.globalScale = kGlobalScales[0];
+        if (spec.masked) {
+          c.experts = 3;
+          c.maskedM = {static_cast<int32_t>(tokens), 0, static_cast<int32_t>(tokens / 2)};
+        }
+        cases.push_back(c);
+      }
+  return cases;
+}
+
+const std::vector<GpuCase>& teamStoreCases() {
+  static const std::vector<GpuCase> cases = buildTeamStoreCases();
+  return cases;
+}
+
+class GpuKernelTeamStore : public ::testing::TestWithParam<size_t> {
+protected:
+  static void SetUpTestSuite() { compileUpFront(teamStoreCases()); }
+};
+
+TEST_P(GpuKernelTeamStore, MatchesReferenceAtAlignedAndOffsetQ) {
+  BQJIT_REQUIRE_GPU_ENV();
+  expectMatchesReference(teamStoreCases()[GetParam()]);
+}
+
+INSTANTIATE_TEST_SUITE_P(TeamStore, GpuKernelTeamStore,
+                         ::testing::Range<size_t>(0, teamStoreCases().size()),
+                         [](const ::testing::TestParamInfo<size_t>& info) {
+                           const GpuCase& c = teamStoreCases()[info.param];
+                           const KernelSpec& s = c.spec;
+                           return "c" + std::to_string(info.param) + "_G" +
+                                  std::to_string(s.groupSize) + "_" + toString(s.outDtype) +
+                                  "_tpg" + std::to_string(s.shape->threadsPerGroup) + "_vec" +
+                                  std::to_string(s.shape->vecWidth) + "_T" +
+                                  std::to_string(c.tokens) + "_q" + std::to_string(c.qOffset);
+                         });
+
 } // namespace
 } // namespace bqjit::test

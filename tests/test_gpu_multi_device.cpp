@@ -161,6 +161,8 @@ llvm::Error launchFour(const Kernel& kernel, CUstream stream, CUcontext launchCt
   const int32_t rows = static_cast<int32_t>(tokens);
   checkCu(d, d.cuMemcpyHtoD(ub.get(), &one, 4), "cuMemcpyHtoD scaleUb");
   checkCu(d, d.cuMemcpyHtoD(masked.get(), &rows, 4), "cuMemcpyHtoD maskedM");
+  // The memset is legacy-stream work, which a non-blocking stream does not wait for.
+  checkCu(d, d.cuCtxSynchronize(), "synchronize the uploads");
   LaunchArgs a;
   a.x = x.ptr();
   a.ldx = ldx;

@@ -66,6 +66,10 @@ TEST(GpuRuntime, GraphCaptureAndReplay) {
     checkCu(d, d.cuMemcpyHtoD(dx.get(), x.data(), x.size()), "upload");
     checkCu(d, d.cuMemsetD8(dq.get(), p.poison, qBytes), "poison q");
     checkCu(d, d.cuMemsetD8(ds.get(), p.poison, sBytes), "poison s");
+    // The memsets went to the legacy default stream, which the non-blocking
+    // stream does not wait for: on a busy GPU the poison landed after the
+    // replay's outputs (scales all 0xAB, three processes on an H200).
+    checkCu(d, d.cuCtxSynchronize(), "sync the poison");
     checkCu(d, d.cuGraphLaunch(exec, stream), "cuGraphLaunch");
     checkCu(d, d.cuStreamSynchronize(stream), "sync");
     std::vector<uint8_t> q(qBytes), s(sBytes);
@@ -298,6 +302,8 @@ extern "C" __global__ void produce(const uint4* src, uint4* dst, long long n, lo
       checkCu(d, d.cuMemcpyHtoD(dx.get(), oldX.data(), oldX.size()), "upload old x");
       checkCu(d, d.cuMemsetD8(dq.get(), p.poison, qBytes), "poison q");
       checkCu(d, d.cuMemsetD8(ds.get(), p.poison, sBytes), "poison s");
+      // Legacy-stream work, which the non-blocking stream does not wait for.
+      checkCu(d, d.cuCtxSynchronize(), "sync the reset");
     };
     reset();
     enqueue();
@@ -587,8 +593,8 @@ TEST(GpuRuntime, ExitingWhileVariantsCompileInTheBackgroundIsClean) {
                                 "' --gtest_filter=GpuRuntimeExitChild.* >/dev/null 2>&1";
     const int status = std::system(command.c_str());
     llvm::consumeError(fs::removeTree(dir));
-    ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status)
-                                   << " (attempt " << attempt << ")";
+    ASSERT_TRUE(WIFEXITED(status))
+        << "the child died of signal " << WTERMSIG(status) << " (attempt " << attempt << ")";
     EXPECT_EQ(WEXITSTATUS(status), 0) << "attempt " << attempt;
   }
 }
