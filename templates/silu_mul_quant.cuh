@@ -670,74 +670,20 @@ __device__ __forceinline__ float actMulExact(const unsigned char* in, int vecLan
 // same real number), and for NVFP4 the contract's own y * r.
 enum : int { kDivFast = 0, kDivExact = 1, kMulExact = 2 };
 
-// How a team stores its codes. Step c of lane l makes chunk c * TPG + l of
-// the group (kBytes bytes), so a team's store of one step covers TPG * kBytes
-// bytes. Where that is less than a 32-byte sector (small groups in small
-// teams: G = 32 in teams of 2 writes 8 or 16 bytes a step), every sector of
-// q is written by several store instructions, each of which asks the L2 for
-// a sector of every team of the warp. There the team first moves its chunks
-// so that lane l holds chunks l * kChunks .. l * kChunks + kChunks - 1, which
-// it writes with one store of kWide bytes: the team writes its whole group,
-// whole sectors, in one instruction. Needs whole 4-byte words a chunk, a
-// power-of-two team no larger than its steps, and a q aligned to kWide
-// bytes, which the kernel checks once (rows are: H * kBits / 8 is a multiple
-// of the group's bytes).
-template <int TPG, int kChunks, int kBytes> struct TeamStore {
-  static constexpr int kWide = kChunks * kBytes;
-  static constexpr bool kPow2 = (TPG & (TPG - 1)) == 0 && (kChunks & (kChunks - 1)) == 0;
-  static constexpr bool kGathered =
-      TPG * kBytes < 32 && kBytes % 4 == 0 && kPow2 && TPG <= kChunks && (kWide == 8 || kWide == 16);
-};
-
-// Moves chunks between a team's lanes so that lane l holds chunks
-// l * kChunks + p (TeamStore). Chunk g = c * TPG + l lives in step c of lane
-// l: g's bits are c's above l's, and its wanted owner is g's top log2(TPG)
-// bits. So lane bit i trades places with step bit log2(kChunks / TPG) + i,
-// one exchange of half the steps with lane l ^ 2^i for each i. Afterwards
-// step slot s holds position (s mod R) * TPG + s / R of the lane's chunks,
-// R = kChunks / TPG.
-template <int TPG, int kChunks, int kWords>
-__device__ __forceinline__ void exchangeChunks(u32 (&w)[kChunks][kWords], int lane, unsigned teamMask) {
-  constexpr int kRatio = kChunks / TPG;
-#pragma unroll
-  for (int bit = 1; bit < TPG; bit *= 2) {
-    const int stepBit = kRatio * bit;
-    const bool upper = (lane & bit) != 0;
-#pragma unroll
-    for (int c0 = 0; c0 < kChunks; ++c0) {
-      if (c0 & stepBit)
-        continue;
-      const int c1 = c0 | stepBit;
-      // The lower lane's c1 and the upper lane's c0 trade places.
-#pragma unroll
-      for (int k = 0; k < kWords; ++k) {
-        const u32 got = __shfl_xor_sync(teamMask, upper ? w[c0][k] : w[c1][k], bit, TPG);
-        if (upper)
-          w[c0][k] = got;
-        else
-          w[c1][k] = got;
-      }
-    }
-  }
-}
-
 // q = saturate_round(y / s) for this thread's steps, stored to qRow (the
-// group's first byte): VEC values make VEC * kBits / 8 bytes. qWide: q is
-// aligned for TeamStore's gathered store.
+// group's first byte): VEC values make VEC * kBits / 8 bytes.
 template <int OUT, int VEC, int TPG, int kChunks, int MODE>
 __device__ __forceinline__ void quantizeStore(const float (&y)[kChunks][VEC], float s, float r,
-                                              unsigned char* qRow, int lane, unsigned teamMask,
-                                              bool qWide) {
+                                              unsigned char* qRow, int lane) {
   constexpr int BITS = QuantTraits<OUT>::kBits;
   constexpr int kBytes = VEC * BITS / 8;
-  constexpr int kWords = (kBytes + 3) / 4;
   static_assert(BITS == 8 || VEC % 2 == 0, "fp4 steps make whole bytes");
-  u32 w[kChunks][kWords];
 #pragma unroll
   for (int c = 0; c < kChunks; ++c) {
+    u32 w[(kBytes + 3) / 4];
 #pragma unroll
-    for (int i = 0; i < kWords; ++i)
-      w[c][i] = 0;
+    for (int i = 0; i < (kBytes + 3) / 4; ++i)
+      w[i] = 0;
 #pragma unroll
     for (int k = 0; k < VEC; k += 2) {
       float lo, hi = 0.0f;
@@ -755,27 +701,10 @@ __device__ __forceinline__ void quantizeStore(const float (&y)[kChunks][VEC], fl
           hi = __fdiv_rn(y[c][k + 1], s);
       }
       const u32 pair = quantPair<OUT>(lo, hi) & (k + 1 < VEC ? (1u << 2 * BITS) - 1u : (1u << BITS) - 1u);
-      w[c][k * BITS / 32] |= pair << (k * BITS % 32);
+      w[k * BITS / 32] |= pair << (k * BITS % 32);
     }
+    storeBytes<kBytes>(qRow + (c * TPG + lane) * kBytes, w);
   }
-  using Store = TeamStore<TPG, kChunks, kBytes>;
-  if constexpr (Store::kGathered) {
-    if (qWide) {
-      exchangeChunks<TPG, kChunks, kWords>(w, lane, teamMask);
-      constexpr int kRatio = kChunks / TPG;
-      u32 out[Store::kWide / 4];
-#pragma unroll
-      for (int slot = 0; slot < kChunks; ++slot)
-#pragma unroll
-        for (int k = 0; k < kWords; ++k)
-          out[((slot % kRatio) * TPG + slot / kRatio) * kWords + k] = w[slot][k];
-      storeBytes<Store::kWide>(qRow + lane * Store::kWide, out);
-      return;
-    }
-  }
-#pragma unroll
-  for (int c = 0; c < kChunks; ++c)
-    storeBytes<kBytes>(qRow + (c * TPG + lane) * kBytes, w[c]);
 }
 
 // ---- scale layouts ------------------------------------------------------------------
@@ -990,10 +919,6 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   if (!active)
     return;
 
-  // Whether q's base allows TeamStore's gathered store (uniform: one pointer).
-  constexpr int kWideBytes = TeamStore<TPG, kSteps, kOutVec * kBits / 8>::kWide;
-  const bool qWide = reinterpret_cast<unsigned long long>(q) % kWideBytes == 0;
-
   // amax / QMAX by the fast division with the correctly rounded 1 / QMAX:
   // exact for every finite amax (checked exhaustively over all fp32
   // significands for the three QMAX values: tests/test_fast_division).
@@ -1008,12 +933,12 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
     scaleByte = fp8Pair<kE4M3>(pre, 0.0f) & 0xffu;
     s = e4m3Value(scaleByte);
     const float r = s == 0.0f ? 0.0f : __fdiv_rn(1.0f, __fdiv_rn(s, gs));
-    quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, r, qRow, lane, teamMask, qWide);
+    quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, r, qRow, lane);
   } else if constexpr (FLOOR) {
     const int floorExp = floorMxExponent<OUT>(amax);
     s = exp2Exact(floorExp);
     // s = 2^e: y * 2^-e is y / s exactly, without a division's range limits.
-    quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, exp2Exact(-floorExp), qRow, lane, teamMask, qWide);
+    quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, exp2Exact(-floorExp), qRow, lane);
   } else if constexpr (FP4) {
     // MXFP4 under ceil: 2^ceil(log2(amax / 6)) within 2^-127..2^127 (no
     // MIN_SCALE of its own); the E8M0 byte first, then s and its exact
@@ -1032,7 +957,7 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
     scaleByte = b < 0x00800000u ? (b == 0x00400000u ? 0u : 1u) : (b >> 23) + ((b & 0x007fffffu) != 0u);
 #endif
     s = exp2Exact(static_cast<int>(scaleByte) - 127);
-    quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, exp2Exact(127 - static_cast<int>(scaleByte)), qRow, lane, teamMask, qWide);
+    quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, exp2Exact(127 - static_cast<int>(scaleByte)), qRow, lane);
   } else {
     s = amax == __int_as_float(0x7f800000) ? amax
                                            : divFast(amax, QuantTraits<OUT>::kMax, QuantTraits<OUT>::kInvMax);
@@ -1042,27 +967,27 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
     if constexpr (POW2) {
       s = fminf(pow2Ceil(s), kMaxPow2Scale); // an infinite s is 2^127 (E8M0 byte 254)
       // s = 2^e, e in -127..127: y * 2^-e rounds the same real number as y / s.
-      quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, pow2Reciprocal(s), qRow, lane, teamMask, qWide);
+      quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, pow2Reciprocal(s), qRow, lane);
     } else if constexpr (HAS_UB) {
       const float r = rcpRefined(s);
       // Quotients below 2^-100 that the fast path may round differently all
       // quantize to a zero of the right sign, so only the top needs a bound.
       if (s < kFastScaleMax && amax * r < kFastQuotientMax)
-        quantizeStore<OUT, kOutVec, TPG, kSteps, kDivFast>(y, s, r, qRow, lane, teamMask, qWide);
+        quantizeStore<OUT, kOutVec, TPG, kSteps, kDivFast>(y, s, r, qRow, lane);
       else
-        quantizeStore<OUT, kOutVec, TPG, kSteps, kDivExact>(y, s, r, qRow, lane, teamMask, qWide);
+        quantizeStore<OUT, kOutVec, TPG, kSteps, kDivExact>(y, s, r, qRow, lane);
     } else if (s < kFastScaleMax) {
       // Without a bound every quotient is at most QMAX, and s is below
       // FLT_MAX / QMAX < 2^126 (the fast division's range) unless amax is
       // infinite or min_scale is at least 2^126.
-      quantizeStore<OUT, kOutVec, TPG, kSteps, kDivFast>(y, s, rcpRefined(s), qRow, lane, teamMask, qWide);
+      quantizeStore<OUT, kOutVec, TPG, kSteps, kDivFast>(y, s, rcpRefined(s), qRow, lane);
     } else {
       if constexpr (S::kMinScale < kFastScaleMax) {
         // An infinite amax: y / inf is a zero of y's sign for finite y and
         // NaN for an infinite or NaN y, as y * 0 is.
-        quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, 0.0f, qRow, lane, teamMask, qWide);
+        quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, 0.0f, qRow, lane);
       } else {
-        quantizeStore<OUT, kOutVec, TPG, kSteps, kDivExact>(y, s, 0.0f, qRow, lane, teamMask, qWide);
+        quantizeStore<OUT, kOutVec, TPG, kSteps, kDivExact>(y, s, 0.0f, qRow, lane);
       }
     }
   }
