@@ -177,10 +177,8 @@ int main(int argc, char** argv) {
   check(d, d.cuMemAlloc(&scales, 7168 / 128 * 4), "cuMemAlloc scales");
   check(d, d.cuMemsetD8(x, 0, 2 * 7168 * 2), "cuMemsetD8");
   // The hits above asked for H = 7168, G = 128, whose other variants may
-  // still compile in the background (an empty BQJIT_CACHE_DIR): NVRTC
-  // compiles one program at a time, so the new spec below would wait for
-  // them, which measured 125-228 ms instead of 28-43 ms on the H200 (the
-  // first run of this benchmark on a machine; bench/NOTES.md).
+  // still compile in the background (an empty BQJIT_CACHE_DIR): the new spec
+  // below is timed alone, not beside them.
   service->finishVariants();
   // A new spec in this process (CUDA initialized) with an empty cache: from
   // getKernel to the first launch's return, then the same spec from a second
