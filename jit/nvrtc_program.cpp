@@ -19,11 +19,11 @@ llvm::Error nvrtcError(const char* call, nvrtcResult result, const std::string& 
                                                  (detail.empty() ? "" : "\n" + detail));
 }
 
-// Whether a compile has returned in this process: a fact about the NVRTC
-// library loaded in it, so process-wide (see ensureNvrtcExitTeardownRegistered).
-std::atomic<bool>& nvrtcHasCompiled() {
-  static std::atomic<bool> compiled{false};
-  return compiled;
+// Compiles returned in this process: a fact about the NVRTC library loaded
+// in it, so process-wide (see nvrtcCompilesReturned).
+std::atomic<uint64_t>& compilesReturned() {
+  static std::atomic<uint64_t> count{0};
+  return count;
 }
 
 std::string joinOptions(const std::vector<std::string>& options) {
@@ -76,7 +76,7 @@ llvm::Error NvrtcProgram::compile(const std::vector<std::string>& options) {
   for (const auto& o : options)
     argv.push_back(o.c_str());
   nvrtcResult r = nvrtcCompileProgram(program_, static_cast<int>(argv.size()), argv.data());
-  nvrtcHasCompiled().store(true, std::memory_order_release);
+  compilesReturned().fetch_add(1, std::memory_order_acq_rel);
   if (r != NVRTC_SUCCESS)
     return nvrtcError("nvrtcCompileProgram", r,
                       "options: " + joinOptions(options) + "\nNVRTC log:\n" + log());
@@ -129,8 +129,12 @@ llvm::Expected<std::string> NvrtcProgram::loweredName(const std::string& nameExp
   return std::string(lowered);
 }
 
+uint64_t nvrtcCompilesReturned() {
+  return compilesReturned().load(std::memory_order_acquire);
+}
+
 llvm::Error ensureNvrtcExitTeardownRegistered() {
-  if (nvrtcHasCompiled().load(std::memory_order_acquire))
+  if (nvrtcCompilesReturned() > 0)
     return llvm::Error::success();
   auto program = NvrtcProgram::create("", "bqjit_nvrtc_init.cu", {}, {});
   if (!program)

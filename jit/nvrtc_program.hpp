@@ -1,6 +1,7 @@
 // RAII owner of one nvrtcProgram, with value-or-error accessors.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -36,15 +37,22 @@ private:
   nvrtcProgram program_ = nullptr;
 };
 
-/// Makes sure NVRTC has registered the teardown it runs at process exit.
-/// NVRTC registers it with the C library's exit handlers during the first
-/// compile of a process, and a compile still running on another thread when
-/// it runs crashes the process (tests/test_compile_worker.cpp). An exit
-/// handler that must run before it (one that waits for the compiles in
-/// flight) is registered after this returns: exit handlers run in the reverse
-/// order of their registration. Nothing to do once a compile has completed in
-/// this process; otherwise a compile of an empty program (about 40 ms on a
-/// cold process, most of it NVRTC loading what the next compile needs anyway).
+/// NVRTC registers the teardown it runs at process exit with the C library's
+/// exit handlers while it compiles: about 3300 handlers in a process's first
+/// compile, more in the first compile for each further architecture (17 for
+/// sm_100a after sm_90). A compile still running on another thread when they
+/// run crashes the process (tests/test_compile_worker.cpp). An exit handler
+/// that must run before them (one that waits for the compiles in flight) is
+/// registered again whenever NVRTC may have registered more since: exit
+/// handlers run in the reverse order of their registration.
+///
+/// The number of compiles that have returned in this process.
+uint64_t nvrtcCompilesReturned();
+
+/// Makes sure NVRTC's first teardown is registered: nothing to do once a
+/// compile has returned in this process; otherwise a compile of an empty
+/// program (about 40 ms on a cold process, most of it NVRTC loading what the
+/// next compile needs anyway).
 llvm::Error ensureNvrtcExitTeardownRegistered();
 
 /// "NVRTC_ERROR_COMPILATION (6)" style text for a result code.

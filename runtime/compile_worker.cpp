@@ -9,11 +9,15 @@ namespace bqjit {
 
 namespace {
 
-// The workers alive in the process, for the exit handler. Never destroyed:
-// the handler runs during exit, after static objects made later are gone.
+// The workers alive in the process, for the exit handler, and how far the
+// handler's registration is. Never destroyed: the handler runs during exit,
+// after static objects made later are gone.
 struct LiveWorkers {
   std::mutex mutex;
   std::set<CompileWorker*> workers;
+  std::mutex registering;
+  bool registered = false;
+  uint64_t registeredAfter = 0; ///< NVRTC compiles returned at the last registration
 };
 
 LiveWorkers& liveWorkers() {
@@ -28,16 +32,25 @@ void stopLiveWorkers() {
     w->stop();
 }
 
-// Registers stopLiveWorkers with the exit handlers once per process, after
-// NVRTC's teardown (see CompileWorker). Where NVRTC cannot even compile an
-// empty program, the jobs' own compiles fail too and none is in flight at
-// exit; the handler is registered all the same.
-void registerExitHandlerOnce() {
-  static std::once_flag once;
-  std::call_once(once, [] {
+// Registers stopLiveWorkers with the exit handlers after NVRTC's own
+// teardown (see CompileWorker and nvrtcCompilesReturned): first after
+// NVRTC's first compile (made here where none has returned yet), then again
+// whenever compiles have returned since, which may have registered more.
+// stopLiveWorkers runs once per registration; the runs after the first find
+// nothing to stop. Where NVRTC cannot even compile an empty program, the
+// jobs' own compiles fail too and none is in flight at exit; the handler is
+// registered all the same.
+void registerExitHandler() {
+  LiveWorkers& live = liveWorkers();
+  std::lock_guard<std::mutex> lock(live.registering);
+  if (!live.registered)
     llvm::consumeError(ensureNvrtcExitTeardownRegistered());
-    std::atexit(stopLiveWorkers);
-  });
+  const uint64_t compiles = nvrtcCompilesReturned();
+  if (live.registered && compiles == live.registeredAfter)
+    return;
+  std::atexit(stopLiveWorkers);
+  live.registered = true;
+  live.registeredAfter = compiles;
 }
 
 } // namespace
@@ -60,7 +73,7 @@ CompileWorker::~CompileWorker() {
 }
 
 bool CompileWorker::enqueue(std::function<void()> job) {
-  registerExitHandlerOnce();
+  registerExitHandler();
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_)
@@ -105,6 +118,7 @@ void CompileWorker::run() {
     running_ = true;
     lock.unlock();
     job();
+    registerExitHandler();
     lock.lock();
     running_ = false;
     changed_.notify_all();

@@ -17,9 +17,11 @@ namespace bqjit {
 /// otherwise crash. NVRTC tears itself down among the C library's exit
 /// handlers, which run before the destructors of objects made earlier (a
 /// service held in a static, say), so waiting in the owner's destructor is
-/// too late. The first job registers an exit handler that stops every live
-/// worker, after making sure NVRTC's own teardown is registered: handlers
-/// run in the reverse order of registration, so ours runs first.
+/// too late. So an exit handler stops every live worker, registered after
+/// NVRTC's teardown: at the first job (after NVRTC's first compile) and again
+/// after any later compile, since NVRTC registers more teardown in the first
+/// compile for each further architecture. Handlers run in the reverse order
+/// of registration, so ours runs first.
 class CompileWorker {
 public:
   /// `onThreadStart` runs on the worker thread before its first job.
@@ -30,9 +32,9 @@ public:
   ~CompileWorker();
 
   /// Queues `job`; false (the job dropped) once stopped. The first job
-  /// starts the thread, and in a process where NVRTC has not compiled yet
-  /// compiles an empty program first, on the caller's thread (see the class
-  /// comment).
+  /// starts the thread; in a process where NVRTC has not compiled yet, the
+  /// first call compiles an empty program first, on the caller's thread (see
+  /// the class comment).
   bool enqueue(std::function<void()> job);
   /// Drops the queued jobs, waits for the running one and joins the thread;
   /// later jobs are dropped. Idempotent; thread-safe.
