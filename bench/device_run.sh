@@ -31,6 +31,12 @@ export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$PWD/devpack/lib:${LD_LIBRARY_PATH:
 export BQJIT_CACHE_DIR=/tmp/bqjit-cache
 export BQJIT_LIBRARY=$PWD/devpack/lib/libbqjit.so
 export PYTHONPATH=$PWD/python:${PYTHONPATH:-}
+# The exit status of the pipeline just run (pipefail: the Python's, not
+# tee's), one line in $OUT/exits.txt: a crash at exit prints no error of its own.
+exits() {
+  local rc=$?
+  echo "$1: exit $rc" | tee -a "$OUT/exits.txt"
+}
 what=${1:-all}
 shift || true
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
@@ -93,6 +99,7 @@ if [ "$what" = torch ] || [ "$what" = all ]; then
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   timeout 270 python3 bench/bench.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.txt"
+  exits bench.py
 fi
 if [ "$what" = act ]; then
   # The new cases of the kernel suite (their names carry the activation, the
@@ -116,6 +123,7 @@ if [ "$what" = act ]; then
     done
   done
   timeout 400 python3 bench/bench_act.py --json "$OUT/bench_act.json" "$@" 2>&1 | tee "$OUT/bench_act.txt"
+  exits bench_act.py
 fi
 if [ "$what" = fp4 ]; then
   devpack/bin/test_gpu_kernel --gtest_brief=1 --gtest_filter='*Fp4*' >"$OUT/test_gpu_kernel_fp4.log" 2>&1
@@ -157,11 +165,13 @@ if [ "$what" = fp4 ]; then
       timeout 400 python3 bench/bench_fp4.py --json "$OUT/bench_fp4.json" \
         --launches "${FP4_LAUNCHES:-1,8,256;2,8,128;2,8,256;4,8,64;1,4,256;8,4,32}" "$@" 2>&1
     ) | tee "$OUT/bench_fp4.txt"
+    exits bench_fp4.py
   else
     (cd python && timeout 300 python3 -m pytest -q -rs tests/test_fp4.py 2>&1 | tail -8) | tee "$OUT/pytest_fp4.txt"
     timeout 400 python3 bench/bench_fp4.py --json "$OUT/bench_fp4.json" \
       --launches "${FP4_LAUNCHES:-1,8,256;2,8,128;2,8,256;4,8,64;1,4,256;8,4,32}" "$@" 2>&1 |
       tee "$OUT/bench_fp4.txt"
+    exits bench_fp4.py
   fi
   # The tuner's view of the two formats at one large shape (records go to the
   # run's cache, so a later bench in the same call uses them).
