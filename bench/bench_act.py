@@ -129,7 +129,8 @@ def main():
     ap.add_argument("--replays", type=int, default=15)
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     ap.add_argument("--mx-launches", default="",
-                    help="tpg,vec,gpb;...: also time each MX row with these launch shapes")
+                    help="tpg,vec,gpb[,min_blocks_per_sm];...: also time each MX row with these "
+                         "launch shapes")
     args = ap.parse_args()
     mx_launches = [tuple(int(v) for v in item.split(",")) for item in args.mx_launches.split(";")
                    if item]
@@ -165,8 +166,11 @@ def main():
     for h, t, group, name, mx, launch in runs:
         fields, act, interleaved = VARIANTS[name]
         if launch is not None:
-            fields = dict(fields, launch={"threads_per_group": launch[0], "vec_width": launch[1],
-                                          "groups_per_block": launch[2]})
+            shape = {"threads_per_group": launch[0], "vec_width": launch[1],
+                     "groups_per_block": launch[2]}
+            if len(launch) > 3:
+                shape["min_blocks_per_sm"] = launch[3]
+            fields = dict(fields, launch=shape)
         scale_bytes = (h // group) * (1 if mx else 4)
         bytes_moved = t * (2 * h * 2 + h + scale_bytes)
         count = max(2, min(64, math.ceil(3 * l2 / bytes_moved)))
@@ -208,7 +212,7 @@ def main():
             row["target_pct"] = limit
             row["meets_target"] = t < 1024 or row["vs_ref_pct"] <= limit
         rows.append(row)
-        label = name + (" mxfp8" if mx else "") + (" @%d,%d,%d" % launch if launch else "")
+        label = name + (" mxfp8" if mx else "") + (" @" + ",".join(map(str, launch)) if launch else "")
         vs = f"{row['vs_ref_pct']:+6.1f}%" if "vs_ref_pct" in row else f"{'':>7}"
         target = f"<={limit}%" if "target_pct" in row else ""
         print(f"{h:>6} {t:>5} {group:>4} {label:<32} | {t_b:>9.2f} {row['gbs']:>6.0f} {vs} "
