@@ -1,6 +1,7 @@
 #include "runtime/compile_worker.hpp"
 
 #include <cstdlib>
+#include <optional>
 #include <set>
 
 #include "jit/nvrtc_program.hpp"
@@ -16,8 +17,7 @@ struct LiveWorkers {
   std::mutex mutex;
   std::set<CompileWorker*> workers;
   std::mutex registering;
-  bool registered = false;
-  uint64_t registeredAfter = 0; ///< NVRTC compiles returned at the last registration
+  std::optional<uint64_t> registeredAfter; ///< NVRTC compiles returned at the last registration
 };
 
 LiveWorkers& liveWorkers() {
@@ -43,13 +43,12 @@ void stopLiveWorkers() {
 void registerExitHandler() {
   LiveWorkers& live = liveWorkers();
   std::lock_guard<std::mutex> lock(live.registering);
-  if (!live.registered)
+  if (!live.registeredAfter)
     llvm::consumeError(ensureNvrtcExitTeardownRegistered());
   const uint64_t compiles = nvrtcCompilesReturned();
-  if (live.registered && compiles == live.registeredAfter)
+  if (live.registeredAfter == compiles)
     return;
   std::atexit(stopLiveWorkers);
-  live.registered = true;
   live.registeredAfter = compiles;
 }
 
@@ -123,8 +122,6 @@ void CompileWorker::run() {
     running_ = false;
     changed_.notify_all();
   }
-  running_ = false;
-  changed_.notify_all();
 }
 
 } // namespace bqjit

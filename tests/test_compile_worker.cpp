@@ -3,7 +3,6 @@
 #include "runtime/compile_worker.hpp"
 
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -18,6 +17,7 @@
 #include <gtest/gtest.h>
 
 #include "jit/nvrtc_program.hpp"
+#include "test_util.hpp"
 
 namespace bqjit {
 namespace {
@@ -156,15 +156,10 @@ TEST(CompileWorker, DestroyingItWaitsForTheRunningJob) {
 TEST(CompileWorker, ExitingWhileACompileRunsIsClean) {
   if (::getenv("BQJIT_TEST_EXIT_CHILD"))
     GTEST_SKIP() << "the child's own run";
-  char self[4096];
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
-  ASSERT_GT(n, 0);
-  self[n] = 0;
   for (const char* mode : {"compiled-before", "first-in-background", "new-arch-in-background"})
     for (int attempt = 0; attempt < 3; ++attempt) {
-      const std::string command = std::string("BQJIT_TEST_EXIT_CHILD=") + mode + " '" + self +
-                                  "' --gtest_filter=CompileWorkerExitChild.* >/dev/null 2>&1";
-      const int status = std::system(command.c_str());
+      const int status = test::runThisBinary(std::string("BQJIT_TEST_EXIT_CHILD=") + mode,
+                                             "CompileWorkerExitChild.*");
       ASSERT_TRUE(WIFEXITED(status)) << mode << ": the child died of signal " << WTERMSIG(status)
                                      << " (attempt " << attempt << ")";
       EXPECT_EQ(WEXITSTATUS(status), 0) << mode << ", attempt " << attempt;

@@ -772,11 +772,11 @@ std::vector<GpuCase> buildOffsetQCases() {
   specs.push_back({shaped(nvfp4, 1, 8, 256), 4}); // one lane, 2 steps of 4 bytes
   KernelSpec mxfp4 =
       makeSpec(2880, 32, InDtype::BF16, OutDtype::FP4E2M1, ScaleLayout::Bytes, true, false);
-  specs.push_back({shaped(mxfp4, 2, 4, 128), 2}); // 4 steps of 2 bytes: chunk by chunk only
+  specs.push_back({shaped(mxfp4, 2, 4, 128), 2}); // 4 steps of 2 bytes
   specs.push_back({shaped(mxfp4, 2, 8, 128), 4}); // 2 steps of 4 bytes
   KernelSpec g64 =
       makeSpec(2048, 64, InDtype::BF16, OutDtype::INT8, ScaleLayout::Col, false, false);
-  specs.push_back({shaped(g64, 4, 4, 64), 4}); // teams of 4, 4 steps: two exchanges
+  specs.push_back({shaped(g64, 4, 4, 64), 4}); // teams of 4, 4 steps of 4 bytes
   KernelSpec masked =
       makeSpec(2880, 32, InDtype::BF16, OutDtype::FP8E4M3, ScaleLayout::Swizzled128x4, true, false);
   masked.masked = true;

@@ -14,6 +14,7 @@
 #include "jit/nvrtc_program.hpp"
 #include "planner/launch_heuristic.hpp"
 #include "planner/planner.hpp"
+#include "test_util.hpp"
 
 namespace bqjit::test {
 namespace {
@@ -581,17 +582,11 @@ TEST(GpuRuntime, ExitingWhileVariantsCompileInTheBackgroundIsClean) {
   BQJIT_REQUIRE_GPU_ENV();
   if (::getenv("BQJIT_TEST_EXIT_CHILD"))
     GTEST_SKIP() << "the child's own run";
-  char self[4096];
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
-  ASSERT_GT(n, 0);
-  self[n] = 0;
   for (int attempt = 0; attempt < 3; ++attempt) {
     char dir[] = "/tmp/bqjit_exit_child_XXXXXX";
     ASSERT_NE(::mkdtemp(dir), nullptr);
-    const std::string command = std::string("BQJIT_TEST_EXIT_CHILD=1 BQJIT_CACHE_DIR=") + dir +
-                                " '" + self +
-                                "' --gtest_filter=GpuRuntimeExitChild.* >/dev/null 2>&1";
-    const int status = std::system(command.c_str());
+    const int status = runThisBinary(std::string("BQJIT_TEST_EXIT_CHILD=1 BQJIT_CACHE_DIR=") + dir,
+                                     "GpuRuntimeExitChild.*");
     llvm::consumeError(fs::removeTree(dir));
     ASSERT_TRUE(WIFEXITED(status))
         << "the child died of signal " << WTERMSIG(status) << " (attempt " << attempt << ")";
