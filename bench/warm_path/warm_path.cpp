@@ -22,6 +22,7 @@
 #include <vector>
 
 #include <stdlib.h>
+#include <sys/resource.h>
 
 #include <nlohmann/json.hpp>
 
@@ -213,9 +214,20 @@ int main(int argc, char** argv) {
     };
     for (const Step& step : steps) {
       auto fresh = ok(bqjit::Service::create(coldConfig), "Service::create");
+      // This thread's CPU time and page faults over getKernel: a compile
+      // that takes longer than usual either computes longer (CPU time near
+      // the wall time) or waits (for the disk, a lock, another process).
+      rusage before{}, after{};
+      ::getrusage(RUSAGE_THREAD, &before);
       const auto t0 = Clock::now();
       auto k = ok(fresh->getKernel(step.spec, 0), "getKernel (new spec)");
       const double getMs = usSince(t0) / 1000.0;
+      ::getrusage(RUSAGE_THREAD, &after);
+      const auto cpuMs = [](const timeval& a, const timeval& b) {
+        return (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_usec - a.tv_usec) / 1e3;
+      };
+      const double userMs = cpuMs(before.ru_utime, after.ru_utime);
+      const double sysMs = cpuMs(before.ru_stime, after.ru_stime);
       // Read before the background compiles of the other variants finish.
       const bqjit::CacheCounters counters = fresh->cache().counters();
       if (auto err = k.launch(args, stream))
@@ -223,10 +235,16 @@ int main(int argc, char** argv) {
       check(d, d.cuStreamSynchronize(stream), "sync");
       const double ms = usSince(t0) / 1000.0;
       std::printf("  %-46s %8.1f ms (getKernel %.1f ms, of which NVRTC %.1f ms in %lld "
-                  "compile(s))\n",
+                  "compile(s); this thread's CPU %.1f ms user + %.1f ms system, %ld minor and "
+                  "%ld major page faults, %ld waits, %ld preemptions)\n",
                   step.label, ms, getMs, counters.compileMs,
-                  static_cast<long long>(counters.compiles));
+                  static_cast<long long>(counters.compiles), userMs, sysMs,
+                  after.ru_minflt - before.ru_minflt, after.ru_majflt - before.ru_majflt,
+                  after.ru_nvcsw - before.ru_nvcsw, after.ru_nivcsw - before.ru_nivcsw);
       out[step.key] = ms;
+      out[std::string(step.key) + "_cpu_user_ms"] = userMs;
+      out[std::string(step.key) + "_cpu_sys_ms"] = sysMs;
+      out[std::string(step.key) + "_minor_faults"] = after.ru_minflt - before.ru_minflt;
       out[std::string(step.key) + "_nvrtc_ms"] = counters.compileMs;
     }
     std::filesystem::remove_all(tmpl);
