@@ -29,6 +29,7 @@ template <int T> struct TeamSlot {
 
 template <int IN> struct InBytes { static constexpr int value = IN == kFP32 ? 4 : 2; };
 
+
 // ---- input: a vector of VEC elements is loaded as raw 32-bit words ----------
 
 template <int BYTES> struct Raw {
@@ -520,15 +521,48 @@ template <class S> struct Geometry {
   static constexpr int kOutVec = kLoads * kVec / 2;
   static constexpr int kSteps = S::kGroupSize / kOutVec / S::kThreadsPerGroup;
   static_assert(S::kGroupSize % (kOutVec * S::kThreadsPerGroup) == 0, "steps must tile the group");
+  static constexpr int kGroupInBytes = S::kGroupSize * (kPairs ? 2 : 1) * kInBytes;
 
-  // Load i of step c of lane l, from the group's first input.
+  // Across groups ("transposed" teams). The L2 serves requests, one line
+  // of 128 bytes each with any of its four 32-byte sectors, at a fixed rate.
+  // A load instruction makes one request a line it touches: where a team's
+  // step reads one sector and no other team reads that line in the same
+  // instruction (teams of 2 at G = 32 on interleaved input: each group a line
+  // of its own), every request carries one sector, and the L2's tag stage
+  // limits the kernel (88% busy, 13% slower than G = 128; Nsight Compute,
+  // H200). There a team of kAcrossLanes = TPG * kSteps threads takes kSteps
+  // consecutive groups of a row instead, step c of every lane in group c, so
+  // that an instruction reads two or more sectors of each line it touches
+  // (6-7% over G = 128). Where requests carry two sectors already (split
+  // input at G = 32, G = 64) the mapping gains nothing and its per-group work
+  // (a reduction and a scale a group for every thread) costs 1-2%, so it is
+  // not taken. Same threads a block and the same groups a block, so the
+  // host's grid is unchanged; the scale layout's tasks must run row by row,
+  // and the groups of a team stay in one row and one block.
+  static constexpr int kStreamBytes = S::kGroupSize * kInBytes * (kPairs ? 2 : 1); // a group, one input
+  static constexpr int kSectorsPerRequest =
+      S::kThreadsPerGroup * kVecBytes * (kStreamBytes >= 128 ? 1 : 128 / kStreamBytes) / 32;
+  static constexpr int kAcrossLanes = S::kThreadsPerGroup * kSteps;
+  static constexpr bool kAcross =
+      kSectorsPerRequest <= 1 && kAcrossLanes * kVecBytes >= 64 && kSteps > 1 &&
+      TeamSlot<S::kThreadsPerGroup>::value == S::kThreadsPerGroup && kAcrossLanes <= 32 &&
+      (kAcrossLanes & (kAcrossLanes - 1)) == 0 &&
+      (S::kScaleLayout == kRow || S::kScaleLayout == kBytes || S::kScaleLayout == kSwizzled128x4) &&
+      (S::kHidden / S::kGroupSize) % kSteps == 0 && S::kGroupsPerBlock % kSteps == 0;
+  // Lanes of a team, and the amax values a thread keeps (one a group).
+  static constexpr int kTeamLanes = kAcross ? kAcrossLanes : S::kThreadsPerGroup;
+  static constexpr int kGroupsPerTeam = kAcross ? kSteps : 1;
+
+  // Load i of step c of lane l, from the first input of the team's (first) group.
   __device__ static __forceinline__ const unsigned char* at(const unsigned char* in, int c, int lane,
                                                            int i) {
+    // The vector's index in its group, and the group's offset from `in`.
+    const int v = kAcross ? lane : c * S::kThreadsPerGroup + lane;
+    const unsigned char* group = kAcross ? in + c * kGroupInBytes : in;
     if constexpr (kPairs)
-      return in + ((c * S::kThreadsPerGroup + lane) * kLoads + i) * kVecBytes;
+      return group + (v * kLoads + i) * kVecBytes;
     else // up lies H elements after gate
-      return (i == 0 ? in : in + static_cast<i64>(S::kHidden) * kInBytes) +
-             (c * S::kThreadsPerGroup + lane) * kVecBytes;
+      return (i == 0 ? group : group + static_cast<i64>(S::kHidden) * kInBytes) + v * kVecBytes;
   }
   // Gate and up of a step's kOutVec columns from its loaded values.
   __device__ static __forceinline__ void split(const float (&v)[kLoads * kVec], float (&g)[kOutVec],
@@ -543,15 +577,16 @@ template <class S> struct Geometry {
 
 // ---- the per-thread steps -----------------------------------------------------------
 
-// y = act(g, u) for this thread's steps of the group at `in` (its first
-// input element). Every load is issued before the first use. Returns the
-// thread's amax, or, for the sigmoid family, NaN where the fast division
-// cannot be trusted for this thread (a NaN y, or a z at or below
-// kFastGateMin): the caller then recomputes with actMulExact. zero must be 0
-// at run time in a way the compiler cannot see.
+// y = act(g, u) for this thread's steps of the team's group(s) at `in` (the
+// first input element). Every load is issued before the first use. Gives the
+// thread's amax of each group it works in, or, for the sigmoid family, NaN
+// in every one where the fast division cannot be trusted for this thread (a
+// NaN y, or a z at or below kFastGateMin): the caller then recomputes with
+// actMulExact. zero must be 0 at run time in a way the compiler cannot see.
 template <class S>
-__device__ __forceinline__ float actMulFast(const unsigned char* in, int vecLane, u32 zero,
-                                            float (&y)[Geometry<S>::kSteps][Geometry<S>::kOutVec]) {
+__device__ __forceinline__ void actMulFast(const unsigned char* in, int vecLane, u32 zero,
+                                           float (&y)[Geometry<S>::kSteps][Geometry<S>::kOutVec],
+                                           float (&amax)[Geometry<S>::kGroupsPerTeam]) {
   using Geo = Geometry<S>;
   using Act = Activation<S>;
   constexpr int IN = S::kInDtype;
@@ -579,7 +614,9 @@ __device__ __forceinline__ float actMulFast(const unsigned char* in, int vecLane
     for (int i = 0; i < kLoads; ++i)
       loaded ^= raw[c][i].w[0];
   const u32 dep = loaded & zero;
-  float amax = 0.0f;
+#pragma unroll
+  for (int m = 0; m < Geo::kGroupsPerTeam; ++m)
+    amax[m] = 0.0f;
   float zmin = 0.0f;
   u32 gminPair = 0u;
 #pragma unroll
@@ -623,11 +660,11 @@ __device__ __forceinline__ float actMulFast(const unsigned char* in, int vecLane
           if constexpr (!kPairMin)
             zmin = fminf(zmin, z);
         }
-        amax = maxNaN(amax, fabsf(y[c][k]));
+        amax[Geo::kAcross ? c : 0] = maxNaN(amax[Geo::kAcross ? c : 0], fabsf(y[c][k]));
       } else {
         // No division: this is the exact result, and amax ignores NaN already.
         y[c][k] = Act::y(g[k], u[k]);
-        amax = fmaxf(amax, fabsf(y[c][k]));
+        amax[Geo::kAcross ? c : 0] = fmaxf(amax[Geo::kAcross ? c : 0], fabsf(y[c][k]));
       }
     }
   }
@@ -638,7 +675,11 @@ __device__ __forceinline__ float actMulFast(const unsigned char* in, int vecLane
     unpack<IN, 2>(pair, m);
     zmin = fminf(m[0], m[1]);
   }
-  return zmin > kFastGateMin ? amax : __int_as_float(0x7fffffff);
+  if (!(zmin > kFastGateMin)) {
+#pragma unroll
+    for (int m = 0; m < Geo::kGroupsPerTeam; ++m)
+      amax[m] = __int_as_float(0x7fffffff);
+  }
 }
 
 // One input element as a float, read alone (the rare path; it allocates in
@@ -669,13 +710,16 @@ template <int IN> __device__ __forceinline__ float loadScalar(const unsigned cha
 // below kFastGateMin where the activation does not scale its division, come
 // here.
 template <class S>
-__device__ __forceinline__ float actMulExact(const unsigned char* in, int vecLane,
-                                             float (&y)[Geometry<S>::kSteps][Geometry<S>::kOutVec]) {
+__device__ __forceinline__ void actMulExact(const unsigned char* in, int vecLane,
+                                            float (&y)[Geometry<S>::kSteps][Geometry<S>::kOutVec],
+                                            float (&amax)[Geometry<S>::kGroupsPerTeam]) {
   using Geo = Geometry<S>;
   using Act = Activation<S>;
   constexpr int kOutVec = Geo::kOutVec;
   constexpr int kInBytes = Geo::kInBytes;
-  float amax = 0.0f;
+#pragma unroll
+  for (int m = 0; m < Geo::kGroupsPerTeam; ++m)
+    amax[m] = 0.0f;
 #pragma unroll 1
   for (int e = 0; e < Geo::kSteps * kOutVec; ++e) {
     const int c = e / kOutVec, k = e % kOutVec;
@@ -701,7 +745,10 @@ __device__ __forceinline__ float actMulExact(const unsigned char* in, int vecLan
     } else {
       v = Act::y(g, u);
     }
-    amax = fmaxf(amax, fabsf(v));
+#pragma unroll
+    for (int m = 0; m < Geo::kGroupsPerTeam; ++m)
+      if (!Geo::kAcross || m == c)
+        amax[m] = fmaxf(amax[m], fabsf(v));
 #pragma unroll
     for (int cc = 0; cc < Geo::kSteps; ++cc)
 #pragma unroll
@@ -709,7 +756,6 @@ __device__ __forceinline__ float actMulExact(const unsigned char* in, int vecLan
         if (cc * kOutVec + kk == e)
           y[cc][kk] = v;
   }
-  return amax;
 }
 
 // How quantizeStore divides y by s: by the group's reciprocal r where the
@@ -769,6 +815,148 @@ template <int NG> __device__ __forceinline__ void zeroSwizzledPaddingColumns(uns
 #pragma unroll
   for (int j = NG; j % 4 != 0; ++j)
     scaleB[swizzledOffset<NG>(t, j)] = 0;
+}
+
+// Where a group's results go: the kernel's position and outputs.
+struct GroupOut {
+  i64 t;      // the row
+  i64 expert; // masked batches: the expert (0 otherwise)
+  i64 rows;   // T
+  i64 rows4;  // T rounded up to 4 (padded layouts)
+  int lane;   // this thread's lane in its team
+  unsigned char* q;
+  float* scaleF;
+  unsigned char* scaleB;
+  const float* scaleUb;
+  const float* globalScale;
+};
+
+// Scale, quantized values and the scale's store of group jg of row o.t, from
+// the thread's kChunks steps in it (all its steps, or one step across
+// groups) and the team's amax of the group. kStride: lanes whose chunks
+// interleave in the group; scaleLane: the lane that writes the scale.
+template <class S, int kChunks, int kStride>
+__device__ __forceinline__ void finishGroup(const float (&yg)[kChunks][Geometry<S>::kOutVec], float amaxG, int jg,
+                                            int scaleLane, const GroupOut& o) {
+  constexpr int H = S::kHidden;
+  constexpr int G = S::kGroupSize;
+  constexpr int NG = H / G;
+  constexpr int OUT = S::kOutDtype;
+  constexpr int LAYOUT = S::kScaleLayout;
+  constexpr bool POW2 = S::kPow2Scales;
+  constexpr bool HAS_UB = S::kHasScaleUb;
+  constexpr bool FLOOR = S::kScaleRounding == kFloor;
+  constexpr bool FP4 = OUT == kE2M1;
+  constexpr bool NVFP4 = FP4 && !POW2;
+  constexpr bool SWIZZLED = LAYOUT == kSwizzled128x4;
+  constexpr int kBits = QuantTraits<OUT>::kBits;
+  constexpr int kOutVec = Geometry<S>::kOutVec;
+  const i64 t = o.t;
+  const int lane = o.lane;
+  const i64 rows4 = o.rows4;
+  float* scaleF = o.scaleF;
+  unsigned char* scaleB = o.scaleB;
+  const float* scaleUb = o.scaleUb;
+  const float* globalScale = o.globalScale;
+  unsigned char* qRow = o.q + ((o.expert * o.rows + t) * H + static_cast<i64>(jg) * G) * kBits / 8;
+  // amax / QMAX by the fast division with the correctly rounded 1 / QMAX:
+  // exact for every finite amax (checked exhaustively over all fp32
+  // significands for the three QMAX values: tests/test_fast_division).
+  float s;
+  u32 scaleByte = 0; // the byte of byte layouts: E8M0, or NVFP4's E4M3
+  if constexpr (NVFP4) {
+    // docs/contract.md section 8, in its order: sf = e4m3(min(gs * amax / 6,
+    // 448)), r = 1 / (sf / gs), q = e2m1(y * r); IEEE divisions, once a group.
+    const float gs = *globalScale;
+    const float pre = fminf(__fdiv_rn(__fmul_rn(gs, amaxG), 6.0f), 448.0f);
+    scaleByte = fp8Pair<kE4M3>(pre, 0.0f) & 0xffu;
+    s = e4m3Value(scaleByte);
+    const float r = s == 0.0f ? 0.0f : __fdiv_rn(1.0f, __fdiv_rn(s, gs));
+    quantizeStore<OUT, kOutVec, kStride, kChunks, kMulExact>(yg, s, r, qRow, lane);
+  } else if constexpr (FLOOR) {
+    const int floorExp = floorMxExponent<OUT>(amaxG);
+    s = exp2Exact(floorExp);
+    // s = 2^e: y * 2^-e is y / s exactly, without a division's range limits.
+    quantizeStore<OUT, kOutVec, kStride, kChunks, kMulExact>(yg, s, exp2Exact(-floorExp), qRow, lane);
+  } else if constexpr (FP4) {
+    // MXFP4 under ceil: 2^ceil(log2(amax / 6)) within 2^-127..2^127 (no
+    // MIN_SCALE of its own); the E8M0 byte first, then s and its exact
+    // reciprocal from it.
+    float pre = __fdiv_rn(amaxG, QuantTraits<OUT>::kMax); // an infinite amax stays infinite
+    if constexpr (HAS_UB)
+      pre = fminf(pre, *scaleUb);
+    pre = fminf(fmaxf(pre, QuantTraits<OUT>::kMinScale), kMaxPow2Scale);
+#if BQJIT_HW_FP4_CVT
+    unsigned short e8;
+    asm("cvt.rp.satfinite.ue8m0x2.f32 %0, %1, %2;" : "=h"(e8) : "f"(0.0f), "f"(pre));
+    scaleByte = e8 & 0xffu;
+#else
+    const u32 b = __float_as_uint(pre);
+    // A subnormal pre lies in [2^-127, 2^-126): byte 0 for 2^-127 itself, else 1.
+    scaleByte = b < 0x00800000u ? (b == 0x00400000u ? 0u : 1u) : (b >> 23) + ((b & 0x007fffffu) != 0u);
+#endif
+    s = exp2Exact(static_cast<int>(scaleByte) - 127);
+    quantizeStore<OUT, kOutVec, kStride, kChunks, kMulExact>(yg, s, exp2Exact(127 - static_cast<int>(scaleByte)),
+                                                             qRow, lane);
+  } else {
+    s = amaxG == __int_as_float(0x7f800000) ? amaxG
+                                            : divFast(amaxG, QuantTraits<OUT>::kMax, QuantTraits<OUT>::kInvMax);
+    if constexpr (HAS_UB)
+      s = fminf(s, *scaleUb);
+    s = fmaxf(s, S::kMinScale); // MIN_SCALE, or the spec's min_scale
+    if constexpr (POW2) {
+      s = fminf(pow2Ceil(s), kMaxPow2Scale); // an infinite s is 2^127 (E8M0 byte 254)
+      // s = 2^e, e in -127..127: y * 2^-e rounds the same real number as y / s.
+      quantizeStore<OUT, kOutVec, kStride, kChunks, kMulExact>(yg, s, pow2Reciprocal(s), qRow, lane);
+    } else if constexpr (HAS_UB) {
+      const float r = rcpRefined(s);
+      // Quotients below 2^-100 that the fast path may round differently all
+      // quantize to a zero of the right sign, so only the top needs a bound.
+      if (s < kFastScaleMax && amaxG * r < kFastQuotientMax)
+        quantizeStore<OUT, kOutVec, kStride, kChunks, kDivFast>(yg, s, r, qRow, lane);
+      else
+        quantizeStore<OUT, kOutVec, kStride, kChunks, kDivExact>(yg, s, r, qRow, lane);
+    } else if (s < kFastScaleMax) {
+      // Without a bound every quotient is at most QMAX, and s is below
+      // FLT_MAX / QMAX < 2^126 (the fast division's range) unless amax is
+      // infinite or min_scale is at least 2^126.
+      quantizeStore<OUT, kOutVec, kStride, kChunks, kDivFast>(yg, s, rcpRefined(s), qRow, lane);
+    } else {
+      if constexpr (S::kMinScale < kFastScaleMax) {
+        // An infinite amax: y / inf is a zero of y's sign for finite y and
+        // NaN for an infinite or NaN y, as y * 0 is.
+        quantizeStore<OUT, kOutVec, kStride, kChunks, kMulExact>(yg, s, 0.0f, qRow, lane);
+      } else {
+        quantizeStore<OUT, kOutVec, kStride, kChunks, kDivExact>(yg, s, 0.0f, qRow, lane);
+      }
+    }
+  }
+  if constexpr (!NVFP4)
+    scaleByte = (__float_as_uint(s) >> 23) & 0xffu; // E8M0: 2^-127 (subnormal) is byte 0
+
+  // One lane a group writes its scale (a different one for each group of a team).
+  if (lane == scaleLane) {
+    if constexpr (LAYOUT == kRow) {
+      scaleF[t * NG + jg] = s;
+    } else if constexpr (LAYOUT == kCol) {
+      scaleF[static_cast<i64>(jg) * o.rows + t] = s;
+    } else if constexpr (LAYOUT == kColTma) {
+      scaleF[static_cast<i64>(jg) * rows4 + t] = s;
+    } else if constexpr (LAYOUT == kBytes) {
+      scaleB[t * NG + jg] = static_cast<unsigned char>(scaleByte);
+    } else if constexpr (SWIZZLED) {
+      scaleB[swizzledOffset<NG>(t, jg)] = static_cast<unsigned char>(scaleByte);
+      if constexpr (NG % 4 != 0)
+        if (jg == NG - 1)
+          zeroSwizzledPaddingColumns<NG>(scaleB, t);
+    } else {
+      const i64 word = static_cast<i64>(jg / 4) * rows4 + t;
+      scaleB[word * 4 + jg % 4] = static_cast<unsigned char>(scaleByte);
+      if (jg == NG - 1)
+        for (int b = jg % 4 + 1; b < 4; ++b)
+          scaleB[word * 4 + b] = 0;
+    }
+  }
 }
 
 // ---- the kernel -----------------------------------------------------------------
@@ -864,9 +1052,14 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   const i64 taskRows = kPadded ? rows4 : rows;
   const i64 expert = MASKED ? blockIdx.y : 0;
 
-  const int lane = threadIdx.x % kSlot;
-  const bool active = lane < TPG;
-  const i64 task = static_cast<i64>(blockIdx.x) * GPB + threadIdx.x / kSlot;
+  // Lanes of a team and groups of a team (Geometry: several groups where a
+  // team takes its steps across groups).
+  constexpr int kTeam = Geo::kAcross ? Geo::kTeamLanes : kSlot;
+  constexpr int kTeamGroups = Geo::kGroupsPerTeam;
+  const int lane = threadIdx.x % kTeam;
+  const bool active = lane < TPG || Geo::kAcross;
+  // The team's first group in the launch's numbering (row-major tasks when across).
+  const i64 task = static_cast<i64>(blockIdx.x) * GPB + (threadIdx.x / kTeam) * kTeamGroups;
 
   // Scales of this expert.
   i64 scalesPerExpert;
@@ -886,11 +1079,14 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   if (task >= taskRows * NG) {
     if constexpr (SWIZZLED) {
       // A 4-byte word of a padding row: (t, 4 * word) is 4-byte aligned.
-      const i64 pad = task - taskRows * NG;
-      if (lane == 0 && pad < (rows128 - rows) * kTileCols) {
-        const i64 t = rows + pad / kTileCols;
-        const int word = static_cast<int>(pad % kTileCols);
-        *reinterpret_cast<u32*>(scaleB + swizzledOffset<NG>(t, 4 * word)) = 0u;
+#pragma unroll
+      for (int m = 0; m < kTeamGroups; ++m) {
+        const i64 pad = task + m - taskRows * NG;
+        if (lane == 0 && pad < (rows128 - rows) * kTileCols) {
+          const i64 t = rows + pad / kTileCols;
+          const int word = static_cast<int>(pad % kTileCols);
+          *reinterpret_cast<u32*>(scaleB + swizzledOffset<NG>(t, 4 * word)) = 0u;
+        }
       }
     }
     return;
@@ -912,7 +1108,7 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
     if (t >= liveRows) {
       // Not computed; swizzled_128x4's padding columns are zero all the same.
       if constexpr (SWIZZLED && NG % 4 != 0)
-        if (lane == 0 && j == NG - 1)
+        if (lane == 0 && j + kTeamGroups - 1 == NG - 1)
           zeroSwizzledPaddingColumns<NG>(scaleB, t);
       return;
     }
@@ -935,134 +1131,62 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
 
   const unsigned char* row =
       static_cast<const unsigned char*>(x) + ((expert * rows + t) * ldx) * kInBytes;
-  // The group's first input: its first gate (split) or (gate, up) pair.
+  // The (first) group's first input: its first gate (split) or (gate, up) pair.
   const unsigned char* in = row + static_cast<i64>(j) * G * (Geo::kPairs ? 2 : 1) * kInBytes;
 
   const int vecLane = active ? lane : 0;
   float y[kSteps][kOutVec];
   // rows < 2^62 always: a zero the compiler cannot fold.
   const u32 zero = static_cast<u32>(rows >> 62);
-  float amax = actMulFast<S>(in, vecLane, zero, y);
-  if (!active)
-    amax = 0.0f; // lanes past TPG hold a copy of lane 0's values
-  // Team slots are kSlot consecutive lanes, aligned inside the warp.
-  const unsigned teamMask =
-      kSlot == 32 ? 0xffffffffu : (((1u << kSlot) - 1u) << ((threadIdx.x % 32) & ~(kSlot - 1)));
+  float amax[kTeamGroups];
+  actMulFast<S>(in, vecLane, zero, y, amax);
 #pragma unroll
-  for (int off = kSlot / 2; off > 0; off /= 2)
-    amax = maxNaN(amax, __shfl_xor_sync(teamMask, amax, off, kSlot));
+  for (int m = 0; m < kTeamGroups; ++m)
+    if (!active)
+      amax[m] = 0.0f; // lanes past TPG hold a copy of lane 0's values
+  // Team slots are kTeam consecutive lanes, aligned inside the warp.
+  const unsigned teamMask =
+      kTeam == 32 ? 0xffffffffu : (((1u << kTeam) - 1u) << ((threadIdx.x % 32) & ~(kTeam - 1)));
+  bool anyNaN = false;
+#pragma unroll
+  for (int m = 0; m < kTeamGroups; ++m) {
+#pragma unroll
+    for (int off = kTeam / 2; off > 0; off /= 2)
+      amax[m] = maxNaN(amax[m], __shfl_xor_sync(teamMask, amax[m], off, kTeam));
+    anyNaN = anyNaN || amax[m] != amax[m];
+  }
   if constexpr (Activation<S>::kSigmoid) {
-    if (amax != amax) {
+    if (anyNaN) {
       // A NaN y, or a z outside the fast division's range, in the team (the
       // branch is uniform over the team): recompute with exact division, and
       // take amax as docs/contract.md does, NaN ignored.
-      amax = actMulExact<S>(in, vecLane, y);
-      if (!active)
-        amax = 0.0f;
+      actMulExact<S>(in, vecLane, y, amax);
 #pragma unroll
-      for (int off = kSlot / 2; off > 0; off /= 2)
-        amax = fmaxf(amax, __shfl_xor_sync(teamMask, amax, off, kSlot));
+      for (int m = 0; m < kTeamGroups; ++m) {
+        if (!active)
+          amax[m] = 0.0f;
+#pragma unroll
+        for (int off = kTeam / 2; off > 0; off /= 2)
+          amax[m] = fmaxf(amax[m], __shfl_xor_sync(teamMask, amax[m], off, kTeam));
+      }
     }
   }
   if (!active)
     return;
 
-  // amax / QMAX by the fast division with the correctly rounded 1 / QMAX:
-  // exact for every finite amax (checked exhaustively over all fp32
-  // significands for the three QMAX values: tests/test_fast_division).
-  float s;
-  u32 scaleByte = 0; // the byte of byte layouts: E8M0, or NVFP4's E4M3
-  unsigned char* qRow = q + ((expert * rows + t) * H + static_cast<i64>(j) * G) * kBits / 8;
-  if constexpr (NVFP4) {
-    // docs/contract.md section 8, in its order: sf = e4m3(min(gs * amax / 6,
-    // 448)), r = 1 / (sf / gs), q = e2m1(y * r); IEEE divisions, once a group.
-    const float gs = *globalScale;
-    const float pre = fminf(__fdiv_rn(__fmul_rn(gs, amax), 6.0f), 448.0f);
-    scaleByte = fp8Pair<kE4M3>(pre, 0.0f) & 0xffu;
-    s = e4m3Value(scaleByte);
-    const float r = s == 0.0f ? 0.0f : __fdiv_rn(1.0f, __fdiv_rn(s, gs));
-    quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, r, qRow, lane);
-  } else if constexpr (FLOOR) {
-    const int floorExp = floorMxExponent<OUT>(amax);
-    s = exp2Exact(floorExp);
-    // s = 2^e: y * 2^-e is y / s exactly, without a division's range limits.
-    quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, exp2Exact(-floorExp), qRow, lane);
-  } else if constexpr (FP4) {
-    // MXFP4 under ceil: 2^ceil(log2(amax / 6)) within 2^-127..2^127 (no
-    // MIN_SCALE of its own); the E8M0 byte first, then s and its exact
-    // reciprocal from it.
-    float pre = __fdiv_rn(amax, QuantTraits<OUT>::kMax); // an infinite amax stays infinite
-    if constexpr (HAS_UB)
-      pre = fminf(pre, *scaleUb);
-    pre = fminf(fmaxf(pre, QuantTraits<OUT>::kMinScale), kMaxPow2Scale);
-#if BQJIT_HW_FP4_CVT
-    unsigned short e8;
-    asm("cvt.rp.satfinite.ue8m0x2.f32 %0, %1, %2;" : "=h"(e8) : "f"(0.0f), "f"(pre));
-    scaleByte = e8 & 0xffu;
-#else
-    const u32 b = __float_as_uint(pre);
-    // A subnormal pre lies in [2^-127, 2^-126): byte 0 for 2^-127 itself, else 1.
-    scaleByte = b < 0x00800000u ? (b == 0x00400000u ? 0u : 1u) : (b >> 23) + ((b & 0x007fffffu) != 0u);
-#endif
-    s = exp2Exact(static_cast<int>(scaleByte) - 127);
-    quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, exp2Exact(127 - static_cast<int>(scaleByte)), qRow, lane);
+  const GroupOut out{t, expert, rows, rows4, lane, q, scaleF, scaleB, scaleUb, globalScale};
+  if constexpr (Geo::kAcross) {
+    // Step m of every lane is in group j + m: one chunk a lane, the team's lanes in order.
+#pragma unroll
+    for (int m = 0; m < kTeamGroups; ++m) {
+      float ym[1][kOutVec];
+#pragma unroll
+      for (int k = 0; k < kOutVec; ++k)
+        ym[0][k] = y[m][k];
+      finishGroup<S, 1, kTeam>(ym, amax[m], j + m, m % kTeam, out);
+    }
   } else {
-    s = amax == __int_as_float(0x7f800000) ? amax
-                                           : divFast(amax, QuantTraits<OUT>::kMax, QuantTraits<OUT>::kInvMax);
-    if constexpr (HAS_UB)
-      s = fminf(s, *scaleUb);
-    s = fmaxf(s, S::kMinScale); // MIN_SCALE, or the spec's min_scale
-    if constexpr (POW2) {
-      s = fminf(pow2Ceil(s), kMaxPow2Scale); // an infinite s is 2^127 (E8M0 byte 254)
-      // s = 2^e, e in -127..127: y * 2^-e rounds the same real number as y / s.
-      quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, pow2Reciprocal(s), qRow, lane);
-    } else if constexpr (HAS_UB) {
-      const float r = rcpRefined(s);
-      // Quotients below 2^-100 that the fast path may round differently all
-      // quantize to a zero of the right sign, so only the top needs a bound.
-      if (s < kFastScaleMax && amax * r < kFastQuotientMax)
-        quantizeStore<OUT, kOutVec, TPG, kSteps, kDivFast>(y, s, r, qRow, lane);
-      else
-        quantizeStore<OUT, kOutVec, TPG, kSteps, kDivExact>(y, s, r, qRow, lane);
-    } else if (s < kFastScaleMax) {
-      // Without a bound every quotient is at most QMAX, and s is below
-      // FLT_MAX / QMAX < 2^126 (the fast division's range) unless amax is
-      // infinite or min_scale is at least 2^126.
-      quantizeStore<OUT, kOutVec, TPG, kSteps, kDivFast>(y, s, rcpRefined(s), qRow, lane);
-    } else {
-      if constexpr (S::kMinScale < kFastScaleMax) {
-        // An infinite amax: y / inf is a zero of y's sign for finite y and
-        // NaN for an infinite or NaN y, as y * 0 is.
-        quantizeStore<OUT, kOutVec, TPG, kSteps, kMulExact>(y, s, 0.0f, qRow, lane);
-      } else {
-        quantizeStore<OUT, kOutVec, TPG, kSteps, kDivExact>(y, s, 0.0f, qRow, lane);
-      }
-    }
-  }
-  if constexpr (!NVFP4)
-    scaleByte = (__float_as_uint(s) >> 23) & 0xffu; // E8M0: 2^-127 (subnormal) is byte 0
-
-  if (lane == 0) {
-    if constexpr (LAYOUT == kRow) {
-      scaleF[t * NG + j] = s;
-    } else if constexpr (LAYOUT == kCol) {
-      scaleF[static_cast<i64>(j) * rows + t] = s;
-    } else if constexpr (LAYOUT == kColTma) {
-      scaleF[static_cast<i64>(j) * rows4 + t] = s;
-    } else if constexpr (LAYOUT == kBytes) {
-      scaleB[t * NG + j] = static_cast<unsigned char>(scaleByte);
-    } else if constexpr (SWIZZLED) {
-      scaleB[swizzledOffset<NG>(t, j)] = static_cast<unsigned char>(scaleByte);
-      if constexpr (NG % 4 != 0)
-        if (j == NG - 1)
-          zeroSwizzledPaddingColumns<NG>(scaleB, t);
-    } else {
-      const i64 word = static_cast<i64>(j / 4) * rows4 + t;
-      scaleB[word * 4 + j % 4] = static_cast<unsigned char>(scaleByte);
-      if (j == NG - 1)
-        for (int b = j % 4 + 1; b < 4; ++b)
-          scaleB[word * 4 + b] = 0;
-    }
+    finishGroup<S, kSteps, TPG>(y, amax[0], j, 0, out);
   }
 }
 

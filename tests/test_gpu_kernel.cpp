@@ -828,5 +828,96 @@ INSTANTIATE_TEST_SUITE_P(OffsetQ, GpuKernelOffsetQ,
                                   std::to_string(c.tokens) + "_q" + std::to_string(c.qOffset);
                          });
 
+
+// Teams across groups (templates/silu_mul_quant.cuh, Geometry::kAcross):
+// where a team's step would read one 32-byte sector of a line no other team
+// reads in that instruction (interleaved gate/up at G = 32 in teams of 2 on
+// 16-bit input), a team of 8 threads takes 4 consecutive groups of a row,
+// one a step. Each case below is such a shape (H / 32 and the groups a
+// block both multiples of 4, a row-major scale layout): every scale rule
+// (floor, ceil, fp32 with and without a bound), byte, fp32 and swizzled
+// scales with their padding rows, NVFP4's sibling MXFP4, masked batches,
+// strided rows, gelu (no exact path) and the sigmoid family's exact path
+// (special rows with NaN, infinite and huge gates in some of a team's
+// groups), at T = 1, 129 and 1023.
+std::vector<GpuCase> buildAcrossCases() {
+  std::vector<GpuCase> cases;
+  auto across = [](KernelSpec s) {
+    s.gateUp = GateUp::Interleaved;
+    LaunchShape shape{2, 8, 128};
+    shape.minBlocksPerSm = deriveMinBlocksPerSm(s, shape);
+    s.shape = shape;
+    return s;
+  };
+  std::vector<KernelSpec> specs;
+  KernelSpec oss = makeSpec(3072, 32, InDtype::BF16, OutDtype::FP8E4M3, ScaleLayout::Bytes, true, false);
+  setActivation(oss, Activation::Swiglu, 0);
+  oss.scaleRounding = ScaleRounding::Floor;
+  specs.push_back(across(oss)); // gpt-oss's MXFP8 at a width with 96 groups
+  KernelSpec ceilSwizzled =
+      makeSpec(2048, 32, InDtype::FP16, OutDtype::FP8E5M2, ScaleLayout::Swizzled128x4, true, false);
+  setActivation(ceilSwizzled, Activation::Swiglu, 1);
+  specs.push_back(across(ceilSwizzled));
+  specs.push_back(across(makeSpec(4096, 32, InDtype::BF16, OutDtype::INT8, ScaleLayout::Row, false, false)));
+  specs.push_back(across(makeSpec(2048, 32, InDtype::FP16, OutDtype::FP8E4M3, ScaleLayout::Row, true, true)));
+  specs.push_back(across(makeSpec(2048, 32, InDtype::BF16, OutDtype::FP8E4M3, ScaleLayout::Row, false, true)));
+  KernelSpec mxfp4 = makeSpec(3072, 32, InDtype::BF16, OutDtype::FP4E2M1, ScaleLayout::Swizzled128x4, true, false);
+  setActivation(mxfp4, Activation::Swiglu, 0);
+  specs.push_back(across(mxfp4));
+  KernelSpec gelu = makeSpec(2048, 32, InDtype::BF16, OutDtype::FP8E4M3, ScaleLayout::Bytes, true, false);
+  gelu.activation = Activation::Gelu;
+  gelu.scaleRounding = ScaleRounding::Floor;
+  specs.push_back(across(gelu));
+  KernelSpec masked = oss;
+  masked.masked = true;
+  masked.scaleLayout = ScaleLayout::Swizzled128x4;
+  specs.push_back(across(masked));
+  uint64_t seed = 9000;
+  for (const KernelSpec& spec : specs)
+    for (int64_t tokens : {int64_t(1), int64_t(129), int64_t(1023)}) {
+      GpuCase c;
+      c.spec = spec;
+      c.tokens = tokens;
+      c.seed = seed++;
+      c.ldxPad = tokens == 129 ? 24 : 0;
+      if (spec.hasScaleUb)
+        c.scaleUb = 0.05f;
+      if (tokens > 1)
+        c.specialRows = {{0, ref::RowPattern::Limits}, {1, ref::RowPattern::NaNs},
+                         {2, ref::RowPattern::Infs},   {3, ref::RowPattern::Huge},
+                         {5, ref::RowPattern::Zeros},  {7, ref::RowPattern::Mixed}};
+      if (spec.masked) {
+        c.experts = 3;
+        c.maskedM = {static_cast<int32_t>(tokens), 0, static_cast<int32_t>(tokens / 2)};
+      }
+      cases.push_back(c);
+    }
+  return cases;
+}
+
+const std::vector<GpuCase>& acrossCases() {
+  static const std::vector<GpuCase> cases = buildAcrossCases();
+  return cases;
+}
+
+class GpuKernelAcrossGroups : public ::testing::TestWithParam<size_t> {
+protected:
+  static void SetUpTestSuite() { compileUpFront(acrossCases()); }
+};
+
+TEST_P(GpuKernelAcrossGroups, MatchesReferenceWithTeamsAcrossGroups) {
+  BQJIT_REQUIRE_GPU_ENV();
+  expectMatchesReference(acrossCases()[GetParam()]);
+}
+
+INSTANTIATE_TEST_SUITE_P(Across, GpuKernelAcrossGroups, ::testing::Range<size_t>(0, acrossCases().size()),
+                         [](const ::testing::TestParamInfo<size_t>& info) {
+                           const GpuCase& c = acrossCases()[info.param];
+                           const KernelSpec& s = c.spec;
+                           return "c" + std::to_string(info.param) + "_H" + std::to_string(s.hidden) +
+                                  "_" + toString(s.outDtype) + "_" + toString(s.scaleLayout) +
+                                  (s.masked ? "_masked" : "") + "_T" + std::to_string(c.tokens);
+                         });
+
 } // namespace
 } // namespace bqjit::test
