@@ -831,53 +831,48 @@ struct GroupOut {
   const float* globalScale;
 };
 
-// Scale, quantized values and the scale's store of group jg of row o.t, from
-// the thread's kChunks steps in it (all its steps, or one step across
-// groups) and the team's amax of the group. kStride: lanes whose chunks
-// interleave in the group; scaleLane: the lane that writes the scale.
-template <class S, int kChunks, int kStride>
-__device__ __forceinline__ void finishGroup(const float (&yg)[kChunks][Geometry<S>::kOutVec], float amaxG, int jg,
-                                            int scaleLane, const GroupOut& o) {
-  constexpr int H = S::kHidden;
-  constexpr int G = S::kGroupSize;
-  constexpr int NG = H / G;
+// A group's scale: s, the factor or reciprocal quantizeStore takes (r), the
+// byte of byte layouts (E8M0, or NVFP4's E4M3) and how y is divided by s.
+struct GroupScale {
+  float s;
+  float r;
+  u32 byte;
+  int mode; // kDivFast, kDivExact or kMulExact
+};
+
+// Whether every group of the spec divides the same way (power-of-two and
+// NVFP4 scales multiply by r), so that the mode need not travel.
+template <class S> struct FixedMode {
+  static constexpr bool value = S::kPow2Scales || S::kOutDtype == kE2M1;
+};
+
+// The scale of a group from the team's amax of it, by docs/contract.md
+// sections 1, 7 and 8. amax / QMAX by the fast division with the correctly
+// rounded 1 / QMAX: exact for every finite amax (checked exhaustively over
+// all fp32 significands for the three QMAX values: tests/test_fast_division).
+template <class S>
+__device__ __forceinline__ GroupScale groupScale(float amaxG, const float* scaleUb, const float* globalScale) {
   constexpr int OUT = S::kOutDtype;
-  constexpr int LAYOUT = S::kScaleLayout;
   constexpr bool POW2 = S::kPow2Scales;
   constexpr bool HAS_UB = S::kHasScaleUb;
   constexpr bool FLOOR = S::kScaleRounding == kFloor;
   constexpr bool FP4 = OUT == kE2M1;
   constexpr bool NVFP4 = FP4 && !POW2;
-  constexpr bool SWIZZLED = LAYOUT == kSwizzled128x4;
-  constexpr int kBits = QuantTraits<OUT>::kBits;
-  constexpr int kOutVec = Geometry<S>::kOutVec;
-  const i64 t = o.t;
-  const int lane = o.lane;
-  const i64 rows4 = o.rows4;
-  float* scaleF = o.scaleF;
-  unsigned char* scaleB = o.scaleB;
-  const float* scaleUb = o.scaleUb;
-  const float* globalScale = o.globalScale;
-  unsigned char* qRow = o.q + ((o.expert * o.rows + t) * H + static_cast<i64>(jg) * G) * kBits / 8;
-  // amax / QMAX by the fast division with the correctly rounded 1 / QMAX:
-  // exact for every finite amax (checked exhaustively over all fp32
-  // significands for the three QMAX values: tests/test_fast_division).
-  float s;
-  u32 scaleByte = 0; // the byte of byte layouts: E8M0, or NVFP4's E4M3
+  GroupScale g{0.0f, 0.0f, 0u, kMulExact};
   if constexpr (NVFP4) {
-    // docs/contract.md section 8, in its order: sf = e4m3(min(gs * amax / 6,
-    // 448)), r = 1 / (sf / gs), q = e2m1(y * r); IEEE divisions, once a group.
+    // Section 8, in its order: sf = e4m3(min(gs * amax / 6, 448)), r = 1 /
+    // (sf / gs), q = e2m1(y * r); IEEE divisions, once a group.
     const float gs = *globalScale;
     const float pre = fminf(__fdiv_rn(__fmul_rn(gs, amaxG), 6.0f), 448.0f);
-    scaleByte = fp8Pair<kE4M3>(pre, 0.0f) & 0xffu;
-    s = e4m3Value(scaleByte);
-    const float r = s == 0.0f ? 0.0f : __fdiv_rn(1.0f, __fdiv_rn(s, gs));
-    quantizeStore<OUT, kOutVec, kStride, kChunks, kMulExact>(yg, s, r, qRow, lane);
+    g.byte = fp8Pair<kE4M3>(pre, 0.0f) & 0xffu;
+    g.s = e4m3Value(g.byte);
+    g.r = g.s == 0.0f ? 0.0f : __fdiv_rn(1.0f, __fdiv_rn(g.s, gs));
+    return g;
   } else if constexpr (FLOOR) {
     const int floorExp = floorMxExponent<OUT>(amaxG);
-    s = exp2Exact(floorExp);
+    g.s = exp2Exact(floorExp);
     // s = 2^e: y * 2^-e is y / s exactly, without a division's range limits.
-    quantizeStore<OUT, kOutVec, kStride, kChunks, kMulExact>(yg, s, exp2Exact(-floorExp), qRow, lane);
+    g.r = exp2Exact(-floorExp);
   } else if constexpr (FP4) {
     // MXFP4 under ceil: 2^ceil(log2(amax / 6)) within 2^-127..2^127 (no
     // MIN_SCALE of its own); the E8M0 byte first, then s and its exact
@@ -889,74 +884,105 @@ __device__ __forceinline__ void finishGroup(const float (&yg)[kChunks][Geometry<
 #if BQJIT_HW_FP4_CVT
     unsigned short e8;
     asm("cvt.rp.satfinite.ue8m0x2.f32 %0, %1, %2;" : "=h"(e8) : "f"(0.0f), "f"(pre));
-    scaleByte = e8 & 0xffu;
+    const u32 byte = e8 & 0xffu;
 #else
     const u32 b = __float_as_uint(pre);
     // A subnormal pre lies in [2^-127, 2^-126): byte 0 for 2^-127 itself, else 1.
-    scaleByte = b < 0x00800000u ? (b == 0x00400000u ? 0u : 1u) : (b >> 23) + ((b & 0x007fffffu) != 0u);
+    const u32 byte = b < 0x00800000u ? (b == 0x00400000u ? 0u : 1u) : (b >> 23) + ((b & 0x007fffffu) != 0u);
 #endif
-    s = exp2Exact(static_cast<int>(scaleByte) - 127);
-    quantizeStore<OUT, kOutVec, kStride, kChunks, kMulExact>(yg, s, exp2Exact(127 - static_cast<int>(scaleByte)),
-                                                             qRow, lane);
+    g.s = exp2Exact(static_cast<int>(byte) - 127);
+    g.r = exp2Exact(127 - static_cast<int>(byte));
   } else {
-    s = amaxG == __int_as_float(0x7f800000) ? amaxG
-                                            : divFast(amaxG, QuantTraits<OUT>::kMax, QuantTraits<OUT>::kInvMax);
+    float s = amaxG == __int_as_float(0x7f800000) ? amaxG
+                                                  : divFast(amaxG, QuantTraits<OUT>::kMax, QuantTraits<OUT>::kInvMax);
     if constexpr (HAS_UB)
       s = fminf(s, *scaleUb);
     s = fmaxf(s, S::kMinScale); // MIN_SCALE, or the spec's min_scale
     if constexpr (POW2) {
-      s = fminf(pow2Ceil(s), kMaxPow2Scale); // an infinite s is 2^127 (E8M0 byte 254)
+      g.s = fminf(pow2Ceil(s), kMaxPow2Scale); // an infinite s is 2^127 (E8M0 byte 254)
       // s = 2^e, e in -127..127: y * 2^-e rounds the same real number as y / s.
-      quantizeStore<OUT, kOutVec, kStride, kChunks, kMulExact>(yg, s, pow2Reciprocal(s), qRow, lane);
+      g.r = pow2Reciprocal(g.s);
     } else if constexpr (HAS_UB) {
-      const float r = rcpRefined(s);
+      g.s = s;
+      g.r = rcpRefined(s);
       // Quotients below 2^-100 that the fast path may round differently all
       // quantize to a zero of the right sign, so only the top needs a bound.
-      if (s < kFastScaleMax && amaxG * r < kFastQuotientMax)
-        quantizeStore<OUT, kOutVec, kStride, kChunks, kDivFast>(yg, s, r, qRow, lane);
-      else
-        quantizeStore<OUT, kOutVec, kStride, kChunks, kDivExact>(yg, s, r, qRow, lane);
+      g.mode = s < kFastScaleMax && amaxG * g.r < kFastQuotientMax ? kDivFast : kDivExact;
     } else if (s < kFastScaleMax) {
       // Without a bound every quotient is at most QMAX, and s is below
       // FLT_MAX / QMAX < 2^126 (the fast division's range) unless amax is
       // infinite or min_scale is at least 2^126.
-      quantizeStore<OUT, kOutVec, kStride, kChunks, kDivFast>(yg, s, rcpRefined(s), qRow, lane);
+      g.s = s;
+      g.r = rcpRefined(s);
+      g.mode = kDivFast;
     } else {
-      if constexpr (S::kMinScale < kFastScaleMax) {
-        // An infinite amax: y / inf is a zero of y's sign for finite y and
-        // NaN for an infinite or NaN y, as y * 0 is.
-        quantizeStore<OUT, kOutVec, kStride, kChunks, kMulExact>(yg, s, 0.0f, qRow, lane);
-      } else {
-        quantizeStore<OUT, kOutVec, kStride, kChunks, kDivExact>(yg, s, 0.0f, qRow, lane);
-      }
+      // An infinite amax: y / inf is a zero of y's sign for finite y and NaN
+      // for an infinite or NaN y, as y * 0 is.
+      g.s = s;
+      g.r = 0.0f;
+      g.mode = S::kMinScale < kFastScaleMax ? kMulExact : kDivExact;
     }
   }
-  if constexpr (!NVFP4)
-    scaleByte = (__float_as_uint(s) >> 23) & 0xffu; // E8M0: 2^-127 (subnormal) is byte 0
+  g.byte = (__float_as_uint(g.s) >> 23) & 0xffu; // E8M0: 2^-127 (subnormal) is byte 0
+  return g;
+}
 
-  // One lane a group writes its scale (a different one for each group of a team).
-  if (lane == scaleLane) {
-    if constexpr (LAYOUT == kRow) {
-      scaleF[t * NG + jg] = s;
-    } else if constexpr (LAYOUT == kCol) {
-      scaleF[static_cast<i64>(jg) * o.rows + t] = s;
-    } else if constexpr (LAYOUT == kColTma) {
-      scaleF[static_cast<i64>(jg) * rows4 + t] = s;
-    } else if constexpr (LAYOUT == kBytes) {
-      scaleB[t * NG + jg] = static_cast<unsigned char>(scaleByte);
-    } else if constexpr (SWIZZLED) {
-      scaleB[swizzledOffset<NG>(t, jg)] = static_cast<unsigned char>(scaleByte);
-      if constexpr (NG % 4 != 0)
-        if (jg == NG - 1)
-          zeroSwizzledPaddingColumns<NG>(scaleB, t);
+// q of a group from the thread's kChunks steps in it (all its steps, or one
+// step across groups); kStride: lanes whose chunks interleave in the group.
+template <class S, int kChunks, int kStride>
+__device__ __forceinline__ void quantizeGroup(const float (&yg)[kChunks][Geometry<S>::kOutVec], const GroupScale& g,
+                                              unsigned char* qRow, int lane) {
+  constexpr int OUT = S::kOutDtype;
+  constexpr int V = Geometry<S>::kOutVec;
+  // Only the modes groupScale can give this spec (each is unrolled code).
+  constexpr bool kFixed = FixedMode<S>::value;
+  constexpr bool kMayMulExact = kFixed || (!S::kHasScaleUb && S::kMinScale < kFastScaleMax);
+  constexpr bool kMayDivExact = !kFixed && (S::kHasScaleUb || !(S::kMinScale < kFastScaleMax));
+  if constexpr (kFixed) {
+    quantizeStore<OUT, V, kStride, kChunks, kMulExact>(yg, g.s, g.r, qRow, lane);
+  } else {
+    if (g.mode == kDivFast) {
+      quantizeStore<OUT, V, kStride, kChunks, kDivFast>(yg, g.s, g.r, qRow, lane);
     } else {
-      const i64 word = static_cast<i64>(jg / 4) * rows4 + t;
-      scaleB[word * 4 + jg % 4] = static_cast<unsigned char>(scaleByte);
-      if (jg == NG - 1)
-        for (int b = jg % 4 + 1; b < 4; ++b)
-          scaleB[word * 4 + b] = 0;
+      if constexpr (kMayMulExact)
+        quantizeStore<OUT, V, kStride, kChunks, kMulExact>(yg, g.s, g.r, qRow, lane);
+      if constexpr (kMayDivExact)
+        quantizeStore<OUT, V, kStride, kChunks, kDivExact>(yg, g.s, g.r, qRow, lane);
     }
   }
+}
+
+// Writes group jg's scale of row o.t in the spec's layout.
+template <class S> __device__ __forceinline__ void storeScale(const GroupScale& g, int jg, const GroupOut& o) {
+  constexpr int NG = S::kHidden / S::kGroupSize;
+  constexpr int LAYOUT = S::kScaleLayout;
+  const i64 t = o.t;
+  if constexpr (LAYOUT == kRow) {
+    o.scaleF[t * NG + jg] = g.s;
+  } else if constexpr (LAYOUT == kCol) {
+    o.scaleF[static_cast<i64>(jg) * o.rows + t] = g.s;
+  } else if constexpr (LAYOUT == kColTma) {
+    o.scaleF[static_cast<i64>(jg) * o.rows4 + t] = g.s;
+  } else if constexpr (LAYOUT == kBytes) {
+    o.scaleB[t * NG + jg] = static_cast<unsigned char>(g.byte);
+  } else if constexpr (LAYOUT == kSwizzled128x4) {
+    o.scaleB[swizzledOffset<NG>(t, jg)] = static_cast<unsigned char>(g.byte);
+    if constexpr (NG % 4 != 0)
+      if (jg == NG - 1)
+        zeroSwizzledPaddingColumns<NG>(o.scaleB, t);
+  } else {
+    const i64 word = static_cast<i64>(jg / 4) * o.rows4 + t;
+    o.scaleB[word * 4 + jg % 4] = static_cast<unsigned char>(g.byte);
+    if (jg == NG - 1)
+      for (int b = jg % 4 + 1; b < 4; ++b)
+        o.scaleB[word * 4 + b] = 0;
+  }
+}
+
+// Where group jg's q starts.
+template <class S> __device__ __forceinline__ unsigned char* groupQ(int jg, const GroupOut& o) {
+  return o.q + ((o.expert * o.rows + o.t) * S::kHidden + static_cast<i64>(jg) * S::kGroupSize) *
+                   QuantTraits<S::kOutDtype>::kBits / 8;
 }
 
 // ---- the kernel -----------------------------------------------------------------
@@ -1176,17 +1202,36 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
 
   const GroupOut out{t, expert, rows, rows4, lane, q, scaleF, scaleB, scaleUb, globalScale};
   if constexpr (Geo::kAcross) {
-    // Step m of every lane is in group j + m: one chunk a lane, the team's lanes in order.
+    // Lane m < kTeamGroups computes group m's scale, writes it, and the team
+    // takes s and r from it: one scale a lane instead of every lane's
+    // computing all of them. Step m of every lane is in group j + m: one
+    // chunk a lane, the team's lanes in order.
+    const int mine = lane % kTeamGroups;
+    float amaxMine = amax[0];
+#pragma unroll
+    for (int m = 1; m < kTeamGroups; ++m)
+      amaxMine = mine == m ? amax[m] : amaxMine;
+    const GroupScale own = groupScale<S>(amaxMine, scaleUb, globalScale);
+    if (lane < kTeamGroups)
+      storeScale<S>(own, j + lane, out);
 #pragma unroll
     for (int m = 0; m < kTeamGroups; ++m) {
+      GroupScale g = own;
+      g.s = __shfl_sync(teamMask, own.s, m, kTeam);
+      g.r = __shfl_sync(teamMask, own.r, m, kTeam);
+      if constexpr (!FixedMode<S>::value)
+        g.mode = __shfl_sync(teamMask, own.mode, m, kTeam);
       float ym[1][kOutVec];
 #pragma unroll
       for (int k = 0; k < kOutVec; ++k)
         ym[0][k] = y[m][k];
-      finishGroup<S, 1, kTeam>(ym, amax[m], j + m, m % kTeam, out);
+      quantizeGroup<S, 1, kTeam>(ym, g, groupQ<S>(j + m, out), lane);
     }
   } else {
-    finishGroup<S, kSteps, TPG>(y, amax[0], j, 0, out);
+    const GroupScale g = groupScale<S>(amax[0], scaleUb, globalScale);
+    quantizeGroup<S, kSteps, TPG>(y, g, groupQ<S>(j, out), lane);
+    if (lane == 0)
+      storeScale<S>(g, j, out);
   }
 }
 
