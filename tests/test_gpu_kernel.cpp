@@ -833,18 +833,20 @@ INSTANTIATE_TEST_SUITE_P(OffsetQ, GpuKernelOffsetQ,
 // where a team's step would read one 32-byte sector of a line no other team
 // reads in that instruction (interleaved gate/up at G = 32 in teams of 2 on
 // 16-bit input), a team of 8 threads takes 4 consecutive groups of a row,
-// one a step. Each case below is such a shape (H / 32 and the groups a
-// block both multiples of 4, a row-major scale layout): every scale rule
-// (floor, ceil, fp32 with and without a bound), byte, fp32 and swizzled
-// scales with their padding rows, NVFP4's sibling MXFP4, masked batches,
-// strided rows, gelu (no exact path) and the sigmoid family's exact path
-// (special rows with NaN, infinite and huge gates in some of a team's
-// groups), at T = 1, 129 and 1023.
+// one a step (fp32 input: 16 threads, 8 groups). Each case below is such a
+// shape (H / 32 and the groups a block both multiples of the groups a team
+// takes, a row-major scale layout): every scale rule (floor, ceil, fp32
+// with and without a bound), byte, fp32 and swizzled scales with their
+// padding rows, NVFP4's sibling MXFP4, masked batches, strided rows, gelu
+// (no exact path) and the sigmoid family's exact path (special rows with
+// NaN, infinite and huge gates in some of a team's groups), at T = 1, 129
+// and 1023.
 std::vector<GpuCase> buildAcrossCases() {
   std::vector<GpuCase> cases;
   auto across = [](KernelSpec s) {
     s.gateUp = GateUp::Interleaved;
-    LaunchShape shape{2, 8, 128};
+    // 16-byte vectors: 8 steps across 8 groups (teams of 16) for fp32 input.
+    LaunchShape shape{2, s.inDtype == InDtype::FP32 ? 4 : 8, 128};
     shape.minBlocksPerSm = deriveMinBlocksPerSm(s, shape);
     s.shape = shape;
     return s;
@@ -872,6 +874,8 @@ std::vector<GpuCase> buildAcrossCases() {
   masked.masked = true;
   masked.scaleLayout = ScaleLayout::Swizzled128x4;
   specs.push_back(across(masked));
+  // fp32 input: 8 steps of 2 columns, so teams of 16 threads across 8 groups.
+  specs.push_back(across(makeSpec(3072, 32, InDtype::FP32, OutDtype::INT8, ScaleLayout::Row, false, false)));
   uint64_t seed = 9000;
   for (const KernelSpec& spec : specs)
     for (int64_t tokens : {int64_t(1), int64_t(129), int64_t(1023)}) {
