@@ -817,18 +817,15 @@ template <int NG> __device__ __forceinline__ void zeroSwizzledPaddingColumns(uns
     scaleB[swizzledOffset<NG>(t, j)] = 0;
 }
 
-// Where a group's results go: the kernel's position and outputs.
+// Where a row's results go.
 struct GroupOut {
   i64 t;      // the row
   i64 expert; // masked batches: the expert (0 otherwise)
   i64 rows;   // T
   i64 rows4;  // T rounded up to 4 (padded layouts)
-  int lane;   // this thread's lane in its team
   unsigned char* q;
-  float* scaleF;
-  unsigned char* scaleB;
-  const float* scaleUb;
-  const float* globalScale;
+  float* scaleF;         // fp32 scale layouts
+  unsigned char* scaleB; // byte scale layouts
 };
 
 // A group's scale: s, the factor or reciprocal quantizeStore takes (r), the
@@ -1200,7 +1197,7 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   if (!active)
     return;
 
-  const GroupOut out{t, expert, rows, rows4, lane, q, scaleF, scaleB, scaleUb, globalScale};
+  const GroupOut out{t, expert, rows, rows4, q, scaleF, scaleB};
   if constexpr (Geo::kAcross) {
     // Lane m < kTeamGroups computes group m's scale, writes it, and the team
     // takes s and r from it: one scale a lane instead of every lane's
