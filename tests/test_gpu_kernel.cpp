@@ -828,7 +828,6 @@ INSTANTIATE_TEST_SUITE_P(OffsetQ, GpuKernelOffsetQ,
                                   std::to_string(c.tokens) + "_q" + std::to_string(c.qOffset);
                          });
 
-
 // Teams across groups (templates/silu_mul_quant.cuh, Geometry::kAcross):
 // where a team's step would read one 32-byte sector of a line no other team
 // reads in that instruction (interleaved gate/up at G = 32 in teams of 2 on
@@ -852,7 +851,8 @@ std::vector<GpuCase> buildAcrossCases() {
     return s;
   };
   std::vector<KernelSpec> specs;
-  KernelSpec oss = makeSpec(3072, 32, InDtype::BF16, OutDtype::FP8E4M3, ScaleLayout::Bytes, true, false);
+  KernelSpec oss =
+      makeSpec(3072, 32, InDtype::BF16, OutDtype::FP8E4M3, ScaleLayout::Bytes, true, false);
   setActivation(oss, Activation::Swiglu, 0);
   oss.scaleRounding = ScaleRounding::Floor;
   specs.push_back(across(oss)); // gpt-oss's MXFP8 at a width with 96 groups
@@ -860,13 +860,18 @@ std::vector<GpuCase> buildAcrossCases() {
       makeSpec(2048, 32, InDtype::FP16, OutDtype::FP8E5M2, ScaleLayout::Swizzled128x4, true, false);
   setActivation(ceilSwizzled, Activation::Swiglu, 1);
   specs.push_back(across(ceilSwizzled));
-  specs.push_back(across(makeSpec(4096, 32, InDtype::BF16, OutDtype::INT8, ScaleLayout::Row, false, false)));
-  specs.push_back(across(makeSpec(2048, 32, InDtype::FP16, OutDtype::FP8E4M3, ScaleLayout::Row, true, true)));
-  specs.push_back(across(makeSpec(2048, 32, InDtype::BF16, OutDtype::FP8E4M3, ScaleLayout::Row, false, true)));
-  KernelSpec mxfp4 = makeSpec(3072, 32, InDtype::BF16, OutDtype::FP4E2M1, ScaleLayout::Swizzled128x4, true, false);
+  specs.push_back(
+      across(makeSpec(4096, 32, InDtype::BF16, OutDtype::INT8, ScaleLayout::Row, false, false)));
+  specs.push_back(
+      across(makeSpec(2048, 32, InDtype::FP16, OutDtype::FP8E4M3, ScaleLayout::Row, true, true)));
+  specs.push_back(
+      across(makeSpec(2048, 32, InDtype::BF16, OutDtype::FP8E4M3, ScaleLayout::Row, false, true)));
+  KernelSpec mxfp4 =
+      makeSpec(3072, 32, InDtype::BF16, OutDtype::FP4E2M1, ScaleLayout::Swizzled128x4, true, false);
   setActivation(mxfp4, Activation::Swiglu, 0);
   specs.push_back(across(mxfp4));
-  KernelSpec gelu = makeSpec(2048, 32, InDtype::BF16, OutDtype::FP8E4M3, ScaleLayout::Bytes, true, false);
+  KernelSpec gelu =
+      makeSpec(2048, 32, InDtype::BF16, OutDtype::FP8E4M3, ScaleLayout::Bytes, true, false);
   gelu.activation = Activation::Gelu;
   gelu.scaleRounding = ScaleRounding::Floor;
   specs.push_back(across(gelu));
@@ -875,7 +880,8 @@ std::vector<GpuCase> buildAcrossCases() {
   masked.scaleLayout = ScaleLayout::Swizzled128x4;
   specs.push_back(across(masked));
   // fp32 input: 8 steps of 2 columns, so teams of 16 threads across 8 groups.
-  specs.push_back(across(makeSpec(3072, 32, InDtype::FP32, OutDtype::INT8, ScaleLayout::Row, false, false)));
+  specs.push_back(
+      across(makeSpec(3072, 32, InDtype::FP32, OutDtype::INT8, ScaleLayout::Row, false, false)));
   uint64_t seed = 9000;
   for (const KernelSpec& spec : specs)
     for (int64_t tokens : {int64_t(1), int64_t(129), int64_t(1023)}) {
@@ -914,13 +920,15 @@ TEST_P(GpuKernelAcrossGroups, MatchesReferenceWithTeamsAcrossGroups) {
   expectMatchesReference(acrossCases()[GetParam()]);
 }
 
-INSTANTIATE_TEST_SUITE_P(Across, GpuKernelAcrossGroups, ::testing::Range<size_t>(0, acrossCases().size()),
+INSTANTIATE_TEST_SUITE_P(Across, GpuKernelAcrossGroups,
+                         ::testing::Range<size_t>(0, acrossCases().size()),
                          [](const ::testing::TestParamInfo<size_t>& info) {
                            const GpuCase& c = acrossCases()[info.param];
                            const KernelSpec& s = c.spec;
-                           return "c" + std::to_string(info.param) + "_H" + std::to_string(s.hidden) +
-                                  "_" + toString(s.outDtype) + "_" + toString(s.scaleLayout) +
-                                  (s.masked ? "_masked" : "") + "_T" + std::to_string(c.tokens);
+                           return "c" + std::to_string(info.param) + "_H" +
+                                  std::to_string(s.hidden) + "_" + toString(s.outDtype) + "_" +
+                                  toString(s.scaleLayout) + (s.masked ? "_masked" : "") + "_T" +
+                                  std::to_string(c.tokens);
                          });
 
 } // namespace
