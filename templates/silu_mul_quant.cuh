@@ -29,7 +29,6 @@ template <int T> struct TeamSlot {
 
 template <int IN> struct InBytes { static constexpr int value = IN == kFP32 ? 4 : 2; };
 
-
 // ---- input: a vector of VEC elements is loaded as raw 32-bit words ----------
 
 template <int BYTES> struct Raw {
@@ -533,15 +532,14 @@ template <class S> struct Geometry {
   // H200). There a team of kAcrossLanes = TPG * kSteps threads takes kSteps
   // consecutive groups of a row instead, step c of every lane in group c, so
   // that an instruction reads two or more sectors of each line it touches
-  // (6-7% over G = 128). Where requests carry two sectors already (split
+  // (4-5% over G = 128 on the H200). Where requests carry two sectors already (split
   // input at G = 32, G = 64) the mapping gains nothing and its per-group work
   // (a reduction and a scale a group for every thread) costs 1-2%, so it is
   // not taken. Same threads a block and the same groups a block, so the
   // host's grid is unchanged; the scale layout's tasks must run row by row,
   // and the groups of a team stay in one row and one block.
-  static constexpr int kStreamBytes = S::kGroupSize * kInBytes * (kPairs ? 2 : 1); // a group, one input
   static constexpr int kSectorsPerRequest =
-      S::kThreadsPerGroup * kVecBytes * (kStreamBytes >= 128 ? 1 : 128 / kStreamBytes) / 32;
+      S::kThreadsPerGroup * kVecBytes * (kGroupInBytes >= 128 ? 1 : 128 / kGroupInBytes) / 32;
   static constexpr int kAcrossLanes = S::kThreadsPerGroup * kSteps;
   static constexpr bool kAcross =
       kSectorsPerRequest <= 1 && kAcrossLanes * kVecBytes >= 64 && kSteps > 1 &&
@@ -549,8 +547,10 @@ template <class S> struct Geometry {
       (kAcrossLanes & (kAcrossLanes - 1)) == 0 &&
       (S::kScaleLayout == kRow || S::kScaleLayout == kBytes || S::kScaleLayout == kSwizzled128x4) &&
       (S::kHidden / S::kGroupSize) % kSteps == 0 && S::kGroupsPerBlock % kSteps == 0;
-  // Lanes of a team, and the amax values a thread keeps (one a group).
-  static constexpr int kTeamLanes = kAcross ? kAcrossLanes : S::kThreadsPerGroup;
+  // Lanes of a team (a power of two, aligned in the warp; the lanes past TPG
+  // of a team of any size only take part in its reductions), and the amax
+  // values a thread keeps (one a group).
+  static constexpr int kTeamLanes = kAcross ? kAcrossLanes : TeamSlot<S::kThreadsPerGroup>::value;
   static constexpr int kGroupsPerTeam = kAcross ? kSteps : 1;
 
   // Load i of step c of lane l, from the first input of the team's (first) group.
@@ -837,10 +837,14 @@ struct GroupScale {
   int mode; // kDivFast, kDivExact or kMulExact
 };
 
-// Whether every group of the spec divides the same way (power-of-two and
-// NVFP4 scales multiply by r), so that the mode need not travel.
-template <class S> struct FixedMode {
-  static constexpr bool value = S::kPow2Scales || S::kOutDtype == kE2M1;
+// The spec's scale rule, as the kernel and its per-group functions test it.
+template <class S> struct ScaleKind {
+  static constexpr bool kFp4 = S::kOutDtype == kE2M1;
+  static constexpr bool kNvfp4 = kFp4 && !S::kPow2Scales; // E4M3 block scales under a global scale
+  static constexpr bool kFloorRounding = S::kScaleRounding == kFloor;
+  // Every group divides the same way (power-of-two and NVFP4 scales multiply
+  // by r), so that the mode need not travel between lanes.
+  static constexpr bool kFixedMode = S::kPow2Scales || kFp4;
 };
 
 // The scale of a group from the team's amax of it, by docs/contract.md
@@ -849,14 +853,11 @@ template <class S> struct FixedMode {
 // all fp32 significands for the three QMAX values: tests/test_fast_division).
 template <class S>
 __device__ __forceinline__ GroupScale groupScale(float amaxG, const float* scaleUb, const float* globalScale) {
+  using Kind = ScaleKind<S>;
   constexpr int OUT = S::kOutDtype;
-  constexpr bool POW2 = S::kPow2Scales;
   constexpr bool HAS_UB = S::kHasScaleUb;
-  constexpr bool FLOOR = S::kScaleRounding == kFloor;
-  constexpr bool FP4 = OUT == kE2M1;
-  constexpr bool NVFP4 = FP4 && !POW2;
   GroupScale g{0.0f, 0.0f, 0u, kMulExact};
-  if constexpr (NVFP4) {
+  if constexpr (Kind::kNvfp4) {
     // Section 8, in its order: sf = e4m3(min(gs * amax / 6, 448)), r = 1 /
     // (sf / gs), q = e2m1(y * r); IEEE divisions, once a group.
     const float gs = *globalScale;
@@ -865,12 +866,12 @@ __device__ __forceinline__ GroupScale groupScale(float amaxG, const float* scale
     g.s = e4m3Value(g.byte);
     g.r = g.s == 0.0f ? 0.0f : __fdiv_rn(1.0f, __fdiv_rn(g.s, gs));
     return g;
-  } else if constexpr (FLOOR) {
+  } else if constexpr (Kind::kFloorRounding) {
     const int floorExp = floorMxExponent<OUT>(amaxG);
     g.s = exp2Exact(floorExp);
     // s = 2^e: y * 2^-e is y / s exactly, without a division's range limits.
     g.r = exp2Exact(-floorExp);
-  } else if constexpr (FP4) {
+  } else if constexpr (Kind::kFp4) {
     // MXFP4 under ceil: 2^ceil(log2(amax / 6)) within 2^-127..2^127 (no
     // MIN_SCALE of its own); the E8M0 byte first, then s and its exact
     // reciprocal from it.
@@ -895,7 +896,7 @@ __device__ __forceinline__ GroupScale groupScale(float amaxG, const float* scale
     if constexpr (HAS_UB)
       s = fminf(s, *scaleUb);
     s = fmaxf(s, S::kMinScale); // MIN_SCALE, or the spec's min_scale
-    if constexpr (POW2) {
+    if constexpr (S::kPow2Scales) {
       g.s = fminf(pow2Ceil(s), kMaxPow2Scale); // an infinite s is 2^127 (E8M0 byte 254)
       // s = 2^e, e in -127..127: y * 2^-e rounds the same real number as y / s.
       g.r = pow2Reciprocal(g.s);
@@ -932,7 +933,7 @@ __device__ __forceinline__ void quantizeGroup(const float (&yg)[kChunks][Geometr
   constexpr int OUT = S::kOutDtype;
   constexpr int V = Geometry<S>::kOutVec;
   // Only the modes groupScale can give this spec (each is unrolled code).
-  constexpr bool kFixed = FixedMode<S>::value;
+  constexpr bool kFixed = ScaleKind<S>::kFixedMode;
   constexpr bool kMayMulExact = kFixed || (!S::kHasScaleUb && S::kMinScale < kFastScaleMax);
   constexpr bool kMayDivExact = !kFixed && (S::kHasScaleUb || !(S::kMinScale < kFastScaleMax));
   if constexpr (kFixed) {
@@ -985,9 +986,9 @@ template <class S> __device__ __forceinline__ unsigned char* groupQ(int jg, cons
 // ---- the kernel -----------------------------------------------------------------
 //
 // Work item ("task"): one group j of one row t, done by a team of TPG threads.
-// A team occupies a slot of kSlot lanes (TPG rounded up to a power of two) so
-// that any TPG dividing the group's vectors works (12 for G = 96, say); the
-// lanes past TPG only take part in the amax reduction.
+// A team occupies a slot of Geometry::kTeamLanes lanes (TPG rounded up to a
+// power of two) so that any TPG dividing the group's vectors works (12 for
+// G = 96, say); the lanes past TPG only take part in the amax reduction.
 // Row-major scale layouts (row, bytes, swizzled_128x4) number tasks row by
 // row; column layouts number them column by column so that the scale stores
 // of neighbouring teams coalesce.
@@ -1033,9 +1034,9 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   constexpr int TPG = S::kThreadsPerGroup;
   constexpr int VEC = S::kVecWidth;
   constexpr int GPB = S::kGroupsPerBlock;
-  constexpr bool FLOOR = S::kScaleRounding == kFloor;
-  constexpr bool FP4 = OUT == kE2M1;
-  constexpr bool NVFP4 = FP4 && !POW2;
+  constexpr bool FLOOR = ScaleKind<S>::kFloorRounding;
+  constexpr bool FP4 = ScaleKind<S>::kFp4;
+  constexpr bool NVFP4 = ScaleKind<S>::kNvfp4;
   constexpr bool SWIZZLED = LAYOUT == kSwizzled128x4;
   constexpr bool BYTE_SCALES = LAYOUT == kUe8m0Packed || LAYOUT == kBytes || SWIZZLED;
   static_assert(!FLOOR || (POW2 && OUT != kInt8 && !HAS_UB),
@@ -1048,10 +1049,8 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   static_assert(G % VEC == 0, "VEC must divide G");
   static_assert((G / VEC) % TPG == 0, "TPG must divide the group's vectors");
   static_assert(TPG >= 1 && TPG <= 32, "TPG: 1..32");
-  constexpr int kSlot = TeamSlot<TPG>::value;
   constexpr int NG = H / G;
   constexpr int kInBytes = InBytes<IN>::value;
-  constexpr int kBits = QuantTraits<OUT>::kBits;
   using Geo = Geometry<S>;
   constexpr int kSteps = Geo::kSteps;
   constexpr int kOutVec = Geo::kOutVec;
@@ -1077,7 +1076,7 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
 
   // Lanes of a team and groups of a team (Geometry: several groups where a
   // team takes its steps across groups).
-  constexpr int kTeam = Geo::kAcross ? Geo::kTeamLanes : kSlot;
+  constexpr int kTeam = Geo::kTeamLanes;
   constexpr int kTeamGroups = Geo::kGroupsPerTeam;
   const int lane = threadIdx.x % kTeam;
   const bool active = lane < TPG || Geo::kAcross;
@@ -1155,7 +1154,7 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   const unsigned char* row =
       static_cast<const unsigned char*>(x) + ((expert * rows + t) * ldx) * kInBytes;
   // The (first) group's first input: its first gate (split) or (gate, up) pair.
-  const unsigned char* in = row + static_cast<i64>(j) * G * (Geo::kPairs ? 2 : 1) * kInBytes;
+  const unsigned char* in = row + static_cast<i64>(j) * Geo::kGroupInBytes;
 
   const int vecLane = active ? lane : 0;
   float y[kSteps][kOutVec];
@@ -1216,7 +1215,7 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
       GroupScale g = own;
       g.s = __shfl_sync(teamMask, own.s, m, kTeam);
       g.r = __shfl_sync(teamMask, own.r, m, kTeam);
-      if constexpr (!FixedMode<S>::value)
+      if constexpr (!ScaleKind<S>::kFixedMode)
         g.mode = __shfl_sync(teamMask, own.mode, m, kTeam);
       float ym[1][kOutVec];
 #pragma unroll
