@@ -529,36 +529,59 @@ template <class S> struct Geometry {
   // instruction (teams of 2 at G = 32 on interleaved input: each group a line
   // of its own), every request carries one sector, and the L2's tag stage
   // limits the kernel (88% busy, 13% slower than G = 128; Nsight Compute,
-  // H200). There a team of kAcrossLanes = TPG * kSteps threads takes kSteps
-  // consecutive groups of a row instead, step c of every lane in group c, so
-  // that an instruction reads two or more sectors of each line it touches
-  // (4-5% over G = 128 on the H200). Where requests carry two sectors already (split
-  // input at G = 32, G = 64) the mapping gains nothing and its per-group work
-  // (a reduction and a scale a group for every thread) costs 1-2%, so it is
-  // not taken. Same threads a block and the same groups a block, so the
-  // host's grid is unchanged; the scale layout's tasks must run row by row,
-  // and the groups of a team stay in one row and one block.
+  // H200). There a team of TPG * kAcrossGroups threads takes kAcrossGroups
+  // consecutive groups of a row instead, kStepsPerGroup steps of every lane in
+  // each, so that an instruction reads two or more sectors of each line it
+  // touches. The team takes the fewest groups that make requests of two
+  // sectors (2 for gpt-oss's teams of 2): teams of 4 groups, whole lines a
+  // request, were about 0.7% slower on the H200 (more reductions and scales a
+  // thread), and 2 divides more rows (gpt-oss's H = 2880 has 90 groups).
+  // Where requests carry two sectors already (split input
+  // at G = 32, G = 64) the mapping gains nothing and its per-group work (a
+  // reduction and a scale a group for every thread) costs 1-2%, so it is not
+  // taken. Same threads a block and the same groups a block, so the host's
+  // grid is unchanged; the scale layout's tasks must run row by row, and the
+  // groups of a team stay in one row and one block.
   static constexpr int kSectorsPerRequest =
       S::kThreadsPerGroup * kVecBytes * (kGroupInBytes >= 128 ? 1 : 128 / kGroupInBytes) / 32;
-  static constexpr int kAcrossLanes = S::kThreadsPerGroup * kSteps;
-  static constexpr bool kAcross =
-      kSectorsPerRequest <= 1 && kAcrossLanes * kVecBytes >= 64 && kSteps > 1 &&
-      TeamSlot<S::kThreadsPerGroup>::value == S::kThreadsPerGroup && kAcrossLanes <= 32 &&
-      (kAcrossLanes & (kAcrossLanes - 1)) == 0 &&
-      (S::kScaleLayout == kRow || S::kScaleLayout == kBytes || S::kScaleLayout == kSwizzled128x4) &&
-      (S::kHidden / S::kGroupSize) % kSteps == 0 && S::kGroupsPerBlock % kSteps == 0;
+  // Whether a team of TPG * P lanes may take P groups.
+  __device__ static constexpr bool acrossFits(int p) {
+    return p > 1 && kSteps % p == 0 && S::kThreadsPerGroup * p <= 32 &&
+           ((S::kThreadsPerGroup * p) & (S::kThreadsPerGroup * p - 1)) == 0 &&
+           S::kThreadsPerGroup * p * kVecBytes >= 64 && (S::kHidden / S::kGroupSize) % p == 0 &&
+           S::kGroupsPerBlock % p == 0;
+  }
+  __device__ static constexpr int acrossGroups() {
+    if (kSectorsPerRequest > 1 || TeamSlot<S::kThreadsPerGroup>::value != S::kThreadsPerGroup ||
+        !(S::kScaleLayout == kRow || S::kScaleLayout == kBytes ||
+          S::kScaleLayout == kSwizzled128x4))
+      return 1;
+    for (int p = 2; p <= kSteps; p *= 2)
+      if (acrossFits(p))
+        return p;
+    return 1;
+  }
+  static constexpr int kAcrossGroups = acrossGroups();
+  static constexpr bool kAcross = kAcrossGroups > 1;
+  static constexpr int kStepsPerGroup = kSteps / kAcrossGroups;
   // Lanes of a team (a power of two, aligned in the warp; the lanes past TPG
   // of a team of any size only take part in its reductions), and the amax
   // values a thread keeps (one a group).
-  static constexpr int kTeamLanes = kAcross ? kAcrossLanes : TeamSlot<S::kThreadsPerGroup>::value;
-  static constexpr int kGroupsPerTeam = kAcross ? kSteps : 1;
+  static constexpr int kTeamLanes =
+      kAcross ? S::kThreadsPerGroup * kAcrossGroups : TeamSlot<S::kThreadsPerGroup>::value;
+  static constexpr int kGroupsPerTeam = kAcrossGroups;
+  // The team's group that step c of a lane is in.
+  __device__ static __forceinline__ constexpr int groupOfStep(int c) {
+    return kAcross ? c / kStepsPerGroup : 0;
+  }
 
   // Load i of step c of lane l, from the first input of the team's (first) group.
   __device__ static __forceinline__ const unsigned char* at(const unsigned char* in, int c, int lane,
                                                            int i) {
     // The vector's index in its group, and the group's offset from `in`.
-    const int v = kAcross ? lane : c * S::kThreadsPerGroup + lane;
-    const unsigned char* group = kAcross ? in + c * kGroupInBytes : in;
+    const int v =
+        kAcross ? (c % kStepsPerGroup) * kTeamLanes + lane : c * S::kThreadsPerGroup + lane;
+    const unsigned char* group = kAcross ? in + groupOfStep(c) * kGroupInBytes : in;
     if constexpr (kPairs)
       return group + (v * kLoads + i) * kVecBytes;
     else // up lies H elements after gate
@@ -660,11 +683,11 @@ __device__ __forceinline__ void actMulFast(const unsigned char* in, int vecLane,
           if constexpr (!kPairMin)
             zmin = fminf(zmin, z);
         }
-        amax[Geo::kAcross ? c : 0] = maxNaN(amax[Geo::kAcross ? c : 0], fabsf(y[c][k]));
+        amax[Geo::groupOfStep(c)] = maxNaN(amax[Geo::groupOfStep(c)], fabsf(y[c][k]));
       } else {
         // No division: this is the exact result, and amax ignores NaN already.
         y[c][k] = Act::y(g[k], u[k]);
-        amax[Geo::kAcross ? c : 0] = fmaxf(amax[Geo::kAcross ? c : 0], fabsf(y[c][k]));
+        amax[Geo::groupOfStep(c)] = fmaxf(amax[Geo::groupOfStep(c)], fabsf(y[c][k]));
       }
     }
   }
@@ -747,7 +770,7 @@ __device__ __forceinline__ void actMulExact(const unsigned char* in, int vecLane
     }
 #pragma unroll
     for (int m = 0; m < Geo::kGroupsPerTeam; ++m)
-      if (!Geo::kAcross || m == c)
+      if (m == Geo::groupOfStep(c))
         amax[m] = fmaxf(amax[m], fabsf(v));
 #pragma unroll
     for (int cc = 0; cc < Geo::kSteps; ++cc)
@@ -1200,8 +1223,9 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   if constexpr (Geo::kAcross) {
     // Lane m < kTeamGroups computes group m's scale, writes it, and the team
     // takes s and r from it: one scale a lane instead of every lane's
-    // computing all of them. Step m of every lane is in group j + m: one
-    // chunk a lane, the team's lanes in order.
+    // computing all of them. Steps m * kStepsPerGroup.. of every lane are in
+    // group j + m: the team's lanes in order, chunk after chunk.
+    constexpr int kSpg = Geo::kStepsPerGroup;
     const int mine = lane % kTeamGroups;
     float amaxMine = amax[0];
 #pragma unroll
@@ -1217,11 +1241,13 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
       g.r = __shfl_sync(teamMask, own.r, m, kTeam);
       if constexpr (!ScaleKind<S>::kFixedMode)
         g.mode = __shfl_sync(teamMask, own.mode, m, kTeam);
-      float ym[1][kOutVec];
+      float ym[kSpg][kOutVec];
 #pragma unroll
-      for (int k = 0; k < kOutVec; ++k)
-        ym[0][k] = y[m][k];
-      quantizeGroup<S, 1, kTeam>(ym, g, groupQ<S>(j + m, out), lane);
+      for (int c = 0; c < kSpg; ++c)
+#pragma unroll
+        for (int k = 0; k < kOutVec; ++k)
+          ym[c][k] = y[m * kSpg + c][k];
+      quantizeGroup<S, kSpg, kTeam>(ym, g, groupQ<S>(j + m, out), lane);
     }
   } else {
     const GroupScale g = groupScale<S>(amax[0], scaleUb, globalScale);

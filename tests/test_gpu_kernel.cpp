@@ -830,21 +830,24 @@ INSTANTIATE_TEST_SUITE_P(OffsetQ, GpuKernelOffsetQ,
 
 // Teams across groups (templates/silu_mul_quant.cuh, Geometry::kAcross):
 // where a team's step would read one 32-byte sector of a line no other team
-// reads in that instruction (interleaved gate/up at G = 32 in teams of 2 on
-// 16-bit input), a team of 8 threads takes 4 consecutive groups of a row,
-// one a step (fp32 input: 16 threads, 8 groups). Each case below is such a
-// shape (H / 32 and the groups a block both multiples of the groups a team
-// takes, a row-major scale layout): every scale rule (floor, ceil, fp32
+// reads in that instruction (interleaved gate/up at G = 32 in teams of 2),
+// a team of 4 threads takes 2 consecutive groups of a row, two steps in each
+// (fp32 input: four steps in each), so that requests carry two sectors.
+// Each case below is such a shape (H / 32 and the groups a block multiples
+// of 2, a row-major scale layout; H = 2880 is gpt-oss's 90 groups a row, and
+// at 2048 and 3072 the rule must take 2 groups although 4 would fit). One
+// thread a group with 16-byte steps needs 4 groups (one step in each) for
+// two sectors. The cases cover every scale rule (floor, ceil, fp32
 // with and without a bound), byte, fp32 and swizzled scales with their
-// padding rows, NVFP4's sibling MXFP4, masked batches, strided rows, gelu
-// (no exact path) and the sigmoid family's exact path (special rows with
-// NaN, infinite and huge gates in some of a team's groups), at T = 1, 129
-// and 1023.
+// padding rows and columns, NVFP4's sibling MXFP4, masked batches, strided
+// rows, gelu (no exact path) and the sigmoid family's exact path (special
+// rows with NaN, infinite and huge gates in some of a team's groups), at
+// T = 1, 129 and 1023.
 std::vector<GpuCase> buildAcrossCases() {
   std::vector<GpuCase> cases;
   auto across = [](KernelSpec s) {
     s.gateUp = GateUp::Interleaved;
-    // 16-byte vectors: 8 steps across 8 groups (teams of 16) for fp32 input.
+    // 16-byte vectors (fp32 input: 8 steps, 4 in each of a team's groups).
     LaunchShape shape{2, s.inDtype == InDtype::FP32 ? 4 : 8, 128};
     shape.minBlocksPerSm = deriveMinBlocksPerSm(s, shape);
     s.shape = shape;
@@ -879,9 +882,26 @@ std::vector<GpuCase> buildAcrossCases() {
   masked.masked = true;
   masked.scaleLayout = ScaleLayout::Swizzled128x4;
   specs.push_back(across(masked));
-  // fp32 input: 8 steps of 2 columns, so teams of 16 threads across 8 groups.
+  // fp32 input: 8 steps of 2 columns, 4 in each of a team's 2 groups.
   specs.push_back(
       across(makeSpec(3072, 32, InDtype::FP32, OutDtype::INT8, ScaleLayout::Row, false, false)));
+  // Two groups a team (H = 2880: 90 groups a row): gpt-oss's own MXFP8,
+  // MXFP4 with swizzled_128x4's padding columns (90 is not a multiple of 4)
+  // in masked batches, and fp32 input (4 steps in each group).
+  KernelSpec oss2880 = oss;
+  oss2880.hidden = 2880;
+  specs.push_back(across(oss2880));
+  KernelSpec mxfp4Masked = mxfp4;
+  mxfp4Masked.hidden = 2880;
+  mxfp4Masked.masked = true;
+  specs.push_back(across(mxfp4Masked));
+  specs.push_back(
+      across(makeSpec(2880, 32, InDtype::FP32, OutDtype::FP8E4M3, ScaleLayout::Row, true, false)));
+  // One thread a group: teams of 4 threads across 4 groups, one step in each.
+  KernelSpec single = across(oss);
+  single.shape->threadsPerGroup = 1;
+  single.shape->minBlocksPerSm = deriveMinBlocksPerSm(single, *single.shape);
+  specs.push_back(single);
   uint64_t seed = 9000;
   for (const KernelSpec& spec : specs)
     for (int64_t tokens : {int64_t(1), int64_t(129), int64_t(1023)}) {
