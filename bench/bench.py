@@ -29,8 +29,9 @@ QMAX = 448.0
 MIN_SCALE = 1.0 / (448.0 * 512.0)
 
 
-def torch_op(x, group):
-    """docs/contract.md section 1 in PyTorch (bf16 in, fp8 e4m3 out, row scales)."""
+def torch_op(x, group, with_y=False):
+    """docs/contract.md section 1 in PyTorch (bf16 in, fp8 e4m3 out, row scales);
+    with_y: also y, per group, in fp32."""
     h = x.shape[-1] // 2
     g = x[:, :h].float()
     u = x[:, h:].float()
@@ -39,6 +40,8 @@ def torch_op(x, group):
     amax = yg.abs().amax(dim=-1, keepdim=True)
     s = (amax / QMAX).clamp(min=MIN_SCALE)
     q = (yg / s).clamp(-QMAX, QMAX).to(torch.float8_e4m3fn)
+    if with_y:
+        return q.view(x.shape[0], h), s.squeeze(-1), yg
     return q.view(x.shape[0], h), s.squeeze(-1)
 
 
@@ -139,13 +142,26 @@ def copy_bandwidth(flush):
 
 
 def check_correct(x, q, s, group):
-    """bqjit's result against the torch op, within the tolerance of docs/contract.md."""
-    q_ref, s_ref = torch_op(x, group)
+    """bqjit's result against the torch op, within docs/contract.md section 1's
+    tolerance: scales within 1e-6 relative; q identical except one e4m3 step
+    where the reference's y / s lies within 2e-6 relative of the boundary
+    between the two codes. Gives (ok, elements at a boundary)."""
+    q_ref, s_ref, yg = torch_op(x, group, with_y=True)
     if not torch.allclose(s, s_ref, rtol=1e-6, atol=0):
-        return False
-    diff = (q.float() - q_ref.float()).abs()
-    # One fp8 step apart is allowed only at rounding boundaries; count them.
-    return int((diff > 0).sum()) <= max(1, q.numel() // 100000)
+        return False, 0
+    codes = q.view(torch.uint8).view(yg.shape).int()
+    codes_ref = q_ref.view(torch.uint8).view(yg.shape).int()
+    off = codes != codes_ref
+    n_off = int(off.sum())
+    if n_off == 0:
+        return True, 0
+    # Adjacent codes of the same sign, and the quotient next to their midpoint.
+    adjacent = ((codes ^ codes_ref) & 0x80 == 0) & ((codes - codes_ref).abs() == 1)
+    v = yg.double() / s_ref.double().unsqueeze(-1)
+    mid = (q.view(yg.shape).double() + q_ref.view(yg.shape).double()) / 2
+    near = (v - mid).abs() <= 2e-6 * v.abs()
+    allowed = off & adjacent & near
+    return int(allowed.sum()) == n_off, n_off
 
 
 def gpu_state():
@@ -229,7 +245,7 @@ def main():
         x0, q0, s0 = sets[0]
         bqjit.silu_mul_quant(x0, group_size=g, out=q0, scales_out=s0)
         torch.cuda.synchronize()
-        ok = check_correct(x0, q0, s0, g)
+        ok, at_boundary = check_correct(x0, q0, s0, g)
 
         def run_bqjit(st):
             bqjit.silu_mul_quant(st[0], group_size=g, out=st[1], scales_out=st[2])
@@ -282,7 +298,8 @@ def main():
                    bqjit_spread_us=spread_b, bqjit_gbs=gbs, pct_copy=100 * gbs / copy_gbs,
                    same_size_copy_us=t_copy, pct_same_size_copy=100 * t_copy / t_b,
                    eager_us=t_e, compile_us=t_c, v1_us=t_v1, speedup_vs_compile=t_c / t_b,
-                   floor_us=bytes_moved / (copy_gbs * 1e9) * 1e6, correct=ok, sets=count, reps=reps,
+                   floor_us=bytes_moved / (copy_gbs * 1e9) * 1e6, correct=ok, at_boundary=at_boundary,
+                   sets=count, reps=reps,
                    bqjit_times_us=times_b, launches=explicit, flush=FLUSH_MODE,
                    **state)
         rows.append(row)
@@ -308,6 +325,9 @@ def main():
     dec = [r for r in rows if r["tokens"] <= 64]
     if dec:
         print(f"T<=64: max bqjit {max(r['bqjit_us'] for r in dec):.2f} us")
+    print(f"correctness: {sum(r['correct'] for r in rows)}/{len(rows)} rows within docs/contract.md "
+          f"section 1's tolerance, {sum(r['at_boundary'] for r in rows)} elements one step off at a "
+          "rounding boundary (allowed)")
     return 0 if all(r["correct"] for r in rows) else 1
 
 
