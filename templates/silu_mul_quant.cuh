@@ -169,12 +169,35 @@ template <int OUT> __device__ __forceinline__ u32 fp8Pair(float lo, float hi) {
 // of the ALU pipe, which runs at half the FMA pipe's rate (equal to the bit
 // arithmetic it replaced over all 2^32 inputs, checked on the CPU). -0 gives
 // 0x8; NaN (unspecified by the contract) gives 0x7 with its sign.
-__device__ __forceinline__ u32 e2m1Soft(float v) {
+// e2m1CodeOfAbs gives the float 1.5 * 2^23 + code of |v|, whose low four
+// bits are the code (bit 3 clear).
+__device__ __forceinline__ float e2m1CodeOfAbs(float v) {
   constexpr float kMagic = 12582912.0f; // 1.5 * 2^23: its ulp is 1
   const float a = fabsf(v);
-  const float c = fminf(fminf(__fmaf_rn(a, 2.0f, kMagic), __fadd_rn(a, kMagic + 2.0f)),
-                        fminf(__fmaf_rn(a, 0.5f, kMagic + 4.0f), kMagic + 7.0f));
-  return ((__float_as_uint(v) >> 28) & 0x8u) | (__float_as_uint(c) & 0xfu);
+  return fminf(fminf(__fmaf_rn(a, 2.0f, kMagic), __fadd_rn(a, kMagic + 2.0f)),
+               fminf(__fmaf_rn(a, 0.5f, kMagic + 4.0f), kMagic + 7.0f));
+}
+__device__ __forceinline__ u32 e2m1Soft(float v) {
+  return ((__float_as_uint(v) >> 28) & 0x8u) | (__float_as_uint(e2m1CodeOfAbs(v)) & 0xfu);
+}
+
+// N (4 or 8) values to 4N bits of codes, value k in bits 4k..4k+3 (the
+// packing of e2m1Pair, N / 2 times over). The codes and the signs are shifted
+// into place by funnel shifts, one each a value (a code's nibble in at the
+// top, the earlier ones moving down; a value's top nibble, its sign in bit 3,
+// in at the bottom), and one bit select joins them: where e2m1Soft's sign and
+// mask and the packing took about four instructions a value.
+template <int N> __device__ __forceinline__ u32 e2m1Nibbles(const float (&v)[N]) {
+  static_assert(N == 4 || N == 8, "a half word or a word");
+  u32 codes = 0u, signs = 0u;
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    codes = __funnelshift_r(codes, __float_as_uint(e2m1CodeOfAbs(v[k])), 4);
+    signs = __funnelshift_l(__float_as_uint(v[N - 1 - k]), signs, 4);
+  }
+  if constexpr (N == 4)
+    codes >>= 16;
+  return (codes & 0x77777777u) | (signs & 0x88888888u & (N == 8 ? ~0u : 0xffffu));
 }
 
 // Two values to one byte: lo in bits 0..3, hi in bits 4..7.
@@ -787,6 +810,16 @@ __device__ __forceinline__ void actMulExact(const unsigned char* in, int vecLane
 // same real number), and for NVFP4 the contract's own y * r.
 enum : int { kDivFast = 0, kDivExact = 1, kMulExact = 2 };
 
+// y / s in the way MODE names.
+template <int MODE> __device__ __forceinline__ float quotient(float y, float s, float r) {
+  if constexpr (MODE == kMulExact)
+    return y * r;
+  else if constexpr (MODE == kDivFast)
+    return divFast(y, s, r);
+  else
+    return __fdiv_rn(y, s);
+}
+
 // q = saturate_round(y / s) for this thread's steps, stored to qRow (the
 // group's first byte): VEC values make VEC * kBits / 8 bytes.
 template <int OUT, int VEC, int TPG, int kChunks, int MODE>
@@ -798,25 +831,29 @@ __device__ __forceinline__ void quantizeStore(const float (&y)[kChunks][VEC], fl
 #pragma unroll
   for (int c = 0; c < kChunks; ++c) {
     u32 w[(kBytes + 3) / 4];
+#if !BQJIT_HW_FP4_CVT
+    if constexpr (OUT == kE2M1 && (VEC == 4 || VEC % 8 == 0)) {
+      // Whole words of eight values, and a half word of four at the end.
+#pragma unroll
+      for (int i = 0; i < (VEC + 7) / 8; ++i) {
+        constexpr int N = VEC == 4 ? 4 : 8;
+        float v[N];
+#pragma unroll
+        for (int k = 0; k < N; ++k)
+          v[k] = quotient<MODE>(y[c][N * i + k], s, r);
+        w[i] = e2m1Nibbles<N>(v);
+      }
+      storeBytes<kBytes>(qRow + (c * TPG + lane) * kBytes, w);
+      continue;
+    }
+#endif
 #pragma unroll
     for (int i = 0; i < (kBytes + 3) / 4; ++i)
       w[i] = 0;
 #pragma unroll
     for (int k = 0; k < VEC; k += 2) {
-      float lo, hi = 0.0f;
-      if constexpr (MODE == kMulExact) {
-        lo = y[c][k] * r;
-        if (k + 1 < VEC)
-          hi = y[c][k + 1] * r;
-      } else if constexpr (MODE == kDivFast) {
-        lo = divFast(y[c][k], s, r);
-        if (k + 1 < VEC)
-          hi = divFast(y[c][k + 1], s, r);
-      } else {
-        lo = __fdiv_rn(y[c][k], s);
-        if (k + 1 < VEC)
-          hi = __fdiv_rn(y[c][k + 1], s);
-      }
+      const float lo = quotient<MODE>(y[c][k], s, r);
+      const float hi = k + 1 < VEC ? quotient<MODE>(y[c][k + 1], s, r) : 0.0f;
       const u32 pair = quantPair<OUT>(lo, hi) & (k + 1 < VEC ? (1u << 2 * BITS) - 1u : (1u << BITS) - 1u);
       w[k * BITS / 32] |= pair << (k * BITS % 32);
     }
@@ -884,7 +921,11 @@ __device__ __forceinline__ GroupScale groupScale(float amaxG, const float* scale
     // Section 8, in its order: sf = e4m3(min(gs * amax / 6, 448)), r = 1 /
     // (sf / gs), q = e2m1(y * r); IEEE divisions, once a group.
     const float gs = *globalScale;
-    const float pre = fminf(__fdiv_rn(__fmul_rn(gs, amaxG), 6.0f), 448.0f);
+    // gs * amax / 6 by the fast division: exact for every finite product
+    // (tests/test_fast_division). An infinite product gives NaN there, which
+    // fminf turns into 448, as it does infinity; a subnormal quotient rounds
+    // to an E4M3 zero either way.
+    const float pre = fminf(divFast(__fmul_rn(gs, amaxG), 6.0f, QuantTraits<kE2M1>::kInvMax), 448.0f);
     g.byte = fp8Pair<kE4M3>(pre, 0.0f) & 0xffu;
     g.s = e4m3Value(g.byte);
     g.r = g.s == 0.0f ? 0.0f : __fdiv_rn(1.0f, __fdiv_rn(g.s, gs));

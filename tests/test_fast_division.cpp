@@ -1,8 +1,9 @@
-// The kernel divides amax by QMAX with one multiplication and one FMA
-// correction by the correctly rounded 1 / QMAX (templates/silu_mul_quant.cuh,
-// divFast and QuantTraits::kInvMax), and claims the result equals IEEE
-// division for every finite amax. These tests check that claim on the CPU,
-// exhaustively over the significands, with the kernel's formula and constants.
+// The kernel divides amax by QMAX (and NVFP4's global_scale * amax by 6)
+// with one multiplication and one FMA correction by the correctly rounded
+// 1 / QMAX (templates/silu_mul_quant.cuh, divFast and QuantTraits::kInvMax),
+// and claims the result equals IEEE division for every finite dividend.
+// These tests check that claim on the CPU, exhaustively over the
+// significands, with the kernel's formula and constants.
 #include <gtest/gtest.h>
 
 #include "test_util.hpp"
@@ -31,9 +32,11 @@ struct QuantMax {
   float invMax; // as written in the kernel template
 };
 
+// e2m1: NVFP4 divides global_scale * amax by 6 the same way.
 const QuantMax kQuantMax[] = {{"e4m3", 448.0f, 0x1.24924ap-9f},
                               {"e5m2", 57344.0f, 0x1.24924ap-16f},
-                              {"int8", 127.0f, 0x1.020408p-7f}};
+                              {"int8", 127.0f, 0x1.020408p-7f},
+                              {"e2m1", 6.0f, 0x1.555556p-3f}};
 
 TEST(FastDivision, TemplateReciprocalsAreCorrectlyRounded) {
   for (const QuantMax& m : kQuantMax) {
