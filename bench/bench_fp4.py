@@ -58,7 +58,7 @@ def swizzle(rows):
     return padded.view(tp // 128, 4, 32, ngp // 4, 4).permute(0, 3, 2, 1, 4).reshape(tp, ngp)
 
 
-def torch_op(x, gs, nvfp4):
+def torch_op(x, gs, nvfp4, layout="swizzled_128x4"):
     """The same op in PyTorch: y = silu(g) * u in fp32, per-group scale (NVFP4:
     e4m3(min(gs * amax / 6, 448)), r = 1 / (sf / gs); MXFP4: 2^ceil(log2(amax
     / 6)) from 2^-127), e2m1 codes packed two a byte, scales swizzled."""
@@ -84,28 +84,31 @@ def torch_op(x, gs, nvfp4):
         byte = (e + 127).to(torch.uint8)
     codes = e2m1_codes(v).view(t, h)
     packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).to(torch.uint8)
-    return packed, swizzle(byte.view(t, h // group))
+    rows = byte.view(t, h // group)
+    return packed, swizzle(rows) if layout == "swizzled_128x4" else rows
 
 
 def scale_bytes(t, h, group):
     return (t + 127) // 128 * 128 * ((h // group + 3) // 4 * 4)
 
 
-def make_sets(t, h, group, count):
+def make_sets(t, h, group, count, layout):
     sets = []
     for _ in range(count):
         x = torch.randn(t, 2 * h, device="cuda", dtype=torch.bfloat16) * 4
         q = torch.empty(t, h // 2, device="cuda", dtype=FP4 if FP4 is not None else torch.uint8)
         tp, ngp = (t + 127) // 128 * 128, (h // group + 3) // 4 * 4
+        if layout != "swizzled_128x4":
+            tp, ngp = t, h // group
         s = torch.empty(tp, ngp, device="cuda", dtype=torch.uint8)
         sets.append((x, q, s))
     return sets
 
 
-def check(x, q, s, gs, nvfp4):
+def check(x, q, s, gs, nvfp4, layout):
     """bqjit against the torch op: scale bytes and codes, each off in at most
     one in 10^4 places (rounding boundaries; the device's expf is not the host's)."""
-    q_ref, s_ref = torch_op(x, gs, nvfp4)
+    q_ref, s_ref = torch_op(x, gs, nvfp4, layout)
     scale_off = int((s.int() != s_ref.int()).sum())
     qb = q.view(torch.uint8)
     codes = torch.stack([qb & 0xF, qb >> 4], -1)
@@ -122,6 +125,8 @@ def main():
     ap.add_argument("--tokens", default="64,1024,8192")
     ap.add_argument("--replays", type=int, default=15)
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    ap.add_argument("--layout", default="swizzled_128x4", choices=("swizzled_128x4", "bytes"),
+                    help="the scales' layout (the issue's target: swizzled_128x4)")
     ap.add_argument("--launches", default="",
                     help="explicit launch shapes to time beside the default, tpg,vec,gpb;... "
                          "(skipped where G does not fit)")
@@ -151,11 +156,12 @@ def main():
                 if h % group:
                     continue
                 fmt = "nvfp4" if nvfp4 else "mxfp4"
-                bytes_moved = t * (2 * h * 2 + h // 2) + scale_bytes(t, h, group)
+                bytes_moved = t * (2 * h * 2 + h // 2) + (
+                    scale_bytes(t, h, group) if args.layout == "swizzled_128x4" else t * (h // group))
                 count = max(2, min(64, math.ceil(3 * l2 / bytes_moved)))
                 if bytes_moved * count > (12 << 30):
                     count = 2
-                sets = make_sets(t, h, group, count)
+                sets = make_sets(t, h, group, count, args.layout)
                 reps = max(count, 8) if t <= 256 else count
                 x0 = sets[0][0]
                 amax = float((x0[:, :h].float() * torch.sigmoid(x0[:, :h].float()) * x0[:, h:].float()).abs().max())
@@ -163,12 +169,12 @@ def main():
                 kw = dict(global_scale=gs) if nvfp4 else {}
 
                 def run_bqjit(st, group=group, nvfp4=nvfp4, kw=kw):
-                    bqjit.silu_mul_quant(st[0], group, FP4_OUT, "swizzled_128x4", not nvfp4, out=st[1],
+                    bqjit.silu_mul_quant(st[0], group, FP4_OUT, args.layout, not nvfp4, out=st[1],
                                          scales_out=st[2], **kw)
 
                 run_bqjit(sets[0])
                 torch.cuda.synchronize()
-                ok, off, scale_off = check(sets[0][0], sets[0][1], sets[0][2], gs, nvfp4)
+                ok, off, scale_off = check(sets[0][0], sets[0][1], sets[0][2], gs, nvfp4, args.layout)
                 t_b, spread = time_graph(run_bqjit, sets, reps, args.replays, flush)
                 state = gpu_state()
                 explicit = {}
@@ -178,14 +184,14 @@ def main():
                     shape = {"threads_per_group": tpg, "vec_width": vec, "groups_per_block": gpb}
 
                     def run_shape(st, group=group, nvfp4=nvfp4, kw=kw, shape=shape):
-                        bqjit.silu_mul_quant(st[0], group, FP4_OUT, "swizzled_128x4", not nvfp4, out=st[1],
+                        bqjit.silu_mul_quant(st[0], group, FP4_OUT, args.layout, not nvfp4, out=st[1],
                                              scales_out=st[2], launch=shape, **kw)
 
                     t_l, _ = time_graph(run_shape, sets, reps, args.replays, flush)
                     explicit[f"{tpg},{vec},{gpb}"] = t_l
                 t_c = float("nan")
                 if compiled is not None:
-                    t_c, _ = time_graph(lambda st, nvfp4=nvfp4: compiled(st[0], gs, nvfp4), sets, reps,
+                    t_c, _ = time_graph(lambda st, nvfp4=nvfp4: compiled(st[0], gs, nvfp4, args.layout), sets, reps,
                                         args.replays, flush)
                 # A device-to-device copy of the same bytes (half read, half written),
                 # same method: the bandwidth left at this size.
@@ -195,7 +201,7 @@ def main():
                 t_copy, _ = time_graph(lambda st: st[1].copy_(st[0]), copy_sets, reps, args.replays, flush)
                 del copy_sets
                 gbs = bytes_moved / (t_b * 1e-6) / 1e9
-                row = dict(hidden=h, tokens=t, group=group, format=fmt, layout="swizzled_128x4",
+                row = dict(hidden=h, tokens=t, group=group, format=fmt, layout=args.layout,
                            bytes=bytes_moved, bqjit_us=t_b, bqjit_spread_us=spread, bqjit_gbs=gbs,
                            same_size_copy_us=t_copy, pct_same_size_copy=100 * t_copy / t_b,
                            compile_us=t_c, speedup_vs_compile=t_c / t_b, correct=ok,

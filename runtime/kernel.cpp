@@ -84,14 +84,14 @@ const KernelSpec& Kernel::specFor(int64_t tokens) const {
 namespace {
 
 // Blocks along x: one team per (row, group), padded layouts' extra rows
-// included; swizzled_128x4 adds one task per 4-byte word of its padding rows
-// (as the template counts them).
+// included; swizzled_128x4 has one task per scale byte, padding rows and
+// columns included (as the template counts them).
 int64_t blockCount(const KernelSpec& s, int64_t tokens) {
   const bool padded =
       s.scaleLayout == ScaleLayout::ColTma || s.scaleLayout == ScaleLayout::Ue8m0Packed;
   int64_t tasks = (padded ? (tokens + 3) / 4 * 4 : tokens) * s.numGroups();
   if (s.scaleLayout == ScaleLayout::Swizzled128x4)
-    tasks += ((tokens + 127) / 128 * 128 - tokens) * ((s.numGroups() + 3) / 4);
+    tasks = (tokens + 127) / 128 * 128 * ((s.numGroups() + 3) / 4 * 4);
   return (tasks + s.shape->groupsPerBlock - 1) / s.shape->groupsPerBlock;
 }
 
