@@ -865,9 +865,11 @@ __device__ __forceinline__ void quantizeStore(const float (&y)[kChunks][VEC], fl
 // ---- scale layouts ------------------------------------------------------------------
 //
 // swizzled_128x4 (docs/contract.md section 8): rows padded to 128, groups to 4;
-// scale (t, j) is byte ((t / 128) * (NGp / 4) + j / 4) * 512 + (t % 32) * 16 +
-// ((t % 128) / 32) * 4 + j % 4 of one expert's buffer, and the kernel's tasks
-// run in that order (the kernel derives (t, j) from the byte).
+// byte of scale (t, j) in one expert's buffer.
+template <int NG> __device__ __forceinline__ i64 swizzledOffset(i64 t, int j) {
+  constexpr int kTileCols = (NG + 3) / 4;
+  return ((t >> 7) * kTileCols + (j >> 2)) * 512 + (t & 31) * 16 + ((t >> 5) & 3) * 4 + (j & 3);
+}
 
 // Where a row's results go.
 struct GroupOut {
@@ -878,8 +880,6 @@ struct GroupOut {
   unsigned char* q;
   float* scaleF;         // fp32 scale layouts
   unsigned char* scaleB; // byte scale layouts
-  i64 swizzledAt;        // swizzled_128x4: the byte of (t, j0), the team's first group j0
-  int j0;
 };
 
 // A group's scale: s, the factor or reciprocal quantizeStore takes (r), the
@@ -1022,8 +1022,7 @@ template <class S> __device__ __forceinline__ void storeScale(const GroupScale& 
   } else if constexpr (LAYOUT == kBytes) {
     o.scaleB[t * NG + jg] = static_cast<unsigned char>(g.byte);
   } else if constexpr (LAYOUT == kSwizzled128x4) {
-    // A team's groups are consecutive bytes (the task order).
-    o.scaleB[o.swizzledAt + (jg - o.j0)] = static_cast<unsigned char>(g.byte);
+    o.scaleB[swizzledOffset<NG>(t, jg)] = static_cast<unsigned char>(g.byte);
   } else {
     const i64 word = static_cast<i64>(jg / 4) * o.rows4 + t;
     o.scaleB[word * 4 + jg % 4] = static_cast<unsigned char>(g.byte);
@@ -1159,26 +1158,16 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   i64 t;
   int j;
   if constexpr (SWIZZLED) {
-    // task = the byte of (t, j) in the expert's scales (the layout's formula,
-    // inverted); the groups of a team (kTeamGroups, which divides 4 and NG)
+    // task = the byte of (t, j) in the expert's scales (swizzledOffset's
+    // inverse); the groups of a team (kTeamGroups, which divides 4 and NG)
     // are in one row and all live columns or all padding.
-    const i64 tasks = rows128 * kTileCols * 4;
-    if (task >= tasks)
+    if (task >= rows128 * kTileCols * 4)
       return;
+    const i64 tile = task >> 9;
     const int p = static_cast<int>(task & 511);
-    i64 band;
-    int col;
-    if (tasks <= 0x7fffffff) {
-      // The usual case: 32-bit division, a few instructions instead of dozens.
-      const u32 tile = static_cast<u32>(task) >> 9;
-      band = tile / kTileCols;
-      col = static_cast<int>(tile % kTileCols);
-    } else {
-      band = (task >> 9) / kTileCols;
-      col = static_cast<int>((task >> 9) % kTileCols);
-    }
+    const i64 band = tile / kTileCols;
     t = band * 128 + ((p >> 2) & 3) * 32 + (p >> 4);
-    j = col * 4 + (p & 3);
+    j = static_cast<int>(tile - band * kTileCols) * 4 + (p & 3);
     if (t >= rows || j >= NG) {
       if (lane == 0)
 #pragma unroll
@@ -1264,7 +1253,7 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   if (!active)
     return;
 
-  const GroupOut out{t, expert, rows, rows4, q, scaleF, scaleB, task, j};
+  const GroupOut out{t, expert, rows, rows4, q, scaleF, scaleB};
   if constexpr (Geo::kAcross) {
     // Lane m < kTeamGroups computes group m's scale, writes it, and the team
     // takes s and r from it: one scale a lane instead of every lane's
