@@ -563,8 +563,9 @@ template <class S> struct Geometry {
   // at G = 32, G = 64) the mapping gains nothing and its per-group work (a
   // reduction and a scale a group for every thread) costs 1-2%, so it is not
   // taken. Same threads a block and the same groups a block, so the host's
-  // grid is unchanged; the scale layout's tasks must run row by row, and the
-  // groups of a team stay in one row and one block.
+  // grid is unchanged; the scale layout's task order must keep a team's
+  // groups in one row (row and bytes; swizzled_128x4 up to 4), and in one
+  // block.
   static constexpr int kSectorsPerRequest =
       S::kThreadsPerGroup * kVecBytes * (kGroupInBytes >= 128 ? 1 : 128 / kGroupInBytes) / 32;
   // Whether a team of TPG * P lanes may take P groups (swizzled_128x4's task
@@ -913,7 +914,7 @@ __device__ __forceinline__ GroupScale groupScale(float amaxG, const float* scale
   GroupScale g{0.0f, 0.0f, 0u, kMulExact};
   if constexpr (Kind::kNvfp4) {
     // Section 8, in its order: sf = e4m3(min(gs * amax / 6, 448)), r = 1 /
-    // (sf / gs), q = e2m1(y * r); IEEE divisions, once a group.
+    // (sf / gs), q = e2m1(y * r); correctly rounded divisions, once a group.
     const float gs = *globalScale;
     // gs * amax / 6 by the fast division: exact for every finite product
     // (tests/test_fast_division). An infinite product gives NaN there, which
@@ -1047,9 +1048,9 @@ template <class S> __device__ __forceinline__ unsigned char* groupQ(int jg, cons
 // Row-major scale layouts (row, bytes) number tasks row by row; column
 // layouts number them column by column, and swizzled_128x4 in the order of its
 // scale bytes (task = the byte of (t, j): 4 groups of 8 rows a 32-byte
-// sector), so that the scale stores of neighbouring teams coalesce into whole
-// sectors (in row order a warp's 32 scale bytes of NVFP4 went to 8 sectors,
-// 4 bytes each: 6% of its time on an H200).
+// sector), so that the scale stores of neighbouring teams fill whole sectors
+// (a warp's 32 bytes one sector, not 4 bytes in each of 8; as fast as row
+// order on an H200, bench/NOTES.md version 15).
 // Layouts with padded columns (col_tma, ue8m0_packed) have tasks for the
 // padding rows T..T4-1 that only write zero scales; swizzled_128x4's tasks
 // cover its padding rows T..Tp-1 and columns NG..NGp-1, which only write
