@@ -16,7 +16,7 @@ through the PyTorch op (bqjit.silu_mul_quant with out=, scales_out= and
 global_scale=).
 
 Usage: python3 bench/bench_fp4.py [--json out.json] [--hidden H,H,...]
-       [--tokens 1024,8192] [--replays N] [--no-compile] [--launches tpg,vec,gpb;...]
+       [--tokens 1024,8192] [--replays N] [--no-compile] [--launches tpg,vec,gpb[,mbs];...]
 
 --launches times explicit launch shapes beside the heuristic's (where G
 allows them): G = 16 and 32 are the smallest groups bqjit has served, and the
@@ -128,8 +128,8 @@ def main():
     ap.add_argument("--layout", default="swizzled_128x4", choices=("swizzled_128x4", "bytes"),
                     help="the scales' layout (the issue's target: swizzled_128x4)")
     ap.add_argument("--launches", default="",
-                    help="explicit launch shapes to time beside the default, tpg,vec,gpb;... "
-                         "(skipped where G does not fit)")
+                    help="explicit launch shapes to time beside the default, tpg,vec,gpb[,mbs];... "
+                         "(mbs: the occupancy promise, min blocks an SM; skipped where G does not fit)")
     args = ap.parse_args()
     launches = [tuple(int(v) for v in l.split(",")) for l in args.launches.split(";") if l]
     torch.manual_seed(0)
@@ -178,17 +178,20 @@ def main():
                 t_b, spread = time_graph(run_bqjit, sets, reps, args.replays, flush)
                 state = gpu_state()
                 explicit = {}
-                for tpg, vec, gpb in launches:
+                for launch in launches:
+                    tpg, vec, gpb = launch[:3]
                     if group % vec or (group // vec) % tpg or vec < 2:
                         continue
                     shape = {"threads_per_group": tpg, "vec_width": vec, "groups_per_block": gpb}
+                    if len(launch) > 3:
+                        shape["min_blocks_per_sm"] = launch[3]
 
                     def run_shape(st, group=group, nvfp4=nvfp4, kw=kw, shape=shape):
                         bqjit.silu_mul_quant(st[0], group, FP4_OUT, args.layout, not nvfp4, out=st[1],
                                              scales_out=st[2], launch=shape, **kw)
 
                     t_l, _ = time_graph(run_shape, sets, reps, args.replays, flush)
-                    explicit[f"{tpg},{vec},{gpb}"] = t_l
+                    explicit[",".join(str(v) for v in launch)] = t_l
                 t_c = float("nan")
                 if compiled is not None:
                     t_c, _ = time_graph(lambda st, nvfp4=nvfp4: compiled(st[0], gs, nvfp4, args.layout), sets, reps,

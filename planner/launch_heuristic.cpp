@@ -8,6 +8,8 @@ namespace bqjit {
 namespace {
 
 constexpr int kBulkBlockElements = 8192;
+// FP4's occupancy promise: warps an SM (deriveMinBlocksPerSm).
+constexpr int kFp4WarpsPerSm = 48;
 
 int largestPow2Dividing(int n, int cap) {
   int p = 1;
@@ -149,6 +151,17 @@ int deriveMinBlocksPerSm(const KernelSpec& spec, const LaunchShape& shape) {
   // the template's own erfc is shorter and keeps the rule.
   if (spec.activation == Activation::Gelu && registers > 64)
     registers += 40;
+  // FP4's threads of 16 two-byte values (gate and up in two 16-byte vectors
+  // each, the H200's shape for G = 16 and 32) fit 40 registers, but ptxas
+  // takes 46-48 for MXFP4 and interleaved or masked FP4: five 256-thread
+  // blocks an SM. The promise of 48 warps (six such blocks, 40 registers, no
+  // spills) made MXFP4 3-4% faster with swizzled_128x4 scales and NVFP4 1-5%
+  // with bytes scales (NVIDIA H200, bench/NOTES.md, sixth session); 32
+  // registers (eight blocks) spill and lose 5-10%. Threads of 16 fp32 values
+  // are left alone (76-80 registers; 40 would spill).
+  const int rawWords = 2 * elements * dtypeBytes(spec.inDtype) / 4;
+  if (spec.outDtype == OutDtype::FP4E2M1 && elements == 16 && rawWords <= 16 && registers <= 64)
+    return std::max(1, kFp4WarpsPerSm * 32 / shape.threadsPerBlock());
   if (registers <= 64)
     return 0;
   const int fit = 65536 / (shape.threadsPerBlock() * registers);

@@ -179,6 +179,30 @@ TEST(LaunchHeuristic, OccupancyPromisedOnlyWhereAThreadNeedsMoreThan64Registers)
   EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{1, 8, 1024}), 1);
 }
 
+TEST(LaunchHeuristic, Fp4ThreadsOfSixteenTwoByteValuesArePromised48Warps) {
+  KernelSpec s = baseSpec();
+  s.outDtype = OutDtype::FP4E2M1;
+  s.hidden = 7168;
+  s.groupSize = 16; // NVFP4
+  s.scaleLayout = ScaleLayout::Swizzled128x4;
+  EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{1, 8, 256}), 6); // 16 values, 256 threads
+  EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{1, 8, 128}), 12);
+  EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{2, 8, 128}), 0); // 8 values a thread
+  s.groupSize = 32; // MXFP4
+  s.ue8m0 = true;
+  EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{2, 8, 128}), 6);
+  s.inDtype = InDtype::FP16;
+  EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{2, 8, 128}), 6);
+  // Sixteen fp32 values are 32 raw words: not this promise (40 registers
+  // would spill) but the general one, 72 registers: 65536 / (256 x 72) = 3.
+  s.inDtype = InDtype::FP32;
+  EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{2, 4, 128}), 3);
+  // The same shape with an 8-bit output: no promise.
+  s.inDtype = InDtype::BF16;
+  s.outDtype = OutDtype::FP8E4M3;
+  EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{2, 8, 128}), 0);
+}
+
 TEST(LaunchHeuristic, CandidatesAreValidDistinctAndStartWithHeuristic) {
   for (int g : {16, 48, 128, 320, 1024}) {
     KernelSpec s = baseSpec();
