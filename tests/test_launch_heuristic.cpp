@@ -188,7 +188,7 @@ TEST(LaunchHeuristic, Fp4ThreadsOfSixteenTwoByteValuesArePromised48Warps) {
   EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{1, 8, 256}), 6); // 16 values, 256 threads
   EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{1, 8, 128}), 12);
   EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{2, 8, 128}), 0); // 8 values a thread
-  s.groupSize = 32; // MXFP4
+  s.groupSize = 32;                                              // MXFP4
   s.ue8m0 = true;
   EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{2, 8, 128}), 6);
   s.inDtype = InDtype::FP16;
