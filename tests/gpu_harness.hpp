@@ -227,6 +227,9 @@ inline ref::CompareReport runCase(const GpuCase& c, CUstream stream = nullptr, i
   if (kernel->device() != device)
     throw std::runtime_error("getKernel(" + spec.label() + ", device " + std::to_string(device) +
                              ") returned a kernel of device " + std::to_string(kernel->device()));
+  // The variant of the case's own regime, not the many-token variant that
+  // stands in for it while it compiles in the background.
+  env.service->finishVariants();
   return runWithKernel(*kernel, c, stream, device);
 }
 

@@ -9,6 +9,7 @@
 
 #include "gpu_harness.hpp"
 #include "planner/launch_heuristic.hpp"
+#include "planner/planner.hpp"
 
 namespace bqjit::test {
 namespace {
@@ -375,19 +376,34 @@ void compileUpFront(const std::vector<GpuCase>& cases) {
     return;
   std::atomic<size_t> next{0};
   std::vector<std::thread> pool;
+  // Every regime's variant of the device's plan, not only the one a new
+  // spec's first getKernel compiles: otherwise a case would launch the
+  // many-token variant standing in for its own regime's (runCase waits for
+  // the variants too) and test a kernel its T does not select.
+  auto profile = env.service->deviceProfile(0);
   const unsigned n = std::max(2u, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < n; ++i)
     pool.emplace_back([&] {
       for (size_t c; (c = next++) < cases.size();) {
         KernelSpec s = cases[c].spec;
         s.arch = env.arch;
-        auto k = env.service->compile(s);
-        if (!k)
-          llvm::consumeError(k.takeError()); // reported by the test itself
+        std::vector<KernelSpec> specs{s};
+        if (profile && !s.shape)
+          if (auto plan = env.service->planner().plan(s, *profile))
+            specs = plan->variants;
+          else
+            llvm::consumeError(plan.takeError()); // reported by the test itself
+        for (const KernelSpec& v : specs) {
+          auto k = env.service->compile(v);
+          if (!k)
+            llvm::consumeError(k.takeError());
+        }
       }
     });
   for (auto& t : pool)
     t.join();
+  if (!profile)
+    llvm::consumeError(profile.takeError()); // reported by the tests themselves
 }
 
 /// One case against the reference, with the allowances it used reported.
