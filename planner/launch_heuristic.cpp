@@ -140,7 +140,8 @@ int deriveMinBlocksPerSm(const KernelSpec& spec, const LaunchShape& shape) {
   // 256-thread block, it is left to ptxas; a larger thread's work would
   // otherwise spill under that default.
   const int elements = spec.groupSize / shape.threadsPerGroup;
-  int registers = elements + 2 * elements * dtypeBytes(spec.inDtype) / 4 + 24;
+  const int rawWords = 2 * elements * dtypeBytes(spec.inDtype) / 4;
+  int registers = elements + rawWords + 24;
   // gelu's erfc keeps about 40 more values live while ptxas overlaps its
   // polynomials: where a promise is made anyway, it leaves room for them
   // (tests/test_compiler, ActivationsGateUpAndRoundings...: 24 values a
@@ -159,8 +160,7 @@ int deriveMinBlocksPerSm(const KernelSpec& spec, const LaunchShape& shape) {
   // with bytes scales (NVIDIA H200, bench/NOTES.md, sixth session); 32
   // registers (eight blocks) spill and lose 5-10%. Threads of 16 fp32 values
   // are left alone (76-80 registers; 40 would spill).
-  const int rawWords = 2 * elements * dtypeBytes(spec.inDtype) / 4;
-  if (spec.outDtype == OutDtype::FP4E2M1 && elements == 16 && rawWords <= 16 && registers <= 64)
+  if (spec.outDtype == OutDtype::FP4E2M1 && elements == 16 && rawWords <= 16)
     return std::max(1, kFp4WarpsPerSm * 32 / shape.threadsPerBlock());
   if (registers <= 64)
     return 0;

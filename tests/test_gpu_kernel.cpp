@@ -387,17 +387,15 @@ void compileUpFront(const std::vector<GpuCase>& cases) {
       for (size_t c; (c = next++) < cases.size();) {
         KernelSpec s = cases[c].spec;
         s.arch = env.arch;
-        std::vector<KernelSpec> specs{s};
-        if (profile && !s.shape)
-          if (auto plan = env.service->planner().plan(s, *profile))
-            specs = plan->variants;
-          else
-            llvm::consumeError(plan.takeError()); // reported by the test itself
-        for (const KernelSpec& v : specs) {
-          auto k = env.service->compile(v);
-          if (!k)
-            llvm::consumeError(k.takeError());
+        auto plan =
+            profile ? env.service->planner().plan(s, *profile) : env.service->planner().plan(s);
+        if (!plan) {
+          llvm::consumeError(plan.takeError()); // reported by the test itself
+          continue;
         }
+        for (const KernelSpec& v : plan->variants)
+          if (auto k = env.service->compile(v); !k)
+            llvm::consumeError(k.takeError());
       }
     });
   for (auto& t : pool)
