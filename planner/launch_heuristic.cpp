@@ -8,6 +8,7 @@ namespace bqjit {
 namespace {
 
 constexpr int kBulkBlockElements = 8192;
+constexpr int kBulkBlockMaxThreads = 512;
 // FP4's occupancy promise: warps an SM (deriveMinBlocksPerSm).
 constexpr int kFp4WarpsPerSm = 48;
 
@@ -120,15 +121,19 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, Regime regime, const Devic
   // H200, 1024-4096 elements a block beat larger ones by 5-12%).
   s.groupsPerBlock = std::max(1, (many && !smallGroupTeams ? 256 / multiple : 256) / s.teamSlot());
   // Very many tokens: blocks of 8192 elements, where G divides that and
-  // the block stays within 1024 threads, are 0.5-1.5% faster than blocks
+  // the block stays within 512 threads, are 0.5-1.5% faster than blocks
   // of 256 threads from T x H = 2^25 up at G = 64 and 128 (and 1.5-3.5%
   // slower at 2^24 and below); 4096 or 16384 elements are slower than either.
   // Measured on an H100, bench/NOTES.md version 6; on an H200 these blocks
   // are 8-12% slower than the many-token blocks, so only the reference class
-  // takes them.
+  // takes them. Blocks of 1024 threads leave a thread 64 registers, and
+  // ptxas spilled 4-16 bytes a thread there at G = 16, 32 and 64 and for
+  // fp32 at G = 128 (tests/test_compiler, EveryRegimesShape...): the bulk
+  // block stops at 512 threads (G = 64 thus loses the 0.9-1.5% it gained in
+  // version 6, on an H100, before the template's later changes).
   if (regime == Regime::VeryManyTokens && multiple == 1 &&
       kBulkBlockElements % spec.groupSize == 0 &&
-      kBulkBlockElements / spec.groupSize * s.teamSlot() <= 1024)
+      kBulkBlockElements / spec.groupSize * s.teamSlot() <= kBulkBlockMaxThreads)
     s.groupsPerBlock = kBulkBlockElements / spec.groupSize;
   s.minBlocksPerSm = deriveMinBlocksPerSm(spec, s);
   return s;

@@ -191,16 +191,29 @@ std::vector<KernelSpec> compileMatrix() {
   return out;
 }
 
-TEST_F(CompilerTest, MatrixOfAllSpecializationsCompiles) {
-  const std::vector<KernelSpec> specs = compileMatrix();
-  ASSERT_EQ(specs.size(), 2u * 9 * 3 * 3 * 5);
+/// What compiling a list of specs on two threads found.
+struct BatchResult {
+  std::vector<std::string> failures; ///< "label: why", in completion order
+  std::vector<std::string> keys;     ///< each spec's cache key ("" where it failed)
+  int maxRegisters = 0;
+  double wallS = 0;
+  double compileMsTotal = 0;
+
+  std::string firstFailures() const {
+    std::string report;
+    for (size_t i = 0; i < failures.size() && i < 20; ++i)
+      report += failures[i] + "\n";
+    return report;
+  }
+};
+
+/// Compiles every spec (NVRTC is thread-safe; one Compiler is shared) and
+/// checks each kernel with checkKernel.
+BatchResult compileAll(const Compiler& compiler, const std::vector<KernelSpec>& specs) {
+  BatchResult r;
+  r.keys.resize(specs.size());
   std::atomic<size_t> next{0};
   std::mutex mutex;
-  std::vector<std::string> failures;
-  std::vector<std::string> keys(specs.size());
-  int maxRegisters = 0;
-  double compileMsTotal = 0;
-  const Compiler& compiler = *compiler_;
   auto worker = [&] {
     for (;;) {
       const size_t i = next.fetch_add(1);
@@ -209,42 +222,118 @@ TEST_F(CompilerTest, MatrixOfAllSpecializationsCompiles) {
       auto k = compileSpec(compiler, specs[i]);
       std::lock_guard<std::mutex> lock(mutex);
       if (!k) {
-        failures.push_back(specs[i].label() + ": " + consumeToString(k.takeError()));
+        r.failures.push_back(specs[i].label() + ": " + consumeToString(k.takeError()));
         continue;
       }
       const std::string problems = checkKernel(compiler, specs[i], *k);
       if (!problems.empty())
-        failures.push_back(specs[i].label() + ": " + problems);
+        r.failures.push_back(specs[i].label() + ": " + problems);
       if (k->resources.spillStoreBytes > 0 || k->resources.stackFrameBytes > 0)
         std::printf("[ spill    ] %s: %d bytes stack frame, %d/%d bytes spill stores/loads\n",
                     specs[i].label().c_str(), k->resources.stackFrameBytes,
                     k->resources.spillStoreBytes, k->resources.spillLoadBytes);
-      keys[i] = k->key;
-      maxRegisters = std::max(maxRegisters, k->resources.registers);
-      compileMsTotal += k->compileMs;
+      r.keys[i] = k->key;
+      r.maxRegisters = std::max(r.maxRegisters, k->resources.registers);
+      r.compileMsTotal += k->compileMs;
     }
   };
   const auto start = std::chrono::steady_clock::now();
-  std::thread a(worker), b(worker); // NVRTC is thread-safe; one Compiler is shared
+  std::thread a(worker), b(worker);
   a.join();
   b.join();
-  const double wallS =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  r.wallS = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return r;
+}
+
+TEST_F(CompilerTest, MatrixOfAllSpecializationsCompiles) {
+  const std::vector<KernelSpec> specs = compileMatrix();
+  ASSERT_EQ(specs.size(), 2u * 9 * 3 * 3 * 5);
+  BatchResult r = compileAll(*compiler_, specs);
   std::printf("[ matrix   ] %zu kernels compiled in %.1f s wall with 2 threads "
               "(%.0f ms NVRTC time per kernel on average), max %d registers\n",
-              specs.size(), wallS, compileMsTotal / specs.size(), maxRegisters);
+              specs.size(), r.wallS, r.compileMsTotal / specs.size(), r.maxRegisters);
   RecordProperty("matrix_kernels", static_cast<int>(specs.size()));
-  RecordProperty("matrix_wall_ms", static_cast<int>(wallS * 1000));
-
-  std::string report;
-  for (size_t i = 0; i < failures.size() && i < 20; ++i)
-    report += failures[i] + "\n";
-  EXPECT_TRUE(failures.empty()) << failures.size() << " of " << specs.size()
-                                << " specializations failed, first ones:\n"
-                                << report;
+  RecordProperty("matrix_wall_ms", static_cast<int>(r.wallS * 1000));
+  EXPECT_TRUE(r.failures.empty()) << r.failures.size() << " of " << specs.size()
+                                  << " specializations failed, first ones:\n"
+                                  << r.firstFailures();
   // Every specialization is a distinct cache entry.
-  std::sort(keys.begin(), keys.end());
-  EXPECT_EQ(std::unique(keys.begin(), keys.end()), keys.end());
+  std::sort(r.keys.begin(), r.keys.end());
+  EXPECT_EQ(std::unique(r.keys.begin(), r.keys.end()), r.keys.end());
+}
+
+// The matrix compiles the reference class's many-token shape of each spec;
+// a launch may take any regime's shape, and a GPU model that keeps more bytes
+// in flight (the H200) has shapes of its own (blocks of 4 teams of 32 at
+// G = 512 and 1024, 256-thread blocks of teams of 2 at G = 32, ...). Every
+// distinct shape the heuristic gives any known model in any regime, over
+// the group sizes whose shapes differ, must compile without spills: a
+// template change once broke blocks of 4 teams of 32 alone, which only a
+// GPU run of the H200's variants found.
+std::vector<KernelSpec> variantMatrix() {
+  struct Out {
+    OutDtype out;
+    ScaleLayout layout;
+    bool ue8m0;
+  };
+  std::vector<KernelSpec> out;
+  std::vector<std::string> seen;
+  for (const KernelSpec& m : compileMatrix())
+    seen.push_back(m.canonical());
+  std::vector<DeviceProfile> devices = DeviceProfile::knownModels();
+  for (const char* arch : {"sm_80", "sm_90"}) {
+    auto a = Arch::parse(arch);
+    if (!a) {
+      ADD_FAILURE() << consumeToString(a.takeError());
+      return out;
+    }
+    devices.push_back(DeviceProfile::forArch(*a));
+  }
+  for (const DeviceProfile& device : devices)
+    for (int g : {16, 32, 64, 128, 160, 256, 512, 1024})
+      for (InDtype in : {InDtype::BF16, InDtype::FP32})
+        for (const Out& o : {Out{OutDtype::FP8E4M3, ScaleLayout::Row, false},
+                             Out{OutDtype::FP8E4M3, ScaleLayout::Swizzled128x4, true},
+                             Out{OutDtype::FP4E2M1, ScaleLayout::Swizzled128x4, g == 32}}) {
+          if (o.out == OutDtype::FP4E2M1 && g != 16 && g != 32)
+            continue;
+          KernelSpec s = makeSpec(g * 8, g, device.arch.str());
+          s.inDtype = in;
+          s.outDtype = o.out;
+          s.scaleLayout = o.layout;
+          s.ue8m0 = o.ue8m0;
+          if (auto err = s.validate()) {
+            llvm::consumeError(std::move(err)); // e.g. NVFP4 on fp32 with ue8m0
+            continue;
+          }
+          for (Regime r : kRegimes) {
+            KernelSpec v = s;
+            v.shape = chooseLaunchShape(s, r, device);
+            const std::string c = v.canonical();
+            if (std::find(seen.begin(), seen.end(), c) != seen.end())
+              continue;
+            seen.push_back(c);
+            out.push_back(std::move(v));
+          }
+        }
+  return out;
+}
+
+TEST_F(CompilerTest, EveryRegimesShapeOfEveryKnownDeviceCompiles) {
+  const std::vector<KernelSpec> specs = variantMatrix();
+  // The H200's blocks of 4 teams of 32 at G = 512 are among them.
+  const bool hasBlocksOfFourTeamsOf32 =
+      std::any_of(specs.begin(), specs.end(), [](const KernelSpec& s) {
+        return s.groupSize == 512 && s.shape->threadsPerGroup == 32 && s.shape->groupsPerBlock == 4;
+      });
+  EXPECT_TRUE(hasBlocksOfFourTeamsOf32);
+  ASSERT_GT(specs.size(), 40u);
+  BatchResult r = compileAll(*compiler_, specs);
+  std::printf("[ variants ] %zu kernels compiled in %.1f s wall with 2 threads, max %d registers\n",
+              specs.size(), r.wallS, r.maxRegisters);
+  EXPECT_TRUE(r.failures.empty()) << r.failures.size() << " of " << specs.size()
+                                  << " launch shapes failed, first ones:\n"
+                                  << r.firstFailures();
 }
 
 // ---- single compiles -----------------------------------------------------------------

@@ -331,9 +331,10 @@ std::vector<GpuCase> buildCases() {
       c.seed = seed++;
       cases.push_back(c);
     }
-  // The very-many-token shapes (blocks of 8192 elements, up to 1024
-  // threads) given explicitly, so that few tokens reach them; the last block
-  // is partial and column layouts number tasks down the columns.
+  // The very-many-token shapes (blocks of 8192 elements where that takes
+  // at most 512 threads: G = 128 here, the many-token shape at G = 32 and
+  // 64) given explicitly, so that few tokens reach them; the last block is
+  // partial and column layouts number tasks down the columns.
   k = 0;
   for (int g : {32, 64, 128})
     for (ScaleLayout layout : {ScaleLayout::Row, ScaleLayout::ColTma}) {
@@ -655,6 +656,41 @@ std::vector<GpuCase> buildFp4Cases() {
     c.seed = seed++;
     cases.push_back(c);
   }
+  // swizzled_128x4 in blocks of 8 rows (version 16: 256-thread blocks whose
+  // warps each take one row of whole quads, the block's scale bytes staged in
+  // shared memory and stored a sector at a time), at the H200's FP4 shapes
+  // given explicitly (so that any T reaches them): a partial second band, a
+  // single row, every global scale, fp32 in teams of 4, and MXFP8.
+  struct Tiled {
+    Fp4Format f;
+    int h;
+    InDtype in;
+    LaunchShape shape;
+    int64_t tokens;
+    OutDtype out;
+  };
+  const Tiled tiled[] = {
+      {Fp4Format::Nvfp4, 7168, InDtype::BF16, LaunchShape{1, 8, 256, 6}, 300, OutDtype::FP4E2M1},
+      {Fp4Format::Nvfp4, 5120, InDtype::FP16, LaunchShape{1, 8, 256, 6}, 1, OutDtype::FP4E2M1},
+      {Fp4Format::Nvfp4, 2048, InDtype::BF16, LaunchShape{1, 8, 256, 6}, 129, OutDtype::FP4E2M1},
+      {Fp4Format::MxFloor, 4096, InDtype::BF16, LaunchShape{2, 8, 128, 6}, 257, OutDtype::FP4E2M1},
+      {Fp4Format::MxCeil, 4096, InDtype::FP32, LaunchShape{4, 4, 64}, 200, OutDtype::FP4E2M1},
+      {Fp4Format::MxFloor, 4096, InDtype::BF16, LaunchShape{2, 8, 128}, 131, OutDtype::FP8E4M3}};
+  int n = 0;
+  for (const Tiled& tc : tiled) {
+    GpuCase c;
+    c.spec = fp4Spec(tc.f, tc.h, tc.in, ScaleLayout::Swizzled128x4);
+    c.spec.outDtype = tc.out;
+    c.spec.shape = tc.shape;
+    c.tokens = tc.tokens;
+    c.globalScale = kGlobalScales[n % 3];
+    if (tc.tokens >= 9)
+      c.specialRows = {
+          {0, ref::RowPattern::Zeros}, {3, ref::RowPattern::Huge}, {7, ref::RowPattern::Edges}};
+    c.seed = seed++;
+    cases.push_back(c);
+    ++n;
+  }
   // E8M0 outputs of 8 bits in swizzled_128x4: MXFP8 (floor), e5m2 and int8 under ceil.
   int m = 0;
   for (OutDtype out : {OutDtype::FP8E4M3, OutDtype::FP8E5M2, OutDtype::INT8}) {
@@ -710,6 +746,12 @@ TEST(GpuKernelFp4Cases, CoverFormatsDtypesTokensPaddingAndGlobalScales) {
       seen.insert(fmt + " padding columns");
     if (s.masked && s.scaleLayout == ScaleLayout::Swizzled128x4)
       seen.insert(fmt + " masked swizzled");
+    // The template's SwizzleTiles::kOn, for these cases' shapes (none across groups).
+    const int ngp = (s.numGroups() + 3) / 4 * 4;
+    if (s.shape && s.scaleLayout == ScaleLayout::Swizzled128x4 && !s.masked &&
+        s.shape->teamSlot() == s.shape->threadsPerGroup && s.shape->threadsPerBlock() == 256 &&
+        (s.shape->groupsPerBlock / 8) % 4 == 0 && ngp % (s.shape->groupsPerBlock / 8) == 0)
+      seen.insert(fmt + " swizzled in blocks of 8 rows");
     if (s.isNvfp4())
       seen.insert("gs " + std::to_string(c.globalScale));
     for (const SpecialRow& r : c.specialRows)
@@ -723,8 +765,8 @@ TEST(GpuKernelFp4Cases, CoverFormatsDtypesTokensPaddingAndGlobalScales) {
       wanted.push_back(std::string(fmt) + " " + in);
     for (const char* t : {"1", "3", "127", "129", "4097"})
       wanted.push_back(std::string(fmt) + " T=" + t);
-    for (const char* what :
-         {"bytes", "swizzled_128x4", "padding columns", "masked swizzled", "zero groups"})
+    for (const char* what : {"bytes", "swizzled_128x4", "padding columns", "masked swizzled",
+                             "zero groups", "swizzled in blocks of 8 rows"})
       wanted.push_back(std::string(fmt) + " " + what);
   }
   for (float gs : kGlobalScales)
