@@ -878,33 +878,38 @@ template <int NG> __device__ __forceinline__ i64 swizzledOffset(i64 t, int j) {
 // stores touch 8 rows, 32 bytes each; in row order its 32 scale bytes go to
 // 8 sectors, 4 bytes each: either way about three times the L2 write
 // requests of the bytes layout, and about 8% of FP4's time (H200). Here a
-// block of 256 threads takes those 8 rows, one warp a row, and kCols
-// consecutive groups (a warp's teams, in row order: q stores of whole
-// lines), and writes its scale bytes through shared memory, whole sectors,
-// one 4-byte store a thread. Where the warp is not one row of whole quads,
-// the columns do not tile the row, or the batch is masked (bytes of rows past
-// an expert's count stay unwritten there), the tasks keep version 15's order.
+// block of 256 threads takes those 8 rows (a "row pair" p: rows band * 128 +
+// pair * 2 + {0, 1} + {0, 32, 64, 96}, p = band * 16 + pair), one warp a
+// row, and kCols consecutive groups (a warp's teams, in row order: q stores
+// of whole lines), and writes its scale bytes through shared memory, whole
+// sectors, one 4-byte store a thread. Blocks take the columns of the row
+// pairs one after another, L = p * kNGp + j, kCols of them a block: where
+// kCols does not divide kNGp (gpt-oss's H = 2880) a block's quads continue
+// in the next row pair, each quad in one. Where the warp is not one row of
+// whole quads or the batch is masked (bytes of rows past an expert's count
+// stay unwritten there), the tasks keep version 15's order.
 template <class S> struct SwizzleTiles {
   static constexpr int kNG = S::kHidden / S::kGroupSize;
   static constexpr int kNGp = (kNG + 3) / 4 * 4;
   static constexpr int kSlot = TeamSlot<S::kThreadsPerGroup>::value;
   static constexpr int kCols = S::kGroupsPerBlock / 8; // groups of a row a block takes
+  // The grid of rows128 * kNGp / GPB blocks covers the row pairs exactly:
+  // rows128 / 8 is a multiple of 16 and kCols at most 32.
   static constexpr bool kOn = S::kScaleLayout == kSwizzled128x4 && !S::kMasked &&
                               !Geometry<S>::kAcross && kSlot == S::kThreadsPerGroup &&
                               kSlot * S::kGroupsPerBlock == 256 && kCols >= 4 && kCols % 4 == 0 &&
-                              kNGp % kCols == 0;
-  // Column chunks of a row pair; the trait is instantiated for every spec,
-  // and blocks of fewer than 8 teams take no columns (kOn is false there).
-  static constexpr int kChunks = kOn ? kNGp / kCols : 1;
+                              64 % kCols == 0;
   // The block's staged scale bytes: kCols / 4 sectors of 32.
   __device__ static __forceinline__ unsigned char* staged() {
     __shared__ __align__(16) unsigned char bytes[kOn ? S::kGroupsPerBlock : 4];
     return bytes;
   }
-  // Where scale (t, j) of this block goes in staged().
-  __device__ static __forceinline__ int stagedAt(i64 t, int j) {
-    return (j % kCols) / 4 * 32 + (static_cast<int>(t) & 1) * 16 +
-           (static_cast<int>(t >> 5) & 3) * 4 + (j & 3);
+  // Where row t's scale of this thread's team goes in staged(): the team's
+  // place in its warp is its column's place in the block (sector, byte).
+  __device__ static __forceinline__ int stagedAt(i64 t) {
+    const int team = static_cast<int>(threadIdx.x % 32) / kSlot;
+    return team / 4 * 32 + (static_cast<int>(t) & 1) * 16 + (static_cast<int>(t >> 5) & 3) * 4 +
+           (team & 3);
   }
 };
 
@@ -1060,7 +1065,7 @@ template <class S> __device__ __forceinline__ void storeScale(const GroupScale& 
     o.scaleB[t * NG + jg] = static_cast<unsigned char>(g.byte);
   } else if constexpr (LAYOUT == kSwizzled128x4) {
     if constexpr (SwizzleTiles<S>::kOn)
-      SwizzleTiles<S>::staged()[SwizzleTiles<S>::stagedAt(t, jg)] = static_cast<unsigned char>(g.byte);
+      SwizzleTiles<S>::staged()[SwizzleTiles<S>::stagedAt(t)] = static_cast<unsigned char>(g.byte);
     else
       o.scaleB[swizzledOffset<NG>(t, jg)] = static_cast<unsigned char>(g.byte);
   } else {
@@ -1199,19 +1204,18 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   int j;
   using Tiles = SwizzleTiles<S>;
   if constexpr (Tiles::kOn) {
-    // blockIdx.x = (band * 16 + pair) * kChunks + chunk: rows band * 128 +
-    // pair * 2 + {0, 1} + {0, 32, 64, 96}, one a warp, and kCols groups from
-    // chunk * kCols.
-    const u32 bandPair = blockIdx.x / Tiles::kChunks;
-    const int chunk = static_cast<int>(blockIdx.x - bandPair * Tiles::kChunks);
+    // Column L = blockIdx.x * kCols + the team's place in its warp, of row
+    // pair p = L / kNGp; warp w takes the pair's row w.
+    const u32 col = blockIdx.x * Tiles::kCols + (threadIdx.x % 32) / kTeam;
+    const u32 pair = col / Tiles::kNGp;
     const int w = threadIdx.x / 32;
-    t = static_cast<i64>(bandPair >> 4) * 128 + (w >> 1) * 32 + (bandPair & 15) * 2 + (w & 1);
-    j = chunk * Tiles::kCols + (threadIdx.x % 32) / kTeam;
+    t = static_cast<i64>(pair >> 4) * 128 + (w >> 1) * 32 + (pair & 15) * 2 + (w & 1);
+    j = static_cast<int>(col - pair * Tiles::kNGp);
     if (t >= rows || j >= NG) {
       // Padding: a zero byte, and no input. Every thread of the block meets
       // the barrier at flush.
       if (lane == 0)
-        Tiles::staged()[Tiles::stagedAt(t, j)] = 0;
+        Tiles::staged()[Tiles::stagedAt(t)] = 0;
       goto flush;
     }
   } else if constexpr (SWIZZLED) {
@@ -1354,11 +1358,13 @@ flush:
     // 4-byte store a thread (bytes where the buffer is not 4-byte aligned).
     asm volatile("barrier.sync 0;" ::: "memory");
     if (threadIdx.x < S::kGroupsPerBlock / 4) {
-      const u32 bandPair = blockIdx.x / Tiles::kChunks;
-      const u32 chunk = blockIdx.x - bandPair * Tiles::kChunks;
-      const i64 tile = static_cast<i64>(bandPair >> 4) * (Tiles::kNGp / 4) +
-                       chunk * (Tiles::kCols / 4) + threadIdx.x / 8;
-      unsigned char* dst = scaleB + tile * 512 + (bandPair & 15) * 32 + (threadIdx.x % 8) * 4;
+      // Word threadIdx.x % 8 of the block's sector threadIdx.x / 8: quad
+      // column `quad` of the layout, in row pair `pair`.
+      const u32 quads = blockIdx.x * (Tiles::kCols / 4) + threadIdx.x / 8;
+      const u32 pair = quads / (Tiles::kNGp / 4);
+      const u32 quad = quads - pair * (Tiles::kNGp / 4);
+      const i64 tile = static_cast<i64>(pair >> 4) * (Tiles::kNGp / 4) + quad;
+      unsigned char* dst = scaleB + tile * 512 + (pair & 15) * 32 + (threadIdx.x % 8) * 4;
       const u32 word = reinterpret_cast<const u32*>(Tiles::staged())[threadIdx.x];
       if ((reinterpret_cast<unsigned long long>(scaleB) & 3u) == 0) {
         *reinterpret_cast<u32*>(dst) = word;

@@ -675,7 +675,16 @@ std::vector<GpuCase> buildFp4Cases() {
       {Fp4Format::Nvfp4, 2048, InDtype::BF16, LaunchShape{1, 8, 256, 6}, 129, OutDtype::FP4E2M1},
       {Fp4Format::MxFloor, 4096, InDtype::BF16, LaunchShape{2, 8, 128, 6}, 257, OutDtype::FP4E2M1},
       {Fp4Format::MxCeil, 4096, InDtype::FP32, LaunchShape{4, 4, 64}, 200, OutDtype::FP4E2M1},
-      {Fp4Format::MxFloor, 4096, InDtype::BF16, LaunchShape{2, 8, 128}, 131, OutDtype::FP8E4M3}};
+      {Fp4Format::MxFloor, 4096, InDtype::BF16, LaunchShape{2, 8, 128}, 131, OutDtype::FP8E4M3},
+      // A block's columns continuing in the next row pair (kCols does not
+      // divide the padded groups of a row: 180 and 252 by 32, 92 by 16),
+      // padding columns among them at H = 4000 and 2880 (G = 32).
+      {Fp4Format::Nvfp4, 2880, InDtype::BF16, LaunchShape{1, 8, 256, 6}, 300, OutDtype::FP4E2M1},
+      {Fp4Format::Nvfp4, 4000, InDtype::FP16, LaunchShape{1, 8, 256, 6}, 129, OutDtype::FP4E2M1},
+      {Fp4Format::MxCeil, 2880, InDtype::BF16, LaunchShape{2, 8, 128, 6}, 131, OutDtype::FP4E2M1},
+      {Fp4Format::MxFloor, 2880, InDtype::BF16, LaunchShape{2, 8, 128}, 1, OutDtype::FP8E4M3},
+      // Rows of fewer groups than a block's columns: a block takes 4 row pairs.
+      {Fp4Format::Nvfp4, 96, InDtype::BF16, LaunchShape{1, 8, 256, 6}, 33, OutDtype::FP4E2M1}};
   int n = 0;
   for (const Tiled& tc : tiled) {
     GpuCase c;
@@ -750,8 +759,11 @@ TEST(GpuKernelFp4Cases, CoverFormatsDtypesTokensPaddingAndGlobalScales) {
     const int ngp = (s.numGroups() + 3) / 4 * 4;
     if (s.shape && s.scaleLayout == ScaleLayout::Swizzled128x4 && !s.masked &&
         s.shape->teamSlot() == s.shape->threadsPerGroup && s.shape->threadsPerBlock() == 256 &&
-        (s.shape->groupsPerBlock / 8) % 4 == 0 && ngp % (s.shape->groupsPerBlock / 8) == 0)
-      seen.insert(fmt + " swizzled in blocks of 8 rows");
+        s.shape->groupsPerBlock >= 32 && (s.shape->groupsPerBlock / 8) % 4 == 0 &&
+        64 % (s.shape->groupsPerBlock / 8) == 0)
+      seen.insert(fmt + (ngp % (s.shape->groupsPerBlock / 8) == 0
+                             ? " swizzled in blocks of 8 rows"
+                             : " swizzled in blocks of 8 rows across row pairs"));
     if (s.isNvfp4())
       seen.insert("gs " + std::to_string(c.globalScale));
     for (const SpecialRow& r : c.specialRows)
@@ -769,6 +781,8 @@ TEST(GpuKernelFp4Cases, CoverFormatsDtypesTokensPaddingAndGlobalScales) {
                              "zero groups", "swizzled in blocks of 8 rows"})
       wanted.push_back(std::string(fmt) + " " + what);
   }
+  for (const char* fmt : {"nvfp4", "mxfp4 ceil"})
+    wanted.push_back(std::string(fmt) + " swizzled in blocks of 8 rows across row pairs");
   for (float gs : kGlobalScales)
     wanted.push_back("gs " + std::to_string(gs));
   for (const std::string& w : wanted)
