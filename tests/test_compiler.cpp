@@ -11,6 +11,7 @@
 #include <functional>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -26,6 +27,7 @@
 #include "jit/template_source.hpp"
 #include "jit/toolchain.hpp"
 #include "planner/launch_heuristic.hpp"
+#include "planner/planner.hpp"
 #include "test_util.hpp"
 
 namespace bqjit {
@@ -266,8 +268,8 @@ TEST_F(CompilerTest, MatrixOfAllSpecializationsCompiles) {
 // a launch may take any regime's shape, and a GPU model that keeps more bytes
 // in flight (the H200) has shapes of its own (blocks of 4 teams of 32 at
 // G = 512 and 1024, 256-thread blocks of teams of 2 at G = 32, ...). Every
-// distinct shape the heuristic gives any known model in any regime, over
-// the group sizes whose shapes differ, must compile without spills: a
+// variant of the planner's plan for any known model (every regime's shape),
+// over the group sizes whose shapes differ, must compile without spills: a
 // template change once broke blocks of 4 teams of 32 alone, which only a
 // GPU run of the H200's variants found.
 std::vector<KernelSpec> variantMatrix() {
@@ -277,9 +279,10 @@ std::vector<KernelSpec> variantMatrix() {
     bool ue8m0;
   };
   std::vector<KernelSpec> out;
-  std::vector<std::string> seen;
+  std::set<std::string> seen;
   for (const KernelSpec& m : compileMatrix())
-    seen.push_back(m.canonical());
+    seen.insert(m.canonical());
+  const Planner planner(Config{}, "test"); // no cache directory: no tuning records
   std::vector<DeviceProfile> devices = DeviceProfile::knownModels();
   for (const char* arch : {"sm_80", "sm_90"}) {
     auto a = Arch::parse(arch);
@@ -302,19 +305,14 @@ std::vector<KernelSpec> variantMatrix() {
           s.outDtype = o.out;
           s.scaleLayout = o.layout;
           s.ue8m0 = o.ue8m0;
-          if (auto err = s.validate()) {
-            llvm::consumeError(std::move(err)); // e.g. NVFP4 on fp32 with ue8m0
+          auto plan = planner.plan(s, device);
+          if (!plan) {
+            llvm::consumeError(plan.takeError()); // e.g. NVFP4 on fp32 with ue8m0
             continue;
           }
-          for (Regime r : kRegimes) {
-            KernelSpec v = s;
-            v.shape = chooseLaunchShape(s, r, device);
-            const std::string c = v.canonical();
-            if (std::find(seen.begin(), seen.end(), c) != seen.end())
-              continue;
-            seen.push_back(c);
-            out.push_back(std::move(v));
-          }
+          for (KernelSpec& v : plan->variants)
+            if (seen.insert(v.canonical()).second)
+              out.push_back(std::move(v));
         }
   return out;
 }
