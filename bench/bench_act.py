@@ -15,7 +15,8 @@ Targets (issue 17), at T >= 1024: swiglu and interleaved within 3% of silu of
 the same shape, GELU within 5%; MXFP8 at T = 8192 within 5% of G = 128.
 
 Usage: python3 bench/bench_act.py [--json out.json] [--shapes H,H,...]
-       [--tokens 1024,8192] [--replays N] [--no-compile]
+       [--tokens 1024,8192] [--replays N] [--no-compile] [--launches tpg,vec,gpb;...]
+       [--mx-launches tpg,vec,gpb[,mbs];...]
 """
 import argparse
 import json
@@ -128,12 +129,16 @@ def main():
     ap.add_argument("--tokens", default="1024,8192")
     ap.add_argument("--replays", type=int, default=15)
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    ap.add_argument("--launches", default="",
+                    help="tpg,vec,gpb[,min_blocks_per_sm];...: also time each G = 128 row with "
+                         "these launch shapes")
     ap.add_argument("--mx-launches", default="",
                     help="tpg,vec,gpb[,min_blocks_per_sm];...: also time each MX row with these "
                          "launch shapes")
     args = ap.parse_args()
     mx_launches = [tuple(int(v) for v in item.split(",")) for item in args.mx_launches.split(";")
                    if item]
+    launches = [tuple(int(v) for v in item.split(",")) for item in args.launches.split(";") if item]
     torch.manual_seed(0)
     device = torch.cuda.current_device()
     props = torch.cuda.get_device_properties(device)
@@ -153,7 +158,8 @@ def main():
         for t in (int(v) for v in args.tokens.split(",")):
             if h % 128 == 0:  # gpt-oss's own 2880 has MX rows only (no G = 128 reference)
                 for name in VARIANTS:
-                    runs.append((h, t, 128, name, False, None))
+                    for launch in [None] + launches:
+                        runs.append((h, t, 128, name, False, launch))
             if t >= 8192 and h % 32 == 0:
                 for name in ("silu", "swiglu-interleaved"):
                     for launch in [None] + mx_launches:
@@ -182,7 +188,8 @@ def main():
         except _lib.BqjitError as e:
             if launch is None:
                 raise
-            print(f"{h:>6} {t:>5} {group:>4} {name} mxfp8 @{launch}: not a valid shape ({e})", flush=True)
+            print(f"{h:>6} {t:>5} {group:>4} {name}{' mxfp8' if mx else ''} @{launch}: not a valid "
+                  f"shape ({e})", flush=True)
             continue
 
         def run_bqjit(st, kernel=kernel):
