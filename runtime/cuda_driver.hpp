@@ -49,6 +49,7 @@ namespace bqjit {
   X(cuCtxPopCurrent, 4000)                                                                         \
   X(cuCtxGetDevice, 2000)                                                                          \
   X(cuStreamGetCtx, 9020)                                                                          \
+  X(cuStreamIsCapturing, 10000)                                                                    \
   X(cuThreadExchangeStreamCaptureMode, 10010)                                                      \
   X(cuLibraryLoadData, 12000)                                                                      \
   X(cuLibraryUnload, 12000)                                                                        \

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <condition_variable>
 #include <vector>
 
 #include "bqjit/error.hpp"
@@ -29,11 +30,27 @@ struct Kernel::Slots {
   /// Every function a slot ever held: a graph may have captured a launch of
   /// any of them, so they stay loaded while the handle lives.
   std::vector<std::shared_ptr<const LoadedFunction>> owned;
+  /// Regimes whose slot holds a stand-in while their own variant compiles
+  /// (guarded by mutex), their count (read without it on every launch) and
+  /// the signal that one of them settled.
+  std::array<bool, kRegimeCount> standIn{};
+  std::atomic<int> standIns{0};
+  std::condition_variable settled;
 
   void put(int regime, std::shared_ptr<const LoadedFunction> f) {
-    std::lock_guard<std::mutex> lock(mutex);
-    fn[regime].store(f.get(), std::memory_order_release);
-    owned.push_back(std::move(f));
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      fn[regime].store(f.get(), std::memory_order_release);
+      owned.push_back(std::move(f));
+      settleLocked(regime);
+    }
+    settled.notify_all();
+  }
+  void settleLocked(int regime) {
+    if (standIn[regime]) {
+      standIn[regime] = false;
+      standIns.fetch_sub(1, std::memory_order_release);
+    }
   }
 };
 
@@ -60,6 +77,40 @@ Kernel Kernel::ownCopy() const {
 
 void Kernel::replace(Regime regime, std::shared_ptr<const LoadedFunction> fn) const {
   state_->slots->put(index(regime), std::move(fn));
+}
+
+void Kernel::markStandIn(Regime regime) const {
+  Slots& slots = *state_->slots;
+  std::lock_guard<std::mutex> lock(slots.mutex);
+  if (!slots.standIn[index(regime)]) {
+    slots.standIn[index(regime)] = true;
+    slots.standIns.fetch_add(1, std::memory_order_release);
+  }
+}
+
+void Kernel::settleStandIns() const {
+  Slots& slots = *state_->slots;
+  {
+    std::lock_guard<std::mutex> lock(slots.mutex);
+    for (int r = 0; r < kRegimeCount; ++r)
+      slots.settleLocked(r);
+  }
+  slots.settled.notify_all();
+}
+
+const LoadedFunction& Kernel::pickForCapture(int64_t tokens, const LoadedFunction& picked,
+                                             CUstream stream) const {
+  Slots& slots = *state_->slots;
+  CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
+  // A stream whose status cannot be read is launched on as it is: with the
+  // stand-in, which computes the same values.
+  if (picked.driver().cuStreamIsCapturing(stream, &status) != CUDA_SUCCESS ||
+      status != CU_STREAM_CAPTURE_STATUS_ACTIVE)
+    return picked;
+  const int regime = index(regimeFor(tokens * slots.hidden));
+  std::unique_lock<std::mutex> lock(slots.mutex);
+  slots.settled.wait(lock, [&] { return !slots.standIn[regime]; });
+  return *slots.fn[regime].load(std::memory_order_acquire);
 }
 
 const KernelSpec& Kernel::spec() const {
@@ -171,7 +222,13 @@ std::string streamContextRule(const CudaDriver& d, CUcontext streamCtx, bool leg
 } // namespace
 
 llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
-  const LoadedFunction& fn = pick(a.tokens);
+  const LoadedFunction* picked = &pick(a.tokens);
+  // A graph keeps the function it captured: while a variant still compiles
+  // in the background, a captured launch waits for it rather than capture
+  // its stand-in (on the warm path this costs one atomic load).
+  if (state_->slots->standIns.load(std::memory_order_acquire) > 0)
+    picked = &pickForCapture(a.tokens, *picked, stream);
+  const LoadedFunction& fn = *picked;
   const KernelSpec& s = fn.kernel().spec;
   // The widest vector of the launch shapes, whichever this T takes: what a
   // caller may pass must not depend on the token count.

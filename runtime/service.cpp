@@ -366,8 +366,22 @@ llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
   }
   Kernel kernel(fns, widestVec);
   if (!later.empty()) {
+    for (Regime r : kRegimes)
+      if (!loaded[plan->variantOf[index(r)]])
+        kernel.markStandIn(r);
+    // Whether the job runs, fails or is dropped (a stopped worker), its end
+    // settles the stand-ins it leaves: a captured launch waiting for one
+    // (Kernel::launch) then takes it.
+    struct Settle {
+      explicit Settle(Kernel k) : kernel(std::move(k)) {}
+      Settle(const Settle&) = delete;
+      Settle& operator=(const Settle&) = delete;
+      ~Settle() { kernel.settleStandIns(); }
+      Kernel kernel;
+    };
+    auto settle = std::make_shared<Settle>(kernel);
     Impl* impl = impl_.get(); // outlives the job: ~Impl joins the worker first
-    impl->worker.enqueue([impl, kernel, ids, later, variantOf = plan->variantOf, d = *dev] {
+    impl->worker.enqueue([impl, kernel, ids, later, variantOf = plan->variantOf, d = *dev, settle] {
       for (int i : later) {
         auto got = impl->cache.get(ids[i]);
         if (!got) {

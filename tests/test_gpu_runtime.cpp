@@ -570,6 +570,69 @@ TEST(GpuRuntime, NewSpecLaunchesAtOnceAndItsOtherVariantsArriveInTheBackground) 
   }
 }
 
+// A graph keeps the function it captured. A new spec's first launches run
+// the many-token variant in place of the others while those compile; a
+// launch captured then would keep that stand-in in the graph for good (a
+// decode step 0.2-0.3 us slower on an H200, bench/NOTES.md eighth session).
+// So a captured launch waits for its regime's own variant.
+TEST(GpuRuntime, CapturedLaunchOfANewSpecTakesItsRegimesOwnVariant) {
+  BQJIT_REQUIRE_GPU_ENV();
+  FreshService fresh;
+  Service& service = *fresh.service;
+  const CudaDriver& d = *GpuEnv::get().driver;
+  const KernelSpec spec = bf16Spec(4864, 128); // no other test compiles it
+  auto profile = service.deviceProfile(0);
+  ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
+  auto plan = service.planner().plan(spec, *profile);
+  ASSERT_TRUE(bool(plan));
+  const LaunchShape own = *plan->variantFor(Regime::VeryFewTokens).shape;
+  ASSERT_NE(own, *plan->variantFor(kDefaultRegime).shape) << "the test needs a stand-in";
+  auto kernel = service.getKernel(spec, 0);
+  ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+
+  const int64_t tokens = 1, ldx = 2 * spec.hidden;
+  ref::Problem p;
+  p.spec = plan->variantFor(Regime::VeryFewTokens);
+  p.tokens = tokens;
+  p.ldx = ldx;
+  const size_t qBytes = ref::outputBytes(p.spec, tokens),
+               sBytes = ref::scaleBufferBytes(p.spec, tokens);
+  std::vector<uint8_t> x = ref::makeInput(p.spec, tokens, ldx, 1, 31);
+  DeviceBuffer dx(d, x.size()), dq(d, qBytes), ds(d, sBytes);
+  checkCu(d, d.cuMemcpyHtoD(dx.get(), x.data(), x.size()), "upload");
+  CUstream stream = nullptr;
+  checkCu(d, d.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+  LaunchArgs a;
+  a.x = dx.ptr();
+  a.ldx = ldx;
+  a.tokens = tokens;
+  a.q = dq.ptr();
+  a.scales = ds.ptr();
+  CUgraph graph = nullptr;
+  checkCu(d, d.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_GLOBAL), "cuStreamBeginCapture");
+  llvm::Error launched = kernel->launch(a, stream);
+  checkCu(d, d.cuStreamEndCapture(stream, &graph), "cuStreamEndCapture");
+  ASSERT_FALSE(bool(launched)) << consumeToString(std::move(launched));
+  // The launch waited for the very-few-token variant (it compiles in tens of
+  // milliseconds at least; without the wait the slot still held the stand-in).
+  EXPECT_EQ(*kernel->specFor(tokens).shape, own);
+  CUgraphExec exec = nullptr;
+  checkCu(d, d.cuGraphInstantiate(&exec, graph, 0), "cuGraphInstantiate");
+  checkCu(d, d.cuMemsetD8(dq.get(), p.poison, qBytes), "poison q");
+  checkCu(d, d.cuMemsetD8(ds.get(), p.poison, sBytes), "poison s");
+  checkCu(d, d.cuCtxSynchronize(), "sync the poison");
+  checkCu(d, d.cuGraphLaunch(exec, stream), "cuGraphLaunch");
+  checkCu(d, d.cuStreamSynchronize(stream), "sync");
+  std::vector<uint8_t> q(qBytes), sc(sBytes);
+  checkCu(d, d.cuMemcpyDtoH(q.data(), dq.get(), qBytes), "download q");
+  checkCu(d, d.cuMemcpyDtoH(sc.data(), ds.get(), sBytes), "download s");
+  auto r = ref::compare(p, ref::run(p, x.data()), q.data(), sc.data());
+  EXPECT_TRUE(r.ok()) << r.summary();
+  d.cuGraphExecDestroy(exec);
+  d.cuGraphDestroy(graph);
+  d.cuStreamDestroy(stream);
+}
+
 // Evicting the disk entry and forgetting the service's answers unloads
 // nothing a held handle uses: it still launches and is still right.
 // A host that exits while the service still compiles a new spec's other

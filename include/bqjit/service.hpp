@@ -72,7 +72,10 @@ public:
   /// Checks the arguments (null or misaligned pointers for the widest vector
   /// of its shapes, ldx < 2H, tokens < 0, a stream of another context) and enqueues the
   /// kernel on `stream`. No allocation, synchronization or disk access, so it
-  /// may be captured in a CUDA graph.
+  /// may be captured in a CUDA graph. A captured launch whose regime's
+  /// variant still compiles in the background (a new spec, Service::
+  /// finishVariants()) waits for that variant rather than capture the
+  /// stand-in, so a graph always holds the planned shape.
   llvm::Error launch(const LaunchArgs& args, CUstream stream) const;
 
 private:
@@ -86,9 +89,18 @@ private:
   Kernel(const Functions& fns, int widestVec);
   /// The same slots under a reference count of its own.
   Kernel ownCopy() const;
-  /// Puts a function in a regime's slot, for this handle and every copy.
+  /// Puts a function in a regime's slot, for this handle and every copy; a
+  /// stand-in there is settled.
   void replace(Regime regime, std::shared_ptr<const LoadedFunction> fn) const;
+  /// Marks a regime's slot as holding a stand-in whose own variant compiles.
+  void markStandIn(Regime regime) const;
+  /// Settles every stand-in left: no variant will replace it.
+  void settleStandIns() const;
   const LoadedFunction& pick(int64_t tokens) const;
+  /// `picked`, or, where `stream` is capturing a graph and the regime's slot
+  /// holds a stand-in, the regime's own variant once it has settled.
+  const LoadedFunction& pickForCapture(int64_t tokens, const LoadedFunction& picked,
+                                       CUstream stream) const;
   static void dims(const KernelSpec& spec, const LaunchArgs& args, unsigned grid[3],
                    unsigned block[3]);
   std::shared_ptr<const State> state_; ///< one reference count per copy
