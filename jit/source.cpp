@@ -1,5 +1,7 @@
 #include "jit/source.hpp"
 
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <sstream>
@@ -106,6 +108,44 @@ std::string bitsHex(float v) {
   return buf;
 }
 
+} // namespace
+
+uint32_t limitPair16(const KernelSpec& spec) {
+  const ActivationForm form = spec.activationForm();
+  if (!form.limit || spec.inDtype == InDtype::FP32)
+    return 0;
+  const float limit = *form.limit; // finite and > 0 (validated)
+  uint32_t half = 0;
+  if (spec.inDtype == InDtype::BF16) {
+    uint32_t bits;
+    std::memcpy(&bits, &limit, sizeof bits);
+    if ((bits & 0xffffu) != 0)
+      return 0;
+    half = bits >> 16;
+  } else {
+    // fp16: 1 + 10 bits from 2^-14 up to 65504, multiples of 2^-24 below.
+    if (!(limit >= 0x1p-24f && limit <= 65504.0f))
+      return 0;
+    int e = 0;
+    std::frexp(limit, &e); // limit = m * 2^e, m in [0.5, 1)
+    const int exponent = e - 1;
+    if (exponent >= -14) {
+      const double m = std::ldexp(static_cast<double>(limit), 10 - exponent); // 1024..2047
+      if (m != std::floor(m))
+        return 0;
+      half = static_cast<uint32_t>(exponent + 15) << 10 | (static_cast<uint32_t>(m) - 1024u);
+    } else {
+      const double m = std::ldexp(static_cast<double>(limit), 24);
+      if (m != std::floor(m))
+        return 0;
+      half = static_cast<uint32_t>(m);
+    }
+  }
+  return half << 16 | half;
+}
+
+namespace {
+
 // A readable name for the struct, so that profilers and the PTX name the
 // kernel's specialization: H7168_G128_bf16_fp8_e4m3_row_tpg8_vec8_gpb32_mbs0.
 std::string structName(const KernelSpec& spec) {
@@ -162,6 +202,8 @@ GeneratedSource generateSource(const KernelSpec& spec) {
        << "  static constexpr float kBeta = " << hexFloat(form.beta.value_or(0.0f)) << ";\n"
        << "  static constexpr bool kHasLimit = " << flag(form.limit.has_value()) << ";\n"
        << "  static constexpr float kLimit = " << hexFloat(form.limit.value_or(0.0f)) << ";\n"
+       << "  static constexpr unsigned kLimitPair = 0x" << std::hex << limitPair16(spec) << std::dec
+       << "u;\n"
        << "  static constexpr int kGateUp = " << templateName(spec.gateUp) << ";\n"
        << "  static constexpr int kScaleRounding = " << templateName(spec.scaleRounding) << ";\n"
        << "  static constexpr float kMinScale = " << hexFloat(spec.minScaleValue()) << ";\n"

@@ -348,6 +348,25 @@ template <int IN> __device__ __forceinline__ u32 minPair(u32 a, u32 b) {
   return m;
 }
 
+// Lane-wise min and max of packed pairs of 16-bit floats that keep a NaN
+// (NaN in, NaN out, as torch.clamp; the contract's clamps in section 6).
+template <int IN> __device__ __forceinline__ u32 minNaNPair(u32 a, u32 b) {
+  u32 m;
+  if constexpr (IN == kBF16)
+    asm("min.NaN.bf16x2 %0, %1, %2;" : "=r"(m) : "r"(a), "r"(b));
+  else
+    asm("min.NaN.f16x2 %0, %1, %2;" : "=r"(m) : "r"(a), "r"(b));
+  return m;
+}
+template <int IN> __device__ __forceinline__ u32 maxNaNPair(u32 a, u32 b) {
+  u32 m;
+  if constexpr (IN == kBF16)
+    asm("max.NaN.bf16x2 %0, %1, %2;" : "=r"(m) : "r"(a), "r"(b));
+  else
+    asm("max.NaN.f16x2 %0, %1, %2;" : "=r"(m) : "r"(a), "r"(b));
+  return m;
+}
+
 // (inline: external linkage, so that no name in the PTX carries NVRTC's
 // per-compile unique id of internal-linkage objects and equal sources give
 // equal PTX.)
@@ -419,6 +438,7 @@ template <class S, int ACT = S::kActivation> struct Activation;
 template <class S> struct Activation<S, kSilu> {
   static constexpr bool kSigmoid = true;
   static constexpr bool kScaledTail = false; // gates <= -87 are the rare path
+  template <bool kClamped = false>
   __device__ static __forceinline__ void terms(float g, float u, float& a, float& z, float& b) {
     a = g;
     z = g;
@@ -429,12 +449,14 @@ template <class S> struct Activation<S, kSilu> {
 // g' * sigma(alpha * g') * (u' + beta) with g' = min(g, limit) and u' =
 // clamp(u, -limit, limit) by the NaN-propagating min and max (one instruction
 // each), so that a NaN stays NaN (fminf would make it the limit). beta = 0 adds nothing: u' + 0 would turn -0 into
-// +0, and swiglu(1, 0) is silu exactly.
+// +0, and swiglu(1, 0) is silu exactly. kClamped: g and u are clamped
+// already (PackedClamp).
 template <class S> struct Activation<S, kSwiglu> {
   static constexpr bool kSigmoid = true;
   static constexpr bool kScaledTail = false; // alpha * g <= -87 is the rare path
+  template <bool kClamped = false>
   __device__ static __forceinline__ void terms(float g, float u, float& a, float& z, float& b) {
-    if constexpr (S::kHasLimit) {
+    if constexpr (S::kHasLimit && !kClamped) {
       g = minNaN(g, S::kLimit);
       u = maxNaN(minNaN(u, S::kLimit), -S::kLimit);
     }
@@ -459,6 +481,7 @@ template <class S> struct Activation<S, kGeluTanh> {
   // inputs: the fast path scales its division there (actMulFast) instead of
   // sending the group to the exact path.
   static constexpr bool kScaledTail = true;
+  template <bool kClamped = false>
   __device__ static __forceinline__ void terms(float g, float u, float& a, float& z, float& b) {
     const float cube = __fmul_rn(__fmul_rn(g, g), g);
     const float w = __fmul_rn(kGeluTanhK, __fadd_rn(g, __fmul_rn(kGeluTanhC, cube)));
@@ -623,6 +646,42 @@ template <class S> struct Geometry {
   }
 };
 
+// swiglu's clamps on the raw 16-bit inputs, two values an instruction
+// (min.NaN / max.NaN of packed pairs), where the limit is exactly a value
+// of the input format (kLimitPair, from the host: 7 is, 7.1 is not in
+// bf16): min(g, L) and clamp(u, -L, L) select one of their operands, so
+// clamping before or after the widening to fp32 gives the same value, NaN
+// kept. Split input clamps the gate vector's words with (L, L) and the up
+// vector's with (L, L) then (-L, -L); interleaved words hold (gate, up)
+// and take (L, L) then (-inf, -L). 1.5 instructions an element instead of 3
+// (split), 2 instead of 3 (interleaved).
+template <class S> struct PackedClamp {
+  static constexpr bool kOn = S::kActivation == kSwiglu && S::kHasLimit && S::kInDtype != kFP32 &&
+                              S::kLimitPair != 0u;
+  static constexpr u32 kUpper = S::kLimitPair;              // (L, L)
+  static constexpr u32 kLower = S::kLimitPair ^ 0x80008000u; // (-L, -L)
+  // -inf in the low half (the gate's), -L in the high half (the up's)
+  static constexpr u32 kLowerPairs =
+      (kLower & 0xffff0000u) | (S::kInDtype == kBF16 ? 0xff80u : 0xfc00u);
+  template <int BYTES, int LOADS>
+  __device__ static __forceinline__ void apply(Raw<BYTES> (&r)[LOADS]) {
+    constexpr int IN = S::kInDtype;
+    if constexpr (LOADS == 1) {
+#pragma unroll
+      for (int i = 0; i < Raw<BYTES>::kWords; ++i)
+        r[0].w[i] = maxNaNPair<IN>(minNaNPair<IN>(r[0].w[i], kUpper), kLowerPairs);
+    } else {
+      // A 2-byte vector (G odd) holds its value in the low half; the high
+      // half's zero stays zero.
+#pragma unroll
+      for (int i = 0; i < Raw<BYTES>::kWords; ++i) {
+        r[0].w[i] = minNaNPair<IN>(r[0].w[i], kUpper);
+        r[1].w[i] = maxNaNPair<IN>(minNaNPair<IN>(r[1].w[i], kUpper), kLower);
+      }
+    }
+  }
+};
+
 // ---- the per-thread steps -----------------------------------------------------------
 
 // y = act(g, u) for this thread's steps of the team's group(s) at `in` (the
@@ -643,8 +702,12 @@ __device__ __forceinline__ void actMulFast(const unsigned char* in, int vecLane,
   constexpr int kLoads = Geo::kLoads;
   constexpr int kOutVec = Geo::kOutVec;
   constexpr int kVecBytes = Geo::kVecBytes;
-  // silu on split 16-bit gates: the minimum gate in packed pairs, half the work.
-  constexpr bool kPairMin = S::kActivation == kSilu && !Geo::kPairs && IN != kFP32;
+  // silu, and swiglu with alpha > 0 (z = alpha * g' rises with g), on split
+  // 16-bit gates: the minimum gate in packed pairs, half the work.
+  constexpr bool kPairMin =
+      (S::kActivation == kSilu || (S::kActivation == kSwiglu && S::kAlpha > 0.0f)) &&
+      !Geo::kPairs && IN != kFP32;
+  using Clamp = PackedClamp<S>;
   Raw<kVecBytes> raw[kSteps][kLoads];
 #pragma unroll
   for (int c = 0; c < kSteps; ++c)
@@ -669,6 +732,8 @@ __device__ __forceinline__ void actMulFast(const unsigned char* in, int vecLane,
   u32 gminPair = 0u;
 #pragma unroll
   for (int c = 0; c < kSteps; ++c) {
+    if constexpr (Clamp::kOn)
+      Clamp::apply(raw[c]);
     float v[kLoads * VEC];
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) {
@@ -689,7 +754,7 @@ __device__ __forceinline__ void actMulFast(const unsigned char* in, int vecLane,
     for (int k = 0; k < kOutVec; ++k) {
       if constexpr (Act::kSigmoid) {
         float a, z, b;
-        Act::terms(g[k], u[k], a, z, b);
+        Act::template terms<Clamp::kOn>(g[k], u[k], a, z, b);
         // Silu and swiglu send z <= kFastGateMin (x = -z from 87 up) to the
         // exact path; gelu_tanh keeps it here, where 1 + exp(88.7 and up) is
         // infinite, so x is clamped at 128 (a NaN x becomes 128: its y is NaN
@@ -721,7 +786,10 @@ __device__ __forceinline__ void actMulFast(const unsigned char* in, int vecLane,
     pair.w[0] = gminPair;
     float m[2];
     unpack<IN, 2>(pair, m);
-    zmin = fminf(m[0], m[1]);
+    // swiglu: z's minimum is alpha times the least gate, rounded once as
+    // every z is (rounding keeps the order); a gate above the limit gives
+    // a z above 0 either way, clamped or not.
+    zmin = S::kActivation == kSwiglu ? __fmul_rn(S::kAlpha, fminf(m[0], m[1])) : fminf(m[0], m[1]);
   }
   if (!(zmin > kFastGateMin)) {
 #pragma unroll

@@ -24,6 +24,7 @@
 #include "jit/cache_key.hpp"
 #include "jit/nvrtc_program.hpp"
 #include "jit/resource_report.hpp"
+#include "jit/source.hpp"
 #include "jit/template_source.hpp"
 #include "jit/toolchain.hpp"
 #include "planner/launch_heuristic.hpp"
@@ -644,6 +645,45 @@ TEST_F(CompilerTest, SourceCarriesActivationConstantsAsHexFloats) {
        {"kActivation = kSilu;", "kAlpha = 0x1p+0f;", "kBeta = 0x0p+0f;", "kHasLimit = false;",
         "kGateUp = kSplit;", "kScaleRounding = kCeil;"})
     EXPECT_TRUE(contains(silu->source.text, constant)) << constant;
+}
+
+// swiglu's limit as a pair of the input format's values, where it is exactly
+// one: 7 in bf16 (0x40e0) and fp16 (0x4700), 0.5 and 2^-20 (an fp16
+// subnormal) in fp16; 7.1 in neither, 65520 above fp16's largest, fp32
+// input and no limit get 0 (and the fp32 clamps). With a pair the kernel
+// clamps packed inputs (min.NaN / max.NaN on bf16x2).
+TEST_F(CompilerTest, SwigluLimitPairIsTheLimitInTheInputFormat) {
+  auto pairOf = [](InDtype in, std::optional<float> limit) {
+    KernelSpec s = makeSpec(3072, 128);
+    s.activation = Activation::Swiglu;
+    s.inDtype = in;
+    s.limit = limit;
+    return limitPair16(s);
+  };
+  EXPECT_EQ(pairOf(InDtype::BF16, 7.0f), 0x40e040e0u);
+  EXPECT_EQ(pairOf(InDtype::FP16, 7.0f), 0x47004700u);
+  EXPECT_EQ(pairOf(InDtype::FP16, 0.5f), 0x38003800u);
+  EXPECT_EQ(pairOf(InDtype::FP16, 0x1p-20f), 0x00100010u);
+  EXPECT_EQ(pairOf(InDtype::FP16, 65504.0f), 0x7bff7bffu);
+  EXPECT_EQ(pairOf(InDtype::BF16, 7.1f), 0u);
+  EXPECT_EQ(pairOf(InDtype::FP16, 7.1f), 0u);
+  EXPECT_EQ(pairOf(InDtype::FP16, 65520.0f), 0u);
+  EXPECT_EQ(pairOf(InDtype::FP16, 0x1p-25f), 0u);
+  EXPECT_EQ(pairOf(InDtype::FP32, 7.0f), 0u);
+  EXPECT_EQ(pairOf(InDtype::BF16, std::nullopt), 0u);
+
+  KernelSpec oss = withActivation(makeSpec(3072, 128), Activation::Swiglu); // limit 7
+  auto packed = compileChecked(oss);
+  ASSERT_TRUE(packed.has_value());
+  EXPECT_TRUE(contains(packed->ptx, "min.NaN.bf16x2")) << "the clamps on packed pairs";
+  auto id = compiler_->identify(packed->spec);
+  ASSERT_TRUE(bool(id));
+  EXPECT_TRUE(contains(id->source.text, "kLimitPair = 0x40e040e0u;")) << id->source.text;
+  KernelSpec odd = oss;
+  odd.limit = 7.1f;
+  auto scalar = compileChecked(odd);
+  ASSERT_TRUE(scalar.has_value());
+  EXPECT_FALSE(contains(scalar->ptx, "min.NaN.bf16x2")) << "7.1 is no bf16: fp32 clamps";
 }
 
 TEST_F(CompilerTest, SourceCarriesMinScaleAsAHexFloat) {
