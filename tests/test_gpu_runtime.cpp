@@ -27,43 +27,59 @@ KernelSpec bf16Spec(int h, int g) {
   return s;
 }
 
-TEST(GpuRuntime, GraphCaptureAndReplay) {
-  BQJIT_REQUIRE_GPU_ENV();
-  GpuEnv& env = GpuEnv::get();
-  const CudaDriver& d = *env.driver;
-  KernelSpec spec = bf16Spec(7168, 128);
-  auto kernel = env.service->getKernel(spec, 0);
-  ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
-
-  const int64_t tokens = 64, ldx = 2 * 7168;
+// One launch of a kernel at `tokens` rows, captured in a CUDA graph on a
+// stream of its own, with its buffers: replay() runs the graph on a new
+// input (the outputs poisoned first) and compares them with the reference.
+struct CapturedLaunch {
+  const CudaDriver& d;
   ref::Problem p;
-  p.spec = kernel->spec();
-  p.tokens = tokens;
-  p.ldx = ldx;
-  const size_t qBytes = ref::outputBytes(p.spec, tokens),
-               sBytes = ref::scaleBufferBytes(p.spec, tokens);
-  std::vector<uint8_t> x1 = ref::makeInput(p.spec, tokens, ldx, 1, 11);
-  DeviceBuffer dx(d, x1.size()), dq(d, qBytes), ds(d, sBytes);
+  size_t qBytes, sBytes;
+  DeviceBuffer dx, dq, ds;
   CUstream stream = nullptr;
-  checkCu(d, d.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
-
-  LaunchArgs a;
-  a.x = dx.ptr();
-  a.ldx = ldx;
-  a.tokens = tokens;
-  a.q = dq.ptr();
-  a.scales = ds.ptr();
   CUgraph graph = nullptr;
-  checkCu(d, d.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_GLOBAL), "cuStreamBeginCapture");
-  llvm::Error launched = kernel->launch(a, stream);
-  checkCu(d, d.cuStreamEndCapture(stream, &graph), "cuStreamEndCapture");
-  ASSERT_FALSE(bool(launched)) << consumeToString(std::move(launched));
   CUgraphExec exec = nullptr;
-  checkCu(d, d.cuGraphInstantiate(&exec, graph, 0), "cuGraphInstantiate");
 
-  // Replay twice with different inputs in the captured buffers.
-  for (uint64_t seed : {21, 22}) {
-    std::vector<uint8_t> x = ref::makeInput(p.spec, tokens, ldx, 1, seed);
+  CapturedLaunch(const CudaDriver& driver, const KernelSpec& spec, int64_t tokens)
+      : d(driver), p(problemOf(spec, tokens)), qBytes(ref::outputBytes(spec, tokens)),
+        sBytes(ref::scaleBufferBytes(spec, tokens)),
+        dx(d, static_cast<size_t>(tokens) * p.ldx * dtypeBytes(spec.inDtype)), dq(d, qBytes),
+        ds(d, sBytes) {
+    checkCu(d, d.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+  }
+  CapturedLaunch(const CapturedLaunch&) = delete;
+  CapturedLaunch& operator=(const CapturedLaunch&) = delete;
+  ~CapturedLaunch() {
+    if (exec)
+      d.cuGraphExecDestroy(exec);
+    if (graph)
+      d.cuGraphDestroy(graph);
+    d.cuStreamDestroy(stream);
+  }
+  static ref::Problem problemOf(const KernelSpec& spec, int64_t tokens) {
+    ref::Problem p;
+    p.spec = spec;
+    p.tokens = tokens;
+    p.ldx = 2 * spec.hidden;
+    return p;
+  }
+  /// Captures kernel.launch (global capture mode) and instantiates the graph;
+  /// the launch's error, if any.
+  llvm::Error capture(const Kernel& kernel) {
+    LaunchArgs a;
+    a.x = dx.ptr();
+    a.ldx = p.ldx;
+    a.tokens = p.tokens;
+    a.q = dq.ptr();
+    a.scales = ds.ptr();
+    checkCu(d, d.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_GLOBAL), "cuStreamBeginCapture");
+    llvm::Error launched = kernel.launch(a, stream);
+    checkCu(d, d.cuStreamEndCapture(stream, &graph), "cuStreamEndCapture");
+    if (!launched)
+      checkCu(d, d.cuGraphInstantiate(&exec, graph, 0), "cuGraphInstantiate");
+    return launched;
+  }
+  ref::CompareReport replay(uint64_t seed) {
+    std::vector<uint8_t> x = ref::makeInput(p.spec, p.tokens, p.ldx, 1, seed);
     checkCu(d, d.cuMemcpyHtoD(dx.get(), x.data(), x.size()), "upload");
     checkCu(d, d.cuMemsetD8(dq.get(), p.poison, qBytes), "poison q");
     checkCu(d, d.cuMemsetD8(ds.get(), p.poison, sBytes), "poison s");
@@ -73,15 +89,27 @@ TEST(GpuRuntime, GraphCaptureAndReplay) {
     checkCu(d, d.cuCtxSynchronize(), "sync the poison");
     checkCu(d, d.cuGraphLaunch(exec, stream), "cuGraphLaunch");
     checkCu(d, d.cuStreamSynchronize(stream), "sync");
-    std::vector<uint8_t> q(qBytes), s(sBytes);
+    std::vector<uint8_t> q(qBytes), sc(sBytes);
     checkCu(d, d.cuMemcpyDtoH(q.data(), dq.get(), qBytes), "download q");
-    checkCu(d, d.cuMemcpyDtoH(s.data(), ds.get(), sBytes), "download s");
-    auto r = ref::compare(p, ref::run(p, x.data()), q.data(), s.data());
+    checkCu(d, d.cuMemcpyDtoH(sc.data(), ds.get(), sBytes), "download s");
+    return ref::compare(p, ref::run(p, x.data()), q.data(), sc.data());
+  }
+};
+
+TEST(GpuRuntime, GraphCaptureAndReplay) {
+  BQJIT_REQUIRE_GPU_ENV();
+  GpuEnv& env = GpuEnv::get();
+  KernelSpec spec = bf16Spec(7168, 128);
+  auto kernel = env.service->getKernel(spec, 0);
+  ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+  CapturedLaunch c(*env.driver, kernel->spec(), 64);
+  llvm::Error launched = c.capture(*kernel);
+  ASSERT_FALSE(bool(launched)) << consumeToString(std::move(launched));
+  // Replay twice with different inputs in the captured buffers.
+  for (uint64_t seed : {21, 22}) {
+    auto r = c.replay(seed);
     EXPECT_TRUE(r.ok()) << "replay seed " << seed << ": " << r.summary();
   }
-  d.cuGraphExecDestroy(exec);
-  d.cuGraphDestroy(graph);
-  d.cuStreamDestroy(stream);
 }
 
 TEST(GpuRuntime, TwoThreadsTwoStreams) {
@@ -590,47 +618,14 @@ TEST(GpuRuntime, CapturedLaunchOfANewSpecTakesItsRegimesOwnVariant) {
   auto kernel = service.getKernel(spec, 0);
   ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
 
-  const int64_t tokens = 1, ldx = 2 * spec.hidden;
-  ref::Problem p;
-  p.spec = plan->variantFor(Regime::VeryFewTokens);
-  p.tokens = tokens;
-  p.ldx = ldx;
-  const size_t qBytes = ref::outputBytes(p.spec, tokens),
-               sBytes = ref::scaleBufferBytes(p.spec, tokens);
-  std::vector<uint8_t> x = ref::makeInput(p.spec, tokens, ldx, 1, 31);
-  DeviceBuffer dx(d, x.size()), dq(d, qBytes), ds(d, sBytes);
-  checkCu(d, d.cuMemcpyHtoD(dx.get(), x.data(), x.size()), "upload");
-  CUstream stream = nullptr;
-  checkCu(d, d.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
-  LaunchArgs a;
-  a.x = dx.ptr();
-  a.ldx = ldx;
-  a.tokens = tokens;
-  a.q = dq.ptr();
-  a.scales = ds.ptr();
-  CUgraph graph = nullptr;
-  checkCu(d, d.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_GLOBAL), "cuStreamBeginCapture");
-  llvm::Error launched = kernel->launch(a, stream);
-  checkCu(d, d.cuStreamEndCapture(stream, &graph), "cuStreamEndCapture");
+  CapturedLaunch c(d, plan->variantFor(Regime::VeryFewTokens), 1);
+  llvm::Error launched = c.capture(*kernel);
   ASSERT_FALSE(bool(launched)) << consumeToString(std::move(launched));
   // The launch waited for the very-few-token variant (it compiles in tens of
   // milliseconds at least; without the wait the slot still held the stand-in).
-  EXPECT_EQ(*kernel->specFor(tokens).shape, own);
-  CUgraphExec exec = nullptr;
-  checkCu(d, d.cuGraphInstantiate(&exec, graph, 0), "cuGraphInstantiate");
-  checkCu(d, d.cuMemsetD8(dq.get(), p.poison, qBytes), "poison q");
-  checkCu(d, d.cuMemsetD8(ds.get(), p.poison, sBytes), "poison s");
-  checkCu(d, d.cuCtxSynchronize(), "sync the poison");
-  checkCu(d, d.cuGraphLaunch(exec, stream), "cuGraphLaunch");
-  checkCu(d, d.cuStreamSynchronize(stream), "sync");
-  std::vector<uint8_t> q(qBytes), sc(sBytes);
-  checkCu(d, d.cuMemcpyDtoH(q.data(), dq.get(), qBytes), "download q");
-  checkCu(d, d.cuMemcpyDtoH(sc.data(), ds.get(), sBytes), "download s");
-  auto r = ref::compare(p, ref::run(p, x.data()), q.data(), sc.data());
+  EXPECT_EQ(*kernel->specFor(1).shape, own);
+  auto r = c.replay(31);
   EXPECT_TRUE(r.ok()) << r.summary();
-  d.cuGraphExecDestroy(exec);
-  d.cuGraphDestroy(graph);
-  d.cuStreamDestroy(stream);
 }
 
 // Evicting the disk entry and forgetting the service's answers unloads
