@@ -143,6 +143,11 @@ void bqjit_kernel_release(bqjit_kernel kernel);
 bqjit_status bqjit_service_reload_tuning(bqjit_service service);
 /** Forgets the kernels handed out (after a device reset, say); see Service::invalidate. */
 bqjit_status bqjit_service_invalidate(bqjit_service service);
+/** Waits until every kernel handed out holds its own launch shape for every
+ *  regime (a new spec's other variants compile in the background, its
+ *  many-token variant standing in meanwhile; a launch captured in a CUDA
+ *  graph waits for its own variant by itself); see Service::finishVariants. */
+bqjit_status bqjit_service_finish_variants(bqjit_service service);
 
 /** Enqueues the kernel on `stream` (a CUstream / cudaStream_t). An NVFP4
  *  kernel needs bqjit_kernel_launch_ex (its global scale). */

@@ -155,6 +155,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bqjit_version": (c_char_p, []),
         "bqjit_service_create": (c_int, [c_char_p, p_void]),
         "bqjit_service_destroy": (None, [c_void_p]),
+        "bqjit_service_finish_variants": (c_int, [c_void_p]),
         "bqjit_compile": (c_int, [c_void_p, c_char_p, c_char_p, c_size_t, p_size]),
         "bqjit_spec_for_device": (c_int, [c_void_p, c_char_p, c_int, c_char_p, c_size_t, p_size]),
         "bqjit_kernel_get": (c_int, [c_void_p, c_char_p, c_int, p_void]),
@@ -371,6 +372,17 @@ class Service:
             k = Kernel(self._lib, handle.value, key_text, int(device))
             self.kernels[key] = k
             return k
+
+    def finish_variants(self) -> None:
+        """Waits until every kernel handed out holds its own launch shape for
+        every regime of T. A new spec's first launches use its many-token
+        variant while the others compile in the background (the values are
+        the same); a launch captured in a CUDA graph waits for its own
+        variant by itself, so this is for timing or for a host that wants
+        the compiles behind it before it serves."""
+        self._require_open()
+        _check(self._lib, self._lib.bqjit_service_finish_variants(self._handle),
+               "bqjit_service_finish_variants")
 
     # -- lifetime ---------------------------------------------------------------
     def _require_open(self) -> None:

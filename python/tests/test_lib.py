@@ -83,6 +83,17 @@ def test_recompile_in_fresh_cache(tmp_path):
         assert metas[0]["resources"][key] == metas[1]["resources"][key]
 
 
+def test_finish_variants_returns_and_needs_an_open_service(tmp_path):
+    """With nothing compiling in the background it returns at once; after
+    close() it is an error, not a call on a freed handle."""
+    s = bqjit.Service(str(tmp_path / "cache"))
+    s.compile(SPEC)
+    assert s.finish_variants() is None
+    s.close()
+    with pytest.raises(RuntimeError, match="after close"):
+        s.finish_variants()
+
+
 def test_packed_needs_ue8m0(svc):
     with pytest.raises(bqjit.BqjitError, match="ue8m0") as info:
         svc.compile(dict(SPEC, scale_layout="ue8m0_packed", ue8m0=False))
