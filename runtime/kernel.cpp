@@ -3,11 +3,11 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <mutex>
 #include <string>
 #include <tuple>
-#include <condition_variable>
 #include <vector>
 
 #include "bqjit/error.hpp"

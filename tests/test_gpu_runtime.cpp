@@ -71,7 +71,8 @@ struct CapturedLaunch {
     a.tokens = p.tokens;
     a.q = dq.ptr();
     a.scales = ds.ptr();
-    checkCu(d, d.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_GLOBAL), "cuStreamBeginCapture");
+    checkCu(d, d.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_GLOBAL),
+            "cuStreamBeginCapture");
     llvm::Error launched = kernel.launch(a, stream);
     checkCu(d, d.cuStreamEndCapture(stream, &graph), "cuStreamEndCapture");
     if (!launched)
