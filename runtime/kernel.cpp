@@ -46,6 +46,8 @@ struct Kernel::Slots {
     }
     settled.notify_all();
   }
+  /// The slot a launch of `tokens` rows takes.
+  int regimeOf(int64_t tokens) const { return index(regimeFor(tokens * hidden)); }
   void settleLocked(int regime) {
     if (standIn[regime]) {
       standIn[regime] = false;
@@ -58,14 +60,17 @@ struct Kernel::State {
   std::shared_ptr<Slots> slots;
 };
 
-Kernel::Kernel(const Functions& fns, int widestVec) {
+Kernel::Kernel(const Functions& fns, int widestVec, const StandIns& standIns) {
   static_assert(std::tuple_size<Functions>::value == kRegimeCount, "one function per regime");
   auto slots = std::make_shared<Slots>();
   slots->widestVec = widestVec;
   slots->hidden = fns[0]->kernel().spec.hidden;
   slots->device = fns[0]->device;
-  for (int r = 0; r < kRegimeCount; ++r)
+  for (int r = 0; r < kRegimeCount; ++r) {
     slots->put(r, fns[r]);
+    slots->standIn[r] = standIns[r];
+    slots->standIns += standIns[r] ? 1 : 0;
+  }
   state_ = std::make_shared<State>(State{std::move(slots)});
 }
 
@@ -77,15 +82,6 @@ Kernel Kernel::ownCopy() const {
 
 void Kernel::replace(Regime regime, std::shared_ptr<const LoadedFunction> fn) const {
   state_->slots->put(index(regime), std::move(fn));
-}
-
-void Kernel::markStandIn(Regime regime) const {
-  Slots& slots = *state_->slots;
-  std::lock_guard<std::mutex> lock(slots.mutex);
-  if (!slots.standIn[index(regime)]) {
-    slots.standIn[index(regime)] = true;
-    slots.standIns.fetch_add(1, std::memory_order_release);
-  }
 }
 
 void Kernel::settleStandIns() const {
@@ -107,7 +103,7 @@ const LoadedFunction& Kernel::pickForCapture(int64_t tokens, const LoadedFunctio
   if (picked.driver().cuStreamIsCapturing(stream, &status) != CUDA_SUCCESS ||
       status != CU_STREAM_CAPTURE_STATUS_ACTIVE)
     return picked;
-  const int regime = index(regimeFor(tokens * slots.hidden));
+  const int regime = slots.regimeOf(tokens);
   std::unique_lock<std::mutex> lock(slots.mutex);
   slots.settled.wait(lock, [&] { return !slots.standIn[regime]; });
   return *slots.fn[regime].load(std::memory_order_acquire);
@@ -125,7 +121,7 @@ int Kernel::device() const {
 
 const LoadedFunction& Kernel::pick(int64_t tokens) const {
   const Slots& slots = *state_->slots;
-  return *slots.fn[index(regimeFor(tokens * slots.hidden))].load(std::memory_order_acquire);
+  return *slots.fn[slots.regimeOf(tokens)].load(std::memory_order_acquire);
 }
 
 const KernelSpec& Kernel::specFor(int64_t tokens) const {

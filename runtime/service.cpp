@@ -360,15 +360,14 @@ llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
     loaded[i] = *fn;
   }
   Kernel::Functions fns;
+  Kernel::StandIns standIns{};
   for (Regime r : kRegimes) {
     const int v = plan->variantOf[index(r)];
+    standIns[index(r)] = !loaded[v];
     fns[index(r)] = loaded[v] ? loaded[v] : loaded[primary];
   }
-  Kernel kernel(fns, widestVec);
+  Kernel kernel(fns, widestVec, standIns);
   if (!later.empty()) {
-    for (Regime r : kRegimes)
-      if (!loaded[plan->variantOf[index(r)]])
-        kernel.markStandIn(r);
     // Whether the job runs, fails or is dropped (a stopped worker), its end
     // settles the stand-ins it leaves: a captured launch waiting for one
     // (Kernel::launch) then takes it.

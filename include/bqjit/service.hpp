@@ -85,15 +85,15 @@ private:
   using Functions = std::array<std::shared_ptr<const LoadedFunction>, 4>;
   struct Slots; ///< the functions per regime, shared by every copy
   struct State; ///< one copy's reference to the slots
+  /// Per Regime, whether its function stands in for a variant still compiling.
+  using StandIns = std::array<bool, 4>;
   /// `widestVec`: the widest vector of every shape the kernel will hold.
-  Kernel(const Functions& fns, int widestVec);
+  Kernel(const Functions& fns, int widestVec, const StandIns& standIns = {});
   /// The same slots under a reference count of its own.
   Kernel ownCopy() const;
   /// Puts a function in a regime's slot, for this handle and every copy; a
   /// stand-in there is settled.
   void replace(Regime regime, std::shared_ptr<const LoadedFunction> fn) const;
-  /// Marks a regime's slot as holding a stand-in whose own variant compiles.
-  void markStandIn(Regime regime) const;
   /// Settles every stand-in left: no variant will replace it.
   void settleStandIns() const;
   const LoadedFunction& pick(int64_t tokens) const;
