@@ -71,13 +71,17 @@ int main() {
 
   CUdeviceptr dx = 0, dq = 0, ds = 0;
   CUstream stream = nullptr;
+  // Everything goes to our own stream, in order: a non-blocking stream does
+  // not wait for the legacy default stream, so a plain cuMemsetD8 there may
+  // land after the kernel's stores (it did, on an H200, while a variant
+  // loaded in the background).
   bool ok = d.cuMemAlloc(&dx, x.size()) == CUDA_SUCCESS &&
             d.cuMemAlloc(&dq, qBytes) == CUDA_SUCCESS &&
             d.cuMemAlloc(&ds, sBytes) == CUDA_SUCCESS &&
             d.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING) == CUDA_SUCCESS &&
-            d.cuMemcpyHtoD(dx, x.data(), x.size()) == CUDA_SUCCESS &&
-            d.cuMemsetD8(dq, problem.poison, qBytes) == CUDA_SUCCESS &&
-            d.cuMemsetD8(ds, problem.poison, sBytes) == CUDA_SUCCESS;
+            d.cuMemcpyHtoDAsync(dx, x.data(), x.size(), stream) == CUDA_SUCCESS &&
+            d.cuMemsetD8Async(dq, problem.poison, qBytes, stream) == CUDA_SUCCESS &&
+            d.cuMemsetD8Async(ds, problem.poison, sBytes, stream) == CUDA_SUCCESS;
   if (!ok) {
     std::fprintf(stderr, "host_app: device allocation or copy failed\n");
     return 1;

@@ -113,7 +113,10 @@ struct DeviceBuffers {
     if (status == cudaSuccess)
       status = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
     if (status == cudaSuccess)
-      status = cudaMemcpy(x, input.data(), input.size() * sizeof input[0], cudaMemcpyHostToDevice);
+      // On our stream: a plain cudaMemcpy from pageable memory may return
+      // before its DMA is done, and a non-blocking stream does not wait for it.
+      status = cudaMemcpyAsync(x, input.data(), input.size() * sizeof input[0],
+                               cudaMemcpyHostToDevice, stream);
     return status;
   }
   ~DeviceBuffers() {
