@@ -37,25 +37,35 @@ template <int BYTES> struct Raw {
 };
 
 // Inputs are read exactly once: the non-coherent path, no L1 allocation.
-template <int BYTES> __device__ __forceinline__ Raw<BYTES> loadRaw(const void* p) {
+// PREFETCH256: the L2 fetches the 256 bytes around each request from memory
+// (Geometry::kPrefetch256 says where that pays).
+#define BQJIT_LOAD_RAW(PF)                                                                         \
+  if constexpr (BYTES == 16) {                                                                     \
+    asm volatile("ld.global.nc.L1::no_allocate" PF ".v4.u32 {%0,%1,%2,%3}, [%4];"                  \
+                 : "=r"(r.w[0]), "=r"(r.w[1]), "=r"(r.w[2]), "=r"(r.w[3])                          \
+                 : "l"(p));                                                                        \
+  } else if constexpr (BYTES == 8) {                                                               \
+    asm volatile("ld.global.nc.L1::no_allocate" PF ".v2.u32 {%0,%1}, [%2];"                        \
+                 : "=r"(r.w[0]), "=r"(r.w[1])                                                      \
+                 : "l"(p));                                                                        \
+  } else if constexpr (BYTES == 4) {                                                               \
+    asm volatile("ld.global.nc.L1::no_allocate" PF ".u32 %0, [%1];" : "=r"(r.w[0]) : "l"(p));      \
+  } else {                                                                                         \
+    unsigned short h;                                                                              \
+    asm volatile("ld.global.nc.L1::no_allocate" PF ".u16 %0, [%1];" : "=h"(h) : "l"(p));           \
+    r.w[0] = h;                                                                                    \
+  }
+template <int BYTES, bool PREFETCH256 = false>
+__device__ __forceinline__ Raw<BYTES> loadRaw(const void* p) {
   Raw<BYTES> r;
-  if constexpr (BYTES == 16) {
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r.w[0]), "=r"(r.w[1]), "=r"(r.w[2]), "=r"(r.w[3])
-                 : "l"(p));
-  } else if constexpr (BYTES == 8) {
-    asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];"
-                 : "=r"(r.w[0]), "=r"(r.w[1])
-                 : "l"(p));
-  } else if constexpr (BYTES == 4) {
-    asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(r.w[0]) : "l"(p));
+  if constexpr (PREFETCH256) {
+    BQJIT_LOAD_RAW(".L2::256B")
   } else {
-    unsigned short h;
-    asm volatile("ld.global.nc.L1::no_allocate.u16 %0, [%1];" : "=h"(h) : "l"(p));
-    r.w[0] = h;
+    BQJIT_LOAD_RAW("")
   }
   return r;
 }
+#undef BQJIT_LOAD_RAW
 
 // The VEC values of a raw vector as floats. Every word is ORed with dep, which
 // is zero at run time (see siluMulFast); for bf16 that costs no instruction:
@@ -618,6 +628,16 @@ template <class S> struct Geometry {
   static constexpr int kTeamLanes =
       kAcross ? S::kThreadsPerGroup * kAcrossGroups : TeamSlot<S::kThreadsPerGroup>::value;
   static constexpr int kGroupsPerTeam = kAcrossGroups;
+  // A step of a team reads kTeamLanes vectors in a row of each input. Where
+  // that is half a 128-byte line (G = 64 and 96 in teams of 4 on an H200,
+  // gpt-oss's interleaved G = 32 in teams of 4 lanes across two groups),
+  // asking the L2 to fetch 256 bytes a request was 0.3-2.4% faster at T >=
+  // 1024; where a step reads a whole line (G = 128 in teams of 8) it was up
+  // to 1.8% slower, a sector (split G = 32 in teams of 2) 1.2-1.6% slower,
+  // and FP4's 16-byte steps 0.4-0.8% slower (NVIDIA H200, bench/NOTES.md,
+  // ninth session).
+  static constexpr bool kPrefetch256 =
+      S::kOutDtype != kE2M1 && kTeamLanes * kVecBytes >= 64 && kTeamLanes * kVecBytes < 128;
   // The team's group that step c of a lane is in.
   __device__ static __forceinline__ constexpr int groupOfStep(int c) {
     return kAcross ? c / kStepsPerGroup : 0;
@@ -713,7 +733,7 @@ __device__ __forceinline__ void actMulFast(const unsigned char* in, int vecLane,
   for (int c = 0; c < kSteps; ++c)
 #pragma unroll
     for (int i = 0; i < kLoads; ++i)
-      raw[c][i] = loadRaw<kVecBytes>(Geo::at(in, c, vecLane, i));
+      raw[c][i] = loadRaw<kVecBytes, Geo::kPrefetch256>(Geo::at(in, c, vecLane, i));
   // ptxas sinks each load to just before its first use, which would issue the
   // later loads only after the math of the earlier ones, halving the bytes in
   // flight. A word that depends on every load, zero at run time, folded into

@@ -717,6 +717,41 @@ TEST_F(CompilerTest, InterleavedOddGroupCompilesWithScalarLoads) {
   }
 }
 
+// The L2's 256-byte prefetch goes where a team's step reads half a line of
+// each input (64 of 128 bytes) and nowhere else: where it was measured
+// slower (a whole line, a sector, FP4's 16-byte steps), the loads keep no hint.
+TEST_F(CompilerTest, L2PrefetchHintOnlyWhereATeamsStepReadsHalfALine) {
+  struct Case {
+    int hidden, group, tpg, vec;
+    OutDtype out;
+    bool hinted;
+  };
+  const Case cases[] = {
+      {7168, 64, 4, 8, OutDtype::FP8E4M3, true},   // 4 x 16 bytes
+      {18432, 96, 4, 8, OutDtype::FP8E4M3, true},  // 4 x 16 bytes, 3 steps
+      {7168, 64, 8, 4, OutDtype::FP8E4M3, true},   // 8 x 8 bytes
+      {7168, 128, 8, 8, OutDtype::FP8E4M3, false}, // a whole line
+      {7168, 64, 8, 8, OutDtype::FP8E4M3, false},  // a whole line
+      {7168, 32, 2, 8, OutDtype::FP8E4M3, false},  // a sector
+      {7168, 32, 1, 8, OutDtype::FP4E2M1, false},  // FP4 (MXFP4)
+  };
+  for (const Case& c : cases) {
+    KernelSpec s = makeSpec(c.hidden, c.group);
+    s.outDtype = c.out;
+    if (c.out == OutDtype::FP4E2M1) {
+      s.ue8m0 = true;
+      s.scaleLayout = ScaleLayout::Bytes;
+    }
+    LaunchShape shape{c.tpg, c.vec, 1};
+    shape.groupsPerBlock = 256 / shape.teamSlot();
+    s.shape = shape;
+    auto k = compileChecked(s);
+    ASSERT_TRUE(k.has_value()) << s.label();
+    EXPECT_EQ(contains(k->ptx, "ld.global.nc.L1::no_allocate.L2::256B"), c.hinted) << s.label();
+    EXPECT_TRUE(contains(k->ptx, "ld.global.nc.L1::no_allocate")) << s.label();
+  }
+}
+
 TEST_F(CompilerTest, ExplicitShapesCompile) {
   KernelSpec s = makeSpec(4096, 128);
   const auto shapes = candidateShapes(s);
