@@ -313,6 +313,34 @@ __device__ __forceinline__ float minNaN(float a, float b) {
   return m;
 }
 
+// The largest of a team's amax values, NaN (the fast path's signal) winning
+// as with max.NaN. Non-negative floats and their NaNs order as unsigned
+// integers do, so where the team is a whole warp redux.sync.max.u32 takes one
+// instruction for the five dependent shuffle-max pairs, the chain a decode
+// launch waits on; two halves of a warp take two (WARP_WIDE: every lane of
+// the warp comes here or has exited). Other teams shuffle.
+template <int TEAM, bool WARP_WIDE>
+__device__ __forceinline__ float teamMaxNaN(float v, unsigned teamMask) {
+  if constexpr (TEAM == 32) {
+    u32 r;
+    asm volatile("redux.sync.max.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(__float_as_uint(v)));
+    return __uint_as_float(r);
+  } else if constexpr (TEAM == 16 && WARP_WIDE) {
+    const bool low = (threadIdx.x & 16u) == 0;
+    const u32 b = __float_as_uint(v);
+    u32 lo, hi;
+    asm volatile("redux.sync.max.u32 %0, %1, 0xffffffff;" : "=r"(lo) : "r"(low ? b : 0u));
+    asm volatile("redux.sync.max.u32 %0, %1, 0xffffffff;" : "=r"(hi) : "r"(low ? 0u : b));
+    return __uint_as_float(low ? lo : hi);
+  } else {
+#pragma unroll
+    for (int off = TEAM / 2; off > 0; off /= 2)
+      v = maxNaN(v, __shfl_xor_sync(teamMask, v, off, TEAM));
+    return v;
+  }
+}
+
+
 // 1 + exp(x) in six instructions (the toolkit's expf takes eight, and one
 // more for the 1 +): x * log2(e) = t + c exactly, t the rounded product and c
 // its remainder (an FMA, exact) plus x times log2(e)'s own remainder; exp(x)
@@ -1377,11 +1405,12 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   const unsigned teamMask =
       kTeam == 32 ? 0xffffffffu : (((1u << kTeam) - 1u) << ((threadIdx.x % 32) & ~(kTeam - 1)));
   bool anyNaN = false;
+  // Padding threads of swizzled tiles wait at the block's barrier, not here;
+  // a partial warp has no lanes to stand for.
+  constexpr bool kWarpWide = !Tiles::kOn && (S::kGroupsPerBlock * kTeam) % 32 == 0;
 #pragma unroll
   for (int m = 0; m < kTeamGroups; ++m) {
-#pragma unroll
-    for (int off = kTeam / 2; off > 0; off /= 2)
-      amax[m] = maxNaN(amax[m], __shfl_xor_sync(teamMask, amax[m], off, kTeam));
+    amax[m] = teamMaxNaN<kTeam, kWarpWide>(amax[m], teamMask);
     anyNaN = anyNaN || amax[m] != amax[m];
   }
   if constexpr (Activation<S>::kSigmoid) {
