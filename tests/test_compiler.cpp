@@ -752,6 +752,32 @@ TEST_F(CompilerTest, L2PrefetchHintOnlyWhereATeamsStepReadsHalfALine) {
   }
 }
 
+// A team that is a warp reduces its amax with one redux.sync, two halves of
+// a warp with two; smaller teams, and a block of half a warp (whose missing
+// lanes a whole-warp redux would wait for), shuffle.
+TEST_F(CompilerTest, AmaxByReduxOnlyForTeamsOfAWarpOrHalfAWarp) {
+  struct Case {
+    int group, tpg, vec, gpb;
+    size_t reduxes;
+  };
+  const Case cases[] = {
+      {128, 32, 4, 8, 1},  {96, 24, 4, 8, 1},  {64, 16, 4, 16, 2},
+      {128, 16, 8, 16, 2}, {128, 8, 8, 16, 0}, {64, 16, 4, 1, 0},
+  };
+  for (const Case& c : cases) {
+    KernelSpec s = makeSpec(c.group * 24, c.group);
+    LaunchShape shape{c.tpg, c.vec, c.gpb};
+    s.shape = shape;
+    auto k = compileChecked(s);
+    ASSERT_TRUE(k.has_value()) << s.label();
+    size_t count = 0;
+    for (size_t at = k->ptx.find("redux.sync.max.u32"); at != std::string::npos;
+         at = k->ptx.find("redux.sync.max.u32", at + 1))
+      ++count;
+    EXPECT_EQ(count, c.reduxes) << s.label();
+  }
+}
+
 TEST_F(CompilerTest, ExplicitShapesCompile) {
   KernelSpec s = makeSpec(4096, 128);
   const auto shapes = candidateShapes(s);
