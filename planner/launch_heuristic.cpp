@@ -11,6 +11,9 @@ constexpr int kBulkBlockElements = 8192;
 constexpr int kBulkBlockMaxThreads = 512;
 // FP4's occupancy promise: warps an SM (deriveMinBlocksPerSm).
 constexpr int kFp4WarpsPerSm = 48;
+// Threads a multiprocessor holds (sm_80, sm_90, sm_100; 1536 on sm_86/89,
+// where a promise of more only caps the registers the same way).
+constexpr int kThreadsPerSm = 2048;
 
 int largestPow2Dividing(int n, int cap) {
   int p = 1;
@@ -167,6 +170,16 @@ int deriveMinBlocksPerSm(const KernelSpec& spec, const LaunchShape& shape) {
   // are left alone (76-80 registers; 40 would spill).
   if (spec.outDtype == OutDtype::FP4E2M1 && elements == 16 && rawWords <= 16)
     return std::max(1, kFp4WarpsPerSm * 32 / shape.threadsPerBlock());
+  // A thread of at most 4 values of a 16-bit input (the very-few-token
+  // shapes: one 8-byte vector of gate and of up) fits 32 registers, a full
+  // multiprocessor (2048 threads): the promise keeps ptxas there. Left to
+  // itself it took 35 for G = 64 in teams of 16 once the amax took
+  // redux.sync, six 256-thread blocks an SM instead of eight, and 14336 x 64
+  // x 64 (896 blocks) ran in two waves, 14% slower (NVIDIA H200,
+  // bench/NOTES.md, ninth session). Not gelu, whose erfc keeps more live.
+  if (elements <= 4 && registers <= 32 && spec.activation != Activation::Gelu)
+    return std::min(LaunchShape::kMaxMinBlocksPerSm,
+                    std::max(1, kThreadsPerSm / shape.threadsPerBlock()));
   if (registers <= 64)
     return 0;
   const int fit = 65536 / (shape.threadsPerBlock() * registers);

@@ -180,6 +180,33 @@ TEST(LaunchHeuristic, OccupancyPromisedOnlyWhereAThreadNeedsMoreThan64Registers)
   EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{1, 8, 1024}), 1);
 }
 
+TEST(LaunchHeuristic, VeryFewTokenThreadsArePromisedAFullMultiprocessor) {
+  KernelSpec s = baseSpec(); // bf16, G = 128
+  // Four values a thread (one 8-byte vector of each input): 32 registers,
+  // 2048 threads an SM.
+  EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{32, 4, 8}), 8);
+  EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{32, 4, 4}), 16);
+  EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{32, 4, 1}), LaunchShape::kMaxMinBlocksPerSm);
+  s.groupSize = 64;
+  EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{16, 4, 16}), 8);
+  // The very-few-token shapes of G = 64 and 128 are such threads.
+  for (int g : {64, 128}) {
+    s.groupSize = g;
+    const LaunchShape v = chooseLaunchShape(s, Regime::VeryFewTokens);
+    EXPECT_EQ(v.minBlocksPerSm, 2048 / v.threadsPerBlock()) << g;
+  }
+  s.groupSize = 128;
+  // Eight values (a 16-byte vector of each input): no promise.
+  EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{16, 8, 16}), 0);
+  // fp32: four values are eight raw words, 36 registers: none.
+  s.inDtype = InDtype::FP32;
+  EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{32, 4, 8}), 0);
+  // gelu's erfc needs more registers: none.
+  s.inDtype = InDtype::BF16;
+  s.activation = Activation::Gelu;
+  EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{32, 4, 8}), 0);
+}
+
 TEST(LaunchHeuristic, Fp4ThreadsOfSixteenTwoByteValuesArePromised48Warps) {
   KernelSpec s = baseSpec();
   s.outDtype = OutDtype::FP4E2M1;
