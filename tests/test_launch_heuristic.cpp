@@ -162,7 +162,7 @@ TEST(LaunchHeuristic, OccupancyIsDerivedOnlyWhereNotGiven) {
   EXPECT_EQ(withDerivedOccupancy(s, LaunchShape{4, 2, 16, 0}).minBlocksPerSm, 0);
 }
 
-TEST(LaunchHeuristic, OccupancyPromisedOnlyWhereAThreadNeedsMoreThan64Registers) {
+TEST(LaunchHeuristic, OccupancyPromisedWhereAThreadNeedsMoreThan64Registers) {
   // A thread of E elements: about E + E * bytes / 2 + 24 registers.
   KernelSpec s = baseSpec();                                    // bf16, G = 128
   EXPECT_EQ(deriveMinBlocksPerSm(s, LaunchShape{8, 8, 32}), 0); // 16 elements: 56 registers
