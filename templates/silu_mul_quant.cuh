@@ -340,7 +340,6 @@ __device__ __forceinline__ float teamMaxNaN(float v, unsigned teamMask) {
   }
 }
 
-
 // 1 + exp(x) in six instructions (the toolkit's expf takes eight, and one
 // more for the 1 +): x * log2(e) = t + c exactly, t the rounded product and c
 // its remainder (an FMA, exact) plus x times log2(e)'s own remainder; exp(x)
