@@ -123,6 +123,11 @@ def time_graph(fn, sets, reps_per_graph, replays, flush, all_times=None):
     return statistics.median(times), (max(times) - min(times))
 
 
+def parse_launches(text):
+    """"tpg,vec,gpb[,mbs];..." as a list of int tuples (--launches)."""
+    return [tuple(int(v) for v in item.split(",")) for item in text.split(";") if item]
+
+
 def copy_bandwidth(flush):
     n = 1 << 30
     src = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
@@ -204,7 +209,7 @@ def main():
     args = ap.parse_args()
     global FLUSH_MODE
     FLUSH_MODE = args.flush
-    launches = [tuple(int(v) for v in l.split(",")) for l in args.launches.split(";") if l]
+    launches = parse_launches(args.launches)
 
     torch.manual_seed(0)
     props = torch.cuda.get_device_properties(0)

@@ -28,7 +28,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import copy_bandwidth, gpu_state, time_graph  # noqa: E402
+from bench import copy_bandwidth, gpu_state, parse_launches, time_graph  # noqa: E402
 
 from bqjit import _lib  # noqa: E402
 
@@ -136,9 +136,8 @@ def main():
                     help="tpg,vec,gpb[,min_blocks_per_sm];...: also time each MX row with these "
                          "launch shapes")
     args = ap.parse_args()
-    mx_launches = [tuple(int(v) for v in item.split(",")) for item in args.mx_launches.split(";")
-                   if item]
-    launches = [tuple(int(v) for v in item.split(",")) for item in args.launches.split(";") if item]
+    mx_launches = parse_launches(args.mx_launches)
+    launches = parse_launches(args.launches)
     torch.manual_seed(0)
     device = torch.cuda.current_device()
     props = torch.cuda.get_device_properties(device)

@@ -32,7 +32,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import HIDDEN, copy_bandwidth, gpu_state, time_graph  # noqa: E402
+from bench import HIDDEN, copy_bandwidth, gpu_state, parse_launches, time_graph  # noqa: E402
 
 import bqjit  # noqa: E402
 
@@ -131,7 +131,7 @@ def main():
                     help="explicit launch shapes to time beside the default, tpg,vec,gpb[,mbs];... "
                          "(mbs: the occupancy promise, min blocks an SM; skipped where G does not fit)")
     args = ap.parse_args()
-    launches = [tuple(int(v) for v in l.split(",")) for l in args.launches.split(";") if l]
+    launches = parse_launches(args.launches)
     torch.manual_seed(0)
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 50 << 20)

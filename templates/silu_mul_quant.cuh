@@ -375,34 +375,22 @@ __device__ __forceinline__ float onePlusExpExact(float x) {
   return fmaf(p, __int_as_float(__float_as_int(j) << 23), 1.0f);
 }
 
-// Lane-wise minimum of two packed pairs of 16-bit floats.
-template <int IN> __device__ __forceinline__ u32 minPair(u32 a, u32 b) {
-  u32 m;
-  if constexpr (IN == kBF16)
-    asm("min.bf16x2 %0, %1, %2;" : "=r"(m) : "r"(a), "r"(b));
-  else
-    asm("min.f16x2 %0, %1, %2;" : "=r"(m) : "r"(a), "r"(b));
-  return m;
-}
-
-// Lane-wise min and max of packed pairs of 16-bit floats that keep a NaN
-// (NaN in, NaN out, as torch.clamp; the contract's clamps in section 6).
-template <int IN> __device__ __forceinline__ u32 minNaNPair(u32 a, u32 b) {
-  u32 m;
-  if constexpr (IN == kBF16)
-    asm("min.NaN.bf16x2 %0, %1, %2;" : "=r"(m) : "r"(a), "r"(b));
-  else
-    asm("min.NaN.f16x2 %0, %1, %2;" : "=r"(m) : "r"(a), "r"(b));
-  return m;
-}
-template <int IN> __device__ __forceinline__ u32 maxNaNPair(u32 a, u32 b) {
-  u32 m;
-  if constexpr (IN == kBF16)
-    asm("max.NaN.bf16x2 %0, %1, %2;" : "=r"(m) : "r"(a), "r"(b));
-  else
-    asm("max.NaN.f16x2 %0, %1, %2;" : "=r"(m) : "r"(a), "r"(b));
-  return m;
-}
+// Lane-wise minimum of two packed pairs of 16-bit floats (minPair), and the
+// minimum and maximum that keep a NaN (NaN in, NaN out, as torch.clamp; the
+// contract's clamps in section 6).
+#define BQJIT_PAIR_OP(NAME, OP)                                                                    \
+  template <int IN> __device__ __forceinline__ u32 NAME(u32 a, u32 b) {                            \
+    u32 m;                                                                                         \
+    if constexpr (IN == kBF16)                                                                     \
+      asm(OP ".bf16x2 %0, %1, %2;" : "=r"(m) : "r"(a), "r"(b));                                    \
+    else                                                                                           \
+      asm(OP ".f16x2 %0, %1, %2;" : "=r"(m) : "r"(a), "r"(b));                                     \
+    return m;                                                                                      \
+  }
+BQJIT_PAIR_OP(minPair, "min")
+BQJIT_PAIR_OP(minNaNPair, "min.NaN")
+BQJIT_PAIR_OP(maxNaNPair, "max.NaN")
+#undef BQJIT_PAIR_OP
 
 // (inline: external linkage, so that no name in the PTX carries NVRTC's
 // per-compile unique id of internal-linkage objects and equal sources give
