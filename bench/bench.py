@@ -13,6 +13,7 @@ Usage: python3 bench/bench.py [--quick] [--json out.json] [--shapes H:T:G,...]
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -182,8 +183,14 @@ def gpu_state():
     return state
 
 
+def pdl_mode():
+    """Whether bqjit's launches are programmatic dependent launches (sm_90+):
+    the library's default, BQJIT_PDL (on unless 0)."""
+    return "off (BQJIT_PDL=0)" if os.environ.get("BQJIT_PDL") == "0" else "on (sm_90+; BQJIT_PDL=0 turns it off)"
+
+
 def write_json(path, props, copy_gbs, rows):
-    out = dict(device=props.name, torch=torch.__version__, copy_gbs=copy_gbs,
+    out = dict(device=props.name, torch=torch.__version__, copy_gbs=copy_gbs, pdl=pdl_mode(),
                method="CUDA graph of R launches over rotating buffer sets, L2 flushed before each "
                       "replay, median over replays",
                rows=rows, time=time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -217,7 +224,8 @@ def main():
     flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
     copy_gbs = copy_bandwidth(flush)
     print(f"device: {props.name}, {props.multi_processor_count} SMs, L2 {l2 >> 20} MiB; "
-          f"torch {torch.__version__}; copy bandwidth {copy_gbs:.0f} GB/s (read+write)", flush=True)
+          f"torch {torch.__version__}; copy bandwidth {copy_gbs:.0f} GB/s (read+write); "
+          f"bqjit's programmatic launches {pdl_mode()}", flush=True)
 
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]

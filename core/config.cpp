@@ -187,6 +187,11 @@ Config::fromEnvironment(const std::function<const char*(const char*)>& getenvFn)
       return envError("BQJIT_INSECURE_UNSIGNED", v, "must be 0 or 1");
     c.insecureUnsigned = v == "1";
   }
+  if (auto v = get("BQJIT_PDL"); !v.empty()) {
+    if (v != "0" && v != "1")
+      return envError("BQJIT_PDL", v, "must be 0 or 1");
+    c.programmaticLaunch = v == "1";
+  }
   return c;
 }
 

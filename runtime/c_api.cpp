@@ -347,11 +347,17 @@ bqjit_status bqjit_kernel_launch_ex(bqjit_kernel kernel, const bqjit_launch_args
   a.maskedM = reinterpret_cast<const int32_t*>(args->masked_m);
   a.numExperts = args->num_experts;
   a.globalScale = reinterpret_cast<const float*>(e.global_scale);
-  if (e.flags & ~BQJIT_LAUNCH_PDL)
+  if (e.flags & ~(BQJIT_LAUNCH_PDL | BQJIT_LAUNCH_NO_PDL))
     return fail(bqjit::ErrorCode::InvalidArgument,
                 "extra->flags " + std::to_string(e.flags) +
-                    ": only BQJIT_LAUNCH_PDL (0x1) is known to this library");
-  a.programmaticDependentLaunch = (e.flags & BQJIT_LAUNCH_PDL) != 0;
+                    ": only BQJIT_LAUNCH_PDL (0x1) and BQJIT_LAUNCH_NO_PDL (0x2) are known to "
+                    "this library");
+  if ((e.flags & BQJIT_LAUNCH_PDL) && (e.flags & BQJIT_LAUNCH_NO_PDL))
+    return fail(bqjit::ErrorCode::InvalidArgument,
+                "extra->flags " + std::to_string(e.flags) +
+                    ": BQJIT_LAUNCH_PDL and BQJIT_LAUNCH_NO_PDL exclude each other");
+  if (e.flags & (BQJIT_LAUNCH_PDL | BQJIT_LAUNCH_NO_PDL))
+    a.programmaticDependentLaunch = (e.flags & BQJIT_LAUNCH_PDL) != 0;
   if (auto err = kernel->kernel.launch(a, static_cast<CUstream>(stream)))
     return fail(std::move(err));
   return ok();

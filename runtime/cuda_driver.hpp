@@ -94,6 +94,7 @@ namespace bqjit {
   X(cuStreamBeginCapture, 10010)                                                                   \
   X(cuStreamEndCapture, 10000)                                                                     \
   X(cuGraphInstantiateWithFlags, 11040)                                                            \
+  X(cuGraphGetEdges, 12030)                                                                        \
   X(cuGraphLaunch, 10000)                                                                          \
   X(cuGraphDestroy, 10000)                                                                         \
   X(cuGraphExecDestroy, 10000)

@@ -297,7 +297,7 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
   const int32_t* masked = a.maskedM;
   const float* globalScale = a.globalScale;
   void* params[] = {&x, &ldx, &rows, &q, &scales, &ub, &masked, &globalScale};
-  if (a.programmaticDependentLaunch && fn.programmaticLaunch) {
+  if (fn.programmaticLaunch && a.programmaticDependentLaunch.value_or(fn.programmaticByDefault)) {
     CUlaunchAttribute attribute{};
     attribute.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
     attribute.value.programmaticStreamSerializationAllowed = 1;

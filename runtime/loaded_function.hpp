@@ -35,6 +35,9 @@ struct LoadedFunction {
   /// sm_90 or newer: the kernel waits for a programmatic dependent launch's
   /// predecessor, so the launch attribute may be set.
   bool programmaticLaunch = false;
+  /// Whether a launch that does not say is programmatic: the service's
+  /// Config::programmaticLaunch, where programmaticLaunch holds.
+  bool programmaticByDefault = false;
 
   const CudaDriver& driver() const { return *library->driver; }
   const CompiledKernel& kernel() const { return *library->kernel; }

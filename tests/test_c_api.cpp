@@ -537,6 +537,12 @@ TEST_F(CApiTest, KernelLaunchExChecksItsExtraArguments) {
             BQJIT_ERROR_INVALID_ARGUMENT);
   EXPECT_TRUE(contains(lastError(), "extra->flags 5"));
   EXPECT_TRUE(contains(lastError(), "BQJIT_LAUNCH_PDL"));
+  // Asking for and against a programmatic launch at once is refused too.
+  extra.flags = BQJIT_LAUNCH_PDL | BQJIT_LAUNCH_NO_PDL;
+  EXPECT_EQ(bqjit_kernel_launch_ex(notDereferenced, &args, &extra, nullptr),
+            BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "extra->flags 3"));
+  EXPECT_TRUE(contains(lastError(), "exclude each other"));
 }
 
 TEST_F(CApiTest, LaunchExtraFlagsFollowGlobalScale) {

@@ -59,6 +59,7 @@ TEST(Config, Defaults) {
   EXPECT_EQ(c.logLevel, LogLevel::Warn);
   EXPECT_FALSE(c.noCompile);
   EXPECT_EQ(c.lockTimeoutMs, 120000);
+  EXPECT_TRUE(c.programmaticLaunch);
   EXPECT_FALSE(static_cast<bool>(c.logSink));
 }
 
@@ -115,6 +116,16 @@ TEST(Config, NoCompileMalformed) {
   expectMalformed("BQJIT_NO_COMPILE", "yes", "must be 0 or 1");
   expectMalformed("BQJIT_NO_COMPILE", "true", "must be 0 or 1");
   expectMalformed("BQJIT_NO_COMPILE", "2", "must be 0 or 1");
+}
+
+TEST(Config, ProgrammaticLaunchDefaultParsed) {
+  EXPECT_FALSE(load({{"BQJIT_PDL", "0"}}).programmaticLaunch);
+  EXPECT_TRUE(load({{"BQJIT_PDL", "1"}}).programmaticLaunch);
+}
+
+TEST(Config, ProgrammaticLaunchDefaultMalformed) {
+  expectMalformed("BQJIT_PDL", "on", "must be 0 or 1");
+  expectMalformed("BQJIT_PDL", "true", "must be 0 or 1");
 }
 
 TEST(Config, LockTimeoutParsed) {

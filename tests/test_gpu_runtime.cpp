@@ -359,6 +359,72 @@ extern "C" __global__ void produce(const uint4* src, uint4* dst, long long n, lo
   d.cuLibraryUnload(library);
 }
 
+// Whether a launch is a programmatic dependent one, read off a captured graph
+// (two launches back to back on one stream: the type of the edge between
+// them), from a service whose default is on (BQJIT_PDL unset or 1) and one
+// whose default is off (BQJIT_PDL=0), each with the launch leaving it to the
+// default and overriding it. Before sm_90 no launch is.
+TEST(GpuRuntime, LaunchesAreProgrammaticByDefaultFromSm90) {
+  BQJIT_REQUIRE_GPU_ENV();
+  GpuEnv& env = GpuEnv::get();
+  const CudaDriver& d = *env.driver;
+  if (!d.cuGraphGetEdges)
+    GTEST_SKIP() << "the driver has no cuGraphGetEdges (CUDA 12.3 or newer)";
+  auto arch = Arch::parse(env.arch);
+  ASSERT_TRUE(bool(arch)) << consumeToString(arch.takeError());
+  const CUgraphDependencyType programmatic =
+      arch->number >= 90 ? CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC : CU_GRAPH_DEPENDENCY_TYPE_DEFAULT;
+  std::unique_ptr<Service> services[2];
+  for (bool on : {false, true}) {
+    Config c = env.service->config();
+    c.programmaticLaunch = on;
+    auto s = Service::create(c);
+    ASSERT_TRUE(bool(s)) << consumeToString(s.takeError());
+    services[on] = std::move(*s);
+  }
+  const KernelSpec spec = bf16Spec(2048, 128);
+  const int64_t tokens = 4;
+  DeviceBuffer dx(d, static_cast<size_t>(tokens) * 2 * 2048 * 2),
+      dq(d, ref::outputBytes(spec, tokens)), ds(d, ref::scaleBufferBytes(spec, tokens));
+  CUstream stream = nullptr;
+  checkCu(d, d.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+  auto edgeType = [&](const Kernel& kernel, std::optional<bool> pdl) {
+    LaunchArgs a;
+    a.x = dx.ptr();
+    a.ldx = 2 * 2048;
+    a.tokens = tokens;
+    a.q = dq.ptr();
+    a.scales = ds.ptr();
+    a.programmaticDependentLaunch = pdl;
+    CUgraph graph = nullptr;
+    checkCu(d, d.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_GLOBAL), "capture");
+    llvm::Error first = kernel.launch(a, stream);
+    llvm::Error second = kernel.launch(a, stream);
+    checkCu(d, d.cuStreamEndCapture(stream, &graph), "cuStreamEndCapture");
+    EXPECT_FALSE(bool(first)) << consumeToString(std::move(first));
+    EXPECT_FALSE(bool(second)) << consumeToString(std::move(second));
+    CUgraphNode from[4], to[4];
+    CUgraphEdgeData data[4] = {};
+    size_t edges = 4;
+    checkCu(d, d.cuGraphGetEdges(graph, from, to, data, &edges), "cuGraphGetEdges");
+    d.cuGraphDestroy(graph);
+    EXPECT_EQ(edges, 1u) << "two launches on one stream make one edge";
+    return edges == 1 ? static_cast<CUgraphDependencyType>(data[0].type)
+                      : static_cast<CUgraphDependencyType>(-1);
+  };
+  for (bool on : {false, true}) {
+    SCOPED_TRACE(on ? "Config::programmaticLaunch on" : "Config::programmaticLaunch off");
+    auto kernel = services[on]->getKernel(spec, 0);
+    ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+    EXPECT_EQ(edgeType(*kernel, std::nullopt), on ? programmatic : CU_GRAPH_DEPENDENCY_TYPE_DEFAULT)
+        << "a launch that leaves it to the service";
+    EXPECT_EQ(edgeType(*kernel, true), programmatic) << "a launch that asks for it";
+    EXPECT_EQ(edgeType(*kernel, false), CU_GRAPH_DEPENDENCY_TYPE_DEFAULT)
+        << "a launch that declines it";
+  }
+  d.cuStreamDestroy(stream);
+}
+
 // docs/contract.md section 8: an NVFP4 launch without its global scale is refused
 // before anything runs; with one it runs (the C++ LaunchArgs and the C API).
 TEST(GpuRuntime, Nvfp4NeedsGlobalScale) {

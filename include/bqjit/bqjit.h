@@ -56,8 +56,13 @@ typedef struct {
 /** bqjit_launch_extra.flags: a programmatic dependent launch (sm_90 and newer;
  *  ignored before): the kernel may start while the previous kernel on the
  *  stream still runs and waits for its memory before touching any, so the
- *  results are the same (bqjit::LaunchArgs::programmaticDependentLaunch). */
+ *  results are the same (bqjit::LaunchArgs::programmaticDependentLaunch).
+ *  Without either flag (and in bqjit_kernel_launch) the service's default
+ *  decides: BQJIT_PDL, on unless set to 0. */
 #define BQJIT_LAUNCH_PDL 0x1u
+/** bqjit_launch_extra.flags: not a programmatic dependent launch, whatever
+ *  the default; not together with BQJIT_LAUNCH_PDL. */
+#define BQJIT_LAUNCH_NO_PDL 0x2u
 
 /** Log levels: a message has WARN, INFO or DEBUG; QUIET is a threshold only. */
 typedef enum {

@@ -62,14 +62,20 @@ struct Config {
   /// BQJIT_INSECURE_UNSIGNED=1: without a secret, write remote entries and
   /// bundles unsigned and read them unverified (said at every start).
   bool insecureUnsigned = false;
+  /// BQJIT_PDL: whether a launch on sm_90 or newer is a programmatic
+  /// dependent launch when the launch itself does not say
+  /// (LaunchArgs::programmaticDependentLaunch, BQJIT_LAUNCH_PDL and
+  /// BQJIT_LAUNCH_NO_PDL). On by default: the kernel waits for the previous
+  /// kernel's writes before touching memory, so only its start moves earlier.
+  bool programmaticLaunch = true;
   LogSink logSink;
 
   /// Reads BQJIT_CACHE_DIR (else $XDG_CACHE_HOME/bqjit, else ~/.cache/bqjit),
   /// BQJIT_CACHE_MAX_BYTES, BQJIT_LOG_LEVEL (quiet|warn|info|debug),
   /// BQJIT_NO_COMPILE (0|1), BQJIT_LOCK_TIMEOUT_MS, BQJIT_CACHE_GROUP (a
   /// group name or number that exists), BQJIT_REMOTE_CACHE (a redis:// URL),
-  /// BQJIT_REMOTE_TIMEOUT_MS, BQJIT_REMOTE_TTL_S, BQJIT_CACHE_SECRET_FILE and
-  /// BQJIT_INSECURE_UNSIGNED (0|1). A malformed value is an
+  /// BQJIT_REMOTE_TIMEOUT_MS, BQJIT_REMOTE_TTL_S, BQJIT_CACHE_SECRET_FILE,
+  /// BQJIT_INSECURE_UNSIGNED (0|1) and BQJIT_PDL (0|1). A malformed value is an
   /// error naming the variable, the value and the rule. `getenv` is injectable
   /// for tests.
   static llvm::Expected<Config>

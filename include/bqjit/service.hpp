@@ -9,6 +9,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 
 #include <cuda.h>
 #include <llvm/Support/Error.h>
@@ -47,8 +48,9 @@ struct LaunchArgs {
   /// (griddepcontrol.wait), so the results are the same; a kernel after it
   /// that was itself launched this way must wait likewise before reading q or
   /// the scales. Captured in CUDA graphs as a programmatic edge. Ignored on
-  /// GPUs older than sm_90.
-  bool programmaticDependentLaunch = false;
+  /// GPUs older than sm_90. Unset: the service's Config::programmaticLaunch
+  /// (BQJIT_PDL, on by default); true or false decides for this launch.
+  std::optional<bool> programmaticDependentLaunch;
 };
 
 /// A kernel loaded on one device: a cheap, copyable handle. When the spec

@@ -113,6 +113,7 @@ class LaunchExtra(ctypes.Structure):
 
 
 LAUNCH_PDL = 0x1  # bqjit_launch_extra.flags: a programmatic dependent launch (sm_90+)
+LAUNCH_NO_PDL = 0x2  # bqjit_launch_extra.flags: not one, whatever BQJIT_PDL says
 
 
 # bqjit_log_callback: void (*)(int level, const char* message, void* user).
@@ -254,14 +255,17 @@ class Kernel:
         self.spec_json = spec_json
         self.device = device
 
-    def launch(self, args: LaunchArgs, stream: int = 0, global_scale: int = 0, pdl: bool = False) -> None:
+    def launch(self, args: LaunchArgs, stream: int = 0, global_scale: int = 0,
+               pdl: Optional[bool] = None) -> None:
         """Enqueues the kernel on ``stream`` (a CUstream as an integer; 0: legacy default).
         ``global_scale``: the device address of NVFP4's fp32 global scale (0: none).
-        ``pdl``: a programmatic dependent launch (sm_90+, ``BQJIT_LAUNCH_PDL``)."""
+        ``pdl``: whether it is a programmatic dependent launch (sm_90+; ``BQJIT_LAUNCH_PDL``
+        or ``BQJIT_LAUNCH_NO_PDL``); None: the service's default (``BQJIT_PDL``, on unless 0)."""
         if not self._handle:
             raise RuntimeError("bqjit: kernel used after its service was closed")
-        if global_scale or pdl:
-            extra = LaunchExtra(ctypes.sizeof(LaunchExtra), global_scale, LAUNCH_PDL if pdl else 0)
+        if global_scale or pdl is not None:
+            flags = 0 if pdl is None else LAUNCH_PDL if pdl else LAUNCH_NO_PDL
+            extra = LaunchExtra(ctypes.sizeof(LaunchExtra), global_scale, flags)
             status = self._lib.bqjit_kernel_launch_ex(
                 self._handle, ctypes.byref(args), ctypes.byref(extra), stream or None
             )
