@@ -747,8 +747,48 @@ TEST_F(CompilerTest, L2PrefetchHintOnlyWhereATeamsStepReadsHalfALine) {
     s.shape = shape;
     auto k = compileChecked(s);
     ASSERT_TRUE(k.has_value()) << s.label();
-    EXPECT_EQ(contains(k->ptx, "ld.global.nc.L1::no_allocate.L2::256B"), c.hinted) << s.label();
+    // After the evict_first cache hint where there is one.
+    EXPECT_EQ(contains(k->ptx, "ld.global.nc.L1::no_allocate.L2::256B") ||
+                  contains(k->ptx, "ld.global.nc.L1::no_allocate.L2::cache_hint.L2::256B"),
+              c.hinted)
+        << s.label();
     EXPECT_TRUE(contains(k->ptx, "ld.global.nc.L1::no_allocate")) << s.label();
+  }
+}
+
+// Threads that read two or more vectors an input (the many-token shapes on an
+// H200) load with an L2 evict_first policy; threads of one vector (the
+// few-token shapes) and FP4 keep the default policy.
+TEST_F(CompilerTest, EvictFirstLoadsOnlyInThreadsOfTwoOrMoreVectors) {
+  struct Case {
+    int hidden, group, tpg, vec;
+    OutDtype out;
+    bool evictFirst;
+  };
+  const Case cases[] = {
+      {7168, 64, 4, 8, OutDtype::FP8E4M3, true},    // 2 vectors, with the 256-byte fetch
+      {7168, 128, 8, 8, OutDtype::FP8E4M3, true},   // 2 vectors
+      {18432, 96, 4, 8, OutDtype::FP8E4M3, true},   // 3 vectors
+      {7168, 128, 16, 8, OutDtype::FP8E4M3, false}, // 1 vector (few tokens)
+      {7168, 64, 16, 4, OutDtype::FP8E4M3, false},  // 1 vector (very few tokens)
+      {7168, 32, 1, 8, OutDtype::FP4E2M1, false},   // FP4 (MXFP4), 2 vectors
+  };
+  for (const Case& c : cases) {
+    KernelSpec s = makeSpec(c.hidden, c.group);
+    s.outDtype = c.out;
+    if (c.out == OutDtype::FP4E2M1) {
+      s.ue8m0 = true;
+      s.scaleLayout = ScaleLayout::Bytes;
+    }
+    LaunchShape shape{c.tpg, c.vec, 1};
+    shape.groupsPerBlock = 256 / shape.teamSlot();
+    s.shape = shape;
+    auto k = compileChecked(s);
+    ASSERT_TRUE(k.has_value()) << s.label();
+    EXPECT_EQ(contains(k->ptx, "createpolicy.fractional.L2::evict_first"), c.evictFirst)
+        << s.label();
+    EXPECT_EQ(contains(k->ptx, "ld.global.nc.L1::no_allocate.L2::cache_hint"), c.evictFirst)
+        << s.label();
   }
 }
 
