@@ -672,8 +672,12 @@ template <class S> struct Geometry {
   // instead of being written back while the kernel reads. 0.4-3% faster at T
   // >= 1024 (2048 x 8192 x 64: 25.04 -> 24.28 us); 1% slower in threads of
   // one vector (the few-token shapes, one wave or less) and for FP4, which
-  // keep the default policy (NVIDIA H200, bench/NOTES.md, tenth session).
-  static constexpr bool kEvictFirst = S::kOutDtype != kE2M1 && kSteps >= 2;
+  // keep the default policy. Not for gelu_tanh and gelu either: ptxas then
+  // took 48 registers for gelu_tanh instead of 40, and with fewer warps to
+  // hide its math it ran 4-7% slower (NVIDIA H200, bench/NOTES.md, tenth
+  // session).
+  static constexpr bool kEvictFirst = S::kOutDtype != kE2M1 && kSteps >= 2 &&
+                                      (S::kActivation == kSilu || S::kActivation == kSwiglu);
   // The team's group that step c of a lane is in.
   __device__ static __forceinline__ constexpr int groupOfStep(int c) {
     return kAcross ? c / kStepsPerGroup : 0;

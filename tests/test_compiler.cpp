@@ -757,13 +757,15 @@ TEST_F(CompilerTest, L2PrefetchHintOnlyWhereATeamsStepReadsHalfALine) {
 }
 
 // Threads that read two or more vectors an input (the many-token shapes on an
-// H200) load with an L2 evict_first policy; threads of one vector (the
-// few-token shapes) and FP4 keep the default policy.
+// H200) load with an L2 evict_first policy for silu and swiglu; threads of one
+// vector (the few-token shapes), FP4, gelu_tanh and gelu keep the default
+// policy.
 TEST_F(CompilerTest, EvictFirstLoadsOnlyInThreadsOfTwoOrMoreVectors) {
   struct Case {
     int hidden, group, tpg, vec;
     OutDtype out;
     bool evictFirst;
+    Activation activation = Activation::Silu;
   };
   const Case cases[] = {
       {7168, 64, 4, 8, OutDtype::FP8E4M3, true},    // 2 vectors, with the 256-byte fetch
@@ -772,10 +774,14 @@ TEST_F(CompilerTest, EvictFirstLoadsOnlyInThreadsOfTwoOrMoreVectors) {
       {7168, 128, 16, 8, OutDtype::FP8E4M3, false}, // 1 vector (few tokens)
       {7168, 64, 16, 4, OutDtype::FP8E4M3, false},  // 1 vector (very few tokens)
       {7168, 32, 1, 8, OutDtype::FP4E2M1, false},   // FP4 (MXFP4), 2 vectors
+      {7168, 128, 8, 8, OutDtype::FP8E4M3, true, Activation::Swiglu},
+      {7168, 128, 8, 8, OutDtype::FP8E4M3, false, Activation::GeluTanh}, // needs its warps
+      {7168, 128, 8, 8, OutDtype::FP8E4M3, false, Activation::Gelu},
   };
   for (const Case& c : cases) {
     KernelSpec s = makeSpec(c.hidden, c.group);
     s.outDtype = c.out;
+    s.activation = c.activation;
     if (c.out == OutDtype::FP4E2M1) {
       s.ue8m0 = true;
       s.scaleLayout = ScaleLayout::Bytes;
