@@ -291,7 +291,7 @@ class Service:
     ``cache_dir=None`` configures the disk cache from the environment
     (``BQJIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/bqjit``, else ``~/.cache/bqjit``;
     also ``BQJIT_CACHE_MAX_BYTES``, ``BQJIT_LOG_LEVEL``, ``BQJIT_NO_COMPILE``,
-    ``BQJIT_LOCK_TIMEOUT_MS``); ``""`` disables the disk cache.
+    ``BQJIT_LOCK_TIMEOUT_MS``, ``BQJIT_PDL``); ``""`` disables the disk cache.
 
     Kernel handles are cached per (spec JSON, device) in :attr:`kernels`.
     The process-wide service returned by :func:`service` is never destroyed

@@ -1,6 +1,7 @@
 """The ctypes layer alone: needs libbqjit.so, but neither PyTorch nor a GPU
 (bqjit_compile runs NVRTC without a device). Without the library these tests
 fail (LibraryNotFoundError names every place tried): they are never skipped."""
+import ctypes
 import json
 import os
 import subprocess
@@ -156,3 +157,41 @@ def test_candidates_without_env(monkeypatch):
     assert places[0] == "package directory"
     assert places[1] == "source tree build"
     assert places[-1] == "dynamic loader search path"
+
+
+def test_kernel_launch_pdl_flags():
+    """Kernel.launch's ``pdl``: None leaves it to the library's default
+    (BQJIT_PDL, on unless 0) through bqjit_kernel_launch; True and False pass
+    BQJIT_LAUNCH_PDL and BQJIT_LAUNCH_NO_PDL in bqjit_launch_extra.flags. A
+    stand-in for the library records the calls (no GPU needed)."""
+    calls = []
+
+    class Recorder:
+        def bqjit_kernel_launch(self, handle, args, stream):
+            calls.append(("launch", handle))
+            return _lib.OK
+
+        def bqjit_kernel_launch_ex(self, handle, args, extra, stream):
+            e = extra._obj
+            calls.append(("launch_ex", handle, e.size, e.global_scale, e.flags))
+            return _lib.OK
+
+        def bqjit_kernel_release(self, handle):
+            pass
+
+    kernel = _lib.Kernel(Recorder(), 7, "{}", 0)
+    args = _lib.LaunchArgs()
+    size = ctypes.sizeof(_lib.LaunchExtra)
+    kernel.launch(args)
+    kernel.launch(args, pdl=True)
+    kernel.launch(args, pdl=False)
+    kernel.launch(args, global_scale=64)
+    kernel.launch(args, global_scale=64, pdl=False)
+    assert calls == [
+        ("launch", 7),
+        ("launch_ex", 7, size, 0, _lib.LAUNCH_PDL),
+        ("launch_ex", 7, size, 0, _lib.LAUNCH_NO_PDL),
+        ("launch_ex", 7, size, 64, 0),
+        ("launch_ex", 7, size, 64, _lib.LAUNCH_NO_PDL),
+    ]
+    assert (_lib.LAUNCH_PDL, _lib.LAUNCH_NO_PDL) == (0x1, 0x2)  # bqjit.h's BQJIT_LAUNCH_*
