@@ -44,6 +44,23 @@ KernelSpec makeSpec(int hidden, int group, const std::string& arch = "sm_90") {
   return s;
 }
 
+// A spec with an explicit shape of 256-thread blocks (teams of `tpg` threads
+// reading `vec` values a vector); FP4 as MXFP4 with bytes scales.
+KernelSpec shapedSpec(int hidden, int group, int tpg, int vec, OutDtype out,
+                      Activation activation = Activation::Silu) {
+  KernelSpec s = makeSpec(hidden, group);
+  s.outDtype = out;
+  s.activation = activation;
+  if (out == OutDtype::FP4E2M1) {
+    s.ue8m0 = true;
+    s.scaleLayout = ScaleLayout::Bytes;
+  }
+  LaunchShape shape{tpg, vec, 1};
+  shape.groupsPerBlock = 256 / shape.teamSlot();
+  s.shape = shape;
+  return s;
+}
+
 /// The spec as the planner resolves it: the many-token heuristic's shape
 /// unless one is given, occupancy derived.
 KernelSpec resolved(KernelSpec s) {
@@ -736,15 +753,7 @@ TEST_F(CompilerTest, L2PrefetchHintOnlyWhereATeamsStepReadsHalfALine) {
       {7168, 32, 1, 8, OutDtype::FP4E2M1, false},  // FP4 (MXFP4)
   };
   for (const Case& c : cases) {
-    KernelSpec s = makeSpec(c.hidden, c.group);
-    s.outDtype = c.out;
-    if (c.out == OutDtype::FP4E2M1) {
-      s.ue8m0 = true;
-      s.scaleLayout = ScaleLayout::Bytes;
-    }
-    LaunchShape shape{c.tpg, c.vec, 1};
-    shape.groupsPerBlock = 256 / shape.teamSlot();
-    s.shape = shape;
+    const KernelSpec s = shapedSpec(c.hidden, c.group, c.tpg, c.vec, c.out);
     auto k = compileChecked(s);
     ASSERT_TRUE(k.has_value()) << s.label();
     // After the evict_first cache hint where there is one.
@@ -779,16 +788,7 @@ TEST_F(CompilerTest, EvictFirstLoadsOnlyInThreadsOfTwoOrMoreVectors) {
       {7168, 128, 8, 8, OutDtype::FP8E4M3, false, Activation::Gelu},
   };
   for (const Case& c : cases) {
-    KernelSpec s = makeSpec(c.hidden, c.group);
-    s.outDtype = c.out;
-    s.activation = c.activation;
-    if (c.out == OutDtype::FP4E2M1) {
-      s.ue8m0 = true;
-      s.scaleLayout = ScaleLayout::Bytes;
-    }
-    LaunchShape shape{c.tpg, c.vec, 1};
-    shape.groupsPerBlock = 256 / shape.teamSlot();
-    s.shape = shape;
+    const KernelSpec s = shapedSpec(c.hidden, c.group, c.tpg, c.vec, c.out, c.activation);
     auto k = compileChecked(s);
     ASSERT_TRUE(k.has_value()) << s.label();
     EXPECT_EQ(contains(k->ptx, "createpolicy.fractional.L2::evict_first"), c.evictFirst)
