@@ -156,7 +156,8 @@ bqjit_status bqjit_service_finish_variants(bqjit_service service);
 
 /** Enqueues the kernel on `stream` (a CUstream / cudaStream_t). An NVFP4
  *  kernel needs bqjit_kernel_launch_ex (its global scale). On sm_90 and newer
- *  it is a programmatic dependent launch unless BQJIT_PDL=0 (BQJIT_LAUNCH_PDL). */
+ *  it is a programmatic dependent launch unless BQJIT_PDL=0 (see
+ *  BQJIT_LAUNCH_PDL; bqjit_kernel_launch_ex's flags decide per launch). */
 bqjit_status bqjit_kernel_launch(bqjit_kernel kernel, const bqjit_launch_args* args, void* stream);
 /** bqjit_kernel_launch with the arguments of bqjit_launch_extra (`extra` may be
  *  NULL: all zero). A `size` below that of its `size` field, or above
