@@ -31,6 +31,13 @@ llvm::Expected<uint64_t> parseUnsigned(const char* name, const std::string& valu
   }
 }
 
+// A switch: "0" or "1".
+llvm::Expected<bool> parseFlag(const char* name, const std::string& value) {
+  if (value != "0" && value != "1")
+    return envError(name, value, "must be 0 or 1");
+  return value == "1";
+}
+
 // The process-wide sink. Callers hold the lock shared while a sink runs, so
 // that setProcessLogSink (exclusive) returns only once the old sink is idle.
 struct ProcessSink {
@@ -124,9 +131,10 @@ Config::fromEnvironment(const std::function<const char*(const char*)>& getenvFn)
       return envError("BQJIT_LOG_LEVEL", v, "must be one of quiet, warn, info, debug");
   }
   if (auto v = get("BQJIT_NO_COMPILE"); !v.empty()) {
-    if (v != "0" && v != "1")
-      return envError("BQJIT_NO_COMPILE", v, "must be 0 or 1");
-    c.noCompile = v == "1";
+    auto on = parseFlag("BQJIT_NO_COMPILE", v);
+    if (!on)
+      return on.takeError();
+    c.noCompile = *on;
   }
   if (auto v = get("BQJIT_LOCK_TIMEOUT_MS"); !v.empty()) {
     auto n = parseUnsigned("BQJIT_LOCK_TIMEOUT_MS", v);
@@ -183,14 +191,16 @@ Config::fromEnvironment(const std::function<const char*(const char*)>& getenvFn)
   }
   c.secretFile = get("BQJIT_CACHE_SECRET_FILE");
   if (auto v = get("BQJIT_INSECURE_UNSIGNED"); !v.empty()) {
-    if (v != "0" && v != "1")
-      return envError("BQJIT_INSECURE_UNSIGNED", v, "must be 0 or 1");
-    c.insecureUnsigned = v == "1";
+    auto on = parseFlag("BQJIT_INSECURE_UNSIGNED", v);
+    if (!on)
+      return on.takeError();
+    c.insecureUnsigned = *on;
   }
   if (auto v = get("BQJIT_PDL"); !v.empty()) {
-    if (v != "0" && v != "1")
-      return envError("BQJIT_PDL", v, "must be 0 or 1");
-    c.programmaticLaunch = v == "1";
+    auto on = parseFlag("BQJIT_PDL", v);
+    if (!on)
+      return on.takeError();
+    c.programmaticLaunch = *on;
   }
   return c;
 }

@@ -35,8 +35,8 @@ struct LoadedFunction {
   /// sm_90 or newer: the kernel waits for a programmatic dependent launch's
   /// predecessor, so the launch attribute may be set.
   bool programmaticLaunch = false;
-  /// Whether a launch that does not say is programmatic: the service's
-  /// Config::programmaticLaunch, where programmaticLaunch holds.
+  /// Whether a launch that does not say is programmatic (where
+  /// programmaticLaunch holds): the service's Config::programmaticLaunch.
   bool programmaticByDefault = false;
 
   const CudaDriver& driver() const { return *library->driver; }

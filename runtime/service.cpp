@@ -453,7 +453,7 @@ Service::Impl::loadFunctionLocked(const std::shared_ptr<const CompiledKernel>& k
   fn->device = dev;
   // The template waits for a programmatic predecessor from sm_90 on.
   fn->programmaticLaunch = target->number >= 90;
-  fn->programmaticByDefault = fn->programmaticLaunch && config.programmaticLaunch;
+  fn->programmaticByDefault = config.programmaticLaunch;
   const std::string context =
       "kernel " + kernel->spec.label() + " on device " + std::to_string(dev);
   if (auto err = d.check(d.cuCtxPushCurrent(*ctx), "cuCtxPushCurrent", context))
