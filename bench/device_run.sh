@@ -86,7 +86,8 @@ if [ "$what" = torch ] || [ "$what" = all ]; then
       export PYTHONPATH=$PWD/devpack/site BQJIT_TORCH_OPS=python BQJIT_EXPECT_OPS=python
       repo=$PWD
       cd /tmp && timeout 300 python3 -m pytest -q -p no:cacheprovider "$repo/python/tests/test_torch_ops.py" \
-        "$repo/python/tests/test_bqjit.py" -k "masked or vllm or errors or compile or graph or backend or reuse" 2>&1 | tail -4
+        "$repo/python/tests/test_bqjit.py" "$repo/python/tests/test_pdl.py" \
+        -k "masked or vllm or errors or compile or graph or backend or reuse or pdl" 2>&1 | tail -4
     ) | tee "$OUT/pytest-python-ops.txt"
     (
       unset BQJIT_LIBRARY

@@ -69,7 +69,7 @@ def _current_stream(device: int) -> int:
 def _run(
     x: Tensor, q: Tensor, scales: Tensor, t: int, h: int, ldx: int, group_size: int, out_dtype: str, layout: str,
     ue8m0: bool, scale_ub: Optional[Tensor], launch: Optional[str], fields: Optional[str],
-    masked_m: Optional[Tensor] = None, global_scale: Optional[Tensor] = None,
+    masked_m: Optional[Tensor] = None, global_scale: Optional[Tensor] = None, pdl: Optional[bool] = None,
 ) -> None:
     if t == 0 or (masked_m is not None and x.shape[0] == 0):
         return
@@ -106,9 +106,9 @@ def _run(
     if device != torch.cuda.current_device():
         # The legacy default stream resolves through the current context.
         with torch.cuda.device(device):
-            kernel.launch(args, stream, gs)
+            kernel.launch(args, stream, gs, pdl)
     else:
-        kernel.launch(args, stream, gs)
+        kernel.launch(args, stream, gs, pdl)
 
 
 def _masked_rows(x: Tensor, masked_m: Tensor, group_size: int, out_dtype: str, layout: str, scale_ub: Any,
@@ -122,12 +122,14 @@ def _masked_rows(x: Tensor, masked_m: Tensor, group_size: int, out_dtype: str, l
 def _silu_mul_quant_op(
     x: Tensor, group_size: int, out_dtype: str, scale_layout: str, ue8m0: bool, scale_ub: Optional[Tensor],
     launch: Optional[str], fields: Optional[str] = None, global_scale: Optional[Tensor] = None,
+    pdl: Optional[bool] = None,
 ) -> Tuple[Tensor, Tensor]:
     _check_static(group_size, out_dtype, scale_layout, ue8m0)
     _check_fields_text(fields)
     t, h, ldx = _check(x, group_size, out_dtype, scale_layout, scale_ub, False, ue8m0, global_scale)
     q, s = _alloc(x, h, group_size, out_dtype, scale_layout)
-    _run(x, q, s, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields, None, global_scale)
+    _run(x, q, s, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields, None, global_scale,
+         pdl)
     return q, s
 
 
@@ -135,28 +137,28 @@ def _silu_mul_quant_op(
 def _silu_mul_quant_out_op(
     x: Tensor, q: Tensor, scales: Tensor, group_size: int, out_dtype: str, scale_layout: str, ue8m0: bool,
     scale_ub: Optional[Tensor], launch: Optional[str], fields: Optional[str] = None,
-    global_scale: Optional[Tensor] = None,
+    global_scale: Optional[Tensor] = None, pdl: Optional[bool] = None,
 ) -> None:
     _check_static(group_size, out_dtype, scale_layout, ue8m0)
     _check_fields_text(fields)
     t, h, ldx = _check(x, group_size, out_dtype, scale_layout, scale_ub, False, ue8m0, global_scale)
     _check_outputs(x, q, scales, h, group_size, out_dtype, scale_layout, real=True)
     _run(x, q, scales, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields, None,
-         global_scale)
+         global_scale, pdl)
 
 
 @torch.library.custom_op("bqjit::silu_mul_quant_masked", mutates_args=())
 def _silu_mul_quant_masked_op(
     x: Tensor, masked_m: Tensor, group_size: int, out_dtype: str, scale_layout: str, ue8m0: bool,
     scale_ub: Optional[Tensor], launch: Optional[str], fields: Optional[str] = None,
-    global_scale: Optional[Tensor] = None,
+    global_scale: Optional[Tensor] = None, pdl: Optional[bool] = None,
 ) -> Tuple[Tensor, Tensor]:
     _check_static(group_size, out_dtype, scale_layout, ue8m0)
     _check_fields_text(fields)
     t, h, ldx = _masked_rows(x, masked_m, group_size, out_dtype, scale_layout, scale_ub, ue8m0, global_scale)
     q, s = _alloc(x, h, group_size, out_dtype, scale_layout, masked=True)
     _run(x, q, s, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields, masked_m,
-         global_scale)
+         global_scale, pdl)
     return q, s
 
 
@@ -164,14 +166,14 @@ def _silu_mul_quant_masked_op(
 def _silu_mul_quant_masked_out_op(
     x: Tensor, masked_m: Tensor, q: Tensor, scales: Tensor, group_size: int, out_dtype: str, scale_layout: str,
     ue8m0: bool, scale_ub: Optional[Tensor], launch: Optional[str], fields: Optional[str] = None,
-    global_scale: Optional[Tensor] = None,
+    global_scale: Optional[Tensor] = None, pdl: Optional[bool] = None,
 ) -> None:
     _check_static(group_size, out_dtype, scale_layout, ue8m0)
     _check_fields_text(fields)
     t, h, ldx = _masked_rows(x, masked_m, group_size, out_dtype, scale_layout, scale_ub, ue8m0, global_scale)
     _check_outputs(x, q, scales, h, group_size, out_dtype, scale_layout, real=True, masked=True)
     _run(x, q, scales, t, h, ldx, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields, masked_m,
-         global_scale)
+         global_scale, pdl)
 
 
 @torch.library.custom_op("bqjit::kernel_table_size", mutates_args=())

@@ -19,7 +19,7 @@ The ops (``out_dtype`` is a string there, "fp8_e4m3", "fp8_e5m2", "int8" or
 implementations) and in CUDA graph capture:
 
 * ``silu_mul_quant(x, group_size, out_dtype, scale_layout, ue8m0, scale_ub,
-  launch, fields=None, global_scale=None) -> (q, scales)``
+  launch, fields=None, global_scale=None, pdl=None) -> (q, scales)``
 * ``silu_mul_quant_out(x, q, scales, group_size, ...) -> ()``: writes q, scales
 * ``silu_mul_quant_masked(x, masked_m, group_size, ...) -> (q, scales)``: a
   MoE batch x [E, T_max, 2H] with masked_m [E] int32 live rows per expert
@@ -251,6 +251,14 @@ def _check_fields_text(fields: Any) -> None:
         return
     if not isinstance(fields, str) or len(fields) < 2 or fields[0] != "{" or fields[-1] != "}":
         raise ValueError(f"fields = {fields!r}: must be None or a JSON object of spec fields")
+
+
+def _check_pdl(pdl: Any) -> None:
+    """The ``pdl`` argument: None (the library's default) or a bool."""
+    if pdl is not None and not isinstance(pdl, bool):
+        raise TypeError(
+            f"pdl = {pdl!r} ({type(pdl).__name__}): must be None (the library's default, BQJIT_PDL), True or False"
+        )
 
 
 def scale_shape(
@@ -579,7 +587,7 @@ if torch is not None:
 
     @torch.library.register_fake("bqjit::silu_mul_quant")
     def _silu_mul_quant_fake(x, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields=None,
-                             global_scale=None):
+                             global_scale=None, pdl=None):
         _check_static(group_size, out_dtype, scale_layout, ue8m0)
         _check_fields_text(fields)
         _, h, _ = _check(x, group_size, out_dtype, scale_layout, scale_ub, False, ue8m0, global_scale)
@@ -587,7 +595,7 @@ if torch is not None:
 
     @torch.library.register_fake("bqjit::silu_mul_quant_out")
     def _silu_mul_quant_out_fake(x, q, scales, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch,
-                                 fields=None, global_scale=None):
+                                 fields=None, global_scale=None, pdl=None):
         _check_static(group_size, out_dtype, scale_layout, ue8m0)
         _check_fields_text(fields)
         _, h, _ = _check(x, group_size, out_dtype, scale_layout, scale_ub, False, ue8m0, global_scale)
@@ -596,7 +604,7 @@ if torch is not None:
 
     @torch.library.register_fake("bqjit::silu_mul_quant_masked")
     def _silu_mul_quant_masked_fake(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch,
-                                    fields=None, global_scale=None):
+                                    fields=None, global_scale=None, pdl=None):
         _check_static(group_size, out_dtype, scale_layout, ue8m0)
         _check_fields_text(fields)
         _, h, _ = _check(x, group_size, out_dtype, scale_layout, scale_ub, True, ue8m0, global_scale)
@@ -606,7 +614,7 @@ if torch is not None:
     @torch.library.register_fake("bqjit::silu_mul_quant_masked_out")
     def _silu_mul_quant_masked_out_fake(
         x, masked_m, q, scales, group_size, out_dtype, scale_layout, ue8m0, scale_ub, launch, fields=None,
-        global_scale=None,
+        global_scale=None, pdl=None,
     ):
         _check_static(group_size, out_dtype, scale_layout, ue8m0)
         _check_fields_text(fields)
@@ -654,30 +662,33 @@ if torch is not None:
             raise ValueError(f"{missing} is None: out and scales_out must be given together")
 
     def _checked(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out, launch,
-                 act=(None, None, None, None, None, None, None), global_scale=None):
+                 act=(None, None, None, None, None, None, None), global_scale=None, pdl=None):
         """Every argument check of the wrappers, in Python (the traced path and
         the eager slow path): (out_dtype's name, launch as JSON, fields as JSON).
         `act`: (activation, alpha, beta, limit, gate_up, scale_rounding, min_scale)."""
         _check_wrapper_args(x, scale_ub, out, scales_out, global_scale)
+        _check_pdl(pdl)
         if masked_m is not None and not isinstance(masked_m, torch.Tensor):
             raise TypeError(f"masked_m must be a torch.Tensor, got {type(masked_m).__name__}")
         name = _static(group_size, out_dtype, scale_layout, ue8m0)
         return name, _launch_json(launch), _fields_json(*act, name, ue8m0)
 
     def _checked_call(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out, launch,
-                      act, global_scale=None):
+                      act, global_scale=None, pdl=None):
         """Both wrappers' path under tracing and for what the eager fast path
         leaves (launch overrides, activations, fp4, other types): every check in
         Python, then the op; eagerly, the library's errors as BqjitError."""
         name, launch_text, fields = _checked(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
-                                             scales_out, launch, act, global_scale)
+                                             scales_out, launch, act, global_scale, pdl)
         lead = (x,) if masked_m is None else (x, masked_m)
         if out is None:
             op, args = (_OP if masked_m is None else _OP_MASKED), lead
         else:
             op, args = (_OP_OUT if masked_m is None else _OP_MASKED_OUT), lead + (out, scales_out)
         args = args + (group_size, name, scale_layout, ue8m0, scale_ub, launch_text, fields)
-        if global_scale is not None:
+        if pdl is not None:
+            args = args + (global_scale, pdl)
+        elif global_scale is not None:
             args = args + (global_scale,)
         if _is_compiling():
             result = op(*args)
@@ -730,6 +741,7 @@ if torch is not None:
         scale_rounding: Optional[str] = None,
         global_scale: Optional[Tensor] = None,
         min_scale: Optional[float] = None,
+        pdl: Optional[bool] = None,
     ) -> Tuple[Tensor, Tensor]:
         """``y = act(gate) * up`` (``silu`` by default) quantized per group of ``group_size`` columns.
 
@@ -779,6 +791,12 @@ if torch is not None:
                 ``eps`` before dividing by QMAX gets the same scales with
                 ``min_scale = fl32(eps / QMAX)`` (vLLM's 1e-10 and 448:
                 2.2321428e-13); :mod:`bqjit.fusion` passes it so.
+            pdl: None (the library's default: ``BQJIT_PDL``, on from sm_90
+                unless 0), True or False: this launch is, or is not, a
+                programmatic dependent launch (it may start while the previous
+                kernel on the stream finishes, and waits for that kernel's
+                writes before it touches memory). No effect on GPUs before
+                sm_90. Anything else is a TypeError.
 
         Returns:
             ``(q, scales)``: q ``[..., H]`` of ``out_dtype``; scales per layout.
@@ -795,17 +813,24 @@ if torch is not None:
             if name is not None and launch is None and type(group_size) is int and type(ue8m0) is bool \
                     and (out is None) == (scales_out is None) and activation is None and alpha is None \
                     and beta is None and limit is None and gate_up is None and scale_rounding is None \
-                    and global_scale is None and min_scale is None:
+                    and global_scale is None and min_scale is None and (pdl is None or pdl is True or pdl is False):
                 try:
+                    # pdl None is left out: the call of the default stays as short as before.
                     if out is None:
-                        return _RAW_OP(x, group_size, name, scale_layout, ue8m0, scale_ub, None)
-                    _RAW_OP_OUT(x, out, scales_out, group_size, name, scale_layout, ue8m0, scale_ub, None)
+                        if pdl is None:
+                            return _RAW_OP(x, group_size, name, scale_layout, ue8m0, scale_ub, None)
+                        return _RAW_OP(x, group_size, name, scale_layout, ue8m0, scale_ub, None, None, None, pdl)
+                    if pdl is None:
+                        _RAW_OP_OUT(x, out, scales_out, group_size, name, scale_layout, ue8m0, scale_ub, None)
+                    else:
+                        _RAW_OP_OUT(x, out, scales_out, group_size, name, scale_layout, ue8m0, scale_ub, None, None,
+                                    None, pdl)
                     return out, scales_out
                 except (TypeError, RuntimeError) as e:
                     raise _explained(e, x, None, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
                                      scales_out) from None
         return _checked_call(x, None, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out, launch,
-                             (activation, alpha, beta, limit, gate_up, scale_rounding, min_scale), global_scale)
+                             (activation, alpha, beta, limit, gate_up, scale_rounding, min_scale), global_scale, pdl)
 
     def silu_mul_quant_masked(
         x: Tensor,
@@ -827,6 +852,7 @@ if torch is not None:
         scale_rounding: Optional[str] = None,
         global_scale: Optional[Tensor] = None,
         min_scale: Optional[float] = None,
+        pdl: Optional[bool] = None,
     ) -> Tuple[Tensor, Tensor]:
         """:func:`silu_mul_quant` of a MoE batch: ``x [E, T_max, 2H]``, expert
         ``e`` with ``masked_m[e]`` live rows (int32 CUDA tensor ``[E]``, read
@@ -843,18 +869,26 @@ if torch is not None:
             if name is not None and launch is None and type(group_size) is int and type(ue8m0) is bool \
                     and (out is None) == (scales_out is None) and activation is None and alpha is None \
                     and beta is None and limit is None and gate_up is None and scale_rounding is None \
-                    and global_scale is None and min_scale is None:
+                    and global_scale is None and min_scale is None and (pdl is None or pdl is True or pdl is False):
                 try:
                     if out is None:
-                        return _RAW_OP_MASKED(x, masked_m, group_size, name, scale_layout, ue8m0, scale_ub, None)
-                    _RAW_OP_MASKED_OUT(x, masked_m, out, scales_out, group_size, name, scale_layout, ue8m0,
-                                       scale_ub, None)
+                        if pdl is None:
+                            return _RAW_OP_MASKED(x, masked_m, group_size, name, scale_layout, ue8m0, scale_ub, None)
+                        return _RAW_OP_MASKED(x, masked_m, group_size, name, scale_layout, ue8m0, scale_ub, None,
+                                              None, None, pdl)
+                    if pdl is None:
+                        _RAW_OP_MASKED_OUT(x, masked_m, out, scales_out, group_size, name, scale_layout, ue8m0,
+                                           scale_ub, None)
+                    else:
+                        _RAW_OP_MASKED_OUT(x, masked_m, out, scales_out, group_size, name, scale_layout, ue8m0,
+                                           scale_ub, None, None, None, pdl)
                     return out, scales_out
                 except (TypeError, RuntimeError) as e:
                     raise _explained(e, x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out,
                                      scales_out) from None
         return _checked_call(x, masked_m, group_size, out_dtype, scale_layout, ue8m0, scale_ub, out, scales_out,
-                             launch, (activation, alpha, beta, limit, gate_up, scale_rounding, min_scale), global_scale)
+                             launch, (activation, alpha, beta, limit, gate_up, scale_rounding, min_scale), global_scale,
+                             pdl)
 
 else:
     silu_mul_quant = _not_available  # type: ignore[assignment]

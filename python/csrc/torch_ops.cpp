@@ -564,11 +564,14 @@ int64_t pow2Align(uint64_t a, uint64_t b) {
   return static_cast<int64_t>(v & (~v + 1));
 }
 
+/// `pdl`: whether the launch is a programmatic dependent launch
+/// (BQJIT_LAUNCH_PDL / BQJIT_LAUNCH_NO_PDL); none leaves it to the library's
+/// default (BQJIT_PDL, on from sm_90 unless 0).
 void run(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, const Rows& r,
          int64_t group, OutType out, Layout layout, bool ue8m0,
          const std::optional<at::Tensor>& scaleUb, const std::optional<std::string>& launch,
          const std::optional<std::string>& fields, const at::Tensor* maskedM,
-         const std::optional<at::Tensor>& globalScale) {
+         const std::optional<at::Tensor>& globalScale, std::optional<bool> pdl) {
   if (r.t == 0 || (maskedM && maskedM->size(0) == 0))
     return;
   const int device = x.get_device();
@@ -611,6 +614,7 @@ void run(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, con
   bqjit_launch_extra extra{};
   extra.size = sizeof extra;
   extra.global_scale = globalScale ? reinterpret_cast<uint64_t>(globalScale->data_ptr()) : 0;
+  extra.flags = !pdl ? 0u : *pdl ? BQJIT_LAUNCH_PDL : BQJIT_LAUNCH_NO_PDL;
   if (bqjit_status st = bqjit_kernel_launch_ex(kernel, &args, &extra, stream))
     throwStatus(st, "bqjit_kernel_launch_ex");
 }
@@ -655,14 +659,14 @@ std::tuple<at::Tensor, at::Tensor>
 siluMulQuant(const at::Tensor& x, int64_t group, const std::string& outDtype,
              const std::string& scaleLayout, bool ue8m0, const std::optional<at::Tensor>& scaleUb,
              const std::optional<std::string>& launch, const std::optional<std::string>& fields,
-             const std::optional<at::Tensor>& globalScale) {
+             const std::optional<at::Tensor>& globalScale, std::optional<bool> pdl) {
   const OutType out = parseOut(outDtype);
   const Layout layout = parseLayout(scaleLayout);
   checkFields(fields);
   const Rows r =
       checkArguments(x, group, out, layout, scaleLayout, ue8m0, scaleUb, nullptr, globalScale);
   auto [q, s] = allocate(x, r.h, group, out, layout, false);
-  run(x, q, s, r, group, out, layout, ue8m0, scaleUb, launch, fields, nullptr, globalScale);
+  run(x, q, s, r, group, out, layout, ue8m0, scaleUb, launch, fields, nullptr, globalScale, pdl);
   return {q, s};
 }
 
@@ -671,28 +675,29 @@ void siluMulQuantOut(const at::Tensor& x, const at::Tensor& q, const at::Tensor&
                      bool ue8m0, const std::optional<at::Tensor>& scaleUb,
                      const std::optional<std::string>& launch,
                      const std::optional<std::string>& fields,
-                     const std::optional<at::Tensor>& globalScale) {
+                     const std::optional<at::Tensor>& globalScale, std::optional<bool> pdl) {
   const OutType out = parseOut(outDtype);
   const Layout layout = parseLayout(scaleLayout);
   checkFields(fields);
   const Rows r =
       checkArguments(x, group, out, layout, scaleLayout, ue8m0, scaleUb, nullptr, globalScale);
   checkOutputs(x, q, scales, r.h, group, out, layout, false);
-  run(x, q, scales, r, group, out, layout, ue8m0, scaleUb, launch, fields, nullptr, globalScale);
+  run(x, q, scales, r, group, out, layout, ue8m0, scaleUb, launch, fields, nullptr, globalScale,
+      pdl);
 }
 
 std::tuple<at::Tensor, at::Tensor> siluMulQuantMasked(
     const at::Tensor& x, const at::Tensor& maskedM, int64_t group, const std::string& outDtype,
     const std::string& scaleLayout, bool ue8m0, const std::optional<at::Tensor>& scaleUb,
     const std::optional<std::string>& launch, const std::optional<std::string>& fields,
-    const std::optional<at::Tensor>& globalScale) {
+    const std::optional<at::Tensor>& globalScale, std::optional<bool> pdl) {
   const OutType out = parseOut(outDtype);
   const Layout layout = parseLayout(scaleLayout);
   checkFields(fields);
   const Rows r =
       checkArguments(x, group, out, layout, scaleLayout, ue8m0, scaleUb, &maskedM, globalScale);
   auto [q, s] = allocate(x, r.h, group, out, layout, true);
-  run(x, q, s, r, group, out, layout, ue8m0, scaleUb, launch, fields, &maskedM, globalScale);
+  run(x, q, s, r, group, out, layout, ue8m0, scaleUb, launch, fields, &maskedM, globalScale, pdl);
   return {q, s};
 }
 
@@ -702,14 +707,15 @@ void siluMulQuantMaskedOut(const at::Tensor& x, const at::Tensor& maskedM, const
                            const std::optional<at::Tensor>& scaleUb,
                            const std::optional<std::string>& launch,
                            const std::optional<std::string>& fields,
-                           const std::optional<at::Tensor>& globalScale) {
+                           const std::optional<at::Tensor>& globalScale, std::optional<bool> pdl) {
   const OutType out = parseOut(outDtype);
   const Layout layout = parseLayout(scaleLayout);
   checkFields(fields);
   const Rows r =
       checkArguments(x, group, out, layout, scaleLayout, ue8m0, scaleUb, &maskedM, globalScale);
   checkOutputs(x, q, scales, r.h, group, out, layout, true);
-  run(x, q, scales, r, group, out, layout, ue8m0, scaleUb, launch, fields, &maskedM, globalScale);
+  run(x, q, scales, r, group, out, layout, ue8m0, scaleUb, launch, fields, &maskedM, globalScale,
+      pdl);
 }
 
 int64_t tableSize() {
@@ -722,18 +728,17 @@ TORCH_LIBRARY(bqjit, m) {
   // The fake (meta) implementations for torch.compile live in this module.
   m.set_python_module("bqjit.ops");
   m.def("silu_mul_quant(Tensor x, int group_size, str out_dtype, str scale_layout, bool ue8m0, "
-        "Tensor? scale_ub, str? launch, str? fields=None, Tensor? global_scale=None) -> (Tensor, "
-        "Tensor)");
+        "Tensor? scale_ub, str? launch, str? fields=None, Tensor? global_scale=None, "
+        "bool? pdl=None) -> (Tensor, Tensor)");
   m.def("silu_mul_quant_out(Tensor x, Tensor(a!) q, Tensor(b!) scales, int group_size, "
         "str out_dtype, str scale_layout, bool ue8m0, Tensor? scale_ub, str? launch, str? "
-        "fields=None, Tensor? global_scale=None) -> ()");
+        "fields=None, Tensor? global_scale=None, bool? pdl=None) -> ()");
   m.def("silu_mul_quant_masked(Tensor x, Tensor masked_m, int group_size, str out_dtype, "
         "str scale_layout, bool ue8m0, Tensor? scale_ub, str? launch, str? fields=None, "
-        "Tensor? global_scale=None) -> "
-        "(Tensor, Tensor)");
+        "Tensor? global_scale=None, bool? pdl=None) -> (Tensor, Tensor)");
   m.def("silu_mul_quant_masked_out(Tensor x, Tensor masked_m, Tensor(a!) q, Tensor(b!) scales, "
         "int group_size, str out_dtype, str scale_layout, bool ue8m0, Tensor? scale_ub, "
-        "str? launch, str? fields=None, Tensor? global_scale=None) -> ()");
+        "str? launch, str? fields=None, Tensor? global_scale=None, bool? pdl=None) -> ()");
   m.def("kernel_table_size() -> int", &tableSize);
 }
 
