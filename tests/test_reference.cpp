@@ -628,6 +628,44 @@ TEST(Activation, GeluKeepsRelativeAccuracyForNegativeGates) {
   EXPECT_EQ(activation(gelu, 1e30f, 2.0f), 2e30f);
 }
 
+// gelu_tanh's argument z = 2w is computed as g * (k1 + k3 * g^2): three fp32
+// roundings where the contract's written order takes six. Over every finite
+// bf16 gate, the reference's y (u = 1) stays within a few ulp of the exact
+// function, scaled by 1 + |z| (z's own rounding, which sigma's steepness
+// turns into a relative error of y up to |z| times it): 2.34 of those units at
+// worst, as the six-rounding order (z itself: 2.26 against 2.05 ulp at worst).
+TEST(Activation, GeluTanhArgumentInThreeRoundingsIsAccurateForEveryBf16Gate) {
+  const KernelSpec geluTanh = withActivation(Activation::GeluTanh);
+  const float k = static_cast<float>(std::sqrt(2.0 / M_PI));
+  double worst = 0, worstSix = 0;
+  int checked = 0;
+  for (int c = 0; c < 0x10000; ++c) {
+    const float g = bf16ToFloat(static_cast<uint16_t>(c));
+    if (!std::isfinite(g))
+      continue;
+    const double z = 2.0 * std::sqrt(2.0 / M_PI) * (g + 0.044715 * double(g) * g * g);
+    const double exact = g / (1.0 + std::exp(-z));
+    // Out: zero, an fp32 subnormal y (absolute, not relative, accuracy), and
+    // exp(-z) beyond fp32 (z below about -88.7: y is then 0 in fp32 as in
+    // the kernel, whose 1 + exp is infinite there too).
+    if (exact == 0.0 || std::fabs(exact) < 0x1p-126 ||
+        std::exp(-z) >= double(std::numeric_limits<float>::max()))
+      continue;
+    const double scale = std::ldexp(1.0, -24) * (1.0 + std::fabs(z));
+    const float y = activation(geluTanh, g, 1.0f);
+    worst = std::max(worst, std::fabs(y - exact) / std::fabs(exact) / scale);
+    // The written order, rounded at each of its six steps.
+    const float w6 = k * (g + 0.044715f * (g * g * g));
+    const float y6 = g / (1.0f + std::exp(-(2.0f * w6)));
+    worstSix = std::max(worstSix, std::fabs(y6 - exact) / std::fabs(exact) / scale);
+    ++checked;
+  }
+  EXPECT_GT(checked, 30000);
+  EXPECT_LT(worst, 3.0) << "ulp x (1 + |z|); the six-rounding order: " << worstSix;
+  std::printf("[ gelu_tanh ] %d gates: worst %.2f ulp x (1 + |z|), six roundings %.2f\n", checked,
+              worst, worstSix);
+}
+
 TEST(Activation, SwigluClampsPropagateNaN) {
   const KernelSpec oss = withActivation(Activation::Swiglu, 1.702f, 1.0f, 7.0f);
   // NaN gate or up: NaN y (fminf would have made it the limit).
