@@ -685,8 +685,8 @@ std::vector<GpuCase> buildFp4Cases() {
       {Fp4Format::MxFloor, 2880, InDtype::BF16, LaunchShape{2, 8, 128}, 1, OutDtype::FP8E4M3},
       // Rows of fewer groups than a block's columns: a block takes 4 row pairs.
       {Fp4Format::Nvfp4, 96, InDtype::BF16, LaunchShape{1, 8, 256, 6}, 33, OutDtype::FP4E2M1},
-      // Decode sizes in the few-token shapes: the partial band's consecutive
-      // rows, live blocks then padding blocks (T = 64: half of each).
+      // Decode sizes in the few-token shapes: one partial band (64 and 97
+      // rows), whose row pairs leave padding warps in every block.
       {Fp4Format::Nvfp4, 25600, InDtype::BF16, LaunchShape{2, 8, 128}, 64, OutDtype::FP4E2M1},
       {Fp4Format::MxCeil, 14336, InDtype::BF16, LaunchShape{4, 4, 64, 8}, 97, OutDtype::FP4E2M1}};
   int n = 0;
