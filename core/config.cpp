@@ -202,6 +202,12 @@ Config::fromEnvironment(const std::function<const char*(const char*)>& getenvFn)
       return on.takeError();
     c.programmaticLaunch = *on;
   }
+  if (auto v = get("BQJIT_AUTOTUNE"); !v.empty()) {
+    auto on = parseFlag("BQJIT_AUTOTUNE", v);
+    if (!on)
+      return on.takeError();
+    c.autotune = *on;
+  }
   return c;
 }
 

@@ -27,12 +27,16 @@ DeviceProfile archDefault(const KernelSpec& spec) {
 Planner::Planner(const Config& config, std::string codeIdentity)
     : tuning_(tuningDirectory(config), std::move(codeIdentity), config) {}
 
-LaunchShape Planner::shapeFor(const KernelSpec& spec, Regime regime,
-                              const DeviceProfile& device) const {
+LaunchShape Planner::shapeFor(const KernelSpec& spec, Regime regime, const DeviceProfile& device,
+                              bool* heuristic) const {
+  if (heuristic)
+    *heuristic = false;
   if (spec.shape)
     return withDerivedOccupancy(spec, *spec.shape);
   if (auto tuned = tuning_.find(spec, regime, device))
     return withDerivedOccupancy(spec, *tuned);
+  if (heuristic)
+    *heuristic = true;
   return chooseLaunchShape(spec, regime, device);
 }
 
@@ -53,7 +57,7 @@ LaunchPlan Planner::planValid(const KernelSpec& spec, const DeviceProfile& devic
   LaunchPlan plan;
   for (Regime r : kRegimes) {
     KernelSpec resolved = spec;
-    resolved.shape = shapeFor(spec, r, device);
+    resolved.shape = shapeFor(spec, r, device, &plan.fromHeuristic[index(r)]);
     auto same = std::find_if(plan.variants.begin(), plan.variants.end(),
                              [&](const KernelSpec& v) { return v.shape == resolved.shape; });
     plan.variantOf[index(r)] = static_cast<int>(same - plan.variants.begin());

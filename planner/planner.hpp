@@ -22,6 +22,9 @@ struct LaunchPlan {
   std::vector<KernelSpec> variants;
   /// Index into `variants`, per Regime.
   std::array<int, kRegimeCount> variantOf{};
+  /// Per Regime, whether the heuristic chose its shape (the spec gave none
+  /// and no tuning record of the device exists): what autotuning may improve.
+  std::array<bool, kRegimeCount> fromHeuristic{};
 
   const KernelSpec& variantFor(Regime regime) const { return variants[variantOf[index(regime)]]; }
 };
@@ -53,7 +56,9 @@ public:
 
 private:
   LaunchPlan planValid(const KernelSpec& spec, const DeviceProfile& device) const;
-  LaunchShape shapeFor(const KernelSpec& spec, Regime regime, const DeviceProfile& device) const;
+  /// `heuristic`, if given, tells whether the heuristic chose the shape.
+  LaunchShape shapeFor(const KernelSpec& spec, Regime regime, const DeviceProfile& device,
+                       bool* heuristic = nullptr) const;
   TuningStore tuning_;
 };
 

@@ -85,10 +85,15 @@ bool CompileWorker::enqueue(std::function<void()> job) {
   return true;
 }
 
+void CompileWorker::registerExitHandling() {
+  registerExitHandler();
+}
+
 void CompileWorker::stop() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
+    stopRequested_.store(true, std::memory_order_release);
     jobs_.clear();
   }
   changed_.notify_all();

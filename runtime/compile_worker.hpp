@@ -1,6 +1,7 @@
 // One background thread for compiles, safe at process exit.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -41,6 +42,13 @@ public:
   void stop();
   /// Waits until no job is queued or running (for tests and tools).
   void drain();
+  /// Whether stop() was called: a long job polls it between its steps, so
+  /// that the process's exit does not wait for the whole job.
+  bool stopRequested() const { return stopRequested_.load(std::memory_order_acquire); }
+  /// What enqueue() does first, now: registers the exit handler (compiling
+  /// NVRTC's first program where none has been), so that a later enqueue()
+  /// from a thread that must not wait for that does not.
+  static void registerExitHandling();
 
 private:
   void run();
@@ -51,6 +59,7 @@ private:
   std::deque<std::function<void()>> jobs_;
   bool running_ = false;  ///< a job is running
   bool stopping_ = false; ///< stop() was called
+  std::atomic<bool> stopRequested_{false};
   std::thread thread_;
   std::mutex joinMutex_; ///< one joiner at a time (the exit handler and the destructor)
 };

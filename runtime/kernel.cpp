@@ -12,7 +12,9 @@
 
 #include "bqjit/error.hpp"
 #include "bqjit/service.hpp"
+#include "planner/device_profile.hpp"
 #include "planner/regime.hpp"
+#include "runtime/autotuner.hpp"
 #include "runtime/loaded_function.hpp"
 
 namespace bqjit {
@@ -36,6 +38,14 @@ struct Kernel::Slots {
   std::array<bool, kRegimeCount> standIn{};
   std::atomic<int> standIns{0};
   std::condition_variable settled;
+  /// Autotuning: per regime whether its first launch has asked (true from
+  /// the start where nothing is to be tuned); the spec as asked for, the
+  /// device's profile and the tuner, which goes with its service. Written
+  /// before the handle is shared.
+  std::array<std::atomic<bool>, kRegimeCount> tuneAsked{};
+  std::optional<KernelSpec> tuneSpec;
+  std::optional<DeviceProfile> tuneProfile;
+  std::weak_ptr<Autotuner> tuner;
 
   void put(int regime, std::shared_ptr<const LoadedFunction> f) {
     {
@@ -70,6 +80,7 @@ Kernel::Kernel(const Functions& fns, int widestVec, const StandIns& standIns) {
     slots->put(r, fns[r]);
     slots->standIn[r] = standIns[r];
     slots->standIns += standIns[r] ? 1 : 0;
+    slots->tuneAsked[r].store(true, std::memory_order_relaxed);
   }
   state_ = std::make_shared<State>(State{std::move(slots)});
 }
@@ -92,6 +103,46 @@ void Kernel::settleStandIns() const {
       slots.settleLocked(r);
   }
   slots.settled.notify_all();
+}
+
+void Kernel::waitForVariants() const {
+  Slots& slots = *state_->slots;
+  std::unique_lock<std::mutex> lock(slots.mutex);
+  slots.settled.wait(lock, [&] { return slots.standIns.load(std::memory_order_acquire) == 0; });
+}
+
+const LoadedFunction& Kernel::function(Regime regime) const {
+  return *state_->slots->fn[index(regime)].load(std::memory_order_acquire);
+}
+
+int Kernel::widestVec() const {
+  return state_->slots->widestVec;
+}
+
+void Kernel::enableTuning(std::weak_ptr<Autotuner> tuner, const KernelSpec& spec,
+                          const DeviceProfile& profile, const std::array<bool, 4>& tunable) {
+  Slots& slots = *state_->slots;
+  slots.tuner = std::move(tuner);
+  slots.tuneSpec = spec;
+  slots.tuneProfile = profile;
+  for (int r = 0; r < kRegimeCount; ++r)
+    slots.tuneAsked[r].store(!tunable[r], std::memory_order_release);
+}
+
+void Kernel::askTuning(int regime, int64_t tokens, CUstream stream) const {
+  Slots& slots = *state_->slots;
+  // A launch being captured does not ask: the graph keeps the function it
+  // captured whatever the tuner finds, and the host's next uncaptured launch
+  // of the regime asks instead.
+  CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
+  const LoadedFunction& fn = *slots.fn[regime].load(std::memory_order_acquire);
+  if (fn.driver().cuStreamIsCapturing(stream, &status) != CUDA_SUCCESS ||
+      status != CU_STREAM_CAPTURE_STATUS_NONE)
+    return;
+  if (slots.tuneAsked[regime].exchange(true, std::memory_order_acq_rel))
+    return;
+  if (std::shared_ptr<Autotuner> tuner = slots.tuner.lock())
+    tuner->request(*this, *slots.tuneSpec, kRegimes[regime], tokens, *slots.tuneProfile);
 }
 
 const LoadedFunction& Kernel::pickForCapture(int64_t tokens, const LoadedFunction& picked,
@@ -218,7 +269,9 @@ std::string streamContextRule(const CudaDriver& d, CUcontext streamCtx, bool leg
 } // namespace
 
 llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
-  const LoadedFunction* picked = &pick(a.tokens);
+  const Slots& slots = *state_->slots;
+  const int regime = slots.regimeOf(a.tokens);
+  const LoadedFunction* picked = slots.fn[regime].load(std::memory_order_acquire);
   // A graph keeps the function it captured: while a variant still compiles
   // in the background, a captured launch waits for it rather than capture
   // its stand-in (on the warm path this costs one atomic load).
@@ -314,13 +367,17 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
     r = d.cuLaunchKernelEx(&config, fn.function, params, nullptr);
     if (r != CUDA_SUCCESS)
       return d.check(r, "cuLaunchKernelEx (programmatic dependent launch)", "kernel " + s.label());
-    return llvm::Error::success();
+  } else {
+    r = d.cuLaunchKernel(fn.function, grid[0], grid[1], grid[2], block[0], block[1], block[2], 0,
+                         stream, params, nullptr);
+    // The message is built only on failure: the launch path allocates nothing.
+    if (r != CUDA_SUCCESS)
+      return d.check(r, "cuLaunchKernel", "kernel " + s.label());
   }
-  r = d.cuLaunchKernel(fn.function, grid[0], grid[1], grid[2], block[0], block[1], block[2], 0,
-                       stream, params, nullptr);
-  // The message is built only on failure: the launch path allocates nothing.
-  if (r != CUDA_SUCCESS)
-    return d.check(r, "cuLaunchKernel", "kernel " + s.label());
+  // Autotuning asks once a regime, after its launch is enqueued (one atomic
+  // load on the warm path).
+  if (!slots.tuneAsked[regime].load(std::memory_order_relaxed))
+    askTuning(regime, a.tokens, stream);
   return llvm::Error::success();
 }
 

@@ -11,6 +11,7 @@
 #include "bqjit/error.hpp"
 #include "cache/kernel_cache.hpp"
 #include "planner/planner.hpp"
+#include "runtime/autotuner.hpp"
 #include "runtime/compile_worker.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "runtime/loaded_function.hpp"
@@ -114,11 +115,22 @@ struct Service::Impl {
   std::map<std::string, std::weak_ptr<const LoadedLibrary>> libraries; // by cache key
   std::map<std::pair<std::string, int>, std::shared_ptr<const LoadedFunction>> functions;
 
+  /// Config::autotune: tunes regimes on their first launch; the kernels it
+  /// hands out hold it weakly, so that it goes with the service.
+  std::shared_ptr<Autotuner> tuner;
+
   Impl(Config c, Compiler compiler)
       : config(c), planner(config, compiler.codeIdentity()),
-        cache(std::move(c), std::move(compiler)) {}
+        cache(std::move(c), std::move(compiler)) {
+    if (config.autotune)
+      tuner = std::make_shared<Autotuner>(
+          config, planner.tuning(),
+          [this](const KernelSpec& resolved, int device) { return loadVariant(resolved, device); });
+  }
 
   ~Impl() {
+    if (tuner)
+      tuner->stop(); // before anything its job uses goes
     worker.stop();     // before anything its job uses goes
     functions.clear(); // unloads the libraries before the contexts go
     if (driver)
@@ -178,6 +190,20 @@ struct Service::Impl {
   /// Loads (once) the function of a compiled kernel on a device.
   llvm::Expected<std::shared_ptr<const LoadedFunction>>
   loadFunctionLocked(const std::shared_ptr<const CompiledKernel>& kernel, int device);
+
+  /// The function of a resolved spec on a device: from the caches, else
+  /// compiled (unless noCompile), then loaded.
+  llvm::Expected<std::shared_ptr<const LoadedFunction>> loadVariant(const KernelSpec& resolved,
+                                                                    int device) {
+    auto id = cache.compiler().identify(resolved);
+    if (!id)
+      return id.takeError();
+    auto got = cache.get(*id);
+    if (!got)
+      return got.takeError();
+    std::lock_guard<std::mutex> lock(mutex);
+    return loadFunctionLocked(got->kernel, device);
+  }
 
   llvm::Expected<CUcontext> primaryContextLocked(int device) {
     auto it = primaryContexts.find(device);
@@ -302,6 +328,11 @@ void Service::finishVariants() {
   impl_->worker.drain();
 }
 
+void Service::finishTuning() {
+  if (impl_->tuner)
+    impl_->tuner->drain();
+}
+
 llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
   // The device's own properties choose the launch shapes, and its model
   // names the tuning records.
@@ -367,6 +398,11 @@ llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
     fns[index(r)] = loaded[v] ? loaded[v] : loaded[primary];
   }
   Kernel kernel(fns, widestVec, standIns);
+  if (impl_->tuner && std::find(plan->fromHeuristic.begin(), plan->fromHeuristic.end(), true) !=
+                          plan->fromHeuristic.end()) {
+    impl_->tuner->prepare();
+    kernel.enableTuning(impl_->tuner, spec, *profile, plan->fromHeuristic);
+  }
   if (!later.empty()) {
     // Whether the job runs, fails or is dropped (a stopped worker), its end
     // settles the stand-ins it leaves: a captured launch waiting for one

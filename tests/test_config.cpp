@@ -128,6 +128,17 @@ TEST(Config, ProgrammaticLaunchDefaultMalformed) {
   expectMalformed("BQJIT_PDL", "true", "must be 0 or 1");
 }
 
+TEST(Config, AutotuneParsed) {
+  EXPECT_FALSE(load({}).autotune);
+  EXPECT_FALSE(load({{"BQJIT_AUTOTUNE", "0"}}).autotune);
+  EXPECT_TRUE(load({{"BQJIT_AUTOTUNE", "1"}}).autotune);
+}
+
+TEST(Config, AutotuneMalformed) {
+  expectMalformed("BQJIT_AUTOTUNE", "yes", "must be 0 or 1");
+  expectMalformed("BQJIT_AUTOTUNE", "2", "must be 0 or 1");
+}
+
 TEST(Config, LockTimeoutParsed) {
   EXPECT_EQ(load({{"BQJIT_LOCK_TIMEOUT_MS", "0"}}).lockTimeoutMs, 0);
   EXPECT_EQ(load({{"BQJIT_LOCK_TIMEOUT_MS", "2500"}}).lockTimeoutMs, 2500);

@@ -305,5 +305,35 @@ TEST_F(PlannerTest, PlanMapsEveryRegimeToItsShape) {
   }
 }
 
+// What autotuning may improve: the regimes whose shape the heuristic chose,
+// not those of a tuning record of the device's model or of the spec itself.
+TEST_F(PlannerTest, PlanSaysWhichRegimesTheHeuristicChose) {
+  Planner p = planner();
+  const KernelSpec spec = smallSpec(1024);
+  const DeviceProfile h100 = *DeviceProfile::known("H100 80GB HBM3");
+  const DeviceProfile h200 = *DeviceProfile::known("H200");
+  auto before = p.plan(spec, h200);
+  ASSERT_TRUE(bool(before));
+  for (Regime r : kRegimes)
+    EXPECT_TRUE(before->fromHeuristic[index(r)]) << regimeName(r);
+
+  ASSERT_FALSE(bool(p.tuning().store(spec, LaunchShape{2, 8, 64}, Regime::FewTokens, h200)));
+  auto after = p.plan(spec, h200);
+  ASSERT_TRUE(bool(after));
+  for (Regime r : kRegimes)
+    EXPECT_EQ(after->fromHeuristic[index(r)], r != Regime::FewTokens) << regimeName(r);
+  // Another model's plan does not take the H200's record.
+  auto other = p.plan(spec, h100);
+  ASSERT_TRUE(bool(other));
+  EXPECT_TRUE(other->fromHeuristic[index(Regime::FewTokens)]);
+
+  KernelSpec fixed = spec;
+  fixed.shape = LaunchShape{4, 8, 32};
+  auto given = p.plan(fixed, h200);
+  ASSERT_TRUE(bool(given));
+  for (Regime r : kRegimes)
+    EXPECT_FALSE(given->fromHeuristic[index(r)]) << regimeName(r);
+}
+
 } // namespace
 } // namespace bqjit

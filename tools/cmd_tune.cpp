@@ -8,6 +8,7 @@
 #include "cache/kernel_cache.hpp"
 #include "planner/launch_heuristic.hpp"
 #include "planner/planner.hpp"
+#include "runtime/event_pairs.hpp"
 #include "tools/commands.hpp"
 #include "tools/device_problem.hpp"
 #include "tools/gpu_command.hpp"
@@ -21,45 +22,6 @@ namespace {
 // the time a buffer set comes round again its input has left L2.
 constexpr int64_t kRotationBytes = int64_t(256) << 20;
 constexpr int kWarmup = 3;
-
-/// Start/end event pairs for timing launches one by one.
-class EventPairs {
-public:
-  explicit EventPairs(const CudaDriver& driver) : driver_(driver) {}
-  EventPairs(const EventPairs&) = delete;
-  EventPairs& operator=(const EventPairs&) = delete;
-  ~EventPairs() {
-    for (CUevent e : events_)
-      driver_.cuEventDestroy(e);
-  }
-
-  llvm::Error create(int pairs) {
-    events_.resize(2 * pairs, nullptr);
-    for (CUevent& e : events_)
-      if (auto err = driver_.check(driver_.cuEventCreate(&e, CU_EVENT_DEFAULT), "cuEventCreate"))
-        return err;
-    return llvm::Error::success();
-  }
-  CUevent start(int i) const { return events_[2 * i]; }
-  CUevent end(int i) const { return events_[2 * i + 1]; }
-
-  /// Milliseconds of each pair, once the last has completed.
-  llvm::Expected<std::vector<float>> elapsed() const {
-    std::vector<float> ms(events_.size() / 2);
-    if (auto err = driver_.check(driver_.cuEventSynchronize(events_.back()), "cuEventSynchronize"))
-      return err;
-    for (size_t i = 0; i < ms.size(); ++i)
-      if (auto err =
-              driver_.check(driver_.cuEventElapsedTime(&ms[i], events_[2 * i], events_[2 * i + 1]),
-                            "cuEventElapsedTime"))
-        return err;
-    return ms;
-  }
-
-private:
-  const CudaDriver& driver_;
-  std::vector<CUevent> events_;
-};
 
 struct Candidate {
   LaunchShape shape;
@@ -94,8 +56,7 @@ llvm::Expected<double> timeKernel(const CudaDriver& drv, const Kernel& kernel,
   auto ms = events.elapsed();
   if (!ms)
     return ms.takeError();
-  std::nth_element(ms->begin(), ms->begin() + ms->size() / 2, ms->end());
-  return 1000.0 * (*ms)[ms->size() / 2];
+  return 1000.0 * median(std::move(*ms));
 }
 
 // Compiles, checks and times one shape; failures become the row's status.

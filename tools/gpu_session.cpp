@@ -6,25 +6,6 @@
 
 namespace bqjit::cli {
 
-DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
-  if (this != &o) {
-    reset();
-    driver_ = std::move(o.driver_);
-    ptr_ = o.ptr_;
-    bytes_ = o.bytes_;
-    o.ptr_ = 0;
-    o.bytes_ = 0;
-  }
-  return *this;
-}
-
-void DeviceBuffer::reset() {
-  if (ptr_ && driver_)
-    driver_->cuMemFree(ptr_);
-  ptr_ = 0;
-  bytes_ = 0;
-}
-
 llvm::Expected<std::unique_ptr<GpuSession>>
 GpuSession::open(std::shared_ptr<const CudaDriver> driver, int device) {
   const CudaDriver& d = *driver;
@@ -60,13 +41,7 @@ GpuSession::~GpuSession() {
 }
 
 llvm::Expected<DeviceBuffer> GpuSession::alloc(size_t bytes) const {
-  bytes = bytes == 0 ? 1 : bytes;
-  CUdeviceptr ptr = 0;
-  if (auto err =
-          driver_->check(driver_->cuMemAlloc(&ptr, bytes), "cuMemAlloc",
-                         std::to_string(bytes) + " bytes on device " + std::to_string(device_)))
-    return err;
-  return DeviceBuffer(driver_, ptr, bytes);
+  return DeviceBuffer::allocate(driver_, bytes, "device " + std::to_string(device_));
 }
 
 } // namespace bqjit::cli

@@ -1,5 +1,5 @@
 // A device made current on this thread through its primary context, and
-// device memory owned by RAII handles; used by `verify` and `tune`.
+// device memory in it; used by `verify` and `tune`.
 #pragma once
 
 #include <cstdint>
@@ -9,32 +9,9 @@
 #include <llvm/Support/Error.h>
 
 #include "runtime/cuda_driver.hpp"
+#include "runtime/device_buffer.hpp"
 
 namespace bqjit::cli {
-
-/// Device memory, freed on destruction. Move-only.
-class DeviceBuffer {
-public:
-  DeviceBuffer() = default;
-  DeviceBuffer(std::shared_ptr<const CudaDriver> driver, CUdeviceptr ptr, size_t bytes)
-      : driver_(std::move(driver)), ptr_(ptr), bytes_(bytes) {}
-  DeviceBuffer(DeviceBuffer&& o) noexcept { *this = std::move(o); }
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() { reset(); }
-
-  CUdeviceptr get() const { return ptr_; }
-  size_t bytes() const { return bytes_; }
-  /// A host-side pointer value for LaunchArgs, `offset` bytes in.
-  void* at(size_t offset) const { return reinterpret_cast<void*>(ptr_ + offset); }
-
-private:
-  void reset();
-  std::shared_ptr<const CudaDriver> driver_;
-  CUdeviceptr ptr_ = 0;
-  size_t bytes_ = 0;
-};
 
 /// Retains the primary context of `device` and makes it current; releases
 /// it on destruction. Buffers must go before the session.

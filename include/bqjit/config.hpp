@@ -68,6 +68,16 @@ struct Config {
   /// BQJIT_LAUNCH_NO_PDL). On by default: the kernel waits for the previous
   /// kernel's writes before touching memory, so only its start moves earlier.
   bool programmaticLaunch = true;
+  /// BQJIT_AUTOTUNE: the first launch of each regime whose launch shape the
+  /// heuristic chose (no shape in the spec, no tuning record for the device)
+  /// asks for that regime to be tuned on a background thread: the candidate
+  /// shapes are compiled, checked against the heuristic's results and timed
+  /// on a stream of the tuner's own; the fastest (by more than 2%) takes the
+  /// regime's slot in every copy of the handle and is stored as a tuning
+  /// record of the device's model. Launches never wait for it, and a launch
+  /// being captured in a CUDA graph asks for nothing. Off by default: the
+  /// tuning competes with the host's own work on the GPU for a few seconds.
+  bool autotune = false;
   LogSink logSink;
 
   /// Reads BQJIT_CACHE_DIR (else $XDG_CACHE_HOME/bqjit, else ~/.cache/bqjit),
@@ -75,9 +85,9 @@ struct Config {
   /// BQJIT_NO_COMPILE (0|1), BQJIT_LOCK_TIMEOUT_MS, BQJIT_CACHE_GROUP (a
   /// group name or number that exists), BQJIT_REMOTE_CACHE (a redis:// URL),
   /// BQJIT_REMOTE_TIMEOUT_MS, BQJIT_REMOTE_TTL_S, BQJIT_CACHE_SECRET_FILE,
-  /// BQJIT_INSECURE_UNSIGNED (0|1) and BQJIT_PDL (0|1). A malformed value is an
-  /// error naming the variable, the value and the rule. `getenv` is injectable
-  /// for tests.
+  /// BQJIT_INSECURE_UNSIGNED (0|1), BQJIT_PDL (0|1) and BQJIT_AUTOTUNE (0|1).
+  /// A malformed value is an error naming the variable, the value and the
+  /// rule. `getenv` is injectable for tests.
   static llvm::Expected<Config>
   fromEnvironment(const std::function<const char*(const char*)>& getenv = nullptr);
 

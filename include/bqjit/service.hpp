@@ -20,6 +20,7 @@
 
 namespace bqjit {
 
+class Autotuner;
 class CudaDriver;
 class KernelCache;
 class Planner;
@@ -82,6 +83,7 @@ public:
 
 private:
   friend class Service;
+  friend class Autotuner;
   /// One function per Regime, in Regime order, the same one repeated where
   /// regimes share a shape.
   using Functions = std::array<std::shared_ptr<const LoadedFunction>, 4>;
@@ -98,6 +100,20 @@ private:
   void replace(Regime regime, std::shared_ptr<const LoadedFunction> fn) const;
   /// Settles every stand-in left: no variant will replace it.
   void settleStandIns() const;
+  /// Waits until no slot holds a stand-in.
+  void waitForVariants() const;
+  /// The function in a regime's slot now (kept loaded while the handle lives).
+  const LoadedFunction& function(Regime regime) const;
+  /// The widest vector any of its shapes may have (what callers align for).
+  int widestVec() const;
+  /// Autotuning (Config::autotune): the first launch of each regime marked in
+  /// `tunable`, not being captured, asks `tuner` to tune it for `spec` (the
+  /// spec as asked for) on the device of `profile`. Before the handle is
+  /// shared.
+  void enableTuning(std::weak_ptr<Autotuner> tuner, const KernelSpec& spec,
+                    const DeviceProfile& profile, const std::array<bool, 4>& tunable);
+  /// The cold path of a launch whose regime has not asked yet.
+  void askTuning(int regime, int64_t tokens, CUstream stream) const;
   const LoadedFunction& pick(int64_t tokens) const;
   /// `picked`, or, where `stream` is capturing a graph and the regime's slot
   /// holds a stand-in, the regime's own variant once it has settled.
@@ -153,6 +169,11 @@ public:
   /// those compile on a background thread and take their slots as they
   /// load, in every copy of the handle. Results are the same either way.)
   void finishVariants();
+
+  /// Waits until the autotuner (Config::autotune, BQJIT_AUTOTUNE) has
+  /// finished every tuning asked for so far: the winners are in their slots
+  /// and stored as tuning records. Returns at once without autotuning.
+  void finishTuning();
 
   /// The driver, loading it if needed (ErrorCode::NoDriver without one).
   llvm::Expected<std::shared_ptr<const CudaDriver>> driver();
