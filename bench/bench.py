@@ -9,6 +9,10 @@ Graphs remove the host's launch overhead, which would otherwise dominate the
 small shapes. The device-to-device copy bandwidth is measured in the same run.
 
 Usage: python3 bench/bench.py [--quick] [--json out.json] [--shapes H:T:G,...]
+
+--autotune: BQJIT_AUTOTUNE=1 (through the Python ops): each row's first launch
+asks for its regime to be tuned, which finishes before the row is checked and
+timed; the winners stay in the cache directory's tuning records.
 """
 import argparse
 import json
@@ -19,6 +23,12 @@ import sys
 import time
 
 import torch
+
+if "--autotune" in sys.argv:
+    # Before bqjit loads: the tuner is the ctypes service's (bqjit.service()),
+    # which the Python ops launch through and finish_tuning() reaches.
+    os.environ["BQJIT_AUTOTUNE"] = "1"
+    os.environ["BQJIT_TORCH_OPS"] = "python"
 
 import bqjit
 
@@ -213,6 +223,8 @@ def main():
                     help="explicit launch shapes to time beside the default, "
                          "tpg,vec,gpb;tpg,vec,gpb;... (skipped where G does not fit)")
     ap.add_argument("--v1", action="store_true", help="also time the first heuristic's launch shape")
+    ap.add_argument("--autotune", action="store_true",
+                    help="BQJIT_AUTOTUNE=1: tune each row's regime on its first launch, then time")
     args = ap.parse_args()
     global FLUSH_MODE
     FLUSH_MODE = args.flush
@@ -257,6 +269,10 @@ def main():
         reps = max(count, 8) if t <= 256 else count
         x0, q0, s0 = sets[0]
         bqjit.silu_mul_quant(x0, group_size=g, out=q0, scales_out=s0)
+        if args.autotune:
+            torch.cuda.synchronize()
+            bqjit.service().finish_tuning()
+            bqjit.silu_mul_quant(x0, group_size=g, out=q0, scales_out=s0)  # the winner
         torch.cuda.synchronize()
         ok, at_boundary = check_correct(x0, q0, s0, g)
 
@@ -314,6 +330,7 @@ def main():
                    floor_us=bytes_moved / (copy_gbs * 1e9) * 1e6, correct=ok, at_boundary=at_boundary,
                    sets=count, reps=reps,
                    bqjit_times_us=times_b, launches=explicit, flush=FLUSH_MODE,
+                   autotune=args.autotune,
                    **state)
         rows.append(row)
         print(f"{h:>6} {t:>5} {g:>4} | {t_b:>9.2f} {gbs:>6.0f} {row['pct_copy']:>5.1f}% "

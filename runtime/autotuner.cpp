@@ -28,7 +28,7 @@ std::string shapeText(const LaunchShape& s) {
          " gpb=" + std::to_string(s.groupsPerBlock);
 }
 
-/// Input bits that are finite values of magnitude 1/8 to 4, either sign, with
+/// Input bits that are finite values of magnitude 1/8 to 2, either sign, with
 /// random mantissas: y and its groups' scales stay ordinary for every output
 /// type, and every shape computes the same bytes from them.
 std::vector<uint8_t> inputPattern(InDtype dtype, size_t bytes) {
@@ -175,8 +175,8 @@ void Autotuner::stop() {
   worker_.stop();
 }
 
-void Autotuner::request(const Kernel& kernel, const KernelSpec& spec, Regime regime,
-                        int64_t tokens, const DeviceProfile& profile) {
+void Autotuner::request(const Kernel& kernel, const KernelSpec& spec, Regime regime, int64_t tokens,
+                        const DeviceProfile& profile) {
   auto job = std::make_shared<Job>(Job{kernel, spec, regime, tokens, profile});
   worker_.enqueue([this, job] { run(*job); });
 }
@@ -193,8 +193,8 @@ void Autotuner::run(const Job& job) {
   // neither fail nor invalidate that capture.
   CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
   d.cuThreadExchangeStreamCaptureMode(&mode);
-  const std::string what = job.spec.label() + " (" + regimeName(job.regime) + " launches on " +
-                           job.profile.slug() + ")";
+  const std::string what =
+      job.spec.label() + " (" + regimeName(job.regime) + " launches on " + job.profile.slug() + ")";
   // A variant still compiling would take the slot after the winner.
   job.kernel.waitForVariants();
 
@@ -221,9 +221,13 @@ void Autotuner::run(const Job& job) {
   }
 
   auto winner = tune(job);
+  if (!winner && worker_.stopRequested()) {
+    llvm::consumeError(winner.takeError()); // the service goes: nothing to say
+    return;
+  }
   if (!winner) {
-    config_.log(LogLevel::Warn, "autotune of " + what + " stopped: " +
-                                    consumeToString(winner.takeError()) +
+    config_.log(LogLevel::Warn, "autotune of " + what +
+                                    " stopped: " + consumeToString(winner.takeError()) +
                                     "; the heuristic's shape stays");
     return;
   }
@@ -237,8 +241,8 @@ llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
   const KernelSpec& spec = job.spec;
   const CudaDriver& d = incumbent.driver();
   std::shared_ptr<const CudaDriver> driver = incumbent.library->driver;
-  const std::string what = spec.label() + " (" + regimeName(job.regime) + " launches on " +
-                           job.profile.slug() + ")";
+  const std::string what =
+      spec.label() + " (" + regimeName(job.regime) + " launches on " + job.profile.slug() + ")";
   ContextScope scope(d, incumbent.context);
   if (!scope.ok())
     return makeError(ErrorCode::DriverError, "cannot make device " +
@@ -260,9 +264,6 @@ llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
   const size_t xStride = alignUp(sizes.xBytes), qStride = alignUp(sizes.qBytes),
                sStride = alignUp(sizes.scaleBytes);
 
-  OwnStream stream(d);
-  if (auto err = stream.create())
-    return std::move(err);
   auto x = DeviceBuffer::allocate(driver, sets * xStride, "the autotuner's input");
   if (!x)
     return x.takeError();
@@ -275,6 +276,11 @@ llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
   auto scalars = DeviceBuffer::allocate(driver, 16, "the autotuner's scalars");
   if (!scalars)
     return scalars.takeError();
+  // After the buffers: it is synchronized and destroyed before they are
+  // freed, whichever way this returns.
+  OwnStream stream(d);
+  if (auto err = stream.create())
+    return std::move(err);
 
   // Scalars: scale_ub too large to bind, NVFP4's global scale 1 (block
   // scales of a few units), every row of the one expert live.
@@ -286,16 +292,16 @@ llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
     int32_t maskedM = 0;
   } hostScalars;
   hostScalars.maskedM = static_cast<int32_t>(*tokens);
-  if (auto err = d.check(d.cuMemcpyHtoDAsync(scalars->get(), &hostScalars, sizeof hostScalars,
-                                             stream.get()),
-                         "cuMemcpyHtoDAsync", "the autotuner's scalars"))
+  if (auto err = d.check(
+          d.cuMemcpyHtoDAsync(scalars->get(), &hostScalars, sizeof hostScalars, stream.get()),
+          "cuMemcpyHtoDAsync", "the autotuner's scalars"))
     return std::move(err);
   for (int set = 0; set < sets; ++set)
     for (size_t done = 0; done < static_cast<size_t>(sizes.xBytes); done += pattern.size()) {
       const size_t n = std::min(pattern.size(), static_cast<size_t>(sizes.xBytes) - done);
-      if (auto err = d.check(d.cuMemcpyHtoDAsync(x->get() + set * xStride + done, pattern.data(),
-                                                 n, stream.get()),
-                             "cuMemcpyHtoDAsync", "the autotuner's input"))
+      if (auto err = d.check(
+              d.cuMemcpyHtoDAsync(x->get() + set * xStride + done, pattern.data(), n, stream.get()),
+              "cuMemcpyHtoDAsync", "the autotuner's input"))
         return std::move(err);
     }
 

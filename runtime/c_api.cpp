@@ -307,6 +307,13 @@ bqjit_status bqjit_service_finish_variants(bqjit_service service) {
   return ok();
 }
 
+bqjit_status bqjit_service_finish_tuning(bqjit_service service) {
+  if (!service)
+    return fail(bqjit::ErrorCode::InvalidArgument, "service is NULL");
+  service->service->finishTuning();
+  return ok();
+}
+
 void bqjit_kernel_release(bqjit_kernel kernel) {
   delete kernel;
 }

@@ -130,7 +130,7 @@ struct Service::Impl {
 
   ~Impl() {
     if (tuner)
-      tuner->stop(); // before anything its job uses goes
+      tuner->stop();   // before anything its job uses goes
     worker.stop();     // before anything its job uses goes
     functions.clear(); // unloads the libraries before the contexts go
     if (driver)

@@ -472,6 +472,9 @@ TEST_F(CApiTest, PreparedSpecIsParsedAndValidatedOnce) {
   EXPECT_EQ(bqjit_service_finish_variants(svc_), BQJIT_OK);
   EXPECT_EQ(bqjit_service_finish_variants(nullptr), BQJIT_ERROR_INVALID_ARGUMENT);
   EXPECT_TRUE(contains(lastError(), "service is NULL"));
+  EXPECT_EQ(bqjit_service_finish_tuning(svc_), BQJIT_OK);
+  EXPECT_EQ(bqjit_service_finish_tuning(nullptr), BQJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_TRUE(contains(lastError(), "service is NULL"));
 }
 
 // The JSON text of a request is remembered only once it parsed: asking again

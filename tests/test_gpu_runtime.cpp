@@ -1,6 +1,9 @@
 // The runtime on a GPU: graph capture, concurrent launches, 64-bit indexing,
 // launch argument checks, architecture mismatch. Skips without a GPU.
 #include <atomic>
+#include <condition_variable>
+#include <iostream>
+#include <mutex>
 #include <thread>
 
 #include <stdlib.h>
@@ -546,14 +549,24 @@ TEST(GpuRuntime, KnownModelTableMatchesTheDriver) {
 struct FreshService {
   std::string dir;
   std::unique_ptr<Service> service;
-  FreshService() {
+  std::mutex logMutex;
+  std::vector<std::string> autotuneLines; ///< the autotuner's log lines, info and up
+  /// `autotune`: Config::autotune (BQJIT_AUTOTUNE=1).
+  explicit FreshService(bool autotune = false) {
     char tmpl[] = "/tmp/bqjit_gpu_warm_XXXXXX";
     if (!::mkdtemp(tmpl))
       throw std::runtime_error("mkdtemp failed");
     dir = tmpl;
     Config c;
     c.cacheDir = dir;
-    c.logLevel = LogLevel::Quiet;
+    c.logLevel = autotune ? LogLevel::Info : LogLevel::Quiet;
+    c.autotune = autotune;
+    c.logSink = [this](LogLevel level, const std::string& text) {
+      if (level <= LogLevel::Info && text.find("autotune") != std::string::npos) {
+        std::lock_guard<std::mutex> lock(logMutex);
+        autotuneLines.push_back(text);
+      }
+    };
     auto s = Service::create(c);
     if (!s)
       throw std::runtime_error(consumeToString(s.takeError()));
@@ -695,6 +708,158 @@ TEST(GpuRuntime, CapturedLaunchOfANewSpecTakesItsRegimesOwnVariant) {
   EXPECT_TRUE(r.ok()) << r.summary();
 }
 
+// BQJIT_AUTOTUNE: the first launch of a regime whose shape the heuristic
+// chose asks the tuner; the tuner's winner takes the slot (the same bytes:
+// the launch after it matches the reference) and is stored as the device
+// model's record, so the next plan takes it and asks nothing. A second launch
+// of the regime asks nothing either, nor do regimes not launched.
+TEST(GpuRuntime, AutotuneTunesARegimeOnItsFirstLaunchAndStoresTheWinner) {
+  BQJIT_REQUIRE_GPU_ENV();
+  FreshService fresh(/*autotune=*/true);
+  Service& service = *fresh.service;
+  const KernelSpec spec = bf16Spec(2048, 128);
+  const int64_t tokens = 1000; // 2048 x 1000: the few-token regime
+  ASSERT_EQ(regimeFor(tokens * 2048), Regime::FewTokens);
+  auto profile = service.deviceProfile(0);
+  ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
+  auto kernel = service.getKernel(spec, 0);
+  ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+  service.finishVariants();
+  const LaunchShape heuristic = chooseLaunchShape(spec, Regime::FewTokens, *profile);
+  EXPECT_EQ(*kernel->specFor(tokens).shape, heuristic);
+
+  GpuCase c;
+  c.spec = spec;
+  c.tokens = tokens;
+  c.seed = 1201;
+  auto first = runWithKernel(*kernel, c);
+  EXPECT_TRUE(first.ok()) << first.summary();
+  service.finishTuning();
+  auto record = service.planner().tuning().find(spec, Regime::FewTokens, *profile);
+  ASSERT_TRUE(record.has_value()) << "no record after the first launch";
+  const LaunchShape winner = withDerivedOccupancy(spec, *record);
+  EXPECT_EQ(*kernel->specFor(tokens).shape, winner);
+  EXPECT_LE(winner.vecWidth, 16);
+  for (Regime r : kRegimes)
+    if (r != Regime::FewTokens)
+      EXPECT_FALSE(service.planner().tuning().find(spec, r, *profile).has_value()) << regimeName(r);
+  size_t lines = 0;
+  {
+    std::lock_guard<std::mutex> lock(fresh.logMutex);
+    lines = fresh.autotuneLines.size();
+    for (const std::string& line : fresh.autotuneLines) {
+      EXPECT_EQ(line.find("gives other bytes"), std::string::npos) << line;
+      std::cout << "  " << line << "\n";
+    }
+  }
+  EXPECT_GE(lines, 2u); // what it tunes, and the winner
+
+  c.seed = 1202;
+  auto after = runWithKernel(*kernel, c);
+  EXPECT_TRUE(after.ok()) << after.summary();
+  // The next plan takes the record: its kernel asks nothing for the regime,
+  // and neither does the tuned kernel's second launch.
+  auto next = service.getKernel(spec, 0);
+  ASSERT_TRUE(bool(next)) << consumeToString(next.takeError());
+  EXPECT_EQ(*next->specFor(tokens).shape, winner);
+  c.seed = 1203;
+  auto fromRecord = runWithKernel(*next, c);
+  EXPECT_TRUE(fromRecord.ok()) << fromRecord.summary();
+  service.finishTuning();
+  std::lock_guard<std::mutex> lock(fresh.logMutex);
+  EXPECT_EQ(fresh.autotuneLines.size(), lines);
+}
+
+// The tuner never disturbs a host's graph capture: a captured launch asks
+// nothing, and a tuning that runs (allocations, copies, launches, module
+// loads on its own stream in the relaxed mode) while another thread captures
+// in the global mode leaves that capture valid.
+TEST(GpuRuntime, AutotuneLeavesAnotherThreadsCaptureIntact) {
+  BQJIT_REQUIRE_GPU_ENV();
+  FreshService fresh(/*autotune=*/true);
+  Service& service = *fresh.service;
+  GpuEnv& env = GpuEnv::get();
+  const CudaDriver& d = *env.driver;
+  const KernelSpec captured = bf16Spec(2304, 128);
+  const KernelSpec tuned = bf16Spec(1536, 128);
+  auto profile = service.deviceProfile(0);
+  ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
+  auto a = service.getKernel(captured, 0);
+  ASSERT_TRUE(bool(a)) << consumeToString(a.takeError());
+  auto b = service.getKernel(tuned, 0);
+  ASSERT_TRUE(bool(b)) << consumeToString(b.takeError());
+  service.finishVariants();
+
+  // Both launches' buffers are made before the capture begins: the main
+  // thread must not allocate while the other captures in the global mode.
+  CapturedLaunch cap(d, a->specFor(1), 1);
+  const int64_t tokens = 600; // 1536 x 600: the very-few-token regime
+  const Regime regime = regimeFor(tokens * 1536);
+  DeviceBuffer bx(d, tokens * 2 * 1536 * 2), bq(d, tokens * 1536), bs(d, tokens * 12 * 4);
+  CUstream bStream = nullptr;
+  checkCu(d, d.cuStreamCreate(&bStream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+
+  std::mutex m;
+  std::condition_variable cv;
+  bool capturing = false, tunedDone = false;
+  CUresult began = CUDA_ERROR_UNKNOWN, ended = CUDA_ERROR_UNKNOWN;
+  std::string launchError;
+  std::thread host([&] {
+    d.cuCtxSetCurrent(env.context);
+    began = d.cuStreamBeginCapture(cap.stream, CU_STREAM_CAPTURE_MODE_GLOBAL);
+    {
+      std::lock_guard<std::mutex> lock(m);
+      capturing = true;
+    }
+    cv.notify_all();
+    std::unique_lock<std::mutex> lock(m);
+    cv.wait(lock, [&] { return tunedDone; });
+    LaunchArgs args;
+    args.x = cap.dx.ptr();
+    args.ldx = cap.p.ldx;
+    args.tokens = 1;
+    args.q = cap.dq.ptr();
+    args.scales = cap.ds.ptr();
+    if (llvm::Error err = a->launch(args, cap.stream))
+      launchError = consumeToString(std::move(err));
+    ended = d.cuStreamEndCapture(cap.stream, &cap.graph);
+  });
+  {
+    std::unique_lock<std::mutex> lock(m);
+    cv.wait(lock, [&] { return capturing; });
+  }
+  LaunchArgs args;
+  args.x = bx.ptr();
+  args.ldx = 2 * 1536;
+  args.tokens = tokens;
+  args.q = bq.ptr();
+  args.scales = bs.ptr();
+  llvm::Error launched = b->launch(args, bStream);
+  EXPECT_FALSE(bool(launched)) << consumeToString(std::move(launched));
+  service.finishTuning(); // the whole tuning runs during the capture
+  {
+    std::lock_guard<std::mutex> lock(m);
+    tunedDone = true;
+  }
+  cv.notify_all();
+  host.join();
+  checkCu(d, d.cuStreamSynchronize(bStream), "cuStreamSynchronize");
+  d.cuStreamDestroy(bStream);
+
+  ASSERT_EQ(began, CUDA_SUCCESS) << d.resultName(began);
+  EXPECT_TRUE(launchError.empty()) << launchError;
+  ASSERT_EQ(ended, CUDA_SUCCESS) << "the capture was invalidated: " << d.resultName(ended);
+  checkCu(d, d.cuGraphInstantiate(&cap.exec, cap.graph, 0), "cuGraphInstantiate");
+  auto replayed = cap.replay(1301);
+  EXPECT_TRUE(replayed.ok()) << replayed.summary();
+  EXPECT_TRUE(service.planner().tuning().find(tuned, regime, *profile).has_value())
+      << "the uncaptured launch's regime was not tuned";
+  // The captured launch asked nothing, then or since.
+  service.finishTuning();
+  EXPECT_FALSE(
+      service.planner().tuning().find(captured, Regime::VeryFewTokens, *profile).has_value());
+}
+
 // Evicting the disk entry and forgetting the service's answers unloads
 // nothing a held handle uses: it still launches and is still right.
 // A host that exits while the service still compiles a new spec's other
@@ -742,6 +907,65 @@ TEST(GpuRuntimeExitChild, ExitsWithVariantsCompiling) {
     auto k = service->getKernel(spec, 0);
     ASSERT_TRUE(bool(k)) << consumeToString(k.takeError());
   }
+  std::exit(0);
+}
+
+// A host that exits while the autotuner tunes (compiles, module loads,
+// timed launches on its own stream): the tuning stops at its next step and
+// the process exits cleanly, at three moments of the tuning.
+TEST(GpuRuntime, ExitingWhileTuningIsClean) {
+  BQJIT_REQUIRE_GPU_ENV();
+  if (::getenv("BQJIT_TEST_EXIT_CHILD"))
+    GTEST_SKIP() << "the child's own run";
+  for (int delayMs : {0, 150, 600}) {
+    char dir[] = "/tmp/bqjit_exit_tune_XXXXXX";
+    ASSERT_NE(::mkdtemp(dir), nullptr);
+    const int status = runThisBinary(std::string("BQJIT_TEST_EXIT_CHILD=tune BQJIT_AUTOTUNE=1 "
+                                                 "BQJIT_TEST_EXIT_DELAY_MS=") +
+                                         std::to_string(delayMs) + " BQJIT_CACHE_DIR=" + dir,
+                                     "GpuRuntimeExitChild.ExitsWhileTuning");
+    llvm::consumeError(fs::removeTree(dir));
+    ASSERT_TRUE(WIFEXITED(status))
+        << "the child died of signal " << WTERMSIG(status) << " (delay " << delayMs << " ms)";
+    EXPECT_EQ(WEXITSTATUS(status), 0) << "delay " << delayMs << " ms";
+  }
+}
+
+// The child: a service held by a static with BQJIT_AUTOTUNE=1, one launch
+// that asks for a tuning, then exit after BQJIT_TEST_EXIT_DELAY_MS.
+TEST(GpuRuntimeExitChild, ExitsWhileTuning) {
+  const char* child = ::getenv("BQJIT_TEST_EXIT_CHILD");
+  if (!child || std::string(child) != "tune")
+    GTEST_SKIP() << "run by GpuRuntime.ExitingWhileTuningIsClean";
+  static std::unique_ptr<Service> service;
+  auto config = Config::fromEnvironment();
+  ASSERT_TRUE(bool(config)) << consumeToString(config.takeError());
+  ASSERT_TRUE(config->autotune);
+  auto created = Service::create(*config);
+  ASSERT_TRUE(bool(created)) << consumeToString(created.takeError());
+  service = std::move(*created);
+  GpuEnv& env = GpuEnv::get();
+  ASSERT_TRUE(env.skipReason.empty()) << env.skipReason;
+  const CudaDriver& d = *env.driver;
+  const KernelSpec spec = bf16Spec(3072, 128);
+  auto kernel = service->getKernel(spec, 0);
+  ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+  service->finishVariants();
+  const int64_t tokens = 64;
+  // Left allocated: the process exits below.
+  auto* x = new DeviceBuffer(d, tokens * 2 * 3072 * 2);
+  auto* q = new DeviceBuffer(d, tokens * 3072);
+  auto* scales = new DeviceBuffer(d, tokens * 24 * 4);
+  LaunchArgs a;
+  a.x = x->ptr();
+  a.ldx = 2 * 3072;
+  a.tokens = tokens;
+  a.q = q->ptr();
+  a.scales = scales->ptr();
+  llvm::Error launched = kernel->launch(a, nullptr);
+  ASSERT_FALSE(bool(launched)) << consumeToString(std::move(launched));
+  const char* delay = ::getenv("BQJIT_TEST_EXIT_DELAY_MS");
+  std::this_thread::sleep_for(std::chrono::milliseconds(delay ? std::atoi(delay) : 0));
   std::exit(0);
 }
 

@@ -153,6 +153,11 @@ bqjit_status bqjit_service_invalidate(bqjit_service service);
  *  many-token variant standing in meanwhile; a launch captured in a CUDA
  *  graph waits for its own variant by itself); see Service::finishVariants. */
 bqjit_status bqjit_service_finish_variants(bqjit_service service);
+/** Waits until the autotuner (BQJIT_AUTOTUNE=1) has finished every tuning
+ *  asked for so far: the winners are in their kernels' slots and stored as
+ *  tuning records; returns at once without autotuning. See
+ *  Service::finishTuning. */
+bqjit_status bqjit_service_finish_tuning(bqjit_service service);
 
 /** Enqueues the kernel on `stream` (a CUstream / cudaStream_t). An NVFP4
  *  kernel needs bqjit_kernel_launch_ex (its global scale). On sm_90 and newer

@@ -157,6 +157,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bqjit_service_create": (c_int, [c_char_p, p_void]),
         "bqjit_service_destroy": (None, [c_void_p]),
         "bqjit_service_finish_variants": (c_int, [c_void_p]),
+        "bqjit_service_finish_tuning": (c_int, [c_void_p]),
         "bqjit_compile": (c_int, [c_void_p, c_char_p, c_char_p, c_size_t, p_size]),
         "bqjit_spec_for_device": (c_int, [c_void_p, c_char_p, c_int, c_char_p, c_size_t, p_size]),
         "bqjit_kernel_get": (c_int, [c_void_p, c_char_p, c_int, p_void]),
@@ -387,6 +388,15 @@ class Service:
         self._require_open()
         _check(self._lib, self._lib.bqjit_service_finish_variants(self._handle),
                "bqjit_service_finish_variants")
+
+    def finish_tuning(self) -> None:
+        """Waits until the autotuner (``BQJIT_AUTOTUNE=1``) has finished every
+        tuning asked for so far: each regime's first launch asks for one, and
+        the winner takes the regime's slot and is stored as a tuning record.
+        Returns at once without autotuning."""
+        self._require_open()
+        _check(self._lib, self._lib.bqjit_service_finish_tuning(self._handle),
+               "bqjit_service_finish_tuning")
 
     # -- lifetime ---------------------------------------------------------------
     def _require_open(self) -> None:

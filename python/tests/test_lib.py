@@ -84,15 +84,18 @@ def test_recompile_in_fresh_cache(tmp_path):
         assert metas[0]["resources"][key] == metas[1]["resources"][key]
 
 
-def test_finish_variants_returns_and_needs_an_open_service(tmp_path):
+def test_finish_variants_and_tuning_return_and_need_an_open_service(tmp_path):
     """With nothing compiling in the background it returns at once; after
     close() it is an error, not a call on a freed handle."""
     s = bqjit.Service(str(tmp_path / "cache"))
     s.compile(SPEC)
     assert s.finish_variants() is None
+    assert s.finish_tuning() is None
     s.close()
     with pytest.raises(RuntimeError, match="after close"):
         s.finish_variants()
+    with pytest.raises(RuntimeError, match="after close"):
+        s.finish_tuning()
 
 
 def test_packed_needs_ue8m0(svc):
