@@ -2,7 +2,10 @@
 # Runs on the GPU machine: every GPU test, the examples (host_app; consumer,
 # built against devpack/ as an installed prefix), the CLI checks, the
 # Python tests, the benchmark and a tuning demonstration; logs go to $OUT.
-# Usage: bash bench/device_run.sh [tests|torch|bench|tune|warm|all|ab|ncu|act|fp4|fusion|pdl] [bench args...]
+# Usage: bash bench/device_run.sh [tests|torch|bench|tune|warm|all|ab|ncu|act|fp4|fusion|pdl|autotune] [bench args...]
+#   autotune: BQJIT_AUTOTUNE=1 beside the default on the same rows of bench.py
+#   (AUTOTUNE_SHAPES, H:T:G,...), each on an empty cache of its own, in one call;
+#   the tuner's log lines (what it tuned, the winner, its time) in autotune.txt.
 #   pdl: programmatic dependent launch at decode sizes (bench/pdl), in CUDA graphs.
 #   torch: the wheel (devpack/site, with its C++ op library): the Python tests,
 #   the Python-op fallback's tests, and bench/torch_overhead.py.
@@ -276,4 +279,16 @@ if [ "$what" = tune ] || [ "$what" = all ]; then
     tee "$OUT/tune.txt"
   timeout 40 python3 bench/bench.py --json "$OUT/bench_tuned.json" --replays 8 --no-compile \
     --shapes 18432:8192:96 2>&1 | tail -3 | tee -a "$OUT/tune.txt"
+fi
+
+if [ "$what" = autotune ]; then
+  shapes=${AUTOTUNE_SHAPES:-2048:8192:64,18432:1024:96,7168:1024:128,14336:8192:128,14336:64:128,7168:1:128}
+  BQJIT_CACHE_DIR=$(mktemp -d) timeout 250 python3 bench/bench.py --no-compile --replays 10 \
+    --json "$OUT/bench_default.json" --shapes "$shapes" 2>&1 | tee "$OUT/autotune.txt"
+  exits "bench.py (default)"
+  BQJIT_CACHE_DIR=$(mktemp -d) BQJIT_LOG_LEVEL=info timeout 300 python3 bench/bench.py --autotune \
+    --no-compile --replays 10 --json "$OUT/bench_autotune.json" --shapes "$shapes" \
+    2>"$OUT/autotune_log.txt" | tee -a "$OUT/autotune.txt"
+  exits "bench.py --autotune"
+  grep 'autotune' "$OUT/autotune_log.txt" | tee -a "$OUT/autotune.txt"
 fi

@@ -1,5 +1,6 @@
-// Kernel::launch: argument checks and cuLaunchKernel. Nothing here allocates,
-// synchronizes or touches the disk.
+// Kernel::launch: argument checks and cuLaunchKernel. Nothing here
+// synchronizes or touches the disk, and nothing allocates but, with
+// BQJIT_AUTOTUNE=1, the first uncaptured launch of a regime (its request).
 #include <algorithm>
 #include <array>
 #include <atomic>

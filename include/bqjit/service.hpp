@@ -78,7 +78,9 @@ public:
   /// may be captured in a CUDA graph. A captured launch whose regime's
   /// variant still compiles in the background (a new spec, Service::
   /// finishVariants()) waits for that variant rather than capture the
-  /// stand-in, so a graph always holds the planned shape.
+  /// stand-in, so a graph always holds the planned shape. With
+  /// Config::autotune, the first launch of a regime that is not captured
+  /// queues that regime's tuning (one small allocation) and returns.
   llvm::Error launch(const LaunchArgs& args, CUstream stream) const;
 
 private:
