@@ -46,6 +46,18 @@ private:
   size_t bytes_;
 };
 
+/// The arguments of one launch over these buffers (x, q and scales only).
+inline LaunchArgs argsOf(const DeviceBuffer& x, int64_t ldx, int64_t tokens, const DeviceBuffer& q,
+                         const DeviceBuffer& scales) {
+  LaunchArgs a;
+  a.x = x.ptr();
+  a.ldx = ldx;
+  a.tokens = tokens;
+  a.q = q.ptr();
+  a.scales = scales.ptr();
+  return a;
+}
+
 inline void checkCu(const CudaDriver& d, CUresult r, const char* what) {
   if (r != CUDA_SUCCESS)
     throw std::runtime_error(std::string(what) + " failed: " + d.resultName(r));

@@ -163,12 +163,7 @@ llvm::Error launchFour(const Kernel& kernel, CUstream stream, CUcontext launchCt
   checkCu(d, d.cuMemcpyHtoD(masked.get(), &rows, 4), "cuMemcpyHtoD maskedM");
   // The memset is legacy-stream work, which a non-blocking stream does not wait for.
   checkCu(d, d.cuCtxSynchronize(), "synchronize the uploads");
-  LaunchArgs a;
-  a.x = x.ptr();
-  a.ldx = ldx;
-  a.tokens = tokens;
-  a.q = q.ptr();
-  a.scales = scales.ptr();
+  LaunchArgs a = argsOf(x, ldx, tokens, q, scales);
   a.scaleUb = s.hasScaleUb ? static_cast<const float*>(ub.ptr()) : nullptr;
   a.maskedM = s.masked ? static_cast<const int32_t*>(masked.ptr()) : nullptr;
   llvm::Error err = [&] {

@@ -68,12 +68,7 @@ struct CapturedLaunch {
   /// Captures kernel.launch (global capture mode) and instantiates the graph;
   /// the launch's error, if any.
   llvm::Error capture(const Kernel& kernel) {
-    LaunchArgs a;
-    a.x = dx.ptr();
-    a.ldx = p.ldx;
-    a.tokens = p.tokens;
-    a.q = dq.ptr();
-    a.scales = ds.ptr();
+    LaunchArgs a = argsOf(dx, p.ldx, p.tokens, dq, ds);
     checkCu(d, d.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_GLOBAL),
             "cuStreamBeginCapture");
     llvm::Error launched = kernel.launch(a, stream);
@@ -177,12 +172,7 @@ TEST(GpuRuntime, SixtyFourBitIndexing) {
   }
   checkCu(d, d.cuMemsetD8(dq.get(), 0xAB, dq.bytes()), "poison q");
   checkCu(d, d.cuMemsetD8(ds.get(), 0xAB, ds.bytes()), "poison s");
-  LaunchArgs a;
-  a.x = dx.ptr();
-  a.ldx = ldx;
-  a.tokens = tokens;
-  a.q = dq.ptr();
-  a.scales = ds.ptr();
+  LaunchArgs a = argsOf(dx, ldx, tokens, dq, ds);
   llvm::Error err = kernel->launch(a, nullptr);
   ASSERT_FALSE(bool(err)) << consumeToString(std::move(err));
   checkCu(d, d.cuCtxSynchronize(), "sync");
@@ -209,12 +199,7 @@ TEST(GpuRuntime, LaunchArgumentErrors) {
   auto kernel = env.service->getKernel(bf16Spec(2048, 128), 0);
   ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
   DeviceBuffer dx(d, 4 * 4096 * 2 + 64), dq(d, 4 * 2048 + 64), ds(d, 4 * 16 * 4 + 64);
-  LaunchArgs good;
-  good.x = dx.ptr();
-  good.ldx = 4096;
-  good.tokens = 4;
-  good.q = dq.ptr();
-  good.scales = ds.ptr();
+  LaunchArgs good = argsOf(dx, 4096, 4, dq, ds);
   llvm::Error ok = kernel->launch(good, nullptr);
   ASSERT_FALSE(bool(ok)) << consumeToString(std::move(ok));
 
@@ -309,12 +294,7 @@ extern "C" __global__ void produce(const uint4* src, uint4* dst, long long n, lo
     CUdeviceptr srcPtr = src.get(), xPtr = dx.get();
     long long n = static_cast<long long>(newX.size() / 16), spinNs = 100000;
     void* params[] = {&srcPtr, &xPtr, &n, &spinNs};
-    LaunchArgs a;
-    a.x = dx.ptr();
-    a.ldx = ldx;
-    a.tokens = tokens;
-    a.q = dq.ptr();
-    a.scales = ds.ptr();
+    LaunchArgs a = argsOf(dx, ldx, tokens, dq, ds);
     a.programmaticDependentLaunch = true;
     const ref::Result expected = ref::run(p, newX.data());
     auto enqueue = [&] {
@@ -392,12 +372,7 @@ TEST(GpuRuntime, LaunchesAreProgrammaticByDefaultFromSm90) {
   CUstream stream = nullptr;
   checkCu(d, d.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
   auto edgeType = [&](const Kernel& kernel, std::optional<bool> pdl) {
-    LaunchArgs a;
-    a.x = dx.ptr();
-    a.ldx = 2 * 2048;
-    a.tokens = tokens;
-    a.q = dq.ptr();
-    a.scales = ds.ptr();
+    LaunchArgs a = argsOf(dx, 2 * 2048, tokens, dq, ds);
     a.programmaticDependentLaunch = pdl;
     CUgraph graph = nullptr;
     checkCu(d, d.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_GLOBAL), "capture");
@@ -443,12 +418,7 @@ TEST(GpuRuntime, Nvfp4NeedsGlobalScale) {
   const float gs = 448.0f * 6.0f / 20.0f;
   checkCu(d, d.cuMemcpyHtoD(dg.get(), &gs, 4), "upload global scale");
   checkCu(d, d.cuMemsetD8(dx.get(), 0, dx.bytes()), "memset x");
-  LaunchArgs a;
-  a.x = dx.ptr();
-  a.ldx = 4096;
-  a.tokens = 4;
-  a.q = dq.ptr();
-  a.scales = ds.ptr();
+  LaunchArgs a = argsOf(dx, 4096, 4, dq, ds);
   std::string message;
   EXPECT_EQ(consumeError(kernel->launch(a, nullptr), &message), ErrorCode::InvalidArgument);
   EXPECT_NE(message.find("'globalScale' = null"), std::string::npos) << message;
@@ -578,6 +548,16 @@ struct FreshService {
   }
 };
 
+/// runWithKernel on `tokens` rows of input drawn with `seed` (H from `spec`).
+ref::CompareReport runRows(const Kernel& kernel, const KernelSpec& spec, int64_t tokens,
+                           uint64_t seed) {
+  GpuCase c;
+  c.spec = spec;
+  c.tokens = tokens;
+  c.seed = seed;
+  return runWithKernel(kernel, c);
+}
+
 // Storing a tuning record in this process changes the kernel handed out next;
 // one stored by another process takes effect after reloadTuning().
 TEST(GpuRuntime, StoredTuningRecordChangesTheNextKernel) {
@@ -609,11 +589,7 @@ TEST(GpuRuntime, StoredTuningRecordChangesTheNextKernel) {
   ASSERT_TRUE(bool(after)) << consumeToString(after.takeError());
   EXPECT_EQ(*after->specFor(manyTokens).shape, tuned); // no stale answer
   EXPECT_EQ(*before->specFor(manyTokens).shape, heuristic);
-  GpuCase c;
-  c.spec = spec;
-  c.tokens = manyTokens;
-  c.seed = 901;
-  auto report = runWithKernel(*after, c);
+  auto report = runRows(*after, spec, manyTokens, 901);
   EXPECT_TRUE(report.ok()) << report.summary();
 
   // Another process stores a record for the few-token regime.
@@ -728,11 +704,7 @@ TEST(GpuRuntime, AutotuneTunesARegimeOnItsFirstLaunchAndStoresTheWinner) {
   const LaunchShape heuristic = chooseLaunchShape(spec, Regime::FewTokens, *profile);
   EXPECT_EQ(*kernel->specFor(tokens).shape, heuristic);
 
-  GpuCase c;
-  c.spec = spec;
-  c.tokens = tokens;
-  c.seed = 1201;
-  auto first = runWithKernel(*kernel, c);
+  auto first = runRows(*kernel, spec, tokens, 1201);
   EXPECT_TRUE(first.ok()) << first.summary();
   service.finishTuning();
   auto record = service.planner().tuning().find(spec, Regime::FewTokens, *profile);
@@ -754,16 +726,14 @@ TEST(GpuRuntime, AutotuneTunesARegimeOnItsFirstLaunchAndStoresTheWinner) {
   }
   EXPECT_GE(lines, 2u); // what it tunes, and the winner
 
-  c.seed = 1202;
-  auto after = runWithKernel(*kernel, c);
+  auto after = runRows(*kernel, spec, tokens, 1202);
   EXPECT_TRUE(after.ok()) << after.summary();
   // The next plan takes the record: its kernel asks nothing for the regime,
   // and neither does the tuned kernel's second launch.
   auto next = service.getKernel(spec, 0);
   ASSERT_TRUE(bool(next)) << consumeToString(next.takeError());
   EXPECT_EQ(*next->specFor(tokens).shape, winner);
-  c.seed = 1203;
-  auto fromRecord = runWithKernel(*next, c);
+  auto fromRecord = runRows(*next, spec, tokens, 1203);
   EXPECT_TRUE(fromRecord.ok()) << fromRecord.summary();
   service.finishTuning();
   std::lock_guard<std::mutex> lock(fresh.logMutex);
@@ -828,12 +798,7 @@ TEST(GpuRuntime, AutotuneLeavesAnotherThreadsCaptureIntact) {
     std::unique_lock<std::mutex> lock(m);
     cv.wait(lock, [&] { return capturing; });
   }
-  LaunchArgs args;
-  args.x = bx.ptr();
-  args.ldx = 2 * 1536;
-  args.tokens = tokens;
-  args.q = bq.ptr();
-  args.scales = bs.ptr();
+  LaunchArgs args = argsOf(bx, 2 * 1536, tokens, bq, bs);
   llvm::Error launched = b->launch(args, bStream);
   EXPECT_FALSE(bool(launched)) << consumeToString(std::move(launched));
   service.finishTuning(); // the whole tuning runs during the capture
@@ -956,12 +921,7 @@ TEST(GpuRuntimeExitChild, ExitsWhileTuning) {
   auto* x = new DeviceBuffer(d, tokens * 2 * 3072 * 2);
   auto* q = new DeviceBuffer(d, tokens * 3072);
   auto* scales = new DeviceBuffer(d, tokens * 24 * 4);
-  LaunchArgs a;
-  a.x = x->ptr();
-  a.ldx = 2 * 3072;
-  a.tokens = tokens;
-  a.q = q->ptr();
-  a.scales = scales->ptr();
+  LaunchArgs a = argsOf(*x, 2 * 3072, tokens, *q, *scales);
   llvm::Error launched = kernel->launch(a, nullptr);
   ASSERT_FALSE(bool(launched)) << consumeToString(std::move(launched));
   const char* delay = ::getenv("BQJIT_TEST_EXIT_DELAY_MS");
