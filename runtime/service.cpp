@@ -187,12 +187,16 @@ struct Service::Impl {
     return profiles[device] = info->profile();
   }
 
-  /// Loads (once) the function of a compiled kernel on a device.
+  /// Loads (once) the function of a compiled kernel on a device. `keep`
+  /// false: a function not loaded yet is not kept by the service either, so
+  /// it unloads when its last holder lets go (the autotuner's losers).
   llvm::Expected<std::shared_ptr<const LoadedFunction>>
-  loadFunctionLocked(const std::shared_ptr<const CompiledKernel>& kernel, int device);
+  loadFunctionLocked(const std::shared_ptr<const CompiledKernel>& kernel, int device,
+                     bool keep = true);
 
   /// The function of a resolved spec on a device: from the caches, else
-  /// compiled (unless noCompile), then loaded.
+  /// compiled (unless noCompile), then loaded; not kept by the service
+  /// (a tuning's candidate, kept only if it wins a kernel's slot).
   llvm::Expected<std::shared_ptr<const LoadedFunction>> loadVariant(const KernelSpec& resolved,
                                                                     int device) {
     auto id = cache.compiler().identify(resolved);
@@ -202,7 +206,7 @@ struct Service::Impl {
     if (!got)
       return got.takeError();
     std::lock_guard<std::mutex> lock(mutex);
-    return loadFunctionLocked(got->kernel, device);
+    return loadFunctionLocked(got->kernel, device, /*keep=*/false);
   }
 
   llvm::Expected<CUcontext> primaryContextLocked(int device) {
@@ -443,7 +447,8 @@ llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
 }
 
 llvm::Expected<std::shared_ptr<const LoadedFunction>>
-Service::Impl::loadFunctionLocked(const std::shared_ptr<const CompiledKernel>& kernel, int dev) {
+Service::Impl::loadFunctionLocked(const std::shared_ptr<const CompiledKernel>& kernel, int dev,
+                                  bool keep) {
   const CudaDriver& d = *driver;
   auto fnKey = std::make_pair(kernel->key, dev);
   if (auto it = functions.find(fnKey); it != functions.end())
@@ -503,7 +508,8 @@ Service::Impl::loadFunctionLocked(const std::shared_ptr<const CompiledKernel>& k
   d.cuCtxPopCurrent(&popped);
   if (auto err = d.check(r, "cuKernelGetFunction/cuFuncLoad", context))
     return std::move(err);
-  functions[fnKey] = fn;
+  if (keep)
+    functions[fnKey] = fn;
   return fn;
 }
 
