@@ -251,7 +251,7 @@ llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
 
   size_t freeBytes = 0, totalBytes = 0;
   if (auto err = d.check(d.cuMemGetInfo(&freeBytes, &totalBytes), "cuMemGetInfo"))
-    return std::move(err);
+    return err;
   const int64_t budget = std::min<int64_t>(kTuneBudgetBytes, static_cast<int64_t>(freeBytes / 4));
   const std::optional<int64_t> tokens = tuneTokens(spec, job.regime, job.tokens, budget);
   if (!tokens)
@@ -280,7 +280,7 @@ llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
   // freed, whichever way this returns.
   OwnStream stream(d);
   if (auto err = stream.create())
-    return std::move(err);
+    return err;
 
   // Scalars: scale_ub too large to bind, NVFP4's global scale 1 (block
   // scales of a few units), every row of the one expert live.
@@ -295,14 +295,14 @@ llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
   if (auto err = d.check(
           d.cuMemcpyHtoDAsync(scalars->get(), &hostScalars, sizeof hostScalars, stream.get()),
           "cuMemcpyHtoDAsync", "the autotuner's scalars"))
-    return std::move(err);
+    return err;
   for (int set = 0; set < sets; ++set)
     for (size_t done = 0; done < static_cast<size_t>(sizes.xBytes); done += pattern.size()) {
       const size_t n = std::min(pattern.size(), static_cast<size_t>(sizes.xBytes) - done);
       if (auto err = d.check(
               d.cuMemcpyHtoDAsync(x->get() + set * xStride + done, pattern.data(), n, stream.get()),
               "cuMemcpyHtoDAsync", "the autotuner's input"))
-        return std::move(err);
+        return err;
     }
 
   auto args = [&](int set) {
@@ -325,21 +325,21 @@ llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
     std::vector<uint8_t> out(static_cast<size_t>(sizes.qBytes + sizes.scaleBytes));
     if (auto err = d.check(d.cuMemsetD8Async(q->get(), 0, sizes.qBytes, stream.get()),
                            "cuMemsetD8Async", "q"))
-      return std::move(err);
+      return err;
     if (auto err = d.check(d.cuMemsetD8Async(scales->get(), 0, sizes.scaleBytes, stream.get()),
                            "cuMemsetD8Async", "scales"))
-      return std::move(err);
+      return err;
     if (auto err = k.launch(args(0), stream.get()))
-      return std::move(err);
+      return err;
     if (auto err = d.check(d.cuMemcpyDtoHAsync(out.data(), q->get(), sizes.qBytes, stream.get()),
                            "cuMemcpyDtoHAsync", "q"))
-      return std::move(err);
+      return err;
     if (auto err = d.check(d.cuMemcpyDtoHAsync(out.data() + sizes.qBytes, scales->get(),
                                                sizes.scaleBytes, stream.get()),
                            "cuMemcpyDtoHAsync", "scales"))
-      return std::move(err);
+      return err;
     if (auto err = d.check(d.cuStreamSynchronize(stream.get()), "cuStreamSynchronize"))
-      return std::move(err);
+      return err;
     return out;
   };
 
@@ -392,7 +392,7 @@ llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
 
   EventPairs events(d);
   if (auto err = events.create(kIters))
-    return std::move(err);
+    return err;
   std::vector<double> micros(shapes.size(), 0.0);
   int cursor = 0;
   for (int round = 0; round < kRounds; ++round)
@@ -403,14 +403,14 @@ llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
         return makeError(ErrorCode::Internal, "the service is stopping");
       for (int k = 0; k < kWarmup; ++k)
         if (auto err = kernels[i]->launch(args(cursor++ % sets), stream.get()))
-          return std::move(err);
+          return err;
       for (int k = 0; k < kIters; ++k) {
         if (auto err = d.check(d.cuEventRecord(events.start(k), stream.get()), "cuEventRecord"))
-          return std::move(err);
+          return err;
         if (auto err = kernels[i]->launch(args(cursor++ % sets), stream.get()))
-          return std::move(err);
+          return err;
         if (auto err = d.check(d.cuEventRecord(events.end(k), stream.get()), "cuEventRecord"))
-          return std::move(err);
+          return err;
       }
       auto ms = events.elapsed();
       if (!ms)

@@ -41,12 +41,12 @@ public:
     CUdeviceptr ptr = 0;
     if (auto err = driver->check(driver->cuMemAlloc(&ptr, bytes), "cuMemAlloc",
                                  std::to_string(bytes) + " bytes for " + what))
-      return std::move(err);
+      return err;
     DeviceBuffer b;
     b.driver_ = std::move(driver);
     b.ptr_ = ptr;
     b.bytes_ = bytes;
-    return std::move(b);
+    return b;
   }
 
   CUdeviceptr get() const { return ptr_; }

@@ -23,12 +23,12 @@ llvm::Expected<std::vector<float>> EventPairs::elapsed() const {
   if (ms.empty())
     return ms;
   if (auto err = driver_.check(driver_.cuEventSynchronize(events_.back()), "cuEventSynchronize"))
-    return std::move(err);
+    return err;
   for (size_t i = 0; i < ms.size(); ++i)
     if (auto err =
             driver_.check(driver_.cuEventElapsedTime(&ms[i], events_[2 * i], events_[2 * i + 1]),
                           "cuEventElapsedTime"))
-      return std::move(err);
+      return err;
   return ms;
 }
 

@@ -10,7 +10,7 @@ llvm::Expected<std::unique_ptr<GpuSession>>
 GpuSession::open(std::shared_ptr<const CudaDriver> driver, int device) {
   const CudaDriver& d = *driver;
   if (auto err = d.requireToolEntryPoints())
-    return std::move(err);
+    return err;
   int count = 0;
   if (auto err = d.check(d.cuDeviceGetCount(&count), "cuDeviceGetCount"))
     return err;
