@@ -513,3 +513,36 @@ def test_errors():
         bqjit.silu_mul_quant(x, 128, launch={"vec_width": 4})
     with pytest.raises(ValueError, match="rows must not overlap"):
         bqjit.silu_mul_quant(torch.zeros(1, 512, device=DEV, dtype=torch.bfloat16).expand(4, 512), 128)
+
+
+def test_autotune_tunes_the_first_calls_regime(tmp_path):
+    """BQJIT_AUTOTUNE=1, in a process of its own (the variable is read when the
+    service is made; the Python ops launch through bqjit.service()): the first
+    call asks for its regime to be tuned, finish_tuning() waits for it, the
+    record of this GPU model is then in the cache, and the next call (with the
+    winner) writes the same bytes."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import os, torch, bqjit
+        torch.manual_seed(0)
+        x = (torch.randn(1000, 4096, device="cuda") * 4).to(torch.bfloat16)  # H 2048: few-token
+        q1, s1 = bqjit.silu_mul_quant(x, 128)
+        torch.cuda.synchronize()
+        bqjit.service().finish_tuning()
+        q2, s2 = bqjit.silu_mul_quant(x, 128)
+        torch.cuda.synchronize()
+        assert torch.equal(q1.view(torch.uint8), q2.view(torch.uint8)), "q changed"
+        assert torch.equal(s1, s2), "scales changed"
+        tuned = sorted(os.listdir(os.path.join(os.environ["BQJIT_CACHE_DIR"], "v1", "tuned")))
+        print("records", len(tuned), tuned)
+        """
+    )
+    env = dict(os.environ, BQJIT_AUTOTUNE="1", BQJIT_TORCH_OPS="python", BQJIT_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "records 1 " in r.stdout and ".few-token.json" in r.stdout, r.stdout
