@@ -164,7 +164,7 @@ Autotuner::~Autotuner() {
 }
 
 void Autotuner::prepare() {
-  CompileWorker::registerExitHandling();
+  worker_.start();
 }
 
 void Autotuner::drain() {

@@ -98,8 +98,9 @@ public:
   void request(const Kernel& kernel, const KernelSpec& spec, Regime regime, int64_t tokens,
                const DeviceProfile& profile);
 
-  /// Registers the background thread's exit handling now (it may compile
-  /// NVRTC's first program), so that a request from a launch does not.
+  /// Starts the background thread and registers its exit handling now (it
+  /// may compile NVRTC's first program), so that a request from a launch
+  /// does neither.
   void prepare();
   /// Waits until no tuning is queued or running (tests and tools).
   void drain();

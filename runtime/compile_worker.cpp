@@ -85,8 +85,11 @@ bool CompileWorker::enqueue(std::function<void()> job) {
   return true;
 }
 
-void CompileWorker::registerExitHandling() {
+void CompileWorker::start() {
   registerExitHandler();
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!stopping_ && !thread_.joinable())
+    thread_ = std::thread([this] { run(); });
 }
 
 void CompileWorker::stop() {

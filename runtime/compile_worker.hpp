@@ -37,6 +37,9 @@ public:
   /// first call compiles an empty program first, on the caller's thread (see
   /// the class comment).
   bool enqueue(std::function<void()> job);
+  /// Starts the thread now (enqueue() would at its first job), so that a
+  /// later first enqueue() from a thread that must not wait does not.
+  void start();
   /// Drops the queued jobs, waits for the running one and joins the thread;
   /// later jobs are dropped. Idempotent; thread-safe.
   void stop();
@@ -45,10 +48,6 @@ public:
   /// Whether stop() was called: a long job polls it between its steps, so
   /// that the process's exit does not wait for the whole job.
   bool stopRequested() const { return stopRequested_.load(std::memory_order_acquire); }
-  /// What enqueue() does first, now: registers the exit handler (compiling
-  /// NVRTC's first program where none has been), so that a later enqueue()
-  /// from a thread that must not wait for that does not.
-  static void registerExitHandling();
 
 private:
   void run();

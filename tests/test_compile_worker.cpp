@@ -107,6 +107,51 @@ TEST(CompileWorker, RunsItsThreadStartFirstOnTheWorkerThread) {
   EXPECT_EQ(startThread, jobThread);
 }
 
+// start() runs the thread (and its start function) before any job, once;
+// jobs then run on it; a stopped worker does not start again.
+TEST(CompileWorker, StartRunsTheThreadBeforeAnyJob) {
+  Latch started;
+  std::thread::id startThread;
+  std::atomic<int> starts{0};
+  CompileWorker worker([&] {
+    startThread = std::this_thread::get_id();
+    ++starts;
+    started.set();
+  });
+  worker.start();
+  started.wait(); // without start() no thread would run, and this would hang
+  worker.start(); // once
+  std::thread::id jobThread;
+  ASSERT_TRUE(worker.enqueue([&] { jobThread = std::this_thread::get_id(); }));
+  worker.drain();
+  EXPECT_EQ(starts.load(), 1);
+  EXPECT_EQ(jobThread, startThread);
+  EXPECT_NE(jobThread, std::this_thread::get_id());
+  worker.stop();
+  worker.start();
+  EXPECT_FALSE(worker.enqueue([] {}));
+  EXPECT_EQ(starts.load(), 1);
+}
+
+TEST(CompileWorker, StopRequestedIsSeenByTheRunningJob) {
+  CompileWorker worker;
+  Latch started;
+  std::atomic<bool> sawStop{false};
+  ASSERT_TRUE(worker.enqueue([&] {
+    started.set();
+    // A long job polling between its steps, as the autotuner's does.
+    for (int i = 0; i < 2000 && !worker.stopRequested(); ++i)
+      std::this_thread::sleep_for(1ms);
+    sawStop = worker.stopRequested();
+  }));
+  started.wait();
+  EXPECT_FALSE(worker.stopRequested());
+  const auto before = std::chrono::steady_clock::now();
+  worker.stop();
+  EXPECT_TRUE(sawStop.load());
+  EXPECT_LT(std::chrono::steady_clock::now() - before, 1s) << "stop() waited for the whole job";
+}
+
 TEST(CompileWorker, StopWaitsForTheRunningJobAndDropsTheQueuedOnes) {
   CompileWorker worker;
   Latch started;
