@@ -208,6 +208,7 @@ Config::fromEnvironment(const std::function<const char*(const char*)>& getenvFn)
       return on.takeError();
     c.autotune = *on;
   }
+  c.cudaDriver = get("BQJIT_CUDA_DRIVER");
   return c;
 }
 

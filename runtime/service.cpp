@@ -141,7 +141,8 @@ struct Service::Impl {
   llvm::Expected<std::shared_ptr<const CudaDriver>> loadDriverLocked() {
     if (driver)
       return driver;
-    auto loaded = CudaDriver::load();
+    auto loaded =
+        config.cudaDriver.empty() ? CudaDriver::load() : CudaDriver::load(config.cudaDriver);
     if (!loaded)
       return loaded.takeError();
     driver = *loaded;

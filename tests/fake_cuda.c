@@ -1,11 +1,13 @@
 /* A stand-in for libcuda.so.1 that tests load with CudaDriver::load(path).
  * It exports only cuGetProcAddress_v2, which hands out a few working fakes
- * (cuInit, the error names, the version and device queries) and a generic
+ * (cuInit, the error names, the version and device queries, and enough of
+ * memory, streams, events and launches for the autotuner's tests) and a generic
  * CUDA_SUCCESS stub for every other name, plus fakeCuda* knobs that a test
  * reaches with dlopen/dlsym on the same path (the same handle, so the same
  * state): which symbol is missing, what cuInit and cuDriverGetVersion
  * return, and which version each symbol was requested at. */
 #include <cuda.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -156,6 +158,91 @@ static CUresult CUDAAPI fakeDeviceGetAttribute(int* value, CUdevice_attribute at
   }
 }
 
+/* Enough of memory, streams, events and launches for a service and its
+ * autotuner to run their course (nothing executes): allocations hand out
+ * distinct aligned addresses, streams and events distinct handles, and an
+ * event pair's elapsed time is that of the block size of the launch recorded
+ * last before its end event: kFastMs for fakeCudaSetFastBlock's size, else
+ * kSlowMs. fakeCudaSetCapturing makes every stream report an active capture. */
+enum { kMaxEvents = 1 << 16 };
+static const float kFastMs = 0.010f, kSlowMs = 0.020f;
+static CUdeviceptr nextAddress = 0x100000000ull;
+static uintptr_t streamCount, eventCount;
+static unsigned lastBlock, fastBlock;
+static unsigned eventBlock[kMaxEvents];
+static int capturing;
+static long launchCount;
+
+FAKE_EXPORT void fakeCudaSetFastBlock(unsigned threads) {
+  fastBlock = threads;
+}
+FAKE_EXPORT void fakeCudaSetCapturing(int on) {
+  capturing = on;
+}
+/* Kernel launches so far (cuLaunchKernel and cuLaunchKernelEx). */
+FAKE_EXPORT long fakeCudaLaunches(void) {
+  return __atomic_load_n(&launchCount, __ATOMIC_SEQ_CST);
+}
+
+static CUresult CUDAAPI fakeMemAlloc(CUdeviceptr* ptr, size_t bytes) {
+  *ptr = __atomic_fetch_add(&nextAddress, (bytes + 255) / 256 * 256 + 256, __ATOMIC_SEQ_CST);
+  return CUDA_SUCCESS;
+}
+
+static CUresult CUDAAPI fakeMemGetInfo(size_t* freeBytes, size_t* totalBytes) {
+  *freeBytes = (size_t)64 << 30;
+  *totalBytes = (size_t)80 << 30;
+  return CUDA_SUCCESS;
+}
+
+static CUresult CUDAAPI fakeStreamCreate(CUstream* stream, unsigned int flags) {
+  (void)flags;
+  *stream = (CUstream)(0x5000 + __atomic_add_fetch(&streamCount, 1, __ATOMIC_SEQ_CST));
+  return CUDA_SUCCESS;
+}
+
+static CUresult CUDAAPI fakeStreamIsCapturing(CUstream stream, CUstreamCaptureStatus* status) {
+  (void)stream;
+  *status = capturing ? CU_STREAM_CAPTURE_STATUS_ACTIVE : CU_STREAM_CAPTURE_STATUS_NONE;
+  return CUDA_SUCCESS;
+}
+
+static CUresult CUDAAPI fakeEventCreate(CUevent* event, unsigned int flags) {
+  (void)flags;
+  *event = (CUevent)(__atomic_add_fetch(&eventCount, 1, __ATOMIC_SEQ_CST));
+  return CUDA_SUCCESS;
+}
+
+static CUresult CUDAAPI fakeEventRecord(CUevent event, CUstream stream) {
+  (void)stream;
+  eventBlock[(uintptr_t)event % kMaxEvents] = __atomic_load_n(&lastBlock, __ATOMIC_SEQ_CST);
+  return CUDA_SUCCESS;
+}
+
+static CUresult CUDAAPI fakeEventElapsedTime(float* ms, CUevent start, CUevent end) {
+  (void)start;
+  *ms = eventBlock[(uintptr_t)end % kMaxEvents] == fastBlock ? kFastMs : kSlowMs;
+  return CUDA_SUCCESS;
+}
+
+static CUresult CUDAAPI fakeLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
+                                         unsigned bx, unsigned by, unsigned bz, unsigned shmem,
+                                         CUstream stream, void** params, void** extra) {
+  (void)f, (void)gx, (void)gy, (void)gz, (void)by, (void)bz, (void)shmem, (void)stream;
+  (void)params, (void)extra;
+  __atomic_store_n(&lastBlock, bx, __ATOMIC_SEQ_CST);
+  __atomic_add_fetch(&launchCount, 1, __ATOMIC_SEQ_CST);
+  return CUDA_SUCCESS;
+}
+
+static CUresult CUDAAPI fakeLaunchKernelEx(const CUlaunchConfig* config, CUfunction f,
+                                           void** params, void** extra) {
+  (void)f, (void)params, (void)extra;
+  __atomic_store_n(&lastBlock, config->blockDimX, __ATOMIC_SEQ_CST);
+  __atomic_add_fetch(&launchCount, 1, __ATOMIC_SEQ_CST);
+  return CUDA_SUCCESS;
+}
+
 /* Stands in for every entry point the tests never call. */
 static CUresult CUDAAPI fakeStub(void) {
   return CUDA_SUCCESS;
@@ -190,6 +277,15 @@ FAKE_EXPORT CUresult CUDAAPI cuGetProcAddress_v2(const char* symbol, void** pfn,
       {"cuDeviceGetCount", (void*)fakeDeviceGetCount},
       {"cuDeviceGetName", (void*)fakeDeviceGetName},
       {"cuDeviceGetAttribute", (void*)fakeDeviceGetAttribute},
+      {"cuMemAlloc", (void*)fakeMemAlloc},
+      {"cuMemGetInfo", (void*)fakeMemGetInfo},
+      {"cuStreamCreate", (void*)fakeStreamCreate},
+      {"cuStreamIsCapturing", (void*)fakeStreamIsCapturing},
+      {"cuEventCreate", (void*)fakeEventCreate},
+      {"cuEventRecord", (void*)fakeEventRecord},
+      {"cuEventElapsedTime", (void*)fakeEventElapsedTime},
+      {"cuLaunchKernel", (void*)fakeLaunchKernel},
+      {"cuLaunchKernelEx", (void*)fakeLaunchKernelEx},
   };
   *pfn = (void*)fakeStub;
   for (size_t i = 0; i < sizeof(fakes) / sizeof(fakes[0]); ++i)

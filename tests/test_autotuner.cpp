@@ -1,15 +1,29 @@
-// The autotuner's rules, without a GPU: the rows a tuning takes (the
-// launch's, within a memory budget, inside the regime), the buffer sets it
-// rotates, the shapes it times (the incumbent first, none wider than the
-// handle's callers align for) and the winner (only by more than the margin).
-// The tuning itself runs in test_gpu_runtime.
+// The autotuner without a GPU: its rules (the rows a tuning takes, the
+// buffer sets it rotates, the shapes it times, the winner), and the whole
+// course of a tuning in a service on the fake driver (tests/fake_cuda.c),
+// where nothing executes but every step runs: candidates compiled by NVRTC,
+// loaded, checked, timed by events whose times the test decides, the winner
+// in the slot and in the records, nothing asked by a captured launch. The
+// tuning on a GPU runs in test_gpu_runtime.
 #include "runtime/autotuner.hpp"
 
+#include <dlfcn.h>
+#include <stdlib.h>
+
 #include <algorithm>
+#include <mutex>
 
 #include <gtest/gtest.h>
 
+#include "bqjit/error.hpp"
+#include "bqjit/service.hpp"
+#include "core/fs_util.hpp"
 #include "planner/launch_heuristic.hpp"
+#include "planner/planner.hpp"
+
+#ifndef BQJIT_FAKE_CUDA_LIBRARY
+#error "BQJIT_FAKE_CUDA_LIBRARY must name the fake driver library (tests/fake_cuda.c)"
+#endif
 
 namespace bqjit {
 namespace {
@@ -123,6 +137,156 @@ TEST(Autotuner, WinnerMustBeatTheIncumbentByTheMargin) {
   EXPECT_EQ(pickWinner({10.0, 0.0, 9.0}), 2u);   // an untimed candidate never wins
   EXPECT_EQ(pickWinner({0.0, 5.0, 6.0}), 1u);    // nor an untimed incumbent
   EXPECT_EQ(pickWinner({10.0, 9.7}, 0.05), 0u);
+}
+
+// The fake driver's knobs (the service opens the same library, so the same
+// state), a cache directory and a service with autotuning on that driver.
+class FakeDriverAutotune : public testing::Test {
+protected:
+  void SetUp() override {
+    handle_ = dlopen(BQJIT_FAKE_CUDA_LIBRARY, RTLD_NOW | RTLD_LOCAL);
+    ASSERT_NE(handle_, nullptr) << dlerror();
+    setFastBlock_ = reinterpret_cast<void (*)(unsigned)>(dlsym(handle_, "fakeCudaSetFastBlock"));
+    setCapturing_ = reinterpret_cast<void (*)(int)>(dlsym(handle_, "fakeCudaSetCapturing"));
+    ASSERT_TRUE(setFastBlock_ && setCapturing_);
+    setCapturing_(0);
+    char tmpl[] = "/tmp/bqjit_autotune_XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    Config c;
+    c.cacheDir = dir_;
+    c.autotune = true;
+    c.cudaDriver = BQJIT_FAKE_CUDA_LIBRARY;
+    c.logLevel = LogLevel::Info;
+    c.logSink = [this](LogLevel level, const std::string& text) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (level <= LogLevel::Info && text.find("autotune") != std::string::npos)
+        lines_.push_back(text);
+    };
+    auto s = Service::create(c);
+    ASSERT_TRUE(bool(s)) << consumeToString(s.takeError());
+    service_ = std::move(*s);
+  }
+  void TearDown() override {
+    service_.reset();
+    if (setCapturing_)
+      setCapturing_(0);
+    if (handle_)
+      dlclose(handle_);
+    llvm::consumeError(fs::removeTree(dir_));
+  }
+  size_t lines() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return lines_.size();
+  }
+  std::string lastLine() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return lines_.empty() ? "" : lines_.back();
+  }
+  /// A launch of `tokens` rows at fake addresses (nothing executes).
+  void launch(const Kernel& kernel, int64_t tokens) {
+    LaunchArgs a;
+    a.x = reinterpret_cast<const void*>(uintptr_t(1) << 32);
+    a.ldx = 2 * kernel.spec().hidden;
+    a.tokens = tokens;
+    a.q = reinterpret_cast<void*>(uintptr_t(2) << 32);
+    a.scales = reinterpret_cast<void*>(uintptr_t(3) << 32);
+    llvm::Error err = kernel.launch(a, nullptr);
+    ASSERT_FALSE(bool(err)) << consumeToString(std::move(err));
+  }
+
+  void* handle_ = nullptr;
+  void (*setFastBlock_)(unsigned) = nullptr;
+  void (*setCapturing_)(int) = nullptr;
+  std::string dir_;
+  std::unique_ptr<Service> service_;
+  std::mutex mutex_;
+  std::vector<std::string> lines_;
+};
+
+// Three regimes of one spec: a faster block size takes the slot and the
+// record; where the heuristic's own block size is as fast, the heuristic
+// stays (and is recorded); a captured launch asks nothing until an uncaptured
+// one does. The next plan takes the records and its launches ask nothing.
+TEST_F(FakeDriverAutotune, TuningRunsItsCourseOnTheFakeDriver) {
+  Service& service = *service_;
+  KernelSpec spec;
+  spec.hidden = 2048;
+  spec.groupSize = 128;
+  spec.arch = "sm_90";
+  auto profile = service.deviceProfile(0);
+  ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
+  EXPECT_EQ(profile->model, "Fake GPU");
+  auto plan = service.planner().plan(spec, *profile);
+  ASSERT_TRUE(bool(plan));
+  int widest = 1;
+  for (const KernelSpec& v : plan->variants)
+    widest = std::max(widest, v.shape->vecWidth);
+  auto kernel = service.getKernel(spec, 0);
+  ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+  service.finishVariants();
+
+  // Few tokens: the first candidate of another block size than the
+  // heuristic's, made the fastest, wins.
+  const int64_t few = 1000;
+  ASSERT_EQ(regimeFor(few * 2048), Regime::FewTokens);
+  const LaunchShape heuristic = *plan->variantFor(Regime::FewTokens).shape;
+  const std::vector<LaunchShape> shapes =
+      tuneCandidates(spec, Regime::FewTokens, *profile, heuristic, widest);
+  auto other = std::find_if(shapes.begin() + 1, shapes.end(), [&](const LaunchShape& s) {
+    return s.threadsPerBlock() != heuristic.threadsPerBlock();
+  });
+  ASSERT_NE(other, shapes.end());
+  const LaunchShape expected = *other;
+  setFastBlock_(static_cast<unsigned>(expected.threadsPerBlock()));
+  launch(*kernel, few);
+  service.finishTuning();
+  EXPECT_EQ(*kernel->specFor(few).shape, expected) << lastLine();
+  auto record = service.planner().tuning().find(spec, Regime::FewTokens, *profile);
+  ASSERT_TRUE(record.has_value()) << lastLine();
+  EXPECT_EQ(withDerivedOccupancy(spec, *record), expected);
+  EXPECT_NE(lastLine().find("swapped in"), std::string::npos) << lastLine();
+
+  // Very few tokens: the heuristic's block size is the fast one, so nothing
+  // beats the heuristic by the margin; it stays, and is the record.
+  const int64_t veryFew = 100;
+  ASSERT_EQ(regimeFor(veryFew * 2048), Regime::VeryFewTokens);
+  const LaunchShape tiny = *plan->variantFor(Regime::VeryFewTokens).shape;
+  setFastBlock_(static_cast<unsigned>(tiny.threadsPerBlock()));
+  launch(*kernel, veryFew);
+  service.finishTuning();
+  EXPECT_EQ(*kernel->specFor(veryFew).shape, tiny);
+  auto kept = service.planner().tuning().find(spec, Regime::VeryFewTokens, *profile);
+  ASSERT_TRUE(kept.has_value()) << lastLine();
+  EXPECT_EQ(withDerivedOccupancy(spec, *kept), tiny);
+  EXPECT_NE(lastLine().find("the heuristic's stays"), std::string::npos) << lastLine();
+
+  // Many tokens: a captured launch asks nothing; the next uncaptured one does.
+  const int64_t many = 8000;
+  ASSERT_EQ(regimeFor(many * 2048), Regime::ManyTokens);
+  const size_t before = lines();
+  setCapturing_(1);
+  launch(*kernel, many);
+  service.finishTuning();
+  EXPECT_EQ(lines(), before);
+  EXPECT_FALSE(service.planner().tuning().find(spec, Regime::ManyTokens, *profile).has_value());
+  setCapturing_(0);
+  launch(*kernel, many);
+  service.finishTuning();
+  EXPECT_GT(lines(), before);
+  EXPECT_TRUE(service.planner().tuning().find(spec, Regime::ManyTokens, *profile).has_value());
+
+  // A second launch of a tuned regime asks nothing, nor does a kernel
+  // planned from the records.
+  const size_t tuned = lines();
+  launch(*kernel, few);
+  auto next = service.getKernel(spec, 0);
+  ASSERT_TRUE(bool(next)) << consumeToString(next.takeError());
+  EXPECT_EQ(*next->specFor(few).shape, expected);
+  launch(*next, few);
+  launch(*next, veryFew);
+  service.finishTuning();
+  EXPECT_EQ(lines(), tuned);
 }
 
 } // namespace

@@ -134,6 +134,12 @@ TEST(Config, AutotuneParsed) {
   EXPECT_TRUE(load({{"BQJIT_AUTOTUNE", "1"}}).autotune);
 }
 
+TEST(Config, CudaDriverParsed) {
+  EXPECT_EQ(load({}).cudaDriver, "");
+  EXPECT_EQ(load({{"BQJIT_CUDA_DRIVER", "/opt/compat/libcuda.so.1"}}).cudaDriver,
+            "/opt/compat/libcuda.so.1");
+}
+
 TEST(Config, AutotuneMalformed) {
   expectMalformed("BQJIT_AUTOTUNE", "yes", "must be 0 or 1");
   expectMalformed("BQJIT_AUTOTUNE", "2", "must be 0 or 1");

@@ -78,6 +78,10 @@ struct Config {
   /// being captured in a CUDA graph asks for nothing. Off by default: the
   /// tuning competes with the host's own work on the GPU for a few seconds.
   bool autotune = false;
+  /// The CUDA driver library to open (BQJIT_CUDA_DRIVER): a path, e.g. a
+  /// forward-compatibility package's libcuda.so.1; empty: the system's
+  /// libcuda.so.1.
+  std::string cudaDriver;
   LogSink logSink;
 
   /// Reads BQJIT_CACHE_DIR (else $XDG_CACHE_HOME/bqjit, else ~/.cache/bqjit),
@@ -85,7 +89,8 @@ struct Config {
   /// BQJIT_NO_COMPILE (0|1), BQJIT_LOCK_TIMEOUT_MS, BQJIT_CACHE_GROUP (a
   /// group name or number that exists), BQJIT_REMOTE_CACHE (a redis:// URL),
   /// BQJIT_REMOTE_TIMEOUT_MS, BQJIT_REMOTE_TTL_S, BQJIT_CACHE_SECRET_FILE,
-  /// BQJIT_INSECURE_UNSIGNED (0|1), BQJIT_PDL (0|1) and BQJIT_AUTOTUNE (0|1).
+  /// BQJIT_INSECURE_UNSIGNED (0|1), BQJIT_PDL (0|1), BQJIT_AUTOTUNE (0|1) and
+  /// BQJIT_CUDA_DRIVER.
   /// A malformed value is an error naming the variable, the value and the
   /// rule. `getenv` is injectable for tests.
   static llvm::Expected<Config>
