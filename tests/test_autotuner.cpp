@@ -238,28 +238,27 @@ TEST_F(FakeDriverAutotune, TuningRunsItsCourseOnTheFakeDriver) {
   });
   ASSERT_NE(other, shapes.end());
   const LaunchShape expected = *other;
-  setFastBlock_(static_cast<unsigned>(expected.threadsPerBlock()));
-  launch(*kernel, few);
-  service.finishTuning();
-  EXPECT_EQ(*kernel->specFor(few).shape, expected) << lastLine();
-  auto record = service.planner().tuning().find(spec, Regime::FewTokens, *profile);
-  ASSERT_TRUE(record.has_value()) << lastLine();
-  EXPECT_EQ(withDerivedOccupancy(spec, *record), expected);
-  EXPECT_NE(lastLine().find("swapped in"), std::string::npos) << lastLine();
+  // One tuning with `fast` the fast block size: the slot then holds `winner`,
+  // the record says so, and the log line ends with `verdict`.
+  auto tuneAndCheck = [&](int64_t tokens, int fast, const LaunchShape& winner,
+                          const char* verdict) {
+    setFastBlock_(static_cast<unsigned>(fast));
+    launch(*kernel, tokens);
+    service.finishTuning();
+    EXPECT_EQ(*kernel->specFor(tokens).shape, winner) << lastLine();
+    auto record = service.planner().tuning().find(spec, regimeFor(tokens * 2048), *profile);
+    ASSERT_TRUE(record.has_value()) << lastLine();
+    EXPECT_EQ(withDerivedOccupancy(spec, *record), winner);
+    EXPECT_NE(lastLine().find(verdict), std::string::npos) << lastLine();
+  };
+  tuneAndCheck(few, expected.threadsPerBlock(), expected, "swapped in");
 
   // Very few tokens: the heuristic's block size is the fast one, so nothing
   // beats the heuristic by the margin; it stays, and is the record.
   const int64_t veryFew = 100;
   ASSERT_EQ(regimeFor(veryFew * 2048), Regime::VeryFewTokens);
   const LaunchShape tiny = *plan->variantFor(Regime::VeryFewTokens).shape;
-  setFastBlock_(static_cast<unsigned>(tiny.threadsPerBlock()));
-  launch(*kernel, veryFew);
-  service.finishTuning();
-  EXPECT_EQ(*kernel->specFor(veryFew).shape, tiny);
-  auto kept = service.planner().tuning().find(spec, Regime::VeryFewTokens, *profile);
-  ASSERT_TRUE(kept.has_value()) << lastLine();
-  EXPECT_EQ(withDerivedOccupancy(spec, *kept), tiny);
-  EXPECT_NE(lastLine().find("the heuristic's stays"), std::string::npos) << lastLine();
+  tuneAndCheck(veryFew, tiny.threadsPerBlock(), tiny, "the heuristic's stays");
 
   // Many tokens: a captured launch asks nothing; the next uncaptured one does.
   const int64_t many = 8000;
