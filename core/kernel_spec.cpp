@@ -772,6 +772,11 @@ KernelSpec::fromFields(const std::map<std::string, std::string>& fields) {
   return fromJson(j);
 }
 
+std::string LaunchShape::label() const {
+  return "tpg=" + std::to_string(threadsPerGroup) + " vec=" + std::to_string(vecWidth) +
+         " gpb=" + std::to_string(groupsPerBlock);
+}
+
 std::string KernelSpec::label() const {
   std::ostringstream os;
   os << "H=" << hidden << " G=" << groupSize << " " << toString(inDtype) << "->"

@@ -16,17 +16,7 @@ namespace {
 constexpr int kWarmup = 2;
 constexpr int kIters = 10; // timed launches a round, median taken
 constexpr int kRounds = 3; // rounds over all candidates, best median kept
-constexpr size_t kAlign = 256;
 constexpr size_t kStageBytes = size_t(8) << 20;
-
-size_t alignUp(int64_t bytes) {
-  return (static_cast<size_t>(bytes) + kAlign - 1) / kAlign * kAlign;
-}
-
-std::string shapeText(const LaunchShape& s) {
-  return "tpg=" + std::to_string(s.threadsPerGroup) + " vec=" + std::to_string(s.vecWidth) +
-         " gpb=" + std::to_string(s.groupsPerBlock);
-}
 
 /// Input bits that are finite values of magnitude 1/8 to 2, either sign, with
 /// random mantissas: y and its groups' scales stay ordinary for every output
@@ -198,10 +188,11 @@ void Autotuner::run(const Job& job) {
   // A variant still compiling would take the slot after the winner.
   job.kernel.waitForVariants();
 
+  const std::string key = keyOf(job);
   std::optional<LaunchShape> known;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (auto it = winners_.find(keyOf(job)); it != winners_.end())
+    if (auto it = winners_.find(key); it != winners_.end())
       known = it->second;
   }
   if (known) {
@@ -212,8 +203,8 @@ void Autotuner::run(const Job& job) {
     resolved.shape = *known;
     auto fn = loadVariant_(resolved, job.kernel.device());
     if (!fn) {
-      config_.log(LogLevel::Warn, "autotune: loading the winner " + shapeText(*known) + " of " +
-                                      what + " failed (" + consumeToString(fn.takeError()) + ")");
+      config_.log(LogLevel::Warn, "autotune: loading the winner " + known->label() + " of " + what +
+                                      " failed (" + consumeToString(fn.takeError()) + ")");
       return;
     }
     job.kernel.replace(job.regime, *fn);
@@ -232,7 +223,7 @@ void Autotuner::run(const Job& job) {
     return;
   }
   std::lock_guard<std::mutex> lock(mutex_);
-  winners_[keyOf(job)] = *winner;
+  winners_[key] = *winner;
 }
 
 llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
@@ -261,8 +252,9 @@ llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
                          std::to_string(kTuneBudgetBytes) + ")");
   const TuneBuffers sizes = tuneBuffers(spec, *tokens);
   const int sets = tuneSets(sizes, job.profile, budget);
-  const size_t xStride = alignUp(sizes.xBytes), qStride = alignUp(sizes.qBytes),
-               sStride = alignUp(sizes.scaleBytes);
+  const size_t xStride = DeviceBuffer::aligned(sizes.xBytes),
+               qStride = DeviceBuffer::aligned(sizes.qBytes),
+               sStride = DeviceBuffer::aligned(sizes.scaleBytes);
 
   auto x = DeviceBuffer::allocate(driver, sets * xStride, "the autotuner's input");
   if (!x)
@@ -363,7 +355,7 @@ llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
       resolved.shape = shapes[i];
       auto loaded = loadVariant_(resolved, kernel.device());
       if (!loaded) {
-        config_.log(LogLevel::Debug, "autotune: " + shapeText(shapes[i]) + " of " + what +
+        config_.log(LogLevel::Debug, "autotune: " + shapes[i].label() + " of " + what +
                                          " left out: " + consumeToString(loaded.takeError()));
         continue;
       }
@@ -383,8 +375,8 @@ llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
     if (!got)
       return got.takeError();
     if (*got != *expected) {
-      config_.log(LogLevel::Warn, "autotune: " + shapeText(shapes[i]) + " of " + what +
-                                      " gives other bytes than " + shapeText(shapes[0]) +
+      config_.log(LogLevel::Warn, "autotune: " + shapes[i].label() + " of " + what +
+                                      " gives other bytes than " + shapes[0].label() +
                                       " (a kernel bug); left out");
       kernels[i].reset();
     }
@@ -401,22 +393,12 @@ llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
         continue;
       if (worker_.stopRequested())
         return makeError(ErrorCode::Internal, "the service is stopping");
-      for (int k = 0; k < kWarmup; ++k)
-        if (auto err = kernels[i]->launch(args(cursor++ % sets), stream.get()))
-          return err;
-      for (int k = 0; k < kIters; ++k) {
-        if (auto err = d.check(d.cuEventRecord(events.start(k), stream.get()), "cuEventRecord"))
-          return err;
-        if (auto err = kernels[i]->launch(args(cursor++ % sets), stream.get()))
-          return err;
-        if (auto err = d.check(d.cuEventRecord(events.end(k), stream.get()), "cuEventRecord"))
-          return err;
-      }
-      auto ms = events.elapsed();
-      if (!ms)
-        return ms.takeError();
-      const double us = 1000.0 * median(std::move(*ms));
-      micros[i] = micros[i] > 0 ? std::min(micros[i], us) : us;
+      auto us = events.medianMicros(stream.get(), kWarmup, [&] {
+        return kernels[i]->launch(args(cursor++ % sets), stream.get());
+      });
+      if (!us)
+        return us.takeError();
+      micros[i] = micros[i] > 0 ? std::min(micros[i], *us) : *us;
     }
 
   const size_t best = pickWinner(micros);
@@ -431,7 +413,7 @@ llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
     kernel.replace(job.regime, functions[best]);
   char line[256];
   std::snprintf(line, sizeof line, "%s at %.2f us against the heuristic's %s at %.2f us",
-                shapeText(shape).c_str(), micros[best], shapeText(shapes[0]).c_str(), micros[0]);
+                shape.label().c_str(), micros[best], shapes[0].label().c_str(), micros[0]);
   config_.log(LogLevel::Info, "autotune: " + what + ": " + line +
                                   (best != 0 ? "; swapped in" : "; the heuristic's stays"));
   return shape;

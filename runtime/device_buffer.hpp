@@ -49,6 +49,10 @@ public:
     return b;
   }
 
+  /// `bytes` rounded up to 256: the stride of buffers laid one after another
+  /// in one allocation, each as aligned as cuMemAlloc's own.
+  static size_t aligned(int64_t bytes) { return (static_cast<size_t>(bytes) + 255) / 256 * 256; }
+
   CUdeviceptr get() const { return ptr_; }
   size_t bytes() const { return bytes_; }
   /// A host-side pointer value for LaunchArgs, `offset` bytes in.

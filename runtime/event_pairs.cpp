@@ -32,6 +32,25 @@ llvm::Expected<std::vector<float>> EventPairs::elapsed() const {
   return ms;
 }
 
+llvm::Expected<double> EventPairs::medianMicros(CUstream stream, int warmup,
+                                                const std::function<llvm::Error()>& launch) const {
+  for (int i = 0; i < warmup; ++i)
+    if (auto err = launch())
+      return err;
+  for (int i = 0; i < pairs(); ++i) {
+    if (auto err = driver_.check(driver_.cuEventRecord(start(i), stream), "cuEventRecord"))
+      return err;
+    if (auto err = launch())
+      return err;
+    if (auto err = driver_.check(driver_.cuEventRecord(end(i), stream), "cuEventRecord"))
+      return err;
+  }
+  auto ms = elapsed();
+  if (!ms)
+    return ms.takeError();
+  return 1000.0 * median(std::move(*ms));
+}
+
 double median(std::vector<float> values) {
   if (values.empty())
     return 0;

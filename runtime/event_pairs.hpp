@@ -2,6 +2,7 @@
 // autotuner).
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include <cuda.h>
@@ -27,6 +28,10 @@ public:
 
   /// Milliseconds of each pair, once the last pair's end has completed.
   llvm::Expected<std::vector<float>> elapsed() const;
+  /// Calls `launch` `warmup` times, then once between each pair's events on
+  /// `stream`; the median of the pairs in microseconds.
+  llvm::Expected<double> medianMicros(CUstream stream, int warmup,
+                                      const std::function<llvm::Error()>& launch) const;
 
 private:
   const CudaDriver& driver_;

@@ -40,11 +40,9 @@ struct Kernel::Slots {
   std::atomic<int> standIns{0};
   std::condition_variable settled;
   /// Autotuning: per regime whether its first launch has asked (true from
-  /// the start where nothing is to be tuned); the spec as asked for, the
-  /// device's profile and the tuner, which goes with its service. Written
-  /// before the handle is shared.
+  /// the start where nothing is to be tuned); the device's profile and the
+  /// tuner, which goes with its service. Written before the handle is shared.
   std::array<std::atomic<bool>, kRegimeCount> tuneAsked{};
-  std::optional<KernelSpec> tuneSpec;
   std::optional<DeviceProfile> tuneProfile;
   std::weak_ptr<Autotuner> tuner;
 
@@ -120,11 +118,10 @@ int Kernel::widestVec() const {
   return state_->slots->widestVec;
 }
 
-void Kernel::enableTuning(std::weak_ptr<Autotuner> tuner, const KernelSpec& spec,
-                          const DeviceProfile& profile, const std::array<bool, 4>& tunable) {
+void Kernel::enableTuning(std::weak_ptr<Autotuner> tuner, const DeviceProfile& profile,
+                          const std::array<bool, 4>& tunable) {
   Slots& slots = *state_->slots;
   slots.tuner = std::move(tuner);
-  slots.tuneSpec = spec;
   slots.tuneProfile = profile;
   for (int r = 0; r < kRegimeCount; ++r)
     slots.tuneAsked[r].store(!tunable[r], std::memory_order_release);
@@ -142,8 +139,14 @@ void Kernel::askTuning(int regime, int64_t tokens, CUstream stream) const {
     return;
   if (slots.tuneAsked[regime].exchange(true, std::memory_order_acq_rel))
     return;
-  if (std::shared_ptr<Autotuner> tuner = slots.tuner.lock())
-    tuner->request(*this, *slots.tuneSpec, kRegimes[regime], tokens, *slots.tuneProfile);
+  std::shared_ptr<Autotuner> tuner = slots.tuner.lock();
+  if (!tuner)
+    return;
+  // The spec as asked for: the slot's resolved spec less the shape the
+  // heuristic gave it.
+  KernelSpec asked = fn.kernel().spec;
+  asked.shape.reset();
+  tuner->request(*this, asked, kRegimes[regime], tokens, *slots.tuneProfile);
 }
 
 const LoadedFunction& Kernel::pickForCapture(int64_t tokens, const LoadedFunction& picked,

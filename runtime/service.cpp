@@ -406,7 +406,7 @@ llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
   if (impl_->tuner && std::find(plan->fromHeuristic.begin(), plan->fromHeuristic.end(), true) !=
                           plan->fromHeuristic.end()) {
     impl_->tuner->prepare();
-    kernel.enableTuning(impl_->tuner, spec, *profile, plan->fromHeuristic);
+    kernel.enableTuning(impl_->tuner, *profile, plan->fromHeuristic);
   }
   if (!later.empty()) {
     // Whether the job runs, fails or is dropped (a stopped worker), its end

@@ -7,7 +7,6 @@
 // tuning on a GPU runs in test_gpu_runtime.
 #include "runtime/autotuner.hpp"
 
-#include <dlfcn.h>
 #include <stdlib.h>
 
 #include <algorithm>
@@ -20,10 +19,7 @@
 #include "core/fs_util.hpp"
 #include "planner/launch_heuristic.hpp"
 #include "planner/planner.hpp"
-
-#ifndef BQJIT_FAKE_CUDA_LIBRARY
-#error "BQJIT_FAKE_CUDA_LIBRARY must name the fake driver library (tests/fake_cuda.c)"
-#endif
+#include "tests/fake_driver.hpp"
 
 namespace bqjit {
 namespace {
@@ -139,17 +135,13 @@ TEST(Autotuner, WinnerMustBeatTheIncumbentByTheMargin) {
   EXPECT_EQ(pickWinner({10.0, 9.7}, 0.05), 0u);
 }
 
-// The fake driver's knobs (the service opens the same library, so the same
-// state), a cache directory and a service with autotuning on that driver.
+// A cache directory and a service with autotuning on the fake driver, whose
+// knobs `fake_` reaches (the service opens the same library, so the same state).
 class FakeDriverAutotune : public testing::Test {
 protected:
   void SetUp() override {
-    handle_ = dlopen(BQJIT_FAKE_CUDA_LIBRARY, RTLD_NOW | RTLD_LOCAL);
-    ASSERT_NE(handle_, nullptr) << dlerror();
-    setFastBlock_ = reinterpret_cast<void (*)(unsigned)>(dlsym(handle_, "fakeCudaSetFastBlock"));
-    setCapturing_ = reinterpret_cast<void (*)(int)>(dlsym(handle_, "fakeCudaSetCapturing"));
-    ASSERT_TRUE(setFastBlock_ && setCapturing_);
-    setCapturing_(0);
+    ASSERT_TRUE(fake_.ok()) << "could not open " << BQJIT_FAKE_CUDA_LIBRARY << ": " << dlerror();
+    fake_.setCapturing(false);
     char tmpl[] = "/tmp/bqjit_autotune_XXXXXX";
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
@@ -169,10 +161,8 @@ protected:
   }
   void TearDown() override {
     service_.reset();
-    if (setCapturing_)
-      setCapturing_(0);
-    if (handle_)
-      dlclose(handle_);
+    if (fake_.ok())
+      fake_.setCapturing(false);
     llvm::consumeError(fs::removeTree(dir_));
   }
   size_t lines() {
@@ -195,9 +185,7 @@ protected:
     ASSERT_FALSE(bool(err)) << consumeToString(std::move(err));
   }
 
-  void* handle_ = nullptr;
-  void (*setFastBlock_)(unsigned) = nullptr;
-  void (*setCapturing_)(int) = nullptr;
+  test::FakeDriver fake_;
   std::string dir_;
   std::unique_ptr<Service> service_;
   std::mutex mutex_;
@@ -242,7 +230,7 @@ TEST_F(FakeDriverAutotune, TuningRunsItsCourseOnTheFakeDriver) {
   // the record says so, and the log line ends with `verdict`.
   auto tuneAndCheck = [&](int64_t tokens, int fast, const LaunchShape& winner,
                           const char* verdict) {
-    setFastBlock_(static_cast<unsigned>(fast));
+    fake_.setFastBlock(static_cast<unsigned>(fast));
     launch(*kernel, tokens);
     service.finishTuning();
     EXPECT_EQ(*kernel->specFor(tokens).shape, winner) << lastLine();
@@ -264,12 +252,12 @@ TEST_F(FakeDriverAutotune, TuningRunsItsCourseOnTheFakeDriver) {
   const int64_t many = 8000;
   ASSERT_EQ(regimeFor(many * 2048), Regime::ManyTokens);
   const size_t before = lines();
-  setCapturing_(1);
+  fake_.setCapturing(true);
   launch(*kernel, many);
   service.finishTuning();
   EXPECT_EQ(lines(), before);
   EXPECT_FALSE(service.planner().tuning().find(spec, Regime::ManyTokens, *profile).has_value());
-  setCapturing_(0);
+  fake_.setCapturing(false);
   launch(*kernel, many);
   service.finishTuning();
   EXPECT_GT(lines(), before);

@@ -11,13 +11,12 @@
 #include "bqjit/error.hpp"
 #include "test_util.hpp"
 #include "tests/cuda_driver_test_support.hpp"
-
-#ifndef BQJIT_FAKE_CUDA_LIBRARY
-#error "BQJIT_FAKE_CUDA_LIBRARY must name the fake driver library (tests/fake_cuda.c)"
-#endif
+#include "tests/fake_driver.hpp"
 
 namespace bqjit {
 namespace {
+
+using test::FakeDriver;
 
 /// `text` holds `needle`; the failure message shows both.
 using test::contains;
@@ -29,38 +28,6 @@ testing::AssertionResult startsWith(const std::string& text, const std::string& 
   return testing::AssertionFailure()
          << "\"" << text << "\" does not start with \"" << prefix << "\"";
 }
-
-/// The fake driver's knobs, reached through a handle of its own: dlopen of
-/// the same path returns the same library, so the state is shared with the
-/// CudaDriver under test.
-class FakeDriver {
-public:
-  FakeDriver() : handle_(dlopen(BQJIT_FAKE_CUDA_LIBRARY, RTLD_NOW | RTLD_LOCAL)) {}
-  FakeDriver(const FakeDriver&) = delete;
-  FakeDriver& operator=(const FakeDriver&) = delete;
-  ~FakeDriver() {
-    if (handle_)
-      dlclose(handle_);
-  }
-
-  bool ok() const { return handle_ != nullptr; }
-  void reset() const { symbol<void (*)()>("fakeCudaReset")(); }
-  void setMissingSymbol(const char* name) const {
-    symbol<void (*)(const char*)>("fakeCudaSetMissingSymbol")(name);
-  }
-  void setInitResult(CUresult r) const { symbol<void (*)(int)>("fakeCudaSetInitResult")(r); }
-  void setDriverVersion(int v) const { symbol<void (*)(int)>("fakeCudaSetDriverVersion")(v); }
-  int requestedVersion(const char* name) const {
-    return symbol<int (*)(const char*)>("fakeCudaRequestedVersion")(name);
-  }
-  int maxRequestedVersion() const { return symbol<int (*)()>("fakeCudaMaxRequestedVersion")(); }
-
-private:
-  template <typename Fn> Fn symbol(const char* name) const {
-    return reinterpret_cast<Fn>(dlsym(handle_, name));
-  }
-  void* handle_;
-};
 
 class FakeDriverTest : public testing::Test {
 protected:

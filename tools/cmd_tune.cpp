@@ -31,38 +31,19 @@ struct Candidate {
   bool ok() const { return status == "ok"; }
 };
 
-std::string shapeText(const LaunchShape& s) {
-  return "tpg=" + std::to_string(s.threadsPerGroup) + " vec=" + std::to_string(s.vecWidth) +
-         " gpb=" + std::to_string(s.groupsPerBlock);
-}
-
-// Median launch time in microseconds over `iters` launches rotating among
-// the buffer sets (continuing at `cursor`), after a short warm-up.
-llvm::Expected<double> timeKernel(const CudaDriver& drv, const Kernel& kernel,
-                                  const DeviceProblem& device, const EventPairs& events, int iters,
-                                  int64_t& cursor) {
-  auto next = [&] { return device.args(cursor++ % device.sets()); };
-  for (int i = 0; i < kWarmup; ++i)
-    if (auto err = kernel.launch(next(), nullptr))
-      return err;
-  for (int i = 0; i < iters; ++i) {
-    if (auto err = drv.check(drv.cuEventRecord(events.start(i), nullptr), "cuEventRecord"))
-      return err;
-    if (auto err = kernel.launch(next(), nullptr))
-      return err;
-    if (auto err = drv.check(drv.cuEventRecord(events.end(i), nullptr), "cuEventRecord"))
-      return err;
-  }
-  auto ms = events.elapsed();
-  if (!ms)
-    return ms.takeError();
-  return 1000.0 * median(std::move(*ms));
+// Median launch time in microseconds over the events' launches rotating
+// among the buffer sets (continuing at `cursor`), after a short warm-up.
+llvm::Expected<double> timeKernel(const Kernel& kernel, const DeviceProblem& device,
+                                  const EventPairs& events, int64_t& cursor) {
+  return events.medianMicros(nullptr, kWarmup, [&] {
+    return kernel.launch(device.args(cursor++ % device.sets()), nullptr);
+  });
 }
 
 // Compiles, checks and times one shape; failures become the row's status.
 llvm::Expected<Candidate> tryShape(GpuCommand& gpu, const KernelSpec& base,
                                    const LaunchShape& shape, const DeviceProblem& device,
-                                   const EventPairs& events, int iters, int64_t& cursor) {
+                                   const EventPairs& events, int64_t& cursor) {
   Candidate c;
   c.shape = shape;
   KernelSpec spec = base;
@@ -89,7 +70,7 @@ llvm::Expected<Candidate> tryShape(GpuCommand& gpu, const KernelSpec& base,
     c.status = "WRONG: " + report->firstMismatch;
     return c;
   }
-  auto us = timeKernel(gpu.session->driver(), *kernel, device, events, iters, cursor);
+  auto us = timeKernel(*kernel, device, events, cursor);
   if (!us)
     return us.takeError();
   c.us = *us;
@@ -101,11 +82,11 @@ void printRow(std::ostream& os, size_t index, const Candidate& c, int64_t bytes)
   char line[160];
   if (c.ok())
     std::snprintf(line, sizeof line, "%3zu  %-22s %7d %5d %10.2f %9.1f  ok%s", index,
-                  shapeText(c.shape).c_str(), c.shape.threadsPerBlock(), c.registers, c.us,
+                  c.shape.label().c_str(), c.shape.threadsPerBlock(), c.registers, c.us,
                   static_cast<double>(bytes) / (c.us * 1e3), index == 0 ? " (heuristic)" : "");
   else
     std::snprintf(line, sizeof line, "%3zu  %-22s %7d %5d %10s %9s  ", index,
-                  shapeText(c.shape).c_str(), c.shape.threadsPerBlock(), c.registers, "-", "-");
+                  c.shape.label().c_str(), c.shape.threadsPerBlock(), c.registers, "-", "-");
   os << line << (c.ok() ? "" : c.status) << std::endl;
 }
 
@@ -150,7 +131,7 @@ llvm::Error runTune(const GpuOptions& o, const CommandContext& ctx) {
   std::vector<Candidate> results;
   int64_t cursor = 0;
   for (size_t i = 0; i < shapes.size(); ++i) {
-    auto c = tryShape(*gpu, base, shapes[i], *device, events, o.iters, cursor);
+    auto c = tryShape(*gpu, base, shapes[i], *device, events, cursor);
     if (!c)
       return c.takeError();
     printRow(ctx.out, i, *c, bytes);
@@ -161,7 +142,7 @@ llvm::Error runTune(const GpuOptions& o, const CommandContext& ctx) {
   std::vector<std::string> broken;
   for (const Candidate& c : results) {
     if (!c.ok())
-      broken.push_back(shapeText(c.shape) + ": " + c.status);
+      broken.push_back(c.shape.label() + ": " + c.status);
     else if (!best || c.us < best->us)
       best = &c;
   }
@@ -172,12 +153,12 @@ llvm::Error runTune(const GpuOptions& o, const CommandContext& ctx) {
     return err;
   char line[200];
   std::snprintf(line, sizeof line, "tune: best %s at %.2f us (%.1f GB/s)",
-                shapeText(best->shape).c_str(), best->us,
+                best->shape.label().c_str(), best->us,
                 static_cast<double>(bytes) / (best->us * 1e3));
   ctx.out << line;
   if (results.front().ok() && best != &results.front())
     ctx.out << ", " << static_cast<int>(100.0 * (results.front().us / best->us - 1.0) + 0.5)
-            << "% faster than the heuristic's " << shapeText(results.front().shape);
+            << "% faster than the heuristic's " << results.front().shape.label();
   ctx.out << "; stored for " << base.label() << " (" << regimeName(regime) << " launches on "
           << profile.slug() << ")\n";
   if (!broken.empty())

@@ -11,13 +11,8 @@ namespace bqjit::cli {
 
 namespace {
 
-constexpr size_t kAlign = 256;
 // Host staging for the replicated input: bounds both memory and HtoD calls.
 constexpr size_t kStageBytes = size_t(64) << 20;
-
-size_t alignUp(int64_t bytes) {
-  return (static_cast<size_t>(bytes) + kAlign - 1) / kAlign * kAlign;
-}
 
 // Live rows per expert: all of them for expert 0, none for expert 1, the rest
 // pseudo-random, so that both edges are always exercised.
@@ -94,9 +89,9 @@ llvm::Expected<DeviceProblem> DeviceProblem::create(const GpuSession& session,
                                                     const HostProblem& host, int64_t sets) {
   DeviceProblem d(session, host);
   d.sets_ = std::max<int64_t>(1, sets);
-  d.xStride_ = alignUp(host.xBytes());
-  d.qStride_ = alignUp(host.qBytes());
-  d.sStride_ = alignUp(host.scaleBytes());
+  d.xStride_ = DeviceBuffer::aligned(host.xBytes());
+  d.qStride_ = DeviceBuffer::aligned(host.qBytes());
+  d.sStride_ = DeviceBuffer::aligned(host.scaleBytes());
   struct Want {
     DeviceBuffer* buffer;
     size_t bytes;

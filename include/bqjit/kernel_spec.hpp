@@ -121,6 +121,8 @@ struct LaunchShape {
     return slot;
   }
   int threadsPerBlock() const { return teamSlot() * groupsPerBlock; }
+  /// "tpg=4 vec=8 gpb=32", as `bqjit tune` and the autotuner print it.
+  std::string label() const;
   bool operator==(const LaunchShape& o) const {
     return threadsPerGroup == o.threadsPerGroup && vecWidth == o.vecWidth &&
            groupsPerBlock == o.groupsPerBlock && minBlocksPerSm == o.minBlocksPerSm;

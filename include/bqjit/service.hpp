@@ -109,11 +109,10 @@ private:
   /// The widest vector any of its shapes may have (what callers align for).
   int widestVec() const;
   /// Autotuning (Config::autotune): the first launch of each regime marked in
-  /// `tunable`, not being captured, asks `tuner` to tune it for `spec` (the
-  /// spec as asked for) on the device of `profile`. Before the handle is
-  /// shared.
-  void enableTuning(std::weak_ptr<Autotuner> tuner, const KernelSpec& spec,
-                    const DeviceProfile& profile, const std::array<bool, 4>& tunable);
+  /// `tunable`, not being captured, asks `tuner` to tune it on the device of
+  /// `profile`. Before the handle is shared.
+  void enableTuning(std::weak_ptr<Autotuner> tuner, const DeviceProfile& profile,
+                    const std::array<bool, 4>& tunable);
   /// The cold path of a launch whose regime has not asked yet.
   void askTuning(int regime, int64_t tokens, CUstream stream) const;
   const LoadedFunction& pick(int64_t tokens) const;
