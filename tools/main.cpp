@@ -57,8 +57,8 @@ int handleParseError(CLI::App& app, const CLI::ParseError& e) {
 } // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"bqjit: JIT-compiled fused silu(gate)*up + per-group FP8/INT8 quantization "
-               "kernels, cached on disk",
+  CLI::App app{"bqjit: JIT-compiled fused gated activation (silu, swiglu, gelu) + per-group "
+               "FP8/INT8/FP4 quantization kernels, cached on disk",
                "bqjit"};
   app.require_subcommand(1);
   app.fallthrough();

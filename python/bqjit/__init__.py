@@ -1,4 +1,4 @@
-"""bqjit: fused silu(gate) * up + per-group FP8/INT8 quantization, JIT-compiled
+"""bqjit: fused act(gate) * up + per-group FP8/INT8/FP4 quantization, JIT-compiled
 with NVRTC by libbqjit.so; PyTorch ops in C++ (libbqjit_torch.so), the rest
 through ctypes.
 
