@@ -24,7 +24,7 @@ struct TextDigest {
 
 struct KeyInputs {
   std::string canonicalSpec;        ///< KernelSpec::canonical() of the resolved spec
-  TextDigest templateSource;        ///< the template (it includes no other header)
+  TextDigest templateSource;        ///< the template: every header of it, names and texts
   std::string generatedSource;      ///< the translation unit that instantiates it
   std::vector<std::string> options; ///< NVRTC options, in order
   std::string nvrtcIdentity;        ///< NvrtcIdentity::toString()

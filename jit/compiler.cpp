@@ -118,9 +118,11 @@ llvm::Expected<CompiledKernel> Compiler::compile(const KernelIdentity& kernel) c
   out.key = kernel.key;
 
   const auto start = std::chrono::steady_clock::now();
-  auto program = NvrtcProgram::create(source.text, source.fileName,
-                                      {{kTemplateHeaderName, templateSource().str()}},
-                                      {source.nameExpression});
+  std::vector<NvrtcProgram::Header> headers;
+  for (const TemplateHeader& h : templateHeaders())
+    headers.emplace_back(h.name, h.text.str());
+  auto program =
+      NvrtcProgram::create(source.text, source.fileName, headers, {source.nameExpression});
   if (!program)
     return wrap(program.takeError());
   if (auto err = program->compile(out.options))

@@ -1,7 +1,7 @@
 // CPU reference of the fused act(gate) * up + per-group quantization
 // (docs/contract.md sections 1-3, 6 and 7) and the comparison every GPU test uses.
 //
-// Written independently of templates/silu_mul_quant.cuh: conversions to the
+// Written independently of the kernel template (templates/): conversions to the
 // narrow formats pick the nearest value from a table of decoded codes instead
 // of manipulating bits, so a bug in one is not copied into the other.
 #pragma once

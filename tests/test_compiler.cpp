@@ -8,6 +8,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -925,6 +927,38 @@ TEST_F(CompilerTest, IdentityIsComputedFromTheResolvedSpecAlone) {
   ASSERT_TRUE(bool(c));
   EXPECT_NE(c->key, a->key);
   EXPECT_TRUE(contains(c->source.text, "kMinBlocksPerSm = 1;"));
+}
+
+// The library embeds every header of templates/ as it is in the tree (a
+// header left out of jit/CMakeLists.txt's list would make NVRTC miss an
+// include), the kernel's last; every other header is included by one, and
+// the key's digest counts every name and text.
+TEST(TemplateHeaders, AreTheFilesOfTemplatesEachIncludedAndDigested) {
+  std::set<std::string> files;
+  for (const auto& entry : std::filesystem::directory_iterator(BQJIT_TEMPLATE_DIR))
+    if (entry.path().extension() == ".cuh")
+      files.insert("bqjit/" + entry.path().filename().string());
+  std::set<std::string> embedded;
+  size_t digested = 0;
+  for (const TemplateHeader& h : templateHeaders()) {
+    embedded.insert(h.name);
+    digested += h.name.size() + h.text.size() + 2;
+    std::ifstream in(std::string(BQJIT_TEMPLATE_DIR) + "/" + h.name.substr(6));
+    std::stringstream text;
+    text << in.rdbuf();
+    EXPECT_EQ(text.str(), h.text.str()) << h.name << " differs from the tree's";
+    if (h.name == kTemplateHeaderName)
+      continue;
+    const std::string include = "#include \"" + h.name + "\"";
+    EXPECT_TRUE(
+        std::any_of(templateHeaders().begin(), templateHeaders().end(),
+                    [&](const TemplateHeader& o) { return contains(o.text.str(), include); }))
+        << h.name << " is included by no header";
+  }
+  EXPECT_EQ(embedded, files);
+  ASSERT_FALSE(templateHeaders().empty());
+  EXPECT_EQ(templateHeaders().back().name, kTemplateHeaderName);
+  EXPECT_EQ(templateDigest().bytes, digested);
 }
 
 TEST_F(CompilerTest, ConcurrentCompilesOfOneSpecAgree) {

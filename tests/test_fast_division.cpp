@@ -1,6 +1,6 @@
 // The kernel divides amax by QMAX (and NVFP4's global_scale * amax by 6)
 // with one multiplication and one FMA correction by the correctly rounded
-// 1 / QMAX (templates/silu_mul_quant.cuh, divFast and QuantTraits::kInvMax),
+// 1 / QMAX (templates/math.cuh divFast, templates/conversions.cuh QuantTraits::kInvMax),
 // and claims the result equals IEEE division for every finite dividend.
 // These tests check that claim on the CPU, exhaustively over the
 // significands, with the kernel's formula and constants.

@@ -902,7 +902,7 @@ INSTANTIATE_TEST_SUITE_P(OffsetQ, GpuKernelOffsetQ,
                                   std::to_string(c.tokens) + "_q" + std::to_string(c.qOffset);
                          });
 
-// Teams across groups (templates/silu_mul_quant.cuh, Geometry::kAcross):
+// Teams across groups (templates/geometry.cuh, Geometry::kAcross):
 // where a team's step would read one 32-byte sector of a line no other team
 // reads in that instruction (interleaved gate/up at G = 32 in teams of 2),
 // a team of 4 threads takes 2 consecutive groups of a row, two steps in each

@@ -1574,7 +1574,7 @@ TEST(Compare, Fp4BoundaryAllowanceAndSwizzledPadding) {
 
 // ---- the template's software conversions, transcribed -------------------------------
 //
-// templates/silu_mul_quant.cuh converts to e2m1 and E8M0 by bit manipulation
+// templates/conversions.cuh and scales.cuh convert to e2m1 and E8M0 by bit manipulation
 // where PTX has no instruction (every target but the family-specific
 // Blackwell ones). These are its formulas on the CPU, checked against the
 // reference's tables: a kernel whose conversions differ from the contract

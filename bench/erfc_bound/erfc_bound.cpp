@@ -1,12 +1,12 @@
-// Measures the error of the kernel's erfc (templates/silu_mul_quant.cuh,
+// Measures the error of the kernel's erfc (templates/activations.cuh,
 // erfcFast) over every fp32 argument, as gelu uses it: Phi(x) = erfc(-x) / 2
 // against the reference's 0.5f * float(erfc(double)), for every x with
 // |x| in [2^-30, 10.2] and both signs. The constants are read from the
-// template itself; the steps are the template's, written again here with
+// template's headers themselves; the steps are the template's, written again here with
 // fmaf, with rcp.approx and ex2.approx taken as the correctly rounded result
 // moved by a given number of ulps (their documented bounds are 1 and 2).
 //
-// Usage: erfc_bound [TEMPLATE] (default: the source tree's template)
+// Usage: erfc_bound [TEMPLATE_DIR] (default: the source tree's templates/)
 // Prints the largest relative error of Phi where it is a normal number, for
 // the approximate instructions exact and for each combination of them off
 // by (+-1, +-2) ulps, and how many subnormal Phi differ from the reference.
@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <regex>
@@ -47,13 +48,20 @@ struct Constants {
   float p[10];
 };
 
-Constants readConstants(const std::string& path) {
-  std::ifstream in(path);
-  if (!in)
-    throw std::runtime_error("erfc_bound: cannot read the template " + path);
+Constants readConstants(const std::string& dir) {
+  // Every header of the template, in one text (the constants live in two).
   std::stringstream ss;
-  ss << in.rdbuf();
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    if (entry.path().extension() != ".cuh")
+      continue;
+    std::ifstream in(entry.path());
+    if (!in)
+      throw std::runtime_error("erfc_bound: cannot read " + entry.path().string());
+    ss << in.rdbuf() << '\n';
+  }
   const std::string src = ss.str();
+  if (src.empty())
+    throw std::runtime_error("erfc_bound: no template header (.cuh) in " + dir);
   std::map<std::string, float> scalars;
   const std::regex scalar(R"(inline constexpr float (k\w+) = ([-+0-9a-fA-Fxp.]+)f;)");
   for (auto it = std::sregex_iterator(src.begin(), src.end(), scalar); it != std::sregex_iterator();
@@ -165,7 +173,7 @@ Worst measure(const Constants& c, int rcpUlps, int ex2Ulps) {
 
 int main(int argc, char** argv) {
   try {
-    const Constants c = readConstants(argc > 1 ? argv[1] : BQJIT_TEMPLATE_PATH);
+    const Constants c = readConstants(argc > 1 ? argv[1] : BQJIT_TEMPLATE_DIR);
     std::printf("Phi(x) = erfc(-x) / 2 against 0.5f * float(erfc(double)), every fp32 |x| in "
                 "[2^-30, 10.2]\n");
     std::printf("%5s %5s | %-26s | %-26s | subnormal Phi differing\n", "rcp", "ex2",

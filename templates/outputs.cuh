@@ -1,0 +1,102 @@
+// bqjit kernel template: where a row's results go: q, and each scale layout
+// (swizzled_128x4's tiles of 8 rows among them).
+#pragma once
+
+#include "bqjit/geometry.cuh"
+#include "bqjit/scales.cuh"
+
+namespace bqjit_kernel {
+
+// swizzled_128x4 (docs/contract.md section 8): rows padded to 128, groups to 4;
+// byte of scale (t, j) in one expert's buffer.
+template <int NG> __device__ __forceinline__ i64 swizzledOffset(i64 t, int j) {
+  constexpr int kTileCols = (NG + 3) / 4;
+  return ((t >> 7) * kTileCols + (j >> 2)) * 512 + (t & 31) * 16 + ((t >> 5) & 3) * 4 + (j & 3);
+}
+
+// Blocks of 8 rows (version 16). A 32-byte sector of the layout holds 4
+// groups of 8 rows: t and t + 1 (t even) and the same two 32, 64 and 96 rows
+// on. In the task order of version 15 (the scale bytes' order) a warp's q
+// stores touch 8 rows, 32 bytes each; in row order its 32 scale bytes go to
+// 8 sectors, 4 bytes each: either way about three times the L2 write
+// requests of the bytes layout, and about 8% of FP4's time (H200). Here a
+// block of 256 threads takes those 8 rows (a "row pair" p: rows band * 128 +
+// pair * 2 + {0, 1} + {0, 32, 64, 96}, p = band * 16 + pair), one warp a
+// row, and kCols consecutive groups (a warp's teams, in row order: q stores
+// of whole lines), and writes its scale bytes through shared memory, whole
+// sectors, one 4-byte store a thread. Blocks take the columns of the row
+// pairs one after another, L = p * kNGp + j, kCols of them a block: where
+// kCols does not divide kNGp (gpt-oss's H = 2880) a block's quads continue
+// in the next row pair, each quad in one. Where the warp is not one row of
+// whole quads or the batch is masked (bytes of rows past an expert's count
+// stay unwritten there), the tasks keep version 15's order.
+template <class S> struct SwizzleTiles {
+  static constexpr int kNG = S::kHidden / S::kGroupSize;
+  static constexpr int kNGp = (kNG + 3) / 4 * 4;
+  static constexpr int kSlot = TeamSlot<S::kThreadsPerGroup>::value;
+  static constexpr int kCols = S::kGroupsPerBlock / 8; // groups of a row a block takes
+  // The grid of rows128 * kNGp / GPB blocks covers the row pairs exactly:
+  // rows128 / 8 is a multiple of 16 and kCols at most 32.
+  static constexpr bool kOn = S::kScaleLayout == kSwizzled128x4 && !S::kMasked &&
+                              !Geometry<S>::kAcross && kSlot == S::kThreadsPerGroup &&
+                              kSlot * S::kGroupsPerBlock == 256 && kCols >= 4 && kCols % 4 == 0 &&
+                              64 % kCols == 0;
+  // The block's staged scale bytes: kCols / 4 sectors of 32.
+  __device__ static __forceinline__ unsigned char* staged() {
+    __shared__ __align__(16) unsigned char bytes[kOn ? S::kGroupsPerBlock : 4];
+    return bytes;
+  }
+  // Where row t's scale of this thread's team goes in staged(): the team's
+  // place in its warp is its column's place in the block (sector, byte).
+  __device__ static __forceinline__ int stagedAt(i64 t) {
+    const int team = static_cast<int>(threadIdx.x % 32) / kSlot;
+    return team / 4 * 32 + (static_cast<int>(t) & 1) * 16 + (static_cast<int>(t >> 5) & 3) * 4 +
+           (team & 3);
+  }
+};
+
+// Where a row's results go.
+struct GroupOut {
+  i64 t;      // the row
+  i64 expert; // masked batches: the expert (0 otherwise)
+  i64 rows;   // T
+  i64 rows4;  // T rounded up to 4 (padded layouts)
+  unsigned char* q;
+  float* scaleF;         // fp32 scale layouts
+  unsigned char* scaleB; // byte scale layouts
+};
+
+// Writes group jg's scale of row o.t in the spec's layout.
+template <class S> __device__ __forceinline__ void storeScale(const GroupScale& g, int jg, const GroupOut& o) {
+  constexpr int NG = S::kHidden / S::kGroupSize;
+  constexpr int LAYOUT = S::kScaleLayout;
+  const i64 t = o.t;
+  if constexpr (LAYOUT == kRow) {
+    o.scaleF[t * NG + jg] = g.s;
+  } else if constexpr (LAYOUT == kCol) {
+    o.scaleF[static_cast<i64>(jg) * o.rows + t] = g.s;
+  } else if constexpr (LAYOUT == kColTma) {
+    o.scaleF[static_cast<i64>(jg) * o.rows4 + t] = g.s;
+  } else if constexpr (LAYOUT == kBytes) {
+    o.scaleB[t * NG + jg] = static_cast<unsigned char>(g.byte);
+  } else if constexpr (LAYOUT == kSwizzled128x4) {
+    if constexpr (SwizzleTiles<S>::kOn)
+      SwizzleTiles<S>::staged()[SwizzleTiles<S>::stagedAt(t)] = static_cast<unsigned char>(g.byte);
+    else
+      o.scaleB[swizzledOffset<NG>(t, jg)] = static_cast<unsigned char>(g.byte);
+  } else {
+    const i64 word = static_cast<i64>(jg / 4) * o.rows4 + t;
+    o.scaleB[word * 4 + jg % 4] = static_cast<unsigned char>(g.byte);
+    if (jg == NG - 1)
+      for (int b = jg % 4 + 1; b < 4; ++b)
+        o.scaleB[word * 4 + b] = 0;
+  }
+}
+
+// Where group jg's q starts.
+template <class S> __device__ __forceinline__ unsigned char* groupQ(int jg, const GroupOut& o) {
+  return o.q + ((o.expert * o.rows + o.t) * S::kHidden + static_cast<i64>(jg) * S::kGroupSize) *
+                   QuantTraits<S::kOutDtype>::kBits / 8;
+}
+
+} // namespace bqjit_kernel
