@@ -41,7 +41,7 @@ std::string writeBundle(const std::vector<BundleItem>& items, const Authenticato
                               {"nvrtc", items.empty() ? "" : items.front().kernel.nvrtcVersion},
                               {"created_unix_ms", unixTimeMs()},
                               {"entries", std::move(entries)}};
-  const std::string tocText = toc.dump();
+  const std::string tocText = jsonText(toc);
   std::string out(kBundleMagic, kMagicBytes);
   out.push_back(static_cast<char>(kBundleVersion));
   out.push_back(static_cast<char>(auth.secret ? 1 : 0));

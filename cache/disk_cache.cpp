@@ -12,6 +12,7 @@
 
 #include "bqjit/error.hpp"
 #include "cache/entry_format.hpp"
+#include "core/json_input.hpp"
 #include "cache/log_lines.hpp"
 #include "core/fs_util.hpp"
 #include "jit/cache_key.hpp"
@@ -230,7 +231,7 @@ llvm::Error DiskCache::publish(const CompiledKernel& kernel, const std::string& 
   auto tmp = fs::TempDir::create(root_ + "/tmp", kernel.key + ".");
   if (!tmp)
     return tmp.takeError();
-  const std::string meta = makeMetadata(kernel, keyInputs).dump(2) + "\n";
+  const std::string meta = jsonText(makeMetadata(kernel, keyInputs), 2) + "\n";
   if (auto err = fs::writeFileSynced(tmp->path() + "/" + kCubinFile, kernel.cubin.data(),
                                      kernel.cubin.size()))
     return err;

@@ -6,6 +6,7 @@
 
 #include "bqjit/error.hpp"
 #include "cache/entry_format.hpp"
+#include "core/json_input.hpp"
 
 namespace bqjit {
 
@@ -34,7 +35,7 @@ llvm::Error blobError(const std::string& what) {
 
 std::string encodeEntryBlob(const CompiledKernel& k, const std::string& keyInputs,
                             const Authenticator& auth) {
-  const std::string meta = makeMetadata(k, keyInputs).dump();
+  const std::string meta = jsonText(makeMetadata(k, keyInputs));
   std::string out(kEntryBlobMagic, kMagicBytes);
   out.push_back(static_cast<char>(kEntryBlobVersion));
   out.push_back(static_cast<char>(auth.secret ? 1 : 0));

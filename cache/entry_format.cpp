@@ -2,8 +2,8 @@
 
 #include "bqjit/error.hpp"
 #include "cache/journal.hpp"
-#include "jit/cache_key.hpp"
 #include "core/json_input.hpp"
+#include "jit/cache_key.hpp"
 
 namespace bqjit {
 
@@ -11,7 +11,7 @@ namespace {
 
 std::string selfChecksum(nlohmann::json meta) {
   meta.erase("meta_xxh3");
-  const std::string text = meta.dump();
+  const std::string text = jsonText(meta);
   return checksum64(text.data(), text.size());
 }
 

@@ -18,6 +18,7 @@
 
 #include "bqjit/error.hpp"
 #include "core/fs_util.hpp"
+#include "core/json_input.hpp"
 
 namespace bqjit {
 
@@ -58,7 +59,7 @@ std::string recordLine(CacheEvent event, const std::string& key, double compileM
       {"ev", toString(event)}, {"key", key}, {"t", unixTimeMs()}, {"pid", ::getpid()}};
   if (event == CacheEvent::Compile)
     j["ms"] = compileMs;
-  return j.dump() + "\n";
+  return jsonText(j) + "\n";
 }
 
 } // namespace
@@ -222,7 +223,7 @@ std::string summaryLine(const CacheStats& s, uint64_t keptBytes) {
   CacheStats copy = s;
   for (int i = 0; i < kSummaryAll; ++i)
     j[kSummaryCounts[i]] = *countOf(copy, i);
-  return j.dump() + "\n";
+  return jsonText(j) + "\n";
 }
 
 void add(CacheStats& s, const JournalRecord& r) {

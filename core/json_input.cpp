@@ -298,8 +298,12 @@ std::string shownJson(const json& value, size_t maxChars) {
   // Shallow: dump() recurses at most kJsonMaxDepth levels. Strings built by
   // a C++ caller (or from the command line) may hold invalid UTF-8, on which
   // a plain dump() throws; such bytes become U+FFFD.
-  const std::string text = value.dump(-1, ' ', false, json::error_handler_t::replace);
+  const std::string text = jsonText(value);
   return cut(text, text.size(), maxChars);
+}
+
+std::string jsonText(const json& value, int indent) {
+  return value.dump(indent, ' ', false, json::error_handler_t::replace);
 }
 
 int jsonDepth(const json& value, int stopAbove) {

@@ -59,6 +59,12 @@ std::string shownText(llvm::StringRef text, size_t maxChars = kShownChars);
 /// never does) is not printed: only its type and that it is too deep.
 std::string shownJson(const nlohmann::json& value, size_t maxChars = kShownChars);
 
+/// The JSON text bqjit writes (files, reports, the C API's answers), with
+/// `indent` as nlohmann::json::dump takes it. A string that holds invalid
+/// UTF-8 (a path, or a name from the environment, is any bytes on Linux) is
+/// written with U+FFFD in place of those bytes, where a plain dump() throws.
+std::string jsonText(const nlohmann::json& value, int indent = -1);
+
 /// How deeply `value` nests arrays and objects (0 for a scalar), counted
 /// without recursion and without looking further than `stopAbove` levels
 /// (the result is then stopAbove + 1).

@@ -510,7 +510,7 @@ nlohmann::json KernelSpec::toJson() const {
 }
 
 std::string KernelSpec::canonical() const {
-  return toJson().dump();
+  return jsonText(toJson());
 }
 
 namespace {

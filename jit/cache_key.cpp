@@ -7,6 +7,8 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include "core/json_input.hpp"
+
 namespace bqjit {
 
 TextDigest TextDigest::of(llvm::StringRef text) {
@@ -25,7 +27,7 @@ std::string KeyInputs::canonical() const {
                       {"options", options},
                       {"nvrtc", nvrtcIdentity},
                       {"arch", arch}};
-  return j.dump();
+  return jsonText(j);
 }
 
 std::string hash128(llvm::StringRef text) {

@@ -92,7 +92,7 @@ llvm::Error TuningStore::store(const KernelSpec& spec, const LaunchShape& shape,
     return err;
   const std::string file = path(spec, regime, device);
   const std::string text =
-      nlohmann::json({{"spec", tuned.toJson()}, {"device", device.slug()}}).dump(2) + "\n";
+      jsonText(nlohmann::json({{"spec", tuned.toJson()}, {"device", device.slug()}}), 2) + "\n";
   if (auto err = fs::replaceFile(file, text.data(), text.size()))
     return makeError(ErrorCode::CacheError,
                      "cannot write tuning record: " + consumeToString(std::move(err)));

@@ -191,7 +191,7 @@ bqjit_status bqjit_compile(bqjit_service service, const char* specJson, char* bu
                       {"ptx_bytes", k.ptx.size()},
                       {"nvrtc", k.nvrtcVersion},
                       {"compile_ms", k.compileMs}};
-  return writeText(j.dump(), buf, size, needed);
+  return writeText(bqjit::jsonText(j), buf, size, needed);
 }
 
 bqjit_status bqjit_spec_for_device(bqjit_service service, const char* specJson, int device,
@@ -227,7 +227,7 @@ bqjit_status bqjit_default_launch(const char* specJson, int maxVecWidth, char* b
                       {"vec_width", s.vecWidth},
                       {"groups_per_block", s.groupsPerBlock},
                       {"min_blocks_per_sm", s.minBlocksPerSm}};
-  return writeText(j.dump(), buf, size, needed);
+  return writeText(bqjit::jsonText(j), buf, size, needed);
 }
 
 bqjit_status bqjit_spec_parse(const char* specJson, bqjit_spec* out) {

@@ -357,6 +357,42 @@ TEST_F(CliTest, PrewarmJsonReportsEveryItem) {
   EXPECT_EQ(j["items"][0]["key"].get<std::string>().size(), 32u);
 }
 
+// A cache directory and a manifest whose paths are not UTF-8 (Linux allows
+// any bytes): every --json report is still JSON, the bytes shown as U+FFFD,
+// where a plain dump() threw and the command aborted.
+TEST_F(CliTest, JsonReportsOfPathsThatAreNotUtf8AreJson) {
+  const std::string odd = (dir_ / "caf\xe9").string();
+  ASSERT_TRUE(fs::create_directory(odd));
+  const fs::path manifest = odd + "/m.json";
+  fs::copy_file(smallManifest(), manifest);
+  const std::string shown = (dir_ / "caf\xEF\xBF\xBD").string();
+  std::vector<std::vector<std::string>> commands = {
+      {"prewarm", manifest.string(), "--json"},
+      {"prewarm", manifest.string(), "--check", "--json"},
+      {"cache", "ls", "--json"},
+      {"cache", "stats", "--json"}};
+  size_t listed = 0;
+  for (const auto& args : commands) {
+    std::vector<std::string> all = args;
+    all.insert(all.end(), {"--cache-dir", odd + "/cache"});
+    RunResult r = run(all);
+    EXPECT_EQ(r.status, 0) << args[0] << " " << args[1] << ": " << r.err;
+    nlohmann::json j;
+    ASSERT_NO_THROW(j = nlohmann::json::parse(r.out)) << args[0] << " " << args[1] << ": " << r.out;
+    if (args[1] == "stats") {
+      EXPECT_EQ(j["root"], shown + "/cache/v1");
+      EXPECT_EQ(j["entries"], listed);
+    }
+    if (args[0] == "prewarm") {
+      EXPECT_EQ(j["manifest"], shown + "/m.json");
+      if (args[2] == "--check")
+        EXPECT_EQ(j["cache"], shown + "/cache");
+    }
+    if (args[1] == "ls")
+      listed = j.size();
+  }
+}
+
 TEST_F(CliTest, PrewarmInStrictModeFailsWithNotInCacheStatus) {
   RunResult r = run({"prewarm", smallManifest().string()}, "BQJIT_NO_COMPILE=1");
   EXPECT_EQ(r.status, 6) << r.err;

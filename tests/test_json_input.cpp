@@ -198,6 +198,21 @@ TEST(JsonInput, ShownJsonIsCutAndSafeOnDeepValues) {
   EXPECT_EQ(shownJson(nlohmann::json("a\xff")), "\"a\xEF\xBF\xBD\"");
 }
 
+// A path is any bytes on Linux: written JSON replaces invalid UTF-8 (where
+// dump() throws, and an uncaught exception takes the process down) and stays
+// JSON that reads back; valid text, indentation and key order are dump()'s.
+TEST(JsonInput, JsonTextWritesInvalidUtf8AsReplacementCharacters) {
+  const nlohmann::json value = {{"dir", "/tmp/caf\xe9/v1"}, {"n", 3}, {"name", "caf\xc3\xa9"}};
+  EXPECT_THROW(value.dump(), nlohmann::json::type_error);
+  std::string text;
+  ASSERT_NO_THROW(text = jsonText(value));
+  EXPECT_EQ(text, "{\"dir\":\"/tmp/caf\xEF\xBF\xBD/v1\",\"n\":3,\"name\":\"caf\xc3\xa9\"}");
+  EXPECT_EQ(nlohmann::json::parse(text)["dir"], "/tmp/caf\xEF\xBF\xBD/v1");
+  const nlohmann::json valid = {{"a", {1, 2}}, {"b", "x"}};
+  EXPECT_EQ(jsonText(valid), valid.dump());
+  EXPECT_EQ(jsonText(valid, 2), valid.dump(2));
+}
+
 TEST(JsonInput, DepthIsCountedWithoutRecursion) {
   EXPECT_EQ(jsonDepth(nlohmann::json(1)), 0);
   EXPECT_EQ(jsonDepth(nlohmann::json::array()), 1);

@@ -9,6 +9,7 @@
 #include "cache/bundle.hpp"
 #include "cache/kernel_cache.hpp"
 #include "core/fs_util.hpp"
+#include "core/json_input.hpp"
 #include "planner/planner.hpp"
 #include "tools/commands.hpp"
 #include "tools/manifest.hpp"
@@ -134,12 +135,12 @@ llvm::Error runBundleList(const std::string& path, bool json, const CommandConte
                          {"arch", item.kernel.spec.arch},
                          {"label", item.kernel.spec.label()},
                          {"cubin_bytes", item.kernel.cubin.size()}});
-    ctx.out << nlohmann::json({{"nvrtc", contents->nvrtc},
-                               {"cache_format", contents->cacheFormat},
-                               {"signed", contents->signedBundle},
-                               {"created_unix_ms", contents->createdUnixMs},
-                               {"entries", std::move(entries)}})
-                   .dump(2)
+    ctx.out << jsonText(nlohmann::json({{"nvrtc", contents->nvrtc},
+                                        {"cache_format", contents->cacheFormat},
+                                        {"signed", contents->signedBundle},
+                                        {"created_unix_ms", contents->createdUnixMs},
+                                        {"entries", std::move(entries)}}),
+                        2)
             << "\n";
     return llvm::Error::success();
   }

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cache/disk_cache.hpp"
+#include "core/json_input.hpp"
 #include "tools/commands.hpp"
 
 namespace bqjit::cli {
@@ -22,7 +23,7 @@ llvm::Error runList(const DiskCache& disk, bool json, const CommandContext& ctx)
                    {"last_use_ms", e.lastUseMs},
                    {"label", e.label},
                    {"valid", e.valid}});
-    ctx.out << j.dump(2) << "\n";
+    ctx.out << jsonText(j, 2) << "\n";
     return llvm::Error::success();
   }
   for (const EntryInfo& e : entries) {
@@ -46,25 +47,25 @@ llvm::Error runStats(const DiskCache& disk, bool json, const CommandContext& ctx
   const uint64_t journalBytes = disk.journal().bytes();
   const double mean = s.compiles > 0 ? s.compileMsTotal / static_cast<double>(s.compiles) : 0.0;
   if (json) {
-    ctx.out << nlohmann::json({{"root", disk.root()},
-                               {"entries", entries.size()},
-                               {"unreadable", unreadable},
-                               {"bytes", bytes},
-                               {"journal_bytes", journalBytes},
-                               {"total_bytes", bytes + journalBytes},
-                               {"hits", s.hits},
-                               {"misses", s.misses},
-                               {"compiles", s.compiles},
-                               {"compile_ms_total", s.compileMsTotal},
-                               {"compile_ms_mean", mean},
-                               {"compile_ms_max", s.compileMsMax},
-                               {"evictions", s.evictions},
-                               {"corrupt", s.corrupt},
-                               {"remote_hits", s.remoteHits},
-                               {"remote_misses", s.remoteMisses},
-                               {"remote_publishes", s.remotePublishes},
-                               {"remote_errors", s.remoteErrors}})
-                   .dump(2)
+    ctx.out << jsonText(nlohmann::json({{"root", disk.root()},
+                                        {"entries", entries.size()},
+                                        {"unreadable", unreadable},
+                                        {"bytes", bytes},
+                                        {"journal_bytes", journalBytes},
+                                        {"total_bytes", bytes + journalBytes},
+                                        {"hits", s.hits},
+                                        {"misses", s.misses},
+                                        {"compiles", s.compiles},
+                                        {"compile_ms_total", s.compileMsTotal},
+                                        {"compile_ms_mean", mean},
+                                        {"compile_ms_max", s.compileMsMax},
+                                        {"evictions", s.evictions},
+                                        {"corrupt", s.corrupt},
+                                        {"remote_hits", s.remoteHits},
+                                        {"remote_misses", s.remoteMisses},
+                                        {"remote_publishes", s.remotePublishes},
+                                        {"remote_errors", s.remoteErrors}}),
+                        2)
             << "\n";
     return llvm::Error::success();
   }

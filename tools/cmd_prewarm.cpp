@@ -14,6 +14,7 @@
 #include "bqjit/service.hpp"
 #include "cache/kernel_cache.hpp"
 #include "core/fs_util.hpp"
+#include "core/json_input.hpp"
 #include "planner/planner.hpp"
 #include "tools/commands.hpp"
 #include "tools/manifest.hpp"
@@ -147,13 +148,13 @@ llvm::Error runCheck(const PrewarmOptions& o, const Manifest& manifest, const Co
       missing.push_back(std::move(m));
   }
   if (o.json)
-    ctx.out << nlohmann::json({{"manifest", manifest.path},
-                               {"cache", ctx.config.cacheDir},
-                               {"complete", complete},
-                               {"incomplete", total - complete},
-                               {"missing", missing},
-                               {"items", std::move(items)}})
-                   .dump(2)
+    ctx.out << jsonText(nlohmann::json({{"manifest", manifest.path},
+                                        {"cache", ctx.config.cacheDir},
+                                        {"complete", complete},
+                                        {"incomplete", total - complete},
+                                        {"missing", missing},
+                                        {"items", std::move(items)}}),
+                        2)
             << "\n";
   else
     ctx.out << "check: " << complete << " of " << total << " kernel(s) complete in "
@@ -255,7 +256,7 @@ llvm::Error runPrewarm(const PrewarmOptions& o, const CommandContext& ctx) {
 
   nlohmann::json summary = toJson(*manifest, results, seconds);
   if (o.json) {
-    ctx.out << summary.dump(2) << "\n";
+    ctx.out << jsonText(summary, 2) << "\n";
   } else {
     char line[160];
     std::snprintf(line, sizeof line,

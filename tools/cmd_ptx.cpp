@@ -6,6 +6,7 @@
 
 #include "bqjit/service.hpp"
 #include "cache/kernel_cache.hpp"
+#include "core/json_input.hpp"
 #include "planner/planner.hpp"
 #include "tools/commands.hpp"
 #include "tools/spec_args.hpp"
@@ -91,7 +92,7 @@ llvm::Error runPtx(const PtxOptions& o, const CommandContext& ctx) {
     return got.takeError();
   const CompiledKernel& k = *got->kernel;
   if (o.json) {
-    ctx.out << reportJson(k, got->source, !o.noPtx).dump(2) << "\n";
+    ctx.out << jsonText(reportJson(k, got->source, !o.noPtx), 2) << "\n";
     return llvm::Error::success();
   }
   if (!o.noPtx) {

@@ -1,5 +1,6 @@
 // The `bqjit` command: parses the command line, builds the Config once and
 // runs the chosen subcommand.
+#include <exception>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
@@ -90,12 +91,21 @@ int main(int argc, char** argv) {
 
   const CommandContext ctx{*config, std::cout, std::cerr};
   int status = kExitOther;
-  if (!action)
+  if (!action) {
     std::cerr << "bqjit: error: no command given (see --help)\n";
-  else if (auto err = action(ctx))
-    status = reportError(std::move(err), std::cerr);
-  else
-    status = kExitOk;
+  } else {
+    // Commands report errors as values; an exception from a library they
+    // call (an allocation, a JSON or filesystem call) is still one error
+    // line and exit status 1, not an abort.
+    try {
+      if (auto err = action(ctx))
+        status = reportError(std::move(err), std::cerr);
+      else
+        status = kExitOk;
+    } catch (const std::exception& e) {
+      std::cerr << "bqjit: error: unexpected failure: " << e.what() << "\n";
+    }
+  }
   std::cout.flush();
   return status;
 }
