@@ -54,6 +54,9 @@ int64_t unixTimeMs() {
 
 namespace {
 
+// The "ev" of a compaction's summary line.
+constexpr const char* kSummaryEvent = "summary";
+
 std::string recordLine(CacheEvent event, const std::string& key, double compileMs) {
   nlohmann::json j = {
       {"ev", toString(event)}, {"key", key}, {"t", unixTimeMs()}, {"pid", ::getpid()}};
@@ -131,8 +134,10 @@ llvm::Error Journal::append(CacheEvent event, const std::string& key, double com
     std::string first;
     if (std::getline(in, first)) {
       auto j = nlohmann::json::parse(first, nullptr, /*allow_exceptions=*/false);
-      if (j.is_object() && j.value("ev", "") == "summary" && j.contains("kept_bytes") &&
-          j["kept_bytes"].is_number_unsigned())
+      // Compared as JSON values: json::value() would throw on an "ev" of
+      // another type, and anyone who may write the cache may write this line.
+      if (j.is_object() && j.contains("ev") && j["ev"] == kSummaryEvent &&
+          j.contains("kept_bytes") && j["kept_bytes"].is_number_unsigned())
         limit = std::max(limit, 2 * j["kept_bytes"].get<uint64_t>());
     }
     if (static_cast<uint64_t>(st.st_size) > limit) {
@@ -181,7 +186,6 @@ std::optional<JournalRecord> parseRecord(const std::string& line) {
 
 // The summary line of a compaction: the counts of the records it folded.
 // Its keys sort with "ev" first, like a record's.
-constexpr const char* kSummaryEvent = "summary";
 // The first five are in every summary; the remote tier's came later and may
 // be absent (0) in a journal written before it.
 const char* const kSummaryCounts[] = {"n_hit",         "n_miss",           "n_compile",

@@ -790,5 +790,22 @@ TEST_F(DiskCacheTest, AppendsKeepTheJournalBounded) {
   EXPECT_EQ(j.lastUse().size(), 3u);
 }
 
+// The journal is a file anyone who may write the cache can edit: a first line
+// whose fields have other types (read for the compaction budget on every
+// append past the limit) is passed over, never thrown from in the host.
+TEST_F(DiskCacheTest, AppendsPassOverAFirstLineOfOtherTypes) {
+  constexpr uint64_t kLimit = 4 * 1024;
+  for (const char* first : {R"({"ev":5,"kept_bytes":100})", R"({"ev":"summary","kept_bytes":"x"})",
+                            R"({"ev":["summary"],"kept_bytes":-1})", R"([1,2])"}) {
+    const std::string path = cache_->journal().path() + ".typed";
+    std::ofstream(path, std::ios::trunc) << first << "\n" << std::string(kLimit, ' ') << "\n";
+    Journal j(path, nullptr, kLimit);
+    for (int i = 0; i < 40; ++i)
+      ASSERT_NO_THROW(ASSERT_FALSE(bool(j.append(CacheEvent::Hit, std::string(32, 'a'))))) << first;
+    EXPECT_LE(j.bytes(), kLimit + 200) << first;
+    EXPECT_EQ(j.stats().hits, 40) << first;
+  }
+}
+
 } // namespace
 } // namespace bqjit
