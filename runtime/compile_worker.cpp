@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <optional>
 #include <set>
+#include <system_error>
 
 #include "jit/nvrtc_program.hpp"
 
@@ -71,15 +72,26 @@ CompileWorker::~CompileWorker() {
   stop();
 }
 
+bool CompileWorker::startLocked() {
+  if (thread_.joinable())
+    return true;
+  try {
+    thread_ = std::thread([this] { run(); });
+    return true;
+  } catch (const std::system_error&) {
+    // The system refused a thread (a process or thread limit): no
+    // background work, rather than an exception out of a host's call.
+    return false;
+  }
+}
+
 bool CompileWorker::enqueue(std::function<void()> job) {
   registerExitHandler();
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (stopping_)
+    if (stopping_ || !startLocked())
       return false;
     jobs_.push_back(std::move(job));
-    if (!thread_.joinable())
-      thread_ = std::thread([this] { run(); });
   }
   changed_.notify_all();
   return true;
@@ -88,8 +100,8 @@ bool CompileWorker::enqueue(std::function<void()> job) {
 void CompileWorker::start() {
   registerExitHandler();
   std::lock_guard<std::mutex> lock(mutex_);
-  if (!stopping_ && !thread_.joinable())
-    thread_ = std::thread([this] { run(); });
+  if (!stopping_)
+    startLocked();
 }
 
 void CompileWorker::stop() {

@@ -32,13 +32,15 @@ public:
   /// stop(), then forgets this worker for the exit handler.
   ~CompileWorker();
 
-  /// Queues `job`; false (the job dropped) once stopped. The first job
-  /// starts the thread; in a process where NVRTC has not compiled yet, the
+  /// Queues `job`; false (the job dropped) once stopped, or where the system
+  /// refuses the thread (a process or thread limit). The first job starts
+  /// the thread; in a process where NVRTC has not compiled yet, the
   /// first call compiles an empty program first, on the caller's thread (see
   /// the class comment).
   bool enqueue(std::function<void()> job);
   /// Starts the thread now (enqueue() would at its first job), so that a
-  /// later first enqueue() from a thread that must not wait does not.
+  /// later first enqueue() from a thread that must not wait does not. Where
+  /// the system refuses the thread, nothing starts (enqueue() tries again).
   void start();
   /// Drops the queued jobs, waits for the running one and joins the thread;
   /// later jobs are dropped. Idempotent; thread-safe.
@@ -51,6 +53,9 @@ public:
 
 private:
   void run();
+  /// Starts the thread unless it runs; false where the system refuses it.
+  /// Called with mutex_ held.
+  bool startLocked();
 
   std::function<void()> onThreadStart_;
   std::mutex mutex_;

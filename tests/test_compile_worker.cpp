@@ -2,7 +2,10 @@
 // that exits while a compile runs on the worker (no GPU needed: NVRTC only).
 #include "runtime/compile_worker.hpp"
 
+#include <pthread.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -185,6 +188,48 @@ TEST(CompileWorker, DestroyingItWaitsForTheRunningJob) {
     started.wait();
   }
   EXPECT_TRUE(finished.load());
+}
+
+// A host under a process limit (a container's pids.max, RLIMIT_NPROC): the
+// worker's thread is refused, and enqueue() says so (the caller's job is
+// dropped: a service's stand-ins settle, a tuning is skipped) instead of
+// throwing std::system_error out of a host's call. In a child that drops
+// root first (root's limits do not bind) and may then start no thread.
+TEST(CompileWorker, AThreadTheSystemRefusesDropsTheJobInsteadOfThrowing) {
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (::geteuid() == 0 && (::setgid(65534) != 0 || ::setuid(65534) != 0))
+      ::_exit(3);
+    const rlimit none{1, 1};
+    if (::setrlimit(RLIMIT_NPROC, &none) != 0)
+      ::_exit(4);
+    pthread_t probe;
+    if (::pthread_create(
+            &probe, nullptr, [](void*) -> void* { return nullptr; }, nullptr) == 0)
+      ::_exit(5); // the limit does not bind here
+    int code = 0;
+    try {
+      CompileWorker worker;
+      worker.start();
+      std::atomic<bool> ran{false};
+      if (worker.enqueue([&] { ran = true; }))
+        code = 1;
+      worker.drain();
+      worker.stop();
+      if (ran)
+        code = 2;
+    } catch (...) {
+      code = 6;
+    }
+    ::_exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status);
+  if (WEXITSTATUS(status) == 5 || WEXITSTATUS(status) == 3)
+    GTEST_SKIP() << "a process limit does not refuse threads on this machine";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: enqueue() said queued; 2: the job ran; 6: it threw";
 }
 
 // A host that exits while the worker compiles: NVRTC's teardown among the
