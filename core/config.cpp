@@ -61,6 +61,27 @@ bool validLevel(LogLevel level) {
   return n >= static_cast<int>(LogLevel::Quiet) && n <= static_cast<int>(LogLevel::Debug);
 }
 
+const char* const kLevelNames[] = {"quiet", "warning", "info", "debug"};
+
+// One line to stderr, in one insertion, so that lines of concurrent threads
+// stay whole.
+void toStderr(LogLevel level, const std::string& text) {
+  std::cerr << (std::string("bqjit: ") + kLevelNames[static_cast<int>(level)] + ": " + text + "\n");
+}
+
+// Runs a sink on one line. A sink that throws (a host's callback) must not
+// unwind through bqjit, which logs from background threads and cleanup
+// paths, nor lose the line: the line goes to stderr with what was thrown.
+void runSink(const LogSink& sink, LogLevel level, const std::string& text) {
+  try {
+    sink(level, text);
+  } catch (const std::exception& e) {
+    toStderr(level, text + " (the log sink threw: " + e.what() + ")");
+  } catch (...) {
+    toStderr(level, text + " (the log sink threw)");
+  }
+}
+
 // Hands a line to the process sink; false when there is none.
 bool toProcessSink(LogLevel level, const std::string& text) {
   ProcessSink& p = processSink();
@@ -75,7 +96,7 @@ bool toProcessSink(LogLevel level, const std::string& text) {
     Inside() { insideProcessSink = true; }
     ~Inside() { insideProcessSink = false; }
   } inside;
-  p.sink(level, text);
+  runSink(p.sink, level, text);
   return true;
 }
 
@@ -231,16 +252,14 @@ void Config::log(LogLevel level, const std::string& text) const {
     return;
   if (logSink) {
     if (static_cast<int>(level) <= static_cast<int>(logLevel))
-      logSink(level, text);
+      runSink(logSink, level, text);
     return;
   }
   if (toProcessSink(level, text))
     return;
   if (static_cast<int>(level) > static_cast<int>(logLevel))
     return;
-  static const char* const kNames[] = {"quiet", "warning", "info", "debug"};
-  // One insertion per line, so that lines of concurrent threads stay whole.
-  std::cerr << (std::string("bqjit: ") + kNames[static_cast<int>(level)] + ": " + text + "\n");
+  toStderr(level, text);
 }
 
 } // namespace bqjit

@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
@@ -344,6 +345,40 @@ TEST(Config, ProcessSinkRejectsABadLevelAndReplacementFromInside) {
   // The refused replacement left the sink in place.
   c.log(LogLevel::Warn, "again");
   EXPECT_EQ(calls, 2);
+}
+
+// A host's sink that throws: the exception stops at bqjit's log call (which
+// runs in background threads and cleanup paths, where it would end the
+// process), and the line still reaches stderr, with what was thrown; the
+// next line goes to the sink again.
+TEST(Config, ASinkThatThrowsLosesNoLineAndThrowsNothing) {
+  ProcessSinkReset reset;
+  int calls = 0;
+  auto throwing = [&](LogLevel, const std::string& text) {
+    ++calls;
+    if (text == "odd")
+      throw 7;
+    throw std::runtime_error("sink full");
+  };
+  Config own;
+  own.logSink = throwing;
+  own.logLevel = LogLevel::Info;
+  testing::internal::CaptureStderr();
+  EXPECT_NO_THROW(own.log(LogLevel::Info, "compiled"));
+  EXPECT_NO_THROW(own.log(LogLevel::Warn, "odd"));
+  std::string err = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(err, "bqjit: info: compiled (the log sink threw: sink full)\n"
+                 "bqjit: warning: odd (the log sink threw)\n");
+  EXPECT_EQ(calls, 2);
+
+  ASSERT_FALSE(bool(setProcessLogSink(throwing, LogLevel::Warn)));
+  Config c;
+  testing::internal::CaptureStderr();
+  EXPECT_NO_THROW(c.log(LogLevel::Warn, "disk full"));
+  EXPECT_NO_THROW(c.log(LogLevel::Info, "filtered"));
+  err = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(err, "bqjit: warning: disk full (the log sink threw: sink full)\n");
+  EXPECT_EQ(calls, 3);
 }
 
 TEST(Config, ReplacingTheProcessSinkWaitsForItToReturn) {
