@@ -18,6 +18,7 @@
 #include "core/json_input.hpp"
 #include "core/version.hpp"
 #include "planner/launch_heuristic.hpp"
+#include "runtime/c_api_guard.hpp"
 
 /// Specs already parsed from JSON text, so that asking again with the same
 /// text costs a hash and a compare, no parse and no allocation.
@@ -113,6 +114,13 @@ llvm::Expected<bqjit::KernelSpec> parseSpec(const char* json) {
   return bqjit::KernelSpec::fromJson(*j);
 }
 
+// Every entry point that returns a status runs its body here.
+template <class Body> bqjit_status guarded(const char* entry, Body&& body) noexcept {
+  return bqjit::guardedCall(
+      entry, std::forward<Body>(body),
+      [](bqjit::ErrorCode code, const std::string& message) { return fail(code, message); });
+}
+
 bqjit_status writeText(const std::string& text, char* buf, size_t size, size_t* needed) {
   if (needed)
     *needed = text.size() + 1;
@@ -137,35 +145,39 @@ const char* bqjit_last_error(void) {
 }
 
 bqjit_status bqjit_set_log_callback(bqjit_log_callback callback, void* user, int level) {
-  if (level < BQJIT_LOG_QUIET || level > BQJIT_LOG_DEBUG)
-    return fail(bqjit::ErrorCode::InvalidArgument,
-                "level = " + std::to_string(level) +
-                    ": must be BQJIT_LOG_QUIET (0), BQJIT_LOG_WARN (1), BQJIT_LOG_INFO (2) or "
-                    "BQJIT_LOG_DEBUG (3)");
-  bqjit::LogSink sink;
-  if (callback)
-    sink = [callback, user](bqjit::LogLevel l, const std::string& text) {
-      callback(static_cast<int>(l), text.c_str(), user);
-    };
-  if (auto err = bqjit::setProcessLogSink(std::move(sink), static_cast<bqjit::LogLevel>(level)))
-    return fail(std::move(err));
-  return ok();
+  return guarded("bqjit_set_log_callback", [&]() -> bqjit_status {
+    if (level < BQJIT_LOG_QUIET || level > BQJIT_LOG_DEBUG)
+      return fail(bqjit::ErrorCode::InvalidArgument,
+                  "level = " + std::to_string(level) +
+                      ": must be BQJIT_LOG_QUIET (0), BQJIT_LOG_WARN (1), BQJIT_LOG_INFO (2) or "
+                      "BQJIT_LOG_DEBUG (3)");
+    bqjit::LogSink sink;
+    if (callback)
+      sink = [callback, user](bqjit::LogLevel l, const std::string& text) {
+        callback(static_cast<int>(l), text.c_str(), user);
+      };
+    if (auto err = bqjit::setProcessLogSink(std::move(sink), static_cast<bqjit::LogLevel>(level)))
+      return fail(std::move(err));
+    return ok();
+  });
 }
 
 bqjit_status bqjit_service_create(const char* cacheDir, bqjit_service* out) {
-  if (!out)
-    return fail(bqjit::ErrorCode::InvalidArgument, "out is NULL");
-  *out = nullptr;
-  auto config = bqjit::Config::fromEnvironment();
-  if (!config)
-    return fail(config.takeError());
-  if (cacheDir)
-    config->cacheDir = cacheDir;
-  auto service = bqjit::Service::create(*config);
-  if (!service)
-    return fail(service.takeError());
-  *out = new bqjit_service_s{std::move(*service)};
-  return ok();
+  return guarded("bqjit_service_create", [&]() -> bqjit_status {
+    if (!out)
+      return fail(bqjit::ErrorCode::InvalidArgument, "out is NULL");
+    *out = nullptr;
+    auto config = bqjit::Config::fromEnvironment();
+    if (!config)
+      return fail(config.takeError());
+    if (cacheDir)
+      config->cacheDir = cacheDir;
+    auto service = bqjit::Service::create(*config);
+    if (!service)
+      return fail(service.takeError());
+    *out = new bqjit_service_s{std::move(*service)};
+    return ok();
+  });
 }
 
 void bqjit_service_destroy(bqjit_service service) {
@@ -174,71 +186,80 @@ void bqjit_service_destroy(bqjit_service service) {
 
 bqjit_status bqjit_compile(bqjit_service service, const char* specJson, char* buf, size_t size,
                            size_t* needed) {
-  if (!service)
-    return fail(bqjit::ErrorCode::InvalidArgument, "service is NULL");
-  auto spec = parseSpec(specJson);
-  if (!spec)
-    return fail(spec.takeError());
-  auto kernel = service->service->compile(*spec);
-  if (!kernel)
-    return fail(kernel.takeError());
-  const bqjit::CompiledKernel& k = **kernel;
-  nlohmann::json j = {{"key", k.key},
-                      {"spec", k.spec.toJson()},
-                      {"lowered_name", k.loweredName},
-                      {"resources", k.resources.toJson()},
-                      {"cubin_bytes", k.cubin.size()},
-                      {"ptx_bytes", k.ptx.size()},
-                      {"nvrtc", k.nvrtcVersion},
-                      {"compile_ms", k.compileMs}};
-  return writeText(bqjit::jsonText(j), buf, size, needed);
+  return guarded("bqjit_compile", [&]() -> bqjit_status {
+    if (!service)
+      return fail(bqjit::ErrorCode::InvalidArgument, "service is NULL");
+    auto spec = parseSpec(specJson);
+    if (!spec)
+      return fail(spec.takeError());
+    auto kernel = service->service->compile(*spec);
+    if (!kernel)
+      return fail(kernel.takeError());
+    const bqjit::CompiledKernel& k = **kernel;
+    nlohmann::json j = {{"key", k.key},
+                        {"spec", k.spec.toJson()},
+                        {"lowered_name", k.loweredName},
+                        {"resources", k.resources.toJson()},
+                        {"cubin_bytes", k.cubin.size()},
+                        {"ptx_bytes", k.ptx.size()},
+                        {"nvrtc", k.nvrtcVersion},
+                        {"compile_ms", k.compileMs}};
+    return writeText(bqjit::jsonText(j), buf, size, needed);
+  });
 }
 
 bqjit_status bqjit_spec_for_device(bqjit_service service, const char* specJson, int device,
                                    char* buf, size_t size, size_t* needed) {
-  if (!service)
-    return fail(bqjit::ErrorCode::InvalidArgument, "service is NULL");
-  auto j = parseSpecJson(specJson);
-  if (!j)
-    return fail(j.takeError());
-  if (!j->is_object())
-    return fail(bqjit::ErrorCode::InvalidSpec,
-                "spec_json must be a JSON object, got " + std::string(j->type_name()));
-  (*j)["arch"] = "sm_80"; // placeholder so that validation passes; replaced below
-  auto spec = bqjit::KernelSpec::fromJson(*j);
-  if (!spec)
-    return fail(spec.takeError());
-  auto resolved = service->service->forDevice(*spec, device);
-  if (!resolved)
-    return fail(resolved.takeError());
-  return writeText(resolved->canonical(), buf, size, needed);
+  return guarded("bqjit_spec_for_device", [&]() -> bqjit_status {
+    if (!service)
+      return fail(bqjit::ErrorCode::InvalidArgument, "service is NULL");
+    auto j = parseSpecJson(specJson);
+    if (!j)
+      return fail(j.takeError());
+    if (!j->is_object())
+      return fail(bqjit::ErrorCode::InvalidSpec,
+                  "spec_json must be a JSON object, got " + std::string(j->type_name()));
+    (*j)["arch"] = "sm_80"; // placeholder so that validation passes; replaced below
+    auto spec = bqjit::KernelSpec::fromJson(*j);
+    if (!spec)
+      return fail(spec.takeError());
+    auto resolved = service->service->forDevice(*spec, device);
+    if (!resolved)
+      return fail(resolved.takeError());
+    return writeText(resolved->canonical(), buf, size, needed);
+  });
 }
 
 bqjit_status bqjit_default_launch(const char* specJson, int maxVecWidth, char* buf, size_t size,
                                   size_t* needed) {
-  auto spec = parseSpec(specJson);
-  if (!spec)
-    return fail(spec.takeError());
-  if (maxVecWidth < 1)
-    return fail(bqjit::ErrorCode::InvalidArgument,
-                "max_vec_width = " + std::to_string(maxVecWidth) + ": must be >= 1");
-  const bqjit::LaunchShape s = bqjit::chooseLaunchShape(*spec, bqjit::kDefaultRegime, maxVecWidth);
-  nlohmann::json j = {{"threads_per_group", s.threadsPerGroup},
-                      {"vec_width", s.vecWidth},
-                      {"groups_per_block", s.groupsPerBlock},
-                      {"min_blocks_per_sm", s.minBlocksPerSm}};
-  return writeText(bqjit::jsonText(j), buf, size, needed);
+  return guarded("bqjit_default_launch", [&]() -> bqjit_status {
+    auto spec = parseSpec(specJson);
+    if (!spec)
+      return fail(spec.takeError());
+    if (maxVecWidth < 1)
+      return fail(bqjit::ErrorCode::InvalidArgument,
+                  "max_vec_width = " + std::to_string(maxVecWidth) + ": must be >= 1");
+    const bqjit::LaunchShape s =
+        bqjit::chooseLaunchShape(*spec, bqjit::kDefaultRegime, maxVecWidth);
+    nlohmann::json j = {{"threads_per_group", s.threadsPerGroup},
+                        {"vec_width", s.vecWidth},
+                        {"groups_per_block", s.groupsPerBlock},
+                        {"min_blocks_per_sm", s.minBlocksPerSm}};
+    return writeText(bqjit::jsonText(j), buf, size, needed);
+  });
 }
 
 bqjit_status bqjit_spec_parse(const char* specJson, bqjit_spec* out) {
-  if (!out)
-    return fail(bqjit::ErrorCode::InvalidArgument, "out is NULL");
-  *out = nullptr;
-  auto spec = parseSpec(specJson);
-  if (!spec)
-    return fail(spec.takeError());
-  *out = new bqjit_spec_s{std::move(*spec)};
-  return ok();
+  return guarded("bqjit_spec_parse", [&]() -> bqjit_status {
+    if (!out)
+      return fail(bqjit::ErrorCode::InvalidArgument, "out is NULL");
+    *out = nullptr;
+    auto spec = parseSpec(specJson);
+    if (!spec)
+      return fail(spec.takeError());
+    *out = new bqjit_spec_s{std::move(*spec)};
+    return ok();
+  });
 }
 
 void bqjit_spec_release(bqjit_spec spec) {
@@ -260,58 +281,70 @@ bqjit_status getKernel(bqjit_service service, const bqjit::KernelSpec& spec, int
 
 bqjit_status bqjit_kernel_get(bqjit_service service, const char* specJson, int device,
                               bqjit_kernel* out) {
-  if (!service || !out)
-    return fail(bqjit::ErrorCode::InvalidArgument, !service ? "service is NULL" : "out is NULL");
-  *out = nullptr;
-  if (!specJson)
-    return fail(bqjit::ErrorCode::InvalidArgument, "spec_json is NULL");
-  const size_t length = std::strlen(specJson);
-  const uint64_t hash = XXH3_64bits(specJson, length);
-  if (auto known = service->parsed.find(specJson, length, hash))
-    return getKernel(service, *known, device, out);
-  auto spec = parseSpec(specJson);
-  if (!spec)
-    return fail(spec.takeError());
-  service->parsed.insert(specJson, length, hash, *spec);
-  return getKernel(service, *spec, device, out);
+  return guarded("bqjit_kernel_get", [&]() -> bqjit_status {
+    if (!service || !out)
+      return fail(bqjit::ErrorCode::InvalidArgument, !service ? "service is NULL" : "out is NULL");
+    *out = nullptr;
+    if (!specJson)
+      return fail(bqjit::ErrorCode::InvalidArgument, "spec_json is NULL");
+    const size_t length = std::strlen(specJson);
+    const uint64_t hash = XXH3_64bits(specJson, length);
+    if (auto known = service->parsed.find(specJson, length, hash))
+      return getKernel(service, *known, device, out);
+    auto spec = parseSpec(specJson);
+    if (!spec)
+      return fail(spec.takeError());
+    service->parsed.insert(specJson, length, hash, *spec);
+    return getKernel(service, *spec, device, out);
+  });
 }
 
 bqjit_status bqjit_kernel_get_spec(bqjit_service service, bqjit_spec spec, int device,
                                    bqjit_kernel* out) {
-  if (!service || !spec || !out)
-    return fail(bqjit::ErrorCode::InvalidArgument, !service ? "service is NULL"
-                                                   : !spec  ? "spec is NULL"
-                                                            : "out is NULL");
-  *out = nullptr;
-  return getKernel(service, spec->spec, device, out);
+  return guarded("bqjit_kernel_get_spec", [&]() -> bqjit_status {
+    if (!service || !spec || !out)
+      return fail(bqjit::ErrorCode::InvalidArgument, !service ? "service is NULL"
+                                                     : !spec  ? "spec is NULL"
+                                                              : "out is NULL");
+    *out = nullptr;
+    return getKernel(service, spec->spec, device, out);
+  });
 }
 
 bqjit_status bqjit_service_reload_tuning(bqjit_service service) {
-  if (!service)
-    return fail(bqjit::ErrorCode::InvalidArgument, "service is NULL");
-  service->service->reloadTuning();
-  return ok();
+  return guarded("bqjit_service_reload_tuning", [&]() -> bqjit_status {
+    if (!service)
+      return fail(bqjit::ErrorCode::InvalidArgument, "service is NULL");
+    service->service->reloadTuning();
+    return ok();
+  });
 }
 
 bqjit_status bqjit_service_invalidate(bqjit_service service) {
-  if (!service)
-    return fail(bqjit::ErrorCode::InvalidArgument, "service is NULL");
-  service->service->invalidate();
-  return ok();
+  return guarded("bqjit_service_invalidate", [&]() -> bqjit_status {
+    if (!service)
+      return fail(bqjit::ErrorCode::InvalidArgument, "service is NULL");
+    service->service->invalidate();
+    return ok();
+  });
 }
 
 bqjit_status bqjit_service_finish_variants(bqjit_service service) {
-  if (!service)
-    return fail(bqjit::ErrorCode::InvalidArgument, "service is NULL");
-  service->service->finishVariants();
-  return ok();
+  return guarded("bqjit_service_finish_variants", [&]() -> bqjit_status {
+    if (!service)
+      return fail(bqjit::ErrorCode::InvalidArgument, "service is NULL");
+    service->service->finishVariants();
+    return ok();
+  });
 }
 
 bqjit_status bqjit_service_finish_tuning(bqjit_service service) {
-  if (!service)
-    return fail(bqjit::ErrorCode::InvalidArgument, "service is NULL");
-  service->service->finishTuning();
-  return ok();
+  return guarded("bqjit_service_finish_tuning", [&]() -> bqjit_status {
+    if (!service)
+      return fail(bqjit::ErrorCode::InvalidArgument, "service is NULL");
+    service->service->finishTuning();
+    return ok();
+  });
 }
 
 void bqjit_kernel_release(bqjit_kernel kernel) {
@@ -324,50 +357,52 @@ bqjit_status bqjit_kernel_launch(bqjit_kernel kernel, const bqjit_launch_args* a
 
 bqjit_status bqjit_kernel_launch_ex(bqjit_kernel kernel, const bqjit_launch_args* args,
                                     const bqjit_launch_extra* extra, void* stream) {
-  if (!kernel || !args)
-    return fail(bqjit::ErrorCode::InvalidArgument, !kernel ? "kernel is NULL" : "args is NULL");
-  // The caller's struct may be older (shorter) or newer (longer) than ours.
-  bqjit_launch_extra e{};
-  e.size = sizeof e;
-  if (extra) {
-    if (extra->size < sizeof(size_t))
-      return fail(bqjit::ErrorCode::InvalidArgument, "extra->size " + std::to_string(extra->size) +
-                                                         ": must be sizeof(bqjit_launch_extra) (" +
-                                                         std::to_string(sizeof e) + ")");
-    const auto* bytes = reinterpret_cast<const unsigned char*>(extra);
-    for (size_t i = sizeof e; i < extra->size; ++i)
-      if (bytes[i] != 0)
+  return guarded("bqjit_kernel_launch_ex", [&]() -> bqjit_status {
+    if (!kernel || !args)
+      return fail(bqjit::ErrorCode::InvalidArgument, !kernel ? "kernel is NULL" : "args is NULL");
+    // The caller's struct may be older (shorter) or newer (longer) than ours.
+    bqjit_launch_extra e{};
+    e.size = sizeof e;
+    if (extra) {
+      if (extra->size < sizeof(size_t))
         return fail(bqjit::ErrorCode::InvalidArgument,
                     "extra->size " + std::to_string(extra->size) +
-                        ": the fields past this library's bqjit_launch_extra (" +
-                        std::to_string(sizeof e) + " bytes) are not known here; upgrade bqjit");
-    std::memcpy(&e, extra, std::min(extra->size, sizeof e));
-    e.size = sizeof e;
-  }
-  bqjit::LaunchArgs a;
-  a.x = reinterpret_cast<const void*>(args->x);
-  a.ldx = args->ldx;
-  a.tokens = args->tokens;
-  a.q = reinterpret_cast<void*>(args->q);
-  a.scales = reinterpret_cast<void*>(args->scales);
-  a.scaleUb = reinterpret_cast<const float*>(args->scale_ub);
-  a.maskedM = reinterpret_cast<const int32_t*>(args->masked_m);
-  a.numExperts = args->num_experts;
-  a.globalScale = reinterpret_cast<const float*>(e.global_scale);
-  if (e.flags & ~(BQJIT_LAUNCH_PDL | BQJIT_LAUNCH_NO_PDL))
-    return fail(bqjit::ErrorCode::InvalidArgument,
-                "extra->flags " + std::to_string(e.flags) +
-                    ": only BQJIT_LAUNCH_PDL (0x1) and BQJIT_LAUNCH_NO_PDL (0x2) are known to "
-                    "this library");
-  if ((e.flags & BQJIT_LAUNCH_PDL) && (e.flags & BQJIT_LAUNCH_NO_PDL))
-    return fail(bqjit::ErrorCode::InvalidArgument,
-                "extra->flags " + std::to_string(e.flags) +
-                    ": BQJIT_LAUNCH_PDL and BQJIT_LAUNCH_NO_PDL exclude each other");
-  if (e.flags & (BQJIT_LAUNCH_PDL | BQJIT_LAUNCH_NO_PDL))
-    a.programmaticDependentLaunch = (e.flags & BQJIT_LAUNCH_PDL) != 0;
-  if (auto err = kernel->kernel.launch(a, static_cast<CUstream>(stream)))
-    return fail(std::move(err));
-  return ok();
+                        ": must be sizeof(bqjit_launch_extra) (" + std::to_string(sizeof e) + ")");
+      const auto* bytes = reinterpret_cast<const unsigned char*>(extra);
+      for (size_t i = sizeof e; i < extra->size; ++i)
+        if (bytes[i] != 0)
+          return fail(bqjit::ErrorCode::InvalidArgument,
+                      "extra->size " + std::to_string(extra->size) +
+                          ": the fields past this library's bqjit_launch_extra (" +
+                          std::to_string(sizeof e) + " bytes) are not known here; upgrade bqjit");
+      std::memcpy(&e, extra, std::min(extra->size, sizeof e));
+      e.size = sizeof e;
+    }
+    bqjit::LaunchArgs a;
+    a.x = reinterpret_cast<const void*>(args->x);
+    a.ldx = args->ldx;
+    a.tokens = args->tokens;
+    a.q = reinterpret_cast<void*>(args->q);
+    a.scales = reinterpret_cast<void*>(args->scales);
+    a.scaleUb = reinterpret_cast<const float*>(args->scale_ub);
+    a.maskedM = reinterpret_cast<const int32_t*>(args->masked_m);
+    a.numExperts = args->num_experts;
+    a.globalScale = reinterpret_cast<const float*>(e.global_scale);
+    if (e.flags & ~(BQJIT_LAUNCH_PDL | BQJIT_LAUNCH_NO_PDL))
+      return fail(bqjit::ErrorCode::InvalidArgument,
+                  "extra->flags " + std::to_string(e.flags) +
+                      ": only BQJIT_LAUNCH_PDL (0x1) and BQJIT_LAUNCH_NO_PDL (0x2) are known to "
+                      "this library");
+    if ((e.flags & BQJIT_LAUNCH_PDL) && (e.flags & BQJIT_LAUNCH_NO_PDL))
+      return fail(bqjit::ErrorCode::InvalidArgument,
+                  "extra->flags " + std::to_string(e.flags) +
+                      ": BQJIT_LAUNCH_PDL and BQJIT_LAUNCH_NO_PDL exclude each other");
+    if (e.flags & (BQJIT_LAUNCH_PDL | BQJIT_LAUNCH_NO_PDL))
+      a.programmaticDependentLaunch = (e.flags & BQJIT_LAUNCH_PDL) != 0;
+    if (auto err = kernel->kernel.launch(a, static_cast<CUstream>(stream)))
+      return fail(std::move(err));
+    return ok();
+  });
 }
 
 } // extern "C"
