@@ -10,7 +10,9 @@
 extern "C" {
 #endif
 
-/** Status codes; the same numbers as bqjit::ErrorCode. */
+/** Status codes; the same numbers as bqjit::ErrorCode. No entry point lets a
+ *  C++ exception out: one thrown inside bqjit (out of host memory, say) is
+ *  BQJIT_ERROR_INTERNAL, with bqjit_last_error() naming the entry point. */
 typedef enum {
   BQJIT_OK = 0,
   BQJIT_ERROR_INVALID_SPEC = 1,
