@@ -2,7 +2,10 @@
 # Runs on the GPU machine: every GPU test, the examples (host_app; consumer,
 # built against devpack/ as an installed prefix), the CLI checks, the
 # Python tests, the benchmark and a tuning demonstration; logs go to $OUT.
-# Usage: bash bench/device_run.sh [tests|torch|bench|tune|warm|all|ab|ncu|act|fp4|fusion|pdl|autotune] [bench args...]
+# Usage: bash bench/device_run.sh [tests|torch|bench|tune|warm|all|ab|ncu|act|fp4|fusion|pdl|autotune|waves] [bench args...]
+#   waves: T swept across one and two waves at two H, few-token shapes side by
+#   side (FP4 one- and two-vector teams; 8-bit with and without the full-SM
+#   promise), for a wave-aware variant choice (WAVES_FP4_H/T, WAVES_ACT_H/T).
 #   autotune: BQJIT_AUTOTUNE=1 beside the default on the same rows of bench.py
 #   (AUTOTUNE_SHAPES, H:T:G,...), each on an empty cache of its own, in one call;
 #   the tuner's log lines (what it tuned, the winner, its time) in autotune.txt.
@@ -281,6 +284,34 @@ if [ "$what" = tune ] || [ "$what" = all ]; then
     --shapes 18432:8192:96 2>&1 | tail -3 | tee -a "$OUT/tune.txt"
 fi
 
+if [ "$what" = waves ]; then
+  # The measurement a wave-aware choice between two compiled few-token
+  # variants needs first (bench/NOTES.md, eleventh session): T swept across
+  # one and two waves of the device's resident blocks at two H, each row with
+  # the planner's shape beside the alternatives. FP4: one-vector teams (NVFP4
+  # 2,8,128; MXFP4 4,8,64) against two-vector teams (1,8,256; 2,8,128).
+  # 8-bit outputs: the few-token shape 16,8,16 with and without the promise
+  # of 8 blocks an SM, per activation. Blocks and waves follow from each row's
+  # shape (tasks / groups a block, against SMs x resident blocks).
+  # The wheel in devpack/site (its library and C++ ops), as in `fp4`.
+  (
+    unset BQJIT_LIBRARY
+    export PYTHONPATH=$PWD/devpack/site
+    timeout 280 python3 bench/bench_fp4.py --no-compile --replays 10 --json "$OUT/waves_fp4.json" \
+      --hidden "${WAVES_FP4_H:-7168,25600}" \
+      --tokens "${WAVES_FP4_T:-16,32,48,64,96,128,160,192,256,320,384,512}" \
+      --launches "1,8,256;2,8,128;4,8,64" 2>&1
+  ) | tee "$OUT/waves_fp4.txt"
+  exits waves_fp4
+  (
+    unset BQJIT_LIBRARY
+    export PYTHONPATH=$PWD/devpack/site
+    timeout 280 python3 bench/bench_act.py --no-compile --replays 10 --json "$OUT/waves_act.json" \
+      --shapes "${WAVES_ACT_H:-3072,7168}" --tokens "${WAVES_ACT_T:-128,256,384,512,768,1024,1536}" \
+      --launches "16,8,16;16,8,16,8" 2>&1
+  ) | tee "$OUT/waves_act.txt"
+  exits waves_act
+fi
 if [ "$what" = autotune ]; then
   shapes=${AUTOTUNE_SHAPES:-2048:8192:64,18432:1024:96,7168:1024:128,14336:8192:128,14336:64:128,7168:1:128}
   BQJIT_CACHE_DIR=$(mktemp -d) timeout 250 python3 bench/bench.py --no-compile --replays 10 \
