@@ -1,7 +1,10 @@
 #include "runtime/compile_worker.hpp"
 
 #include <cstdlib>
+#include <new>
 #include <optional>
+
+#include <pthread.h>
 #include <set>
 #include <system_error>
 
@@ -21,8 +24,16 @@ struct LiveWorkers {
   std::optional<uint64_t> registeredAfter; ///< NVRTC compiles returned at the last registration
 };
 
+void prepareFork();
+void afterForkInParent();
+void afterForkInChild();
+
 LiveWorkers& liveWorkers() {
-  static LiveWorkers* live = new LiveWorkers;
+  static LiveWorkers* live = [] {
+    auto* made = new LiveWorkers;
+    ::pthread_atfork(prepareFork, afterForkInParent, afterForkInChild);
+    return made;
+  }();
   return *live;
 }
 
@@ -55,6 +66,57 @@ void registerExitHandler() {
 
 } // namespace
 
+/// fork()'s handlers, with access to the workers' locks and threads.
+struct CompileWorkerForkHooks {
+  // Every joiner's lock first, then every worker's: a job that enqueues to
+  // another worker while its own is being joined never waits for a lock
+  // held here.
+  static void prepare() {
+    LiveWorkers& live = liveWorkers();
+    live.mutex.lock();
+    for (CompileWorker* w : live.workers)
+      w->joinMutex_.lock();
+    for (CompileWorker* w : live.workers)
+      w->mutex_.lock();
+  }
+  static void parent() {
+    LiveWorkers& live = liveWorkers();
+    for (CompileWorker* w : live.workers) {
+      w->mutex_.unlock();
+      w->joinMutex_.unlock();
+    }
+    live.mutex.unlock();
+  }
+  static void child() {
+    LiveWorkers& live = liveWorkers();
+    for (CompileWorker* w : live.workers) {
+      // The parent's thread is not in this process: never joined, never
+      // destroyed (a joinable std::thread's destructor would terminate).
+      (void)w->thread_.release();
+      w->running_ = false;
+      // The condition variable counts the parent's waiting thread, which a
+      // notify here would wait for: a fresh one in its place (no waiter can
+      // be using it in this process, so the old one needs no destructor).
+      new (&w->changed_) std::condition_variable();
+      w->mutex_.unlock();
+      w->joinMutex_.unlock();
+    }
+    live.mutex.unlock();
+  }
+};
+
+namespace {
+void prepareFork() {
+  CompileWorkerForkHooks::prepare();
+}
+void afterForkInParent() {
+  CompileWorkerForkHooks::parent();
+}
+void afterForkInChild() {
+  CompileWorkerForkHooks::child();
+}
+} // namespace
+
 CompileWorker::CompileWorker(std::function<void()> onThreadStart)
     : onThreadStart_(std::move(onThreadStart)) {
   LiveWorkers& live = liveWorkers();
@@ -73,10 +135,10 @@ CompileWorker::~CompileWorker() {
 }
 
 bool CompileWorker::startLocked() {
-  if (thread_.joinable())
+  if (thread_)
     return true;
   try {
-    thread_ = std::thread([this] { run(); });
+    thread_ = std::make_unique<std::thread>([this] { run(); });
     return true;
   } catch (const std::system_error&) {
     // The system refused a thread (a process or thread limit): no
@@ -115,8 +177,8 @@ void CompileWorker::stop() {
   std::lock_guard<std::mutex> join(joinMutex_);
   // A job that stops its own worker cannot join its own thread; the thread
   // ends after that job all the same.
-  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id())
-    thread_.join();
+  if (thread_ && thread_->joinable() && thread_->get_id() != std::this_thread::get_id())
+    thread_->join();
 }
 
 void CompileWorker::drain() {

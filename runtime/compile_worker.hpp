@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -23,6 +24,12 @@ namespace bqjit {
 /// after any later compile, since NVRTC registers more teardown in the first
 /// compile for each further architecture. Handlers run in the reverse order
 /// of registration, so ours runs first.
+///
+/// After fork(): the child has none of the parent's threads. Its workers
+/// forget the parent's thread (never joined: that would wait forever) and
+/// start one of their own at their next job; the parent's queued jobs, copied
+/// with the process, run there too. The fork waits for every worker's lock
+/// (and for a stop() joining its thread), so that no lock is copied held.
 class CompileWorker {
 public:
   /// `onThreadStart` runs on the worker thread before its first job.
@@ -64,8 +71,11 @@ private:
   bool running_ = false;  ///< a job is running
   bool stopping_ = false; ///< stop() was called
   std::atomic<bool> stopRequested_{false};
-  std::thread thread_;
+  /// The thread, once started; a forked child releases (leaks) its parent's.
+  std::unique_ptr<std::thread> thread_;
   std::mutex joinMutex_; ///< one joiner at a time (the exit handler and the destructor)
+
+  friend struct CompileWorkerForkHooks;
 };
 
 } // namespace bqjit

@@ -3,6 +3,7 @@
 #include "runtime/compile_worker.hpp"
 
 #include <pthread.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -230,6 +231,49 @@ TEST(CompileWorker, AThreadTheSystemRefusesDropsTheJobInsteadOfThrowing) {
   if (WEXITSTATUS(status) == 5 || WEXITSTATUS(status) == 3)
     GTEST_SKIP() << "a process limit does not refuse threads on this machine";
   EXPECT_EQ(WEXITSTATUS(status), 0) << "1: enqueue() said queued; 2: the job ran; 6: it threw";
+}
+
+// A host that forks after the worker started (a server's helper process, a
+// data loader) and whose child exits: the child has no worker thread (fork
+// copies only the caller's), so the exit must neither join the parent's
+// thread, which would wait forever, nor lose the child's own jobs, which a
+// new thread runs. The child enqueues a job, drains, stops and exits.
+TEST(CompileWorker, AForkedChildRunsItsOwnJobsAndExits) {
+#if defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "ThreadSanitizer kills a child that starts a thread after a multithreaded fork";
+#endif
+  static std::unique_ptr<CompileWorker> worker; // as a service held in a static
+  worker = std::make_unique<CompileWorker>();
+  Latch ran;
+  ASSERT_TRUE(worker->enqueue([&] { ran.set(); }));
+  ran.wait();
+  worker->drain();
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::atomic<bool> childRan{false};
+    if (!worker->enqueue([&] { childRan = true; }))
+      ::_exit(1);
+    worker->drain();
+    if (!childRan)
+      ::_exit(2);
+    std::exit(0); // the exit handlers and static destructors run
+  }
+  int status = 0;
+  pid_t done = 0;
+  for (int i = 0; i < 200 && done == 0; ++i) {
+    done = ::waitpid(pid, &status, WNOHANG);
+    if (done == 0)
+      std::this_thread::sleep_for(50ms);
+  }
+  if (done == 0) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    FAIL() << "the forked child did not exit within 10 s";
+  }
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: enqueue() refused; 2: the job did not run";
+  worker->stop();
 }
 
 // A host that exits while the worker compiles: NVRTC's teardown among the
