@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -194,6 +195,13 @@ const char* const kSummaryCounts[] = {"n_hit",         "n_miss",           "n_co
 constexpr int kSummaryRequired = 5;
 constexpr int kSummaryAll = 9;
 
+// Counts are never negative (parseSummary) and stop at INT64_MAX: a journal
+// anyone may have written could otherwise overflow them.
+void addCount(int64_t& total, int64_t n) {
+  total = n > std::numeric_limits<int64_t>::max() - total ? std::numeric_limits<int64_t>::max()
+                                                          : total + n;
+}
+
 int64_t* countOf(CacheStats& s, int i) {
   int64_t* counts[] = {&s.hits,         &s.misses,          &s.compiles,
                        &s.evictions,    &s.corrupt,         &s.remoteHits,
@@ -208,9 +216,12 @@ std::optional<CacheStats> parseSummary(const nlohmann::json& j) {
   for (int i = 0; i < kSummaryAll; ++i) {
     if (!j.contains(kSummaryCounts[i]) && i >= kSummaryRequired)
       continue;
-    if (!j.contains(kSummaryCounts[i]) || !j[kSummaryCounts[i]].is_number_integer())
+    if (!j.contains(kSummaryCounts[i]) || !j[kSummaryCounts[i]].is_number_integer() ||
+        (j[kSummaryCounts[i]].is_number_unsigned()
+             ? j[kSummaryCounts[i]].get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max())
+             : j[kSummaryCounts[i]].get<int64_t>() < 0))
       return std::nullopt;
-    *countOf(s, i) = j[kSummaryCounts[i]];
+    *countOf(s, i) = j[kSummaryCounts[i]].get<int64_t>();
   }
   if (!j.contains("ms") || !j["ms"].is_number() || !j.contains("ms_max") ||
       !j["ms_max"].is_number())
@@ -233,47 +244,41 @@ std::string summaryLine(const CacheStats& s, uint64_t keptBytes) {
 void add(CacheStats& s, const JournalRecord& r) {
   switch (r.event) {
   case CacheEvent::Hit:
-    ++s.hits;
+    addCount(s.hits, 1);
     break;
   case CacheEvent::Miss:
-    ++s.misses;
+    addCount(s.misses, 1);
     break;
   case CacheEvent::Compile:
-    ++s.compiles;
+    addCount(s.compiles, 1);
     s.compileMsTotal += r.compileMs;
     s.compileMsMax = std::max(s.compileMsMax, r.compileMs);
     break;
   case CacheEvent::Evict:
-    ++s.evictions;
+    addCount(s.evictions, 1);
     break;
   case CacheEvent::Corrupt:
-    ++s.corrupt;
+    addCount(s.corrupt, 1);
     break;
   case CacheEvent::RemoteHit:
-    ++s.remoteHits;
+    addCount(s.remoteHits, 1);
     break;
   case CacheEvent::RemoteMiss:
-    ++s.remoteMisses;
+    addCount(s.remoteMisses, 1);
     break;
   case CacheEvent::RemotePublish:
-    ++s.remotePublishes;
+    addCount(s.remotePublishes, 1);
     break;
   case CacheEvent::RemoteError:
-    ++s.remoteErrors;
+    addCount(s.remoteErrors, 1);
     break;
   }
 }
 
 void add(CacheStats& s, const CacheStats& o) {
-  s.hits += o.hits;
-  s.misses += o.misses;
-  s.compiles += o.compiles;
-  s.evictions += o.evictions;
-  s.corrupt += o.corrupt;
-  s.remoteHits += o.remoteHits;
-  s.remoteMisses += o.remoteMisses;
-  s.remotePublishes += o.remotePublishes;
-  s.remoteErrors += o.remoteErrors;
+  CacheStats copy = o;
+  for (int i = 0; i < kSummaryAll; ++i)
+    addCount(*countOf(s, i), *countOf(copy, i));
   s.compileMsTotal += o.compileMsTotal;
   s.compileMsMax = std::max(s.compileMsMax, o.compileMsMax);
 }

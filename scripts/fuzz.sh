@@ -5,7 +5,7 @@
 # Fails on any crash, sanitizer report, leak, timeout or broken invariant;
 # the input that did it is left in build-fuzz/artifacts/.
 #
-#   bash scripts/fuzz.sh [SECONDS_EACH] [TARGET...]    (default 60 s; all four)
+#   bash scripts/fuzz.sh [SECONDS_EACH] [TARGET...]    (default 60 s; every target)
 #
 # Environment: BQJIT_FUZZ_SECONDS (instead of the first argument),
 # BQJIT_JOBS (build parallelism, default nproc), CXX_FUZZ / CC_FUZZ (the
@@ -19,7 +19,7 @@ if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then
   shift
 fi
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(fuzz_spec fuzz_manifest fuzz_metadata fuzz_c_api fuzz_bundle)
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz_spec fuzz_manifest fuzz_metadata fuzz_c_api fuzz_bundle fuzz_journal)
 jobs="${BQJIT_JOBS:-$(nproc)}"
 build=build-fuzz
 

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <set>
 #include <string>
@@ -788,6 +789,32 @@ TEST_F(DiskCacheTest, AppendsKeepTheJournalBounded) {
   const CacheStats s = j.stats();
   EXPECT_EQ(s.hits + s.compiles, 600);
   EXPECT_EQ(j.lastUse().size(), 3u);
+}
+
+// Counts a journal's summaries give (anyone who may write the cache may
+// write them) stop at INT64_MAX instead of overflowing, and a negative count
+// makes its line malformed (found by fuzz_journal under UBSan).
+TEST_F(DiskCacheTest, JournalCountsNeitherOverflowNorGoNegative) {
+  const std::string path = cache_->journal().path() + ".counts";
+  const std::string big = std::to_string(std::numeric_limits<int64_t>::max());
+  const std::string summary =
+      R"({"ev":"summary","key":"","kept_bytes":90,"ms":10,"ms_max":5,)"
+      R"("n_compile":1,"n_corrupt":0,"n_evict":0,"n_miss":1,"t":1,"n_hit":)";
+  std::ofstream(path, std::ios::trunc) << summary << big << "}\n"
+                                       << summary << big << "}\n"
+                                       << summary << "-5}\n"
+                                       << R"({"ev":"hit","key":"k1","pid":1,"t":2})"
+                                       << "\n";
+  Journal j(path);
+  int64_t malformed = -1;
+  EXPECT_EQ(j.read(&malformed).size(), 1u);
+  EXPECT_EQ(malformed, 1); // the negative count's line
+  const CacheStats s = j.stats();
+  EXPECT_EQ(s.hits, std::numeric_limits<int64_t>::max());
+  EXPECT_EQ(s.misses, 2);
+  ASSERT_FALSE(bool(j.compact({"k1"})));
+  EXPECT_EQ(j.stats().hits, std::numeric_limits<int64_t>::max());
+  EXPECT_EQ(j.stats().misses, 2);
 }
 
 // The journal is a file anyone who may write the cache can edit: a first line
