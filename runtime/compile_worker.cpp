@@ -3,10 +3,10 @@
 #include <cstdlib>
 #include <new>
 #include <optional>
-
-#include <pthread.h>
 #include <set>
 #include <system_error>
+
+#include <pthread.h>
 
 #include "jit/nvrtc_program.hpp"
 
@@ -182,7 +182,12 @@ void CompileWorker::stop() {
 }
 
 void CompileWorker::drain() {
+  std::deque<std::function<void()>> dropped; // destroyed after the lock is released
   std::unique_lock<std::mutex> lock(mutex_);
+  // Jobs a forked child copied from its parent have no thread until one
+  // starts here; where none can, nothing would ever run them.
+  if (!stopping_ && !jobs_.empty() && !startLocked())
+    dropped.swap(jobs_);
   changed_.wait(lock, [&] { return stopping_ || (jobs_.empty() && !running_); });
 }
 

@@ -27,8 +27,8 @@ namespace bqjit {
 ///
 /// After fork(): the child has none of the parent's threads. Its workers
 /// forget the parent's thread (never joined: that would wait forever) and
-/// start one of their own at their next job; the parent's queued jobs, copied
-/// with the process, run there too. The fork waits for every worker's lock
+/// start one of their own at their next job or drain(); the parent's queued
+/// jobs, copied with the process, run there too. The fork waits for every worker's lock
 /// (and for a stop() joining its thread), so that no lock is copied held.
 class CompileWorker {
 public:
@@ -52,7 +52,9 @@ public:
   /// Drops the queued jobs, waits for the running one and joins the thread;
   /// later jobs are dropped. Idempotent; thread-safe.
   void stop();
-  /// Waits until no job is queued or running (for tests and tools).
+  /// Waits until no job is queued or running (for tests and tools). Starts
+  /// the thread where jobs wait without one (a forked child's copied queue),
+  /// and drops them where the system refuses it.
   void drain();
   /// Whether stop() was called: a long job polls it between its steps, so
   /// that the process's exit does not wait for the whole job.

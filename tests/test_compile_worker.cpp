@@ -12,6 +12,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -233,31 +234,14 @@ TEST(CompileWorker, AThreadTheSystemRefusesDropsTheJobInsteadOfThrowing) {
   EXPECT_EQ(WEXITSTATUS(status), 0) << "1: enqueue() said queued; 2: the job ran; 6: it threw";
 }
 
-// A host that forks after the worker started (a server's helper process, a
-// data loader) and whose child exits: the child has no worker thread (fork
-// copies only the caller's), so the exit must neither join the parent's
-// thread, which would wait forever, nor lose the child's own jobs, which a
-// new thread runs. The child enqueues a job, drains, stops and exits.
-TEST(CompileWorker, AForkedChildRunsItsOwnJobsAndExits) {
-#if defined(__SANITIZE_THREAD__)
-  GTEST_SKIP() << "ThreadSanitizer kills a child that starts a thread after a multithreaded fork";
-#endif
-  static std::unique_ptr<CompileWorker> worker; // as a service held in a static
-  worker = std::make_unique<CompileWorker>();
-  Latch ran;
-  ASSERT_TRUE(worker->enqueue([&] { ran.set(); }));
-  ran.wait();
-  worker->drain();
+// Forks; the child runs `child` (which exits), and the parent expects it to
+// have exited with status 0 within 10 s.
+void expectForkedChildExitsCleanly(const std::function<void()>& child, const char* codes) {
   const pid_t pid = ::fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
-    std::atomic<bool> childRan{false};
-    if (!worker->enqueue([&] { childRan = true; }))
-      ::_exit(1);
-    worker->drain();
-    if (!childRan)
-      ::_exit(2);
-    std::exit(0); // the exit handlers and static destructors run
+    child();
+    ::_exit(9);
   }
   int status = 0;
   pid_t done = 0;
@@ -272,7 +256,56 @@ TEST(CompileWorker, AForkedChildRunsItsOwnJobsAndExits) {
     FAIL() << "the forked child did not exit within 10 s";
   }
   ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status);
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: enqueue() refused; 2: the job did not run";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << codes;
+}
+
+// A host that forks after the worker started (a server's helper process, a
+// data loader) and whose child goes on and exits: the child has no worker
+// thread (fork copies only the caller's), so neither its exit (the exit
+// handler, a static owner's destructor) nor a drain may wait for the
+// parent's thread. The child's own jobs, and the jobs queued in the parent
+// at the fork (copied with the process), run on a thread of the child's.
+TEST(CompileWorker, AForkedChildRunsItsJobsAndExits) {
+#if defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "ThreadSanitizer kills a child that starts a thread after a multithreaded fork";
+#endif
+  static std::unique_ptr<CompileWorker> worker; // as a service held in a static
+  worker = std::make_unique<CompileWorker>();
+  Latch ran;
+  ASSERT_TRUE(worker->enqueue([&] { ran.set(); }));
+  ran.wait();
+  worker->drain();
+  expectForkedChildExitsCleanly(
+      [&] {
+        std::atomic<bool> childRan{false};
+        if (!worker->enqueue([&] { childRan = true; }))
+          ::_exit(1);
+        worker->drain();
+        if (!childRan)
+          ::_exit(2);
+        std::exit(0); // the exit handlers and static destructors run
+      },
+      "1: enqueue() refused; 2: the job did not run");
+
+  // At the fork, one job runs in the parent and one waits behind it.
+  Latch running, release;
+  static std::atomic<bool> queuedRan{false};
+  ASSERT_TRUE(worker->enqueue([&] {
+    running.set();
+    release.wait();
+  }));
+  ASSERT_TRUE(worker->enqueue([] { queuedRan = true; }));
+  running.wait();
+  expectForkedChildExitsCleanly(
+      [] {
+        worker->drain();
+        std::exit(queuedRan ? 0 : 3);
+      },
+      "3: the queued job did not run in the child");
+  EXPECT_FALSE(queuedRan); // not in the parent yet
+  release.set();
+  worker->drain();
+  EXPECT_TRUE(queuedRan);
   worker->stop();
 }
 
