@@ -202,10 +202,11 @@ void addCount(int64_t& total, int64_t n) {
                                                           : total + n;
 }
 
-int64_t* countOf(CacheStats& s, int i) {
-  int64_t* counts[] = {&s.hits,         &s.misses,          &s.compiles,
-                       &s.evictions,    &s.corrupt,         &s.remoteHits,
-                       &s.remoteMisses, &s.remotePublishes, &s.remoteErrors};
+// Count i of kSummaryCounts in `s` (const or not).
+template <class Stats> auto* countOf(Stats& s, int i) {
+  decltype(&s.hits) counts[] = {&s.hits,         &s.misses,          &s.compiles,
+                                &s.evictions,    &s.corrupt,         &s.remoteHits,
+                                &s.remoteMisses, &s.remotePublishes, &s.remoteErrors};
   return counts[i];
 }
 
@@ -235,9 +236,8 @@ std::string summaryLine(const CacheStats& s, uint64_t keptBytes) {
   nlohmann::json j = {{"ev", kSummaryEvent},      {"key", ""},
                       {"t", unixTimeMs()},        {"ms", s.compileMsTotal},
                       {"ms_max", s.compileMsMax}, {"kept_bytes", keptBytes}};
-  CacheStats copy = s;
   for (int i = 0; i < kSummaryAll; ++i)
-    j[kSummaryCounts[i]] = *countOf(copy, i);
+    j[kSummaryCounts[i]] = *countOf(s, i);
   return jsonText(j) + "\n";
 }
 
@@ -276,9 +276,8 @@ void add(CacheStats& s, const JournalRecord& r) {
 }
 
 void add(CacheStats& s, const CacheStats& o) {
-  CacheStats copy = o;
   for (int i = 0; i < kSummaryAll; ++i)
-    addCount(*countOf(s, i), *countOf(copy, i));
+    addCount(*countOf(s, i), *countOf(o, i));
   s.compileMsTotal += o.compileMsTotal;
   s.compileMsMax = std::max(s.compileMsMax, o.compileMsMax);
 }
