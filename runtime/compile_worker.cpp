@@ -90,14 +90,16 @@ struct CompileWorkerForkHooks {
   static void child() {
     LiveWorkers& live = liveWorkers();
     for (CompileWorker* w : live.workers) {
-      // The parent's thread is not in this process: never joined, never
-      // destroyed (a joinable std::thread's destructor would terminate).
-      (void)w->thread_.release();
-      w->running_ = false;
-      // The condition variable counts the parent's waiting thread, which a
-      // notify here would wait for: a fresh one in its place (no waiter can
-      // be using it in this process, so the old one needs no destructor).
+      // The parent's thread is not in this process: never joined, and not
+      // destroyed either (a joinable std::thread's destructor terminates),
+      // but replaced in place by a thread object that is not joinable. The
+      // condition variable counts the parent's waiting thread, which a
+      // notify here would wait for: a fresh one in its place too. Neither
+      // old object holds memory, and nothing here depends on their
+      // destructors, so reusing their storage is enough.
+      new (&w->thread_) std::thread();
       new (&w->changed_) std::condition_variable();
+      w->running_ = false;
       w->mutex_.unlock();
       w->joinMutex_.unlock();
     }
@@ -135,10 +137,10 @@ CompileWorker::~CompileWorker() {
 }
 
 bool CompileWorker::startLocked() {
-  if (thread_)
+  if (thread_.joinable())
     return true;
   try {
-    thread_ = std::make_unique<std::thread>([this] { run(); });
+    thread_ = std::thread([this] { run(); });
     return true;
   } catch (const std::system_error&) {
     // The system refused a thread (a process or thread limit): no
@@ -177,8 +179,8 @@ void CompileWorker::stop() {
   std::lock_guard<std::mutex> join(joinMutex_);
   // A job that stops its own worker cannot join its own thread; the thread
   // ends after that job all the same.
-  if (thread_ && thread_->joinable() && thread_->get_id() != std::this_thread::get_id())
-    thread_->join();
+  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id())
+    thread_.join();
 }
 
 void CompileWorker::drain() {

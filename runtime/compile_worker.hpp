@@ -5,7 +5,6 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
-#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -73,8 +72,7 @@ private:
   bool running_ = false;  ///< a job is running
   bool stopping_ = false; ///< stop() was called
   std::atomic<bool> stopRequested_{false};
-  /// The thread, once started; a forked child releases (leaks) its parent's.
-  std::unique_ptr<std::thread> thread_;
+  std::thread thread_;
   std::mutex joinMutex_; ///< one joiner at a time (the exit handler and the destructor)
 
   friend struct CompileWorkerForkHooks;

@@ -20,6 +20,19 @@
 
 namespace bqjit {
 
+namespace {
+// No device holds 2^40 rows, or rows of 2^40 elements: the bounds keep T x H,
+// the task count and the row pitch in bytes far from int64's end, so that a
+// caller's garbage is an error (launch) or a clamped count (the queries)
+// rather than an overflow.
+constexpr int64_t kMaxLaunchRows = int64_t(1) << 40;
+constexpr int64_t kMaxLaunchPitch = int64_t(1) << 40;
+
+int64_t clampRows(int64_t tokens) {
+  return tokens < 0 ? 0 : (tokens > kMaxLaunchRows ? kMaxLaunchRows : tokens);
+}
+} // namespace
+
 /// The functions of a kernel's regimes, shared by every copy of the handle:
 /// a variant compiled in the background takes its regimes' slots (from a
 /// stand-in that computes the same values with another shape), and every copy
@@ -56,7 +69,7 @@ struct Kernel::Slots {
     settled.notify_all();
   }
   /// The slot a launch of `tokens` rows takes.
-  int regimeOf(int64_t tokens) const { return index(regimeFor(tokens * hidden)); }
+  int regimeOf(int64_t tokens) const { return index(regimeFor(clampRows(tokens) * hidden)); }
   void settleLocked(int regime) {
     if (standIn[regime]) {
       standIn[regime] = false;
@@ -189,6 +202,7 @@ namespace {
 // included; swizzled_128x4 has one task per scale byte, padding rows and
 // columns included (as the template counts them).
 int64_t blockCount(const KernelSpec& s, int64_t tokens) {
+  tokens = clampRows(tokens);
   const bool padded =
       s.scaleLayout == ScaleLayout::ColTma || s.scaleLayout == ScaleLayout::Ue8m0Packed;
   int64_t tasks = (padded ? (tokens + 3) / 4 * 4 : tokens) * s.numGroups();
@@ -274,6 +288,10 @@ std::string streamContextRule(const CudaDriver& d, CUcontext streamCtx, bool leg
 
 llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
   const Slots& slots = *state_->slots;
+  if (a.tokens < 0 || a.tokens > kMaxLaunchRows)
+    return argError(slots.fn[0].load(std::memory_order_acquire)->kernel().spec, "tokens",
+                    std::to_string(a.tokens),
+                    "must be in 0.." + std::to_string(kMaxLaunchRows) + " (2^40)");
   const int regime = slots.regimeOf(a.tokens);
   const LoadedFunction* picked = slots.fn[regime].load(std::memory_order_acquire);
   // A graph keeps the function it captured: while a variant still compiles
@@ -287,8 +305,9 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
   // caller may pass must not depend on the token count.
   const int vec = state_->slots->widestVec;
   const int vecBytes = vec * dtypeBytes(s.inDtype);
-  if (a.tokens < 0)
-    return argError(s, "tokens", std::to_string(a.tokens), "must be >= 0");
+  if (a.ldx > kMaxLaunchPitch)
+    return argError(s, "ldx", std::to_string(a.ldx),
+                    "must be at most " + std::to_string(kMaxLaunchPitch) + " (2^40)");
   if (a.ldx < 2 * static_cast<int64_t>(s.hidden))
     return argError(s, "ldx", std::to_string(a.ldx),
                     "must be >= 2H = " + std::to_string(2 * s.hidden));

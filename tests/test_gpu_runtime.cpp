@@ -212,7 +212,7 @@ TEST(GpuRuntime, LaunchArgumentErrors) {
   };
   LaunchArgs a = good;
   a.tokens = -1;
-  expectError(a, "tokens", ">= 0");
+  expectError(a, "tokens", "must be in 0..");
   a = good;
   a.x = nullptr;
   expectError(a, "x", "device pointer");

@@ -35,8 +35,8 @@ typedef struct bqjit_spec_s* bqjit_spec;
 /** Run-time launch arguments; pointers are device addresses. */
 typedef struct {
   uint64_t x;          /**< [E][tokens][ldx] input */
-  int64_t ldx;         /**< elements between rows, >= 2H */
-  int64_t tokens;      /**< T (T_max when masked) */
+  int64_t ldx;         /**< elements between rows, 2H..2^40 */
+  int64_t tokens;      /**< T (T_max when masked), 0..2^40 */
   uint64_t q;          /**< [E][tokens][H] output */
   uint64_t scales;     /**< scale buffer */
   uint64_t scale_ub;   /**< one float, or 0 when the spec has no bound */

@@ -31,8 +31,8 @@ struct LoadedFunction;
 /// Run-time arguments of one launch; every pointer is device memory.
 struct LaunchArgs {
   const void* x = nullptr;          ///< [E][tokens][ldx] input, gate then up
-  int64_t ldx = 0;                  ///< elements between rows of x; >= 2H
-  int64_t tokens = 0;               ///< T (T_max for masked batches); 0 launches nothing
+  int64_t ldx = 0;                  ///< elements between rows of x; 2H..2^40
+  int64_t tokens = 0;               ///< T (T_max for masked batches), 0..2^40; 0 launches nothing
   void* q = nullptr;                ///< [E][tokens][H] quantized output
   void* scales = nullptr;           ///< scales, laid out per the spec's scale layout
   const float* scaleUb = nullptr;   ///< one float; required iff the spec has a scale bound
@@ -65,22 +65,25 @@ public:
   /// The resolved spec of the default (many-token) regime's shape.
   const KernelSpec& spec() const;
   const CompiledKernel& compiled() const;
-  /// The spec a launch with `tokens` rows uses.
+  /// The spec a launch with `tokens` rows uses (a count outside 0..2^40: that
+  /// of the nearest count inside).
   const KernelSpec& specFor(int64_t tokens) const;
   /// The CUdevice ordinal the kernel is loaded on.
   int device() const;
-  /// Grid and block of a launch with these arguments.
+  /// Grid and block of a launch with these arguments (arguments launch()
+  /// accepts; others give dimensions no launch would use).
   void launchDims(const LaunchArgs& args, unsigned grid[3], unsigned block[3]) const;
 
   /// Checks the arguments (null or misaligned pointers for the widest vector
-  /// of its shapes, ldx < 2H, tokens < 0, a stream of another context) and enqueues the
-  /// kernel on `stream`. No allocation, synchronization or disk access, so it
-  /// may be captured in a CUDA graph. A captured launch whose regime's
-  /// variant still compiles in the background (a new spec, Service::
-  /// finishVariants()) waits for that variant rather than capture the
-  /// stand-in, so a graph always holds the planned shape. With
-  /// Config::autotune, the first launch of a regime that is not captured
-  /// queues that regime's tuning (one small allocation) and returns.
+  /// of its shapes, ldx outside 2H..2^40, tokens outside 0..2^40, a stream
+  /// of another context) and enqueues the kernel on `stream`. No allocation,
+  /// synchronization or disk access, so it may be captured in a CUDA graph.
+  /// A captured launch whose regime's variant still compiles in the
+  /// background (a new spec, Service::finishVariants()) waits for that
+  /// variant rather than capture the stand-in, so a graph always holds the
+  /// planned shape. With Config::autotune, the first launch of a regime that
+  /// is not captured queues that regime's tuning (one small allocation) and
+  /// returns.
   llvm::Error launch(const LaunchArgs& args, CUstream stream) const;
 
 private:

@@ -1,0 +1,93 @@
+// Kernel::launch's argument checks that need no GPU, on a service over the
+// fake driver (tests/fake_cuda.c: launches execute nothing): values a caller
+// may pass by mistake (an uninitialized count, a pitch in bytes instead of
+// elements) are errors naming the field, the value and the rule, never an
+// overflow in the grid arithmetic. The checks that need device pointers and
+// streams are test_gpu_runtime's (GpuRuntime.LaunchArgumentErrors).
+#include <stdlib.h>
+
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "bqjit/error.hpp"
+#include "bqjit/service.hpp"
+#include "core/fs_util.hpp"
+#include "tests/fake_driver.hpp"
+
+namespace bqjit {
+namespace {
+
+TEST(FakeDriverLaunch, CountsAndPitchesOutOfRangeAreErrorsNotOverflows) {
+  test::FakeDriver fake;
+  ASSERT_TRUE(fake.ok()) << "could not open " << BQJIT_FAKE_CUDA_LIBRARY;
+  fake.setCapturing(false);
+  char tmpl[] = "/tmp/bqjit_launch_XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  {
+    Config c;
+    c.cacheDir = dir;
+    c.cudaDriver = BQJIT_FAKE_CUDA_LIBRARY;
+    auto service = Service::create(c);
+    ASSERT_TRUE(bool(service)) << consumeToString(service.takeError());
+    KernelSpec spec;
+    spec.hidden = 7168;
+    spec.groupSize = 128;
+    spec.arch = "sm_90";
+    auto kernel = (*service)->getKernel(spec, 0);
+    ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+    (*service)->finishVariants(); // every regime on its own variant
+
+    LaunchArgs good;
+    good.x = reinterpret_cast<const void*>(uintptr_t(1) << 32);
+    good.ldx = 2 * spec.hidden;
+    good.tokens = 4096;
+    good.q = reinterpret_cast<void*>(uintptr_t(2) << 32);
+    good.scales = reinterpret_cast<void*>(uintptr_t(3) << 32);
+    llvm::Error ok = kernel->launch(good, nullptr);
+    ASSERT_FALSE(bool(ok)) << consumeToString(std::move(ok));
+
+    auto expectError = [&](const LaunchArgs& a, const std::string& field, const std::string& value,
+                           const std::string& rule) {
+      std::string message;
+      EXPECT_EQ(consumeError(kernel->launch(a, nullptr), &message), ErrorCode::InvalidArgument)
+          << message;
+      EXPECT_NE(message.find("launch argument '" + field + "' = " + value + ": " + rule),
+                std::string::npos)
+          << message;
+      EXPECT_NE(message.find("H=7168"), std::string::npos) << message; // the kernel named
+    };
+    constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+    LaunchArgs a = good;
+    for (int64_t tokens : {int64_t(-1), std::numeric_limits<int64_t>::min(), kMax,
+                           (int64_t(1) << 40) + 1, int64_t(1) << 62}) {
+      a.tokens = tokens;
+      expectError(a, "tokens", std::to_string(tokens), "must be in 0..1099511627776 (2^40)");
+    }
+    // The largest count passes the bound and stops at the grid's limit.
+    a.tokens = int64_t(1) << 40;
+    expectError(a, "tokens", std::to_string(a.tokens), "needs more than 2^31-1 blocks");
+    a = good;
+    for (int64_t ldx : {kMax, (int64_t(1) << 40) + 2}) {
+      a.ldx = ldx;
+      expectError(a, "ldx", std::to_string(ldx), "must be at most 1099511627776 (2^40)");
+    }
+    a.ldx = 2 * spec.hidden - 1;
+    expectError(a, "ldx", std::to_string(a.ldx), "must be >= 2H");
+
+    // The queries take any count: out of range, the nearest in range (no
+    // overflow in T x H, which UBSan checks in the asan stage).
+    EXPECT_EQ(kernel->specFor(kMax).canonical(), kernel->specFor(int64_t(1) << 40).canonical());
+    EXPECT_EQ(kernel->specFor(std::numeric_limits<int64_t>::min()).canonical(),
+              kernel->specFor(0).canonical());
+    EXPECT_NE(kernel->specFor(1).canonical(), kernel->specFor(int64_t(1) << 40).canonical());
+  }
+  llvm::consumeError(fs::removeTree(dir));
+}
+
+} // namespace
+} // namespace bqjit
