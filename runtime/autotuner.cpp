@@ -411,9 +411,22 @@ llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
                                       consumeToString(std::move(err)) + ")");
   if (best != 0)
     kernel.replace(job.regime, functions[best]);
-  char line[256];
-  std::snprintf(line, sizeof line, "%s at %.2f us against the heuristic's %s at %.2f us",
-                shape.label().c_str(), micros[best], shapes[0].label().c_str(), micros[0]);
+  // The fastest other shape and how many were timed: what a kept heuristic
+  // was measured against.
+  size_t other = 0, timed = 0;
+  for (size_t i = 1; i < micros.size(); ++i)
+    if (micros[i] > 0) {
+      ++timed;
+      if (other == 0 || micros[i] < micros[other])
+        other = i;
+    }
+  char line[384];
+  std::snprintf(line, sizeof line,
+                "%s at %.2f us against the heuristic's %s at %.2f us (%zu of %zu other shapes "
+                "timed, the fastest %s at %.2f us)",
+                shape.label().c_str(), micros[best], shapes[0].label().c_str(), micros[0], timed,
+                shapes.size() - 1, other ? shapes[other].label().c_str() : "none",
+                other ? micros[other] : 0.0);
   config_.log(LogLevel::Info, "autotune: " + what + ": " + line +
                                   (best != 0 ? "; swapped in" : "; the heuristic's stays"));
   return shape;

@@ -9,8 +9,13 @@
 
 #include <stdlib.h>
 
+#include <sys/wait.h>
+
 #include <algorithm>
+#include <chrono>
+#include <cstdlib>
 #include <mutex>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -20,6 +25,7 @@
 #include "planner/launch_heuristic.hpp"
 #include "planner/planner.hpp"
 #include "tests/fake_driver.hpp"
+#include "tests/test_util.hpp"
 
 namespace bqjit {
 namespace {
@@ -274,6 +280,61 @@ TEST_F(FakeDriverAutotune, TuningRunsItsCourseOnTheFakeDriver) {
   launch(*next, veryFew);
   service.finishTuning();
   EXPECT_EQ(lines(), tuned);
+}
+
+// A host that exits while a tuning runs (the GPU suite's
+// GpuRuntime.ExitingWhileTuningIsClean, here on the fake driver, where every
+// step runs but the kernels): the child holds a service with autotuning in a
+// static, launches once (a tuning starts: dozens of NVRTC compiles), and
+// exits 0, 150 and 600 ms later; each exit must end the process with status
+// 0 within 60 s.
+TEST(FakeDriverAutotuneExit, ExitingWhileTuningIsClean) {
+  if (::getenv("BQJIT_TEST_EXIT_CHILD"))
+    GTEST_SKIP() << "the child's own run";
+  for (int delayMs : {0, 150, 600}) {
+    char dir[] = "/tmp/bqjit_fake_exit_tune_XXXXXX";
+    ASSERT_NE(::mkdtemp(dir), nullptr);
+    const int status = test::runThisBinary(
+        std::string("BQJIT_TEST_EXIT_CHILD=tune BQJIT_TEST_EXIT_DELAY_MS=") +
+            std::to_string(delayMs) + " BQJIT_CACHE_DIR=" + dir + " timeout -s KILL 60",
+        "FakeDriverAutotuneExitChild.ExitsWhileTuning");
+    llvm::consumeError(fs::removeTree(dir));
+    ASSERT_TRUE(WIFEXITED(status)) << "delay " << delayMs << " ms";
+    EXPECT_EQ(WEXITSTATUS(status), 0) << "delay " << delayMs << " ms (137: killed after 60 s)";
+  }
+}
+
+TEST(FakeDriverAutotuneExitChild, ExitsWhileTuning) {
+  const char* child = ::getenv("BQJIT_TEST_EXIT_CHILD");
+  if (!child || std::string(child) != "tune")
+    GTEST_SKIP() << "run by FakeDriverAutotuneExit.ExitingWhileTuningIsClean";
+  static std::unique_ptr<Service> service;
+  auto fromEnv = Config::fromEnvironment(); // BQJIT_CACHE_DIR, BQJIT_LOG_LEVEL
+  ASSERT_TRUE(bool(fromEnv)) << consumeToString(fromEnv.takeError());
+  Config c = *fromEnv;
+  c.autotune = true;
+  c.cudaDriver = BQJIT_FAKE_CUDA_LIBRARY;
+  auto created = Service::create(c);
+  ASSERT_TRUE(bool(created)) << consumeToString(created.takeError());
+  service = std::move(*created);
+  KernelSpec spec;
+  spec.hidden = 3072;
+  spec.groupSize = 128;
+  spec.arch = "sm_90";
+  auto kernel = service->getKernel(spec, 0);
+  ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+  service->finishVariants();
+  LaunchArgs a;
+  a.x = reinterpret_cast<const void*>(uintptr_t(1) << 32);
+  a.ldx = 2 * 3072;
+  a.tokens = 64;
+  a.q = reinterpret_cast<void*>(uintptr_t(2) << 32);
+  a.scales = reinterpret_cast<void*>(uintptr_t(3) << 32);
+  llvm::Error launched = kernel->launch(a, nullptr);
+  ASSERT_FALSE(bool(launched)) << consumeToString(std::move(launched));
+  const char* delay = ::getenv("BQJIT_TEST_EXIT_DELAY_MS");
+  std::this_thread::sleep_for(std::chrono::milliseconds(delay ? std::atoi(delay) : 0));
+  std::exit(0);
 }
 
 } // namespace
