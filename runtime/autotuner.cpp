@@ -147,7 +147,8 @@ size_t pickWinner(const std::vector<double>& micros, double margin) {
 }
 
 Autotuner::Autotuner(const Config& config, TuningStore& tuning, LoadVariant loadVariant)
-    : config_(config), tuning_(tuning), loadVariant_(std::move(loadVariant)) {}
+    : config_(config), tuning_(tuning), loadVariant_(std::move(loadVariant)),
+      worker_({}, "bqjit-tune") {}
 
 Autotuner::~Autotuner() {
   stop();

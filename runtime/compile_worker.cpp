@@ -119,8 +119,8 @@ void afterForkInChild() {
 }
 } // namespace
 
-CompileWorker::CompileWorker(std::function<void()> onThreadStart)
-    : onThreadStart_(std::move(onThreadStart)) {
+CompileWorker::CompileWorker(std::function<void()> onThreadStart, const char* name)
+    : onThreadStart_(std::move(onThreadStart)), name_(name) {
   LiveWorkers& live = liveWorkers();
   std::lock_guard<std::mutex> lock(live.mutex);
   live.workers.insert(this);
@@ -194,6 +194,7 @@ void CompileWorker::drain() {
 }
 
 void CompileWorker::run() {
+  ::pthread_setname_np(::pthread_self(), name_);
   if (onThreadStart_)
     onThreadStart_();
   std::unique_lock<std::mutex> lock(mutex_);

@@ -31,8 +31,10 @@ namespace bqjit {
 /// (and for a stop() joining its thread), so that no lock is copied held.
 class CompileWorker {
 public:
-  /// `onThreadStart` runs on the worker thread before its first job.
-  explicit CompileWorker(std::function<void()> onThreadStart = {});
+  /// `onThreadStart` runs on the worker thread before its first job. `name`
+  /// (at most 15 characters) names the thread for debuggers, top and /proc.
+  explicit CompileWorker(std::function<void()> onThreadStart = {},
+                         const char* name = "bqjit-worker");
   CompileWorker(const CompileWorker&) = delete;
   CompileWorker& operator=(const CompileWorker&) = delete;
   /// stop(), then forgets this worker for the exit handler.
@@ -66,6 +68,7 @@ private:
   bool startLocked();
 
   std::function<void()> onThreadStart_;
+  const char* name_;
   std::mutex mutex_;
   std::condition_variable changed_;
   std::deque<std::function<void()>> jobs_;

@@ -102,11 +102,12 @@ struct Service::Impl {
   // forbid; in the relaxed mode they neither fail nor invalidate that
   // capture, and none of them enqueues work on a stream.
   CompileWorker worker{[this] {
-    if (const CudaDriver* d = loadedDriver.load(std::memory_order_acquire)) {
-      CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
-      d->cuThreadExchangeStreamCaptureMode(&mode);
-    }
-  }};
+                         if (const CudaDriver* d = loadedDriver.load(std::memory_order_acquire)) {
+                           CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+                           d->cuThreadExchangeStreamCaptureMode(&mode);
+                         }
+                       },
+                       "bqjit-compile"};
 
   std::mutex mutex; // guards everything below
   std::shared_ptr<const CudaDriver> driver;

@@ -73,6 +73,23 @@ private:
   bool set_ = false;
 };
 
+// The thread carries the worker's name (what top, a debugger and
+// /proc/<pid>/task/*/comm show of a host's threads).
+TEST(CompileWorker, ItsThreadIsNamed) {
+  for (const char* name : {"bqjit-worker", "bqjit-tune"}) {
+    CompileWorker worker =
+        name == std::string("bqjit-worker") ? CompileWorker() : CompileWorker({}, name);
+    std::string seen;
+    ASSERT_TRUE(worker.enqueue([&] {
+      char buf[32] = {};
+      ::pthread_getname_np(::pthread_self(), buf, sizeof buf);
+      seen = buf;
+    }));
+    worker.drain();
+    EXPECT_EQ(seen, name);
+  }
+}
+
 TEST(CompileWorker, RunsJobsInOrderOnOneThreadOtherThanTheCallers) {
   CompileWorker worker;
   std::mutex mutex;
