@@ -298,11 +298,6 @@ llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
         return err;
     }
 
-  // The copies above may be this process's first of their kind: the
-  // driver's teardown they register must run after the handler that stops
-  // this job at exit.
-  reregisterExitHandler();
-
   auto args = [&](int set) {
     LaunchArgs a;
     a.x = x->at(set * xStride);
@@ -391,7 +386,6 @@ llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
   EventPairs events(d);
   if (auto err = events.create(kIters))
     return err;
-  reregisterExitHandler(); // as after the copies, for the events' first use
   std::vector<double> micros(shapes.size(), 0.0);
   int cursor = 0;
   for (int round = 0; round < kRounds; ++round)

@@ -66,13 +66,6 @@ void registerExitHandler() {
 
 } // namespace
 
-void reregisterExitHandler() {
-  LiveWorkers& live = liveWorkers();
-  std::lock_guard<std::mutex> lock(live.registering);
-  std::atexit(stopLiveWorkers);
-  live.registeredAfter = nvrtcCompilesReturned();
-}
-
 /// fork()'s handlers, with access to the workers' locks and threads.
 struct CompileWorkerForkHooks {
   // Every joiner's lock first, then every worker's: a job that enqueues to

@@ -29,14 +29,6 @@ namespace bqjit {
 /// start one of their own at their next job or drain(); the parent's queued
 /// jobs, copied with the process, run there too. The fork waits for every worker's lock
 /// (and for a stop() joining its thread), so that no lock is copied held.
-/// Registers the exit handler that stops every worker once more, so that it
-/// runs before every exit handler registered until now. For a job that
-/// makes driver calls the process had not made before (the autotuner's
-/// streams, copies and events): a driver that registers its teardown at such
-/// a first use would otherwise tear down under the running job, which then
-/// never ends, and the exit waits for it (a hang seen on an H200).
-void reregisterExitHandler();
-
 class CompileWorker {
 public:
   /// `onThreadStart` runs on the worker thread before its first job. `name`
