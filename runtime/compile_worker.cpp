@@ -24,16 +24,8 @@ struct LiveWorkers {
   std::optional<uint64_t> registeredAfter; ///< NVRTC compiles returned at the last registration
 };
 
-void prepareFork();
-void afterForkInParent();
-void afterForkInChild();
-
 LiveWorkers& liveWorkers() {
-  static LiveWorkers* live = [] {
-    auto* made = new LiveWorkers;
-    ::pthread_atfork(prepareFork, afterForkInParent, afterForkInChild);
-    return made;
-  }();
+  static LiveWorkers* live = new LiveWorkers;
   return *live;
 }
 
@@ -107,20 +99,13 @@ struct CompileWorkerForkHooks {
   }
 };
 
-namespace {
-void prepareFork() {
-  CompileWorkerForkHooks::prepare();
-}
-void afterForkInParent() {
-  CompileWorkerForkHooks::parent();
-}
-void afterForkInChild() {
-  CompileWorkerForkHooks::child();
-}
-} // namespace
-
 CompileWorker::CompileWorker(std::function<void()> onThreadStart, const char* name)
     : onThreadStart_(std::move(onThreadStart)), name_(name) {
+  // Once a process, with the first worker.
+  static const bool forkHooks =
+      ::pthread_atfork(&CompileWorkerForkHooks::prepare, &CompileWorkerForkHooks::parent,
+                       &CompileWorkerForkHooks::child) == 0;
+  (void)forkHooks;
   LiveWorkers& live = liveWorkers();
   std::lock_guard<std::mutex> lock(live.mutex);
   live.workers.insert(this);
