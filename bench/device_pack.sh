@@ -30,6 +30,13 @@ done
 cp build-dev/examples/host_app build-dev/bench/warm_path/bench_warm_path build-dev/bench/pdl/bench_pdl devpack/bin/ 2>/dev/null ||
   true
 cp build-dev/tests/libbqjit_fake_cuda.so devpack/lib/ 2>/dev/null || true
+# The preloadable diagnostics for hangs and crashes at exit on the device
+# (bench/stackdump): every thread's backtrace on a timer, and the exit
+# handlers as they are registered and run.
+cc -O1 -shared -fPIC -o devpack/lib/libbqjit_stackdump.so bench/stackdump/stackdump.c -lpthread -ldl
+cc -O1 -shared -fPIC -o devpack/lib/libbqjit_atexit_log.so bench/stackdump/atexit_log.c -ldl
+c++ -O1 -std=c++17 -o devpack/bin/nvrtc_exit_repro bench/stackdump/nvrtc_exit_repro.cpp \
+  -I/usr/local/cuda/include -L/usr/local/cuda/lib64 -lnvrtc -ldl -pthread
 strip devpack/bin/* devpack/lib/*.so*
 # The Python package as a wheel, with the PyTorch op library built against the
 # torch of BQJIT_TORCH_PYTHON (a Python with the device's torch, 2.11 + CUDA
