@@ -355,6 +355,7 @@ llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
       KernelSpec resolved = spec;
       resolved.shape = shapes[i];
       auto loaded = loadVariant_(resolved, kernel.device());
+      CompileWorker::compiled();
       if (!loaded) {
         config_.log(LogLevel::Debug, "autotune: " + shapes[i].label() + " of " + what +
                                          " left out: " + consumeToString(loaded.takeError()));

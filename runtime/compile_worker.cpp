@@ -7,6 +7,8 @@
 #include <system_error>
 
 #include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "jit/nvrtc_program.hpp"
 
@@ -36,6 +38,28 @@ void stopLiveWorkers() {
     w->stop();
 }
 
+// exit() runs the exiting thread's thread-local destructors before any exit
+// handler. One on the main thread stops the workers first when the main
+// thread exits (returning from main, or exit() there), however late NVRTC
+// registered its teardown: in the middle of a job of many compiles (a
+// tuning), which no registration below can follow.
+struct MainThreadExitGuard {
+  ~MainThreadExitGuard() { stopLiveWorkers(); }
+};
+
+// Arms the guard where the calling thread is the process's main thread;
+// cheap after a thread's first call.
+void guardMainThreadExit() {
+  thread_local bool checked = false;
+  if (checked)
+    return;
+  checked = true;
+  if (::syscall(SYS_gettid) != ::getpid())
+    return;
+  thread_local MainThreadExitGuard guard;
+  (void)guard;
+}
+
 // Registers stopLiveWorkers with the exit handlers after NVRTC's own
 // teardown (see CompileWorker and nvrtcCompilesReturned): first after
 // NVRTC's first compile (made here where none has returned yet), then again
@@ -45,6 +69,7 @@ void stopLiveWorkers() {
 // jobs' own compiles fail too and none is in flight at exit; the handler is
 // registered all the same.
 void registerExitHandler() {
+  guardMainThreadExit();
   LiveWorkers& live = liveWorkers();
   std::lock_guard<std::mutex> lock(live.registering);
   if (!live.registeredAfter)
@@ -106,9 +131,14 @@ CompileWorker::CompileWorker(std::function<void()> onThreadStart, const char* na
       ::pthread_atfork(&CompileWorkerForkHooks::prepare, &CompileWorkerForkHooks::parent,
                        &CompileWorkerForkHooks::child) == 0;
   (void)forkHooks;
+  guardMainThreadExit();
   LiveWorkers& live = liveWorkers();
   std::lock_guard<std::mutex> lock(live.mutex);
   live.workers.insert(this);
+}
+
+void CompileWorker::compiled() {
+  registerExitHandler();
 }
 
 CompileWorker::~CompileWorker() {

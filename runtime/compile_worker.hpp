@@ -22,7 +22,13 @@ namespace bqjit {
 /// NVRTC's teardown: at the first job (after NVRTC's first compile) and again
 /// after any later compile, since NVRTC registers more teardown in the first
 /// compile for each further architecture. Handlers run in the reverse order
-/// of registration, so ours runs first.
+/// of registration, so ours runs first. NVRTC may also register teardown in
+/// the middle of a job of many compiles (it did during a tuning on an H200);
+/// a job calls compiled() after each compile to register again, and where
+/// the main thread exits, a thread-local destructor of the main thread (those
+/// run before any exit handler) stops the workers before everything else.
+/// (A main thread that ends by pthread_exit() while the process goes on
+/// stops the workers too: jobs queued later are dropped, as after stop().)
 ///
 /// After fork(): the child has none of the parent's threads. Its workers
 /// forget the parent's thread (never joined: that would wait forever) and
@@ -57,6 +63,9 @@ public:
   /// the thread where jobs wait without one (a forked child's copied queue),
   /// and drops them where the system refuses it.
   void drain();
+  /// Called by a job after each NVRTC compile it makes but its last: keeps
+  /// the exit handler ahead of teardown NVRTC registered in that compile.
+  static void compiled();
   /// Whether stop() was called: a long job polls it between its steps, so
   /// that the process's exit does not wait for the whole job.
   bool stopRequested() const { return stopRequested_.load(std::memory_order_acquire); }

@@ -336,11 +336,23 @@ TEST(CompileWorker, AForkedChildRunsItsJobsAndExits) {
 // worker (a cache that holds a spec's first variant but not the others);
 // "new-arch-in-background" compiles for sm_90 first and then, on the worker,
 // for sm_100a: NVRTC's first compile for another architecture registers more
-// teardown (17 exit handlers with CUDA 13.0's NVRTC), after the worker's.
+// teardown (17 exit handlers with CUDA 13.0's NVRTC), after the worker's;
+// "teardown-within-a-job": a job of several compiles (as a tuning is)
+// registers an exit handler between two of them, standing for the teardown
+// NVRTC registered in the middle of a tuning on the H200 (three handlers, in
+// whichever compile first took a path that needs them), and the exit lands
+// in a later compile of that job. No job boundary comes between, so the
+// worker's exit handler, registered at job boundaries, would run after that
+// teardown; the compile that outlives it exits the child with status 3 (on
+// the H200, NVRTC looped or crashed there). "teardown-within-a-job-elsewhere"
+// exits from another thread than the main one (no thread-local guard there):
+// the job's CompileWorker::compiled() after the compile that registered the
+// teardown keeps the exit handler first.
 TEST(CompileWorker, ExitingWhileACompileRunsIsClean) {
   if (::getenv("BQJIT_TEST_EXIT_CHILD"))
     GTEST_SKIP() << "the child's own run";
-  for (const char* mode : {"compiled-before", "first-in-background", "new-arch-in-background"})
+  for (const char* mode : {"compiled-before", "first-in-background", "new-arch-in-background",
+                           "teardown-within-a-job", "teardown-within-a-job-elsewhere"})
     for (int attempt = 0; attempt < 3; ++attempt) {
       const int status = test::runThisBinary(std::string("BQJIT_TEST_EXIT_CHILD=") + mode,
                                              "CompileWorkerExitChild.*");
@@ -364,6 +376,29 @@ TEST(CompileWorkerExitChild, ExitsWhileTheWorkerCompiles) {
   // teardown late in a process's first compile, so an exit during the first
   // one would find nothing of NVRTC's to run before the worker's handler.
   static Latch secondCompiling;
+  const bool elsewhere = std::string(mode) == "teardown-within-a-job-elsewhere";
+  if (elsewhere || std::string(mode) == "teardown-within-a-job") {
+    static std::atomic<bool> tornDown{false};
+    ASSERT_TRUE(worker->enqueue([elsewhere] {
+      compileSlowSource(arch);
+      std::atexit([] { tornDown = true; });
+      if (elsewhere)
+        CompileWorker::compiled();
+      secondCompiling.set();
+      for (int i = 0; i < 4 && !worker->stopRequested(); ++i) {
+        compileSlowSource(arch);
+        if (tornDown)
+          ::_exit(3);
+      }
+    }));
+    secondCompiling.wait();
+    std::this_thread::sleep_for(5ms);
+    if (elsewhere) {
+      std::thread([] { std::exit(0); }).join();
+      ::_exit(4); // not reached: exit() ends the process
+    }
+    std::exit(0);
+  }
   for (int i = 0; i < 3; ++i)
     ASSERT_TRUE(worker->enqueue([i] {
       if (i == 1)

@@ -12,21 +12,47 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 struct Entry {
   void (*fn)(void*);
   void* arg;
   int n;
-  char module[64];
+  char module[160];
 };
+
+static double msSinceStart(void) {
+  static struct timespec t0;
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  if (t0.tv_sec == 0 && t0.tv_nsec == 0)
+    t0 = t;
+  return (double)(t.tv_sec - t0.tv_sec) * 1e3 + (double)(t.tv_nsec - t0.tv_nsec) / 1e6;
+}
+
+// "module:symbol+offset" of a code address (the offset from the module's
+// base where no symbol is known).
+static void describe(const void* address, char* out, size_t size) {
+  Dl_info info;
+  if (!dladdr(address, &info) || !info.dli_fname) {
+    snprintf(out, size, "%p", address);
+    return;
+  }
+  const char* mod = strrchr(info.dli_fname, '/') ? strrchr(info.dli_fname, '/') + 1 : info.dli_fname;
+  if (info.dli_sname && info.dli_saddr)
+    snprintf(out, size, "%s:%.40s+%#lx", mod, info.dli_sname,
+             (unsigned long)((const char*)address - (const char*)info.dli_saddr));
+  else
+    snprintf(out, size, "%s+%#lx", mod, (unsigned long)((const char*)address - (const char*)info.dli_fbase));
+}
 
 static int count;
 
 static void line(const char* what, const struct Entry* e) {
   char buf[256];
-  int len = snprintf(buf, sizeof buf, "[atexit %s #%d %s tid=%ld]\n", what, e->n, e->module,
-                     (long)syscall(SYS_gettid));
+  int len = snprintf(buf, sizeof buf, "[atexit %s #%d %s tid=%ld t=%.1fms]\n", what, e->n, e->module,
+                     (long)syscall(SYS_gettid), msSinceStart());
   write(2, buf, (size_t)len);
 }
 
@@ -54,12 +80,10 @@ int __cxa_atexit(void (*fn)(void*), void* arg, void* dso) {
   e->fn = fn;
   e->arg = arg;
   e->n = __atomic_add_fetch(&count, 1, __ATOMIC_SEQ_CST);
-  Dl_info info;
-  const char* mod = "?";
-  if (dladdr((void*)fn, &info) && info.dli_fname)
-    mod = strrchr(info.dli_fname, '/') ? strrchr(info.dli_fname, '/') + 1 : info.dli_fname;
-  snprintf(e->module, sizeof e->module, "%s%s%s", mod, info.dli_sname ? ":" : "",
-           info.dli_sname ? info.dli_sname : "");
+  char fnText[72], callerText[72];
+  describe((void*)fn, fnText, sizeof fnText);
+  describe(__builtin_return_address(0), callerText, sizeof callerText);
+  snprintf(e->module, sizeof e->module, "%s from %s", fnText, callerText);
   line("add", e);
   return real(trampoline, e, dso);
 }
@@ -74,12 +98,27 @@ int __cxa_thread_atexit_impl(void (*fn)(void*), void* obj, void* dso) {
   e->fn = fn;
   e->arg = obj;
   e->n = __atomic_add_fetch(&count, 1, __ATOMIC_SEQ_CST);
-  Dl_info info;
-  const char* mod = "?";
-  if (dladdr((void*)fn, &info) && info.dli_fname)
-    mod = strrchr(info.dli_fname, '/') ? strrchr(info.dli_fname, '/') + 1 : info.dli_fname;
-  snprintf(e->module, sizeof e->module, "tls %s%s%s", mod, info.dli_sname ? ":" : "",
-           info.dli_sname ? info.dli_sname : "");
+  char fnText[72], callerText[72];
+  describe((void*)fn, fnText, sizeof fnText);
+  describe(__builtin_return_address(0), callerText, sizeof callerText);
+  snprintf(e->module, sizeof e->module, "tls %s from %s", fnText, callerText);
   line("add", e);
   return real(tlsTrampoline, e, dso);
+}
+
+// exit() itself, to time it against the registrations.
+void exit(int status) {
+  static void (*real)(int);
+  if (!real)
+    real = (void (*)(int))dlsym(RTLD_NEXT, "exit");
+  char buf[96];
+  int len = snprintf(buf, sizeof buf, "[atexit exit(%d) called tid=%ld t=%.1fms]\n", status,
+                     (long)syscall(SYS_gettid), msSinceStart());
+  write(2, buf, (size_t)len);
+  real(status);
+  __builtin_unreachable();
+}
+
+__attribute__((constructor)) static void startClock(void) {
+  msSinceStart();
 }
