@@ -293,10 +293,11 @@ if [ "$what" = waves ]; then
   # 8-bit outputs: the few-token shape 16,8,16 with and without the promise
   # of 8 blocks an SM, per activation. Blocks and waves follow from each row's
   # shape (tasks / groups a block, against SMs x resident blocks).
-  # The wheel in devpack/site (its library and C++ ops), as in `fp4`.
+  # The wheel in devpack/site (its library and C++ ops), as in `fp4`; without
+  # one, the source package over devpack/lib (Python ops: the graph replays
+  # time the GPU alike).
   (
-    unset BQJIT_LIBRARY
-    export PYTHONPATH=$PWD/devpack/site
+    if [ -d devpack/site ]; then unset BQJIT_LIBRARY; export PYTHONPATH=$PWD/devpack/site; fi
     timeout 280 python3 bench/bench_fp4.py --no-compile --replays 10 --json "$OUT/waves_fp4.json" \
       --hidden "${WAVES_FP4_H:-7168,25600}" \
       --tokens "${WAVES_FP4_T:-16,32,48,64,96,128,160,192,256,320,384,512}" \
@@ -304,8 +305,7 @@ if [ "$what" = waves ]; then
   ) | tee "$OUT/waves_fp4.txt"
   exits waves_fp4
   (
-    unset BQJIT_LIBRARY
-    export PYTHONPATH=$PWD/devpack/site
+    if [ -d devpack/site ]; then unset BQJIT_LIBRARY; export PYTHONPATH=$PWD/devpack/site; fi
     timeout 280 python3 bench/bench_act.py --no-compile --replays 10 --json "$OUT/waves_act.json" \
       --shapes "${WAVES_ACT_H:-3072,7168}" --tokens "${WAVES_ACT_T:-128,256,384,512,768,1024,1536}" \
       --launches "16,8,16;16,8,16,8" 2>&1

@@ -70,10 +70,12 @@ static void tlsTrampoline(void* p) {
   e->fn(e->arg);
 }
 
-int __cxa_atexit(void (*fn)(void*), void* arg, void* dso) {
-  static int (*real)(void (*)(void*), void*, void*);
-  if (!real)
-    real = (int (*)(void (*)(void*), void*, void*))dlsym(RTLD_NEXT, "__cxa_atexit");
+typedef int (*Register)(void (*)(void*), void*, void*);
+
+// Logs one registration (`kind` "" or "tls ") and passes it on to `real`
+// with a trampoline that logs the run.
+static int registerLogged(Register real, void (*trampolineFn)(void*), const char* kind,
+                          void (*fn)(void*), void* arg, void* dso, const void* caller) {
   struct Entry* e = malloc(sizeof *e);
   if (!e)
     return real(fn, arg, dso);
@@ -82,28 +84,24 @@ int __cxa_atexit(void (*fn)(void*), void* arg, void* dso) {
   e->n = __atomic_add_fetch(&count, 1, __ATOMIC_SEQ_CST);
   char fnText[72], callerText[72];
   describe((void*)fn, fnText, sizeof fnText);
-  describe(__builtin_return_address(0), callerText, sizeof callerText);
-  snprintf(e->module, sizeof e->module, "%s from %s", fnText, callerText);
+  describe(caller, callerText, sizeof callerText);
+  snprintf(e->module, sizeof e->module, "%s%s from %s", kind, fnText, callerText);
   line("add", e);
-  return real(trampoline, e, dso);
+  return real(trampolineFn, e, dso);
+}
+
+int __cxa_atexit(void (*fn)(void*), void* arg, void* dso) {
+  static Register real;
+  if (!real)
+    real = (Register)dlsym(RTLD_NEXT, "__cxa_atexit");
+  return registerLogged(real, trampoline, "", fn, arg, dso, __builtin_return_address(0));
 }
 
 int __cxa_thread_atexit_impl(void (*fn)(void*), void* obj, void* dso) {
-  static int (*real)(void (*)(void*), void*, void*);
+  static Register real;
   if (!real)
-    real = (int (*)(void (*)(void*), void*, void*))dlsym(RTLD_NEXT, "__cxa_thread_atexit_impl");
-  struct Entry* e = malloc(sizeof *e);
-  if (!e)
-    return real(fn, obj, dso);
-  e->fn = fn;
-  e->arg = obj;
-  e->n = __atomic_add_fetch(&count, 1, __ATOMIC_SEQ_CST);
-  char fnText[72], callerText[72];
-  describe((void*)fn, fnText, sizeof fnText);
-  describe(__builtin_return_address(0), callerText, sizeof callerText);
-  snprintf(e->module, sizeof e->module, "tls %s from %s", fnText, callerText);
-  line("add", e);
-  return real(tlsTrampoline, e, dso);
+    real = (Register)dlsym(RTLD_NEXT, "__cxa_thread_atexit_impl");
+  return registerLogged(real, tlsTrampoline, "tls ", fn, obj, dso, __builtin_return_address(0));
 }
 
 // exit() itself, to time it against the registrations.
