@@ -1,6 +1,7 @@
 #include "planner/launch_heuristic.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 
 namespace bqjit {
@@ -11,6 +12,11 @@ constexpr int kBulkBlockElements = 8192;
 constexpr int kBulkBlockMaxThreads = 512;
 // FP4's occupancy promise: warps an SM (deriveMinBlocksPerSm).
 constexpr int kFp4WarpsPerSm = 48;
+// FP4's one-vector few-token teams: 41 registers, six 256-thread blocks an
+// SM; and the waves of them from which the two-vector teams win
+// (manyTeamsFromTokens).
+constexpr int kFp4FewTokenBlocksPerSm = 6;
+constexpr double kFp4ManyTeamsWaves = 1.4;
 // Threads a multiprocessor holds (sm_80, sm_90, sm_100; 1536 on sm_86/89,
 // where a promise of more only caps the registers the same way).
 constexpr int kThreadsPerSm = 2048;
@@ -140,6 +146,23 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, Regime regime, const Devic
     s.groupsPerBlock = kBulkBlockElements / spec.groupSize;
   s.minBlocksPerSm = deriveMinBlocksPerSm(spec, s);
   return s;
+}
+
+std::optional<int64_t> manyTeamsFromTokens(const KernelSpec& spec, const LaunchShape& few,
+                                           const LaunchShape& many, const DeviceProfile& device) {
+  if (spec.outDtype != OutDtype::FP4E2M1 || spec.scaleLayout != ScaleLayout::Swizzled128x4 ||
+      spec.masked || device.smCount <= 0)
+    return std::nullopt;
+  const int fewElements = spec.groupSize / few.threadsPerGroup;
+  const int manyElements = spec.groupSize / many.threadsPerGroup;
+  if (manyElements != 2 * fewElements || few.threadsPerBlock() != many.threadsPerBlock())
+    return std::nullopt;
+  // Rows of 128 from which the few-token grid reaches the waves where the
+  // many-token teams win; blocks are counted as the tiles launch them.
+  const double rowsNeeded = kFp4ManyTeamsWaves * device.smCount * kFp4FewTokenBlocksPerSm *
+                            few.groupsPerBlock / spec.numGroups();
+  const int64_t tiles = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(rowsNeeded / 128.0)));
+  return (tiles - 1) * 128 + 1;
 }
 
 int deriveMinBlocksPerSm(const KernelSpec& spec, const LaunchShape& shape) {

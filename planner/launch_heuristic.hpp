@@ -3,6 +3,7 @@
 // promised to ptxas) is made here.
 #pragma once
 
+#include <optional>
 #include <vector>
 
 #include "bqjit/kernel_spec.hpp"
@@ -24,6 +25,19 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, Regime regime = kDefaultRe
 /// How many times the reference class's bytes in flight a device needs,
 /// as the heuristic rounds it: 1 (H100 and slower per SM) or 2 (H200).
 int inFlightMultiple(const DeviceProfile& device);
+
+/// FP4 with swizzled_128x4 scales (plain batches) on a device whose
+/// many-token teams read twice the elements a thread of its few-token teams
+/// (an H200): the fewest tokens from which a launch below the many-token
+/// regime takes the many-token shape anyway, or none. What decides is the
+/// few-token grid against the device's resident blocks, not T x H: the
+/// swizzled layout's blocks cover T rounded up to 128 rows, and from 1.4
+/// waves of them (six 256-thread blocks an SM) the two-vector teams' half
+/// as many blocks win (bench/NOTES.md, fourteenth session: 1.13 and 1.29
+/// waves lose 10-17% with them; 1.45, 2.02 and more waves gain 8-28%).
+/// `few` and `many` are the few- and many-token regimes' shapes.
+std::optional<int64_t> manyTeamsFromTokens(const KernelSpec& spec, const LaunchShape& few,
+                                           const LaunchShape& many, const DeviceProfile& device);
 
 /// Blocks per multiprocessor to promise ptxas for a shape: 0 (registers left
 /// to ptxas) where a thread's work fits the 64 registers ptxas gives a

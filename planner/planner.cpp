@@ -64,6 +64,13 @@ LaunchPlan Planner::planValid(const KernelSpec& spec, const DeviceProfile& devic
     if (same == plan.variants.end())
       plan.variants.push_back(std::move(resolved));
   }
+  // Only between the heuristic's own shapes: a tuning record of a regime
+  // below many tokens is not overruled.
+  if (plan.fromHeuristic[index(Regime::VeryFewTokens)] &&
+      plan.fromHeuristic[index(Regime::FewTokens)] && plan.fromHeuristic[index(Regime::ManyTokens)])
+    if (auto from = manyTeamsFromTokens(spec, *plan.variantFor(Regime::FewTokens).shape,
+                                        *plan.variantFor(Regime::ManyTokens).shape, device))
+      plan.manyTokensFrom = *from;
   return plan;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <array>
+#include <cstdint>
 #include <vector>
 
 #include <llvm/Support/Error.h>
@@ -25,6 +26,10 @@ struct LaunchPlan {
   /// Per Regime, whether the heuristic chose its shape (the spec gave none
   /// and no tuning record of the device exists): what autotuning may improve.
   std::array<bool, kRegimeCount> fromHeuristic{};
+  /// Launches of at least this many tokens take the many-token regime's
+  /// variant whatever their T x H (manyTeamsFromTokens: FP4's swizzled
+  /// grids on an H200); INT64_MAX: none do.
+  int64_t manyTokensFrom = INT64_MAX;
 
   const KernelSpec& variantFor(Regime regime) const { return variants[variantOf[index(regime)]]; }
 };

@@ -68,8 +68,15 @@ struct Kernel::Slots {
     }
     settled.notify_all();
   }
+  /// Launches of at least this many tokens take the many-token slot
+  /// whatever their T x H (LaunchPlan::manyTokensFrom).
+  int64_t manyTokensFrom = INT64_MAX;
   /// The slot a launch of `tokens` rows takes.
-  int regimeOf(int64_t tokens) const { return index(regimeFor(clampRows(tokens) * hidden)); }
+  int regimeOf(int64_t tokens) const {
+    const int64_t rows = clampRows(tokens);
+    const int r = index(regimeFor(rows * hidden));
+    return rows >= manyTokensFrom ? std::max(r, index(Regime::ManyTokens)) : r;
+  }
   void settleLocked(int regime) {
     if (standIn[regime]) {
       standIn[regime] = false;
@@ -82,12 +89,14 @@ struct Kernel::State {
   std::shared_ptr<Slots> slots;
 };
 
-Kernel::Kernel(const Functions& fns, int widestVec, const StandIns& standIns) {
+Kernel::Kernel(const Functions& fns, int widestVec, const StandIns& standIns,
+               int64_t manyTokensFrom) {
   static_assert(std::tuple_size<Functions>::value == kRegimeCount, "one function per regime");
   auto slots = std::make_shared<Slots>();
   slots->widestVec = widestVec;
   slots->hidden = fns[0]->kernel().spec.hidden;
   slots->device = fns[0]->device;
+  slots->manyTokensFrom = manyTokensFrom;
   for (int r = 0; r < kRegimeCount; ++r) {
     slots->put(r, fns[r]);
     slots->standIn[r] = standIns[r];

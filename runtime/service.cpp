@@ -403,7 +403,7 @@ llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
     standIns[index(r)] = !loaded[v];
     fns[index(r)] = loaded[v] ? loaded[v] : loaded[primary];
   }
-  Kernel kernel(fns, widestVec, standIns);
+  Kernel kernel(fns, widestVec, standIns, plan->manyTokensFrom);
   if (impl_->tuner && std::find(plan->fromHeuristic.begin(), plan->fromHeuristic.end(), true) !=
                           plan->fromHeuristic.end()) {
     impl_->tuner->prepare();

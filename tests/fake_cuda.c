@@ -18,6 +18,8 @@ enum { kMaxRequests = 128 };
 static char missingSymbol[64];
 static CUresult initResult = CUDA_SUCCESS;
 static int driverVersion = 13000;
+/* 1: the memory of an H200 (the H100 SXM's otherwise). */
+static int h200Memory = 0;
 static struct {
   char symbol[64];
   int version;
@@ -28,6 +30,7 @@ FAKE_EXPORT void fakeCudaReset(void) {
   missingSymbol[0] = '\0';
   initResult = CUDA_SUCCESS;
   driverVersion = 13000;
+  h200Memory = 0;
   requestCount = 0;
 }
 
@@ -38,6 +41,10 @@ FAKE_EXPORT void fakeCudaSetMissingSymbol(const char* symbol) {
 
 FAKE_EXPORT void fakeCudaSetInitResult(int result) {
   initResult = (CUresult)result;
+}
+
+FAKE_EXPORT void fakeCudaSetH200Memory(int on) {
+  h200Memory = on;
 }
 
 FAKE_EXPORT void fakeCudaSetDriverVersion(int version) {
@@ -139,13 +146,13 @@ static CUresult CUDAAPI fakeDeviceGetAttribute(int* value, CUdevice_attribute at
     return CUDA_SUCCESS;
   /* The rest of an H100 SXM. */
   case CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE:
-    *value = 2619000;
+    *value = h200Memory ? 3201000 : 2619000;
     return CUDA_SUCCESS;
   case CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH:
-    *value = 5120;
+    *value = h200Memory ? 6016 : 5120;
     return CUDA_SUCCESS;
   case CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE:
-    *value = 50 << 20;
+    *value = (h200Memory ? 60 : 50) << 20;
     return CUDA_SUCCESS;
   case CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_MULTIPROCESSOR:
     *value = 65536;

@@ -32,6 +32,8 @@ public:
   }
   void setInitResult(CUresult r) const { symbol<void (*)(int)>("fakeCudaSetInitResult")(r); }
   void setDriverVersion(int v) const { symbol<void (*)(int)>("fakeCudaSetDriverVersion")(v); }
+  /// The device reports an H200's memory clock, bus and L2 (an H100 SXM's by default).
+  void setH200Memory(bool on) const { symbol<void (*)(int)>("fakeCudaSetH200Memory")(on ? 1 : 0); }
   int requestedVersion(const char* name) const {
     return symbol<int (*)(const char*)>("fakeCudaRequestedVersion")(name);
   }

@@ -16,6 +16,8 @@
 #include "bqjit/error.hpp"
 #include "bqjit/service.hpp"
 #include "core/fs_util.hpp"
+#include "planner/planner.hpp"
+#include "planner/regime.hpp"
 #include "tests/fake_driver.hpp"
 
 namespace bqjit {
@@ -86,6 +88,53 @@ TEST(FakeDriverLaunch, CountsAndPitchesOutOfRangeAreErrorsNotOverflows) {
               kernel->specFor(0).canonical());
     EXPECT_NE(kernel->specFor(1).canonical(), kernel->specFor(int64_t(1) << 40).canonical());
   }
+  llvm::consumeError(fs::removeTree(dir));
+}
+
+// FP4 with swizzled scales on a device with an H200's memory: launches below
+// the many-token regime take its shape from the T the planner names
+// (LaunchPlan::manyTokensFrom), and the few-token shape below it.
+TEST(FakeDriverLaunch, Fp4SwizzledLaunchesTakeTheManyTokenShapeFromThePlannersT) {
+  test::FakeDriver fake;
+  ASSERT_TRUE(fake.ok()) << "could not open " << BQJIT_FAKE_CUDA_LIBRARY;
+  fake.setH200Memory(true);
+  char tmpl[] = "/tmp/bqjit_launch_XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  {
+    Config c;
+    c.cacheDir = dir;
+    c.cudaDriver = BQJIT_FAKE_CUDA_LIBRARY;
+    auto service = Service::create(c);
+    ASSERT_TRUE(bool(service)) << consumeToString(service.takeError());
+    auto profile = (*service)->deviceProfile(0);
+    ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
+    for (int hidden : {7168, 25600}) {
+      KernelSpec spec;
+      spec.hidden = hidden;
+      spec.groupSize = 16;
+      spec.outDtype = OutDtype::FP4E2M1;
+      spec.scaleLayout = ScaleLayout::Swizzled128x4;
+      spec.arch = "sm_90";
+      auto plan = (*service)->planner().plan(spec, *profile);
+      ASSERT_TRUE(bool(plan)) << consumeToString(plan.takeError());
+      ASSERT_LT(plan->manyTokensFrom, INT64_MAX) << "H=" << hidden << ": no rule on this device";
+      const LaunchShape many = *plan->variantFor(Regime::ManyTokens).shape;
+      auto kernel = (*service)->getKernel(spec, 0);
+      ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+      (*service)->finishVariants();
+      const int64_t from = plan->manyTokensFrom;
+      EXPECT_EQ(*kernel->specFor(from).shape, many) << "H=" << hidden << " T=" << from;
+      EXPECT_EQ(*kernel->specFor(from + 100).shape, many) << "H=" << hidden;
+      if (from > 1) {
+        const int64_t below = from - 1;
+        EXPECT_EQ(*kernel->specFor(below).shape, *plan->variantFor(regimeFor(below * hidden)).shape)
+            << "H=" << hidden << " T=" << below;
+        EXPECT_NE(*kernel->specFor(below).shape, many) << "H=" << hidden;
+      }
+    }
+  }
+  fake.setH200Memory(false);
   llvm::consumeError(fs::removeTree(dir));
 }
 

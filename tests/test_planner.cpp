@@ -335,5 +335,80 @@ TEST_F(PlannerTest, PlanSaysWhichRegimesTheHeuristicChose) {
     EXPECT_FALSE(given->fromHeuristic[index(r)]) << regimeName(r);
 }
 
+// FP4 with swizzled scales on an H200: from the T where the few-token grid
+// (T rounded up to 128 rows, six blocks an SM) reaches 1.4 waves, launches
+// below the many-token regime take its two-vector teams; nowhere else.
+TEST_F(PlannerTest, Fp4SwizzledLaunchesTakeTheManyTokenTeamsFromTheirWaves) {
+  Planner p(config(""), "code v1");
+  const DeviceProfile h200 = *DeviceProfile::known("H200");
+  const DeviceProfile h100 = *DeviceProfile::known("H100 80GB HBM3");
+  auto fp4 = [](int hidden, bool mx) {
+    KernelSpec s;
+    s.hidden = hidden;
+    s.groupSize = mx ? 32 : 16;
+    s.ue8m0 = mx;
+    s.outDtype = OutDtype::FP4E2M1;
+    s.scaleLayout = ScaleLayout::Swizzled128x4;
+    s.arch = "sm_90";
+    return s;
+  };
+  // The rows measured on the H200 (bench/NOTES.md, fourteenth session): the
+  // one-vector teams won at 7168 x 160/256 and 2048 x 1024, the two-vector
+  // teams at 7168 x 512, 18432 x 64, 14336 x 256 and 25600 x 16..512.
+  const std::vector<std::pair<int, int64_t>> expected = {
+      {2048, 1025}, {7168, 257}, {14336, 129}, {18432, 1}, {25600, 1}};
+  for (bool mx : {false, true})
+    for (const auto& [hidden, from] : expected) {
+      const KernelSpec spec = fp4(hidden, mx);
+      auto plan = p.plan(spec, h200);
+      ASSERT_TRUE(bool(plan)) << consumeToString(plan.takeError());
+      EXPECT_EQ(plan->manyTokensFrom, from) << "H=" << hidden << (mx ? " MXFP4" : " NVFP4");
+      // The waves it stands for: below the threshold's tile fewer than 1.4,
+      // from it at least 1.4.
+      const LaunchShape few = *plan->variantFor(Regime::FewTokens).shape;
+      auto waves = [&](int64_t tokens) {
+        const int64_t rows = (tokens + 127) / 128 * 128;
+        return double(rows * spec.numGroups() / few.groupsPerBlock) / (h200.smCount * 6);
+      };
+      EXPECT_GE(waves(from), 1.4) << hidden;
+      if (from > 1)
+        EXPECT_LT(waves(from - 1), 1.4) << hidden;
+      // The many-token teams read twice a few-token thread's elements.
+      const LaunchShape many = *plan->variantFor(Regime::ManyTokens).shape;
+      EXPECT_EQ(few.threadsPerGroup, 2 * many.threadsPerGroup) << hidden;
+      // No rule on an H100 (its many-token teams are not the two-vector
+      // ones), for the bytes layout, masked batches, 8-bit outputs or a
+      // spec's own shape.
+      auto none = [&](const KernelSpec& s, const DeviceProfile& d, const char* what) {
+        auto other = p.plan(s, d);
+        ASSERT_TRUE(bool(other)) << consumeToString(other.takeError());
+        EXPECT_EQ(other->manyTokensFrom, INT64_MAX) << what << " H=" << hidden;
+      };
+      none(spec, h100, "H100");
+      KernelSpec bytes = spec;
+      bytes.scaleLayout = ScaleLayout::Bytes;
+      none(bytes, h200, "bytes");
+      KernelSpec masked = spec;
+      masked.masked = true;
+      none(masked, h200, "masked");
+      KernelSpec fp8 = spec;
+      fp8.outDtype = OutDtype::FP8E4M3;
+      fp8.scaleLayout = ScaleLayout::Row;
+      fp8.groupSize = 128;
+      fp8.ue8m0 = false;
+      none(fp8, h200, "fp8");
+      KernelSpec fixed = spec;
+      fixed.shape = few;
+      none(fixed, h200, "explicit shape");
+    }
+  // A tuning record of a regime below many tokens is not overruled.
+  Planner tuned = planner();
+  const KernelSpec spec = fp4(7168, false);
+  ASSERT_FALSE(bool(tuned.tuning().store(spec, LaunchShape{2, 8, 64}, Regime::FewTokens, h200)));
+  auto plan = tuned.plan(spec, h200);
+  ASSERT_TRUE(bool(plan));
+  EXPECT_EQ(plan->manyTokensFrom, INT64_MAX);
+}
+
 } // namespace
 } // namespace bqjit

@@ -57,9 +57,10 @@ struct LaunchArgs {
 /// A kernel loaded on one device: a cheap, copyable handle. When the spec
 /// left the launch shape to bqjit, it holds a compiled shape per regime of
 /// T x H (planner/regime.hpp; one where two agree), and each launch picks by
-/// its token count. The modules it uses stay loaded while a copy of it
-/// exists: a host that captures a launch in a CUDA graph keeps the handle for
-/// the graph's lifetime.
+/// its token count (FP4 with swizzled scales on an H200 also by the waves
+/// its grid makes: see LaunchPlan::manyTokensFrom). The modules it uses stay loaded while a copy of
+/// it exists: a host that captures a launch in a CUDA graph keeps the handle for the graph's
+/// lifetime.
 class Kernel {
 public:
   /// The resolved spec of the default (many-token) regime's shape.
@@ -97,7 +98,10 @@ private:
   /// Per Regime, whether its function stands in for a variant still compiling.
   using StandIns = std::array<bool, 4>;
   /// `widestVec`: the widest vector of every shape the kernel will hold.
-  Kernel(const Functions& fns, int widestVec, const StandIns& standIns = {});
+  /// Launches of `manyTokensFrom` tokens or more take the many-token slot
+  /// whatever their T x H (the planner's LaunchPlan::manyTokensFrom).
+  Kernel(const Functions& fns, int widestVec, const StandIns& standIns = {},
+         int64_t manyTokensFrom = INT64_MAX);
   /// The same slots under a reference count of its own.
   Kernel ownCopy() const;
   /// Puts a function in a regime's slot, for this handle and every copy; a
