@@ -929,6 +929,48 @@ TEST(GpuRuntimeExitChild, ExitsWhileTuning) {
   std::exit(0);
 }
 
+// FP4 with swizzled scales: where the device gets the planner's wave rule
+// (an H200), a launch below the many-token regime from the planner's T on
+// takes the many-token (two-vector) variant, and computes what the
+// reference does; below that T, the few-token variant.
+TEST(GpuRuntime, Fp4SwizzledLaunchesTakeTheManyTokenTeamsFromThePlannersT) {
+  BQJIT_REQUIRE_GPU_ENV();
+  GpuEnv& env = GpuEnv::get();
+  auto profile = env.service->deviceProfile(0);
+  ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
+  for (bool mx : {false, true})
+    for (int hidden : {7168, 25600}) {
+      KernelSpec spec = bf16Spec(hidden, mx ? 32 : 16);
+      spec.outDtype = OutDtype::FP4E2M1;
+      spec.ue8m0 = mx;
+      spec.scaleLayout = ScaleLayout::Swizzled128x4;
+      auto plan = env.service->planner().plan(spec, *profile);
+      ASSERT_TRUE(bool(plan)) << consumeToString(plan.takeError());
+      if (plan->manyTokensFrom == INT64_MAX)
+        GTEST_SKIP() << "no wave rule for FP4 on " << profile->model;
+      auto kernel = env.service->getKernel(spec, 0);
+      ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+      env.service->finishVariants();
+      const LaunchShape many = *plan->variantFor(Regime::ManyTokens).shape;
+      const int64_t from = plan->manyTokensFrom;
+      std::vector<int64_t> counts = {from, from + 3};
+      if (from > 1)
+        counts.push_back(from - 1);
+      for (int64_t tokens : counts) {
+        const bool takesMany = tokens >= from;
+        EXPECT_EQ(*kernel->specFor(tokens).shape == many, takesMany)
+            << spec.label() << " T=" << tokens;
+        GpuCase c;
+        c.spec = spec;
+        c.tokens = tokens;
+        c.globalScale = mx ? 0.0f : 448.0f * 6.0f / 64.0f;
+        c.seed = 1400 + static_cast<uint64_t>(tokens);
+        auto report = runWithKernel(*kernel, c);
+        EXPECT_TRUE(report.ok()) << c.name() << ": " << report.summary();
+      }
+    }
+}
+
 TEST(GpuRuntime, EvictingTheDiskEntryUnloadsNothingInUse) {
   BQJIT_REQUIRE_GPU_ENV();
   FreshService fresh;
