@@ -23,26 +23,45 @@
 namespace bqjit {
 namespace {
 
-TEST(FakeDriverLaunch, CountsAndPitchesOutOfRangeAreErrorsNotOverflows) {
-  test::FakeDriver fake;
-  ASSERT_TRUE(fake.ok()) << "could not open " << BQJIT_FAKE_CUDA_LIBRARY;
-  fake.setCapturing(false);
-  char tmpl[] = "/tmp/bqjit_launch_XXXXXX";
-  ASSERT_NE(::mkdtemp(tmpl), nullptr);
-  const std::string dir = tmpl;
-  {
+/// A service over the fake driver with a cache directory of its own.
+class FakeDriverLaunch : public testing::Test {
+protected:
+  void SetUp() override {
+    ASSERT_TRUE(fake_.ok()) << "could not open " << BQJIT_FAKE_CUDA_LIBRARY;
+    char tmpl[] = "/tmp/bqjit_launch_XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
     Config c;
-    c.cacheDir = dir;
+    c.cacheDir = dir_;
     c.cudaDriver = BQJIT_FAKE_CUDA_LIBRARY;
-    auto service = Service::create(c);
-    ASSERT_TRUE(bool(service)) << consumeToString(service.takeError());
+    auto created = Service::create(c);
+    ASSERT_TRUE(bool(created)) << consumeToString(created.takeError());
+    service_ = std::move(*created);
+  }
+  void TearDown() override {
+    service_.reset();
+    if (fake_.ok())
+      fake_.reset();
+    if (!dir_.empty())
+      llvm::consumeError(fs::removeTree(dir_));
+  }
+
+  test::FakeDriver fake_;
+  std::string dir_;
+  std::unique_ptr<Service> service_;
+};
+
+TEST_F(FakeDriverLaunch, CountsAndPitchesOutOfRangeAreErrorsNotOverflows) {
+  fake_.setCapturing(false);
+  {
+    Service* service = service_.get();
     KernelSpec spec;
     spec.hidden = 7168;
     spec.groupSize = 128;
     spec.arch = "sm_90";
-    auto kernel = (*service)->getKernel(spec, 0);
+    auto kernel = service->getKernel(spec, 0);
     ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
-    (*service)->finishVariants(); // every regime on its own variant
+    service->finishVariants(); // every regime on its own variant
 
     LaunchArgs good;
     good.x = reinterpret_cast<const void*>(uintptr_t(1) << 32);
@@ -88,26 +107,16 @@ TEST(FakeDriverLaunch, CountsAndPitchesOutOfRangeAreErrorsNotOverflows) {
               kernel->specFor(0).canonical());
     EXPECT_NE(kernel->specFor(1).canonical(), kernel->specFor(int64_t(1) << 40).canonical());
   }
-  llvm::consumeError(fs::removeTree(dir));
 }
 
 // FP4 with swizzled scales on a device with an H200's memory: launches below
 // the many-token regime take its shape from the T the planner names
 // (LaunchPlan::manyTokensFrom), and the few-token shape below it.
-TEST(FakeDriverLaunch, Fp4SwizzledLaunchesTakeTheManyTokenShapeFromThePlannersT) {
-  test::FakeDriver fake;
-  ASSERT_TRUE(fake.ok()) << "could not open " << BQJIT_FAKE_CUDA_LIBRARY;
-  fake.setH200Memory(true);
-  char tmpl[] = "/tmp/bqjit_launch_XXXXXX";
-  ASSERT_NE(::mkdtemp(tmpl), nullptr);
-  const std::string dir = tmpl;
+TEST_F(FakeDriverLaunch, Fp4SwizzledLaunchesTakeTheManyTokenShapeFromThePlannersT) {
+  fake_.setH200Memory(true); // read with the device's profile, at the first getKernel
   {
-    Config c;
-    c.cacheDir = dir;
-    c.cudaDriver = BQJIT_FAKE_CUDA_LIBRARY;
-    auto service = Service::create(c);
-    ASSERT_TRUE(bool(service)) << consumeToString(service.takeError());
-    auto profile = (*service)->deviceProfile(0);
+    Service* service = service_.get();
+    auto profile = service->deviceProfile(0);
     ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
     for (int hidden : {7168, 25600}) {
       KernelSpec spec;
@@ -116,13 +125,13 @@ TEST(FakeDriverLaunch, Fp4SwizzledLaunchesTakeTheManyTokenShapeFromThePlannersT)
       spec.outDtype = OutDtype::FP4E2M1;
       spec.scaleLayout = ScaleLayout::Swizzled128x4;
       spec.arch = "sm_90";
-      auto plan = (*service)->planner().plan(spec, *profile);
+      auto plan = service->planner().plan(spec, *profile);
       ASSERT_TRUE(bool(plan)) << consumeToString(plan.takeError());
       ASSERT_LT(plan->manyTokensFrom, INT64_MAX) << "H=" << hidden << ": no rule on this device";
       const LaunchShape many = *plan->variantFor(Regime::ManyTokens).shape;
-      auto kernel = (*service)->getKernel(spec, 0);
+      auto kernel = service->getKernel(spec, 0);
       ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
-      (*service)->finishVariants();
+      service->finishVariants();
       const int64_t from = plan->manyTokensFrom;
       EXPECT_EQ(*kernel->specFor(from).shape, many) << "H=" << hidden << " T=" << from;
       EXPECT_EQ(*kernel->specFor(from + 100).shape, many) << "H=" << hidden;
@@ -134,8 +143,6 @@ TEST(FakeDriverLaunch, Fp4SwizzledLaunchesTakeTheManyTokenShapeFromThePlannersT)
       }
     }
   }
-  fake.setH200Memory(false);
-  llvm::consumeError(fs::removeTree(dir));
 }
 
 } // namespace
