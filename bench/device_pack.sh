@@ -35,8 +35,6 @@ cp build-dev/tests/libbqjit_fake_cuda.so devpack/lib/ 2>/dev/null || true
 # handlers as they are registered and run.
 cc -O1 -shared -fPIC -o devpack/lib/libbqjit_stackdump.so bench/stackdump/stackdump.c -lpthread -ldl
 cc -O1 -shared -fPIC -o devpack/lib/libbqjit_atexit_log.so bench/stackdump/atexit_log.c -ldl
-c++ -O1 -std=c++17 -o devpack/bin/nvrtc_exit_repro bench/stackdump/nvrtc_exit_repro.cpp \
-  -I/usr/local/cuda/include -L/usr/local/cuda/lib64 -lnvrtc -ldl -pthread
 strip devpack/bin/* devpack/lib/*.so*
 # The Python package as a wheel, with the PyTorch op library built against the
 # torch of BQJIT_TORCH_PYTHON (a Python with the device's torch, 2.11 + CUDA
