@@ -421,29 +421,31 @@ llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
       Kernel kernel;
     };
     auto settle = std::make_shared<Settle>(kernel);
-    Impl* impl = impl_.get(); // outlives the job: ~Impl joins the worker first
-    impl->worker.enqueue([impl, kernel, ids, later, variantOf = plan->variantOf, d = *dev, settle] {
-      for (int i : later) {
-        auto got = impl->cache.get(ids[i]);
-        if (!got) {
-          impl->config.log(LogLevel::Warn, "background compile of " + ids[i].spec.label() +
-                                               " failed (" + consumeToString(got.takeError()) +
-                                               "); its regimes keep the many-token variant");
-          continue;
-        }
-        std::lock_guard<std::mutex> lock(impl->mutex);
-        auto fn = impl->loadFunctionLocked(got->kernel, d);
-        if (!fn) {
-          impl->config.log(LogLevel::Warn, "loading " + ids[i].spec.label() + " failed (" +
-                                               consumeToString(fn.takeError()) +
-                                               "); its regimes keep the many-token variant");
-          continue;
-        }
-        for (Regime r : kRegimes)
-          if (variantOf[index(r)] == i)
-            kernel.replace(r, *fn);
-      }
-    });
+    Impl* impl = impl_.get(); // outlives the jobs: ~Impl joins the worker first
+    // One job a variant: the worker keeps its exit handler ahead of NVRTC's
+    // teardown at each job's end (CompileWorker), so a job holds one compile.
+    for (int i : later)
+      impl->worker.enqueue(
+          [impl, kernel, id = ids[i], i, variantOf = plan->variantOf, d = *dev, settle] {
+            auto got = impl->cache.get(id);
+            if (!got) {
+              impl->config.log(LogLevel::Warn, "background compile of " + id.spec.label() +
+                                                   " failed (" + consumeToString(got.takeError()) +
+                                                   "); its regimes keep the many-token variant");
+              return;
+            }
+            std::lock_guard<std::mutex> lock(impl->mutex);
+            auto fn = impl->loadFunctionLocked(got->kernel, d);
+            if (!fn) {
+              impl->config.log(LogLevel::Warn, "loading " + id.spec.label() + " failed (" +
+                                                   consumeToString(fn.takeError()) +
+                                                   "); its regimes keep the many-token variant");
+              return;
+            }
+            for (Regime r : kRegimes)
+              if (variantOf[index(r)] == i)
+                kernel.replace(r, *fn);
+          });
   }
   return kernel;
 }

@@ -4,13 +4,29 @@
 
 #include <dlfcn.h>
 
+#include <cstdint>
+
 #include <cuda.h>
+
+#include "bqjit/service.hpp"
 
 #ifndef BQJIT_FAKE_CUDA_LIBRARY
 #error "BQJIT_FAKE_CUDA_LIBRARY must name the fake driver library (tests/fake_cuda.c)"
 #endif
 
 namespace bqjit::test {
+
+/// A launch of `tokens` rows of width `hidden` at made-up device addresses,
+/// which the fake driver accepts (its launches execute nothing).
+inline LaunchArgs fakeAddressArgs(int64_t hidden, int64_t tokens) {
+  LaunchArgs a;
+  a.x = reinterpret_cast<const void*>(uintptr_t(1) << 32);
+  a.ldx = 2 * hidden;
+  a.tokens = tokens;
+  a.q = reinterpret_cast<void*>(uintptr_t(2) << 32);
+  a.scales = reinterpret_cast<void*>(uintptr_t(3) << 32);
+  return a;
+}
 
 /// The fake driver's knobs, reached through a handle of its own: dlopen of
 /// the same path returns the same library, so the state is shared with the

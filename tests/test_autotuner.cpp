@@ -181,13 +181,7 @@ protected:
   }
   /// A launch of `tokens` rows at fake addresses (nothing executes).
   void launch(const Kernel& kernel, int64_t tokens) {
-    LaunchArgs a;
-    a.x = reinterpret_cast<const void*>(uintptr_t(1) << 32);
-    a.ldx = 2 * kernel.spec().hidden;
-    a.tokens = tokens;
-    a.q = reinterpret_cast<void*>(uintptr_t(2) << 32);
-    a.scales = reinterpret_cast<void*>(uintptr_t(3) << 32);
-    llvm::Error err = kernel.launch(a, nullptr);
+    llvm::Error err = kernel.launch(test::fakeAddressArgs(kernel.spec().hidden, tokens), nullptr);
     ASSERT_FALSE(bool(err)) << consumeToString(std::move(err));
   }
 
@@ -324,13 +318,7 @@ TEST(FakeDriverAutotuneExitChild, ExitsWhileTuning) {
   auto kernel = service->getKernel(spec, 0);
   ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
   service->finishVariants();
-  LaunchArgs a;
-  a.x = reinterpret_cast<const void*>(uintptr_t(1) << 32);
-  a.ldx = 2 * 3072;
-  a.tokens = 64;
-  a.q = reinterpret_cast<void*>(uintptr_t(2) << 32);
-  a.scales = reinterpret_cast<void*>(uintptr_t(3) << 32);
-  llvm::Error launched = kernel->launch(a, nullptr);
+  llvm::Error launched = kernel->launch(test::fakeAddressArgs(spec.hidden, 64), nullptr);
   ASSERT_FALSE(bool(launched)) << consumeToString(std::move(launched));
   const char* delay = ::getenv("BQJIT_TEST_EXIT_DELAY_MS");
   std::this_thread::sleep_for(std::chrono::milliseconds(delay ? std::atoi(delay) : 0));

@@ -53,60 +53,53 @@ protected:
 
 TEST_F(FakeDriverLaunch, CountsAndPitchesOutOfRangeAreErrorsNotOverflows) {
   fake_.setCapturing(false);
-  {
-    Service* service = service_.get();
-    KernelSpec spec;
-    spec.hidden = 7168;
-    spec.groupSize = 128;
-    spec.arch = "sm_90";
-    auto kernel = service->getKernel(spec, 0);
-    ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
-    service->finishVariants(); // every regime on its own variant
+  Service* service = service_.get();
+  KernelSpec spec;
+  spec.hidden = 7168;
+  spec.groupSize = 128;
+  spec.arch = "sm_90";
+  auto kernel = service->getKernel(spec, 0);
+  ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+  service->finishVariants(); // every regime on its own variant
 
-    LaunchArgs good;
-    good.x = reinterpret_cast<const void*>(uintptr_t(1) << 32);
-    good.ldx = 2 * spec.hidden;
-    good.tokens = 4096;
-    good.q = reinterpret_cast<void*>(uintptr_t(2) << 32);
-    good.scales = reinterpret_cast<void*>(uintptr_t(3) << 32);
-    llvm::Error ok = kernel->launch(good, nullptr);
-    ASSERT_FALSE(bool(ok)) << consumeToString(std::move(ok));
+  const LaunchArgs good = test::fakeAddressArgs(spec.hidden, 4096);
+  llvm::Error ok = kernel->launch(good, nullptr);
+  ASSERT_FALSE(bool(ok)) << consumeToString(std::move(ok));
 
-    auto expectError = [&](const LaunchArgs& a, const std::string& field, const std::string& value,
-                           const std::string& rule) {
-      std::string message;
-      EXPECT_EQ(consumeError(kernel->launch(a, nullptr), &message), ErrorCode::InvalidArgument)
-          << message;
-      EXPECT_NE(message.find("launch argument '" + field + "' = " + value + ": " + rule),
-                std::string::npos)
-          << message;
-      EXPECT_NE(message.find("H=7168"), std::string::npos) << message; // the kernel named
-    };
-    constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
-    LaunchArgs a = good;
-    for (int64_t tokens : {int64_t(-1), std::numeric_limits<int64_t>::min(), kMax,
-                           (int64_t(1) << 40) + 1, int64_t(1) << 62}) {
-      a.tokens = tokens;
-      expectError(a, "tokens", std::to_string(tokens), "must be in 0..1099511627776 (2^40)");
-    }
-    // The largest count passes the bound and stops at the grid's limit.
-    a.tokens = int64_t(1) << 40;
-    expectError(a, "tokens", std::to_string(a.tokens), "needs more than 2^31-1 blocks");
-    a = good;
-    for (int64_t ldx : {kMax, (int64_t(1) << 40) + 2}) {
-      a.ldx = ldx;
-      expectError(a, "ldx", std::to_string(ldx), "must be at most 1099511627776 (2^40)");
-    }
-    a.ldx = 2 * spec.hidden - 1;
-    expectError(a, "ldx", std::to_string(a.ldx), "must be >= 2H");
-
-    // The queries take any count: out of range, the nearest in range (no
-    // overflow in T x H, which UBSan checks in the asan stage).
-    EXPECT_EQ(kernel->specFor(kMax).canonical(), kernel->specFor(int64_t(1) << 40).canonical());
-    EXPECT_EQ(kernel->specFor(std::numeric_limits<int64_t>::min()).canonical(),
-              kernel->specFor(0).canonical());
-    EXPECT_NE(kernel->specFor(1).canonical(), kernel->specFor(int64_t(1) << 40).canonical());
+  auto expectError = [&](const LaunchArgs& a, const std::string& field, const std::string& value,
+                         const std::string& rule) {
+    std::string message;
+    EXPECT_EQ(consumeError(kernel->launch(a, nullptr), &message), ErrorCode::InvalidArgument)
+        << message;
+    EXPECT_NE(message.find("launch argument '" + field + "' = " + value + ": " + rule),
+              std::string::npos)
+        << message;
+    EXPECT_NE(message.find("H=7168"), std::string::npos) << message; // the kernel named
+  };
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  LaunchArgs a = good;
+  for (int64_t tokens : {int64_t(-1), std::numeric_limits<int64_t>::min(), kMax,
+                         (int64_t(1) << 40) + 1, int64_t(1) << 62}) {
+    a.tokens = tokens;
+    expectError(a, "tokens", std::to_string(tokens), "must be in 0..1099511627776 (2^40)");
   }
+  // The largest count passes the bound and stops at the grid's limit.
+  a.tokens = int64_t(1) << 40;
+  expectError(a, "tokens", std::to_string(a.tokens), "needs more than 2^31-1 blocks");
+  a = good;
+  for (int64_t ldx : {kMax, (int64_t(1) << 40) + 2}) {
+    a.ldx = ldx;
+    expectError(a, "ldx", std::to_string(ldx), "must be at most 1099511627776 (2^40)");
+  }
+  a.ldx = 2 * spec.hidden - 1;
+  expectError(a, "ldx", std::to_string(a.ldx), "must be >= 2H");
+
+  // The queries take any count: out of range, the nearest in range (no
+  // overflow in T x H, which UBSan checks in the asan stage).
+  EXPECT_EQ(kernel->specFor(kMax).canonical(), kernel->specFor(int64_t(1) << 40).canonical());
+  EXPECT_EQ(kernel->specFor(std::numeric_limits<int64_t>::min()).canonical(),
+            kernel->specFor(0).canonical());
+  EXPECT_NE(kernel->specFor(1).canonical(), kernel->specFor(int64_t(1) << 40).canonical());
 }
 
 // FP4 with swizzled scales on a device with an H200's memory: launches below
@@ -114,33 +107,31 @@ TEST_F(FakeDriverLaunch, CountsAndPitchesOutOfRangeAreErrorsNotOverflows) {
 // (LaunchPlan::manyTokensFrom), and the few-token shape below it.
 TEST_F(FakeDriverLaunch, Fp4SwizzledLaunchesTakeTheManyTokenShapeFromThePlannersT) {
   fake_.setH200Memory(true); // read with the device's profile, at the first getKernel
-  {
-    Service* service = service_.get();
-    auto profile = service->deviceProfile(0);
-    ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
-    for (int hidden : {7168, 25600}) {
-      KernelSpec spec;
-      spec.hidden = hidden;
-      spec.groupSize = 16;
-      spec.outDtype = OutDtype::FP4E2M1;
-      spec.scaleLayout = ScaleLayout::Swizzled128x4;
-      spec.arch = "sm_90";
-      auto plan = service->planner().plan(spec, *profile);
-      ASSERT_TRUE(bool(plan)) << consumeToString(plan.takeError());
-      ASSERT_LT(plan->manyTokensFrom, INT64_MAX) << "H=" << hidden << ": no rule on this device";
-      const LaunchShape many = *plan->variantFor(Regime::ManyTokens).shape;
-      auto kernel = service->getKernel(spec, 0);
-      ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
-      service->finishVariants();
-      const int64_t from = plan->manyTokensFrom;
-      EXPECT_EQ(*kernel->specFor(from).shape, many) << "H=" << hidden << " T=" << from;
-      EXPECT_EQ(*kernel->specFor(from + 100).shape, many) << "H=" << hidden;
-      if (from > 1) {
-        const int64_t below = from - 1;
-        EXPECT_EQ(*kernel->specFor(below).shape, *plan->variantFor(regimeFor(below * hidden)).shape)
-            << "H=" << hidden << " T=" << below;
-        EXPECT_NE(*kernel->specFor(below).shape, many) << "H=" << hidden;
-      }
+  Service* service = service_.get();
+  auto profile = service->deviceProfile(0);
+  ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
+  for (int hidden : {7168, 25600}) {
+    KernelSpec spec;
+    spec.hidden = hidden;
+    spec.groupSize = 16;
+    spec.outDtype = OutDtype::FP4E2M1;
+    spec.scaleLayout = ScaleLayout::Swizzled128x4;
+    spec.arch = "sm_90";
+    auto plan = service->planner().plan(spec, *profile);
+    ASSERT_TRUE(bool(plan)) << consumeToString(plan.takeError());
+    ASSERT_LT(plan->manyTokensFrom, INT64_MAX) << "H=" << hidden << ": no rule on this device";
+    const LaunchShape many = *plan->variantFor(Regime::ManyTokens).shape;
+    auto kernel = service->getKernel(spec, 0);
+    ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+    service->finishVariants();
+    const int64_t from = plan->manyTokensFrom;
+    EXPECT_EQ(*kernel->specFor(from).shape, many) << "H=" << hidden << " T=" << from;
+    EXPECT_EQ(*kernel->specFor(from + 100).shape, many) << "H=" << hidden;
+    if (from > 1) {
+      const int64_t below = from - 1;
+      EXPECT_EQ(*kernel->specFor(below).shape, *plan->variantFor(regimeFor(below * hidden)).shape)
+          << "H=" << hidden << " T=" << below;
+      EXPECT_NE(*kernel->specFor(below).shape, many) << "H=" << hidden;
     }
   }
 }
