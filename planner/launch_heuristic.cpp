@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "planner/launch_grid.hpp"
+
 namespace bqjit {
 
 namespace {
@@ -17,6 +19,12 @@ constexpr int kFp4WarpsPerSm = 48;
 // (manyTeamsFromTokens).
 constexpr int kFp4FewTokenBlocksPerSm = 6;
 constexpr double kFp4ManyTeamsWaves = 1.4;
+// The 8-bit few-token teams (one 16-byte vector of 16-bit values a thread,
+// 39-40 registers): six 256-thread blocks an SM left to ptxas, eight with the
+// promise of a full SM (32 registers); and the waves of the former from which
+// the promise is taken (fewTokensFullSm).
+constexpr int kFewTokenBlocksPerSm = 6;
+constexpr double kFullSmWaves = 1.2;
 // Threads a multiprocessor holds (sm_80, sm_90, sm_100; 1536 on sm_86/89,
 // where a promise of more only caps the registers the same way).
 constexpr int kThreadsPerSm = 2048;
@@ -148,6 +156,28 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, Regime regime, const Devic
   return s;
 }
 
+namespace {
+
+// The fewest tokens whose grid of `shape` holds at least `waves` times the
+// blocks `device` keeps resident at `blocksPerSm` (gridBlocks grows with T).
+int64_t tokensFromWaves(const KernelSpec& spec, const LaunchShape& shape, int blocksPerSm,
+                        double waves, const DeviceProfile& device) {
+  KernelSpec resolved = spec;
+  resolved.shape = shape;
+  const double blocks = waves * device.smCount * blocksPerSm;
+  int64_t lo = 1, hi = kMaxLaunchRows;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (double(gridBlocks(resolved, mid)) >= blocks)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return lo;
+}
+
+} // namespace
+
 std::optional<int64_t> manyTeamsFromTokens(const KernelSpec& spec, const LaunchShape& few,
                                            const LaunchShape& many, const DeviceProfile& device) {
   if (spec.outDtype != OutDtype::FP4E2M1 || spec.scaleLayout != ScaleLayout::Swizzled128x4 ||
@@ -157,12 +187,28 @@ std::optional<int64_t> manyTeamsFromTokens(const KernelSpec& spec, const LaunchS
   const int manyElements = spec.groupSize / many.threadsPerGroup;
   if (manyElements != 2 * fewElements || few.threadsPerBlock() != many.threadsPerBlock())
     return std::nullopt;
-  // Rows of 128 from which the few-token grid reaches the waves where the
-  // many-token teams win; blocks are counted as the tiles launch them.
-  const double rowsNeeded = kFp4ManyTeamsWaves * device.smCount * kFp4FewTokenBlocksPerSm *
-                            few.groupsPerBlock / spec.numGroups();
-  const int64_t tiles = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(rowsNeeded / 128.0)));
-  return (tiles - 1) * 128 + 1;
+  return tokensFromWaves(spec, few, kFp4FewTokenBlocksPerSm, kFp4ManyTeamsWaves, device);
+}
+
+std::optional<FullSmSplit> fewTokensFullSm(const KernelSpec& spec, const LaunchShape& few,
+                                           const DeviceProfile& device) {
+  const bool sixteenBitIn = spec.inDtype == InDtype::BF16 || spec.inDtype == InDtype::FP16;
+  const bool fp8Out = spec.outDtype == OutDtype::FP8E4M3 || spec.outDtype == OutDtype::FP8E5M2;
+  // Where the promise's 32 registers hold the thread without spilling (int8's
+  // rounding, col_tma's padding rows and masked batches' expert offsets
+  // spill 4-20 bytes there; tests/test_compiler) and where it was measured
+  // to pay: gelu's threads take 32 registers unasked.
+  if (!sixteenBitIn || !fp8Out || spec.scaleLayout == ScaleLayout::ColTma || spec.masked ||
+      spec.activation == Activation::Gelu || device.smCount <= 0 || inFlightMultiple(device) != 2)
+    return std::nullopt;
+  if (spec.groupSize / few.threadsPerGroup != 8 || few.teamSlot() != few.threadsPerGroup ||
+      few.threadsPerBlock() != 256 || few.minBlocksPerSm != 0)
+    return std::nullopt;
+  FullSmSplit split;
+  split.shape = few;
+  split.shape.minBlocksPerSm = kThreadsPerSm / few.threadsPerBlock();
+  split.fromTokens = tokensFromWaves(spec, few, kFewTokenBlocksPerSm, kFullSmWaves, device);
+  return split;
 }
 
 int deriveMinBlocksPerSm(const KernelSpec& spec, const LaunchShape& shape) {

@@ -39,6 +39,27 @@ int inFlightMultiple(const DeviceProfile& device);
 std::optional<int64_t> manyTeamsFromTokens(const KernelSpec& spec, const LaunchShape& few,
                                            const LaunchShape& many, const DeviceProfile& device);
 
+/// Where the few-token regime splits by waves: its shape with the promise of
+/// a full multiprocessor, and the fewest tokens that take it.
+struct FullSmSplit {
+  LaunchShape shape;
+  int64_t fromTokens = 0;
+};
+
+/// 8-bit float outputs of 16-bit inputs, in teams of 8 values a thread, on a
+/// device that needs twice the bytes in flight (an H200): the few-token shape
+/// `few` promised 2048 threads an SM (eight 256-thread blocks, 32 registers,
+/// no spills where the rule applies) and the fewest tokens from which it
+/// serves few-token launches, or none. What decides is the grid against the
+/// blocks the device keeps resident: the unpromised shape's six blocks an SM
+/// run the shortest code, so under one wave they win (3072 x 384, 0.73
+/// waves: the promise costs 7%); from about 1.45 waves the promise's fewer
+/// waves win (3-7% for swiglu and gelu_tanh, 1-3% for silu at 1.45, 1.70 and
+/// 1.94 waves; bench/NOTES.md, fourteenth session). The split is put at 1.2
+/// waves of six blocks an SM, between the two measured sides.
+std::optional<FullSmSplit> fewTokensFullSm(const KernelSpec& spec, const LaunchShape& few,
+                                           const DeviceProfile& device);
+
 /// Blocks per multiprocessor to promise ptxas for a shape: 0 (registers left
 /// to ptxas) where a thread's work fits the 64 registers ptxas gives a
 /// 256-thread block by default, else as many blocks as the register file

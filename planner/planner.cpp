@@ -1,6 +1,8 @@
 #include "planner/planner.hpp"
 
 #include <algorithm>
+#include <array>
+#include <optional>
 
 #include "planner/launch_heuristic.hpp"
 
@@ -55,22 +57,48 @@ llvm::Expected<LaunchPlan> Planner::plan(const KernelSpec& spec,
 
 LaunchPlan Planner::planValid(const KernelSpec& spec, const DeviceProfile& device) const {
   LaunchPlan plan;
-  for (Regime r : kRegimes) {
-    KernelSpec resolved = spec;
-    resolved.shape = shapeFor(spec, r, device, &plan.fromHeuristic[index(r)]);
-    auto same = std::find_if(plan.variants.begin(), plan.variants.end(),
-                             [&](const KernelSpec& v) { return v.shape == resolved.shape; });
-    plan.variantOf[index(r)] = static_cast<int>(same - plan.variants.begin());
-    if (same == plan.variants.end())
-      plan.variants.push_back(std::move(resolved));
-  }
-  // Only between the heuristic's own shapes: a tuning record of a regime
-  // below many tokens is not overruled.
-  if (plan.fromHeuristic[index(Regime::VeryFewTokens)] &&
-      plan.fromHeuristic[index(Regime::FewTokens)] && plan.fromHeuristic[index(Regime::ManyTokens)])
-    if (auto from = manyTeamsFromTokens(spec, *plan.variantFor(Regime::FewTokens).shape,
-                                        *plan.variantFor(Regime::ManyTokens).shape, device))
+  std::array<LaunchShape, kRegimeCount> shapes;
+  for (Regime r : kRegimes)
+    shapes[index(r)] = shapeFor(spec, r, device, &plan.fromHeuristic[index(r)]);
+  const auto heuristic = [&](Regime r) { return plan.fromHeuristic[index(r)]; };
+  // The wave rules choose only between the heuristic's own shapes: a tuning
+  // record of the regimes they touch is not overruled.
+  if (heuristic(Regime::VeryFewTokens) && heuristic(Regime::FewTokens) &&
+      heuristic(Regime::ManyTokens))
+    if (auto from = manyTeamsFromTokens(spec, shapes[index(Regime::FewTokens)],
+                                        shapes[index(Regime::ManyTokens)], device))
       plan.manyTokensFrom = *from;
+  std::optional<LaunchShape> fullSm;
+  if (heuristic(Regime::FewTokens))
+    if (auto split = fewTokensFullSm(spec, shapes[index(Regime::FewTokens)], device)) {
+      const int64_t first = regimeMaxElements(Regime::VeryFewTokens) / spec.hidden + 1;
+      const int64_t last = regimeMaxElements(Regime::FewTokens) / spec.hidden;
+      // From the regime's first T the promised shape is the regime's own;
+      // past its last it serves nothing.
+      if (split->fromTokens <= first) {
+        shapes[index(Regime::FewTokens)] = split->shape;
+      } else if (split->fromTokens <= last) {
+        fullSm = split->shape;
+        plan.fullSmFrom = split->fromTokens;
+      }
+    }
+  // Each shape once, in the size order of the first slot it serves.
+  auto variantOf = [&](const LaunchShape& shape) {
+    auto same = std::find_if(plan.variants.begin(), plan.variants.end(),
+                             [&](const KernelSpec& v) { return *v.shape == shape; });
+    if (same == plan.variants.end()) {
+      KernelSpec resolved = spec;
+      resolved.shape = shape;
+      plan.variants.push_back(std::move(resolved));
+      return static_cast<int>(plan.variants.size()) - 1;
+    }
+    return static_cast<int>(same - plan.variants.begin());
+  };
+  for (Regime r : kRegimes) {
+    plan.variantOf[index(r)] = variantOf(shapes[index(r)]);
+    if (r == Regime::FewTokens && fullSm)
+      plan.fullSmVariant = variantOf(*fullSm);
+  }
   return plan;
 }
 

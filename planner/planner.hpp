@@ -11,6 +11,7 @@
 
 #include "bqjit/config.hpp"
 #include "bqjit/kernel_spec.hpp"
+#include "planner/launch_slots.hpp"
 #include "planner/regime.hpp"
 #include "planner/tuning_store.hpp"
 
@@ -30,8 +31,28 @@ struct LaunchPlan {
   /// variant whatever their T x H (manyTeamsFromTokens: FP4's swizzled
   /// grids on an H200); INT64_MAX: none do.
   int64_t manyTokensFrom = INT64_MAX;
+  /// Few-token launches of at least this many tokens take
+  /// `variants[fullSmVariant]`, the few-token shape promised a full
+  /// multiprocessor (fewTokensFullSm: 8-bit outputs on an H200 from 1.2
+  /// waves); INT64_MAX (and -1): none do.
+  int64_t fullSmFrom = INT64_MAX;
+  int fullSmVariant = -1;
 
   const KernelSpec& variantFor(Regime regime) const { return variants[variantOf[index(regime)]]; }
+  /// Which slot a launch of T rows takes (launch_slots.hpp).
+  SlotChoice slotChoice() const {
+    return SlotChoice{variants.front().hidden, manyTokensFrom, fullSmFrom};
+  }
+  /// The index into `variants` of a slot.
+  int variantOfSlot(int slot) const {
+    return slot == kFullSmSlot
+               ? (fullSmVariant >= 0 ? fullSmVariant : variantOf[index(Regime::FewTokens)])
+               : variantOf[slot];
+  }
+  /// The variant a launch of `rows` rows (0..2^40) takes.
+  const KernelSpec& variantForTokens(int64_t rows) const {
+    return variants[variantOfSlot(slotChoice().slotOf(rows))];
+  }
 };
 
 class Planner {

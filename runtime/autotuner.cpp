@@ -178,7 +178,7 @@ std::string Autotuner::keyOf(const Job& job) const {
 }
 
 void Autotuner::run(const Job& job) {
-  const CudaDriver& d = job.kernel.function(job.regime).driver();
+  const CudaDriver& d = job.kernel.pick(job.tokens).driver();
   // The calls below (allocations, frees, module loads) are ones another
   // thread's capture in the global mode forbids; in the relaxed mode they
   // neither fail nor invalidate that capture.
@@ -197,7 +197,7 @@ void Autotuner::run(const Job& job) {
       known = it->second;
   }
   if (known) {
-    if (*known == *job.kernel.function(job.regime).kernel().spec.shape ||
+    if (*known == *job.kernel.pick(job.tokens).kernel().spec.shape ||
         known->vecWidth > job.kernel.widestVec())
       return;
     KernelSpec resolved = job.spec;
@@ -229,7 +229,9 @@ void Autotuner::run(const Job& job) {
 
 llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
   const Kernel& kernel = job.kernel;
-  const LoadedFunction& incumbent = kernel.function(job.regime);
+  // The function the asking launch took: where the planner splits a regime
+  // by waves (its full-SM slot), the shape of the launch's own side.
+  const LoadedFunction& incumbent = kernel.pick(job.tokens);
   const KernelSpec& spec = job.spec;
   const CudaDriver& d = incumbent.driver();
   std::shared_ptr<const CudaDriver> driver = incumbent.library->driver;
@@ -364,7 +366,7 @@ llvm::Expected<LaunchShape> Autotuner::tune(const Job& job) {
       fn = *loaded;
     }
     functions[i] = fn;
-    kernels[i] = Kernel(Kernel::Functions{fn, fn, fn, fn}, shapes[i].vecWidth);
+    kernels[i] = Kernel(Kernel::Functions{fn, fn, fn, fn, fn}, shapes[i].vecWidth);
   }
 
   auto expected = result(*kernels[0]);

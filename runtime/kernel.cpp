@@ -14,6 +14,8 @@
 #include "bqjit/error.hpp"
 #include "bqjit/service.hpp"
 #include "planner/device_profile.hpp"
+#include "planner/launch_grid.hpp"
+#include "planner/launch_slots.hpp"
 #include "planner/regime.hpp"
 #include "runtime/autotuner.hpp"
 #include "runtime/loaded_function.hpp"
@@ -21,35 +23,32 @@
 namespace bqjit {
 
 namespace {
-// No device holds 2^40 rows, or rows of 2^40 elements: the bounds keep T x H,
-// the task count and the row pitch in bytes far from int64's end, so that a
-// caller's garbage is an error (launch) or a clamped count (the queries)
-// rather than an overflow.
-constexpr int64_t kMaxLaunchRows = int64_t(1) << 40;
-constexpr int64_t kMaxLaunchPitch = int64_t(1) << 40;
+// A caller's garbage count or pitch is an error (launch) or a clamped count
+// (the queries) rather than an overflow (launch_grid.hpp).
+constexpr int64_t kMaxLaunchPitch = kMaxLaunchRows;
 
 int64_t clampRows(int64_t tokens) {
   return tokens < 0 ? 0 : (tokens > kMaxLaunchRows ? kMaxLaunchRows : tokens);
 }
 } // namespace
 
-/// The functions of a kernel's regimes, shared by every copy of the handle:
-/// a variant compiled in the background takes its regimes' slots (from a
-/// stand-in that computes the same values with another shape), and every copy
-/// launches it from then on.
+/// The functions of a kernel's launch slots (planner/launch_slots.hpp),
+/// shared by every copy of the handle: a variant compiled in the background
+/// takes its slots (from a stand-in that computes the same values with
+/// another shape), and every copy launches it from then on.
 struct Kernel::Slots {
-  std::array<std::atomic<const LoadedFunction*>, kRegimeCount> fn{};
+  std::array<std::atomic<const LoadedFunction*>, kSlotCount> fn{};
   int widestVec = 1; ///< the widest vector of all the shapes the slots will hold
-  int64_t hidden = 0;
+  SlotChoice choice;
   int device = 0;
   std::mutex mutex;
   /// Every function a slot ever held: a graph may have captured a launch of
   /// any of them, so they stay loaded while the handle lives.
   std::vector<std::shared_ptr<const LoadedFunction>> owned;
-  /// Regimes whose slot holds a stand-in while their own variant compiles
-  /// (guarded by mutex), their count (read without it on every launch) and
-  /// the signal that one of them settled.
-  std::array<bool, kRegimeCount> standIn{};
+  /// Slots that hold a stand-in while their own variant compiles (guarded by
+  /// mutex), their count (read without it on every launch) and the signal
+  /// that one of them settled.
+  std::array<bool, kSlotCount> standIn{};
   std::atomic<int> standIns{0};
   std::condition_variable settled;
   /// Autotuning: per regime whether its first launch has asked (true from
@@ -59,27 +58,20 @@ struct Kernel::Slots {
   std::optional<DeviceProfile> tuneProfile;
   std::weak_ptr<Autotuner> tuner;
 
-  void put(int regime, std::shared_ptr<const LoadedFunction> f) {
+  void put(int slot, std::shared_ptr<const LoadedFunction> f) {
     {
       std::lock_guard<std::mutex> lock(mutex);
-      fn[regime].store(f.get(), std::memory_order_release);
+      fn[slot].store(f.get(), std::memory_order_release);
       owned.push_back(std::move(f));
-      settleLocked(regime);
+      settleLocked(slot);
     }
     settled.notify_all();
   }
-  /// Launches of at least this many tokens take the many-token slot
-  /// whatever their T x H (LaunchPlan::manyTokensFrom).
-  int64_t manyTokensFrom = INT64_MAX;
   /// The slot a launch of `tokens` rows takes.
-  int regimeOf(int64_t tokens) const {
-    const int64_t rows = clampRows(tokens);
-    const int r = index(regimeFor(rows * hidden));
-    return rows >= manyTokensFrom ? std::max(r, index(Regime::ManyTokens)) : r;
-  }
-  void settleLocked(int regime) {
-    if (standIn[regime]) {
-      standIn[regime] = false;
+  int slotOf(int64_t tokens) const { return choice.slotOf(clampRows(tokens)); }
+  void settleLocked(int slot) {
+    if (standIn[slot]) {
+      standIn[slot] = false;
       standIns.fetch_sub(1, std::memory_order_release);
     }
   }
@@ -89,20 +81,25 @@ struct Kernel::State {
   std::shared_ptr<Slots> slots;
 };
 
+Kernel::Kernel(const Functions& fns, int widestVec)
+    : Kernel(fns, widestVec, StandIns{}, SlotChoice{fns[0]->kernel().spec.hidden}) {}
+
 Kernel::Kernel(const Functions& fns, int widestVec, const StandIns& standIns,
-               int64_t manyTokensFrom) {
-  static_assert(std::tuple_size<Functions>::value == kRegimeCount, "one function per regime");
+               const SlotChoice& choice) {
+  static_assert(std::tuple_size<Functions>::value == kSlotCount, "one function per slot");
+  static_assert(std::tuple_size<StandIns>::value == kSlotCount, "one flag per slot");
   auto slots = std::make_shared<Slots>();
   slots->widestVec = widestVec;
-  slots->hidden = fns[0]->kernel().spec.hidden;
+  slots->choice = choice;
+  slots->choice.hidden = fns[0]->kernel().spec.hidden;
   slots->device = fns[0]->device;
-  slots->manyTokensFrom = manyTokensFrom;
-  for (int r = 0; r < kRegimeCount; ++r) {
-    slots->put(r, fns[r]);
-    slots->standIn[r] = standIns[r];
-    slots->standIns += standIns[r] ? 1 : 0;
-    slots->tuneAsked[r].store(true, std::memory_order_relaxed);
+  for (int i = 0; i < kSlotCount; ++i) {
+    slots->put(i, fns[i]);
+    slots->standIn[i] = standIns[i];
+    slots->standIns += standIns[i] ? 1 : 0;
   }
+  for (int r = 0; r < kRegimeCount; ++r)
+    slots->tuneAsked[r].store(true, std::memory_order_relaxed);
   state_ = std::make_shared<State>(State{std::move(slots)});
 }
 
@@ -113,15 +110,21 @@ Kernel Kernel::ownCopy() const {
 }
 
 void Kernel::replace(Regime regime, std::shared_ptr<const LoadedFunction> fn) const {
-  state_->slots->put(index(regime), std::move(fn));
+  for (int slot = 0; slot < kSlotCount; ++slot)
+    if (slotRegime(slot) == regime)
+      state_->slots->put(slot, fn);
+}
+
+void Kernel::replaceSlot(int slot, std::shared_ptr<const LoadedFunction> fn) const {
+  state_->slots->put(slot, std::move(fn));
 }
 
 void Kernel::settleStandIns() const {
   Slots& slots = *state_->slots;
   {
     std::lock_guard<std::mutex> lock(slots.mutex);
-    for (int r = 0; r < kRegimeCount; ++r)
-      slots.settleLocked(r);
+    for (int i = 0; i < kSlotCount; ++i)
+      slots.settleLocked(i);
   }
   slots.settled.notify_all();
 }
@@ -180,10 +183,10 @@ const LoadedFunction& Kernel::pickForCapture(int64_t tokens, const LoadedFunctio
   if (picked.driver().cuStreamIsCapturing(stream, &status) != CUDA_SUCCESS ||
       status != CU_STREAM_CAPTURE_STATUS_ACTIVE)
     return picked;
-  const int regime = slots.regimeOf(tokens);
+  const int slot = slots.slotOf(tokens);
   std::unique_lock<std::mutex> lock(slots.mutex);
-  slots.settled.wait(lock, [&] { return !slots.standIn[regime]; });
-  return *slots.fn[regime].load(std::memory_order_acquire);
+  slots.settled.wait(lock, [&] { return !slots.standIn[slot]; });
+  return *slots.fn[slot].load(std::memory_order_acquire);
 }
 
 const KernelSpec& Kernel::spec() const {
@@ -198,29 +201,12 @@ int Kernel::device() const {
 
 const LoadedFunction& Kernel::pick(int64_t tokens) const {
   const Slots& slots = *state_->slots;
-  return *slots.fn[slots.regimeOf(tokens)].load(std::memory_order_acquire);
+  return *slots.fn[slots.slotOf(tokens)].load(std::memory_order_acquire);
 }
 
 const KernelSpec& Kernel::specFor(int64_t tokens) const {
   return pick(tokens).kernel().spec;
 }
-
-namespace {
-
-// Blocks along x: one team per (row, group), padded layouts' extra rows
-// included; swizzled_128x4 has one task per scale byte, padding rows and
-// columns included (as the template counts them).
-int64_t blockCount(const KernelSpec& s, int64_t tokens) {
-  tokens = clampRows(tokens);
-  const bool padded =
-      s.scaleLayout == ScaleLayout::ColTma || s.scaleLayout == ScaleLayout::Ue8m0Packed;
-  int64_t tasks = (padded ? (tokens + 3) / 4 * 4 : tokens) * s.numGroups();
-  if (s.scaleLayout == ScaleLayout::Swizzled128x4)
-    tasks = (tokens + 127) / 128 * 128 * ((s.numGroups() + 3) / 4 * 4);
-  return (tasks + s.shape->groupsPerBlock - 1) / s.shape->groupsPerBlock;
-}
-
-} // namespace
 
 void Kernel::launchDims(const LaunchArgs& args, unsigned grid[3], unsigned block[3]) const {
   dims(specFor(args.tokens), args, grid, block);
@@ -228,7 +214,7 @@ void Kernel::launchDims(const LaunchArgs& args, unsigned grid[3], unsigned block
 
 void Kernel::dims(const KernelSpec& s, const LaunchArgs& args, unsigned grid[3],
                   unsigned block[3]) {
-  grid[0] = static_cast<unsigned>(blockCount(s, args.tokens));
+  grid[0] = static_cast<unsigned>(gridBlocks(s, args.tokens));
   grid[1] = s.masked ? static_cast<unsigned>(args.numExperts) : 1u;
   grid[2] = 1;
   block[0] = static_cast<unsigned>(s.shape->threadsPerBlock());
@@ -301,8 +287,8 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
     return argError(slots.fn[0].load(std::memory_order_acquire)->kernel().spec, "tokens",
                     std::to_string(a.tokens),
                     "must be in 0.." + std::to_string(kMaxLaunchRows) + " (2^40)");
-  const int regime = slots.regimeOf(a.tokens);
-  const LoadedFunction* picked = slots.fn[regime].load(std::memory_order_acquire);
+  const int slot = slots.slotOf(a.tokens);
+  const LoadedFunction* picked = slots.fn[slot].load(std::memory_order_acquire);
   // A graph keeps the function it captured: while a variant still compiles
   // in the background, a captured launch waits for it rather than capture
   // its stand-in (on the warm path this costs one atomic load).
@@ -369,7 +355,7 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
   if (a.tokens == 0)
     return llvm::Error::success();
 
-  if (blockCount(s, a.tokens) > INT32_MAX)
+  if (gridBlocks(s, a.tokens) > INT32_MAX)
     return argError(s, "tokens", std::to_string(a.tokens), "needs more than 2^31-1 blocks");
   unsigned grid[3], block[3];
   dims(s, a, grid, block); // the picked function's shape, even if a slot changes meanwhile
@@ -408,6 +394,7 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
   }
   // Autotuning asks once a regime, after its launch is enqueued (one atomic
   // load on the warm path).
+  const int regime = index(slotRegime(slot));
   if (!slots.tuneAsked[regime].load(std::memory_order_relaxed))
     askTuning(regime, a.tokens, stream);
   return llvm::Error::success();

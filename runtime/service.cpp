@@ -339,6 +339,15 @@ void Service::finishTuning() {
     impl_->tuner->drain();
 }
 
+namespace {
+
+/// Whether ptxas broke a kernel's promise of blocks an SM by spilling.
+bool spillsUnderItsPromise(const CompiledKernel& k) {
+  return k.resources.spillStoreBytes > 0 || k.resources.stackFrameBytes > 0;
+}
+
+} // namespace
+
 llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
   // The device's own properties choose the launch shapes, and its model
   // names the tuning records.
@@ -383,13 +392,26 @@ llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
     compiled[i] = got->kernel;
   }
 
+  // The variant each slot launches. The full-SM variant's promise of 32
+  // registers holds without spills for most H but not all (G = 128 spills 4
+  // bytes where H / G is a power of two, tests/test_compiler): where its
+  // compiled kernel spills, its slot takes the few-token variant instead.
+  std::array<int, kSlotCount> slotVariant;
+  for (int slot = 0; slot < kSlotCount; ++slot)
+    slotVariant[slot] = plan->variantOfSlot(slot);
+  const int fewVariant = plan->variantOf[index(Regime::FewTokens)];
+  if (plan->fullSmVariant >= 0 && compiled[plan->fullSmVariant] &&
+      spillsUnderItsPromise(*compiled[plan->fullSmVariant]))
+    slotVariant[kFullSmSlot] = fewVariant;
+
   std::lock_guard<std::mutex> lock(impl_->mutex);
   auto dev = impl_->deviceLocked(device);
   if (!dev)
     return dev.takeError();
   std::vector<std::shared_ptr<const LoadedFunction>> loaded(n);
   for (int i = 0; i < n; ++i) {
-    if (!compiled[i])
+    const bool used = std::find(slotVariant.begin(), slotVariant.end(), i) != slotVariant.end();
+    if (!compiled[i] || !used)
       continue;
     auto fn = impl_->loadFunctionLocked(compiled[i], *dev);
     if (!fn)
@@ -398,12 +420,12 @@ llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
   }
   Kernel::Functions fns;
   Kernel::StandIns standIns{};
-  for (Regime r : kRegimes) {
-    const int v = plan->variantOf[index(r)];
-    standIns[index(r)] = !loaded[v];
-    fns[index(r)] = loaded[v] ? loaded[v] : loaded[primary];
+  for (int slot = 0; slot < kSlotCount; ++slot) {
+    const int v = slotVariant[slot];
+    standIns[slot] = !loaded[v];
+    fns[slot] = loaded[v] ? loaded[v] : loaded[primary];
   }
-  Kernel kernel(fns, widestVec, standIns, plan->manyTokensFrom);
+  Kernel kernel(fns, widestVec, standIns, plan->slotChoice());
   if (impl_->tuner && std::find(plan->fromHeuristic.begin(), plan->fromHeuristic.end(), true) !=
                           plan->fromHeuristic.end()) {
     impl_->tuner->prepare();
@@ -422,11 +444,13 @@ llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
     };
     auto settle = std::make_shared<Settle>(kernel);
     Impl* impl = impl_.get(); // outlives the jobs: ~Impl joins the worker first
+    const std::string fullSmFrom = std::to_string(plan->fullSmFrom);
     // One job a variant: the worker keeps its exit handler ahead of NVRTC's
     // teardown at each job's end (CompileWorker), so a job holds one compile.
     for (int i : later)
       impl->worker.enqueue(
-          [impl, kernel, id = ids[i], i, variantOf = plan->variantOf, d = *dev, settle] {
+          [impl, kernel, ids, i, slotVariant, fewVariant, fullSmFrom, d = *dev, settle] {
+            const KernelIdentity& id = ids[i];
             auto got = impl->cache.get(id);
             if (!got) {
               impl->config.log(LogLevel::Warn, "background compile of " + id.spec.label() +
@@ -434,17 +458,39 @@ llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
                                                    "); its regimes keep the many-token variant");
               return;
             }
+            // A spilling full-SM variant leaves its slot to the few-token
+            // variant (compiled earlier: jobs run in variant order, and the
+            // cache answers from memory).
+            int loads = i;
+            std::shared_ptr<const CompiledKernel> kernelToLoad = got->kernel;
+            if (slotVariant[kFullSmSlot] == i && spillsUnderItsPromise(*got->kernel)) {
+              impl->config.log(LogLevel::Info,
+                               id.spec.label() + " spills under its full-SM promise (" +
+                                   std::to_string(got->kernel->resources.spillStoreBytes) +
+                                   " bytes); few-token launches of T >= " + fullSmFrom +
+                                   " keep the few-token shape");
+              auto few = impl->cache.get(ids[fewVariant]);
+              if (!few) {
+                impl->config.log(LogLevel::Warn, "background compile of " +
+                                                     ids[fewVariant].spec.label() + " failed (" +
+                                                     consumeToString(few.takeError()) +
+                                                     "); its regimes keep the many-token variant");
+                return;
+              }
+              loads = fewVariant;
+              kernelToLoad = few->kernel;
+            }
             std::lock_guard<std::mutex> lock(impl->mutex);
-            auto fn = impl->loadFunctionLocked(got->kernel, d);
+            auto fn = impl->loadFunctionLocked(kernelToLoad, d);
             if (!fn) {
-              impl->config.log(LogLevel::Warn, "loading " + id.spec.label() + " failed (" +
+              impl->config.log(LogLevel::Warn, "loading " + ids[loads].spec.label() + " failed (" +
                                                    consumeToString(fn.takeError()) +
                                                    "); its regimes keep the many-token variant");
               return;
             }
-            for (Regime r : kRegimes)
-              if (variantOf[index(r)] == i)
-                kernel.replace(r, *fn);
+            for (int slot = 0; slot < kSlotCount; ++slot)
+              if (slotVariant[slot] == i)
+                kernel.replaceSlot(slot, *fn);
           });
   }
   return kernel;

@@ -455,8 +455,11 @@ TEST(GpuRuntime, SecondRequestIsAWarmHit) {
   auto variants = env.service->planner().plan(bf16Spec(4096, 128), *profile);
   ASSERT_TRUE(bool(variants)) << consumeToString(variants.takeError());
   // G = 128: the four regimes' shapes differ, except on a device that needs
-  // twice the bytes in flight, where very many tokens take the many-token shape.
-  ASSERT_EQ(variants->variants.size(), inFlightMultiple(*profile) == 1 ? 4u : 3u);
+  // twice the bytes in flight, where very many tokens take the many-token
+  // shape and the few-token regime splits by waves (the full-SM promise).
+  const bool h200Class = inFlightMultiple(*profile) == 2;
+  ASSERT_EQ(variants->variants.size(), 4u);
+  EXPECT_EQ(variants->fullSmVariant >= 0, h200Class);
   const auto before = env.service->cache().counters();
   auto again = env.service->getKernel(bf16Spec(4096, 128), 0);
   ASSERT_TRUE(bool(again));
@@ -475,8 +478,19 @@ TEST(GpuRuntime, SecondRequestIsAWarmHit) {
             chooseLaunchShape(bf16Spec(4096, 128), Regime::VeryFewTokens, *profile));
   EXPECT_EQ(*kernel->specFor(lastTiny + 1).shape,
             chooseLaunchShape(bf16Spec(4096, 128), Regime::FewTokens, *profile));
-  EXPECT_EQ(*kernel->specFor(lastLatency).shape,
-            chooseLaunchShape(bf16Spec(4096, 128), Regime::FewTokens, *profile));
+  // The few-token shape, or from the split's T on its full-SM variant where
+  // that kept its promise (at H = 4096 it spills 4 bytes and is set aside).
+  const LaunchShape fewShape = chooseLaunchShape(bf16Spec(4096, 128), Regime::FewTokens, *profile);
+  LaunchShape upperFew = fewShape;
+  if (h200Class) {
+    auto promised = env.service->compile(variants->variants[variants->fullSmVariant]);
+    ASSERT_TRUE(bool(promised)) << consumeToString(promised.takeError());
+    if ((*promised)->resources.spillStoreBytes <= 0 && (*promised)->resources.stackFrameBytes <= 0)
+      upperFew = *variants->variants[variants->fullSmVariant].shape;
+    EXPECT_EQ(*kernel->specFor(variants->fullSmFrom - 1).shape, fewShape);
+    EXPECT_EQ(*kernel->specFor(variants->fullSmFrom).shape, upperFew);
+  }
+  EXPECT_EQ(*kernel->specFor(lastLatency).shape, upperFew);
   EXPECT_EQ(*kernel->specFor(lastLatency + 1).shape,
             chooseLaunchShape(bf16Spec(4096, 128), Regime::ManyTokens, *profile));
   EXPECT_EQ(*kernel->specFor(lastThroughput).shape,
@@ -641,16 +655,24 @@ TEST(GpuRuntime, NewSpecLaunchesAtOnceAndItsOtherVariantsArriveInTheBackground) 
   }
   service.finishVariants();
   EXPECT_EQ(service.cache().counters().compiles, static_cast<int64_t>(plan->variants.size()));
-  for (Regime r : kRegimes) {
-    const int64_t tokens = std::max<int64_t>(1, regimeMinElements(r) / spec.hidden + 1);
-    EXPECT_EQ(*kernel->specFor(tokens).shape, *plan->variantFor(r).shape) << regimeName(r);
-    EXPECT_EQ(*heldCopy.specFor(tokens).shape, *plan->variantFor(r).shape) << regimeName(r);
+  // Each regime's first T, and where the few-token regime splits by waves
+  // (an H200's full-SM promise) the split's first T.
+  std::vector<int64_t> firsts;
+  for (Regime r : kRegimes)
+    firsts.push_back(std::max<int64_t>(1, regimeMinElements(r) / spec.hidden + 1));
+  if (plan->fullSmFrom < INT64_MAX)
+    firsts.push_back(plan->fullSmFrom);
+  for (int64_t tokens : firsts) {
+    const KernelSpec& planned = plan->variantForTokens(tokens);
+    EXPECT_EQ(*kernel->specFor(tokens).shape, *planned.shape) << "T=" << tokens;
+    EXPECT_EQ(*heldCopy.specFor(tokens).shape, *planned.shape) << "T=" << tokens;
     GpuCase c;
     c.spec = spec;
     c.tokens = tokens;
     c.seed = 90;
     auto report = runWithKernel(heldCopy, c);
-    EXPECT_TRUE(report.ok()) << regimeName(r) << " T=" << tokens << ": " << report.summary();
+    EXPECT_TRUE(report.ok()) << planned.shape->label() << " T=" << tokens << ": "
+                             << report.summary();
   }
 }
 
@@ -1032,6 +1054,71 @@ TEST(GpuRuntime, WarmHitsWhileAnotherThreadCompiles) {
   ASSERT_TRUE(bool(k)) << consumeToString(k.takeError());
   EXPECT_EQ(wrong.load(), 0);
   EXPECT_GT(hits.load(), 0);
+}
+
+// 8-bit outputs: where the device gets the planner's full-SM split of the
+// few-token regime (an H200), few-token launches from the planner's T on take
+// the promised shape and compute what the reference does, with every
+// sigmoid-family activation, fp16 and e5m2, and the layouts the rule serves;
+// below that T, the few-token shape.
+TEST(GpuRuntime, EightBitFewTokenLaunchesTakeTheFullSmPromiseFromThePlannersT) {
+  BQJIT_REQUIRE_GPU_ENV();
+  GpuEnv& env = GpuEnv::get();
+  auto profile = env.service->deviceProfile(0);
+  ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
+  struct Case {
+    int hidden, group;
+    Activation activation;
+    GateUp gateUp;
+    InDtype in;
+    OutDtype out;
+    ScaleLayout layout;
+    bool ue8m0;
+  };
+  const Case cases[] = {
+      {3072, 128, Activation::Silu, GateUp::Split, InDtype::BF16, OutDtype::FP8E4M3,
+       ScaleLayout::Row, false},
+      {7168, 128, Activation::Swiglu, GateUp::Interleaved, InDtype::FP16, OutDtype::FP8E4M3,
+       ScaleLayout::Col, false},
+      {3072, 64, Activation::GeluTanh, GateUp::Split, InDtype::BF16, OutDtype::FP8E5M2,
+       ScaleLayout::Ue8m0Packed, true},
+      {2880, 32, Activation::Swiglu, GateUp::Interleaved, InDtype::BF16, OutDtype::FP8E4M3,
+       ScaleLayout::Swizzled128x4, true},
+  };
+  for (const Case& k : cases) {
+    KernelSpec spec = bf16Spec(k.hidden, k.group);
+    spec.activation = k.activation;
+    if (k.activation == Activation::Swiglu) { // gpt-oss's
+      spec.alpha = 1.702f;
+      spec.beta = 1.0f;
+      spec.limit = 7.0f;
+    }
+    spec.gateUp = k.gateUp;
+    spec.inDtype = k.in;
+    spec.outDtype = k.out;
+    spec.scaleLayout = k.layout;
+    spec.ue8m0 = k.ue8m0;
+    auto plan = env.service->planner().plan(spec, *profile);
+    ASSERT_TRUE(bool(plan)) << consumeToString(plan.takeError());
+    if (plan->fullSmFrom == INT64_MAX)
+      GTEST_SKIP() << "no full-SM split on " << profile->model;
+    auto kernel = env.service->getKernel(spec, 0);
+    ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+    env.service->finishVariants();
+    const int64_t from = plan->fullSmFrom;
+    const int64_t lastFew = regimeMaxElements(Regime::FewTokens) / k.hidden;
+    for (int64_t tokens : {from - 1, from, from + 1, lastFew}) {
+      const bool promised = tokens >= from;
+      EXPECT_EQ(kernel->specFor(tokens).shape->minBlocksPerSm == 8, promised)
+          << spec.label() << " T=" << tokens;
+      GpuCase c;
+      c.spec = spec;
+      c.tokens = tokens;
+      c.seed = 1500 + static_cast<uint64_t>(tokens);
+      auto report = runWithKernel(*kernel, c);
+      EXPECT_TRUE(report.ok()) << c.name() << ": " << report.summary();
+    }
+  }
 }
 
 } // namespace

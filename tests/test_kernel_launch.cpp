@@ -6,10 +6,13 @@
 // streams are test_gpu_runtime's (GpuRuntime.LaunchArgumentErrors).
 #include <stdlib.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -134,6 +137,133 @@ TEST_F(FakeDriverLaunch, Fp4SwizzledLaunchesTakeTheManyTokenShapeFromThePlanners
       EXPECT_NE(*kernel->specFor(below).shape, many) << "H=" << hidden;
     }
   }
+}
+
+// 8-bit outputs on a device with an H200's memory: few-token launches from
+// the T the planner names (LaunchPlan::fullSmFrom) take the few-token shape
+// promised a full SM, launched in that shape's grid; those below it, and the
+// other regimes, their own shapes.
+TEST_F(FakeDriverLaunch, EightBitFewTokenLaunchesTakeTheFullSmShapeFromThePlannersT) {
+  fake_.setH200Memory(true);
+  fake_.setCapturing(false);
+  Service* service = service_.get();
+  auto profile = service->deviceProfile(0);
+  ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
+  for (int hidden : {3072, 7168}) {
+    KernelSpec spec;
+    spec.hidden = hidden;
+    spec.groupSize = 128;
+    spec.activation = Activation::Swiglu;
+    spec.arch = "sm_90";
+    auto plan = service->planner().plan(spec, *profile);
+    ASSERT_TRUE(bool(plan)) << consumeToString(plan.takeError());
+    ASSERT_LT(plan->fullSmFrom, INT64_MAX) << "H=" << hidden << ": no rule on this device";
+    const int64_t from = plan->fullSmFrom;
+    const LaunchShape few = *plan->variantFor(Regime::FewTokens).shape;
+    const LaunchShape promised = *plan->variants[plan->fullSmVariant].shape;
+    const LaunchShape many = *plan->variantFor(Regime::ManyTokens).shape;
+    ASSERT_NE(promised, few);
+    auto kernel = service->getKernel(spec, 0);
+    ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+    service->finishVariants();
+    EXPECT_EQ(*kernel->specFor(from).shape, promised) << "H=" << hidden << " T=" << from;
+    EXPECT_EQ(*kernel->specFor(from - 1).shape, few) << "H=" << hidden << " T=" << from - 1;
+    const int64_t lastFew = regimeMaxElements(Regime::FewTokens) / hidden;
+    EXPECT_EQ(*kernel->specFor(lastFew).shape, promised) << "H=" << hidden;
+    EXPECT_EQ(*kernel->specFor(lastFew + 1).shape, many) << "H=" << hidden;
+    EXPECT_EQ(*kernel->specFor(1).shape, *plan->variantFor(Regime::VeryFewTokens).shape);
+    for (int64_t tokens : {from - 1, from, lastFew, lastFew + 1}) {
+      EXPECT_EQ(kernel->specFor(tokens), plan->variantForTokens(tokens)) << tokens;
+      // The grid of the shape the launch takes: one block of 256 threads for
+      // every 16 groups of 128.
+      unsigned grid[3], block[3];
+      const LaunchArgs a = test::fakeAddressArgs(hidden, tokens);
+      kernel->launchDims(a, grid, block);
+      const KernelSpec& s = kernel->specFor(tokens);
+      EXPECT_EQ(block[0], unsigned(s.shape->threadsPerBlock())) << tokens;
+      EXPECT_EQ(grid[0], unsigned((tokens * (hidden / 128) + s.shape->groupsPerBlock - 1) /
+                                  s.shape->groupsPerBlock))
+          << tokens;
+      llvm::Error launched = kernel->launch(a, nullptr);
+      EXPECT_FALSE(bool(launched)) << consumeToString(std::move(launched));
+    }
+  }
+}
+
+// Where ptxas cannot keep the full-SM promise without spilling (G = 128 where
+// H / G is a power of two: H = 4096 spills 4 bytes under it), the launches
+// from the planner's T keep the few-token shape: whether the promised kernel
+// compiles in the background or comes from the cache.
+TEST_F(FakeDriverLaunch, FullSmVariantThatSpillsLeavesItsLaunchesTheFewTokenShape) {
+  fake_.setH200Memory(true);
+  fake_.setCapturing(false);
+  KernelSpec spec;
+  spec.hidden = 4096;
+  spec.groupSize = 128;
+  spec.arch = "sm_90";
+  std::vector<std::string> lines;
+  std::mutex linesMutex;
+  auto service = [&]() -> std::unique_ptr<Service> {
+    Config c;
+    c.cacheDir = dir_;
+    c.cudaDriver = BQJIT_FAKE_CUDA_LIBRARY;
+    c.logLevel = LogLevel::Info;
+    c.logSink = [&](LogLevel, const std::string& text) {
+      std::lock_guard<std::mutex> lock(linesMutex);
+      lines.push_back(text);
+    };
+    auto created = Service::create(c);
+    EXPECT_TRUE(bool(created)) << consumeToString(created.takeError());
+    return created ? std::move(*created) : nullptr;
+  };
+  auto spilled = [&] {
+    std::lock_guard<std::mutex> lock(linesMutex);
+    return std::count_if(lines.begin(), lines.end(), [](const std::string& l) {
+      return l.find("spills under its full-SM promise") != std::string::npos;
+    });
+  };
+  auto first = service();
+  ASSERT_TRUE(first);
+  auto profile = first->deviceProfile(0);
+  ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
+  auto plan = first->planner().plan(spec, *profile);
+  ASSERT_TRUE(bool(plan)) << consumeToString(plan.takeError());
+  ASSERT_GE(plan->fullSmVariant, 0);
+  const LaunchShape few = *plan->variantFor(Regime::FewTokens).shape;
+  const int64_t from = plan->fullSmFrom;
+  auto expectFewShape = [&](Service& s, const char* path) {
+    auto kernel = s.getKernel(spec, 0);
+    ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+    s.finishVariants();
+    EXPECT_EQ(*kernel->specFor(from).shape, few) << path;
+    EXPECT_EQ(*kernel->specFor(from - 1).shape, few) << path;
+    const LaunchArgs a = test::fakeAddressArgs(spec.hidden, from);
+    llvm::Error launched = kernel->launch(a, nullptr);
+    EXPECT_FALSE(bool(launched)) << consumeToString(std::move(launched));
+  };
+  // An empty cache: the promised variant compiles in the background and is
+  // set aside, with a line that says so.
+  expectFewShape(*first, "compiled in the background");
+  EXPECT_EQ(spilled(), 1);
+  auto promised = first->compile(plan->variants[plan->fullSmVariant]);
+  ASSERT_TRUE(bool(promised)) << consumeToString(promised.takeError());
+  EXPECT_GT((*promised)->resources.spillStoreBytes, 0)
+      << "the test needs a promised variant that spills; this one takes "
+      << (*promised)->resources.registers << " registers without";
+  // A fresh service over that cache: every variant at hand at once; the
+  // promised one is not even loaded.
+  auto second = service();
+  ASSERT_TRUE(second);
+  expectFewShape(*second, "from the cache");
+  // A spec whose promised variant keeps its promise takes it (H = 3072).
+  spec.hidden = 3072;
+  auto kept = second->planner().plan(spec, *profile);
+  ASSERT_TRUE(bool(kept)) << consumeToString(kept.takeError());
+  auto kernel = second->getKernel(spec, 0);
+  ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+  second->finishVariants();
+  EXPECT_EQ(kernel->specFor(kept->fullSmFrom).shape->minBlocksPerSm, 8);
+  EXPECT_EQ(spilled(), 1);
 }
 
 } // namespace

@@ -116,6 +116,13 @@ llvm::Error runPtx(const PtxOptions& o, const CommandContext& ctx) {
             << " gpb=" << s.groupsPerBlock << " mbs=" << s.minBlocksPerSm
             << " (give these fields to see that kernel)\n";
   }
+  if (plan->fullSmVariant >= 0) {
+    const LaunchShape& s = *plan->variants[plan->fullSmVariant].shape;
+    ctx.out << "// few-token launches of T >= " << plan->fullSmFrom
+            << " use tpg=" << s.threadsPerGroup << " vec=" << s.vecWidth
+            << " gpb=" << s.groupsPerBlock << " mbs=" << s.minBlocksPerSm
+            << " (the full-SM promise)\n";
+  }
   return llvm::Error::success();
 }
 

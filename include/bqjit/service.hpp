@@ -27,6 +27,7 @@ class Planner;
 struct DeviceProfile;
 enum class Regime : int;
 struct LoadedFunction;
+struct SlotChoice;
 
 /// Run-time arguments of one launch; every pointer is device memory.
 struct LaunchArgs {
@@ -57,10 +58,10 @@ struct LaunchArgs {
 /// A kernel loaded on one device: a cheap, copyable handle. When the spec
 /// left the launch shape to bqjit, it holds a compiled shape per regime of
 /// T x H (planner/regime.hpp; one where two agree), and each launch picks by
-/// its token count (FP4 with swizzled scales on an H200 also by the waves
-/// its grid makes: see LaunchPlan::manyTokensFrom). The modules it uses stay loaded while a copy of
-/// it exists: a host that captures a launch in a CUDA graph keeps the handle for the graph's
-/// lifetime.
+/// its token count (on an H200, FP4 with swizzled scales and 8-bit outputs
+/// also by the waves its grid makes: LaunchPlan::manyTokensFrom and
+/// fullSmFrom). The modules it uses stay loaded while a copy of it exists: a host that captures a
+/// launch in a CUDA graph keeps the handle for the graph's lifetime.
 class Kernel {
 public:
   /// The resolved spec of the default (many-token) regime's shape.
@@ -90,28 +91,33 @@ public:
 private:
   friend class Service;
   friend class Autotuner;
-  /// One function per Regime, in Regime order, the same one repeated where
-  /// regimes share a shape.
-  using Functions = std::array<std::shared_ptr<const LoadedFunction>, 4>;
-  struct Slots; ///< the functions per regime, shared by every copy
+  /// One function per launch slot (planner/launch_slots.hpp: the regimes in
+  /// Regime order, then the few-token regime's full-SM slot), the same one
+  /// repeated where slots share a shape.
+  using Functions = std::array<std::shared_ptr<const LoadedFunction>, 5>;
+  struct Slots; ///< the functions per slot, shared by every copy
   struct State; ///< one copy's reference to the slots
-  /// Per Regime, whether its function stands in for a variant still compiling.
-  using StandIns = std::array<bool, 4>;
+  /// Per slot, whether its function stands in for a variant still compiling.
+  using StandIns = std::array<bool, 5>;
   /// `widestVec`: the widest vector of every shape the kernel will hold.
-  /// Launches of `manyTokensFrom` tokens or more take the many-token slot
-  /// whatever their T x H (the planner's LaunchPlan::manyTokensFrom).
-  Kernel(const Functions& fns, int widestVec, const StandIns& standIns = {},
-         int64_t manyTokensFrom = INT64_MAX);
+  /// `choice` (its thresholds; H is the functions'): which slot a launch of
+  /// T rows takes.
+  Kernel(const Functions& fns, int widestVec, const StandIns& standIns, const SlotChoice& choice);
+  /// One shape for every T: no stand-ins, no thresholds.
+  Kernel(const Functions& fns, int widestVec);
   /// The same slots under a reference count of its own.
   Kernel ownCopy() const;
-  /// Puts a function in a regime's slot, for this handle and every copy; a
-  /// stand-in there is settled.
+  /// Puts a function in every slot of a regime, for this handle and every
+  /// copy; a stand-in there is settled.
   void replace(Regime regime, std::shared_ptr<const LoadedFunction> fn) const;
+  /// Puts a function in one slot, likewise.
+  void replaceSlot(int slot, std::shared_ptr<const LoadedFunction> fn) const;
   /// Settles every stand-in left: no variant will replace it.
   void settleStandIns() const;
   /// Waits until no slot holds a stand-in.
   void waitForVariants() const;
-  /// The function in a regime's slot now (kept loaded while the handle lives).
+  /// The function in a regime's own slot now (kept loaded while the handle
+  /// lives).
   const LoadedFunction& function(Regime regime) const;
   /// The widest vector any of its shapes may have (what callers align for).
   int widestVec() const;
