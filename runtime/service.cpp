@@ -379,11 +379,21 @@ llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
   for (int i = 0; i < n; ++i)
     compiled[i] = impl_->cache.find(ids[i]);
   std::vector<int> later;
+  bool fullSmMissing = false;
   for (int i = 0; i < n; ++i) {
     if (compiled[i])
       continue;
     if (i != primary && !impl_->config.noCompile) {
       later.push_back(i);
+      continue;
+    }
+    // The full-SM variant only speeds up part of a regime that another
+    // variant serves: a cache prewarmed before it existed still serves.
+    if (i == plan->fullSmVariant) {
+      fullSmMissing = true;
+      impl_->config.log(LogLevel::Info, plan->variants[i].label() +
+                                            " is not in the cache (BQJIT_NO_COMPILE); few-token "
+                                            "launches keep the few-token shape");
       continue;
     }
     auto got = impl_->cache.get(ids[i]);
@@ -400,8 +410,8 @@ llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
   for (int slot = 0; slot < kSlotCount; ++slot)
     slotVariant[slot] = plan->variantOfSlot(slot);
   const int fewVariant = plan->variantOf[index(Regime::FewTokens)];
-  if (plan->fullSmVariant >= 0 && compiled[plan->fullSmVariant] &&
-      spillsUnderItsPromise(*compiled[plan->fullSmVariant]))
+  if (fullSmMissing || (plan->fullSmVariant >= 0 && compiled[plan->fullSmVariant] &&
+                        spillsUnderItsPromise(*compiled[plan->fullSmVariant])))
     slotVariant[kFullSmSlot] = fewVariant;
 
   std::lock_guard<std::mutex> lock(impl_->mutex);

@@ -18,6 +18,7 @@
 
 #include "bqjit/error.hpp"
 #include "bqjit/service.hpp"
+#include "cache/kernel_cache.hpp"
 #include "core/fs_util.hpp"
 #include "planner/planner.hpp"
 #include "planner/regime.hpp"
@@ -264,6 +265,50 @@ TEST_F(FakeDriverLaunch, FullSmVariantThatSpillsLeavesItsLaunchesTheFewTokenShap
   second->finishVariants();
   EXPECT_EQ(kernel->specFor(kept->fullSmFrom).shape->minBlocksPerSm, 8);
   EXPECT_EQ(spilled(), 1);
+}
+
+// Without compiling (BQJIT_NO_COMPILE), a cache that holds every variant but
+// the full-SM one (prewarmed before the split existed) still serves the spec:
+// those launches keep the few-token shape. Any other variant missing is an
+// error, as before.
+TEST_F(FakeDriverLaunch, NoCompileServesACacheWithoutTheFullSmVariant) {
+  fake_.setH200Memory(true);
+  fake_.setCapturing(false);
+  KernelSpec spec;
+  spec.hidden = 3072;
+  spec.groupSize = 128;
+  spec.arch = "sm_90";
+  auto profile = service_->deviceProfile(0);
+  ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
+  auto plan = service_->planner().plan(spec, *profile);
+  ASSERT_TRUE(bool(plan)) << consumeToString(plan.takeError());
+  ASSERT_GE(plan->fullSmVariant, 0);
+  for (int i = 0; i < static_cast<int>(plan->variants.size()); ++i)
+    if (i != plan->fullSmVariant) {
+      auto k = service_->compile(plan->variants[i]);
+      ASSERT_TRUE(bool(k)) << consumeToString(k.takeError());
+    }
+  Config c;
+  c.cacheDir = dir_;
+  c.cudaDriver = BQJIT_FAKE_CUDA_LIBRARY;
+  c.noCompile = true;
+  auto created = Service::create(c);
+  ASSERT_TRUE(bool(created)) << consumeToString(created.takeError());
+  Service& noCompile = **created;
+  auto kernel = noCompile.getKernel(spec, 0);
+  ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+  const LaunchShape few = *plan->variantFor(Regime::FewTokens).shape;
+  EXPECT_EQ(*kernel->specFor(plan->fullSmFrom).shape, few);
+  EXPECT_EQ(*kernel->specFor(plan->fullSmFrom - 1).shape, few);
+  EXPECT_EQ(*kernel->specFor(8192).shape, *plan->variantFor(Regime::ManyTokens).shape);
+  EXPECT_EQ(noCompile.cache().counters().compiles, 0);
+  // Another spec whose few-token variant is missing: not served.
+  KernelSpec other = spec;
+  other.hidden = 7168;
+  std::string message;
+  EXPECT_EQ(consumeError(noCompile.getKernel(other, 0).takeError(), &message),
+            ErrorCode::NotInCache)
+      << message;
 }
 
 } // namespace
