@@ -19,6 +19,11 @@ inline constexpr Regime slotRegime(int slot) {
   return slot == kFullSmSlot ? Regime::FewTokens : kRegimes[slot];
 }
 
+/// The one name of each slot: its regime's, and "few-token-full-sm".
+inline const char* slotName(int slot) {
+  return slot == kFullSmSlot ? "few-token-full-sm" : regimeName(kRegimes[slot]);
+}
+
 /// The slot choice of one kernel: its H and the planner's token thresholds.
 struct SlotChoice {
   int64_t hidden = 0;

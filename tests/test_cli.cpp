@@ -628,6 +628,56 @@ TEST_F(CliTest, PtxPrintsPtxAndResourceReport) {
   EXPECT_FALSE(nlohmann::json::parse(noPtx.out).contains("ptx"));
 }
 
+// `--model` plans for a GPU model of the offline table and `--tokens`
+// reports the variant a launch of T rows takes; every launch's variant is
+// listed by T, the H200's full-SM split of the few-token regime among them.
+TEST_F(CliTest, PtxReportsTheVariantOfALaunchOnANamedDevice) {
+  RunResult r = run({"ptx", "H=3072", "--model", "H200", "--tokens", "700", "--no-ptx"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "tpg=16 vec=8 gpb=16 mbs=8\n")) << r.out; // the report's kernel
+  EXPECT_TRUE(contains(r.out, "// launches on H200, by T (H = 3072):")) << r.out;
+  EXPECT_TRUE(contains(r.out, "//   T 1..341: very-few-token,")) << r.out;
+  EXPECT_TRUE(contains(r.out, "//   T 342..633: few-token, tpg=16 vec=8 gpb=16 mbs=0\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, "//   T 634..1365: few-token-full-sm, tpg=16 vec=8 gpb=16 mbs=8 "
+                              "(this report)"))
+      << r.out;
+  EXPECT_TRUE(contains(r.out, "//   T 1366..10922: many-token, tpg=8 vec=8 gpb=16")) << r.out;
+  EXPECT_TRUE(contains(r.out, "//   T 10923+: very-many-token,")) << r.out;
+
+  // The arch's default device (no --model): no split, the many-token report.
+  RunResult plain = run({"ptx", "H=3072", "--no-ptx"});
+  ASSERT_EQ(plain.status, 0) << plain.err;
+  EXPECT_FALSE(contains(plain.out, "few-token-full-sm")) << plain.out;
+  EXPECT_TRUE(contains(plain.out, "// launches, by T (H = 3072):")) << plain.out;
+
+  // Where the promise spills (H / G a power of two), the report says what the
+  // service does instead.
+  RunResult spills = run({"ptx", "H=4096", "--model", "H200", "--tokens", "500", "--no-ptx"});
+  ASSERT_EQ(spills.status, 0) << spills.err;
+  EXPECT_TRUE(contains(spills.out, "spills under its full-SM promise")) << spills.out;
+
+  RunResult j = run({"ptx", "H=3072", "--model", "H200", "--tokens", "400", "--json", "--no-ptx"});
+  ASSERT_EQ(j.status, 0) << j.err;
+  auto report = nlohmann::json::parse(j.out);
+  EXPECT_EQ(report["device"], "H200");
+  EXPECT_EQ(report["spec"]["launch"]["min_blocks_per_sm"], 0);
+  ASSERT_EQ(report["launches"].size(), 5u) << j.out;
+  EXPECT_EQ(report["launches"][2]["slot"], "few-token-full-sm");
+  EXPECT_EQ(report["launches"][2]["tokens_from"], 634);
+  EXPECT_EQ(report["launches"][2]["tokens_to"], 1365);
+  EXPECT_EQ(report["launches"][2]["launch"]["min_blocks_per_sm"], 8);
+  EXPECT_TRUE(report["launches"][4]["tokens_to"].is_null());
+
+  RunResult unknown = run({"ptx", "H=3072", "--model", "H300", "--no-ptx"});
+  EXPECT_EQ(unknown.status, 2);
+  EXPECT_TRUE(contains(unknown.err, "--model 'H300': not a known GPU model; known: "))
+      << unknown.err;
+  EXPECT_TRUE(contains(unknown.err, "\"H200\"")) << unknown.err;
+  RunResult zero = run({"ptx", "H=3072", "--tokens", "0", "--no-ptx"});
+  EXPECT_EQ(zero.status, 2);
+  EXPECT_TRUE(contains(zero.err, "--tokens")) << zero.err;
+}
+
 TEST_F(CliTest, BadSpecFieldsExit2AndNameTheField) {
   RunResult unknown = run({"ptx", "H=7168", "colour=blue", "--arch", "sm_90"});
   EXPECT_EQ(unknown.status, 2);

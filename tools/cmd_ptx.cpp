@@ -1,5 +1,8 @@
 // `bqjit ptx SPEC-FIELDS`: the PTX of a kernel and what ptxas made of it.
+#include <algorithm>
 #include <cstdio>
+#include <optional>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -7,6 +10,9 @@
 #include "bqjit/service.hpp"
 #include "cache/kernel_cache.hpp"
 #include "core/json_input.hpp"
+#include "planner/device_profile.hpp"
+#include "planner/launch_grid.hpp"
+#include "planner/launch_slots.hpp"
 #include "planner/planner.hpp"
 #include "tools/commands.hpp"
 #include "tools/spec_args.hpp"
@@ -72,27 +78,100 @@ nlohmann::json reportJson(const CompiledKernel& k, KernelSource source, bool wit
   return j;
 }
 
+/// The launches of a plan by token count: runs of consecutive T that take
+/// the same slot, in T order (the last run has no end).
+struct LaunchRun {
+  int64_t from = 0, to = 0; ///< to == 0: no end
+  int slot = 0;
+};
+
+std::vector<LaunchRun> launchRuns(const LaunchPlan& plan) {
+  const SlotChoice choice = plan.slotChoice();
+  const int64_t h = choice.hidden;
+  std::vector<int64_t> starts = {1};
+  for (Regime r : kRegimes)
+    if (r != Regime::VeryFewTokens)
+      starts.push_back(regimeMinElements(r) / h + (regimeMinElements(r) % h != 0 ? 1 : 0));
+  for (int64_t t : {choice.manyTokensFrom, choice.fullSmFrom})
+    if (t < INT64_MAX)
+      starts.push_back(t);
+  std::sort(starts.begin(), starts.end());
+  starts.erase(std::unique(starts.begin(), starts.end()), starts.end());
+  std::vector<LaunchRun> runs;
+  for (int64_t t : starts) {
+    if (t < 1 || t > kMaxLaunchRows)
+      continue;
+    const int slot = choice.slotOf(t);
+    if (!runs.empty() && runs.back().slot == slot)
+      continue;
+    if (!runs.empty())
+      runs.back().to = t - 1;
+    runs.push_back({t, 0, slot});
+  }
+  return runs;
+}
+
+std::string tokensText(const LaunchRun& r) {
+  return "T " + std::to_string(r.from) + (r.to ? ".." + std::to_string(r.to) : "+");
+}
+
 } // namespace
 
 llvm::Error runPtx(const PtxOptions& o, const CommandContext& ctx) {
   auto args = parseSpecArgs(o.fields, o.arch);
   if (!args)
     return args.takeError();
+  std::optional<DeviceProfile> device;
+  if (!o.model.empty()) {
+    device = DeviceProfile::known(o.model);
+    if (!device) {
+      std::string known;
+      for (const DeviceProfile& p : DeviceProfile::knownModels())
+        known += (known.empty() ? "\"" : ", \"") + p.model + "\"";
+      return makeError(ErrorCode::InvalidArgument,
+                       "--model '" + o.model + "': not a known GPU model; known: " + known);
+    }
+    if (!args->archGiven)
+      args->spec.arch = device->arch.str();
+  }
   auto service = Service::create(ctx.config);
   if (!service)
     return service.takeError();
-  // One plan: the report is of the default regime's shape, and the others
-  // are named below.
-  auto plan = (*service)->planner().plan(args->spec);
+  // One plan, for the device named (else the architecture's default): the
+  // report is of the variant a launch of --tokens rows takes (else the
+  // many-token regime's), and every launch's variant is named below.
+  auto plan = device ? (*service)->planner().plan(args->spec, *device)
+                     : (*service)->planner().plan(args->spec);
   if (!plan)
     return plan.takeError();
-  const KernelSpec& shown = plan->variantFor(kDefaultRegime);
+  const KernelSpec& shown =
+      o.tokens > 0 ? plan->variantForTokens(o.tokens) : plan->variantFor(kDefaultRegime);
   auto got = (*service)->cache().getResolved(shown);
   if (!got)
     return got.takeError();
   const CompiledKernel& k = *got->kernel;
+  const std::vector<LaunchRun> runs = launchRuns(*plan);
+  const bool fullSmSpills = plan->fullSmVariant >= 0 &&
+                            shown == plan->variants[plan->fullSmVariant] &&
+                            (k.resources.spillStoreBytes > 0 || k.resources.stackFrameBytes > 0);
   if (o.json) {
-    ctx.out << jsonText(reportJson(k, got->source, !o.noPtx), 2) << "\n";
+    nlohmann::json j = reportJson(k, got->source, !o.noPtx);
+    j["device"] = device ? device->model : "";
+    nlohmann::json launches = nlohmann::json::array();
+    for (const LaunchRun& r : runs) {
+      const LaunchShape& s = *plan->variants[plan->variantOfSlot(r.slot)].shape;
+      nlohmann::json run = {{"tokens_from", r.from},
+                            {"slot", slotName(r.slot)},
+                            {"launch",
+                             {{"threads_per_group", s.threadsPerGroup},
+                              {"vec_width", s.vecWidth},
+                              {"groups_per_block", s.groupsPerBlock},
+                              {"min_blocks_per_sm", s.minBlocksPerSm}}}};
+      run["tokens_to"] = r.to ? nlohmann::json(r.to) : nlohmann::json(nullptr);
+      launches.push_back(std::move(run));
+    }
+    j["launches"] = std::move(launches);
+    ctx.out << jsonText(j, 2) << "\n";
     return llvm::Error::success();
   }
   if (!o.noPtx) {
@@ -101,27 +180,18 @@ llvm::Error runPtx(const PtxOptions& o, const CommandContext& ctx) {
       ctx.out << "\n";
   }
   printReport(ctx.out, k, got->source);
-  // Say which shapes the other regimes' launches take, so that their PTX is
-  // one command away.
-  for (Regime regime : kRegimes) {
-    const LaunchShape& s = *plan->variantFor(regime).shape;
-    if (s == *shown.shape)
-      continue;
-    ctx.out << "// " << regimeName(regime) << ": launches with T x H ";
-    if (regime == kRegimes.back())
-      ctx.out << "> " << regimeMinElements(regime) - 1;
-    else
-      ctx.out << "<= " << regimeMaxElements(regime);
-    ctx.out << " use tpg=" << s.threadsPerGroup << " vec=" << s.vecWidth
-            << " gpb=" << s.groupsPerBlock << " mbs=" << s.minBlocksPerSm
-            << " (give these fields to see that kernel)\n";
-  }
-  if (plan->fullSmVariant >= 0) {
-    const LaunchShape& s = *plan->variants[plan->fullSmVariant].shape;
-    ctx.out << "// few-token launches of T >= " << plan->fullSmFrom
-            << " use tpg=" << s.threadsPerGroup << " vec=" << s.vecWidth
-            << " gpb=" << s.groupsPerBlock << " mbs=" << s.minBlocksPerSm
-            << " (the full-SM promise)\n";
+  if (fullSmSpills)
+    ctx.out << "// (it spills under its full-SM promise: the service gives these launches the "
+               "few-token shape)\n";
+  // Which variant each launch takes, so that any one's PTX is one command
+  // away.
+  ctx.out << "// launches" << (device ? " on " + device->model : "")
+          << ", by T (H = " << shown.hidden << "):\n";
+  for (const LaunchRun& r : runs) {
+    const LaunchShape& s = *plan->variants[plan->variantOfSlot(r.slot)].shape;
+    ctx.out << "//   " << tokensText(r) << ": " << slotName(r.slot) << ", tpg=" << s.threadsPerGroup
+            << " vec=" << s.vecWidth << " gpb=" << s.groupsPerBlock << " mbs=" << s.minBlocksPerSm
+            << (s == *shown.shape ? " (this report)" : "") << "\n";
   }
   return llvm::Error::success();
 }
@@ -132,6 +202,13 @@ void addPtxCommand(CLI::App& app, Action& action) {
       "ptx", "Compile (or load from the cache) a kernel; print its PTX and resource report");
   sub->add_option("SPEC-FIELDS", options->fields, "key=value fields of the spec")->required();
   sub->add_option("--arch", options->arch, "target architecture (default: arch= or sm_90)");
+  sub->add_option("--model", options->model,
+                  "plan for this GPU model of the offline table (e.g. \"H200\"); its arch "
+                  "unless one is given");
+  sub->add_option("-T,--tokens", options->tokens,
+                  "report the variant a launch of this many rows takes (default: the "
+                  "many-token regime's)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 40));
   sub->add_flag("--json", options->json, "print one JSON object (PTX included)");
   sub->add_flag("--no-ptx", options->noPtx, "leave the PTX out");
   setFooter(*sub, kSpecFieldsHelp);

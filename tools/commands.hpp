@@ -30,6 +30,8 @@ struct PrewarmOptions {
 struct PtxOptions {
   std::vector<std::string> fields;
   std::string arch;
+  std::string model;  ///< a GPU model of the offline table; empty: the arch's default
+  int64_t tokens = 0; ///< show the variant a launch of T rows takes; 0: the many-token one
   bool json = false;
   bool noPtx = false;
 };
