@@ -60,9 +60,16 @@ LaunchPlan Planner::planValid(const KernelSpec& spec, const DeviceProfile& devic
   std::array<LaunchShape, kRegimeCount> shapes;
   for (Regime r : kRegimes)
     shapes[index(r)] = shapeFor(spec, r, device, &plan.fromHeuristic[index(r)]);
-  const auto heuristic = [&](Regime r) { return plan.fromHeuristic[index(r)]; };
-  // The wave rules choose only between the heuristic's own shapes: a tuning
-  // record of the regimes they touch is not overruled.
+  // The wave rules choose only between the heuristic's own shapes: a spec's
+  // own shape or a tuning record of the regimes they touch is not overruled,
+  // unless the record kept the heuristic's shape (an autotuning that found
+  // nothing faster stores that shape, and must not lose the rule by it).
+  std::array<bool, kRegimeCount> heuristicShape{};
+  for (Regime r : kRegimes)
+    heuristicShape[index(r)] =
+        !spec.shape &&
+        (plan.fromHeuristic[index(r)] || shapes[index(r)] == chooseLaunchShape(spec, r, device));
+  const auto heuristic = [&](Regime r) { return heuristicShape[index(r)]; };
   if (heuristic(Regime::VeryFewTokens) && heuristic(Regime::FewTokens) &&
       heuristic(Regime::ManyTokens))
     if (auto from = manyTeamsFromTokens(spec, shapes[index(Regime::FewTokens)],

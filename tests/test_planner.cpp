@@ -523,6 +523,15 @@ TEST_F(PlannerTest, EightBitFewTokenLaunchesTakeTheFullSmPromiseFromTheirWaves) 
   EXPECT_EQ(plan->fullSmFrom, INT64_MAX);
   EXPECT_EQ(plan->fullSmVariant, -1);
   EXPECT_EQ(*plan->variantForTokens(1000).shape, withDerivedOccupancy(spec, LaunchShape{16, 8, 8}));
+  // A record that kept the heuristic's shape (an autotuning that found
+  // nothing faster) keeps the split too.
+  const LaunchShape heuristicFew = chooseLaunchShape(spec, Regime::FewTokens, h200);
+  ASSERT_FALSE(bool(tuned.tuning().store(spec, heuristicFew, Regime::FewTokens, h200)));
+  auto kept = tuned.plan(spec, h200);
+  ASSERT_TRUE(bool(kept));
+  EXPECT_FALSE(kept->fromHeuristic[index(Regime::FewTokens)]); // tuned: not asked again
+  EXPECT_EQ(kept->fullSmFrom, 634);
+  EXPECT_GE(kept->fullSmVariant, 0);
 }
 
 } // namespace
