@@ -69,6 +69,16 @@ LaunchPlan Planner::planValid(const KernelSpec& spec, const DeviceProfile& devic
     heuristicShape[index(r)] =
         !spec.shape &&
         (plan.fromHeuristic[index(r)] || shapes[index(r)] == chooseLaunchShape(spec, r, device));
+  // Likewise a few-token record that kept the full-SM shape (tuned at a T
+  // above the split): the regime takes the heuristic's two shapes again.
+  if (!spec.shape && !plan.fromHeuristic[index(Regime::FewTokens)]) {
+    const LaunchShape few = chooseLaunchShape(spec, Regime::FewTokens, device);
+    if (auto split = fewTokensFullSm(spec, few, device);
+        split && shapes[index(Regime::FewTokens)] == split->shape) {
+      shapes[index(Regime::FewTokens)] = few;
+      heuristicShape[index(Regime::FewTokens)] = true;
+    }
+  }
   const auto heuristic = [&](Regime r) { return heuristicShape[index(r)]; };
   if (heuristic(Regime::VeryFewTokens) && heuristic(Regime::FewTokens) &&
       heuristic(Regime::ManyTokens))

@@ -532,6 +532,15 @@ TEST_F(PlannerTest, EightBitFewTokenLaunchesTakeTheFullSmPromiseFromTheirWaves) 
   EXPECT_FALSE(kept->fromHeuristic[index(Regime::FewTokens)]); // tuned: not asked again
   EXPECT_EQ(kept->fullSmFrom, 634);
   EXPECT_GE(kept->fullSmVariant, 0);
+  // And one that kept the full-SM shape (tuned at a T above the split).
+  LaunchShape promisedFew = heuristicFew;
+  promisedFew.minBlocksPerSm = 8;
+  ASSERT_FALSE(bool(tuned.tuning().store(spec, promisedFew, Regime::FewTokens, h200)));
+  auto keptPromise = tuned.plan(spec, h200);
+  ASSERT_TRUE(bool(keptPromise));
+  EXPECT_EQ(keptPromise->fullSmFrom, 634);
+  EXPECT_EQ(*keptPromise->variantForTokens(633).shape, heuristicFew);
+  EXPECT_EQ(*keptPromise->variantForTokens(634).shape, promisedFew);
 }
 
 } // namespace
