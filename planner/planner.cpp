@@ -90,13 +90,12 @@ LaunchPlan Planner::planValid(const KernelSpec& spec, const DeviceProfile& devic
     if (auto split = fewTokensFullSm(spec, shapes[index(Regime::FewTokens)], device)) {
       const int64_t first = regimeMaxElements(Regime::VeryFewTokens) / spec.hidden + 1;
       const int64_t last = regimeMaxElements(Regime::FewTokens) / spec.hidden;
-      // From the regime's first T the promised shape is the regime's own;
-      // past its last it serves nothing.
-      if (split->fromTokens <= first) {
-        shapes[index(Regime::FewTokens)] = split->shape;
-      } else if (split->fromTokens <= last) {
+      // Past the regime's last T it serves nothing. From its first T it
+      // serves every few-token launch, the few-token variant still planned:
+      // where the promise spills, the service gives the slot that one.
+      if (split->fromTokens <= last) {
         fullSm = split->shape;
-        plan.fullSmFrom = split->fromTokens;
+        plan.fullSmFrom = std::max(split->fromTokens, first);
       }
     }
   // Each shape once, in the size order of the first slot it serves.

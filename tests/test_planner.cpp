@@ -503,17 +503,21 @@ TEST_F(PlannerTest, EightBitFewTokenLaunchesTakeTheFullSmPromiseFromTheirWaves) 
   }
   // Where the few-token grid passes 1.2 waves from the regime's first T
   // (MXFP8's swizzled scales cover 128 rows a tile: at H = 25600, 1600 blocks
-  // from T = 1), the promised shape is the regime's own and nothing splits.
+  // from T = 1), the split is at that T: every few-token launch takes the
+  // promise, the few-token variant standing by for a promise that spills.
   KernelSpec mx = smallSpec(25600);
   mx.groupSize = 32;
   mx.ue8m0 = true;
   mx.scaleLayout = ScaleLayout::Swizzled128x4;
   auto whole = p.plan(mx, h200);
   ASSERT_TRUE(bool(whole)) << consumeToString(whole.takeError());
-  EXPECT_EQ(whole->fullSmFrom, INT64_MAX);
-  EXPECT_EQ(whole->fullSmVariant, -1);
-  EXPECT_EQ(whole->variantFor(Regime::FewTokens).shape->minBlocksPerSm, 8);
-  EXPECT_EQ(whole->variantFor(Regime::FewTokens).shape->threadsPerGroup, 4);
+  const int64_t firstFew = regimeMaxElements(Regime::VeryFewTokens) / 25600 + 1;
+  EXPECT_EQ(firstFew, 41);
+  EXPECT_EQ(whole->fullSmFrom, firstFew);
+  ASSERT_GE(whole->fullSmVariant, 0);
+  EXPECT_EQ(whole->variantForTokens(firstFew).shape->minBlocksPerSm, 8);
+  EXPECT_EQ(whole->variantForTokens(firstFew).shape->threadsPerGroup, 4);
+  EXPECT_EQ(whole->variantFor(Regime::FewTokens).shape->minBlocksPerSm, 0);
   // A tuning record of the few-token regime is not overruled.
   Planner tuned = planner();
   const KernelSpec spec = smallSpec(3072);
