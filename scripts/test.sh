@@ -325,12 +325,14 @@ asan() {
 # TSan over the concurrency tests: every test of these executables (those
 # that exist; test_cache_robustness may not): the kernel cache, the lock
 # files, fleets of processes and the journal's compaction, (test_config) the
-# process-wide log sink and (test_compile_worker) the background compile thread.
+# process-wide log sink, (test_compile_worker) the background compile thread
+# and, on the fake driver, (test_kernel_launch) launches while background
+# variants take their slots and (test_autotuner) the tuner's thread.
 tsan() {
   cmake -S . -B build-tsan -G Ninja -DBQJIT_SANITIZE=thread "${sanitizer_flags[@]}" >/dev/null
   local targets=() t
   for t in test_kernel_cache test_file_lock test_cache_robustness test_config test_warm_table \
-           test_planner test_remote_cache test_compile_worker; do
+           test_planner test_remote_cache test_compile_worker test_kernel_launch test_autotuner; do
     ninja -C build-tsan -t query "$t" >/dev/null 2>&1 && targets+=("$t")
   done
   step "tsan build" ninja -C build-tsan -j"$jobs" "${targets[@]}"
