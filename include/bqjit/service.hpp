@@ -56,12 +56,14 @@ struct LaunchArgs {
 };
 
 /// A kernel loaded on one device: a cheap, copyable handle. When the spec
-/// left the launch shape to bqjit, it holds a compiled shape per regime of
-/// T x H (planner/regime.hpp; one where two agree), and each launch picks by
-/// its token count (on an H200, FP4 with swizzled scales and 8-bit outputs
+/// left the launch shape to bqjit, it holds a compiled shape per launch slot
+/// (planner/launch_slots.hpp: one a regime of T x H, and the few-token
+/// regime's full-SM slot; one shape where two agree), and each launch picks
+/// by its token count (on an H200, FP4 with swizzled scales and 8-bit outputs
 /// also by the waves its grid makes: LaunchPlan::manyTokensFrom and
-/// fullSmFrom). The modules it uses stay loaded while a copy of it exists: a host that captures a
-/// launch in a CUDA graph keeps the handle for the graph's lifetime.
+/// fullSmFrom). The modules it uses stay loaded while a copy of it exists: a
+/// host that captures a launch in a CUDA graph keeps the handle for the
+/// graph's lifetime.
 class Kernel {
 public:
   /// The resolved spec of the default (many-token) regime's shape.
@@ -177,8 +179,8 @@ public:
   /// shapes derive from, read from the driver once.
   llvm::Expected<DeviceProfile> deviceProfile(int device = -1);
 
-  /// Waits until every kernel handed out holds its own variant for every
-  /// regime. (A new spec's getKernel compiles the many-token variant only and
+  /// Waits until every kernel handed out holds its own variant in every
+  /// slot. (A new spec's getKernel compiles the many-token variant only and
   /// lets it stand in for the regimes whose variants are not yet compiled;
   /// those compile on a background thread and take their slots as they
   /// load, in every copy of the handle. Results are the same either way.)
