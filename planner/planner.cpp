@@ -57,47 +57,37 @@ llvm::Expected<LaunchPlan> Planner::plan(const KernelSpec& spec,
 
 LaunchPlan Planner::planValid(const KernelSpec& spec, const DeviceProfile& device) const {
   LaunchPlan plan;
-  std::array<LaunchShape, kRegimeCount> shapes;
-  for (Regime r : kRegimes)
+  std::array<LaunchShape, kRegimeCount> shapes, heuristic;
+  for (Regime r : kRegimes) {
     shapes[index(r)] = shapeFor(spec, r, device, &plan.fromHeuristic[index(r)]);
+    heuristic[index(r)] = chooseLaunchShape(spec, r, device);
+  }
   // The wave rules choose only between the heuristic's own shapes: a spec's
   // own shape or a tuning record of the regimes they touch is not overruled,
   // unless the record kept the heuristic's shape (an autotuning that found
   // nothing faster stores that shape, and must not lose the rule by it).
-  std::array<bool, kRegimeCount> heuristicShape{};
-  for (Regime r : kRegimes)
-    heuristicShape[index(r)] =
-        !spec.shape &&
-        (plan.fromHeuristic[index(r)] || shapes[index(r)] == chooseLaunchShape(spec, r, device));
-  // Likewise a few-token record that kept the full-SM shape (tuned at a T
-  // above the split): the regime takes the heuristic's two shapes again.
-  if (!spec.shape && !plan.fromHeuristic[index(Regime::FewTokens)]) {
-    const LaunchShape few = chooseLaunchShape(spec, Regime::FewTokens, device);
-    if (auto split = fewTokensFullSm(spec, few, device);
-        split && shapes[index(Regime::FewTokens)] == split->shape) {
-      shapes[index(Regime::FewTokens)] = few;
-      heuristicShape[index(Regime::FewTokens)] = true;
-    }
-  }
-  const auto heuristic = [&](Regime r) { return heuristicShape[index(r)]; };
-  if (heuristic(Regime::VeryFewTokens) && heuristic(Regime::FewTokens) &&
-      heuristic(Regime::ManyTokens))
+  const auto ruled = [&](Regime r) {
+    return !spec.shape && shapes[index(r)] == heuristic[index(r)];
+  };
+  if (ruled(Regime::VeryFewTokens) && ruled(Regime::FewTokens) && ruled(Regime::ManyTokens))
     if (auto from = manyTeamsFromTokens(spec, shapes[index(Regime::FewTokens)],
                                         shapes[index(Regime::ManyTokens)], device))
       plan.manyTokensFrom = *from;
   std::optional<LaunchShape> fullSm;
-  if (heuristic(Regime::FewTokens))
-    if (auto split = fewTokensFullSm(spec, shapes[index(Regime::FewTokens)], device)) {
-      const int64_t first = regimeMaxElements(Regime::VeryFewTokens) / spec.hidden + 1;
-      const int64_t last = regimeMaxElements(Regime::FewTokens) / spec.hidden;
-      // Past the regime's last T it serves nothing. From its first T it
-      // serves every few-token launch, the few-token variant still planned:
-      // where the promise spills, the service gives the slot that one.
-      if (split->fromTokens <= last) {
-        fullSm = split->shape;
-        plan.fullSmFrom = std::max(split->fromTokens, first);
-      }
+  const Regime few = Regime::FewTokens;
+  if (auto split = fewTokensFullSm(spec, heuristic[index(few)], device);
+      split && !spec.shape &&
+      (shapes[index(few)] == heuristic[index(few)] || shapes[index(few)] == split->shape)) {
+    // A record that kept either side's shape gives the regime both again.
+    shapes[index(few)] = heuristic[index(few)];
+    // Past the regime's last T it serves nothing. From its first T it
+    // serves every few-token launch, the few-token variant still planned:
+    // where the promise spills, the service gives the slot that one.
+    if (split->fromTokens <= regimeLastTokens(few, spec.hidden)) {
+      fullSm = split->shape;
+      plan.fullSmFrom = std::max(split->fromTokens, regimeFirstTokens(few, spec.hidden));
     }
+  }
   // Each shape once, in the size order of the first slot it serves.
   auto variantOf = [&](const LaunchShape& shape) {
     auto same = std::find_if(plan.variants.begin(), plan.variants.end(),

@@ -45,6 +45,17 @@ inline constexpr int64_t regimeMinElements(Regime regime) {
   return regime == Regime::VeryFewTokens ? 0 : kRegimeMaxElements[index(regime) - 1] + 1;
 }
 
+/// The fewest tokens of a launch in a regime at H = `hidden` (1 for the first).
+inline constexpr int64_t regimeFirstTokens(Regime regime, int64_t hidden) {
+  const int64_t t = (regimeMinElements(regime) + hidden - 1) / hidden;
+  return t < 1 ? 1 : t;
+}
+
+/// The most tokens of a launch in a regime at H = `hidden` (INT64_MAX for the last).
+inline constexpr int64_t regimeLastTokens(Regime regime, int64_t hidden) {
+  return regime == Regime::VeryManyTokens ? INT64_MAX : regimeMaxElements(regime) / hidden;
+}
+
 /// The regime of a launch of `elements` = T x H.
 inline constexpr Regime regimeFor(int64_t elements) {
   for (Regime r : kRegimes)

@@ -107,7 +107,7 @@ TuneBuffers tuneBuffers(const KernelSpec& spec, int64_t tokens) {
 std::optional<int64_t> tuneTokens(const KernelSpec& spec, Regime regime, int64_t tokens,
                                   int64_t budgetBytes) {
   const int64_t hidden = spec.hidden;
-  const int64_t fewest = std::max<int64_t>(1, (regimeMinElements(regime) + hidden - 1) / hidden);
+  const int64_t fewest = regimeFirstTokens(regime, hidden);
   int64_t t = std::max(tokens, fewest);
   const int64_t perToken = std::max<int64_t>(1, tuneBuffers(spec, 128).setBytes() / 128);
   if (tuneBuffers(spec, t).setBytes() > budgetBytes)

@@ -82,7 +82,7 @@ struct Kernel::State {
 };
 
 Kernel::Kernel(const Functions& fns, int widestVec)
-    : Kernel(fns, widestVec, StandIns{}, SlotChoice{fns[0]->kernel().spec.hidden}) {}
+    : Kernel(fns, widestVec, StandIns{}, SlotChoice{}) {}
 
 Kernel::Kernel(const Functions& fns, int widestVec, const StandIns& standIns,
                const SlotChoice& choice) {
@@ -117,6 +117,16 @@ void Kernel::replace(Regime regime, std::shared_ptr<const LoadedFunction> fn) co
 
 void Kernel::replaceSlot(int slot, std::shared_ptr<const LoadedFunction> fn) const {
   state_->slots->put(slot, std::move(fn));
+}
+
+void Kernel::shareSlot(int from, int to) const {
+  Slots& slots = *state_->slots;
+  {
+    std::lock_guard<std::mutex> lock(slots.mutex);
+    slots.fn[to].store(slots.fn[from].load(std::memory_order_relaxed), std::memory_order_release);
+    slots.settleLocked(to);
+  }
+  slots.settled.notify_all();
 }
 
 void Kernel::settleStandIns() const {

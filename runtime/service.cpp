@@ -339,15 +339,6 @@ void Service::finishTuning() {
     impl_->tuner->drain();
 }
 
-namespace {
-
-/// Whether ptxas broke a kernel's promise of blocks an SM by spilling.
-bool spillsUnderItsPromise(const CompiledKernel& k) {
-  return k.resources.spillStoreBytes > 0 || k.resources.stackFrameBytes > 0;
-}
-
-} // namespace
-
 llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
   // The device's own properties choose the launch shapes, and its model
   // names the tuning records.
@@ -411,7 +402,7 @@ llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
     slotVariant[slot] = plan->variantOfSlot(slot);
   const int fewVariant = plan->variantOf[index(Regime::FewTokens)];
   if (fullSmMissing || (plan->fullSmVariant >= 0 && compiled[plan->fullSmVariant] &&
-                        spillsUnderItsPromise(*compiled[plan->fullSmVariant])))
+                        compiled[plan->fullSmVariant]->resources.spills()))
     slotVariant[kFullSmSlot] = fewVariant;
 
   std::lock_guard<std::mutex> lock(impl_->mutex);
@@ -459,8 +450,7 @@ llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
     // teardown at each job's end (CompileWorker), so a job holds one compile.
     for (int i : later)
       impl->worker.enqueue(
-          [impl, kernel, ids, i, slotVariant, fewVariant, fullSmFrom, d = *dev, settle] {
-            const KernelIdentity& id = ids[i];
+          [impl, kernel, id = ids[i], i, slotVariant, fullSmFrom, d = *dev, settle] {
             auto got = impl->cache.get(id);
             if (!got) {
               impl->config.log(LogLevel::Warn, "background compile of " + id.spec.label() +
@@ -469,31 +459,21 @@ llvm::Expected<Kernel> Service::loadKernel(const KernelSpec& spec, int device) {
               return;
             }
             // A spilling full-SM variant leaves its slot to the few-token
-            // variant (compiled earlier: jobs run in variant order, and the
-            // cache answers from memory).
-            int loads = i;
-            std::shared_ptr<const CompiledKernel> kernelToLoad = got->kernel;
-            if (slotVariant[kFullSmSlot] == i && spillsUnderItsPromise(*got->kernel)) {
+            // variant's function, in its slot by now: jobs run in variant order,
+            // the few-token variant's before.
+            if (slotVariant[kFullSmSlot] == i && got->kernel->resources.spills()) {
               impl->config.log(LogLevel::Info,
                                id.spec.label() + " spills under its full-SM promise (" +
                                    std::to_string(got->kernel->resources.spillStoreBytes) +
                                    " bytes); few-token launches of T >= " + fullSmFrom +
                                    " keep the few-token shape");
-              auto few = impl->cache.get(ids[fewVariant]);
-              if (!few) {
-                impl->config.log(LogLevel::Warn, "background compile of " +
-                                                     ids[fewVariant].spec.label() + " failed (" +
-                                                     consumeToString(few.takeError()) +
-                                                     "); its regimes keep the many-token variant");
-                return;
-              }
-              loads = fewVariant;
-              kernelToLoad = few->kernel;
+              kernel.shareSlot(index(Regime::FewTokens), kFullSmSlot);
+              return;
             }
             std::lock_guard<std::mutex> lock(impl->mutex);
-            auto fn = impl->loadFunctionLocked(kernelToLoad, d);
+            auto fn = impl->loadFunctionLocked(got->kernel, d);
             if (!fn) {
-              impl->config.log(LogLevel::Warn, "loading " + ids[loads].spec.label() + " failed (" +
+              impl->config.log(LogLevel::Warn, "loading " + id.spec.label() + " failed (" +
                                                    consumeToString(fn.takeError()) +
                                                    "); its regimes keep the many-token variant");
               return;

@@ -5,6 +5,7 @@
 #include <dlfcn.h>
 
 #include <cstdint>
+#include <string>
 
 #include <cuda.h>
 
@@ -26,6 +27,14 @@ inline LaunchArgs fakeAddressArgs(int64_t hidden, int64_t tokens) {
   a.q = reinterpret_cast<void*>(uintptr_t(2) << 32);
   a.scales = reinterpret_cast<void*>(uintptr_t(3) << 32);
   return a;
+}
+
+/// A service's configuration over the fake driver, its cache in `cacheDir`.
+inline Config fakeDriverConfig(const std::string& cacheDir) {
+  Config c;
+  c.cacheDir = cacheDir;
+  c.cudaDriver = BQJIT_FAKE_CUDA_LIBRARY;
+  return c;
 }
 
 /// The fake driver's knobs, reached through a handle of its own: dlopen of

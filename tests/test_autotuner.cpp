@@ -151,10 +151,8 @@ protected:
     char tmpl[] = "/tmp/bqjit_autotune_XXXXXX";
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
-    Config c;
-    c.cacheDir = dir_;
+    Config c = test::fakeDriverConfig(dir_);
     c.autotune = true;
-    c.cudaDriver = BQJIT_FAKE_CUDA_LIBRARY;
     c.logLevel = LogLevel::Info;
     c.logSink = [this](LogLevel level, const std::string& text) {
       std::lock_guard<std::mutex> lock(mutex_);

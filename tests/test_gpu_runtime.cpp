@@ -485,7 +485,7 @@ TEST(GpuRuntime, SecondRequestIsAWarmHit) {
   if (h200Class) {
     auto promised = env.service->compile(variants->variants[variants->fullSmVariant]);
     ASSERT_TRUE(bool(promised)) << consumeToString(promised.takeError());
-    if ((*promised)->resources.spillStoreBytes <= 0 && (*promised)->resources.stackFrameBytes <= 0)
+    if (!(*promised)->resources.spills())
       upperFew = *variants->variants[variants->fullSmVariant].shape;
     EXPECT_EQ(*kernel->specFor(variants->fullSmFrom - 1).shape, fewShape);
     EXPECT_EQ(*kernel->specFor(variants->fullSmFrom).shape, upperFew);

@@ -35,10 +35,7 @@ protected:
     char tmpl[] = "/tmp/bqjit_launch_XXXXXX";
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
-    Config c;
-    c.cacheDir = dir_;
-    c.cudaDriver = BQJIT_FAKE_CUDA_LIBRARY;
-    auto created = Service::create(c);
+    auto created = Service::create(test::fakeDriverConfig(dir_));
     ASSERT_TRUE(bool(created)) << consumeToString(created.takeError());
     service_ = std::move(*created);
   }
@@ -205,9 +202,7 @@ TEST_F(FakeDriverLaunch, FullSmVariantThatSpillsLeavesItsLaunchesTheFewTokenShap
   std::vector<std::string> lines;
   std::mutex linesMutex;
   auto service = [&]() -> std::unique_ptr<Service> {
-    Config c;
-    c.cacheDir = dir_;
-    c.cudaDriver = BQJIT_FAKE_CUDA_LIBRARY;
+    Config c = test::fakeDriverConfig(dir_);
     c.logLevel = LogLevel::Info;
     c.logSink = [&](LogLevel, const std::string& text) {
       std::lock_guard<std::mutex> lock(linesMutex);
@@ -288,9 +283,7 @@ TEST_F(FakeDriverLaunch, NoCompileServesACacheWithoutTheFullSmVariant) {
       auto k = service_->compile(plan->variants[i]);
       ASSERT_TRUE(bool(k)) << consumeToString(k.takeError());
     }
-  Config c;
-  c.cacheDir = dir_;
-  c.cudaDriver = BQJIT_FAKE_CUDA_LIBRARY;
+  Config c = test::fakeDriverConfig(dir_);
   c.noCompile = true;
   auto created = Service::create(c);
   ASSERT_TRUE(bool(created)) << consumeToString(created.takeError());

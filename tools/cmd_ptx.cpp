@@ -88,10 +88,9 @@ struct LaunchRun {
 std::vector<LaunchRun> launchRuns(const LaunchPlan& plan) {
   const SlotChoice choice = plan.slotChoice();
   const int64_t h = choice.hidden;
-  std::vector<int64_t> starts = {1};
+  std::vector<int64_t> starts;
   for (Regime r : kRegimes)
-    if (r != Regime::VeryFewTokens)
-      starts.push_back(regimeMinElements(r) / h + (regimeMinElements(r) % h != 0 ? 1 : 0));
+    starts.push_back(regimeFirstTokens(r, h));
   for (int64_t t : {choice.manyTokensFrom, choice.fullSmFrom})
     if (t < INT64_MAX)
       starts.push_back(t);
@@ -152,8 +151,7 @@ llvm::Error runPtx(const PtxOptions& o, const CommandContext& ctx) {
   const CompiledKernel& k = *got->kernel;
   const std::vector<LaunchRun> runs = launchRuns(*plan);
   const bool fullSmSpills = plan->fullSmVariant >= 0 &&
-                            shown == plan->variants[plan->fullSmVariant] &&
-                            (k.resources.spillStoreBytes > 0 || k.resources.stackFrameBytes > 0);
+                            shown == plan->variants[plan->fullSmVariant] && k.resources.spills();
   if (o.json) {
     nlohmann::json j = reportJson(k, got->source, !o.noPtx);
     j["device"] = device ? device->model : "";

@@ -19,6 +19,10 @@ struct ResourceReport {
   int sharedBytes = 0;     ///< static shared memory per block
   int barriers = 0;        ///< named barriers used (-1: unknown)
 
+  /// Whether the kernel keeps values in local memory (spill stores or a
+  /// stack frame): where a promise of blocks an SM left ptxas too few
+  /// registers.
+  bool spills() const { return spillStoreBytes > 0 || stackFrameBytes > 0; }
   nlohmann::json toJson() const;
   static ResourceReport fromJson(const nlohmann::json& j);
   bool operator==(const ResourceReport& o) const { return toJson() == o.toJson(); }

@@ -114,6 +114,8 @@ private:
   void replace(Regime regime, std::shared_ptr<const LoadedFunction> fn) const;
   /// Puts a function in one slot, likewise.
   void replaceSlot(int slot, std::shared_ptr<const LoadedFunction> fn) const;
+  /// Puts in slot `to` what slot `from` holds now, likewise.
+  void shareSlot(int from, int to) const;
   /// Settles every stand-in left: no variant will replace it.
   void settleStandIns() const;
   /// Waits until no slot holds a stand-in.
