@@ -616,11 +616,16 @@ TEST(GpuRuntime, StoredTuningRecordChangesTheNextKernel) {
   }
   const int64_t fewTokens = 1000; // 3584 x 1000: the few-token regime
   ASSERT_EQ(regimeFor(fewTokens * 3584), Regime::FewTokens);
+  // Not read before reloadTuning: the plan without the record (on an H200,
+  // T = 1000 is past the few-token regime's full-SM split).
+  auto withoutRecord = service.planner().plan(spec, *profile);
+  ASSERT_TRUE(bool(withoutRecord)) << consumeToString(withoutRecord.takeError());
+  EXPECT_EQ(withoutRecord->fromHeuristic[index(Regime::FewTokens)], true);
   auto unchanged = service.getKernel(spec, 0);
   ASSERT_TRUE(bool(unchanged));
   service.finishVariants();
   EXPECT_EQ(*unchanged->specFor(fewTokens).shape,
-            chooseLaunchShape(spec, Regime::FewTokens, *profile));
+            *withoutRecord->variantForTokens(fewTokens).shape);
   service.reloadTuning();
   auto reloaded = service.getKernel(spec, 0);
   ASSERT_TRUE(bool(reloaded));
