@@ -499,13 +499,8 @@ nlohmann::json KernelSpec::toJson() const {
     else
       j["min_scale"] = text;
   }
-  if (shape) {
-    j["launch"] = {{"threads_per_group", shape->threadsPerGroup},
-                   {"vec_width", shape->vecWidth},
-                   {"groups_per_block", shape->groupsPerBlock}};
-    if (shape->minBlocksPerSm != LaunchShape::kDerived)
-      j["launch"]["min_blocks_per_sm"] = shape->minBlocksPerSm;
-  }
+  if (shape)
+    j["launch"] = shape->toJson();
   return j;
 }
 
@@ -775,6 +770,15 @@ KernelSpec::fromFields(const std::map<std::string, std::string>& fields) {
 std::string LaunchShape::label() const {
   return "tpg=" + std::to_string(threadsPerGroup) + " vec=" + std::to_string(vecWidth) +
          " gpb=" + std::to_string(groupsPerBlock);
+}
+
+nlohmann::json LaunchShape::toJson() const {
+  nlohmann::json j = {{"threads_per_group", threadsPerGroup},
+                      {"vec_width", vecWidth},
+                      {"groups_per_block", groupsPerBlock}};
+  if (minBlocksPerSm != kDerived)
+    j["min_blocks_per_sm"] = minBlocksPerSm;
+  return j;
 }
 
 std::string KernelSpec::label() const {

@@ -61,6 +61,13 @@ const std::vector<DeviceProfile>& DeviceProfile::knownModels() {
   return *table;
 }
 
+std::string DeviceProfile::knownModelList() {
+  std::string list;
+  for (const DeviceProfile& p : knownModels())
+    list += (list.empty() ? "\"" : ", \"") + p.model + "\"";
+  return list;
+}
+
 std::string DeviceProfile::modelName(llvm::StringRef driverName) {
   driverName = driverName.trim();
   driverName.consume_front("NVIDIA ");

@@ -45,6 +45,8 @@ struct DeviceProfile {
   static std::optional<DeviceProfile> known(llvm::StringRef model);
   /// Every model in the table.
   static const std::vector<DeviceProfile>& knownModels();
+  /// The table's model names, quoted and comma-separated, for messages.
+  static std::string knownModelList();
   /// The profile planning uses for an architecture when the device is not
   /// known: the reference class (inFlightScale 1), today's H100 shapes.
   static DeviceProfile forArch(const Arch& arch);

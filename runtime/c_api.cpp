@@ -241,11 +241,7 @@ bqjit_status bqjit_default_launch(const char* specJson, int maxVecWidth, char* b
                   "max_vec_width = " + std::to_string(maxVecWidth) + ": must be >= 1");
     const bqjit::LaunchShape s =
         bqjit::chooseLaunchShape(*spec, bqjit::kDefaultRegime, maxVecWidth);
-    nlohmann::json j = {{"threads_per_group", s.threadsPerGroup},
-                        {"vec_width", s.vecWidth},
-                        {"groups_per_block", s.groupsPerBlock},
-                        {"min_blocks_per_sm", s.minBlocksPerSm}};
-    return writeText(bqjit::jsonText(j), buf, size, needed);
+    return writeText(bqjit::jsonText(s.toJson()), buf, size, needed);
   });
 }
 

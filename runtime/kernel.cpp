@@ -145,10 +145,6 @@ void Kernel::waitForVariants() const {
   slots.settled.wait(lock, [&] { return slots.standIns.load(std::memory_order_acquire) == 0; });
 }
 
-const LoadedFunction& Kernel::function(Regime regime) const {
-  return *state_->slots->fn[index(regime)].load(std::memory_order_acquire);
-}
-
 int Kernel::widestVec() const {
   return state_->slots->widestVec;
 }

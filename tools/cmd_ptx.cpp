@@ -123,13 +123,10 @@ llvm::Error runPtx(const PtxOptions& o, const CommandContext& ctx) {
   std::optional<DeviceProfile> device;
   if (!o.model.empty()) {
     device = DeviceProfile::known(o.model);
-    if (!device) {
-      std::string known;
-      for (const DeviceProfile& p : DeviceProfile::knownModels())
-        known += (known.empty() ? "\"" : ", \"") + p.model + "\"";
+    if (!device)
       return makeError(ErrorCode::InvalidArgument,
-                       "--model '" + o.model + "': not a known GPU model; known: " + known);
-    }
+                       "--model '" + o.model +
+                           "': not a known GPU model; known: " + DeviceProfile::knownModelList());
     if (!args->archGiven)
       args->spec.arch = device->arch.str();
   }
@@ -158,13 +155,8 @@ llvm::Error runPtx(const PtxOptions& o, const CommandContext& ctx) {
     nlohmann::json launches = nlohmann::json::array();
     for (const LaunchRun& r : runs) {
       const LaunchShape& s = *plan->variants[plan->variantOfSlot(r.slot)].shape;
-      nlohmann::json run = {{"tokens_from", r.from},
-                            {"slot", slotName(r.slot)},
-                            {"launch",
-                             {{"threads_per_group", s.threadsPerGroup},
-                              {"vec_width", s.vecWidth},
-                              {"groups_per_block", s.groupsPerBlock},
-                              {"min_blocks_per_sm", s.minBlocksPerSm}}}};
+      nlohmann::json run = {
+          {"tokens_from", r.from}, {"slot", slotName(r.slot)}, {"launch", s.toJson()}};
       run["tokens_to"] = r.to ? nlohmann::json(r.to) : nlohmann::json(nullptr);
       launches.push_back(std::move(run));
     }

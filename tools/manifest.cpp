@@ -55,9 +55,7 @@ llvm::Expected<std::vector<std::string>> readArchs(const nlohmann::json& archs,
 // Every entry of "devices": a model of the table.
 llvm::Expected<std::vector<DeviceProfile>> readDevices(const nlohmann::json& devices,
                                                        const std::string& path) {
-  std::string knownList;
-  for (const DeviceProfile& p : DeviceProfile::knownModels())
-    knownList += (knownList.empty() ? "\"" : ", \"") + p.model + "\"";
+  const std::string knownList = DeviceProfile::knownModelList();
   if (!devices.is_array() || devices.empty())
     return manifestError(path, "\"devices\" must be a non-empty array of GPU model names (" +
                                    knownList + "), got " + shownJson(devices));

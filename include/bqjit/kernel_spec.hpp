@@ -123,6 +123,9 @@ struct LaunchShape {
   int threadsPerBlock() const { return teamSlot() * groupsPerBlock; }
   /// "tpg=4 vec=8 gpb=32", as `bqjit tune` and the autotuner print it.
   std::string label() const;
+  /// The spec's "launch" object: threads_per_group, vec_width,
+  /// groups_per_block, and min_blocks_per_sm once resolved.
+  nlohmann::json toJson() const;
   bool operator==(const LaunchShape& o) const {
     return threadsPerGroup == o.threadsPerGroup && vecWidth == o.vecWidth &&
            groupsPerBlock == o.groupsPerBlock && minBlocksPerSm == o.minBlocksPerSm;

@@ -120,9 +120,6 @@ private:
   void settleStandIns() const;
   /// Waits until no slot holds a stand-in.
   void waitForVariants() const;
-  /// The function in a regime's own slot now (kept loaded while the handle
-  /// lives).
-  const LoadedFunction& function(Regime regime) const;
   /// The widest vector any of its shapes may have (what callers align for).
   int widestVec() const;
   /// Autotuning (Config::autotune): the first launch of each regime marked in
