@@ -64,6 +64,16 @@ int leastIdleTeam(int vectors) {
   return best;
 }
 
+// Whether the spec's target is an sm_90 architecture (sm_90, sm_90a).
+bool targetsHopper(const KernelSpec& spec) {
+  auto arch = Arch::parse(spec.arch);
+  if (!arch) {
+    llvm::consumeError(arch.takeError());
+    return false;
+  }
+  return arch->major() == 9;
+}
+
 } // namespace
 
 int inFlightMultiple(const DeviceProfile& device) {
@@ -100,8 +110,16 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, Regime regime, const Devic
         largestPow2Dividing(vectors, std::min(32, std::max(8 / multiple, vectors / 2)));
     // There, groups of 16 and 32 (fewer than 8 vectors) read two vectors a
     // thread too, in 256-thread blocks: 1.14-1.25x the one-vector teams for
-    // NVFP4 and MXFP4 at T >= 1024 (bench/NOTES.md, issue 18).
-    smallGroupTeams = multiple > 1 && vectors < 8;
+    // NVFP4 and MXFP4 at T >= 1024 (bench/NOTES.md, issue 18). FP4 does so on
+    // every sm_90 device: its threads spend about 1.4 times fp8's
+    // instructions on an element, and on an H100 (the reference class) its
+    // two-vector teams take 98-99% of a copy at T = 8192 where one vector a
+    // thread took 86-90% (bench/NOTES.md, seventeenth session). Not on sm_100
+    // and sm_120: ptxas spills masked, interleaved and fp16 FP4 threads of two
+    // vectors there under FP4's occupancy promise (tests/test_compiler), and
+    // no Blackwell GPU has measured either shape.
+    smallGroupTeams =
+        vectors < 8 && (multiple > 1 || (spec.outDtype == OutDtype::FP4E2M1 && targetsHopper(spec)));
     if (smallGroupTeams)
       s.threadsPerGroup = largestPow2Dividing(vectors, std::max(1, vectors / 2));
     // A power-of-two team can leave a thread many vectors where G has few

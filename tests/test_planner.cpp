@@ -377,15 +377,23 @@ TEST_F(PlannerTest, Fp4SwizzledLaunchesTakeTheManyTokenTeamsFromTheirWaves) {
       // The many-token teams read twice a few-token thread's elements.
       const LaunchShape many = *plan->variantFor(Regime::ManyTokens).shape;
       EXPECT_EQ(few.threadsPerGroup, 2 * many.threadsPerGroup) << hidden;
-      // No rule on an H100 (its many-token teams are not the two-vector
-      // ones), for the bytes layout, masked batches, 8-bit outputs or a
-      // spec's own shape.
+      // The H100 takes FP4's two-vector teams too (seventeenth session), and
+      // with its 132 SMs the same threshold and shapes.
+      auto onH100 = p.plan(spec, h100);
+      ASSERT_TRUE(bool(onH100)) << consumeToString(onH100.takeError());
+      EXPECT_EQ(onH100->manyTokensFrom, from) << "H100 H=" << hidden;
+      EXPECT_EQ(*onH100->variantFor(Regime::ManyTokens).shape, many) << "H100 H=" << hidden;
+      EXPECT_EQ(*onH100->variantFor(Regime::FewTokens).shape, few) << "H100 H=" << hidden;
+      // No rule for Blackwell targets (one-vector teams there), the bytes
+      // layout, masked batches, 8-bit outputs or a spec's own shape.
       auto none = [&](const KernelSpec& s, const DeviceProfile& d, const char* what) {
         auto other = p.plan(s, d);
         ASSERT_TRUE(bool(other)) << consumeToString(other.takeError());
         EXPECT_EQ(other->manyTokensFrom, INT64_MAX) << what << " H=" << hidden;
       };
-      none(spec, h100, "H100");
+      KernelSpec blackwell = spec;
+      blackwell.arch = "sm_100";
+      none(blackwell, DeviceProfile::forArch(Arch{100, 0}), "sm_100");
       KernelSpec bytes = spec;
       bytes.scaleLayout = ScaleLayout::Bytes;
       none(bytes, h200, "bytes");
