@@ -118,8 +118,8 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, Regime regime, const Devic
     // and sm_120: ptxas spills masked, interleaved and fp16 FP4 threads of two
     // vectors there under FP4's occupancy promise (tests/test_compiler), and
     // no Blackwell GPU has measured either shape.
-    smallGroupTeams =
-        vectors < 8 && (multiple > 1 || (spec.outDtype == OutDtype::FP4E2M1 && targetsHopper(spec)));
+    smallGroupTeams = vectors < 8 &&
+                      (multiple > 1 || (spec.outDtype == OutDtype::FP4E2M1 && targetsHopper(spec)));
     if (smallGroupTeams)
       s.threadsPerGroup = largestPow2Dividing(vectors, std::max(1, vectors / 2));
     // A power-of-two team can leave a thread many vectors where G has few
