@@ -165,8 +165,11 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, Regime regime, const Devic
   // ptxas spilled 4-16 bytes a thread there at G = 16, 32 and 64 and for
   // fp32 at G = 128 (tests/test_compiler, EveryRegimesShape...): the bulk
   // block stops at 512 threads (G = 64 thus loses the 0.9-1.5% it gained in
-  // version 6, on an H100, before the template's later changes).
-  if (regime == Regime::VeryManyTokens && multiple == 1 &&
+  // version 6, on an H100, before the template's later changes). FP4's
+  // two-vector teams keep their 256-thread blocks: the ones measured at
+  // 98-99% of a copy on an H100, and the only ones that write swizzled_128x4
+  // scales in whole sectors (SwizzleTiles in the template).
+  if (regime == Regime::VeryManyTokens && multiple == 1 && !smallGroupTeams &&
       kBulkBlockElements % spec.groupSize == 0 &&
       kBulkBlockElements / spec.groupSize * s.teamSlot() <= kBulkBlockMaxThreads)
     s.groupsPerBlock = kBulkBlockElements / spec.groupSize;

@@ -384,6 +384,11 @@ TEST_F(PlannerTest, Fp4SwizzledLaunchesTakeTheManyTokenTeamsFromTheirWaves) {
       EXPECT_EQ(onH100->manyTokensFrom, from) << "H100 H=" << hidden;
       EXPECT_EQ(*onH100->variantFor(Regime::ManyTokens).shape, many) << "H100 H=" << hidden;
       EXPECT_EQ(*onH100->variantFor(Regime::FewTokens).shape, few) << "H100 H=" << hidden;
+      // Very many tokens keep the two-vector teams' 256-thread blocks (the
+      // shapes measured at 98-99% of a copy on an H100), not the bulk blocks.
+      EXPECT_EQ(*onH100->variantFor(Regime::VeryManyTokens).shape, many) << "H100 H=" << hidden;
+      EXPECT_EQ(many.threadsPerBlock(), 256) << hidden;
+      EXPECT_EQ(many.threadsPerGroup * 2 * many.vecWidth, spec.groupSize) << hidden; // two vectors
       // No rule for Blackwell targets (one-vector teams there), the bytes
       // layout, masked batches, 8-bit outputs or a spec's own shape.
       auto none = [&](const KernelSpec& s, const DeviceProfile& d, const char* what) {
