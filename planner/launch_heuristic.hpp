@@ -28,8 +28,9 @@ int inFlightMultiple(const DeviceProfile& device);
 
 /// FP4 with swizzled_128x4 scales (plain batches) on a device whose
 /// many-token teams read twice the elements a thread of its few-token teams
-/// (an H200): the fewest tokens from which a launch below the many-token
-/// regime takes the many-token shape anyway, or none. What decides is the
+/// (every sm_90 device: the H200 and the H100 class): the fewest tokens
+/// from which a launch below the many-token regime takes the many-token
+/// shape anyway, or none. What decides is the
 /// few-token grid against the device's resident blocks, not T x H: the
 /// swizzled layout's blocks cover T rounded up to 128 rows, and from 1.4
 /// waves of them (six 256-thread blocks an SM) the two-vector teams' half

@@ -29,7 +29,7 @@ struct LaunchPlan {
   std::array<bool, kRegimeCount> fromHeuristic{};
   /// Launches of at least this many tokens take the many-token regime's
   /// variant whatever their T x H (manyTeamsFromTokens: FP4's swizzled
-  /// grids on an H200); INT64_MAX: none do.
+  /// grids on sm_90 devices); INT64_MAX: none do.
   int64_t manyTokensFrom = INT64_MAX;
   /// Few-token launches of at least this many tokens take
   /// `variants[fullSmVariant]`, the few-token shape promised a full
