@@ -30,12 +30,12 @@ int inFlightMultiple(const DeviceProfile& device);
 /// many-token teams read twice the elements a thread of its few-token teams
 /// (every sm_90 device: the H200 and the H100 class): the fewest tokens
 /// from which a launch below the many-token regime takes the many-token
-/// shape anyway, or none. What decides is the
-/// few-token grid against the device's resident blocks, not T x H: the
-/// swizzled layout's blocks cover T rounded up to 128 rows, and from 1.4
-/// waves of them (six 256-thread blocks an SM) the two-vector teams' half
-/// as many blocks win (bench/NOTES.md, fourteenth session: 1.13 and 1.29
-/// waves lose 10-17% with them; 1.45, 2.02 and more waves gain 8-28%).
+/// shape anyway, or none. What decides is the few-token grid against the
+/// device's resident blocks, not T x H: the swizzled layout's blocks cover T
+/// rounded up to 128 rows, and from 1.4 waves of them (six 256-thread blocks
+/// an SM) the two-vector teams' half as many blocks win (bench/NOTES.md,
+/// fourteenth session: 1.13 and 1.29 waves lose 10-17% with them; 1.45, 2.02
+/// and more waves gain 8-28%).
 /// `few` and `many` are the few- and many-token regimes' shapes.
 std::optional<int64_t> manyTeamsFromTokens(const KernelSpec& spec, const LaunchShape& few,
                                            const LaunchShape& many, const DeviceProfile& device);
