@@ -109,19 +109,45 @@ __device__ __forceinline__ u32 e2m1Soft(float v) {
   return ((__float_as_uint(v) >> 28) & 0x8u) | (__float_as_uint(e2m1CodeOfAbs(v)) & 0xfu);
 }
 
-// N (4 or 8) values to 4N bits of codes, value k in bits 4k..4k+3 (the
-// packing of e2m1Pair, N / 2 times over). The codes and the signs are shifted
+// e2m1 codes of y * r straight from y (the quotients of FP4 groups, whose r
+// is positive): the three roundings of e2m1CodeOfAbs take |y| times 2r, r and
+// r / 2 in their FMAs, so the product is rounded once, to the code, where y * r
+// would first round to fp32 (the two differ only within 2^-24 relative of a
+// code boundary, the contract's allowance). 2r stops at FLT_MAX, so that a
+// zero y under MXFP4's r = 2^127 makes 0, not NaN; r / 2 may round when r is
+// subnormal, but then |y| * r < 4 and that term is never below the right code.
+// The minimum of the three and of 7 is taken on the results' bits (positive
+// floats order as their bits; a NaN's bits exceed 7's): one three-way integer
+// min (VIMNMX3 on sm_90 and sm_100) and one more, where e2m1CodeOfAbs takes
+// a multiply and three float min.
+struct E2m1Factors {
+  float twice, once, half;
+};
+__device__ __forceinline__ E2m1Factors e2m1Factors(float r) {
+  return {fminf(__fmul_rn(2.0f, r), 0x1.fffffep127f), r, __fmul_rn(0.5f, r)};
+}
+__device__ __forceinline__ u32 e2m1CodeBitsOfProduct(float y, const E2m1Factors& f) {
+  constexpr float kMagic = 12582912.0f; // 1.5 * 2^23: its ulp is 1
+  const float a = fabsf(y);
+  const u32 c = __vimin3_u32(__float_as_uint(__fmaf_rn(a, f.twice, kMagic)),
+                             __float_as_uint(__fmaf_rn(a, f.once, kMagic + 2.0f)),
+                             __float_as_uint(__fmaf_rn(a, f.half, kMagic + 4.0f)));
+  return min(c, __float_as_uint(kMagic + 7.0f));
+}
+
+// The codes of N (4 or 8) products y * r in 4N bits, value k in bits 4k..4k+3
+// (the packing of e2m1Pair, N / 2 times over). Codes and signs are shifted
 // into place by funnel shifts, one each a value (a code's nibble in at the
-// top, the earlier ones moving down; a value's top nibble, its sign in bit 3,
-// in at the bottom), and one bit select joins them: where e2m1Soft's sign and
-// mask and the packing took about four instructions a value.
-template <int N> __device__ __forceinline__ u32 e2m1Nibbles(const float (&v)[N]) {
+// top, the earlier ones moving down; a y's top nibble, its sign in bit 3, in
+// at the bottom; r > 0, so y * r has y's sign), and one bit select joins
+// them: where e2m1Soft's sign, mask and packing take about four a value.
+template <int N> __device__ __forceinline__ u32 e2m1NibblesOfProducts(const float* y, const E2m1Factors& f) {
   static_assert(N == 4 || N == 8, "a half word or a word");
   u32 codes = 0u, signs = 0u;
 #pragma unroll
   for (int k = 0; k < N; ++k) {
-    codes = __funnelshift_r(codes, __float_as_uint(e2m1CodeOfAbs(v[k])), 4);
-    signs = __funnelshift_l(__float_as_uint(v[N - 1 - k]), signs, 4);
+    codes = __funnelshift_r(codes, e2m1CodeBitsOfProduct(y[k], f), 4);
+    signs = __funnelshift_l(__float_as_uint(y[N - 1 - k]), signs, 4);
   }
   if constexpr (N == 4)
     codes >>= 16;

@@ -30,16 +30,14 @@ __device__ __forceinline__ void quantizeStore(const float (&y)[kChunks][VEC], fl
     u32 w[(kBytes + 3) / 4];
 #if !BQJIT_HW_FP4_CVT
     if constexpr (OUT == kE2M1 && (VEC == 4 || VEC % 8 == 0)) {
-      // Whole words of eight values, and a half word of four at the end.
+      // Whole words of eight values, and a half word of four at the end, from
+      // the products y * r (FP4 groups always multiply), rounded once.
+      static_assert(MODE == kMulExact, "FP4 groups multiply by r");
+      constexpr int N = VEC == 4 ? 4 : 8;
+      const E2m1Factors f = e2m1Factors(r);
 #pragma unroll
-      for (int i = 0; i < (VEC + 7) / 8; ++i) {
-        constexpr int N = VEC == 4 ? 4 : 8;
-        float v[N];
-#pragma unroll
-        for (int k = 0; k < N; ++k)
-          v[k] = quotient<MODE>(y[c][N * i + k], s, r);
-        w[i] = e2m1Nibbles<N>(v);
-      }
+      for (int i = 0; i < (VEC + 7) / 8; ++i)
+        w[i] = e2m1NibblesOfProducts<N>(&y[c][N * i], f);
       storeBytes<kBytes>(qRow + (c * TPG + lane) * kBytes, w);
       continue;
     }
