@@ -167,11 +167,22 @@ __device__ __forceinline__ u32 e2m1Pair(float lo, float hi) {
 #endif
 }
 
-// The value of a non-negative E4M3 code (0x00..0x7E), exactly.
+// The value of a non-negative E4M3 code (0x00..0x7E), exactly: by the
+// hardware's e4m3 -> f16 conversion where the target has it (both steps are
+// exact), two instructions where the bit arithmetic takes about nine.
 __device__ __forceinline__ float e4m3Value(u32 code) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  float v;
+  asm("{\n\t.reg .b32 h2;\n\t.reg .b16 lo, hi;\n\tcvt.rn.f16x2.e4m3x2 h2, %1;\n\tmov.b32 {lo, hi}, h2;\n\t"
+      "cvt.f32.f16 %0, lo;\n\t}"
+      : "=f"(v)
+      : "h"(static_cast<unsigned short>(code)));
+  return v;
+#else
   const float normal = __uint_as_float((code << 20) + (120u << 23));
   const float subnormal = static_cast<float>(code & 7u) * 0x1p-9f;
   return code < 8u ? subnormal : normal;
+#endif
 }
 
 __device__ __forceinline__ u32 int8Sat(float v) {
