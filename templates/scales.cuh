@@ -110,7 +110,10 @@ __device__ __forceinline__ GroupScale groupScale(float amaxG, const float* scale
     // MXFP4 under ceil: 2^ceil(log2(amax / 6)) within 2^-127..2^127 (no
     // MIN_SCALE of its own); the E8M0 byte first, then s and its exact
     // reciprocal from it.
-    float pre = __fdiv_rn(amaxG, QuantTraits<OUT>::kMax); // an infinite amax stays infinite
+    // amax / 6 by the fast division: IEEE's wherever the clamp to 2^-127
+    // below leaves it (tests/test_fast_division); an infinite amax stays infinite.
+    float pre = amaxG == __int_as_float(0x7f800000) ? amaxG
+                                                    : divFast(amaxG, QuantTraits<OUT>::kMax, QuantTraits<OUT>::kInvMax);
     if constexpr (HAS_UB)
       pre = fminf(pre, *scaleUb);
     pre = fminf(fmaxf(pre, QuantTraits<OUT>::kMinScale), kMaxPow2Scale);
@@ -120,8 +123,10 @@ __device__ __forceinline__ GroupScale groupScale(float amaxG, const float* scale
     const u32 byte = e8 & 0xffu;
 #else
     const u32 b = __float_as_uint(pre);
-    // A subnormal pre lies in [2^-127, 2^-126): byte 0 for 2^-127 itself, else 1.
-    const u32 byte = b < 0x00800000u ? (b == 0x00400000u ? 0u : 1u) : (b >> 23) + ((b & 0x007fffffu) != 0u);
+    // ceil(log2(pre)) + 127: the biased exponent, plus the carry of a
+    // mantissa that is not zero. A subnormal pre lies in [2^-127, 2^-126)
+    // and gets 1 the same way, but 2^-127 itself is byte 0.
+    const u32 byte = ((b + 0x007fffffu) >> 23) - (b == 0x00400000u ? 1u : 0u);
 #endif
     g.s = exp2Exact(static_cast<int>(byte) - 127);
     g.r = exp2Exact(127 - static_cast<int>(byte));

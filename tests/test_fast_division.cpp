@@ -60,6 +60,26 @@ TEST(FastDivision, AmaxOverQmaxIsIeeeForEverySignificand) {
     }
 }
 
+// MXFP4's scale is max(amax / 6, 2^-127), and 2^-127, a subnormal, has an
+// E8M0 byte of its own: down there the quotient must be IEEE's once clamped
+// (further down, where the quotients lie far below 2^-127, the fast one may
+// be an ulp off and the clamp makes both 2^-127).
+TEST(FastDivision, AmaxOverSixIsIeeeDownToMxfp4sSmallestScale) {
+  const QuantMax& e2m1 = kQuantMax[3];
+  const float smallest = 0x1p-127f;
+  for (int exponent : {-122, -123, -124, -125, -126, -127, -128, -135, -146}) {
+    long mismatches = 0;
+    float first = 0.0f;
+    for (uint32_t frac = 0; frac < (1u << 23); ++frac) {
+      const float a = std::ldexp(fromBits(0x3f800000u | frac), exponent);
+      const float q = std::fmax(divFast(a, e2m1.qmax, e2m1.invMax), smallest);
+      if (bitsOf(q) != bitsOf(std::fmax(a / e2m1.qmax, smallest)) && mismatches++ == 0)
+        first = a;
+    }
+    EXPECT_EQ(mismatches, 0) << "e2m1 at 2^" << exponent << ", first at " << first;
+  }
+}
+
 TEST(FastDivision, ExtremesAndZeros) {
   for (const QuantMax& m : kQuantMax) {
     const float big = std::numeric_limits<float>::max();
