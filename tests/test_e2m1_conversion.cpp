@@ -80,51 +80,55 @@ template <class Check> void forProductsOf(float r, uint32_t stride, Check check)
 }
 
 // MXFP4's reciprocals are powers of two, NVFP4's anything (1 / (sf / gs)).
-const float kPowerOfTwoFactors[] = {1.0f, 0x1p-3f, 0x1p+5f, 0x1p-100f, 0x1p+100f};
-const float kOtherFactors[] = {0.7320508f, 1.0f / 3.0f, 9.870432e+02f, 3.0e-20f, 0x1.fffffep+20f};
+struct TestFactor {
+  float r;
+  bool powerOfTwo;
+};
+const TestFactor kFactors[] = {
+    {1.0f, true},      {0x1p-3f, true},         {0x1p+5f, true},      {0x1p-100f, true},
+    {0x1p+100f, true}, {0.7320508f, false},     {1.0f / 3.0f, false}, {9.870432e+02f, false},
+    {3.0e-20f, false}, {0x1.fffffep+20f, false}};
 
 TEST(E2m1Conversion, RoundsTheExactProductOnceToNearestEven) {
-  for (const float* set : {kPowerOfTwoFactors, kOtherFactors})
-    for (int i = 0; i < 5; ++i) {
-      const float r = set[i];
-      const Factors f = factorsOf(r);
-      long checked = 0, wrong = 0;
-      float firstWrong = 0.0f;
-      // Every significand where r = 1 (the other powers of two scale it
-      // exactly), every 31st elsewhere.
-      forProductsOf(r, r == 1.0f ? 1 : 31, [&](float y) {
-        ++checked;
-        if (codeOfProduct(y, f) != exactCode(y, r) && wrong++ == 0)
-          firstWrong = y;
-        if (codeOfProduct(-y, f) != exactCode(-y, r))
-          ++wrong;
-      });
-      EXPECT_GT(checked, r == 1.0f ? 50'000'000L : 1'000'000L) << "r = " << r;
-      EXPECT_EQ(wrong, 0) << "r = " << r << ", first at y = " << firstWrong;
-    }
+  for (const TestFactor& c : kFactors) {
+    const float r = c.r;
+    const Factors f = factorsOf(r);
+    long checked = 0, wrong = 0;
+    float firstWrong = 0.0f;
+    // Every significand where r = 1 (the other powers of two scale it
+    // exactly), every 31st elsewhere.
+    forProductsOf(r, r == 1.0f ? 1 : 31, [&](float y) {
+      ++checked;
+      if (codeOfProduct(y, f) != exactCode(y, r) && wrong++ == 0)
+        firstWrong = y;
+      if (codeOfProduct(-y, f) != exactCode(-y, r))
+        ++wrong;
+    });
+    EXPECT_GT(checked, r == 1.0f ? 50'000'000L : 1'000'000L) << "r = " << r;
+    EXPECT_EQ(wrong, 0) << "r = " << r << ", first at y = " << firstWrong;
+  }
 }
 
 TEST(E2m1Conversion, DiffersFromTheReferenceOnlyAtBoundaries) {
-  for (const float* set : {kPowerOfTwoFactors, kOtherFactors})
-    for (int i = 0; i < 5; ++i) {
-      const float r = set[i];
-      const Factors f = factorsOf(r);
-      long differ = 0, outside = 0;
-      float firstOutside = 0.0f;
-      forProductsOf(r, 31, [&](float y) {
-        const float product = y * r;
-        const uint32_t reference = bqjit::ref::floatToE2M1(product) & 0x7u;
-        if (codeOfProduct(y, f) == reference)
-          return;
-        ++differ;
-        if (!nearBoundary(product) && outside++ == 0)
-          firstOutside = y;
-      });
-      EXPECT_EQ(outside, 0) << "r = " << r << ", first at y = " << firstOutside;
-      // A power-of-two r makes y * r exact: then the two never differ.
-      if (set == kPowerOfTwoFactors)
-        EXPECT_EQ(differ, 0) << "r = " << r;
-    }
+  for (const TestFactor& c : kFactors) {
+    const float r = c.r;
+    const Factors f = factorsOf(r);
+    long differ = 0, outside = 0;
+    float firstOutside = 0.0f;
+    forProductsOf(r, 31, [&](float y) {
+      const float product = y * r;
+      const uint32_t reference = bqjit::ref::floatToE2M1(product) & 0x7u;
+      if (codeOfProduct(y, f) == reference)
+        return;
+      ++differ;
+      if (!nearBoundary(product) && outside++ == 0)
+        firstOutside = y;
+    });
+    EXPECT_EQ(outside, 0) << "r = " << r << ", first at y = " << firstOutside;
+    // A power-of-two r makes y * r exact: then the two never differ.
+    if (c.powerOfTwo)
+      EXPECT_EQ(differ, 0) << "r = " << r;
+  }
 }
 
 TEST(E2m1Conversion, ZerosSaturationAndTheEdgesOfR) {
