@@ -89,45 +89,51 @@ const TestFactor kFactors[] = {
     {0x1p+100f, true}, {0.7320508f, false},     {1.0f / 3.0f, false}, {9.870432e+02f, false},
     {3.0e-20f, false}, {0x1.fffffep+20f, false}};
 
+// How many values a check failed, and the first of them.
+struct Misses {
+  long count = 0;
+  float first = 0.0f;
+  void add(float y) {
+    if (count++ == 0)
+      first = y;
+  }
+};
+
 TEST(E2m1Conversion, RoundsTheExactProductOnceToNearestEven) {
   for (const TestFactor& c : kFactors) {
-    const float r = c.r;
-    const Factors f = factorsOf(r);
-    long checked = 0, wrong = 0;
-    float firstWrong = 0.0f;
+    const Factors f = factorsOf(c.r);
+    long checked = 0;
+    Misses wrong;
     // Every significand where r = 1 (the other powers of two scale it
-    // exactly), every 31st elsewhere.
-    forProductsOf(r, r == 1.0f ? 1 : 31, [&](float y) {
+    // exactly), every 31st elsewhere; both signs.
+    forProductsOf(c.r, c.r == 1.0f ? 1 : 31, [&](float y) {
       ++checked;
-      if (codeOfProduct(y, f) != exactCode(y, r) && wrong++ == 0)
-        firstWrong = y;
-      if (codeOfProduct(-y, f) != exactCode(-y, r))
-        ++wrong;
+      for (float v : {y, -y})
+        if (codeOfProduct(v, f) != exactCode(v, c.r))
+          wrong.add(v);
     });
-    EXPECT_GT(checked, r == 1.0f ? 50'000'000L : 1'000'000L) << "r = " << r;
-    EXPECT_EQ(wrong, 0) << "r = " << r << ", first at y = " << firstWrong;
+    EXPECT_GT(checked, c.r == 1.0f ? 50'000'000L : 1'000'000L) << "r = " << c.r;
+    EXPECT_EQ(wrong.count, 0) << "r = " << c.r << ", first at y = " << wrong.first;
   }
 }
 
 TEST(E2m1Conversion, DiffersFromTheReferenceOnlyAtBoundaries) {
   for (const TestFactor& c : kFactors) {
-    const float r = c.r;
-    const Factors f = factorsOf(r);
-    long differ = 0, outside = 0;
-    float firstOutside = 0.0f;
-    forProductsOf(r, 31, [&](float y) {
-      const float product = y * r;
-      const uint32_t reference = bqjit::ref::floatToE2M1(product) & 0x7u;
-      if (codeOfProduct(y, f) == reference)
+    const Factors f = factorsOf(c.r);
+    long differ = 0;
+    Misses outside;
+    forProductsOf(c.r, 31, [&](float y) {
+      const float product = y * c.r;
+      if (codeOfProduct(y, f) == (bqjit::ref::floatToE2M1(product) & 0x7u))
         return;
       ++differ;
-      if (!nearBoundary(product) && outside++ == 0)
-        firstOutside = y;
+      if (!nearBoundary(product))
+        outside.add(y);
     });
-    EXPECT_EQ(outside, 0) << "r = " << r << ", first at y = " << firstOutside;
+    EXPECT_EQ(outside.count, 0) << "r = " << c.r << ", first at y = " << outside.first;
     // A power-of-two r makes y * r exact: then the two never differ.
     if (c.powerOfTwo)
-      EXPECT_EQ(differ, 0) << "r = " << r;
+      EXPECT_EQ(differ, 0) << "r = " << c.r;
   }
 }
 
