@@ -459,6 +459,15 @@ llvm::Error KernelSpec::validate() const {
   return llvm::Error::success();
 }
 
+std::optional<Arch> KernelSpec::targetArch() const {
+  auto parsed = Arch::parse(arch);
+  if (!parsed) {
+    llvm::consumeError(parsed.takeError());
+    return std::nullopt;
+  }
+  return *parsed;
+}
+
 nlohmann::json KernelSpec::toJson() const {
   nlohmann::json j;
   j["hidden"] = hidden;

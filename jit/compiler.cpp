@@ -23,11 +23,9 @@ llvm::Expected<Compiler> Compiler::create() {
 }
 
 std::optional<int> Compiler::ptxFallback(const KernelSpec& spec) {
-  auto arch = Arch::parse(spec.arch);
-  if (!arch) {
-    llvm::consumeError(arch.takeError());
+  auto arch = spec.targetArch();
+  if (!arch)
     return std::nullopt;
-  }
   const std::vector<int> archs = nvrtcSupportedArchs();
   if (archs.empty() || arch->suffix != 0)
     return std::nullopt;

@@ -66,12 +66,8 @@ int leastIdleTeam(int vectors) {
 
 // Whether the spec's target is an sm_90 architecture (sm_90, sm_90a).
 bool targetsHopper(const KernelSpec& spec) {
-  auto arch = Arch::parse(spec.arch);
-  if (!arch) {
-    llvm::consumeError(arch.takeError());
-    return false;
-  }
-  return arch->major() == 9;
+  auto arch = spec.targetArch();
+  return arch && arch->major() == 9;
 }
 
 } // namespace

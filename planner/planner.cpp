@@ -16,12 +16,8 @@ std::string tuningDirectory(const Config& config) {
 
 /// The default device of a validated spec's architecture.
 DeviceProfile archDefault(const KernelSpec& spec) {
-  auto arch = Arch::parse(spec.arch);
-  if (!arch) {
-    llvm::consumeError(arch.takeError()); // validated: cannot happen
-    return DeviceProfile::reference();
-  }
-  return DeviceProfile::forArch(*arch);
+  auto arch = spec.targetArch(); // validated: always parses
+  return arch ? DeviceProfile::forArch(*arch) : DeviceProfile::reference();
 }
 
 } // namespace

@@ -87,46 +87,31 @@ template <int OUT> __device__ __forceinline__ u32 fp8Pair(float lo, float hi) {
 #endif
 }
 
-// fp32 -> e2m1 code (sign in bit 3): clamp to 6, round to nearest even.
-// The code of a = |v| is rint(2a) below 2 (steps of 0.5: codes 0..4),
-// rint(a) + 2 from 2 to 4 and rint(a / 2) + 4 from 4 to 6; each of the three
-// is at least the right one outside its range, so the code is their minimum
-// (and at most 7). Each rint is one FMA's rounding of the exact a * k + 1.5 *
-// 2^23 + offset, whose low mantissa bits are then the code: FMA-pipe work
-// and three min instead of the float-to-int conversions or bit arithmetic
-// of the ALU pipe, which runs at half the FMA pipe's rate (equal to the bit
-// arithmetic it replaced over all 2^32 inputs, checked on the CPU). -0 gives
-// 0x8; NaN (unspecified by the contract) gives 0x7 with its sign.
-// e2m1CodeOfAbs gives the float 1.5 * 2^23 + code of |v|, whose low four
-// bits are the code (bit 3 clear).
-__device__ __forceinline__ float e2m1CodeOfAbs(float v) {
-  constexpr float kMagic = 12582912.0f; // 1.5 * 2^23: its ulp is 1
-  const float a = fabsf(v);
-  return fminf(fminf(__fmaf_rn(a, 2.0f, kMagic), __fadd_rn(a, kMagic + 2.0f)),
-               fminf(__fmaf_rn(a, 0.5f, kMagic + 4.0f), kMagic + 7.0f));
-}
-__device__ __forceinline__ u32 e2m1Soft(float v) {
-  return ((__float_as_uint(v) >> 28) & 0x8u) | (__float_as_uint(e2m1CodeOfAbs(v)) & 0xfu);
-}
-
-// e2m1 codes of y * r straight from y (the quotients of FP4 groups, whose r
-// is positive): the three roundings of e2m1CodeOfAbs take |y| times 2r, r and
-// r / 2 in their FMAs, so the product is rounded once, to the code, where y * r
-// would first round to fp32 (the two differ only within 2^-24 relative of a
-// code boundary, the contract's allowance). 2r stops at FLT_MAX, so that a
-// zero y under MXFP4's r = 2^127 makes 0, not NaN; r / 2 may round when r is
-// subnormal, but then |y| * r < 4 and that term is never below the right code.
-// The minimum of the three and of 7 is taken on the results' bits (positive
-// floats order as their bits; a NaN's bits exceed 7's): one three-way integer
-// min (VIMNMX3 on sm_90 and sm_100) and one more, where e2m1CodeOfAbs takes
-// a multiply and three float min. tests/test_e2m1_conversion checks these
-// claims on the CPU with this formula.
+// e2m1 codes (docs/contract.md section 8: clamp to 6, round to nearest
+// even) of products y * r with r > 0, straight from y. The code of a = |y| r
+// is rint(2a) below 2 (steps of 0.5: codes 0..4), rint(a) + 2 from 2 to 4 and
+// rint(a / 2) + 4 from 4 to 6; each of the three is at least the right one
+// outside its range, so the code is their minimum with 7. Each rint is one
+// FMA's rounding of |y| times 2r, r or r / 2 plus 1.5 * 2^23 + offset, whose
+// low mantissa bits are then the code: FMA-pipe work where float-to-int
+// conversions or bit arithmetic would take the ALU pipe, which runs at half
+// the FMA pipe's rate.
+// The product is thus rounded once, to the code, where y * r would first
+// round to fp32: the two differ only within 2^-24 relative of a code boundary,
+// the contract's allowance. 2r stops at FLT_MAX, so that a zero y under
+// MXFP4's r = 2^127 makes 0, not NaN; r / 2 may round when r is subnormal, but
+// then |y| * r < 4 and that term is never below the right code. The minimum
+// is taken on the results' bits (positive floats order as their bits; a NaN's
+// bits exceed 7's, so NaN gives 7): one three-way integer min (VIMNMX3 on
+// sm_90 and sm_100) and one more. tests/test_reference (TemplateConversions)
+// checks these claims on the CPU with this formula.
 struct E2m1Factors {
   float twice, once, half;
 };
 __device__ __forceinline__ E2m1Factors e2m1Factors(float r) {
   return {fminf(__fmul_rn(2.0f, r), 0x1.fffffep127f), r, __fmul_rn(0.5f, r)};
 }
+// The float bits 1.5 * 2^23 + code of |y| * r: the low four bits are the code (bit 3 clear).
 __device__ __forceinline__ u32 e2m1CodeBitsOfProduct(float y, const E2m1Factors& f) {
   constexpr float kMagic = 12582912.0f; // 1.5 * 2^23: its ulp is 1
   const float a = fabsf(y);
@@ -134,6 +119,12 @@ __device__ __forceinline__ u32 e2m1CodeBitsOfProduct(float y, const E2m1Factors&
                              __float_as_uint(__fmaf_rn(a, f.once, kMagic + 2.0f)),
                              __float_as_uint(__fmaf_rn(a, f.half, kMagic + 4.0f)));
   return min(c, __float_as_uint(kMagic + 7.0f));
+}
+
+// fp32 -> e2m1 code, sign in bit 3 (-0 gives 0x8; NaN, which the contract
+// leaves unspecified, 0x7 with its sign).
+__device__ __forceinline__ u32 e2m1Soft(float v) {
+  return ((__float_as_uint(v) >> 28) & 0x8u) | (e2m1CodeBitsOfProduct(v, e2m1Factors(1.0f)) & 0xfu);
 }
 
 // The codes of N (4 or 8) products y * r in 4N bits, value k in bits 4k..4k+3

@@ -78,10 +78,17 @@ template <class S> struct ScaleKind {
   static constexpr bool kFixedMode = S::kPow2Scales || kFp4;
 };
 
+// amax / QMAX by the fast division with the correctly rounded 1 / QMAX:
+// exact for every finite amax (checked exhaustively over all fp32
+// significands for each QMAX: tests/test_fast_division; for e2m1's 6 down to
+// where MXFP4's clamp to 2^-127 takes over); an infinite amax stays infinite.
+template <int OUT> __device__ __forceinline__ float amaxOverQmax(float amax) {
+  return amax == __int_as_float(0x7f800000) ? amax
+                                            : divFast(amax, QuantTraits<OUT>::kMax, QuantTraits<OUT>::kInvMax);
+}
+
 // The scale of a group from the team's amax of it, by docs/contract.md
-// sections 1, 7 and 8. amax / QMAX by the fast division with the correctly
-// rounded 1 / QMAX: exact for every finite amax (checked exhaustively over
-// all fp32 significands for the three QMAX values: tests/test_fast_division).
+// sections 1, 7 and 8.
 template <class S>
 __device__ __forceinline__ GroupScale groupScale(float amaxG, const float* scaleUb, const float* globalScale) {
   using Kind = ScaleKind<S>;
@@ -110,10 +117,7 @@ __device__ __forceinline__ GroupScale groupScale(float amaxG, const float* scale
     // MXFP4 under ceil: 2^ceil(log2(amax / 6)) within 2^-127..2^127 (no
     // MIN_SCALE of its own); the E8M0 byte first, then s and its exact
     // reciprocal from it.
-    // amax / 6 by the fast division: IEEE's wherever the clamp to 2^-127
-    // below leaves it (tests/test_fast_division); an infinite amax stays infinite.
-    float pre = amaxG == __int_as_float(0x7f800000) ? amaxG
-                                                    : divFast(amaxG, QuantTraits<OUT>::kMax, QuantTraits<OUT>::kInvMax);
+    float pre = amaxOverQmax<OUT>(amaxG);
     if constexpr (HAS_UB)
       pre = fminf(pre, *scaleUb);
     pre = fminf(fmaxf(pre, QuantTraits<OUT>::kMinScale), kMaxPow2Scale);
@@ -131,8 +135,7 @@ __device__ __forceinline__ GroupScale groupScale(float amaxG, const float* scale
     g.s = exp2Exact(static_cast<int>(byte) - 127);
     g.r = exp2Exact(127 - static_cast<int>(byte));
   } else {
-    float s = amaxG == __int_as_float(0x7f800000) ? amaxG
-                                                  : divFast(amaxG, QuantTraits<OUT>::kMax, QuantTraits<OUT>::kInvMax);
+    float s = amaxOverQmax<OUT>(amaxG);
     if constexpr (HAS_UB)
       s = fminf(s, *scaleUb);
     s = fmaxf(s, S::kMinScale); // MIN_SCALE, or the spec's min_scale

@@ -194,6 +194,8 @@ struct KernelSpec {
   /// Checks every field against the rules of docs/contract.md section 4. The error
   /// names the field, the value and the rule that it breaks.
   llvm::Error validate() const;
+  /// `arch` parsed; nullopt where it does not parse (never for a validated spec).
+  std::optional<Arch> targetArch() const;
 
   /// Canonical JSON: fixed field names, canonical enum spellings, the launch
   /// shape only when set; activation, its parameters, gate_up,
