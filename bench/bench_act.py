@@ -132,10 +132,17 @@ def main():
     ap.add_argument("--launches", default="",
                     help="tpg,vec,gpb[,min_blocks_per_sm];...: also time each G = 128 row with "
                          "these launch shapes")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help="comma-separated subset of " + ", ".join(VARIANTS) + " (silu is the "
+                         "reference of every target)")
     ap.add_argument("--mx-launches", default="",
                     help="tpg,vec,gpb[,min_blocks_per_sm];...: also time each MX row with these "
                          "launch shapes")
     args = ap.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"--variants: {', '.join(unknown)} not among {', '.join(VARIANTS)}")
     mx_launches = parse_launches(args.mx_launches)
     launches = parse_launches(args.launches)
     torch.manual_seed(0)
@@ -156,11 +163,11 @@ def main():
     for h in (int(v) for v in args.shapes.split(",")):
         for t in (int(v) for v in args.tokens.split(",")):
             if h % 128 == 0:  # gpt-oss's own 2880 has MX rows only (no G = 128 reference)
-                for name in VARIANTS:
+                for name in variants:
                     for launch in [None] + launches:
                         runs.append((h, t, 128, name, False, launch))
             if t >= 8192 and h % 32 == 0:
-                for name in ("silu", "swiglu-interleaved"):
+                for name in (v for v in ("silu", "swiglu-interleaved") if v in variants):
                     for launch in [None] + mx_launches:
                         runs.append((h, t, 32, name, True, launch))
 
