@@ -87,27 +87,6 @@ template <int OUT> __device__ __forceinline__ float amaxOverQmax(float amax) {
                                             : divFast(amax, QuantTraits<OUT>::kMax, QuantTraits<OUT>::kInvMax);
 }
 
-// NVFP4's r = 1 / (s / gs), both divisions correctly rounded (section 8's
-// order), r = 0 for s = 0. s is an E4M3 value (2^-9..448), so for gs in
-// [2^-100, 2^100] (one test for the whole launch: gs is one number) s / gs
-// and 1 / (s / gs) lie within 2^+-110, where div.rn's fast path holds: the
-// compiler's own steps (rcpRefined, then divFast) without its range check
-// and slow-routine branch, twice a group, bit for bit its result (1 / gs's
-// refinement is common to every group). tests/test_fast_division checks
-// the two divisions against IEEE ones for every significand of gs and of
-// s / gs, with rcp.approx taken anywhere within its one ulp. Other gs
-// (contract: finite and > 0) take __fdiv_rn.
-__device__ __forceinline__ float nvfp4Reciprocal(float s, float gs) {
-  float r;
-  if (gs >= 0x1p-100f && gs <= 0x1p100f) {
-    const float q = divFast(s, gs, rcpRefined(gs));
-    r = divFast(1.0f, q, rcpRefined(q));
-  } else {
-    r = __fdiv_rn(1.0f, __fdiv_rn(s, gs));
-  }
-  return s == 0.0f ? 0.0f : r;
-}
-
 // The scale of a group from the team's amax of it, by docs/contract.md
 // sections 1, 7 and 8.
 template <class S>
@@ -127,7 +106,7 @@ __device__ __forceinline__ GroupScale groupScale(float amaxG, const float* scale
     const float pre = fminf(divFast(__fmul_rn(gs, amaxG), 6.0f, QuantTraits<kE2M1>::kInvMax), 448.0f);
     g.byte = fp8Pair<kE4M3>(pre, 0.0f) & 0xffu;
     g.s = e4m3Value(g.byte);
-    g.r = nvfp4Reciprocal(g.s, gs);
+    g.r = g.s == 0.0f ? 0.0f : __fdiv_rn(1.0f, __fdiv_rn(g.s, gs));
     return g;
   } else if constexpr (Kind::kFloorRounding) {
     const int floorExp = floorMxExponent<OUT>(amaxG);
