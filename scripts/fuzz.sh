@@ -25,8 +25,8 @@ build=build-fuzz
 
 cmake -S . -B "$build" -G Ninja -DBQJIT_FUZZ=ON -DBQJIT_BUILD_TESTS=OFF \
   -DCMAKE_CXX_COMPILER="${CXX_FUZZ:-clang++-14}" -DCMAKE_C_COMPILER="${CC_FUZZ:-clang-14}" \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" \
-  -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g" >/dev/null
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
+  -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1" >/dev/null
 ninja -C "$build" -j"$jobs" "${targets[@]}"
 
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
