@@ -12,11 +12,12 @@
 #           against the wheel's own libbqjit.so: the wheel, the ctypes layer and logging tests
 #           need no PyTorch (and fail, never skip, without the library);
 #           the PyTorch tests skip when torch is not installed
-#   asan    the same CPU suite with ASan+UBSan                   (build-asan)
+#   asan    the CPU suites with ASan+UBSan, less the three batch  (build-asan)
+#           compiles (see asan() below)
 #   tsan    the concurrency tests with TSan                      (build-tsan)
 #   fuzz    each libFuzzer target for a bounded time             (build-fuzz, scripts/fuzz.sh)
-# The plain suite runs first so that its failures show early. Every tree has
-# line tables only (-g1), and the ASan tree is built at -O0 and the TSan tree
+# The plain suite runs first so that its failures show early. Every tree but
+# the wheel's has line tables only (-g1), and the ASan tree is built at -O0 and the TSan tree
 # at -O1, to keep a 2-core CI machine within 45 minutes.
 # Each stage sets every CMake option it relies on (a tree configured
 # otherwise, e.g. with BQJIT_BUILD_TESTS=OFF, is configured again), and a
