@@ -318,9 +318,10 @@ python_stage() {
   step "python tests" run_pytest "python tests" "$venv"
 }
 
-# ASan+UBSan over every CPU test: the test executables without a GPU test in
-# them (tests/test_gpu_* only skip here) and what they run (the bqjit
-# command, the fake driver). Excluded:
+# ASan+UBSan over the CPU suites: every test executable but the GPU suites
+# (tests/test_gpu_*: their GPU cases only skip here, and their few checks of
+# the case lists are plain logic, run in the normal stage), and what they
+# run (the bqjit command, the fake driver). Excluded:
 #   CacheRobustness.ReaderOutOfDescriptorsLeavesTheEntryAlone: it takes every
 #   file descriptor away (RLIMIT_NOFILE) while bqjit runs, and UBSan's vptr
 #   check needs a pipe() to read the object's vtable; without descriptors it
