@@ -17,8 +17,8 @@
 #   tsan    the concurrency tests with TSan                      (build-tsan)
 #   fuzz    each libFuzzer target for a bounded time             (build-fuzz, scripts/fuzz.sh)
 # The plain suite runs first so that its failures show early. Every tree but
-# the wheel's has line tables only (-g1), and the ASan tree is built at -O0 and the TSan tree
-# at -O1, to keep a 2-core CI machine within 45 minutes.
+# the wheel's has line tables only (-g1), the ASan tree is built at -O0 and
+# the TSan tree at -O1, to keep a 2-core CI machine within 45 minutes.
 # Each stage sets every CMake option it relies on (a tree configured
 # otherwise, e.g. with BQJIT_BUILD_TESTS=OFF, is configured again), and a
 # stage that runs no test fails. The summary gives each stage's time and
@@ -318,6 +318,15 @@ python_stage() {
   step "python tests" run_pytest "python tests" "$venv"
 }
 
+# suites_of TREE TEST...: the GoogleTest suites of these test executables of
+# TREE, as a regex alternation (for ctest -R).
+suites_of() {
+  local tree="$1" t
+  shift
+  for t in "$@"; do "$tree/tests/$t" --gtest_list_tests; done |
+    sed -n 's/^\([^ #][^ ]*\)\.\( .*\)\?$/\1/p' | sort -u | paste -sd'|'
+}
+
 # ASan+UBSan over the CPU suites: every test executable but the GPU suites
 # (tests/test_gpu_*: their GPU cases only skip here, and their few checks of
 # the case lists are plain logic, run in the normal stage), and what they
@@ -348,8 +357,7 @@ asan() {
   done
   step "asan build" ninja -C build-asan -j"$jobs" "${targets[@]}"
   local suites excluded
-  suites="$(for t in "${targets[@]}"; do build-asan/tests/"$t" --gtest_list_tests; done |
-            sed -n 's/^\([^ #][^ ]*\)\.\( .*\)\?$/\1/p' | sort -u | paste -sd'|')"
+  suites="$(suites_of build-asan "${targets[@]}")"
   excluded="$(printf '%s\n' "${asan_excluded[@]}" | sed 's/\./\\./' | paste -sd'|')"
   ASAN_OPTIONS="detect_leaks=1:strict_string_checks=1:check_initialization_order=1" \
     UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
@@ -372,8 +380,7 @@ tsan() {
   done
   step "tsan build" ninja -C build-tsan -j"$jobs" "${targets[@]}"
   local suites
-  suites="$(for t in "${targets[@]}"; do build-tsan/tests/"$t" --gtest_list_tests; done |
-            sed -n 's/^\([^ #][^ ]*\)\.\( .*\)\?$/\1/p' | sort -u | paste -sd'|')"
+  suites="$(suites_of build-tsan "${targets[@]}")"
   TSAN_OPTIONS="suppressions=$root/sanitizers/tsan.supp:halt_on_error=1:second_deadlock_stack=1" \
     step "tsan tests" run_ctest "tsan tests" build-tsan -R "^($suites)\\."
 }
