@@ -211,11 +211,16 @@ std::optional<FullSmSplit> fewTokensFullSm(const KernelSpec& spec, const LaunchS
                                            const DeviceProfile& device) {
   const bool sixteenBitIn = spec.inDtype == InDtype::BF16 || spec.inDtype == InDtype::FP16;
   const bool fp8Out = spec.outDtype == OutDtype::FP8E4M3 || spec.outDtype == OutDtype::FP8E5M2;
+  // FP4 as measured: swizzled_128x4 scales (the bytes layout's few-token
+  // launches were not).
+  const bool fp4Swizzled =
+      spec.outDtype == OutDtype::FP4E2M1 && spec.scaleLayout == ScaleLayout::Swizzled128x4;
   // Where the promise's 32 registers hold the thread without spilling (int8's
   // rounding, col_tma's padding rows and masked batches' expert offsets
   // spill 4-20 bytes there; tests/test_compiler) and where it was measured
   // to pay: gelu's threads take 32 registers unasked.
-  if (!sixteenBitIn || !fp8Out || spec.scaleLayout == ScaleLayout::ColTma || spec.masked ||
+  if (!sixteenBitIn || !(fp8Out || fp4Swizzled) || spec.scaleLayout == ScaleLayout::ColTma ||
+      spec.masked ||
       spec.activation == Activation::Gelu || device.smCount <= 0 || inFlightMultiple(device) != 2)
     return std::nullopt;
   if (spec.groupSize / few.threadsPerGroup != 8 || few.teamSlot() != few.threadsPerGroup ||

@@ -47,17 +47,21 @@ struct FullSmSplit {
   int64_t fromTokens = 0;
 };
 
-/// 8-bit float outputs of 16-bit inputs, in teams of 8 values a thread, on a
-/// device that needs twice the bytes in flight (an H200): the few-token shape
-/// `few` promised 2048 threads an SM (eight 256-thread blocks, 32 registers,
-/// no spills where the rule applies) and the fewest tokens from which it
-/// serves few-token launches, or none. What decides is the grid against the
-/// blocks the device keeps resident: the unpromised shape's six blocks an SM
-/// run the shortest code, so under one wave they win (3072 x 384, 0.73
-/// waves: the promise costs 7%); from about 1.45 waves the promise's fewer
-/// waves win (3-7% for swiglu and gelu_tanh, 1-3% for silu at 1.45, 1.70 and
-/// 1.94 waves; bench/NOTES.md, fourteenth session). The split is put at 1.2
-/// waves of six blocks an SM, between the two measured sides.
+/// 8-bit float outputs, and FP4 with swizzled_128x4 scales, of 16-bit inputs,
+/// in teams of 8 values a thread, on a device that needs twice the bytes in
+/// flight (an H200): the few-token shape `few` promised 2048 threads an SM
+/// (eight 256-thread blocks, 32 registers, no spills where the rule applies)
+/// and the fewest tokens from which it serves few-token launches, or none.
+/// What decides is the grid against the blocks the device keeps resident:
+/// the unpromised shape's six blocks an SM run the shortest code, so under
+/// one wave they win (3072 x 384, 0.73 waves: the promise costs 7%); from
+/// about 1.3 waves the promise's fewer waves win (8-bit: 3-7% for swiglu and
+/// gelu_tanh, 1-3% for silu at 1.45, 1.70 and 1.94 waves, bench/NOTES.md,
+/// fourteenth session; FP4 at 2048 x 1024, 1.29 waves: MXFP4 9%, NVFP4 5%,
+/// twenty-first session). The split is put at 1.2 waves of six blocks an SM,
+/// between the two measured sides. FP4's few-token launches from 1.4 waves
+/// take its two-vector teams (manyTeamsFromTokens), so its split serves the
+/// launches between the two.
 std::optional<FullSmSplit> fewTokensFullSm(const KernelSpec& spec, const LaunchShape& few,
                                            const DeviceProfile& device);
 

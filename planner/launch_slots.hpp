@@ -31,7 +31,7 @@ struct SlotChoice {
   /// the many-token slot (FP4's swizzled grids on an H200).
   int64_t manyTokensFrom = INT64_MAX;
   /// Few-token launches of at least this many rows take the full-SM slot
-  /// (8-bit outputs on an H200).
+  /// (8-bit and swizzled FP4 outputs on an H200).
   int64_t fullSmFrom = INT64_MAX;
 
   /// The slot of a launch of `rows` rows (0..2^40).

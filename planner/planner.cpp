@@ -65,24 +65,27 @@ LaunchPlan Planner::planValid(const KernelSpec& spec, const DeviceProfile& devic
   const auto ruled = [&](Regime r) {
     return !spec.shape && shapes[index(r)] == heuristic[index(r)];
   };
+  const Regime few = Regime::FewTokens;
+  auto split = fewTokensFullSm(spec, heuristic[index(few)], device);
+  if (split && !spec.shape &&
+      (shapes[index(few)] == heuristic[index(few)] || shapes[index(few)] == split->shape))
+    // A record that kept either side's shape gives the regime both again.
+    shapes[index(few)] = heuristic[index(few)];
+  else
+    split.reset();
   if (ruled(Regime::VeryFewTokens) && ruled(Regime::FewTokens) && ruled(Regime::ManyTokens))
     if (auto from = manyTeamsFromTokens(spec, shapes[index(Regime::FewTokens)],
                                         shapes[index(Regime::ManyTokens)], device))
       plan.manyTokensFrom = *from;
+  // Past the few-token regime's last T, or from a T whose launches the
+  // many-token teams take (FP4), the split serves nothing. From the regime's
+  // first T it serves every few-token launch, the few-token variant still
+  // planned: where the promise spills, the service gives the slot that one.
   std::optional<LaunchShape> fullSm;
-  const Regime few = Regime::FewTokens;
-  if (auto split = fewTokensFullSm(spec, heuristic[index(few)], device);
-      split && !spec.shape &&
-      (shapes[index(few)] == heuristic[index(few)] || shapes[index(few)] == split->shape)) {
-    // A record that kept either side's shape gives the regime both again.
-    shapes[index(few)] = heuristic[index(few)];
-    // Past the regime's last T it serves nothing. From its first T it
-    // serves every few-token launch, the few-token variant still planned:
-    // where the promise spills, the service gives the slot that one.
-    if (split->fromTokens <= regimeLastTokens(few, spec.hidden)) {
-      fullSm = split->shape;
-      plan.fullSmFrom = std::max(split->fromTokens, regimeFirstTokens(few, spec.hidden));
-    }
+  if (split && split->fromTokens <= regimeLastTokens(few, spec.hidden) &&
+      split->fromTokens < plan.manyTokensFrom) {
+    fullSm = split->shape;
+    plan.fullSmFrom = std::max(split->fromTokens, regimeFirstTokens(few, spec.hidden));
   }
   // Each shape once, in the size order of the first slot it serves.
   auto variantOf = [&](const LaunchShape& shape) {

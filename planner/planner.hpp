@@ -33,8 +33,9 @@ struct LaunchPlan {
   int64_t manyTokensFrom = INT64_MAX;
   /// Few-token launches of at least this many tokens take
   /// `variants[fullSmVariant]`, the few-token shape promised a full
-  /// multiprocessor (fewTokensFullSm: 8-bit outputs on an H200 from 1.2
-  /// waves); INT64_MAX (and -1): none do.
+  /// multiprocessor (fewTokensFullSm: 8-bit and swizzled FP4 outputs on an
+  /// H200 from 1.2 waves; FP4's below manyTokensFrom); INT64_MAX (and -1):
+  /// none do.
   int64_t fullSmFrom = INT64_MAX;
   int fullSmVariant = -1;
 

@@ -559,11 +559,12 @@ TEST_F(CompilerTest, ActivationsGateUpAndRoundingsCompileWithoutSpills) {
 }
 
 // The few-token shape promised a full SM (32 registers), which the planner
-// gives 8-bit launches on an H200 from 1.2 waves (fewTokensFullSm): over
-// every spec it may serve (16-bit inputs, both fp8 outputs, every layout it
-// takes, the three sigmoid-family activations, both gate/up layouts, G = 32,
-// 64 and 128, a scale bound and both roundings spread over the cases), the
-// planner's promised variant compiles without spills at these H. (int8,
+// gives 8-bit and swizzled FP4 launches on an H200 from 1.2 waves
+// (fewTokensFullSm): over every spec it may serve (16-bit inputs, both fp8
+// outputs, every layout it takes, NVFP4 and MXFP4, the three sigmoid-family
+// activations, both gate/up layouts, G = 32, 64 and 128, a scale bound and
+// both roundings spread over the cases), the planner's promised variant
+// compiles without spills at these H. (int8,
 // col_tma and masked batches spill 4-20 bytes there: the rule leaves them
 // out. At G = 128 it spills 4 bytes where H / G is a power of two, and the
 // service leaves such launches the few-token shape: FakeDriverLaunch.
@@ -603,12 +604,40 @@ std::vector<KernelSpec> fullSmMatrix() {
         }
         out.push_back(plan->variants[plan->fullSmVariant]);
       }
+  // FP4 with swizzled_128x4 scales: NVFP4 and MXFP4 at H whose one-tile
+  // split exists, both inputs, the three activations, both gate/up layouts,
+  // both roundings and a scale bound spread over the cases.
+  for (int hidden : {2048, 2880, 5120})
+    for (bool mx : {false, true})
+      for (Activation a : {Activation::Silu, Activation::Swiglu, Activation::GeluTanh}) {
+        KernelSpec s = withActivation(makeSpec(hidden, mx ? 32 : 16, "sm_90"), a);
+        s.outDtype = OutDtype::FP4E2M1;
+        s.scaleLayout = ScaleLayout::Swizzled128x4;
+        s.ue8m0 = mx;
+        s.inDtype = k % 2 ? InDtype::FP16 : InDtype::BF16;
+        s.gateUp = k % 4 < 2 ? GateUp::Split : GateUp::Interleaved;
+        if (mx) {
+          s.scaleRounding = k % 5 < 2 ? ScaleRounding::Floor : ScaleRounding::Ceil;
+          s.hasScaleUb = s.scaleRounding == ScaleRounding::Ceil && k % 3 == 2;
+        }
+        ++k;
+        auto plan = planner.plan(s, h200);
+        if (!plan) {
+          ADD_FAILURE() << s.canonical() << ": " << consumeToString(plan.takeError());
+          continue;
+        }
+        if (plan->fullSmVariant < 0) {
+          ADD_FAILURE() << s.canonical() << ": no full-SM variant planned";
+          continue;
+        }
+        out.push_back(plan->variants[plan->fullSmVariant]);
+      }
   return out;
 }
 
 TEST_F(CompilerTest, FullSmFewTokenVariantsCompileWithoutSpills) {
   const std::vector<KernelSpec> specs = fullSmMatrix();
-  ASSERT_EQ(specs.size(), 6u * 3 * 3);
+  ASSERT_EQ(specs.size(), 6u * 3 * 3 + 3 * 2 * 3);
   expectMatrixCompiles(*compiler_, specs, [](const KernelSpec& s, const CompiledKernel& k) {
     return k.resources.registers > 32
                ? "full-SM promise not kept: " + std::to_string(k.resources.registers) +

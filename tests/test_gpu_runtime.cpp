@@ -1126,5 +1126,68 @@ TEST(GpuRuntime, EightBitFewTokenLaunchesTakeTheFullSmPromiseFromThePlannersT) {
   }
 }
 
+// FP4 with swizzled_128x4 scales: where the device gets the planner's
+// full-SM split (an H200), few-token launches from its T up to the T of the
+// many-token teams take the one-vector shape promised a full SM, and compute
+// what the reference does: NVFP4 and MXFP4, fp16, gpt-oss's interleaved
+// swiglu and gelu_tanh, odd T with padding rows in the last tile; below the
+// split the few-token shape, from the many-token T the two-vector teams.
+TEST(GpuRuntime, Fp4SwizzledFewTokenLaunchesTakeTheFullSmPromiseBelowTheManyTokenTeams) {
+  BQJIT_REQUIRE_GPU_ENV();
+  GpuEnv& env = GpuEnv::get();
+  auto profile = env.service->deviceProfile(0);
+  ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
+  struct Case {
+    int hidden;
+    bool mx;
+    Activation activation;
+    GateUp gateUp;
+    InDtype in;
+  };
+  const Case cases[] = {
+      {2048, false, Activation::Silu, GateUp::Split, InDtype::BF16},
+      {2880, true, Activation::Swiglu, GateUp::Interleaved, InDtype::BF16},
+      {5120, false, Activation::GeluTanh, GateUp::Split, InDtype::FP16},
+      {4096, true, Activation::Silu, GateUp::Split, InDtype::FP16},
+  };
+  for (const Case& k : cases) {
+    KernelSpec spec = bf16Spec(k.hidden, k.mx ? 32 : 16);
+    spec.outDtype = OutDtype::FP4E2M1;
+    spec.ue8m0 = k.mx;
+    spec.scaleLayout = ScaleLayout::Swizzled128x4;
+    spec.activation = k.activation;
+    if (k.activation == Activation::Swiglu) { // gpt-oss's
+      spec.alpha = 1.702f;
+      spec.beta = 1.0f;
+      spec.limit = 7.0f;
+    }
+    spec.gateUp = k.gateUp;
+    spec.inDtype = k.in;
+    auto plan = env.service->planner().plan(spec, *profile);
+    ASSERT_TRUE(bool(plan)) << consumeToString(plan.takeError());
+    if (plan->fullSmFrom == INT64_MAX)
+      GTEST_SKIP() << "no full-SM split for FP4 on " << profile->model;
+    ASSERT_LT(plan->fullSmFrom, plan->manyTokensFrom) << spec.label();
+    auto kernel = env.service->getKernel(spec, 0);
+    ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+    env.service->finishVariants();
+    const int64_t from = plan->fullSmFrom, manyFrom = plan->manyTokensFrom;
+    const LaunchShape many = *plan->variantFor(Regime::ManyTokens).shape;
+    for (int64_t tokens : {from - 1, from, from + 2, manyFrom - 1, manyFrom}) {
+      const LaunchShape shape = *kernel->specFor(tokens).shape;
+      const bool promised = tokens >= from && tokens < manyFrom;
+      EXPECT_EQ(shape.minBlocksPerSm == 8, promised) << spec.label() << " T=" << tokens;
+      EXPECT_EQ(shape == many, tokens >= manyFrom) << spec.label() << " T=" << tokens;
+      GpuCase c;
+      c.spec = spec;
+      c.tokens = tokens;
+      c.globalScale = k.mx ? 0.0f : 448.0f * 6.0f / 64.0f;
+      c.seed = 1600 + static_cast<uint64_t>(tokens);
+      auto report = runWithKernel(*kernel, c);
+      EXPECT_TRUE(report.ok()) << c.name() << ": " << report.summary();
+    }
+  }
+}
+
 } // namespace
 } // namespace bqjit::test

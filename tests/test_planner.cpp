@@ -427,7 +427,7 @@ TEST_F(PlannerTest, Fp4SwizzledLaunchesTakeTheManyTokenTeamsFromTheirWaves) {
 // 8-bit float outputs of 16-bit inputs on an H200: few-token launches whose
 // grid of the few-token shape reaches 1.2 waves of six blocks an SM take that
 // shape promised a full SM (eight blocks); below it, the shape ptxas is left
-// to; nowhere else.
+// to; nowhere else but FP4's swizzled grids (the test after this one).
 TEST_F(PlannerTest, EightBitFewTokenLaunchesTakeTheFullSmPromiseFromTheirWaves) {
   Planner p(config(""), "code v1");
   const DeviceProfile h200 = *DeviceProfile::known("H200");
@@ -480,7 +480,7 @@ TEST_F(PlannerTest, EightBitFewTokenLaunchesTakeTheFullSmPromiseFromTheirWaves) 
     };
     // Not on an H100 (not measured there), nor where the promise's 32
     // registers spill (int8, col_tma, masked batches), nor for gelu (32
-    // registers unasked), fp32 inputs (other teams), FP4, a spec's own shape.
+    // registers unasked), fp32 inputs (other teams) or a spec's own shape.
     auto with = [&](auto change) {
       KernelSpec s = spec;
       change(s);
@@ -551,6 +551,107 @@ TEST_F(PlannerTest, EightBitFewTokenLaunchesTakeTheFullSmPromiseFromTheirWaves) 
   EXPECT_EQ(keptPromise->fullSmFrom, 634);
   EXPECT_EQ(*keptPromise->variantForTokens(633).shape, heuristicFew);
   EXPECT_EQ(*keptPromise->variantForTokens(634).shape, promisedFew);
+}
+
+// FP4 with swizzled_128x4 scales on an H200: few-token launches from 1.2
+// waves of the one-vector grid (six blocks an SM) take that shape promised a
+// full SM, up to the T from which the two-vector teams take them (1.4
+// waves); with the grid's 128-row tiles that is one tile of T at most H, and
+// none where one tile jumps past 1.4 waves (7168).
+TEST_F(PlannerTest, Fp4SwizzledFewTokenLaunchesTakeTheFullSmPromiseBelowTheManyTokenTeams) {
+  Planner p(config(""), "code v1");
+  const DeviceProfile h200 = *DeviceProfile::known("H200");
+  const DeviceProfile h100 = *DeviceProfile::known("H100 80GB HBM3");
+  auto fp4 = [](int hidden, bool mx) {
+    KernelSpec s;
+    s.hidden = hidden;
+    s.groupSize = mx ? 32 : 16;
+    s.ue8m0 = mx;
+    s.outDtype = OutDtype::FP4E2M1;
+    s.scaleLayout = ScaleLayout::Swizzled128x4;
+    s.arch = "sm_90";
+    return s;
+  };
+  // {H, first T of the promise, first T of the many-token teams}. The row
+  // measured (bench/NOTES.md, twenty-first session): 2048 x 1024, 1.29 waves.
+  struct Expected {
+    int hidden;
+    int64_t from, manyFrom;
+  };
+  const Expected expected[] = {
+      {2048, 897, 1025}, {2880, 641, 769}, {4096, 385, 513}, {5120, 257, 385}};
+  for (bool mx : {false, true})
+    for (const Expected& e : expected) {
+      const KernelSpec spec = fp4(e.hidden, mx);
+      const std::string what = "H=" + std::to_string(e.hidden) + (mx ? " MXFP4" : " NVFP4");
+      auto plan = p.plan(spec, h200);
+      ASSERT_TRUE(bool(plan)) << consumeToString(plan.takeError());
+      EXPECT_EQ(plan->fullSmFrom, e.from) << what;
+      EXPECT_EQ(plan->manyTokensFrom, e.manyFrom) << what;
+      ASSERT_GE(plan->fullSmVariant, 0) << what;
+      const LaunchShape few = *plan->variantFor(Regime::FewTokens).shape;
+      EXPECT_EQ(few.minBlocksPerSm, 0) << what;
+      EXPECT_EQ(spec.groupSize / few.threadsPerGroup, 8) << what; // one vector a thread
+      LaunchShape promised = few;
+      promised.minBlocksPerSm = 8;
+      EXPECT_EQ(*plan->variants[plan->fullSmVariant].shape, promised) << what;
+      // The waves, counted as the launch counts its blocks (128-row tiles).
+      KernelSpec resolved = spec;
+      resolved.shape = few;
+      const double wave = h200.smCount * 6.0;
+      EXPECT_GE(gridBlocks(resolved, e.from) / wave, 1.2) << what;
+      EXPECT_LT(gridBlocks(resolved, e.from - 1) / wave, 1.2) << what;
+      EXPECT_LT(gridBlocks(resolved, e.manyFrom - 1) / wave, 1.4) << what;
+      const LaunchShape many = *plan->variantFor(Regime::ManyTokens).shape;
+      EXPECT_EQ(*plan->variantForTokens(e.from - 1).shape, few) << what;
+      EXPECT_EQ(*plan->variantForTokens(e.from).shape, promised) << what;
+      EXPECT_EQ(*plan->variantForTokens(e.manyFrom - 1).shape, promised) << what;
+      EXPECT_EQ(*plan->variantForTokens(e.manyFrom).shape, many) << what;
+      // Not on an H100, nor for the bytes layout, masked batches, gelu or a
+      // spec's own shape.
+      auto none = [&](const KernelSpec& s, const DeviceProfile& d, const char* why) {
+        auto other = p.plan(s, d);
+        ASSERT_TRUE(bool(other)) << consumeToString(other.takeError());
+        EXPECT_EQ(other->fullSmFrom, INT64_MAX) << why << " " << what;
+        EXPECT_EQ(other->fullSmVariant, -1) << why << " " << what;
+      };
+      none(spec, h100, "H100");
+      KernelSpec bytes = spec;
+      bytes.scaleLayout = ScaleLayout::Bytes;
+      none(bytes, h200, "bytes");
+      KernelSpec masked = spec;
+      masked.masked = true;
+      none(masked, h200, "masked");
+      KernelSpec gelu = spec;
+      gelu.activation = Activation::Gelu;
+      none(gelu, h200, "gelu");
+      KernelSpec fixed = spec;
+      fixed.shape = few;
+      none(fixed, h200, "explicit shape");
+    }
+  // Where one tile of T takes the grid from under 1.2 waves to 1.4 or more,
+  // the promise would serve no launch: no variant is planned for it.
+  for (bool mx : {false, true}) {
+    auto plan = p.plan(fp4(7168, mx), h200);
+    ASSERT_TRUE(bool(plan)) << consumeToString(plan.takeError());
+    EXPECT_EQ(plan->manyTokensFrom, 257);
+    EXPECT_EQ(plan->fullSmFrom, INT64_MAX);
+    EXPECT_EQ(plan->fullSmVariant, -1);
+  }
+  // A tuning record that kept the promised shape for the few-token regime
+  // gives the regime both shapes again and keeps the many-token rule.
+  Planner tuned = planner();
+  const KernelSpec spec = fp4(2048, true);
+  auto base = tuned.plan(spec, h200);
+  ASSERT_TRUE(bool(base)) << consumeToString(base.takeError());
+  const LaunchShape promised = *base->variants[base->fullSmVariant].shape;
+  ASSERT_FALSE(bool(tuned.tuning().store(spec, promised, Regime::FewTokens, h200)));
+  auto kept = tuned.plan(spec, h200);
+  ASSERT_TRUE(bool(kept)) << consumeToString(kept.takeError());
+  EXPECT_EQ(kept->fullSmFrom, 897);
+  EXPECT_EQ(kept->manyTokensFrom, 1025);
+  EXPECT_EQ(*kept->variantForTokens(896).shape, *base->variantFor(Regime::FewTokens).shape);
+  EXPECT_EQ(*kept->variantForTokens(897).shape, promised);
 }
 
 } // namespace
