@@ -220,8 +220,8 @@ std::optional<FullSmSplit> fewTokensFullSm(const KernelSpec& spec, const LaunchS
   // spill 4-20 bytes there; tests/test_compiler) and where it was measured
   // to pay: gelu's threads take 32 registers unasked.
   if (!sixteenBitIn || !(fp8Out || fp4Swizzled) || spec.scaleLayout == ScaleLayout::ColTma ||
-      spec.masked ||
-      spec.activation == Activation::Gelu || device.smCount <= 0 || inFlightMultiple(device) != 2)
+      spec.masked || spec.activation == Activation::Gelu || device.smCount <= 0 ||
+      inFlightMultiple(device) != 2)
     return std::nullopt;
   if (spec.groupSize / few.threadsPerGroup != 8 || few.teamSlot() != few.threadsPerGroup ||
       few.threadsPerBlock() != 256 || few.minBlocksPerSm != 0)

@@ -580,6 +580,15 @@ std::vector<KernelSpec> fullSmMatrix() {
   const DeviceProfile h200 = *DeviceProfile::known("H200");
   const Planner planner(Config{}, "test");
   std::vector<KernelSpec> out;
+  auto addPromised = [&](const KernelSpec& s) {
+    auto plan = planner.plan(s, h200);
+    if (!plan)
+      ADD_FAILURE() << s.canonical() << ": " << consumeToString(plan.takeError());
+    else if (plan->fullSmVariant < 0)
+      ADD_FAILURE() << s.canonical() << ": no full-SM variant planned";
+    else
+      out.push_back(plan->variants[plan->fullSmVariant]);
+  };
   int k = 0;
   for (const Layout& l : layouts)
     for (Activation a : {Activation::Silu, Activation::Swiglu, Activation::GeluTanh})
@@ -593,16 +602,7 @@ std::vector<KernelSpec> fullSmMatrix() {
         s.scaleRounding = l.ue8m0 && k % 5 < 2 ? ScaleRounding::Floor : ScaleRounding::Ceil;
         s.hasScaleUb = s.scaleRounding == ScaleRounding::Ceil && k % 3 == 2;
         ++k;
-        auto plan = planner.plan(s, h200);
-        if (!plan) {
-          ADD_FAILURE() << s.canonical() << ": " << consumeToString(plan.takeError());
-          continue;
-        }
-        if (plan->fullSmVariant < 0) {
-          ADD_FAILURE() << s.canonical() << ": no full-SM variant planned";
-          continue;
-        }
-        out.push_back(plan->variants[plan->fullSmVariant]);
+        addPromised(s);
       }
   // FP4 with swizzled_128x4 scales: NVFP4 and MXFP4 at H whose one-tile
   // split exists, both inputs, the three activations, both gate/up layouts,
@@ -621,16 +621,7 @@ std::vector<KernelSpec> fullSmMatrix() {
           s.hasScaleUb = s.scaleRounding == ScaleRounding::Ceil && k % 3 == 2;
         }
         ++k;
-        auto plan = planner.plan(s, h200);
-        if (!plan) {
-          ADD_FAILURE() << s.canonical() << ": " << consumeToString(plan.takeError());
-          continue;
-        }
-        if (plan->fullSmVariant < 0) {
-          ADD_FAILURE() << s.canonical() << ": no full-SM variant planned";
-          continue;
-        }
-        out.push_back(plan->variants[plan->fullSmVariant]);
+        addPromised(s);
       }
   return out;
 }

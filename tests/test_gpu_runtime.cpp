@@ -2,6 +2,7 @@
 // launch argument checks, architecture mismatch. Skips without a GPU.
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <iostream>
 #include <mutex>
 #include <thread>
@@ -1061,6 +1062,69 @@ TEST(GpuRuntime, WarmHitsWhileAnotherThreadCompiles) {
   EXPECT_GT(hits.load(), 0);
 }
 
+// A spec of the full-SM split's GPU tests (gpt-oss's parameters for swiglu).
+struct FullSmCase {
+  int hidden, group;
+  Activation activation;
+  GateUp gateUp;
+  InDtype in;
+  OutDtype out;
+  ScaleLayout layout;
+  bool ue8m0;
+};
+
+KernelSpec fullSmSpec(const FullSmCase& k) {
+  KernelSpec spec = bf16Spec(k.hidden, k.group);
+  spec.activation = k.activation;
+  if (k.activation == Activation::Swiglu) {
+    spec.alpha = 1.702f;
+    spec.beta = 1.0f;
+    spec.limit = 7.0f;
+  }
+  spec.gateUp = k.gateUp;
+  spec.inDtype = k.in;
+  spec.outDtype = k.out;
+  spec.scaleLayout = k.layout;
+  spec.ue8m0 = k.ue8m0;
+  return spec;
+}
+
+// Launches of `spec` through the service's kernel at `tokens` rows (the
+// plan's split T relative): the promised shape serves exactly the T from
+// plan.fullSmFrom below plan.manyTokensFrom, the many-token teams those
+// from manyTokensFrom, and each launch computes what the reference does.
+// Skips where the device gets no split.
+void expectFullSmSplit(const FullSmCase& k,
+                       const std::function<std::vector<int64_t>(const LaunchPlan&)>& tokens,
+                       uint64_t seed) {
+  GpuEnv& env = GpuEnv::get();
+  auto profile = env.service->deviceProfile(0);
+  ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
+  const KernelSpec spec = fullSmSpec(k);
+  auto plan = env.service->planner().plan(spec, *profile);
+  ASSERT_TRUE(bool(plan)) << consumeToString(plan.takeError());
+  if (plan->fullSmFrom == INT64_MAX)
+    GTEST_SKIP() << "no full-SM split for " << spec.label() << " on " << profile->model;
+  ASSERT_LT(plan->fullSmFrom, plan->manyTokensFrom) << spec.label();
+  auto kernel = env.service->getKernel(spec, 0);
+  ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
+  env.service->finishVariants();
+  const LaunchShape many = *plan->variantFor(Regime::ManyTokens).shape;
+  for (int64_t t : tokens(*plan)) {
+    const LaunchShape shape = *kernel->specFor(t).shape;
+    EXPECT_EQ(shape.minBlocksPerSm == 8, t >= plan->fullSmFrom && t < plan->manyTokensFrom)
+        << spec.label() << " T=" << t;
+    EXPECT_EQ(shape == many, t >= plan->manyTokensFrom) << spec.label() << " T=" << t;
+    GpuCase c;
+    c.spec = spec;
+    c.tokens = t;
+    c.globalScale = spec.needsGlobalScale() ? 448.0f * 6.0f / 64.0f : 0.0f;
+    c.seed = seed + static_cast<uint64_t>(t);
+    auto report = runWithKernel(*kernel, c);
+    EXPECT_TRUE(report.ok()) << c.name() << ": " << report.summary();
+  }
+}
+
 // 8-bit outputs: where the device gets the planner's full-SM split of the
 // few-token regime (an H200), few-token launches from the planner's T on take
 // the promised shape and compute what the reference does, with every
@@ -1068,19 +1132,7 @@ TEST(GpuRuntime, WarmHitsWhileAnotherThreadCompiles) {
 // below that T, the few-token shape.
 TEST(GpuRuntime, EightBitFewTokenLaunchesTakeTheFullSmPromiseFromThePlannersT) {
   BQJIT_REQUIRE_GPU_ENV();
-  GpuEnv& env = GpuEnv::get();
-  auto profile = env.service->deviceProfile(0);
-  ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
-  struct Case {
-    int hidden, group;
-    Activation activation;
-    GateUp gateUp;
-    InDtype in;
-    OutDtype out;
-    ScaleLayout layout;
-    bool ue8m0;
-  };
-  const Case cases[] = {
+  const FullSmCase cases[] = {
       {3072, 128, Activation::Silu, GateUp::Split, InDtype::BF16, OutDtype::FP8E4M3,
        ScaleLayout::Row, false},
       {7168, 128, Activation::Swiglu, GateUp::Interleaved, InDtype::FP16, OutDtype::FP8E4M3,
@@ -1090,40 +1142,15 @@ TEST(GpuRuntime, EightBitFewTokenLaunchesTakeTheFullSmPromiseFromThePlannersT) {
       {2880, 32, Activation::Swiglu, GateUp::Interleaved, InDtype::BF16, OutDtype::FP8E4M3,
        ScaleLayout::Swizzled128x4, true},
   };
-  for (const Case& k : cases) {
-    KernelSpec spec = bf16Spec(k.hidden, k.group);
-    spec.activation = k.activation;
-    if (k.activation == Activation::Swiglu) { // gpt-oss's
-      spec.alpha = 1.702f;
-      spec.beta = 1.0f;
-      spec.limit = 7.0f;
-    }
-    spec.gateUp = k.gateUp;
-    spec.inDtype = k.in;
-    spec.outDtype = k.out;
-    spec.scaleLayout = k.layout;
-    spec.ue8m0 = k.ue8m0;
-    auto plan = env.service->planner().plan(spec, *profile);
-    ASSERT_TRUE(bool(plan)) << consumeToString(plan.takeError());
-    if (plan->fullSmFrom == INT64_MAX)
-      GTEST_SKIP() << "no full-SM split on " << profile->model;
-    auto kernel = env.service->getKernel(spec, 0);
-    ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
-    env.service->finishVariants();
-    const int64_t from = plan->fullSmFrom;
-    const int64_t lastFew = regimeMaxElements(Regime::FewTokens) / k.hidden;
-    for (int64_t tokens : {from - 1, from, from + 1, lastFew}) {
-      const bool promised = tokens >= from;
-      EXPECT_EQ(kernel->specFor(tokens).shape->minBlocksPerSm == 8, promised)
-          << spec.label() << " T=" << tokens;
-      GpuCase c;
-      c.spec = spec;
-      c.tokens = tokens;
-      c.seed = 1500 + static_cast<uint64_t>(tokens);
-      auto report = runWithKernel(*kernel, c);
-      EXPECT_TRUE(report.ok()) << c.name() << ": " << report.summary();
-    }
-  }
+  for (const FullSmCase& k : cases)
+    expectFullSmSplit(
+        k,
+        [&](const LaunchPlan& plan) {
+          const int64_t lastFew = regimeMaxElements(Regime::FewTokens) / k.hidden;
+          return std::vector<int64_t>{plan.fullSmFrom - 1, plan.fullSmFrom, plan.fullSmFrom + 1,
+                                      lastFew};
+        },
+        1500);
 }
 
 // FP4 with swizzled_128x4 scales: where the device gets the planner's
@@ -1134,59 +1161,22 @@ TEST(GpuRuntime, EightBitFewTokenLaunchesTakeTheFullSmPromiseFromThePlannersT) {
 // split the few-token shape, from the many-token T the two-vector teams.
 TEST(GpuRuntime, Fp4SwizzledFewTokenLaunchesTakeTheFullSmPromiseBelowTheManyTokenTeams) {
   BQJIT_REQUIRE_GPU_ENV();
-  GpuEnv& env = GpuEnv::get();
-  auto profile = env.service->deviceProfile(0);
-  ASSERT_TRUE(bool(profile)) << consumeToString(profile.takeError());
-  struct Case {
-    int hidden;
-    bool mx;
-    Activation activation;
-    GateUp gateUp;
-    InDtype in;
+  const OutDtype fp4 = OutDtype::FP4E2M1;
+  const ScaleLayout swizzled = ScaleLayout::Swizzled128x4;
+  const FullSmCase cases[] = {
+      {2048, 16, Activation::Silu, GateUp::Split, InDtype::BF16, fp4, swizzled, false},
+      {2880, 32, Activation::Swiglu, GateUp::Interleaved, InDtype::BF16, fp4, swizzled, true},
+      {5120, 16, Activation::GeluTanh, GateUp::Split, InDtype::FP16, fp4, swizzled, false},
+      {4096, 32, Activation::Silu, GateUp::Split, InDtype::FP16, fp4, swizzled, true},
   };
-  const Case cases[] = {
-      {2048, false, Activation::Silu, GateUp::Split, InDtype::BF16},
-      {2880, true, Activation::Swiglu, GateUp::Interleaved, InDtype::BF16},
-      {5120, false, Activation::GeluTanh, GateUp::Split, InDtype::FP16},
-      {4096, true, Activation::Silu, GateUp::Split, InDtype::FP16},
-  };
-  for (const Case& k : cases) {
-    KernelSpec spec = bf16Spec(k.hidden, k.mx ? 32 : 16);
-    spec.outDtype = OutDtype::FP4E2M1;
-    spec.ue8m0 = k.mx;
-    spec.scaleLayout = ScaleLayout::Swizzled128x4;
-    spec.activation = k.activation;
-    if (k.activation == Activation::Swiglu) { // gpt-oss's
-      spec.alpha = 1.702f;
-      spec.beta = 1.0f;
-      spec.limit = 7.0f;
-    }
-    spec.gateUp = k.gateUp;
-    spec.inDtype = k.in;
-    auto plan = env.service->planner().plan(spec, *profile);
-    ASSERT_TRUE(bool(plan)) << consumeToString(plan.takeError());
-    if (plan->fullSmFrom == INT64_MAX)
-      GTEST_SKIP() << "no full-SM split for FP4 on " << profile->model;
-    ASSERT_LT(plan->fullSmFrom, plan->manyTokensFrom) << spec.label();
-    auto kernel = env.service->getKernel(spec, 0);
-    ASSERT_TRUE(bool(kernel)) << consumeToString(kernel.takeError());
-    env.service->finishVariants();
-    const int64_t from = plan->fullSmFrom, manyFrom = plan->manyTokensFrom;
-    const LaunchShape many = *plan->variantFor(Regime::ManyTokens).shape;
-    for (int64_t tokens : {from - 1, from, from + 2, manyFrom - 1, manyFrom}) {
-      const LaunchShape shape = *kernel->specFor(tokens).shape;
-      const bool promised = tokens >= from && tokens < manyFrom;
-      EXPECT_EQ(shape.minBlocksPerSm == 8, promised) << spec.label() << " T=" << tokens;
-      EXPECT_EQ(shape == many, tokens >= manyFrom) << spec.label() << " T=" << tokens;
-      GpuCase c;
-      c.spec = spec;
-      c.tokens = tokens;
-      c.globalScale = k.mx ? 0.0f : 448.0f * 6.0f / 64.0f;
-      c.seed = 1600 + static_cast<uint64_t>(tokens);
-      auto report = runWithKernel(*kernel, c);
-      EXPECT_TRUE(report.ok()) << c.name() << ": " << report.summary();
-    }
-  }
+  for (const FullSmCase& k : cases)
+    expectFullSmSplit(
+        k,
+        [](const LaunchPlan& plan) {
+          return std::vector<int64_t>{plan.fullSmFrom - 1, plan.fullSmFrom, plan.fullSmFrom + 2,
+                                      plan.manyTokensFrom - 1, plan.manyTokensFrom};
+        },
+        1600);
 }
 
 } // namespace

@@ -29,6 +29,24 @@ KernelSpec smallSpec(int hidden = 1024) {
   return s;
 }
 
+// `s` with one change made by `change`.
+template <class Change> KernelSpec changed(KernelSpec s, Change change) {
+  change(s);
+  return s;
+}
+
+// NVFP4 (G = 16) or MXFP4 (G = 32) with swizzled_128x4 scales for sm_90.
+KernelSpec fp4(int hidden, bool mx) {
+  KernelSpec s;
+  s.hidden = hidden;
+  s.groupSize = mx ? 32 : 16;
+  s.ue8m0 = mx;
+  s.outDtype = OutDtype::FP4E2M1;
+  s.scaleLayout = ScaleLayout::Swizzled128x4;
+  s.arch = "sm_90";
+  return s;
+}
+
 class PlannerTest : public testing::Test {
 protected:
   void SetUp() override {
@@ -343,16 +361,6 @@ TEST_F(PlannerTest, Fp4SwizzledLaunchesTakeTheManyTokenTeamsFromTheirWaves) {
   Planner p(config(""), "code v1");
   const DeviceProfile h200 = *DeviceProfile::known("H200");
   const DeviceProfile h100 = *DeviceProfile::known("H100 80GB HBM3");
-  auto fp4 = [](int hidden, bool mx) {
-    KernelSpec s;
-    s.hidden = hidden;
-    s.groupSize = mx ? 32 : 16;
-    s.ue8m0 = mx;
-    s.outDtype = OutDtype::FP4E2M1;
-    s.scaleLayout = ScaleLayout::Swizzled128x4;
-    s.arch = "sm_90";
-    return s;
-  };
   // The rows measured on the H200 (bench/NOTES.md, fourteenth session): the
   // one-vector teams won at 7168 x 160/256 and 2048 x 1024, the two-vector
   // teams at 7168 x 512, 18432 x 64, 14336 x 256 and 25600 x 16..512.
@@ -562,16 +570,6 @@ TEST_F(PlannerTest, Fp4SwizzledFewTokenLaunchesTakeTheFullSmPromiseBelowTheManyT
   Planner p(config(""), "code v1");
   const DeviceProfile h200 = *DeviceProfile::known("H200");
   const DeviceProfile h100 = *DeviceProfile::known("H100 80GB HBM3");
-  auto fp4 = [](int hidden, bool mx) {
-    KernelSpec s;
-    s.hidden = hidden;
-    s.groupSize = mx ? 32 : 16;
-    s.ue8m0 = mx;
-    s.outDtype = OutDtype::FP4E2M1;
-    s.scaleLayout = ScaleLayout::Swizzled128x4;
-    s.arch = "sm_90";
-    return s;
-  };
   // {H, first T of the promise, first T of the many-token teams}. The row
   // measured (bench/NOTES.md, twenty-first session): 2048 x 1024, 1.29 waves.
   struct Expected {
@@ -616,18 +614,10 @@ TEST_F(PlannerTest, Fp4SwizzledFewTokenLaunchesTakeTheFullSmPromiseBelowTheManyT
         EXPECT_EQ(other->fullSmVariant, -1) << why << " " << what;
       };
       none(spec, h100, "H100");
-      KernelSpec bytes = spec;
-      bytes.scaleLayout = ScaleLayout::Bytes;
-      none(bytes, h200, "bytes");
-      KernelSpec masked = spec;
-      masked.masked = true;
-      none(masked, h200, "masked");
-      KernelSpec gelu = spec;
-      gelu.activation = Activation::Gelu;
-      none(gelu, h200, "gelu");
-      KernelSpec fixed = spec;
-      fixed.shape = few;
-      none(fixed, h200, "explicit shape");
+      none(changed(spec, [](KernelSpec& s) { s.scaleLayout = ScaleLayout::Bytes; }), h200, "bytes");
+      none(changed(spec, [](KernelSpec& s) { s.masked = true; }), h200, "masked");
+      none(changed(spec, [](KernelSpec& s) { s.activation = Activation::Gelu; }), h200, "gelu");
+      none(changed(spec, [&](KernelSpec& s) { s.shape = few; }), h200, "explicit shape");
     }
   // Where one tile of T takes the grid from under 1.2 waves to 1.4 or more,
   // the promise would serve no launch: no variant is planned for it.
