@@ -73,9 +73,9 @@ LaunchPlan Planner::planValid(const KernelSpec& spec, const DeviceProfile& devic
     shapes[index(few)] = heuristic[index(few)];
   else
     split.reset();
-  if (ruled(Regime::VeryFewTokens) && ruled(Regime::FewTokens) && ruled(Regime::ManyTokens))
-    if (auto from = manyTeamsFromTokens(spec, shapes[index(Regime::FewTokens)],
-                                        shapes[index(Regime::ManyTokens)], device))
+  if (ruled(Regime::VeryFewTokens) && ruled(few) && ruled(Regime::ManyTokens))
+    if (auto from = manyTeamsFromTokens(spec, shapes[index(few)], shapes[index(Regime::ManyTokens)],
+                                        device))
       plan.manyTokensFrom = *from;
   // Past the few-token regime's last T, or from a T whose launches the
   // many-token teams take (FP4), the split serves nothing. From the regime's

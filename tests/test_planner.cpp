@@ -489,18 +489,14 @@ TEST_F(PlannerTest, EightBitFewTokenLaunchesTakeTheFullSmPromiseFromTheirWaves) 
     // Not on an H100 (not measured there), nor where the promise's 32
     // registers spill (int8, col_tma, masked batches), nor for gelu (32
     // registers unasked), fp32 inputs (other teams) or a spec's own shape.
-    auto with = [&](auto change) {
-      KernelSpec s = spec;
-      change(s);
-      return s;
-    };
     none(spec, h100, "H100");
-    none(with([](KernelSpec& s) { s.outDtype = OutDtype::INT8; }), h200, "int8");
-    none(with([](KernelSpec& s) { s.scaleLayout = ScaleLayout::ColTma; }), h200, "col_tma");
-    none(with([](KernelSpec& s) { s.masked = true; }), h200, "masked");
-    none(with([](KernelSpec& s) { s.activation = Activation::Gelu; }), h200, "gelu");
-    none(with([](KernelSpec& s) { s.inDtype = InDtype::FP32; }), h200, "fp32");
-    none(with([&](KernelSpec& s) { s.shape = few; }), h200, "explicit shape");
+    none(changed(spec, [](KernelSpec& s) { s.outDtype = OutDtype::INT8; }), h200, "int8");
+    none(changed(spec, [](KernelSpec& s) { s.scaleLayout = ScaleLayout::ColTma; }), h200,
+         "col_tma");
+    none(changed(spec, [](KernelSpec& s) { s.masked = true; }), h200, "masked");
+    none(changed(spec, [](KernelSpec& s) { s.activation = Activation::Gelu; }), h200, "gelu");
+    none(changed(spec, [](KernelSpec& s) { s.inDtype = InDtype::FP32; }), h200, "fp32");
+    none(changed(spec, [&](KernelSpec& s) { s.shape = few; }), h200, "explicit shape");
     // The other 8-bit float specs take it: fp16, e5m2, the other layouts,
     // swiglu and gelu_tanh, interleaved gate/up, a scale bound.
     KernelSpec other = spec;
