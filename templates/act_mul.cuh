@@ -7,134 +7,12 @@
 
 namespace bqjit_kernel {
 
-// silu, and swiglu with alpha > 0 (z = alpha * g' rises with g), on split
-// 16-bit gates: the fast path takes the minimum gate in packed pairs, half
-// the work of a minimum of z.
-template <class S>
-inline constexpr bool kPairMin = (S::kActivation == kSilu ||
-                                  (S::kActivation == kSwiglu && S::kAlpha > 0.0f)) &&
-                                 !Geometry<S>::kPairs && S::kInDtype != kFP32;
-
-template <class S>
-using RawSteps = Raw<Geometry<S>::kVecBytes>[Geometry<S>::kSteps][Geometry<S>::kLoads];
-
-// The fast path's math over the loaded steps: y, each group's amax, and the
-// least z (zmin, or its gate in packed pairs, gminPair, under kPairMin).
-// kScaled: gelu_tanh's division scaled where z <= kFastGateMin (any z);
-// without it, the caller has checked that no z lies there.
-template <class S, bool kScaled>
-__device__ __forceinline__ void
-actMulSteps(RawSteps<S>& raw, u32 dep, float (&y)[Geometry<S>::kSteps][Geometry<S>::kOutVec],
-            float (&amax)[Geometry<S>::kGroupsPerTeam], float& zmin, u32& gminPair) {
-  using Geo = Geometry<S>;
-  using Act = Activation<S>;
-  constexpr int IN = S::kInDtype;
-  constexpr int VEC = Geo::kVec;
-  constexpr int kLoads = Geo::kLoads;
-  constexpr int kOutVec = Geo::kOutVec;
-  using Clamp = PackedClamp<S>;
-#pragma unroll
-  for (int m = 0; m < Geo::kGroupsPerTeam; ++m)
-    amax[m] = 0.0f;
-#pragma unroll
-  for (int c = 0; c < Geo::kSteps; ++c) {
-    if constexpr (Clamp::kOn)
-      Clamp::apply(raw[c]);
-    float v[kLoads * VEC];
-#pragma unroll
-    for (int i = 0; i < kLoads; ++i) {
-      float part[VEC];
-      unpack<IN, VEC>(raw[c][i], part, i == 0 ? dep : 0u);
-#pragma unroll
-      for (int k = 0; k < VEC; ++k)
-        v[i * VEC + k] = part[k];
-    }
-    if constexpr (kPairMin<S>) {
-#pragma unroll
-      for (int i = 0; i < Raw<Geo::kVecBytes>::kWords; ++i)
-        gminPair = minPair<IN>(gminPair, raw[c][0].w[i]);
-    }
-    float g[kOutVec], u[kOutVec];
-    Geo::split(v, g, u);
-#pragma unroll
-    for (int k = 0; k < kOutVec; ++k) {
-      if constexpr (Act::kSigmoid) {
-        float a, z, b;
-        Act::template terms<Clamp::kOn>(g[k], u[k], a, z, b);
-        // Silu and swiglu send z <= kFastGateMin (x = -z from 87 up) to the
-        // exact path; gelu_tanh's scaled division keeps it here, where 1 +
-        // exp(88.7 and up) is infinite, so x is clamped at 128 (a NaN x
-        // becomes 128: its y is NaN all the same, through a).
-        const float d = onePlusExp(kScaled ? fminf(-z, 128.0f) : -z);
-        if constexpr (kScaled) {
-          // z <= kFastGateMin: 1 + exp(-z) >= 2^125.5, whose reciprocal
-          // would flush; a and d scaled by 2^-64 (exactly: |a| is at least
-          // 9.9 there) have the same quotient, a normal number (>= 9.9 /
-          // 2^128). An infinite d (z below about -88.7) has the reciprocal
-          // 0: a zero of a's sign (NaN for an infinite a), as a / inf.
-          const float f = z <= kFastGateMin ? 0x1p-64f : 1.0f;
-          y[c][k] = __fmul_rn(__fmul_rn(a * f, rcpApprox(d * f)), b);
-        } else {
-          y[c][k] = __fmul_rn(__fmul_rn(a, rcpApprox(d)), b);
-          if constexpr (!kPairMin<S> && !Act::kScaledTail)
-            zmin = fminf(zmin, z);
-        }
-        amax[Geo::groupOfStep(c)] = maxNaN(amax[Geo::groupOfStep(c)], fabsf(y[c][k]));
-      } else {
-        // No division: this is the exact result, and amax ignores NaN already.
-        y[c][k] = Act::y(g[k], u[k]);
-        amax[Geo::groupOfStep(c)] = fmaxf(amax[Geo::groupOfStep(c)], fabsf(y[c][k]));
-      }
-    }
-  }
-}
-
-// The least gate of the loaded steps (a NaN gate is ignored unless all are).
-template <class S> __device__ __forceinline__ float leastGate(const RawSteps<S>& raw) {
-  using Geo = Geometry<S>;
-  constexpr int IN = S::kInDtype;
-  if constexpr (!Geo::kPairs && IN != kFP32) {
-    u32 m = raw[0][0].w[0];
-#pragma unroll
-    for (int c = 0; c < Geo::kSteps; ++c)
-#pragma unroll
-      for (int i = 0; i < Raw<Geo::kVecBytes>::kWords; ++i)
-        m = minPair<IN>(m, raw[c][0].w[i]);
-    Raw<4> pair;
-    pair.w[0] = m;
-    float v[2];
-    unpack<IN, 2>(pair, v);
-    return fminf(v[0], v[1]);
-  } else {
-    float gmin = __int_as_float(0x7f800000);
-#pragma unroll
-    for (int c = 0; c < Geo::kSteps; ++c) {
-      float v[Geo::kLoads * Geo::kVec];
-#pragma unroll
-      for (int i = 0; i < Geo::kLoads; ++i) {
-        float part[Geo::kVec];
-        unpack<IN, Geo::kVec>(raw[c][i], part);
-#pragma unroll
-        for (int k = 0; k < Geo::kVec; ++k)
-          v[i * Geo::kVec + k] = part[k];
-      }
-      float g[Geo::kOutVec], u[Geo::kOutVec];
-      Geo::split(v, g, u);
-#pragma unroll
-      for (int k = 0; k < Geo::kOutVec; ++k)
-        gmin = fminf(gmin, g[k]);
-    }
-    return gmin;
-  }
-}
-
 // y = act(g, u) for this thread's steps of the team's group(s) at `in` (the
 // first input element). Every load is issued before the first use. Gives the
 // thread's amax of each group it works in, or, for the sigmoid family, NaN
 // in every one where the fast division cannot be trusted for this thread (a
-// NaN y, or a z at or below kFastGateMin where the activation does not scale
-// its division): the caller then recomputes with actMulExact. zero must be 0
-// at run time in a way the compiler cannot see.
+// NaN y, or a z at or below kFastGateMin): the caller then recomputes with
+// actMulExact. zero must be 0 at run time in a way the compiler cannot see.
 template <class S>
 __device__ __forceinline__ void actMulFast(const unsigned char* in, int vecLane, u32 zero,
                                            float (&y)[Geometry<S>::kSteps][Geometry<S>::kOutVec],
@@ -142,15 +20,24 @@ __device__ __forceinline__ void actMulFast(const unsigned char* in, int vecLane,
   using Geo = Geometry<S>;
   using Act = Activation<S>;
   constexpr int IN = S::kInDtype;
+  constexpr int VEC = Geo::kVec;
   constexpr int kSteps = Geo::kSteps;
   constexpr int kLoads = Geo::kLoads;
-  RawSteps<S> raw;
+  constexpr int kOutVec = Geo::kOutVec;
+  constexpr int kVecBytes = Geo::kVecBytes;
+  // silu, and swiglu with alpha > 0 (z = alpha * g' rises with g), on split
+  // 16-bit gates: the minimum gate in packed pairs, half the work.
+  constexpr bool kPairMin =
+      (S::kActivation == kSilu || (S::kActivation == kSwiglu && S::kAlpha > 0.0f)) &&
+      !Geo::kPairs && IN != kFP32;
+  using Clamp = PackedClamp<S>;
+  Raw<kVecBytes> raw[kSteps][kLoads];
 #pragma unroll
   for (int c = 0; c < kSteps; ++c)
 #pragma unroll
     for (int i = 0; i < kLoads; ++i)
       raw[c][i] =
-          loadRaw<Geo::kVecBytes, Geo::kPrefetch256, Geo::kEvictFirst>(Geo::at(in, c, vecLane, i));
+          loadRaw<kVecBytes, Geo::kPrefetch256, Geo::kEvictFirst>(Geo::at(in, c, vecLane, i));
   // ptxas sinks each load to just before its first use, which would issue the
   // later loads only after the math of the earlier ones, halving the bytes in
   // flight. A word that depends on every load, zero at run time, folded into
@@ -162,24 +49,63 @@ __device__ __forceinline__ void actMulFast(const unsigned char* in, int vecLane,
     for (int i = 0; i < kLoads; ++i)
       loaded ^= raw[c][i].w[0];
   const u32 dep = loaded & zero;
+#pragma unroll
+  for (int m = 0; m < Geo::kGroupsPerTeam; ++m)
+    amax[m] = 0.0f;
   float zmin = 0.0f;
   u32 gminPair = 0u;
-  if constexpr (Act::kSigmoid && Act::kScaledTail) {
-    // gelu_tanh's z rises with g (rounded too), so the least gate gives the
-    // thread's least z. A thread whose z all lie above kFastGateMin (gates
-    // above about -10) divides without the scaling, four instructions an
-    // element fewer; the branch is per thread.
-    float a, z, b;
-    Act::terms(leastGate<S>(raw), 0.0f, a, z, b);
-    if (z > kFastGateMin)
-      actMulSteps<S, false>(raw, dep, y, amax, zmin, gminPair);
-    else
-      actMulSteps<S, true>(raw, dep, y, amax, zmin, gminPair);
-    return;
-  } else {
-    actMulSteps<S, false>(raw, dep, y, amax, zmin, gminPair);
+#pragma unroll
+  for (int c = 0; c < kSteps; ++c) {
+    if constexpr (Clamp::kOn)
+      Clamp::apply(raw[c]);
+    float v[kLoads * VEC];
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      float part[VEC];
+      unpack<IN, VEC>(raw[c][i], part, i == 0 ? dep : 0u);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k)
+        v[i * VEC + k] = part[k];
+    }
+    if constexpr (kPairMin) {
+#pragma unroll
+      for (int i = 0; i < Raw<kVecBytes>::kWords; ++i)
+        gminPair = minPair<IN>(gminPair, raw[c][0].w[i]);
+    }
+    float g[kOutVec], u[kOutVec];
+    Geo::split(v, g, u);
+#pragma unroll
+    for (int k = 0; k < kOutVec; ++k) {
+      if constexpr (Act::kSigmoid) {
+        float a, z, b;
+        Act::template terms<Clamp::kOn>(g[k], u[k], a, z, b);
+        // Silu and swiglu send z <= kFastGateMin (x = -z from 87 up) to the
+        // exact path; gelu_tanh keeps it here, where 1 + exp(88.7 and up) is
+        // infinite, so x is clamped at 128 (a NaN x becomes 128: its y is NaN
+        // all the same, through a).
+        const float d = onePlusExp(Act::kScaledTail ? fminf(-z, 128.0f) : -z);
+        if constexpr (Act::kScaledTail) {
+          // z <= kFastGateMin: 1 + exp(-z) >= 2^125.5, whose reciprocal
+          // would flush; a and d scaled by 2^-64 (exactly: |a| is at least
+          // 9.9 there) have the same quotient, a normal number (>= 9.9 /
+          // 2^128). An infinite d (z below about -88.7) has the reciprocal
+          // 0: a zero of a's sign (NaN for an infinite a), as a / inf.
+          const float f = z <= kFastGateMin ? 0x1p-64f : 1.0f;
+          y[c][k] = __fmul_rn(__fmul_rn(a * f, rcpApprox(d * f)), b);
+        } else {
+          y[c][k] = __fmul_rn(__fmul_rn(a, rcpApprox(d)), b);
+          if constexpr (!kPairMin)
+            zmin = fminf(zmin, z);
+        }
+        amax[Geo::groupOfStep(c)] = maxNaN(amax[Geo::groupOfStep(c)], fabsf(y[c][k]));
+      } else {
+        // No division: this is the exact result, and amax ignores NaN already.
+        y[c][k] = Act::y(g[k], u[k]);
+        amax[Geo::groupOfStep(c)] = fmaxf(amax[Geo::groupOfStep(c)], fabsf(y[c][k]));
+      }
+    }
   }
-  if constexpr (kPairMin<S>) {
+  if constexpr (kPairMin) {
     Raw<4> pair;
     pair.w[0] = gminPair;
     float m[2];

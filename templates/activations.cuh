@@ -123,7 +123,6 @@ __device__ __forceinline__ float erfcFast(float a) {
 inline constexpr float kInvSqrt2 = 0x1.6a09e6p-1f; // 1 / sqrt(2)
 template <class S> struct Activation<S, kGelu> {
   static constexpr bool kSigmoid = false;
-  static constexpr bool kScaledTail = false;
   __device__ static __forceinline__ float y(float g, float u) {
     const float x = __fmul_rn(g, kInvSqrt2);
     const float e = erfcFast(fabsf(x));

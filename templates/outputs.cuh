@@ -48,16 +48,16 @@ template <class S> struct SwizzleTiles {
   }
   // Where row t's scale of this thread's team goes in staged(): the team's
   // place in its warp is its column's place in the block (sector, byte).
-  // Under the promise of a full SM (32 registers) the place is computed at
+  // FP4 under the promise of a full SM (32 registers) computes the place at
   // the store from a fresh read of threadIdx.x, which the kernel's mapping
   // allows (warp w holds row t with t & 1 = w & 1 and (t >> 5) & 3 = w >> 1):
-  // kept from the top through the math, it spilled (NVFP4, and gelu_tanh's
-  // two divisions with 8-bit outputs: 4 bytes). The rest keep the form from
-  // t: ptxas fits FP4's other promises in 40 registers with it (from
-  // threadIdx.x alone it took 47).
+  // kept from the top through the math, it spilled (NVFP4: 4 bytes). The
+  // rest keep the form from t: ptxas fits FP4's other promises in 40
+  // registers with it (from threadIdx.x alone it took 47), and 8-bit outputs
+  // keep the kernels measured with it.
   __device__ static __forceinline__ int stagedAt(i64 t) {
     int team, tOdd, tQuarter;
-    if constexpr (S::kMinBlocksPerSm * 256 >= 2048) {
+    if constexpr (S::kOutDtype == kE2M1 && S::kMinBlocksPerSm * 256 >= 2048) {
       u32 tid;
       asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
       team = static_cast<int>(tid % 32) / kSlot;

@@ -132,10 +132,8 @@ void appendActivationCases(std::vector<GpuCase>& cases, uint64_t& seed) {
   }
   // gelu_tanh's gates from about -10 down make z = 2w <= kFastGateMin, where
   // the fast path scales its division, and from about -10.2 down 1 + exp(-z)
-  // overflows: inputs this wide put such gates in most groups. A thread takes
-  // the scaled division only if one of its gates lies there, so at scale 6
-  // warps hold threads of both kinds; the gate's minimum is taken from packed
-  // pairs (split 16-bit), or from each gate (fp32, interleaved).
+  // overflows: inputs this wide put such gates in most groups, of split and
+  // interleaved gate/up.
   for (auto [in, gu] : {std::pair{InDtype::BF16, GateUp::Split},
                         {InDtype::FP16, GateUp::Split},
                         {InDtype::FP32, GateUp::Split},
