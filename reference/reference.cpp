@@ -407,6 +407,33 @@ std::vector<uint8_t> makeInput(const KernelSpec& spec, int64_t tokens, int64_t l
   return x;
 }
 
+namespace {
+
+// The gate whose z (the sigmoid's exponent in activation()) is `z`: z = g for
+// silu and gelu, alpha g for swiglu, g (k1 + k3 g^2) for gelu_tanh (rising
+// with g: solved by bisection in double).
+float gateOfZ(const KernelSpec& spec, double z) {
+  const ActivationForm form = spec.activationForm();
+  switch (form.activation) {
+  case Activation::Swiglu:
+    return static_cast<float>(z / form.alpha.value_or(1.0f));
+  case Activation::GeluTanh: {
+    const double k1 = 2.0 * std::sqrt(2.0 / M_PI);
+    const double k3 = k1 * 0.044715;
+    double lo = -100.0, hi = 0.0;
+    for (int i = 0; i < 100; ++i) {
+      const double mid = 0.5 * (lo + hi);
+      (mid * (k1 + k3 * mid * mid) < z ? lo : hi) = mid;
+    }
+    return static_cast<float>(lo);
+  }
+  default:
+    return static_cast<float>(z);
+  }
+}
+
+} // namespace
+
 void fillRow(const KernelSpec& spec, uint8_t* x, int64_t row, int64_t ldx, RowPattern pattern) {
   const int64_t h = spec.hidden;
   const float inf = std::numeric_limits<float>::infinity();
@@ -481,6 +508,32 @@ void fillRow(const KernelSpec& spec, uint8_t* x, int64_t row, int64_t ldx, RowPa
       default:
         gate = 1.0f + 0.01f * static_cast<float>(col);
         up = std::ldexp(col % 2 ? -1.0f : 1.0f, static_cast<int>(col % 60) - 30);
+        break;
+      }
+      break;
+    }
+    case RowPattern::Tails: {
+      const int64_t col = i % g;
+      const double zs[] = {-86.9, -87.0, -87.2, -87.5, -88.0, -88.4, -88.7, -89.5};
+      const float tailGate = gateOfZ(spec, zs[col % 8]);
+      const float sign = col % 2 == 0 ? 1.0f : -1.0f;
+      auto capped = [&](int e) { return sign * std::fmin(std::ldexp(1.0f, e), huge); };
+      switch (i / g % 4) {
+      case 0:
+        gate = tailGate;
+        up = capped(100);
+        break;
+      case 1:
+        gate = tailGate;
+        up = capped(60 + static_cast<int>(col % 40));
+        break;
+      case 2:
+        gate = tailGate;
+        up = capped(20 + static_cast<int>(col % 31));
+        break;
+      default:
+        gate = col % 2 == 0 ? static_cast<float>(col % 7 - 3) * 0.75f : tailGate;
+        up = capped(static_cast<int>(col % 100));
         break;
       }
       break;

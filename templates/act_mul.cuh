@@ -7,6 +7,40 @@
 
 namespace bqjit_kernel {
 
+// floor(log2(x)) of a positive normal x, at compile time.
+__device__ constexpr int floorLog2(float x) {
+  int e = 0;
+  for (; x >= 2.0f; x *= 0.5f)
+    ++e;
+  for (; x < 1.0f; x *= 2.0f)
+    --e;
+  return e;
+}
+
+// Whether gelu_tanh's fast division needs its 2^-64 scaling. Where 1 +
+// exp(-z) lies in [2^126, FLT_MAX] (z in [-88.72, -87.34], gates in (-10.06,
+// -10.003)), rcp.approx flushes its reciprocal to 0, while the reference's
+// g / d is normal, |g / d| < 2^-122. Unscaled, that y becomes a zero of the
+// same sign, which changes no code or scale where |y| lies below half the
+// least code times the least scale:
+// - bf16 holds no gate in the band (-10 gives d = 2^125.97, -10.0625 an
+//   infinite d and y = +-0 either way; test_reference checks every bf16
+//   gate), whatever the output;
+// - fp16 ups lie below 2^16, so |y| < 2^-106, which no code reaches under
+//   section 1's floor on the scale (s >= MIN_SCALE, or the spec's
+//   min_scale) from 2^-96 (e4m3), 2^-89 (e5m2) or 2^-105 (int8) up. FP4
+//   (NVFP4's r has no bound, MXFP4 no MIN_SCALE) and floor rounding have no
+//   such floor;
+// - fp32 ups have no bound.
+template <class S> struct TailScaling {
+  static constexpr int kHalfLeastCodeExp =
+      S::kOutDtype == kE4M3 ? -10 : (S::kOutDtype == kE5M2 ? -17 : -1); // int8: 0.5
+  static constexpr bool kFloored = S::kOutDtype != kE2M1 && S::kScaleRounding != kFloor;
+  static constexpr bool kFp16Safe = kFloored && floorLog2(S::kMinScale) + kHalfLeastCodeExp >= -106;
+  static constexpr bool kOn =
+      Activation<S>::kScaledTail && S::kInDtype != kBF16 && !(S::kInDtype == kFP16 && kFp16Safe);
+};
+
 // y = act(g, u) for this thread's steps of the team's group(s) at `in` (the
 // first input element). Every load is issued before the first use. Gives the
 // thread's amax of each group it works in, or, for the sigmoid family, NaN
@@ -80,11 +114,13 @@ __device__ __forceinline__ void actMulFast(const unsigned char* in, int vecLane,
         float a, z, b;
         Act::template terms<Clamp::kOn>(g[k], u[k], a, z, b);
         // Silu and swiglu send z <= kFastGateMin (x = -z from 87 up) to the
-        // exact path; gelu_tanh keeps it here, where 1 + exp(88.7 and up) is
-        // infinite, so x is clamped at 128 (a NaN x becomes 128: its y is NaN
-        // all the same, through a).
-        const float d = onePlusExp(Act::kScaledTail ? fminf(-z, 128.0f) : -z);
-        if constexpr (Act::kScaledTail) {
+        // exact path; gelu_tanh keeps it here (TailScaling), where 1 +
+        // exp(88.7 and up) is infinite. The scaled division clamps x at 128
+        // (a NaN x becomes 128: its y is NaN all the same, through a);
+        // unscaled, an infinite x (z = -inf) gives a NaN d and y, which the
+        // exact path redoes.
+        const float d = onePlusExp(TailScaling<S>::kOn ? fminf(-z, 128.0f) : -z);
+        if constexpr (TailScaling<S>::kOn) {
           // z <= kFastGateMin: 1 + exp(-z) >= 2^125.5, whose reciprocal
           // would flush; a and d scaled by 2^-64 (exactly: |a| is at least
           // 9.9 there) have the same quotient, a normal number (>= 9.9 /
@@ -94,7 +130,7 @@ __device__ __forceinline__ void actMulFast(const unsigned char* in, int vecLane,
           y[c][k] = __fmul_rn(__fmul_rn(a * f, rcpApprox(d * f)), b);
         } else {
           y[c][k] = __fmul_rn(__fmul_rn(a, rcpApprox(d)), b);
-          if constexpr (!kPairMin)
+          if constexpr (!kPairMin && !Act::kScaledTail)
             zmin = fminf(zmin, z);
         }
         amax[Geo::groupOfStep(c)] = maxNaN(amax[Geo::groupOfStep(c)], fabsf(y[c][k]));

@@ -148,6 +148,62 @@ void appendActivationCases(std::vector<GpuCase>& cases, uint64_t& seed) {
       c.seed = seed++;
       cases.push_back(c);
     }
+  // Tail rows (gates where 1 + exp(-z) nears 2^126 or overflows, times ups
+  // up to 2^100): gelu_tanh's division unscaled for bf16 (no gate in the
+  // band) and for fp16 under the default floor, scaled for fp32, for fp16
+  // under a min_scale of 2^-100 (where its tail reaches codes) and under
+  // floor rounding; silu and swiglu send such groups to the exact path.
+  {
+    struct TailCase {
+      Activation a;
+      InDtype in;
+      OutDtype out;
+      GateUp gu;
+      ScaleLayout layout;
+      int g;
+      float minScale;
+      bool floor;
+    };
+    const TailCase tails[] = {
+        {Activation::GeluTanh, InDtype::BF16, OutDtype::FP8E4M3, GateUp::Split, ScaleLayout::Row,
+         128, 0.0f, false},
+        {Activation::GeluTanh, InDtype::BF16, OutDtype::FP8E5M2, GateUp::Interleaved,
+         ScaleLayout::Col, 96, 0.0f, false},
+        {Activation::GeluTanh, InDtype::FP16, OutDtype::FP8E4M3, GateUp::Split, ScaleLayout::ColTma,
+         128, 0.0f, false},
+        {Activation::GeluTanh, InDtype::FP16, OutDtype::INT8, GateUp::Interleaved, ScaleLayout::Row,
+         160, 0.0f, false},
+        {Activation::GeluTanh, InDtype::FP16, OutDtype::FP8E4M3, GateUp::Split, ScaleLayout::Row,
+         128, 0x1p-100f, false},
+        {Activation::GeluTanh, InDtype::FP16, OutDtype::FP8E4M3, GateUp::Interleaved,
+         ScaleLayout::Bytes, 32, 0.0f, true},
+        {Activation::GeluTanh, InDtype::FP32, OutDtype::FP8E4M3, GateUp::Split, ScaleLayout::Row,
+         128, 0.0f, false},
+        {Activation::GeluTanh, InDtype::FP32, OutDtype::FP8E5M2, GateUp::Interleaved,
+         ScaleLayout::Bytes, 32, 0.0f, false},
+        {Activation::Silu, InDtype::FP32, OutDtype::FP8E4M3, GateUp::Split, ScaleLayout::Row, 128,
+         0.0f, false},
+        {Activation::Swiglu, InDtype::FP16, OutDtype::FP8E4M3, GateUp::Interleaved,
+         ScaleLayout::Row, 64, 0.0f, false},
+    };
+    for (const TailCase& t : tails) {
+      GpuCase c;
+      const bool pow2 = t.layout == ScaleLayout::Bytes;
+      c.spec = makeSpec(16 * t.g, t.g, t.in, t.out, t.layout, pow2, false);
+      setActivation(c.spec, t.a, 2);
+      c.spec.gateUp = t.gu;
+      c.spec.scaleRounding = t.floor ? ScaleRounding::Floor : ScaleRounding::Ceil;
+      if (t.minScale > 0.0f)
+        c.spec.minScale = t.minScale;
+      c.tokens = 9;
+      c.specialRows = {{0, ref::RowPattern::Tails},
+                       {2, ref::RowPattern::Tails},
+                       {3, ref::RowPattern::Tails},
+                       {7, ref::RowPattern::Tails}};
+      c.seed = seed++;
+      cases.push_back(c);
+    }
+  }
   // Every 16-bit gate value (RowPattern::Sweep) through each activation's
   // device math: the activation's reciprocal and exp are approximations
   // within the contract's tolerance, which these cases measure at every
@@ -520,7 +576,7 @@ TEST(GpuKernelCases, MinScaleCasesHaveGroupsAtTheFloor) {
     EXPECT_GT(atFloor, 0);
     EXPECT_EQ(below, 0);
   }
-  EXPECT_EQ(withField, 10);
+  EXPECT_EQ(withField, 11);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, GpuKernel, ::testing::Range<size_t>(0, allCases().size()),
@@ -635,6 +691,20 @@ std::vector<GpuCase> buildFp4Cases() {
     c.experts = 3;
     c.maskedM = {37, 5, 0};
     c.globalScale = kGlobalScales[2];
+    c.seed = seed++;
+    cases.push_back(c);
+  }
+  // gelu_tanh's tail rows (RowPattern::Tails): FP4 has no floor on its
+  // scales, so its division stays scaled for fp16 and fp32 inputs, where the
+  // tail reaches codes (MXFP4's scale follows a tiny amax down to 2^-127).
+  for (auto [f, in] :
+       {std::pair{Fp4Format::Nvfp4, InDtype::FP32}, {Fp4Format::MxCeil, InDtype::FP16}}) {
+    GpuCase c;
+    c.spec = fp4Spec(f, f == Fp4Format::Nvfp4 ? 2064 : 2880, in, ScaleLayout::Swizzled128x4);
+    setActivation(c.spec, Activation::GeluTanh, 0);
+    c.tokens = 9;
+    c.globalScale = kGlobalScales[0];
+    c.specialRows = {{0, ref::RowPattern::Tails}, {4, ref::RowPattern::Tails}};
     c.seed = seed++;
     cases.push_back(c);
   }

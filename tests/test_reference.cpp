@@ -539,6 +539,90 @@ TEST(Reference, EdgeRowsHitTheFastDivisionLimits) {
   EXPECT_TRUE(std::isfinite(r.scaleValue[3]));
 }
 
+// RowPattern::Tails for gelu_tanh: its gates put z where 1 + exp(-z) is
+// finite and at least 2^126 (its reciprocal is subnormal, which an
+// approximate reciprocal flushes to 0, though g / d is normal) and where it
+// overflows, for fp32 and fp16 gates. With fp32 ups of 2^100 (group 0) the
+// tail alone reaches nonzero codes at the floor scale, which only a division
+// that keeps the quotient gets; with ups of 2^20..2^50 (group 2) it reaches
+// them only under a min_scale near 2^-126; fp16's (65504) under 2^-100.
+TEST(Reference, TailRowsPutGeluTanhReciprocalsInTheSubnormals) {
+  const float k1 = static_cast<float>(2.0 * std::sqrt(2.0 / M_PI));
+  const float k3 = static_cast<float>(2.0 * std::sqrt(2.0 / M_PI) * 0.044715);
+  for (InDtype in : {InDtype::FP32, InDtype::FP16}) {
+    SCOPED_TRACE(in == InDtype::FP32 ? "fp32" : "fp16");
+    KernelSpec spec = smallSpec(); // H = 64, G = 16, fp8 e4m3 out
+    spec.inDtype = in;
+    spec.activation = Activation::GeluTanh;
+    std::vector<uint8_t> x(2 * spec.hidden * 4);
+    fillRow(spec, x.data(), 0, 2 * spec.hidden, RowPattern::Tails);
+    int subnormalReciprocals = 0, overflows = 0;
+    for (int col = 0; col < 8; ++col) {
+      const float g = loadInput(in, x.data(), col);
+      const float z = g * std::fma(k3, g * g, k1);
+      const float d = 1.0f + std::exp(-z);
+      subnormalReciprocals += std::isfinite(d) && std::fpclassify(1.0f / d) == FP_SUBNORMAL &&
+                              std::fpclassify(g / d) == FP_NORMAL;
+      overflows += std::isinf(d);
+    }
+    EXPECT_GE(subnormalReciprocals, 1);
+    EXPECT_GE(overflows, 1);
+    if (in != InDtype::FP32) {
+      // fp16 ups stop at 65504: the tail reaches codes only under a floor
+      // below 2^-96 (the template's rule for dividing fp16 unscaled).
+      spec.minScale = 0x1p-100f;
+      const Result low = run(problemFor(spec, 1), x.data());
+      int nonzero0 = 0;
+      for (int col = 0; col < 16; ++col)
+        nonzero0 += (low.q[col] & 0x7f) != 0;
+      EXPECT_GE(nonzero0, 1);
+      continue;
+    }
+    EXPECT_EQ(loadInput(in, x.data(), spec.hidden), 0x1p100f);
+    const Result r = run(problemFor(spec, 1), x.data());
+    EXPECT_EQ(r.scaleValue[0], minScale(OutDtype::FP8E4M3));
+    int nonzero0 = 0, nonzero2 = 0;
+    for (int col = 0; col < 16; ++col) {
+      nonzero0 += (r.q[col] & 0x7f) != 0;
+      nonzero2 += (r.q[32 + col] & 0x7f) != 0;
+    }
+    EXPECT_GE(nonzero0, 1);
+    EXPECT_EQ(nonzero2, 0);
+    spec.minScale = 0x1p-126f;
+    const Result tiny = run(problemFor(spec, 1), x.data());
+    nonzero2 = 0;
+    for (int col = 0; col < 16; ++col)
+      nonzero2 += (tiny.q[32 + col] & 0x7f) != 0;
+    EXPECT_GE(nonzero2, 1);
+  }
+}
+
+// The template's gelu_tanh divides bf16 inputs without its 2^-64 scaling
+// (act_mul.cuh, TailScaling): no bf16 gate makes 1 + exp(-z) finite and at
+// least 2^126, where the approximate reciprocal would flush. Every bf16
+// gate, with a margin of 2^-10 for the device's approximate d; fp16 gates
+// do reach the band (7 of them), which is why fp16 has its own rule.
+TEST(Reference, NoBf16GateMakesGeluTanhsReciprocalSubnormal) {
+  const float k1 = static_cast<float>(2.0 * std::sqrt(2.0 / M_PI));
+  const float k3 = static_cast<float>(2.0 * std::sqrt(2.0 / M_PI) * 0.044715);
+  auto inBand = [&](float g) {
+    const float z = g * std::fma(k3, g * g, k1);
+    const float d = 1.0f + std::exp(-z);
+    return std::isfinite(d) && d >= 0x1p126f * (1.0f - 0x1p-10f);
+  };
+  int bf16InBand = 0, fp16InBand = 0, bf16Finite = 0;
+  for (uint32_t bits = 0; bits < 0x10000u; ++bits) {
+    const float b = bf16ToFloat(static_cast<uint16_t>(bits));
+    const float h = fp16ToFloat(static_cast<uint16_t>(bits));
+    bf16Finite += std::isfinite(b);
+    bf16InBand += std::isfinite(b) && inBand(b);
+    fp16InBand += std::isfinite(h) && inBand(h);
+  }
+  EXPECT_EQ(bf16Finite, 65536 - 2 * 128); // the count covers every finite bf16
+  EXPECT_EQ(bf16InBand, 0);
+  EXPECT_EQ(fp16InBand, 7);
+}
+
 TEST(Reference, RejectsInconsistentProblems) {
   KernelSpec spec = smallSpec();
   std::vector<uint8_t> x(1 << 12);
