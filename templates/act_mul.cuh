@@ -114,12 +114,12 @@ __device__ __forceinline__ void actMulFast(const unsigned char* in, int vecLane,
         float a, z, b;
         Act::template terms<Clamp::kOn>(g[k], u[k], a, z, b);
         // Silu and swiglu send z <= kFastGateMin (x = -z from 87 up) to the
-        // exact path; gelu_tanh keeps it here (TailScaling), where 1 +
-        // exp(88.7 and up) is infinite. The scaled division clamps x at 128
-        // (a NaN x becomes 128: its y is NaN all the same, through a);
-        // unscaled, an infinite x (z = -inf) gives a NaN d and y, which the
-        // exact path redoes.
-        const float d = onePlusExp(TailScaling<S>::kOn ? fminf(-z, 128.0f) : -z);
+        // exact path; gelu_tanh keeps it here, where 1 + exp(88.7 and up) is
+        // infinite, so x is clamped at 128 (a NaN x becomes 128: its y is NaN
+        // all the same, through a). Unclamped, onePlusExp's correction term
+        // of a huge x can fall below -1 / ln 2 and make d -inf, and y a zero
+        // of the wrong sign.
+        const float d = onePlusExp(Act::kScaledTail ? fminf(-z, 128.0f) : -z);
         if constexpr (TailScaling<S>::kOn) {
           // z <= kFastGateMin: 1 + exp(-z) >= 2^125.5, whose reciprocal
           // would flush; a and d scaled by 2^-64 (exactly: |a| is at least
