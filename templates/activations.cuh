@@ -61,8 +61,9 @@ inline constexpr float kGeluTanhK3 = 0x1.2444f2p-4f; // 2 sqrt(2 / pi) 0.044715
 template <class S> struct Activation<S, kGeluTanh> {
   static constexpr bool kSigmoid = true;
   // z = 2w <= -87 from gates of about -10 down, in many groups of wide
-  // inputs: the fast path scales its division there (actMulFast) instead of
-  // sending the group to the exact path.
+  // inputs: the fast path keeps such groups (actMulFast), scaling its
+  // division there where the input type and the scale's floor need it
+  // (TailScaling), instead of sending the group to the exact path.
   static constexpr bool kScaledTail = true;
   template <bool kClamped = false>
   __device__ static __forceinline__ void terms(float g, float u, float& a, float& z, float& b) {
