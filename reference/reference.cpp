@@ -410,13 +410,16 @@ std::vector<uint8_t> makeInput(const KernelSpec& spec, int64_t tokens, int64_t l
 namespace {
 
 // The gate whose z (the sigmoid's exponent in activation()) is `z`: z = g for
-// silu and gelu, alpha g for swiglu, g (k1 + k3 g^2) for gelu_tanh (rising
-// with g: solved by bisection in double).
+// silu and gelu, alpha g for swiglu (no such gate for alpha 0: z itself),
+// g (k1 + k3 g^2) for gelu_tanh (rising with g: solved by bisection in
+// double).
 float gateOfZ(const KernelSpec& spec, double z) {
   const ActivationForm form = spec.activationForm();
   switch (form.activation) {
-  case Activation::Swiglu:
-    return static_cast<float>(z / form.alpha.value_or(1.0f));
+  case Activation::Swiglu: {
+    const double alpha = form.alpha.value_or(1.0f);
+    return static_cast<float>(alpha != 0.0 ? z / alpha : z); // alpha 0: z is 0 for every gate
+  }
   case Activation::GeluTanh: {
     const double k1 = 2.0 * std::sqrt(2.0 / M_PI);
     const double k3 = k1 * 0.044715;

@@ -195,12 +195,12 @@ enum class RowPattern { Zeros, NaNs, Infs, Huge, Mixed, Edges, Limits, Sweep, Ta
 /// every input the format has); Tails (gates whose z, the exponent of the
 /// activation's sigmoid, lies from -86.9 to -89.5, so 1 + exp(-z) nears
 /// 2^126 or overflows: its reciprocal is subnormal or 0, g / (1 + exp(-z))
-/// tiny or 0;
-/// z = g for silu and gelu, alpha g for swiglu, and gelu_tanh's z from gates
-/// of about -10; one theme per group, j % 4: 0, ups of +-2^100; 1, ups from
-/// 2^60 to 2^99 across the group; 2, ups from 2^20 to 2^50; 3, ordinary gates
-/// between tail gates, ups from 2^0 to 2^99; ups capped at the dtype's
-/// largest finite value). Gate and up go where spec.gateUp puts them.
+/// tiny or 0; z = g for silu and gelu, alpha g for swiglu, and gelu_tanh's
+/// z from gates of about -10; one theme per group, j % 4: 0, ups of
+/// +-2^100; 1, ups from 2^60 to 2^99 across the group; 2, ups from 2^20 to
+/// 2^50; 3, ordinary gates between tail gates, ups from 2^0 to 2^99; ups
+/// capped at the dtype's largest finite value). Gate and up go where
+/// spec.gateUp puts them.
 void fillRow(const KernelSpec& spec, uint8_t* x, int64_t row, int64_t ldx, RowPattern pattern);
 
 } // namespace bqjit::ref
