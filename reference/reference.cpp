@@ -127,13 +127,8 @@ float activation(const KernelSpec& spec, float g, float u) {
     return g / (1.0f + std::exp(-z)) * b;
   }
   case Activation::GeluTanh: {
-    // 0.5 * (1 + tanh(w)) = 1 / (1 + exp(-2w)), and 2w = 2 sqrt(2/pi) (g +
-    // 0.044715 g^3) multiplied out as g (k1 + k3 g^2): three fp32 roundings
-    // (product, fused multiply-add, product), the kernel's order.
-    static const float k1 = static_cast<float>(2.0 * std::sqrt(2.0 / M_PI));
-    static const float k3 = static_cast<float>(2.0 * std::sqrt(2.0 / M_PI) * 0.044715);
-    const float z = g * std::fma(k3, g * g, k1);
-    return g / (1.0f + std::exp(-z)) * u;
+    // 0.5 * (1 + tanh(w)) = 1 / (1 + exp(-2w)).
+    return g / (1.0f + std::exp(-geluTanhZ(g))) * u;
   }
   case Activation::Gelu: {
     static const float invSqrt2 = static_cast<float>(M_SQRT1_2);
@@ -143,6 +138,12 @@ float activation(const KernelSpec& spec, float g, float u) {
   }
   }
   throw std::invalid_argument("activation: unknown activation");
+}
+
+float geluTanhZ(float g) {
+  static const float k1 = static_cast<float>(2.0 * std::sqrt(2.0 / M_PI));
+  static const float k3 = static_cast<float>(2.0 * std::sqrt(2.0 / M_PI) * 0.044715);
+  return g * std::fma(k3, g * g, k1);
 }
 
 float pow2Scale(const KernelSpec& spec, float amax, float pre) {

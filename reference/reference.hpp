@@ -72,6 +72,11 @@ float pow2Scale(const KernelSpec& spec, float amax, float pre);
 /// cancellation of 1 + tanh and 1 + erf for negative g.
 float activation(const KernelSpec& spec, float gate, float up);
 
+/// gelu_tanh's sigmoid exponent z = 2w = g (k1 + k3 g^2) in fp32, k1 = 2
+/// sqrt(2/pi) and k3 = k1 * 0.044715 each rounded once: a product, a fused
+/// multiply-add and a product, the kernel's three roundings.
+float geluTanhZ(float g);
+
 /// Reads element `index` of an input array of `dtype` as fp32.
 float loadInput(InDtype dtype, const void* x, int64_t index);
 /// Writes `v` (rounded to nearest even) as element `index` of an input array.

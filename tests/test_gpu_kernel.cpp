@@ -196,10 +196,8 @@ void appendActivationCases(std::vector<GpuCase>& cases, uint64_t& seed) {
       if (t.minScale > 0.0f)
         c.spec.minScale = t.minScale;
       c.tokens = 9;
-      c.specialRows = {{0, ref::RowPattern::Tails},
-                       {2, ref::RowPattern::Tails},
-                       {3, ref::RowPattern::Tails},
-                       {7, ref::RowPattern::Tails}};
+      for (int64_t row : {0, 2, 3, 7})
+        c.specialRows.push_back({row, ref::RowPattern::Tails});
       c.seed = seed++;
       cases.push_back(c);
     }
