@@ -131,9 +131,11 @@ float activation(const KernelSpec& spec, float g, float u) {
     return g / (1.0f + std::exp(-geluTanhZ(g))) * u;
   }
   case Activation::Gelu: {
-    static const float invSqrt2 = static_cast<float>(M_SQRT1_2);
-    // 0.5 * (1 + erf(x)) = 0.5 * erfc(-x); erfc in double, rounded once.
-    const float phi = 0.5f * static_cast<float>(std::erfc(-static_cast<double>(g * invSqrt2)));
+    // 0.5 * (1 + erf(x)) = 0.5 * erfc(-x), x = g / sqrt 2 and erfc in double,
+    // rounded once (x is not rounded to fp32: the contract rounds no
+    // intermediate of the activation, and the tail's steepness would turn
+    // that rounding into up to 1e-5 of y at g = -14).
+    const float phi = 0.5f * static_cast<float>(std::erfc(-static_cast<double>(g) * M_SQRT1_2));
     return g * phi * u;
   }
   }

@@ -73,61 +73,69 @@ template <class S> struct Activation<S, kGeluTanh> {
   }
 };
 
-// erfc(a) for a >= 0 (a NaN or above 10.1 gives erfc(10.1), 0 in fp32), in
-// about 28 instructions where the toolkit's erfcf takes about 45: erfc(a) =
-// t * 2^(-a^2 log2(e) + P(s)), t = 1 / (1 + a / 2), P a degree-9 polynomial
-// in s = kErfcS1 * t + kErfcS0 (t mapped onto [-1, 1] over a in [0, 10.1]),
-// fitted (minimax) to log2(erfc(a) / t) + a^2 log2(e) to 6.6e-8. t carries
-// the rounding of 1 + a / 2 and the reciprocal's error into the result about
-// twice over, so both are corrected (the dlo term and one Newton step). a^2 is
-// split exactly (hi + lo) and hi's multiple n of ln 2 taken out by Cody and
-// Waite's two constants, so that ex2 sees a small argument; n >= -126 keeps
-// 2^n normal, and the last product rounds once into the subnormals, as the
-// reference's float(erfc) does. Checked on the CPU against erfc in double over
-// every fp32 a in [2^-30, 10.2] with the approximate instructions emulated 1
-// (rcp) and 2 (ex2) ulp off either way: 0.5 * erfc within 6.1e-7 relative
-// (3.7e-7 with them exact) where it is normal; the toolkit's erfcf promises 4
-// ulp (4.8e-7).
-inline constexpr float kErfcS1 = 0x1.32b16cp+1f;
-inline constexpr float kErfcS0 = -0x1.6562dap+0f;
-inline constexpr float kErfcP[10] = {-0x1.9d4ee8p-1f, 0x1.a5ebaap-1f,  0x1.78ea7ap-6f,  -0x1.5df012p-5f,
-                                     -0x1.a063c6p-10f, 0x1.6186fcp-8f, -0x1.507cccp-12f, -0x1.9841d8p-11f,
-                                     0x1.ba3ca2p-14f,  0x1.4c528ap-14f};
-inline constexpr float kLn2Hi = 0x1.62e400p-1f; // ln 2 to 15 bits: n * kLn2Hi is exact
-inline constexpr float kLn2Lo = 0x1.7f7d1cp-20f;
-__device__ __forceinline__ float erfcFast(float a) {
-  a = fminf(a, 10.1f);
-  const float d = fmaf(0.5f, a, 1.0f);
-  const float dlo = fmaf(0.5f, a, __fsub_rn(1.0f, d)); // (1 + a / 2) - d, exactly
+// Q(x) = Phi(-x) = erfc(x / sqrt 2) / 2, the normal distribution's upper
+// tail, for x = |g| (a NaN or above 14.25 gives Q(14.25), 0 in fp32): Q(x) =
+// t * 2^(P(s) - x^2 log2(e) / 2), t = 1 / (1 + x / 4), P a degree-9 polynomial
+// in s = kGeluS1 * t + kGeluS0 (t mapped onto [-1, 1] over x in [0, 14.284]),
+// fitted (minimax) to log2(Q(x) / t) + x^2 kHalfLog2e to 4.5e-8, the rounding
+// of kHalfLog2e included. x is the gate itself, not g / sqrt 2 rounded, so
+// that a 16-bit gate gives x^2 and 1 + x / 4 exactly (8 or 11 bits squared;
+// a power of two): one Newton step corrects the reciprocal, and x^2's
+// multiple n of 2 is taken out by one fused multiply-add, rounded once near
+// 0. fp32 gates add the roundings of 1 + x / 4 and x^2 back as their exact
+// remainders. n >= -126 keeps 2^n normal, and the last product rounds once
+// into the subnormals, as the reference's float(erfc) does. Against 0.5 *
+// erfc(-g / sqrt 2) in double, over every bf16 and fp16 gate and every fp32
+// gate of magnitude 2^-30 to 14.3, with rcp.approx and ex2.approx emulated 1
+// and 2 ulp off either way, Phi is within 5.7e-7 relative (16-bit gates) and
+// 6.4e-7 (fp32) where it is normal; bench_erfc_bound repeats that from these
+// constants. About 28 instructions where the previous form (erfc of a
+// rounded g / sqrt 2) took 37.
+inline constexpr float kGeluS1 = 0x1.47b0ccp+1f;
+inline constexpr float kGeluS0 = -0x1.8f6198p+0f;
+inline constexpr float kGeluP[10] = {-0x1.11a388p+1f,  0x1.0013fcp+0f,   0x1.507128p-3f,  -0x1.6243b4p-7f,
+                                     -0x1.0d795ep-6f,  -0x1.a1d1f8p-10f, 0x1.ecd23cp-10f, 0x1.c216c0p-12f,
+                                     -0x1.7b5152p-13f, -0x1.d575b0p-15f};
+inline constexpr float kGeluXMax = 0x1.c8p+3f;     // 14.25: Q = 0 in fp32 from about 14.1 up
+inline constexpr float kHalfLog2e = 0x1.715476p-1f; // log2(e) / 2 rounded to fp32
+template <int IN> __device__ __forceinline__ float normalTail(float g) {
+  const float x = fminf(fabsf(g), kGeluXMax);
+  const float d = fmaf(x, 0.25f, 1.0f);
   float t = rcpApprox(d);
-  t = fmaf(t, fmaf(-t, dlo, fmaf(-d, t, 1.0f)), t);
-  const float s = fmaf(t, kErfcS1, kErfcS0);
-  float p = kErfcP[9];
+  if constexpr (IN == kFP32) {
+    const float dlo = fmaf(x, 0.25f, __fsub_rn(1.0f, d)); // (1 + x / 4) - d, exactly
+    t = fmaf(t, fmaf(-t, dlo, fmaf(-d, t, 1.0f)), t);
+  } else {
+    t = fmaf(t, fmaf(-d, t, 1.0f), t);
+  }
+  const float s = fmaf(t, kGeluS1, kGeluS0);
+  float p = kGeluP[9];
 #pragma unroll
   for (int i = 8; i >= 0; --i)
-    p = fmaf(p, s, kErfcP[i]);
-  const float hi = __fmul_rn(a, a);
-  const float lo = fmaf(a, a, -hi);
-  const float n = fmaxf(__fsub_rn(fmaf(hi, -kLog2e, 0x1.8p23f), 0x1.8p23f), -126.0f);
-  const float r = fmaf(n, -kLn2Lo, fmaf(n, -kLn2Hi, -hi)); // -hi - n ln 2, |r| <= 0.35
-  const float x2 = fmaf(r, kLog2e, fmaf(lo, -kLog2e, p));
+    p = fmaf(p, s, kGeluP[i]);
+  const float hi = __fmul_rn(x, x);
+  // m = 1.5 * 2^23 + n, n = rint(-x^2 kHalfLog2e) raised to -126 at least:
+  // m's low bits hold n, so 2^n is m's bits shifted by 23 plus 127 << 23
+  // (one LEA; the bits of 1.5 * 2^23 shift out).
+  const float m = fmaxf(fmaf(hi, -kHalfLog2e, 0x1.8p23f), 0x1.8p23f - 126.0f);
+  const float n = __fsub_rn(m, 0x1.8p23f);
+  float r = fmaf(hi, -kHalfLog2e, -n); // |r| <= 0.5 unless n was raised to -126
+  if constexpr (IN == kFP32)
+    r = fmaf(fmaf(x, x, -hi), -kHalfLog2e, r);
   float e;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x2));
-  // 2^n from the bits of n + 1.5 * 2^23 + 127 (an FADD and a shift, no conversion).
-  const float pow2n = __int_as_float(__float_as_int(__fadd_rn(n, 0x1.8p23f + 127.0f)) << 23);
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(__fadd_rn(r, p)));
+  const float pow2n = __int_as_float((__float_as_int(m) << 23) + (127 << 23));
   return __fmul_rn(__fmul_rn(t, e), pow2n);
 }
 
-// 0.5 * g * (1 + erf(g / sqrt 2)) * u, as g * (0.5 * erfc(-g / sqrt 2)) * u
-// (the same function without the cancellation of 1 + erf for g << 0), with
-// erfc(-x) = 2 - erfc(x) for x > 0.
-inline constexpr float kInvSqrt2 = 0x1.6a09e6p-1f; // 1 / sqrt(2)
+// 0.5 * g * (1 + erf(g / sqrt 2)) * u, as g * Phi(g) * u with Phi(g) = Q(-g)
+// for g < 0 and 1 - Q(g) otherwise (the same function without the
+// cancellation of 1 + erf for g << 0).
 template <class S> struct Activation<S, kGelu> {
   static constexpr bool kSigmoid = false;
   __device__ static __forceinline__ float y(float g, float u) {
-    const float x = __fmul_rn(g, kInvSqrt2);
-    const float e = erfcFast(fabsf(x));
-    const float phi = x < 0.0f ? __fmul_rn(0.5f, e) : fmaf(-0.5f, e, 1.0f);
+    const float q = normalTail<S::kInDtype>(g);
+    const float phi = g < 0.0f ? q : __fsub_rn(1.0f, q);
     return __fmul_rn(__fmul_rn(g, phi), u);
   }
 };

@@ -1,15 +1,20 @@
-// Measures the error of the kernel's erfc (templates/activations.cuh,
-// erfcFast) over every fp32 argument, as gelu uses it: Phi(x) = erfc(-x) / 2
-// against the reference's 0.5f * float(erfc(double)), for every x with
-// |x| in [2^-30, 10.2] and both signs. The constants are read from the
-// template's headers themselves; the steps are the template's, written again here with
-// fmaf, with rcp.approx and ex2.approx taken as the correctly rounded result
-// moved by a given number of ulps (their documented bounds are 1 and 2).
+// Measures the error of the kernel's normal tail (templates/activations.cuh,
+// normalTail) as gelu uses it: Phi(g) = Q(-g) for g < 0 and 1 - Q(g)
+// otherwise, against the reference's 0.5f * float(erfc(-g / sqrt 2)) in
+// double, for every bf16 and every fp16 gate and every fp32 gate with |g| in
+// [2^-30, 14.3], both signs. The constants are read from the template's
+// headers themselves; the steps are the template's, written again here with
+// fmaf (16-bit gates take the exact-square path, fp32 gates the one with
+// the remainders), with rcp.approx and ex2.approx taken as the correctly
+// rounded result moved by a given number of ulps (their documented bounds
+// are 1 and 2).
 //
 // Usage: erfc_bound [TEMPLATE_DIR] (default: the source tree's templates/)
-// Prints the largest relative error of Phi where it is a normal number, for
-// the approximate instructions exact and for each combination of them off
-// by (+-1, +-2) ulps, and how many subnormal Phi differ from the reference.
+// Prints, for each input type, the largest relative error of Phi where it is
+// a normal number, for the approximate instructions exact and for each
+// combination of them off by (+-1, +-2) ulps, and how many subnormal Phi
+// differ from the reference (and by how many ulps at most).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -22,6 +27,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -44,7 +50,7 @@ float moveUlps(float v, int k) {
 }
 
 struct Constants {
-  float s1, s0, ln2Hi, ln2Lo, log2e;
+  float s1, s0, halfLog2e, xMax;
   float p[10];
 };
 
@@ -68,104 +74,133 @@ Constants readConstants(const std::string& dir) {
        ++it)
     scalars[(*it)[1]] = std::strtof((*it)[2].str().c_str(), nullptr);
   Constants c{};
-  for (const char* name : {"kErfcS1", "kErfcS0", "kLn2Hi", "kLn2Lo", "kLog2e"})
+  for (const char* name : {"kGeluS1", "kGeluS0", "kHalfLog2e", "kGeluXMax"})
     if (!scalars.count(name))
       throw std::runtime_error(std::string("erfc_bound: the template has no constant ") + name);
-  c.s1 = scalars["kErfcS1"];
-  c.s0 = scalars["kErfcS0"];
-  c.ln2Hi = scalars["kLn2Hi"];
-  c.ln2Lo = scalars["kLn2Lo"];
-  c.log2e = scalars["kLog2e"];
+  c.s1 = scalars["kGeluS1"];
+  c.s0 = scalars["kGeluS0"];
+  c.halfLog2e = scalars["kHalfLog2e"];
+  c.xMax = scalars["kGeluXMax"];
   std::smatch m;
-  if (!std::regex_search(src, m, std::regex(R"(kErfcP\[10\] = \{([^}]*)\})")))
-    throw std::runtime_error("erfc_bound: the template has no kErfcP[10]");
+  if (!std::regex_search(src, m, std::regex(R"(kGeluP\[10\] = \{([^}]*)\})")))
+    throw std::runtime_error("erfc_bound: the template has no kGeluP[10]");
   std::stringstream list(m[1].str());
   std::string item;
   int n = 0;
   while (std::getline(list, item, ',')) {
     if (n == 10)
-      throw std::runtime_error("erfc_bound: kErfcP has more than 10 values");
+      throw std::runtime_error("erfc_bound: kGeluP has more than 10 values");
     c.p[n++] = std::strtof(item.c_str(), nullptr);
   }
   if (n != 10)
-    throw std::runtime_error("erfc_bound: kErfcP has " + std::to_string(n) + " values, not 10");
+    throw std::runtime_error("erfc_bound: kGeluP has " + std::to_string(n) + " values, not 10");
   return c;
 }
 
-// The template's erfcFast(a), a >= 0, step by step.
-float erfcModel(const Constants& c, float a, int rcpUlps, int ex2Ulps) {
-  a = std::fmin(a, 10.1f);
-  const float d = std::fmaf(0.5f, a, 1.0f);
-  const float dlo = std::fmaf(0.5f, a, 1.0f - d);
+// The template's normalTail(g), step by step: Q(|g|) = erfc(|g| / sqrt 2) / 2.
+float tailModel(const Constants& c, float g, bool fp32Gate, int rcpUlps, int ex2Ulps) {
+  const float x = std::fmin(std::fabs(g), c.xMax);
+  const float d = std::fmaf(x, 0.25f, 1.0f);
   float t = moveUlps(1.0f / d, rcpUlps);
-  t = std::fmaf(t, std::fmaf(-t, dlo, std::fmaf(-d, t, 1.0f)), t);
+  if (fp32Gate) {
+    const float dlo = std::fmaf(x, 0.25f, 1.0f - d);
+    t = std::fmaf(t, std::fmaf(-t, dlo, std::fmaf(-d, t, 1.0f)), t);
+  } else {
+    t = std::fmaf(t, std::fmaf(-d, t, 1.0f), t);
+  }
   const float s = std::fmaf(t, c.s1, c.s0);
   float p = c.p[9];
   for (int i = 8; i >= 0; --i)
     p = std::fmaf(p, s, c.p[i]);
-  const float hi = a * a;
-  const float lo = std::fmaf(a, a, -hi);
-  const float n = std::fmax(std::fmaf(hi, -c.log2e, 0x1.8p23f) - 0x1.8p23f, -126.0f);
-  const float r = std::fmaf(n, -c.ln2Lo, std::fmaf(n, -c.ln2Hi, -hi));
-  const float x2 = std::fmaf(r, c.log2e, std::fmaf(lo, -c.log2e, p));
-  float e = moveUlps(static_cast<float>(std::exp2(static_cast<double>(x2))), ex2Ulps);
+  const float hi = x * x;
+  const float m = std::fmax(std::fmaf(hi, -c.halfLog2e, 0x1.8p23f), 0x1.8p23f - 126.0f);
+  const float n = m - 0x1.8p23f;
+  float r = std::fmaf(hi, -c.halfLog2e, -n);
+  if (fp32Gate)
+    r = std::fmaf(std::fmaf(x, x, -hi), -c.halfLog2e, r);
+  float e = moveUlps(static_cast<float>(std::exp2(static_cast<double>(r + p))), ex2Ulps);
   if (std::fabs(e) < 0x1p-126f)
     e = 0.0f; // ex2.approx.ftz
-  const float pow2n = bitsToFloat(static_cast<uint32_t>(static_cast<int>(n) + 127) << 23);
+  const float pow2n = bitsToFloat((floatToBits(m) << 23) + (127u << 23));
   return (t * e) * pow2n;
 }
 
 struct Worst {
   double negative = 0, positive = 0;
   float atNegative = 0, atPositive = 0;
-  long subnormal = 0, subnormalDiffer = 0;
+  long subnormal = 0, subnormalDiffer = 0, subnormalUlps = 0;
+
+  void add(const Constants& c, float g, bool fp32Gate, int rcpUlps, int ex2Ulps) {
+    const float want = 0.5f * static_cast<float>(std::erfc(-static_cast<double>(g) * M_SQRT1_2));
+    const float q = tailModel(c, g, fp32Gate, rcpUlps, ex2Ulps);
+    const float got = g < 0.0f ? q : 1.0f - q;
+    if (std::fabs(want) < 0x1p-126f) {
+      if (want != 0.0f || got != 0.0f) {
+        ++subnormal;
+        subnormalDiffer += got != want;
+        subnormalUlps = std::max(subnormalUlps, std::labs(static_cast<long>(floatToBits(got)) -
+                                                          static_cast<long>(floatToBits(want))));
+      }
+      return;
+    }
+    const double rel =
+        std::fabs(static_cast<double>(got) - want) / std::fabs(static_cast<double>(want));
+    double& worst = g < 0.0f ? negative : positive;
+    if (rel > worst) {
+      worst = rel;
+      (g < 0.0f ? atNegative : atPositive) = g;
+    }
+  }
+  void merge(const Worst& w) {
+    if (w.negative > negative) {
+      negative = w.negative;
+      atNegative = w.atNegative;
+    }
+    if (w.positive > positive) {
+      positive = w.positive;
+      atPositive = w.atPositive;
+    }
+    subnormal += w.subnormal;
+    subnormalDiffer += w.subnormalDiffer;
+    subnormalUlps = std::max(subnormalUlps, w.subnormalUlps);
+  }
 };
 
-Worst measure(const Constants& c, int rcpUlps, int ex2Ulps) {
-  const uint32_t first = floatToBits(0x1p-30f), last = floatToBits(10.2f);
+float halfToFloat(uint32_t h) {
+  const uint32_t e = (h >> 10) & 31, m = h & 1023;
+  const float v = e == 0 ? std::ldexp(static_cast<float>(m), -24)
+                         : std::ldexp(static_cast<float>(m | 1024), static_cast<int>(e) - 25);
+  return (h & 0x8000) ? -v : v;
+}
+
+// Every finite gate of the type: bf16 and fp16 whole, fp32 over |g| in [2^-30, 14.3].
+enum class Gates { Bf16, Fp16, Fp32 };
+
+Worst measure(const Constants& c, Gates gates, int rcpUlps, int ex2Ulps) {
+  Worst all;
+  if (gates != Gates::Fp32) {
+    for (uint32_t u = 0; u < 0x10000; ++u) {
+      if (gates == Gates::Bf16 ? (u & 0x7f80) == 0x7f80 : (u & 0x7c00) == 0x7c00)
+        continue; // inf and NaN
+      all.add(c, gates == Gates::Bf16 ? bitsToFloat(u << 16) : halfToFloat(u), false, rcpUlps,
+              ex2Ulps);
+    }
+    return all;
+  }
+  const uint32_t first = floatToBits(0x1p-30f), last = floatToBits(14.3f);
   const unsigned threads = std::max(1u, std::thread::hardware_concurrency());
   std::vector<Worst> parts(threads);
   std::vector<std::thread> pool;
   for (unsigned k = 0; k < threads; ++k)
     pool.emplace_back([&, k] {
-      Worst& w = parts[k];
       for (uint32_t u = first + k; u <= last; u += threads)
-        for (const uint32_t sign : {0u, 0x80000000u}) {
-          const float x = bitsToFloat(u | sign);
-          const float want = 0.5f * static_cast<float>(std::erfc(-static_cast<double>(x)));
-          const float e = erfcModel(c, std::fabs(x), rcpUlps, ex2Ulps);
-          const float got = x < 0.0f ? 0.5f * e : std::fmaf(-0.5f, e, 1.0f);
-          if (std::fabs(want) < 0x1p-126f) {
-            if (want != 0.0f || got != 0.0f) {
-              ++w.subnormal;
-              w.subnormalDiffer += got != want;
-            }
-            continue;
-          }
-          const double rel =
-              std::fabs(static_cast<double>(got) - want) / std::fabs(static_cast<double>(want));
-          double& worst = sign ? w.negative : w.positive;
-          if (rel > worst) {
-            worst = rel;
-            (sign ? w.atNegative : w.atPositive) = x;
-          }
-        }
+        for (const uint32_t sign : {0u, 0x80000000u})
+          parts[k].add(c, bitsToFloat(u | sign), true, rcpUlps, ex2Ulps);
     });
   for (auto& t : pool)
     t.join();
-  Worst all;
-  for (const Worst& w : parts) {
-    if (w.negative > all.negative) {
-      all.negative = w.negative;
-      all.atNegative = w.atNegative;
-    }
-    if (w.positive > all.positive) {
-      all.positive = w.positive;
-      all.atPositive = w.atPositive;
-    }
-    all.subnormal += w.subnormal;
-    all.subnormalDiffer += w.subnormalDiffer;
-  }
+  for (const Worst& w : parts)
+    all.merge(w);
   return all;
 }
 
@@ -174,19 +209,22 @@ Worst measure(const Constants& c, int rcpUlps, int ex2Ulps) {
 int main(int argc, char** argv) {
   try {
     const Constants c = readConstants(argc > 1 ? argv[1] : BQJIT_TEMPLATE_DIR);
-    std::printf("Phi(x) = erfc(-x) / 2 against 0.5f * float(erfc(double)), every fp32 |x| in "
-                "[2^-30, 10.2]\n");
-    std::printf("%5s %5s | %-26s | %-26s | subnormal Phi differing\n", "rcp", "ex2",
-                "x < 0: worst rel (at x)", "x > 0: worst rel (at x)");
+    std::printf("Phi(g) = 0.5 erfc(-g / sqrt 2) against 0.5f * float(erfc(double)): every bf16 "
+                "and fp16 gate, every fp32 |g| in [2^-30, 14.3]\n");
+    std::printf("%-5s %4s %4s | %-26s | %-26s | subnormal Phi differing (ulps)\n", "gate", "rcp",
+                "ex2", "g < 0: worst rel (at g)", "g > 0: worst rel (at g)");
     const int cases[][2] = {{0, 0}, {1, 2}, {1, -2}, {-1, 2}, {-1, -2}};
+    const std::pair<Gates, const char*> types[] = {
+        {Gates::Bf16, "bf16"}, {Gates::Fp16, "fp16"}, {Gates::Fp32, "fp32"}};
     double worst = 0;
-    for (const auto& k : cases) {
-      const Worst w = measure(c, k[0], k[1]);
-      std::printf("%+5d %+5d | %.3e (%-12.9g) | %.3e (%-12.9g) | %ld of %ld\n", k[0], k[1],
-                  w.negative, w.atNegative, w.positive, w.atPositive, w.subnormalDiffer,
-                  w.subnormal);
-      worst = std::max({worst, w.negative, w.positive});
-    }
+    for (const auto& [gates, name] : types)
+      for (const auto& k : cases) {
+        const Worst w = measure(c, gates, k[0], k[1]);
+        std::printf("%-5s %+4d %+4d | %.3e (%-12.9g) | %.3e (%-12.9g) | %ld of %ld (%ld)\n", name,
+                    k[0], k[1], w.negative, w.atNegative, w.positive, w.atPositive,
+                    w.subnormalDiffer, w.subnormal, w.subnormalUlps);
+        worst = std::max({worst, w.negative, w.positive});
+      }
     std::printf("largest relative error over these cases: %.3e (the scales may differ by 1e-6)\n",
                 worst);
     return 0;
