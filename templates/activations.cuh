@@ -28,9 +28,9 @@ template <class S> struct Activation<S, kSilu> {
 
 // g' * sigma(alpha * g') * (u' + beta) with g' = min(g, limit) and u' =
 // clamp(u, -limit, limit) by the NaN-propagating min and max (one instruction
-// each), so that a NaN stays NaN (fminf would make it the limit). beta = 0 adds nothing: u' + 0 would turn -0 into
-// +0, and swiglu(1, 0) is silu exactly. kClamped: g and u are clamped
-// already (PackedClamp).
+// each), so that a NaN stays NaN (fminf would make it the limit). beta = 0
+// adds nothing: u' + 0 would turn -0 into +0, and swiglu(1, 0) is silu
+// exactly. kClamped: g and u are clamped already (PackedClamp).
 template <class S> struct Activation<S, kSwiglu> {
   static constexpr bool kSigmoid = true;
   static constexpr bool kScaledTail = false; // alpha * g <= -87 is the rare path
@@ -75,28 +75,27 @@ template <class S> struct Activation<S, kGeluTanh> {
 
 // Q(x) = Phi(-x) = erfc(x / sqrt 2) / 2, the normal distribution's upper
 // tail, for x = |g| (a NaN or above 14.25 gives Q(14.25), 0 in fp32): Q(x) =
-// t * 2^(P(s) - x^2 log2(e) / 2), t = 1 / (1 + x / 4), P a degree-9 polynomial
-// in s = kGeluS1 * t + kGeluS0 (t mapped onto [-1, 1] over x in [0, 14.284]),
-// fitted (minimax) to log2(Q(x) / t) + x^2 kHalfLog2e to 4.5e-8, the rounding
-// of kHalfLog2e included. x is the gate itself, not g / sqrt 2 rounded, so
-// that a 16-bit gate gives x^2 and 1 + x / 4 exactly (8 or 11 bits squared;
-// a power of two): one Newton step corrects the reciprocal, and x^2's
-// multiple n of 2 is taken out by one fused multiply-add, rounded once near
-// 0. fp32 gates add the roundings of 1 + x / 4 and x^2 back as their exact
-// remainders. n >= -126 keeps 2^n normal, and the last product rounds once
-// into the subnormals, as the reference's float(erfc) does. Against 0.5 *
-// erfc(-g / sqrt 2) in double, over every bf16 and fp16 gate and every fp32
-// gate of magnitude 2^-30 to 14.3, with rcp.approx and ex2.approx emulated 1
-// and 2 ulp off either way, Phi is within 5.7e-7 relative (16-bit gates) and
-// 6.4e-7 (fp32) where it is normal; bench_erfc_bound repeats that from these
-// constants. About 28 instructions where the previous form (erfc of a
-// rounded g / sqrt 2) took 37.
-inline constexpr float kGeluS1 = 0x1.47b0ccp+1f;
-inline constexpr float kGeluS0 = -0x1.8f6198p+0f;
-inline constexpr float kGeluP[10] = {-0x1.11a388p+1f,  0x1.0013fcp+0f,   0x1.507128p-3f,  -0x1.6243b4p-7f,
-                                     -0x1.0d795ep-6f,  -0x1.a1d1f8p-10f, 0x1.ecd23cp-10f, 0x1.c216c0p-12f,
-                                     -0x1.7b5152p-13f, -0x1.d575b0p-15f};
-inline constexpr float kGeluXMax = 0x1.c8p+3f;     // 14.25: Q = 0 in fp32 from about 14.1 up
+// t * 2^(P(t) - x^2 kHalfLog2e), t = 1 / (1 + x / 4) in [0.2188, 1] over x in
+// [0, 14.284], P of degree 9, fitted (minimax, in Chebyshev form on that
+// interval) to log2(Q(x) / t) + x^2 kHalfLog2e to 4.5e-8, the rounding of
+// kHalfLog2e included; its coefficients in t rounded to fp32 and Horner's
+// rule in fp32 leave 2.9e-7 (relative 2e-7). x is the gate itself, not g /
+// sqrt 2 rounded, so that a 16-bit gate gives x^2 and 1 + x / 4 exactly (8
+// or 11 bits squared; a power of two): one Newton step corrects the
+// reciprocal, and x^2's multiple n of 2 is taken out by one fused
+// multiply-add, rounded once near 0. fp32 gates add the roundings of 1 + x /
+// 4 and x^2 back as their exact remainders. n >= -126 keeps 2^n normal, and
+// the last product rounds once into the subnormals, as the reference's
+// float(erfc) does. Against 0.5 * erfc(-g / sqrt 2) in double, over every
+// bf16 and fp16 gate and every fp32 gate of magnitude 2^-30 to 14.3, with
+// rcp.approx and ex2.approx emulated 1 and 2 ulp off either way: see
+// docs/contract.md section 6 (bench_erfc_bound repeats it from these
+// constants). With Phi and y: 28 instructions a gate, where erfc of a
+// rounded g / sqrt 2 took 38.
+inline constexpr float kGeluP[10] = {
+    -0x1.a9bad2p+1f, 0x1.7282e8p+0f, 0x1.323848p-1f,  0x1.af1a94p-2f, -0x1.8d9722p-4f,
+    -0x1.fb8b5cp-5f, 0x1.877e46p-1f, -0x1.990792p+0f, 0x1.1dbb3cp+0f, -0x1.0eb43ap-2f};
+inline constexpr float kGeluXMax = 0x1.c8p+3f;      // 14.25: Q = 0 in fp32 from about 14.1 up
 inline constexpr float kHalfLog2e = 0x1.715476p-1f; // log2(e) / 2 rounded to fp32
 template <int IN> __device__ __forceinline__ float normalTail(float g) {
   const float x = fminf(fabsf(g), kGeluXMax);
@@ -108,11 +107,10 @@ template <int IN> __device__ __forceinline__ float normalTail(float g) {
   } else {
     t = fmaf(t, fmaf(-d, t, 1.0f), t);
   }
-  const float s = fmaf(t, kGeluS1, kGeluS0);
   float p = kGeluP[9];
 #pragma unroll
   for (int i = 8; i >= 0; --i)
-    p = fmaf(p, s, kGeluP[i]);
+    p = fmaf(p, t, kGeluP[i]);
   const float hi = __fmul_rn(x, x);
   // m = 1.5 * 2^23 + n, n = rint(-x^2 kHalfLog2e) raised to -126 at least:
   // m's low bits hold n, so 2^n is m's bits shifted by 23 plus 127 << 23

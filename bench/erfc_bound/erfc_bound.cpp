@@ -50,7 +50,7 @@ float moveUlps(float v, int k) {
 }
 
 struct Constants {
-  float s1, s0, halfLog2e, xMax;
+  float halfLog2e, xMax;
   float p[10];
 };
 
@@ -74,11 +74,9 @@ Constants readConstants(const std::string& dir) {
        ++it)
     scalars[(*it)[1]] = std::strtof((*it)[2].str().c_str(), nullptr);
   Constants c{};
-  for (const char* name : {"kGeluS1", "kGeluS0", "kHalfLog2e", "kGeluXMax"})
+  for (const char* name : {"kHalfLog2e", "kGeluXMax"})
     if (!scalars.count(name))
       throw std::runtime_error(std::string("erfc_bound: the template has no constant ") + name);
-  c.s1 = scalars["kGeluS1"];
-  c.s0 = scalars["kGeluS0"];
   c.halfLog2e = scalars["kHalfLog2e"];
   c.xMax = scalars["kGeluXMax"];
   std::smatch m;
@@ -108,10 +106,9 @@ float tailModel(const Constants& c, float g, bool fp32Gate, int rcpUlps, int ex2
   } else {
     t = std::fmaf(t, std::fmaf(-d, t, 1.0f), t);
   }
-  const float s = std::fmaf(t, c.s1, c.s0);
   float p = c.p[9];
   for (int i = 8; i >= 0; --i)
-    p = std::fmaf(p, s, c.p[i]);
+    p = std::fmaf(p, t, c.p[i]);
   const float hi = x * x;
   const float m = std::fmax(std::fmaf(hi, -c.halfLog2e, 0x1.8p23f), 0x1.8p23f - 126.0f);
   const float n = m - 0x1.8p23f;
