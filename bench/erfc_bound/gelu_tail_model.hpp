@@ -23,15 +23,18 @@
 
 namespace bqjit::gelu_tail {
 
+// The same bits as another 4-byte type (std::bit_cast before C++20).
+template <class To, class From> To bitCast(From from) {
+  static_assert(sizeof(To) == sizeof(From));
+  To to;
+  std::memcpy(&to, &from, sizeof to);
+  return to;
+}
 inline float bitsToFloat(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
+  return bitCast<float>(u);
 }
 inline uint32_t floatToBits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
+  return bitCast<uint32_t>(f);
 }
 // v moved by k ulps away from zero (k > 0) or towards it.
 inline float moveUlps(float v, int k) {
