@@ -17,7 +17,6 @@ using namespace bqjit::gelu_tail;
 
 // The bound docs/contract.md section 6 states, with room for the sample.
 constexpr double kBound = 6.5e-7;
-const int kUlpCases[][2] = {{0, 0}, {1, 2}, {1, -2}, {-1, 2}, {-1, -2}};
 
 const Constants& templateConstants() {
   static const Constants c = readConstants(BQJIT_TEMPLATE_DIR);

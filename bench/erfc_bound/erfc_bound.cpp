@@ -22,12 +22,11 @@ int main(int argc, char** argv) {
                 "and fp16 gate, every fp32 |g| in [2^-30, 14.3]\n");
     std::printf("%-5s %4s %4s | %-26s | %-26s | subnormal Phi differing (ulps)\n", "gate", "rcp",
                 "ex2", "g < 0: worst rel (at g)", "g > 0: worst rel (at g)");
-    const int cases[][2] = {{0, 0}, {1, 2}, {1, -2}, {-1, 2}, {-1, -2}};
     const std::pair<Gates, const char*> types[] = {
         {Gates::Bf16, "bf16"}, {Gates::Fp16, "fp16"}, {Gates::Fp32, "fp32"}};
     double worst = 0;
     for (const auto& [gates, name] : types)
-      for (const auto& k : cases) {
+      for (const auto& k : kUlpCases) {
         const Worst w = measure(c, gates, k[0], k[1]);
         std::printf("%-5s %+4d %+4d | %.3e (%-12.9g) | %.3e (%-12.9g) | %ld of %ld (%ld)\n", name,
                     k[0], k[1], w.negative, w.atNegative, w.positive, w.atPositive,

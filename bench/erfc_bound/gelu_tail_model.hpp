@@ -7,6 +7,8 @@
 // tests/test_gelu_tail (every 16-bit gate, a sample of fp32 ones).
 #pragma once
 
+#include "reference/reference.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -56,12 +58,12 @@ inline Constants readConstants(const std::string& dir) {
       continue;
     std::ifstream in(entry.path());
     if (!in)
-      throw std::runtime_error("erfc_bound: cannot read " + entry.path().string());
+      throw std::runtime_error("gelu_tail_model: cannot read " + entry.path().string());
     ss << in.rdbuf() << '\n';
   }
   const std::string src = ss.str();
   if (src.empty())
-    throw std::runtime_error("erfc_bound: no template header (.cuh) in " + dir);
+    throw std::runtime_error("gelu_tail_model: no template header (.cuh) in " + dir);
   std::map<std::string, float> scalars;
   const std::regex scalar(R"(inline constexpr float (k\w+) = ([-+0-9a-fA-Fxp.]+)f;)");
   for (auto it = std::sregex_iterator(src.begin(), src.end(), scalar); it != std::sregex_iterator();
@@ -70,22 +72,24 @@ inline Constants readConstants(const std::string& dir) {
   Constants c{};
   for (const char* name : {"kHalfLog2e", "kGeluXMax"})
     if (!scalars.count(name))
-      throw std::runtime_error(std::string("erfc_bound: the template has no constant ") + name);
+      throw std::runtime_error(std::string("gelu_tail_model: the template has no constant ") +
+                               name);
   c.halfLog2e = scalars["kHalfLog2e"];
   c.xMax = scalars["kGeluXMax"];
   std::smatch m;
   if (!std::regex_search(src, m, std::regex(R"(kGeluP\[10\] = \{([^}]*)\})")))
-    throw std::runtime_error("erfc_bound: the template has no kGeluP[10]");
+    throw std::runtime_error("gelu_tail_model: the template has no kGeluP[10]");
   std::stringstream list(m[1].str());
   std::string item;
   int n = 0;
   while (std::getline(list, item, ',')) {
     if (n == 10)
-      throw std::runtime_error("erfc_bound: kGeluP has more than 10 values");
+      throw std::runtime_error("gelu_tail_model: kGeluP has more than 10 values");
     c.p[n++] = std::strtof(item.c_str(), nullptr);
   }
   if (n != 10)
-    throw std::runtime_error("erfc_bound: kGeluP has " + std::to_string(n) + " values, not 10");
+    throw std::runtime_error("gelu_tail_model: kGeluP has " + std::to_string(n) +
+                             " values, not 10");
   return c;
 }
 
@@ -157,12 +161,8 @@ struct Worst {
   }
 };
 
-inline float halfToFloat(uint32_t h) {
-  const uint32_t e = (h >> 10) & 31, m = h & 1023;
-  const float v = e == 0 ? std::ldexp(static_cast<float>(m), -24)
-                         : std::ldexp(static_cast<float>(m | 1024), static_cast<int>(e) - 25);
-  return (h & 0x8000) ? -v : v;
-}
+// rcp.approx and ex2.approx exact, then 1 and 2 ulp off in each direction.
+inline constexpr int kUlpCases[5][2] = {{0, 0}, {1, 2}, {1, -2}, {-1, 2}, {-1, -2}};
 
 // Every finite gate of the type: bf16 and fp16 whole, fp32 over |g| in [2^-30, 14.3].
 enum class Gates { Bf16, Fp16, Fp32 };
@@ -174,8 +174,9 @@ inline Worst measure(const Constants& c, Gates gates, int rcpUlps, int ex2Ulps,
     for (uint32_t u = 0; u < 0x10000; ++u) {
       if (gates == Gates::Bf16 ? (u & 0x7f80) == 0x7f80 : (u & 0x7c00) == 0x7c00)
         continue; // inf and NaN
-      all.add(c, gates == Gates::Bf16 ? bitsToFloat(u << 16) : halfToFloat(u), false, rcpUlps,
-              ex2Ulps);
+      const auto bits = static_cast<uint16_t>(u);
+      all.add(c, gates == Gates::Bf16 ? ref::bf16ToFloat(bits) : ref::fp16ToFloat(bits), false,
+              rcpUlps, ex2Ulps);
     }
     return all;
   }
