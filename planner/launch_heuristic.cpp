@@ -16,7 +16,9 @@ constexpr int kBulkBlockMaxThreads = 512;
 constexpr int kFp4WarpsPerSm = 48;
 // FP4's one-vector few-token teams: 41 registers, six 256-thread blocks an
 // SM; and the waves of them from which the two-vector teams win
-// (manyTeamsFromTokens).
+// (manyTeamsFromTokens). NVFP4's take 43 since they read the global scale
+// at their start (templates/scales.cuh), five blocks an SM; the threshold
+// keeps the block count it was measured with (1.4 x 6 blocks an SM).
 constexpr int kFp4FewTokenBlocksPerSm = 6;
 constexpr double kFp4ManyTeamsWaves = 1.4;
 // The 8-bit few-token teams (one 16-byte vector of 16-bit values a thread,

@@ -87,10 +87,39 @@ template <int OUT> __device__ __forceinline__ float amaxOverQmax(float amax) {
                                             : divFast(amax, QuantTraits<OUT>::kMax, QuantTraits<OUT>::kInvMax);
 }
 
+// NVFP4's global scale: one float in device memory that every group reads
+// once it has its amax. Where the launch shape makes no occupancy promise,
+// the kernel reads it at its start, beside the rows' loads: read after the
+// amax, its L2 round trip (the first warps of an SM all miss L1 there at
+// once) lay between each block's loads and its stores, 0.2 us of the 5.75
+// that the H100 took at 2048 x 1024 (bench/NOTES.md, thirtieth session).
+// Under a promise the register that holds it across the activation made
+// ptxas spill the full-SM few-token variants and cost the two-vector teams
+// 0.5%, so there it is read where it is used. A prefetch into L1 instead
+// made every NVFP4 launch 2.2-2.9 times slower.
+template <class S> struct GlobalScale {
+  static constexpr bool kEarly = ScaleKind<S>::kNvfp4 && S::kMinBlocksPerSm == 0;
+  float early = 0.0f;
+  __device__ __forceinline__ explicit GlobalScale(const float* __restrict__ p) {
+    if constexpr (kEarly)
+      early = __ldg(p);
+  }
+  // The value, read from the same pointer where it is late: a copy of the
+  // pointer kept across the activation, or __ldg's inline assembly in place
+  // of a plain read, made ptxas spill the full-SM few-token variants.
+  __device__ __forceinline__ float value(const float* __restrict__ p) const {
+    if constexpr (kEarly)
+      return early;
+    else
+      return *p;
+  }
+};
+
 // The scale of a group from the team's amax of it, by docs/contract.md
 // sections 1, 7 and 8.
 template <class S>
-__device__ __forceinline__ GroupScale groupScale(float amaxG, const float* scaleUb, const float* globalScale) {
+__device__ __forceinline__ GroupScale groupScale(float amaxG, const float* scaleUb, const float* globalScale,
+                                                 const GlobalScale<S>& globalScaleIn) {
   using Kind = ScaleKind<S>;
   constexpr int OUT = S::kOutDtype;
   constexpr bool HAS_UB = S::kHasScaleUb;
@@ -98,7 +127,7 @@ __device__ __forceinline__ GroupScale groupScale(float amaxG, const float* scale
   if constexpr (Kind::kNvfp4) {
     // Section 8, in its order: sf = e4m3(min(gs * amax / 6, 448)), r = 1 /
     // (sf / gs), q = e2m1(y * r); correctly rounded divisions, once a group.
-    const float gs = *globalScale;
+    const float gs = globalScaleIn.value(globalScale);
     // gs * amax / 6 by the fast division: exact for every finite product
     // (tests/test_fast_division). An infinite product gives NaN there, which
     // fminf turns into 448, as it does infinity; a subnormal quotient rounds

@@ -112,6 +112,7 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+  const GlobalScale<S> globalScaleIn(globalScale);
   const i64 rows4 = (rows + 3) / 4 * 4;
   const i64 rows128 = (rows + 127) / 128 * 128;
   const i64 taskRows = kPadded ? rows4 : rows;
@@ -269,7 +270,7 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
 #pragma unroll
     for (int m = 1; m < kTeamGroups; ++m)
       amaxMine = mine == m ? amax[m] : amaxMine;
-    const GroupScale own = groupScale<S>(amaxMine, scaleUb, globalScale);
+    const GroupScale own = groupScale<S>(amaxMine, scaleUb, globalScale, globalScaleIn);
     if (lane < kTeamGroups)
       storeScale<S>(own, j + lane, out);
 #pragma unroll
@@ -288,7 +289,7 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
       quantizeGroup<S, kSpg, kTeam>(ym, g, groupQ<S>(j + m, out), lane);
     }
   } else {
-    const GroupScale g = groupScale<S>(amax[0], scaleUb, globalScale);
+    const GroupScale g = groupScale<S>(amax[0], scaleUb, globalScale, globalScaleIn);
     quantizeGroup<S, kSteps, TPG>(y, g, groupQ<S>(j, out), lane);
     if (lane == 0)
       storeScale<S>(g, j, out);
