@@ -104,22 +104,24 @@ template <class S> struct GlobalScale {
     if constexpr (kEarly)
       early = __ldg(p);
   }
-  // The value, read from the same pointer where it is late: a copy of the
-  // pointer kept across the activation, or __ldg's inline assembly in place
-  // of a plain read, made ptxas spill the full-SM few-token variants.
+  // The value where a group's scale needs it (0 without NVFP4, which reads
+  // none), read from the kernel's own pointer where it is late: a copy of
+  // the pointer kept across the activation, or __ldg's inline assembly in
+  // place of a plain read, made ptxas spill the full-SM few-token variants.
   __device__ __forceinline__ float value(const float* __restrict__ p) const {
     if constexpr (kEarly)
       return early;
-    else
+    else if constexpr (ScaleKind<S>::kNvfp4)
       return *p;
+    else
+      return 0.0f;
   }
 };
 
 // The scale of a group from the team's amax of it, by docs/contract.md
-// sections 1, 7 and 8.
+// sections 1, 7 and 8; `gs` is NVFP4's global scale (GlobalScale::value).
 template <class S>
-__device__ __forceinline__ GroupScale groupScale(float amaxG, const float* scaleUb, const float* globalScale,
-                                                 const GlobalScale<S>& globalScaleIn) {
+__device__ __forceinline__ GroupScale groupScale(float amaxG, const float* scaleUb, float gs) {
   using Kind = ScaleKind<S>;
   constexpr int OUT = S::kOutDtype;
   constexpr bool HAS_UB = S::kHasScaleUb;
@@ -127,7 +129,6 @@ __device__ __forceinline__ GroupScale groupScale(float amaxG, const float* scale
   if constexpr (Kind::kNvfp4) {
     // Section 8, in its order: sf = e4m3(min(gs * amax / 6, 448)), r = 1 /
     // (sf / gs), q = e2m1(y * r); correctly rounded divisions, once a group.
-    const float gs = globalScaleIn.value(globalScale);
     // gs * amax / 6 by the fast division: exact for every finite product
     // (tests/test_fast_division). An infinite product gives NaN there, which
     // fminf turns into 448, as it does infinity; a subnormal quotient rounds

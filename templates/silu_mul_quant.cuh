@@ -270,7 +270,7 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
 #pragma unroll
     for (int m = 1; m < kTeamGroups; ++m)
       amaxMine = mine == m ? amax[m] : amaxMine;
-    const GroupScale own = groupScale<S>(amaxMine, scaleUb, globalScale, globalScaleIn);
+    const GroupScale own = groupScale<S>(amaxMine, scaleUb, globalScaleIn.value(globalScale));
     if (lane < kTeamGroups)
       storeScale<S>(own, j + lane, out);
 #pragma unroll
@@ -289,7 +289,7 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
       quantizeGroup<S, kSpg, kTeam>(ym, g, groupQ<S>(j + m, out), lane);
     }
   } else {
-    const GroupScale g = groupScale<S>(amax[0], scaleUb, globalScale, globalScaleIn);
+    const GroupScale g = groupScale<S>(amax[0], scaleUb, globalScaleIn.value(globalScale));
     quantizeGroup<S, kSteps, TPG>(y, g, groupQ<S>(j, out), lane);
     if (lane == 0)
       storeScale<S>(g, j, out);
