@@ -178,7 +178,7 @@ LaunchShape chooseLaunchShape(const KernelSpec& spec, Regime regime, const Devic
 namespace {
 
 // The fewest tokens whose grid of `shape` holds at least `waves` times the
-// blocks `device` keeps resident at `blocksPerSm` (gridBlocks grows with T).
+// blocks `device` keeps resident at `blocksPerSm` (waveBlocks grows with T).
 int64_t tokensFromWaves(const KernelSpec& spec, const LaunchShape& shape, int blocksPerSm,
                         double waves, const DeviceProfile& device) {
   KernelSpec resolved = spec;
@@ -187,7 +187,7 @@ int64_t tokensFromWaves(const KernelSpec& spec, const LaunchShape& shape, int bl
   int64_t lo = 1, hi = kMaxLaunchRows;
   while (lo < hi) {
     const int64_t mid = lo + (hi - lo) / 2;
-    if (double(gridBlocks(resolved, mid)) >= blocks)
+    if (double(waveBlocks(resolved, mid)) >= blocks)
       hi = mid;
     else
       lo = mid + 1;

@@ -14,6 +14,53 @@ template <int NG> __device__ __forceinline__ i64 swizzledOffset(i64 t, int j) {
   return ((t >> 7) * kTileCols + (j >> 2)) * 512 + (t & 31) * 16 + ((t >> 5) & 3) * 4 + (j & 3);
 }
 
+// The row pairs of swizzled_128x4 (8 rows whose scale bytes fill one 32-byte
+// sector of each of their band's tiles: rows 2p, 2p + 1 and the same 32, 64
+// and 96 rows on) that hold a live row: 16 a full band, and of a partial band
+// of r rows its first min(16, ceil(r / 2)) (0 where T is a multiple of 128).
+__device__ __forceinline__ int partialBandPairs(i64 rows) {
+  const int r = static_cast<int>(rows & 127);
+  return r == 0 ? 0 : r >= 31 ? 16 : (r + 1) / 2;
+}
+
+// A swizzled_128x4 launch (the host's gridBlocks mirrors it): first the
+// blocks of the tasks of the live row pairs, then blocks that zero the other
+// row pairs of a partial band, one 16-byte store a thread: bytes [pairs * 32,
+// 512) of each of the band's tiles. The grid padded to 128 rows gave each
+// padding pair its own blocks, 32-64 bytes a block: at 14336 x 1 it took 2.92
+// us where the bytes layout's grid of live rows took 1.69 (H100,
+// bench/NOTES.md, thirtieth session). The zeroing blocks come last so that a
+// block of live tasks asks nothing more of its start.
+template <class S> struct SwizzledGrid {
+  static constexpr int kTileCols = (S::kHidden / S::kGroupSize + 3) / 4;
+  static constexpr u32 kBlockThreads = TeamSlot<S::kThreadsPerGroup>::value * S::kGroupsPerBlock;
+  // Called by a thread without a live task: in a zeroing block, stores its
+  // chunk and says so (the whole block returns: no barrier waits for it).
+  __device__ static __forceinline__ bool zeroes(unsigned char* scaleB, i64 rows) {
+    const int pairs = partialBandPairs(rows);
+    const i64 livePairs = (rows >> 7) * 16 + pairs;
+    const i64 taskBlocks =
+        (livePairs * (8 * 4 * kTileCols) + S::kGroupsPerBlock - 1) / S::kGroupsPerBlock;
+    if (blockIdx.x < taskBlocks)
+      return false;
+    const u32 perTile = 32 - 2 * pairs; // 16-byte chunks a tile
+    const u32 c = static_cast<u32>(blockIdx.x - taskBlocks) * kBlockThreads + threadIdx.x;
+    if (c < kTileCols * perTile) {
+      const u32 tile = c / perTile;
+      unsigned char* dst = scaleB + ((rows >> 7) * kTileCols + tile) * 512 + pairs * 32 +
+                           (c - tile * perTile) * 16;
+      if ((reinterpret_cast<unsigned long long>(scaleB) & 15u) == 0) {
+        asm volatile("st.global.v4.u32 [%0], {%1, %1, %1, %1};" ::"l"(dst), "r"(0u));
+      } else {
+#pragma unroll
+        for (int i = 0; i < 16; ++i)
+          dst[i] = 0;
+      }
+    }
+    return true;
+  }
+};
+
 // Blocks of 8 rows (version 16). A 32-byte sector of the layout holds 4
 // groups of 8 rows: t and t + 1 (t even) and the same two 32, 64 and 96 rows
 // on. In the task order of version 15 (the scale bytes' order) a warp's q
@@ -35,8 +82,11 @@ template <class S> struct SwizzleTiles {
   static constexpr int kNGp = (kNG + 3) / 4 * 4;
   static constexpr int kSlot = TeamSlot<S::kThreadsPerGroup>::value;
   static constexpr int kCols = S::kGroupsPerBlock / 8; // groups of a row a block takes
-  // The grid of rows128 * kNGp / GPB blocks covers the row pairs exactly:
-  // rows128 / 8 is a multiple of 16 and kCols at most 32.
+  // The task blocks of the grid, ceil(pairs * kNGp / kCols) (SwizzledGrid),
+  // cover the live row pairs; where kCols does not divide pairs * kNGp the
+  // last one's columns run on into the next pair of the same band, which is
+  // padding (16 * kNGp is a multiple of kCols, which divides 64), and write
+  // its zeros.
   static constexpr bool kOn = S::kScaleLayout == kSwizzled128x4 && !S::kMasked &&
                               !Geometry<S>::kAcross && kSlot == S::kThreadsPerGroup &&
                               kSlot * S::kGroupsPerBlock == 256 && kCols >= 4 && kCols % 4 == 0 &&

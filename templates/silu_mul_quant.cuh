@@ -154,28 +154,43 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
     t = static_cast<i64>(pair >> 4) * 128 + (w >> 1) * 32 + (pair & 15) * 2 + (w & 1);
     j = static_cast<int>(col - pair * Tiles::kNGp);
     if (t >= rows || j >= NG) {
-      // Padding: a zero byte, and no input. Every thread of the block meets
-      // the barrier at flush.
+      // Padding: a zeroing block's chunk, or a zero byte (no input), where
+      // every thread of the block meets the barrier at flush.
+      if (SwizzledGrid<S>::zeroes(scaleB, rows))
+        return;
       if (lane == 0)
         Tiles::staged()[Tiles::stagedAt(t)] = 0;
       goto flush;
     }
   } else if constexpr (SWIZZLED) {
-    // task = the byte of (t, j) in the expert's scales (swizzledOffset's
-    // inverse); the groups of a team (kTeamGroups, which divides 4 and NG)
-    // are in one row and all live columns or all padding.
-    if (task >= rows128 * kTileCols * 4)
+    // Tasks cover the row pairs that hold a live row (partialBandPairs; a
+    // pair's bytes are one 32-byte sector of each tile of its band), band by
+    // band, in a band pair by pair and in a pair tile by tile: task k of pair
+    // `pair` is byte (k % 32) of the pair's sector in tile k / 32, so that a
+    // warp's teams fill whole sectors. byte is the task's place in the
+    // expert's scales (swizzledOffset of (t, j)); the divisions are by
+    // constants, so that (t, j) stay cheap to recompute (a division by the
+    // live pairs of the band spilled 4 bytes in 8-bit gelu_tanh under the
+    // full-SM promise). The groups of a team (kTeamGroups, which divides 4
+    // and NG) are in one row and all live columns or all padding.
+    constexpr int kPairBytes = kTileCols * 32; // a pair's sectors in its band
+    if (task >= ((rows >> 7) * 16 + partialBandPairs(rows)) * kPairBytes) {
+      SwizzledGrid<S>::zeroes(scaleB, rows);
       return;
-    const i64 tile = task >> 9;
-    const int p = static_cast<int>(task & 511);
-    const i64 band = tile / kTileCols;
-    t = band * 128 + ((p >> 2) & 3) * 32 + (p >> 4);
-    j = static_cast<int>(tile - band * kTileCols) * 4 + (p & 3);
+    }
+    const i64 pairs = task / kPairBytes; // row pairs before this one
+    const int inPair = static_cast<int>(task - pairs * kPairBytes);
+    const i64 band = pairs >> 4;
+    const int pair = static_cast<int>(pairs & 15);
+    const int b = inPair & 31; // the byte in the sector
+    const i64 byte = (band * kTileCols + (inPair >> 5)) * 512 + pair * 32 + b;
+    t = band * 128 + ((b >> 2) & 3) * 32 + pair * 2 + (b >> 4);
+    j = (inPair >> 5) * 4 + (b & 3);
     if (t >= rows || j >= NG) {
       if (lane == 0)
 #pragma unroll
         for (int m = 0; m < kTeamGroups; ++m)
-          scaleB[task + m] = 0;
+          scaleB[byte + m] = 0;
       return;
     }
   } else if (task >= taskRows * NG) {

@@ -761,7 +761,15 @@ std::vector<GpuCase> buildFp4Cases() {
       // Decode sizes in the few-token shapes: one partial band (64 and 97
       // rows), whose row pairs leave padding warps in every block.
       {Fp4Format::Nvfp4, 25600, InDtype::BF16, LaunchShape{2, 8, 128}, 64, OutDtype::FP4E2M1},
-      {Fp4Format::MxCeil, 14336, InDtype::BF16, LaunchShape{4, 4, 64, 8}, 97, OutDtype::FP4E2M1}};
+      {Fp4Format::MxCeil, 14336, InDtype::BF16, LaunchShape{4, 4, 64, 8}, 97, OutDtype::FP4E2M1},
+      // Grids over the live row pairs of a partial band (thirty-first
+      // session): 15 of 16 pairs (T = 30), all 16 (31), and 3 (T = 5) where
+      // a block's 4 row pairs run into the zeroed ones; task order (128-thread
+      // blocks) at 9 of 16.
+      {Fp4Format::MxCeil, 2880, InDtype::BF16, LaunchShape{2, 8, 128, 6}, 30, OutDtype::FP4E2M1},
+      {Fp4Format::Nvfp4, 7168, InDtype::FP16, LaunchShape{1, 8, 256, 6}, 31, OutDtype::FP4E2M1},
+      {Fp4Format::Nvfp4, 96, InDtype::BF16, LaunchShape{1, 8, 256, 6}, 5, OutDtype::FP4E2M1},
+      {Fp4Format::MxFloor, 2880, InDtype::BF16, LaunchShape{4, 8, 32}, 17, OutDtype::FP8E4M3}};
   int n = 0;
   for (const Tiled& tc : tiled) {
     GpuCase c;
@@ -837,10 +845,14 @@ TEST(GpuKernelFp4Cases, CoverFormatsDtypesTokensPaddingAndGlobalScales) {
     if (s.shape && s.scaleLayout == ScaleLayout::Swizzled128x4 && !s.masked &&
         s.shape->teamSlot() == s.shape->threadsPerGroup && s.shape->threadsPerBlock() == 256 &&
         s.shape->groupsPerBlock >= 32 && (s.shape->groupsPerBlock / 8) % 4 == 0 &&
-        64 % (s.shape->groupsPerBlock / 8) == 0)
+        64 % (s.shape->groupsPerBlock / 8) == 0) {
       seen.insert(fmt + (ngp % (s.shape->groupsPerBlock / 8) == 0
                              ? " swizzled in blocks of 8 rows"
                              : " swizzled in blocks of 8 rows across row pairs"));
+      // A partial band whose grid leaves row pairs out (zeroed instead).
+      if (c.tokens % 128 >= 1 && c.tokens % 128 <= 30)
+        seen.insert(fmt + " partial band in blocks of 8 rows");
+    }
     if (s.isNvfp4())
       seen.insert("gs " + std::to_string(c.globalScale));
     for (const SpecialRow& r : c.specialRows)
@@ -858,8 +870,10 @@ TEST(GpuKernelFp4Cases, CoverFormatsDtypesTokensPaddingAndGlobalScales) {
                              "zero groups", "swizzled in blocks of 8 rows"})
       wanted.push_back(std::string(fmt) + " " + what);
   }
-  for (const char* fmt : {"nvfp4", "mxfp4 ceil"})
+  for (const char* fmt : {"nvfp4", "mxfp4 ceil"}) {
     wanted.push_back(std::string(fmt) + " swizzled in blocks of 8 rows across row pairs");
+    wanted.push_back(std::string(fmt) + " partial band in blocks of 8 rows");
+  }
   for (float gs : kGlobalScales)
     wanted.push_back("gs " + std::to_string(gs));
   for (const std::string& w : wanted)

@@ -354,6 +354,52 @@ TEST_F(PlannerTest, PlanSaysWhichRegimesTheHeuristicChose) {
     EXPECT_FALSE(given->fromHeuristic[index(r)]) << regimeName(r);
 }
 
+// swizzled_128x4's launches: the tasks of the row pairs that hold a live row
+// (8 rows a pair, 16 pairs a 128-row band; a partial band of r rows its
+// first ceil(r / 2), from 31 rows all 16), then blocks that zero a partial
+// band's other pairs, 16 bytes a thread. The planner's wave rules count the
+// grid over whole bands, as they were fitted.
+TEST_F(PlannerTest, SwizzledGridsCoverTheLiveRowPairsAndZeroTheRest) {
+  const std::vector<std::pair<int64_t, int64_t>> pairs = {
+      {0, 0},    {1, 1},    {2, 1},    {3, 2},    {16, 8},     {30, 15},   {31, 16},
+      {127, 16}, {128, 16}, {129, 17}, {160, 32}, {4097, 513}, {4127, 528}};
+  for (const auto& [tokens, expected] : pairs)
+    EXPECT_EQ(swizzledLivePairs(tokens), expected) << "T=" << tokens;
+  // 14336 / 16 = 896 groups a row, 224 tiles a band; 64 groups and 256
+  // threads a block.
+  KernelSpec spec;
+  spec.hidden = 14336;
+  spec.groupSize = 16;
+  spec.outDtype = OutDtype::FP4E2M1;
+  spec.scaleLayout = ScaleLayout::Swizzled128x4;
+  spec.shape = LaunchShape{4, 4, 64};
+  // T = 1: one pair's tasks (8 x 896 / 64 = 112 blocks), then 15 pairs of
+  // 224 tiles to zero, 2 chunks of 16 bytes each (6720 chunks, 27 blocks).
+  EXPECT_EQ(gridBlocks(spec, 1), 112 + 27);
+  EXPECT_EQ(waveBlocks(spec, 1), 128 * 896 / 64); // 1792
+  EXPECT_EQ(gridBlocks(spec, 31), 128 * 896 / 64); // every pair live: nothing to zero
+  EXPECT_EQ(gridBlocks(spec, 256), 256 * 896 / 64);
+  EXPECT_EQ(gridBlocks(spec, 129), 1792 + 112 + 27);
+  // Padding columns: 2880 / 32 = 90 groups padded to 92 (23 tiles); a last
+  // task block part full. T = 5: 3 pairs, ceil(3 x 8 x 92 / 64) = 35 blocks,
+  // and 23 x 26 chunks to zero (3 blocks).
+  spec.hidden = 2880;
+  spec.groupSize = 32;
+  spec.ue8m0 = true;
+  spec.shape = LaunchShape{4, 8, 64};
+  EXPECT_EQ(gridBlocks(spec, 5), 35 + 3);
+  for (int64_t t = 1; t <= 1024; ++t) {
+    // The planner's binary searches need a count that never shrinks as T
+    // grows, and the launch never holds more blocks than the padded grid.
+    ASSERT_GE(waveBlocks(spec, t), waveBlocks(spec, t - 1)) << "T=" << t;
+    ASSERT_LE(gridBlocks(spec, t), waveBlocks(spec, t)) << "T=" << t;
+  }
+  // Other layouts: one task a (row, group), counted alike.
+  spec.scaleLayout = ScaleLayout::Bytes;
+  EXPECT_EQ(gridBlocks(spec, 5), (5 * 90 + 63) / 64);
+  EXPECT_EQ(waveBlocks(spec, 5), gridBlocks(spec, 5));
+}
+
 // FP4 with swizzled scales on an H200: from the T where the few-token grid
 // (T rounded up to 128 rows, six blocks an SM) reaches 1.4 waves, launches
 // below the many-token regime take its two-vector teams; nowhere else.
@@ -589,13 +635,13 @@ TEST_F(PlannerTest, Fp4SwizzledFewTokenLaunchesTakeTheFullSmPromiseBelowTheManyT
       LaunchShape promised = few;
       promised.minBlocksPerSm = 8;
       EXPECT_EQ(*plan->variants[plan->fullSmVariant].shape, promised) << what;
-      // The waves, counted as the launch counts its blocks (128-row tiles).
+      // The waves, counted as the planner's rules count blocks (128-row tiles).
       KernelSpec resolved = spec;
       resolved.shape = few;
       const double wave = h200.smCount * 6.0;
-      EXPECT_GE(gridBlocks(resolved, e.from) / wave, 1.2) << what;
-      EXPECT_LT(gridBlocks(resolved, e.from - 1) / wave, 1.2) << what;
-      EXPECT_LT(gridBlocks(resolved, e.manyFrom - 1) / wave, 1.4) << what;
+      EXPECT_GE(waveBlocks(resolved, e.from) / wave, 1.2) << what;
+      EXPECT_LT(waveBlocks(resolved, e.from - 1) / wave, 1.2) << what;
+      EXPECT_LT(waveBlocks(resolved, e.manyFrom - 1) / wave, 1.4) << what;
       const LaunchShape many = *plan->variantFor(Regime::ManyTokens).shape;
       EXPECT_EQ(*plan->variantForTokens(e.from - 1).shape, few) << what;
       EXPECT_EQ(*plan->variantForTokens(e.from).shape, promised) << what;
