@@ -32,14 +32,15 @@ namespace bqjit_kernel {
 // G = 96, say); the lanes past TPG only take part in the amax reduction.
 // Row-major scale layouts (row, bytes) number tasks row by row; column
 // layouts number them column by column, and swizzled_128x4 in the order of its
-// scale bytes (task = the byte of (t, j): 4 groups of 8 rows a 32-byte
-// sector), so that the scale stores of neighbouring teams fill whole sectors
-// (a warp's 32 bytes one sector, not 4 bytes in each of 8; as fast as row
-// order on an H200, bench/NOTES.md version 15).
+// scale bytes' sectors (4 groups of 8 rows a 32-byte sector), so that the
+// scale stores of neighbouring teams fill whole sectors (a warp's 32 bytes one
+// sector, not 4 bytes in each of 8; as fast as row order on an H200,
+// bench/NOTES.md version 15), or in blocks of 8 rows (SwizzleTiles).
 // Layouts with padded columns (col_tma, ue8m0_packed) have tasks for the
-// padding rows T..T4-1 that only write zero scales; swizzled_128x4's tasks
-// cover its padding rows T..Tp-1 and columns NG..NGp-1, which only write
-// zeros (of every row, live or not, when masked).
+// padding rows T..T4-1 that only write zero scales. swizzled_128x4's tasks
+// cover the row pairs that hold a live row (SwizzledGrid), their padding rows
+// and columns NG..NGp-1 only writing zeros (of every row, live or not, when
+// masked); blocks after them zero the other row pairs of a partial band.
 //
 // Output formats: QuantTraits<OUT> (8-bit codes, or e2m1 two a byte). NVFP4
 // (e2m1 without power-of-two scales) takes its E4M3 block scale from the
