@@ -23,6 +23,36 @@ __device__ __forceinline__ int partialBandPairs(i64 rows) {
   return r == 0 ? 0 : r >= 31 ? 16 : (r + 1) / 2;
 }
 
+// The place of task `task` of a swizzled_128x4 launch that is not in blocks
+// of 8 rows (masked batches, teams across groups, other block sizes): the
+// scale byte it writes, its row and its (first) group. In the full bands the
+// task is the byte (the bytes' order, tile by tile: a warp's teams fill whole
+// sectors, and the order the shapes were measured in; pair by pair, 4,8,32
+// MXFP4 at 14336 x 8192 was 10% slower on an H100, bench/NOTES.md,
+// thirty-first session). In a partial band, whose tasks cover its live row
+// pairs alone (partialBandPairs), the pair's sector of every tile, pair after
+// pair. The caller has checked that the task is live.
+template <class S> struct SwizzledTaskPlace {
+  static constexpr int kTileCols = (S::kHidden / S::kGroupSize + 3) / 4;
+  i64 byte, t;
+  int j;
+  __device__ __forceinline__ SwizzledTaskPlace(i64 task, i64 rows) {
+    const i64 fullBandBytes = (rows >> 7) * (kTileCols * 512);
+    byte = task;
+    if (task >= fullBandBytes) {
+      const u32 k = static_cast<u32>(task - fullBandBytes);
+      const u32 pair = k / (kTileCols * 32);
+      const u32 inPair = k - pair * (kTileCols * 32);
+      byte = fullBandBytes + (inPair >> 5) * 512 + pair * 32 + (inPair & 31);
+    }
+    const i64 tile = byte >> 9;
+    const int p = static_cast<int>(byte & 511);
+    const i64 band = tile / kTileCols;
+    t = band * 128 + ((p >> 2) & 3) * 32 + (p >> 4);
+    j = static_cast<int>(tile - band * kTileCols) * 4 + (p & 3);
+  }
+};
+
 // A swizzled_128x4 launch (the host's gridBlocks mirrors it): first the
 // blocks of the tasks of the live row pairs, then blocks that zero the other
 // row pairs of a partial band, one 16-byte store a thread: bytes [pairs * 32,

@@ -164,29 +164,17 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
       goto flush;
     }
   } else if constexpr (SWIZZLED) {
-    // Tasks cover the row pairs that hold a live row (partialBandPairs; a
-    // pair's bytes are one 32-byte sector of each tile of its band), band by
-    // band, in a band pair by pair and in a pair tile by tile: task k of pair
-    // `pair` is byte (k % 32) of the pair's sector in tile k / 32, so that a
-    // warp's teams fill whole sectors. byte is the task's place in the
-    // expert's scales (swizzledOffset of (t, j)); the divisions are by
-    // constants, so that (t, j) stay cheap to recompute (a division by the
-    // live pairs of the band spilled 4 bytes in 8-bit gelu_tanh under the
-    // full-SM promise). The groups of a team (kTeamGroups, which divides 4
-    // and NG) are in one row and all live columns or all padding.
-    constexpr int kPairBytes = kTileCols * 32; // a pair's sectors in its band
-    if (task >= ((rows >> 7) * 16 + partialBandPairs(rows)) * kPairBytes) {
+    // Tasks cover the row pairs that hold a live row (SwizzledTaskPlace),
+    // then the zeroing blocks. The groups of a team (kTeamGroups, which
+    // divides 4 and NG) are in one row and all live columns or all padding.
+    if (task >= ((rows >> 7) * 16 + partialBandPairs(rows)) * (kTileCols * 32)) {
       SwizzledGrid<S>::zeroes(scaleB, rows);
       return;
     }
-    const i64 pairs = task / kPairBytes; // row pairs before this one
-    const int inPair = static_cast<int>(task - pairs * kPairBytes);
-    const i64 band = pairs >> 4;
-    const int pair = static_cast<int>(pairs & 15);
-    const int b = inPair & 31; // the byte in the sector
-    const i64 byte = (band * kTileCols + (inPair >> 5)) * 512 + pair * 32 + b;
-    t = band * 128 + ((b >> 2) & 3) * 32 + pair * 2 + (b >> 4);
-    j = (inPair >> 5) * 4 + (b & 3);
+    const SwizzledTaskPlace<S> place(task, rows);
+    const i64 byte = place.byte;
+    t = place.t;
+    j = place.j;
     if (t >= rows || j >= NG) {
       if (lane == 0)
 #pragma unroll
@@ -274,6 +262,19 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   if (!active)
     return;
 
+  if constexpr (SWIZZLED && !Tiles::kOn) {
+    // The place again, from fresh reads of the block and thread index: kept
+    // from the top through the math it spilled (8-bit gelu_tanh under the
+    // full-SM promise: 4 bytes, where a partial band's tasks take their own
+    // order).
+    u32 block, thread;
+    asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(block));
+    asm volatile("mov.u32 %0, %%tid.x;" : "=r"(thread));
+    const SwizzledTaskPlace<S> place(static_cast<i64>(block) * GPB + (thread / kTeam) * kTeamGroups,
+                                     rows);
+    t = place.t;
+    j = place.j;
+  }
   const GroupOut out{t, expert, rows, rows4, q, scaleF, scaleB};
   if constexpr (Geo::kAcross) {
     // Lane m < kTeamGroups computes group m's scale, writes it, and the team
