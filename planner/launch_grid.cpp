@@ -13,7 +13,9 @@ int64_t partialBandPairs(int64_t tokens) {
   return partial == 0 ? 0 : std::min<int64_t>(16, (partial + 1) / 2);
 }
 
-int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t ceilDiv(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
 
 } // namespace
 

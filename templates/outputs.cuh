@@ -1,95 +1,37 @@
 // bqjit kernel template: where a row's results go: q, and each scale layout
-// (swizzled_128x4's tiles of 8 rows among them).
+// (swizzled_128x4's tiles of 8 rows and zeroing blocks among them).
 #pragma once
 
 #include "bqjit/geometry.cuh"
 #include "bqjit/scales.cuh"
+#include "bqjit/swizzled_tasks.cuh"
 
 namespace bqjit_kernel {
 
-// swizzled_128x4 (docs/contract.md section 8): rows padded to 128, groups to 4;
-// byte of scale (t, j) in one expert's buffer.
-template <int NG> __device__ __forceinline__ i64 swizzledOffset(i64 t, int j) {
-  constexpr int kTileCols = (NG + 3) / 4;
-  return ((t >> 7) * kTileCols + (j >> 2)) * 512 + (t & 31) * 16 + ((t >> 5) & 3) * 4 + (j & 3);
-}
-
-// The row pairs of swizzled_128x4 (8 rows whose scale bytes fill one 32-byte
-// sector of each of their band's tiles: rows 2p, 2p + 1 and the same 32, 64
-// and 96 rows on) that hold a live row: 16 a full band, and of a partial band
-// of r rows its first min(16, ceil(r / 2)) (0 where T is a multiple of 128).
-__device__ __forceinline__ int partialBandPairs(i64 rows) {
-  const int r = static_cast<int>(rows & 127);
-  return r == 0 ? 0 : r >= 31 ? 16 : (r + 1) / 2;
-}
-
-// The place of task `task` of a swizzled_128x4 launch that is not in blocks
-// of 8 rows (masked batches, teams across groups, other block sizes): the
-// scale byte it writes, its row and its (first) group. In the full bands the
-// task is the byte (the bytes' order, tile by tile: a warp's teams fill whole
-// sectors, and the order the shapes were measured in; pair by pair, 4,8,32
-// MXFP4 at 14336 x 8192 was 10% slower on an H100, bench/NOTES.md,
-// thirty-first session). In a partial band, whose tasks cover its live row
-// pairs alone (partialBandPairs), the pair's sector of every tile, pair after
-// pair. The caller has checked that the task is live.
-template <class S> struct SwizzledTaskPlace {
-  static constexpr int kTileCols = (S::kHidden / S::kGroupSize + 3) / 4;
-  i64 byte, t;
-  int j;
-  __device__ __forceinline__ SwizzledTaskPlace(i64 task, i64 rows) {
-    const i64 fullBandBytes = (rows >> 7) * (kTileCols * 512);
-    byte = task;
-    if (task >= fullBandBytes) {
-      const u32 k = static_cast<u32>(task - fullBandBytes);
-      const u32 pair = k / (kTileCols * 32);
-      const u32 inPair = k - pair * (kTileCols * 32);
-      byte = fullBandBytes + (inPair >> 5) * 512 + pair * 32 + (inPair & 31);
-    }
-    const i64 tile = byte >> 9;
-    const int p = static_cast<int>(byte & 511);
-    const i64 band = tile / kTileCols;
-    t = band * 128 + ((p >> 2) & 3) * 32 + (p >> 4);
-    j = static_cast<int>(tile - band * kTileCols) * 4 + (p & 3);
-  }
-};
-
-// A swizzled_128x4 launch (the host's gridBlocks mirrors it): first the
-// blocks of the tasks of the live row pairs, then blocks that zero the other
-// row pairs of a partial band, one 16-byte store a thread: bytes [pairs * 32,
-// 512) of each of the band's tiles. The grid padded to 128 rows gave each
-// padding pair its own blocks, 32-64 bytes a block: at 14336 x 1 it took 2.92
-// us where the bytes layout's grid of live rows took 1.69 (H100,
-// bench/NOTES.md, thirtieth session). The zeroing blocks come last so that a
-// block of live tasks asks nothing more of its start.
-template <class S> struct SwizzledGrid {
-  static constexpr int kTileCols = (S::kHidden / S::kGroupSize + 3) / 4;
-  static constexpr u32 kBlockThreads = TeamSlot<S::kThreadsPerGroup>::value * S::kGroupsPerBlock;
-  // Called by a thread without a live task: in a zeroing block, stores its
-  // chunk and says so (the whole block returns: no barrier waits for it).
-  __device__ static __forceinline__ bool zeroes(unsigned char* scaleB, i64 rows) {
-    const int pairs = partialBandPairs(rows);
-    const i64 livePairs = (rows >> 7) * 16 + pairs;
-    const i64 taskBlocks =
-        (livePairs * (8 * 4 * kTileCols) + S::kGroupsPerBlock - 1) / S::kGroupsPerBlock;
-    if (blockIdx.x < taskBlocks)
-      return false;
-    const u32 perTile = 32 - 2 * pairs; // 16-byte chunks a tile
-    const u32 c = static_cast<u32>(blockIdx.x - taskBlocks) * kBlockThreads + threadIdx.x;
-    if (c < kTileCols * perTile) {
-      const u32 tile = c / perTile;
-      unsigned char* dst = scaleB + ((rows >> 7) * kTileCols + tile) * 512 + pairs * 32 +
-                           (c - tile * perTile) * 16;
-      if ((reinterpret_cast<unsigned long long>(scaleB) & 15u) == 0) {
-        asm volatile("st.global.v4.u32 [%0], {%1, %1, %1, %1};" ::"l"(dst), "r"(0u));
-      } else {
+// A swizzled_128x4 launch's zeroing blocks (swizzled_tasks.cuh), found by a
+// thread without a live task: in one, it stores its 16-byte chunk of zeros
+// and says so (the whole block returns: no barrier waits for it).
+template <class S>
+__device__ __forceinline__ bool zeroesIdlePairs(unsigned char* scaleB, i64 rows) {
+  constexpr int kTileCols = (S::kHidden / S::kGroupSize + 3) / 4;
+  constexpr u32 kBlockThreads = TeamSlot<S::kThreadsPerGroup>::value * S::kGroupsPerBlock;
+  const i64 taskBlocks = swizzledTaskBlocks<kTileCols, S::kGroupsPerBlock>(rows);
+  if (blockIdx.x < taskBlocks)
+    return false;
+  i64 at;
+  if (zeroChunk<kTileCols>(
+          rows, static_cast<u32>(blockIdx.x - taskBlocks) * kBlockThreads + threadIdx.x, at)) {
+    unsigned char* dst = scaleB + at;
+    if ((reinterpret_cast<unsigned long long>(scaleB) & 15u) == 0) {
+      asm volatile("st.global.v4.u32 [%0], {%1, %1, %1, %1};" ::"l"(dst), "r"(0u));
+    } else {
 #pragma unroll
-        for (int i = 0; i < 16; ++i)
-          dst[i] = 0;
-      }
+      for (int i = 0; i < 16; ++i)
+        dst[i] = 0;
     }
-    return true;
   }
-};
+  return true;
+}
 
 // Blocks of 8 rows (version 16). A 32-byte sector of the layout holds 4
 // groups of 8 rows: t and t + 1 (t even) and the same two 32, 64 and 96 rows
@@ -112,7 +54,7 @@ template <class S> struct SwizzleTiles {
   static constexpr int kNGp = (kNG + 3) / 4 * 4;
   static constexpr int kSlot = TeamSlot<S::kThreadsPerGroup>::value;
   static constexpr int kCols = S::kGroupsPerBlock / 8; // groups of a row a block takes
-  // The task blocks of the grid, ceil(pairs * kNGp / kCols) (SwizzledGrid),
+  // The task blocks of the grid, ceil(pairs * kNGp / kCols) (swizzledTaskBlocks),
   // cover the live row pairs; where kCols does not divide pairs * kNGp the
   // last one's columns run on into the next pair of the same band, which is
   // padding (16 * kNGp is a multiple of kCols, which divides 64), and write

@@ -10,9 +10,9 @@
 //
 // This file holds the kernel; the other headers of templates/, one concept
 // each, hold its parts (common, loads, conversions, math, scales,
-// activations, geometry, act_mul, quantize, outputs). All are embedded in the
-// library and handed to NVRTC from memory, as bqjit/<file>; none includes a
-// header of the toolkit, so a cold compile stays fast.
+// activations, geometry, act_mul, quantize, swizzled_tasks, outputs). All are
+// embedded in the library and handed to NVRTC from memory, as bqjit/<file>;
+// none includes a header of the toolkit, so a cold compile stays fast.
 #pragma once
 
 #include "bqjit/common.cuh"
@@ -38,7 +38,7 @@ namespace bqjit_kernel {
 // bench/NOTES.md version 15), or in blocks of 8 rows (SwizzleTiles).
 // Layouts with padded columns (col_tma, ue8m0_packed) have tasks for the
 // padding rows T..T4-1 that only write zero scales. swizzled_128x4's tasks
-// cover the row pairs that hold a live row (SwizzledGrid), their padding rows
+// cover the row pairs that hold a live row (swizzled_tasks.cuh), their padding rows
 // and columns NG..NGp-1 only writing zeros (of every row, live or not, when
 // masked); blocks after them zero the other row pairs of a partial band.
 //
@@ -157,21 +157,21 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
     if (t >= rows || j >= NG) {
       // Padding: a zeroing block's chunk, or a zero byte (no input), where
       // every thread of the block meets the barrier at flush.
-      if (SwizzledGrid<S>::zeroes(scaleB, rows))
+      if (zeroesIdlePairs<S>(scaleB, rows))
         return;
       if (lane == 0)
         Tiles::staged()[Tiles::stagedAt(t)] = 0;
       goto flush;
     }
   } else if constexpr (SWIZZLED) {
-    // Tasks cover the row pairs that hold a live row (SwizzledTaskPlace),
+    // Tasks cover the row pairs that hold a live row (swizzled_tasks.cuh),
     // then the zeroing blocks. The groups of a team (kTeamGroups, which
     // divides 4 and NG) are in one row and all live columns or all padding.
-    if (task >= ((rows >> 7) * 16 + partialBandPairs(rows)) * (kTileCols * 32)) {
-      SwizzledGrid<S>::zeroes(scaleB, rows);
+    if (task >= swizzledLiveTasks<kTileCols>(rows)) {
+      zeroesIdlePairs<S>(scaleB, rows);
       return;
     }
-    const SwizzledTaskPlace<S> place(task, rows);
+    const SwizzledTaskPlace<kTileCols> place(task, rows);
     const i64 byte = place.byte;
     t = place.t;
     j = place.j;
@@ -270,8 +270,8 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
     u32 block, thread;
     asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(block));
     asm volatile("mov.u32 %0, %%tid.x;" : "=r"(thread));
-    const SwizzledTaskPlace<S> place(static_cast<i64>(block) * GPB + (thread / kTeam) * kTeamGroups,
-                                     rows);
+    const SwizzledTaskPlace<kTileCols> place(
+        static_cast<i64>(block) * GPB + (thread / kTeam) * kTeamGroups, rows);
     t = place.t;
     j = place.j;
   }
