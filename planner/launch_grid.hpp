@@ -13,7 +13,8 @@ namespace bqjit {
 /// (row, group), the padded layouts' extra rows included. swizzled_128x4: one
 /// task per scale byte of the row pairs that hold a live row
 /// (swizzledLivePairs), their padding rows and columns included, then the
-/// blocks that zero a partial band's other pairs, 16 bytes a thread.
+/// blocks that zero a partial band's other pairs, 16 bytes a thread: counted
+/// by the template's own arithmetic (templates/swizzled_tasks.cuh).
 int64_t gridBlocks(const KernelSpec& resolved, int64_t tokens);
 
 /// Blocks as the planner's wave rules count them: gridBlocks, but for

@@ -15,7 +15,7 @@ template <class S>
 __device__ __forceinline__ bool zeroesIdlePairs(unsigned char* scaleB, i64 rows) {
   constexpr int kTileCols = (S::kHidden / S::kGroupSize + 3) / 4;
   constexpr u32 kBlockThreads = TeamSlot<S::kThreadsPerGroup>::value * S::kGroupsPerBlock;
-  const i64 taskBlocks = swizzledTaskBlocks<kTileCols, S::kGroupsPerBlock>(rows);
+  const i64 taskBlocks = swizzledTaskBlocks(rows, kTileCols, S::kGroupsPerBlock);
   if (blockIdx.x < taskBlocks)
     return false;
   i64 at;

@@ -167,19 +167,18 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
     // Tasks cover the row pairs that hold a live row (swizzled_tasks.cuh),
     // then the zeroing blocks. The groups of a team (kTeamGroups, which
     // divides 4 and NG) are in one row and all live columns or all padding.
-    if (task >= swizzledLiveTasks<kTileCols>(rows)) {
+    if (task >= swizzledLiveTasks(rows, kTileCols)) {
       zeroesIdlePairs<S>(scaleB, rows);
       return;
     }
     const SwizzledTaskPlace<kTileCols> place(task, rows);
-    const i64 byte = place.byte;
     t = place.t;
     j = place.j;
     if (t >= rows || j >= NG) {
       if (lane == 0)
 #pragma unroll
         for (int m = 0; m < kTeamGroups; ++m)
-          scaleB[byte + m] = 0;
+          scaleB[place.byte + m] = 0;
       return;
     }
   } else if (task >= taskRows * NG) {

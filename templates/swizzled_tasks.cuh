@@ -28,7 +28,7 @@ BQJIT_HD int partialBandPairs(i64 rows) {
   return r == 0 ? 0 : r >= 31 ? 16 : (r + 1) / 2;
 }
 
-// A swizzled_128x4 launch (the host's gridBlocks mirrors it): first the
+// A swizzled_128x4 launch (the host's gridBlocks counts it with these): first the
 // blocks of the tasks of the live row pairs (one task a scale byte, padding
 // rows and columns included), then blocks that zero the other row pairs of a
 // partial band, one 16-byte store a thread: bytes [pairs * 32, 512) of each
@@ -37,11 +37,18 @@ BQJIT_HD int partialBandPairs(i64 rows) {
 // bytes layout's grid of live rows took 1.69 (H100, bench/NOTES.md,
 // thirtieth session). The zeroing blocks come last so that a block of live
 // tasks asks nothing more of its start.
-template <int TILE_COLS> BQJIT_HD i64 swizzledLiveTasks(i64 rows) {
-  return ((rows >> 7) * 16 + partialBandPairs(rows)) * (TILE_COLS * 32);
+// tileCols: the tiles of a band (groups padded to 4, over 4); the kernel
+// passes constants.
+BQJIT_HD i64 swizzledLiveTasks(i64 rows, int tileCols) {
+  return ((rows >> 7) * 16 + partialBandPairs(rows)) * (tileCols * 32);
 }
-template <int TILE_COLS, int GPB> BQJIT_HD i64 swizzledTaskBlocks(i64 rows) {
-  return (swizzledLiveTasks<TILE_COLS>(rows) + GPB - 1) / GPB;
+BQJIT_HD i64 swizzledTaskBlocks(i64 rows, int tileCols, int groupsPerBlock) {
+  return (swizzledLiveTasks(rows, tileCols) + groupsPerBlock - 1) / groupsPerBlock;
+}
+// The 16-byte zeroing chunks of a launch: those of a partial band's idle pairs.
+BQJIT_HD i64 swizzledZeroChunks(i64 rows, int tileCols) {
+  const int pairs = partialBandPairs(rows);
+  return pairs > 0 && pairs < 16 ? static_cast<i64>(tileCols) * (32 - 2 * pairs) : 0;
 }
 // Zeroing chunk c (16 bytes) of a partial band with 1..15 live pairs: whether
 // there is one, and its byte offset.

@@ -32,7 +32,7 @@ template <int NG, int GPB, int SLOT, int TEAM_GROUPS> struct TaskOrder {
 
   // The kernel's zeroing branch (templates/outputs.cuh zeroesIdlePairs).
   static bool zeroes(unsigned block, unsigned thread, i64 rows, std::vector<int>& writes) {
-    const i64 taskBlocks = bqjit_kernel::swizzledTaskBlocks<kTileCols, GPB>(rows);
+    const i64 taskBlocks = bqjit_kernel::swizzledTaskBlocks(rows, kTileCols, GPB);
     if (block < taskBlocks)
       return false;
     i64 at = 0;
@@ -54,7 +54,7 @@ template <int NG, int GPB, int SLOT, int TEAM_GROUPS> struct TaskOrder {
       for (int th = 0; th < kBlockThreads; ++th) {
         const int lane = th % kTeamLanes;
         const i64 task = b * GPB + (th / kTeamLanes) * TEAM_GROUPS;
-        if (task >= bqjit_kernel::swizzledLiveTasks<kTileCols>(rows)) {
+        if (task >= bqjit_kernel::swizzledLiveTasks(rows, kTileCols)) {
           zeroes(static_cast<unsigned>(b), static_cast<unsigned>(th), rows, writes);
           continue;
         }
@@ -106,7 +106,7 @@ template <int NG, int GPB, int SLOT, int TEAM_GROUPS> struct TaskOrder {
         return;
       // The grid holds no block past the zeroing blocks' last chunk.
       const int pairs = bqjit_kernel::partialBandPairs(rows);
-      const int64_t taskBlocks = bqjit_kernel::swizzledTaskBlocks<kTileCols, GPB>(rows);
+      const int64_t taskBlocks = bqjit_kernel::swizzledTaskBlocks(rows, kTileCols, GPB);
       const int64_t zeroBlocks =
           pairs > 0 && pairs < 16
               ? (kTileCols * (32 - 2 * pairs) + kBlockThreads - 1) / kBlockThreads
@@ -138,7 +138,7 @@ TEST(SwizzledTasks, TaskBlocksInBlocksOfEightRowsStayInsideTheBand) {
     constexpr int kNGp = kTileCols * 4, kCols = GPB / 8;
     for (i64 rows = 1; rows <= 600; ++rows) {
       const i64 pairs = (rows >> 7) * 16 + bqjit_kernel::partialBandPairs(rows);
-      const i64 columns = bqjit_kernel::swizzledTaskBlocks<kTileCols, GPB>(rows) * kCols;
+      const i64 columns = bqjit_kernel::swizzledTaskBlocks(rows, kTileCols, GPB) * kCols;
       EXPECT_GE(columns, pairs * kNGp) << "T=" << rows;
       // The last column's pair lies in the last band the layout holds.
       EXPECT_LT((columns - 1) / kNGp, (rows + 127) / 128 * 16) << "T=" << rows;
