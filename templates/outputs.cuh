@@ -15,12 +15,11 @@ template <class S>
 __device__ __forceinline__ bool zeroesIdlePairs(unsigned char* scaleB, i64 rows) {
   constexpr int kTileCols = (S::kHidden / S::kGroupSize + 3) / 4;
   constexpr u32 kBlockThreads = TeamSlot<S::kThreadsPerGroup>::value * S::kGroupsPerBlock;
-  const i64 taskBlocks = swizzledTaskBlocks(rows, kTileCols, S::kGroupsPerBlock);
-  if (blockIdx.x < taskBlocks)
+  u32 index;
+  if (!zeroingBlock<kBlockThreads>(blockIdx.x, gridDim.x, rows, kTileCols, index))
     return false;
   i64 at;
-  if (zeroChunk<kTileCols>(
-          rows, static_cast<u32>(blockIdx.x - taskBlocks) * kBlockThreads + threadIdx.x, at)) {
+  if (zeroChunk<kTileCols>(rows, index * kBlockThreads + threadIdx.x, at)) {
     unsigned char* dst = scaleB + at;
     if ((reinterpret_cast<unsigned long long>(scaleB) & 15u) == 0) {
       asm volatile("st.global.v4.u32 [%0], {%1, %1, %1, %1};" ::"l"(dst), "r"(0u));

@@ -167,7 +167,7 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
     // Tasks cover the row pairs that hold a live row (swizzled_tasks.cuh),
     // then the zeroing blocks. The groups of a team (kTeamGroups, which
     // divides 4 and NG) are in one row and all live columns or all padding.
-    if (task >= swizzledLiveTasks(rows, kTileCols)) {
+    if (swizzledPastLive<kTileCols>(task, rows)) {
       zeroesIdlePairs<S>(scaleB, rows);
       return;
     }
@@ -261,11 +261,12 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   if (!active)
     return;
 
-  if constexpr (SWIZZLED && !Tiles::kOn) {
-    // The place again, from fresh reads of the block and thread index: kept
-    // from the top through the math it spilled (8-bit gelu_tanh under the
-    // full-SM promise: 4 bytes, where a partial band's tasks take their own
-    // order).
+  if constexpr (SWIZZLED && !Tiles::kOn && S::kMinBlocksPerSm > 0) {
+    // Under an occupancy promise's register cap, the place again, from fresh
+    // reads of the block and thread index: kept from the top through the
+    // math it spilled (8-bit gelu_tanh under the full-SM promise, 8 bytes).
+    // Without a cap the registers are there, and the 30 instructions are
+    // not: 4,8,32 MXFP4 runs near its issue limit.
     u32 block, thread;
     asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(block));
     asm volatile("mov.u32 %0, %%tid.x;" : "=r"(thread));

@@ -24,8 +24,8 @@ template <int NG> BQJIT_HD i64 swizzledOffset(i64 t, int j) {
 // and 96 rows on) that hold a live row: 16 a full band, and of a partial band
 // of r rows its first min(16, ceil(r / 2)) (0 where T is a multiple of 128).
 BQJIT_HD int partialBandPairs(i64 rows) {
-  const int r = static_cast<int>(rows & 127);
-  return r == 0 ? 0 : r >= 31 ? 16 : (r + 1) / 2;
+  const u32 half = (static_cast<u32>(rows & 127) + 1) >> 1;
+  return static_cast<int>(half < 16 ? half : 16);
 }
 
 // A swizzled_128x4 launch (the host's gridBlocks counts it with these): first the
@@ -46,9 +46,21 @@ BQJIT_HD i64 swizzledTaskBlocks(i64 rows, int tileCols, int groupsPerBlock) {
   return (swizzledLiveTasks(rows, tileCols) + groupsPerBlock - 1) / groupsPerBlock;
 }
 // The 16-byte zeroing chunks of a launch: those of a partial band's idle pairs.
-BQJIT_HD i64 swizzledZeroChunks(i64 rows, int tileCols) {
+BQJIT_HD u32 swizzledZeroChunks(i64 rows, int tileCols) {
   const int pairs = partialBandPairs(rows);
-  return pairs > 0 && pairs < 16 ? static_cast<i64>(tileCols) * (32 - 2 * pairs) : 0;
+  return pairs == 0 ? 0u : static_cast<u32>(tileCols) * (32 - 2 * pairs);
+}
+// Whether block `block` of a launch of `blocks` is a zeroing block (they are
+// its last ones), and its number among them. A thread of a padding pair asks
+// this before its block's barrier, so the test is a few 32-bit operations:
+// counting the task blocks took 25 instructions and two branches, and the
+// padding warps of a band with 31 rows made 7168 x 31 NVFP4 0.13 us slower
+// (H100, bench/NOTES.md, thirty-second session).
+template <int BLOCK_THREADS>
+BQJIT_HD bool zeroingBlock(u32 block, u32 blocks, i64 rows, int tileCols, u32& index) {
+  const u32 zeroBlocks = (swizzledZeroChunks(rows, tileCols) + BLOCK_THREADS - 1) / BLOCK_THREADS;
+  index = block - (blocks - zeroBlocks);
+  return block + zeroBlocks >= blocks;
 }
 // Zeroing chunk c (16 bytes) of a partial band with 1..15 live pairs: whether
 // there is one, and its byte offset.
@@ -82,12 +94,20 @@ template <int TILE_COLS> struct SwizzledTaskPlace {
       const u32 inPair = k - pair * (TILE_COLS * 32);
       byte = fullBandBytes + (inPair >> 5) * 512 + pair * 32 + (inPair & 31);
     }
-    const i64 tile = byte >> 9;
+    // 32 bits for the tiles: a scale buffer of 2^32 tiles would be 2 TiB.
+    const u32 tile = static_cast<u32>(byte >> 9);
     const int p = static_cast<int>(byte & 511);
-    const i64 band = tile / TILE_COLS;
-    t = band * 128 + ((p >> 2) & 3) * 32 + (p >> 4);
+    const u32 band = tile / TILE_COLS;
+    t = static_cast<i64>(band) * 128 + ((p >> 2) & 3) * 32 + (p >> 4);
     j = static_cast<int>(tile - band * TILE_COLS) * 4 + (p & 3);
   }
 };
+
+// Whether a task of a swizzled_128x4 launch is past the live ones (a zeroing
+// block's thread): the full bands' test first, so that a task there (all of
+// them but a partial band's) asks no more of its start than that.
+template <int TILE_COLS> BQJIT_HD bool swizzledPastLive(i64 task, i64 rows) {
+  return task >= (rows >> 7) * (TILE_COLS * 512) && task >= swizzledLiveTasks(rows, TILE_COLS);
+}
 
 } // namespace bqjit_kernel

@@ -31,13 +31,12 @@ template <int NG, int GPB, int SLOT, int TEAM_GROUPS> struct TaskOrder {
   static constexpr int kTeamLanes = SLOT * TEAM_GROUPS;
 
   // The kernel's zeroing branch (templates/outputs.cuh zeroesIdlePairs).
-  static bool zeroes(unsigned block, unsigned thread, i64 rows, std::vector<int>& writes) {
-    const i64 taskBlocks = bqjit_kernel::swizzledTaskBlocks(rows, kTileCols, GPB);
-    if (block < taskBlocks)
+  static bool zeroes(u32 block, u32 blocks, u32 thread, i64 rows, std::vector<int>& writes) {
+    u32 index = 0;
+    if (!bqjit_kernel::zeroingBlock<kBlockThreads>(block, blocks, rows, kTileCols, index))
       return false;
     i64 at = 0;
-    if (bqjit_kernel::zeroChunk<kTileCols>(
-            rows, static_cast<u32>(block - taskBlocks) * kBlockThreads + thread, at)) {
+    if (bqjit_kernel::zeroChunk<kTileCols>(rows, index * kBlockThreads + thread, at)) {
       for (int i = 0; i < 16; ++i) {
         if (at + i >= static_cast<i64>(writes.size()))
           return ADD_FAILURE() << "zeroing chunk past the buffer at " << at, true;
@@ -55,7 +54,7 @@ template <int NG, int GPB, int SLOT, int TEAM_GROUPS> struct TaskOrder {
         const int lane = th % kTeamLanes;
         const i64 task = b * GPB + (th / kTeamLanes) * TEAM_GROUPS;
         if (task >= bqjit_kernel::swizzledLiveTasks(rows, kTileCols)) {
-          zeroes(static_cast<unsigned>(b), static_cast<unsigned>(th), rows, writes);
+          zeroes(static_cast<u32>(b), static_cast<u32>(blocks), static_cast<u32>(th), rows, writes);
           continue;
         }
         const bqjit_kernel::SwizzledTaskPlace<kTileCols> place(task, rows);
