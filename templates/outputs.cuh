@@ -16,7 +16,7 @@ __device__ __forceinline__ bool zeroesIdlePairs(unsigned char* scaleB, i64 rows)
   constexpr int kTileCols = (S::kHidden / S::kGroupSize + 3) / 4;
   constexpr u32 kBlockThreads = TeamSlot<S::kThreadsPerGroup>::value * S::kGroupsPerBlock;
   u32 index;
-  if (!zeroingBlock<kBlockThreads>(blockIdx.x, gridDim.x, rows, kTileCols, index))
+  if (!zeroingBlock<kTileCols, kBlockThreads>(blockIdx.x, gridDim.x, rows, index))
     return false;
   i64 at;
   if (zeroChunk<kTileCols>(rows, index * kBlockThreads + threadIdx.x, at)) {

@@ -51,14 +51,20 @@ BQJIT_HD u32 swizzledZeroChunks(i64 rows, int tileCols) {
   return pairs == 0 ? 0u : static_cast<u32>(tileCols) * (32 - 2 * pairs);
 }
 // Whether block `block` of a launch of `blocks` is a zeroing block (they are
-// its last ones), and its number among them. A thread of a padding pair asks
-// this before its block's barrier, so the test is a few 32-bit operations:
-// counting the task blocks took 25 instructions and two branches, and the
-// padding warps of a band with 31 rows made 7168 x 31 NVFP4 0.13 us slower
-// (H100, bench/NOTES.md, thirty-second session).
-template <int BLOCK_THREADS>
-BQJIT_HD bool zeroingBlock(u32 block, u32 blocks, i64 rows, int tileCols, u32& index) {
-  const u32 zeroBlocks = (swizzledZeroChunks(rows, tileCols) + BLOCK_THREADS - 1) / BLOCK_THREADS;
+// its last ones), and its number among them. The threads of padding pairs
+// ask this before their block's barrier, three in four warps of a block of
+// 8 rows at T <= 32, so it costs two instructions for all but the last
+// blocks a launch can zero with (one live pair: 30 chunks a tile). Counting
+// the task blocks in 64 bits there (25 instructions, two branches) made
+// 14336 x 31 NVFP4 3.62 -> 3.87 us on an H100, and 32-bit arithmetic for
+// every block (15 instructions) still 3.80 (bench/NOTES.md, thirty-second
+// session).
+template <int TILE_COLS, int BLOCK_THREADS>
+BQJIT_HD bool zeroingBlock(u32 block, u32 blocks, i64 rows, u32& index) {
+  constexpr u32 kMostZeroBlocks = (TILE_COLS * 30u + BLOCK_THREADS - 1) / BLOCK_THREADS;
+  if (block + kMostZeroBlocks < blocks)
+    return false;
+  const u32 zeroBlocks = (swizzledZeroChunks(rows, TILE_COLS) + BLOCK_THREADS - 1) / BLOCK_THREADS;
   index = block - (blocks - zeroBlocks);
   return block + zeroBlocks >= blocks;
 }

@@ -33,7 +33,7 @@ template <int NG, int GPB, int SLOT, int TEAM_GROUPS> struct TaskOrder {
   // The kernel's zeroing branch (templates/outputs.cuh zeroesIdlePairs).
   static bool zeroes(u32 block, u32 blocks, u32 thread, i64 rows, std::vector<int>& writes) {
     u32 index = 0;
-    if (!bqjit_kernel::zeroingBlock<kBlockThreads>(block, blocks, rows, kTileCols, index))
+    if (!bqjit_kernel::zeroingBlock<kTileCols, kBlockThreads>(block, blocks, rows, index))
       return false;
     i64 at = 0;
     if (bqjit_kernel::zeroChunk<kTileCols>(rows, index * kBlockThreads + thread, at)) {
