@@ -53,7 +53,7 @@ template <int NG, int GPB, int SLOT, int TEAM_GROUPS> struct TaskOrder {
       for (int th = 0; th < kBlockThreads; ++th) {
         const int lane = th % kTeamLanes;
         const i64 task = b * GPB + (th / kTeamLanes) * TEAM_GROUPS;
-        if (task >= bqjit_kernel::swizzledLiveTasks(rows, kTileCols)) {
+        if (bqjit_kernel::swizzledPastLive<kTileCols>(task, rows)) {
           zeroes(static_cast<u32>(b), static_cast<u32>(blocks), static_cast<u32>(th), rows, writes);
           continue;
         }
