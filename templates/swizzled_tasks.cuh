@@ -68,29 +68,6 @@ BQJIT_HD bool zeroingBlock(u32 block, u32 blocks, i64 rows, u32& index) {
   index = block - (blocks - zeroBlocks);
   return block + zeroBlocks >= blocks;
 }
-// Blocks of 8 rows (SwizzleTiles in outputs.cuh: COLS groups of a row pair
-// a block, NGP groups a row padded to 4): whether block `block` of a launch
-// of `blocks` is a task block of a partial band of at most 32 rows. Its
-// warps 2..7 hold the band's rows 32..127, padding alone, and leave at
-// once; warps 0 and 1 meet at a barrier of 64 threads, and the flush writes
-// the others' bytes as zeros. At T <= 32 those warps were three in four of
-// the launch's, each computing its place and staging a zero (bench/NOTES.md,
-// thirty-second session). Such blocks are among the launch's last kTail (a
-// band's task blocks, then the zeroing blocks), so the others answer in two
-// instructions.
-template <int NGP, int COLS> BQJIT_HD bool lowBandBlock(u32 block, u32 blocks, i64 rows) {
-  constexpr u32 kBandBlocks = 16 * NGP / COLS;
-  constexpr u32 kTail = kBandBlocks + (NGP / 4 * 30 + 255) / 256;
-  if (block + kTail < blocks)
-    return false;
-  const u32 r = static_cast<u32>(rows & 127);
-  if (r == 0 || r > 32)
-    return false;
-  const i64 first = (rows >> 7) * kBandBlocks;
-  const u32 bandTaskBlocks = (((r + 1) >> 1) * NGP + COLS - 1) / COLS;
-  return block >= first && block < first + bandTaskBlocks;
-}
-
 // Zeroing chunk c (16 bytes) of a partial band with 1..15 live pairs: whether
 // there is one, and its byte offset.
 template <int TILE_COLS> BQJIT_HD bool zeroChunk(i64 rows, u32 c, i64& offset) {

@@ -149,44 +149,5 @@ TEST(SwizzledTasks, TaskBlocksInBlocksOfEightRowsStayInsideTheBand) {
   check(std::integral_constant<int, 224>{}, std::integral_constant<int, 32>{}); // 14336 / 16
 }
 
-// lowBandBlock against the grid the host gives blocks of 8 rows: true for
-// exactly the task blocks of a partial band of 1..32 rows (the blocks after
-// the full bands' and before the zeroing blocks), for every T of three
-// bands; the zeroing blocks' warps must not leave.
-TEST(SwizzledTasks, LowBandBlocksAreThePartialBandsTaskBlocksAtMost32Rows) {
-  auto check = [](auto tileCols, auto gpb) {
-    constexpr int kTileCols = decltype(tileCols)::value, GPB = decltype(gpb)::value;
-    constexpr int kNGp = kTileCols * 4, kCols = GPB / 8;
-    KernelSpec spec;
-    spec.hidden = kNGp * 16; // whole quads: NG = kNGp
-    spec.groupSize = 16;
-    spec.outDtype = OutDtype::FP4E2M1;
-    spec.scaleLayout = ScaleLayout::Swizzled128x4;
-    spec.shape = LaunchShape{256 / GPB, 4, GPB};
-    int low = 0;
-    for (i64 rows = 1; rows <= 384; ++rows) {
-      const int64_t blocks = gridBlocks(spec, rows);
-      const int64_t fullBandBlocks = (rows >> 7) * 16 * kNGp / kCols;
-      const int64_t taskBlocks = bqjit_kernel::swizzledTaskBlocks(rows, kTileCols, GPB);
-      const bool lowRows = (rows & 127) >= 1 && (rows & 127) <= 32;
-      for (int64_t b = 0; b < blocks; ++b) {
-        const bool want = lowRows && b >= fullBandBlocks && b < taskBlocks;
-        const bool got = bqjit_kernel::lowBandBlock<kNGp, kCols>(
-            static_cast<u32>(b), static_cast<u32>(blocks), rows);
-        ASSERT_EQ(got, want)
-            << "NGp=" << kNGp << " GPB=" << GPB << " T=" << rows << " block " << b << " of "
-            << blocks;
-        low += want;
-      }
-    }
-    EXPECT_GT(low, 0);
-  };
-  check(std::integral_constant<int, 23>{}, std::integral_constant<int, 64>{});  // 2880 / 32
-  check(std::integral_constant<int, 45>{}, std::integral_constant<int, 256>{}); // 2880 / 16
-  check(std::integral_constant<int, 2>{}, std::integral_constant<int, 256>{});  // 96 / 16
-  check(std::integral_constant<int, 224>{}, std::integral_constant<int, 64>{}); // 14336 / 16
-  check(std::integral_constant<int, 16>{}, std::integral_constant<int, 32>{});  // 2048 / 32
-}
-
 } // namespace
 } // namespace bqjit
