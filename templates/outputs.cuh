@@ -62,26 +62,6 @@ template <class S> struct SwizzleTiles {
                               !Geometry<S>::kAcross && kSlot == S::kThreadsPerGroup &&
                               kSlot * S::kGroupsPerBlock == 256 && kCols >= 4 && kCols % 4 == 0 &&
                               64 % kCols == 0;
-  // Whether the block is a task block of a partial band of at most 32 rows:
-  // its warps 2..7 hold the band's rows 32..127, padding alone, and leave
-  // at once; warps 0 and 1 meet at a barrier of 64 threads, and the flush
-  // writes the others' bytes as zeros. At T <= 32 those warps were three in
-  // four of the launch's, each computing its place and staging a zero
-  // (bench/NOTES.md, thirty-second session). Such blocks are among the
-  // launch's last kTail (a band's blocks, then the zeroing blocks), so the
-  // others answer in two instructions.
-  __device__ static __forceinline__ bool lowBand(i64 rows) {
-    constexpr u32 kBandBlocks = 16 * kNGp / kCols;
-    constexpr u32 kTail = kBandBlocks + (kNGp / 4 * 30 + 255) / 256;
-    if (blockIdx.x + kTail < gridDim.x)
-      return false;
-    const u32 r = static_cast<u32>(rows & 127);
-    if (r == 0 || r > 32)
-      return false;
-    const i64 first = (rows >> 7) * kBandBlocks;
-    const u32 bandTaskBlocks = (((r + 1) >> 1) * kNGp + kCols - 1) / kCols;
-    return blockIdx.x >= first && blockIdx.x < first + bandTaskBlocks;
-  }
   // The block's staged scale bytes: kCols / 4 sectors of 32.
   __device__ static __forceinline__ unsigned char* staged() {
     __shared__ __align__(16) unsigned char bytes[kOn ? S::kGroupsPerBlock : 4];

@@ -149,11 +149,9 @@ __global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGro
   if constexpr (Tiles::kOn) {
     // Column L = blockIdx.x * kCols + the team's place in its warp, of row
     // pair p = L / kNGp; warp w takes the pair's row w.
-    const int w = threadIdx.x / 32;
-    if (w >= 2 && Tiles::lowBand(rows))
-      return;
     const u32 col = blockIdx.x * Tiles::kCols + (threadIdx.x % 32) / kTeam;
     const u32 pair = col / Tiles::kNGp;
+    const int w = threadIdx.x / 32;
     t = static_cast<i64>(pair >> 4) * 128 + (w >> 1) * 32 + (pair & 15) * 2 + (w & 1);
     j = static_cast<int>(col - pair * Tiles::kNGp);
     if (t >= rows || j >= NG) {
@@ -318,11 +316,7 @@ flush:
   if constexpr (Tiles::kOn) {
     // The block's scale bytes, staged by every team, to their sectors: one
     // 4-byte store a thread (bytes where the buffer is not 4-byte aligned).
-    const bool low = Tiles::lowBand(rows);
-    if (low)
-      asm volatile("barrier.sync 0, 64;" ::: "memory");
-    else
-      asm volatile("barrier.sync 0;" ::: "memory");
+    asm volatile("barrier.sync 0;" ::: "memory");
     if (threadIdx.x < S::kGroupsPerBlock / 4) {
       // Word threadIdx.x % 8 of the block's sector threadIdx.x / 8: quad
       // column `quad` of the layout, in row pair `pair`.
@@ -331,9 +325,7 @@ flush:
       const u32 quad = quads - pair * (Tiles::kNGp / 4);
       const i64 tile = static_cast<i64>(pair >> 4) * (Tiles::kNGp / 4) + quad;
       unsigned char* dst = scaleB + tile * 512 + (pair & 15) * 32 + (threadIdx.x % 8) * 4;
-      // Words 1-3 and 5-7 of a sector are rows 32, 64 and 96 on.
-      const u32 word =
-          low && (threadIdx.x & 3) ? 0u : reinterpret_cast<const u32*>(Tiles::staged())[threadIdx.x];
+      const u32 word = reinterpret_cast<const u32*>(Tiles::staged())[threadIdx.x];
       if ((reinterpret_cast<unsigned long long>(scaleB) & 3u) == 0) {
         *reinterpret_cast<u32*>(dst) = word;
       } else {
