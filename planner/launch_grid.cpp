@@ -28,8 +28,7 @@ int64_t gridBlocks(const KernelSpec& s, int64_t tokens) {
     // The task blocks, then the zeroing blocks: 16 bytes a thread.
     const int tileCols = (s.numGroups() + 3) / 4;
     return bqjit_kernel::swizzledTaskBlocks(tokens, tileCols, int(gpb)) +
-           ceilDiv(bqjit_kernel::swizzledZeroChunks(tokens, tileCols),
-                   int64_t(s.shape->threadsPerBlock()));
+           bqjit_kernel::swizzledZeroBlocks(tokens, tileCols, int(s.shape->threadsPerBlock()));
   }
   const bool padded =
       s.scaleLayout == ScaleLayout::ColTma || s.scaleLayout == ScaleLayout::Ue8m0Packed;

@@ -39,6 +39,10 @@ BQJIT_HD int partialBandPairs(i64 rows) {
 // tasks asks nothing more of its start.
 // tileCols: the tiles of a band (groups padded to 4, over 4); the kernel
 // passes constants.
+// The tasks of the full bands: their scale bytes, one task each.
+BQJIT_HD i64 swizzledFullBandTasks(i64 rows, int tileCols) {
+  return (rows >> 7) * (tileCols * 512);
+}
 BQJIT_HD i64 swizzledLiveTasks(i64 rows, int tileCols) {
   return ((rows >> 7) * 16 + partialBandPairs(rows)) * (tileCols * 32);
 }
@@ -49,6 +53,10 @@ BQJIT_HD i64 swizzledTaskBlocks(i64 rows, int tileCols, int groupsPerBlock) {
 BQJIT_HD u32 swizzledZeroChunks(i64 rows, int tileCols) {
   const int pairs = partialBandPairs(rows);
   return pairs == 0 ? 0u : static_cast<u32>(tileCols) * (32 - 2 * pairs);
+}
+// The zeroing blocks of a launch of blockThreads threads a block.
+BQJIT_HD u32 swizzledZeroBlocks(i64 rows, int tileCols, int blockThreads) {
+  return (swizzledZeroChunks(rows, tileCols) + blockThreads - 1) / blockThreads;
 }
 // Whether block `block` of a launch of `blocks` is a zeroing block (they are
 // its last ones), and its number among them. The threads of padding pairs
@@ -64,7 +72,7 @@ BQJIT_HD bool zeroingBlock(u32 block, u32 blocks, i64 rows, u32& index) {
   constexpr u32 kMostZeroBlocks = (TILE_COLS * 30u + BLOCK_THREADS - 1) / BLOCK_THREADS;
   if (block + kMostZeroBlocks < blocks)
     return false;
-  const u32 zeroBlocks = (swizzledZeroChunks(rows, TILE_COLS) + BLOCK_THREADS - 1) / BLOCK_THREADS;
+  const u32 zeroBlocks = swizzledZeroBlocks(rows, TILE_COLS, BLOCK_THREADS);
   index = block - (blocks - zeroBlocks);
   return block + zeroBlocks >= blocks;
 }
@@ -92,7 +100,7 @@ template <int TILE_COLS> struct SwizzledTaskPlace {
   i64 byte, t;
   int j;
   BQJIT_HD SwizzledTaskPlace(i64 task, i64 rows) {
-    const i64 fullBandBytes = (rows >> 7) * (TILE_COLS * 512);
+    const i64 fullBandBytes = swizzledFullBandTasks(rows, TILE_COLS);
     byte = task;
     if (task >= fullBandBytes) {
       const u32 k = static_cast<u32>(task - fullBandBytes);
@@ -113,7 +121,8 @@ template <int TILE_COLS> struct SwizzledTaskPlace {
 // block's thread): the full bands' test first, so that a task there (all of
 // them but a partial band's) asks no more of its start than that.
 template <int TILE_COLS> BQJIT_HD bool swizzledPastLive(i64 task, i64 rows) {
-  return task >= (rows >> 7) * (TILE_COLS * 512) && task >= swizzledLiveTasks(rows, TILE_COLS);
+  return task >= swizzledFullBandTasks(rows, TILE_COLS) &&
+         task >= swizzledLiveTasks(rows, TILE_COLS);
 }
 
 } // namespace bqjit_kernel
