@@ -215,12 +215,13 @@ const KernelSpec& Kernel::specFor(int64_t tokens) const {
 }
 
 void Kernel::launchDims(const LaunchArgs& args, unsigned grid[3], unsigned block[3]) const {
-  dims(specFor(args.tokens), args, grid, block);
+  const KernelSpec& s = specFor(args.tokens);
+  dims(s, args, gridBlocks(s, args.tokens), grid, block);
 }
 
-void Kernel::dims(const KernelSpec& s, const LaunchArgs& args, unsigned grid[3],
+void Kernel::dims(const KernelSpec& s, const LaunchArgs& args, int64_t blocks, unsigned grid[3],
                   unsigned block[3]) {
-  grid[0] = static_cast<unsigned>(gridBlocks(s, args.tokens));
+  grid[0] = static_cast<unsigned>(blocks);
   grid[1] = s.masked ? static_cast<unsigned>(args.numExperts) : 1u;
   grid[2] = 1;
   block[0] = static_cast<unsigned>(s.shape->threadsPerBlock());
@@ -361,10 +362,11 @@ llvm::Error Kernel::launch(const LaunchArgs& a, CUstream stream) const {
   if (a.tokens == 0)
     return llvm::Error::success();
 
-  if (gridBlocks(s, a.tokens) > INT32_MAX)
+  const int64_t blocks = gridBlocks(s, a.tokens);
+  if (blocks > INT32_MAX)
     return argError(s, "tokens", std::to_string(a.tokens), "needs more than 2^31-1 blocks");
   unsigned grid[3], block[3];
-  dims(s, a, grid, block); // the picked function's shape, even if a slot changes meanwhile
+  dims(s, a, blocks, grid, block); // the picked function's shape, even if a slot changes meanwhile
 
   const void* x = a.x;
   int64_t ldx = a.ldx, rows = a.tokens;

@@ -134,7 +134,8 @@ private:
   /// holds a stand-in, the regime's own variant once it has settled.
   const LoadedFunction& pickForCapture(int64_t tokens, const LoadedFunction& picked,
                                        CUstream stream) const;
-  static void dims(const KernelSpec& spec, const LaunchArgs& args, unsigned grid[3],
+  /// The launch's dimensions, for `blocks` = gridBlocks(spec, args.tokens).
+  static void dims(const KernelSpec& spec, const LaunchArgs& args, int64_t blocks, unsigned grid[3],
                    unsigned block[3]);
   std::shared_ptr<const State> state_; ///< one reference count per copy
 };
