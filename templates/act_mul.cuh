@@ -41,6 +41,19 @@ template <class S> struct TailScaling {
       Activation<S>::kScaledTail && S::kInDtype != kBF16 && !(S::kInDtype == kFP16 && kFp16Safe);
 };
 
+// Whether 1 + exp(-z) takes onePlusExpOfBf16: z is always a bf16 value (a
+// bf16 gate, or a limit that bf16 holds, times alpha = 1), and the launch
+// does not cap registers at 32 (an occupancy promise of 2048 threads an SM),
+// where ptxas spilled with it and not with onePlusExp (12 bytes, the group's
+// place kept through the math: 8-bit 3072 G = 64 e5m2 ue8m0_packed 8,8,32
+// under the full-SM promise).
+template <class S>
+inline constexpr bool kOnePlusExpOfBf16 =
+    S::kInDtype == kBF16 &&
+    (S::kActivation == kSilu ||
+     (S::kActivation == kSwiglu && S::kAlpha == 1.0f && (!S::kHasLimit || S::kLimitPair != 0u))) &&
+    S::kMinBlocksPerSm * TeamSlot<S::kThreadsPerGroup>::value * S::kGroupsPerBlock < 2048;
+
 // y = act(g, u) for this thread's steps of the team's group(s) at `in` (the
 // first input element). Every load is issued before the first use. Gives the
 // thread's amax of each group it works in, or, for the sigmoid family, NaN
@@ -119,7 +132,11 @@ __device__ __forceinline__ void actMulFast(const unsigned char* in, int vecLane,
         // all the same, through a). Unclamped, onePlusExp's correction term
         // of a huge x can fall below -1 / ln 2 and make d -inf, and y a zero
         // of the wrong sign.
-        const float d = onePlusExp(Act::kScaledTail ? fminf(-z, 128.0f) : -z);
+        float d;
+        if constexpr (kOnePlusExpOfBf16<S>)
+          d = onePlusExpOfBf16(-z);
+        else
+          d = onePlusExp(Act::kScaledTail ? fminf(-z, 128.0f) : -z);
         if constexpr (TailScaling<S>::kOn) {
           // z <= kFastGateMin: 1 + exp(-z) >= 2^125.5, whose reciprocal
           // would flush; a and d scaled by 2^-64 (exactly: |a| is at least

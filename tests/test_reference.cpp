@@ -1802,6 +1802,49 @@ TEST(TemplateConversions, OnePlusExpIsWithinTwoUlpWhereTheFastPathUsesIt) {
     EXPECT_TRUE(std::isnan(templateOnePlusExp(x))) << x;
 }
 
+// onePlusExpOfBf16 (bf16 x only), with 2^t rounded exactly as above.
+float templateOnePlusExpOfBf16(float x) {
+  constexpr float kLog2eHi = 0x1.7154p+0f;
+  constexpr float kLog2eHiRestLn2 = 0x1.480fb6p-18f;
+  const float t = x * kLog2eHi;
+  float p = static_cast<float>(std::exp2(static_cast<double>(t)));
+  if (std::fabs(p) < std::numeric_limits<float>::min())
+    p = 0.0f; // ex2.approx.ftz
+  return std::fma(p, std::fma(x, kLog2eHiRestLn2, 1.0f), 1.0f);
+}
+
+TEST(TemplateConversions, OnePlusExpOfBf16IsExactInItsProductAndWithinItsBoundForEveryBf16) {
+  // The constants are what the comment says they are.
+  const long double log2e = 1.442695040888963407359924681001892137L;
+  const long double ln2 = 0.693147180559945309417232121458176568L;
+  EXPECT_EQ(0x1.7154p+0f, static_cast<float>(std::ldexp(std::nearbyint(std::ldexp(log2e, 14)), -14)));
+  EXPECT_EQ(0x1.480fb6p-18f, static_cast<float>((log2e - 0x1.7154p+0L) * ln2));
+  double worst = 0.0;
+  int checked = 0;
+  for (uint32_t h = 0; h < 0x10000u; ++h) {
+    const float x = fromBits(h << 16);
+    if (!std::isfinite(x))
+      continue;
+    // x * kLog2eHi is exact for every bf16 x (8 by 15 significant bits), so
+    // that ex2's argument carries no rounding of its own.
+    const double t = static_cast<double>(x) * 0x1.7154p+0;
+    ASSERT_TRUE(std::fabs(t) > 0x1.fffffep127 || static_cast<double>(x * 0x1.7154p+0f) == t) << x;
+    if (!(x < 88.0f))
+      continue;
+    const double want = 1.0 + std::exp(static_cast<double>(x));
+    const double ulp = std::ldexp(1.0, std::ilogb(want) - 23);
+    worst = std::max(worst, std::fabs(templateOnePlusExpOfBf16(x) - want) / ulp);
+    ++checked;
+  }
+  EXPECT_LE(worst, 2.32);
+  EXPECT_GT(worst, 2.0); // the bound is the measured one, not a loose one
+  EXPECT_GT(checked, 32000);
+  EXPECT_EQ(templateOnePlusExpOfBf16(-3e38f), 1.0f); // beyond onePlusExp's range
+  EXPECT_EQ(templateOnePlusExpOfBf16(0.0f), 2.0f);
+  EXPECT_EQ(templateOnePlusExpOfBf16(88.75f), kInf);
+  EXPECT_TRUE(std::isnan(templateOnePlusExpOfBf16(-kInf)));
+}
+
 TEST(TemplateConversions, E4M3ValueDecodesEveryCode) {
   for (uint32_t c = 0; c < 0x7F; ++c)
     EXPECT_EQ(templateE4M3Value(c), e4m3ToFloat(static_cast<uint8_t>(c))) << c;
