@@ -41,18 +41,20 @@ template <class S> struct TailScaling {
       Activation<S>::kScaledTail && S::kInDtype != kBF16 && !(S::kInDtype == kFP16 && kFp16Safe);
 };
 
-// Whether 1 + exp(-z) takes onePlusExpOfBf16: z is always a bf16 value (a
-// bf16 gate, or a limit that bf16 holds, times alpha = 1), and the launch
-// does not cap registers at 32 (an occupancy promise of 2048 threads an SM),
-// where ptxas spilled with it and not with onePlusExp (12 bytes, the group's
-// place kept through the math: 8-bit 3072 G = 64 e5m2 ue8m0_packed 8,8,32
-// under the full-SM promise).
-template <class S>
-inline constexpr bool kOnePlusExpOfBf16 =
-    S::kInDtype == kBF16 &&
-    (S::kActivation == kSilu ||
-     (S::kActivation == kSwiglu && S::kAlpha == 1.0f && (!S::kHasLimit || S::kLimitPair != 0u))) &&
-    S::kMinBlocksPerSm * TeamSlot<S::kThreadsPerGroup>::value * S::kGroupsPerBlock < 2048;
+// Whether 1 + exp(-z) takes onePlusExpOfBf16 (kBf16): z is always a bf16
+// value (a bf16 gate, or a limit that bf16 holds, times alpha = 1), and the
+// launch does not cap registers at 32 (an occupancy promise of 2048 threads
+// an SM), where ptxas spilled with it and not with onePlusExp (12 bytes, the
+// group's place kept through the math: 8-bit 3072 G = 64 e5m2 ue8m0_packed
+// 8,8,32 under the full-SM promise).
+template <class S> struct OnePlusExpForm {
+  static constexpr bool kZIsBf16 =
+      S::kInDtype == kBF16 &&
+      (S::kActivation == kSilu ||
+       (S::kActivation == kSwiglu && S::kAlpha == 1.0f && (!S::kHasLimit || S::kLimitPair != 0u)));
+  static constexpr int kBlockThreads = TeamSlot<S::kThreadsPerGroup>::value * S::kGroupsPerBlock;
+  static constexpr bool kBf16 = kZIsBf16 && S::kMinBlocksPerSm * kBlockThreads < 2048;
+};
 
 // y = act(g, u) for this thread's steps of the team's group(s) at `in` (the
 // first input element). Every load is issued before the first use. Gives the
@@ -133,7 +135,7 @@ __device__ __forceinline__ void actMulFast(const unsigned char* in, int vecLane,
         // of a huge x can fall below -1 / ln 2 and make d -inf, and y a zero
         // of the wrong sign.
         float d;
-        if constexpr (kOnePlusExpOfBf16<S>)
+        if constexpr (OnePlusExpForm<S>::kBf16)
           d = onePlusExpOfBf16(-z);
         else
           d = onePlusExp(Act::kScaledTail ? fminf(-z, 128.0f) : -z);

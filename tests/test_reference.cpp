@@ -1762,18 +1762,27 @@ TEST(TemplateConversions, E2M1MatchesTheReferenceAroundEveryBoundary) {
   EXPECT_GT(checked, 1000000);
 }
 
-// onePlusExp, with 2^t rounded exactly where the kernel's ex2.approx adds
-// its own error of about 2 ulp.
+// 2^t rounded to fp32 (flushed to 0 below the normals, as ex2.approx.ftz),
+// where the kernel's ex2.approx adds its own error of about 2 ulp.
+float ex2Rounded(float t) {
+  const float p = static_cast<float>(std::exp2(static_cast<double>(t)));
+  return std::fabs(p) < std::numeric_limits<float>::min() ? 0.0f : p;
+}
+
+// onePlusExp, with ex2Rounded for ex2.approx.
 float templateOnePlusExp(float x) {
   constexpr float kLog2e = 0x1.715476p+0f;
   constexpr float kLog2eLo = 0x1.4ae0cp-26f;
   constexpr float kLn2 = 0x1.62e430p-1f;
   const float t = x * kLog2e;
   const float c = std::fma(x, kLog2eLo, std::fma(x, kLog2e, -t));
-  float p = static_cast<float>(std::exp2(static_cast<double>(t)));
-  if (std::fabs(p) < std::numeric_limits<float>::min())
-    p = 0.0f; // ex2.approx.ftz
-  return std::fma(p, std::fma(c, kLn2, 1.0f), 1.0f);
+  return std::fma(ex2Rounded(t), std::fma(c, kLn2, 1.0f), 1.0f);
+}
+
+// How many ulps of 1 + exp(x) `got` lies from it.
+double onePlusExpUlps(float got, float x) {
+  const double want = 1.0 + std::exp(static_cast<double>(x));
+  return std::fabs(got - want) / std::ldexp(1.0, std::ilogb(want) - 23);
 }
 
 TEST(TemplateConversions, OnePlusExpIsWithinTwoUlpWhereTheFastPathUsesIt) {
@@ -1787,9 +1796,7 @@ TEST(TemplateConversions, OnePlusExpIsWithinTwoUlpWhereTheFastPathUsesIt) {
     const float x = fromBits(static_cast<uint32_t>(b));
     if (!(x > -1e30f && x < 88.0f))
       continue;
-    const double want = 1.0 + std::exp(static_cast<double>(x));
-    const double ulp = std::ldexp(1.0, std::ilogb(want) - 23);
-    worst = std::max(worst, std::fabs(templateOnePlusExp(x) - want) / ulp);
+    worst = std::max(worst, onePlusExpUlps(templateOnePlusExp(x), x));
     ++checked;
   }
   EXPECT_LE(worst, 2.0);
@@ -1802,22 +1809,19 @@ TEST(TemplateConversions, OnePlusExpIsWithinTwoUlpWhereTheFastPathUsesIt) {
     EXPECT_TRUE(std::isnan(templateOnePlusExp(x))) << x;
 }
 
-// onePlusExpOfBf16 (bf16 x only), with 2^t rounded exactly as above.
+// onePlusExpOfBf16 (bf16 x only), with ex2Rounded for ex2.approx.
 float templateOnePlusExpOfBf16(float x) {
   constexpr float kLog2eHi = 0x1.7154p+0f;
   constexpr float kLog2eHiRestLn2 = 0x1.480fb6p-18f;
-  const float t = x * kLog2eHi;
-  float p = static_cast<float>(std::exp2(static_cast<double>(t)));
-  if (std::fabs(p) < std::numeric_limits<float>::min())
-    p = 0.0f; // ex2.approx.ftz
-  return std::fma(p, std::fma(x, kLog2eHiRestLn2, 1.0f), 1.0f);
+  return std::fma(ex2Rounded(x * kLog2eHi), std::fma(x, kLog2eHiRestLn2, 1.0f), 1.0f);
 }
 
 TEST(TemplateConversions, OnePlusExpOfBf16IsExactInItsProductAndWithinItsBoundForEveryBf16) {
   // The constants are what the comment says they are.
   const long double log2e = 1.442695040888963407359924681001892137L;
   const long double ln2 = 0.693147180559945309417232121458176568L;
-  EXPECT_EQ(0x1.7154p+0f, static_cast<float>(std::ldexp(std::nearbyint(std::ldexp(log2e, 14)), -14)));
+  EXPECT_EQ(0x1.7154p+0f,
+            static_cast<float>(std::ldexp(std::nearbyint(std::ldexp(log2e, 14)), -14)));
   EXPECT_EQ(0x1.480fb6p-18f, static_cast<float>((log2e - 0x1.7154p+0L) * ln2));
   double worst = 0.0;
   int checked = 0;
@@ -1831,9 +1835,7 @@ TEST(TemplateConversions, OnePlusExpOfBf16IsExactInItsProductAndWithinItsBoundFo
     ASSERT_TRUE(std::fabs(t) > 0x1.fffffep127 || static_cast<double>(x * 0x1.7154p+0f) == t) << x;
     if (!(x < 88.0f))
       continue;
-    const double want = 1.0 + std::exp(static_cast<double>(x));
-    const double ulp = std::ldexp(1.0, std::ilogb(want) - 23);
-    worst = std::max(worst, std::fabs(templateOnePlusExpOfBf16(x) - want) / ulp);
+    worst = std::max(worst, onePlusExpUlps(templateOnePlusExpOfBf16(x), x));
     ++checked;
   }
   EXPECT_LE(worst, 2.32);
