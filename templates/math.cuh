@@ -35,9 +35,8 @@ __device__ __forceinline__ float divFast(float a, float b, float r) {
 // tolerance holds for every input, and y = a * (1 / d) * b is then within
 // about 3.5 ulp (4.2e-7 relative) of the correctly rounded a / d * b (3.9,
 // 4.6e-7, with onePlusExpOfBf16's d), below the 1e-6 the scales may differ
-// by. Two instructions instead of the six of
-// a correctly rounded division. y / s stays a correctly rounded division,
-// as the contract asks.
+// by. Two instructions instead of the six of a correctly rounded division.
+// y / s stays a correctly rounded division, as the contract asks.
 __device__ __forceinline__ float rcpApprox(float b) {
   float r;
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(b));
