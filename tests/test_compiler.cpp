@@ -951,6 +951,63 @@ TEST_F(CompilerTest, Nvfp4ReadsTheGlobalScaleFirstOnlyWithoutAnOccupancyPromise)
   }
 }
 
+TEST_F(CompilerTest, OnePlusExpOfBf16OnlyWhereZIsBf16AndNoCapOf32Registers) {
+  // onePlusExpOfBf16's constant, log2(e) to 15 significant bits, in the PTX
+  // (onePlusExp and the exact path take log2(e) rounded to fp32, 0f3FB8AA3B).
+  const std::string kHighBits = "0f3FB8AA00";
+  // 8-bit 7168 G = 128 at 8,8,32 (fp32: four values a 16-byte vector).
+  auto eightBit = [](InDtype in, Activation activation) {
+    KernelSpec s = makeSpec(7168, 128);
+    s.inDtype = in;
+    s.activation = activation;
+    s.shape = LaunchShape{8, in == InDtype::FP32 ? 4 : 8, 32};
+    return s;
+  };
+  auto swiglu = [&](std::optional<float> alpha, std::optional<float> beta,
+                    std::optional<float> limit) {
+    KernelSpec s = eightBit(InDtype::BF16, Activation::Swiglu);
+    s.alpha = alpha;
+    s.beta = beta;
+    s.limit = limit;
+    return s;
+  };
+  KernelSpec nvfp4 = makeSpec(7168, 16); // under its promise of 40 registers
+  nvfp4.outDtype = OutDtype::FP4E2M1;
+  nvfp4.scaleLayout = ScaleLayout::Swizzled128x4;
+  nvfp4.shape = LaunchShape{1, 8, 256};
+  nvfp4.shape->minBlocksPerSm = 6;
+  KernelSpec capped = makeSpec(3072, 64); // a full-SM variant: 32 registers
+  capped.outDtype = OutDtype::FP8E5M2;
+  capped.ue8m0 = true;
+  capped.scaleLayout = ScaleLayout::Ue8m0Packed;
+  capped.shape = LaunchShape{8, 8, 32};
+  capped.shape->minBlocksPerSm = 8;
+  const std::pair<KernelSpec, bool> cases[] = {
+      {eightBit(InDtype::BF16, Activation::Silu), true},
+      {nvfp4, true},
+      {swiglu({}, 1.0f, {}), true},
+      {swiglu({}, {}, 7.0f), true},  // a limit that bf16 holds
+      {swiglu({}, {}, 7.1f), false}, // one it does not
+      {swiglu(1.702f, 1.0f, 7.0f), false},
+      {eightBit(InDtype::BF16, Activation::GeluTanh), false},
+      {eightBit(InDtype::FP16, Activation::Silu), false},
+      {eightBit(InDtype::FP32, Activation::Silu), false},
+      {capped, false},
+  };
+  for (const auto& [spec, takesIt] : cases) {
+    auto k = compileChecked(spec);
+    ASSERT_TRUE(k.has_value()) << spec.label();
+    // In an instruction, not in the constant's own .global definition (the
+    // PTX defines every namespace-scope constant of the templates).
+    bool used = false;
+    std::istringstream lines(k->ptx);
+    for (std::string line; std::getline(lines, line);)
+      used = used || (line.find(kHighBits) != std::string::npos &&
+                      line.find(".global") == std::string::npos);
+    EXPECT_EQ(used, takesIt) << spec.label();
+  }
+}
+
 TEST_F(CompilerTest, ExplicitShapesCompile) {
   KernelSpec s = makeSpec(4096, 128);
   const auto shapes = candidateShapes(s);
