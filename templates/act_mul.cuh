@@ -52,8 +52,7 @@ template <class S> struct OnePlusExpForm {
       S::kInDtype == kBF16 &&
       (S::kActivation == kSilu ||
        (S::kActivation == kSwiglu && S::kAlpha == 1.0f && (!S::kHasLimit || S::kLimitPair != 0u)));
-  static constexpr int kBlockThreads = TeamSlot<S::kThreadsPerGroup>::value * S::kGroupsPerBlock;
-  static constexpr bool kBf16 = kZIsBf16 && S::kMinBlocksPerSm * kBlockThreads < 2048;
+  static constexpr bool kBf16 = kZIsBf16 && S::kMinBlocksPerSm * kThreadsPerBlock<S> < 2048;
 };
 
 // y = act(g, u) for this thread's steps of the team's group(s) at `in` (the

@@ -23,6 +23,10 @@ template <int T> struct TeamSlot {
   static constexpr int value = T <= 1 ? 1 : T <= 2 ? 2 : T <= 4 ? 4 : T <= 8 ? 8 : T <= 16 ? 16 : 32;
 };
 
+// Threads of a block of specialization S: a team slot for each of its groups.
+template <class S>
+inline constexpr int kThreadsPerBlock = TeamSlot<S::kThreadsPerGroup>::value * S::kGroupsPerBlock;
+
 template <int IN> struct InBytes { static constexpr int value = IN == kFP32 ? 4 : 2; };
 
 } // namespace bqjit_kernel

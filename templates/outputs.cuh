@@ -14,7 +14,7 @@ namespace bqjit_kernel {
 template <class S>
 __device__ __forceinline__ bool zeroesIdlePairs(unsigned char* scaleB, i64 rows) {
   constexpr int kTileCols = (S::kHidden / S::kGroupSize + 3) / 4;
-  constexpr u32 kBlockThreads = TeamSlot<S::kThreadsPerGroup>::value * S::kGroupsPerBlock;
+  constexpr u32 kBlockThreads = kThreadsPerBlock<S>;
   u32 index;
   if (!zeroingBlock<kTileCols, kBlockThreads>(blockIdx.x, gridDim.x, rows, index))
     return false;

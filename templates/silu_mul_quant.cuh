@@ -62,8 +62,7 @@ namespace bqjit_kernel {
 // the launch shape's occupancy promise (kMinBlocksPerSm), which the planner
 // decides on the host.
 template <class S>
-__global__ void __launch_bounds__(TeamSlot<S::kThreadsPerGroup>::value * S::kGroupsPerBlock,
-                                  S::kMinBlocksPerSm)
+__global__ void __launch_bounds__(kThreadsPerBlock<S>, S::kMinBlocksPerSm)
     silu_mul_quant(const void* __restrict__ x, i64 ldx, i64 rows, unsigned char* __restrict__ q,
                    void* __restrict__ scales, const float* __restrict__ scaleUb,
                    const int* __restrict__ maskedM, const float* __restrict__ globalScale) {
