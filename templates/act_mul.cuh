@@ -42,17 +42,15 @@ template <class S> struct TailScaling {
 };
 
 // Whether 1 + exp(-z) takes onePlusExpOfBf16 (kBf16): z is always a bf16
-// value (a bf16 gate, or a limit that bf16 holds, times alpha = 1), and the
-// launch does not cap registers at 32 (an occupancy promise of 2048 threads
-// an SM), where ptxas spilled with it and not with onePlusExp (12 bytes, the
-// group's place kept through the math: 8-bit 3072 G = 64 e5m2 ue8m0_packed
-// 8,8,32 under the full-SM promise).
+// value (a bf16 gate, or a limit that bf16 holds, times alpha = 1). A choice
+// of the spec's numbers alone, never of the launch shape: every shape of a
+// spec gives the same bytes (a row's output does not depend on T), which the
+// autotuner checks before it times a shape.
 template <class S> struct OnePlusExpForm {
-  static constexpr bool kZIsBf16 =
+  static constexpr bool kBf16 =
       S::kInDtype == kBF16 &&
       (S::kActivation == kSilu ||
        (S::kActivation == kSwiglu && S::kAlpha == 1.0f && (!S::kHasLimit || S::kLimitPair != 0u)));
-  static constexpr bool kBf16 = kZIsBf16 && S::kMinBlocksPerSm * kThreadsPerBlock<S> < 2048;
 };
 
 // y = act(g, u) for this thread's steps of the team's group(s) at `in` (the

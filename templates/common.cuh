@@ -27,6 +27,11 @@ template <int T> struct TeamSlot {
 template <class S>
 inline constexpr int kThreadsPerBlock = TeamSlot<S::kThreadsPerGroup>::value * S::kGroupsPerBlock;
 
+// Whether the launch's occupancy promise caps a thread at 32 registers (a
+// full multiprocessor of 2048 threads).
+template <class S>
+inline constexpr bool kRegisterCap32 = S::kMinBlocksPerSm * kThreadsPerBlock<S> >= 2048;
+
 template <int IN> struct InBytes { static constexpr int value = IN == kFP32 ? 4 : 2; };
 
 } // namespace bqjit_kernel

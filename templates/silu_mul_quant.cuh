@@ -26,6 +26,23 @@
 
 namespace bqjit_kernel {
 
+// Row t and group j of task `task` (one group of one row; the numbering is
+// described below) where the scale layout is not swizzled_128x4: row by row,
+// or column by column over taskRows rows (kColMajor). 32-bit division where
+// the launch's tasks fit, a few instructions instead of dozens.
+template <bool kColMajor, int NG>
+__device__ __forceinline__ void taskPlace(i64 task, i64 taskRows, i64& t, int& j) {
+  if (taskRows * NG <= 0x7fffffff) {
+    const u32 task32 = static_cast<u32>(task);
+    const u32 taskRows32 = static_cast<u32>(taskRows);
+    t = kColMajor ? task32 % taskRows32 : task32 / NG;
+    j = static_cast<int>(kColMajor ? task32 / taskRows32 : task32 % NG);
+  } else {
+    t = kColMajor ? task % taskRows : task / NG;
+    j = static_cast<int>(kColMajor ? task / taskRows : task % NG);
+  }
+}
+
 // Work item ("task"): one group j of one row t, done by a team of TPG threads.
 // A team occupies a slot of Geometry::kTeamLanes lanes (TPG rounded up to a
 // power of two) so that any TPG dividing the group's vectors works (12 for
@@ -182,15 +199,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock<S>, S::kMinBlocksPerSm)
     }
   } else if (task >= taskRows * NG) {
     return;
-  } else if (taskRows * NG <= 0x7fffffff) {
-    // The usual case: 32-bit division, a few instructions instead of dozens.
-    const u32 task32 = static_cast<u32>(task);
-    const u32 taskRows32 = static_cast<u32>(taskRows);
-    t = kColMajorTasks ? task32 % taskRows32 : task32 / NG;
-    j = static_cast<int>(kColMajorTasks ? task32 / taskRows32 : task32 % NG);
   } else {
-    t = kColMajorTasks ? task % taskRows : task / NG;
-    j = static_cast<int>(kColMajorTasks ? task / taskRows : task % NG);
+    taskPlace<kColMajorTasks, NG>(task, taskRows, t, j);
   }
   {
   if (MASKED) {
@@ -260,19 +270,26 @@ __global__ void __launch_bounds__(kThreadsPerBlock<S>, S::kMinBlocksPerSm)
   if (!active)
     return;
 
-  if constexpr (SWIZZLED && !Tiles::kOn && S::kMinBlocksPerSm > 0) {
+  if constexpr (!Tiles::kOn && (SWIZZLED ? S::kMinBlocksPerSm > 0 : kRegisterCap32<S>)) {
     // Under an occupancy promise's register cap, the place again, from fresh
     // reads of the block and thread index: kept from the top through the
-    // math it spilled (8-bit gelu_tanh under the full-SM promise, 8 bytes).
-    // Without a cap the registers are there, and the 30 instructions are
-    // not: 4,8,32 MXFP4 runs near its issue limit.
+    // math it spilled (8-bit gelu_tanh with swizzled_128x4 scales under the
+    // full-SM promise, 8 bytes; silu on bf16 with ue8m0_packed scales, 12).
+    // Without a cap the registers are there, and the instructions are not:
+    // 4,8,32 MXFP4 runs near its issue limit.
     u32 block, thread;
     asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(block));
     asm volatile("mov.u32 %0, %%tid.x;" : "=r"(thread));
-    const SwizzledTaskPlace<kTileCols> place(
-        static_cast<i64>(block) * GPB + (thread / kTeam) * kTeamGroups, rows);
-    t = place.t;
-    j = place.j;
+    const i64 again = static_cast<i64>(block) * GPB + (thread / kTeam) * kTeamGroups;
+    if constexpr (SWIZZLED) {
+      const SwizzledTaskPlace<kTileCols> place(again, rows);
+      t = place.t;
+      j = place.j;
+    } else if constexpr (kColMajorTasks) {
+      t = again - static_cast<i64>(j) * taskRows; // j kept, not a second division
+    } else {
+      j = static_cast<int>(static_cast<u32>(again) - static_cast<u32>(t) * NG); // t kept
+    }
   }
   const GroupOut out{t, expert, rows, rows4, q, scaleF, scaleB};
   if constexpr (Geo::kAcross) {
