@@ -78,7 +78,7 @@ template <class S> struct SwizzleTiles {
   // keep the kernels measured with it.
   __device__ static __forceinline__ int stagedAt(i64 t) {
     int team, tOdd, tQuarter;
-    if constexpr (S::kOutDtype == kE2M1 && S::kMinBlocksPerSm * 256 >= 2048) {
+    if constexpr (S::kOutDtype == kE2M1 && kRegisterCap32<S>) {
       u32 tid;
       asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
       team = static_cast<int>(tid % 32) / kSlot;
